@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make test` and `make run`. Everything else is a step they use.
+PYTHON ?= python3
+VENV := .venv
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.synced
+
+.PHONY: install proto check-proto test test-fast run demo token clean
+
+install: $(STAMP)
+
+# The venv is rebuilt whenever the lockfile changes; uv installs exactly what uv.lock pins.
+$(STAMP): uv.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --python $(PY)
+	touch $(STAMP)
+
+proto: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) scripts/gen_protos.py
+
+check-proto: install
+	$(PY) -m pytest -q tests/test_generated_code.py
+
+test: install
+	$(PY) -m pytest
+
+run: install
+	$(PY) -m devstack.run
+
+demo: install
+	$(VENV)/bin/coinstream demo
+
+token: install
+	$(VENV)/bin/coinstream token
+
+clean:
+	rm -rf $(VENV) .data .tmp
