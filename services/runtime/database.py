@@ -1,0 +1,70 @@
+"""asyncpg pool and plain-SQL migrations, applied at start under an advisory lock so replicas may start together."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from services.runtime.config import RuntimeSettings
+
+RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
+# Any constant works; it only has to be the same for every replica of every service sharing a database server.
+MIGRATION_LOCK_KEY = 0x636F696E  # "coin"
+
+log = structlog.get_logger()
+
+
+async def connect_pool(settings: RuntimeSettings) -> asyncpg.Pool:
+    """Retries until the database answers (it may still be starting), up to db_connect_timeout_seconds."""
+    deadline = time.monotonic() + settings.db_connect_timeout_seconds
+    delay_seconds = 0.2
+    while True:
+        try:
+            return await asyncpg.create_pool(
+                settings.database_url,
+                min_size=settings.db_pool_min_size,
+                max_size=settings.db_pool_max_size,
+                command_timeout=settings.db_command_timeout_seconds,
+                server_settings={"application_name": f"coinstream-{settings.service_name}"},
+            )
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("database_not_ready", error=str(error), retry_in_seconds=delay_seconds)
+            await asyncio.sleep(delay_seconds)
+            delay_seconds = min(delay_seconds * 2, 2.0)
+
+
+def migration_files(service_migrations: Path) -> list[tuple[str, Path]]:
+    """Runtime tables first (idempotency keys), then the service's own, each in file-name order."""
+    files = [(f"runtime/{p.name}", p) for p in sorted(RUNTIME_MIGRATIONS.glob("*.sql"))]
+    files += [(f"service/{p.name}", p) for p in sorted(service_migrations.glob("*.sql"))]
+    return files
+
+
+async def apply_migrations(pool: asyncpg.Pool, service_migrations: Path) -> list[str]:
+    applied_now: list[str] = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            already_applied = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+            for name, path in migration_files(service_migrations):
+                if name in already_applied:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(path.read_text())
+                    await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+                applied_now.append(name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    if applied_now:
+        log.info("migrations_applied", migrations=applied_now)
+    return applied_now

@@ -1,0 +1,117 @@
+"""Application errors and their gRPC form: a status code plus google.rpc.ErrorInfo (domain "coinstream")
+and, for bad input, google.rpc.BadRequest field violations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "coinstream"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+@dataclass
+class AppError(Exception):
+    """An error meant for the caller. Raised anywhere below a servicer; the interceptor turns it into a status."""
+
+    code: grpc.StatusCode
+    reason: str
+    message: str
+    field_violations: list[FieldViolation] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    @property
+    def is_outcome(self) -> bool:
+        """Whether this error is a final answer to a request, so an idempotent replay must give it again.
+
+        Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL…) are not: a retry may succeed."""
+        return self.code in _OUTCOME_CODES
+
+    def to_status(self) -> grpc.Status:
+        details = [_pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN))]
+        if self.field_violations:
+            bad_request = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in self.field_violations
+                ]
+            )
+            details.append(_pack(bad_request))
+        status = status_pb2.Status(code=_RPC_CODES[self.code], message=self.message, details=details)
+        return rpc_status.to_status(status)
+
+
+_OUTCOME_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+
+_RPC_CODES = {code: getattr(code_pb2, code.name) for code in grpc.StatusCode}
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def invalid_argument(violations: list[FieldViolation]) -> AppError:
+    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return AppError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", f"invalid request: {summary}", violations)
+
+
+def failed_precondition(reason: str, message: str) -> AppError:
+    return AppError(grpc.StatusCode.FAILED_PRECONDITION, reason, message)
+
+
+def not_found(reason: str, message: str) -> AppError:
+    return AppError(grpc.StatusCode.NOT_FOUND, reason, message)
+
+
+def unauthenticated(message: str) -> AppError:
+    return AppError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", message)
+
+
+def permission_denied(message: str) -> AppError:
+    return AppError(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED", message)
+
+
+def unavailable(reason: str, message: str) -> AppError:
+    return AppError(grpc.StatusCode.UNAVAILABLE, reason, message)
+
+
+def request_id_reused() -> AppError:
+    return AppError(
+        grpc.StatusCode.ALREADY_EXISTS,
+        "REQUEST_ID_REUSED",
+        "request_id was already used with a different request; use a new request_id",
+    )
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> AppError | None:
+    """Reads the ErrorInfo back out of a call to another coinstream service (None when it has none)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return AppError(error.code(), info.reason, error.details() or "")
+    return None

@@ -1,0 +1,138 @@
+"""Idempotency by request_id, in the same transaction as the state change it guards.
+
+claim() inserts the key; a concurrent request with the same key blocks on the primary key until the first one
+commits, then reads its outcome. Same payload → the stored outcome; other payload → REQUEST_ID_REUSED."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import asyncpg
+import grpc
+from google.protobuf.message import Message
+
+from services.runtime.errors import AppError, request_id_reused
+
+ResponseT = TypeVar("ResponseT", bound=Message)
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    resource_id: str | None
+    response: bytes | None
+    error: AppError | None
+
+    @property
+    def in_flight(self) -> bool:
+        return self.response is None and self.error is None
+
+
+def request_hash(method: str, request: Message) -> bytes:
+    return hashlib.sha256(method.encode() + b"\0" + request.SerializeToString(deterministic=True)).digest()
+
+
+async def claim(
+    conn: asyncpg.Connection, request_id: str, method: str, hashed: bytes, resource_id: str | None = None
+) -> StoredRequest | None:
+    """None when this call now owns the key; else what the earlier request with this key left behind."""
+    inserted = await conn.fetchval(
+        "INSERT INTO idempotency_keys (request_id, method, request_hash, resource_id) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (request_id) DO NOTHING RETURNING true",
+        request_id,
+        method,
+        hashed,
+        resource_id,
+    )
+    if inserted:
+        return None
+    row = await conn.fetchrow(
+        "SELECT request_hash, resource_id, response, error_code, error_reason, error_message"
+        " FROM idempotency_keys WHERE request_id = $1",
+        request_id,
+    )
+    if row is None or bytes(row["request_hash"]) != hashed:
+        # row is None only if the key expired between the two statements: treat it as reuse, never as new.
+        raise request_id_reused()
+    error = None
+    if row["error_code"] is not None:
+        error = AppError(grpc.StatusCode[row["error_code"]], row["error_reason"], row["error_message"])
+    return StoredRequest(row["resource_id"], row["response"], error)
+
+
+async def set_resource(conn: asyncpg.Connection, request_id: str, resource_id: str) -> None:
+    await conn.execute("UPDATE idempotency_keys SET resource_id = $2 WHERE request_id = $1", request_id, resource_id)
+
+
+async def record_response(conn: asyncpg.Connection, request_id: str, response: Message) -> None:
+    await conn.execute(
+        "UPDATE idempotency_keys SET response = $2, completed_at = now() WHERE request_id = $1",
+        request_id,
+        response.SerializeToString(),
+    )
+
+
+async def record_error(conn: asyncpg.Connection, request_id: str, error: AppError) -> None:
+    await conn.execute(
+        "UPDATE idempotency_keys SET error_code = $2, error_reason = $3, error_message = $4, completed_at = now()"
+        " WHERE request_id = $1",
+        request_id,
+        error.code.name,
+        error.reason,
+        error.message,
+    )
+
+
+def replay(stored: StoredRequest, response_type: type[ResponseT]) -> ResponseT:
+    """The original outcome again: the same response, or the same error raised."""
+    if stored.error is not None:
+        raise stored.error
+    assert stored.response is not None, "replay() needs a completed request"
+    return response_type.FromString(stored.response)
+
+
+async def run_once(
+    pool: asyncpg.Pool,
+    *,
+    request_id: str,
+    method: str,
+    request: Message,
+    response_type: type[ResponseT],
+    operation: Callable[[asyncpg.Connection], Awaitable[ResponseT]],
+) -> ResponseT:
+    """Runs a single-transaction mutation at most once per request_id and stores its outcome with it.
+
+    A final error (AppError.is_outcome) is stored too, with the operation's writes rolled back to a savepoint,
+    so a retry gets the same error. Any other exception rolls back everything, key included: a retry runs anew."""
+    hashed = request_hash(method, request)
+    outcome: ResponseT | AppError
+    async with pool.acquire() as conn, conn.transaction():
+        stored = await claim(conn, request_id, method, hashed)
+        if stored is not None:
+            return replay(stored, response_type)
+        try:
+            async with conn.transaction():
+                outcome = await operation(conn)
+            await record_response(conn, request_id, outcome)
+        except AppError as error:
+            if not error.is_outcome:
+                raise
+            await record_error(conn, request_id, error)
+            outcome = error
+    if isinstance(outcome, AppError):
+        raise outcome
+    return outcome
+
+
+async def delete_expired(pool: asyncpg.Pool, retention_days: int, batch_size: int = 1000) -> int:
+    """Forgets completed keys older than the retention (the contract promises at least 7 days)."""
+    result = await pool.execute(
+        "DELETE FROM idempotency_keys WHERE request_id IN ("
+        " SELECT request_id FROM idempotency_keys"
+        " WHERE completed_at < now() - make_interval(days => $1) LIMIT $2)",
+        retention_days,
+        batch_size,
+    )
+    return int(result.split()[-1])

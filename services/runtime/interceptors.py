@@ -1,0 +1,115 @@
+"""One server interceptor for every RPC: readiness, JWT authentication, request logging with request_id,
+Prometheus metrics, and mapping of AppError (and anything unexpected) to a gRPC status with ErrorInfo."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import structlog
+from prometheus_client import Counter, Histogram
+
+from services.runtime.auth import TokenVerifier, set_current_principal
+from services.runtime.errors import AppError, unavailable
+
+# Health checks and reflection must work without a token (probes, grpcurl).
+PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+RPC_TOTAL = Counter("coinstream_rpc_total", "RPCs handled", ["method", "code"])
+RPC_SECONDS = Histogram("coinstream_rpc_seconds", "RPC handling time", ["method"])
+
+log = structlog.get_logger()
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, verifier: TokenVerifier, is_ready: Callable[[], bool]) -> None:
+        self._verifier = verifier
+        self._is_ready = is_ready
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        authorization = metadata.get("authorization")
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method, authorization),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method, authorization),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _admit(self, authorization: str | None) -> None:
+        if not self._is_ready():
+            raise unavailable("NOT_READY", "service is starting or stopping; retry shortly")
+        set_current_principal(self._verifier.verify(authorization))
+
+    def _wrap_unary(self, behavior: Any, method: str, authorization: str | None) -> Any:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            structlog.contextvars.bind_contextvars(method=method, request_id=getattr(request, "request_id", None))
+            try:
+                self._admit(authorization)
+                return await behavior(request, context)
+            except AppError as error:
+                code = error.code
+                await _abort(context, error, method, started)
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("rpc_failed_unexpectedly")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; retry with the same request_id")
+            finally:
+                _observe(method, code, started)
+            raise AssertionError("unreachable: abort() raises")
+
+        return handle
+
+    def _wrap_stream(self, behavior: Any, method: str, authorization: str | None) -> Any:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            structlog.contextvars.bind_contextvars(method=method, request_id=getattr(request, "request_id", None))
+            try:
+                self._admit(authorization)
+                async for response in behavior(request, context):
+                    yield response
+            except AppError as error:
+                code = error.code
+                await _abort(context, error, method, started)
+            finally:
+                _observe(method, code, started)
+
+        return handle
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: AppError, method: str, started: float) -> None:
+    log.info(
+        "rpc_refused",
+        code=error.code.name,
+        reason=error.reason,
+        message=error.message,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    status = error.to_status()
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _observe(method: str, code: grpc.StatusCode, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    RPC_TOTAL.labels(method, code.name).inc()
+    RPC_SECONDS.labels(method).observe(elapsed)
+    if code == grpc.StatusCode.OK:
+        log.info("rpc_ok", duration_ms=round(elapsed * 1000, 2))

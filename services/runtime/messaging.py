@@ -1,0 +1,77 @@
+"""NATS JetStream: the connection and the streams and consumers, declared as code and idempotently."""
+
+from __future__ import annotations
+
+import nats
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+GIFTS_STREAM = "GIFTS"
+GIFT_SENT_SUBJECT = "gifts.v1.gift_sent"
+SETTLEMENT_CONSUMER = "payouts-settlement"
+
+# Events must outlive any plausible consumer outage, but the stream is still bounded (limits on every queue).
+GIFTS_STREAM_CONFIG = StreamConfig(
+    name=GIFTS_STREAM,
+    subjects=["gifts.>"],
+    retention=RetentionPolicy.LIMITS,
+    storage=StorageType.FILE,
+    max_age=30 * 24 * 3600,
+    max_bytes=8 * 1024**3,
+    duplicate_window=120,
+    num_replicas=1,
+)
+
+SETTLEMENT_CONSUMER_CONFIG = ConsumerConfig(
+    durable_name=SETTLEMENT_CONSUMER,
+    filter_subject=GIFT_SENT_SUBJECT,
+    deliver_policy=DeliverPolicy.ALL,
+    ack_policy=AckPolicy.EXPLICIT,
+    ack_wait=30,
+    max_ack_pending=20_000,
+    max_deliver=-1,
+)
+
+log = structlog.get_logger()
+
+
+async def connect(url: str, client_name: str) -> NatsClient:
+    async def on_error(error: Exception) -> None:
+        log.warning("nats_error", error=str(error))
+
+    async def on_disconnected() -> None:
+        log.warning("nats_disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats_reconnected")
+
+    return await nats.connect(
+        url,
+        name=client_name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+    )
+
+
+async def ensure_gifts_stream(js: JetStreamContext) -> None:
+    try:
+        await js.add_stream(GIFTS_STREAM_CONFIG)
+    except BadRequestError:
+        # Exists with another configuration (e.g. an older release's limits): bring it up to date.
+        await js.update_stream(GIFTS_STREAM_CONFIG)
+
+
+async def ensure_settlement_consumer(js: JetStreamContext) -> None:
+    await ensure_gifts_stream(js)
+    try:
+        await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
+    except NotFoundError:
+        await js.add_consumer(GIFTS_STREAM, SETTLEMENT_CONSUMER_CONFIG)

@@ -1,0 +1,172 @@
+"""Service bootstrap: a grpc.aio server with health, reflection and the interceptor; Postgres and NATS set up
+behind a NOT_SERVING health status; background workers; graceful shutdown on SIGTERM/SIGINT
+(health NOT_SERVING → stop with grace → cancel workers → drain NATS → close the pool)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import asyncpg
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NatsClient
+from prometheus_client import start_http_server
+
+from services.runtime import database, idempotency, messaging
+from services.runtime.auth import TokenVerifier
+from services.runtime.config import RuntimeSettings
+from services.runtime.faults import enable_fault_points
+from services.runtime.interceptors import ServiceInterceptor
+from services.runtime.logging import configure_logging
+
+log = structlog.get_logger()
+
+READINESS_CHECK_INTERVAL_SECONDS = 5.0
+IDEMPOTENCY_CLEANUP_INTERVAL_SECONDS = 3600.0
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+Worker = Callable[[], Awaitable[None]]
+
+
+class ServiceRuntime:
+    """Owns the process's shared resources. Typical use, in a service's main():
+
+        runtime = ServiceRuntime(settings)
+        pool = await runtime.open_database(MIGRATIONS)
+        nc = await runtime.open_nats()
+        runtime.add_service(wallet_pb2_grpc.add_WalletServiceServicer_to_server, servicer, "coinstream.wallet.v1.WalletService")
+        runtime.add_worker("purchase_recovery", recovery.run_forever)
+        await runtime.run()
+    """
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        configure_logging(settings.service_name, settings.log_level, settings.log_format)
+        enable_fault_points(settings.fault_points)
+        self.pool: asyncpg.Pool | None = None
+        self.nats: NatsClient | None = None
+        self._ready = False
+        self._health = health.aio.HealthServicer()
+        self._service_names: list[str] = []
+        self._workers: dict[str, Worker] = {}
+        self._server = grpc.aio.server(
+            interceptors=[ServiceInterceptor(TokenVerifier(settings), lambda: self._ready)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=1000,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+
+    async def open_database(self, service_migrations: Path) -> asyncpg.Pool:
+        self.pool = await database.connect_pool(self.settings)
+        await database.apply_migrations(self.pool, service_migrations)
+        self.add_worker("idempotency_cleanup", self._clean_idempotency_keys)
+        return self.pool
+
+    async def open_nats(self) -> NatsClient:
+        self.nats = await messaging.connect(self.settings.nats_url, f"coinstream-{self.settings.service_name}")
+        return self.nats
+
+    def add_service(self, register: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str) -> None:
+        register(servicer, self._server)
+        self._service_names.append(full_name)
+
+    def add_worker(self, name: str, worker: Worker) -> None:
+        self._workers[name] = worker
+
+    async def start(self) -> int:
+        """Starts listening (health NOT_SERVING until ready); returns the bound port."""
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        port = self._server.add_insecure_port(address)
+        reflection.enable_server_reflection(
+            [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self._server,
+        )
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.start()
+        if self.settings.metrics_port:
+            start_http_server(self.settings.metrics_port, addr=self.settings.grpc_host)
+        log.info("grpc_listening", address=address, port=port)
+        return port
+
+    async def run(self) -> None:
+        """Serves until SIGTERM/SIGINT, then shuts down gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        tasks = [asyncio.create_task(self._supervise(name, worker), name=name) for name, worker in self._workers.items()]
+        tasks.append(asyncio.create_task(self._watch_readiness(), name="readiness"))
+        self._ready = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("service_ready", services=self._service_names)
+        await stop.wait()
+        await self._shutdown(tasks)
+
+    async def _shutdown(self, tasks: Sequence[asyncio.Task[None]]) -> None:
+        log.info("shutdown_started", grace_seconds=self.settings.shutdown_grace_seconds)
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.shutdown_grace_seconds)
+        self._ready = False
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.nats is not None and self.nats.is_connected:
+            await self.nats.drain()
+        if self.pool is not None:
+            await self.pool.close()
+        log.info("shutdown_complete")
+
+    async def _supervise(self, name: str, worker: Worker) -> None:
+        """Background workers must never die quietly: log and restart after a pause."""
+        while True:
+            try:
+                await worker()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker_crashed", worker=name)
+                await asyncio.sleep(1.0)
+
+    async def _watch_readiness(self) -> None:
+        while True:
+            await asyncio.sleep(READINESS_CHECK_INTERVAL_SECONDS)
+            ready = await self._dependencies_ok()
+            if ready != self._ready:
+                log.warning("readiness_changed", ready=ready)
+                self._ready = ready
+                status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self._set_health(status)
+
+    async def _dependencies_ok(self) -> bool:
+        if self.nats is not None and not self.nats.is_connected:
+            return False
+        if self.pool is None:
+            return True
+        try:
+            await self.pool.fetchval("SELECT 1", timeout=2.0)
+            return True
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+            return False
+
+    async def _clean_idempotency_keys(self) -> None:
+        assert self.pool is not None
+        while True:
+            deleted = await idempotency.delete_expired(self.pool, self.settings.idempotency_retention_days)
+            if deleted:
+                log.info("idempotency_keys_expired", deleted=deleted)
+            await asyncio.sleep(IDEMPOTENCY_CLEANUP_INTERVAL_SECONDS if deleted < 1000 else 1.0)
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ["", *self._service_names]:
+            await self._health.set(name, status)

@@ -1,0 +1,51 @@
+"""Input checks shared by every service. A Validator collects every violation so the caller sees them all at once."""
+
+from __future__ import annotations
+
+import re
+
+from services.runtime.errors import FieldViolation, invalid_argument
+
+IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class Validator:
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+
+    def fail(self, field: str, description: str) -> None:
+        self.violations.append(FieldViolation(field, description))
+
+    def request_id(self, value: str, field: str = "request_id") -> None:
+        if not REQUEST_ID_PATTERN.fullmatch(value):
+            self.fail(field, "must be 1-128 characters of [A-Za-z0-9_.:-]")
+
+    def identifier(self, value: str, field: str) -> None:
+        if not IDENTIFIER_PATTERN.fullmatch(value):
+            self.fail(field, "must be 1-64 characters of [A-Za-z0-9_-]")
+
+    def opaque_id(self, value: str, field: str) -> None:
+        """Server-made ids: we only bound them, so a typo gets NOT_FOUND rather than a lecture on formats."""
+        if not 1 <= len(value) <= 128:
+            self.fail(field, "must be 1-128 characters")
+
+    def text(self, value: str, field: str, *, max_length: int, required: bool = True) -> None:
+        if required and not value.strip():
+            self.fail(field, "is required")
+        elif len(value) > max_length:
+            self.fail(field, f"must be at most {max_length} characters")
+
+    def int_range(self, value: int, field: str, *, minimum: int, maximum: int) -> None:
+        if not minimum <= value <= maximum:
+            self.fail(field, f"must be between {minimum} and {maximum}")
+
+    def raise_if_invalid(self) -> None:
+        if self.violations:
+            raise invalid_argument(self.violations)
+
+
+def page_size(validator: Validator, value: int, *, default: int = 50, maximum: int = 100) -> int:
+    """0 means the default; anything outside 0..maximum is refused rather than silently clamped."""
+    validator.int_range(value, "page_size", minimum=0, maximum=maximum)
+    return value or default
