@@ -56,6 +56,21 @@ async def claim(
     if row is None or bytes(row["request_hash"]) != hashed:
         # row is None only if the key expired between the two statements: treat it as reuse, never as new.
         raise request_id_reused()
+    return _stored(row)
+
+
+async def load(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> StoredRequest:
+    """What a request left behind, read by the code that just completed it (no hash check needed)."""
+    row = await conn.fetchrow(
+        "SELECT resource_id, response, error_code, error_reason, error_message FROM idempotency_keys"
+        " WHERE request_id = $1",
+        request_id,
+    )
+    assert row is not None, f"no idempotency key {request_id}"
+    return _stored(row)
+
+
+def _stored(row: asyncpg.Record) -> StoredRequest:
     error = None
     if row["error_code"] is not None:
         error = AppError(grpc.StatusCode[row["error_code"]], row["error_reason"], row["error_message"])

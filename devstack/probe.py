@@ -1,0 +1,45 @@
+"""gRPC health probe shared by `make run`, `coinstream health` and the container healthchecks.
+
+Usage: python -m devstack.probe HOST:PORT [SERVICE]   — exits 0 when the server reports SERVING, else 1.
+Container images ship no grpc_health_probe binary, so compose healthchecks call this module instead."""
+
+from __future__ import annotations
+
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def health_status(address: str, service: str = "", timeout_seconds: float = 2.0) -> str:
+    """The server's status name (SERVING, NOT_SERVING, …), or UNREACHABLE / the gRPC code name on failure."""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_seconds)
+        except grpc.RpcError as error:
+            code = error.code()
+            # UNAVAILABLE / DEADLINE_EXCEEDED mean nothing answered yet: the usual state while a service starts.
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return "UNREACHABLE"
+            return code.name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def is_serving(address: str, service: str = "", timeout_seconds: float = 2.0) -> bool:
+    return health_status(address, service, timeout_seconds) == "SERVING"
+
+
+def main(argv: list[str]) -> int:
+    if not 1 <= len(argv) <= 2:
+        print("usage: python -m devstack.probe HOST:PORT [SERVICE]", file=sys.stderr)
+        return 2
+    status = health_status(argv[0], argv[1] if len(argv) == 2 else "")
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

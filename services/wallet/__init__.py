@@ -1,0 +1,1 @@
+"""Wallet service: coin accounts and their double-entry ledger."""

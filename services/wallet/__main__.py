@@ -1,0 +1,46 @@
+"""Runs the wallet service: python -m services.wallet"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+
+from services.runtime.server import ServiceRuntime
+from services.wallet.config import WalletSettings
+from services.wallet.domain import BonusRule
+from services.wallet.payments import SandboxPaymentProvider
+from services.wallet.service import WalletService
+from services.wallet.servicer import WalletServicer
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def main() -> None:
+    settings = WalletSettings()
+    runtime = ServiceRuntime(settings)
+    pool = await runtime.open_database(MIGRATIONS)
+    wallet = WalletService(
+        pool,
+        SandboxPaymentProvider(),
+        BonusRule(settings.wallet_bonus_min_package_coins, settings.wallet_bonus_percent),
+        settings.wallet_payment_timeout_seconds,
+    )
+    runtime.add_service(
+        wallet_pb2_grpc.add_WalletServiceServicer_to_server,
+        WalletServicer(wallet),
+        wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
+    )
+
+    async def recover_purchases() -> None:
+        while True:
+            await wallet.recover_pending_purchases(settings.wallet_recovery_age_seconds)
+            await asyncio.sleep(settings.wallet_recovery_interval_seconds)
+
+    runtime.add_worker("purchase_recovery", recover_purchases)
+    await runtime.run()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

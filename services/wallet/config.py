@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from services.runtime.config import RuntimeSettings
+
+
+class WalletSettings(RuntimeSettings):
+    wallet_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_wallet"
+    wallet_port: int = 50051
+    wallet_metrics_port: int = 0
+    # Promotion (contract default): packages of at least this many coins carry this percent extra, rounded down.
+    wallet_bonus_min_package_coins: int = 1321
+    wallet_bonus_percent: int = 5
+    # Purchases left pending by a crash or a provider outage are finished by a background pass.
+    wallet_recovery_interval_seconds: float = 5.0
+    wallet_recovery_age_seconds: float = 30.0
+    wallet_payment_timeout_seconds: float = 10.0
+
+    @property
+    def service_name(self) -> str:
+        return "wallet"
+
+    @property
+    def database_url(self) -> str:
+        return self.wallet_database_url
+
+    @property
+    def grpc_port(self) -> int:
+        return self.wallet_port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.wallet_metrics_port

@@ -1,0 +1,68 @@
+"""Fixtures: one real stack per test session (PostgreSQL, nats-server, wallet, gifts, payouts on free ports),
+async gRPC stubs on the session's event loop, and token helpers. Tests isolate themselves with unique ids."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from coinstream.gifts.v1 import gifts_pb2_grpc
+from coinstream.payouts.v1 import payouts_pb2_grpc
+from coinstream.wallet.v1 import wallet_pb2_grpc
+
+from services.runtime.auth import mint_token
+from tests.stack import AUTH_SECRET, Stack, build_stack
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    root = Path(tempfile.mkdtemp(prefix="coinstream-test-"))
+    root.chmod(0o755)  # the unprivileged postgres user must reach its data directory
+    test_stack = build_stack(root)
+    try:
+        test_stack.start()
+        yield test_stack
+    finally:
+        test_stack.stop()
+        if os.environ.get("COINSTREAM_KEEP_TEST_DATA") != "1":
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Clients:
+    wallet: wallet_pb2_grpc.WalletServiceStub
+    gifts: gifts_pb2_grpc.GiftServiceStub
+    payouts: payouts_pb2_grpc.PayoutServiceStub
+
+
+@pytest_asyncio.fixture(scope="session")
+async def clients(stack: Stack) -> AsyncIterator[Clients]:
+    channels = {name: grpc.aio.insecure_channel(stack.address(name)) for name in ("wallet", "gifts", "payouts")}
+    yield Clients(
+        wallet=wallet_pb2_grpc.WalletServiceStub(channels["wallet"]),
+        gifts=gifts_pb2_grpc.GiftServiceStub(channels["gifts"]),
+        payouts=payouts_pb2_grpc.PayoutServiceStub(channels["payouts"]),
+    )
+    for channel in channels.values():
+        await channel.close()
+
+
+def auth(subject: str, *roles: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying a freshly minted token."""
+    return (("authorization", f"Bearer {mint_token(AUTH_SECRET, subject, list(roles or ('user',)))}"),)
+
+
+SERVICE = auth("test-backend", "service")
+ADMIN = auth("test-admin", "admin")
+
+
+def new_id(prefix: str = "id") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
