@@ -1,0 +1,83 @@
+"""The runtime's pure parts: request hashing, validation, token checks, error details."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from coinstream.wallet.v1 import wallet_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from services.runtime import idempotency
+from services.runtime.auth import Principal, TokenVerifier, mint_token
+from services.runtime.config import RuntimeSettings
+from services.runtime.errors import AppError, FieldViolation, invalid_argument
+from services.runtime.validation import Validator, page_size
+
+SECRET = "unit-test-secret-that-is-32-bytes-or-more"
+
+
+class _Settings(RuntimeSettings):
+    @property
+    def service_name(self) -> str:
+        return "unit"
+
+
+def test_request_hash_depends_on_method_and_payload() -> None:
+    spend = wallet_pb2.SpendCoinsRequest(request_id="r", account_id="a", coins=5)
+    assert idempotency.request_hash("SpendCoins", spend) == idempotency.request_hash("SpendCoins", spend)
+    assert idempotency.request_hash("SpendCoins", spend) != idempotency.request_hash("Other", spend)
+    other = wallet_pb2.SpendCoinsRequest(request_id="r", account_id="a", coins=6)
+    assert idempotency.request_hash("SpendCoins", spend) != idempotency.request_hash("SpendCoins", other)
+
+
+def test_validator_collects_every_violation() -> None:
+    check = Validator()
+    check.request_id("bad id!")
+    check.identifier("", "account_id")
+    check.int_range(0, "quantity", minimum=1, maximum=10)
+    size = page_size(check, 0)
+    assert size == 50
+    with pytest.raises(AppError) as caught:
+        check.raise_if_invalid()
+    assert [v.field for v in caught.value.field_violations] == ["request_id", "account_id", "quantity"]
+
+
+def test_token_verifier_accepts_good_tokens_and_refuses_the_rest() -> None:
+    verifier = TokenVerifier(_Settings(auth_secret=SECRET))
+    principal = verifier.verify(f"Bearer {mint_token(SECRET, 'alice', ['user'])}")
+    assert principal == Principal("alice", frozenset({"user"}))
+    for header in (None, "", "Bearer", f"Token {mint_token(SECRET, 'a', ['user'])}",
+                   f"Bearer {mint_token(SECRET, 'a', ['user'], ttl_seconds=-1)}",
+                   f"Bearer {mint_token(SECRET, 'a', ['superuser'])}"):
+        with pytest.raises(AppError) as caught:
+            verifier.verify(header)
+        assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_owner_service_and_admin_access_rules() -> None:
+    alice = Principal("alice", frozenset({"user"}))
+    alice.require_account_access("alice", privileged_roles=("service",))
+    with pytest.raises(AppError):
+        alice.require_account_access("bob", privileged_roles=("service",))
+    Principal("backend", frozenset({"service"})).require_account_access("bob", privileged_roles=("service",))
+    with pytest.raises(AppError):
+        Principal("root", frozenset({"admin"})).require_account_access("bob", privileged_roles=("service",))
+
+
+def test_errors_carry_error_info_and_bad_request() -> None:
+    error = invalid_argument([FieldViolation("coins", "must be positive")])
+    status = error.to_status()
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    key, value = status.trailing_metadata[0]
+    assert key == "grpc-status-details-bin"
+    decoded = status_pb2.Status.FromString(value)
+    info, bad_request = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    decoded.details[0].Unpack(info)
+    decoded.details[1].Unpack(bad_request)
+    assert (info.domain, info.reason) == ("coinstream", "INVALID_ARGUMENT")
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [("coins", "must be positive")]
+
+
+def test_only_final_errors_are_replayed() -> None:
+    assert AppError(grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_COINS", "").is_outcome
+    assert not AppError(grpc.StatusCode.UNAVAILABLE, "WALLET_UNAVAILABLE", "").is_outcome
