@@ -29,6 +29,9 @@ log = structlog.get_logger()
 READINESS_CHECK_INTERVAL_SECONDS = 5.0
 IDEMPOTENCY_CLEANUP_INTERVAL_SECONDS = 3600.0
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Health name for liveness probes: SERVING while the process runs, even when Postgres or NATS is down (that is
+# readiness, the "" and per-service names), so an outage of a dependency does not restart every pod.
+LIVENESS_HEALTH_NAME = "coinstream.liveness"
 
 Worker = Callable[[], Awaitable[None]]
 
@@ -91,6 +94,7 @@ class ServiceRuntime:
             self._server,
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.set(LIVENESS_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self._server.start()
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port, addr=self.settings.grpc_host)

@@ -1,0 +1,101 @@
+"""The `coinstream` command: dev tokens, a scripted demo against the running stack, and a health check."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from devstack.demo import Addresses, DemoError, LiveStreamDemo, check_stack_is_up, connect
+from devstack.probe import health_status
+from services.runtime.auth import KNOWN_ROLES, ROLE_USER, mint_token
+from services.runtime.config import DEV_AUTH_SECRET
+
+app = typer.Typer(
+    name="coinstream",
+    help="coinstream developer tools: mint dev tokens, run a demo live stream, check the services' health.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+error_console = Console(stderr=True)
+
+SecretOption = Annotated[
+    str | None,
+    typer.Option(
+        "--secret",
+        envvar="COINSTREAM_AUTH_SECRET",
+        show_default=False,
+        help="HS256 signing secret (default: $COINSTREAM_AUTH_SECRET, else the dev default the services use).",
+    ),
+]
+WalletAddress = Annotated[str, typer.Option("--wallet", help="WalletService address.")]
+GiftsAddress = Annotated[str, typer.Option("--gifts", help="GiftService address.")]
+PayoutsAddress = Annotated[str, typer.Option("--payouts", help="PayoutService address.")]
+
+
+@app.command()
+def token(
+    sub: Annotated[str, typer.Option("--sub", help="Subject: the account the token acts as.")] = "alice",
+    role: Annotated[
+        list[str], typer.Option("--role", help=f"Role, repeatable: one of {', '.join(sorted(KNOWN_ROLES))}.")
+    ] = [ROLE_USER],  # noqa: B006 - typer needs the literal default to show it in --help
+    ttl_seconds: Annotated[int, typer.Option("--ttl-seconds", min=1, help="Lifetime of the token.")] = 3600,
+    secret: SecretOption = None,
+) -> None:
+    """Print a signed dev JWT, e.g. for grpcurl: -H "authorization: Bearer $(coinstream token)"."""
+    unknown = sorted(set(role) - KNOWN_ROLES)
+    if unknown:
+        raise typer.BadParameter(f"unknown role(s) {unknown}; use {sorted(KNOWN_ROLES)}", param_hint="--role")
+    # Plain echo, not rich: the token must come out as one unwrapped line for $(...).
+    typer.echo(mint_token(secret or DEV_AUTH_SECRET, sub, list(dict.fromkeys(role)), ttl_seconds))
+
+
+@app.command()
+def demo(
+    wallet: WalletAddress = "127.0.0.1:50051",
+    gifts: GiftsAddress = "127.0.0.1:50052",
+    payouts: PayoutsAddress = "127.0.0.1:50053",
+    withdraw_diamonds: Annotated[
+        int, typer.Option("--withdraw-diamonds", min=1, help="Diamonds the creator withdraws at the end.")
+    ] = 2_000,
+    secret: SecretOption = None,
+) -> None:
+    """Run a short scripted live stream against the running stack (start it with `make run`)."""
+    addresses = Addresses(wallet=wallet, gifts=gifts, payouts=payouts)
+    try:
+        check_stack_is_up(addresses)
+        with connect(addresses) as stubs:
+            LiveStreamDemo(stubs, secret or DEV_AUTH_SECRET, console, withdrawal_diamonds=withdraw_diamonds).run()
+    except DemoError as error:
+        error_console.print(f"[bold red]demo failed:[/] {error}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        error_console.print("[yellow]demo interrupted[/]")
+        raise typer.Exit(130) from None
+    console.print("[bold green]Demo complete.[/]")
+
+
+@app.command()
+def health(
+    wallet: WalletAddress = "127.0.0.1:50051",
+    gifts: GiftsAddress = "127.0.0.1:50052",
+    payouts: PayoutsAddress = "127.0.0.1:50053",
+    timeout_seconds: Annotated[float, typer.Option("--timeout-seconds", help="Per-service timeout.")] = 2.0,
+) -> None:
+    """Check the services' grpc.health.v1 status; exits 1 unless all are SERVING."""
+    table = Table("service", "address", "status", title="coinstream health")
+    all_serving = True
+    for name, address in Addresses(wallet, gifts, payouts).by_service().items():
+        status = health_status(address, timeout_seconds=timeout_seconds)
+        all_serving &= status == "SERVING"
+        table.add_row(name, address, f"[green]{status}[/]" if status == "SERVING" else f"[red]{status}[/]")
+    console.print(table)
+    if not all_serving:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,381 @@
+"""`coinstream demo`: a short scripted live stream against a running stack (`make run`), printed with rich.
+
+Two fans buy coins and send gifts to a creator's live stream; the creator's diamonds settle through NATS, and the
+creator withdraws 2,000 of them through the sandbox payout provider. Every run uses fresh account ids, so runs
+never collide and the stack's data from earlier runs is left alone."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
+from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
+from coinstream.type.v1 import money_pb2
+from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from rich.console import Console
+from rich.table import Table
+
+from devstack.probe import health_status
+from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, mint_token
+
+CALL_TIMEOUT_SECONDS = 10.0
+SETTLEMENT_WAIT_SECONDS = 10.0
+PAYOUT_WAIT_SECONDS = 30.0
+POLL_INTERVAL_SECONDS = 0.5
+TOKEN_TTL_SECONDS = 900
+DEFAULT_WITHDRAWAL_DIAMONDS = 2_000
+
+# Retrying UNAVAILABLE (e.g. a service still warming up) is safe for every call here: each mutating request
+# carries a request_id, so a retried request cannot move coins twice.
+_RETRY_SERVICE_CONFIG = json.dumps({
+    "methodConfig": [{
+        "name": [{}],
+        "retryPolicy": {
+            "maxAttempts": 5,
+            "initialBackoff": "0.2s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }]
+})
+
+# (fan index, gift id, quantity). About 2,900 coins in total, so the creator can withdraw the 2,000-diamond
+# minimum; the lion is beyond either fan's coins on purpose, to show a refusal.
+GIFT_PLAN = (
+    (0, "rose", 10),
+    (1, "finger_heart", 4),
+    (0, "doughnut", 5),
+    (1, "hand_hearts", 3),
+    (0, "corgi", 3),
+    (1, "disco_ball", 1),
+    (0, "money_gun", 1),
+    (1, "lion", 1),
+)
+# (fan index, package id): 1,321 + 5% bonus + 330 for the first fan, 1,321 + bonus for the second.
+PURCHASE_PLAN = ((0, "coins_1321"), (0, "coins_330"), (1, "coins_1321"))
+
+Response = TypeVar("Response")
+
+
+class DemoError(Exception):
+    """A step failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Addresses:
+    wallet: str
+    gifts: str
+    payouts: str
+
+    def by_service(self) -> dict[str, str]:
+        return {"wallet": self.wallet, "gifts": self.gifts, "payouts": self.payouts}
+
+
+@dataclass
+class Stubs:
+    wallet: wallet_pb2_grpc.WalletServiceStub
+    gifts: gifts_pb2_grpc.GiftServiceStub
+    payouts: payouts_pb2_grpc.PayoutServiceStub
+
+
+@contextmanager
+def connect(addresses: Addresses) -> Iterator[Stubs]:
+    """One channel per service for the whole demo: channels are costly to make and to close."""
+    options = [("grpc.enable_retries", 1), ("grpc.service_config", _RETRY_SERVICE_CONFIG)]
+    channels = {name: grpc.insecure_channel(address, options=options) for name, address in addresses.by_service().items()}
+    try:
+        yield Stubs(
+            wallet=wallet_pb2_grpc.WalletServiceStub(channels["wallet"]),
+            gifts=gifts_pb2_grpc.GiftServiceStub(channels["gifts"]),
+            payouts=payouts_pb2_grpc.PayoutServiceStub(channels["payouts"]),
+        )
+    finally:
+        for channel in channels.values():
+            channel.close()
+
+
+def check_stack_is_up(addresses: Addresses) -> None:
+    down = {name: status for name, address in addresses.by_service().items()
+            if (status := health_status(address)) != "SERVING"}
+    if down:
+        details = ", ".join(f"{name} at {addresses.by_service()[name]}: {status}" for name, status in down.items())
+        raise DemoError(f"the stack is not ready ({details}). Start it with `make run` in another terminal.")
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The contract's ErrorInfo reason (e.g. INSUFFICIENT_COINS), or the bare status code when there is none."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return error.code().name
+
+
+def describe(error: grpc.RpcError) -> str:
+    return f"{error.code().name} {error_reason(error)}: {error.details()}"
+
+
+def format_money(money: money_pb2.Money) -> str:
+    whole, cents = divmod(money.amount_minor, 100)
+    return f"${whole:,}.{cents:02d}" if money.currency_code == "USD" else f"{whole:,}.{cents:02d} {money.currency_code}"
+
+
+@dataclass
+class LiveStreamDemo:
+    stubs: Stubs
+    secret: str
+    console: Console
+    withdrawal_diamonds: int = DEFAULT_WITHDRAWAL_DIAMONDS
+    run_id: str = field(default_factory=lambda: secrets.token_hex(3))
+    stream_id: str = ""
+    gifted_coins: list[int] = field(default_factory=list)
+    _request_numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.creator = f"demo-creator-{self.run_id}"
+        self.fans = [f"demo-fan1-{self.run_id}", f"demo-fan2-{self.run_id}"]
+        # A trusted backend acts for the users; KYC is a compliance decision, so it goes through an admin token.
+        self.service_token = mint_token(self.secret, "coinstream-demo", [ROLE_SERVICE], TOKEN_TTL_SECONDS)
+        self.admin_token = mint_token(self.secret, "coinstream-demo-admin", [ROLE_ADMIN], TOKEN_TTL_SECONDS)
+
+    # -- plumbing --------------------------------------------------------------------------------------------
+
+    def request_id(self, label: str) -> str:
+        """Unique per request and readable in the services' logs, e.g. demo:3fa2c1:07:gift-corgi."""
+        return f"demo:{self.run_id}:{next(self._request_numbers):02d}:{label}"
+
+    def call(self, rpc: Callable[..., Response], request: Any, *, admin: bool = False) -> Response:
+        token = self.admin_token if admin else self.service_token
+        try:
+            return rpc(request, metadata=(("authorization", f"Bearer {token}"),), timeout=CALL_TIMEOUT_SECONDS)
+        except grpc.RpcError as error:
+            rpc_name = type(request).__name__.removesuffix("Request")  # the contract names FooRequest after Foo
+            raise DemoError(f"{rpc_name} failed: {describe(error)}") from None
+
+    def step(self, number: int, title: str) -> None:
+        self.console.rule(f"[bold]{number}. {title}", align="left")
+
+    def done(self, message: str) -> None:
+        self.console.print(f"[green]✓[/] {message}")
+
+    # -- the scenario ----------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.console.print(f"Demo run [bold]{self.run_id}[/]: creator {self.creator}, fans {', '.join(self.fans)}")
+        self.create_accounts()
+        self.verify_creator()
+        self.buy_coins()
+        self.go_live()
+        try:
+            self.send_gifts()
+            self.show_stream_summary()
+            self.wait_for_settlement()
+            self.withdraw()
+        except DemoError:
+            self.end_stream_quietly()
+            raise
+        self.end_stream()
+        self.show_balances("Final balances")
+
+    def create_accounts(self) -> None:
+        self.step(1, "Accounts")
+        for account_id in [self.creator, *self.fans]:
+            request = wallet_pb2.UpsertAccountRequest(
+                request_id=self.request_id("upsert-account"), account_id=account_id,
+                adult_verified=True, country_code="US",
+            )
+            account = self.call(self.stubs.wallet.UpsertAccount, request).account
+            self.done(f"{account.account_id}: adult_verified={account.adult_verified}, "
+                      f"country {account.country_code}, {wallet_pb2.AccountStatus.Name(account.status)}")
+
+    def verify_creator(self) -> None:
+        self.step(2, "Creator KYC and payout destination (admin token)")
+        request = payouts_pb2.UpdateCreatorProfileRequest(
+            request_id=self.request_id("creator-profile"), creator_id=self.creator,
+            kyc_verified=True, payout_destination=f"sandbox:ok-{self.creator}",
+        )
+        profile = self.call(self.stubs.payouts.UpdateCreatorProfile, request, admin=True).profile
+        self.done(f"{profile.creator_id}: kyc_verified={profile.kyc_verified}, pays to {profile.payout_destination}")
+
+    def buy_coins(self) -> None:
+        self.step(3, "Fans buy coins (sandbox payment token tok_ok_demo)")
+        table = Table("fan", "package", "coins", "bonus", "balance after")
+        for fan_index, package_id in PURCHASE_PLAN:
+            request = wallet_pb2.PurchaseCoinsRequest(
+                request_id=self.request_id(f"purchase-{package_id}"), account_id=self.fans[fan_index],
+                package_id=package_id, payment_token="tok_ok_demo",
+            )
+            response = self.call(self.stubs.wallet.PurchaseCoins, request)
+            purchase = response.purchase
+            table.add_row(self.fans[fan_index], purchase.package_id, f"{purchase.coins:,}",
+                          f"{purchase.bonus_coins:,}", f"{response.balance.coins:,}")
+        self.console.print(table)
+
+    def go_live(self) -> None:
+        self.step(4, "Creator goes live")
+        request = gifts_pb2.StartLiveStreamRequest(
+            request_id=self.request_id("start-stream"), creator_id=self.creator, title=f"coinstream demo {self.run_id}"
+        )
+        stream = self.call(self.stubs.gifts.StartLiveStream, request).stream
+        self.stream_id = stream.stream_id
+        self.done(f"stream {stream.stream_id} \"{stream.title}\" is {gifts_pb2.StreamStatus.Name(stream.status)}")
+
+    def send_gifts(self) -> None:
+        self.step(5, "Fans send gifts")
+        catalog = {gift.gift_id: gift for gift in self.call(self.stubs.gifts.ListGifts, gifts_pb2.ListGiftsRequest()).gifts}
+        table = Table("sender", "gift", "qty", "coins", "sender balance after", "outcome")
+        last_sent: tuple[gifts_pb2.SendGiftRequest, gifts_pb2.SendGiftResponse] | None = None
+        for fan_index, gift_id, quantity in GIFT_PLAN:
+            if gift_id not in catalog:
+                table.add_row(self.fans[fan_index], gift_id, str(quantity), "", "", "[yellow]not in catalog[/]")
+                continue
+            request = gifts_pb2.SendGiftRequest(
+                request_id=self.request_id(f"gift-{gift_id}"), sender_id=self.fans[fan_index],
+                stream_id=self.stream_id, gift_id=gift_id, quantity=quantity,
+            )
+            response = self.send_one_gift(request, catalog[gift_id], table)
+            if response is not None:
+                last_sent = (request, response)
+        self.console.print(table)
+        if last_sent is not None:
+            self.replay_gift(*last_sent)
+
+    def send_one_gift(
+        self, request: gifts_pb2.SendGiftRequest, gift: gifts_pb2.Gift, table: Table
+    ) -> gifts_pb2.SendGiftResponse | None:
+        """Sends a gift and adds its row; a refusal (FAILED_PRECONDITION, e.g. too few coins) is shown, not fatal."""
+        price = f"{gift.coin_price * request.quantity:,}"
+        try:
+            response = self.stubs.gifts.SendGift(
+                request, metadata=(("authorization", f"Bearer {self.service_token}"),), timeout=CALL_TIMEOUT_SECONDS
+            )
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise DemoError(f"SendGift failed: {describe(error)}") from None
+            table.add_row(request.sender_id, gift.name, str(request.quantity), price, "",
+                          f"[yellow]refused: {error_reason(error)}[/]")
+            return None
+        self.gifted_coins.append(response.gift.coins)
+        table.add_row(request.sender_id, gift.name, str(request.quantity), f"{response.gift.coins:,}",
+                      f"{response.sender_balance_coins:,}", "[green]sent[/]")
+        return response
+
+    def replay_gift(self, request: gifts_pb2.SendGiftRequest, original: gifts_pb2.SendGiftResponse) -> None:
+        """A client retry after a lost response: the same request_id must return the same gift, charged once."""
+        balance_before = self.coins_of(request.sender_id)
+        replayed = self.call(self.stubs.gifts.SendGift, request)
+        balance_after = self.coins_of(request.sender_id)
+        if replayed.gift.gift_transaction_id != original.gift.gift_transaction_id or balance_after != balance_before:
+            raise DemoError(f"replaying request {request.request_id} was not idempotent: gift "
+                            f"{replayed.gift.gift_transaction_id} (first {original.gift.gift_transaction_id}), "
+                            f"coins {balance_before:,} → {balance_after:,}")
+        self.done(f"replayed request_id {request.request_id}: same gift {replayed.gift.gift_transaction_id}, "
+                  f"balance unchanged at {balance_after:,} coins (idempotent)")
+
+    def show_stream_summary(self) -> None:
+        self.step(6, "Stream summary")
+        summary = self.call(self.stubs.gifts.GetStreamSummary,
+                            gifts_pb2.GetStreamSummaryRequest(stream_id=self.stream_id)).summary
+        table = Table("top gifter", "coins", title=f"{summary.gift_count} gifts, {summary.total_coins:,} coins")
+        for gifter in summary.top_gifters:
+            table.add_row(gifter.account_id, f"{gifter.coins:,}")
+        self.console.print(table)
+
+    def wait_for_settlement(self) -> None:
+        self.step(7, "Diamonds settle (gifts.v1.gift_sent → payouts-settlement)")
+        rates = self.call(self.stubs.payouts.GetRates, payouts_pb2.GetRatesRequest()).rates
+        expected = sum(coins * rates.diamonds_per_coin_numerator // rates.diamonds_per_coin_denominator
+                       for coins in self.gifted_coins)
+        self.console.print(f"rate {rates.diamonds_per_coin_numerator}/{rates.diamonds_per_coin_denominator} "
+                           f"diamond per coin → expecting {expected:,} diamonds")
+        deadline = time.monotonic() + SETTLEMENT_WAIT_SECONDS
+        while (earnings := self.earnings()).lifetime_diamonds < expected and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL_SECONDS)
+        if earnings.lifetime_diamonds < expected:
+            self.console.print(f"[yellow]only {earnings.lifetime_diamonds:,} of {expected:,} diamonds settled "
+                               f"after {SETTLEMENT_WAIT_SECONDS:.0f} s; continuing with what is there[/]")
+        else:
+            self.done(f"{earnings.lifetime_diamonds:,} diamonds settled")
+        self.show_balances("Balances after the gifts")
+
+    def withdraw(self) -> None:
+        self.step(8, "Creator withdraws")
+        rates = self.call(self.stubs.payouts.GetRates, payouts_pb2.GetRatesRequest()).rates
+        diamonds = self.withdrawal_amount(self.earnings().available_diamonds, rates.minimum_withdrawal_diamonds)
+        if diamonds is None:
+            self.console.print(f"[yellow]fewer than the minimum {rates.minimum_withdrawal_diamonds:,} diamonds "
+                               "available; skipping the withdrawal[/]")
+            return
+        request = payouts_pb2.RequestWithdrawalRequest(
+            request_id=self.request_id("withdrawal"), creator_id=self.creator, diamonds=diamonds
+        )
+        withdrawal = self.call(self.stubs.payouts.RequestWithdrawal, request).withdrawal
+        self.done(f"withdrawal {withdrawal.withdrawal_id}: {withdrawal.diamonds:,} diamonds → "
+                  f"{format_money(withdrawal.payout)}, {payouts_pb2.WithdrawalStatus.Name(withdrawal.status)}")
+        self.wait_for_payout(withdrawal.withdrawal_id)
+
+    def withdrawal_amount(self, available: int, minimum: int) -> int | None:
+        """The requested amount when affordable, else everything available, else None (below the minimum)."""
+        wanted = max(self.withdrawal_diamonds, minimum)
+        if available >= wanted:
+            return wanted
+        return available if available >= minimum else None
+
+    def wait_for_payout(self, withdrawal_id: str) -> None:
+        request = payouts_pb2.GetWithdrawalRequest(withdrawal_id=withdrawal_id)
+        deadline = time.monotonic() + PAYOUT_WAIT_SECONDS
+        while (withdrawal := self.call(self.stubs.payouts.GetWithdrawal, request).withdrawal).status == \
+                payouts_pb2.WITHDRAWAL_STATUS_PENDING and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL_SECONDS)
+        status = payouts_pb2.WithdrawalStatus.Name(withdrawal.status)
+        if withdrawal.status == payouts_pb2.WITHDRAWAL_STATUS_PAID:
+            self.done(f"withdrawal {withdrawal_id} is {status}: {format_money(withdrawal.payout)} sent to the sandbox")
+        elif withdrawal.status == payouts_pb2.WITHDRAWAL_STATUS_PENDING:
+            raise DemoError(f"withdrawal {withdrawal_id} still PENDING after {PAYOUT_WAIT_SECONDS:.0f} s")
+        else:
+            raise DemoError(f"withdrawal {withdrawal_id} ended {status}: {withdrawal.failure_reason or 'no reason'}")
+
+    def end_stream_quietly(self) -> None:
+        """After a failure: don't leave a stream live, but don't hide the original error behind a second one."""
+        try:
+            self.call(self.stubs.gifts.EndLiveStream, gifts_pb2.EndLiveStreamRequest(
+                request_id=self.request_id("end-stream"), stream_id=self.stream_id))
+        except DemoError:
+            pass
+
+    def end_stream(self) -> None:
+        self.step(9, "Creator ends the stream")
+        request = gifts_pb2.EndLiveStreamRequest(request_id=self.request_id("end-stream"), stream_id=self.stream_id)
+        stream = self.call(self.stubs.gifts.EndLiveStream, request).stream
+        self.done(f"stream {stream.stream_id} is {gifts_pb2.StreamStatus.Name(stream.status)}")
+
+    # -- balances --------------------------------------------------------------------------------------------
+
+    def coins_of(self, account_id: str) -> int:
+        request = wallet_pb2.GetBalanceRequest(account_id=account_id)
+        return self.call(self.stubs.wallet.GetBalance, request).balance.coins
+
+    def earnings(self) -> payouts_pb2.Earnings:
+        request = payouts_pb2.GetEarningsRequest(creator_id=self.creator)
+        return self.call(self.stubs.payouts.GetEarnings, request).earnings
+
+    def show_balances(self, title: str) -> None:
+        table = Table("account", "coins", "available ◆", "reserved ◆", "lifetime ◆", title=title)
+        for fan in self.fans:
+            table.add_row(fan, f"{self.coins_of(fan):,}", "", "", "")
+        earnings = self.earnings()
+        table.add_row(self.creator, f"{self.coins_of(self.creator):,}", f"{earnings.available_diamonds:,}",
+                      f"{earnings.reserved_diamonds:,}", f"{earnings.lifetime_diamonds:,}")
+        self.console.print(table)
