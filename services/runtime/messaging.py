@@ -7,7 +7,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 GIFTS_STREAM = "GIFTS"
 GIFT_SENT_SUBJECT = "gifts.v1.gift_sent"
@@ -62,11 +62,25 @@ async def connect(url: str, client_name: str) -> NatsClient:
 
 
 async def ensure_gifts_stream(js: JetStreamContext) -> None:
+    # Look before adding: nats-server checks storage reservations before noticing that the stream exists, so adding
+    # an existing stream whose max_bytes exceeds half of max_file_store fails "insufficient storage" (err 10047).
+    if not await _stream_exists(js, GIFTS_STREAM):
+        try:
+            await js.add_stream(GIFTS_STREAM_CONFIG)
+            return
+        except APIError:
+            if not await _stream_exists(js, GIFTS_STREAM):
+                raise  # a real failure, not another process creating it meanwhile
+    # Exists, possibly with another configuration (e.g. an older release's limits): bring it up to date.
+    await js.update_stream(GIFTS_STREAM_CONFIG)
+
+
+async def _stream_exists(js: JetStreamContext, name: str) -> bool:
     try:
-        await js.add_stream(GIFTS_STREAM_CONFIG)
-    except BadRequestError:
-        # Exists with another configuration (e.g. an older release's limits): bring it up to date.
-        await js.update_stream(GIFTS_STREAM_CONFIG)
+        await js.stream_info(name)
+        return True
+    except NotFoundError:
+        return False
 
 
 async def ensure_settlement_consumer(js: JetStreamContext) -> None:

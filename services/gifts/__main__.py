@@ -1,0 +1,54 @@
+"""Runs the gifts service: python -m services.gifts"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
+
+from services.gifts.config import GiftsSettings
+from services.gifts.relay import OutboxRelay
+from services.gifts.service import GiftService
+from services.gifts.servicer import GiftServicer
+from services.gifts.wallet_client import ServiceToken, WalletClient
+from services.runtime import messaging
+from services.runtime.server import ServiceRuntime
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def main() -> None:
+    settings = GiftsSettings()
+    runtime = ServiceRuntime(settings)
+    pool = await runtime.open_database(MIGRATIONS)
+    js = (await runtime.open_nats()).jetstream()
+    await messaging.ensure_gifts_stream(js)
+    wallet = WalletClient(
+        settings.gifts_wallet_address,
+        ServiceToken(settings.gifts_wallet_token.get_secret_value(), settings.auth_secret.get_secret_value()),
+        settings.gifts_wallet_timeout_seconds,
+    )
+    relay = OutboxRelay(pool, js, settings.gifts_relay_interval_seconds)
+    gifts = GiftService(pool, wallet, on_gift_completed=relay.wake)
+    runtime.add_service(
+        gifts_pb2_grpc.add_GiftServiceServicer_to_server,
+        GiftServicer(gifts),
+        gifts_pb2.DESCRIPTOR.services_by_name["GiftService"].full_name,
+    )
+
+    async def recover_gifts() -> None:
+        while True:
+            await gifts.recover_pending_gifts(settings.gifts_recovery_age_seconds)
+            await asyncio.sleep(settings.gifts_recovery_interval_seconds)
+
+    runtime.add_worker("gift_recovery", recover_gifts)
+    runtime.add_worker("outbox_relay", relay.run_forever)
+    try:
+        await runtime.run()
+    finally:
+        await wallet.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

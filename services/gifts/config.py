@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import SecretStr, model_validator
+
+from services.runtime.config import RuntimeSettings
+
+
+class GiftsSettings(RuntimeSettings):
+    gifts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_gifts"
+    gifts_port: int = 50052
+    gifts_metrics_port: int = 0
+    gifts_wallet_address: str = "127.0.0.1:50051"
+    # Empty: mint our own HS256 service token from auth_secret (shared-secret deployments). RS256 deployments must
+    # configure a token issued for this service.
+    gifts_wallet_token: SecretStr = SecretStr("")
+    gifts_wallet_timeout_seconds: float = 5.0
+    # Gifts left pending by a crash or a wallet outage are finished by a background pass.
+    gifts_recovery_interval_seconds: float = 5.0
+    gifts_recovery_age_seconds: float = 30.0
+    # The outbox relay also wakes at once after each completed gift; the interval only bounds a missed wake-up.
+    gifts_relay_interval_seconds: float = 0.5
+
+    @model_validator(mode="after")
+    def _wallet_token_when_minting_is_impossible(self) -> Self:
+        # Our minted tokens are HS256; a wallet verifying RS256 would refuse them and every gift would stay pending.
+        if self.auth_algorithm == "RS256" and not self.gifts_wallet_token.get_secret_value():
+            raise ValueError("COINSTREAM_GIFTS_WALLET_TOKEN is required when COINSTREAM_AUTH_ALGORITHM is RS256")
+        return self
+
+    @property
+    def service_name(self) -> str:
+        return "gifts"
+
+    @property
+    def database_url(self) -> str:
+        return self.gifts_database_url
+
+    @property
+    def grpc_port(self) -> int:
+        return self.gifts_port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.gifts_metrics_port

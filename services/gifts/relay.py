@@ -1,0 +1,81 @@
+"""The outbox relay: publishes GiftSent events, written in the same transaction as each completed gift, to JetStream.
+
+At least once: a row is deleted only after JetStream acknowledged it, so a crash in between publishes it again.
+Nats-Msg-Id = gift_transaction_id lets JetStream drop such repeats within its duplicate window, and consumers dedup
+by gift_transaction_id beyond it. Several replicas may relay at once: each locks its batch with SKIP LOCKED."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import nats.errors
+import structlog
+from nats.js import JetStreamContext
+
+from services.gifts import store
+from services.runtime.faults import crash_point
+
+log = structlog.get_logger()
+
+BATCH_SIZE = 200
+PUBLISH_TIMEOUT_SECONDS = 5.0
+# After a NATS failure, wait at least this long before trying again, however often new gifts wake the relay.
+FAILURE_BACKOFF_SECONDS = 2.0
+
+
+class OutboxRelay:
+    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, interval_seconds: float) -> None:
+        self._pool = pool
+        self._js = js
+        self._interval_seconds = interval_seconds
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            # Cleared before reading the outbox, so a gift completed meanwhile still wakes the next round.
+            self._wakeup.clear()
+            published, failed = await self.publish_batch()
+            if failed:
+                await asyncio.sleep(FAILURE_BACKOFF_SECONDS)
+            elif published < BATCH_SIZE:
+                await self._sleep_until_woken()
+
+    async def _sleep_until_woken(self) -> None:
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), self._interval_seconds)
+        except TimeoutError:
+            pass
+
+    async def publish_batch(self) -> tuple[int, bool]:
+        """Publishes up to BATCH_SIZE events in outbox order; returns (how many, whether NATS failed)."""
+        published_ids: list[int] = []
+        failed = False
+        async with self._pool.acquire() as conn, conn.transaction():
+            for event in await store.lock_outbox_batch(conn, BATCH_SIZE):
+                try:
+                    await self._publish(event)
+                except (nats.errors.Error, TimeoutError, OSError) as error:
+                    # Keep the row (and the order): it goes out on a later round.
+                    log.warning("gift_event_publish_failed", gift_transaction_id=event.gift_transaction_id,
+                                error=repr(error))
+                    failed = True
+                    break
+                published_ids.append(event.outbox_id)
+            if published_ids:
+                crash_point("gifts.after_events_published")
+                await store.delete_outbox_events(conn, published_ids)
+        return len(published_ids), failed
+
+    async def _publish(self, event: store.OutboxEvent) -> None:
+        ack = await self._js.publish(
+            event.subject,
+            event.payload,
+            timeout=PUBLISH_TIMEOUT_SECONDS,
+            headers={"Nats-Msg-Id": event.gift_transaction_id},
+        )
+        if ack.duplicate:
+            log.info("gift_event_already_published", gift_transaction_id=event.gift_transaction_id, seq=ack.seq)

@@ -1,0 +1,107 @@
+"""The wallet, as the gifts service sees it: one grpc.aio channel per process, calls with a deadline and a service
+token, and the wallet's answers sorted into accounts, spends, final refusals and "try again later"."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+
+from services.gifts import domain
+from services.runtime.auth import ROLE_SERVICE, mint_token
+from services.runtime.errors import AppError, from_rpc_error, unavailable
+
+log = structlog.get_logger()
+
+SERVICE_SUBJECT = "coinstream-gifts"
+MINTED_TOKEN_TTL_SECONDS = 3600
+# Re-mint at half the lifetime: far from expiry even with clock skew or a slow call in flight.
+MINTED_TOKEN_REFRESH_SECONDS = MINTED_TOKEN_TTL_SECONDS / 2
+# gRPC's default reconnect backoff grows to 120 s; a wallet back from a restart should be used within seconds.
+CHANNEL_OPTIONS = [("grpc.max_reconnect_backoff_ms", 5000)]
+
+
+class ServiceToken:
+    """The bearer token for calls to the wallet: the configured one, or one minted from the shared secret."""
+
+    def __init__(self, configured_token: str, auth_secret: str) -> None:
+        self._configured_token = configured_token
+        self._auth_secret = auth_secret
+        self._minted_token = ""
+        self._minted_at = 0.0
+
+    def authorization(self) -> str:
+        if self._configured_token:
+            return f"Bearer {self._configured_token}"
+        if not self._minted_token or time.monotonic() - self._minted_at > MINTED_TOKEN_REFRESH_SECONDS:
+            self._minted_token = mint_token(
+                self._auth_secret, SERVICE_SUBJECT, [ROLE_SERVICE], ttl_seconds=MINTED_TOKEN_TTL_SECONDS
+            )
+            self._minted_at = time.monotonic()
+        return f"Bearer {self._minted_token}"
+
+
+@dataclass(frozen=True)
+class Spend:
+    wallet_transaction_id: str
+    balance_coins: int
+
+
+class WalletRefused(Exception):
+    """The wallet decided, for good, not to make this spend (INSUFFICIENT_COINS, ACCOUNT_FROZEN, …)."""
+
+    def __init__(self, error: AppError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class WalletClient:
+    def __init__(self, address: str, token: ServiceToken, timeout_seconds: float) -> None:
+        # Must be created inside the running event loop: grpc.aio channels are bound to the loop they start on.
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = wallet_pb2_grpc.WalletServiceStub(self._channel)
+        self._token = token
+        self._timeout_seconds = timeout_seconds
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", self._token.authorization()),)
+
+    async def get_account(self, account_id: str) -> domain.WalletAccount | None:
+        """None when the wallet has no such account; UNAVAILABLE when it cannot tell."""
+        try:
+            response = await self._stub.GetAccount(
+                wallet_pb2.GetAccountRequest(account_id=account_id),
+                metadata=self._metadata(),
+                timeout=self._timeout_seconds,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise _wallet_unavailable("GetAccount", error) from None
+        return domain.WalletAccount(response.account.account_id, response.account.adult_verified)
+
+    async def spend_coins(self, *, request_id: str, account_id: str, coins: int, reference: str) -> Spend:
+        """Raises WalletRefused for a final refusal and UNAVAILABLE when the outcome is unknown (the same request_id
+        must then be retried: the wallet answers a repeat with its stored outcome)."""
+        request = wallet_pb2.SpendCoinsRequest(
+            request_id=request_id, account_id=account_id, coins=coins, reference=reference
+        )
+        try:
+            response = await self._stub.SpendCoins(request, metadata=self._metadata(), timeout=self._timeout_seconds)
+        except grpc.aio.AioRpcError as error:
+            refusal = from_rpc_error(error)
+            if refusal is not None and domain.is_final_wallet_refusal(refusal):
+                raise WalletRefused(refusal) from None
+            raise _wallet_unavailable("SpendCoins", error) from None
+        return Spend(response.transaction_id, response.balance.coins)
+
+
+def _wallet_unavailable(method: str, error: grpc.aio.AioRpcError) -> AppError:
+    log.warning("wallet_call_failed", wallet_method=method, code=error.code().name, details=error.details())
+    return unavailable("WALLET_UNAVAILABLE", "the wallet did not answer; retry with the same request_id")

@@ -1,0 +1,517 @@
+"""GiftService against the real stack: catalog, live streams, gifts paid through the wallet, GiftSent on JetStream,
+stream summaries; errors, validation, auth and idempotency. Every test makes its own accounts and streams."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import nats
+import nats.errors
+import pytest
+from coinstream.events.v1 import events_pb2
+from coinstream.gifts.v1 import gifts_pb2
+from coinstream.wallet.v1 import wallet_pb2
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from services.runtime.messaging import GIFT_SENT_SUBJECT
+from tests.conftest import SERVICE, Clients, auth, new_id
+from tests.grpc_errors import error_reason, violated_fields
+from tests.stack import Stack
+
+# ---------------------------------------------------------------- helpers (also used by test_gifts_crash.py)
+
+
+async def make_account(clients: Clients, *, adult_verified: bool = True, package_id: str | None = None) -> str:
+    """A fresh wallet account, with the coins of one package bought when package_id is given."""
+    account_id = new_id("acct")
+    await clients.wallet.UpsertAccount(
+        wallet_pb2.UpsertAccountRequest(
+            request_id=new_id("req"), account_id=account_id, adult_verified=adult_verified, country_code="US"
+        ),
+        metadata=SERVICE,
+    )
+    if package_id is not None:
+        await clients.wallet.PurchaseCoins(
+            wallet_pb2.PurchaseCoinsRequest(
+                request_id=new_id("req"), account_id=account_id, package_id=package_id, payment_token="tok_ok"
+            ),
+            metadata=SERVICE,
+        )
+    return account_id
+
+
+async def coins_of(clients: Clients, account_id: str) -> int:
+    reply = await clients.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id), metadata=SERVICE)
+    return reply.balance.coins
+
+
+async def go_live(clients: Clients, creator_id: str | None = None) -> gifts_pb2.LiveStream:
+    creator_id = creator_id or await make_account(clients)
+    reply = await clients.gifts.StartLiveStream(
+        gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator_id, title="Friday night"),
+        metadata=auth(creator_id),
+    )
+    return reply.stream
+
+
+def gift_request(
+    sender_id: str, stream_id: str, gift_id: str = "rose", quantity: int = 1, request_id: str | None = None
+) -> gifts_pb2.SendGiftRequest:
+    return gifts_pb2.SendGiftRequest(
+        request_id=request_id or new_id("req"), sender_id=sender_id, stream_id=stream_id, gift_id=gift_id,
+        quantity=quantity,
+    )
+
+
+async def summary_of(clients: Clients, stream_id: str) -> gifts_pb2.StreamSummary:
+    reply = await clients.gifts.GetStreamSummary(
+        gifts_pb2.GetStreamSummaryRequest(stream_id=stream_id), metadata=SERVICE
+    )
+    return reply.summary
+
+
+async def gift_sent_messages(nats_url: str, gift_transaction_id: str, *, timeout_seconds: float = 15.0) -> list[Msg]:
+    """Every GiftSent message for this gift in the GIFTS stream, once at least one arrived (or the time ran out)."""
+    deadline = time.monotonic() + timeout_seconds
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        while True:
+            found = [
+                m for m in await _all_gift_sent(js) if m.headers and m.headers.get("Nats-Msg-Id") == gift_transaction_id
+            ]
+            if found or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def _all_gift_sent(js: nats.js.JetStreamContext) -> list[Msg]:
+    """Reads the subject from the start with an ephemeral ordered consumer until nothing is pending."""
+    subscription = await js.subscribe(GIFT_SENT_SUBJECT, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    messages: list[Msg] = []
+    try:
+        while True:
+            try:
+                message = await subscription.next_msg(timeout=2.0)
+            except nats.errors.TimeoutError:
+                return messages  # empty stream
+            messages.append(message)
+            if message.metadata.num_pending == 0:
+                return messages
+    finally:
+        await subscription.unsubscribe()
+
+
+# ---------------------------------------------------------------- ListGifts
+
+
+async def test_list_gifts_returns_the_catalog_by_price(clients: Clients) -> None:
+    reply = await clients.gifts.ListGifts(gifts_pb2.ListGiftsRequest(), metadata=auth(new_id("user")))
+    assert [(g.gift_id, g.coin_price) for g in reply.gifts] == [
+        ("rose", 1), ("finger_heart", 5), ("doughnut", 30), ("hand_hearts", 100), ("corgi", 299),
+        ("money_gun", 500), ("disco_ball", 1000), ("lion", 29999), ("universe", 34999),
+    ]
+    assert {g.gift_id: g.name for g in reply.gifts}["finger_heart"] == "Finger Heart"
+
+
+async def test_calls_without_a_token_are_unauthenticated(clients: Clients) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.ListGifts(gifts_pb2.ListGiftsRequest())
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.SendGift(gift_request("someone", "str_x"))
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# ---------------------------------------------------------------- live streams
+
+
+async def test_start_and_end_live_stream(clients: Clients) -> None:
+    creator = await make_account(clients)
+    request = gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator, title="Cooking show")
+    started = await clients.gifts.StartLiveStream(request, metadata=auth(creator))
+    stream = started.stream
+    assert stream.stream_id and stream.creator_id == creator and stream.title == "Cooking show"
+    assert stream.status == gifts_pb2.STREAM_STATUS_LIVE
+    assert await clients.gifts.StartLiveStream(request, metadata=auth(creator)) == started  # idempotent replay
+
+    end = gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=stream.stream_id)
+    ended = await clients.gifts.EndLiveStream(end, metadata=auth(creator))
+    assert ended.stream.status == gifts_pb2.STREAM_STATUS_ENDED
+    assert ended.stream.stream_id == stream.stream_id and ended.stream.title == "Cooking show"
+    assert await clients.gifts.EndLiveStream(end, metadata=auth(creator)) == ended  # idempotent replay
+    # Ending an ended stream (new request_id) returns it unchanged.
+    again = await clients.gifts.EndLiveStream(
+        gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=stream.stream_id), metadata=SERVICE
+    )
+    assert again.stream == ended.stream
+    # Once ended, the creator may go live again.
+    assert (await go_live(clients, creator)).stream_id != stream.stream_id
+
+
+async def test_service_may_start_and_end_a_stream_for_a_creator(clients: Clients) -> None:
+    creator = await make_account(clients)
+    started = await clients.gifts.StartLiveStream(
+        gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator, title="t"), metadata=SERVICE
+    )
+    ended = await clients.gifts.EndLiveStream(
+        gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=started.stream.stream_id), metadata=SERVICE
+    )
+    assert ended.stream.status == gifts_pb2.STREAM_STATUS_ENDED
+
+
+async def test_second_live_stream_is_refused(clients: Clients) -> None:
+    stream = await go_live(clients)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await go_live(clients, stream.creator_id)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(error.value) == "STREAM_ALREADY_LIVE"
+
+
+async def test_concurrent_starts_leave_one_live_stream(clients: Clients) -> None:
+    creator = await make_account(clients)
+    outcomes = await asyncio.gather(*(go_live(clients, creator) for _ in range(5)), return_exceptions=True)
+    started = [o for o in outcomes if isinstance(o, gifts_pb2.LiveStream)]
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(started) == 1 and len(refused) == 4
+    assert {error_reason(e) for e in refused} == {"STREAM_ALREADY_LIVE"}
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["not-adult", "unknown"])
+async def test_creator_must_be_adult_verified(clients: Clients, known: bool) -> None:
+    creator = await make_account(clients, adult_verified=False) if known else new_id("ghost")
+    request = gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator, title="t")
+    for _ in range(2):  # the refusal is stored: a retry gets it again
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await clients.gifts.StartLiveStream(request, metadata=auth(creator))
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(error.value) == "ACCOUNT_NOT_ELIGIBLE"
+
+
+async def test_end_unknown_stream_is_not_found(clients: Clients) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.EndLiveStream(
+            gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id="str_missing"), metadata=SERVICE
+        )
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(error.value) == "STREAM_NOT_FOUND"
+
+
+async def test_users_cannot_start_or_end_streams_of_others(clients: Clients) -> None:
+    creator = await make_account(clients)
+    intruder = await make_account(clients)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.StartLiveStream(
+            gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator, title="t"),
+            metadata=auth(intruder),
+        )
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    stream = await go_live(clients, creator)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.EndLiveStream(
+            gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=stream.stream_id),
+            metadata=auth(intruder),
+        )
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Still live: the intruder changed nothing.
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await go_live(clients, creator)
+    assert error_reason(error.value) == "STREAM_ALREADY_LIVE"
+
+
+async def test_invalid_stream_requests_change_nothing(clients: Clients) -> None:
+    creator = await make_account(clients)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.StartLiveStream(
+            gifts_pb2.StartLiveStreamRequest(request_id="bad id!", creator_id=creator, title="x" * 201),
+            metadata=SERVICE,
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(error.value) == {"request_id", "title"}
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.StartLiveStream(
+            gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id="no spaces", title="  "),
+            metadata=SERVICE,
+        )
+    assert violated_fields(error.value) == {"creator_id", "title"}
+    stream = await go_live(clients, creator)  # nothing was started by the invalid calls
+
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.EndLiveStream(
+            gifts_pb2.EndLiveStreamRequest(request_id="", stream_id=""), metadata=SERVICE
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(error.value) == {"request_id", "stream_id"}
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.EndLiveStream(
+            gifts_pb2.EndLiveStreamRequest(request_id="", stream_id=stream.stream_id), metadata=SERVICE
+        )
+    assert violated_fields(error.value) == {"request_id"}
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await go_live(clients, creator)
+    assert error_reason(error.value) == "STREAM_ALREADY_LIVE"  # still live
+
+
+# ---------------------------------------------------------------- SendGift
+
+
+async def test_send_gift_charges_the_sender_and_credits_the_stream(clients: Clients) -> None:
+    stream = await go_live(clients)
+    sender = await make_account(clients, package_id="coins_330")
+    reply = await clients.gifts.SendGift(
+        gift_request(sender, stream.stream_id, "finger_heart", 3), metadata=auth(sender)
+    )
+    gift = reply.gift
+    assert gift.gift_transaction_id
+    assert (gift.sender_id, gift.recipient_id, gift.stream_id) == (sender, stream.creator_id, stream.stream_id)
+    assert (gift.gift_id, gift.quantity, gift.coins) == ("finger_heart", 3, 15)
+    assert reply.sender_balance_coins == 330 - 15
+    assert await coins_of(clients, sender) == 330 - 15
+    summary = await summary_of(clients, stream.stream_id)
+    assert (summary.total_coins, summary.gift_count) == (15, 1)
+    assert [(g.account_id, g.coins) for g in summary.top_gifters] == [(sender, 15)]
+
+
+async def test_service_may_send_a_gift_for_a_user(clients: Clients) -> None:
+    stream = await go_live(clients)
+    sender = await make_account(clients, package_id="coins_65")
+    reply = await clients.gifts.SendGift(gift_request(sender, stream.stream_id, "doughnut"), metadata=SERVICE)
+    assert reply.gift.coins == 30 and reply.sender_balance_coins == 35
+
+
+async def test_gift_sent_is_published_to_jetstream(clients: Clients, stack: Stack) -> None:
+    stream = await go_live(clients)
+    sender = await make_account(clients, package_id="coins_660")
+    reply = await clients.gifts.SendGift(gift_request(sender, stream.stream_id, "corgi", 2), metadata=auth(sender))
+    gift = reply.gift
+
+    messages = await gift_sent_messages(stack.nats.url, gift.gift_transaction_id)
+    assert len(messages) == 1
+    message = messages[0]
+    assert message.subject == GIFT_SENT_SUBJECT
+    assert message.headers is not None and message.headers["Nats-Msg-Id"] == gift.gift_transaction_id
+    event = events_pb2.GiftSent.FromString(message.data)
+    assert event.gift_transaction_id == gift.gift_transaction_id
+    assert (event.sender_id, event.recipient_id, event.stream_id) == (sender, stream.creator_id, stream.stream_id)
+    assert (event.gift_id, event.quantity, event.coins) == ("corgi", 2, 598)
+    assert event.wallet_transaction_id.startswith("txn_")
+    assert abs(time.time() - event.sent_at.ToSeconds()) < 120
+    history = await clients.wallet.ListTransactions(
+        wallet_pb2.ListTransactionsRequest(account_id=sender), metadata=SERVICE
+    )
+    spend = history.transactions[0]
+    assert spend.transaction_id == event.wallet_transaction_id
+    assert spend.coins_delta == -598 and spend.reference == f"gift:{gift.gift_transaction_id}"
+
+
+async def test_send_gift_replay_returns_the_same_response_and_charges_once(clients: Clients) -> None:
+    stream = await go_live(clients)
+    sender = await make_account(clients, package_id="coins_330")
+    request = gift_request(sender, stream.stream_id, "doughnut", 2)
+    first = await clients.gifts.SendGift(request, metadata=auth(sender))
+    second = await clients.gifts.SendGift(request, metadata=auth(sender))
+    assert second == first
+    assert await coins_of(clients, sender) == 330 - 60
+    assert (await summary_of(clients, stream.stream_id)).gift_count == 1
+
+
+async def test_request_id_reused_with_another_payload_is_refused(clients: Clients) -> None:
+    stream = await go_live(clients)
+    sender = await make_account(clients, package_id="coins_65")
+    request = gift_request(sender, stream.stream_id, "rose", 1)
+    await clients.gifts.SendGift(request, metadata=auth(sender))
+    changed = gift_request(sender, stream.stream_id, "rose", 2, request_id=request.request_id)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.SendGift(changed, metadata=auth(sender))
+    assert error.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_reason(error.value) == "REQUEST_ID_REUSED"
+    assert await coins_of(clients, sender) == 64
+
+
+async def test_concurrent_duplicates_charge_once(clients: Clients) -> None:
+    stream = await go_live(clients)
+    sender = await make_account(clients, package_id="coins_330")
+    request = gift_request(sender, stream.stream_id, "hand_hearts", 1)
+    replies = await asyncio.gather(*(clients.gifts.SendGift(request, metadata=auth(sender)) for _ in range(10)))
+    assert all(reply == replies[0] for reply in replies)
+    assert replies[0].sender_balance_coins == 230
+    assert await coins_of(clients, sender) == 230
+    summary = await summary_of(clients, stream.stream_id)
+    assert (summary.total_coins, summary.gift_count) == (100, 1)
+
+
+async def test_insufficient_coins_comes_from_the_wallet_and_charges_nothing(clients: Clients) -> None:
+    stream = await go_live(clients)
+    sender = await make_account(clients, package_id="coins_65")
+    request = gift_request(sender, stream.stream_id, "hand_hearts", 1)
+    for _ in range(2):  # stored: the retry gets the same refusal
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await clients.gifts.SendGift(request, metadata=auth(sender))
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(error.value) == "INSUFFICIENT_COINS"
+    assert await coins_of(clients, sender) == 65
+    summary = await summary_of(clients, stream.stream_id)
+    assert (summary.total_coins, summary.gift_count, len(summary.top_gifters)) == (0, 0, 0)
+
+
+async def test_unverified_sender_is_refused_by_the_wallet(clients: Clients) -> None:
+    stream = await go_live(clients)
+    sender = await make_account(clients, adult_verified=False)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.SendGift(gift_request(sender, stream.stream_id), metadata=auth(sender))
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(error.value) == "ACCOUNT_NOT_ELIGIBLE"
+
+
+async def test_gift_to_unknown_stream_is_not_found(clients: Clients) -> None:
+    sender = await make_account(clients, package_id="coins_65")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.SendGift(gift_request(sender, "str_missing"), metadata=auth(sender))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(error.value) == "STREAM_NOT_FOUND"
+    assert await coins_of(clients, sender) == 65
+
+
+async def test_gift_to_ended_stream_is_refused(clients: Clients) -> None:
+    stream = await go_live(clients)
+    await clients.gifts.EndLiveStream(
+        gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=stream.stream_id), metadata=SERVICE
+    )
+    sender = await make_account(clients, package_id="coins_65")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.SendGift(gift_request(sender, stream.stream_id), metadata=auth(sender))
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(error.value) == "STREAM_NOT_LIVE"
+    assert await coins_of(clients, sender) == 65
+
+
+async def test_unknown_gift_is_not_found(clients: Clients) -> None:
+    stream = await go_live(clients)
+    sender = await make_account(clients, package_id="coins_65")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.SendGift(gift_request(sender, stream.stream_id, "unicorn"), metadata=auth(sender))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(error.value) == "GIFT_NOT_FOUND"
+    assert await coins_of(clients, sender) == 65
+
+
+async def test_creator_cannot_gift_own_stream(clients: Clients) -> None:
+    creator = await make_account(clients, package_id="coins_65")
+    stream = await go_live(clients, creator)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.SendGift(gift_request(creator, stream.stream_id), metadata=auth(creator))
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(error.value) == "SELF_GIFT"
+    assert await coins_of(clients, creator) == 65
+
+
+async def test_user_cannot_send_gift_as_someone_else(clients: Clients) -> None:
+    stream = await go_live(clients)
+    victim = await make_account(clients, package_id="coins_65")
+    intruder = await make_account(clients)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.SendGift(gift_request(victim, stream.stream_id), metadata=auth(intruder))
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as error:  # an admin is not a sender either
+        await clients.gifts.SendGift(gift_request(victim, stream.stream_id), metadata=auth("ops", "admin"))
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert await coins_of(clients, victim) == 65
+
+
+@pytest.mark.parametrize(
+    ("changes", "fields"),
+    [
+        ({"request_id": ""}, {"request_id"}),
+        ({"request_id": "x" * 129}, {"request_id"}),
+        ({"sender_id": "not valid!"}, {"sender_id"}),
+        ({"stream_id": ""}, {"stream_id"}),
+        ({"gift_id": ""}, {"gift_id"}),
+        ({"quantity": 0}, {"quantity"}),
+        ({"quantity": 10_001}, {"quantity"}),
+        ({"quantity": -3}, {"quantity"}),
+        ({"request_id": "a b", "sender_id": "", "stream_id": "s" * 129, "gift_id": "ro se", "quantity": 0},
+         {"request_id", "sender_id", "stream_id", "gift_id", "quantity"}),
+    ],
+)
+async def test_invalid_send_gift_is_refused_and_changes_nothing(
+    clients: Clients, changes: dict[str, object], fields: set[str]
+) -> None:
+    stream = await go_live(clients)
+    sender = await make_account(clients, package_id="coins_65")
+    request = gift_request(sender, stream.stream_id)
+    for name, value in changes.items():
+        setattr(request, name, value)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.SendGift(request, metadata=SERVICE)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(error.value) == "INVALID_ARGUMENT"
+    assert violated_fields(error.value) == fields
+    assert await coins_of(clients, sender) == 65
+    assert (await summary_of(clients, stream.stream_id)).gift_count == 0
+
+
+async def test_largest_quantity_is_accepted(clients: Clients) -> None:
+    stream = await go_live(clients)
+    sender = await make_account(clients, package_id="coins_16500")
+    reply = await clients.gifts.SendGift(gift_request(sender, stream.stream_id, "rose", 10_000), metadata=SERVICE)
+    assert reply.gift.coins == 10_000
+    assert reply.sender_balance_coins == 16500 + 825 - 10_000  # the package carries a 5% bonus
+
+
+# ---------------------------------------------------------------- GetStreamSummary
+
+
+async def test_stream_summary_totals_and_top_gifters(clients: Clients) -> None:
+    stream = await go_live(clients)
+    senders = [await make_account(clients, package_id="coins_660") for _ in range(12)]
+    # Sender i gives i+1 doughnuts, so the ranking is known; senders 0 and 1 tie after an extra gift below.
+    await asyncio.gather(
+        *(
+            clients.gifts.SendGift(gift_request(sender, stream.stream_id, "doughnut", i + 1), metadata=SERVICE)
+            for i, sender in enumerate(senders)
+        )
+    )
+    await clients.gifts.SendGift(gift_request(senders[0], stream.stream_id, "doughnut", 1), metadata=SERVICE)
+
+    summary = await summary_of(clients, stream.stream_id)
+    assert summary.stream_id == stream.stream_id
+    assert summary.total_coins == 30 * (sum(range(1, 13)) + 1)
+    assert summary.gift_count == 13
+    expected = sorted(
+        [(sender, 30 * (i + 1)) for i, sender in enumerate(senders)][1:] + [(senders[0], 60)],
+        key=lambda pair: (-pair[1], pair[0]),
+    )[:10]
+    assert [(g.account_id, g.coins) for g in summary.top_gifters] == expected
+    assert len(summary.top_gifters) == 10
+
+
+async def test_stream_summary_is_open_to_any_user_and_counts_only_completed_gifts(clients: Clients) -> None:
+    stream = await go_live(clients)
+    poor = await make_account(clients)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await clients.gifts.SendGift(gift_request(poor, stream.stream_id), metadata=SERVICE)
+    reply = await clients.gifts.GetStreamSummary(
+        gifts_pb2.GetStreamSummaryRequest(stream_id=stream.stream_id), metadata=auth(new_id("viewer"))
+    )
+    assert reply.summary == gifts_pb2.StreamSummary(stream_id=stream.stream_id)
+
+
+async def test_stream_summary_errors(clients: Clients) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.GetStreamSummary(
+            gifts_pb2.GetStreamSummaryRequest(stream_id="str_missing"), metadata=SERVICE
+        )
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(error.value) == "STREAM_NOT_FOUND"
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.GetStreamSummary(gifts_pb2.GetStreamSummaryRequest(stream_id=""), metadata=SERVICE)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(error.value) == {"stream_id"}
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await clients.gifts.GetStreamSummary(gifts_pb2.GetStreamSummaryRequest(stream_id="str_missing"))
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
