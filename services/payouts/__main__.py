@@ -1,0 +1,66 @@
+"""Runs the payouts service: python -m services.payouts"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
+
+from services.payouts.config import PayoutsSettings
+from services.payouts.domain import WithdrawalPolicy
+from services.payouts.payout_provider import SandboxPayoutProvider
+from services.payouts.payout_worker import PayoutWorker
+from services.payouts.service import PayoutsService
+from services.payouts.servicer import PayoutsServicer
+from services.payouts.settlement import Settlement, SettlementConsumer, declare_settlement_consumer
+from services.runtime.server import ServiceRuntime
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def withdrawal_policy(settings: PayoutsSettings) -> WithdrawalPolicy:
+    return WithdrawalPolicy(
+        minimum_diamonds=settings.payouts_minimum_withdrawal_diamonds,
+        daily_cap_diamonds=settings.payouts_daily_withdrawal_cap_diamonds,
+        value_per_1000_minor=settings.payouts_diamond_value_per_1000_minor,
+        currency_code=settings.payouts_currency_code,
+    )
+
+
+async def main() -> None:
+    settings = PayoutsSettings()
+    runtime = ServiceRuntime(settings)
+    pool = await runtime.open_database(MIGRATIONS)
+    payouts = PayoutsService(pool, withdrawal_policy(settings))
+    # Before anything settles: every credit must name the rate version in force.
+    await payouts.adopt_configured_rate(settings.payouts_rate_numerator, settings.payouts_rate_denominator)
+
+    js = (await runtime.open_nats()).jetstream()
+    await declare_settlement_consumer(js, settings.payouts_settlement_ack_wait_seconds)
+    settlement = SettlementConsumer(
+        js,
+        Settlement(pool),
+        batch_size=settings.payouts_settlement_batch_size,
+        fetch_timeout_seconds=settings.payouts_settlement_fetch_timeout_seconds,
+    )
+    payout_worker = PayoutWorker(
+        pool,
+        SandboxPayoutProvider(settings.payouts_sandbox_settle_seconds),
+        batch_size=settings.payouts_worker_batch_size,
+        check_interval_seconds=settings.payouts_worker_interval_seconds,
+        provider_timeout_seconds=settings.payouts_provider_timeout_seconds,
+    )
+
+    runtime.add_service(
+        payouts_pb2_grpc.add_PayoutServiceServicer_to_server,
+        PayoutsServicer(payouts),
+        payouts_pb2.DESCRIPTOR.services_by_name["PayoutService"].full_name,
+    )
+    runtime.add_worker("settlement", settlement.run_forever)
+    runtime.add_worker("payouts", payout_worker.run_forever)
+    await runtime.run()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+from services.runtime.config import RuntimeSettings
+
+
+class PayoutsSettings(RuntimeSettings):
+    payouts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_payouts"
+    payouts_port: int = 50053
+    payouts_metrics_port: int = 0
+
+    # Settlement rate (contract default 1 coin → 1 diamond). A change is recorded as a new rate version at start.
+    payouts_rate_numerator: PositiveInt = 1
+    payouts_rate_denominator: PositiveInt = 1
+
+    # What diamonds are worth when withdrawn (contract default: 1,000 diamonds = 500 minor units = $5.00).
+    payouts_diamond_value_per_1000_minor: PositiveInt = 500
+    payouts_currency_code: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    payouts_minimum_withdrawal_diamonds: PositiveInt = 2000
+    payouts_daily_withdrawal_cap_diamonds: PositiveInt = 200_000
+
+    # Settlement consumer: messages per batch (one database transaction each) and how long one fetch waits.
+    # Bounded well under the consumer's max_ack_pending (20,000).
+    payouts_settlement_batch_size: int = Field(500, gt=0, le=10_000)
+    payouts_settlement_fetch_timeout_seconds: PositiveFloat = 1.0
+    # JetStream redelivers a message not acked within this long (e.g. after a crash between commit and ack).
+    payouts_settlement_ack_wait_seconds: PositiveFloat = 30.0
+
+    # Payout worker: how often it looks at pending withdrawals and how many it handles per pass.
+    payouts_worker_interval_seconds: PositiveFloat = 1.0
+    payouts_worker_batch_size: int = Field(100, gt=0, le=10_000)
+    payouts_provider_timeout_seconds: PositiveFloat = 10.0
+    # How long the sandbox payout provider takes to pay a "sandbox:ok…" destination.
+    payouts_sandbox_settle_seconds: NonNegativeFloat = 2.0
+
+    @property
+    def service_name(self) -> str:
+        return "payouts"
+
+    @property
+    def database_url(self) -> str:
+        return self.payouts_database_url
+
+    @property
+    def grpc_port(self) -> int:
+        return self.payouts_port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.payouts_metrics_port

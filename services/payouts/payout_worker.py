@@ -1,0 +1,125 @@
+"""The payout worker: moves pending withdrawals through the payout provider to PAID or FAILED.
+
+One withdrawal at a time, each in its own transaction holding that withdrawal's row lock (FOR UPDATE SKIP LOCKED,
+so replicas share the work without waiting on each other): submit it if it was never submitted, else ask the
+provider about it, then record what the provider said. A crash between the provider call and the commit loses only
+the record of the call; the next look repeats it, and the provider is idempotent by withdrawal_id."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import structlog
+from prometheus_client import Counter
+
+from services.payouts import domain, store
+from services.payouts.payout_provider import PayoutProvider, PayoutResult, PayoutState
+from services.payouts.service import new_id
+from services.runtime.faults import crash_point
+
+WITHDRAWALS_FINISHED = Counter("coinstream_payouts_withdrawals_finished_total", "Withdrawals finished", ["status"])
+
+log = structlog.get_logger()
+
+
+class PayoutWorker:
+    def __init__(
+        self, pool: asyncpg.Pool, provider: PayoutProvider, *, batch_size: int, check_interval_seconds: float,
+        provider_timeout_seconds: float,
+    ) -> None:
+        self._pool = pool
+        self._provider = provider
+        self._batch_size = batch_size
+        self._check_interval_seconds = check_interval_seconds
+        self._provider_timeout_seconds = provider_timeout_seconds
+
+    async def run_forever(self) -> None:
+        while True:
+            await self.process_due_withdrawals()
+            await asyncio.sleep(self._check_interval_seconds)
+
+    async def process_due_withdrawals(self) -> int:
+        """Looks at up to batch_size due withdrawals; returns how many it looked at."""
+        for handled in range(self._batch_size):
+            if not await self._advance_next():
+                return handled
+        return self._batch_size
+
+    async def _advance_next(self) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            withdrawal = await store.lock_next_due_withdrawal(conn)
+            if withdrawal is None:
+                return False
+            result = await self._ask_provider(withdrawal)
+            await self._record(conn, withdrawal, result)
+        return True
+
+    async def _ask_provider(self, withdrawal: store.WithdrawalRow) -> PayoutResult | None:
+        """What the provider says now; None when it could not be asked (we ask again later)."""
+        try:
+            if withdrawal.provider_reference is None:
+                result = await asyncio.wait_for(self._submit(withdrawal), self._provider_timeout_seconds)
+                crash_point("payouts.after_payout_submitted")
+                return result
+            return await asyncio.wait_for(
+                self._provider.status(
+                    withdrawal_id=withdrawal.withdrawal_id, provider_reference=withdrawal.provider_reference
+                ),
+                self._provider_timeout_seconds,
+            )
+        except Exception:
+            # Whatever went wrong with the provider (timeout, outage, a bug in its adapter), the withdrawal stays
+            # pending and is looked at again later, behind the others, so one bad payout cannot block the queue.
+            log.exception("payout_provider_call_failed", withdrawal_id=withdrawal.withdrawal_id)
+            return None
+
+    async def _submit(self, withdrawal: store.WithdrawalRow) -> PayoutResult:
+        result = await self._provider.submit(
+            withdrawal_id=withdrawal.withdrawal_id,
+            destination=withdrawal.payout_destination,
+            amount_minor=withdrawal.payout_amount_minor,
+            currency_code=withdrawal.payout_currency_code,
+        )
+        log.info("payout_submitted", withdrawal_id=withdrawal.withdrawal_id, state=result.state.value)
+        return result
+
+    async def _record(
+        self, conn: asyncpg.Connection, withdrawal: store.WithdrawalRow, result: PayoutResult | None
+    ) -> None:
+        if result is None:
+            await store.postpone_check(conn, withdrawal.withdrawal_id, self._check_interval_seconds)
+        elif result.state is PayoutState.PROCESSING:
+            await store.record_provider_progress(
+                conn, withdrawal.withdrawal_id, result.provider_reference, self._check_interval_seconds
+            )
+        elif result.state is PayoutState.PAID:
+            await _finish(conn, withdrawal, result, domain.WithdrawalStatus.PAID)
+        else:
+            await _finish(conn, withdrawal, result, domain.WithdrawalStatus.FAILED)
+
+
+async def _finish(
+    conn: asyncpg.Connection, withdrawal: store.WithdrawalRow, result: PayoutResult, status: domain.WithdrawalStatus
+) -> None:
+    """Releases the reserved diamonds, to system:paid_out (paid) or back to available (failed), with the status."""
+    creator_id, diamonds = withdrawal.creator_id, withdrawal.diamonds
+    paid = status is domain.WithdrawalStatus.PAID
+    transaction_id = new_id("txn")
+    await store.record_transaction(
+        conn,
+        transaction_id=transaction_id,
+        kind="withdrawal_paid" if paid else "withdrawal_returned",
+        reference=withdrawal.withdrawal_id,
+        postings=(domain.paid_out_postings if paid else domain.returned_postings)(creator_id, diamonds),
+    )
+    await store.move_diamonds(conn, creator_id, available_delta=0 if paid else diamonds, reserved_delta=-diamonds)
+    failure_reason = "" if paid else (result.failure_reason or "payout failed")
+    finished = await store.finish_withdrawal(
+        conn, withdrawal.withdrawal_id, status=status, failure_reason=failure_reason,
+        provider_reference=result.provider_reference, finish_transaction_id=transaction_id,
+    )
+    # We hold the row lock on a pending withdrawal, so the status guard cannot miss; if it ever did, this rolls back.
+    assert finished, f"withdrawal {withdrawal.withdrawal_id} was not pending"
+    WITHDRAWALS_FINISHED.labels(status.value).inc()
+    log.info("withdrawal_finished", withdrawal_id=withdrawal.withdrawal_id, status=status.value, reason=failure_reason)

@@ -1,0 +1,186 @@
+"""Settlement of gifts into creator diamonds: the durable JetStream consumer of GiftSent and the batch use case.
+
+Exactly-once effect from at-least-once delivery: a batch is one database transaction in which only gifts entering
+the inbox for the first time are credited; messages are acked only after that commit. A crash before the commit
+settles nothing (JetStream redelivers); a crash after it but before the acks makes JetStream redeliver gifts the
+inbox then ignores."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+import asyncpg
+import structlog
+from coinstream.events.v1 import events_pb2
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from prometheus_client import Counter
+
+from services.payouts import domain, store
+from services.payouts.service import new_id
+from services.runtime.errors import AppError
+from services.runtime.faults import crash_point
+from services.runtime.messaging import (
+    GIFT_SENT_SUBJECT,
+    GIFTS_STREAM,
+    SETTLEMENT_CONSUMER,
+    SETTLEMENT_CONSUMER_CONFIG,
+    ensure_settlement_consumer,
+)
+from services.runtime.validation import Validator
+
+MAX_GIFT_COINS = 10_000_000_000  # far above any gift (10,000 × the dearest) yet far from int64 overflow
+RETRY_PAUSE_SECONDS = 1.0
+
+GIFTS_SETTLED = Counter("coinstream_payouts_gifts_settled_total", "Gifts credited to creators (first delivery only)")
+DUPLICATE_GIFTS = Counter("coinstream_payouts_duplicate_gifts_total", "GiftSent deliveries already settled")
+REJECTED_EVENTS = Counter("coinstream_payouts_rejected_events_total", "GiftSent messages that could not be read")
+DIAMONDS_CREDITED = Counter("coinstream_payouts_diamonds_credited_total", "Diamonds credited to creators")
+
+log = structlog.get_logger()
+
+
+async def declare_settlement_consumer(js: JetStreamContext, ack_wait_seconds: float) -> None:
+    """The runtime's consumer, with the configured ack_wait (an existing consumer is updated to it)."""
+    await ensure_settlement_consumer(js)
+    info = await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
+    if info.config.ack_wait is None or abs(info.config.ack_wait - ack_wait_seconds) > 0.001:
+        # Creating a durable consumer that exists updates its editable settings, ack_wait among them.
+        await js.add_consumer(GIFTS_STREAM, SETTLEMENT_CONSUMER_CONFIG.evolve(ack_wait=ack_wait_seconds))
+        log.info("settlement_consumer_ack_wait_set", ack_wait_seconds=ack_wait_seconds)
+
+
+def decode_gift_sent(data: bytes) -> domain.GiftToSettle:
+    """Raises AppError (INVALID_ARGUMENT) for a payload that is not a GiftSent settlement can use."""
+    check = Validator()
+    try:
+        event = events_pb2.GiftSent.FromString(data)
+    except DecodeError as error:
+        check.fail("payload", f"is not a coinstream.events.v1.GiftSent: {error}")
+        check.raise_if_invalid()
+    check.opaque_id(event.gift_transaction_id, "gift_transaction_id")
+    # Creator ids name ledger accounts ('creator:<id>:…'), so they must be real identifiers.
+    check.identifier(event.recipient_id, "recipient_id")
+    check.opaque_id(event.stream_id, "stream_id")
+    check.int_range(event.coins, "coins", minimum=1, maximum=MAX_GIFT_COINS)
+    check.raise_if_invalid()
+    return domain.GiftToSettle(event.gift_transaction_id, event.recipient_id, event.stream_id, event.coins)
+
+
+class Settlement:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def settle(self, gifts: list[domain.GiftToSettle]) -> int:
+        """Credits the gifts not settled before, in one transaction; returns how many that was."""
+        by_id: dict[str, domain.GiftToSettle] = {}
+        for gift in gifts:
+            by_id.setdefault(gift.gift_transaction_id, gift)  # the same gift twice in one batch counts once
+        async with self._pool.acquire() as conn, conn.transaction():
+            new_ids = await store.admit_to_inbox(conn, list(by_id))
+            if not new_ids:
+                return 0
+            rate = await store.current_rate(conn)
+            assert rate is not None, "a rate version is recorded before settlement starts"
+            credits = domain.credit_gifts([by_id[gift_id] for gift_id in sorted(new_ids)], rate)
+            await self._record(conn, rate, credits)
+        return len(credits)
+
+    async def _record(
+        self, conn: asyncpg.Connection, rate: domain.SettlementRate, credits: list[domain.DiamondCredit]
+    ) -> None:
+        diamonds_per_creator = domain.diamonds_by_creator(credits)
+        transaction_id = new_id("txn")
+        await store.record_transaction(
+            conn, transaction_id=transaction_id, kind="settlement", reference=f"{len(credits)} gifts",
+            postings=domain.settlement_postings(diamonds_per_creator),
+        )
+        await store.insert_credits(conn, transaction_id=transaction_id, rate_version=rate.version, credits=credits)
+        await store.credit_creators(conn, diamonds_per_creator)
+        DIAMONDS_CREDITED.inc(sum(diamonds_per_creator.values()))
+
+
+class SettlementConsumer:
+    """Pulls GiftSent in batches from the durable consumer and settles each batch before acking it."""
+
+    def __init__(
+        self, js: JetStreamContext, settlement: Settlement, *, batch_size: int, fetch_timeout_seconds: float
+    ) -> None:
+        self._js = js
+        self._settlement = settlement
+        self._batch_size = batch_size
+        self._fetch_timeout_seconds = fetch_timeout_seconds
+
+    async def run_forever(self) -> None:
+        # durable= must be explicit: pull_subscribe ignores ConsumerConfig.durable_name (nats.py #603).
+        subscription = await self._js.pull_subscribe(
+            GIFT_SENT_SUBJECT, durable=SETTLEMENT_CONSUMER, stream=GIFTS_STREAM
+        )
+        try:
+            while True:
+                messages = await self._fetch(subscription)
+                if messages:
+                    await self._handle(messages)
+        finally:
+            await _quietly(subscription.unsubscribe())
+
+    async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
+        try:
+            return await subscription.fetch(self._batch_size, timeout=self._fetch_timeout_seconds)
+        except TimeoutError:  # nats-py raises it when there is nothing to fetch (nats.py #418)
+            return []
+        except NatsError as error:
+            log.warning("settlement_fetch_failed", error=repr(error))
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+            return []
+
+    async def _handle(self, messages: list[Msg]) -> None:
+        readable: list[Msg] = []
+        gifts: list[domain.GiftToSettle] = []
+        for message in messages:
+            try:
+                gifts.append(decode_gift_sent(message.data))
+                readable.append(message)
+            except AppError as error:
+                await self._reject(message, error)
+        if not readable:
+            return
+        try:
+            settled = await self._settlement.settle(gifts)
+        except Exception:
+            log.exception("settlement_batch_failed", messages=len(readable))
+            # Not acked, so nothing is lost: hand them back for another try after a pause.
+            for message in readable:
+                await _quietly(message.nak(delay=RETRY_PAUSE_SECONDS))
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+            return
+        crash_point("payouts.after_settlement_commit")
+        for message in readable:
+            # Fire-and-forget is enough: a lost ack only means a redelivery, which the inbox ignores.
+            await _quietly(message.ack())
+        GIFTS_SETTLED.inc(settled)
+        DUPLICATE_GIFTS.inc(len(readable) - settled)
+        log.info("gifts_settled", messages=len(readable), settled=settled)
+
+    async def _reject(self, message: Msg, error: AppError) -> None:
+        """A message we can never settle would block nothing but be redelivered forever: terminate it, loudly.
+        It stays in the stream (limits retention), so it can be inspected and replayed once fixed."""
+        REJECTED_EVENTS.inc()
+        log.error(
+            "gift_event_rejected",
+            error=error.message,
+            stream_sequence=message.metadata.sequence.stream,
+            message_id=(message.headers or {}).get("Nats-Msg-Id"),
+        )
+        await _quietly(message.term())
+
+
+async def _quietly(operation: Awaitable[object]) -> None:
+    """Acks and cleanups are best effort: failing them only causes a redelivery."""
+    try:
+        await operation
+    except NatsError as error:
+        log.warning("nats_operation_failed", error=repr(error))

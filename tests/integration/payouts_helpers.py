@@ -1,0 +1,184 @@
+"""Shared by the payouts tests: GiftSent events published straight to JetStream (as the gifts service would),
+waiting for settlement and payouts, and checks of the payouts ledger read from its database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+import nats
+from coinstream.events.v1 import events_pb2
+from coinstream.payouts.v1 import payouts_pb2
+
+from tests.conftest import SERVICE, Clients, new_id
+from tests.stack import Stack
+
+GIFT_SENT_SUBJECT = "gifts.v1.gift_sent"
+PUBLISH_CONCURRENCY = 200
+WAIT_SECONDS = 30.0
+
+T = TypeVar("T")
+
+
+def gift_sent(creator_id: str, coins: int, gift_transaction_id: str | None = None) -> events_pb2.GiftSent:
+    event = events_pb2.GiftSent(
+        gift_transaction_id=gift_transaction_id or f"gtx_{uuid.uuid4().hex}",
+        sender_id=new_id("fan"),
+        recipient_id=creator_id,
+        stream_id=new_id("stream"),
+        gift_id="rose",
+        quantity=coins,
+        coins=coins,
+        wallet_transaction_id=f"txn_{uuid.uuid4().hex}",
+    )
+    event.sent_at.GetCurrentTime()
+    return event
+
+
+async def publish(stack: Stack, events: list[events_pb2.GiftSent], message_ids: list[str] | None = None) -> list[bool]:
+    """Publishes like the gifts service (Nats-Msg-Id = gift_transaction_id unless given); returns, per message,
+    whether JetStream dropped it as a duplicate."""
+    ids = message_ids or [event.gift_transaction_id for event in events]
+    return await publish_raw(stack, [event.SerializeToString() for event in events], ids)
+
+
+async def publish_raw(stack: Stack, payloads: list[bytes], message_ids: list[str]) -> list[bool]:
+    nc = await nats.connect(stack.nats.url)
+    try:
+        js = nc.jetstream()
+        duplicates: list[bool] = []
+        for start in range(0, len(payloads), PUBLISH_CONCURRENCY):
+            acks = await asyncio.gather(
+                *(
+                    js.publish(GIFT_SENT_SUBJECT, payload, headers={"Nats-Msg-Id": message_id})
+                    for payload, message_id in zip(
+                        payloads[start : start + PUBLISH_CONCURRENCY],
+                        message_ids[start : start + PUBLISH_CONCURRENCY],
+                        strict=True,
+                    )
+                )
+            )
+            duplicates += [bool(ack.duplicate) for ack in acks]
+        return duplicates
+    finally:
+        await nc.drain()
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], seconds: float = WAIT_SECONDS) -> T:
+    """Polls probe() until done(result); returns the last result (the caller asserts on it)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = await probe()
+        if done(result) or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.1)
+
+
+async def earnings(clients: Clients, creator_id: str) -> payouts_pb2.Earnings:
+    request = payouts_pb2.GetEarningsRequest(creator_id=creator_id)
+    response = await clients.payouts.GetEarnings(request, metadata=SERVICE)
+    return response.earnings
+
+
+async def wait_for_lifetime(clients: Clients, creator_id: str, lifetime_diamonds: int) -> payouts_pb2.Earnings:
+    return await eventually(
+        lambda: earnings(clients, creator_id), lambda found: found.lifetime_diamonds >= lifetime_diamonds
+    )
+
+
+async def fund(stack: Stack, clients: Clients, creator_id: str, diamonds: int, gifts: int = 1) -> None:
+    """Credits the creator `diamonds` (at the default 1/1 rate) through settlement, in `gifts` gifts."""
+    before = (await earnings(clients, creator_id)).lifetime_diamonds
+    amounts = [diamonds // gifts] * gifts
+    amounts[-1] += diamonds - sum(amounts)
+    await publish(stack, [gift_sent(creator_id, coins) for coins in amounts])
+    settled = await wait_for_lifetime(clients, creator_id, before + diamonds)
+    assert settled.lifetime_diamonds == before + diamonds
+
+
+async def make_eligible(clients: Clients, creator_id: str, destination: str = "sandbox:ok-test") -> None:
+    await clients.payouts.UpdateCreatorProfile(
+        payouts_pb2.UpdateCreatorProfileRequest(
+            request_id=new_id("req"), creator_id=creator_id, kyc_verified=True, payout_destination=destination
+        ),
+        metadata=SERVICE,
+    )
+
+
+async def withdraw(clients: Clients, creator_id: str, diamonds: int, request_id: str | None = None,
+                   metadata: tuple[tuple[str, str], ...] = SERVICE) -> payouts_pb2.Withdrawal:
+    response = await clients.payouts.RequestWithdrawal(
+        payouts_pb2.RequestWithdrawalRequest(
+            request_id=request_id or new_id("req"), creator_id=creator_id, diamonds=diamonds
+        ),
+        metadata=metadata,
+    )
+    return response.withdrawal
+
+
+async def get_withdrawal(clients: Clients, withdrawal_id: str) -> payouts_pb2.Withdrawal:
+    response = await clients.payouts.GetWithdrawal(
+        payouts_pb2.GetWithdrawalRequest(withdrawal_id=withdrawal_id), metadata=SERVICE
+    )
+    return response.withdrawal
+
+
+async def wait_until_finished(clients: Clients, withdrawal_id: str) -> payouts_pb2.Withdrawal:
+    return await eventually(
+        lambda: get_withdrawal(clients, withdrawal_id),
+        lambda found: found.status != payouts_pb2.WITHDRAWAL_STATUS_PENDING,
+    )
+
+
+async def assert_ledger_consistent(stack: Stack) -> None:
+    """The payouts ledger, read in one snapshot: every transaction balances; every creator's balance columns equal
+    the sums of its postings; lifetime equals its credits; the platform accounts mirror credits and payouts."""
+    conn = await asyncpg.connect(stack.database_url("payouts"))
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            unbalanced = await conn.fetch(
+                "SELECT transaction_id, sum(diamonds_delta) FROM postings GROUP BY transaction_id"
+                " HAVING sum(diamonds_delta) <> 0"
+            )
+            assert unbalanced == []
+            mismatched = await conn.fetch(
+                """
+                WITH posted AS (
+                    SELECT split_part(ledger_account_id, ':', 2) AS creator_id,
+                           sum(diamonds_delta) FILTER (WHERE ledger_account_id LIKE '%:available') AS available,
+                           sum(diamonds_delta) FILTER (WHERE ledger_account_id LIKE '%:reserved') AS reserved
+                    FROM postings WHERE ledger_account_id LIKE 'creator:%' GROUP BY 1
+                ), credited AS (
+                    SELECT creator_id, sum(diamonds) AS lifetime FROM diamond_credits GROUP BY creator_id
+                )
+                SELECT b.creator_id
+                FROM creator_balances AS b
+                FULL JOIN posted AS p USING (creator_id)
+                FULL JOIN credited AS c USING (creator_id)
+                WHERE coalesce(b.available_diamonds, 0) <> coalesce(p.available, 0)
+                   OR coalesce(b.reserved_diamonds, 0) <> coalesce(p.reserved, 0)
+                   OR coalesce(b.lifetime_diamonds, 0) <> coalesce(c.lifetime, 0)
+                """
+            )
+            assert mismatched == []
+            system = dict(
+                await conn.fetch(
+                    "SELECT ledger_account_id, sum(diamonds_delta) FROM postings"
+                    " WHERE ledger_account_id LIKE 'system:%' GROUP BY ledger_account_id"
+                )
+            )
+            credited = await conn.fetchval("SELECT coalesce(sum(diamonds), 0) FROM diamond_credits")
+            paid = await conn.fetchval("SELECT coalesce(sum(diamonds), 0) FROM withdrawals WHERE status = 'paid'")
+            reserved = await conn.fetchval(
+                "SELECT coalesce(sum(diamonds), 0) FROM withdrawals WHERE status = 'pending'"
+            )
+            total_reserved = await conn.fetchval("SELECT coalesce(sum(reserved_diamonds), 0) FROM creator_balances")
+            assert system.get("system:gift_settlement", 0) == -credited
+            assert system.get("system:paid_out", 0) == paid
+            assert total_reserved == reserved
+    finally:
+        await conn.close()
