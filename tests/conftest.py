@@ -3,6 +3,7 @@ async gRPC stubs on the session's event loop, and token helpers. Tests isolate t
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -19,7 +20,8 @@ from coinstream.payouts.v1 import payouts_pb2_grpc
 from coinstream.wallet.v1 import wallet_pb2_grpc
 
 from services.runtime.auth import mint_token
-from tests.stack import AUTH_SECRET, Stack, build_stack
+from tests.invariants import all_violations
+from tests.stack import ALL_SERVICES, AUTH_SECRET, Stack, build_stack
 
 
 @pytest.fixture(scope="session")
@@ -30,10 +32,22 @@ def stack() -> Iterator[Stack]:
     try:
         test_stack.start()
         yield test_stack
+        assert_money_identities_hold(test_stack)
     finally:
         test_stack.stop()
         if os.environ.get("COINSTREAM_KEEP_TEST_DATA") != "1":
             shutil.rmtree(root, ignore_errors=True)
+
+
+def assert_money_identities_hold(test_stack: Stack) -> None:
+    """After every test of the session — concurrent, replayed and crashed ones included — the money identities
+    must still hold across the three databases (tests/invariants.py)."""
+    if set(test_stack.services) != set(ALL_SERVICES):
+        return  # a partial stack (COINSTREAM_TEST_SERVICES) cannot see the whole money path
+    for name in ALL_SERVICES:
+        test_stack.wait_serving(name)
+    violations = asyncio.run(all_violations(test_stack))
+    assert violations == [], "money identities broken after the session:\n" + "\n".join(violations)
 
 
 @dataclass
