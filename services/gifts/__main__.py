@@ -21,9 +21,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 async def main() -> None:
     settings = GiftsSettings()
     runtime = ServiceRuntime(settings)
-    pool = await runtime.open_database(MIGRATIONS)
-    js = (await runtime.open_nats()).jetstream()
-    await messaging.ensure_gifts_stream(js)
+    pool = runtime.use_database(MIGRATIONS)
+    js = runtime.use_nats().jetstream()
+    runtime.on_startup(lambda: messaging.ensure_gifts_stream(js))
     wallet = WalletClient(
         settings.gifts_wallet_address,
         ServiceToken(settings.gifts_wallet_token.get_secret_value(), settings.auth_secret.get_secret_value()),

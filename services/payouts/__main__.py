@@ -31,13 +31,14 @@ def withdrawal_policy(settings: PayoutsSettings) -> WithdrawalPolicy:
 async def main() -> None:
     settings = PayoutsSettings()
     runtime = ServiceRuntime(settings)
-    pool = await runtime.open_database(MIGRATIONS)
+    pool = runtime.use_database(MIGRATIONS)
     payouts = PayoutsService(pool, withdrawal_policy(settings))
+    js = runtime.use_nats().jetstream()
     # Before anything settles: every credit must name the rate version in force.
-    await payouts.adopt_configured_rate(settings.payouts_rate_numerator, settings.payouts_rate_denominator)
-
-    js = (await runtime.open_nats()).jetstream()
-    await declare_settlement_consumer(js, settings.payouts_settlement_ack_wait_seconds)
+    runtime.on_startup(
+        lambda: payouts.adopt_configured_rate(settings.payouts_rate_numerator, settings.payouts_rate_denominator)
+    )
+    runtime.on_startup(lambda: declare_settlement_consumer(js, settings.payouts_settlement_ack_wait_seconds))
     settlement = SettlementConsumer(
         js,
         Settlement(pool),

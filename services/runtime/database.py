@@ -18,19 +18,32 @@ MIGRATION_LOCK_KEY = 0x636F696E  # "coin"
 log = structlog.get_logger()
 
 
-async def connect_pool(settings: RuntimeSettings) -> asyncpg.Pool:
+def new_pool(settings: RuntimeSettings) -> asyncpg.Pool:
+    """The pool object, not yet connected, so use cases can be wired to it before the server starts;
+    open_pool() connects it once the database answers."""
+    return asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        command_timeout=settings.db_command_timeout_seconds,
+        server_settings={"application_name": f"coinstream-{settings.service_name}"},
+    )
+
+
+async def open_pool(pool: asyncpg.Pool, settings: RuntimeSettings) -> None:
+    await wait_for_database(settings)
+    await pool  # a failed pool can't be initialized again, so it is only tried once the database answers
+
+
+async def wait_for_database(settings: RuntimeSettings) -> None:
     """Retries until the database answers (it may still be starting), up to db_connect_timeout_seconds."""
     deadline = time.monotonic() + settings.db_connect_timeout_seconds
     delay_seconds = 0.2
     while True:
         try:
-            return await asyncpg.create_pool(
-                settings.database_url,
-                min_size=settings.db_pool_min_size,
-                max_size=settings.db_pool_max_size,
-                command_timeout=settings.db_command_timeout_seconds,
-                server_settings={"application_name": f"coinstream-{settings.service_name}"},
-            )
+            probe = await asyncpg.connect(settings.database_url, timeout=5)
+            await probe.close()
+            return
         except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
             if time.monotonic() > deadline:
                 raise

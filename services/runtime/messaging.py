@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -38,7 +37,9 @@ SETTLEMENT_CONSUMER_CONFIG = ConsumerConfig(
 log = structlog.get_logger()
 
 
-async def connect(url: str, client_name: str) -> NatsClient:
+async def connect(nc: NatsClient, url: str, client_name: str) -> None:
+    """Connects a client made earlier (services are wired to it before the server starts)."""
+
     async def on_error(error: Exception) -> None:
         log.warning("nats_error", error=str(error))
 
@@ -48,7 +49,7 @@ async def connect(url: str, client_name: str) -> NatsClient:
     async def on_reconnected() -> None:
         log.info("nats_reconnected")
 
-    return await nats.connect(
+    await nc.connect(
         url,
         name=client_name,
         max_reconnect_attempts=-1,

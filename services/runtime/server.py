@@ -1,5 +1,5 @@
-"""Service bootstrap: a grpc.aio server with health, reflection and the interceptor; Postgres and NATS set up
-behind a NOT_SERVING health status; background workers; graceful shutdown on SIGTERM/SIGINT
+"""Service bootstrap: a grpc.aio server with health, reflection and the interceptor; Postgres and NATS connected
+while health says NOT_SERVING; background workers; graceful shutdown on SIGTERM/SIGINT
 (health NOT_SERVING → stop with grace → cancel workers → drain NATS → close the pool)."""
 
 from __future__ import annotations
@@ -40,12 +40,15 @@ class ServiceRuntime:
     """Owns the process's shared resources. Typical use, in a service's main():
 
         runtime = ServiceRuntime(settings)
-        pool = await runtime.open_database(MIGRATIONS)
-        nc = await runtime.open_nats()
+        pool = runtime.use_database(MIGRATIONS)   # connected and migrated by run(), before SERVING
+        nc = runtime.use_nats()                   # likewise
+        runtime.on_startup(declare_streams)       # steps that need the database or NATS
         runtime.add_service(wallet_pb2_grpc.add_WalletServiceServicer_to_server, servicer, "coinstream.wallet.v1.WalletService")
         runtime.add_worker("purchase_recovery", recovery.run_forever)
         await runtime.run()
-    """
+
+    run() opens the port first with health NOT_SERVING (RPCs get UNAVAILABLE), connects the database (applying
+    migrations) and NATS, runs the startup steps, starts the workers, and only then says SERVING."""
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
@@ -53,6 +56,9 @@ class ServiceRuntime:
         enable_fault_points(settings.fault_points)
         self.pool: asyncpg.Pool | None = None
         self.nats: NatsClient | None = None
+        self._migrations: Path | None = None
+        self._pool_opened = False
+        self._startup_steps: list[Worker] = []
         self._ready = False
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
@@ -68,15 +74,18 @@ class ServiceRuntime:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
 
-    async def open_database(self, service_migrations: Path) -> asyncpg.Pool:
-        self.pool = await database.connect_pool(self.settings)
-        await database.apply_migrations(self.pool, service_migrations)
+    def use_database(self, service_migrations: Path) -> asyncpg.Pool:
+        self._migrations = service_migrations
+        self.pool = database.new_pool(self.settings)
         self.add_worker("idempotency_cleanup", self._clean_idempotency_keys)
         return self.pool
 
-    async def open_nats(self) -> NatsClient:
-        self.nats = await messaging.connect(self.settings.nats_url, f"coinstream-{self.settings.service_name}")
+    def use_nats(self) -> NatsClient:
+        self.nats = NatsClient()
         return self.nats
+
+    def on_startup(self, step: Worker) -> None:
+        self._startup_steps.append(step)
 
     def add_service(self, register: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str) -> None:
         register(servicer, self._server)
@@ -108,13 +117,40 @@ class ServiceRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
-        tasks = [asyncio.create_task(self._supervise(name, worker), name=name) for name, worker in self._workers.items()]
-        tasks.append(asyncio.create_task(self._watch_readiness(), name="readiness"))
-        self._ready = True
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("service_ready", services=self._service_names)
-        await stop.wait()
+        tasks: list[asyncio.Task[None]] = []
+        if await self._until_stopped(self._connect_dependencies(), stop):
+            tasks = [asyncio.create_task(self._supervise(name, worker), name=name) for name, worker in self._workers.items()]
+            tasks.append(asyncio.create_task(self._watch_readiness(), name="readiness"))
+            self._ready = True
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info("service_ready", services=self._service_names)
+            await stop.wait()
         await self._shutdown(tasks)
+
+    async def _connect_dependencies(self) -> None:
+        if self.pool is not None:
+            assert self._migrations is not None
+            await database.open_pool(self.pool, self.settings)
+            self._pool_opened = True
+            await database.apply_migrations(self.pool, self._migrations)
+        if self.nats is not None:
+            await messaging.connect(self.nats, self.settings.nats_url, f"coinstream-{self.settings.service_name}")
+        for step in self._startup_steps:
+            await step()
+
+    @staticmethod
+    async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+        """Runs work unless a stop signal comes first; True when the work finished."""
+        work_task = asyncio.ensure_future(work)
+        stop_task = asyncio.create_task(stop.wait())
+        await asyncio.wait({work_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_task.cancel()
+        if not work_task.done():
+            work_task.cancel()
+            await asyncio.gather(work_task, return_exceptions=True)
+            return False
+        work_task.result()  # a failed start-up is fatal: let the process exit and be restarted
+        return True
 
     async def _shutdown(self, tasks: Sequence[asyncio.Task[None]]) -> None:
         log.info("shutdown_started", grace_seconds=self.settings.shutdown_grace_seconds)
@@ -126,7 +162,7 @@ class ServiceRuntime:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.nats is not None and self.nats.is_connected:
             await self.nats.drain()
-        if self.pool is not None:
+        if self.pool is not None and self._pool_opened:
             await self.pool.close()
         log.info("shutdown_complete")
 

@@ -20,7 +20,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 async def main() -> None:
     settings = WalletSettings()
     runtime = ServiceRuntime(settings)
-    pool = await runtime.open_database(MIGRATIONS)
+    pool = runtime.use_database(MIGRATIONS)
     wallet = WalletService(
         pool,
         SandboxPaymentProvider(),

@@ -1,0 +1,92 @@
+"""Start-up and shutdown of a service process: NOT_SERVING (and UNAVAILABLE to RPCs) until its database answers,
+SERVING once it does, liveness SERVING throughout, and a clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.servers import free_port
+from tests.conftest import auth
+from tests.stack import REPO_ROOT, Stack
+
+pytestmark = pytest.mark.slow
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health(address: str, service: str = "") -> int | None:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+            return reply.status
+        except grpc.RpcError:
+            return None
+
+
+def wait_for_health(address: str, expected: int, timeout_seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if health(address) == expected:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{address} never reported {expected}")
+
+
+def start_wallet(stack: Stack, tmp_path: Path, database_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = stack.service_env("wallet")
+    env.update({
+        "COINSTREAM_WALLET_PORT": str(port),
+        "COINSTREAM_WALLET_DATABASE_URL": database_url,
+        "COINSTREAM_DB_CONNECT_TIMEOUT_SECONDS": "120",
+    })
+    log = open(tmp_path / "wallet.log", "ab")
+    process = subprocess.Popen([sys.executable, "-m", "services.wallet"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+    return process, f"127.0.0.1:{port}"
+
+
+def test_not_serving_until_the_database_answers_then_clean_shutdown(stack: Stack, tmp_path: Path) -> None:
+    # A database that isn't there yet: the service must wait for it, saying NOT_SERVING meanwhile.
+    missing = f"postgresql://postgres@127.0.0.1:{free_port()}/coinstream_wallet"
+    process, address = start_wallet(stack, tmp_path, missing)
+    try:
+        wait_for_health(address, NOT_SERVING)
+        assert health(address, "coinstream.liveness") == SERVING
+        with grpc.insecure_channel(address) as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                wallet_pb2_grpc.WalletServiceStub(channel).ListCoinPackages(
+                    wallet_pb2.ListCoinPackagesRequest(), metadata=auth("alice"), timeout=2
+                )
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_serving_once_ready_and_exits_cleanly_on_sigterm(stack: Stack, tmp_path: Path) -> None:
+    process, address = start_wallet(stack, tmp_path, stack.database_url("wallet"))
+    try:
+        wait_for_health(address, SERVING)
+        with grpc.insecure_channel(address) as channel:
+            packages = wallet_pb2_grpc.WalletServiceStub(channel).ListCoinPackages(
+                wallet_pb2.ListCoinPackagesRequest(), metadata=auth("alice"), timeout=5
+            )
+        assert len(packages.packages) == 7
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "shutdown_complete" in (tmp_path / "wallet.log").read_text()
