@@ -6,7 +6,7 @@ UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synced
 
-.PHONY: install proto check-proto test test-fast run demo token clean
+.PHONY: install proto check-proto lint test run demo token clean
 
 install: $(STAMP)
 
@@ -22,6 +22,9 @@ proto: install
 
 check-proto: install
 	$(PY) -m pytest -q tests/test_generated_code.py
+
+lint: install
+	$(VENV)/bin/ruff check services devstack tests scripts
 
 test: install
 	$(PY) -m pytest

@@ -8,7 +8,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from devstack.demo import Addresses, DemoError, LiveStreamDemo, check_stack_is_up, connect
+from devstack.demo import (
+    Addresses,
+    DemoError,
+    LiveStreamDemo,
+    check_stack_is_up,
+    connect,
+)
 from devstack.probe import health_status
 from services.runtime.auth import KNOWN_ROLES, ROLE_USER, mint_token
 from services.runtime.config import DEV_AUTH_SECRET

@@ -11,7 +11,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -37,18 +37,22 @@ DEFAULT_WITHDRAWAL_DIAMONDS = 2_000
 
 # Retrying UNAVAILABLE (e.g. a service still warming up) is safe for every call here: each mutating request
 # carries a request_id, so a retried request cannot move coins twice.
-_RETRY_SERVICE_CONFIG = json.dumps({
-    "methodConfig": [{
-        "name": [{}],
-        "retryPolicy": {
-            "maxAttempts": 5,
-            "initialBackoff": "0.2s",
-            "maxBackoff": "2s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }]
-})
+_RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
 
 # (fan index, gift id, quantity). About 2,900 coins in total, so the creator can withdraw the 2,000-diamond
 # minimum; the lion is beyond either fan's coins on purpose, to show a refusal.
@@ -93,7 +97,9 @@ class Stubs:
 def connect(addresses: Addresses) -> Iterator[Stubs]:
     """One channel per service for the whole demo: channels are costly to make and to close."""
     options = [("grpc.enable_retries", 1), ("grpc.service_config", _RETRY_SERVICE_CONFIG)]
-    channels = {name: grpc.insecure_channel(address, options=options) for name, address in addresses.by_service().items()}
+    channels = {
+        name: grpc.insecure_channel(address, options=options) for name, address in addresses.by_service().items()
+    }
     try:
         yield Stubs(
             wallet=wallet_pb2_grpc.WalletServiceStub(channels["wallet"]),
@@ -106,8 +112,11 @@ def connect(addresses: Addresses) -> Iterator[Stubs]:
 
 
 def check_stack_is_up(addresses: Addresses) -> None:
-    down = {name: status for name, address in addresses.by_service().items()
-            if (status := health_status(address)) != "SERVING"}
+    down = {
+        name: status
+        for name, address in addresses.by_service().items()
+        if (status := health_status(address)) != "SERVING"
+    }
     if down:
         details = ", ".join(f"{name} at {addresses.by_service()[name]}: {status}" for name, status in down.items())
         raise DemoError(f"the stack is not ready ({details}). Start it with `make run` in another terminal.")
@@ -193,18 +202,24 @@ class LiveStreamDemo:
         self.step(1, "Accounts")
         for account_id in [self.creator, *self.fans]:
             request = wallet_pb2.UpsertAccountRequest(
-                request_id=self.request_id("upsert-account"), account_id=account_id,
-                adult_verified=True, country_code="US",
+                request_id=self.request_id("upsert-account"),
+                account_id=account_id,
+                adult_verified=True,
+                country_code="US",
             )
             account = self.call(self.stubs.wallet.UpsertAccount, request).account
-            self.done(f"{account.account_id}: adult_verified={account.adult_verified}, "
-                      f"country {account.country_code}, {wallet_pb2.AccountStatus.Name(account.status)}")
+            self.done(
+                f"{account.account_id}: adult_verified={account.adult_verified}, "
+                f"country {account.country_code}, {wallet_pb2.AccountStatus.Name(account.status)}"
+            )
 
     def verify_creator(self) -> None:
         self.step(2, "Creator KYC and payout destination (admin token)")
         request = payouts_pb2.UpdateCreatorProfileRequest(
-            request_id=self.request_id("creator-profile"), creator_id=self.creator,
-            kyc_verified=True, payout_destination=f"sandbox:ok-{self.creator}",
+            request_id=self.request_id("creator-profile"),
+            creator_id=self.creator,
+            kyc_verified=True,
+            payout_destination=f"sandbox:ok-{self.creator}",
         )
         profile = self.call(self.stubs.payouts.UpdateCreatorProfile, request, admin=True).profile
         self.done(f"{profile.creator_id}: kyc_verified={profile.kyc_verified}, pays to {profile.payout_destination}")
@@ -214,13 +229,20 @@ class LiveStreamDemo:
         table = Table("fan", "package", "coins", "bonus", "balance after")
         for fan_index, package_id in PURCHASE_PLAN:
             request = wallet_pb2.PurchaseCoinsRequest(
-                request_id=self.request_id(f"purchase-{package_id}"), account_id=self.fans[fan_index],
-                package_id=package_id, payment_token="tok_ok_demo",
+                request_id=self.request_id(f"purchase-{package_id}"),
+                account_id=self.fans[fan_index],
+                package_id=package_id,
+                payment_token="tok_ok_demo",
             )
             response = self.call(self.stubs.wallet.PurchaseCoins, request)
             purchase = response.purchase
-            table.add_row(self.fans[fan_index], purchase.package_id, f"{purchase.coins:,}",
-                          f"{purchase.bonus_coins:,}", f"{response.balance.coins:,}")
+            table.add_row(
+                self.fans[fan_index],
+                purchase.package_id,
+                f"{purchase.coins:,}",
+                f"{purchase.bonus_coins:,}",
+                f"{response.balance.coins:,}",
+            )
         self.console.print(table)
 
     def go_live(self) -> None:
@@ -230,11 +252,13 @@ class LiveStreamDemo:
         )
         stream = self.call(self.stubs.gifts.StartLiveStream, request).stream
         self.stream_id = stream.stream_id
-        self.done(f"stream {stream.stream_id} \"{stream.title}\" is {gifts_pb2.StreamStatus.Name(stream.status)}")
+        self.done(f'stream {stream.stream_id} "{stream.title}" is {gifts_pb2.StreamStatus.Name(stream.status)}')
 
     def send_gifts(self) -> None:
         self.step(5, "Fans send gifts")
-        catalog = {gift.gift_id: gift for gift in self.call(self.stubs.gifts.ListGifts, gifts_pb2.ListGiftsRequest()).gifts}
+        catalog = {
+            gift.gift_id: gift for gift in self.call(self.stubs.gifts.ListGifts, gifts_pb2.ListGiftsRequest()).gifts
+        }
         table = Table("sender", "gift", "qty", "coins", "sender balance after", "outcome")
         last_sent: tuple[gifts_pb2.SendGiftRequest, gifts_pb2.SendGiftResponse] | None = None
         for fan_index, gift_id, quantity in GIFT_PLAN:
@@ -242,8 +266,11 @@ class LiveStreamDemo:
                 table.add_row(self.fans[fan_index], gift_id, str(quantity), "", "", "[yellow]not in catalog[/]")
                 continue
             request = gifts_pb2.SendGiftRequest(
-                request_id=self.request_id(f"gift-{gift_id}"), sender_id=self.fans[fan_index],
-                stream_id=self.stream_id, gift_id=gift_id, quantity=quantity,
+                request_id=self.request_id(f"gift-{gift_id}"),
+                sender_id=self.fans[fan_index],
+                stream_id=self.stream_id,
+                gift_id=gift_id,
+                quantity=quantity,
             )
             response = self.send_one_gift(request, catalog[gift_id], table)
             if response is not None:
@@ -264,12 +291,24 @@ class LiveStreamDemo:
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
                 raise DemoError(f"SendGift failed: {describe(error)}") from None
-            table.add_row(request.sender_id, gift.name, str(request.quantity), price, "",
-                          f"[yellow]refused: {error_reason(error)}[/]")
+            table.add_row(
+                request.sender_id,
+                gift.name,
+                str(request.quantity),
+                price,
+                "",
+                f"[yellow]refused: {error_reason(error)}[/]",
+            )
             return None
         self.gifted_coins.append(response.gift.coins)
-        table.add_row(request.sender_id, gift.name, str(request.quantity), f"{response.gift.coins:,}",
-                      f"{response.sender_balance_coins:,}", "[green]sent[/]")
+        table.add_row(
+            request.sender_id,
+            gift.name,
+            str(request.quantity),
+            f"{response.gift.coins:,}",
+            f"{response.sender_balance_coins:,}",
+            "[green]sent[/]",
+        )
         return response
 
     def replay_gift(self, request: gifts_pb2.SendGiftRequest, original: gifts_pb2.SendGiftResponse) -> None:
@@ -278,16 +317,21 @@ class LiveStreamDemo:
         replayed = self.call(self.stubs.gifts.SendGift, request)
         balance_after = self.coins_of(request.sender_id)
         if replayed.gift.gift_transaction_id != original.gift.gift_transaction_id or balance_after != balance_before:
-            raise DemoError(f"replaying request {request.request_id} was not idempotent: gift "
-                            f"{replayed.gift.gift_transaction_id} (first {original.gift.gift_transaction_id}), "
-                            f"coins {balance_before:,} → {balance_after:,}")
-        self.done(f"replayed request_id {request.request_id}: same gift {replayed.gift.gift_transaction_id}, "
-                  f"balance unchanged at {balance_after:,} coins (idempotent)")
+            raise DemoError(
+                f"replaying request {request.request_id} was not idempotent: gift "
+                f"{replayed.gift.gift_transaction_id} (first {original.gift.gift_transaction_id}), "
+                f"coins {balance_before:,} → {balance_after:,}"
+            )
+        self.done(
+            f"replayed request_id {request.request_id}: same gift {replayed.gift.gift_transaction_id}, "
+            f"balance unchanged at {balance_after:,} coins (idempotent)"
+        )
 
     def show_stream_summary(self) -> None:
         self.step(6, "Stream summary")
-        summary = self.call(self.stubs.gifts.GetStreamSummary,
-                            gifts_pb2.GetStreamSummaryRequest(stream_id=self.stream_id)).summary
+        summary = self.call(
+            self.stubs.gifts.GetStreamSummary, gifts_pb2.GetStreamSummaryRequest(stream_id=self.stream_id)
+        ).summary
         table = Table("top gifter", "coins", title=f"{summary.gift_count} gifts, {summary.total_coins:,} coins")
         for gifter in summary.top_gifters:
             table.add_row(gifter.account_id, f"{gifter.coins:,}")
@@ -296,16 +340,22 @@ class LiveStreamDemo:
     def wait_for_settlement(self) -> None:
         self.step(7, "Diamonds settle (gifts.v1.gift_sent → payouts-settlement)")
         rates = self.call(self.stubs.payouts.GetRates, payouts_pb2.GetRatesRequest()).rates
-        expected = sum(coins * rates.diamonds_per_coin_numerator // rates.diamonds_per_coin_denominator
-                       for coins in self.gifted_coins)
-        self.console.print(f"rate {rates.diamonds_per_coin_numerator}/{rates.diamonds_per_coin_denominator} "
-                           f"diamond per coin → expecting {expected:,} diamonds")
+        expected = sum(
+            coins * rates.diamonds_per_coin_numerator // rates.diamonds_per_coin_denominator
+            for coins in self.gifted_coins
+        )
+        self.console.print(
+            f"rate {rates.diamonds_per_coin_numerator}/{rates.diamonds_per_coin_denominator} "
+            f"diamond per coin → expecting {expected:,} diamonds"
+        )
         deadline = time.monotonic() + SETTLEMENT_WAIT_SECONDS
         while (earnings := self.earnings()).lifetime_diamonds < expected and time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL_SECONDS)
         if earnings.lifetime_diamonds < expected:
-            self.console.print(f"[yellow]only {earnings.lifetime_diamonds:,} of {expected:,} diamonds settled "
-                               f"after {SETTLEMENT_WAIT_SECONDS:.0f} s; continuing with what is there[/]")
+            self.console.print(
+                f"[yellow]only {earnings.lifetime_diamonds:,} of {expected:,} diamonds settled "
+                f"after {SETTLEMENT_WAIT_SECONDS:.0f} s; continuing with what is there[/]"
+            )
         else:
             self.done(f"{earnings.lifetime_diamonds:,} diamonds settled")
         self.show_balances("Balances after the gifts")
@@ -315,15 +365,19 @@ class LiveStreamDemo:
         rates = self.call(self.stubs.payouts.GetRates, payouts_pb2.GetRatesRequest()).rates
         diamonds = self.withdrawal_amount(self.earnings().available_diamonds, rates.minimum_withdrawal_diamonds)
         if diamonds is None:
-            self.console.print(f"[yellow]fewer than the minimum {rates.minimum_withdrawal_diamonds:,} diamonds "
-                               "available; skipping the withdrawal[/]")
+            self.console.print(
+                f"[yellow]fewer than the minimum {rates.minimum_withdrawal_diamonds:,} diamonds "
+                "available; skipping the withdrawal[/]"
+            )
             return
         request = payouts_pb2.RequestWithdrawalRequest(
             request_id=self.request_id("withdrawal"), creator_id=self.creator, diamonds=diamonds
         )
         withdrawal = self.call(self.stubs.payouts.RequestWithdrawal, request).withdrawal
-        self.done(f"withdrawal {withdrawal.withdrawal_id}: {withdrawal.diamonds:,} diamonds → "
-                  f"{format_money(withdrawal.payout)}, {payouts_pb2.WithdrawalStatus.Name(withdrawal.status)}")
+        self.done(
+            f"withdrawal {withdrawal.withdrawal_id}: {withdrawal.diamonds:,} diamonds → "
+            f"{format_money(withdrawal.payout)}, {payouts_pb2.WithdrawalStatus.Name(withdrawal.status)}"
+        )
         self.wait_for_payout(withdrawal.withdrawal_id)
 
     def withdrawal_amount(self, available: int, minimum: int) -> int | None:
@@ -336,8 +390,9 @@ class LiveStreamDemo:
     def wait_for_payout(self, withdrawal_id: str) -> None:
         request = payouts_pb2.GetWithdrawalRequest(withdrawal_id=withdrawal_id)
         deadline = time.monotonic() + PAYOUT_WAIT_SECONDS
-        while (withdrawal := self.call(self.stubs.payouts.GetWithdrawal, request).withdrawal).status == \
-                payouts_pb2.WITHDRAWAL_STATUS_PENDING and time.monotonic() < deadline:
+        while (
+            withdrawal := self.call(self.stubs.payouts.GetWithdrawal, request).withdrawal
+        ).status == payouts_pb2.WITHDRAWAL_STATUS_PENDING and time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL_SECONDS)
         status = payouts_pb2.WithdrawalStatus.Name(withdrawal.status)
         if withdrawal.status == payouts_pb2.WITHDRAWAL_STATUS_PAID:
@@ -349,11 +404,11 @@ class LiveStreamDemo:
 
     def end_stream_quietly(self) -> None:
         """After a failure: don't leave a stream live, but don't hide the original error behind a second one."""
-        try:
-            self.call(self.stubs.gifts.EndLiveStream, gifts_pb2.EndLiveStreamRequest(
-                request_id=self.request_id("end-stream"), stream_id=self.stream_id))
-        except DemoError:
-            pass
+        with suppress(DemoError):
+            self.call(
+                self.stubs.gifts.EndLiveStream,
+                gifts_pb2.EndLiveStreamRequest(request_id=self.request_id("end-stream"), stream_id=self.stream_id),
+            )
 
     def end_stream(self) -> None:
         self.step(9, "Creator ends the stream")
@@ -376,6 +431,11 @@ class LiveStreamDemo:
         for fan in self.fans:
             table.add_row(fan, f"{self.coins_of(fan):,}", "", "", "")
         earnings = self.earnings()
-        table.add_row(self.creator, f"{self.coins_of(self.creator):,}", f"{earnings.available_diamonds:,}",
-                      f"{earnings.reserved_diamonds:,}", f"{earnings.lifetime_diamonds:,}")
+        table.add_row(
+            self.creator,
+            f"{self.coins_of(self.creator):,}",
+            f"{earnings.available_diamonds:,}",
+            f"{earnings.reserved_diamonds:,}",
+            f"{earnings.lifetime_diamonds:,}",
+        )
         self.console.print(table)

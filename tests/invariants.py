@@ -18,7 +18,8 @@ from tests.stack import Stack
 async def wallet_violations(conn: asyncpg.Connection) -> list[str]:
     problems: list[str] = []
     unbalanced = await conn.fetch(
-        "SELECT transaction_id, sum(coins_delta) AS total FROM postings GROUP BY transaction_id HAVING sum(coins_delta) <> 0"
+        "SELECT transaction_id, sum(coins_delta) AS total FROM postings"
+        " GROUP BY transaction_id HAVING sum(coins_delta) <> 0"
     )
     problems += [f"wallet transaction {r['transaction_id']} sums to {r['total']}" for r in unbalanced]
     drifted = await conn.fetch(
@@ -27,10 +28,13 @@ async def wallet_violations(conn: asyncpg.Connection) -> list[str]:
         " WHERE l.kind = 'user' GROUP BY l.ledger_account_id, l.coins"
         " HAVING l.coins <> coalesce(sum(p.coins_delta), 0) OR l.coins < 0"
     )
-    problems += [f"wallet balance of {r['ledger_account_id']} is {r['coins']}, postings say {r['posted']}" for r in drifted]
+    problems += [
+        f"wallet balance of {r['ledger_account_id']} is {r['coins']}, postings say {r['posted']}" for r in drifted
+    ]
     totals = await conn.fetchrow(
         "SELECT"
-        " -coalesce(sum(coins_delta) FILTER (WHERE ledger_account_id IN ('system:sales', 'system:promotions')), 0) AS issued,"
+        " -coalesce(sum(coins_delta)"
+        "   FILTER (WHERE ledger_account_id IN ('system:sales', 'system:promotions')), 0) AS issued,"
         " coalesce(sum(coins_delta) FILTER (WHERE ledger_account_id = 'system:spent'), 0) AS spent"
         " FROM postings"
     )
@@ -44,20 +48,32 @@ async def gift_payment_violations(wallet: asyncpg.Connection, gifts: asyncpg.Con
     """Each completed gift ↔ exactly one wallet spend with reference gift:<id> of the same coins."""
     completed = {
         r["gift_transaction_id"]: r["coins"]
-        for r in await gifts.fetch("SELECT gift_transaction_id, coins FROM gift_transactions WHERE status = 'completed'")
+        for r in await gifts.fetch(
+            "SELECT gift_transaction_id, coins FROM gift_transactions WHERE status = 'completed'"
+        )
     }
     spends = await wallet.fetch(
         "SELECT substr(t.reference, 6) AS gift_transaction_id, count(*) AS spends, -sum(p.coins_delta) AS coins"
-        " FROM transactions AS t JOIN postings AS p ON p.transaction_id = t.transaction_id AND p.ledger_account_id = t.account_id"
+        " FROM transactions AS t JOIN postings AS p"
+        "   ON p.transaction_id = t.transaction_id AND p.ledger_account_id = t.account_id"
         " WHERE t.kind = 'spend' AND t.reference LIKE 'gift:%' GROUP BY t.reference"
     )
     paid = {r["gift_transaction_id"]: (r["spends"], r["coins"]) for r in spends}
-    problems = [f"gift {gid} ({coins} coins) has wallet spends {paid.get(gid)}" for gid, coins in completed.items()
-                if paid.get(gid) != (1, coins)]
+    problems = [
+        f"gift {gid} ({coins} coins) has wallet spends {paid.get(gid)}"
+        for gid, coins in completed.items()
+        if paid.get(gid) != (1, coins)
+    ]
     # A spend without a completed gift is allowed only while its gift is still pending (recovery finishes it).
-    pending = {r["gift_transaction_id"] for r in await gifts.fetch(
-        "SELECT gift_transaction_id FROM gift_transactions WHERE status = 'pending'")}
-    problems += [f"wallet spend for gift {gid} has no completed gift" for gid in paid if gid not in completed and gid not in pending]
+    pending = {
+        r["gift_transaction_id"]
+        for r in await gifts.fetch("SELECT gift_transaction_id FROM gift_transactions WHERE status = 'pending'")
+    }
+    problems += [
+        f"wallet spend for gift {gid} has no completed gift"
+        for gid in paid
+        if gid not in completed and gid not in pending
+    ]
     return problems
 
 
@@ -65,7 +81,9 @@ async def settlement_violations(gifts: asyncpg.Connection, payouts: asyncpg.Conn
     """Every completed gift settled once, into floor(coins × rate of its version) diamonds."""
     completed = {
         r["gift_transaction_id"]: r["coins"]
-        for r in await gifts.fetch("SELECT gift_transaction_id, coins FROM gift_transactions WHERE status = 'completed'")
+        for r in await gifts.fetch(
+            "SELECT gift_transaction_id, coins FROM gift_transactions WHERE status = 'completed'"
+        )
     }
     credits = await payouts.fetch(
         "SELECT c.gift_transaction_id, count(*) AS credits, sum(c.coins) AS coins, sum(c.diamonds) AS diamonds,"
@@ -110,13 +128,17 @@ async def payouts_violations(conn: asyncpg.Connection) -> list[str]:
         WHERE coalesce(h.diamonds, 0) <> coalesce(p.posted, 0) OR h.diamonds < 0
         """
     )
-    problems += [f"payouts balance of {r['ledger_account_id']} is {r['diamonds']}, postings say {r['posted']}" for r in drifted]
+    problems += [
+        f"payouts balance of {r['ledger_account_id']} is {r['diamonds']}, postings say {r['posted']}" for r in drifted
+    ]
     lifetime = await conn.fetch(
         "SELECT b.creator_id, b.lifetime_diamonds, coalesce(sum(c.diamonds), 0) AS credited"
         " FROM creator_balances AS b LEFT JOIN diamond_credits AS c ON c.creator_id = b.creator_id"
         " GROUP BY b.creator_id, b.lifetime_diamonds HAVING b.lifetime_diamonds <> coalesce(sum(c.diamonds), 0)"
     )
-    problems += [f"creator {r['creator_id']} lifetime {r['lifetime_diamonds']} != credits {r['credited']}" for r in lifetime]
+    problems += [
+        f"creator {r['creator_id']} lifetime {r['lifetime_diamonds']} != credits {r['credited']}" for r in lifetime
+    ]
     return problems
 
 
@@ -127,10 +149,15 @@ async def wait_until_settled(stack: Stack, timeout_seconds: float = 30.0) -> Non
     try:
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
-            completed = [r["gift_transaction_id"] for r in await gifts.fetch(
-                "SELECT gift_transaction_id FROM gift_transactions WHERE status = 'completed'")]
+            completed = [
+                r["gift_transaction_id"]
+                for r in await gifts.fetch(
+                    "SELECT gift_transaction_id FROM gift_transactions WHERE status = 'completed'"
+                )
+            ]
             settled = await payouts.fetchval(
-                "SELECT count(*) FROM inbox WHERE gift_transaction_id = ANY($1::text[])", completed)
+                "SELECT count(*) FROM inbox WHERE gift_transaction_id = ANY($1::text[])", completed
+            )
             if settled == len(completed):
                 return
             await asyncio.sleep(0.2)

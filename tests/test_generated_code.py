@@ -20,7 +20,9 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "gen_protos.py"), str(tmp_path)],
-        check=True, capture_output=True, env=env,
+        check=True,
+        capture_output=True,
+        env=env,
     )
     fresh = tmp_path / "coinstream"
     assert _files(fresh) == _files(COMMITTED), "generated files differ: run `make proto` and commit"

@@ -13,6 +13,7 @@ from services.gifts.service import GiftService
 from services.gifts.servicer import GiftServicer
 from services.gifts.wallet_client import ServiceToken, WalletClient
 from services.runtime import messaging
+from services.runtime.recovery import repeat_forever
 from services.runtime.server import ServiceRuntime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -37,12 +38,13 @@ async def main() -> None:
         gifts_pb2.DESCRIPTOR.services_by_name["GiftService"].full_name,
     )
 
-    async def recover_gifts() -> None:
-        while True:
-            await gifts.recover_pending_gifts(settings.gifts_recovery_age_seconds)
-            await asyncio.sleep(settings.gifts_recovery_interval_seconds)
-
-    runtime.add_worker("gift_recovery", recover_gifts)
+    runtime.add_worker(
+        "gift_recovery",
+        lambda: repeat_forever(
+            settings.gifts_recovery_interval_seconds,
+            lambda: gifts.recover_pending_gifts(settings.gifts_recovery_age_seconds),
+        ),
+    )
     runtime.add_worker("outbox_relay", relay.run_forever)
     try:
         await runtime.run()

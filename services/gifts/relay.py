@@ -7,6 +7,7 @@ by gift_transaction_id beyond it. Several replicas may relay at once: each locks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncpg
 import nats.errors
@@ -45,10 +46,8 @@ class OutboxRelay:
                 await self._sleep_until_woken()
 
     async def _sleep_until_woken(self) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), self._interval_seconds)
-        except TimeoutError:
-            pass
 
     async def publish_batch(self) -> tuple[int, bool]:
         """Publishes up to BATCH_SIZE events in outbox order; returns (how many, whether NATS failed)."""
@@ -60,8 +59,9 @@ class OutboxRelay:
                     await self._publish(event)
                 except (nats.errors.Error, TimeoutError, OSError) as error:
                     # Keep the row (and the order): it goes out on a later round.
-                    log.warning("gift_event_publish_failed", gift_transaction_id=event.gift_transaction_id,
-                                error=repr(error))
+                    log.warning(
+                        "gift_event_publish_failed", gift_transaction_id=event.gift_transaction_id, error=repr(error)
+                    )
                     failed = True
                     break
                 published_ids.append(event.outbox_id)

@@ -22,7 +22,7 @@ from coinstream.gifts.v1 import gifts_pb2
 
 from services.gifts import domain, store
 from services.gifts.wallet_client import Spend, WalletClient, WalletRefused
-from services.runtime import idempotency
+from services.runtime import idempotency, recovery
 from services.runtime.errors import AppError
 from services.runtime.faults import crash_point
 from services.runtime.messaging import GIFT_SENT_SUBJECT
@@ -66,8 +66,12 @@ class GiftService:
             return gifts_pb2.StartLiveStreamResponse(stream=stream_message(stream))
 
         return await idempotency.run_once(
-            self._pool, request_id=request.request_id, method="StartLiveStream", request=request,
-            response_type=gifts_pb2.StartLiveStreamResponse, operation=operation,
+            self._pool,
+            request_id=request.request_id,
+            method="StartLiveStream",
+            request=request,
+            response_type=gifts_pb2.StartLiveStreamResponse,
+            operation=operation,
         )
 
     async def get_stream(self, stream_id: str) -> domain.LiveStream:
@@ -81,8 +85,12 @@ class GiftService:
             return gifts_pb2.EndLiveStreamResponse(stream=stream_message(stream))
 
         return await idempotency.run_once(
-            self._pool, request_id=request.request_id, method="EndLiveStream", request=request,
-            response_type=gifts_pb2.EndLiveStreamResponse, operation=operation,
+            self._pool,
+            request_id=request.request_id,
+            method="EndLiveStream",
+            request=request,
+            response_type=gifts_pb2.EndLiveStreamResponse,
+            operation=operation,
         )
 
     async def send_gift(self, request: gifts_pb2.SendGiftRequest) -> gifts_pb2.SendGiftResponse:
@@ -177,14 +185,7 @@ class GiftService:
     async def recover_pending_gifts(self, older_than_seconds: float, batch_size: int = 100) -> int:
         """Finishes gifts a crash or a wallet outage left pending. Returns how many it looked at."""
         gift_transaction_ids = await store.stale_pending_gifts(self._pool, older_than_seconds, batch_size)
-        for gift_transaction_id in gift_transaction_ids:
-            try:
-                await self.complete_gift(gift_transaction_id)
-            except AppError as error:
-                log.info("gift_recovery_outcome", gift_transaction_id=gift_transaction_id, reason=error.reason)
-        if gift_transaction_ids:
-            log.info("gifts_recovered", count=len(gift_transaction_ids))
-        return len(gift_transaction_ids)
+        return await recovery.resume_each("gift", gift_transaction_ids, self.complete_gift)
 
     async def get_stream_summary(self, stream_id: str) -> gifts_pb2.StreamSummary:
         # One snapshot, so the totals and the top gifters agree with each other.

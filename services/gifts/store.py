@@ -61,9 +61,7 @@ async def get_stream(conn: Executor, stream_id: str) -> LiveStream | None:
 
 
 async def lock_stream(conn: asyncpg.Connection, stream_id: str) -> LiveStream | None:
-    row = await conn.fetchrow(
-        f"SELECT {STREAM_COLUMNS} FROM live_streams WHERE stream_id = $1 FOR UPDATE", stream_id
-    )
+    row = await conn.fetchrow(f"SELECT {STREAM_COLUMNS} FROM live_streams WHERE stream_id = $1 FOR UPDATE", stream_id)
     return None if row is None else _stream(row)
 
 
@@ -141,7 +139,10 @@ async def lock_gift_transaction(conn: asyncpg.Connection, gift_transaction_id: s
 
 
 async def complete_gift_transaction(
-    conn: asyncpg.Connection, gift_transaction_id: str, wallet_transaction_id: str, sender_balance_coins: int,
+    conn: asyncpg.Connection,
+    gift_transaction_id: str,
+    wallet_transaction_id: str,
+    sender_balance_coins: int,
     finished_at: datetime,
 ) -> None:
     updated = await conn.execute(

@@ -13,7 +13,11 @@ from services.payouts.payout_provider import SandboxPayoutProvider
 from services.payouts.payout_worker import PayoutWorker
 from services.payouts.service import PayoutsService
 from services.payouts.servicer import PayoutsServicer
-from services.payouts.settlement import Settlement, SettlementConsumer, declare_settlement_consumer
+from services.payouts.settlement import (
+    Settlement,
+    SettlementConsumer,
+    declare_settlement_consumer,
+)
 from services.runtime.server import ServiceRuntime
 
 MIGRATIONS = Path(__file__).parent / "migrations"

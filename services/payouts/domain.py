@@ -13,7 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from services.runtime.errors import FieldViolation, failed_precondition, invalid_argument
+from services.runtime.errors import (
+    FieldViolation,
+    failed_precondition,
+    invalid_argument,
+)
 
 SYSTEM_GIFT_SETTLEMENT = "system:gift_settlement"  # source of every diamond credited for a gift
 SYSTEM_PAID_OUT = "system:paid_out"  # diamonds that left as real money
@@ -164,9 +168,7 @@ class WithdrawalPolicy:
     def check_request(self, profile: CreatorProfile | None, creator_id: str, diamonds: int) -> CreatorProfile:
         """The checks that need no balance: eligibility, minimum, whole minor units. Returns the eligible profile."""
         if profile is None or not profile.kyc_verified:
-            raise failed_precondition(
-                "ACCOUNT_NOT_ELIGIBLE", f"creator {creator_id!r} is not KYC-verified for payouts"
-            )
+            raise failed_precondition("ACCOUNT_NOT_ELIGIBLE", f"creator {creator_id!r} is not KYC-verified for payouts")
         if diamonds < self.minimum_diamonds:
             raise failed_precondition(
                 "BELOW_MINIMUM_WITHDRAWAL", f"the minimum withdrawal is {self.minimum_diamonds} diamonds"

@@ -25,7 +25,12 @@ log = structlog.get_logger()
 
 class PayoutWorker:
     def __init__(
-        self, pool: asyncpg.Pool, provider: PayoutProvider, *, batch_size: int, check_interval_seconds: float,
+        self,
+        pool: asyncpg.Pool,
+        provider: PayoutProvider,
+        *,
+        batch_size: int,
+        check_interval_seconds: float,
         provider_timeout_seconds: float,
     ) -> None:
         self._pool = pool
@@ -116,8 +121,12 @@ async def _finish(
     await store.move_diamonds(conn, creator_id, available_delta=0 if paid else diamonds, reserved_delta=-diamonds)
     failure_reason = "" if paid else (result.failure_reason or "payout failed")
     finished = await store.finish_withdrawal(
-        conn, withdrawal.withdrawal_id, status=status, failure_reason=failure_reason,
-        provider_reference=result.provider_reference, finish_transaction_id=transaction_id,
+        conn,
+        withdrawal.withdrawal_id,
+        status=status,
+        failure_reason=failure_reason,
+        provider_reference=result.provider_reference,
+        finish_transaction_id=transaction_id,
     )
     # We hold the row lock on a pending withdrawal, so the status guard cannot miss; if it ever did, this rolls back.
     assert finished, f"withdrawal {withdrawal.withdrawal_id} was not pending"

@@ -99,8 +99,12 @@ class PayoutsService:
             )
 
         return await idempotency.run_once(
-            self._pool, request_id=request.request_id, method="UpdateCreatorProfile", request=request,
-            response_type=payouts_pb2.UpdateCreatorProfileResponse, operation=operation,
+            self._pool,
+            request_id=request.request_id,
+            method="UpdateCreatorProfile",
+            request=request,
+            response_type=payouts_pb2.UpdateCreatorProfileResponse,
+            operation=operation,
         )
 
     async def request_withdrawal(
@@ -111,8 +115,12 @@ class PayoutsService:
             return payouts_pb2.RequestWithdrawalResponse(withdrawal=withdrawal_message(withdrawal))
 
         return await idempotency.run_once(
-            self._pool, request_id=request.request_id, method="RequestWithdrawal", request=request,
-            response_type=payouts_pb2.RequestWithdrawalResponse, operation=operation,
+            self._pool,
+            request_id=request.request_id,
+            method="RequestWithdrawal",
+            request=request,
+            response_type=payouts_pb2.RequestWithdrawalResponse,
+            operation=operation,
         )
 
     async def _reserve_withdrawal(
@@ -141,7 +149,10 @@ class PayoutsService:
         )
         transaction_id = new_id("txn")
         await store.record_transaction(
-            conn, transaction_id=transaction_id, kind="withdrawal_reserve", reference=withdrawal.withdrawal_id,
+            conn,
+            transaction_id=transaction_id,
+            kind="withdrawal_reserve",
+            reference=withdrawal.withdrawal_id,
             postings=domain.reserve_postings(creator_id, diamonds),
         )
         await store.move_diamonds(conn, creator_id, available_delta=-diamonds, reserved_delta=diamonds)

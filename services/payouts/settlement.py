@@ -95,7 +95,10 @@ class Settlement:
         diamonds_per_creator = domain.diamonds_by_creator(credits)
         transaction_id = new_id("txn")
         await store.record_transaction(
-            conn, transaction_id=transaction_id, kind="settlement", reference=f"{len(credits)} gifts",
+            conn,
+            transaction_id=transaction_id,
+            kind="settlement",
+            reference=f"{len(credits)} gifts",
             postings=domain.settlement_postings(diamonds_per_creator),
         )
         await store.insert_credits(conn, transaction_id=transaction_id, rate_version=rate.version, credits=credits)

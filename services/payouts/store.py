@@ -265,8 +265,13 @@ async def postpone_check(conn: Executor, withdrawal_id: str, check_again_in_seco
 
 
 async def finish_withdrawal(
-    conn: asyncpg.Connection, withdrawal_id: str, *, status: WithdrawalStatus, failure_reason: str,
-    provider_reference: str, finish_transaction_id: str,
+    conn: asyncpg.Connection,
+    withdrawal_id: str,
+    *,
+    status: WithdrawalStatus,
+    failure_reason: str,
+    provider_reference: str,
+    finish_transaction_id: str,
 ) -> bool:
     """Moves a pending withdrawal to its final status; False when it was no longer pending (nothing changed)."""
     assert status is not WithdrawalStatus.PENDING, "finishing needs a final status"

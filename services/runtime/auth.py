@@ -51,7 +51,9 @@ class TokenVerifier:
     def __init__(self, settings: RuntimeSettings) -> None:
         self._algorithm = settings.auth_algorithm
         self._key = (
-            settings.auth_public_key_pem if settings.auth_algorithm == "RS256" else settings.auth_secret.get_secret_value()
+            settings.auth_public_key_pem
+            if settings.auth_algorithm == "RS256"
+            else settings.auth_secret.get_secret_value()
         )
 
     def verify(self, authorization: str | None) -> Principal:

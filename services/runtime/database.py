@@ -44,7 +44,7 @@ async def wait_for_database(settings: RuntimeSettings) -> None:
             probe = await asyncpg.connect(settings.database_url, timeout=5)
             await probe.close()
             return
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             if time.monotonic() > deadline:
                 raise
             log.warning("database_not_ready", error=str(error), retry_in_seconds=delay_seconds)

@@ -43,7 +43,7 @@ class ServiceRuntime:
         pool = runtime.use_database(MIGRATIONS)   # connected and migrated by run(), before SERVING
         nc = runtime.use_nats()                   # likewise
         runtime.on_startup(declare_streams)       # steps that need the database or NATS
-        runtime.add_service(wallet_pb2_grpc.add_WalletServiceServicer_to_server, servicer, "coinstream.wallet.v1.WalletService")
+        runtime.add_service(wallet_pb2_grpc.add_WalletServiceServicer_to_server, servicer, WALLET_SERVICE_NAME)
         runtime.add_worker("purchase_recovery", recovery.run_forever)
         await runtime.run()
 
@@ -87,7 +87,9 @@ class ServiceRuntime:
     def on_startup(self, step: Worker) -> None:
         self._startup_steps.append(step)
 
-    def add_service(self, register: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str) -> None:
+    def add_service(
+        self, register: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str
+    ) -> None:
         register(servicer, self._server)
         self._service_names.append(full_name)
 
@@ -119,7 +121,9 @@ class ServiceRuntime:
         await self.start()
         tasks: list[asyncio.Task[None]] = []
         if await self._until_stopped(self._connect_dependencies(), stop):
-            tasks = [asyncio.create_task(self._supervise(name, worker), name=name) for name, worker in self._workers.items()]
+            tasks = [
+                asyncio.create_task(self._supervise(name, worker), name=name) for name, worker in self._workers.items()
+            ]
             tasks.append(asyncio.create_task(self._watch_readiness(), name="readiness"))
             self._ready = True
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -196,7 +200,7 @@ class ServiceRuntime:
         try:
             await self.pool.fetchval("SELECT 1", timeout=2.0)
             return True
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             return False
 
     async def _clean_idempotency_keys(self) -> None:

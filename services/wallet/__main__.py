@@ -7,6 +7,7 @@ from pathlib import Path
 
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
+from services.runtime.recovery import repeat_forever
 from services.runtime.server import ServiceRuntime
 from services.wallet.config import WalletSettings
 from services.wallet.domain import BonusRule
@@ -33,12 +34,13 @@ async def main() -> None:
         wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
     )
 
-    async def recover_purchases() -> None:
-        while True:
-            await wallet.recover_pending_purchases(settings.wallet_recovery_age_seconds)
-            await asyncio.sleep(settings.wallet_recovery_interval_seconds)
-
-    runtime.add_worker("purchase_recovery", recover_purchases)
+    runtime.add_worker(
+        "purchase_recovery",
+        lambda: repeat_forever(
+            settings.wallet_recovery_interval_seconds,
+            lambda: wallet.recover_pending_purchases(settings.wallet_recovery_age_seconds),
+        ),
+    )
     await runtime.run()
 
 

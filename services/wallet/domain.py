@@ -10,7 +10,13 @@ import binascii
 from dataclasses import dataclass
 from enum import Enum
 
-from services.runtime.errors import AppError, FieldViolation, failed_precondition, invalid_argument, not_found
+from services.runtime.errors import (
+    AppError,
+    FieldViolation,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+)
 
 SYSTEM_SALES = "system:sales"  # coins issued against real money
 SYSTEM_PROMOTIONS = "system:promotions"  # bonus coins issued by promotions

@@ -11,8 +11,13 @@ import structlog
 from coinstream.type.v1 import money_pb2
 from coinstream.wallet.v1 import wallet_pb2
 
-from services.runtime import idempotency
-from services.runtime.errors import AppError, failed_precondition, not_found, unavailable
+from services.runtime import idempotency, recovery
+from services.runtime.errors import (
+    AppError,
+    failed_precondition,
+    not_found,
+    unavailable,
+)
 from services.runtime.faults import crash_point
 from services.wallet import domain, store
 from services.wallet.payments import ChargeResult, PaymentProvider
@@ -41,7 +46,11 @@ def new_id(prefix: str) -> str:
 
 class WalletService:
     def __init__(
-        self, pool: asyncpg.Pool, payments: PaymentProvider, bonus_rule: domain.BonusRule, payment_timeout_seconds: float
+        self,
+        pool: asyncpg.Pool,
+        payments: PaymentProvider,
+        bonus_rule: domain.BonusRule,
+        payment_timeout_seconds: float,
     ) -> None:
         self._pool = pool
         self._payments = payments
@@ -54,8 +63,12 @@ class WalletService:
             return wallet_pb2.UpsertAccountResponse(account=account_message(account))
 
         return await idempotency.run_once(
-            self._pool, request_id=request.request_id, method="UpsertAccount", request=request,
-            response_type=wallet_pb2.UpsertAccountResponse, operation=operation,
+            self._pool,
+            request_id=request.request_id,
+            method="UpsertAccount",
+            request=request,
+            response_type=wallet_pb2.UpsertAccountResponse,
+            operation=operation,
         )
 
     async def get_account(self, account_id: str) -> wallet_pb2.Account:
@@ -96,8 +109,12 @@ class WalletService:
             return wallet_pb2.SpendCoinsResponse(transaction_id=transaction_id, balance=balance)
 
         return await idempotency.run_once(
-            self._pool, request_id=request.request_id, method="SpendCoins", request=request,
-            response_type=wallet_pb2.SpendCoinsResponse, operation=operation,
+            self._pool,
+            request_id=request.request_id,
+            method="SpendCoins",
+            request=request,
+            response_type=wallet_pb2.SpendCoinsResponse,
+            operation=operation,
         )
 
     async def _why_spend_refused(self, conn: asyncpg.Connection, account_id: str, coins: int) -> AppError:
@@ -164,7 +181,7 @@ class WalletService:
                 ),
                 self._payment_timeout_seconds,
             )
-        except (asyncio.TimeoutError, OSError) as error:
+        except (TimeoutError, OSError) as error:
             log.warning("payment_provider_unavailable", purchase_id=purchase.purchase_id, error=str(error))
             raise unavailable(
                 "PAYMENT_PROVIDER_UNAVAILABLE", "payment provider did not answer; retry with the same request_id"
@@ -199,14 +216,7 @@ class WalletService:
     async def recover_pending_purchases(self, older_than_seconds: float, batch_size: int = 100) -> int:
         """Finishes purchases a crash or an outage left pending. Returns how many it looked at."""
         purchase_ids = await store.stale_pending_purchases(self._pool, older_than_seconds, batch_size)
-        for purchase_id in purchase_ids:
-            try:
-                await self.complete_purchase(purchase_id)
-            except AppError as error:
-                log.info("purchase_recovery_outcome", purchase_id=purchase_id, reason=error.reason)
-        if purchase_ids:
-            log.info("purchases_recovered", count=len(purchase_ids))
-        return len(purchase_ids)
+        return await recovery.resume_each("purchase", purchase_ids, self.complete_purchase)
 
     async def list_transactions(
         self, account_id: str, page_size: int, page_token: str

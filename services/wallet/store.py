@@ -46,7 +46,13 @@ async def get_balance(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) 
 
 
 async def debit_for_spend(
-    conn: asyncpg.Connection, *, transaction_id: str, request_id: str, account_id: str, coins: int, reference: str,
+    conn: asyncpg.Connection,
+    *,
+    transaction_id: str,
+    request_id: str,
+    account_id: str,
+    coins: int,
+    reference: str,
     postings: Postings,
 ) -> int | None:
     """One statement: debit an eligible account that has the coins, write the transaction and its postings.
@@ -82,7 +88,12 @@ async def debit_for_spend(
 
 
 async def credit_for_purchase(
-    conn: asyncpg.Connection, *, transaction_id: str, request_id: str, account_id: str, reference: str,
+    conn: asyncpg.Connection,
+    *,
+    transaction_id: str,
+    request_id: str,
+    account_id: str,
+    reference: str,
     postings: Postings,
 ) -> int:
     """Credits the user's side of the postings and writes the transaction; returns the balance after."""
@@ -165,13 +176,18 @@ async def get_purchase(pool: asyncpg.Pool, purchase_id: str) -> PurchaseRow:
 
 
 async def lock_purchase(conn: asyncpg.Connection, purchase_id: str) -> PurchaseRow:
-    row = await conn.fetchrow(f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE purchase_id = $1 FOR UPDATE", purchase_id)
+    row = await conn.fetchrow(
+        f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE purchase_id = $1 FOR UPDATE", purchase_id
+    )
     assert row is not None, f"purchase {purchase_id} vanished"
     return _purchase(row)
 
 
 async def finish_purchase(
-    conn: asyncpg.Connection, purchase_id: str, status: PurchaseStatus, provider_reference: str,
+    conn: asyncpg.Connection,
+    purchase_id: str,
+    status: PurchaseStatus,
+    provider_reference: str,
     transaction_id: str | None,
 ) -> None:
     await conn.execute(

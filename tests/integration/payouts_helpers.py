@@ -109,8 +109,13 @@ async def make_eligible(clients: Clients, creator_id: str, destination: str = "s
     )
 
 
-async def withdraw(clients: Clients, creator_id: str, diamonds: int, request_id: str | None = None,
-                   metadata: tuple[tuple[str, str], ...] = SERVICE) -> payouts_pb2.Withdrawal:
+async def withdraw(
+    clients: Clients,
+    creator_id: str,
+    diamonds: int,
+    request_id: str | None = None,
+    metadata: tuple[tuple[str, str], ...] = SERVICE,
+) -> payouts_pb2.Withdrawal:
     response = await clients.payouts.RequestWithdrawal(
         payouts_pb2.RequestWithdrawalRequest(
             request_id=request_id or new_id("req"), creator_id=creator_id, diamonds=diamonds

@@ -61,7 +61,10 @@ def gift_request(
     sender_id: str, stream_id: str, gift_id: str = "rose", quantity: int = 1, request_id: str | None = None
 ) -> gifts_pb2.SendGiftRequest:
     return gifts_pb2.SendGiftRequest(
-        request_id=request_id or new_id("req"), sender_id=sender_id, stream_id=stream_id, gift_id=gift_id,
+        request_id=request_id or new_id("req"),
+        sender_id=sender_id,
+        stream_id=stream_id,
+        gift_id=gift_id,
         quantity=quantity,
     )
 
@@ -113,8 +116,15 @@ async def _all_gift_sent(js: nats.js.JetStreamContext) -> list[Msg]:
 async def test_list_gifts_returns_the_catalog_by_price(clients: Clients) -> None:
     reply = await clients.gifts.ListGifts(gifts_pb2.ListGiftsRequest(), metadata=auth(new_id("user")))
     assert [(g.gift_id, g.coin_price) for g in reply.gifts] == [
-        ("rose", 1), ("finger_heart", 5), ("doughnut", 30), ("hand_hearts", 100), ("corgi", 299),
-        ("money_gun", 500), ("disco_ball", 1000), ("lion", 29999), ("universe", 34999),
+        ("rose", 1),
+        ("finger_heart", 5),
+        ("doughnut", 30),
+        ("hand_hearts", 100),
+        ("corgi", 299),
+        ("money_gun", 500),
+        ("disco_ball", 1000),
+        ("lion", 29999),
+        ("universe", 34999),
     ]
     assert {g.gift_id: g.name for g in reply.gifts}["finger_heart"] == "Finger Heart"
 
@@ -242,9 +252,7 @@ async def test_invalid_stream_requests_change_nothing(clients: Clients) -> None:
     stream = await go_live(clients, creator)  # nothing was started by the invalid calls
 
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await clients.gifts.EndLiveStream(
-            gifts_pb2.EndLiveStreamRequest(request_id="", stream_id=""), metadata=SERVICE
-        )
+        await clients.gifts.EndLiveStream(gifts_pb2.EndLiveStreamRequest(request_id="", stream_id=""), metadata=SERVICE)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violated_fields(error.value) == {"request_id", "stream_id"}
     with pytest.raises(grpc.aio.AioRpcError) as error:
@@ -434,8 +442,10 @@ async def test_user_cannot_send_gift_as_someone_else(clients: Clients) -> None:
         ({"quantity": 0}, {"quantity"}),
         ({"quantity": 10_001}, {"quantity"}),
         ({"quantity": -3}, {"quantity"}),
-        ({"request_id": "a b", "sender_id": "", "stream_id": "s" * 129, "gift_id": "ro se", "quantity": 0},
-         {"request_id", "sender_id", "stream_id", "gift_id", "quantity"}),
+        (
+            {"request_id": "a b", "sender_id": "", "stream_id": "s" * 129, "gift_id": "ro se", "quantity": 0},
+            {"request_id", "sender_id", "stream_id", "gift_id", "quantity"},
+        ),
     ],
 )
 async def test_invalid_send_gift_is_refused_and_changes_nothing(

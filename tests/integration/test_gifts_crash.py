@@ -17,7 +17,14 @@ from coinstream.gifts.v1 import gifts_pb2
 
 from tests.conftest import SERVICE, Clients
 from tests.grpc_errors import error_reason
-from tests.integration.test_gifts import coins_of, gift_request, gift_sent_messages, go_live, make_account, summary_of
+from tests.integration.test_gifts import (
+    coins_of,
+    gift_request,
+    gift_sent_messages,
+    go_live,
+    make_account,
+    summary_of,
+)
 from tests.stack import Stack
 
 pytestmark = pytest.mark.slow

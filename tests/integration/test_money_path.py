@@ -60,7 +60,9 @@ async def verified_creator(clients: Clients, destination_prefix: str) -> str:
     creator_id = await create_account(clients, prefix="creator")
     await clients.payouts.UpdateCreatorProfile(
         p.UpdateCreatorProfileRequest(
-            request_id=new_id("profile"), creator_id=creator_id, kyc_verified=True,
+            request_id=new_id("profile"),
+            creator_id=creator_id,
+            kyc_verified=True,
             payout_destination=f"{destination_prefix}-{creator_id}",
         ),
         metadata=SERVICE,
@@ -84,8 +86,10 @@ async def test_purchase_to_withdrawal(stack: Stack, clients: Clients, destinatio
     await buy(clients, fan, "coins_3303")  # 3,303 + 165 bonus = 3,468 coins
     stream_id = await start_stream(clients, creator_id)
 
-    sent = [await clients.gifts.SendGift(gift_request(fan, stream_id, gift, qty), metadata=auth(fan))
-            for gift, qty in (("corgi", 10), ("doughnut", 5), ("rose", 28))]  # 2,990 + 150 + 28 = 3,168
+    sent = [
+        await clients.gifts.SendGift(gift_request(fan, stream_id, gift, qty), metadata=auth(fan))
+        for gift, qty in (("corgi", 10), ("doughnut", 5), ("rose", 28))
+    ]  # 2,990 + 150 + 28 = 3,168
     assert [s.gift.coins for s in sent] == [2990, 150, 28]
     assert sent[-1].sender_balance_coins == 300
     assert await balance(clients, fan) == 300
@@ -98,7 +102,8 @@ async def test_purchase_to_withdrawal(stack: Stack, clients: Clients, destinatio
     assert (settled.available_diamonds, settled.reserved_diamonds, settled.lifetime_diamonds) == (3168, 0, 3168)
 
     requested = await clients.payouts.RequestWithdrawal(
-        p.RequestWithdrawalRequest(request_id=new_id("wd"), creator_id=creator_id, diamonds=2000), metadata=auth(creator_id)
+        p.RequestWithdrawalRequest(request_id=new_id("wd"), creator_id=creator_id, diamonds=2000),
+        metadata=auth(creator_id),
     )
     assert requested.withdrawal.payout.amount_minor == 1000 and requested.withdrawal.payout.currency_code == "USD"
     reserved = await earnings(clients, creator_id)
@@ -110,7 +115,9 @@ async def test_purchase_to_withdrawal(stack: Stack, clients: Clients, destinatio
     expected_available = 1168 if final_status == p.WITHDRAWAL_STATUS_PAID else 3168
     assert (after.available_diamonds, after.reserved_diamonds, after.lifetime_diamonds) == (expected_available, 0, 3168)
 
-    await clients.gifts.EndLiveStream(g.EndLiveStreamRequest(request_id=new_id("end"), stream_id=stream_id), metadata=auth(creator_id))
+    await clients.gifts.EndLiveStream(
+        g.EndLiveStreamRequest(request_id=new_id("end"), stream_id=stream_id), metadata=auth(creator_id)
+    )
     await assert_invariants(stack)
 
 
@@ -126,8 +133,12 @@ async def test_fifty_concurrent_gifts_against_a_short_balance(stack: Stack, clie
     )
     sent = [r for r in results if isinstance(r, g.SendGiftResponse)]
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
-    assert len(sent) == 11 and len(refused) == 39, [r for r in results if not isinstance(r, (g.SendGiftResponse, grpc.aio.AioRpcError))]
-    assert {(r.code(), error_reason(r)) for r in refused} == {(grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_COINS")}
+    assert len(sent) == 11 and len(refused) == 39, [
+        r for r in results if not isinstance(r, (g.SendGiftResponse, grpc.aio.AioRpcError))
+    ]
+    assert {(r.code(), error_reason(r)) for r in refused} == {
+        (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_COINS")
+    }
     assert sorted(s.sender_balance_coins for s in sent) == list(range(0, 330, 30))
     assert await balance(clients, fan) == 0
 
@@ -144,10 +155,14 @@ async def test_many_fans_many_gifts_concurrently(stack: Stack, clients: Clients)
     fans = [await create_account(clients, prefix="fan") for _ in range(5)]
     await asyncio.gather(*(buy(clients, fan, "coins_660") for fan in fans))
 
-    requests = [gift_request(fan, stream_id, gift) for fan in fans for gift in ("rose", "finger_heart", "doughnut", "hand_hearts") * 3]
+    requests = [
+        gift_request(fan, stream_id, gift)
+        for fan in fans
+        for gift in ("rose", "finger_heart", "doughnut", "hand_hearts") * 3
+    ]
     # Each request also retried concurrently: duplicates must not charge twice.
     results = await asyncio.gather(*(clients.gifts.SendGift(r, metadata=SERVICE) for r in requests + requests))
-    assert results[: len(requests)] == results[len(requests):]
+    assert results[: len(requests)] == results[len(requests) :]
     per_fan = (1 + 5 + 30 + 100) * 3
     assert [await balance(clients, fan) for fan in fans] == [660 - per_fan] * 5
 

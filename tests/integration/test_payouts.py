@@ -30,16 +30,20 @@ async def refused(call: Awaitable[object]) -> grpc.aio.AioRpcError:
     return error.value
 
 
-def profile_request(creator_id: str, request_id: str | None = None, destination: str = "sandbox:ok-x",
-                    kyc_verified: bool = True) -> payouts_pb2.UpdateCreatorProfileRequest:
+def profile_request(
+    creator_id: str, request_id: str | None = None, destination: str = "sandbox:ok-x", kyc_verified: bool = True
+) -> payouts_pb2.UpdateCreatorProfileRequest:
     return payouts_pb2.UpdateCreatorProfileRequest(
-        request_id=request_id or new_id("req"), creator_id=creator_id, kyc_verified=kyc_verified,
+        request_id=request_id or new_id("req"),
+        creator_id=creator_id,
+        kyc_verified=kyc_verified,
         payout_destination=destination,
     )
 
 
-def withdrawal_request(creator_id: str, diamonds: int, request_id: str | None = None
-                       ) -> payouts_pb2.RequestWithdrawalRequest:
+def withdrawal_request(
+    creator_id: str, diamonds: int, request_id: str | None = None
+) -> payouts_pb2.RequestWithdrawalRequest:
     return payouts_pb2.RequestWithdrawalRequest(
         request_id=request_id or new_id("req"), creator_id=creator_id, diamonds=diamonds
     )
@@ -145,9 +149,9 @@ async def test_invalid_profile_update_reports_every_field_and_changes_nothing(st
     conn = await asyncpg.connect(stack.database_url("payouts"))
     try:
         assert await conn.fetchval("SELECT count(*) FROM creator_profiles WHERE creator_id = $1", creator_id) == 0
-        assert await conn.fetchval(
-            "SELECT count(*) FROM idempotency_keys WHERE request_id = $1", too_long.request_id
-        ) == 0
+        assert (
+            await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE request_id = $1", too_long.request_id) == 0
+        )
     finally:
         await conn.close()
 
@@ -287,9 +291,7 @@ async def test_concurrent_replays_reserve_once(stack: Stack, clients: Clients) -
     await make_eligible(clients, creator_id, destination="sandbox:ok-concurrent")
     await fund(stack, clients, creator_id, 10_000)
     request = withdrawal_request(creator_id, 2000)
-    responses = await asyncio.gather(
-        *(clients.payouts.RequestWithdrawal(request, metadata=SERVICE) for _ in range(8))
-    )
+    responses = await asyncio.gather(*(clients.payouts.RequestWithdrawal(request, metadata=SERVICE) for _ in range(8)))
     assert len({response.withdrawal.withdrawal_id for response in responses}) == 1
     await wait_until_finished(clients, responses[0].withdrawal.withdrawal_id)
     found = await earnings(clients, creator_id)
@@ -340,8 +342,10 @@ async def test_withdrawal_to_a_good_destination_is_paid(stack: Stack, clients: C
 
 @pytest.mark.parametrize(
     ("destination", "reason"),
-    [("sandbox:fail-bank-closed", "sandbox destination refused the payout"),
-     ("bank:DE89370400440532013000", "unknown sandbox destination")],
+    [
+        ("sandbox:fail-bank-closed", "sandbox destination refused the payout"),
+        ("bank:DE89370400440532013000", "unknown sandbox destination"),
+    ],
 )
 async def test_failed_payout_returns_the_diamonds(
     stack: Stack, clients: Clients, destination: str, reason: str

@@ -13,8 +13,8 @@ from tests.integration.payouts_helpers import (
     assert_ledger_consistent,
     earnings,
     eventually,
-    gift_sent,
     fund,
+    gift_sent,
     make_eligible,
     publish,
     wait_for_lifetime,
@@ -87,7 +87,8 @@ async def test_crash_after_payout_submission_pays_once(stack: Stack, clients: Cl
         assert stack.wait_exit("payouts") != 0
         # The provider took the payout, but the crash lost our record of it: the withdrawal is pending, unsubmitted.
         assert await fetch_value(
-            stack, "SELECT provider_reference IS NULL AND status = 'pending' FROM withdrawals WHERE withdrawal_id = $1",
+            stack,
+            "SELECT provider_reference IS NULL AND status = 'pending' FROM withdrawals WHERE withdrawal_id = $1",
             withdrawal.withdrawal_id,
         )
 
@@ -96,10 +97,14 @@ async def test_crash_after_payout_submission_pays_once(stack: Stack, clients: Cl
         assert paid.status == payouts_pb2.WITHDRAWAL_STATUS_PAID
         found = await earnings(clients, creator_id)
         assert (found.available_diamonds, found.reserved_diamonds, found.lifetime_diamonds) == (2000, 0, 6000)
-        assert await fetch_value(
-            stack, "SELECT count(*) FROM ledger_transactions WHERE reference = $1 AND kind = 'withdrawal_paid'",
-            withdrawal.withdrawal_id,
-        ) == 1
+        assert (
+            await fetch_value(
+                stack,
+                "SELECT count(*) FROM ledger_transactions WHERE reference = $1 AND kind = 'withdrawal_paid'",
+                withdrawal.withdrawal_id,
+            )
+            == 1
+        )
         await assert_ledger_consistent(stack)
     finally:
         stack.restart_service("payouts")

@@ -45,13 +45,17 @@ def wait_for_health(address: str, expected: int, timeout_seconds: float = 20.0) 
 def start_wallet(stack: Stack, tmp_path: Path, database_url: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = stack.service_env("wallet")
-    env.update({
-        "COINSTREAM_WALLET_PORT": str(port),
-        "COINSTREAM_WALLET_DATABASE_URL": database_url,
-        "COINSTREAM_DB_CONNECT_TIMEOUT_SECONDS": "120",
-    })
+    env.update(
+        {
+            "COINSTREAM_WALLET_PORT": str(port),
+            "COINSTREAM_WALLET_DATABASE_URL": database_url,
+            "COINSTREAM_DB_CONNECT_TIMEOUT_SECONDS": "120",
+        }
+    )
     log = open(tmp_path / "wallet.log", "ab")
-    process = subprocess.Popen([sys.executable, "-m", "services.wallet"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.wallet"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log
+    )
     return process, f"127.0.0.1:{port}"
 
 

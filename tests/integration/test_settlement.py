@@ -41,11 +41,16 @@ async def test_gift_credits_its_creator_without_a_profile(stack: Stack, clients:
     assert (found.available_diamonds, found.reserved_diamonds, found.lifetime_diamonds) == (299, 0, 299)
 
     [credit] = await query(
-        stack, "SELECT creator_id, stream_id, coins, diamonds, rate_version FROM diamond_credits"
-        " WHERE gift_transaction_id = $1", event.gift_transaction_id,
+        stack,
+        "SELECT creator_id, stream_id, coins, diamonds, rate_version FROM diamond_credits"
+        " WHERE gift_transaction_id = $1",
+        event.gift_transaction_id,
     )
     assert dict(credit) == {
-        "creator_id": creator_id, "stream_id": event.stream_id, "coins": 299, "diamonds": 299,
+        "creator_id": creator_id,
+        "stream_id": event.stream_id,
+        "coins": 299,
+        "diamonds": 299,
         "rate_version": await current_rate_version(clients),
     }
 
@@ -79,7 +84,8 @@ async def test_thousands_of_gifts_to_one_creator_are_settled_exactly_and_in_batc
     assert (found.available_diamonds, found.lifetime_diamonds) == (total, total)
 
     [credits] = await query(
-        stack, "SELECT count(*) AS gifts, sum(diamonds) AS diamonds FROM diamond_credits WHERE creator_id = $1",
+        stack,
+        "SELECT count(*) AS gifts, sum(diamonds) AS diamonds FROM diamond_credits WHERE creator_id = $1",
         creator_id,
     )
     assert (credits["gifts"], credits["diamonds"]) == (2000, total)
@@ -115,7 +121,8 @@ async def test_unreadable_events_are_set_aside_without_blocking_settlement(stack
     found = await wait_for_lifetime(clients, creator_id, 5)
     assert found.lifetime_diamonds == 5
     rows = await query(
-        stack, "SELECT gift_transaction_id FROM inbox WHERE gift_transaction_id = ANY($1::text[])",
+        stack,
+        "SELECT gift_transaction_id FROM inbox WHERE gift_transaction_id = ANY($1::text[])",
         [bad_creator.gift_transaction_id, no_coins.gift_transaction_id],
     )
     assert rows == []
@@ -136,8 +143,10 @@ async def test_database_refuses_unbalanced_negative_or_edited_ledger_entries(sta
             await conn.execute(
                 "INSERT INTO creator_balances (creator_id, available_diamonds) VALUES ($1, -1)", new_id("creator")
             )
-        for edit in ("UPDATE postings SET diamonds_delta = 0 WHERE transaction_id = $1",
-                     "DELETE FROM ledger_transactions WHERE transaction_id = $1"):
+        for edit in (
+            "UPDATE postings SET diamonds_delta = 0 WHERE transaction_id = $1",
+            "DELETE FROM ledger_transactions WHERE transaction_id = $1",
+        ):
             transaction = conn.transaction()
             await transaction.start()
             try:
@@ -168,9 +177,7 @@ async def test_rate_change_is_a_new_version_stored_on_each_credit(stack: Stack, 
         await publish(stack, events)
         found = await wait_for_lifetime(clients, creator_id, 51)
         assert found.lifetime_diamonds == 0 + 1 + 50  # floored per gift
-        rows = await query(
-            stack, "SELECT DISTINCT rate_version FROM diamond_credits WHERE creator_id = $1", creator_id
-        )
+        rows = await query(stack, "SELECT DISTINCT rate_version FROM diamond_credits WHERE creator_id = $1", creator_id)
         assert [row["rate_version"] for row in rows] == [before + 1]
     finally:
         stack.restart_service("payouts")

@@ -27,7 +27,9 @@ async def expect_error(call, code: grpc.StatusCode, reason: str | None = None) -
 
 async def test_upsert_and_get_account(clients: Clients) -> None:
     account_id = new_id("acct")
-    request = w.UpsertAccountRequest(request_id=new_id("r"), account_id=account_id, adult_verified=True, country_code="DE")
+    request = w.UpsertAccountRequest(
+        request_id=new_id("r"), account_id=account_id, adult_verified=True, country_code="DE"
+    )
     created = await clients.wallet.UpsertAccount(request, metadata=SERVICE)
     assert created.account == w.Account(
         account_id=account_id, adult_verified=True, country_code="DE", status=w.ACCOUNT_STATUS_ACTIVE
@@ -35,15 +37,21 @@ async def test_upsert_and_get_account(clients: Clients) -> None:
     fetched = await clients.wallet.GetAccount(w.GetAccountRequest(account_id=account_id), metadata=auth(account_id))
     assert fetched.account == created.account
 
-    update = w.UpsertAccountRequest(request_id=new_id("r"), account_id=account_id, adult_verified=False, country_code="FR")
+    update = w.UpsertAccountRequest(
+        request_id=new_id("r"), account_id=account_id, adult_verified=False, country_code="FR"
+    )
     updated = await clients.wallet.UpsertAccount(update, metadata=ADMIN)
     assert (updated.account.adult_verified, updated.account.country_code) == (False, "FR")
 
 
 async def test_upsert_account_needs_service_or_admin(clients: Clients) -> None:
     account_id = new_id("acct")
-    request = w.UpsertAccountRequest(request_id=new_id("r"), account_id=account_id, adult_verified=True, country_code="US")
-    await expect_error(clients.wallet.UpsertAccount(request, metadata=auth(account_id)), grpc.StatusCode.PERMISSION_DENIED)
+    request = w.UpsertAccountRequest(
+        request_id=new_id("r"), account_id=account_id, adult_verified=True, country_code="US"
+    )
+    await expect_error(
+        clients.wallet.UpsertAccount(request, metadata=auth(account_id)), grpc.StatusCode.PERMISSION_DENIED
+    )
     await expect_error(
         clients.wallet.GetAccount(w.GetAccountRequest(account_id=account_id), metadata=SERVICE),
         grpc.StatusCode.NOT_FOUND,
@@ -99,7 +107,9 @@ async def test_expired_or_foreign_tokens_are_unauthenticated(clients: Clients) -
     no_roles = mint_token(AUTH_SECRET, "alice", [])
     for token in (expired, forged, no_roles):
         await expect_error(
-            clients.wallet.ListCoinPackages(w.ListCoinPackagesRequest(), metadata=(("authorization", f"Bearer {token}"),)),
+            clients.wallet.ListCoinPackages(
+                w.ListCoinPackagesRequest(), metadata=(("authorization", f"Bearer {token}"),)
+            ),
             grpc.StatusCode.UNAUTHENTICATED,
         )
 
@@ -109,7 +119,9 @@ async def test_expired_or_foreign_tokens_are_unauthenticated(clients: Clients) -
 
 async def test_coin_packages_follow_the_economy_defaults(clients: Clients) -> None:
     reply = await clients.wallet.ListCoinPackages(w.ListCoinPackagesRequest(), metadata=auth("anyone"))
-    packages = {p.package_id: (p.coins, p.bonus_coins, p.price.amount_minor, p.price.currency_code) for p in reply.packages}
+    packages = {
+        p.package_id: (p.coins, p.bonus_coins, p.price.amount_minor, p.price.currency_code) for p in reply.packages
+    }
     assert packages == {
         "coins_65": (65, 0, 99, "USD"),
         "coins_330": (330, 0, 499, "USD"),
@@ -146,7 +158,9 @@ async def test_purchase_replay_returns_the_original_and_credits_once(clients: Cl
         request_id=request.request_id, account_id=account_id, package_id="coins_660", payment_token="tok_ok"
     )
     await expect_error(
-        clients.wallet.PurchaseCoins(other_payload, metadata=SERVICE), grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED"
+        clients.wallet.PurchaseCoins(other_payload, metadata=SERVICE),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "REQUEST_ID_REUSED",
     )
     assert await balance(clients, account_id) == 330
 
@@ -168,7 +182,9 @@ async def test_declined_payment_changes_nothing_and_replays_the_error(clients: C
     )
     for _ in range(2):
         await expect_error(
-            clients.wallet.PurchaseCoins(request, metadata=SERVICE), grpc.StatusCode.FAILED_PRECONDITION, "PAYMENT_DECLINED"
+            clients.wallet.PurchaseCoins(request, metadata=SERVICE),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "PAYMENT_DECLINED",
         )
     assert await balance(clients, account_id) == 0
 
@@ -184,15 +200,18 @@ async def test_purchase_refusals(clients: Clients) -> None:
 
     await expect_error(
         clients.wallet.PurchaseCoins(purchase(minor), metadata=SERVICE),
-        grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_NOT_ELIGIBLE",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ACCOUNT_NOT_ELIGIBLE",
     )
     await expect_error(
         clients.wallet.PurchaseCoins(purchase(new_id("nobody")), metadata=SERVICE),
-        grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_NOT_ELIGIBLE",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ACCOUNT_NOT_ELIGIBLE",
     )
     await expect_error(
         clients.wallet.PurchaseCoins(purchase(adult, "coins_999999"), metadata=SERVICE),
-        grpc.StatusCode.NOT_FOUND, "PACKAGE_NOT_FOUND",
+        grpc.StatusCode.NOT_FOUND,
+        "PACKAGE_NOT_FOUND",
     )
     await expect_error(
         clients.wallet.PurchaseCoins(purchase(adult), metadata=auth("not-the-owner")),
@@ -241,7 +260,8 @@ async def test_spend_refused_for_ineligible_accounts(clients: Clients) -> None:
     minor = await create_account(clients, adult_verified=False)
     await expect_error(
         clients.wallet.SpendCoins(spend_request(minor, 1), metadata=SERVICE),
-        grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_NOT_ELIGIBLE",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ACCOUNT_NOT_ELIGIBLE",
     )
 
 
@@ -281,7 +301,8 @@ async def test_transactions_are_listed_newest_first_with_pages(clients: Clients)
     page_token = ""
     while True:
         page = await clients.wallet.ListTransactions(
-            w.ListTransactionsRequest(account_id=account_id, page_size=2, page_token=page_token), metadata=auth(account_id)
+            w.ListTransactionsRequest(account_id=account_id, page_size=2, page_token=page_token),
+            metadata=auth(account_id),
         )
         assert len(page.transactions) <= 2
         seen.extend(page.transactions)
@@ -299,30 +320,49 @@ async def test_transactions_are_listed_newest_first_with_pages(clients: Clients)
 @pytest.mark.parametrize(
     ("method", "request_message", "fields"),
     [
-        ("UpsertAccount", w.UpsertAccountRequest(request_id="", account_id="bad id", country_code="usa"),
-         {"request_id", "account_id", "country_code"}),
+        (
+            "UpsertAccount",
+            w.UpsertAccountRequest(request_id="", account_id="bad id", country_code="usa"),
+            {"request_id", "account_id", "country_code"},
+        ),
         ("GetAccount", w.GetAccountRequest(account_id=""), {"account_id"}),
         ("GetBalance", w.GetBalanceRequest(account_id="x" * 65), {"account_id"}),
-        ("PurchaseCoins", w.PurchaseCoinsRequest(request_id="has space", account_id="ok", package_id="", payment_token=""),
-         {"request_id", "package_id", "payment_token"}),
-        ("SpendCoins", w.SpendCoinsRequest(request_id="r" * 129, account_id="ok", coins=-5, reference="x" * 300),
-         {"request_id", "coins", "reference"}),
+        (
+            "PurchaseCoins",
+            w.PurchaseCoinsRequest(request_id="has space", account_id="ok", package_id="", payment_token=""),
+            {"request_id", "package_id", "payment_token"},
+        ),
+        (
+            "SpendCoins",
+            w.SpendCoinsRequest(request_id="r" * 129, account_id="ok", coins=-5, reference="x" * 300),
+            {"request_id", "coins", "reference"},
+        ),
         ("SpendCoins", w.SpendCoinsRequest(request_id="ok", account_id="ok", coins=0), {"coins"}),
         ("ListTransactions", w.ListTransactionsRequest(account_id="ok", page_size=101), {"page_size"}),
-        ("ListTransactions", w.ListTransactionsRequest(account_id="ok", page_size=-1, page_token="nope"),
-         {"page_size"}),
+        (
+            "ListTransactions",
+            w.ListTransactionsRequest(account_id="ok", page_size=-1, page_token="nope"),
+            {"page_size"},
+        ),
     ],
 )
 async def test_bad_input_is_invalid_argument_with_field_violations(
-    clients: Clients, method: str, request_message, fields: set[str]  # type: ignore[no-untyped-def]
+    clients: Clients,
+    method: str,
+    request_message,
+    fields: set[str],  # type: ignore[no-untyped-def]
 ) -> None:
-    error = await expect_error(getattr(clients.wallet, method)(request_message, metadata=SERVICE), grpc.StatusCode.INVALID_ARGUMENT)
+    error = await expect_error(
+        getattr(clients.wallet, method)(request_message, metadata=SERVICE), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert violated_fields(error) == fields
 
 
 async def test_forged_page_token_is_invalid_argument(clients: Clients) -> None:
     error = await expect_error(
-        clients.wallet.ListTransactions(w.ListTransactionsRequest(account_id="ok", page_token="bm9wZQ=="), metadata=SERVICE),
+        clients.wallet.ListTransactions(
+            w.ListTransactionsRequest(account_id="ok", page_token="bm9wZQ=="), metadata=SERVICE
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert violated_fields(error) == {"page_token"}
@@ -333,7 +373,9 @@ async def test_bad_input_changes_nothing(clients: Clients) -> None:
     await buy(clients, account_id, "coins_65")
     request_id = new_id("spend")
     await expect_error(
-        clients.wallet.SpendCoins(w.SpendCoinsRequest(request_id=request_id, account_id=account_id, coins=0), metadata=SERVICE),
+        clients.wallet.SpendCoins(
+            w.SpendCoinsRequest(request_id=request_id, account_id=account_id, coins=0), metadata=SERVICE
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     # The refused request_id was not consumed: a valid request with it goes through.

@@ -16,7 +16,9 @@ from tests.stack import Stack
 pytestmark = pytest.mark.slow
 
 
-async def purchase_while_crashing(stack: Stack, clients: Clients, fault_point: str) -> tuple[str, w.PurchaseCoinsRequest]:
+async def purchase_while_crashing(
+    stack: Stack, clients: Clients, fault_point: str
+) -> tuple[str, w.PurchaseCoinsRequest]:
     account_id = await create_account(clients)
     stack.restart_service("wallet", {"COINSTREAM_FAULT_POINTS": fault_point})
     request = w.PurchaseCoinsRequest(

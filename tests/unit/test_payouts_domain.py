@@ -170,15 +170,18 @@ class FakeClock:
 async def test_sandbox_pays_ok_destinations_after_the_settle_time() -> None:
     clock = FakeClock()
     provider = SandboxPayoutProvider(settle_seconds=2.0, clock=clock)
-    submitted = await provider.submit(withdrawal_id="wd_1", destination="sandbox:ok-alice", amount_minor=1000,
-                                      currency_code="USD")
+    submitted = await provider.submit(
+        withdrawal_id="wd_1", destination="sandbox:ok-alice", amount_minor=1000, currency_code="USD"
+    )
     assert submitted.state is PayoutState.PROCESSING
     clock.now += 1.9
-    assert (await provider.status(withdrawal_id="wd_1", provider_reference=submitted.provider_reference)).state \
-        is PayoutState.PROCESSING
+    assert (
+        await provider.status(withdrawal_id="wd_1", provider_reference=submitted.provider_reference)
+    ).state is PayoutState.PROCESSING
     clock.now += 0.1
-    assert (await provider.status(withdrawal_id="wd_1", provider_reference=submitted.provider_reference)).state \
-        is PayoutState.PAID
+    assert (
+        await provider.status(withdrawal_id="wd_1", provider_reference=submitted.provider_reference)
+    ).state is PayoutState.PAID
 
 
 @pytest.mark.parametrize(
@@ -187,8 +190,9 @@ async def test_sandbox_pays_ok_destinations_after_the_settle_time() -> None:
 )
 async def test_sandbox_fails_other_destinations(destination: str, reason: str) -> None:
     provider = SandboxPayoutProvider(settle_seconds=0.0)
-    submitted = await provider.submit(withdrawal_id="wd_2", destination=destination, amount_minor=1000,
-                                      currency_code="USD")
+    submitted = await provider.submit(
+        withdrawal_id="wd_2", destination=destination, amount_minor=1000, currency_code="USD"
+    )
     result = await provider.status(withdrawal_id="wd_2", provider_reference=submitted.provider_reference)
     assert (result.state, result.failure_reason) == (PayoutState.FAILED, reason)
 
@@ -204,8 +208,13 @@ async def test_sandbox_refuses_references_it_did_not_make() -> None:
 
 def gift_sent(**overrides: object) -> bytes:
     fields: dict[str, object] = dict(
-        gift_transaction_id="gtx_1", sender_id="fan", recipient_id="alice", stream_id="st_1", gift_id="rose",
-        quantity=3, coins=3,
+        gift_transaction_id="gtx_1",
+        sender_id="fan",
+        recipient_id="alice",
+        stream_id="st_1",
+        gift_id="rose",
+        quantity=3,
+        coins=3,
     )
     fields.update(overrides)
     return events_pb2.GiftSent(**fields).SerializeToString()  # type: ignore[arg-type]

@@ -46,9 +46,14 @@ def test_token_verifier_accepts_good_tokens_and_refuses_the_rest() -> None:
     verifier = TokenVerifier(_Settings(auth_secret=SECRET))
     principal = verifier.verify(f"Bearer {mint_token(SECRET, 'alice', ['user'])}")
     assert principal == Principal("alice", frozenset({"user"}))
-    for header in (None, "", "Bearer", f"Token {mint_token(SECRET, 'a', ['user'])}",
-                   f"Bearer {mint_token(SECRET, 'a', ['user'], ttl_seconds=-1)}",
-                   f"Bearer {mint_token(SECRET, 'a', ['superuser'])}"):
+    for header in (
+        None,
+        "",
+        "Bearer",
+        f"Token {mint_token(SECRET, 'a', ['user'])}",
+        f"Bearer {mint_token(SECRET, 'a', ['user'], ttl_seconds=-1)}",
+        f"Bearer {mint_token(SECRET, 'a', ['superuser'])}",
+    ):
         with pytest.raises(AppError) as caught:
             verifier.verify(header)
         assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED

@@ -11,8 +11,13 @@ def test_bonus_is_five_percent_rounded_down_from_1321_coins() -> None:
     rule = domain.BonusRule(min_package_coins=1321, percent=5)
     bonuses = {p.package_id: rule.bonus_coins(p) for p in domain.DEFAULT_PACKAGES}
     assert bonuses == {
-        "coins_65": 0, "coins_330": 0, "coins_660": 0,
-        "coins_1321": 66, "coins_3303": 165, "coins_6607": 330, "coins_16500": 825,
+        "coins_65": 0,
+        "coins_330": 0,
+        "coins_660": 0,
+        "coins_1321": 66,
+        "coins_3303": 165,
+        "coins_6607": 330,
+        "coins_16500": 825,
     }
 
 
@@ -37,7 +42,11 @@ def test_only_adult_active_accounts_transact(account: domain.Account | None, rea
 
 
 def test_postings_always_balance() -> None:
-    assert domain.purchase_postings("a", 1321, 66) == [("a", 1387), (domain.SYSTEM_SALES, -1321), (domain.SYSTEM_PROMOTIONS, -66)]
+    assert domain.purchase_postings("a", 1321, 66) == [
+        ("a", 1387),
+        (domain.SYSTEM_SALES, -1321),
+        (domain.SYSTEM_PROMOTIONS, -66),
+    ]
     assert domain.purchase_postings("a", 65, 0) == [("a", 65), (domain.SYSTEM_SALES, -65)]
     assert domain.spend_postings("a", 30) == [("a", -30), (domain.SYSTEM_SPENT, 30)]
 
