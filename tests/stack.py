@@ -3,6 +3,7 @@ loopback ports. Tests may restart a service with extra settings (e.g. a crash po
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from devstack.servers import NatsServer, PostgresServer, free_port, stop_process
+from services.runtime import messaging
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALL_SERVICES = ("wallet", "gifts", "payouts")
@@ -122,6 +126,7 @@ class Stack:
     def start(self) -> None:
         self.postgres.start()
         self.nats.start()
+        asyncio.run(declare_audit_consumer(self.nats.url))
         for service in ALL_SERVICES:
             self.postgres.create_database(f"coinstream_{service}")
             self.services[service] = ServiceProcess(service, free_port(), self.root / f"{service}.log")
@@ -148,6 +153,26 @@ class Stack:
                 self.stop_service(service)
         self.nats.stop()
         self.postgres.stop()
+
+
+AUDIT_CONSUMER = "test-audit"
+
+
+async def declare_audit_consumer(nats_url: str) -> None:
+    """With interest retention, JetStream deletes a message once every consumer acked it. This durable consumer
+    never acks, so tests can read back every event ever published (as an audit/archive consumer would)."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await messaging.ensure_gifts_stream(js)
+        await js.add_consumer(
+            messaging.GIFTS_STREAM,
+            ConsumerConfig(
+                durable_name=AUDIT_CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL
+            ),
+        )
+    finally:
+        await nc.close()
 
 
 def tail(path: Path, lines: int = 40) -> str:

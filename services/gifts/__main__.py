@@ -24,7 +24,7 @@ async def main() -> None:
     runtime = ServiceRuntime(settings)
     pool = runtime.use_database(MIGRATIONS)
     js = runtime.use_nats().jetstream()
-    runtime.on_startup(lambda: messaging.ensure_gifts_stream(js))
+    runtime.on_startup(lambda: messaging.ensure_settlement_consumer(js))
     wallet = WalletClient(
         settings.gifts_wallet_address,
         ServiceToken(settings.gifts_wallet_token.get_secret_value(), settings.auth_secret.get_secret_value()),

@@ -28,6 +28,7 @@ class RuntimeSettings(BaseSettings):
     db_pool_max_size: int = 10
     db_command_timeout_seconds: float = 10.0
     db_connect_timeout_seconds: float = 60.0
+    db_idle_in_transaction_timeout_seconds: float = 60.0
 
     idempotency_retention_days: int = 8
     # Test-only: comma-separated crash points at which the process kills itself (see services/runtime/faults.py).

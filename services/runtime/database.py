@@ -26,7 +26,12 @@ def new_pool(settings: RuntimeSettings) -> asyncpg.Pool:
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
         command_timeout=settings.db_command_timeout_seconds,
-        server_settings={"application_name": f"coinstream-{settings.service_name}"},
+        server_settings={
+            "application_name": f"coinstream-{settings.service_name}",
+            # A transaction held open across a network call (outbox relay, payout provider) must not hold its
+            # locks forever if the process hangs; command_timeout does not cover an idle transaction.
+            "idle_in_transaction_session_timeout": str(int(settings.db_idle_in_transaction_timeout_seconds * 1000)),
+        },
     )
 
 

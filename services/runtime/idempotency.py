@@ -6,6 +6,7 @@ commits, then reads its outcome. Same payload → the stored outcome; other payl
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -14,7 +15,7 @@ import asyncpg
 import grpc
 from google.protobuf.message import Message
 
-from services.runtime.errors import AppError, request_id_reused
+from services.runtime.errors import AppError, FieldViolation, request_id_reused
 
 ResponseT = TypeVar("ResponseT", bound=Message)
 
@@ -49,7 +50,7 @@ async def claim(
     if inserted:
         return None
     row = await conn.fetchrow(
-        "SELECT request_hash, resource_id, response, error_code, error_reason, error_message"
+        "SELECT request_hash, resource_id, response, error_code, error_reason, error_message, error_field_violations"
         " FROM idempotency_keys WHERE request_id = $1",
         request_id,
     )
@@ -62,7 +63,8 @@ async def claim(
 async def load(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> StoredRequest:
     """What a request left behind, read by the code that just completed it (no hash check needed)."""
     row = await conn.fetchrow(
-        "SELECT resource_id, response, error_code, error_reason, error_message FROM idempotency_keys"
+        "SELECT resource_id, response, error_code, error_reason, error_message, error_field_violations"
+        " FROM idempotency_keys"
         " WHERE request_id = $1",
         request_id,
     )
@@ -73,7 +75,10 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> Stor
 def _stored(row: asyncpg.Record) -> StoredRequest:
     error = None
     if row["error_code"] is not None:
-        error = AppError(grpc.StatusCode[row["error_code"]], row["error_reason"], row["error_message"])
+        violations = [
+            FieldViolation(v["field"], v["description"]) for v in json.loads(row["error_field_violations"] or "[]")
+        ]
+        error = AppError(grpc.StatusCode[row["error_code"]], row["error_reason"], row["error_message"], violations)
     return StoredRequest(row["resource_id"], row["response"], error)
 
 
@@ -91,12 +96,13 @@ async def record_response(conn: asyncpg.Connection, request_id: str, response: M
 
 async def record_error(conn: asyncpg.Connection, request_id: str, error: AppError) -> None:
     await conn.execute(
-        "UPDATE idempotency_keys SET error_code = $2, error_reason = $3, error_message = $4, completed_at = now()"
-        " WHERE request_id = $1",
+        "UPDATE idempotency_keys SET error_code = $2, error_reason = $3, error_message = $4,"
+        " error_field_violations = $5::jsonb, completed_at = now() WHERE request_id = $1",
         request_id,
         error.code.name,
         error.reason,
         error.message,
+        json.dumps([{"field": v.field, "description": v.description} for v in error.field_violations]),
     )
 
 

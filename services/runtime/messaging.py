@@ -9,6 +9,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -19,13 +20,16 @@ GIFTS_STREAM = "GIFTS"
 GIFT_SENT_SUBJECT = "gifts.v1.gift_sent"
 SETTLEMENT_CONSUMER = "payouts-settlement"
 
-# Events must outlive any plausible consumer outage, but the stream is still bounded (limits on every queue).
+# An unsettled GiftSent is money owed to a creator, so the stream must never drop one for age or size:
+# interest retention keeps each message until every consumer (payouts-settlement at least) has acked it, and
+# discard NEW makes a full stream refuse publishes — the gifts outbox then holds the events — rather than
+# silently dropping the oldest. The stream is still bounded (limits on every queue).
 GIFTS_STREAM_CONFIG = StreamConfig(
     name=GIFTS_STREAM,
     subjects=["gifts.>"],
-    retention=RetentionPolicy.LIMITS,
+    retention=RetentionPolicy.INTEREST,
+    discard=DiscardPolicy.NEW,
     storage=StorageType.FILE,
-    max_age=30 * 24 * 3600,
     max_bytes=8 * 1024**3,
     duplicate_window=120,
     num_replicas=1,
@@ -92,6 +96,8 @@ async def _stream_exists(js: JetStreamContext, name: str) -> bool:
 
 
 async def ensure_settlement_consumer(js: JetStreamContext) -> None:
+    """Declared by payouts and by gifts too: with interest retention a GiftSent published while no consumer
+    exists would be dropped, so the publisher makes sure its settler is there before the first publish."""
     await ensure_gifts_stream(js)
     try:
         await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)

@@ -20,6 +20,9 @@ async def resume_each(kind: str, resource_ids: list[str], resume: Callable[[str]
             await resume(resource_id)
         except AppError as error:
             log.info("recovery_outcome", kind=kind, resource_id=resource_id, code=error.code.name, reason=error.reason)
+        except Exception:
+            # One broken item must not stall the rest of the pass (it is tried again next pass).
+            log.exception("recovery_failed", kind=kind, resource_id=resource_id)
     if resource_ids:
         log.info("recovery_pass", kind=kind, resumed=len(resource_ids))
     return len(resource_ids)

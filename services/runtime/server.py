@@ -32,8 +32,13 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Health name for liveness probes: SERVING while the process runs, even when Postgres or NATS is down (that is
 # readiness, the "" and per-service names), so an outage of a dependency does not restart every pod.
 LIVENESS_HEALTH_NAME = "coinstream.liveness"
+NATS_HEALTH_NAME = "coinstream.nats"
 
 Worker = Callable[[], Awaitable[None]]
+
+
+def _serving_status(ok: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    return health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class ServiceRuntime:
@@ -183,24 +188,26 @@ class ServiceRuntime:
                 await asyncio.sleep(1.0)
 
     async def _watch_readiness(self) -> None:
+        """Readiness follows the database only: every RPC needs it, none needs NATS (gifts queue events in their
+        outbox, payouts settles when NATS is back), so a NATS outage must not stop gifting or withdrawals.
+        NATS has its own health name for dashboards and alerts."""
         while True:
             await asyncio.sleep(READINESS_CHECK_INTERVAL_SECONDS)
-            ready = await self._dependencies_ok()
+            ready = await self._database_ok()
             if ready != self._ready:
                 log.warning("readiness_changed", ready=ready)
                 self._ready = ready
-                status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-                await self._set_health(status)
+                await self._set_health(_serving_status(ready))
+            if self.nats is not None:
+                await self._health.set(NATS_HEALTH_NAME, _serving_status(self.nats.is_connected))
 
-    async def _dependencies_ok(self) -> bool:
-        if self.nats is not None and not self.nats.is_connected:
-            return False
+    async def _database_ok(self) -> bool:
         if self.pool is None:
             return True
         try:
             await self.pool.fetchval("SELECT 1", timeout=2.0)
             return True
-        except (TimeoutError, OSError, asyncpg.PostgresError):
+        except (OSError, asyncpg.PostgresError, TimeoutError):
             return False
 
     async def _clean_idempotency_keys(self) -> None:

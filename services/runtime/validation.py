@@ -8,6 +8,8 @@ from services.runtime.errors import FieldViolation, invalid_argument
 
 IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# Control characters (NUL above all, which PostgreSQL refuses in text) are never meaningful in our fields.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Validator:
@@ -29,12 +31,16 @@ class Validator:
         """Server-made ids: we only bound them, so a typo gets NOT_FOUND rather than a lecture on formats."""
         if not 1 <= len(value) <= 128:
             self.fail(field, "must be 1-128 characters")
+        elif CONTROL_CHARACTERS.search(value):
+            self.fail(field, "must not contain control characters")
 
     def text(self, value: str, field: str, *, max_length: int, required: bool = True) -> None:
         if required and not value.strip():
             self.fail(field, "is required")
         elif len(value) > max_length:
             self.fail(field, f"must be at most {max_length} characters")
+        elif CONTROL_CHARACTERS.search(value):
+            self.fail(field, "must not contain control characters")
 
     def int_range(self, value: int, field: str, *, minimum: int, maximum: int) -> None:
         if not minimum <= value <= maximum:

@@ -93,6 +93,13 @@ class WalletService:
 
     async def spend(self, request: wallet_pb2.SpendCoinsRequest) -> wallet_pb2.SpendCoinsResponse:
         async def operation(conn: asyncpg.Connection) -> wallet_pb2.SpendCoinsResponse:
+            # The ledger outlives idempotency keys: a spend retried after its key expired (a gift left pending
+            # for days, say) must get its original answer, not be charged again or refused.
+            earlier = await store.find_spend(conn, request.request_id, request.account_id)
+            if earlier is not None:
+                transaction_id, balance_after = earlier
+                balance = wallet_pb2.Balance(account_id=request.account_id, coins=balance_after)
+                return wallet_pb2.SpendCoinsResponse(transaction_id=transaction_id, balance=balance)
             transaction_id = new_id("txn")
             balance_after = await store.debit_for_spend(
                 conn,

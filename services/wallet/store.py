@@ -45,6 +45,18 @@ async def get_balance(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) 
     return coins or 0
 
 
+async def find_spend(conn: asyncpg.Connection, request_id: str, account_id: str) -> tuple[str, int] | None:
+    """The spend recorded for request_id: its transaction id and the account's balance right after it."""
+    row = await conn.fetchrow(
+        "SELECT t.transaction_id, p.balance_after FROM transactions AS t"
+        " JOIN postings AS p ON p.transaction_id = t.transaction_id AND p.ledger_account_id = t.account_id"
+        " WHERE t.request_id = $1 AND t.kind = 'spend' AND t.account_id = $2",
+        request_id,
+        account_id,
+    )
+    return None if row is None else (row["transaction_id"], row["balance_after"])
+
+
 async def debit_for_spend(
     conn: asyncpg.Connection,
     *,

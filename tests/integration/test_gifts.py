@@ -438,6 +438,7 @@ async def test_user_cannot_send_gift_as_someone_else(clients: Clients) -> None:
         ({"request_id": "x" * 129}, {"request_id"}),
         ({"sender_id": "not valid!"}, {"sender_id"}),
         ({"stream_id": ""}, {"stream_id"}),
+        ({"stream_id": "str_\x00"}, {"stream_id"}),
         ({"gift_id": ""}, {"gift_id"}),
         ({"quantity": 0}, {"quantity"}),
         ({"quantity": 10_001}, {"quantity"}),

@@ -191,9 +191,11 @@ async def test_withdrawal_must_be_worth_whole_cents(stack: Stack, clients: Clien
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id)
     await fund(stack, clients, creator_id, 3000)
-    error = await refused(clients.payouts.RequestWithdrawal(withdrawal_request(creator_id, 2001), metadata=SERVICE))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violated_fields(error) == {"diamonds"}
+    request = withdrawal_request(creator_id, 2001)
+    for _ in range(2):  # the replay of a stored INVALID_ARGUMENT keeps its field violations
+        error = await refused(clients.payouts.RequestWithdrawal(request, metadata=SERVICE))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violated_fields(error) == {"diamonds"}
     assert (await earnings(clients, creator_id)).available_diamonds == 3000
 
 

@@ -381,3 +381,29 @@ async def test_bad_input_changes_nothing(clients: Clients) -> None:
     # The refused request_id was not consumed: a valid request with it goes through.
     reply = await clients.wallet.SpendCoins(spend_request(account_id, 5, request_id), metadata=SERVICE)
     assert reply.balance.coins == 60
+
+
+async def test_control_characters_are_invalid_argument(clients: Clients) -> None:
+    account_id = await create_account(clients)
+    request = w.SpendCoinsRequest(request_id=new_id("spend"), account_id=account_id, coins=1, reference="gift:\x00")
+    error = await expect_error(clients.wallet.SpendCoins(request, metadata=SERVICE), grpc.StatusCode.INVALID_ARGUMENT)
+    assert violated_fields(error) == {"reference"}
+
+
+async def test_spend_replayed_after_its_key_expired_gets_its_original_answer(stack, clients: Clients) -> None:  # type: ignore[no-untyped-def]
+    """The ledger outlives idempotency keys: a gift left pending past the key retention must not be refused or
+    charged twice when its spend is finally retried."""
+    import asyncpg
+
+    account_id = await create_account(clients)
+    await buy(clients, account_id, "coins_65")
+    request = spend_request(account_id, 60)
+    first = await clients.wallet.SpendCoins(request, metadata=SERVICE)
+    conn = await asyncpg.connect(stack.database_url("wallet"))
+    try:  # what the retention cleanup does after 8 days
+        await conn.execute("DELETE FROM idempotency_keys WHERE request_id = $1", request.request_id)
+    finally:
+        await conn.close()
+    again = await clients.wallet.SpendCoins(request, metadata=SERVICE)
+    assert again == first
+    assert await balance(clients, account_id) == 5
