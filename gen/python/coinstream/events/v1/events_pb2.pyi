@@ -34,6 +34,9 @@ class GiftSent(_message.Message):
     COINS_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
     WALLET_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    PAID_COINS_FIELD_NUMBER: _builtins.int
+    BONUS_COINS_FIELD_NUMBER: _builtins.int
+    COMBO_COUNT_FIELD_NUMBER: _builtins.int
     gift_transaction_id: _builtins.str
     sender_id: _builtins.str
     recipient_id: _builtins.str
@@ -44,6 +47,11 @@ class GiftSent(_message.Message):
     """Coins the sender paid for the whole gift."""
     wallet_transaction_id: _builtins.str
     """The wallet's spend transaction that paid for the gift."""
+    paid_coins: _builtins.int
+    """How the coins were paid (paid_coins + bonus_coins = coins): the cash behind the gift."""
+    bonus_coins: _builtins.int
+    combo_count: _builtins.int
+    """Position of the gift in its combo (see coinstream.gifts.v1.GiftTransaction.combo_count)."""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -58,11 +66,44 @@ class GiftSent(_message.Message):
         coins: _builtins.int = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
         wallet_transaction_id: _builtins.str = ...,
+        paid_coins: _builtins.int = ...,
+        bonus_coins: _builtins.int = ...,
+        combo_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coins", b"coins", "gift_id", b"gift_id", "gift_transaction_id", b"gift_transaction_id", "quantity", b"quantity", "recipient_id", b"recipient_id", "sender_id", b"sender_id", "sent_at", b"sent_at", "stream_id", b"stream_id", "wallet_transaction_id", b"wallet_transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_coins", b"bonus_coins", "coins", b"coins", "combo_count", b"combo_count", "gift_id", b"gift_id", "gift_transaction_id", b"gift_transaction_id", "paid_coins", b"paid_coins", "quantity", b"quantity", "recipient_id", b"recipient_id", "sender_id", b"sender_id", "sent_at", b"sent_at", "stream_id", b"stream_id", "wallet_transaction_id", b"wallet_transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GiftSent: _TypeAlias = GiftSent  # noqa: Y015
+
+@_typing.final
+class StreamEnded(_message.Message):
+    """Published on subject "gifts.v1.stream_ended" when a live stream ends (Nats-Msg-Id = "stream_ended:" + stream_id),
+    after every GiftSent of that stream, so live gift feeds know they are complete.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    creator_id: _builtins.str
+    @_builtins.property
+    def ended_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        creator_id: _builtins.str = ...,
+        ended_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator_id", b"creator_id", "ended_at", b"ended_at", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEnded: _TypeAlias = StreamEnded  # noqa: Y015

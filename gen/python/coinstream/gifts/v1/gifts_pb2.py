@@ -22,47 +22,70 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63oinstream/gifts/v1/gifts.proto\x12\x13\x63oinstream.gifts.v1\"9\n\x04Gift\x12\x0f\n\x07gift_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncoin_price\x18\x03 \x01(\x03\"u\n\nLiveStream\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32!.coinstream.gifts.v1.StreamStatus\"\x9c\x01\n\x0fGiftTransaction\x12\x1b\n\x13gift_transaction_id\x18\x01 \x01(\t\x12\x11\n\tsender_id\x18\x02 \x01(\t\x12\x14\n\x0crecipient_id\x18\x03 \x01(\t\x12\x11\n\tstream_id\x18\x04 \x01(\t\x12\x0f\n\x07gift_id\x18\x05 \x01(\t\x12\x10\n\x08quantity\x18\x06 \x01(\x05\x12\r\n\x05\x63oins\x18\x07 \x01(\x03\"+\n\x06Gifter\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x63oins\x18\x02 \x01(\x03\"}\n\rStreamSummary\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x13\n\x0btotal_coins\x18\x02 \x01(\x03\x12\x12\n\ngift_count\x18\x03 \x01(\x03\x12\x30\n\x0btop_gifters\x18\x04 \x03(\x0b\x32\x1b.coinstream.gifts.v1.Gifter\"\x12\n\x10ListGiftsRequest\"=\n\x11ListGiftsResponse\x12(\n\x05gifts\x18\x01 \x03(\x0b\x32\x19.coinstream.gifts.v1.Gift\"O\n\x16StartLiveStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\"J\n\x17StartLiveStreamResponse\x12/\n\x06stream\x18\x01 \x01(\x0b\x32\x1f.coinstream.gifts.v1.LiveStream\"=\n\x14\x45ndLiveStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tstream_id\x18\x02 \x01(\t\"H\n\x15\x45ndLiveStreamResponse\x12/\n\x06stream\x18\x01 \x01(\x0b\x32\x1f.coinstream.gifts.v1.LiveStream\"n\n\x0fSendGiftRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tsender_id\x18\x02 \x01(\t\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12\x0f\n\x07gift_id\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x05\"d\n\x10SendGiftResponse\x12\x32\n\x04gift\x18\x01 \x01(\x0b\x32$.coinstream.gifts.v1.GiftTransaction\x12\x1c\n\x14sender_balance_coins\x18\x02 \x01(\x03\",\n\x17GetStreamSummaryRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"O\n\x18GetStreamSummaryResponse\x12\x33\n\x07summary\x18\x01 \x01(\x0b\x32\".coinstream.gifts.v1.StreamSummary*^\n\x0cStreamStatus\x12\x1d\n\x19STREAM_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12STREAM_STATUS_LIVE\x10\x01\x12\x17\n\x13STREAM_STATUS_ENDED\x10\x02\x32\x89\x04\n\x0bGiftService\x12Z\n\tListGifts\x12%.coinstream.gifts.v1.ListGiftsRequest\x1a&.coinstream.gifts.v1.ListGiftsResponse\x12l\n\x0fStartLiveStream\x12+.coinstream.gifts.v1.StartLiveStreamRequest\x1a,.coinstream.gifts.v1.StartLiveStreamResponse\x12\x66\n\rEndLiveStream\x12).coinstream.gifts.v1.EndLiveStreamRequest\x1a*.coinstream.gifts.v1.EndLiveStreamResponse\x12W\n\x08SendGift\x12$.coinstream.gifts.v1.SendGiftRequest\x1a%.coinstream.gifts.v1.SendGiftResponse\x12o\n\x10GetStreamSummary\x12,.coinstream.gifts.v1.GetStreamSummaryRequest\x1a-.coinstream.gifts.v1.GetStreamSummaryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63oinstream/gifts/v1/gifts.proto\x12\x13\x63oinstream.gifts.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"9\n\x04Gift\x12\x0f\n\x07gift_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncoin_price\x18\x03 \x01(\x03\"u\n\nLiveStream\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32!.coinstream.gifts.v1.StreamStatus\"\xb1\x01\n\x0fGiftTransaction\x12\x1b\n\x13gift_transaction_id\x18\x01 \x01(\t\x12\x11\n\tsender_id\x18\x02 \x01(\t\x12\x14\n\x0crecipient_id\x18\x03 \x01(\t\x12\x11\n\tstream_id\x18\x04 \x01(\t\x12\x0f\n\x07gift_id\x18\x05 \x01(\t\x12\x10\n\x08quantity\x18\x06 \x01(\x05\x12\r\n\x05\x63oins\x18\x07 \x01(\x03\x12\x13\n\x0b\x63ombo_count\x18\x08 \x01(\x05\"l\n\tGiftEvent\x12\x32\n\x04gift\x18\x01 \x01(\x0b\x32$.coinstream.gifts.v1.GiftTransaction\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x10LeaderboardEntry\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x63oins\x18\x02 \x01(\x03\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"+\n\x06Gifter\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x63oins\x18\x02 \x01(\x03\"}\n\rStreamSummary\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x13\n\x0btotal_coins\x18\x02 \x01(\x03\x12\x12\n\ngift_count\x18\x03 \x01(\x03\x12\x30\n\x0btop_gifters\x18\x04 \x03(\x0b\x32\x1b.coinstream.gifts.v1.Gifter\"\x12\n\x10ListGiftsRequest\"=\n\x11ListGiftsResponse\x12(\n\x05gifts\x18\x01 \x03(\x0b\x32\x19.coinstream.gifts.v1.Gift\"O\n\x16StartLiveStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\"J\n\x17StartLiveStreamResponse\x12/\n\x06stream\x18\x01 \x01(\x0b\x32\x1f.coinstream.gifts.v1.LiveStream\"=\n\x14\x45ndLiveStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tstream_id\x18\x02 \x01(\t\"H\n\x15\x45ndLiveStreamResponse\x12/\n\x06stream\x18\x01 \x01(\x0b\x32\x1f.coinstream.gifts.v1.LiveStream\"n\n\x0fSendGiftRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tsender_id\x18\x02 \x01(\t\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12\x0f\n\x07gift_id\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x05\"d\n\x10SendGiftResponse\x12\x32\n\x04gift\x18\x01 \x01(\x0b\x32$.coinstream.gifts.v1.GiftTransaction\x12\x1c\n\x14sender_balance_coins\x18\x02 \x01(\x03\",\n\x17GetStreamSummaryRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"O\n\x18GetStreamSummaryResponse\x12\x33\n\x07summary\x18\x01 \x01(\x0b\x32\".coinstream.gifts.v1.StreamSummary\",\n\x17WatchStreamGiftsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"I\n\x18WatchStreamGiftsResponse\x12-\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1e.coinstream.gifts.v1.GiftEvent\"v\n\x15GetLeaderboardRequest\x12\x12\n\ncreator_id\x18\x01 \x01(\t\x12\x36\n\x06period\x18\x02 \x01(\x0e\x32&.coinstream.gifts.v1.LeaderboardPeriod\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"P\n\x16GetLeaderboardResponse\x12\x36\n\x07\x65ntries\x18\x01 \x03(\x0b\x32%.coinstream.gifts.v1.LeaderboardEntry\"P\n\x11UpsertGiftRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x04gift\x18\x02 \x01(\x0b\x32\x19.coinstream.gifts.v1.Gift\"=\n\x12UpsertGiftResponse\x12\'\n\x04gift\x18\x01 \x01(\x0b\x32\x19.coinstream.gifts.v1.Gift\"8\n\x11RetireGiftRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07gift_id\x18\x02 \x01(\t\"=\n\x12RetireGiftResponse\x12\'\n\x04gift\x18\x01 \x01(\x0b\x32\x19.coinstream.gifts.v1.Gift*\x91\x01\n\x11LeaderboardPeriod\x12\"\n\x1eLEADERBOARD_PERIOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16LEADERBOARD_PERIOD_DAY\x10\x01\x12\x1b\n\x17LEADERBOARD_PERIOD_WEEK\x10\x02\x12\x1f\n\x1bLEADERBOARD_PERIOD_ALL_TIME\x10\x03*^\n\x0cStreamStatus\x12\x1d\n\x19STREAM_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12STREAM_STATUS_LIVE\x10\x01\x12\x17\n\x13STREAM_STATUS_ENDED\x10\x02\x32\xa5\x07\n\x0bGiftService\x12Z\n\tListGifts\x12%.coinstream.gifts.v1.ListGiftsRequest\x1a&.coinstream.gifts.v1.ListGiftsResponse\x12l\n\x0fStartLiveStream\x12+.coinstream.gifts.v1.StartLiveStreamRequest\x1a,.coinstream.gifts.v1.StartLiveStreamResponse\x12\x66\n\rEndLiveStream\x12).coinstream.gifts.v1.EndLiveStreamRequest\x1a*.coinstream.gifts.v1.EndLiveStreamResponse\x12W\n\x08SendGift\x12$.coinstream.gifts.v1.SendGiftRequest\x1a%.coinstream.gifts.v1.SendGiftResponse\x12o\n\x10GetStreamSummary\x12,.coinstream.gifts.v1.GetStreamSummaryRequest\x1a-.coinstream.gifts.v1.GetStreamSummaryResponse\x12q\n\x10WatchStreamGifts\x12,.coinstream.gifts.v1.WatchStreamGiftsRequest\x1a-.coinstream.gifts.v1.WatchStreamGiftsResponse0\x01\x12i\n\x0eGetLeaderboard\x12*.coinstream.gifts.v1.GetLeaderboardRequest\x1a+.coinstream.gifts.v1.GetLeaderboardResponse\x12]\n\nUpsertGift\x12&.coinstream.gifts.v1.UpsertGiftRequest\x1a\'.coinstream.gifts.v1.UpsertGiftResponse\x12]\n\nRetireGift\x12&.coinstream.gifts.v1.RetireGiftRequest\x1a\'.coinstream.gifts.v1.RetireGiftResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coinstream.gifts.v1.gifts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STREAMSTATUS']._serialized_start=1283
-  _globals['_STREAMSTATUS']._serialized_end=1377
-  _globals['_GIFT']._serialized_start=56
-  _globals['_GIFT']._serialized_end=113
-  _globals['_LIVESTREAM']._serialized_start=115
-  _globals['_LIVESTREAM']._serialized_end=232
-  _globals['_GIFTTRANSACTION']._serialized_start=235
-  _globals['_GIFTTRANSACTION']._serialized_end=391
-  _globals['_GIFTER']._serialized_start=393
-  _globals['_GIFTER']._serialized_end=436
-  _globals['_STREAMSUMMARY']._serialized_start=438
-  _globals['_STREAMSUMMARY']._serialized_end=563
-  _globals['_LISTGIFTSREQUEST']._serialized_start=565
-  _globals['_LISTGIFTSREQUEST']._serialized_end=583
-  _globals['_LISTGIFTSRESPONSE']._serialized_start=585
-  _globals['_LISTGIFTSRESPONSE']._serialized_end=646
-  _globals['_STARTLIVESTREAMREQUEST']._serialized_start=648
-  _globals['_STARTLIVESTREAMREQUEST']._serialized_end=727
-  _globals['_STARTLIVESTREAMRESPONSE']._serialized_start=729
-  _globals['_STARTLIVESTREAMRESPONSE']._serialized_end=803
-  _globals['_ENDLIVESTREAMREQUEST']._serialized_start=805
-  _globals['_ENDLIVESTREAMREQUEST']._serialized_end=866
-  _globals['_ENDLIVESTREAMRESPONSE']._serialized_start=868
-  _globals['_ENDLIVESTREAMRESPONSE']._serialized_end=940
-  _globals['_SENDGIFTREQUEST']._serialized_start=942
-  _globals['_SENDGIFTREQUEST']._serialized_end=1052
-  _globals['_SENDGIFTRESPONSE']._serialized_start=1054
-  _globals['_SENDGIFTRESPONSE']._serialized_end=1154
-  _globals['_GETSTREAMSUMMARYREQUEST']._serialized_start=1156
-  _globals['_GETSTREAMSUMMARYREQUEST']._serialized_end=1200
-  _globals['_GETSTREAMSUMMARYRESPONSE']._serialized_start=1202
-  _globals['_GETSTREAMSUMMARYRESPONSE']._serialized_end=1281
-  _globals['_GIFTSERVICE']._serialized_start=1380
-  _globals['_GIFTSERVICE']._serialized_end=1901
+  _globals['_LEADERBOARDPERIOD']._serialized_start=2106
+  _globals['_LEADERBOARDPERIOD']._serialized_end=2251
+  _globals['_STREAMSTATUS']._serialized_start=2253
+  _globals['_STREAMSTATUS']._serialized_end=2347
+  _globals['_GIFT']._serialized_start=89
+  _globals['_GIFT']._serialized_end=146
+  _globals['_LIVESTREAM']._serialized_start=148
+  _globals['_LIVESTREAM']._serialized_end=265
+  _globals['_GIFTTRANSACTION']._serialized_start=268
+  _globals['_GIFTTRANSACTION']._serialized_end=445
+  _globals['_GIFTEVENT']._serialized_start=447
+  _globals['_GIFTEVENT']._serialized_end=555
+  _globals['_LEADERBOARDENTRY']._serialized_start=557
+  _globals['_LEADERBOARDENTRY']._serialized_end=624
+  _globals['_GIFTER']._serialized_start=626
+  _globals['_GIFTER']._serialized_end=669
+  _globals['_STREAMSUMMARY']._serialized_start=671
+  _globals['_STREAMSUMMARY']._serialized_end=796
+  _globals['_LISTGIFTSREQUEST']._serialized_start=798
+  _globals['_LISTGIFTSREQUEST']._serialized_end=816
+  _globals['_LISTGIFTSRESPONSE']._serialized_start=818
+  _globals['_LISTGIFTSRESPONSE']._serialized_end=879
+  _globals['_STARTLIVESTREAMREQUEST']._serialized_start=881
+  _globals['_STARTLIVESTREAMREQUEST']._serialized_end=960
+  _globals['_STARTLIVESTREAMRESPONSE']._serialized_start=962
+  _globals['_STARTLIVESTREAMRESPONSE']._serialized_end=1036
+  _globals['_ENDLIVESTREAMREQUEST']._serialized_start=1038
+  _globals['_ENDLIVESTREAMREQUEST']._serialized_end=1099
+  _globals['_ENDLIVESTREAMRESPONSE']._serialized_start=1101
+  _globals['_ENDLIVESTREAMRESPONSE']._serialized_end=1173
+  _globals['_SENDGIFTREQUEST']._serialized_start=1175
+  _globals['_SENDGIFTREQUEST']._serialized_end=1285
+  _globals['_SENDGIFTRESPONSE']._serialized_start=1287
+  _globals['_SENDGIFTRESPONSE']._serialized_end=1387
+  _globals['_GETSTREAMSUMMARYREQUEST']._serialized_start=1389
+  _globals['_GETSTREAMSUMMARYREQUEST']._serialized_end=1433
+  _globals['_GETSTREAMSUMMARYRESPONSE']._serialized_start=1435
+  _globals['_GETSTREAMSUMMARYRESPONSE']._serialized_end=1514
+  _globals['_WATCHSTREAMGIFTSREQUEST']._serialized_start=1516
+  _globals['_WATCHSTREAMGIFTSREQUEST']._serialized_end=1560
+  _globals['_WATCHSTREAMGIFTSRESPONSE']._serialized_start=1562
+  _globals['_WATCHSTREAMGIFTSRESPONSE']._serialized_end=1635
+  _globals['_GETLEADERBOARDREQUEST']._serialized_start=1637
+  _globals['_GETLEADERBOARDREQUEST']._serialized_end=1755
+  _globals['_GETLEADERBOARDRESPONSE']._serialized_start=1757
+  _globals['_GETLEADERBOARDRESPONSE']._serialized_end=1837
+  _globals['_UPSERTGIFTREQUEST']._serialized_start=1839
+  _globals['_UPSERTGIFTREQUEST']._serialized_end=1919
+  _globals['_UPSERTGIFTRESPONSE']._serialized_start=1921
+  _globals['_UPSERTGIFTRESPONSE']._serialized_end=1982
+  _globals['_RETIREGIFTREQUEST']._serialized_start=1984
+  _globals['_RETIREGIFTREQUEST']._serialized_end=2040
+  _globals['_RETIREGIFTRESPONSE']._serialized_start=2042
+  _globals['_RETIREGIFTRESPONSE']._serialized_end=2103
+  _globals['_GIFTSERVICE']._serialized_start=2350
+  _globals['_GIFTSERVICE']._serialized_end=3283
 # @@protoc_insertion_point(module_scope)

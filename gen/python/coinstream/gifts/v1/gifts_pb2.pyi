@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -18,6 +19,29 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _LeaderboardPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LeaderboardPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaderboardPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEADERBOARD_PERIOD_UNSPECIFIED: _LeaderboardPeriod.ValueType  # 0
+    LEADERBOARD_PERIOD_DAY: _LeaderboardPeriod.ValueType  # 1
+    """The current UTC calendar day."""
+    LEADERBOARD_PERIOD_WEEK: _LeaderboardPeriod.ValueType  # 2
+    """The current ISO week (from Monday 00:00 UTC)."""
+    LEADERBOARD_PERIOD_ALL_TIME: _LeaderboardPeriod.ValueType  # 3
+
+class LeaderboardPeriod(_LeaderboardPeriod, metaclass=_LeaderboardPeriodEnumTypeWrapper): ...
+
+LEADERBOARD_PERIOD_UNSPECIFIED: LeaderboardPeriod.ValueType  # 0
+LEADERBOARD_PERIOD_DAY: LeaderboardPeriod.ValueType  # 1
+"""The current UTC calendar day."""
+LEADERBOARD_PERIOD_WEEK: LeaderboardPeriod.ValueType  # 2
+"""The current ISO week (from Monday 00:00 UTC)."""
+LEADERBOARD_PERIOD_ALL_TIME: LeaderboardPeriod.ValueType  # 3
+Global___LeaderboardPeriod: _TypeAlias = LeaderboardPeriod  # noqa: Y015
 
 class _StreamStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -100,6 +124,7 @@ class GiftTransaction(_message.Message):
     GIFT_ID_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
     COINS_FIELD_NUMBER: _builtins.int
+    COMBO_COUNT_FIELD_NUMBER: _builtins.int
     gift_transaction_id: _builtins.str
     sender_id: _builtins.str
     recipient_id: _builtins.str
@@ -109,6 +134,8 @@ class GiftTransaction(_message.Message):
     quantity: _builtins.int
     coins: _builtins.int
     """Coins paid: the gift's price times the quantity."""
+    combo_count: _builtins.int
+    """1 for a new combo; n for the n-th gift of a combo (same sender, gift and stream, each within 10 s of the last)."""
     def __init__(
         self,
         *,
@@ -119,14 +146,65 @@ class GiftTransaction(_message.Message):
         gift_id: _builtins.str = ...,
         quantity: _builtins.int = ...,
         coins: _builtins.int = ...,
+        combo_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coins", b"coins", "gift_id", b"gift_id", "gift_transaction_id", b"gift_transaction_id", "quantity", b"quantity", "recipient_id", b"recipient_id", "sender_id", b"sender_id", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coins", b"coins", "combo_count", b"combo_count", "gift_id", b"gift_id", "gift_transaction_id", b"gift_transaction_id", "quantity", b"quantity", "recipient_id", b"recipient_id", "sender_id", b"sender_id", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GiftTransaction: _TypeAlias = GiftTransaction  # noqa: Y015
+
+@_typing.final
+class GiftEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GIFT_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def gift(self) -> Global___GiftTransaction: ...
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        gift: Global___GiftTransaction | None = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gift", b"gift", "sent_at", b"sent_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gift", b"gift", "sent_at", b"sent_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GiftEvent: _TypeAlias = GiftEvent  # noqa: Y015
+
+@_typing.final
+class LeaderboardEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    COINS_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    coins: _builtins.int
+    rank: _builtins.int
+    """1 for the top gifter; equal coins share a rank (1, 2, 2, 4)."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        coins: _builtins.int = ...,
+        rank: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "coins", b"coins", "rank", b"rank"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaderboardEntry: _TypeAlias = LeaderboardEntry  # noqa: Y015
 
 @_typing.final
 class Gifter(_message.Message):
@@ -397,3 +475,175 @@ class GetStreamSummaryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStreamSummaryResponse: _TypeAlias = GetStreamSummaryResponse  # noqa: Y015
+
+@_typing.final
+class WatchStreamGiftsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchStreamGiftsRequest: _TypeAlias = WatchStreamGiftsRequest  # noqa: Y015
+
+@_typing.final
+class WatchStreamGiftsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___GiftEvent: ...
+    def __init__(
+        self,
+        *,
+        event: Global___GiftEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchStreamGiftsResponse: _TypeAlias = WatchStreamGiftsResponse  # noqa: Y015
+
+@_typing.final
+class GetLeaderboardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    creator_id: _builtins.str
+    period: Global___LeaderboardPeriod.ValueType
+    page_size: _builtins.int
+    """1-100; 0 means the default of 10."""
+    def __init__(
+        self,
+        *,
+        creator_id: _builtins.str = ...,
+        period: Global___LeaderboardPeriod.ValueType = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator_id", b"creator_id", "page_size", b"page_size", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLeaderboardRequest: _TypeAlias = GetLeaderboardRequest  # noqa: Y015
+
+@_typing.final
+class GetLeaderboardResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaderboardEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___LeaderboardEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLeaderboardResponse: _TypeAlias = GetLeaderboardResponse  # noqa: Y015
+
+@_typing.final
+class UpsertGiftRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    GIFT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def gift(self) -> Global___Gift:
+        """gift_id: 1-64 characters of [A-Za-z0-9_-]; name: 1-100 characters; coin_price: 1-1,000,000."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        gift: Global___Gift | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gift", b"gift"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gift", b"gift", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertGiftRequest: _TypeAlias = UpsertGiftRequest  # noqa: Y015
+
+@_typing.final
+class UpsertGiftResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GIFT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def gift(self) -> Global___Gift: ...
+    def __init__(
+        self,
+        *,
+        gift: Global___Gift | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gift", b"gift"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gift", b"gift"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertGiftResponse: _TypeAlias = UpsertGiftResponse  # noqa: Y015
+
+@_typing.final
+class RetireGiftRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    GIFT_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    gift_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        gift_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gift_id", b"gift_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireGiftRequest: _TypeAlias = RetireGiftRequest  # noqa: Y015
+
+@_typing.final
+class RetireGiftResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GIFT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def gift(self) -> Global___Gift: ...
+    def __init__(
+        self,
+        *,
+        gift: Global___Gift | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gift", b"gift"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gift", b"gift"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireGiftResponse: _TypeAlias = RetireGiftResponse  # noqa: Y015

@@ -60,6 +60,26 @@ class GiftServiceStub:
                 request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetStreamSummaryRequest.SerializeToString,
                 response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetStreamSummaryResponse.FromString,
                 _registered_method=True)
+        self.WatchStreamGifts = channel.unary_stream(
+                '/coinstream.gifts.v1.GiftService/WatchStreamGifts',
+                request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.WatchStreamGiftsRequest.SerializeToString,
+                response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.WatchStreamGiftsResponse.FromString,
+                _registered_method=True)
+        self.GetLeaderboard = channel.unary_unary(
+                '/coinstream.gifts.v1.GiftService/GetLeaderboard',
+                request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetLeaderboardRequest.SerializeToString,
+                response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetLeaderboardResponse.FromString,
+                _registered_method=True)
+        self.UpsertGift = channel.unary_unary(
+                '/coinstream.gifts.v1.GiftService/UpsertGift',
+                request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.UpsertGiftRequest.SerializeToString,
+                response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.UpsertGiftResponse.FromString,
+                _registered_method=True)
+        self.RetireGift = channel.unary_unary(
+                '/coinstream.gifts.v1.GiftService/RetireGift',
+                request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.RetireGiftRequest.SerializeToString,
+                response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.RetireGiftResponse.FromString,
+                _registered_method=True)
 
 
 class GiftServiceServicer:
@@ -101,6 +121,35 @@ class GiftServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchStreamGifts(self, request, context):
+        """Every gift completed in a live stream from the moment of subscription until the stream ends
+        (anyone authenticated).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLeaderboard(self, request, context):
+        """Top gifters to a creator across streams for a period (anyone authenticated).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertGift(self, request, context):
+        """Adds a gift to the catalog or changes one; accepted gifts keep the price they were sent at (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireGift(self, request, context):
+        """Takes a gift out of the catalog (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GiftServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +177,26 @@ def add_GiftServiceServicer_to_server(servicer, server):
                     servicer.GetStreamSummary,
                     request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetStreamSummaryRequest.FromString,
                     response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetStreamSummaryResponse.SerializeToString,
+            ),
+            'WatchStreamGifts': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchStreamGifts,
+                    request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.WatchStreamGiftsRequest.FromString,
+                    response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.WatchStreamGiftsResponse.SerializeToString,
+            ),
+            'GetLeaderboard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLeaderboard,
+                    request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetLeaderboardRequest.FromString,
+                    response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetLeaderboardResponse.SerializeToString,
+            ),
+            'UpsertGift': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertGift,
+                    request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.UpsertGiftRequest.FromString,
+                    response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.UpsertGiftResponse.SerializeToString,
+            ),
+            'RetireGift': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireGift,
+                    request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.RetireGiftRequest.FromString,
+                    response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.RetireGiftResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +335,114 @@ class GiftService:
             '/coinstream.gifts.v1.GiftService/GetStreamSummary',
             coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetStreamSummaryRequest.SerializeToString,
             coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetStreamSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchStreamGifts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/coinstream.gifts.v1.GiftService/WatchStreamGifts',
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.WatchStreamGiftsRequest.SerializeToString,
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.WatchStreamGiftsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLeaderboard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.gifts.v1.GiftService/GetLeaderboard',
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetLeaderboardRequest.SerializeToString,
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetLeaderboardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertGift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.gifts.v1.GiftService/UpsertGift',
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.UpsertGiftRequest.SerializeToString,
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.UpsertGiftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireGift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.gifts.v1.GiftService/RetireGift',
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.RetireGiftRequest.SerializeToString,
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.RetireGiftResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,16 @@ class GiftServiceStub:
     """Sends a gift to a live stream's creator, paid with the sender's coins (owner, service)."""
     GetStreamSummary: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.GetStreamSummaryRequest, _gifts_pb2.GetStreamSummaryResponse]
     """Totals and top gifters of a stream (anyone authenticated)."""
+    WatchStreamGifts: _grpc.UnaryStreamMultiCallable[_gifts_pb2.WatchStreamGiftsRequest, _gifts_pb2.WatchStreamGiftsResponse]
+    """Every gift completed in a live stream from the moment of subscription until the stream ends
+    (anyone authenticated).
+    """
+    GetLeaderboard: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.GetLeaderboardRequest, _gifts_pb2.GetLeaderboardResponse]
+    """Top gifters to a creator across streams for a period (anyone authenticated)."""
+    UpsertGift: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.UpsertGiftRequest, _gifts_pb2.UpsertGiftResponse]
+    """Adds a gift to the catalog or changes one; accepted gifts keep the price they were sent at (admin)."""
+    RetireGift: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.RetireGiftRequest, _gifts_pb2.RetireGiftResponse]
+    """Takes a gift out of the catalog (admin)."""
 
 @_typing.type_check_only
 class GiftServiceAsyncStub(GiftServiceStub):
@@ -59,6 +69,16 @@ class GiftServiceAsyncStub(GiftServiceStub):
     """Sends a gift to a live stream's creator, paid with the sender's coins (owner, service)."""
     GetStreamSummary: _aio.UnaryUnaryMultiCallable[_gifts_pb2.GetStreamSummaryRequest, _gifts_pb2.GetStreamSummaryResponse]  # type: ignore[assignment]
     """Totals and top gifters of a stream (anyone authenticated)."""
+    WatchStreamGifts: _aio.UnaryStreamMultiCallable[_gifts_pb2.WatchStreamGiftsRequest, _gifts_pb2.WatchStreamGiftsResponse]  # type: ignore[assignment]
+    """Every gift completed in a live stream from the moment of subscription until the stream ends
+    (anyone authenticated).
+    """
+    GetLeaderboard: _aio.UnaryUnaryMultiCallable[_gifts_pb2.GetLeaderboardRequest, _gifts_pb2.GetLeaderboardResponse]  # type: ignore[assignment]
+    """Top gifters to a creator across streams for a period (anyone authenticated)."""
+    UpsertGift: _aio.UnaryUnaryMultiCallable[_gifts_pb2.UpsertGiftRequest, _gifts_pb2.UpsertGiftResponse]  # type: ignore[assignment]
+    """Adds a gift to the catalog or changes one; accepted gifts keep the price they were sent at (admin)."""
+    RetireGift: _aio.UnaryUnaryMultiCallable[_gifts_pb2.RetireGiftRequest, _gifts_pb2.RetireGiftResponse]  # type: ignore[assignment]
+    """Takes a gift out of the catalog (admin)."""
 
 class GiftServiceServicer(metaclass=_abc_1.ABCMeta):
     """Gift catalog, live streams and gift sending."""
@@ -102,5 +122,39 @@ class GiftServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gifts_pb2.GetStreamSummaryResponse, _abc.Awaitable[_gifts_pb2.GetStreamSummaryResponse]]:
         """Totals and top gifters of a stream (anyone authenticated)."""
+
+    @_abc_1.abstractmethod
+    def WatchStreamGifts(
+        self,
+        request: _gifts_pb2.WatchStreamGiftsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gifts_pb2.WatchStreamGiftsResponse], _abc.AsyncIterator[_gifts_pb2.WatchStreamGiftsResponse]]:
+        """Every gift completed in a live stream from the moment of subscription until the stream ends
+        (anyone authenticated).
+        """
+
+    @_abc_1.abstractmethod
+    def GetLeaderboard(
+        self,
+        request: _gifts_pb2.GetLeaderboardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gifts_pb2.GetLeaderboardResponse, _abc.Awaitable[_gifts_pb2.GetLeaderboardResponse]]:
+        """Top gifters to a creator across streams for a period (anyone authenticated)."""
+
+    @_abc_1.abstractmethod
+    def UpsertGift(
+        self,
+        request: _gifts_pb2.UpsertGiftRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gifts_pb2.UpsertGiftResponse, _abc.Awaitable[_gifts_pb2.UpsertGiftResponse]]:
+        """Adds a gift to the catalog or changes one; accepted gifts keep the price they were sent at (admin)."""
+
+    @_abc_1.abstractmethod
+    def RetireGift(
+        self,
+        request: _gifts_pb2.RetireGiftRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gifts_pb2.RetireGiftResponse, _abc.Awaitable[_gifts_pb2.RetireGiftResponse]]:
+        """Takes a gift out of the catalog (admin)."""
 
 def add_GiftServiceServicer_to_server(servicer: GiftServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,8 +4,10 @@ isort:skip_file
 """
 
 from coinstream.type.v1 import money_pb2 as _money_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -17,6 +19,27 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _EarningsGroupBy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EarningsGroupByEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EarningsGroupBy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EARNINGS_GROUP_BY_UNSPECIFIED: _EarningsGroupBy.ValueType  # 0
+    EARNINGS_GROUP_BY_DAY: _EarningsGroupBy.ValueType  # 1
+    """Per UTC day; key "YYYY-MM-DD"."""
+    EARNINGS_GROUP_BY_STREAM: _EarningsGroupBy.ValueType  # 2
+    """Per live stream; key = stream_id."""
+
+class EarningsGroupBy(_EarningsGroupBy, metaclass=_EarningsGroupByEnumTypeWrapper): ...
+
+EARNINGS_GROUP_BY_UNSPECIFIED: EarningsGroupBy.ValueType  # 0
+EARNINGS_GROUP_BY_DAY: EarningsGroupBy.ValueType  # 1
+"""Per UTC day; key "YYYY-MM-DD"."""
+EARNINGS_GROUP_BY_STREAM: EarningsGroupBy.ValueType  # 2
+"""Per live stream; key = stream_id."""
+Global___EarningsGroupBy: _TypeAlias = EarningsGroupBy  # noqa: Y015
 
 class _WithdrawalStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -49,6 +72,7 @@ class Earnings(_message.Message):
     AVAILABLE_DIAMONDS_FIELD_NUMBER: _builtins.int
     RESERVED_DIAMONDS_FIELD_NUMBER: _builtins.int
     LIFETIME_DIAMONDS_FIELD_NUMBER: _builtins.int
+    PENDING_DIAMONDS_FIELD_NUMBER: _builtins.int
     creator_id: _builtins.str
     available_diamonds: _builtins.int
     """Diamonds that can be withdrawn now."""
@@ -56,6 +80,8 @@ class Earnings(_message.Message):
     """Diamonds held by pending withdrawals."""
     lifetime_diamonds: _builtins.int
     """All diamonds ever credited from gifts."""
+    pending_diamonds: _builtins.int
+    """Diamonds still in their maturity hold; they become available when it ends."""
     def __init__(
         self,
         *,
@@ -63,14 +89,40 @@ class Earnings(_message.Message):
         available_diamonds: _builtins.int = ...,
         reserved_diamonds: _builtins.int = ...,
         lifetime_diamonds: _builtins.int = ...,
+        pending_diamonds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_diamonds", b"available_diamonds", "creator_id", b"creator_id", "lifetime_diamonds", b"lifetime_diamonds", "reserved_diamonds", b"reserved_diamonds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_diamonds", b"available_diamonds", "creator_id", b"creator_id", "lifetime_diamonds", b"lifetime_diamonds", "pending_diamonds", b"pending_diamonds", "reserved_diamonds", b"reserved_diamonds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Earnings: _TypeAlias = Earnings  # noqa: Y015
+
+@_typing.final
+class EarningsRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    DIAMONDS_FIELD_NUMBER: _builtins.int
+    GIFT_COUNT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    diamonds: _builtins.int
+    gift_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        diamonds: _builtins.int = ...,
+        gift_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diamonds", b"diamonds", "gift_count", b"gift_count", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EarningsRow: _TypeAlias = EarningsRow  # noqa: Y015
 
 @_typing.final
 class Rates(_message.Message):
@@ -376,3 +428,146 @@ class GetWithdrawalResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetWithdrawalResponse: _TypeAlias = GetWithdrawalResponse  # noqa: Y015
+
+@_typing.final
+class CancelWithdrawalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WITHDRAWAL_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    withdrawal_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        withdrawal_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "withdrawal_id", b"withdrawal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelWithdrawalRequest: _TypeAlias = CancelWithdrawalRequest  # noqa: Y015
+
+@_typing.final
+class CancelWithdrawalResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WITHDRAWAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def withdrawal(self) -> Global___Withdrawal: ...
+    def __init__(
+        self,
+        *,
+        withdrawal: Global___Withdrawal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["withdrawal", b"withdrawal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["withdrawal", b"withdrawal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelWithdrawalResponse: _TypeAlias = CancelWithdrawalResponse  # noqa: Y015
+
+@_typing.final
+class ListWithdrawalsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    creator_id: _builtins.str
+    page_size: _builtins.int
+    """1-100; 0 means the default of 50."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        creator_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator_id", b"creator_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWithdrawalsRequest: _TypeAlias = ListWithdrawalsRequest  # noqa: Y015
+
+@_typing.final
+class ListWithdrawalsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WITHDRAWALS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def withdrawals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Withdrawal]: ...
+    def __init__(
+        self,
+        *,
+        withdrawals: _abc.Iterable[Global___Withdrawal] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "withdrawals", b"withdrawals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWithdrawalsResponse: _TypeAlias = ListWithdrawalsResponse  # noqa: Y015
+
+@_typing.final
+class ListEarningsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    creator_id: _builtins.str
+    group_by: Global___EarningsGroupBy.ValueType
+    page_size: _builtins.int
+    """1-100; 0 means the default of 50."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        creator_id: _builtins.str = ...,
+        group_by: Global___EarningsGroupBy.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator_id", b"creator_id", "group_by", b"group_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEarningsRequest: _TypeAlias = ListEarningsRequest  # noqa: Y015
+
+@_typing.final
+class ListEarningsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___EarningsRow]: ...
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___EarningsRow] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEarningsResponse: _TypeAlias = ListEarningsResponse  # noqa: Y015

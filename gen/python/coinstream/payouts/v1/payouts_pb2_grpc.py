@@ -60,6 +60,21 @@ class PayoutServiceStub:
                 request_serializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.GetWithdrawalRequest.SerializeToString,
                 response_deserializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.GetWithdrawalResponse.FromString,
                 _registered_method=True)
+        self.CancelWithdrawal = channel.unary_unary(
+                '/coinstream.payouts.v1.PayoutService/CancelWithdrawal',
+                request_serializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.CancelWithdrawalRequest.SerializeToString,
+                response_deserializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.CancelWithdrawalResponse.FromString,
+                _registered_method=True)
+        self.ListWithdrawals = channel.unary_unary(
+                '/coinstream.payouts.v1.PayoutService/ListWithdrawals',
+                request_serializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListWithdrawalsRequest.SerializeToString,
+                response_deserializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListWithdrawalsResponse.FromString,
+                _registered_method=True)
+        self.ListEarnings = channel.unary_unary(
+                '/coinstream.payouts.v1.PayoutService/ListEarnings',
+                request_serializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListEarningsRequest.SerializeToString,
+                response_deserializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListEarningsResponse.FromString,
+                _registered_method=True)
 
 
 class PayoutServiceServicer:
@@ -101,6 +116,27 @@ class PayoutServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelWithdrawal(self, request, context):
+        """Cancels a pending withdrawal and returns its diamonds (owner, service).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWithdrawals(self, request, context):
+        """A creator's withdrawals, newest first (owner, service, admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEarnings(self, request, context):
+        """A creator's statement: diamonds and gift counts per day or per stream, newest first (owner, service, admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PayoutServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +164,21 @@ def add_PayoutServiceServicer_to_server(servicer, server):
                     servicer.GetWithdrawal,
                     request_deserializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.GetWithdrawalRequest.FromString,
                     response_serializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.GetWithdrawalResponse.SerializeToString,
+            ),
+            'CancelWithdrawal': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelWithdrawal,
+                    request_deserializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.CancelWithdrawalRequest.FromString,
+                    response_serializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.CancelWithdrawalResponse.SerializeToString,
+            ),
+            'ListWithdrawals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWithdrawals,
+                    request_deserializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListWithdrawalsRequest.FromString,
+                    response_serializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListWithdrawalsResponse.SerializeToString,
+            ),
+            'ListEarnings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEarnings,
+                    request_deserializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListEarningsRequest.FromString,
+                    response_serializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListEarningsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +317,87 @@ class PayoutService:
             '/coinstream.payouts.v1.PayoutService/GetWithdrawal',
             coinstream_dot_payouts_dot_v1_dot_payouts__pb2.GetWithdrawalRequest.SerializeToString,
             coinstream_dot_payouts_dot_v1_dot_payouts__pb2.GetWithdrawalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelWithdrawal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.payouts.v1.PayoutService/CancelWithdrawal',
+            coinstream_dot_payouts_dot_v1_dot_payouts__pb2.CancelWithdrawalRequest.SerializeToString,
+            coinstream_dot_payouts_dot_v1_dot_payouts__pb2.CancelWithdrawalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWithdrawals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.payouts.v1.PayoutService/ListWithdrawals',
+            coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListWithdrawalsRequest.SerializeToString,
+            coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListWithdrawalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEarnings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.payouts.v1.PayoutService/ListEarnings',
+            coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListEarningsRequest.SerializeToString,
+            coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListEarningsResponse.FromString,
             options,
             channel_credentials,
             insecure,

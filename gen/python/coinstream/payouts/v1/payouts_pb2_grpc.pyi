@@ -43,6 +43,12 @@ class PayoutServiceStub:
     """Reserves diamonds and pays them out through the payout provider (owner, service)."""
     GetWithdrawal: _grpc.UnaryUnaryMultiCallable[_payouts_pb2.GetWithdrawalRequest, _payouts_pb2.GetWithdrawalResponse]
     """Reads a withdrawal (owner, service, admin)."""
+    CancelWithdrawal: _grpc.UnaryUnaryMultiCallable[_payouts_pb2.CancelWithdrawalRequest, _payouts_pb2.CancelWithdrawalResponse]
+    """Cancels a pending withdrawal and returns its diamonds (owner, service)."""
+    ListWithdrawals: _grpc.UnaryUnaryMultiCallable[_payouts_pb2.ListWithdrawalsRequest, _payouts_pb2.ListWithdrawalsResponse]
+    """A creator's withdrawals, newest first (owner, service, admin)."""
+    ListEarnings: _grpc.UnaryUnaryMultiCallable[_payouts_pb2.ListEarningsRequest, _payouts_pb2.ListEarningsResponse]
+    """A creator's statement: diamonds and gift counts per day or per stream, newest first (owner, service, admin)."""
 
 @_typing.type_check_only
 class PayoutServiceAsyncStub(PayoutServiceStub):
@@ -59,6 +65,12 @@ class PayoutServiceAsyncStub(PayoutServiceStub):
     """Reserves diamonds and pays them out through the payout provider (owner, service)."""
     GetWithdrawal: _aio.UnaryUnaryMultiCallable[_payouts_pb2.GetWithdrawalRequest, _payouts_pb2.GetWithdrawalResponse]  # type: ignore[assignment]
     """Reads a withdrawal (owner, service, admin)."""
+    CancelWithdrawal: _aio.UnaryUnaryMultiCallable[_payouts_pb2.CancelWithdrawalRequest, _payouts_pb2.CancelWithdrawalResponse]  # type: ignore[assignment]
+    """Cancels a pending withdrawal and returns its diamonds (owner, service)."""
+    ListWithdrawals: _aio.UnaryUnaryMultiCallable[_payouts_pb2.ListWithdrawalsRequest, _payouts_pb2.ListWithdrawalsResponse]  # type: ignore[assignment]
+    """A creator's withdrawals, newest first (owner, service, admin)."""
+    ListEarnings: _aio.UnaryUnaryMultiCallable[_payouts_pb2.ListEarningsRequest, _payouts_pb2.ListEarningsResponse]  # type: ignore[assignment]
+    """A creator's statement: diamonds and gift counts per day or per stream, newest first (owner, service, admin)."""
 
 class PayoutServiceServicer(metaclass=_abc_1.ABCMeta):
     """Creator diamonds and their withdrawal to real money."""
@@ -102,5 +114,29 @@ class PayoutServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_payouts_pb2.GetWithdrawalResponse, _abc.Awaitable[_payouts_pb2.GetWithdrawalResponse]]:
         """Reads a withdrawal (owner, service, admin)."""
+
+    @_abc_1.abstractmethod
+    def CancelWithdrawal(
+        self,
+        request: _payouts_pb2.CancelWithdrawalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payouts_pb2.CancelWithdrawalResponse, _abc.Awaitable[_payouts_pb2.CancelWithdrawalResponse]]:
+        """Cancels a pending withdrawal and returns its diamonds (owner, service)."""
+
+    @_abc_1.abstractmethod
+    def ListWithdrawals(
+        self,
+        request: _payouts_pb2.ListWithdrawalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payouts_pb2.ListWithdrawalsResponse, _abc.Awaitable[_payouts_pb2.ListWithdrawalsResponse]]:
+        """A creator's withdrawals, newest first (owner, service, admin)."""
+
+    @_abc_1.abstractmethod
+    def ListEarnings(
+        self,
+        request: _payouts_pb2.ListEarningsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payouts_pb2.ListEarningsResponse, _abc.Awaitable[_payouts_pb2.ListEarningsResponse]]:
+        """A creator's statement: diamonds and gift counts per day or per stream, newest first (owner, service, admin)."""
 
 def add_PayoutServiceServicer_to_server(servicer: PayoutServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -49,6 +49,12 @@ class _TransactionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     """Coins bought with real money, bonus coins included."""
     TRANSACTION_KIND_SPEND: _TransactionKind.ValueType  # 2
     """Coins spent, e.g. on a gift."""
+    TRANSACTION_KIND_REVERSAL: _TransactionKind.ValueType  # 3
+    """A purchase taken back after a chargeback."""
+    TRANSACTION_KIND_GIVEAWAY_SENT: _TransactionKind.ValueType  # 4
+    """Coins given away by a creator."""
+    TRANSACTION_KIND_GIVEAWAY_RECEIVED: _TransactionKind.ValueType  # 5
+    """Coins won in a creator's giveaway."""
 
 class TransactionKind(_TransactionKind, metaclass=_TransactionKindEnumTypeWrapper): ...
 
@@ -57,7 +63,34 @@ TRANSACTION_KIND_PURCHASE: TransactionKind.ValueType  # 1
 """Coins bought with real money, bonus coins included."""
 TRANSACTION_KIND_SPEND: TransactionKind.ValueType  # 2
 """Coins spent, e.g. on a gift."""
+TRANSACTION_KIND_REVERSAL: TransactionKind.ValueType  # 3
+"""A purchase taken back after a chargeback."""
+TRANSACTION_KIND_GIVEAWAY_SENT: TransactionKind.ValueType  # 4
+"""Coins given away by a creator."""
+TRANSACTION_KIND_GIVEAWAY_RECEIVED: TransactionKind.ValueType  # 5
+"""Coins won in a creator's giveaway."""
 Global___TransactionKind: _TypeAlias = TransactionKind  # noqa: Y015
+
+class _PromotionStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PromotionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PromotionStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROMOTION_STATUS_UNSPECIFIED: _PromotionStatus.ValueType  # 0
+    PROMOTION_STATUS_ACTIVE: _PromotionStatus.ValueType  # 1
+    """Within its time window (or waiting for it to open)."""
+    PROMOTION_STATUS_ENDED: _PromotionStatus.ValueType  # 2
+    """Past its window, or ended by EndPromotion."""
+
+class PromotionStatus(_PromotionStatus, metaclass=_PromotionStatusEnumTypeWrapper): ...
+
+PROMOTION_STATUS_UNSPECIFIED: PromotionStatus.ValueType  # 0
+PROMOTION_STATUS_ACTIVE: PromotionStatus.ValueType  # 1
+"""Within its time window (or waiting for it to open)."""
+PROMOTION_STATUS_ENDED: PromotionStatus.ValueType  # 2
+"""Past its window, or ended by EndPromotion."""
+Global___PromotionStatus: _TypeAlias = PromotionStatus  # noqa: Y015
 
 @_typing.final
 class Account(_message.Message):
@@ -67,10 +100,13 @@ class Account(_message.Message):
     ADULT_VERIFIED_FIELD_NUMBER: _builtins.int
     COUNTRY_CODE_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    SPENDING_LIMIT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     adult_verified: _builtins.bool
     country_code: _builtins.str
     status: Global___AccountStatus.ValueType
+    @_builtins.property
+    def spending_limit(self) -> Global___SpendingLimit: ...
     def __init__(
         self,
         *,
@@ -78,14 +114,67 @@ class Account(_message.Message):
         adult_verified: _builtins.bool = ...,
         country_code: _builtins.str = ...,
         status: Global___AccountStatus.ValueType = ...,
+        spending_limit: Global___SpendingLimit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spending_limit", b"spending_limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "adult_verified", b"adult_verified", "country_code", b"country_code", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "adult_verified", b"adult_verified", "country_code", b"country_code", "spending_limit", b"spending_limit", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Account: _TypeAlias = Account  # noqa: Y015
+
+@_typing.final
+class SpendingLimit(_message.Message):
+    """A self-set limit on coins spent (spends and giveaways) in any rolling 24 hours."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAILY_COINS_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    daily_coins: _builtins.int
+    """The limit in force; 0 means none."""
+    @_builtins.property
+    def pending(self) -> Global___PendingSpendingLimit:
+        """A raise or removal waiting out its 24 hours; unset when none is pending."""
+
+    def __init__(
+        self,
+        *,
+        daily_coins: _builtins.int = ...,
+        pending: Global___PendingSpendingLimit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pending", b"pending"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["daily_coins", b"daily_coins", "pending", b"pending"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendingLimit: _TypeAlias = SpendingLimit  # noqa: Y015
+
+@_typing.final
+class PendingSpendingLimit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAILY_COINS_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_AT_FIELD_NUMBER: _builtins.int
+    daily_coins: _builtins.int
+    """0 means the limit will be removed."""
+    @_builtins.property
+    def effective_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        daily_coins: _builtins.int = ...,
+        effective_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["daily_coins", b"daily_coins", "effective_at", b"effective_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingSpendingLimit: _TypeAlias = PendingSpendingLimit  # noqa: Y015
 
 @_typing.final
 class Balance(_message.Message):
@@ -93,17 +182,26 @@ class Balance(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     COINS_FIELD_NUMBER: _builtins.int
+    PAID_COINS_FIELD_NUMBER: _builtins.int
+    BONUS_COINS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     coins: _builtins.int
+    """paid_coins + bonus_coins. Negative only while the account owes a chargeback (status FROZEN)."""
+    paid_coins: _builtins.int
+    """Coins bought with real money (negative while in debt)."""
+    bonus_coins: _builtins.int
+    """Coins from promotions; spent before paid coins."""
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         coins: _builtins.int = ...,
+        paid_coins: _builtins.int = ...,
+        bonus_coins: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "coins", b"coins"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bonus_coins", b"bonus_coins", "coins", b"coins", "paid_coins", b"paid_coins"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -146,10 +244,13 @@ class Purchase(_message.Message):
     PACKAGE_ID_FIELD_NUMBER: _builtins.int
     COINS_FIELD_NUMBER: _builtins.int
     BONUS_COINS_FIELD_NUMBER: _builtins.int
+    PROMOTION_ID_FIELD_NUMBER: _builtins.int
     purchase_id: _builtins.str
     package_id: _builtins.str
     coins: _builtins.int
     bonus_coins: _builtins.int
+    promotion_id: _builtins.str
+    """The promotion that granted bonus_coins; empty when none applied."""
     def __init__(
         self,
         *,
@@ -157,14 +258,97 @@ class Purchase(_message.Message):
         package_id: _builtins.str = ...,
         coins: _builtins.int = ...,
         bonus_coins: _builtins.int = ...,
+        promotion_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_coins", b"bonus_coins", "coins", b"coins", "package_id", b"package_id", "purchase_id", b"purchase_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_coins", b"bonus_coins", "coins", b"coins", "package_id", b"package_id", "promotion_id", b"promotion_id", "purchase_id", b"purchase_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Purchase: _TypeAlias = Purchase  # noqa: Y015
+
+@_typing.final
+class Promotion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    MIN_PACKAGE_COINS_FIELD_NUMBER: _builtins.int
+    BONUS_PERCENT_FIELD_NUMBER: _builtins.int
+    BONUS_COINS_FIELD_NUMBER: _builtins.int
+    FIRST_PURCHASE_ONLY_FIELD_NUMBER: _builtins.int
+    MAX_USES_PER_ACCOUNT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    promotion_id: _builtins.str
+    name: _builtins.str
+    min_package_coins: _builtins.int
+    """Applies to packages of at least this many coins."""
+    bonus_percent: _builtins.int
+    """Percent of the package's coins, rounded down."""
+    bonus_coins: _builtins.int
+    """A fixed number of coins."""
+    first_purchase_only: _builtins.bool
+    max_uses_per_account: _builtins.int
+    """How many purchases of one account it may apply to; 0 means no limit."""
+    status: Global___PromotionStatus.ValueType
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset: open-ended."""
+
+    def __init__(
+        self,
+        *,
+        promotion_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        min_package_coins: _builtins.int = ...,
+        bonus_percent: _builtins.int = ...,
+        bonus_coins: _builtins.int = ...,
+        first_purchase_only: _builtins.bool = ...,
+        max_uses_per_account: _builtins.int = ...,
+        status: Global___PromotionStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bonus", b"bonus", "bonus_coins", b"bonus_coins", "bonus_percent", b"bonus_percent", "ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus", b"bonus", "bonus_coins", b"bonus_coins", "bonus_percent", b"bonus_percent", "ends_at", b"ends_at", "first_purchase_only", b"first_purchase_only", "max_uses_per_account", b"max_uses_per_account", "min_package_coins", b"min_package_coins", "name", b"name", "promotion_id", b"promotion_id", "starts_at", b"starts_at", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_bonus: _TypeAlias = _typing.Literal["bonus_percent", "bonus_coins"]  # noqa: Y015
+    _WhichOneofArgType_bonus: _TypeAlias = _typing.Literal["bonus", b"bonus"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_bonus) -> _WhichOneofReturnType_bonus | None: ...
+
+Global___Promotion: _TypeAlias = Promotion  # noqa: Y015
+
+@_typing.final
+class Giveaway(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GIVEAWAY_ID_FIELD_NUMBER: _builtins.int
+    TOTAL_COINS_FIELD_NUMBER: _builtins.int
+    WINNER_IDS_FIELD_NUMBER: _builtins.int
+    giveaway_id: _builtins.str
+    total_coins: _builtins.int
+    @_builtins.property
+    def winner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        giveaway_id: _builtins.str = ...,
+        total_coins: _builtins.int = ...,
+        winner_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["giveaway_id", b"giveaway_id", "total_coins", b"total_coins", "winner_ids", b"winner_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Giveaway: _TypeAlias = Giveaway  # noqa: Y015
 
 @_typing.final
 class Transaction(_message.Message):
@@ -176,13 +360,20 @@ class Transaction(_message.Message):
     BALANCE_AFTER_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
+    PAID_COINS_DELTA_FIELD_NUMBER: _builtins.int
+    BONUS_COINS_DELTA_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     kind: Global___TransactionKind.ValueType
     coins_delta: _builtins.int
     """Signed change of the account's coins: positive for purchases, negative for spends."""
     balance_after: _builtins.int
     reference: _builtins.str
-    """The caller's reference for spends (e.g. a gift transaction id); the purchase id for purchases."""
+    """The caller's reference for spends (e.g. a gift transaction id); the purchase id for purchases and reversals;
+    the giveaway id for giveaways.
+    """
+    paid_coins_delta: _builtins.int
+    """The split of coins_delta between paid and bonus coins."""
+    bonus_coins_delta: _builtins.int
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -194,10 +385,12 @@ class Transaction(_message.Message):
         balance_after: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         reference: _builtins.str = ...,
+        paid_coins_delta: _builtins.int = ...,
+        bonus_coins_delta: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_after", b"balance_after", "coins_delta", b"coins_delta", "created_at", b"created_at", "kind", b"kind", "reference", b"reference", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_after", b"balance_after", "bonus_coins_delta", b"bonus_coins_delta", "coins_delta", b"coins_delta", "created_at", b"created_at", "kind", b"kind", "paid_coins_delta", b"paid_coins_delta", "reference", b"reference", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -296,15 +489,21 @@ class GetBalanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The balance as it stood at this moment; unset means now."""
+
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "as_of", b"as_of"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -452,7 +651,12 @@ class SpendCoinsResponse(_message.Message):
 
     TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    PAID_COINS_FIELD_NUMBER: _builtins.int
+    BONUS_COINS_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
+    paid_coins: _builtins.int
+    """How the spend was paid: bonus coins first, then paid coins."""
+    bonus_coins: _builtins.int
     @_builtins.property
     def balance(self) -> Global___Balance: ...
     def __init__(
@@ -460,10 +664,12 @@ class SpendCoinsResponse(_message.Message):
         *,
         transaction_id: _builtins.str = ...,
         balance: Global___Balance | None = ...,
+        paid_coins: _builtins.int = ...,
+        bonus_coins: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "bonus_coins", b"bonus_coins", "paid_coins", b"paid_coins", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -519,3 +725,321 @@ class ListTransactionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTransactionsResponse: _TypeAlias = ListTransactionsResponse  # noqa: Y015
+
+@_typing.final
+class CreatePromotionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    MIN_PACKAGE_COINS_FIELD_NUMBER: _builtins.int
+    BONUS_PERCENT_FIELD_NUMBER: _builtins.int
+    BONUS_COINS_FIELD_NUMBER: _builtins.int
+    FIRST_PURCHASE_ONLY_FIELD_NUMBER: _builtins.int
+    MAX_USES_PER_ACCOUNT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    name: _builtins.str
+    """1-100 characters."""
+    min_package_coins: _builtins.int
+    bonus_percent: _builtins.int
+    """1-100."""
+    bonus_coins: _builtins.int
+    """1-1,000,000."""
+    first_purchase_only: _builtins.bool
+    max_uses_per_account: _builtins.int
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset: now."""
+
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset: open-ended. Must be after starts_at."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        min_package_coins: _builtins.int = ...,
+        bonus_percent: _builtins.int = ...,
+        bonus_coins: _builtins.int = ...,
+        first_purchase_only: _builtins.bool = ...,
+        max_uses_per_account: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bonus", b"bonus", "bonus_coins", b"bonus_coins", "bonus_percent", b"bonus_percent", "ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus", b"bonus", "bonus_coins", b"bonus_coins", "bonus_percent", b"bonus_percent", "ends_at", b"ends_at", "first_purchase_only", b"first_purchase_only", "max_uses_per_account", b"max_uses_per_account", "min_package_coins", b"min_package_coins", "name", b"name", "request_id", b"request_id", "starts_at", b"starts_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_bonus: _TypeAlias = _typing.Literal["bonus_percent", "bonus_coins"]  # noqa: Y015
+    _WhichOneofArgType_bonus: _TypeAlias = _typing.Literal["bonus", b"bonus"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_bonus) -> _WhichOneofReturnType_bonus | None: ...
+
+Global___CreatePromotionRequest: _TypeAlias = CreatePromotionRequest  # noqa: Y015
+
+@_typing.final
+class CreatePromotionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def promotion(self) -> Global___Promotion: ...
+    def __init__(
+        self,
+        *,
+        promotion: Global___Promotion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePromotionResponse: _TypeAlias = CreatePromotionResponse  # noqa: Y015
+
+@_typing.final
+class ListPromotionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1-100; 0 means the default of 50."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPromotionsRequest: _TypeAlias = ListPromotionsRequest  # noqa: Y015
+
+@_typing.final
+class ListPromotionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def promotions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Promotion]: ...
+    def __init__(
+        self,
+        *,
+        promotions: _abc.Iterable[Global___Promotion] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "promotions", b"promotions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPromotionsResponse: _TypeAlias = ListPromotionsResponse  # noqa: Y015
+
+@_typing.final
+class EndPromotionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PROMOTION_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    promotion_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        promotion_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promotion_id", b"promotion_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndPromotionRequest: _TypeAlias = EndPromotionRequest  # noqa: Y015
+
+@_typing.final
+class EndPromotionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def promotion(self) -> Global___Promotion: ...
+    def __init__(
+        self,
+        *,
+        promotion: Global___Promotion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndPromotionResponse: _TypeAlias = EndPromotionResponse  # noqa: Y015
+
+@_typing.final
+class ReversePurchaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PURCHASE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    purchase_id: _builtins.str
+    reason: _builtins.str
+    """Why, e.g. the provider's chargeback reference; 1-256 characters."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        purchase_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purchase_id", b"purchase_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReversePurchaseRequest: _TypeAlias = ReversePurchaseRequest  # noqa: Y015
+
+@_typing.final
+class ReversePurchaseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_STATUS_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    """The reversal's ledger transaction (the first one, when the purchase was already reversed)."""
+    account_status: Global___AccountStatus.ValueType
+    @_builtins.property
+    def balance(self) -> Global___Balance: ...
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        balance: Global___Balance | None = ...,
+        account_status: Global___AccountStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_status", b"account_status", "balance", b"balance", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReversePurchaseResponse: _TypeAlias = ReversePurchaseResponse  # noqa: Y015
+
+@_typing.final
+class CreateGiveawayRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    COINS_PER_WINNER_FIELD_NUMBER: _builtins.int
+    WINNER_IDS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    creator_id: _builtins.str
+    coins_per_winner: _builtins.int
+    @_builtins.property
+    def winner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1-1,000 distinct adult-verified active accounts, not the creator."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        creator_id: _builtins.str = ...,
+        coins_per_winner: _builtins.int = ...,
+        winner_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coins_per_winner", b"coins_per_winner", "creator_id", b"creator_id", "request_id", b"request_id", "winner_ids", b"winner_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateGiveawayRequest: _TypeAlias = CreateGiveawayRequest  # noqa: Y015
+
+@_typing.final
+class CreateGiveawayResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GIVEAWAY_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def giveaway(self) -> Global___Giveaway: ...
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """The creator's balance after the giveaway."""
+
+    def __init__(
+        self,
+        *,
+        giveaway: Global___Giveaway | None = ...,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "giveaway", b"giveaway"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "giveaway", b"giveaway"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateGiveawayResponse: _TypeAlias = CreateGiveawayResponse  # noqa: Y015
+
+@_typing.final
+class SetSpendingLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    DAILY_COINS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    account_id: _builtins.str
+    daily_coins: _builtins.int
+    """0 removes the limit."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        daily_coins: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "daily_coins", b"daily_coins", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSpendingLimitRequest: _TypeAlias = SetSpendingLimitRequest  # noqa: Y015
+
+@_typing.final
+class SetSpendingLimitResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___Account: ...
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSpendingLimitResponse: _TypeAlias = SetSpendingLimitResponse  # noqa: Y015

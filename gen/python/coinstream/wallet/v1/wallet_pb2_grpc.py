@@ -70,6 +70,36 @@ class WalletServiceStub:
                 request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsRequest.SerializeToString,
                 response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsResponse.FromString,
                 _registered_method=True)
+        self.CreatePromotion = channel.unary_unary(
+                '/coinstream.wallet.v1.WalletService/CreatePromotion',
+                request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.CreatePromotionRequest.SerializeToString,
+                response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.CreatePromotionResponse.FromString,
+                _registered_method=True)
+        self.ListPromotions = channel.unary_unary(
+                '/coinstream.wallet.v1.WalletService/ListPromotions',
+                request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListPromotionsRequest.SerializeToString,
+                response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListPromotionsResponse.FromString,
+                _registered_method=True)
+        self.EndPromotion = channel.unary_unary(
+                '/coinstream.wallet.v1.WalletService/EndPromotion',
+                request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.EndPromotionRequest.SerializeToString,
+                response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.EndPromotionResponse.FromString,
+                _registered_method=True)
+        self.ReversePurchase = channel.unary_unary(
+                '/coinstream.wallet.v1.WalletService/ReversePurchase',
+                request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ReversePurchaseRequest.SerializeToString,
+                response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ReversePurchaseResponse.FromString,
+                _registered_method=True)
+        self.CreateGiveaway = channel.unary_unary(
+                '/coinstream.wallet.v1.WalletService/CreateGiveaway',
+                request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.CreateGiveawayRequest.SerializeToString,
+                response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.CreateGiveawayResponse.FromString,
+                _registered_method=True)
+        self.SetSpendingLimit = channel.unary_unary(
+                '/coinstream.wallet.v1.WalletService/SetSpendingLimit',
+                request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SetSpendingLimitRequest.SerializeToString,
+                response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SetSpendingLimitResponse.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
@@ -125,6 +155,48 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePromotion(self, request, context):
+        """Creates a purchase promotion (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPromotions(self, request, context):
+        """Lists promotions, newest first (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndPromotion(self, request, context):
+        """Ends a promotion now; past purchases keep their bonus (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReversePurchase(self, request, context):
+        """Takes back a purchase's coins after a chargeback; may leave the account in debt and frozen (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateGiveaway(self, request, context):
+        """Moves coins from a creator to up to 1,000 winners in one atomic transaction (owner, service).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSpendingLimit(self, request, context):
+        """Sets the account owner's own rolling-24 h spending limit (owner).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WalletServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +234,36 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.ListTransactions,
                     request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsRequest.FromString,
                     response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsResponse.SerializeToString,
+            ),
+            'CreatePromotion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePromotion,
+                    request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.CreatePromotionRequest.FromString,
+                    response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.CreatePromotionResponse.SerializeToString,
+            ),
+            'ListPromotions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPromotions,
+                    request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListPromotionsRequest.FromString,
+                    response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListPromotionsResponse.SerializeToString,
+            ),
+            'EndPromotion': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndPromotion,
+                    request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.EndPromotionRequest.FromString,
+                    response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.EndPromotionResponse.SerializeToString,
+            ),
+            'ReversePurchase': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReversePurchase,
+                    request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ReversePurchaseRequest.FromString,
+                    response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ReversePurchaseResponse.SerializeToString,
+            ),
+            'CreateGiveaway': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGiveaway,
+                    request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.CreateGiveawayRequest.FromString,
+                    response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.CreateGiveawayResponse.SerializeToString,
+            ),
+            'SetSpendingLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSpendingLimit,
+                    request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SetSpendingLimitRequest.FromString,
+                    response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SetSpendingLimitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +456,168 @@ class WalletService:
             '/coinstream.wallet.v1.WalletService/ListTransactions',
             coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsRequest.SerializeToString,
             coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePromotion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.wallet.v1.WalletService/CreatePromotion',
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.CreatePromotionRequest.SerializeToString,
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.CreatePromotionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPromotions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.wallet.v1.WalletService/ListPromotions',
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListPromotionsRequest.SerializeToString,
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListPromotionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndPromotion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.wallet.v1.WalletService/EndPromotion',
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.EndPromotionRequest.SerializeToString,
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.EndPromotionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReversePurchase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.wallet.v1.WalletService/ReversePurchase',
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ReversePurchaseRequest.SerializeToString,
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ReversePurchaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGiveaway(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.wallet.v1.WalletService/CreateGiveaway',
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.CreateGiveawayRequest.SerializeToString,
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.CreateGiveawayResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSpendingLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.wallet.v1.WalletService/SetSpendingLimit',
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SetSpendingLimitRequest.SerializeToString,
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SetSpendingLimitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,18 @@ class WalletServiceStub:
     """Debits coins from an account, e.g. for a gift (service)."""
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ListTransactionsRequest, _wallet_pb2.ListTransactionsResponse]
     """Lists an account's ledger movements, newest first (owner, service, admin)."""
+    CreatePromotion: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CreatePromotionRequest, _wallet_pb2.CreatePromotionResponse]
+    """Creates a purchase promotion (admin)."""
+    ListPromotions: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ListPromotionsRequest, _wallet_pb2.ListPromotionsResponse]
+    """Lists promotions, newest first (admin)."""
+    EndPromotion: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.EndPromotionRequest, _wallet_pb2.EndPromotionResponse]
+    """Ends a promotion now; past purchases keep their bonus (admin)."""
+    ReversePurchase: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ReversePurchaseRequest, _wallet_pb2.ReversePurchaseResponse]
+    """Takes back a purchase's coins after a chargeback; may leave the account in debt and frozen (admin)."""
+    CreateGiveaway: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CreateGiveawayRequest, _wallet_pb2.CreateGiveawayResponse]
+    """Moves coins from a creator to up to 1,000 winners in one atomic transaction (owner, service)."""
+    SetSpendingLimit: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.SetSpendingLimitRequest, _wallet_pb2.SetSpendingLimitResponse]
+    """Sets the account owner's own rolling-24 h spending limit (owner)."""
 
 @_typing.type_check_only
 class WalletServiceAsyncStub(WalletServiceStub):
@@ -67,6 +79,18 @@ class WalletServiceAsyncStub(WalletServiceStub):
     """Debits coins from an account, e.g. for a gift (service)."""
     ListTransactions: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ListTransactionsRequest, _wallet_pb2.ListTransactionsResponse]  # type: ignore[assignment]
     """Lists an account's ledger movements, newest first (owner, service, admin)."""
+    CreatePromotion: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CreatePromotionRequest, _wallet_pb2.CreatePromotionResponse]  # type: ignore[assignment]
+    """Creates a purchase promotion (admin)."""
+    ListPromotions: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ListPromotionsRequest, _wallet_pb2.ListPromotionsResponse]  # type: ignore[assignment]
+    """Lists promotions, newest first (admin)."""
+    EndPromotion: _aio.UnaryUnaryMultiCallable[_wallet_pb2.EndPromotionRequest, _wallet_pb2.EndPromotionResponse]  # type: ignore[assignment]
+    """Ends a promotion now; past purchases keep their bonus (admin)."""
+    ReversePurchase: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ReversePurchaseRequest, _wallet_pb2.ReversePurchaseResponse]  # type: ignore[assignment]
+    """Takes back a purchase's coins after a chargeback; may leave the account in debt and frozen (admin)."""
+    CreateGiveaway: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CreateGiveawayRequest, _wallet_pb2.CreateGiveawayResponse]  # type: ignore[assignment]
+    """Moves coins from a creator to up to 1,000 winners in one atomic transaction (owner, service)."""
+    SetSpendingLimit: _aio.UnaryUnaryMultiCallable[_wallet_pb2.SetSpendingLimitRequest, _wallet_pb2.SetSpendingLimitResponse]  # type: ignore[assignment]
+    """Sets the account owner's own rolling-24 h spending limit (owner)."""
 
 class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
     """Coin accounts and their double-entry ledger."""
@@ -126,5 +150,53 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.ListTransactionsResponse, _abc.Awaitable[_wallet_pb2.ListTransactionsResponse]]:
         """Lists an account's ledger movements, newest first (owner, service, admin)."""
+
+    @_abc_1.abstractmethod
+    def CreatePromotion(
+        self,
+        request: _wallet_pb2.CreatePromotionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.CreatePromotionResponse, _abc.Awaitable[_wallet_pb2.CreatePromotionResponse]]:
+        """Creates a purchase promotion (admin)."""
+
+    @_abc_1.abstractmethod
+    def ListPromotions(
+        self,
+        request: _wallet_pb2.ListPromotionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.ListPromotionsResponse, _abc.Awaitable[_wallet_pb2.ListPromotionsResponse]]:
+        """Lists promotions, newest first (admin)."""
+
+    @_abc_1.abstractmethod
+    def EndPromotion(
+        self,
+        request: _wallet_pb2.EndPromotionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.EndPromotionResponse, _abc.Awaitable[_wallet_pb2.EndPromotionResponse]]:
+        """Ends a promotion now; past purchases keep their bonus (admin)."""
+
+    @_abc_1.abstractmethod
+    def ReversePurchase(
+        self,
+        request: _wallet_pb2.ReversePurchaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.ReversePurchaseResponse, _abc.Awaitable[_wallet_pb2.ReversePurchaseResponse]]:
+        """Takes back a purchase's coins after a chargeback; may leave the account in debt and frozen (admin)."""
+
+    @_abc_1.abstractmethod
+    def CreateGiveaway(
+        self,
+        request: _wallet_pb2.CreateGiveawayRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.CreateGiveawayResponse, _abc.Awaitable[_wallet_pb2.CreateGiveawayResponse]]:
+        """Moves coins from a creator to up to 1,000 winners in one atomic transaction (owner, service)."""
+
+    @_abc_1.abstractmethod
+    def SetSpendingLimit(
+        self,
+        request: _wallet_pb2.SetSpendingLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.SetSpendingLimitResponse, _abc.Awaitable[_wallet_pb2.SetSpendingLimitResponse]]:
+        """Sets the account owner's own rolling-24 h spending limit (owner)."""
 
 def add_WalletServiceServicer_to_server(servicer: WalletServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
