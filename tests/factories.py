@@ -30,3 +30,16 @@ async def buy(clients: Clients, account_id: str, package_id: str = "coins_1321")
 async def balance(clients: Clients, account_id: str) -> int:
     reply = await clients.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id), metadata=SERVICE)
     return reply.balance.coins
+
+
+async def wallet_balance(clients: Clients, account_id: str) -> wallet_pb2.Balance:
+    """The whole balance: coins and their paid/bonus split."""
+    reply = await clients.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id), metadata=SERVICE)
+    return reply.balance
+
+
+async def spend(clients: Clients, account_id: str, coins: int) -> wallet_pb2.SpendCoinsResponse:
+    return await clients.wallet.SpendCoins(
+        wallet_pb2.SpendCoinsRequest(request_id=new_id("spend"), account_id=account_id, coins=coins, reference="test"),
+        metadata=SERVICE,
+    )

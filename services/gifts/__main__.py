@@ -8,6 +8,7 @@ from pathlib import Path
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
 from services.gifts.config import GiftsSettings
+from services.gifts.feed import GiftFeed
 from services.gifts.relay import OutboxRelay
 from services.gifts.service import GiftService
 from services.gifts.servicer import GiftServicer
@@ -23,15 +24,22 @@ async def main() -> None:
     settings = GiftsSettings()
     runtime = ServiceRuntime(settings)
     pool = runtime.use_database(MIGRATIONS)
-    js = runtime.use_nats().jetstream()
+    nc = runtime.use_nats()
+    js = nc.jetstream()
     runtime.on_startup(lambda: messaging.ensure_settlement_consumer(js))
+    feed = GiftFeed(
+        settings.gifts_feed_max_watchers,
+        settings.gifts_feed_watcher_queue_size,
+        settings.gifts_feed_stuck_watcher_grace_seconds,
+    )
+    runtime.on_startup(lambda: feed.subscribe(nc))
     wallet = WalletClient(
         settings.gifts_wallet_address,
         ServiceToken(settings.gifts_wallet_token.get_secret_value(), settings.auth_secret.get_secret_value()),
         settings.gifts_wallet_timeout_seconds,
     )
     relay = OutboxRelay(pool, js, settings.gifts_relay_interval_seconds)
-    gifts = GiftService(pool, wallet, on_gift_completed=relay.wake)
+    gifts = GiftService(pool, wallet, feed, on_event_queued=relay.wake)
     runtime.add_service(
         gifts_pb2_grpc.add_GiftServiceServicer_to_server,
         GiftServicer(gifts),
@@ -46,6 +54,7 @@ async def main() -> None:
         ),
     )
     runtime.add_worker("outbox_relay", relay.run_forever)
+    runtime.add_worker("gift_feed_connection", feed.watch_connection)
     try:
         await runtime.run()
     finally:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from services.runtime.config import RuntimeSettings
 
@@ -21,6 +21,11 @@ class GiftsSettings(RuntimeSettings):
     gifts_recovery_age_seconds: float = 30.0
     # The outbox relay also wakes at once after each completed gift; the interval only bounds a missed wake-up.
     gifts_relay_interval_seconds: float = 0.5
+    # Live gift feed: WatchStreamGifts calls per process, events buffered per watcher before it is ended as too
+    # slow, and how long a too-slow call stuck writing to a client that stopped reading may linger.
+    gifts_feed_max_watchers: int = Field(default=10_000, ge=1)
+    gifts_feed_watcher_queue_size: int = Field(default=1_000, ge=1)
+    gifts_feed_stuck_watcher_grace_seconds: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _wallet_token_when_minting_is_impossible(self) -> Self:

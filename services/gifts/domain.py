@@ -5,7 +5,9 @@ the wallet answer with its stored outcome, so a gift is never paid twice."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 
 import grpc
@@ -16,6 +18,15 @@ MIN_QUANTITY = 1
 MAX_QUANTITY = 10_000
 MAX_TITLE_LENGTH = 200
 TOP_GIFTERS_LIMIT = 10
+MAX_GIFT_NAME_LENGTH = 100
+MIN_COIN_PRICE = 1
+MAX_COIN_PRICE = 1_000_000
+# A gift continues its sender's combo when it completes within this long of the previous one (same gift, stream).
+COMBO_WINDOW = timedelta(seconds=10)
+LEADERBOARD_DEFAULT_PAGE_SIZE = 10
+LEADERBOARD_MAX_PAGE_SIZE = 100
+# The all-time leaderboard is stored as one period starting here.
+ALL_TIME_START = date(1970, 1, 1)
 # The wallet's spend request_id and reference for a gift, e.g. "gift:gtx_0f3c…".
 WALLET_SPEND_PREFIX = "gift:"
 # Codes with which the wallet refuses a spend for good (with ErrorInfo: INSUFFICIENT_COINS, ACCOUNT_FROZEN, …).
@@ -83,9 +94,9 @@ def require_giftable(
     """A gift goes to a live stream, is in the active catalog and is not sent by the stream's own creator."""
     stream = require_stream(stream, stream_id)
     if stream.status is not StreamStatus.LIVE:
-        raise failed_precondition("STREAM_NOT_LIVE", f"stream {stream_id!r} has ended")
+        raise stream_not_live(stream_id)
     if gift is None:
-        raise not_found("GIFT_NOT_FOUND", f"no gift {gift_id!r} in the catalog")
+        raise gift_not_found(gift_id)
     if sender_id == stream.creator_id:
         raise failed_precondition("SELF_GIFT", "creators cannot send gifts to their own stream")
     return stream, gift
@@ -104,3 +115,108 @@ def wallet_spend_request_id(gift_transaction_id: str) -> str:
 
 def is_final_wallet_refusal(error: AppError) -> bool:
     return error.code in FINAL_WALLET_REFUSAL_CODES
+
+
+def gift_not_found(gift_id: str) -> AppError:
+    return not_found("GIFT_NOT_FOUND", f"no gift {gift_id!r} in the catalog")
+
+
+def require_catalog_gift(gift: CatalogGift | None, gift_id: str) -> CatalogGift:
+    if gift is None:
+        raise gift_not_found(gift_id)
+    return gift
+
+
+# ---------------------------------------------------------------- combos
+
+
+def next_combo_count(previous_sent_at: datetime | None, previous_count: int, sent_at: datetime) -> int:
+    """The n-th gift of a combo: the previous count + 1 when the previous completed gift of the same sender, gift and
+    stream is at most COMBO_WINDOW old, else 1. A previous gift stamped later than this one (clocks of two replicas)
+    counts as close, not as a new combo."""
+    if previous_sent_at is None or previous_count < 1:
+        return 1
+    if sent_at - previous_sent_at <= COMBO_WINDOW:
+        return previous_count + 1
+    return 1
+
+
+# ---------------------------------------------------------------- leaderboards
+
+
+class LeaderboardPeriod(Enum):
+    DAY = "day"
+    WEEK = "week"
+    ALL_TIME = "all_time"
+
+
+def period_start(period: LeaderboardPeriod, moment: datetime) -> date:
+    """The first day of the period holding moment: its UTC day, the Monday of its ISO week, or ALL_TIME_START."""
+    day = moment.astimezone(UTC).date()
+    if period is LeaderboardPeriod.DAY:
+        return day
+    if period is LeaderboardPeriod.WEEK:
+        return day - timedelta(days=day.weekday())
+    return ALL_TIME_START
+
+
+def period_starts(moment: datetime) -> dict[LeaderboardPeriod, date]:
+    """Every period a gift completed at moment counts towards."""
+    return {period: period_start(period, moment) for period in LeaderboardPeriod}
+
+
+@dataclass(frozen=True)
+class RankedGifter:
+    account_id: str
+    coins: int
+    rank: int
+
+
+def rank_gifters(gifters: Sequence[tuple[str, int]]) -> list[RankedGifter]:
+    """Competition ranking (1, 2, 2, 4) of gifters already sorted by coins, most first."""
+    ranked: list[RankedGifter] = []
+    for position, (account_id, coins) in enumerate(gifters, start=1):
+        assert not ranked or ranked[-1].coins >= coins, "gifters must be sorted by coins, most first"
+        rank = ranked[-1].rank if ranked and ranked[-1].coins == coins else position
+        ranked.append(RankedGifter(account_id, coins, rank))
+    return ranked
+
+
+# ---------------------------------------------------------------- live gift feed
+
+
+def stream_not_live(stream_id: str) -> AppError:
+    return failed_precondition("STREAM_NOT_LIVE", f"stream {stream_id!r} has ended")
+
+
+def require_watchable(stream: LiveStream | None, stream_id: str) -> LiveStream:
+    stream = require_stream(stream, stream_id)
+    if stream.status is not StreamStatus.LIVE:
+        raise stream_not_live(stream_id)
+    return stream
+
+
+def too_many_watchers() -> AppError:
+    return AppError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "too many gift feed watchers on this server; retry shortly"
+    )
+
+
+def watcher_too_slow() -> AppError:
+    return AppError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "watcher too slow; resubscribe")
+
+
+def feed_interrupted() -> AppError:
+    return AppError(
+        grpc.StatusCode.UNAVAILABLE,
+        "FEED_UNAVAILABLE",
+        "the gift feed lost its connection to NATS and may have missed gifts; resubscribe",
+    )
+
+
+def payment_split(coins: int, paid_coins: int, bonus_coins: int) -> tuple[int, int]:
+    """How the wallet paid a gift: paid + bonus = coins, or 0 and 0 from a wallet that does not report the split.
+    Anything else is a bug on one side: the gift then stays pending (and alerts) rather than carry a wrong split."""
+    assert paid_coins >= 0 and bonus_coins >= 0, f"negative split {paid_coins}+{bonus_coins}"
+    assert paid_coins + bonus_coins in (0, coins), f"split {paid_coins}+{bonus_coins} of a {coins}-coin gift"
+    return paid_coins, bonus_coins

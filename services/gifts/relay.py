@@ -1,8 +1,13 @@
-"""The outbox relay: publishes GiftSent events, written in the same transaction as each completed gift, to JetStream.
+"""The outbox relay: publishes the events written in the same transaction as each completed gift (GiftSent) or ended
+stream (StreamEnded) to JetStream, in outbox order.
 
 At least once: a row is deleted only after JetStream acknowledged it, so a crash in between publishes it again.
-Nats-Msg-Id = gift_transaction_id lets JetStream drop such repeats within its duplicate window, and consumers dedup
-by gift_transaction_id beyond it. Several replicas may relay at once: each locks its batch with SKIP LOCKED."""
+Nats-Msg-Id (gift_transaction_id, or "stream_ended:<stream_id>") lets JetStream drop such repeats within its duplicate
+window, and consumers dedup by that id beyond it.
+
+One relay at a time publishes (a transaction-level advisory lock; the other replicas' relays stand by), so events
+leave in outbox order even with several replicas: the live gift feed relies on a stream's StreamEnded coming after
+its gifts."""
 
 from __future__ import annotations
 
@@ -54,14 +59,14 @@ class OutboxRelay:
         published_ids: list[int] = []
         failed = False
         async with self._pool.acquire() as conn, conn.transaction():
+            if not await store.try_lock_relay(conn):
+                return 0, False  # another replica is relaying; it also picks up our events on its next round
             for event in await store.lock_outbox_batch(conn, BATCH_SIZE):
                 try:
                     await self._publish(event)
                 except (nats.errors.Error, TimeoutError, OSError) as error:
                     # Keep the row (and the order): it goes out on a later round.
-                    log.warning(
-                        "gift_event_publish_failed", gift_transaction_id=event.gift_transaction_id, error=repr(error)
-                    )
+                    log.warning("gift_event_publish_failed", msg_id=event.msg_id, error=repr(error))
                     failed = True
                     break
                 published_ids.append(event.outbox_id)
@@ -75,7 +80,7 @@ class OutboxRelay:
             event.subject,
             event.payload,
             timeout=PUBLISH_TIMEOUT_SECONDS,
-            headers={"Nats-Msg-Id": event.gift_transaction_id},
+            headers={"Nats-Msg-Id": event.msg_id},
         )
         if ack.duplicate:
-            log.info("gift_event_already_published", gift_transaction_id=event.gift_transaction_id, seq=ack.seq)
+            log.info("gift_event_already_published", msg_id=event.msg_id, seq=ack.seq)

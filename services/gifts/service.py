@@ -4,15 +4,17 @@ they are what an idempotent replay must return.
 SendGift is a saga around the wallet (like the wallet's own purchases around the payment provider):
   1. one transaction: claim the request_id, check the rules, record the gift as pending;
   2. spend the sender's coins with request_id "gift:<gift_transaction_id>" (the same on every attempt);
-  3. one transaction: complete the gift, bump the stream's counters, queue GiftSent in the outbox, store the
-     response — or, on a final wallet refusal, fail the gift and store the refusal.
+  3. one transaction: complete the gift (its combo_count decided under the combo's row lock), bump the stream's
+     counters and the creator's leaderboards, queue GiftSent in the outbox, store the response — or, on a final
+     wallet refusal, fail the gift and store the refusal.
 A crash or a wallet outage between 1 and 3 leaves the gift pending; a retry with the same request_id or the
 recovery pass resumes it at step 2, and the wallet answers the repeated spend with its stored outcome."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -21,6 +23,7 @@ from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 
 from services.gifts import domain, store
+from services.gifts.feed import STREAM_ENDED_SUBJECT, GiftFeed
 from services.gifts.wallet_client import Spend, WalletClient, WalletRefused
 from services.runtime import idempotency, recovery
 from services.runtime.errors import AppError
@@ -34,6 +37,12 @@ _STREAM_STATUS_TO_PROTO = {
     domain.StreamStatus.ENDED: gifts_pb2.STREAM_STATUS_ENDED,
 }
 
+_LEADERBOARD_PERIODS = {
+    gifts_pb2.LEADERBOARD_PERIOD_DAY: domain.LeaderboardPeriod.DAY,
+    gifts_pb2.LEADERBOARD_PERIOD_WEEK: domain.LeaderboardPeriod.WEEK,
+    gifts_pb2.LEADERBOARD_PERIOD_ALL_TIME: domain.LeaderboardPeriod.ALL_TIME,
+}
+
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
@@ -41,18 +50,49 @@ def new_id(prefix: str) -> str:
 
 class GiftService:
     def __init__(
-        self, pool: asyncpg.Pool, wallet: WalletClient, on_gift_completed: Callable[[], None] = lambda: None
+        self,
+        pool: asyncpg.Pool,
+        wallet: WalletClient,
+        feed: GiftFeed,
+        on_event_queued: Callable[[], None] = lambda: None,
     ) -> None:
         self._pool = pool
         self._wallet = wallet
-        # Wakes the outbox relay so GiftSent goes out at once rather than at its next poll.
-        self._on_gift_completed = on_gift_completed
+        self._feed = feed
+        # Wakes the outbox relay so GiftSent / StreamEnded go out at once rather than at its next poll.
+        self._on_event_queued = on_event_queued
 
     async def list_gifts(self) -> list[gifts_pb2.Gift]:
-        return [
-            gifts_pb2.Gift(gift_id=gift.gift_id, name=gift.name, coin_price=gift.coin_price)
-            for gift in await store.list_active_gifts(self._pool)
-        ]
+        return [gift_catalog_message(gift) for gift in await store.list_active_gifts(self._pool)]
+
+    async def upsert_gift(self, request: gifts_pb2.UpsertGiftRequest) -> gifts_pb2.UpsertGiftResponse:
+        gift = domain.CatalogGift(request.gift.gift_id, request.gift.name, request.gift.coin_price)
+
+        async def operation(conn: asyncpg.Connection) -> gifts_pb2.UpsertGiftResponse:
+            return gifts_pb2.UpsertGiftResponse(gift=gift_catalog_message(await store.upsert_gift(conn, gift)))
+
+        return await idempotency.run_once(
+            self._pool,
+            request_id=request.request_id,
+            method="UpsertGift",
+            request=request,
+            response_type=gifts_pb2.UpsertGiftResponse,
+            operation=operation,
+        )
+
+    async def retire_gift(self, request: gifts_pb2.RetireGiftRequest) -> gifts_pb2.RetireGiftResponse:
+        async def operation(conn: asyncpg.Connection) -> gifts_pb2.RetireGiftResponse:
+            retired = domain.require_catalog_gift(await store.retire_gift(conn, request.gift_id), request.gift_id)
+            return gifts_pb2.RetireGiftResponse(gift=gift_catalog_message(retired))
+
+        return await idempotency.run_once(
+            self._pool,
+            request_id=request.request_id,
+            method="RetireGift",
+            request=request,
+            response_type=gifts_pb2.RetireGiftResponse,
+            operation=operation,
+        )
 
     async def start_live_stream(self, request: gifts_pb2.StartLiveStreamRequest) -> gifts_pb2.StartLiveStreamResponse:
         # Asked before the transaction (never hold one open across a network call); used only if the request is new.
@@ -81,10 +121,15 @@ class GiftService:
         async def operation(conn: asyncpg.Connection) -> gifts_pb2.EndLiveStreamResponse:
             stream = domain.require_stream(await store.lock_stream(conn, request.stream_id), request.stream_id)
             if stream.status is domain.StreamStatus.LIVE:
-                stream = await store.end_stream(conn, stream.stream_id)
+                stream, ended_at = await store.end_stream(conn, stream.stream_id)
+                # In the same transaction and outbox as the stream's gifts: published after every one of them.
+                event = stream_ended_event(stream, ended_at)
+                await store.insert_outbox_event(
+                    conn, f"stream_ended:{stream.stream_id}", STREAM_ENDED_SUBJECT, event.SerializeToString()
+                )
             return gifts_pb2.EndLiveStreamResponse(stream=stream_message(stream))
 
-        return await idempotency.run_once(
+        response = await idempotency.run_once(
             self._pool,
             request_id=request.request_id,
             method="EndLiveStream",
@@ -92,6 +137,8 @@ class GiftService:
             response_type=gifts_pb2.EndLiveStreamResponse,
             operation=operation,
         )
+        self._on_event_queued()
+        return response
 
     async def send_gift(self, request: gifts_pb2.SendGiftRequest) -> gifts_pb2.SendGiftResponse:
         hashed = idempotency.request_hash("SendGift", request)
@@ -160,19 +207,38 @@ class GiftService:
     async def _settle_gift(self, gift_transaction_id: str, spend: Spend) -> None:
         assert spend.balance_coins >= 0, f"wallet returned a negative balance for {gift_transaction_id}"
         async with self._pool.acquire() as conn, conn.transaction():
-            gift = await store.lock_gift_transaction(conn, gift_transaction_id)
-            if gift.status is not domain.GiftStatus.PENDING:
+            pending = await store.lock_gift_transaction(conn, gift_transaction_id)
+            if pending.status is not domain.GiftStatus.PENDING:
                 return  # a concurrent retry or the recovery pass finished it first
+            # Locks in one order (gift, stream, combo, leaderboards, stream counters): completions never deadlock.
+            await store.lock_stream_for_gift(conn, pending.stream_id)
+            combo = await store.lock_combo(conn, pending.stream_id, pending.sender_id, pending.gift_id)
+            # Stamped after the combo lock, so the gifts of one combo are stamped in the order they are counted.
             sent_at = datetime.now(UTC)
-            await store.complete_gift_transaction(
-                conn, gift_transaction_id, spend.wallet_transaction_id, spend.balance_coins, sent_at
+            combo_count = domain.next_combo_count(combo.last_sent_at, combo.combo_count, sent_at)
+            gift = completed_gift(pending, spend, combo_count)
+            await store.complete_gift_transaction(conn, gift, sent_at)
+            await store.save_combo(conn, gift, sent_at)
+            await idempotency.record_response(
+                conn,
+                gift.request_id,
+                gifts_pb2.SendGiftResponse(gift=gift_message(gift), sender_balance_coins=spend.balance_coins),
             )
-            await store.add_to_stream_counters(conn, gift.stream_id, gift.sender_id, gift.coins)
-            event = gift_sent_event(gift, spend.wallet_transaction_id, sent_at)
-            await store.insert_outbox_event(conn, gift_transaction_id, GIFT_SENT_SUBJECT, event.SerializeToString())
-            response = gifts_pb2.SendGiftResponse(gift=gift_message(gift), sender_balance_coins=spend.balance_coins)
-            await idempotency.record_response(conn, gift.request_id, response)
-        self._on_gift_completed()
+            await self._count_gift(conn, gift, sent_at)
+        self._on_event_queued()
+
+    @staticmethod
+    async def _count_gift(conn: asyncpg.Connection, gift: store.GiftRow, sent_at: datetime) -> None:
+        """The event and the counters a completed gift feeds: GiftSent, leaderboards, stream summary. The stream's
+        totals row is every gift of the stream's hot spot, so it is written last and its lock held the shortest."""
+        event = gift_sent_event(gift, sent_at)
+        await store.insert_outbox_event(
+            conn, gift.gift_transaction_id, GIFT_SENT_SUBJECT, event.SerializeToString(), gift.gift_transaction_id
+        )
+        await store.add_to_gifter_totals(
+            conn, gift.recipient_id, gift.sender_id, gift.coins, domain.period_starts(sent_at)
+        )
+        await store.add_to_stream_counters(conn, gift.stream_id, gift.sender_id, gift.coins)
 
     async def _fail_gift(self, gift_transaction_id: str, refusal: AppError) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -186,6 +252,29 @@ class GiftService:
         """Finishes gifts a crash or a wallet outage left pending. Returns how many it looked at."""
         gift_transaction_ids = await store.stale_pending_gifts(self._pool, older_than_seconds, batch_size)
         return await recovery.resume_each("gift", gift_transaction_ids, self.complete_gift)
+
+    async def get_leaderboard(
+        self, creator_id: str, period: gifts_pb2.LeaderboardPeriod.ValueType, page_size: int
+    ) -> list[gifts_pb2.LeaderboardEntry]:
+        kind = _LEADERBOARD_PERIODS[period]
+        start = domain.period_start(kind, datetime.now(UTC))
+        gifters = await store.top_gifters_to_creator(self._pool, creator_id, kind, start, page_size)
+        return [
+            gifts_pb2.LeaderboardEntry(account_id=entry.account_id, coins=entry.coins, rank=entry.rank)
+            for entry in domain.rank_gifters(gifters)
+        ]
+
+    async def watch_stream_gifts(
+        self, stream_id: str, on_subscribed: Callable[[], Awaitable[None]]
+    ) -> AsyncIterator[gifts_pb2.WatchStreamGiftsResponse]:
+        """Every gift of a live stream completed from now on, until the stream ends. The watcher is registered
+        before the stream is checked and before on_subscribed answers the caller, so no gift falls in between and
+        an end racing the check still reaches it."""
+        with self._feed.watch(stream_id) as watcher:
+            domain.require_watchable(await store.get_stream(self._pool, stream_id), stream_id)
+            await on_subscribed()
+            while (event := await watcher.next()) is not None:
+                yield event
 
     async def get_stream_summary(self, stream_id: str) -> gifts_pb2.StreamSummary:
         # One snapshot, so the totals and the top gifters agree with each other.
@@ -211,6 +300,23 @@ def stream_message(stream: domain.LiveStream) -> gifts_pb2.LiveStream:
     )
 
 
+def gift_catalog_message(gift: domain.CatalogGift) -> gifts_pb2.Gift:
+    return gifts_pb2.Gift(gift_id=gift.gift_id, name=gift.name, coin_price=gift.coin_price)
+
+
+def completed_gift(pending: store.GiftRow, spend: Spend, combo_count: int) -> store.GiftRow:
+    paid_coins, bonus_coins = domain.payment_split(pending.coins, spend.paid_coins, spend.bonus_coins)
+    return dataclasses.replace(
+        pending,
+        status=domain.GiftStatus.COMPLETED,
+        wallet_transaction_id=spend.wallet_transaction_id,
+        sender_balance_coins=spend.balance_coins,
+        paid_coins=paid_coins,
+        bonus_coins=bonus_coins,
+        combo_count=combo_count,
+    )
+
+
 def gift_message(gift: store.GiftRow) -> gifts_pb2.GiftTransaction:
     return gifts_pb2.GiftTransaction(
         gift_transaction_id=gift.gift_transaction_id,
@@ -220,10 +326,12 @@ def gift_message(gift: store.GiftRow) -> gifts_pb2.GiftTransaction:
         gift_id=gift.gift_id,
         quantity=gift.quantity,
         coins=gift.coins,
+        combo_count=gift.combo_count,
     )
 
 
-def gift_sent_event(gift: store.GiftRow, wallet_transaction_id: str, sent_at: datetime) -> events_pb2.GiftSent:
+def gift_sent_event(gift: store.GiftRow, sent_at: datetime) -> events_pb2.GiftSent:
+    assert gift.wallet_transaction_id is not None, f"{gift.gift_transaction_id} is not paid"
     event = events_pb2.GiftSent(
         gift_transaction_id=gift.gift_transaction_id,
         sender_id=gift.sender_id,
@@ -232,7 +340,16 @@ def gift_sent_event(gift: store.GiftRow, wallet_transaction_id: str, sent_at: da
         gift_id=gift.gift_id,
         quantity=gift.quantity,
         coins=gift.coins,
-        wallet_transaction_id=wallet_transaction_id,
+        wallet_transaction_id=gift.wallet_transaction_id,
+        paid_coins=gift.paid_coins,
+        bonus_coins=gift.bonus_coins,
+        combo_count=gift.combo_count,
     )
     event.sent_at.FromDatetime(sent_at)
+    return event
+
+
+def stream_ended_event(stream: domain.LiveStream, ended_at: datetime) -> events_pb2.StreamEnded:
+    event = events_pb2.StreamEnded(stream_id=stream.stream_id, creator_id=stream.creator_id)
+    event.ended_at.FromDatetime(ended_at)
     return event

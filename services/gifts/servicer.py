@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
 from services.gifts import domain
 from services.gifts.service import GiftService
-from services.runtime.auth import ROLE_SERVICE, current_principal
-from services.runtime.validation import Validator
+from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, current_principal
+from services.runtime.validation import Validator, page_size
 
 OWNER_OR_SERVICE = (ROLE_SERVICE,)
+LEADERBOARD_PERIODS = frozenset(
+    {gifts_pb2.LEADERBOARD_PERIOD_DAY, gifts_pb2.LEADERBOARD_PERIOD_WEEK, gifts_pb2.LEADERBOARD_PERIOD_ALL_TIME}
+)
 
 
 class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
@@ -65,3 +70,59 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         check.opaque_id(request.stream_id, "stream_id")
         check.raise_if_invalid()
         return gifts_pb2.GetStreamSummaryResponse(summary=await self._gifts.get_stream_summary(request.stream_id))
+
+    async def WatchStreamGifts(
+        self, request: gifts_pb2.WatchStreamGiftsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gifts_pb2.WatchStreamGiftsResponse]:
+        check = Validator()
+        check.opaque_id(request.stream_id, "stream_id")
+        check.raise_if_invalid()
+
+        async def subscribed() -> None:
+            # Headers go out once the watcher is registered: a client awaiting initial_metadata() knows that every
+            # gift completed from then on reaches it.
+            await context.send_initial_metadata(())
+
+        async for response in self._gifts.watch_stream_gifts(request.stream_id, subscribed):
+            yield response
+
+    async def GetLeaderboard(
+        self, request: gifts_pb2.GetLeaderboardRequest, context: grpc.aio.ServicerContext
+    ) -> gifts_pb2.GetLeaderboardResponse:
+        check = Validator()
+        check.identifier(request.creator_id, "creator_id")
+        if request.period not in LEADERBOARD_PERIODS:
+            check.fail("period", "must be one of LEADERBOARD_PERIOD_DAY, _WEEK, _ALL_TIME")
+        size = page_size(
+            check,
+            request.page_size,
+            default=domain.LEADERBOARD_DEFAULT_PAGE_SIZE,
+            maximum=domain.LEADERBOARD_MAX_PAGE_SIZE,
+        )
+        check.raise_if_invalid()
+        entries = await self._gifts.get_leaderboard(request.creator_id, request.period, size)
+        return gifts_pb2.GetLeaderboardResponse(entries=entries)
+
+    async def UpsertGift(
+        self, request: gifts_pb2.UpsertGiftRequest, context: grpc.aio.ServicerContext
+    ) -> gifts_pb2.UpsertGiftResponse:
+        check = Validator()
+        check.request_id(request.request_id)
+        check.identifier(request.gift.gift_id, "gift.gift_id")
+        check.text(request.gift.name, "gift.name", max_length=domain.MAX_GIFT_NAME_LENGTH)
+        check.int_range(
+            request.gift.coin_price, "gift.coin_price", minimum=domain.MIN_COIN_PRICE, maximum=domain.MAX_COIN_PRICE
+        )
+        check.raise_if_invalid()
+        current_principal().require_any_role(ROLE_ADMIN)
+        return await self._gifts.upsert_gift(request)
+
+    async def RetireGift(
+        self, request: gifts_pb2.RetireGiftRequest, context: grpc.aio.ServicerContext
+    ) -> gifts_pb2.RetireGiftResponse:
+        check = Validator()
+        check.request_id(request.request_id)
+        check.identifier(request.gift_id, "gift_id")
+        check.raise_if_invalid()
+        current_principal().require_any_role(ROLE_ADMIN)
+        return await self._gifts.retire_gift(request)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import TypeAlias
 
 import asyncpg
 
-from services.gifts.domain import CatalogGift, GiftStatus, LiveStream, StreamStatus
+from services.gifts.domain import CatalogGift, GiftStatus, LeaderboardPeriod, LiveStream, StreamStatus
 
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
@@ -23,6 +23,30 @@ async def list_active_gifts(pool: asyncpg.Pool) -> list[CatalogGift]:
 async def get_active_gift(conn: Executor, gift_id: str) -> CatalogGift | None:
     row = await conn.fetchrow(
         "SELECT gift_id, name, coin_price FROM gift_catalog WHERE gift_id = $1 AND active", gift_id
+    )
+    return None if row is None else CatalogGift(**dict(row))
+
+
+async def upsert_gift(conn: asyncpg.Connection, gift: CatalogGift) -> CatalogGift:
+    """Adds the gift or changes its name and price; a retired gift is active again."""
+    row = await conn.fetchrow(
+        "INSERT INTO gift_catalog (gift_id, name, coin_price) VALUES ($1, $2, $3)"
+        " ON CONFLICT (gift_id) DO UPDATE SET name = EXCLUDED.name, coin_price = EXCLUDED.coin_price,"
+        " active = true, updated_at = now()"
+        " RETURNING gift_id, name, coin_price",
+        gift.gift_id,
+        gift.name,
+        gift.coin_price,
+    )
+    return CatalogGift(**dict(row))
+
+
+async def retire_gift(conn: asyncpg.Connection, gift_id: str) -> CatalogGift | None:
+    """Takes the gift out of the active catalog (a retired one stays as it is); None when there is no such gift."""
+    row = await conn.fetchrow(
+        "UPDATE gift_catalog SET active = false, updated_at = CASE WHEN active THEN now() ELSE updated_at END"
+        " WHERE gift_id = $1 RETURNING gift_id, name, coin_price",
+        gift_id,
     )
     return None if row is None else CatalogGift(**dict(row))
 
@@ -65,14 +89,15 @@ async def lock_stream(conn: asyncpg.Connection, stream_id: str) -> LiveStream | 
     return None if row is None else _stream(row)
 
 
-async def end_stream(conn: asyncpg.Connection, stream_id: str) -> LiveStream:
+async def end_stream(conn: asyncpg.Connection, stream_id: str) -> tuple[LiveStream, datetime]:
+    """Ends a live stream; returns it and when it ended."""
     row = await conn.fetchrow(
         "UPDATE live_streams SET status = 'ended', ended_at = now() WHERE stream_id = $1 AND status = 'live'"
-        f" RETURNING {STREAM_COLUMNS}",
+        f" RETURNING {STREAM_COLUMNS}, ended_at",
         stream_id,
     )
     assert row is not None, f"stream {stream_id} was not live (lock it first)"
-    return _stream(row)
+    return _stream(row), row["ended_at"]
 
 
 @dataclass(frozen=True)
@@ -89,11 +114,15 @@ class GiftRow:
     status: GiftStatus
     wallet_transaction_id: str | None
     sender_balance_coins: int | None
+    # Set when the gift completes (0 before): how the wallet paid for it and its place in its combo.
+    paid_coins: int = 0
+    bonus_coins: int = 0
+    combo_count: int = 0
 
 
 GIFT_COLUMNS = (
     "gift_transaction_id, request_id, sender_id, recipient_id, stream_id, gift_id, quantity, coin_price, coins,"
-    " status, wallet_transaction_id, sender_balance_coins"
+    " status, wallet_transaction_id, sender_balance_coins, paid_coins, bonus_coins, combo_count"
 )
 
 
@@ -105,7 +134,8 @@ def _gift(row: asyncpg.Record) -> GiftRow:
 
 async def insert_gift_transaction(conn: asyncpg.Connection, gift: GiftRow) -> None:
     await conn.execute(
-        f"INSERT INTO gift_transactions ({GIFT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        f"INSERT INTO gift_transactions ({GIFT_COLUMNS})"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         gift.gift_transaction_id,
         gift.request_id,
         gift.sender_id,
@@ -118,6 +148,9 @@ async def insert_gift_transaction(conn: asyncpg.Connection, gift: GiftRow) -> No
         gift.status.value,
         gift.wallet_transaction_id,
         gift.sender_balance_coins,
+        gift.paid_coins,
+        gift.bonus_coins,
+        gift.combo_count,
     )
 
 
@@ -138,22 +171,22 @@ async def lock_gift_transaction(conn: asyncpg.Connection, gift_transaction_id: s
     return _gift(row)
 
 
-async def complete_gift_transaction(
-    conn: asyncpg.Connection,
-    gift_transaction_id: str,
-    wallet_transaction_id: str,
-    sender_balance_coins: int,
-    finished_at: datetime,
-) -> None:
+async def complete_gift_transaction(conn: asyncpg.Connection, gift: GiftRow, finished_at: datetime) -> None:
+    """Stores the completion fields of gift (status completed, payment, combo) on its pending row."""
+    assert gift.status is GiftStatus.COMPLETED, f"{gift.gift_transaction_id} is not completed"
     updated = await conn.execute(
         "UPDATE gift_transactions SET status = 'completed', wallet_transaction_id = $2, sender_balance_coins = $3,"
-        " finished_at = $4, updated_at = now() WHERE gift_transaction_id = $1 AND status = 'pending'",
-        gift_transaction_id,
-        wallet_transaction_id,
-        sender_balance_coins,
+        " paid_coins = $4, bonus_coins = $5, combo_count = $6, finished_at = $7, updated_at = now()"
+        " WHERE gift_transaction_id = $1 AND status = 'pending'",
+        gift.gift_transaction_id,
+        gift.wallet_transaction_id,
+        gift.sender_balance_coins,
+        gift.paid_coins,
+        gift.bonus_coins,
+        gift.combo_count,
         finished_at,
     )
-    assert updated == "UPDATE 1", f"gift transaction {gift_transaction_id} was not pending"
+    assert updated == "UPDATE 1", f"gift transaction {gift.gift_transaction_id} was not pending"
 
 
 async def fail_gift_transaction(conn: asyncpg.Connection, gift_transaction_id: str, failure_reason: str) -> None:
@@ -214,19 +247,106 @@ async def top_gifters(conn: Executor, stream_id: str, limit: int) -> list[tuple[
     return [(row["sender_id"], row["coins"]) for row in rows]
 
 
-async def insert_outbox_event(conn: asyncpg.Connection, gift_transaction_id: str, subject: str, payload: bytes) -> None:
+@dataclass(frozen=True)
+class ComboState:
+    last_sent_at: datetime | None
+    combo_count: int
+
+
+async def lock_combo(conn: asyncpg.Connection, stream_id: str, sender_id: str, gift_id: str) -> ComboState:
+    """The last completed gift of this sender, gift and stream, locked until the transaction ends: completions that
+    may continue one combo take turns. The row is made first, so even the very first two gifts serialize."""
     await conn.execute(
-        "INSERT INTO gift_outbox (gift_transaction_id, subject, payload) VALUES ($1, $2, $3)",
+        "INSERT INTO gift_combos (stream_id, sender_id, gift_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        stream_id,
+        sender_id,
+        gift_id,
+    )
+    row = await conn.fetchrow(
+        "SELECT last_sent_at, combo_count FROM gift_combos"
+        " WHERE stream_id = $1 AND sender_id = $2 AND gift_id = $3 FOR UPDATE",
+        stream_id,
+        sender_id,
+        gift_id,
+    )
+    return ComboState(row["last_sent_at"], row["combo_count"])
+
+
+async def save_combo(conn: asyncpg.Connection, gift: GiftRow, sent_at: datetime) -> None:
+    await conn.execute(
+        "UPDATE gift_combos SET last_sent_at = $4, combo_count = $5"
+        " WHERE stream_id = $1 AND sender_id = $2 AND gift_id = $3",
+        gift.stream_id,
+        gift.sender_id,
+        gift.gift_id,
+        sent_at,
+        gift.combo_count,
+    )
+
+
+async def add_to_gifter_totals(
+    conn: asyncpg.Connection, creator_id: str, sender_id: str, coins: int, period_starts: dict[LeaderboardPeriod, date]
+) -> None:
+    """One completed gift on the creator's leaderboards, one row per period (always in the same order, so
+    concurrent completions never deadlock)."""
+    await conn.executemany(
+        "INSERT INTO gifter_totals (creator_id, period_kind, period_start, sender_id, coins)"
+        " VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (creator_id, period_kind, period_start, sender_id)"
+        " DO UPDATE SET coins = gifter_totals.coins + EXCLUDED.coins",
+        [
+            (creator_id, period.value, start, sender_id, coins)
+            for period, start in sorted(period_starts.items(), key=lambda item: item[0].value)
+        ],
+    )
+
+
+async def top_gifters_to_creator(
+    conn: Executor, creator_id: str, period: LeaderboardPeriod, period_start: date, limit: int
+) -> list[tuple[str, int]]:
+    rows = await conn.fetch(
+        "SELECT sender_id, coins FROM gifter_totals WHERE creator_id = $1 AND period_kind = $2 AND period_start = $3"
+        " ORDER BY coins DESC, sender_id LIMIT $4",
+        creator_id,
+        period.value,
+        period_start,
+        limit,
+    )
+    return [(row["sender_id"], row["coins"]) for row in rows]
+
+
+async def insert_outbox_event(
+    conn: asyncpg.Connection, msg_id: str, subject: str, payload: bytes, gift_transaction_id: str | None = None
+) -> None:
+    """Queues an event; msg_id becomes its Nats-Msg-Id (JetStream drops a repeat within its duplicate window)."""
+    await conn.execute(
+        "INSERT INTO gift_outbox (msg_id, gift_transaction_id, subject, payload) VALUES ($1, $2, $3, $4)",
+        msg_id,
         gift_transaction_id,
         subject,
         payload,
     )
 
 
+# Any constant works; it must only differ from the other advisory lock keys used on the gifts database.
+RELAY_LOCK_KEY = 0x67696674  # "gift"
+
+
+async def try_lock_relay(conn: asyncpg.Connection) -> bool:
+    """Whether this transaction is now the only relay (the lock ends with the transaction)."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY))
+
+
+async def lock_stream_for_gift(conn: asyncpg.Connection, stream_id: str) -> None:
+    """Shares the stream row with other completing gifts but not with EndLiveStream (FOR UPDATE): a gift completing
+    while the stream ends is either committed before the end, its GiftSent queued before StreamEnded, or after it."""
+    await conn.execute("SELECT 1 FROM live_streams WHERE stream_id = $1 FOR KEY SHARE", stream_id)
+
+
 @dataclass(frozen=True)
 class OutboxEvent:
     outbox_id: int
-    gift_transaction_id: str
+    msg_id: str
     subject: str
     payload: bytes
 
@@ -234,13 +354,11 @@ class OutboxEvent:
 async def lock_outbox_batch(conn: asyncpg.Connection, limit: int) -> list[OutboxEvent]:
     """The oldest unpublished events that no other relay holds (SKIP LOCKED lets replicas share the work)."""
     rows = await conn.fetch(
-        "SELECT outbox_id, gift_transaction_id, subject, payload FROM gift_outbox"
+        "SELECT outbox_id, msg_id, subject, payload FROM gift_outbox"
         " ORDER BY outbox_id LIMIT $1 FOR UPDATE SKIP LOCKED",
         limit,
     )
-    return [
-        OutboxEvent(row["outbox_id"], row["gift_transaction_id"], row["subject"], bytes(row["payload"])) for row in rows
-    ]
+    return [OutboxEvent(row["outbox_id"], row["msg_id"], row["subject"], bytes(row["payload"])) for row in rows]
 
 
 async def delete_outbox_events(conn: asyncpg.Connection, outbox_ids: list[int]) -> None:

@@ -48,6 +48,9 @@ class ServiceToken:
 class Spend:
     wallet_transaction_id: str
     balance_coins: int
+    # How the wallet paid: bonus coins first, then paid coins (both 0 from a wallet that does not report the split).
+    paid_coins: int
+    bonus_coins: int
 
 
 class WalletRefused(Exception):
@@ -99,7 +102,7 @@ class WalletClient:
             if refusal is not None and domain.is_final_wallet_refusal(refusal):
                 raise WalletRefused(refusal) from None
             raise _wallet_unavailable("SpendCoins", error) from None
-        return Spend(response.transaction_id, response.balance.coins)
+        return Spend(response.transaction_id, response.balance.coins, response.paid_coins, response.bonus_coins)
 
 
 def _wallet_unavailable(method: str, error: grpc.aio.AioRpcError) -> AppError:

@@ -9,6 +9,7 @@ from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
 
 from services.payouts.config import PayoutsSettings
 from services.payouts.domain import WithdrawalPolicy
+from services.payouts.maturity import MaturityWorker
 from services.payouts.payout_provider import SandboxPayoutProvider
 from services.payouts.payout_worker import PayoutWorker
 from services.payouts.service import PayoutsService
@@ -36,7 +37,13 @@ async def main() -> None:
     settings = PayoutsSettings()
     runtime = ServiceRuntime(settings)
     pool = runtime.use_database(MIGRATIONS)
-    payouts = PayoutsService(pool, withdrawal_policy(settings))
+    provider = SandboxPayoutProvider(settings.payouts_sandbox_settle_seconds)
+    payouts = PayoutsService(
+        pool,
+        withdrawal_policy(settings),
+        provider,
+        provider_timeout_seconds=settings.payouts_provider_timeout_seconds,
+    )
     js = runtime.use_nats().jetstream()
     # Before anything settles: every credit must name the rate version in force.
     runtime.on_startup(
@@ -45,13 +52,13 @@ async def main() -> None:
     runtime.on_startup(lambda: declare_settlement_consumer(js, settings.payouts_settlement_ack_wait_seconds))
     settlement = SettlementConsumer(
         js,
-        Settlement(pool),
+        Settlement(pool, hold_seconds=settings.diamond_hold_seconds),
         batch_size=settings.payouts_settlement_batch_size,
         fetch_timeout_seconds=settings.payouts_settlement_fetch_timeout_seconds,
     )
     payout_worker = PayoutWorker(
         pool,
-        SandboxPayoutProvider(settings.payouts_sandbox_settle_seconds),
+        provider,
         batch_size=settings.payouts_worker_batch_size,
         check_interval_seconds=settings.payouts_worker_interval_seconds,
         provider_timeout_seconds=settings.payouts_provider_timeout_seconds,
@@ -64,6 +71,13 @@ async def main() -> None:
     )
     runtime.add_worker("settlement", settlement.run_forever)
     runtime.add_worker("payouts", payout_worker.run_forever)
+    maturity = MaturityWorker(
+        pool,
+        batch_size=settings.payouts_maturity_batch_size,
+        interval_seconds=settings.payouts_maturity_interval_seconds,
+    )
+    # Always running, also with no hold configured: credits held before a restart still mature.
+    runtime.add_worker("maturity", maturity.run_forever)
     await runtime.run()
 
 

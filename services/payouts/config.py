@@ -27,6 +27,13 @@ class PayoutsSettings(RuntimeSettings):
     # JetStream redelivers a message not acked within this long (e.g. after a crash between commit and ack).
     payouts_settlement_ack_wait_seconds: PositiveFloat = 30.0
 
+    # Maturity hold: diamonds from gifts stay pending this long before they can be withdrawn (0: at once).
+    # Read from COINSTREAM_DIAMOND_HOLD_SECONDS. A change applies to gifts settled after the restart.
+    diamond_hold_seconds: int = Field(0, ge=0, le=90 * 86_400)
+    # Maturity worker: how often it moves due credits pending → available, and how many per transaction.
+    payouts_maturity_interval_seconds: PositiveFloat = 1.0
+    payouts_maturity_batch_size: int = Field(1000, gt=0, le=10_000)
+
     # Payout worker: how often it looks at pending withdrawals and how many it handles per pass.
     payouts_worker_interval_seconds: PositiveFloat = 1.0
     payouts_worker_batch_size: int = Field(100, gt=0, le=10_000)

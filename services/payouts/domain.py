@@ -1,19 +1,25 @@
 """Payout rules with no I/O: how gifts become diamonds, who may withdraw how much, and the postings of each movement.
 
-Ledger accounts: each creator has 'creator:<id>:available' and 'creator:<id>:reserved'; the platform's are
-'system:*' (creator ids never contain ':'). Every transaction's postings sum to zero, so diamonds are only ever
-moved, never made or lost: settlement moves them from system:gift_settlement to creators, a withdrawal moves them
-from available to reserved, and then either on to system:paid_out or back to available."""
+Ledger accounts: each creator has 'creator:<id>:pending', 'creator:<id>:available' and 'creator:<id>:reserved'; the
+platform's are 'system:*' (creator ids never contain ':'). Every transaction's postings sum to zero, so diamonds are
+only ever moved, never made or lost: settlement moves them from system:gift_settlement to creators (to pending while
+a maturity hold is configured, which maturity later moves to available), a withdrawal moves them from available to
+reserved, and then either on to system:paid_out or back to available (failed or canceled)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 
 from services.runtime.errors import (
+    AppError,
     FieldViolation,
     failed_precondition,
     invalid_argument,
@@ -33,6 +39,10 @@ def reserved_account(creator_id: str) -> str:
     return f"creator:{creator_id}:reserved"
 
 
+def pending_account(creator_id: str) -> str:
+    return f"creator:{creator_id}:pending"
+
+
 class WithdrawalStatus(Enum):
     PENDING = "pending"
     PAID = "paid"
@@ -49,10 +59,24 @@ class SettlementRate:
     def __post_init__(self) -> None:
         assert self.numerator > 0 and self.denominator > 0, f"invalid settlement rate {self}"
 
-    def diamonds_for(self, coins: int) -> int:
-        """Floored per gift. With the default 1/1 rate nothing is lost; with a fractional rate the remainder of each
-        gift is dropped (a per-creator carry of the remainder is a known follow-up)."""
-        return coins * self.numerator // self.denominator
+    @property
+    def carries_fractions(self) -> bool:
+        """Whether a gift can leave a fraction of a diamond behind (never at a whole-number rate such as 1/1)."""
+        return self.denominator > 1
+
+    def credit_with_carry(self, remainder: int, coins: Sequence[int]) -> tuple[list[int], int]:
+        """Each gift's diamonds when the fraction left over is carried to the next gift of the same creator.
+
+        remainder is in 1/denominator diamonds (0 <= remainder < denominator). Returns the diamonds per gift and the
+        new remainder. The sum telescopes: sum(result) == (remainder + sum(coins) × numerator) // denominator, so
+        over all of a creator's gifts at this rate, diamonds == floor(total coins × rate): never lost, never made."""
+        assert 0 <= remainder < self.denominator, f"remainder {remainder} out of range for {self}"
+        diamonds: list[int] = []
+        for gift_coins in coins:
+            assert gift_coins > 0, f"gift of {gift_coins} coins"
+            diamonds_now, remainder = divmod(remainder + gift_coins * self.numerator, self.denominator)
+            diamonds.append(diamonds_now)
+        return diamonds, remainder
 
     def is_configured_as(self, numerator: int, denominator: int) -> bool:
         return (self.numerator, self.denominator) == (numerator, denominator)
@@ -60,12 +84,15 @@ class SettlementRate:
 
 @dataclass(frozen=True)
 class GiftToSettle:
-    """The part of a GiftSent event that settlement needs."""
+    """The part of a GiftSent event that settlement needs. paid_coins/bonus_coins (the cash behind the gift) are
+    kept for the platform's accounting; they may still be 0 while the senders' side does not fill them in."""
 
     gift_transaction_id: str
     creator_id: str
     stream_id: str
     coins: int
+    paid_coins: int = 0
+    bonus_coins: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,15 +102,41 @@ class DiamondCredit:
     stream_id: str
     coins: int
     diamonds: int
+    paid_coins: int = 0
+    bonus_coins: int = 0
 
 
-def credit_gifts(gifts: Iterable[GiftToSettle], rate: SettlementRate) -> list[DiamondCredit]:
-    return [
-        DiamondCredit(
-            gift.gift_transaction_id, gift.creator_id, gift.stream_id, gift.coins, rate.diamonds_for(gift.coins)
+def credit_gifts(
+    gifts: Iterable[GiftToSettle], rate: SettlementRate, remainders: dict[str, int]
+) -> tuple[list[DiamondCredit], dict[str, int]]:
+    """Diamonds per gift, carrying each creator's fraction from gift to gift (see SettlementRate.credit_with_carry).
+
+    remainders holds each creator's carried fraction at this rate version (missing = 0); returns the credits, in the
+    gifts' order, and the new remainder of every creator in the batch."""
+    gifts_by_creator: dict[str, list[GiftToSettle]] = defaultdict(list)
+    for gift in gifts:
+        gifts_by_creator[gift.creator_id].append(gift)
+    diamonds_by_gift: dict[str, int] = {}
+    new_remainders: dict[str, int] = {}
+    for creator_id, creator_gifts in gifts_by_creator.items():
+        diamonds, new_remainders[creator_id] = rate.credit_with_carry(
+            remainders.get(creator_id, 0), [gift.coins for gift in creator_gifts]
         )
-        for gift in gifts
+        diamonds_by_gift.update(zip((gift.gift_transaction_id for gift in creator_gifts), diamonds, strict=True))
+    credits = [
+        DiamondCredit(
+            gift.gift_transaction_id,
+            gift.creator_id,
+            gift.stream_id,
+            gift.coins,
+            diamonds_by_gift[gift.gift_transaction_id],
+            gift.paid_coins,
+            gift.bonus_coins,
+        )
+        for creator_gifts in gifts_by_creator.values()
+        for gift in creator_gifts
     ]
+    return credits, new_remainders
 
 
 def diamonds_by_creator(credits: Iterable[DiamondCredit]) -> dict[str, int]:
@@ -91,19 +144,34 @@ def diamonds_by_creator(credits: Iterable[DiamondCredit]) -> dict[str, int]:
 
     Sorted by creator id: every settlement locks balance rows in the same order, so concurrent batches cannot
     deadlock. Creators whose gifts all floored to zero are left out (nothing to post)."""
-    totals: dict[str, int] = defaultdict(int)
-    for credit in credits:
-        totals[credit.creator_id] += credit.diamonds
-    return {creator_id: totals[creator_id] for creator_id in sorted(totals) if totals[creator_id] > 0}
+    return totals_by_creator((credit.creator_id, credit.diamonds) for credit in credits)
 
 
 Postings = list[tuple[str, int]]
 
 
-def settlement_postings(diamonds_per_creator: dict[str, int]) -> Postings:
-    postings = [(available_account(creator_id), diamonds) for creator_id, diamonds in diamonds_per_creator.items()]
+def settlement_postings(diamonds_per_creator: dict[str, int], *, held: bool = False) -> Postings:
+    """To each creator's available account, or to pending while a maturity hold applies."""
+    account = pending_account if held else available_account
+    postings = [(account(creator_id), diamonds) for creator_id, diamonds in diamonds_per_creator.items()]
     total = sum(diamonds_per_creator.values())
     return _balanced([*postings, (SYSTEM_GIFT_SETTLEMENT, -total)]) if total else []
+
+
+def maturity_postings(diamonds_per_creator: dict[str, int]) -> Postings:
+    """Matured credits: pending → available, creator by creator (one ledger transaction for a whole batch)."""
+    postings: Postings = []
+    for creator_id, diamonds in diamonds_per_creator.items():
+        postings += [(pending_account(creator_id), -diamonds), (available_account(creator_id), diamonds)]
+    return _balanced(postings)
+
+
+def totals_by_creator(diamonds_per_credit: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """(creator_id, diamonds) pairs summed per creator, sorted by creator id (the lock order), zero totals left out."""
+    totals: dict[str, int] = defaultdict(int)
+    for creator_id, diamonds in diamonds_per_credit:
+        totals[creator_id] += diamonds
+    return {creator_id: totals[creator_id] for creator_id in sorted(totals) if totals[creator_id] > 0}
 
 
 def reserve_postings(creator_id: str, diamonds: int) -> Postings:
@@ -115,6 +183,7 @@ def paid_out_postings(creator_id: str, diamonds: int) -> Postings:
 
 
 def returned_postings(creator_id: str, diamonds: int) -> Postings:
+    """A failed or canceled withdrawal gives its diamonds back."""
     return _balanced([(reserved_account(creator_id), -diamonds), (available_account(creator_id), diamonds)])
 
 
@@ -137,10 +206,11 @@ class Balances:
     available_diamonds: int
     reserved_diamonds: int
     lifetime_diamonds: int
+    pending_diamonds: int = 0
 
     @classmethod
     def zero(cls, creator_id: str) -> Balances:
-        return cls(creator_id, 0, 0, 0)
+        return cls(creator_id, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -202,3 +272,86 @@ def require_available(balances: Balances, diamonds: int) -> None:
             "INSUFFICIENT_DIAMONDS",
             f"creator {balances.creator_id!r} has {balances.available_diamonds} diamonds available, {diamonds} needed",
         )
+
+
+# --- withdrawal lifecycle ---------------------------------------------------------------------------------------------
+
+
+def must_cancel(status: WithdrawalStatus, withdrawal_id: str) -> bool:
+    """Whether a cancel has work to do. A canceled withdrawal is returned as it is (canceling is idempotent by
+    state too, whatever the request_id); a paid or failed one cannot be canceled any more."""
+    if status is WithdrawalStatus.PENDING:
+        return True
+    if status is WithdrawalStatus.CANCELED:
+        return False
+    raise not_cancelable(withdrawal_id, f"it is {status.value}")
+
+
+def not_cancelable(withdrawal_id: str, why: str) -> AppError:
+    return failed_precondition("WITHDRAWAL_NOT_CANCELABLE", f"withdrawal {withdrawal_id!r} cannot be canceled: {why}")
+
+
+# --- statements and pages ---------------------------------------------------------------------------------------------
+
+
+class EarningsGroupBy(Enum):
+    DAY = "day"  # key: the UTC day of the credit, "YYYY-MM-DD"
+    STREAM = "stream"  # key: the stream_id
+
+
+@dataclass(frozen=True)
+class EarningsRow:
+    key: str
+    diamonds: int
+    gift_count: int
+    # The newest credit of the group: the stream order, and the position a page token remembers.
+    latest_credit_at: datetime
+
+
+def to_micros(moment: datetime) -> int:
+    """Exact (PostgreSQL keeps microseconds), so a page boundary never skips or repeats a row."""
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def encode_page_token(kind: str, creator_id: str, position: list[str | int]) -> str:
+    """Opaque to callers; names the list and creator it belongs to, so it cannot be used for another one."""
+    payload = json.dumps({"k": kind, "c": creator_id, "p": position}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode()
+
+
+def decode_page_token(token: str, kind: str, creator_id: str, shape: tuple[type, ...]) -> list[str | int] | None:
+    """None for the first page; the position otherwise; INVALID_ARGUMENT for anything we did not hand out for this
+    list (another list's or creator's token, a forged or truncated one)."""
+    if not token:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
+        position = payload["p"] if payload["k"] == kind and payload["c"] == creator_id else None
+        if _has_shape(position, shape):
+            return position
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        pass
+    raise invalid_argument([FieldViolation("page_token", "is not a token returned by this API for this request")])
+
+
+def _has_shape(position: object, shape: tuple[type, ...]) -> bool:
+    return (
+        isinstance(position, list)
+        and len(position) == len(shape)
+        and all(type(value) is expected for value, expected in zip(position, shape, strict=True))
+    )
+
+
+def day_start(day_key: str) -> datetime:
+    """The UTC midnight starting a "YYYY-MM-DD" day (from a page token: refused if malformed)."""
+    try:
+        return datetime.combine(date.fromisoformat(day_key), datetime.min.time(), tzinfo=UTC)
+    except ValueError:
+        raise invalid_argument([FieldViolation("page_token", "is not a token returned by this API")]) from None

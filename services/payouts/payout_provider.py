@@ -34,14 +34,23 @@ class PayoutProvider(Protocol):
 
     async def status(self, *, withdrawal_id: str, provider_reference: str) -> PayoutResult: ...
 
+    async def cancel(self, *, withdrawal_id: str, destination: str, provider_reference: str | None) -> bool:
+        """Stops the payout if it still can be stopped; True when it was (or never reached the provider), False when
+        it is too late. Asked for every cancel of a pending withdrawal, also when we have no record of a submission
+        (provider_reference None): a crash may have lost that record, so a real provider must answer from its own
+        records by withdrawal_id."""
+        ...
+
 
 SANDBOX_OK_PREFIX = "sandbox:ok"
 SANDBOX_FAIL_PREFIX = "sandbox:fail"
+SANDBOX_HOLD_PREFIX = "sandbox:hold"
 
 
 class SandboxPayoutProvider:
     """Development provider from the contract: destinations starting with 'sandbox:ok' are paid settle_seconds after
-    submission; 'sandbox:fail…' fails; anything else fails as an unknown destination.
+    submission; 'sandbox:fail…' fails; 'sandbox:hold…' stays processing until canceled (it can always be canceled);
+    anything else fails as an unknown destination. Other payouts can be canceled only before their submission.
 
     Stateless: the reference carries the submission time and the destination, and status() derives everything from
     it. A resubmission (after a crash) restarts the settle clock but always reaches the same outcome."""
@@ -60,6 +69,8 @@ class SandboxPayoutProvider:
         submitted_ms, destination = _parse_reference(withdrawal_id, provider_reference)
         if submitted_ms is None:
             return PayoutResult(PayoutState.FAILED, provider_reference, "unknown sandbox payout reference")
+        if destination.startswith(SANDBOX_HOLD_PREFIX):
+            return PayoutResult(PayoutState.PROCESSING, provider_reference)
         if destination.startswith(SANDBOX_FAIL_PREFIX):
             return PayoutResult(PayoutState.FAILED, provider_reference, "sandbox destination refused the payout")
         if not destination.startswith(SANDBOX_OK_PREFIX):
@@ -67,6 +78,10 @@ class SandboxPayoutProvider:
         if self._clock() * 1000 - submitted_ms < self._settle_seconds * 1000:
             return PayoutResult(PayoutState.PROCESSING, provider_reference)
         return PayoutResult(PayoutState.PAID, provider_reference)
+
+    async def cancel(self, *, withdrawal_id: str, destination: str, provider_reference: str | None) -> bool:
+        # Stateless, so "submitted" is what our record says: a submission lost to a crash counts as none here.
+        return destination.startswith(SANDBOX_HOLD_PREFIX) or provider_reference is None
 
 
 def _parse_reference(withdrawal_id: str, provider_reference: str) -> tuple[int | None, str]:

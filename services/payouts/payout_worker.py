@@ -14,8 +14,8 @@ import structlog
 from prometheus_client import Counter
 
 from services.payouts import domain, store
+from services.payouts.ids import new_id
 from services.payouts.payout_provider import PayoutProvider, PayoutResult, PayoutState
-from services.payouts.service import new_id
 from services.runtime.faults import crash_point
 
 WITHDRAWALS_FINISHED = Counter("coinstream_payouts_withdrawals_finished_total", "Withdrawals finished", ["status"])

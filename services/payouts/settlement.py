@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter
 
 from services.payouts import domain, store
-from services.payouts.service import new_id
+from services.payouts.ids import new_id
 from services.runtime.errors import AppError
 from services.runtime.faults import crash_point
 from services.runtime.messaging import (
@@ -66,13 +66,25 @@ def decode_gift_sent(data: bytes) -> domain.GiftToSettle:
     check.identifier(event.recipient_id, "recipient_id")
     check.opaque_id(event.stream_id, "stream_id")
     check.int_range(event.coins, "coins", minimum=1, maximum=MAX_GIFT_COINS)
+    # Kept for accounting only; paid + bonus = coins is not required yet (senders' side may still send 0 and 0).
+    check.int_range(event.paid_coins, "paid_coins", minimum=0, maximum=MAX_GIFT_COINS)
+    check.int_range(event.bonus_coins, "bonus_coins", minimum=0, maximum=MAX_GIFT_COINS)
     check.raise_if_invalid()
-    return domain.GiftToSettle(event.gift_transaction_id, event.recipient_id, event.stream_id, event.coins)
+    return domain.GiftToSettle(
+        event.gift_transaction_id,
+        event.recipient_id,
+        event.stream_id,
+        event.coins,
+        paid_coins=event.paid_coins,
+        bonus_coins=event.bonus_coins,
+    )
 
 
 class Settlement:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, hold_seconds: int = 0) -> None:
         self._pool = pool
+        # Diamonds of gifts settled now stay pending this long (0: available at once).
+        self._hold_seconds = hold_seconds
 
     async def settle(self, gifts: list[domain.GiftToSettle]) -> int:
         """Credits the gifts not settled before, in one transaction; returns how many that was."""
@@ -85,24 +97,45 @@ class Settlement:
                 return 0
             rate = await store.current_rate(conn)
             assert rate is not None, "a rate version is recorded before settlement starts"
-            credits = domain.credit_gifts([by_id[gift_id] for gift_id in sorted(new_ids)], rate)
+            credits = await self._credit(conn, rate, [by_id[gift_id] for gift_id in sorted(new_ids)])
             await self._record(conn, rate, credits)
         return len(credits)
+
+    @staticmethod
+    async def _credit(
+        conn: asyncpg.Connection, rate: domain.SettlementRate, gifts: list[domain.GiftToSettle]
+    ) -> list[domain.DiamondCredit]:
+        """Each gift's diamonds, carrying each creator's fraction of a diamond from batch to batch (in this
+        transaction, under the carry rows' locks) so that no fraction is ever lost or made up."""
+        if not rate.carries_fractions:
+            credits, _ = domain.credit_gifts(gifts, rate, {})
+            return credits
+        remainders = await store.lock_carries(conn, rate.version, list({gift.creator_id for gift in gifts}))
+        credits, new_remainders = domain.credit_gifts(gifts, rate, remainders)
+        await store.save_carries(conn, rate.version, new_remainders)
+        return credits
 
     async def _record(
         self, conn: asyncpg.Connection, rate: domain.SettlementRate, credits: list[domain.DiamondCredit]
     ) -> None:
         diamonds_per_creator = domain.diamonds_by_creator(credits)
+        held = self._hold_seconds > 0
         transaction_id = new_id("txn")
         await store.record_transaction(
             conn,
             transaction_id=transaction_id,
             kind="settlement",
             reference=f"{len(credits)} gifts",
-            postings=domain.settlement_postings(diamonds_per_creator),
+            postings=domain.settlement_postings(diamonds_per_creator, held=held),
         )
-        await store.insert_credits(conn, transaction_id=transaction_id, rate_version=rate.version, credits=credits)
-        await store.credit_creators(conn, diamonds_per_creator)
+        await store.insert_credits(
+            conn,
+            transaction_id=transaction_id,
+            rate_version=rate.version,
+            credits=credits,
+            hold_seconds=self._hold_seconds,
+        )
+        await store.credit_creators(conn, diamonds_per_creator, held=held)
         DIAMONDS_CREDITED.inc(sum(diamonds_per_creator.values()))
 
 

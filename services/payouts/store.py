@@ -11,10 +11,12 @@ from services.payouts.domain import (
     Balances,
     CreatorProfile,
     DiamondCredit,
+    EarningsRow,
     Postings,
     SettlementRate,
     WithdrawalStatus,
 )
+from services.runtime.errors import unavailable
 
 Executor = asyncpg.Connection | asyncpg.Pool
 
@@ -47,7 +49,7 @@ async def current_rate(conn: Executor) -> SettlementRate | None:
 # --- creators ---------------------------------------------------------------------------------------------------------
 
 PROFILE_COLUMNS = "creator_id, kyc_verified, payout_destination"
-BALANCE_COLUMNS = "creator_id, available_diamonds, reserved_diamonds, lifetime_diamonds"
+BALANCE_COLUMNS = "creator_id, available_diamonds, reserved_diamonds, lifetime_diamonds, pending_diamonds"
 
 
 async def upsert_profile(conn: asyncpg.Connection, profile: CreatorProfile) -> CreatorProfile:
@@ -135,38 +137,135 @@ async def admit_to_inbox(conn: asyncpg.Connection, gift_transaction_ids: list[st
     return {row["gift_transaction_id"] for row in rows}
 
 
+async def lock_carries(conn: asyncpg.Connection, rate_version: int, creator_ids: list[str]) -> dict[str, int]:
+    """The creators' carried fractions at this rate version, locked (rows made on first use), in creator id order
+    like every other lock settlement takes, so concurrent batches cannot deadlock."""
+    ordered = sorted(creator_ids)
+    await conn.execute(
+        "INSERT INTO settlement_carries (creator_id, rate_version, remainder)"
+        " SELECT c.creator_id, $2, 0 FROM unnest($1::text[]) WITH ORDINALITY AS c (creator_id, position)"
+        " ORDER BY c.position ON CONFLICT (creator_id, rate_version) DO NOTHING",
+        ordered,
+        rate_version,
+    )
+    rows = await conn.fetch(
+        "SELECT creator_id, remainder FROM settlement_carries WHERE rate_version = $2 AND creator_id = ANY($1::text[])"
+        " ORDER BY creator_id FOR UPDATE",
+        ordered,
+        rate_version,
+    )
+    return {row["creator_id"]: row["remainder"] for row in rows}
+
+
+async def save_carries(conn: asyncpg.Connection, rate_version: int, remainders: dict[str, int]) -> None:
+    await conn.execute(
+        "UPDATE settlement_carries AS s SET remainder = c.remainder, updated_at = now()"
+        " FROM unnest($1::text[], $2::bigint[]) AS c (creator_id, remainder)"
+        " WHERE s.creator_id = c.creator_id AND s.rate_version = $3",
+        list(remainders),
+        list(remainders.values()),
+        rate_version,
+    )
+
+
 async def insert_credits(
-    conn: asyncpg.Connection, *, transaction_id: str, rate_version: int, credits: list[DiamondCredit]
+    conn: asyncpg.Connection,
+    *,
+    transaction_id: str,
+    rate_version: int,
+    credits: list[DiamondCredit],
+    hold_seconds: int,
 ) -> None:
+    """Without a hold a credit is available at once (matured when made); with one it waits until available_at."""
     await conn.execute(
         "INSERT INTO diamond_credits"
-        " (gift_transaction_id, creator_id, stream_id, coins, diamonds, rate_version, transaction_id)"
-        " SELECT c.gift_transaction_id, c.creator_id, c.stream_id, c.coins, c.diamonds, $6, $7"
-        " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])"
-        " AS c (gift_transaction_id, creator_id, stream_id, coins, diamonds)",
+        " (gift_transaction_id, creator_id, stream_id, coins, diamonds, paid_coins, bonus_coins, rate_version,"
+        "  transaction_id, available_at, matured_at)"
+        " SELECT c.gift_transaction_id, c.creator_id, c.stream_id, c.coins, c.diamonds, c.paid_coins, c.bonus_coins,"
+        "  $8, $9, now() + make_interval(secs => $10::integer), CASE WHEN $10::integer = 0 THEN now() END"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])"
+        " AS c (gift_transaction_id, creator_id, stream_id, coins, diamonds, paid_coins, bonus_coins)",
         [credit.gift_transaction_id for credit in credits],
         [credit.creator_id for credit in credits],
         [credit.stream_id for credit in credits],
         [credit.coins for credit in credits],
         [credit.diamonds for credit in credits],
+        [credit.paid_coins for credit in credits],
+        [credit.bonus_coins for credit in credits],
         rate_version,
         transaction_id,
+        hold_seconds,
     )
 
 
-async def credit_creators(conn: asyncpg.Connection, diamonds_per_creator: dict[str, int]) -> None:
-    """One row update (or first insert) per creator, in the caller's (sorted) order."""
+async def credit_creators(conn: asyncpg.Connection, diamonds_per_creator: dict[str, int], *, held: bool) -> None:
+    """One row update (or first insert) per creator, in the caller's (sorted) order: to pending while a maturity
+    hold applies, else to available."""
+    column = "pending_diamonds" if held else "available_diamonds"
     await conn.execute(
-        "INSERT INTO creator_balances (creator_id, available_diamonds, lifetime_diamonds)"
+        f"INSERT INTO creator_balances (creator_id, {column}, lifetime_diamonds)"
         " SELECT c.creator_id, c.diamonds, c.diamonds"
         " FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS c (creator_id, diamonds, position)"
         " ORDER BY c.position"
         " ON CONFLICT (creator_id) DO UPDATE SET"
-        " available_diamonds = creator_balances.available_diamonds + EXCLUDED.available_diamonds,"
+        f" {column} = creator_balances.{column} + EXCLUDED.{column},"
         " lifetime_diamonds = creator_balances.lifetime_diamonds + EXCLUDED.lifetime_diamonds, updated_at = now()",
         list(diamonds_per_creator),
         list(diamonds_per_creator.values()),
     )
+
+
+# --- maturity ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DueCredit:
+    gift_transaction_id: str
+    creator_id: str
+    diamonds: int
+
+
+async def lock_due_credits(conn: asyncpg.Connection, limit: int, creator_id: str | None = None) -> list[DueCredit]:
+    """Up to limit pending credits whose hold is over (of one creator, or of anyone), locked. Credits another
+    transaction holds are skipped, not waited on: it is maturing them, and waiting could deadlock a withdrawal
+    (which holds its creator's balance row) against the maturity worker (which takes credits, then balances)."""
+    # Two statements rather than one with "$2 IS NULL OR …", so each keeps a plan on its own partial index.
+    due = "SELECT gift_transaction_id, creator_id, diamonds FROM diamond_credits WHERE matured_at IS NULL"
+    locked = " AND available_at <= now() ORDER BY available_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+    if creator_id is None:
+        rows = await conn.fetch(due + locked, limit)
+    else:
+        rows = await conn.fetch(due + " AND creator_id = $2" + locked, limit, creator_id)
+    return [DueCredit(**dict(row)) for row in rows]
+
+
+async def mark_matured(conn: asyncpg.Connection, gift_transaction_ids: list[str], transaction_id: str) -> None:
+    result = await conn.execute(
+        "UPDATE diamond_credits SET matured_at = now(), maturity_transaction_id = $2"
+        " WHERE gift_transaction_id = ANY($1::text[]) AND matured_at IS NULL",
+        gift_transaction_ids,
+        transaction_id,
+    )
+    # The rows are locked by this transaction, so none can have matured meanwhile; if one had, this rolls back.
+    assert result == f"UPDATE {len(gift_transaction_ids)}", f"matured {result} of {len(gift_transaction_ids)}"
+
+
+async def move_matured(conn: asyncpg.Connection, diamonds_per_creator: dict[str, int]) -> None:
+    """pending → available per creator; the CHECKs refuse a negative pending. The rows are locked in creator id
+    order first, as settlement locks them, because an UPDATE … FROM join may visit them in any order."""
+    await conn.execute(
+        "SELECT 1 FROM creator_balances WHERE creator_id = ANY($1::text[]) ORDER BY creator_id FOR UPDATE",
+        sorted(diamonds_per_creator),
+    )
+    result = await conn.execute(
+        "UPDATE creator_balances AS b SET pending_diamonds = b.pending_diamonds - c.diamonds,"
+        " available_diamonds = b.available_diamonds + c.diamonds, updated_at = now()"
+        " FROM unnest($1::text[], $2::bigint[]) AS c (creator_id, diamonds) WHERE b.creator_id = c.creator_id",
+        list(diamonds_per_creator),
+        list(diamonds_per_creator.values()),
+    )
+    # Settlement made each row with the pending diamonds; a missing one would be a bug: roll back, never guess.
+    assert result == f"UPDATE {len(diamonds_per_creator)}", f"moved {result} of {len(diamonds_per_creator)} creators"
 
 
 # --- withdrawals ------------------------------------------------------------------------------------------------------
@@ -185,11 +284,12 @@ class WithdrawalRow:
     failure_reason: str
     provider_reference: str | None
     submitted_at: datetime | None
+    created_at: datetime | None = None  # set by the database
 
 
 WITHDRAWAL_COLUMNS = (
     "withdrawal_id, request_id, creator_id, diamonds, payout_currency_code, payout_amount_minor, payout_destination,"
-    " status, failure_reason, provider_reference, submitted_at"
+    " status, failure_reason, provider_reference, submitted_at, created_at"
 )
 
 
@@ -219,6 +319,54 @@ async def insert_withdrawal(conn: asyncpg.Connection, withdrawal: WithdrawalRow,
 async def get_withdrawal(conn: Executor, withdrawal_id: str) -> WithdrawalRow | None:
     row = await conn.fetchrow(f"SELECT {WITHDRAWAL_COLUMNS} FROM withdrawals WHERE withdrawal_id = $1", withdrawal_id)
     return None if row is None else _withdrawal(row)
+
+
+# How long a cancel waits for the payout worker to let go of a withdrawal (it holds the row only while it talks to
+# the provider) before answering UNAVAILABLE, well within the statement timeout.
+WITHDRAWAL_LOCK_TIMEOUT_MS = 5000
+
+
+async def lock_withdrawal(conn: asyncpg.Connection, withdrawal_id: str) -> WithdrawalRow | None:
+    """The withdrawal, locked against the payout worker; its current status once the worker has let go."""
+    await conn.execute(f"SET LOCAL lock_timeout = {WITHDRAWAL_LOCK_TIMEOUT_MS}")
+    try:
+        row = await conn.fetchrow(
+            f"SELECT {WITHDRAWAL_COLUMNS} FROM withdrawals WHERE withdrawal_id = $1 FOR UPDATE", withdrawal_id
+        )
+    except asyncpg.LockNotAvailableError:
+        raise unavailable("WITHDRAWAL_BUSY", f"withdrawal {withdrawal_id!r} is being paid out; try again") from None
+    await conn.execute("SET LOCAL lock_timeout = 0")
+    return None if row is None else _withdrawal(row)
+
+
+async def list_withdrawals(
+    conn: Executor, creator_id: str, before: tuple[datetime, str] | None, limit: int
+) -> list[WithdrawalRow]:
+    """Newest first; before is the (created_at, withdrawal_id) of the last row of the previous page."""
+    created_before, id_before = before if before is not None else (None, None)
+    rows = await conn.fetch(
+        f"SELECT {WITHDRAWAL_COLUMNS} FROM withdrawals WHERE creator_id = $1"
+        " AND ($2::timestamptz IS NULL OR (created_at, withdrawal_id) < ($2, $3::text))"
+        " ORDER BY created_at DESC, withdrawal_id DESC LIMIT $4",
+        creator_id,
+        created_before,
+        id_before,
+        limit,
+    )
+    return [_withdrawal(row) for row in rows]
+
+
+async def mark_canceled(conn: asyncpg.Connection, withdrawal_id: str, finish_transaction_id: str) -> WithdrawalRow:
+    """Pending → canceled (the caller holds the row lock and has returned the diamonds); the provider fields stay as
+    they were: a payout canceled before submission never had any."""
+    row = await conn.fetchrow(
+        "UPDATE withdrawals SET status = 'canceled', finish_transaction_id = $2, updated_at = now()"
+        f" WHERE withdrawal_id = $1 AND status = 'pending' RETURNING {WITHDRAWAL_COLUMNS}",
+        withdrawal_id,
+        finish_transaction_id,
+    )
+    assert row is not None, f"withdrawal {withdrawal_id} was not pending"
+    return _withdrawal(row)
 
 
 async def diamonds_withdrawn_last_24h(conn: asyncpg.Connection, creator_id: str) -> int:
@@ -287,3 +435,40 @@ async def finish_withdrawal(
         finish_transaction_id,
     )
     return result == "UPDATE 1"
+
+
+# --- statements -------------------------------------------------------------------------------------------------------
+
+
+async def earnings_by_day(conn: Executor, creator_id: str, before: datetime | None, limit: int) -> list[EarningsRow]:
+    """Per UTC day, newest day first; before is the start of the last day of the previous page."""
+    rows = await conn.fetch(
+        "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS key, sum(diamonds)::bigint AS diamonds,"
+        " count(*) AS gift_count, max(created_at) AS latest_credit_at"
+        " FROM diamond_credits WHERE creator_id = $1 AND ($2::timestamptz IS NULL OR created_at < $2)"
+        " GROUP BY 1 ORDER BY 1 DESC LIMIT $3",
+        creator_id,
+        before,
+        limit,
+    )
+    return [EarningsRow(**dict(row)) for row in rows]
+
+
+async def earnings_by_stream(
+    conn: Executor, creator_id: str, after: tuple[datetime, str] | None, limit: int
+) -> list[EarningsRow]:
+    """Per stream, the stream with the newest credit first (then by stream id); after is the (latest credit,
+    stream id) of the last row of the previous page. Totals over the creator's credits, grouped per page."""
+    latest_after, stream_after = after if after is not None else (None, None)
+    rows = await conn.fetch(
+        "SELECT stream_id AS key, sum(diamonds)::bigint AS diamonds, count(*) AS gift_count,"
+        " max(created_at) AS latest_credit_at"
+        " FROM diamond_credits WHERE creator_id = $1 GROUP BY stream_id"
+        " HAVING $2::timestamptz IS NULL OR (max(created_at) < $2 OR (max(created_at) = $2 AND stream_id > $3::text))"
+        " ORDER BY latest_credit_at DESC, stream_id LIMIT $4",
+        creator_id,
+        latest_after,
+        stream_after,
+        limit,
+    )
+    return [EarningsRow(**dict(row)) for row in rows]

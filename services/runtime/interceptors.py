@@ -3,6 +3,7 @@ Prometheus metrics, and mapping of AppError (and anything unexpected) to a gRPC 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -89,6 +90,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except AppError as error:
                 code = error.code
                 await _abort(context, error, method, started)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED  # the client went away mid-stream: not an OK call in the metrics
+                raise
+            except Exception:
+                # As for unary calls: logged here, and the client gets INTERNAL rather than the exception's text.
+                code = grpc.StatusCode.INTERNAL
+                log.exception("rpc_failed_unexpectedly")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; retry")
             finally:
                 _observe(method, code, started)
 

@@ -10,7 +10,6 @@ from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.runtime.recovery import repeat_forever
 from services.runtime.server import ServiceRuntime
 from services.wallet.config import WalletSettings
-from services.wallet.domain import BonusRule
 from services.wallet.payments import SandboxPaymentProvider
 from services.wallet.service import WalletService
 from services.wallet.servicer import WalletServicer
@@ -25,7 +24,6 @@ async def main() -> None:
     wallet = WalletService(
         pool,
         SandboxPaymentProvider(),
-        BonusRule(settings.wallet_bonus_min_package_coins, settings.wallet_bonus_percent),
         settings.wallet_payment_timeout_seconds,
     )
     runtime.add_service(

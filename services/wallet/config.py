@@ -7,9 +7,7 @@ class WalletSettings(RuntimeSettings):
     wallet_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_wallet"
     wallet_port: int = 50051
     wallet_metrics_port: int = 0
-    # Promotion (contract default): packages of at least this many coins carry this percent extra, rounded down.
-    wallet_bonus_min_package_coins: int = 1321
-    wallet_bonus_percent: int = 5
+    # Promotions are data (the promotions table; the contract's +5 % is the seeded default), not settings.
     # Purchases left pending by a crash or a provider outage are finished by a background pass.
     wallet_recovery_interval_seconds: float = 5.0
     wallet_recovery_age_seconds: float = 30.0

@@ -1,13 +1,16 @@
-"""Wallet rules with no I/O: coin packages and their bonus, who may spend, and the postings of each movement.
+"""Wallet rules with no I/O: coin packages, promotions and their bonus, who may spend, spending limits, and the
+postings of each movement.
 
-Ledger accounts: a user's is its account_id; the platform's are 'system:*' (a ':' never appears in user ids).
+Ledger accounts: a user has two, its paid bucket '<account_id>' (coins bought with money) and its bonus bucket
+'<account_id>:bonus' (coins from promotions); the platform's are 'system:*' (a ':' never appears in user ids).
 Every transaction's postings sum to zero, so coins are only ever moved, never made or lost."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from enum import Enum
 
 from services.runtime.errors import (
@@ -21,6 +24,23 @@ from services.runtime.errors import (
 SYSTEM_SALES = "system:sales"  # coins issued against real money
 SYSTEM_PROMOTIONS = "system:promotions"  # bonus coins issued by promotions
 SYSTEM_SPENT = "system:spent"  # coins spent (on gifts); settled into diamonds by payouts
+BONUS_SUFFIX = ":bonus"
+
+SPENDING_LIMIT_WINDOW = timedelta(hours=24)  # the limit caps coins sent in any window this long (rolling)
+SPENDING_LIMIT_DELAY = timedelta(hours=24)  # a raise or removal waits this long, so a binge can't undo the limit
+MAX_GIVEAWAY_WINNERS = 1000
+
+
+def paid_bucket(account_id: str) -> str:
+    return account_id
+
+
+def bonus_bucket(account_id: str) -> str:
+    return account_id + BONUS_SUFFIX
+
+
+def buckets(account_id: str) -> list[str]:
+    return [paid_bucket(account_id), bonus_bucket(account_id)]
 
 
 class AccountStatus(Enum):
@@ -35,11 +55,64 @@ class PurchaseStatus(Enum):
 
 
 @dataclass(frozen=True)
+class SpendingLimit:
+    """A self-set cap on coins sent in any rolling 24 h (0 = none), and a raise or removal waiting its turn."""
+
+    daily_coins: int = 0
+    pending_daily_coins: int | None = None
+    pending_effective_at: datetime | None = None
+
+    def in_force(self, now: datetime) -> SpendingLimit:
+        """The pending change applies lazily, the first time anyone looks after it became effective."""
+        if self.pending_effective_at is not None and self.pending_effective_at <= now:
+            assert self.pending_daily_coins is not None
+            return SpendingLimit(self.pending_daily_coins)
+        return self
+
+    def change_to(self, daily_coins: int, now: datetime) -> SpendingLimit:
+        """Lowering (or setting a first limit) applies at once and cancels a pending raise; raising or removing
+        waits 24 h. Asking for the limit already in force just cancels a pending change."""
+        current = self.in_force(now)
+        if _cap(daily_coins) <= _cap(current.daily_coins):
+            return SpendingLimit(daily_coins)
+        return SpendingLimit(current.daily_coins, daily_coins, now + SPENDING_LIMIT_DELAY)
+
+    def refuse_if_exceeded(self, account_id: str, sent_last_24h_coins: int, coins: int) -> None:
+        if self.daily_coins and sent_last_24h_coins + coins > self.daily_coins:
+            raise failed_precondition(
+                "SPENDING_LIMIT_REACHED",
+                f"account {account_id!r} set a limit of {self.daily_coins} coins per 24 h;"
+                f" {sent_last_24h_coins} already spent, {coins} more asked",
+            )
+
+
+def _cap(daily_coins: int) -> float:
+    return daily_coins or float("inf")
+
+
+@dataclass(frozen=True)
 class Account:
     account_id: str
     adult_verified: bool
     country_code: str
     status: AccountStatus
+    spending_limit: SpendingLimit = field(default_factory=SpendingLimit)
+
+
+@dataclass(frozen=True)
+class Balance:
+    paid_coins: int = 0
+    bonus_coins: int = 0
+
+    @property
+    def coins(self) -> int:
+        return self.paid_coins + self.bonus_coins
+
+    def debited(self, split: Split) -> Balance:
+        return Balance(self.paid_coins - split.paid_coins, self.bonus_coins - split.bonus_coins)
+
+    def credited(self, split: Split) -> Balance:
+        return Balance(self.paid_coins + split.paid_coins, self.bonus_coins + split.bonus_coins)
 
 
 @dataclass(frozen=True)
@@ -61,17 +134,6 @@ DEFAULT_PACKAGES: tuple[CoinPackage, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class BonusRule:
-    min_package_coins: int
-    percent: int
-
-    def bonus_coins(self, package: CoinPackage) -> int:
-        if package.coins < self.min_package_coins:
-            return 0
-        return package.coins * self.percent // 100  # rounded down, as the contract says
-
-
 def find_package(package_id: str) -> CoinPackage:
     for package in DEFAULT_PACKAGES:
         if package.package_id == package_id:
@@ -79,13 +141,112 @@ def find_package(package_id: str) -> CoinPackage:
     raise not_found("PACKAGE_NOT_FOUND", f"no coin package {package_id!r}")
 
 
-def require_can_transact(account: Account | None, account_id: str) -> Account:
-    """Purchases and spends need an adult-verified, active account."""
+# --- promotions -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Promotion:
+    promotion_id: str
+    name: str
+    starts_at: datetime
+    ends_at: datetime | None
+    min_package_coins: int
+    bonus_percent: int | None
+    bonus_coins: int | None
+    first_purchase_only: bool
+    max_uses_per_account: int
+    created_at: datetime
+
+    def bonus_for(self, package: CoinPackage) -> int:
+        if package.coins < self.min_package_coins:
+            return 0
+        if self.bonus_percent is not None:
+            return package.coins * self.bonus_percent // 100  # rounded down, as the contract says
+        assert self.bonus_coins is not None
+        return self.bonus_coins
+
+    def is_open(self, now: datetime) -> bool:
+        return self.starts_at <= now and (self.ends_at is None or now < self.ends_at)
+
+    def has_ended(self, now: datetime) -> bool:
+        # ends_at == starts_at: ended before it ever opened.
+        return self.ends_at is not None and (self.ends_at <= now or self.ends_at <= self.starts_at)
+
+    @property
+    def is_for_everyone(self) -> bool:
+        """No condition on the buyer's history, so it can be shown on the public package list."""
+        return not self.first_purchase_only and not self.max_uses_per_account
+
+
+@dataclass(frozen=True)
+class PurchaseHistory:
+    """An account's completed and pending purchases, as far as promotions care."""
+
+    purchases: int
+    uses_by_promotion: dict[str, int]
+
+
+def allows(promotion: Promotion, history: PurchaseHistory | None) -> bool:
+    """None: the public view, where only promotions without account conditions count."""
+    if history is None:
+        return promotion.is_for_everyone
+    if promotion.first_purchase_only and history.purchases > 0:
+        return False
+    uses = history.uses_by_promotion.get(promotion.promotion_id, 0)
+    return not promotion.max_uses_per_account or uses < promotion.max_uses_per_account
+
+
+def best_promotion(
+    promotions: list[Promotion], package: CoinPackage, now: datetime, history: PurchaseHistory | None
+) -> tuple[Promotion | None, int]:
+    """The open promotion giving this package the largest bonus (ties: the earliest created), and that bonus."""
+    best: tuple[Promotion | None, int] = (None, 0)
+    for promotion in sorted(promotions, key=lambda p: (p.created_at, p.promotion_id)):
+        bonus = promotion.bonus_for(package)
+        if bonus > best[1] and promotion.is_open(now) and allows(promotion, history):
+            best = (promotion, bonus)
+    return best
+
+
+def ended_now(promotion: Promotion, now: datetime) -> datetime | None:
+    """EndPromotion's new ends_at, or None when it has already ended (it is returned unchanged)."""
+    if promotion.has_ended(now):
+        return None
+    return max(now, promotion.starts_at)
+
+
+# --- who may do what --------------------------------------------------------------------------------------------
+
+
+def require_can_purchase(account: Account | None, account_id: str) -> Account:
+    """Purchases need an adult-verified account; a frozen one may buy (that is how it pays its debt back)."""
     if account is None or not account.adult_verified:
         raise failed_precondition("ACCOUNT_NOT_ELIGIBLE", f"account {account_id!r} is not an adult-verified account")
+    return account
+
+
+def require_can_transact(account: Account | None, account_id: str) -> Account:
+    """Spends and giveaways need an adult-verified, active account."""
+    require_can_purchase(account, account_id)
+    assert account is not None
     if account.status is AccountStatus.FROZEN:
         raise failed_precondition("ACCOUNT_FROZEN", f"account {account_id!r} is frozen")
     return account
+
+
+def require_winners_eligible(winner_ids: list[str], accounts: dict[str, Account]) -> None:
+    ineligible = [
+        winner_id
+        for winner_id in winner_ids
+        if (account := accounts.get(winner_id)) is None
+        or not account.adult_verified
+        or account.status is not AccountStatus.ACTIVE
+    ]
+    if ineligible:
+        shown = ", ".join(ineligible[:10]) + (f" and {len(ineligible) - 10} more" if len(ineligible) > 10 else "")
+        raise failed_precondition(
+            "ACCOUNT_NOT_ELIGIBLE", f"giveaway winners must be adult-verified active accounts: {shown}"
+        )
 
 
 def insufficient_coins(account_id: str, balance_coins: int, coins: int) -> AppError:
@@ -94,37 +255,129 @@ def insufficient_coins(account_id: str, balance_coins: int, coins: int) -> AppEr
     )
 
 
+@dataclass(frozen=True)
+class Spender:
+    """What a spend or a giveaway checks, read with the account's buckets locked."""
+
+    account: Account | None
+    balance: Balance
+    sent_last_24h_coins: int
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Split:
+    paid_coins: int
+    bonus_coins: int
+
+    @property
+    def coins(self) -> int:
+        return self.paid_coins + self.bonus_coins
+
+
+def authorize_spend(spender: Spender, account_id: str, coins: int) -> Split:
+    """Checks a spend of coins and splits it: bonus coins first, then paid coins."""
+    account = require_can_transact(spender.account, account_id)
+    account.spending_limit.in_force(spender.now).refuse_if_exceeded(account_id, spender.sent_last_24h_coins, coins)
+    if spender.balance.coins < coins:
+        raise insufficient_coins(account_id, spender.balance.coins, coins)
+    bonus = min(max(spender.balance.bonus_coins, 0), coins)
+    return Split(paid_coins=coins - bonus, bonus_coins=bonus)
+
+
+def reversal_split(purchase_coins: int, purchase_bonus_coins: int, balance: Balance) -> Split:
+    """A chargeback takes back the purchase's bonus from the bonus bucket as far as it goes (bonus never goes
+    negative) and the rest from the paid bucket, which may go negative: that is the debt."""
+    bonus = min(purchase_bonus_coins, max(balance.bonus_coins, 0))
+    return Split(paid_coins=purchase_coins + purchase_bonus_coins - bonus, bonus_coins=bonus)
+
+
+def in_debt(balance: Balance) -> bool:
+    """Paid coins below zero: a chargeback took back coins already spent. The account is frozen meanwhile."""
+    return balance.paid_coins < 0
+
+
+def debt_covered(before: Balance, after: Balance) -> bool:
+    """A purchase that brings a debt back to zero or above unfreezes the account."""
+    return in_debt(before) and not in_debt(after)
+
+
+def giveaway_shares(debit: Split, winner_count: int, coins_per_winner: int) -> list[Split]:
+    """Provenance carries over: winners, in the given order, get the debited bonus coins first."""
+    shares = []
+    for index in range(winner_count):
+        bonus = min(max(debit.bonus_coins - index * coins_per_winner, 0), coins_per_winner)
+        shares.append(Split(paid_coins=coins_per_winner - bonus, bonus_coins=bonus))
+    assert sum(s.coins for s in shares) == debit.coins
+    return shares
+
+
+# --- postings ---------------------------------------------------------------------------------------------------
+
 Postings = list[tuple[str, int]]
 
 
 def purchase_postings(account_id: str, coins: int, bonus_coins: int) -> Postings:
-    postings = [(account_id, coins + bonus_coins), (SYSTEM_SALES, -coins)]
-    if bonus_coins:
-        postings.append((SYSTEM_PROMOTIONS, -bonus_coins))
+    return _balanced(
+        [
+            (paid_bucket(account_id), coins),
+            (bonus_bucket(account_id), bonus_coins),
+            (SYSTEM_SALES, -coins),
+            (SYSTEM_PROMOTIONS, -bonus_coins),
+        ]
+    )
+
+
+def spend_postings(account_id: str, split: Split) -> Postings:
+    return _balanced(
+        [
+            (paid_bucket(account_id), -split.paid_coins),
+            (bonus_bucket(account_id), -split.bonus_coins),
+            (SYSTEM_SPENT, split.coins),
+        ]
+    )
+
+
+def reversal_postings(account_id: str, purchase_coins: int, purchase_bonus_coins: int, split: Split) -> Postings:
+    return _balanced(
+        [
+            (paid_bucket(account_id), -split.paid_coins),
+            (bonus_bucket(account_id), -split.bonus_coins),
+            (SYSTEM_SALES, purchase_coins),
+            (SYSTEM_PROMOTIONS, purchase_bonus_coins),
+        ]
+    )
+
+
+def giveaway_postings(creator_id: str, debit: Split, winner_ids: list[str], shares: list[Split]) -> Postings:
+    postings = [(paid_bucket(creator_id), -debit.paid_coins), (bonus_bucket(creator_id), -debit.bonus_coins)]
+    for winner_id, share in zip(winner_ids, shares, strict=True):
+        postings += [(paid_bucket(winner_id), share.paid_coins), (bonus_bucket(winner_id), share.bonus_coins)]
     return _balanced(postings)
 
 
-def spend_postings(account_id: str, coins: int) -> Postings:
-    return _balanced([(account_id, -coins), (SYSTEM_SPENT, coins)])
-
-
 def _balanced(postings: Postings) -> Postings:
-    assert sum(delta for _, delta in postings) == 0, f"unbalanced postings {postings}"
-    assert all(delta != 0 for _, delta in postings), f"zero posting in {postings}"
-    return postings
+    """Drops zero legs (a posting always moves something) and checks double entry."""
+    moving = [(account, delta) for account, delta in postings if delta != 0]
+    assert sum(delta for _, delta in moving) == 0, f"unbalanced postings {postings}"
+    assert len({account for account, _ in moving}) == len(moving), f"one ledger account twice in {postings}"
+    return moving
 
 
-def encode_page_token(last_posting_id: int) -> str:
-    return base64.urlsafe_b64encode(f"p:{last_posting_id}".encode()).decode()
+# --- page tokens ------------------------------------------------------------------------------------------------
 
 
-def decode_page_token(token: str) -> int | None:
-    """None for the first page; INVALID_ARGUMENT for anything we did not hand out."""
+def encode_page_token(last_position: int, kind: str = "p") -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{last_position}".encode()).decode()
+
+
+def decode_page_token(token: str, kind: str = "p") -> int | None:
+    """None for the first page; INVALID_ARGUMENT for anything we did not hand out (for this list)."""
     if not token:
         return None
     try:
-        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind == "p" and value.isdigit():
+        found_kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if found_kind == kind and value.isdigit():
             return int(value)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
 from coinstream.type.v1 import money_pb2
 from coinstream.wallet.v1 import wallet_pb2
+from google.protobuf.message import Message
 
 from services.runtime import idempotency, recovery
 from services.runtime.errors import (
@@ -28,16 +31,53 @@ _STATUS_TO_PROTO = {
     domain.AccountStatus.ACTIVE: wallet_pb2.ACCOUNT_STATUS_ACTIVE,
     domain.AccountStatus.FROZEN: wallet_pb2.ACCOUNT_STATUS_FROZEN,
 }
-_KIND_TO_PROTO = {"purchase": wallet_pb2.TRANSACTION_KIND_PURCHASE, "spend": wallet_pb2.TRANSACTION_KIND_SPEND}
+_KIND_TO_PROTO = {
+    "purchase": wallet_pb2.TRANSACTION_KIND_PURCHASE,
+    "spend": wallet_pb2.TRANSACTION_KIND_SPEND,
+    "reversal": wallet_pb2.TRANSACTION_KIND_REVERSAL,
+}
 
 
-def account_message(account: domain.Account) -> wallet_pb2.Account:
-    return wallet_pb2.Account(
+def account_message(account: domain.Account, now: datetime | None = None) -> wallet_pb2.Account:
+    limit = account.spending_limit.in_force(now or datetime.now(UTC))
+    message = wallet_pb2.Account(
         account_id=account.account_id,
         adult_verified=account.adult_verified,
         country_code=account.country_code,
         status=_STATUS_TO_PROTO[account.status],
+        spending_limit=wallet_pb2.SpendingLimit(daily_coins=limit.daily_coins),
     )
+    if limit.pending_effective_at is not None:
+        assert limit.pending_daily_coins is not None
+        message.spending_limit.pending.daily_coins = limit.pending_daily_coins
+        message.spending_limit.pending.effective_at.FromDatetime(limit.pending_effective_at)
+    return message
+
+
+def balance_message(account_id: str, balance: domain.Balance) -> wallet_pb2.Balance:
+    return wallet_pb2.Balance(
+        account_id=account_id, coins=balance.coins, paid_coins=balance.paid_coins, bonus_coins=balance.bonus_coins
+    )
+
+
+def promotion_message(promotion: domain.Promotion, now: datetime) -> wallet_pb2.Promotion:
+    message = wallet_pb2.Promotion(
+        promotion_id=promotion.promotion_id,
+        name=promotion.name,
+        min_package_coins=promotion.min_package_coins,
+        first_purchase_only=promotion.first_purchase_only,
+        max_uses_per_account=promotion.max_uses_per_account,
+        status=wallet_pb2.PROMOTION_STATUS_ENDED if promotion.has_ended(now) else wallet_pb2.PROMOTION_STATUS_ACTIVE,
+    )
+    message.starts_at.FromDatetime(promotion.starts_at)
+    if promotion.ends_at is not None:
+        message.ends_at.FromDatetime(promotion.ends_at)
+    if promotion.bonus_percent is not None:
+        message.bonus_percent = promotion.bonus_percent
+    else:
+        assert promotion.bonus_coins is not None
+        message.bonus_coins = promotion.bonus_coins
+    return message
 
 
 def new_id(prefix: str) -> str:
@@ -45,31 +85,19 @@ def new_id(prefix: str) -> str:
 
 
 class WalletService:
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        payments: PaymentProvider,
-        bonus_rule: domain.BonusRule,
-        payment_timeout_seconds: float,
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, payments: PaymentProvider, payment_timeout_seconds: float) -> None:
         self._pool = pool
         self._payments = payments
-        self._bonus_rule = bonus_rule
         self._payment_timeout_seconds = payment_timeout_seconds
+
+    # --- accounts -----------------------------------------------------------------------------------------------
 
     async def upsert_account(self, request: wallet_pb2.UpsertAccountRequest) -> wallet_pb2.UpsertAccountResponse:
         async def operation(conn: asyncpg.Connection) -> wallet_pb2.UpsertAccountResponse:
             account = await store.upsert_account(conn, request.account_id, request.adult_verified, request.country_code)
             return wallet_pb2.UpsertAccountResponse(account=account_message(account))
 
-        return await idempotency.run_once(
-            self._pool,
-            request_id=request.request_id,
-            method="UpsertAccount",
-            request=request,
-            response_type=wallet_pb2.UpsertAccountResponse,
-            operation=operation,
-        )
+        return await self._run_once("UpsertAccount", request, wallet_pb2.UpsertAccountResponse, operation)
 
     async def get_account(self, account_id: str) -> wallet_pb2.Account:
         account = await store.get_account(self._pool, account_id)
@@ -77,19 +105,28 @@ class WalletService:
             raise not_found("ACCOUNT_NOT_FOUND", f"no account {account_id!r}")
         return account_message(account)
 
-    async def get_balance(self, account_id: str) -> wallet_pb2.Balance:
-        return wallet_pb2.Balance(account_id=account_id, coins=await store.get_balance(self._pool, account_id))
+    async def get_balance(self, account_id: str, as_of: datetime | None = None) -> wallet_pb2.Balance:
+        if as_of is None:
+            balance = await store.get_balance(self._pool, account_id)
+        else:
+            balance = await store.balance_as_of(self._pool, account_id, as_of)
+        return balance_message(account_id, balance)
 
-    def list_packages(self) -> list[wallet_pb2.CoinPackage]:
-        return [
-            wallet_pb2.CoinPackage(
-                package_id=package.package_id,
-                coins=package.coins,
-                bonus_coins=self._bonus_rule.bonus_coins(package),
-                price=money_pb2.Money(currency_code=package.currency_code, amount_minor=package.price_minor),
-            )
-            for package in domain.DEFAULT_PACKAGES
-        ]
+    async def set_spending_limit(
+        self, request: wallet_pb2.SetSpendingLimitRequest
+    ) -> wallet_pb2.SetSpendingLimitResponse:
+        async def operation(conn: asyncpg.Connection) -> wallet_pb2.SetSpendingLimitResponse:
+            account = await store.lock_account(conn, request.account_id)
+            if account is None:
+                raise not_found("ACCOUNT_NOT_FOUND", f"no account {request.account_id!r}")
+            now = await conn.fetchval("SELECT now()")
+            limit = account.spending_limit.change_to(request.daily_coins, now)
+            updated = await store.set_spending_limit(conn, request.account_id, limit)
+            return wallet_pb2.SetSpendingLimitResponse(account=account_message(updated, now))
+
+        return await self._run_once("SetSpendingLimit", request, wallet_pb2.SetSpendingLimitResponse, operation)
+
+    # --- spends -------------------------------------------------------------------------------------------------
 
     async def spend(self, request: wallet_pb2.SpendCoinsRequest) -> wallet_pb2.SpendCoinsResponse:
         async def operation(conn: asyncpg.Connection) -> wallet_pb2.SpendCoinsResponse:
@@ -97,36 +134,78 @@ class WalletService:
             # for days, say) must get its original answer, not be charged again or refused.
             earlier = await store.find_spend(conn, request.request_id, request.account_id)
             if earlier is not None:
-                transaction_id, balance_after = earlier
-                balance = wallet_pb2.Balance(account_id=request.account_id, coins=balance_after)
-                return wallet_pb2.SpendCoinsResponse(transaction_id=transaction_id, balance=balance)
+                return _spend_response(request.account_id, earlier)
+            await store.lock_buckets(conn, [request.account_id])
+            spender = await store.read_spender(conn, request.account_id)
+            split = domain.authorize_spend(spender, request.account_id, request.coins)
             transaction_id = new_id("txn")
-            balance_after = await store.debit_for_spend(
+            await store.record_movement(
                 conn,
                 transaction_id=transaction_id,
+                kind="spend",
                 request_id=request.request_id,
                 account_id=request.account_id,
-                coins=request.coins,
                 reference=request.reference,
-                postings=domain.spend_postings(request.account_id, request.coins),
+                postings=domain.spend_postings(request.account_id, split),
             )
-            if balance_after is None:
-                raise await self._why_spend_refused(conn, request.account_id, request.coins)
-            balance = wallet_pb2.Balance(account_id=request.account_id, coins=balance_after)
-            return wallet_pb2.SpendCoinsResponse(transaction_id=transaction_id, balance=balance)
+            after = spender.balance.debited(split)
+            return wallet_pb2.SpendCoinsResponse(
+                transaction_id=transaction_id,
+                balance=balance_message(request.account_id, after),
+                paid_coins=split.paid_coins,
+                bonus_coins=split.bonus_coins,
+            )
 
-        return await idempotency.run_once(
-            self._pool,
-            request_id=request.request_id,
-            method="SpendCoins",
-            request=request,
-            response_type=wallet_pb2.SpendCoinsResponse,
-            operation=operation,
-        )
+        return await self._run_once("SpendCoins", request, wallet_pb2.SpendCoinsResponse, operation)
 
-    async def _why_spend_refused(self, conn: asyncpg.Connection, account_id: str, coins: int) -> AppError:
-        domain.require_can_transact(await store.get_account(conn, account_id), account_id)
-        return domain.insufficient_coins(account_id, await store.get_balance(conn, account_id), coins)
+    async def create_giveaway(self, request: wallet_pb2.CreateGiveawayRequest) -> wallet_pb2.CreateGiveawayResponse:
+        """All winners are paid or none: one ledger transaction, one statement for the coins of all of them."""
+        creator_id, winner_ids = request.creator_id, list(request.winner_ids)
+
+        async def operation(conn: asyncpg.Connection) -> wallet_pb2.CreateGiveawayResponse:
+            await store.lock_buckets(conn, [creator_id, *winner_ids])
+            spender, debit = await _authorize_giveaway(conn, request)
+            shares = domain.giveaway_shares(debit, len(winner_ids), request.coins_per_winner)
+            giveaway_id, transaction_id = new_id("gwy"), new_id("txn")
+            await store.record_movement(
+                conn,
+                transaction_id=transaction_id,
+                kind="giveaway",
+                request_id=request.request_id,
+                account_id=creator_id,
+                reference=giveaway_id,
+                postings=domain.giveaway_postings(creator_id, debit, winner_ids, shares),
+            )
+            await store.insert_giveaway(
+                conn,
+                giveaway_id=giveaway_id,
+                request_id=request.request_id,
+                creator_id=creator_id,
+                coins_per_winner=request.coins_per_winner,
+                winner_ids=winner_ids,
+                transaction_id=transaction_id,
+            )
+            return wallet_pb2.CreateGiveawayResponse(
+                giveaway=wallet_pb2.Giveaway(giveaway_id=giveaway_id, total_coins=debit.coins, winner_ids=winner_ids),
+                balance=balance_message(creator_id, spender.balance.debited(debit)),
+            )
+
+        return await self._run_once("CreateGiveaway", request, wallet_pb2.CreateGiveawayResponse, operation)
+
+    # --- purchases ----------------------------------------------------------------------------------------------
+
+    async def list_packages(self) -> list[wallet_pb2.CoinPackage]:
+        """Each package with the bonus anyone would get now (promotions with account conditions aside)."""
+        promotions, now = await store.open_promotions(self._pool)
+        return [
+            wallet_pb2.CoinPackage(
+                package_id=package.package_id,
+                coins=package.coins,
+                bonus_coins=domain.best_promotion(promotions, package, now, None)[1],
+                price=money_pb2.Money(currency_code=package.currency_code, amount_minor=package.price_minor),
+            )
+            for package in domain.DEFAULT_PACKAGES
+        ]
 
     async def purchase(self, request: wallet_pb2.PurchaseCoinsRequest) -> wallet_pb2.PurchaseCoinsResponse:
         """Two steps around the payment provider: record a pending purchase, charge, then credit. A retry, or the
@@ -147,22 +226,28 @@ class WalletService:
     ) -> idempotency.StoredRequest:
         try:
             package = domain.find_package(request.package_id)
-            domain.require_can_transact(await store.get_account(conn, request.account_id), request.account_id)
+            # The account lock serializes this account's purchase intents, so first-purchase-only and per-account
+            # use limits hold under concurrent purchases.
+            domain.require_can_purchase(await store.lock_account(conn, request.account_id), request.account_id)
         except AppError as refusal:
             await idempotency.record_error(conn, request.request_id, refusal)
             return idempotency.StoredRequest(resource_id=None, response=None, error=refusal)
+        promotions, now = await store.open_promotions(conn)
+        history = await store.purchase_history(conn, request.account_id)
+        promotion, bonus_coins = domain.best_promotion(promotions, package, now, history)
         purchase = store.PurchaseRow(
             purchase_id=new_id("pur"),
             request_id=request.request_id,
             account_id=request.account_id,
             package_id=package.package_id,
             coins=package.coins,
-            bonus_coins=self._bonus_rule.bonus_coins(package),
+            bonus_coins=bonus_coins,
             price_minor=package.price_minor,
             currency_code=package.currency_code,
             payment_token=request.payment_token,
             status=domain.PurchaseStatus.PENDING,
             transaction_id=None,
+            promotion_id=promotion.promotion_id if promotion else None,
         )
         await store.insert_purchase(conn, purchase)
         await idempotency.set_resource(conn, request.request_id, purchase.purchase_id)
@@ -197,6 +282,7 @@ class WalletService:
     async def _settle_purchase(self, purchase_id: str, charge: ChargeResult) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             purchase = await store.lock_purchase(conn, purchase_id)
+            assert purchase is not None, f"purchase {purchase_id} vanished"
             if purchase.status is not domain.PurchaseStatus.PENDING:
                 return  # a concurrent retry or the recovery pass finished it first
             if not charge.approved:
@@ -206,57 +292,215 @@ class WalletService:
                 declined = failed_precondition("PAYMENT_DECLINED", f"payment declined: {charge.decline_reason}")
                 await idempotency.record_error(conn, purchase.request_id, declined)
                 return
+            before = (await store.lock_buckets(conn, [purchase.account_id]))[purchase.account_id]
             transaction_id = new_id("txn")
-            balance_after = await store.credit_for_purchase(
+            await store.record_movement(
                 conn,
                 transaction_id=transaction_id,
+                kind="purchase",
                 request_id=purchase.request_id,
                 account_id=purchase.account_id,
                 reference=purchase_id,
                 postings=domain.purchase_postings(purchase.account_id, purchase.coins, purchase.bonus_coins),
             )
+            after = before.credited(domain.Split(paid_coins=purchase.coins, bonus_coins=purchase.bonus_coins))
+            if domain.debt_covered(before, after):  # the account may spend again
+                await store.set_status(conn, purchase.account_id, domain.AccountStatus.ACTIVE)
             await store.finish_purchase(
                 conn, purchase_id, domain.PurchaseStatus.COMPLETED, charge.provider_reference, transaction_id
             )
-            await idempotency.record_response(conn, purchase.request_id, _purchase_response(purchase, balance_after))
+            await idempotency.record_response(conn, purchase.request_id, _purchase_response(purchase, after))
 
     async def recover_pending_purchases(self, older_than_seconds: float, batch_size: int = 100) -> int:
         """Finishes purchases a crash or an outage left pending. Returns how many it looked at."""
         purchase_ids = await store.stale_pending_purchases(self._pool, older_than_seconds, batch_size)
         return await recovery.resume_each("purchase", purchase_ids, self.complete_purchase)
 
+    async def reverse_purchase(self, request: wallet_pb2.ReversePurchaseRequest) -> wallet_pb2.ReversePurchaseResponse:
+        """A chargeback: takes the purchase's coins back, into debt if they were spent (the account is then frozen
+        until purchases cover it). A purchase is reversed at most once, whatever the request_id."""
+
+        async def operation(conn: asyncpg.Connection) -> wallet_pb2.ReversePurchaseResponse:
+            purchase = await store.lock_purchase(conn, request.purchase_id)
+            if purchase is None or purchase.status is not domain.PurchaseStatus.COMPLETED:
+                raise not_found("PURCHASE_NOT_FOUND", f"no completed purchase {request.purchase_id!r}")
+            account_id = purchase.account_id
+            transaction_id = await store.find_reversal(conn, purchase.purchase_id)
+            if transaction_id is None:
+                transaction_id = await self._reverse(conn, purchase, request)
+            account = await store.get_account(conn, account_id)
+            assert account is not None
+            return wallet_pb2.ReversePurchaseResponse(
+                transaction_id=transaction_id,
+                balance=balance_message(account_id, await store.get_balance(conn, account_id)),
+                account_status=_STATUS_TO_PROTO[account.status],
+            )
+
+        return await self._run_once("ReversePurchase", request, wallet_pb2.ReversePurchaseResponse, operation)
+
+    async def _reverse(
+        self, conn: asyncpg.Connection, purchase: store.PurchaseRow, request: wallet_pb2.ReversePurchaseRequest
+    ) -> str:
+        account_id = purchase.account_id
+        before = (await store.lock_buckets(conn, [account_id]))[account_id]
+        split = domain.reversal_split(purchase.coins, purchase.bonus_coins, before)
+        transaction_id = new_id("txn")
+        await store.allow_debt(conn, True)
+        await store.record_movement(
+            conn,
+            transaction_id=transaction_id,
+            kind="reversal",
+            request_id=request.request_id,
+            account_id=account_id,
+            reference=purchase.purchase_id,
+            postings=domain.reversal_postings(account_id, purchase.coins, purchase.bonus_coins, split),
+        )
+        await store.allow_debt(conn, False)
+        await store.insert_reversal(
+            conn,
+            purchase_id=purchase.purchase_id,
+            request_id=request.request_id,
+            transaction_id=transaction_id,
+            reason=request.reason,
+            paid_coins=split.paid_coins,
+            bonus_coins=split.bonus_coins,
+        )
+        if domain.in_debt(before.debited(split)):
+            await store.set_status(conn, account_id, domain.AccountStatus.FROZEN)
+        log.info("purchase_reversed", purchase_id=purchase.purchase_id, account_id=account_id, **vars(split))
+        return transaction_id
+
+    # --- promotions ---------------------------------------------------------------------------------------------
+
+    async def create_promotion(
+        self, request: wallet_pb2.CreatePromotionRequest, starts_at: datetime | None, ends_at: datetime | None
+    ) -> wallet_pb2.CreatePromotionResponse:
+        async def operation(conn: asyncpg.Connection) -> wallet_pb2.CreatePromotionResponse:
+            now = await conn.fetchval("SELECT now()")
+            bonus = request.WhichOneof("bonus")
+            promotion = await store.insert_promotion(
+                conn,
+                domain.Promotion(
+                    promotion_id=new_id("promo"),
+                    name=request.name,
+                    starts_at=starts_at or now,
+                    ends_at=ends_at,
+                    min_package_coins=request.min_package_coins,
+                    bonus_percent=request.bonus_percent if bonus == "bonus_percent" else None,
+                    bonus_coins=request.bonus_coins if bonus == "bonus_coins" else None,
+                    first_purchase_only=request.first_purchase_only,
+                    max_uses_per_account=request.max_uses_per_account,
+                    created_at=now,
+                ),
+            )
+            return wallet_pb2.CreatePromotionResponse(promotion=promotion_message(promotion, now))
+
+        return await self._run_once("CreatePromotion", request, wallet_pb2.CreatePromotionResponse, operation)
+
+    async def end_promotion(self, request: wallet_pb2.EndPromotionRequest) -> wallet_pb2.EndPromotionResponse:
+        async def operation(conn: asyncpg.Connection) -> wallet_pb2.EndPromotionResponse:
+            promotion = await store.lock_promotion(conn, request.promotion_id)
+            if promotion is None:
+                raise not_found("PROMOTION_NOT_FOUND", f"no promotion {request.promotion_id!r}")
+            now = await conn.fetchval("SELECT now()")
+            ends_at = domain.ended_now(promotion, now)
+            if ends_at is not None:
+                promotion = await store.set_promotion_end(conn, promotion.promotion_id, ends_at)
+            return wallet_pb2.EndPromotionResponse(promotion=promotion_message(promotion, now))
+
+        return await self._run_once("EndPromotion", request, wallet_pb2.EndPromotionResponse, operation)
+
+    async def list_promotions(self, page_size: int, page_token: str) -> wallet_pb2.ListPromotionsResponse:
+        before = domain.decode_page_token(page_token, kind="m")
+        rows = await store.list_promotions(self._pool, before, page_size + 1)
+        page, more = rows[:page_size], len(rows) > page_size
+        now = datetime.now(UTC)
+        return wallet_pb2.ListPromotionsResponse(
+            promotions=[promotion_message(promotion, now) for _, promotion in page],
+            next_page_token=domain.encode_page_token(page[-1][0], kind="m") if more else "",
+        )
+
+    # --- history ------------------------------------------------------------------------------------------------
+
     async def list_transactions(
         self, account_id: str, page_size: int, page_token: str
     ) -> wallet_pb2.ListTransactionsResponse:
         before = domain.decode_page_token(page_token)
-        entries = await store.list_history(self._pool, account_id, before, page_size + 1)
-        page, more = entries[:page_size], len(entries) > page_size
-        response = wallet_pb2.ListTransactionsResponse(
-            transactions=[_transaction_message(entry) for entry in page],
+        movements = await store.list_history(self._pool, account_id, before, page_size + 1)
+        page, more = movements[:page_size], len(movements) > page_size
+        return wallet_pb2.ListTransactionsResponse(
+            transactions=[_transaction_message(account_id, movement) for movement in page],
             next_page_token=domain.encode_page_token(page[-1].posting_id) if more else "",
         )
-        return response
+
+    async def _run_once(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[idempotency.ResponseT],
+        operation: Callable[[asyncpg.Connection], Awaitable[idempotency.ResponseT]],
+    ) -> idempotency.ResponseT:
+        request_id: str = request.request_id  # type: ignore[attr-defined]  # every mutating request has one
+        return await idempotency.run_once(
+            self._pool,
+            request_id=request_id,
+            method=method,
+            request=request,
+            response_type=response_type,
+            operation=operation,
+        )
 
 
-def _purchase_response(purchase: store.PurchaseRow, balance_after: int) -> wallet_pb2.PurchaseCoinsResponse:
+async def _authorize_giveaway(
+    conn: asyncpg.Connection, request: wallet_pb2.CreateGiveawayRequest
+) -> tuple[domain.Spender, domain.Split]:
+    """The creator first (eligible, not frozen), then every winner, then the creator's coins and limit."""
+    spender = await store.read_spender(conn, request.creator_id)
+    domain.require_can_transact(spender.account, request.creator_id)
+    winner_ids = list(request.winner_ids)
+    domain.require_winners_eligible(winner_ids, await store.get_accounts(conn, winner_ids))
+    total_coins = request.coins_per_winner * len(winner_ids)
+    return spender, domain.authorize_spend(spender, request.creator_id, total_coins)
+
+
+def _spend_response(account_id: str, spend: store.Movement) -> wallet_pb2.SpendCoinsResponse:
+    return wallet_pb2.SpendCoinsResponse(
+        transaction_id=spend.transaction_id,
+        balance=balance_message(account_id, domain.Balance(spend.paid_after, spend.bonus_after)),
+        paid_coins=-spend.paid_delta,
+        bonus_coins=-spend.bonus_delta,
+    )
+
+
+def _purchase_response(purchase: store.PurchaseRow, after: domain.Balance) -> wallet_pb2.PurchaseCoinsResponse:
     return wallet_pb2.PurchaseCoinsResponse(
         purchase=wallet_pb2.Purchase(
             purchase_id=purchase.purchase_id,
             package_id=purchase.package_id,
             coins=purchase.coins,
             bonus_coins=purchase.bonus_coins,
+            promotion_id=purchase.promotion_id or "",
         ),
-        balance=wallet_pb2.Balance(account_id=purchase.account_id, coins=balance_after),
+        balance=balance_message(purchase.account_id, after),
     )
 
 
-def _transaction_message(entry: store.HistoryEntry) -> wallet_pb2.Transaction:
+def _transaction_kind(account_id: str, movement: store.Movement) -> wallet_pb2.TransactionKind.ValueType:
+    if movement.kind == "giveaway":
+        sent = movement.initiator_id == account_id
+        return wallet_pb2.TRANSACTION_KIND_GIVEAWAY_SENT if sent else wallet_pb2.TRANSACTION_KIND_GIVEAWAY_RECEIVED
+    return _KIND_TO_PROTO[movement.kind]
+
+
+def _transaction_message(account_id: str, movement: store.Movement) -> wallet_pb2.Transaction:
     message = wallet_pb2.Transaction(
-        transaction_id=entry.transaction_id,
-        kind=_KIND_TO_PROTO[entry.kind],
-        coins_delta=entry.coins_delta,
-        balance_after=entry.balance_after,
-        reference=entry.reference,
+        transaction_id=movement.transaction_id,
+        kind=_transaction_kind(account_id, movement),
+        coins_delta=movement.paid_delta + movement.bonus_delta,
+        balance_after=movement.paid_after + movement.bonus_after,
+        reference=movement.reference,
+        paid_coins_delta=movement.paid_delta,
+        bonus_coins_delta=movement.bonus_delta,
     )
-    message.created_at.FromDatetime(entry.created_at)
+    message.created_at.FromDatetime(movement.created_at)
     return message

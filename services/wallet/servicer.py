@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import grpc
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from google.protobuf import timestamp_pb2
 
-from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, current_principal
+from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, ROLE_USER, current_principal
+from services.runtime.errors import permission_denied
 from services.runtime.validation import Validator, page_size
+from services.wallet.domain import MAX_GIVEAWAY_WINNERS
 from services.wallet.service import WalletService
 
 COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
 MAX_SPEND_COINS = 10_000_000_000  # far above any gift (10,000 × the dearest) yet far from int64 overflow
+MAX_COINS_PER_WINNER = 1_000_000
+MAX_PROMOTION_BONUS_COINS = 1_000_000
+MAX_PROMOTION_USES = 1_000_000
+# 0001-01-01 .. 9999-12-31: what a datetime can hold.
+TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
 OWNER_OR_STAFF = (ROLE_SERVICE, ROLE_ADMIN)
 
 
@@ -42,14 +51,17 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def GetBalance(
         self, request: wallet_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> wallet_pb2.GetBalanceResponse:
-        _check_account_id(request.account_id)
+        check = Validator()
+        check.identifier(request.account_id, "account_id")
+        as_of = _timestamp(check, request, "as_of")
+        check.raise_if_invalid()
         current_principal().require_account_access(request.account_id, privileged_roles=OWNER_OR_STAFF)
-        return wallet_pb2.GetBalanceResponse(balance=await self._wallet.get_balance(request.account_id))
+        return wallet_pb2.GetBalanceResponse(balance=await self._wallet.get_balance(request.account_id, as_of))
 
     async def ListCoinPackages(
         self, request: wallet_pb2.ListCoinPackagesRequest, context: grpc.aio.ServicerContext
     ) -> wallet_pb2.ListCoinPackagesResponse:
-        return wallet_pb2.ListCoinPackagesResponse(packages=self._wallet.list_packages())
+        return wallet_pb2.ListCoinPackagesResponse(packages=await self._wallet.list_packages())
 
     async def PurchaseCoins(
         self, request: wallet_pb2.PurchaseCoinsRequest, context: grpc.aio.ServicerContext
@@ -86,8 +98,114 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         current_principal().require_account_access(request.account_id, privileged_roles=OWNER_OR_STAFF)
         return await self._wallet.list_transactions(request.account_id, size, request.page_token)
 
+    async def CreatePromotion(
+        self, request: wallet_pb2.CreatePromotionRequest, context: grpc.aio.ServicerContext
+    ) -> wallet_pb2.CreatePromotionResponse:
+        check = Validator()
+        check.request_id(request.request_id)
+        check.text(request.name, "name", max_length=100)
+        starts_at = _timestamp(check, request, "starts_at")
+        ends_at = _timestamp(check, request, "ends_at")
+        if ends_at is not None and ends_at <= (starts_at or datetime.now(UTC)):
+            check.fail("ends_at", "must be after starts_at (or after now when starts_at is unset)")
+        check.int_range(request.min_package_coins, "min_package_coins", minimum=0, maximum=MAX_SPEND_COINS)
+        bonus = request.WhichOneof("bonus")
+        if bonus == "bonus_percent":
+            check.int_range(request.bonus_percent, "bonus_percent", minimum=1, maximum=100)
+        elif bonus == "bonus_coins":
+            check.int_range(request.bonus_coins, "bonus_coins", minimum=1, maximum=MAX_PROMOTION_BONUS_COINS)
+        else:
+            check.fail("bonus_percent", "exactly one of bonus_percent or bonus_coins is required")
+        check.int_range(request.max_uses_per_account, "max_uses_per_account", minimum=0, maximum=MAX_PROMOTION_USES)
+        check.raise_if_invalid()
+        current_principal().require_any_role(ROLE_ADMIN)
+        return await self._wallet.create_promotion(request, starts_at, ends_at)
+
+    async def ListPromotions(
+        self, request: wallet_pb2.ListPromotionsRequest, context: grpc.aio.ServicerContext
+    ) -> wallet_pb2.ListPromotionsResponse:
+        check = Validator()
+        size = page_size(check, request.page_size)
+        check.text(request.page_token, "page_token", max_length=256, required=False)
+        check.raise_if_invalid()
+        current_principal().require_any_role(ROLE_ADMIN)
+        return await self._wallet.list_promotions(size, request.page_token)
+
+    async def EndPromotion(
+        self, request: wallet_pb2.EndPromotionRequest, context: grpc.aio.ServicerContext
+    ) -> wallet_pb2.EndPromotionResponse:
+        check = Validator()
+        check.request_id(request.request_id)
+        check.opaque_id(request.promotion_id, "promotion_id")
+        check.raise_if_invalid()
+        current_principal().require_any_role(ROLE_ADMIN)
+        return await self._wallet.end_promotion(request)
+
+    async def ReversePurchase(
+        self, request: wallet_pb2.ReversePurchaseRequest, context: grpc.aio.ServicerContext
+    ) -> wallet_pb2.ReversePurchaseResponse:
+        check = Validator()
+        check.request_id(request.request_id)
+        check.opaque_id(request.purchase_id, "purchase_id")
+        check.text(request.reason, "reason", max_length=256)
+        check.raise_if_invalid()
+        current_principal().require_any_role(ROLE_ADMIN)
+        return await self._wallet.reverse_purchase(request)
+
+    async def CreateGiveaway(
+        self, request: wallet_pb2.CreateGiveawayRequest, context: grpc.aio.ServicerContext
+    ) -> wallet_pb2.CreateGiveawayResponse:
+        check = Validator()
+        check.request_id(request.request_id)
+        check.identifier(request.creator_id, "creator_id")
+        check.int_range(request.coins_per_winner, "coins_per_winner", minimum=1, maximum=MAX_COINS_PER_WINNER)
+        _check_winners(check, request.creator_id, list(request.winner_ids))
+        check.raise_if_invalid()
+        current_principal().require_account_access(request.creator_id, privileged_roles=(ROLE_SERVICE,))
+        return await self._wallet.create_giveaway(request)
+
+    async def SetSpendingLimit(
+        self, request: wallet_pb2.SetSpendingLimitRequest, context: grpc.aio.ServicerContext
+    ) -> wallet_pb2.SetSpendingLimitResponse:
+        check = Validator()
+        check.request_id(request.request_id)
+        check.identifier(request.account_id, "account_id")
+        check.int_range(request.daily_coins, "daily_coins", minimum=0, maximum=MAX_SPEND_COINS)
+        check.raise_if_invalid()
+        # A self-set limit: only the owner sets it, not a backend or an admin acting for them.
+        principal = current_principal()
+        if ROLE_USER not in principal.roles or principal.subject != request.account_id:
+            raise permission_denied("only the account owner may set its spending limit")
+        return await self._wallet.set_spending_limit(request)
+
 
 def _check_account_id(account_id: str) -> None:
     check = Validator()
     check.identifier(account_id, "account_id")
     check.raise_if_invalid()
+
+
+def _check_winners(check: Validator, creator_id: str, winner_ids: list[str]) -> None:
+    if not 1 <= len(winner_ids) <= MAX_GIVEAWAY_WINNERS:
+        check.fail("winner_ids", f"must hold 1-{MAX_GIVEAWAY_WINNERS} account ids")
+        return
+    seen: set[str] = set()
+    for index, winner_id in enumerate(winner_ids):
+        field = f"winner_ids[{index}]"
+        check.identifier(winner_id, field)
+        if winner_id == creator_id:
+            check.fail(field, "must not be the creator")
+        elif winner_id in seen:
+            check.fail(field, "is a duplicate")
+        seen.add(winner_id)
+
+
+def _timestamp(check: Validator, request: object, field: str) -> datetime | None:
+    """An optional google.protobuf.Timestamp field as an aware datetime (None when unset)."""
+    if not request.HasField(field):  # type: ignore[attr-defined]
+        return None
+    value: timestamp_pb2.Timestamp = getattr(request, field)
+    if not TIMESTAMP_SECONDS[0] <= value.seconds <= TIMESTAMP_SECONDS[1] or not 0 <= value.nanos < 1_000_000_000:
+        check.fail(field, "is not a valid timestamp")
+        return None
+    return value.ToDatetime(tzinfo=UTC)

@@ -1,4 +1,8 @@
-"""All of the wallet's SQL. Functions take a connection so the use cases decide the transaction boundaries."""
+"""All of the wallet's SQL. Functions take a connection so the use cases decide the transaction boundaries.
+
+Locking: every movement first locks both buckets of every account it touches, in ledger-account-id order
+(lock_buckets), so movements of one account are serialized (what the spending limit and the history's page
+arithmetic rely on) and two movements can never deadlock. Account rows are only locked after buckets, or alone."""
 
 from __future__ import annotations
 
@@ -7,13 +11,36 @@ from datetime import datetime
 
 import asyncpg
 
-from services.wallet.domain import Account, AccountStatus, Postings, PurchaseStatus
+from services.wallet.domain import (
+    SPENDING_LIMIT_WINDOW,
+    Account,
+    AccountStatus,
+    Balance,
+    Postings,
+    Promotion,
+    PurchaseHistory,
+    PurchaseStatus,
+    Spender,
+    SpendingLimit,
+    bonus_bucket,
+    buckets,
+    paid_bucket,
+)
 
-ACCOUNT_COLUMNS = "account_id, adult_verified, country_code, status"
+ACCOUNT_COLUMNS = (
+    "account_id, adult_verified, country_code, status,"
+    " daily_limit_coins, pending_daily_limit_coins, pending_limit_effective_at"
+)
 
 
 def _account(row: asyncpg.Record) -> Account:
-    return Account(row["account_id"], row["adult_verified"], row["country_code"], AccountStatus(row["status"]))
+    return Account(
+        row["account_id"],
+        row["adult_verified"],
+        row["country_code"],
+        AccountStatus(row["status"]),
+        SpendingLimit(row["daily_limit_coins"], row["pending_daily_limit_coins"], row["pending_limit_effective_at"]),
+    )
 
 
 async def upsert_account(conn: asyncpg.Connection, account_id: str, adult_verified: bool, country_code: str) -> Account:
@@ -27,8 +54,9 @@ async def upsert_account(conn: asyncpg.Connection, account_id: str, adult_verifi
         country_code,
     )
     await conn.execute(
-        "INSERT INTO ledger_accounts (ledger_account_id, kind) VALUES ($1, 'user') ON CONFLICT DO NOTHING",
-        account_id,
+        "INSERT INTO ledger_accounts (ledger_account_id, kind) SELECT unnest($1::text[]), 'user'"
+        " ON CONFLICT DO NOTHING",
+        buckets(account_id),
     )
     return _account(row)
 
@@ -38,103 +66,238 @@ async def get_account(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) 
     return None if row is None else _account(row)
 
 
-async def get_balance(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> int:
-    coins = await conn.fetchval(
-        "SELECT coins FROM ledger_accounts WHERE ledger_account_id = $1 AND kind = 'user'", account_id
-    )
-    return coins or 0
-
-
-async def find_spend(conn: asyncpg.Connection, request_id: str, account_id: str) -> tuple[str, int] | None:
-    """The spend recorded for request_id: its transaction id and the account's balance right after it."""
+async def lock_account(conn: asyncpg.Connection, account_id: str) -> Account | None:
+    """Serializes an account's purchase intents and limit changes (NO KEY: foreign-key checks are not blocked)."""
     row = await conn.fetchrow(
-        "SELECT t.transaction_id, p.balance_after FROM transactions AS t"
-        " JOIN postings AS p ON p.transaction_id = t.transaction_id AND p.ledger_account_id = t.account_id"
-        " WHERE t.request_id = $1 AND t.kind = 'spend' AND t.account_id = $2",
-        request_id,
-        account_id,
+        f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1 FOR NO KEY UPDATE", account_id
     )
-    return None if row is None else (row["transaction_id"], row["balance_after"])
+    return None if row is None else _account(row)
 
 
-async def debit_for_spend(
+async def get_accounts(conn: asyncpg.Connection, account_ids: list[str]) -> dict[str, Account]:
+    rows = await conn.fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1::text[])", account_ids)
+    return {row["account_id"]: _account(row) for row in rows}
+
+
+async def set_status(conn: asyncpg.Connection, account_id: str, status: AccountStatus) -> None:
+    await conn.execute(
+        "UPDATE accounts SET status = $2, updated_at = now() WHERE account_id = $1 AND status <> $2",
+        account_id,
+        status.value,
+    )
+
+
+async def set_spending_limit(conn: asyncpg.Connection, account_id: str, limit: SpendingLimit) -> Account:
+    row = await conn.fetchrow(
+        "UPDATE accounts SET daily_limit_coins = $2, pending_daily_limit_coins = $3, pending_limit_effective_at = $4,"
+        f" updated_at = now() WHERE account_id = $1 RETURNING {ACCOUNT_COLUMNS}",
+        account_id,
+        limit.daily_coins,
+        limit.pending_daily_coins,
+        limit.pending_effective_at,
+    )
+    assert row is not None, f"account {account_id} vanished"
+    return _account(row)
+
+
+# --- balances ---------------------------------------------------------------------------------------------------
+
+
+async def get_balance(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> Balance:
+    rows = await conn.fetch(
+        "SELECT ledger_account_id, coins FROM ledger_accounts WHERE ledger_account_id = ANY($1::text[])",
+        buckets(account_id),
+    )
+    return _balance(account_id, {row["ledger_account_id"]: row["coins"] for row in rows})
+
+
+def _balance(account_id: str, coins_by_bucket: dict[str, int]) -> Balance:
+    return Balance(coins_by_bucket.get(paid_bucket(account_id), 0), coins_by_bucket.get(bonus_bucket(account_id), 0))
+
+
+async def balance_as_of(pool: asyncpg.Pool, account_id: str, as_of: datetime) -> Balance:
+    """Each bucket's balance after its last posting at or before as_of (0 before any)."""
+    row = await pool.fetchrow(
+        "SELECT"
+        " (SELECT balance_after FROM postings WHERE ledger_account_id = $1 AND created_at <= $3"
+        "  ORDER BY created_at DESC, posting_id DESC LIMIT 1) AS paid,"
+        " (SELECT balance_after FROM postings WHERE ledger_account_id = $2 AND created_at <= $3"
+        "  ORDER BY created_at DESC, posting_id DESC LIMIT 1) AS bonus",
+        paid_bucket(account_id),
+        bonus_bucket(account_id),
+        as_of,
+    )
+    return Balance(row["paid"] or 0, row["bonus"] or 0)
+
+
+async def lock_buckets(conn: asyncpg.Connection, account_ids: list[str]) -> dict[str, Balance]:
+    """Locks both buckets of each account in id order (see the module doc); returns their current balances."""
+    ledger_account_ids = sorted({bucket for account_id in account_ids for bucket in buckets(account_id)})
+    rows = await conn.fetch(
+        "SELECT ledger_account_id, coins FROM ledger_accounts WHERE ledger_account_id = ANY($1::text[])"
+        " ORDER BY ledger_account_id FOR NO KEY UPDATE",
+        ledger_account_ids,
+    )
+    coins = {row["ledger_account_id"]: row["coins"] for row in rows}
+    return {account_id: _balance(account_id, coins) for account_id in account_ids}
+
+
+async def read_spender(conn: asyncpg.Connection, account_id: str) -> Spender:
+    """The account, its balance and what it sent in the limit's rolling window. Call with its buckets locked
+    (lock_buckets), in a statement of its own so that it sees everything committed before the lock was granted."""
+    row = await conn.fetchrow(
+        f"SELECT {ACCOUNT_COLUMNS}, now() AS now,"
+        " (SELECT coins FROM ledger_accounts WHERE ledger_account_id = $2) AS paid_coins,"
+        " (SELECT coins FROM ledger_accounts WHERE ledger_account_id = $3) AS bonus_coins,"
+        # Only accounts with a limit (now or pending) pay for the sum.
+        " CASE WHEN daily_limit_coins > 0 OR pending_daily_limit_coins > 0 THEN"
+        "  (SELECT coalesce(-sum(p.coins_delta), 0)::bigint FROM transactions AS t JOIN postings AS p"
+        "     ON p.transaction_id = t.transaction_id AND p.ledger_account_id IN ($2, $3)"
+        "   WHERE t.account_id = $1 AND t.kind IN ('spend', 'giveaway')"
+        "     AND t.created_at > now() - make_interval(secs => $4))"
+        " ELSE 0 END AS sent_last_24h_coins"
+        " FROM accounts WHERE account_id = $1",
+        account_id,
+        paid_bucket(account_id),
+        bonus_bucket(account_id),
+        SPENDING_LIMIT_WINDOW.total_seconds(),
+    )
+    if row is None:
+        now = await conn.fetchval("SELECT now()")
+        return Spender(None, await get_balance(conn, account_id), 0, now)
+    return Spender(
+        _account(row),
+        Balance(row["paid_coins"] or 0, row["bonus_coins"] or 0),
+        int(row["sent_last_24h_coins"]),
+        row["now"],
+    )
+
+
+async def record_movement(
     conn: asyncpg.Connection,
     *,
     transaction_id: str,
-    request_id: str,
-    account_id: str,
-    coins: int,
-    reference: str,
-    postings: Postings,
-) -> int | None:
-    """One statement: debit an eligible account that has the coins, write the transaction and its postings.
-
-    Returns the balance after, or None when nothing moved (missing, ineligible, frozen or short of coins)."""
-    return await conn.fetchval(
-        """
-        WITH debited AS (
-            UPDATE ledger_accounts AS l SET coins = l.coins - $4
-            FROM accounts AS a
-            WHERE l.ledger_account_id = $3 AND a.account_id = $3
-              AND a.adult_verified AND a.status = 'active' AND l.coins >= $4
-            RETURNING l.coins
-        ), recorded AS (
-            INSERT INTO transactions (transaction_id, kind, request_id, account_id, reference)
-            SELECT $1, 'spend', $2, $3, $5 FROM debited
-        ), posted AS (
-            INSERT INTO postings (transaction_id, ledger_account_id, coins_delta, balance_after)
-            SELECT $1, p.ledger_account_id, p.coins_delta,
-                   CASE WHEN p.ledger_account_id = $3 THEN d.coins END
-            FROM debited AS d, unnest($6::text[], $7::bigint[]) AS p (ledger_account_id, coins_delta)
-        )
-        SELECT coins FROM debited
-        """,
-        transaction_id,
-        request_id,
-        account_id,
-        coins,
-        reference,
-        [account for account, _ in postings],
-        [delta for _, delta in postings],
-    )
-
-
-async def credit_for_purchase(
-    conn: asyncpg.Connection,
-    *,
-    transaction_id: str,
+    kind: str,
     request_id: str,
     account_id: str,
     reference: str,
     postings: Postings,
-) -> int:
-    """Credits the user's side of the postings and writes the transaction; returns the balance after."""
-    user_delta = next(delta for account, delta in postings if account == account_id)
-    balance_after = await conn.fetchval(
+) -> None:
+    """One statement: moves the user buckets' coins, writes the transaction and its postings (each user posting
+    with its bucket's balance after). The caller holds the buckets' locks and has checked the amounts; the
+    database still refuses a negative user bucket (unless debt is allowed) and an unbalanced transaction."""
+    moved = await conn.fetch(
         """
-        WITH credited AS (
-            UPDATE ledger_accounts SET coins = coins + $4 WHERE ledger_account_id = $3 RETURNING coins
+        WITH legs AS (
+            SELECT * FROM unnest($6::text[], $7::bigint[]) AS u (ledger_account_id, coins_delta)
+        ), moved AS (
+            UPDATE ledger_accounts AS l SET coins = l.coins + legs.coins_delta
+            FROM legs WHERE l.ledger_account_id = legs.ledger_account_id AND l.kind = 'user'
+            RETURNING l.ledger_account_id, l.coins
         ), recorded AS (
             INSERT INTO transactions (transaction_id, kind, request_id, account_id, reference)
-            VALUES ($1, 'purchase', $2, $3, $5)
+            VALUES ($1, $2, $3, $4, $5)
         ), posted AS (
             INSERT INTO postings (transaction_id, ledger_account_id, coins_delta, balance_after)
-            SELECT $1, p.ledger_account_id, p.coins_delta,
-                   CASE WHEN p.ledger_account_id = $3 THEN c.coins END
-            FROM credited AS c, unnest($6::text[], $7::bigint[]) AS p (ledger_account_id, coins_delta)
+            SELECT $1, legs.ledger_account_id, legs.coins_delta, moved.coins
+            FROM legs LEFT JOIN moved USING (ledger_account_id)
         )
-        SELECT coins FROM credited
+        SELECT ledger_account_id FROM moved
         """,
         transaction_id,
+        kind,
         request_id,
         account_id,
-        user_delta,
         reference,
-        [account for account, _ in postings],
+        [ledger_account for ledger_account, _ in postings],
         [delta for _, delta in postings],
     )
-    assert balance_after is not None, f"no ledger account for {account_id}"
-    return int(balance_after)
+    user_legs = {ledger_account for ledger_account, _ in postings if not ledger_account.startswith("system:")}
+    # A user leg without its ledger account would post coins no balance holds: refuse (the transaction rolls back).
+    assert {row["ledger_account_id"] for row in moved} == user_legs, f"missing ledger accounts in {postings}"
+
+
+async def allow_debt(conn: asyncpg.Connection, allowed: bool) -> None:
+    """Only a reversal may take a user bucket below zero; the setting ends with the transaction (SET LOCAL)."""
+    await conn.execute("SELECT set_config('coinstream.allow_debt', $1, true)", "on" if allowed else "off")
+
+
+# --- spends -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Movement:
+    """One account's side of a ledger transaction, as history and replays show it."""
+
+    posting_id: int
+    transaction_id: str
+    kind: str
+    initiator_id: str
+    reference: str
+    paid_delta: int
+    bonus_delta: int
+    paid_after: int
+    bonus_after: int
+    created_at: datetime
+
+
+# Groups an account's postings per transaction (both buckets); a bucket the transaction did not touch shows its
+# balance after its previous posting.
+_MOVEMENTS = """
+    grouped AS (
+        SELECT transaction_id, min(posting_id) AS posting_id, min(created_at) AS created_at,
+               coalesce(sum(coins_delta) FILTER (WHERE ledger_account_id = $1), 0)::bigint AS paid_delta,
+               coalesce(sum(coins_delta) FILTER (WHERE ledger_account_id = $2), 0)::bigint AS bonus_delta,
+               max(balance_after) FILTER (WHERE ledger_account_id = $1) AS paid_after,
+               max(balance_after) FILTER (WHERE ledger_account_id = $2) AS bonus_after
+        FROM mine GROUP BY transaction_id
+    )
+    SELECT g.posting_id, g.transaction_id, t.kind, t.account_id AS initiator_id, t.reference,
+           g.paid_delta, g.bonus_delta,
+           coalesce(g.paid_after, (SELECT balance_after FROM postings WHERE ledger_account_id = $1
+                                   AND posting_id < g.posting_id ORDER BY posting_id DESC LIMIT 1), 0) AS paid_after,
+           coalesce(g.bonus_after, (SELECT balance_after FROM postings WHERE ledger_account_id = $2
+                                    AND posting_id < g.posting_id ORDER BY posting_id DESC LIMIT 1), 0) AS bonus_after,
+           g.created_at
+    FROM grouped AS g JOIN transactions AS t USING (transaction_id)
+"""
+
+
+async def find_spend(conn: asyncpg.Connection, request_id: str, account_id: str) -> Movement | None:
+    """The spend recorded for request_id, with its split and the account's balance right after it."""
+    row = await conn.fetchrow(
+        "WITH mine AS ("
+        " SELECT p.* FROM transactions AS t JOIN postings AS p ON p.transaction_id = t.transaction_id"
+        " WHERE t.request_id = $3 AND t.kind = 'spend' AND t.account_id = $1"
+        "   AND p.ledger_account_id IN ($1, $2)"
+        f"), {_MOVEMENTS}",
+        paid_bucket(account_id),
+        bonus_bucket(account_id),
+        request_id,
+    )
+    return None if row is None else Movement(**dict(row))
+
+
+async def list_history(
+    pool: asyncpg.Pool, account_id: str, before_posting_id: int | None, limit: int
+) -> list[Movement]:
+    """Newest first. A transaction has at most two postings per account and an account's movements are
+    serialized, so the newest 2×limit postings hold the newest limit transactions whole."""
+    rows = await pool.fetch(
+        "WITH mine AS ("
+        " SELECT * FROM postings WHERE ledger_account_id IN ($1, $2)"
+        "   AND ($3::bigint IS NULL OR posting_id < $3) ORDER BY posting_id DESC LIMIT $4"
+        f"), {_MOVEMENTS} ORDER BY g.posting_id DESC LIMIT $5",
+        paid_bucket(account_id),
+        bonus_bucket(account_id),
+        before_posting_id,
+        2 * limit,
+        limit,
+    )
+    return [Movement(**dict(row)) for row in rows]
+
+
+# --- purchases --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -150,11 +313,12 @@ class PurchaseRow:
     payment_token: str
     status: PurchaseStatus
     transaction_id: str | None
+    promotion_id: str | None = None
 
 
 PURCHASE_COLUMNS = (
     "purchase_id, request_id, account_id, package_id, coins, bonus_coins, price_minor, currency_code,"
-    " payment_token, status, transaction_id"
+    " payment_token, status, transaction_id, promotion_id"
 )
 
 
@@ -166,7 +330,7 @@ def _purchase(row: asyncpg.Record) -> PurchaseRow:
 
 async def insert_purchase(conn: asyncpg.Connection, purchase: PurchaseRow) -> None:
     await conn.execute(
-        f"INSERT INTO purchases ({PURCHASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        f"INSERT INTO purchases ({PURCHASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         purchase.purchase_id,
         purchase.request_id,
         purchase.account_id,
@@ -178,6 +342,7 @@ async def insert_purchase(conn: asyncpg.Connection, purchase: PurchaseRow) -> No
         purchase.payment_token,
         purchase.status.value,
         purchase.transaction_id,
+        purchase.promotion_id,
     )
 
 
@@ -187,12 +352,23 @@ async def get_purchase(pool: asyncpg.Pool, purchase_id: str) -> PurchaseRow:
     return _purchase(row)
 
 
-async def lock_purchase(conn: asyncpg.Connection, purchase_id: str) -> PurchaseRow:
+async def lock_purchase(conn: asyncpg.Connection, purchase_id: str) -> PurchaseRow | None:
     row = await conn.fetchrow(
         f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE purchase_id = $1 FOR UPDATE", purchase_id
     )
-    assert row is not None, f"purchase {purchase_id} vanished"
-    return _purchase(row)
+    return None if row is None else _purchase(row)
+
+
+async def purchase_history(conn: asyncpg.Connection, account_id: str) -> PurchaseHistory:
+    rows = await conn.fetch(
+        "SELECT promotion_id, count(*) AS purchases FROM purchases"
+        " WHERE account_id = $1 AND status IN ('pending', 'completed') GROUP BY promotion_id",
+        account_id,
+    )
+    return PurchaseHistory(
+        purchases=sum(row["purchases"] for row in rows),
+        uses_by_promotion={row["promotion_id"]: row["purchases"] for row in rows if row["promotion_id"]},
+    )
 
 
 async def finish_purchase(
@@ -222,27 +398,121 @@ async def stale_pending_purchases(pool: asyncpg.Pool, older_than_seconds: float,
     return [row["purchase_id"] for row in rows]
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
-    posting_id: int
-    transaction_id: str
-    kind: str
-    coins_delta: int
-    balance_after: int
-    reference: str
-    created_at: datetime
+# --- reversals --------------------------------------------------------------------------------------------------
 
 
-async def list_history(
-    pool: asyncpg.Pool, account_id: str, before_posting_id: int | None, limit: int
-) -> list[HistoryEntry]:
+async def find_reversal(conn: asyncpg.Connection, purchase_id: str) -> str | None:
+    return await conn.fetchval("SELECT transaction_id FROM purchase_reversals WHERE purchase_id = $1", purchase_id)
+
+
+async def insert_reversal(
+    conn: asyncpg.Connection,
+    *,
+    purchase_id: str,
+    request_id: str,
+    transaction_id: str,
+    reason: str,
+    paid_coins: int,
+    bonus_coins: int,
+) -> None:
+    await conn.execute(
+        "INSERT INTO purchase_reversals (purchase_id, request_id, transaction_id, reason, paid_coins, bonus_coins)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        purchase_id,
+        request_id,
+        transaction_id,
+        reason,
+        paid_coins,
+        bonus_coins,
+    )
+
+
+# --- giveaways --------------------------------------------------------------------------------------------------
+
+
+async def insert_giveaway(
+    conn: asyncpg.Connection,
+    *,
+    giveaway_id: str,
+    request_id: str,
+    creator_id: str,
+    coins_per_winner: int,
+    winner_ids: list[str],
+    transaction_id: str,
+) -> None:
+    await conn.execute(
+        "INSERT INTO giveaways (giveaway_id, request_id, creator_id, coins_per_winner, winner_ids, transaction_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        giveaway_id,
+        request_id,
+        creator_id,
+        coins_per_winner,
+        winner_ids,
+        transaction_id,
+    )
+
+
+# --- promotions -------------------------------------------------------------------------------------------------
+
+PROMOTION_COLUMNS = (
+    "promotion_id, name, starts_at, ends_at, min_package_coins, bonus_percent, bonus_coins, first_purchase_only,"
+    " max_uses_per_account, created_at"
+)
+
+
+def _promotion(row: asyncpg.Record) -> Promotion:
+    return Promotion(**{key: value for key, value in dict(row).items() if key != "position"})
+
+
+async def insert_promotion(conn: asyncpg.Connection, promotion: Promotion) -> Promotion:
+    row = await conn.fetchrow(
+        "INSERT INTO promotions (promotion_id, name, starts_at, ends_at, min_package_coins, bonus_percent,"
+        " bonus_coins, first_purchase_only, max_uses_per_account)"
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {PROMOTION_COLUMNS}",
+        promotion.promotion_id,
+        promotion.name,
+        promotion.starts_at,
+        promotion.ends_at,
+        promotion.min_package_coins,
+        promotion.bonus_percent,
+        promotion.bonus_coins,
+        promotion.first_purchase_only,
+        promotion.max_uses_per_account,
+    )
+    return _promotion(row)
+
+
+async def lock_promotion(conn: asyncpg.Connection, promotion_id: str) -> Promotion | None:
+    row = await conn.fetchrow(
+        f"SELECT {PROMOTION_COLUMNS} FROM promotions WHERE promotion_id = $1 FOR UPDATE", promotion_id
+    )
+    return None if row is None else _promotion(row)
+
+
+async def set_promotion_end(conn: asyncpg.Connection, promotion_id: str, ends_at: datetime) -> Promotion:
+    row = await conn.fetchrow(
+        f"UPDATE promotions SET ends_at = $2 WHERE promotion_id = $1 RETURNING {PROMOTION_COLUMNS}",
+        promotion_id,
+        ends_at,
+    )
+    return _promotion(row)
+
+
+async def open_promotions(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[list[Promotion], datetime]:
+    """Promotions open now, and that now (the database's, which the window was compared with)."""
+    rows = await conn.fetch(
+        f"SELECT {PROMOTION_COLUMNS}, now() AS now FROM promotions"
+        " WHERE starts_at <= now() AND (ends_at IS NULL OR ends_at > now())"
+    )
+    now = rows[0]["now"] if rows else await conn.fetchval("SELECT now()")
+    return [_promotion({k: v for k, v in dict(row).items() if k != "now"}) for row in rows], now
+
+
+async def list_promotions(pool: asyncpg.Pool, before_position: int | None, limit: int) -> list[tuple[int, Promotion]]:
     rows = await pool.fetch(
-        "SELECT p.posting_id, p.transaction_id, t.kind, p.coins_delta, p.balance_after, t.reference, p.created_at"
-        " FROM postings AS p JOIN transactions AS t USING (transaction_id)"
-        " WHERE p.ledger_account_id = $1 AND ($2::bigint IS NULL OR p.posting_id < $2)"
-        " ORDER BY p.posting_id DESC LIMIT $3",
-        account_id,
-        before_posting_id,
+        f"SELECT position, {PROMOTION_COLUMNS} FROM promotions"
+        " WHERE ($1::bigint IS NULL OR position < $1) ORDER BY position DESC LIMIT $2",
+        before_position,
         limit,
     )
-    return [HistoryEntry(**dict(row)) for row in rows]
+    return [(row["position"], _promotion(row)) for row in rows]

@@ -24,16 +24,26 @@ WAIT_SECONDS = 30.0
 T = TypeVar("T")
 
 
-def gift_sent(creator_id: str, coins: int, gift_transaction_id: str | None = None) -> events_pb2.GiftSent:
+def gift_sent(
+    creator_id: str,
+    coins: int,
+    gift_transaction_id: str | None = None,
+    *,
+    stream_id: str | None = None,
+    paid_coins: int = 0,
+    bonus_coins: int = 0,
+) -> events_pb2.GiftSent:
     event = events_pb2.GiftSent(
         gift_transaction_id=gift_transaction_id or f"gtx_{uuid.uuid4().hex}",
         sender_id=new_id("fan"),
         recipient_id=creator_id,
-        stream_id=new_id("stream"),
+        stream_id=stream_id or new_id("stream"),
         gift_id="rose",
         quantity=coins,
         coins=coins,
         wallet_transaction_id=f"txn_{uuid.uuid4().hex}",
+        paid_coins=paid_coins,
+        bonus_coins=bonus_coins,
     )
     event.sent_at.GetCurrentTime()
     return event
@@ -140,8 +150,9 @@ async def wait_until_finished(clients: Clients, withdrawal_id: str) -> payouts_p
 
 
 async def assert_ledger_consistent(stack: Stack) -> None:
-    """The payouts ledger, read in one snapshot: every transaction balances; every creator's balance columns equal
-    the sums of its postings; lifetime equals its credits; the platform accounts mirror credits and payouts."""
+    """The payouts ledger, read in one snapshot: every transaction balances; every creator's balance columns
+    (available, reserved, pending) equal the sums of its postings; lifetime equals its credits and pending its
+    credits still held; the platform accounts mirror credits and payouts."""
     conn = await asyncpg.connect(stack.database_url("payouts"))
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -155,10 +166,13 @@ async def assert_ledger_consistent(stack: Stack) -> None:
                 WITH posted AS (
                     SELECT split_part(ledger_account_id, ':', 2) AS creator_id,
                            sum(diamonds_delta) FILTER (WHERE ledger_account_id LIKE '%:available') AS available,
-                           sum(diamonds_delta) FILTER (WHERE ledger_account_id LIKE '%:reserved') AS reserved
+                           sum(diamonds_delta) FILTER (WHERE ledger_account_id LIKE '%:reserved') AS reserved,
+                           sum(diamonds_delta) FILTER (WHERE ledger_account_id LIKE '%:pending') AS pending
                     FROM postings WHERE ledger_account_id LIKE 'creator:%' GROUP BY 1
                 ), credited AS (
-                    SELECT creator_id, sum(diamonds) AS lifetime FROM diamond_credits GROUP BY creator_id
+                    SELECT creator_id, sum(diamonds) AS lifetime,
+                           sum(diamonds) FILTER (WHERE matured_at IS NULL) AS held
+                    FROM diamond_credits GROUP BY creator_id
                 )
                 SELECT b.creator_id
                 FROM creator_balances AS b
@@ -167,6 +181,8 @@ async def assert_ledger_consistent(stack: Stack) -> None:
                 WHERE coalesce(b.available_diamonds, 0) <> coalesce(p.available, 0)
                    OR coalesce(b.reserved_diamonds, 0) <> coalesce(p.reserved, 0)
                    OR coalesce(b.lifetime_diamonds, 0) <> coalesce(c.lifetime, 0)
+                   OR coalesce(b.pending_diamonds, 0) <> coalesce(p.pending, 0)
+                   OR coalesce(b.pending_diamonds, 0) <> coalesce(c.held, 0)
                 """
             )
             assert mismatched == []

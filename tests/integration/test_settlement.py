@@ -175,8 +175,8 @@ async def test_rate_change_is_a_new_version_stored_on_each_credit(stack: Stack, 
 
         events = [gift_sent(creator_id, coins) for coins in (1, 3, 100)]
         await publish(stack, events)
-        found = await wait_for_lifetime(clients, creator_id, 51)
-        assert found.lifetime_diamonds == 0 + 1 + 50  # floored per gift
+        found = await wait_for_lifetime(clients, creator_id, 52)
+        assert found.lifetime_diamonds == 52  # 104 coins × 1/2: the halves are carried, not dropped
         rows = await query(stack, "SELECT DISTINCT rate_version FROM diamond_credits WHERE creator_id = $1", creator_id)
         assert [row["rate_version"] for row in rows] == [before + 1]
     finally:

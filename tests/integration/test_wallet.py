@@ -32,7 +32,11 @@ async def test_upsert_and_get_account(clients: Clients) -> None:
     )
     created = await clients.wallet.UpsertAccount(request, metadata=SERVICE)
     assert created.account == w.Account(
-        account_id=account_id, adult_verified=True, country_code="DE", status=w.ACCOUNT_STATUS_ACTIVE
+        account_id=account_id,
+        adult_verified=True,
+        country_code="DE",
+        status=w.ACCOUNT_STATUS_ACTIVE,
+        spending_limit=w.SpendingLimit(daily_coins=0),
     )
     fetched = await clients.wallet.GetAccount(w.GetAccountRequest(account_id=account_id), metadata=auth(account_id))
     assert fetched.account == created.account
@@ -140,7 +144,7 @@ async def test_purchase_credits_coins_and_bonus(clients: Clients) -> None:
     )
     reply = await clients.wallet.PurchaseCoins(request, metadata=auth(account_id))
     assert (reply.purchase.package_id, reply.purchase.coins, reply.purchase.bonus_coins) == ("coins_3303", 3303, 165)
-    assert reply.balance == w.Balance(account_id=account_id, coins=3468)
+    assert reply.balance == w.Balance(account_id=account_id, coins=3468, paid_coins=3303, bonus_coins=165)
     assert await balance(clients, account_id) == 3468
 
 
@@ -239,7 +243,8 @@ async def test_spend_debits_and_is_service_only(clients: Clients) -> None:
     )
     reply = await clients.wallet.SpendCoins(spend_request(account_id, 30), metadata=SERVICE)
     assert reply.transaction_id
-    assert reply.balance == w.Balance(account_id=account_id, coins=300)
+    assert reply.balance == w.Balance(account_id=account_id, coins=300, paid_coins=300)
+    assert (reply.paid_coins, reply.bonus_coins) == (30, 0)
 
 
 async def test_insufficient_coins_is_refused_and_replayed_even_after_a_top_up(clients: Clients) -> None:

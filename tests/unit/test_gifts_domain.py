@@ -1,13 +1,19 @@
 """The gifts service's pure rules: who may go live, when a gift may be sent, what it costs, which wallet answers
-end a gift for good."""
+end a gift for good, combos, leaderboard periods and ranks; and the in-process fan-out of the live gift feed."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, date, datetime, timedelta, timezone
+
 import grpc
 import pytest
+from coinstream.events.v1 import events_pb2
 
 from services.gifts import domain
+from services.gifts.feed import STREAM_ENDED_SUBJECT, GiftFeed, Watcher
 from services.runtime.errors import AppError
+from services.runtime.messaging import GIFT_SENT_SUBJECT
 from services.runtime.validation import REQUEST_ID_PATTERN
 
 CREATOR = "creator-1"
@@ -117,3 +123,227 @@ class TestWalletSpend:
     )
     def test_answers_that_leave_a_gift_pending(self, code: grpc.StatusCode) -> None:
         assert not domain.is_final_wallet_refusal(AppError(code, "SOMETHING", "later"))
+
+
+# ---------------------------------------------------------------- economy depth: combos, leaderboards, catalog, feed
+
+T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+
+
+class TestCombos:
+    def test_first_gift_starts_a_combo(self) -> None:
+        assert domain.next_combo_count(None, 0, T0) == 1
+
+    @pytest.mark.parametrize("gap_seconds", [0, 1, 9.999, 10])
+    def test_gift_within_ten_seconds_continues_the_combo(self, gap_seconds: float) -> None:
+        assert domain.next_combo_count(T0, 4, T0 + timedelta(seconds=gap_seconds)) == 5
+
+    @pytest.mark.parametrize("gap_seconds", [10.001, 11, 3600])
+    def test_gift_after_ten_seconds_starts_a_new_combo(self, gap_seconds: float) -> None:
+        assert domain.next_combo_count(T0, 4, T0 + timedelta(seconds=gap_seconds)) == 1
+
+    def test_previous_gift_stamped_later_by_another_clock_continues_the_combo(self) -> None:
+        assert domain.next_combo_count(T0, 2, T0 - timedelta(milliseconds=30)) == 3
+
+
+class TestLeaderboardPeriods:
+    def test_day_is_the_utc_calendar_day(self) -> None:
+        late_in_new_york = datetime(2026, 11, 25, 23, 30, tzinfo=timezone(timedelta(hours=-5)))  # 04:30 UTC on 26th
+        assert domain.period_start(domain.LeaderboardPeriod.DAY, late_in_new_york) == date(2026, 11, 26)
+        assert domain.period_start(domain.LeaderboardPeriod.DAY, T0) == date(2026, 11, 25)
+
+    @pytest.mark.parametrize(
+        ("moment", "monday"),
+        [
+            (datetime(2026, 11, 23, 0, 0, tzinfo=UTC), date(2026, 11, 23)),  # Monday 00:00 starts the week
+            (datetime(2026, 11, 29, 23, 59, 59, tzinfo=UTC), date(2026, 11, 23)),  # Sunday night still belongs to it
+            (datetime(2026, 11, 30, 0, 0, tzinfo=UTC), date(2026, 11, 30)),
+            (datetime(2027, 1, 1, 12, 0, tzinfo=UTC), date(2026, 12, 28)),  # ISO week across the new year
+        ],
+    )
+    def test_week_starts_on_monday_utc(self, moment: datetime, monday: date) -> None:
+        assert domain.period_start(domain.LeaderboardPeriod.WEEK, moment) == monday
+
+    def test_all_time_is_one_period(self) -> None:
+        assert domain.period_start(domain.LeaderboardPeriod.ALL_TIME, T0) == domain.ALL_TIME_START
+
+    def test_a_gift_counts_for_every_period(self) -> None:
+        assert domain.period_starts(T0) == {
+            domain.LeaderboardPeriod.DAY: date(2026, 11, 25),
+            domain.LeaderboardPeriod.WEEK: date(2026, 11, 23),
+            domain.LeaderboardPeriod.ALL_TIME: domain.ALL_TIME_START,
+        }
+
+
+class TestRanking:
+    def test_competition_ranking_shares_ranks_and_skips(self) -> None:
+        ranked = domain.rank_gifters([("a", 50), ("b", 30), ("c", 30), ("d", 10), ("e", 10), ("f", 10), ("g", 1)])
+        assert [(r.account_id, r.rank) for r in ranked] == [
+            ("a", 1),
+            ("b", 2),
+            ("c", 2),
+            ("d", 4),
+            ("e", 4),
+            ("f", 4),
+            ("g", 7),
+        ]
+
+    def test_empty_and_all_tied(self) -> None:
+        assert domain.rank_gifters([]) == []
+        assert [r.rank for r in domain.rank_gifters([("a", 5), ("b", 5), ("c", 5)])] == [1, 1, 1]
+
+    def test_unsorted_input_is_a_bug(self) -> None:
+        with pytest.raises(AssertionError):
+            domain.rank_gifters([("a", 1), ("b", 2)])
+
+
+class TestPaymentSplit:
+    @pytest.mark.parametrize(("paid", "bonus"), [(100, 0), (0, 100), (60, 40), (0, 0)])
+    def test_split_of_the_whole_gift_or_not_reported(self, paid: int, bonus: int) -> None:
+        assert domain.payment_split(100, paid, bonus) == (paid, bonus)
+
+    @pytest.mark.parametrize(("paid", "bonus"), [(99, 0), (60, 41), (-1, 101), (0, 1)])
+    def test_any_other_split_is_a_bug(self, paid: int, bonus: int) -> None:
+        with pytest.raises(AssertionError):
+            domain.payment_split(100, paid, bonus)
+
+
+class TestCatalogAndFeedRules:
+    def test_unknown_catalog_gift_is_not_found(self) -> None:
+        assert domain.require_catalog_gift(ROSE, "rose") == ROSE
+        with pytest.raises(AppError) as error:
+            domain.require_catalog_gift(None, "unicorn")
+        assert refusal(error) == (grpc.StatusCode.NOT_FOUND, "GIFT_NOT_FOUND")
+        assert error.value.is_outcome
+
+    def test_only_a_live_stream_can_be_watched(self) -> None:
+        assert domain.require_watchable(LIVE, "str_1") == LIVE
+        with pytest.raises(AppError) as error:
+            domain.require_watchable(ENDED, "str_1")
+        assert refusal(error) == (grpc.StatusCode.FAILED_PRECONDITION, "STREAM_NOT_LIVE")
+        with pytest.raises(AppError) as error:
+            domain.require_watchable(None, "str_1")
+        assert refusal(error) == (grpc.StatusCode.NOT_FOUND, "STREAM_NOT_FOUND")
+
+    def test_watcher_limits_are_rate_limited(self) -> None:
+        for error in (domain.too_many_watchers(), domain.watcher_too_slow()):
+            assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+            assert not error.is_outcome
+
+
+def gift_sent(stream_id: str, gift_transaction_id: str, combo_count: int = 1) -> bytes:
+    return events_pb2.GiftSent(
+        gift_transaction_id=gift_transaction_id,
+        sender_id=SENDER,
+        recipient_id=CREATOR,
+        stream_id=stream_id,
+        gift_id="rose",
+        quantity=1,
+        coins=1,
+        combo_count=combo_count,
+        paid_coins=1,
+    ).SerializeToString()
+
+
+def stream_ended(stream_id: str) -> bytes:
+    return events_pb2.StreamEnded(stream_id=stream_id, creator_id=CREATOR).SerializeToString()
+
+
+async def drain(watcher: Watcher) -> list[str]:
+    """Every gift id the watcher yields until the stream ends."""
+    ids = []
+    while (event := await asyncio.wait_for(watcher.next(), 1.0)) is not None:
+        ids.append(event.event.gift.gift_transaction_id)
+    return ids
+
+
+class TestFeedHub:
+    """The in-process fan-out, without NATS: route() is what the subscription callback calls."""
+
+    async def test_routes_each_stream_to_its_watchers_in_order_and_ends_them_after_what_came_before(self) -> None:
+        feed = GiftFeed(max_watchers=10, watcher_queue_size=10, stuck_grace_seconds=1.0)
+        with feed.watch("s1") as first, feed.watch("s1") as second, feed.watch("s2") as other:
+            for gift_id in ("g1", "g2", "g3"):
+                feed.route(GIFT_SENT_SUBJECT, gift_sent("s1", gift_id))
+            feed.route(GIFT_SENT_SUBJECT, gift_sent("s2", "x1"))
+            feed.route(STREAM_ENDED_SUBJECT, stream_ended("s1"))
+            feed.route(GIFT_SENT_SUBJECT, gift_sent("s1", "late"))  # after the end: nobody gets it
+            assert await drain(first) == ["g1", "g2", "g3"]
+            assert await drain(second) == ["g1", "g2", "g3"]
+            assert (await other.next()).event.gift.gift_transaction_id == "x1"  # type: ignore[union-attr]
+            assert feed.watcher_count == 3
+        assert feed.watcher_count == 0
+
+    async def test_event_carries_the_gift_and_its_combo(self) -> None:
+        feed = GiftFeed(max_watchers=10, watcher_queue_size=10, stuck_grace_seconds=1.0)
+        with feed.watch("s1") as watcher:
+            feed.route(GIFT_SENT_SUBJECT, gift_sent("s1", "g1", combo_count=7))
+            event = await watcher.next()
+        assert event is not None
+        assert event.event.gift.combo_count == 7
+        assert (event.event.gift.sender_id, event.event.gift.recipient_id) == (SENDER, CREATOR)
+
+    async def test_republished_gift_is_delivered_once(self) -> None:
+        feed = GiftFeed(max_watchers=10, watcher_queue_size=10, stuck_grace_seconds=1.0)
+        with feed.watch("s1") as watcher:
+            for gift_id in ("g1", "g2", "g1", "g2", "g3"):
+                feed.route(GIFT_SENT_SUBJECT, gift_sent("s1", gift_id))
+            feed.route(STREAM_ENDED_SUBJECT, stream_ended("s1"))
+            assert await drain(watcher) == ["g1", "g2", "g3"]
+
+    async def test_slow_watcher_is_ended_without_touching_the_others(self) -> None:
+        feed = GiftFeed(max_watchers=10, watcher_queue_size=3, stuck_grace_seconds=60.0)
+        with feed.watch("s1") as slow, feed.watch("s1") as fast:
+            received = []
+            for number in range(10):
+                feed.route(GIFT_SENT_SUBJECT, gift_sent("s1", f"g{number}"))
+                received.append((await fast.next()).event.gift.gift_transaction_id)  # type: ignore[union-attr]
+            assert received == [f"g{number}" for number in range(10)]
+            with pytest.raises(AppError) as error:
+                await slow.next()  # overflowed at the 4th event: its buffer is dropped, it ends at once
+            assert refusal(error) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+
+    async def test_slow_watcher_stuck_in_a_write_is_cancelled_after_the_grace(self) -> None:
+        feed = GiftFeed(max_watchers=10, watcher_queue_size=1, stuck_grace_seconds=0.05)
+        stuck_forever = asyncio.Event()
+
+        async def stuck_call() -> None:
+            with feed.watch("s1"):
+                await stuck_forever.wait()  # as a call blocked writing to a client that stopped reading
+
+        call = asyncio.create_task(stuck_call())
+        await asyncio.sleep(0)
+        feed.route(GIFT_SENT_SUBJECT, gift_sent("s1", "g1"))
+        feed.route(GIFT_SENT_SUBJECT, gift_sent("s1", "g2"))
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(call, 1.0)
+        assert feed.watcher_count == 0
+
+    async def test_interrupted_feed_delivers_what_it_has_then_asks_to_resubscribe(self) -> None:
+        feed = GiftFeed(max_watchers=10, watcher_queue_size=10, stuck_grace_seconds=1.0)
+        with feed.watch("s1") as first, feed.watch("s2") as second:
+            feed.route(GIFT_SENT_SUBJECT, gift_sent("s1", "g1"))
+            feed.interrupt_all()
+            feed.route(GIFT_SENT_SUBJECT, gift_sent("s1", "g2"))  # after the gap: not delivered on this watcher
+            assert (await first.next()).event.gift.gift_transaction_id == "g1"  # type: ignore[union-attr]
+            for watcher in (first, second):
+                with pytest.raises(AppError) as error:
+                    await watcher.next()
+                assert refusal(error) == (grpc.StatusCode.UNAVAILABLE, "FEED_UNAVAILABLE")
+                assert not error.value.is_outcome
+
+    async def test_watchers_per_process_are_limited(self) -> None:
+        feed = GiftFeed(max_watchers=2, watcher_queue_size=10, stuck_grace_seconds=1.0)
+        with feed.watch("s1"), feed.watch("s2"):
+            with pytest.raises(AppError) as error, feed.watch("s3"):
+                pass
+            assert refusal(error) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+        with feed.watch("s3"):  # freed on exit
+            assert feed.watcher_count == 1
+
+    async def test_unknown_subjects_and_unwatched_streams_are_ignored(self) -> None:
+        feed = GiftFeed(max_watchers=10, watcher_queue_size=10, stuck_grace_seconds=1.0)
+        feed.route(GIFT_SENT_SUBJECT, gift_sent("nobody-watches", "g1"))
+        feed.route(STREAM_ENDED_SUBJECT, stream_ended("nobody-watches"))
+        feed.route("gifts.v1.something_new", b"\x00garbage")
+        assert feed.watcher_count == 0

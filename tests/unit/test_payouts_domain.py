@@ -3,7 +3,9 @@ and the reading of GiftSent events."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -16,6 +18,7 @@ from services.payouts.domain import (
     GiftToSettle,
     SettlementRate,
     WithdrawalPolicy,
+    WithdrawalStatus,
 )
 from services.payouts.payout_provider import PayoutState, SandboxPayoutProvider
 from services.payouts.settlement import decode_gift_sent
@@ -35,12 +38,54 @@ def reason_of(error: pytest.ExceptionInfo[AppError]) -> str:
 
 
 def test_default_rate_turns_each_coin_into_one_diamond() -> None:
-    assert SettlementRate(1, 1, 1).diamonds_for(34_999) == 34_999
+    assert SettlementRate(1, 1, 1).credit_with_carry(0, [34_999, 1]) == ([34_999, 1], 0)
+    assert not SettlementRate(1, 1, 1).carries_fractions
 
 
-def test_fractional_rate_floors_each_gift() -> None:
+def test_fractional_rate_carries_the_fraction_to_the_next_gift() -> None:
     rate = SettlementRate(2, 1, 2)
-    assert [rate.diamonds_for(coins) for coins in (1, 2, 3, 299)] == [0, 1, 1, 149]
+    assert rate.carries_fractions
+    # 0.5 + 1 + 1.5 + 149.5: the halves are carried, not dropped.
+    assert rate.credit_with_carry(0, [1, 2, 3, 299]) == ([0, 1, 2, 149], 1)
+    assert rate.credit_with_carry(1, [1]) == ([1], 0)
+
+
+def all_coin_sequences(max_length: int, max_coins: int) -> list[list[int]]:
+    sequences: list[list[int]] = [[]]
+    frontier: list[list[int]] = [[]]
+    for _ in range(max_length):
+        frontier = [[*seq, coins] for seq in frontier for coins in range(1, max_coins + 1)]
+        sequences += frontier
+    return sequences
+
+
+@pytest.mark.parametrize(("numerator", "denominator"), [(1, 1), (1, 2), (7, 10), (2, 3), (3, 7), (5, 4), (1, 1000)])
+def test_carried_credits_always_sum_to_the_floor_of_the_total(numerator: int, denominator: int) -> None:
+    """Exhaustively over small cases: every split of every sequence of gifts into batches (each batch carrying the
+    remainder to the next) credits exactly floor(total coins × rate), never a diamond more or less, and each gift
+    gets between floor and ceil of its own share."""
+    rate = SettlementRate(1, numerator, denominator)
+    for coins in all_coin_sequences(max_length=4, max_coins=4):
+        for cut in range(len(coins) + 1):  # two batches: [:cut] and [cut:]
+            first, remainder = rate.credit_with_carry(0, coins[:cut])
+            second, remainder = rate.credit_with_carry(remainder, coins[cut:])
+            diamonds = first + second
+            assert sum(diamonds) == sum(coins) * numerator // denominator
+            assert remainder == sum(coins) * numerator % denominator
+            for gift_coins, gift_diamonds in zip(coins, diamonds, strict=True):
+                share = gift_coins * numerator
+                assert share // denominator <= gift_diamonds <= -(-share // denominator)
+
+
+def test_carry_over_many_random_gifts_at_seven_tenths() -> None:
+    rng = random.Random(7)
+    rate = SettlementRate(1, 7, 10)
+    remainder, credited, total = 0, 0, 0
+    for _ in range(200):
+        batch = [rng.choice((1, 5, 30, 99, 100, 299)) for _ in range(rng.randint(1, 20))]
+        diamonds, remainder = rate.credit_with_carry(remainder, batch)
+        credited, total = credited + sum(diamonds), total + sum(batch)
+        assert credited == total * 7 // 10
 
 
 def test_rate_must_be_positive() -> None:
@@ -55,9 +100,21 @@ def test_diamonds_are_totalled_per_creator_in_sorted_order_without_zero_totals()
         GiftToSettle("g3", "zed", "s2", 7),
         GiftToSettle("g4", "bob", "s3", 1),
     ]
-    credits = domain.credit_gifts(gifts, SettlementRate(3, 1, 2))
-    assert [credit.diamonds for credit in credits] == [2, 0, 3, 0]
-    assert list(domain.diamonds_by_creator(credits).items()) == [("zed", 5)]
+    credits, remainders = domain.credit_gifts(gifts, SettlementRate(3, 1, 2), {"bob": 0})
+    # zed: 2.5 → 2 (carry .5), 3.5 + .5 → 4; amy and bob: 0.5 each, carried.
+    assert [credit.diamonds for credit in credits] == [2, 4, 0, 0]
+    assert remainders == {"zed": 0, "amy": 1, "bob": 1}
+    assert list(domain.diamonds_by_creator(credits).items()) == [("zed", 6)]
+
+
+def test_credits_start_from_each_creators_carried_remainder() -> None:
+    gifts = [GiftToSettle("g1", "amy", "s1", 1, paid_coins=1), GiftToSettle("g2", "bob", "s1", 1, bonus_coins=1)]
+    credits, remainders = domain.credit_gifts(gifts, SettlementRate(3, 1, 2), {"amy": 1})
+    assert [(c.creator_id, c.diamonds, c.paid_coins, c.bonus_coins) for c in credits] == [
+        ("amy", 1, 1, 0),
+        ("bob", 0, 0, 1),
+    ]
+    assert remainders == {"amy": 0, "bob": 1}
 
 
 def test_settlement_postings_balance_against_the_settlement_account() -> None:
@@ -68,6 +125,21 @@ def test_settlement_postings_balance_against_the_settlement_account() -> None:
         (domain.SYSTEM_GIFT_SETTLEMENT, -15),
     ]
     assert domain.settlement_postings({}) == []
+    assert domain.settlement_postings({"amy": 10}, held=True) == [
+        ("creator:amy:pending", 10),
+        (domain.SYSTEM_GIFT_SETTLEMENT, -10),
+    ]
+
+
+def test_maturity_moves_pending_to_available_per_creator() -> None:
+    totals = domain.totals_by_creator([("bob", 3), ("amy", 2), ("bob", 4), ("cat", 0)])
+    assert totals == {"amy": 2, "bob": 7}
+    assert domain.maturity_postings(totals) == [
+        ("creator:amy:pending", -2),
+        ("creator:amy:available", 2),
+        ("creator:bob:pending", -7),
+        ("creator:bob:available", 7),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -151,6 +223,48 @@ def test_withdrawal_larger_than_available_is_refused() -> None:
     assert reason_of(error) == "INSUFFICIENT_DIAMONDS"
 
 
+def test_only_pending_withdrawals_need_canceling_and_canceled_ones_stay_canceled() -> None:
+    assert domain.must_cancel(WithdrawalStatus.PENDING, "wd_1")
+    assert not domain.must_cancel(WithdrawalStatus.CANCELED, "wd_1")
+    for status in (WithdrawalStatus.PAID, WithdrawalStatus.FAILED):
+        with pytest.raises(AppError) as error:
+            domain.must_cancel(status, "wd_1")
+        assert (error.value.code, reason_of(error)) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "WITHDRAWAL_NOT_CANCELABLE",
+        )
+
+
+# --- pages ------------------------------------------------------------------------------------------------------------
+
+
+def test_page_tokens_round_trip_for_their_own_list_and_creator_only() -> None:
+    token = domain.encode_page_token("withdrawals", "amy", [1_700_000_000_123_456, "wd_1"])
+    assert domain.decode_page_token(token, "withdrawals", "amy", (int, str)) == [1_700_000_000_123_456, "wd_1"]
+    assert domain.decode_page_token("", "withdrawals", "amy", (int, str)) is None
+    forged = [
+        domain.encode_page_token("withdrawals", "bob", [1, "wd_1"]),  # another creator's
+        domain.encode_page_token("earnings_by_day", "amy", [1, "wd_1"]),  # another list's
+        domain.encode_page_token("withdrawals", "amy", ["1", "wd_1"]),  # wrong shape
+        domain.encode_page_token("withdrawals", "amy", [1]),
+        "not base64!",
+        "bm90IGpzb24=",  # "not json"
+        token[:-4],
+    ]
+    for bad in forged:
+        with pytest.raises(AppError) as error:
+            domain.decode_page_token(bad, "withdrawals", "amy", (int, str))
+        assert [violation.field for violation in error.value.field_violations] == ["page_token"]
+
+
+def test_microsecond_positions_are_exact() -> None:
+    moment = datetime(2026, 11, 25, 23, 59, 59, 999_999, tzinfo=UTC)
+    assert domain.from_micros(domain.to_micros(moment)) == moment
+    assert domain.day_start("2026-11-25") == datetime(2026, 11, 25, tzinfo=UTC)
+    with pytest.raises(AppError):
+        domain.day_start("2026-13-01")
+
+
 def test_policy_refuses_inconsistent_limits() -> None:
     with pytest.raises(AssertionError):
         WithdrawalPolicy(minimum_diamonds=10, daily_cap_diamonds=5, value_per_1000_minor=500, currency_code="USD")
@@ -197,6 +311,22 @@ async def test_sandbox_fails_other_destinations(destination: str, reason: str) -
     assert (result.state, result.failure_reason) == (PayoutState.FAILED, reason)
 
 
+async def test_sandbox_holds_hold_destinations_until_canceled() -> None:
+    clock = FakeClock()
+    provider = SandboxPayoutProvider(settle_seconds=0.0, clock=clock)
+    submitted = await provider.submit(
+        withdrawal_id="wd_4", destination="sandbox:hold-alice", amount_minor=1000, currency_code="USD"
+    )
+    clock.now += 86_400
+    result = await provider.status(withdrawal_id="wd_4", provider_reference=submitted.provider_reference)
+    assert result.state is PayoutState.PROCESSING
+    cancel = provider.cancel
+    assert await cancel(withdrawal_id="wd_4", destination="sandbox:hold-alice", provider_reference="x")
+    assert await cancel(withdrawal_id="wd_4", destination="sandbox:ok-alice", provider_reference=None)
+    assert not await cancel(withdrawal_id="wd_4", destination="sandbox:ok-alice", provider_reference="x")
+    assert not await cancel(withdrawal_id="wd_4", destination="sandbox:fail-alice", provider_reference="x")
+
+
 async def test_sandbox_refuses_references_it_did_not_make() -> None:
     provider = SandboxPayoutProvider(settle_seconds=0.0)
     result = await provider.status(withdrawal_id="wd_3", provider_reference="sandbox:wd_other:1:sandbox:ok")
@@ -222,6 +352,9 @@ def gift_sent(**overrides: object) -> bytes:
 
 def test_gift_sent_is_read_into_what_settlement_needs() -> None:
     assert decode_gift_sent(gift_sent()) == GiftToSettle("gtx_1", "alice", "st_1", 3)
+    assert decode_gift_sent(gift_sent(paid_coins=2, bonus_coins=1, combo_count=4)) == GiftToSettle(
+        "gtx_1", "alice", "st_1", 3, paid_coins=2, bonus_coins=1
+    )
 
 
 @pytest.mark.parametrize(
@@ -231,6 +364,7 @@ def test_gift_sent_is_read_into_what_settlement_needs() -> None:
         (gift_sent(recipient_id="creator:evil"), {"recipient_id"}),
         (gift_sent(gift_transaction_id="", coins=0), {"gift_transaction_id", "coins"}),
         (gift_sent(stream_id="", coins=-5), {"stream_id", "coins"}),
+        (gift_sent(paid_coins=-1, bonus_coins=-2), {"paid_coins", "bonus_coins"}),
     ],
 )
 def test_unusable_gift_events_are_refused(payload: bytes, fields: set[str]) -> None:

@@ -1,15 +1,42 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import grpc
 import pytest
 
 from services.runtime.errors import AppError
 from services.wallet import domain
 
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
 
-def test_bonus_is_five_percent_rounded_down_from_1321_coins() -> None:
-    rule = domain.BonusRule(min_package_coins=1321, percent=5)
-    bonuses = {p.package_id: rule.bonus_coins(p) for p in domain.DEFAULT_PACKAGES}
+
+def promotion(promotion_id: str = "p", **overrides: object) -> domain.Promotion:
+    values: dict[str, object] = {
+        "promotion_id": promotion_id,
+        "name": promotion_id,
+        "starts_at": NOW - HOUR,
+        "ends_at": None,
+        "min_package_coins": 0,
+        "bonus_percent": None,
+        "bonus_coins": None,
+        "first_purchase_only": False,
+        "max_uses_per_account": 0,
+        "created_at": NOW - HOUR,
+    }
+    values.update(overrides)
+    return domain.Promotion(**values)  # type: ignore[arg-type]
+
+
+DEFAULT_PROMOTION = promotion("promo_default", min_package_coins=1321, bonus_percent=5)
+PACKAGE_1321 = domain.find_package("coins_1321")
+PACKAGE_65 = domain.find_package("coins_65")
+NO_HISTORY = domain.PurchaseHistory(purchases=0, uses_by_promotion={})
+
+
+def test_default_promotion_is_five_percent_rounded_down_from_1321_coins() -> None:
+    bonuses = {p.package_id: DEFAULT_PROMOTION.bonus_for(p) for p in domain.DEFAULT_PACKAGES}
     assert bonuses == {
         "coins_65": 0,
         "coins_330": 0,
@@ -19,6 +46,42 @@ def test_bonus_is_five_percent_rounded_down_from_1321_coins() -> None:
         "coins_6607": 330,
         "coins_16500": 825,
     }
+
+
+def test_best_promotion_takes_the_largest_bonus_then_the_earliest() -> None:
+    fixed = promotion("fixed", bonus_coins=66, created_at=NOW)  # ties with the default, created later
+    bigger = promotion("bigger", bonus_coins=100, min_package_coins=1000)
+    assert domain.best_promotion([fixed, DEFAULT_PROMOTION], PACKAGE_1321, NOW, NO_HISTORY) == (DEFAULT_PROMOTION, 66)
+    assert domain.best_promotion([fixed, DEFAULT_PROMOTION, bigger], PACKAGE_1321, NOW, NO_HISTORY) == (bigger, 100)
+    assert domain.best_promotion([DEFAULT_PROMOTION, bigger], PACKAGE_65, NOW, NO_HISTORY) == (None, 0)
+
+
+def test_promotions_apply_only_within_their_window() -> None:
+    later = promotion("later", bonus_coins=10, starts_at=NOW + HOUR)
+    over = promotion("over", bonus_coins=10, starts_at=NOW - 2 * HOUR, ends_at=NOW)
+    assert domain.best_promotion([later, over], PACKAGE_65, NOW, NO_HISTORY) == (None, 0)
+    assert not later.has_ended(NOW) and over.has_ended(NOW)
+
+
+def test_account_conditions() -> None:
+    first = promotion("first", bonus_coins=50, first_purchase_only=True)
+    twice = promotion("twice", bonus_coins=20, max_uses_per_account=2)
+    returning = domain.PurchaseHistory(purchases=2, uses_by_promotion={"twice": 1})
+    used_up = domain.PurchaseHistory(purchases=2, uses_by_promotion={"twice": 2})
+    assert domain.best_promotion([first, twice], PACKAGE_65, NOW, NO_HISTORY) == (first, 50)
+    assert domain.best_promotion([first, twice], PACKAGE_65, NOW, returning) == (twice, 20)
+    assert domain.best_promotion([first, twice], PACKAGE_65, NOW, used_up) == (None, 0)
+    # The public package list shows only promotions anyone gets.
+    assert domain.best_promotion([first, twice], PACKAGE_65, NOW, None) == (None, 0)
+
+
+def test_ending_a_promotion() -> None:
+    assert domain.ended_now(DEFAULT_PROMOTION, NOW) == NOW
+    future = promotion("future", bonus_coins=1, starts_at=NOW + HOUR)
+    ends_at = domain.ended_now(future, NOW)
+    assert ends_at == future.starts_at
+    ended = promotion("future", bonus_coins=1, starts_at=NOW + HOUR, ends_at=ends_at)
+    assert ended.has_ended(NOW) and domain.ended_now(ended, NOW) is None
 
 
 def test_unknown_package_is_not_found() -> None:
@@ -41,20 +104,96 @@ def test_only_adult_active_accounts_transact(account: domain.Account | None, rea
     assert caught.value.reason == reason
 
 
-def test_postings_always_balance() -> None:
+def test_frozen_accounts_may_still_purchase() -> None:
+    frozen = domain.Account("a", True, "US", domain.AccountStatus.FROZEN)
+    assert domain.require_can_purchase(frozen, "a") is frozen
+
+
+def spender(paid: int, bonus: int, sent: int = 0, limit: int = 0) -> domain.Spender:
+    account = domain.Account("a", True, "US", domain.AccountStatus.ACTIVE, domain.SpendingLimit(limit))
+    return domain.Spender(account, domain.Balance(paid, bonus), sent, NOW)
+
+
+def test_spends_use_bonus_coins_first() -> None:
+    assert domain.authorize_spend(spender(100, 30), "a", 20) == domain.Split(paid_coins=0, bonus_coins=20)
+    assert domain.authorize_spend(spender(100, 30), "a", 50) == domain.Split(paid_coins=20, bonus_coins=30)
+    assert domain.authorize_spend(spender(100, 0), "a", 100) == domain.Split(paid_coins=100, bonus_coins=0)
+    with pytest.raises(AppError) as caught:
+        domain.authorize_spend(spender(100, 30), "a", 131)
+    assert caught.value.reason == "INSUFFICIENT_COINS"
+
+
+def test_spends_past_the_limit_are_refused() -> None:
+    assert domain.authorize_spend(spender(1000, 0, sent=90, limit=100), "a", 10).coins == 10
+    with pytest.raises(AppError) as caught:
+        domain.authorize_spend(spender(1000, 0, sent=90, limit=100), "a", 11)
+    assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SPENDING_LIMIT_REACHED")
+
+
+def test_lowering_a_limit_is_immediate_raising_waits_a_day() -> None:
+    none = domain.SpendingLimit()
+    assert none.change_to(500, NOW) == domain.SpendingLimit(500)
+    assert domain.SpendingLimit(500).change_to(200, NOW) == domain.SpendingLimit(200)
+    raised = domain.SpendingLimit(500).change_to(800, NOW)
+    assert raised == domain.SpendingLimit(500, 800, NOW + domain.SPENDING_LIMIT_DELAY)
+    removed = domain.SpendingLimit(500).change_to(0, NOW)
+    assert removed == domain.SpendingLimit(500, 0, NOW + domain.SPENDING_LIMIT_DELAY)
+    # Lowering cancels a pending raise; the pending change applies once its time has come.
+    assert raised.change_to(300, NOW + HOUR) == domain.SpendingLimit(300)
+    assert raised.in_force(NOW + HOUR) == raised
+    assert raised.in_force(NOW + domain.SPENDING_LIMIT_DELAY) == domain.SpendingLimit(800)
+    assert removed.in_force(NOW + 25 * HOUR) == domain.SpendingLimit(0)
+    assert raised.change_to(500, NOW) == domain.SpendingLimit(500)
+
+
+def test_reversal_takes_bonus_as_far_as_it_goes_and_the_rest_from_paid() -> None:
+    assert domain.reversal_split(1321, 66, domain.Balance(1321, 66)) == domain.Split(1321, 66)
+    assert domain.reversal_split(1321, 66, domain.Balance(100, 10)) == domain.Split(1377, 10)
+    assert domain.reversal_split(65, 0, domain.Balance(0, 5)) == domain.Split(65, 0)
+
+
+def test_debt_freezes_until_a_purchase_covers_it() -> None:
+    assert domain.in_debt(domain.Balance(-1, 50)) and not domain.in_debt(domain.Balance(0, 0))
+    assert domain.debt_covered(domain.Balance(-100, 0), domain.Balance(0, 0))
+    assert not domain.debt_covered(domain.Balance(-100, 0), domain.Balance(-35, 0))
+    assert not domain.debt_covered(domain.Balance(10, 0), domain.Balance(75, 0))
+
+
+def test_giveaway_winners_get_the_bonus_part_first() -> None:
+    shares = domain.giveaway_shares(domain.Split(paid_coins=13, bonus_coins=17), 3, 10)
+    assert shares == [domain.Split(0, 10), domain.Split(3, 7), domain.Split(10, 0)]
+
+
+def test_postings_always_balance_and_skip_zero_legs() -> None:
     assert domain.purchase_postings("a", 1321, 66) == [
-        ("a", 1387),
+        ("a", 1321),
+        ("a:bonus", 66),
         (domain.SYSTEM_SALES, -1321),
         (domain.SYSTEM_PROMOTIONS, -66),
     ]
     assert domain.purchase_postings("a", 65, 0) == [("a", 65), (domain.SYSTEM_SALES, -65)]
-    assert domain.spend_postings("a", 30) == [("a", -30), (domain.SYSTEM_SPENT, 30)]
+    assert domain.spend_postings("a", domain.Split(20, 10)) == [("a", -20), ("a:bonus", -10), (domain.SYSTEM_SPENT, 30)]
+    assert domain.reversal_postings("a", 1321, 66, domain.Split(1377, 10)) == [
+        ("a", -1377),
+        ("a:bonus", -10),
+        (domain.SYSTEM_SALES, 1321),
+        (domain.SYSTEM_PROMOTIONS, 66),
+    ]
+    shares = [domain.Split(0, 10), domain.Split(5, 5)]
+    assert domain.giveaway_postings("c", domain.Split(5, 15), ["w1", "w2"], shares) == [
+        ("c", -5),
+        ("c:bonus", -15),
+        ("w1:bonus", 10),
+        ("w2", 5),
+        ("w2:bonus", 5),
+    ]
 
 
 def test_page_tokens_round_trip_and_reject_forgeries() -> None:
     assert domain.decode_page_token("") is None
     assert domain.decode_page_token(domain.encode_page_token(42)) == 42
-    for forged in ("bm9wZQ==", "!!!", "cDpfMQ=="):
+    assert domain.decode_page_token(domain.encode_page_token(7, kind="m"), kind="m") == 7
+    for forged in ("bm9wZQ==", "!!!", "cDpfMQ==", domain.encode_page_token(7, kind="m")):
         with pytest.raises(AppError) as caught:
             domain.decode_page_token(forged)
         assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT

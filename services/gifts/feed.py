@@ -1,0 +1,230 @@
+"""The live gift feed: one core-NATS subscription per process fans GiftSent and StreamEnded out to the watchers of
+each stream, in the order the relay published them.
+
+Core NATS, not a JetStream consumer: JetStream publishes reach core subscribers too, and a consumer would hold
+messages in the interest-retention GIFTS stream. One subscription for both subjects keeps their order (nats-py
+runs each subscription's callbacks in its own task, so two subscriptions could deliver a StreamEnded before the
+GiftSent published just before it).
+
+The hub never awaits a watcher: each watcher has its own bounded buffer, and one that falls behind by a whole
+buffer is ended (RESOURCE_EXHAUSTED, RATE_LIMITED) instead of holding memory or slowing gifting and other watchers.
+A relay that republishes after a crash makes JetStream drop the repeat, but core subscribers see it again, so the
+hub drops gift ids it already routed to a stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+
+import structlog
+from coinstream.events.v1 import events_pb2
+from coinstream.gifts.v1 import gifts_pb2
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from services.gifts import domain
+from services.runtime.messaging import GIFT_SENT_SUBJECT
+
+log = structlog.get_logger()
+
+STREAM_ENDED_SUBJECT = "gifts.v1.stream_ended"
+FEED_SUBJECTS = "gifts.v1.*"
+# Gift ids remembered per watched stream to drop republished events (a relay republishes at most a batch of 200).
+DEDUP_IDS_PER_STREAM = 1_000
+# Messages NATS may buffer for our callback before it drops them (the callback never waits, so this is slack).
+SUBSCRIPTION_PENDING_MESSAGES = 65_536
+SUBSCRIPTION_PENDING_BYTES = 64 * 1024 * 1024
+CONNECTION_CHECK_INTERVAL_SECONDS = 1.0
+
+
+def gift_event(sent: events_pb2.GiftSent) -> gifts_pb2.WatchStreamGiftsResponse:
+    gift = gifts_pb2.GiftTransaction(
+        gift_transaction_id=sent.gift_transaction_id,
+        sender_id=sent.sender_id,
+        recipient_id=sent.recipient_id,
+        stream_id=sent.stream_id,
+        gift_id=sent.gift_id,
+        quantity=sent.quantity,
+        coins=sent.coins,
+        combo_count=sent.combo_count,
+    )
+    return gifts_pb2.WatchStreamGiftsResponse(event=gifts_pb2.GiftEvent(gift=gift, sent_at=sent.sent_at))
+
+
+class _State(Enum):
+    OPEN = "open"
+    ENDED = "ended"  # the stream ended: deliver what is buffered, then finish with OK
+    TOO_SLOW = "too_slow"  # the buffer overflowed: finish with RATE_LIMITED at once
+    INTERRUPTED = "interrupted"  # NATS was disconnected: deliver what is buffered, then finish with UNAVAILABLE
+
+
+class Watcher:
+    """One WatchStreamGifts call: a bounded buffer filled by the hub and drained by the call."""
+
+    def __init__(self, stream_id: str, capacity: int, stuck_grace_seconds: float) -> None:
+        self.stream_id = stream_id
+        self._capacity = capacity
+        self._stuck_grace_seconds = stuck_grace_seconds
+        self._events: deque[gifts_pb2.WatchStreamGiftsResponse] = deque()
+        self._state = _State.OPEN
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.current_task()
+
+    def offer(self, event: gifts_pb2.WatchStreamGiftsResponse) -> None:
+        """Never waits: a full buffer ends the watcher instead."""
+        if self._state is not _State.OPEN:
+            return
+        if len(self._events) >= self._capacity:
+            self._state = _State.TOO_SLOW
+            self._events.clear()
+            self._wakeup.set()
+            # A call stuck writing to a client that stopped reading never gets to see TOO_SLOW: cancel it.
+            asyncio.get_running_loop().call_later(self._stuck_grace_seconds, self._cancel_if_running)
+            log.info("gift_watcher_too_slow", stream_id=self.stream_id)
+            return
+        self._events.append(event)
+        self._wakeup.set()
+
+    def end(self) -> None:
+        self._close(_State.ENDED)
+
+    def interrupt(self) -> None:
+        self._close(_State.INTERRUPTED)
+
+    def _close(self, state: _State) -> None:
+        if self._state is _State.OPEN:
+            self._state = state
+            self._wakeup.set()
+
+    async def next(self) -> gifts_pb2.WatchStreamGiftsResponse | None:
+        """The next event; None once the stream ended and everything before its end was delivered."""
+        while True:
+            if self._state is _State.TOO_SLOW:
+                raise domain.watcher_too_slow()
+            if self._events:
+                return self._events.popleft()
+            if self._state is _State.ENDED:
+                return None
+            if self._state is _State.INTERRUPTED:
+                raise domain.feed_interrupted()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def _cancel_if_running(self) -> None:
+        if self._task is not None and not self._task.done():
+            log.info("gift_watcher_cancelled_while_stuck", stream_id=self.stream_id)
+            self._task.cancel()
+
+
+class _RecentIds:
+    """The last `limit` ids seen, for dedup in constant memory."""
+
+    def __init__(self, limit: int) -> None:
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+        self._limit = limit
+
+    def add(self, item: str) -> bool:
+        """True when item is new."""
+        if item in self._ids:
+            return False
+        self._ids.add(item)
+        self._order.append(item)
+        if len(self._order) > self._limit:
+            self._ids.discard(self._order.popleft())
+        return True
+
+
+class GiftFeed:
+    def __init__(self, max_watchers: int, watcher_queue_size: int, stuck_grace_seconds: float) -> None:
+        self._max_watchers = max_watchers
+        self._watcher_queue_size = watcher_queue_size
+        self._stuck_grace_seconds = stuck_grace_seconds
+        self._watchers: dict[str, set[Watcher]] = {}
+        self._recent: dict[str, _RecentIds] = {}
+        self._watcher_count = 0
+        self._nats: NatsClient | None = None
+
+    async def subscribe(self, nc: NatsClient) -> None:
+        """Startup step: the subscription exists before the service says SERVING (nats-py renews it on reconnect)."""
+        self._nats = nc
+        await nc.subscribe(
+            FEED_SUBJECTS,
+            cb=self._on_message,
+            pending_msgs_limit=SUBSCRIPTION_PENDING_MESSAGES,
+            pending_bytes_limit=SUBSCRIPTION_PENDING_BYTES,
+        )
+
+    async def watch_connection(self) -> None:
+        """Worker. Core NATS delivers nothing to a disconnected subscriber, so after a disconnection (another
+        replica's relay may have published meanwhile) every watcher may have missed gifts: end them with UNAVAILABLE
+        so they resubscribe, rather than let them show a feed with holes."""
+        assert self._nats is not None, "subscribe() first"
+        seen_reconnects = self._nats.stats["reconnects"]
+        while True:
+            await asyncio.sleep(CONNECTION_CHECK_INTERVAL_SECONDS)
+            reconnects = self._nats.stats["reconnects"]
+            if reconnects != seen_reconnects or not self._nats.is_connected:
+                self.interrupt_all()
+            seen_reconnects = reconnects
+
+    def interrupt_all(self) -> None:
+        if self._watcher_count:
+            log.warning("gift_feed_interrupted", watchers=self._watcher_count)
+        for watchers in self._watchers.values():
+            for watcher in watchers:
+                watcher.interrupt()
+
+    @property
+    def watcher_count(self) -> int:
+        return self._watcher_count
+
+    @contextmanager
+    def watch(self, stream_id: str) -> Iterator[Watcher]:
+        """Registers a watcher of stream_id for the duration of the block (RATE_LIMITED when the process is full)."""
+        if self._watcher_count >= self._max_watchers:
+            raise domain.too_many_watchers()
+        if self._nats is not None and not self._nats.is_connected:
+            raise domain.feed_interrupted()
+        watcher = Watcher(stream_id, self._watcher_queue_size, self._stuck_grace_seconds)
+        self._watchers.setdefault(stream_id, set()).add(watcher)
+        self._recent.setdefault(stream_id, _RecentIds(DEDUP_IDS_PER_STREAM))
+        self._watcher_count += 1
+        try:
+            yield watcher
+        finally:
+            self._watcher_count -= 1
+            watchers = self._watchers[stream_id]
+            watchers.discard(watcher)
+            if not watchers:
+                del self._watchers[stream_id]
+                del self._recent[stream_id]
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            self.route(msg.subject, msg.data)
+        except Exception:
+            # One undecodable message must not stop the feed of every stream.
+            log.exception("gift_feed_message_dropped", subject=msg.subject)
+
+    def route(self, subject: str, payload: bytes) -> None:
+        """Hands one published event to the watchers of its stream, without waiting for any of them."""
+        if subject == GIFT_SENT_SUBJECT:
+            self._deliver_gift(events_pb2.GiftSent.FromString(payload))
+        elif subject == STREAM_ENDED_SUBJECT:
+            self._end_stream(events_pb2.StreamEnded.FromString(payload).stream_id)
+
+    def _deliver_gift(self, sent: events_pb2.GiftSent) -> None:
+        watchers = self._watchers.get(sent.stream_id)
+        if not watchers or not self._recent[sent.stream_id].add(sent.gift_transaction_id):
+            return
+        event = gift_event(sent)
+        for watcher in list(watchers):
+            watcher.offer(event)
+
+    def _end_stream(self, stream_id: str) -> None:
+        for watcher in list(self._watchers.get(stream_id, ())):
+            watcher.end()
