@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -58,6 +60,7 @@ _RETRY_SERVICE_CONFIG = json.dumps(
 # minimum; the lion is beyond either fan's coins on purpose, to show a refusal.
 GIFT_PLAN = (
     (0, "rose", 10),
+    (0, "rose", 5),  # within 10 s of the first: a combo (×2)
     (1, "finger_heart", 4),
     (0, "doughnut", 5),
     (1, "hand_hearts", 3),
@@ -141,6 +144,44 @@ def format_money(money: money_pb2.Money) -> str:
     return f"${whole:,}.{cents:02d}" if money.currency_code == "USD" else f"{whole:,}.{cents:02d} {money.currency_code}"
 
 
+def withdrawal_amount(wanted: int, available: int, minimum: int, value_per_1000_minor: int) -> int | None:
+    """The requested amount when affordable, else as much as is available; always a whole number of cents (the
+    service refuses amounts that would lose a fraction of a cent); None below the minimum."""
+    step = 1000 // math.gcd(1000, value_per_1000_minor)
+    amount = min(max(wanted, minimum), available)
+    amount -= amount % step
+    return amount if amount >= minimum else None
+
+
+class GiftFeedWatcher:
+    """Watches the stream's live gift feed (WatchStreamGifts) in a thread, as an overlay would."""
+
+    def __init__(self, stub: gifts_pb2_grpc.GiftServiceStub, stream_id: str, token: str) -> None:
+        self.events: list[gifts_pb2.GiftEvent] = []
+        self.error = ""
+        self._call = stub.WatchStreamGifts(
+            gifts_pb2.WatchStreamGiftsRequest(stream_id=stream_id),
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+        self._call.initial_metadata()  # the server sends headers once the watcher is registered
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                self.events.append(response.event)
+        except grpc.RpcError as error:
+            self.error = describe(error)
+
+    def finish(self, timeout_seconds: float) -> None:
+        """The feed ends by itself when the stream ends; cancel it if that takes too long."""
+        self._thread.join(timeout_seconds)
+        if self._thread.is_alive():
+            self._call.cancel()
+            self._thread.join(1.0)
+
+
 @dataclass
 class LiveStreamDemo:
     stubs: Stubs
@@ -187,15 +228,18 @@ class LiveStreamDemo:
         self.verify_creator()
         self.buy_coins()
         self.go_live()
+        self.feed = GiftFeedWatcher(self.stubs.gifts, self.stream_id, self.service_token)
         try:
             self.send_gifts()
             self.show_stream_summary()
+            self.show_leaderboard()
             self.wait_for_settlement()
             self.withdraw()
         except DemoError:
             self.end_stream_quietly()
             raise
         self.end_stream()
+        self.show_feed()
         self.show_balances("Final balances")
 
     def create_accounts(self) -> None:
@@ -259,11 +303,11 @@ class LiveStreamDemo:
         catalog = {
             gift.gift_id: gift for gift in self.call(self.stubs.gifts.ListGifts, gifts_pb2.ListGiftsRequest()).gifts
         }
-        table = Table("sender", "gift", "qty", "coins", "sender balance after", "outcome")
+        table = Table("sender", "gift", "qty", "coins", "paid / bonus", "combo", "sender balance after", "outcome")
         last_sent: tuple[gifts_pb2.SendGiftRequest, gifts_pb2.SendGiftResponse] | None = None
         for fan_index, gift_id, quantity in GIFT_PLAN:
             if gift_id not in catalog:
-                table.add_row(self.fans[fan_index], gift_id, str(quantity), "", "", "[yellow]not in catalog[/]")
+                table.add_row(self.fans[fan_index], gift_id, str(quantity), "", "", "", "", "[yellow]not in catalog[/]")
                 continue
             request = gifts_pb2.SendGiftRequest(
                 request_id=self.request_id(f"gift-{gift_id}"),
@@ -297,6 +341,8 @@ class LiveStreamDemo:
                 str(request.quantity),
                 price,
                 "",
+                "",
+                "",
                 f"[yellow]refused: {error_reason(error)}[/]",
             )
             return None
@@ -306,6 +352,8 @@ class LiveStreamDemo:
             gift.name,
             str(request.quantity),
             f"{response.gift.coins:,}",
+            self.last_split(request.sender_id, response.gift.gift_transaction_id),
+            f"×{response.gift.combo_count}",
             f"{response.sender_balance_coins:,}",
             "[green]sent[/]",
         )
@@ -363,7 +411,12 @@ class LiveStreamDemo:
     def withdraw(self) -> None:
         self.step(8, "Creator withdraws")
         rates = self.call(self.stubs.payouts.GetRates, payouts_pb2.GetRatesRequest()).rates
-        diamonds = self.withdrawal_amount(self.earnings().available_diamonds, rates.minimum_withdrawal_diamonds)
+        diamonds = withdrawal_amount(
+            self.withdrawal_diamonds,
+            self.earnings().available_diamonds,
+            rates.minimum_withdrawal_diamonds,
+            rates.diamond_value_per_1000.amount_minor,
+        )
         if diamonds is None:
             self.console.print(
                 f"[yellow]fewer than the minimum {rates.minimum_withdrawal_diamonds:,} diamonds "
@@ -380,13 +433,6 @@ class LiveStreamDemo:
         )
         self.wait_for_payout(withdrawal.withdrawal_id)
 
-    def withdrawal_amount(self, available: int, minimum: int) -> int | None:
-        """The requested amount when affordable, else everything available, else None (below the minimum)."""
-        wanted = max(self.withdrawal_diamonds, minimum)
-        if available >= wanted:
-            return wanted
-        return available if available >= minimum else None
-
     def wait_for_payout(self, withdrawal_id: str) -> None:
         request = payouts_pb2.GetWithdrawalRequest(withdrawal_id=withdrawal_id)
         deadline = time.monotonic() + PAYOUT_WAIT_SECONDS
@@ -401,6 +447,32 @@ class LiveStreamDemo:
             raise DemoError(f"withdrawal {withdrawal_id} still PENDING after {PAYOUT_WAIT_SECONDS:.0f} s")
         else:
             raise DemoError(f"withdrawal {withdrawal_id} ended {status}: {withdrawal.failure_reason or 'no reason'}")
+
+    def last_split(self, account_id: str, gift_transaction_id: str) -> str:
+        """How the gift was paid: the wallet spends bonus coins first (its spend's reference names the gift)."""
+        request = wallet_pb2.ListTransactionsRequest(account_id=account_id, page_size=5)
+        for transaction in self.call(self.stubs.wallet.ListTransactions, request).transactions:
+            if transaction.reference.endswith(gift_transaction_id):
+                return f"{-transaction.paid_coins_delta:,} / {-transaction.bonus_coins_delta:,}"
+        return "?"
+
+    def show_leaderboard(self) -> None:
+        request = gifts_pb2.GetLeaderboardRequest(
+            creator_id=self.creator, period=gifts_pb2.LEADERBOARD_PERIOD_DAY, page_size=10
+        )
+        entries = self.call(self.stubs.gifts.GetLeaderboard, request).entries
+        table = Table("rank", "gifter", "coins", title=f"Today's leaderboard of {self.creator}")
+        for entry in entries:
+            table.add_row(str(entry.rank), entry.account_id, f"{entry.coins:,}")
+        self.console.print(table)
+
+    def show_feed(self) -> None:
+        self.feed.finish(timeout_seconds=5.0)
+        if self.feed.error:
+            self.console.print(f"[yellow]live gift feed ended with {self.feed.error}[/]")
+        gifts = ", ".join(f"{e.gift.gift_id}×{e.gift.quantity}" for e in self.feed.events)
+        self.done(f"the live gift feed (WatchStreamGifts) showed {len(self.feed.events)} gifts as they happened:")
+        self.console.print(f"  {gifts}")
 
     def end_stream_quietly(self) -> None:
         """After a failure: don't leave a stream live, but don't hide the original error behind a second one."""
@@ -418,6 +490,10 @@ class LiveStreamDemo:
 
     # -- balances --------------------------------------------------------------------------------------------
 
+    def balance_of(self, account_id: str) -> wallet_pb2.Balance:
+        request = wallet_pb2.GetBalanceRequest(account_id=account_id)
+        return self.call(self.stubs.wallet.GetBalance, request).balance
+
     def coins_of(self, account_id: str) -> int:
         request = wallet_pb2.GetBalanceRequest(account_id=account_id)
         return self.call(self.stubs.wallet.GetBalance, request).balance.coins
@@ -427,13 +503,15 @@ class LiveStreamDemo:
         return self.call(self.stubs.payouts.GetEarnings, request).earnings
 
     def show_balances(self, title: str) -> None:
-        table = Table("account", "coins", "available ◆", "reserved ◆", "lifetime ◆", title=title)
+        table = Table("account", "coins", "paid / bonus", "available ◆", "reserved ◆", "lifetime ◆", title=title)
         for fan in self.fans:
-            table.add_row(fan, f"{self.coins_of(fan):,}", "", "", "")
+            balance = self.balance_of(fan)
+            table.add_row(fan, f"{balance.coins:,}", f"{balance.paid_coins:,} / {balance.bonus_coins:,}", "", "", "")
         earnings = self.earnings()
         table.add_row(
             self.creator,
             f"{self.coins_of(self.creator):,}",
+            "",
             f"{earnings.available_diamonds:,}",
             f"{earnings.reserved_diamonds:,}",
             f"{earnings.lifetime_diamonds:,}",
