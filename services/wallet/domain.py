@@ -24,6 +24,8 @@ from services.runtime.errors import (
 SYSTEM_SALES = "system:sales"  # coins issued against real money
 SYSTEM_PROMOTIONS = "system:promotions"  # bonus coins issued by promotions
 SYSTEM_SPENT = "system:spent"  # coins spent (on gifts); settled into diamonds by payouts
+# Exactly these: a user may be called "system", whose bonus bucket is then "system:bonus".
+SYSTEM_ACCOUNTS = frozenset({SYSTEM_SALES, SYSTEM_PROMOTIONS, SYSTEM_SPENT})
 BONUS_SUFFIX = ":bonus"
 
 SPENDING_LIMIT_WINDOW = timedelta(hours=24)  # the limit caps coins sent in any window this long (rolling)

@@ -13,6 +13,7 @@ import asyncpg
 
 from services.wallet.domain import (
     SPENDING_LIMIT_WINDOW,
+    SYSTEM_ACCOUNTS,
     Account,
     AccountStatus,
     Balance,
@@ -198,8 +199,11 @@ async def record_movement(
             INSERT INTO transactions (transaction_id, kind, request_id, account_id, reference)
             VALUES ($1, $2, $3, $4, $5)
         ), posted AS (
-            INSERT INTO postings (transaction_id, ledger_account_id, coins_delta, balance_after)
-            SELECT $1, legs.ledger_account_id, legs.coins_delta, moved.coins
+            -- statement_timestamp(), not now(): the buckets were locked by an earlier statement, so this time
+            -- follows every earlier movement of these buckets (now() is the transaction's start, which a
+            -- transaction that waited on a lock would backdate); one time for all legs of the transaction.
+            INSERT INTO postings (transaction_id, ledger_account_id, coins_delta, balance_after, created_at)
+            SELECT $1, legs.ledger_account_id, legs.coins_delta, moved.coins, statement_timestamp()
             FROM legs LEFT JOIN moved USING (ledger_account_id)
         )
         SELECT ledger_account_id FROM moved
@@ -212,7 +216,7 @@ async def record_movement(
         [ledger_account for ledger_account, _ in postings],
         [delta for _, delta in postings],
     )
-    user_legs = {ledger_account for ledger_account, _ in postings if not ledger_account.startswith("system:")}
+    user_legs = {ledger_account for ledger_account, _ in postings if ledger_account not in SYSTEM_ACCOUNTS}
     # A user leg without its ledger account would post coins no balance holds: refuse (the transaction rolls back).
     assert {row["ledger_account_id"] for row in moved} == user_legs, f"missing ledger accounts in {postings}"
 

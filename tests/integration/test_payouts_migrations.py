@@ -67,9 +67,10 @@ async def test_upgrade_keeps_old_credits_available_and_guarded(stack: Stack, tmp
             " INSERT INTO postings (transaction_id, ledger_account_id, diamonds_delta)"
             " VALUES ('txn_new', 'creator:old:pending', -1), ('txn_new', 'creator:old:available', 1)"
         )
-        # New credits default to pending until settlement says otherwise (it always does).
+        # Credits inserted without matured_at (the previous release, during a rolling deploy) are matured at once,
+        # as that release made them available; settlement always sets it explicitly.
         assert await pool.fetchval(
-            "SELECT column_default IS NULL FROM information_schema.columns"
+            "SELECT column_default = 'now()' FROM information_schema.columns"
             " WHERE table_name = 'diamond_credits' AND column_name = 'matured_at'"
         )
     finally:

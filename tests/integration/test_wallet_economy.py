@@ -767,3 +767,18 @@ async def test_migration_keeps_existing_balances_as_paid_coins(stack: Stack) -> 
         assert await wallet_violations(conn) == []
     finally:
         await conn.close()
+
+
+async def test_an_account_named_system_is_an_ordinary_user(clients: Clients) -> None:
+    """Its bonus bucket is "system:bonus", which must not be mistaken for a platform account."""
+    await clients.wallet.UpsertAccount(
+        w.UpsertAccountRequest(request_id=new_id("r"), account_id="system", adult_verified=True, country_code="US"),
+        metadata=SERVICE,
+    )
+    await buy(clients, "system", "coins_1321")
+    spent = await clients.wallet.SpendCoins(
+        w.SpendCoinsRequest(request_id=new_id("spend"), account_id="system", coins=100, reference="test"),
+        metadata=SERVICE,
+    )
+    assert (spent.bonus_coins, spent.paid_coins) == (66, 34)
+    assert (spent.balance.paid_coins, spent.balance.bonus_coins) == (1287, 0)

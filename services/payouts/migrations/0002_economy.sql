@@ -32,7 +32,8 @@ ALTER TABLE diamond_credits
     ADD COLUMN maturity_transaction_id text REFERENCES ledger_transactions (transaction_id),
     ADD CHECK (maturity_transaction_id IS NULL OR matured_at IS NOT NULL);
 -- From now on settlement always says whether a credit is held.
-ALTER TABLE diamond_credits ALTER COLUMN matured_at DROP DEFAULT;
+-- The default stays: a replica of the previous release still running during a rolling deploy inserts credits
+-- without matured_at, and they are available at once in that release, so matured is the truth for them.
 
 -- The append-only guard is replaced by one that allows exactly the maturing of a pending credit.
 DROP TRIGGER diamond_credits_append_only ON diamond_credits;
