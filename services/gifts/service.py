@@ -95,6 +95,12 @@ class GiftService:
         )
 
     async def start_live_stream(self, request: gifts_pb2.StartLiveStreamRequest) -> gifts_pb2.StartLiveStreamResponse:
+        # A replay needs no wallet: answer it before asking the wallet (which may be down).
+        replayed = await idempotency.replay_if_completed(
+            self._pool, request.request_id, "StartLiveStream", request, gifts_pb2.StartLiveStreamResponse
+        )
+        if replayed is not None:
+            return replayed
         # Asked before the transaction (never hold one open across a network call); used only if the request is new.
         creator = await self._wallet.get_account(request.creator_id)
 
@@ -229,16 +235,18 @@ class GiftService:
 
     @staticmethod
     async def _count_gift(conn: asyncpg.Connection, gift: store.GiftRow, sent_at: datetime) -> None:
-        """The event and the counters a completed gift feeds: GiftSent, leaderboards, stream summary. The stream's
-        totals row is every gift of the stream's hot spot, so it is written last and its lock held the shortest."""
-        event = gift_sent_event(gift, sent_at)
-        await store.insert_outbox_event(
-            conn, gift.gift_transaction_id, GIFT_SENT_SUBJECT, event.SerializeToString(), gift.gift_transaction_id
-        )
+        """The counters a completed gift feeds (leaderboards, stream summary) and its GiftSent. The stream's totals row
+        is every gift of the stream's hot spot, so it is written late and its lock held the shortest. The outbox row
+        comes after it: its id is then taken under that lock, so one stream's events are numbered — and published
+        by the relay — in the order their gifts commit, which is the order live feeds show."""
         await store.add_to_gifter_totals(
             conn, gift.recipient_id, gift.sender_id, gift.coins, domain.period_starts(sent_at)
         )
         await store.add_to_stream_counters(conn, gift.stream_id, gift.sender_id, gift.coins)
+        event = gift_sent_event(gift, sent_at)
+        await store.insert_outbox_event(
+            conn, gift.gift_transaction_id, GIFT_SENT_SUBJECT, event.SerializeToString(), gift.gift_transaction_id
+        )
 
     async def _fail_gift(self, gift_transaction_id: str, refusal: AppError) -> None:
         async with self._pool.acquire() as conn, conn.transaction():

@@ -23,6 +23,8 @@ class RuntimeSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     shutdown_grace_seconds: float = 10.0
+    # Unary RPCs handled at once per process; beyond it calls are shed with RESOURCE_EXHAUSTED / RATE_LIMITED.
+    max_in_flight_unary_rpcs: int = 1000
 
     db_pool_min_size: int = 2
     db_pool_max_size: int = 10

@@ -82,6 +82,24 @@ def _stored(row: asyncpg.Record) -> StoredRequest:
     return StoredRequest(row["resource_id"], row["response"], error)
 
 
+async def replay_if_completed(
+    pool: asyncpg.Pool, request_id: str, method: str, request: Message, response_type: type[ResponseT]
+) -> ResponseT | None:
+    """The stored outcome of an already completed request (raised if it was an error), or None. For use cases
+    that must call another service before their transaction: a replay needs no answer from it."""
+    row = await pool.fetchrow(
+        "SELECT request_hash, resource_id, response, error_code, error_reason, error_message, error_field_violations"
+        " FROM idempotency_keys WHERE request_id = $1",
+        request_id,
+    )
+    if row is None:
+        return None
+    if bytes(row["request_hash"]) != request_hash(method, request):
+        raise request_id_reused()
+    stored = _stored(row)
+    return None if stored.in_flight else replay(stored, response_type)
+
+
 async def set_resource(conn: asyncpg.Connection, request_id: str, resource_id: str) -> None:
     await conn.execute("UPDATE idempotency_keys SET resource_id = $2 WHERE request_id = $1", request_id, resource_id)
 

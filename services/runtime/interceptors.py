@@ -25,7 +25,11 @@ log = structlog.get_logger()
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, verifier: TokenVerifier, is_ready: Callable[[], bool]) -> None:
+    def __init__(self, verifier: TokenVerifier, is_ready: Callable[[], bool], max_in_flight_unary: int) -> None:
+        # Overload shedding with the contract's answer (RESOURCE_EXHAUSTED, RATE_LIMITED) rather than a queue that
+        # grows until every call times out. Streams (live feeds) have limits of their own.
+        self._max_in_flight_unary = max_in_flight_unary
+        self._in_flight_unary = 0
         self._verifier = verifier
         self._is_ready = is_ready
 
@@ -62,7 +66,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             structlog.contextvars.bind_contextvars(method=method, request_id=getattr(request, "request_id", None))
+            self._in_flight_unary += 1
             try:
+                if self._in_flight_unary > self._max_in_flight_unary:
+                    raise AppError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "server overloaded; retry later")
                 self._admit(authorization)
                 return await behavior(request, context)
             except AppError as error:
@@ -73,6 +80,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("rpc_failed_unexpectedly")
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; retry with the same request_id")
             finally:
+                self._in_flight_unary -= 1
                 _observe(method, code, started)
             raise AssertionError("unreachable: abort() raises")
 

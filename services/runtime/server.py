@@ -69,13 +69,14 @@ class ServiceRuntime:
         self._service_names: list[str] = []
         self._workers: dict[str, Worker] = {}
         self._server = grpc.aio.server(
-            interceptors=[ServiceInterceptor(TokenVerifier(settings), lambda: self._ready)],
+            interceptors=[
+                ServiceInterceptor(TokenVerifier(settings), lambda: self._ready, settings.max_in_flight_unary_rpcs)
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=1000,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
 

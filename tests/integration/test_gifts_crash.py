@@ -15,7 +15,7 @@ import grpc
 import pytest
 from coinstream.gifts.v1 import gifts_pb2
 
-from tests.conftest import SERVICE, Clients
+from tests.conftest import SERVICE, Clients, new_id
 from tests.grpc_errors import error_reason
 from tests.integration.test_gifts import (
     coins_of,
@@ -188,3 +188,16 @@ async def retry_until_wallet_is_back(
             if error_reason(error) != "WALLET_UNAVAILABLE" or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.3)
+
+
+async def test_start_live_stream_replays_while_the_wallet_is_down(stack: Stack, clients: Clients) -> None:
+    """A replay needs no answer from the wallet, so it must not fail just because the wallet is unreachable."""
+    creator = await make_account(clients)
+    request = gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator, title="replay me")
+    first = await clients.gifts.StartLiveStream(request, metadata=SERVICE)
+    stack.stop_service("wallet")
+    try:
+        again = await clients.gifts.StartLiveStream(request, metadata=SERVICE)
+    finally:
+        stack.start_service("wallet")
+    assert again == first

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.servers import free_port
 from tests.conftest import auth
+from tests.grpc_errors import error_reason
 from tests.stack import REPO_ROOT, Stack
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,9 @@ def wait_for_health(address: str, expected: int, timeout_seconds: float = 20.0) 
     raise AssertionError(f"{address} never reported {expected}")
 
 
-def start_wallet(stack: Stack, tmp_path: Path, database_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_wallet(
+    stack: Stack, tmp_path: Path, database_url: str, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = stack.service_env("wallet")
     env.update(
@@ -50,6 +53,7 @@ def start_wallet(stack: Stack, tmp_path: Path, database_url: str) -> tuple[subpr
             "COINSTREAM_WALLET_PORT": str(port),
             "COINSTREAM_WALLET_DATABASE_URL": database_url,
             "COINSTREAM_DB_CONNECT_TIMEOUT_SECONDS": "120",
+            **(extra_env or {}),
         }
     )
     log = open(tmp_path / "wallet.log", "ab")
@@ -94,3 +98,21 @@ def test_serving_once_ready_and_exits_cleanly_on_sigterm(stack: Stack, tmp_path:
         if process.poll() is None:
             process.kill()
     assert "shutdown_complete" in (tmp_path / "wallet.log").read_text()
+
+
+def test_overload_is_shed_with_rate_limited(stack: Stack, tmp_path: Path) -> None:
+    """Beyond max_in_flight_unary_rpcs calls are refused at once with the contract's RATE_LIMITED (0 sheds all)."""
+    process, address = start_wallet(
+        stack, tmp_path, stack.database_url("wallet"), {"COINSTREAM_MAX_IN_FLIGHT_UNARY_RPCS": "0"}
+    )
+    try:
+        wait_for_health(address, SERVING)
+        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as caught:
+            wallet_pb2_grpc.WalletServiceStub(channel).ListCoinPackages(
+                wallet_pb2.ListCoinPackagesRequest(), metadata=auth("alice"), timeout=5
+            )
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_reason(caught.value) == "RATE_LIMITED"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
