@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from devstack.demo import (
+    DEFAULT_WITHDRAWAL_DIAMONDS,
     Addresses,
     DemoError,
     LiveStreamDemo,
@@ -66,7 +67,7 @@ def demo(
     payouts: PayoutsAddress = "127.0.0.1:50053",
     withdraw_diamonds: Annotated[
         int, typer.Option("--withdraw-diamonds", min=1, help="Diamonds the creator withdraws at the end.")
-    ] = 2_000,
+    ] = DEFAULT_WITHDRAWAL_DIAMONDS,
     secret: SecretOption = None,
 ) -> None:
     """Run a short scripted live stream against the running stack (start it with `make run`)."""

@@ -28,10 +28,6 @@ def health_status(address: str, service: str = "", timeout_seconds: float = 2.0)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
-def is_serving(address: str, service: str = "", timeout_seconds: float = 2.0) -> bool:
-    return health_status(address, service, timeout_seconds) == "SERVING"
-
-
 def main(argv: list[str]) -> int:
     if not 1 <= len(argv) <= 2:
         print("usage: python -m devstack.probe HOST:PORT [SERVICE]", file=sys.stderr)

@@ -72,6 +72,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     raise AppError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "server overloaded; retry later")
                 self._admit(authorization)
                 return await behavior(request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED  # the client went away; not an OK to count or log
+                raise
             except AppError as error:
                 code = error.code
                 await _abort(context, error, method, started)

@@ -86,15 +86,13 @@ async def test_refused_gift_does_not_touch_the_combo(clients: Clients) -> None:
 
 
 async def test_gift_sent_carries_how_the_coins_were_paid(clients: Clients, stack: Stack) -> None:
-    """paid_coins + bonus_coins = coins. Holds once the wallet reports the split in SpendCoinsResponse (until then
-    the wallet returns 0 and 0 and this test fails: gifts carries whatever the wallet says)."""
+    """GiftSent carries the wallet's split of the spend (bonus first), so the cash behind every gift is known."""
     stream = await go_live(clients)
     sender = await make_account(clients, package_id="coins_1321")  # 1,321 paid coins and 66 bonus coins
     reply = await clients.gifts.SendGift(gift_request(sender, stream.stream_id, "hand_hearts", 2), metadata=SERVICE)
     event = await published_event(stack, reply.gift.gift_transaction_id)
     assert event.coins == 200
-    assert event.paid_coins >= 0 and event.bonus_coins >= 0
-    assert event.paid_coins + event.bonus_coins == event.coins
+    assert (event.paid_coins, event.bonus_coins) == (134, 66)  # bonus coins are spent first
 
 
 # ---------------------------------------------------------------- leaderboards

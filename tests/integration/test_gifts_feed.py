@@ -37,6 +37,10 @@ async def watching(clients: Clients, stream_id: str, metadata: object = None) ->
     )
     try:
         await asyncio.wait_for(call.initial_metadata(), EVENT_TIMEOUT_SECONDS)
+        # A refused call also yields (empty) initial metadata: only a call still open is subscribed.
+        if call.done():
+            await call.read()  # raises the refusal (AioRpcError), as a read of a subscribed call would
+            raise AssertionError("the watch finished before it started")
         yield call
     finally:
         call.cancel()
@@ -166,7 +170,10 @@ async def test_ending_the_stream_ends_its_watchers_and_publishes_stream_ended(cl
         assert [event.gift for event in await collect(feed)] == [gift]
     await end_stream(clients, stream.stream_id)  # ending it again publishes nothing more
 
-    ended, gift_seq = await stream_ended_messages(stack.nats.url, stream.stream_id), await gift_sequence(stack, gift)
+    ended, gift_seq = (
+        await stream_ended_messages(stack.nats.url, stream.stream_id),
+        await gift_sequence_of(stack, gift.gift_transaction_id),
+    )
     assert len(ended) == 1
     message = ended[0]
     assert message.headers is not None and message.headers["Nats-Msg-Id"] == f"stream_ended:{stream.stream_id}"
@@ -209,11 +216,6 @@ async def test_gifts_racing_the_end_of_the_stream_are_either_in_the_feed_or_afte
 
 async def gift_sequence_of(stack: Stack, gift_transaction_id: str) -> int:
     [message] = await gift_sent_messages(stack.nats.url, gift_transaction_id)
-    return message.metadata.sequence.stream
-
-
-async def gift_sequence(stack: Stack, gift: gifts_pb2.GiftTransaction) -> int:
-    [message] = await gift_sent_messages(stack.nats.url, gift.gift_transaction_id)
     return message.metadata.sequence.stream
 
 
