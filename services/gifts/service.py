@@ -71,34 +71,18 @@ class GiftService:
         async def operation(conn: asyncpg.Connection) -> gifts_pb2.UpsertGiftResponse:
             return gifts_pb2.UpsertGiftResponse(gift=gift_catalog_message(await store.upsert_gift(conn, gift)))
 
-        return await idempotency.run_once(
-            self._pool,
-            request_id=request.request_id,
-            method="UpsertGift",
-            request=request,
-            response_type=gifts_pb2.UpsertGiftResponse,
-            operation=operation,
-        )
+        return await idempotency.run_once(self._pool, request, gifts_pb2.UpsertGiftResponse, operation)
 
     async def retire_gift(self, request: gifts_pb2.RetireGiftRequest) -> gifts_pb2.RetireGiftResponse:
         async def operation(conn: asyncpg.Connection) -> gifts_pb2.RetireGiftResponse:
             retired = domain.require_catalog_gift(await store.retire_gift(conn, request.gift_id), request.gift_id)
             return gifts_pb2.RetireGiftResponse(gift=gift_catalog_message(retired))
 
-        return await idempotency.run_once(
-            self._pool,
-            request_id=request.request_id,
-            method="RetireGift",
-            request=request,
-            response_type=gifts_pb2.RetireGiftResponse,
-            operation=operation,
-        )
+        return await idempotency.run_once(self._pool, request, gifts_pb2.RetireGiftResponse, operation)
 
     async def start_live_stream(self, request: gifts_pb2.StartLiveStreamRequest) -> gifts_pb2.StartLiveStreamResponse:
         # A replay needs no wallet: answer it before asking the wallet (which may be down).
-        replayed = await idempotency.replay_if_completed(
-            self._pool, request.request_id, "StartLiveStream", request, gifts_pb2.StartLiveStreamResponse
-        )
+        replayed = await idempotency.replay_if_completed(self._pool, request, gifts_pb2.StartLiveStreamResponse)
         if replayed is not None:
             return replayed
         # Asked before the transaction (never hold one open across a network call); used only if the request is new.
@@ -111,14 +95,7 @@ class GiftService:
                 raise domain.stream_already_live(request.creator_id)
             return gifts_pb2.StartLiveStreamResponse(stream=stream_message(stream))
 
-        return await idempotency.run_once(
-            self._pool,
-            request_id=request.request_id,
-            method="StartLiveStream",
-            request=request,
-            response_type=gifts_pb2.StartLiveStreamResponse,
-            operation=operation,
-        )
+        return await idempotency.run_once(self._pool, request, gifts_pb2.StartLiveStreamResponse, operation)
 
     async def get_stream(self, stream_id: str) -> domain.LiveStream:
         return domain.require_stream(await store.get_stream(self._pool, stream_id), stream_id)
@@ -135,14 +112,7 @@ class GiftService:
                 )
             return gifts_pb2.EndLiveStreamResponse(stream=stream_message(stream))
 
-        response = await idempotency.run_once(
-            self._pool,
-            request_id=request.request_id,
-            method="EndLiveStream",
-            request=request,
-            response_type=gifts_pb2.EndLiveStreamResponse,
-            operation=operation,
-        )
+        response = await idempotency.run_once(self._pool, request, gifts_pb2.EndLiveStreamResponse, operation)
         self._on_event_queued()
         return response
 

@@ -109,14 +109,7 @@ class PayoutsService:
                 )
             )
 
-        return await idempotency.run_once(
-            self._pool,
-            request_id=request.request_id,
-            method="UpdateCreatorProfile",
-            request=request,
-            response_type=payouts_pb2.UpdateCreatorProfileResponse,
-            operation=operation,
-        )
+        return await idempotency.run_once(self._pool, request, payouts_pb2.UpdateCreatorProfileResponse, operation)
 
     async def request_withdrawal(
         self, request: payouts_pb2.RequestWithdrawalRequest
@@ -125,14 +118,7 @@ class PayoutsService:
             withdrawal = await self._reserve_withdrawal(conn, request.request_id, request.creator_id, request.diamonds)
             return payouts_pb2.RequestWithdrawalResponse(withdrawal=withdrawal_message(withdrawal))
 
-        return await idempotency.run_once(
-            self._pool,
-            request_id=request.request_id,
-            method="RequestWithdrawal",
-            request=request,
-            response_type=payouts_pb2.RequestWithdrawalResponse,
-            operation=operation,
-        )
+        return await idempotency.run_once(self._pool, request, payouts_pb2.RequestWithdrawalResponse, operation)
 
     async def _reserve_withdrawal(
         self, conn: asyncpg.Connection, request_id: str, creator_id: str, diamonds: int
@@ -203,14 +189,7 @@ class PayoutsService:
                 withdrawal = await self._cancel(conn, withdrawal)
             return payouts_pb2.CancelWithdrawalResponse(withdrawal=withdrawal_message(withdrawal))
 
-        return await idempotency.run_once(
-            self._pool,
-            request_id=request.request_id,
-            method="CancelWithdrawal",
-            request=request,
-            response_type=payouts_pb2.CancelWithdrawalResponse,
-            operation=operation,
-        )
+        return await idempotency.run_once(self._pool, request, payouts_pb2.CancelWithdrawalResponse, operation)
 
     async def _cancel(self, conn: asyncpg.Connection, withdrawal: store.WithdrawalRow) -> store.WithdrawalRow:
         if not await self._provider_lets_go(withdrawal):

@@ -31,6 +31,11 @@ class StoredRequest:
         return self.response is None and self.error is None
 
 
+def method_name(request: Message) -> str:
+    """The RPC a request belongs to, by the contract's naming (FooRequest is the request of Foo)."""
+    return type(request).__name__.removesuffix("Request")
+
+
 def request_hash(method: str, request: Message) -> bytes:
     return hashlib.sha256(method.encode() + b"\0" + request.SerializeToString(deterministic=True)).digest()
 
@@ -82,19 +87,17 @@ def _stored(row: asyncpg.Record) -> StoredRequest:
     return StoredRequest(row["resource_id"], row["response"], error)
 
 
-async def replay_if_completed(
-    pool: asyncpg.Pool, request_id: str, method: str, request: Message, response_type: type[ResponseT]
-) -> ResponseT | None:
+async def replay_if_completed(pool: asyncpg.Pool, request: Message, response_type: type[ResponseT]) -> ResponseT | None:
     """The stored outcome of an already completed request (raised if it was an error), or None. For use cases
     that must call another service before their transaction: a replay needs no answer from it."""
     row = await pool.fetchrow(
         "SELECT request_hash, resource_id, response, error_code, error_reason, error_message, error_field_violations"
         " FROM idempotency_keys WHERE request_id = $1",
-        request_id,
+        request.request_id,  # type: ignore[attr-defined]  # every mutating request has one
     )
     if row is None:
         return None
-    if bytes(row["request_hash"]) != request_hash(method, request):
+    if bytes(row["request_hash"]) != request_hash(method_name(request), request):
         raise request_id_reused()
     stored = _stored(row)
     return None if stored.in_flight else replay(stored, response_type)
@@ -134,9 +137,6 @@ def replay(stored: StoredRequest, response_type: type[ResponseT]) -> ResponseT:
 
 async def run_once(
     pool: asyncpg.Pool,
-    *,
-    request_id: str,
-    method: str,
     request: Message,
     response_type: type[ResponseT],
     operation: Callable[[asyncpg.Connection], Awaitable[ResponseT]],
@@ -145,6 +145,8 @@ async def run_once(
 
     A final error (AppError.is_outcome) is stored too, with the operation's writes rolled back to a savepoint,
     so a retry gets the same error. Any other exception rolls back everything, key included: a retry runs anew."""
+    request_id: str = request.request_id  # type: ignore[attr-defined]  # every mutating request has one
+    method = method_name(request)
     hashed = request_hash(method, request)
     outcome: ResponseT | AppError
     async with pool.acquire() as conn, conn.transaction():

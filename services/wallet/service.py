@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
 import structlog
 from coinstream.type.v1 import money_pb2
 from coinstream.wallet.v1 import wallet_pb2
-from google.protobuf.message import Message
 
 from services.runtime import idempotency, recovery
 from services.runtime.errors import (
@@ -97,7 +95,7 @@ class WalletService:
             account = await store.upsert_account(conn, request.account_id, request.adult_verified, request.country_code)
             return wallet_pb2.UpsertAccountResponse(account=account_message(account))
 
-        return await self._run_once("UpsertAccount", request, wallet_pb2.UpsertAccountResponse, operation)
+        return await idempotency.run_once(self._pool, request, wallet_pb2.UpsertAccountResponse, operation)
 
     async def get_account(self, account_id: str) -> wallet_pb2.Account:
         account = await store.get_account(self._pool, account_id)
@@ -124,7 +122,7 @@ class WalletService:
             updated = await store.set_spending_limit(conn, request.account_id, limit)
             return wallet_pb2.SetSpendingLimitResponse(account=account_message(updated, now))
 
-        return await self._run_once("SetSpendingLimit", request, wallet_pb2.SetSpendingLimitResponse, operation)
+        return await idempotency.run_once(self._pool, request, wallet_pb2.SetSpendingLimitResponse, operation)
 
     # --- spends -------------------------------------------------------------------------------------------------
 
@@ -156,7 +154,7 @@ class WalletService:
                 bonus_coins=split.bonus_coins,
             )
 
-        return await self._run_once("SpendCoins", request, wallet_pb2.SpendCoinsResponse, operation)
+        return await idempotency.run_once(self._pool, request, wallet_pb2.SpendCoinsResponse, operation)
 
     async def create_giveaway(self, request: wallet_pb2.CreateGiveawayRequest) -> wallet_pb2.CreateGiveawayResponse:
         """All winners are paid or none: one ledger transaction, one statement for the coins of all of them."""
@@ -190,7 +188,7 @@ class WalletService:
                 balance=balance_message(creator_id, spender.balance.debited(debit)),
             )
 
-        return await self._run_once("CreateGiveaway", request, wallet_pb2.CreateGiveawayResponse, operation)
+        return await idempotency.run_once(self._pool, request, wallet_pb2.CreateGiveawayResponse, operation)
 
     # --- purchases ----------------------------------------------------------------------------------------------
 
@@ -336,7 +334,7 @@ class WalletService:
                 account_status=_STATUS_TO_PROTO[account.status],
             )
 
-        return await self._run_once("ReversePurchase", request, wallet_pb2.ReversePurchaseResponse, operation)
+        return await idempotency.run_once(self._pool, request, wallet_pb2.ReversePurchaseResponse, operation)
 
     async def _reverse(
         self, conn: asyncpg.Connection, purchase: store.PurchaseRow, request: wallet_pb2.ReversePurchaseRequest
@@ -395,7 +393,7 @@ class WalletService:
             )
             return wallet_pb2.CreatePromotionResponse(promotion=promotion_message(promotion, now))
 
-        return await self._run_once("CreatePromotion", request, wallet_pb2.CreatePromotionResponse, operation)
+        return await idempotency.run_once(self._pool, request, wallet_pb2.CreatePromotionResponse, operation)
 
     async def end_promotion(self, request: wallet_pb2.EndPromotionRequest) -> wallet_pb2.EndPromotionResponse:
         async def operation(conn: asyncpg.Connection) -> wallet_pb2.EndPromotionResponse:
@@ -408,7 +406,7 @@ class WalletService:
                 promotion = await store.set_promotion_end(conn, promotion.promotion_id, ends_at)
             return wallet_pb2.EndPromotionResponse(promotion=promotion_message(promotion, now))
 
-        return await self._run_once("EndPromotion", request, wallet_pb2.EndPromotionResponse, operation)
+        return await idempotency.run_once(self._pool, request, wallet_pb2.EndPromotionResponse, operation)
 
     async def list_promotions(self, page_size: int, page_token: str) -> wallet_pb2.ListPromotionsResponse:
         before = domain.decode_page_token(page_token, kind="m")
@@ -431,23 +429,6 @@ class WalletService:
         return wallet_pb2.ListTransactionsResponse(
             transactions=[_transaction_message(account_id, movement) for movement in page],
             next_page_token=domain.encode_page_token(page[-1].posting_id) if more else "",
-        )
-
-    async def _run_once(
-        self,
-        method: str,
-        request: Message,
-        response_type: type[idempotency.ResponseT],
-        operation: Callable[[asyncpg.Connection], Awaitable[idempotency.ResponseT]],
-    ) -> idempotency.ResponseT:
-        request_id: str = request.request_id  # type: ignore[attr-defined]  # every mutating request has one
-        return await idempotency.run_once(
-            self._pool,
-            request_id=request_id,
-            method=method,
-            request=request,
-            response_type=response_type,
-            operation=operation,
         )
 
 
