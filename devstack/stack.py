@@ -1,0 +1,178 @@
+"""A whole stack in a folder of its own on free loopback ports: embedded PostgreSQL, nats-server with JetStream and
+the three services as `python -m services.<name>` processes. The test suite (tests/stack.py) and `make bench` use it;
+`make run` (devstack/run.py) is the foreground variant on the fixed development ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.servers import NatsServer, PostgresServer, free_port, stop_process
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ALL_SERVICES = ("wallet", "gifts", "payouts")
+READY_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class Stack:
+    root: Path
+    postgres: PostgresServer
+    nats: NatsServer
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+    # Settings every service gets besides its URLs and ports; start_service(extra_env=...) may add to one start.
+    base_env: dict[str, str] = field(default_factory=dict)
+    # The services start() starts; the databases and ports of all three exist regardless.
+    service_names: tuple[str, ...] = ALL_SERVICES
+    # Where the services' code lives: the benchmark may run another checkout's services with this venv.
+    code_root: Path = REPO_ROOT
+
+    def address(self, service: str) -> str:
+        return self.services[service].address
+
+    def database_url(self, service: str) -> str:
+        return self.postgres.url(f"coinstream_{service}")
+
+    def service_env(self, service: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COINSTREAM_")}
+        env.update(self.base_env)
+        env.update(
+            {
+                "COINSTREAM_NATS_URL": self.nats.url,
+                f"COINSTREAM_{service.upper()}_DATABASE_URL": self.database_url(service),
+                f"COINSTREAM_{service.upper()}_PORT": str(self.services[service].port),
+                "COINSTREAM_GIFTS_WALLET_ADDRESS": self.address("wallet"),
+                # Ahead of the venv's editable install, so that code_root's services and generated code are used.
+                "PYTHONPATH": os.pathsep.join([str(self.code_root), str(self.code_root / "gen" / "python")]),
+            }
+        )
+        return env
+
+    def start_service(self, service: str, extra_env: dict[str, str] | None = None, wait: bool = True) -> None:
+        proc = self.services[service]
+        env = self.service_env(service)
+        env.update(extra_env or {})
+        log = open(proc.log_path, "ab")
+        proc.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{service}"],
+            cwd=self.code_root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait:
+            self.wait_serving(service)
+
+    def wait_serving(self, service: str) -> None:
+        proc = self.services[service]
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        with grpc.insecure_channel(proc.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if proc.process is not None and proc.process.poll() is not None:
+                    raise RuntimeError(f"{service} exited with {proc.process.returncode}:\n{tail(proc.log_path)}")
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError(f"{service} not SERVING in time:\n{tail(proc.log_path)}")
+
+    def stop_service(self, service: str) -> int | None:
+        """Graceful stop (SIGTERM); returns the exit code."""
+        process = self.services[service].process
+        if process is None:
+            return None
+        stop_process(process, signal.SIGTERM)
+        return process.returncode
+
+    def kill_service(self, service: str) -> None:
+        process = self.services[service].process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+
+    def wait_exit(self, service: str, timeout_seconds: float = 30.0) -> int:
+        """Waits for a service that is expected to die (e.g. at a crash point)."""
+        process = self.services[service].process
+        assert process is not None
+        return process.wait(timeout_seconds)
+
+    def restart_service(self, service: str, extra_env: dict[str, str] | None = None) -> None:
+        self.stop_service(service)
+        self.start_service(service, extra_env)
+
+    def start(self) -> None:
+        self.start_servers()
+        self.start_services()
+
+    def start_servers(self) -> None:
+        """PostgreSQL with a database per service, NATS, and a free port for each service."""
+        self.postgres.start()
+        self.nats.start()
+        for service in ALL_SERVICES:
+            self.postgres.create_database(f"coinstream_{service}")
+            self.services[service] = ServiceProcess(service, free_port(), self.root / f"{service}.log")
+
+    def start_services(self) -> None:
+        # All start at once (gifts waits for nothing from the wallet to come up), then each must report SERVING.
+        for service in self.service_names:
+            self.start_service(service, wait=False)
+        for service in self.service_names:
+            self.wait_serving(service)
+
+    def stop(self) -> None:
+        for service in reversed(self.service_names):
+            if service in self.services:
+                self.stop_service(service)
+        self.nats.stop()
+        self.postgres.stop()
+
+
+def new_stack(
+    root: Path,
+    *,
+    durable: bool,
+    base_env: dict[str, str] | None = None,
+    service_names: tuple[str, ...] = ALL_SERVICES,
+    code_root: Path = REPO_ROOT,
+) -> Stack:
+    """A stack whose servers keep their data under root (which the unprivileged postgres user must reach)."""
+    root.mkdir(parents=True, exist_ok=True)
+    return Stack(
+        root=root,
+        postgres=PostgresServer(root / "postgres" / "data", free_port(), durable=durable),
+        nats=NatsServer(root / "nats" / "data", free_port()),
+        base_env=dict(base_env or {}),
+        service_names=service_names,
+        code_root=code_root,
+    )
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
