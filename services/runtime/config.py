@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.runtime.batching import BatchPolicy
 
 DEV_AUTH_SECRET = "dev-only-secret-change-me-in-production"
 
@@ -24,7 +26,13 @@ class RuntimeSettings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     shutdown_grace_seconds: float = 10.0
     # Unary RPCs handled at once per process; beyond it calls are shed with RESOURCE_EXHAUSTED / RATE_LIMITED.
-    max_in_flight_unary_rpcs: int = 1000
+    max_in_flight_unary_rpcs: int = Field(default=1000, ge=1)
+    # Hot paths (SendGift, SpendCoins) work in batches: up to batch_max_size items per batch, up to
+    # batch_max_in_flight batches at once; a call that would wait in the queue longer than
+    # admission_queue_budget_seconds is refused at once with RESOURCE_EXHAUSTED / RATE_LIMITED.
+    batch_max_size: int = Field(default=500, ge=1, le=1000)
+    batch_max_in_flight: int = Field(default=2, ge=1, le=16)
+    admission_queue_budget_seconds: float = Field(default=0.05, gt=0)
 
     db_pool_min_size: int = 2
     db_pool_max_size: int = 10
@@ -35,6 +43,9 @@ class RuntimeSettings(BaseSettings):
     idempotency_retention_days: int = 8
     # Test-only: comma-separated crash points at which the process kills itself (see services/runtime/faults.py).
     fault_points: str = ""
+
+    def batch_policy(self) -> BatchPolicy:
+        return BatchPolicy(self.batch_max_size, self.batch_max_in_flight, self.admission_queue_budget_seconds)
 
     @property
     def service_name(self) -> str:

@@ -65,6 +65,88 @@ async def claim(
     return _stored(row)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """One request of a batch: its key and the hash of what it asks."""
+
+    request_id: str
+    method: str
+    hashed: bytes
+
+
+async def claim_many(conn: asyncpg.Connection, claims: list[Claim]) -> dict[str, StoredRequest | AppError]:
+    """claim() for a batch in one statement: the requests absent from the answer now own their keys; for the others,
+    what the earlier request left behind, or REQUEST_ID_REUSED (as an AppError value) when it asked something else.
+    Keys are taken in request_id order, so two batches never wait on each other's keys in a cycle."""
+    ordered = sorted(claims, key=lambda claim: claim.request_id)
+    assert len({claim.request_id for claim in ordered}) == len(ordered), "a batch must not hold a request_id twice"
+    claimed = await conn.fetch(
+        "INSERT INTO idempotency_keys (request_id, method, request_hash)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ORDER BY 1"
+        " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+        [claim.request_id for claim in ordered],
+        [claim.method for claim in ordered],
+        [claim.hashed for claim in ordered],
+    )
+    taken = {row["request_id"] for row in claimed}
+    earlier = [claim for claim in ordered if claim.request_id not in taken]
+    return await _stored_many(conn, earlier) if earlier else {}
+
+
+async def _stored_many(conn: asyncpg.Connection, claims: list[Claim]) -> dict[str, StoredRequest | AppError]:
+    rows = await conn.fetch(
+        "SELECT request_id, request_hash, resource_id, response, error_code, error_reason, error_message,"
+        " error_field_violations FROM idempotency_keys WHERE request_id = ANY($1::text[])",
+        [claim.request_id for claim in claims],
+    )
+    by_id = {row["request_id"]: row for row in rows}
+    stored: dict[str, StoredRequest | AppError] = {}
+    for claim in claims:
+        row = by_id.get(claim.request_id)
+        # A row gone since the insert means the key expired meanwhile: reuse, never new (as in claim()).
+        matches = row is not None and bytes(row["request_hash"]) == claim.hashed
+        stored[claim.request_id] = _stored(row) if matches else request_id_reused()
+    return stored
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a request of a batch ended with: a response, a final error, or (both None) the resource it works on."""
+
+    request_id: str
+    response: Message | None = None
+    error: AppError | None = None
+    resource_id: str | None = None
+
+
+async def record_many(conn: asyncpg.Connection, outcomes: list[Outcome]) -> None:
+    """record_response / record_error / set_resource for a batch, in one statement."""
+    if not outcomes:
+        return
+    ordered = sorted(outcomes, key=lambda outcome: outcome.request_id)
+    await conn.execute(
+        "UPDATE idempotency_keys AS k SET"
+        " resource_id = coalesce(o.resource_id, k.resource_id), response = o.response,"
+        " error_code = o.error_code, error_reason = o.error_reason, error_message = o.error_message,"
+        " error_field_violations = o.violations::jsonb,"
+        " completed_at = CASE WHEN o.response IS NULL AND o.error_code IS NULL THEN NULL ELSE now() END"
+        " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[])"
+        "  AS o (request_id, resource_id, response, error_code, error_reason, error_message, violations)"
+        " WHERE k.request_id = o.request_id",
+        [o.request_id for o in ordered],
+        [o.resource_id for o in ordered],
+        [None if o.response is None else o.response.SerializeToString() for o in ordered],
+        [None if o.error is None else o.error.code.name for o in ordered],
+        [None if o.error is None else o.error.reason for o in ordered],
+        [None if o.error is None else o.error.message for o in ordered],
+        [None if o.error is None else _violations_json(o.error) for o in ordered],
+    )
+
+
+def _violations_json(error: AppError) -> str:
+    return json.dumps([{"field": v.field, "description": v.description} for v in error.field_violations])
+
+
 async def load(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> StoredRequest:
     """What a request left behind, read by the code that just completed it (no hash check needed)."""
     row = await conn.fetchrow(
@@ -123,7 +205,7 @@ async def record_error(conn: asyncpg.Connection, request_id: str, error: AppErro
         error.code.name,
         error.reason,
         error.message,
-        json.dumps([{"field": v.field, "description": v.description} for v in error.field_violations]),
+        _violations_json(error),
     )
 
 

@@ -25,6 +25,7 @@ async def main() -> None:
         pool,
         SandboxPaymentProvider(),
         settings.wallet_payment_timeout_seconds,
+        settings.batch_policy(),
     )
     runtime.add_service(
         wallet_pb2_grpc.add_WalletServiceServicer_to_server,

@@ -287,6 +287,35 @@ def authorize_spend(spender: Spender, account_id: str, coins: int) -> Split:
     return Split(paid_coins=coins - bonus, bonus_coins=bonus)
 
 
+@dataclass(frozen=True)
+class SpendAsk:
+    """One spend of a batch."""
+
+    request_id: str
+    account_id: str
+    coins: int
+    reference: str
+
+
+def authorize_spends(asks: list[SpendAsk], spenders: dict[str, Spender]) -> list[Split | AppError]:
+    """Decides a batch of spends in order, each exactly as if it were made alone after the ones before it: an
+    approved spend lowers its account's balance and raises its 24 h total for the next; a refusal changes nothing."""
+    running = dict(spenders)
+    decisions: list[Split | AppError] = []
+    for ask in asks:
+        spender = running[ask.account_id]
+        try:
+            split = authorize_spend(spender, ask.account_id, ask.coins)
+        except AppError as refusal:
+            decisions.append(refusal)
+            continue
+        running[ask.account_id] = Spender(
+            spender.account, spender.balance.debited(split), spender.sent_last_24h_coins + split.coins, spender.now
+        )
+        decisions.append(split)
+    return decisions
+
+
 def reversal_split(purchase_coins: int, purchase_bonus_coins: int, balance: Balance) -> Split:
     """A chargeback takes back the purchase's bonus from the bonus bucket as far as it goes (bonus never goes
     negative) and the rest from the paid bucket, which may go negative: that is the debt."""
@@ -338,6 +367,24 @@ def spend_postings(account_id: str, split: Split) -> Postings:
             (SYSTEM_SPENT, split.coins),
         ]
     )
+
+
+@dataclass(frozen=True)
+class Leg:
+    """A posting with the balance its user bucket has right after it (None for a system account)."""
+
+    ledger_account_id: str
+    coins_delta: int
+    balance_after: int | None
+
+
+def spend_legs(account_id: str, split: Split, after: Balance) -> list[Leg]:
+    """The postings of a spend (as spend_postings) with each bucket's balance after it."""
+    balance_after = {paid_bucket(account_id): after.paid_coins, bonus_bucket(account_id): after.bonus_coins}
+    return [
+        Leg(ledger_account, delta, balance_after.get(ledger_account))
+        for ledger_account, delta in spend_postings(account_id, split)
+    ]
 
 
 def reversal_postings(account_id: str, purchase_coins: int, purchase_bonus_coins: int, split: Split) -> Postings:

@@ -13,10 +13,12 @@ from coinstream.type.v1 import money_pb2
 from coinstream.wallet.v1 import wallet_pb2
 
 from services.runtime import idempotency, recovery
+from services.runtime.batching import BatchPolicy, MicroBatcher
 from services.runtime.errors import (
     AppError,
     failed_precondition,
     not_found,
+    request_id_reused,
     unavailable,
 )
 from services.runtime.faults import crash_point
@@ -83,10 +85,15 @@ def new_id(prefix: str) -> str:
 
 
 class WalletService:
-    def __init__(self, pool: asyncpg.Pool, payments: PaymentProvider, payment_timeout_seconds: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, payments: PaymentProvider, payment_timeout_seconds: float, spend_batching: BatchPolicy
+    ) -> None:
         self._pool = pool
         self._payments = payments
         self._payment_timeout_seconds = payment_timeout_seconds
+        self._spend_batcher: MicroBatcher[wallet_pb2.SpendCoinsRequest, wallet_pb2.SpendCoinsResponse] = MicroBatcher(
+            "spend_coins", self._spend_batch_deduplicated, spend_batching
+        )
 
     # --- accounts -----------------------------------------------------------------------------------------------
 
@@ -127,34 +134,59 @@ class WalletService:
     # --- spends -------------------------------------------------------------------------------------------------
 
     async def spend(self, request: wallet_pb2.SpendCoinsRequest) -> wallet_pb2.SpendCoinsResponse:
-        async def operation(conn: asyncpg.Connection) -> wallet_pb2.SpendCoinsResponse:
-            # The ledger outlives idempotency keys: a spend retried after its key expired (a gift left pending
-            # for days, say) must get its original answer, not be charged again or refused.
-            earlier = await store.find_spend(conn, request.request_id, request.account_id)
-            if earlier is not None:
-                return _spend_response(request.account_id, earlier)
-            await store.lock_buckets(conn, [request.account_id])
-            spender = await store.read_spender(conn, request.account_id)
-            split = domain.authorize_spend(spender, request.account_id, request.coins)
-            transaction_id = new_id("txn")
-            await store.record_movement(
-                conn,
-                transaction_id=transaction_id,
-                kind="spend",
-                request_id=request.request_id,
-                account_id=request.account_id,
-                reference=request.reference,
-                postings=domain.spend_postings(request.account_id, split),
-            )
-            after = spender.balance.debited(split)
-            return wallet_pb2.SpendCoinsResponse(
-                transaction_id=transaction_id,
-                balance=balance_message(request.account_id, after),
-                paid_coins=split.paid_coins,
-                bonus_coins=split.bonus_coins,
-            )
+        """A single spend joins whatever batch concurrent spends are forming (see spend_batch)."""
+        return await self._spend_batcher.submit(request)
 
-        return await idempotency.run_once(self._pool, request, wallet_pb2.SpendCoinsResponse, operation)
+    async def _spend_batch_deduplicated(
+        self, requests: list[wallet_pb2.SpendCoinsRequest]
+    ) -> list[wallet_pb2.SpendCoinsResponse | AppError]:
+        """Concurrent SpendCoins calls may repeat a request_id (a client retrying early): the first of them is
+        spent, the repeats get its outcome — or REQUEST_ID_REUSED when they ask something else."""
+        firsts: dict[str, wallet_pb2.SpendCoinsRequest] = {}
+        for request in requests:
+            firsts.setdefault(request.request_id, request)
+        outcomes = dict(zip(firsts, await self.spend_batch(list(firsts.values())), strict=True))
+        return [outcomes[r.request_id] if r == firsts[r.request_id] else request_id_reused() for r in requests]
+
+    async def spend_batch(
+        self, requests: list[wallet_pb2.SpendCoinsRequest]
+    ) -> list[wallet_pb2.SpendCoinsResponse | AppError]:
+        """Spends in one transaction, each under its own request_id, each with its own outcome (a response or a
+        final refusal): one refusal never fails the others, and the spends of one account are decided in the
+        order given. Anything unexpected rolls the whole batch back, keys included, so every spend can be retried."""
+        claims = [
+            idempotency.Claim(r.request_id, "SpendCoins", idempotency.request_hash("SpendCoins", r)) for r in requests
+        ]
+        async with self._pool.acquire() as conn, conn.transaction():
+            earlier = await idempotency.claim_many(conn, claims)
+            outcomes = {request_id: _replayed_spend(stored) for request_id, stored in earlier.items()}
+            fresh = [request for request in requests if request.request_id not in earlier]
+            if fresh:
+                decided = await self._spend_fresh(conn, fresh)
+                await idempotency.record_many(conn, [_spend_outcome(rid, outcome) for rid, outcome in decided.items()])
+                outcomes.update(decided)
+        return [outcomes[request.request_id] for request in requests]
+
+    async def _spend_fresh(
+        self, conn: asyncpg.Connection, requests: list[wallet_pb2.SpendCoinsRequest]
+    ) -> dict[str, wallet_pb2.SpendCoinsResponse | AppError]:
+        # The ledger outlives idempotency keys: a spend retried after its key expired (a gift left pending for
+        # days, say) must get its original answer, not be charged again or refused.
+        in_ledger = await store.spent_request_ids(conn, [request.request_id for request in requests])
+        outcomes: dict[str, wallet_pb2.SpendCoinsResponse | AppError] = {}
+        for request in requests:
+            if request.request_id in in_ledger:
+                earlier = await store.find_spend(conn, request.request_id, request.account_id)
+                assert earlier is not None, f"spend {request.request_id} of another account"
+                outcomes[request.request_id] = _spend_response(request.account_id, earlier)
+        asks = [
+            domain.SpendAsk(r.request_id, r.account_id, r.coins, r.reference)
+            for r in requests
+            if r.request_id not in in_ledger
+        ]
+        if asks:
+            outcomes.update(await _make_spends(conn, asks))
+        return outcomes
 
     async def create_giveaway(self, request: wallet_pb2.CreateGiveawayRequest) -> wallet_pb2.CreateGiveawayResponse:
         """All winners are paid or none: one ledger transaction, one statement for the coins of all of them."""
@@ -442,6 +474,57 @@ async def _authorize_giveaway(
     domain.require_winners_eligible(winner_ids, await store.get_accounts(conn, winner_ids))
     total_coins = request.coins_per_winner * len(winner_ids)
     return spender, domain.authorize_spend(spender, request.creator_id, total_coins)
+
+
+async def _make_spends(
+    conn: asyncpg.Connection, asks: list[domain.SpendAsk]
+) -> dict[str, wallet_pb2.SpendCoinsResponse | AppError]:
+    """Decides and records new spends: every account's buckets locked (in id order) before they are read."""
+    account_ids = sorted({ask.account_id for ask in asks})
+    await store.lock_buckets(conn, account_ids)
+    spenders = await store.read_spenders(conn, account_ids)
+    balances = {account_id: spender.balance for account_id, spender in spenders.items()}
+    outcomes: dict[str, wallet_pb2.SpendCoinsResponse | AppError] = {}
+    new_spends: list[store.NewSpend] = []
+    for ask, decision in zip(asks, domain.authorize_spends(asks, spenders), strict=True):
+        if isinstance(decision, AppError):
+            outcomes[ask.request_id] = decision
+            continue
+        after = balances[ask.account_id] = balances[ask.account_id].debited(decision)
+        spend = store.NewSpend(
+            new_id("txn"),
+            ask.request_id,
+            ask.account_id,
+            ask.reference,
+            domain.spend_legs(ask.account_id, decision, after),
+        )
+        new_spends.append(spend)
+        outcomes[ask.request_id] = wallet_pb2.SpendCoinsResponse(
+            transaction_id=spend.transaction_id,
+            balance=balance_message(ask.account_id, after),
+            paid_coins=decision.paid_coins,
+            bonus_coins=decision.bonus_coins,
+        )
+    if new_spends:
+        await store.record_spends(conn, new_spends)
+    return outcomes
+
+
+def _replayed_spend(stored: idempotency.StoredRequest | AppError) -> wallet_pb2.SpendCoinsResponse | AppError:
+    if isinstance(stored, AppError):
+        return stored
+    if stored.in_flight:  # spends decide in the transaction that takes the key, so this is never seen committed
+        return unavailable("NOT_READY", "this spend is still being decided; retry with the same request_id")
+    try:
+        return idempotency.replay(stored, wallet_pb2.SpendCoinsResponse)
+    except AppError as error:
+        return error
+
+
+def _spend_outcome(request_id: str, outcome: wallet_pb2.SpendCoinsResponse | AppError) -> idempotency.Outcome:
+    if isinstance(outcome, AppError):
+        return idempotency.Outcome(request_id, error=outcome)
+    return idempotency.Outcome(request_id, response=outcome)
 
 
 def _spend_response(account_id: str, spend: store.Movement) -> wallet_pb2.SpendCoinsResponse:

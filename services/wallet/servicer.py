@@ -10,12 +10,13 @@ from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from google.protobuf import timestamp_pb2
 
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, ROLE_USER, current_principal
-from services.runtime.errors import permission_denied
+from services.runtime.errors import AppError, permission_denied
 from services.runtime.validation import Validator, page_size
 from services.wallet.domain import MAX_GIVEAWAY_WINNERS
 from services.wallet.service import WalletService
 
 COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
+MAX_SPENDS_PER_BATCH = 1000
 MAX_SPEND_COINS = 10_000_000_000  # far above any gift (10,000 × the dearest) yet far from int64 overflow
 MAX_COINS_PER_WINNER = 1_000_000
 MAX_PROMOTION_BONUS_COINS = 1_000_000
@@ -79,13 +80,27 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         self, request: wallet_pb2.SpendCoinsRequest, context: grpc.aio.ServicerContext
     ) -> wallet_pb2.SpendCoinsResponse:
         check = Validator()
-        check.request_id(request.request_id)
-        check.identifier(request.account_id, "account_id")
-        check.int_range(request.coins, "coins", minimum=1, maximum=MAX_SPEND_COINS)
-        check.text(request.reference, "reference", max_length=256, required=False)
+        _check_spend(check, request)
         check.raise_if_invalid()
         current_principal().require_any_role(ROLE_SERVICE)
         return await self._wallet.spend(request)
+
+    async def SpendCoinsBatch(
+        self, request: wallet_pb2.SpendCoinsBatchRequest, context: grpc.aio.ServicerContext
+    ) -> wallet_pb2.SpendCoinsBatchResponse:
+        check = Validator()
+        if not 1 <= len(request.spends) <= MAX_SPENDS_PER_BATCH:
+            check.fail("spends", f"must hold 1-{MAX_SPENDS_PER_BATCH} spends")
+        seen: set[str] = set()
+        for index, spend in enumerate(request.spends):
+            _check_spend(check, spend, prefix=f"spends[{index}].")
+            if spend.request_id in seen:
+                check.fail(f"spends[{index}].request_id", "is a duplicate within the batch")
+            seen.add(spend.request_id)
+        check.raise_if_invalid()
+        current_principal().require_any_role(ROLE_SERVICE)
+        outcomes = await self._wallet.spend_batch(list(request.spends))
+        return wallet_pb2.SpendCoinsBatchResponse(outcomes=[_spend_outcome(outcome) for outcome in outcomes])
 
     async def ListTransactions(
         self, request: wallet_pb2.ListTransactionsRequest, context: grpc.aio.ServicerContext
@@ -177,6 +192,20 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         if ROLE_USER not in principal.roles or principal.subject != request.account_id:
             raise permission_denied("only the account owner may set its spending limit")
         return await self._wallet.set_spending_limit(request)
+
+
+def _check_spend(check: Validator, spend: wallet_pb2.SpendCoinsRequest, prefix: str = "") -> None:
+    check.request_id(spend.request_id, f"{prefix}request_id")
+    check.identifier(spend.account_id, f"{prefix}account_id")
+    check.int_range(spend.coins, f"{prefix}coins", minimum=1, maximum=MAX_SPEND_COINS)
+    check.text(spend.reference, f"{prefix}reference", max_length=256, required=False)
+
+
+def _spend_outcome(outcome: wallet_pb2.SpendCoinsResponse | AppError) -> wallet_pb2.SpendCoinsOutcome:
+    if isinstance(outcome, AppError):
+        refusal = wallet_pb2.SpendCoinsRefusal(code=outcome.code.name, reason=outcome.reason, message=outcome.message)
+        return wallet_pb2.SpendCoinsOutcome(refused=refusal)
+    return wallet_pb2.SpendCoinsOutcome(spent=outcome)
 
 
 def _check_account_id(account_id: str) -> None:

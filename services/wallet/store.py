@@ -12,11 +12,13 @@ from datetime import datetime
 import asyncpg
 
 from services.wallet.domain import (
+    BONUS_SUFFIX,
     SPENDING_LIMIT_WINDOW,
     SYSTEM_ACCOUNTS,
     Account,
     AccountStatus,
     Balance,
+    Leg,
     Postings,
     Promotion,
     PurchaseHistory,
@@ -172,6 +174,98 @@ async def read_spender(conn: asyncpg.Connection, account_id: str) -> Spender:
         int(row["sent_last_24h_coins"]),
         row["now"],
     )
+
+
+async def read_spenders(conn: asyncpg.Connection, account_ids: list[str]) -> dict[str, Spender]:
+    """read_spender for many accounts in one statement (call with their buckets locked, in a statement of its own)."""
+    rows = await conn.fetch(
+        f"SELECT ids.id, {', '.join('a.' + c.strip() for c in ACCOUNT_COLUMNS.split(','))}, now() AS now,"
+        " paid.coins AS paid_coins, bonus.coins AS bonus_coins,"
+        " CASE WHEN a.daily_limit_coins > 0 OR a.pending_daily_limit_coins > 0 THEN"
+        "  (SELECT coalesce(-sum(p.coins_delta), 0)::bigint FROM transactions AS t JOIN postings AS p"
+        "     ON p.transaction_id = t.transaction_id AND p.ledger_account_id IN (ids.id, ids.id || $2)"
+        "   WHERE t.account_id = ids.id AND t.kind IN ('spend', 'giveaway')"
+        "     AND t.created_at > now() - make_interval(secs => $3))"
+        " ELSE 0 END AS sent_last_24h_coins"
+        " FROM unnest($1::text[]) AS ids (id)"
+        " LEFT JOIN accounts AS a ON a.account_id = ids.id"
+        " LEFT JOIN ledger_accounts AS paid ON paid.ledger_account_id = ids.id"
+        " LEFT JOIN ledger_accounts AS bonus ON bonus.ledger_account_id = ids.id || $2",
+        account_ids,
+        BONUS_SUFFIX,
+        SPENDING_LIMIT_WINDOW.total_seconds(),
+    )
+    return {
+        row["id"]: Spender(
+            None if row["account_id"] is None else _account(row),
+            Balance(row["paid_coins"] or 0, row["bonus_coins"] or 0),
+            int(row["sent_last_24h_coins"]),
+            row["now"],
+        )
+        for row in rows
+    }
+
+
+async def spent_request_ids(conn: asyncpg.Connection, request_ids: list[str]) -> set[str]:
+    """Which of these request_ids already have a spend in the ledger (which outlives idempotency keys)."""
+    rows = await conn.fetch(
+        "SELECT request_id FROM transactions WHERE request_id = ANY($1::text[]) AND kind = 'spend'", request_ids
+    )
+    return {row["request_id"] for row in rows}
+
+
+@dataclass(frozen=True)
+class NewSpend:
+    transaction_id: str
+    request_id: str
+    account_id: str
+    reference: str
+    legs: list[Leg]
+
+
+async def record_spends(conn: asyncpg.Connection, spends: list[NewSpend]) -> None:
+    """One statement for a batch of spends: each user bucket moved once by the sum of its legs, the transactions,
+    and every posting in the batch's order with the balance after it. The caller holds the buckets' locks and
+    computed the balances from them; the bucket totals the database arrives at must agree, or nothing is written."""
+    legs = [(spend.transaction_id, leg) for spend in spends for leg in spend.legs]
+    moved = await conn.fetch(
+        """
+        WITH legs AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+                WITH ORDINALITY AS u (transaction_id, ledger_account_id, coins_delta, balance_after, position)
+        ), bucket_moves AS (
+            SELECT ledger_account_id, sum(coins_delta) AS coins_delta FROM legs
+            WHERE balance_after IS NOT NULL GROUP BY ledger_account_id
+        ), moved AS (
+            UPDATE ledger_accounts AS l SET coins = l.coins + m.coins_delta
+            FROM bucket_moves AS m WHERE l.ledger_account_id = m.ledger_account_id AND l.kind = 'user'
+            RETURNING l.ledger_account_id, l.coins
+        ), recorded AS (
+            INSERT INTO transactions (transaction_id, kind, request_id, account_id, reference)
+            SELECT t.transaction_id, 'spend', t.request_id, t.account_id, t.reference
+            FROM unnest($5::text[], $6::text[], $7::text[], $8::text[])
+                AS t (transaction_id, request_id, account_id, reference)
+        ), posted AS (
+            -- statement_timestamp(), as in record_movement: after every earlier movement of these buckets.
+            INSERT INTO postings (transaction_id, ledger_account_id, coins_delta, balance_after, created_at)
+            SELECT transaction_id, ledger_account_id, coins_delta, balance_after, statement_timestamp()
+            FROM legs ORDER BY position
+        )
+        SELECT ledger_account_id, coins FROM moved
+        """,
+        [transaction_id for transaction_id, _ in legs],
+        [leg.ledger_account_id for _, leg in legs],
+        [leg.coins_delta for _, leg in legs],
+        [leg.balance_after for _, leg in legs],
+        [spend.transaction_id for spend in spends],
+        [spend.request_id for spend in spends],
+        [spend.account_id for spend in spends],
+        [spend.reference for spend in spends],
+    )
+    expected = {leg.ledger_account_id: leg.balance_after for _, leg in legs if leg.balance_after is not None}
+    actual = {row["ledger_account_id"]: row["coins"] for row in moved}
+    # Raised inside the caller's transaction, so a disagreement (a bug, or a missing bucket) writes nothing.
+    assert actual == expected, f"spend batch balances disagree: expected {expected}, database has {actual}"
 
 
 async def record_movement(

@@ -676,6 +676,107 @@ class SpendCoinsResponse(_message.Message):
 Global___SpendCoinsResponse: _TypeAlias = SpendCoinsResponse  # noqa: Y015
 
 @_typing.final
+class SpendCoinsBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPENDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spends(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendCoinsRequest]:
+        """1-1,000 spends, each with its own request_id (idempotent one by one, exactly as SpendCoins)."""
+
+    def __init__(
+        self,
+        *,
+        spends: _abc.Iterable[Global___SpendCoinsRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spends", b"spends"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendCoinsBatchRequest: _TypeAlias = SpendCoinsBatchRequest  # noqa: Y015
+
+@_typing.final
+class SpendCoinsBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendCoinsOutcome]:
+        """One per spend, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___SpendCoinsOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendCoinsBatchResponse: _TypeAlias = SpendCoinsBatchResponse  # noqa: Y015
+
+@_typing.final
+class SpendCoinsOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPENT_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spent(self) -> Global___SpendCoinsResponse:
+        """The spend was made (now or by an earlier request with the same request_id)."""
+
+    @_builtins.property
+    def refused(self) -> Global___SpendCoinsRefusal:
+        """The spend was refused; the error SpendCoins would have returned for it."""
+
+    def __init__(
+        self,
+        *,
+        spent: Global___SpendCoinsResponse | None = ...,
+        refused: Global___SpendCoinsRefusal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "refused", b"refused", "spent", b"spent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "refused", b"refused", "spent", b"spent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["spent", "refused"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___SpendCoinsOutcome: _TypeAlias = SpendCoinsOutcome  # noqa: Y015
+
+@_typing.final
+class SpendCoinsRefusal(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """The gRPC status code name, e.g. "FAILED_PRECONDITION"."""
+    reason: _builtins.str
+    """The ErrorInfo reason, e.g. "INSUFFICIENT_COINS"."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendCoinsRefusal: _TypeAlias = SpendCoinsRefusal  # noqa: Y015
+
+@_typing.final
 class ListTransactionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

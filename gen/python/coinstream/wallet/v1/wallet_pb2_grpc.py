@@ -65,6 +65,11 @@ class WalletServiceStub:
                 request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SpendCoinsRequest.SerializeToString,
                 response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SpendCoinsResponse.FromString,
                 _registered_method=True)
+        self.SpendCoinsBatch = channel.unary_unary(
+                '/coinstream.wallet.v1.WalletService/SpendCoinsBatch',
+                request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SpendCoinsBatchRequest.SerializeToString,
+                response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SpendCoinsBatchResponse.FromString,
+                _registered_method=True)
         self.ListTransactions = channel.unary_unary(
                 '/coinstream.wallet.v1.WalletService/ListTransactions',
                 request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsRequest.SerializeToString,
@@ -143,6 +148,14 @@ class WalletServiceServicer:
 
     def SpendCoins(self, request, context):
         """Debits coins from an account, e.g. for a gift (service).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SpendCoinsBatch(self, request, context):
+        """Debits up to 1,000 spends in one ledger transaction, each with its own outcome: one refusal never fails the
+        others; spends of one account are applied in the order given (service).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -229,6 +242,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.SpendCoins,
                     request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SpendCoinsRequest.FromString,
                     response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SpendCoinsResponse.SerializeToString,
+            ),
+            'SpendCoinsBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SpendCoinsBatch,
+                    request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SpendCoinsBatchRequest.FromString,
+                    response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SpendCoinsBatchResponse.SerializeToString,
             ),
             'ListTransactions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTransactions,
@@ -429,6 +447,33 @@ class WalletService:
             '/coinstream.wallet.v1.WalletService/SpendCoins',
             coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SpendCoinsRequest.SerializeToString,
             coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SpendCoinsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SpendCoinsBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.wallet.v1.WalletService/SpendCoinsBatch',
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SpendCoinsBatchRequest.SerializeToString,
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SpendCoinsBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

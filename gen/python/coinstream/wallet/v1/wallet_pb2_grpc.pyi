@@ -45,6 +45,10 @@ class WalletServiceStub:
     """Buys a coin package through the payment provider (owner, service)."""
     SpendCoins: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.SpendCoinsRequest, _wallet_pb2.SpendCoinsResponse]
     """Debits coins from an account, e.g. for a gift (service)."""
+    SpendCoinsBatch: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.SpendCoinsBatchRequest, _wallet_pb2.SpendCoinsBatchResponse]
+    """Debits up to 1,000 spends in one ledger transaction, each with its own outcome: one refusal never fails the
+    others; spends of one account are applied in the order given (service).
+    """
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ListTransactionsRequest, _wallet_pb2.ListTransactionsResponse]
     """Lists an account's ledger movements, newest first (owner, service, admin)."""
     CreatePromotion: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CreatePromotionRequest, _wallet_pb2.CreatePromotionResponse]
@@ -77,6 +81,10 @@ class WalletServiceAsyncStub(WalletServiceStub):
     """Buys a coin package through the payment provider (owner, service)."""
     SpendCoins: _aio.UnaryUnaryMultiCallable[_wallet_pb2.SpendCoinsRequest, _wallet_pb2.SpendCoinsResponse]  # type: ignore[assignment]
     """Debits coins from an account, e.g. for a gift (service)."""
+    SpendCoinsBatch: _aio.UnaryUnaryMultiCallable[_wallet_pb2.SpendCoinsBatchRequest, _wallet_pb2.SpendCoinsBatchResponse]  # type: ignore[assignment]
+    """Debits up to 1,000 spends in one ledger transaction, each with its own outcome: one refusal never fails the
+    others; spends of one account are applied in the order given (service).
+    """
     ListTransactions: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ListTransactionsRequest, _wallet_pb2.ListTransactionsResponse]  # type: ignore[assignment]
     """Lists an account's ledger movements, newest first (owner, service, admin)."""
     CreatePromotion: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CreatePromotionRequest, _wallet_pb2.CreatePromotionResponse]  # type: ignore[assignment]
@@ -142,6 +150,16 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.SpendCoinsResponse, _abc.Awaitable[_wallet_pb2.SpendCoinsResponse]]:
         """Debits coins from an account, e.g. for a gift (service)."""
+
+    @_abc_1.abstractmethod
+    def SpendCoinsBatch(
+        self,
+        request: _wallet_pb2.SpendCoinsBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.SpendCoinsBatchResponse, _abc.Awaitable[_wallet_pb2.SpendCoinsBatchResponse]]:
+        """Debits up to 1,000 spends in one ledger transaction, each with its own outcome: one refusal never fails the
+        others; spends of one account are applied in the order given (service).
+        """
 
     @_abc_1.abstractmethod
     def ListTransactions(

@@ -1,0 +1,139 @@
+"""Micro-batching of concurrent calls: each call submits one item and awaits its own outcome, while the work is done
+per batch (one transaction, one downstream call) to pay a round trip once for many items.
+
+Flush policy: a batch starts at once when fewer than max_concurrent_batches are in flight; otherwise items gather
+in the queue and the next batch takes up to max_batch_size of them as soon as a running one finishes. There is no
+timer, so an idle system answers a lone call at once, and no unbounded queue: admission refuses an item that would
+wait longer than the queueing budget (RESOURCE_EXHAUSTED RATE_LIMITED), so the calls accepted stay fast when the
+offered load exceeds what the batches can carry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import grpc
+import structlog
+from prometheus_client import Counter, Histogram
+
+from services.runtime.errors import AppError
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+# Each item's outcome: its result, or the exception its caller gets (an AppError for a refusal).
+Outcome = ResultT | BaseException
+ProcessBatch = Callable[[list[ItemT]], Awaitable[Sequence[ResultT | BaseException]]]
+
+BATCH_SIZE = Histogram(
+    "coinstream_batch_size", "Items per batch", ["batcher"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+)
+BATCH_SECONDS = Histogram("coinstream_batch_seconds", "Time to process one batch", ["batcher"])
+SHED_TOTAL = Counter("coinstream_batch_shed_total", "Items refused because they would wait too long", ["batcher"])
+# How quickly the batch duration estimate follows changes in load.
+DURATION_SMOOTHING = 0.2
+
+log = structlog.get_logger()
+
+
+def overloaded() -> AppError:
+    return AppError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "server overloaded; retry later")
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int
+    max_concurrent_batches: int
+    queue_budget_seconds: float
+
+
+@dataclass
+class _Pending(Generic[ItemT, ResultT]):
+    item: ItemT
+    future: asyncio.Future[ResultT]
+
+
+class MicroBatcher(Generic[ItemT, ResultT]):
+    def __init__(
+        self,
+        name: str,
+        process: ProcessBatch[ItemT, ResultT],
+        policy: BatchPolicy,
+    ) -> None:
+        assert policy.max_batch_size >= 1 and policy.max_concurrent_batches >= 1
+        self._name = name
+        self._process = process
+        self._max_batch_size = policy.max_batch_size
+        self._max_concurrent_batches = policy.max_concurrent_batches
+        self._queue_budget_seconds = policy.queue_budget_seconds
+        self._queue: deque[_Pending[ItemT, ResultT]] = deque()
+        self._running: set[asyncio.Task[None]] = set()
+        self._batch_started_at: list[float] = []
+        self._batch_seconds_estimate = 0.0
+
+    async def submit(self, item: ItemT) -> ResultT:
+        """The item's outcome once its batch is done. The item is processed even if the caller stops waiting
+        (every item is idempotent work, so finishing it is always safe)."""
+        if self.predicted_wait_seconds() > self._queue_budget_seconds:
+            SHED_TOTAL.labels(self._name).inc()
+            raise overloaded()
+        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
+        # A caller that stopped waiting never reads its outcome; reading it here keeps asyncio from warning.
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._queue.append(_Pending(item, future))
+        if len(self._running) < self._max_concurrent_batches:
+            task = asyncio.create_task(self._drain(), name=f"batch:{self._name}")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        return await asyncio.shield(future)
+
+    def predicted_wait_seconds(self) -> float:
+        """How long a new item would wait before its batch starts: what is left of the oldest running batch, plus
+        one batch duration for every full batch queued ahead of it."""
+        if len(self._running) < self._max_concurrent_batches:
+            return 0.0
+        estimate = self._batch_seconds_estimate
+        oldest_started = min(self._batch_started_at, default=time.perf_counter())
+        remaining = max(0.0, estimate - (time.perf_counter() - oldest_started))
+        batches_ahead = len(self._queue) // self._max_batch_size
+        return remaining + batches_ahead * estimate / self._max_concurrent_batches
+
+    async def _drain(self) -> None:
+        """Runs batches until the queue is empty; each running drain is one batch in flight."""
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(self._max_batch_size, len(self._queue)))]
+            started = time.perf_counter()
+            self._batch_started_at.append(started)
+            try:
+                outcomes = await self._run(batch)
+            finally:
+                self._batch_started_at.remove(started)
+            elapsed = time.perf_counter() - started
+            self._batch_seconds_estimate += DURATION_SMOOTHING * (elapsed - self._batch_seconds_estimate)
+            BATCH_SIZE.labels(self._name).observe(len(batch))
+            BATCH_SECONDS.labels(self._name).observe(elapsed)
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                _settle(pending.future, outcome)
+
+    async def _run(self, batch: list[_Pending[ItemT, ResultT]]) -> Sequence[Outcome[ResultT]]:
+        try:
+            outcomes = await self._process([pending.item for pending in batch])
+        except Exception as error:  # the whole batch failed: every caller gets the failure
+            if not isinstance(error, AppError):
+                log.exception("batch_failed", batcher=self._name, size=len(batch))
+            return [error] * len(batch)
+        assert len(outcomes) == len(batch), f"{self._name}: {len(outcomes)} outcomes for {len(batch)} items"
+        return outcomes
+
+
+def _settle(future: asyncio.Future[ResultT], outcome: Outcome[ResultT]) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
