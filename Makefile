@@ -6,7 +6,7 @@ UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synced
 
-.PHONY: install proto check-proto lint test run demo token clean
+.PHONY: install proto check-proto lint test run bench bench-quick demo token clean
 
 install: $(STAMP)
 
@@ -24,13 +24,22 @@ check-proto: install
 	$(PY) -m pytest -q tests/test_generated_code.py
 
 lint: install
-	$(VENV)/bin/ruff check services devstack tests scripts
+	$(VENV)/bin/ruff check services devstack tests scripts bench
 
 test: install
 	$(PY) -m pytest
 
 run: install
 	$(PY) -m devstack.run
+
+# The benchmark of issue 6 on a fresh stack of its own (free ports, temporary data): a few minutes; results, a
+# markdown table and a plot in bench/results/. bench-quick runs about 20 s of load on a smaller setup. Options go
+# in BENCH_ARGS, e.g. BENCH_ARGS="--repo ../other-checkout" (`python -m bench --help`).
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: install
+	$(PY) -m bench --quick $(BENCH_ARGS)
 
 demo: install
 	$(VENV)/bin/coinstream demo

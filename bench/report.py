@@ -1,0 +1,336 @@
+"""Results as JSON (every figure), a markdown table next to issue 6's floors and targets, and a plot of latency
+against offered rate. Ratios to the same run's baselines are the headline: absolute figures drift between runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROCESSES = ("gifts", "wallet", "payouts", "postgres", "nats", "load generator")
+
+
+@dataclass(frozen=True)
+class Goal:
+    floor: float
+    target: float
+    higher_is_better: bool
+    unit: str = "×"
+
+    def status(self, value: float | None) -> str:
+        if value is None or math.isnan(value):
+            return "n/a"
+        better = (lambda a, b: a >= b) if self.higher_is_better else (lambda a, b: a <= b)
+        if better(value, self.target):
+            return "target met"
+        return "floor met" if better(value, self.floor) else "**below floor**"
+
+    def show(self, bound: float) -> str:
+        return f"{bound:g}" if self.unit == "×" else f"{bound:g} {self.unit}"
+
+
+# Issue 6, "Targets" (2 cores, load generator on the same machine, ratios from the same run).
+GOALS = {
+    "uniform_per_echo": Goal(0.25, 0.5, True),
+    "uniform_per_debit": Goal(0.5, 1.0, True),
+    "latency_p99_ms": Goal(50, 20, False, "ms"),
+    "settlement_lag_p99_ms": Goal(500, 100, False, "ms"),
+    "hot_per_uniform": Goal(0.9, 1.0, True),
+    "overload_success_per_uniform_max": Goal(0.8, 0.95, True),
+    "overload_accepted_p99_ms": Goal(250, 100, False, "ms"),
+    "overload_time_to_refuse_p99_ms": Goal(50, 10, False, "ms"),
+}
+
+
+def add_ratios(results: dict[str, Any]) -> None:
+    scenarios, baselines = results["scenarios"], results["baselines"]
+    uniform = scenarios["uniform"]["per_second"]
+    refused = scenarios["overload"]["refused_latency_ms"]
+    results["ratios"] = {
+        "uniform_per_echo": _ratio(uniform, baselines["echo"]["per_second"]),
+        "uniform_per_debit": _ratio(uniform, baselines["guarded_debit"]["per_second"]),
+        "hot_per_uniform": _ratio(scenarios["hot_creator"]["per_second"], uniform),
+        "overload_success_per_uniform_max": _ratio(scenarios["overload"]["per_second"], uniform),
+        "mixed_gifts_per_uniform": _ratio(scenarios["mixed"]["per_second"], uniform),
+        "latency_p99_ms": scenarios["latency"]["latency_ms"]["p99"],
+        "settlement_lag_p99_ms": max((s["settlement_lag_ms"]["p99"] for s in _settled(scenarios)), default=None),
+        "overload_accepted_p99_ms": scenarios["overload"]["latency_ms"]["p99"],
+        "overload_time_to_refuse_p99_ms": refused["p99"] if refused else None,
+    }
+    results["goals"] = {
+        key: {"floor": goal.floor, "target": goal.target, "status": goal.status(results["ratios"][key])}
+        for key, goal in GOALS.items()
+    }
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
+def _settled(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in scenarios.values() if s.get("settlement_lag_ms", {}).get("gifts")]
+
+
+# -- markdown --------------------------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any], plot_name: str) -> str:
+    run = results["run"]
+    dirty = " (with uncommitted service changes)" if run["uncommitted"] else ""
+    lines = [
+        f"# make bench — {run['started_at'][:19]}Z, {run['plan']['mode']} mode",
+        "",
+        f"Services from `{run['commit'][:10]}`{dirty}; {run['cpus']} CPUs; {run['plan']['fans']:,} fans, "
+        f"{run['plan']['creators']} live creators; load generator on the same machine.",
+        "",
+        *headline_table(results),
+        "",
+        "## Scenarios",
+        "",
+        *scenario_table(results),
+        "",
+        "## CPU seconds per 1,000 successful gifts (= ms of CPU per gift), by process",
+        "",
+        *cpu_table(results),
+        "",
+        "## Latency against offered rate (open loop)",
+        "",
+        *steps_table(results),
+        "",
+        f"![latency against offered rate]({plot_name})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def headline_table(results: dict[str, Any]) -> list[str]:
+    s, b, r = results["scenarios"], results["baselines"], results["ratios"]
+    uniform = s["uniform"]
+    rows: list[tuple[str, str, str, str | None]] = [
+        (f"bare grpc.aio echo ({b['echo']['concurrency']} in flight)", _rate(b["echo"], "calls"), "", None),
+        (
+            f"bare guarded debit ({b['guarded_debit']['connections']} connections)",
+            _rate(b["guarded_debit"], "debits"),
+            "",
+            None,
+        ),
+        (
+            f"uniform `SendGift` (closed loop, {uniform['concurrency']} in flight)",
+            f"{_rate(uniform, 'gifts')}, {_pcts(uniform)}",
+            f"{_x(r['uniform_per_echo'])} echo",
+            "uniform_per_echo",
+        ),
+        (
+            "uniform ÷ bare guarded debit",
+            f"{_rate(uniform, 'gifts')} ÷ {_rate(b['guarded_debit'], 'debits')}",
+            f"{_x(r['uniform_per_debit'])} debit",
+            "uniform_per_debit",
+        ),
+        (
+            f"`SendGift` at half the uniform maximum (open loop, {s['latency']['offered_per_second']:,.0f}/s)",
+            _pcts(s["latency"]),
+            f"p99 {_ms(r['latency_p99_ms'])}",
+            "latency_p99_ms",
+        ),
+        (
+            "settlement lag (gift completed → diamonds credited), worst scenario",
+            _lags(s),
+            f"p99 {_ms(r['settlement_lag_p99_ms'])}",
+            "settlement_lag_p99_ms",
+        ),
+        (
+            "hot creator (every gift to one stream)",
+            f"{_rate(s['hot_creator'], 'gifts')}, {_pcts(s['hot_creator'])}",
+            f"{_x(r['hot_per_uniform'])} uniform",
+            "hot_per_uniform",
+        ),
+        (
+            f"overload at 2× ({s['overload']['offered_per_second']:,.0f}/s offered): successful gifts/s",
+            _rate(s["overload"], "gifts"),
+            f"{_x(r['overload_success_per_uniform_max'])} uniform max",
+            "overload_success_per_uniform_max",
+        ),
+        (
+            "overload at 2×: accepted calls",
+            _pcts(s["overload"]),
+            f"p99 {_ms(r['overload_accepted_p99_ms'])}",
+            "overload_accepted_p99_ms",
+        ),
+        (
+            "overload at 2×: time to refuse",
+            _refusals(s["overload"]),
+            f"p99 {_ms(r['overload_time_to_refuse_p99_ms'])}",
+            "overload_time_to_refuse_p99_ms",
+        ),
+        ("back at half after the overload", _pcts(s["overload_recovery"]), "", None),
+        (
+            "mixed (80 % gifts, 10 % balance reads, 10 % purchases)",
+            f"{_rate(s['mixed'], 'gifts')}, {_pcts(s['mixed'])}",
+            f"{_x(r['mixed_gifts_per_uniform'])} uniform",
+            None,
+        ),
+        ("CPU per gift, uniform (all processes)", f"{_ms(uniform['cpu_seconds_per_1000']['total'])}", "", None),
+    ]
+    count = results["money_identities"]["count"]
+    lines = ["| measure | figure | ratio | floor | target | status |", "|---|---|---|---|---|---|"]
+    for measure, figure, ratio, goal_key in rows:
+        goal = GOALS.get(goal_key or "")
+        floor, target = (goal.show(goal.floor), goal.show(goal.target)) if goal else ("", "")
+        status = results["goals"][goal_key]["status"] if goal_key else ""
+        lines.append(f"| {measure} | {figure} | {ratio} | {floor} | {target} | {status} |")
+    holds = "holds" if not count else "**broken**"
+    lines.append(f"| money identities after all of it | {count} violations | | 0 | 0 | {holds} |")
+    return lines
+
+
+def scenario_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| scenario | gifts/s | p50 | p95 | p99 | max | errors | settlement p50 / p99 | CPU s / 1,000 gifts |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in results["scenarios"].items():
+        latency = s["latency_ms"]
+        errors = ", ".join(f"{k} × {v}" for k, v in s["errors"].items()) or "none"
+        lag = s.get("settlement_lag_ms")
+        lag_text = f"{_ms(lag['p50'])} / {_ms(lag['p99'])}" if lag and lag.get("gifts") else ""
+        cpu = s.get("cpu_seconds_per_1000", {}).get("total")
+        lines.append(
+            f"| {name} | {s['per_second']:,.1f} | {_ms(latency['p50'])} | {_ms(latency['p95'])} | "
+            f"{_ms(latency['p99'])} | {_ms(latency['max'])} | {errors} | {lag_text} | {_num(cpu)} |"
+        )
+    for name, b in results["baselines"].items():
+        latency = b["latency_ms"]
+        lines.append(
+            f"| {name} (baseline, calls/s) | {b['per_second']:,.1f} | {_ms(latency['p50'])} | {_ms(latency['p95'])} | "
+            f"{_ms(latency['p99'])} | {_ms(latency['max'])} | {len(b['errors']) and b['errors'] or 'none'} | | "
+            f"{_num(b['cpu_seconds_per_1000']['total'])} |"
+        )
+    return lines
+
+
+def cpu_table(results: dict[str, Any]) -> list[str]:
+    lines = [f"| scenario | {' | '.join(PROCESSES)} | total |", "|---" * (len(PROCESSES) + 2) + "|"]
+    for name, s in results["scenarios"].items():
+        if name == "overload_recovery":
+            continue  # shares the overload scenario's figures
+        per = s.get("cpu_seconds_per_1000", {})
+        lines.append(f"| {name} | {' | '.join(_num(per.get(p)) for p in PROCESSES)} | {_num(per.get('total'))} |")
+    return lines
+
+
+def steps_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| offered | offered/s | successful gifts/s | p50 | p99 | errors |", "|---|---|---|---|---|---|"]
+    for step in results["steps"]:
+        errors = ", ".join(f"{k} × {v}" for k, v in step["errors"].items()) or "none"
+        lines.append(
+            f"| {step['multiple']:g}× | {step['offered_per_second']:,.0f} | {step['per_second']:,.1f} | "
+            f"{_ms(step['latency_ms']['p50'])} | {_ms(step['latency_ms']['p99'])} | {errors} |"
+        )
+    return lines
+
+
+def _rate(summary: dict[str, Any], unit: str) -> str:
+    return f"{summary['per_second']:,.0f} {unit}/s"
+
+
+def _pcts(summary: dict[str, Any]) -> str:
+    latency = summary["latency_ms"]
+    return f"p50 {_ms(latency['p50'])}, p99 {_ms(latency['p99'])}"
+
+
+def _lags(scenarios: dict[str, Any]) -> str:
+    settled = {
+        name: s["settlement_lag_ms"] for name, s in scenarios.items() if s.get("settlement_lag_ms", {}).get("gifts")
+    }
+    if not settled:
+        return "no gifts settled"
+    name, worst = max(settled.items(), key=lambda item: item[1]["p99"])
+    return f"{name}: p50 {_ms(worst['p50'])}, p99 {_ms(worst['p99'])}"
+
+
+def _refusals(summary: dict[str, Any]) -> str:
+    refused = summary["refused_latency_ms"]
+    if not refused:
+        return "none refused"
+    count = sum(v for k, v in summary["errors"].items() if k.startswith("RESOURCE_EXHAUSTED"))
+    return f"{count:,} refused: p50 {_ms(refused['p50'])}, p99 {_ms(refused['p99'])}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def _x(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}×"
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+# -- plot ------------------------------------------------------------------------------------------------------
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on a server
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    steps = results["steps"]
+    offered = [s["offered_per_second"] for s in steps]
+    uniform_max = results["scenarios"]["uniform"]["per_second"]
+    figure, (latency, throughput) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key, style in (("p50", "o-"), ("p99", "s-")):
+        latency.plot(offered, [s["latency_ms"][key] for s in steps], style, label=f"SendGift {key}")
+    latency.set_yscale("log")
+    latency.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    latency.set_xlabel("offered gifts/s (open loop)")
+    latency.set_ylabel("latency (ms, log scale)")
+    latency.set_title("latency against offered rate")
+    throughput.plot(offered, [s["per_second"] for s in steps], "o-", label="successful gifts/s")
+    throughput.plot(offered, offered, ":", color="grey", label="offered")
+    throughput.set_xlabel("offered gifts/s (open loop)")
+    throughput.set_ylabel("gifts/s")
+    throughput.set_title("throughput against offered rate")
+    for axis in (latency, throughput):
+        axis.axvline(uniform_max, color="grey", linestyle="--", linewidth=1, label="uniform max (closed loop)")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    run = results["run"]
+    figure.suptitle(f"make bench, {run['plan']['mode']} mode, services {run['commit'][:10]}, {run['started_at'][:19]}Z")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# -- files -----------------------------------------------------------------------------------------------------
+
+
+def write(results: dict[str, Any], directory: Path, stem: str) -> list[Path]:
+    """<stem>.{json,md,png}, copied as latest.{json,md,png}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {suffix: directory / f"{stem}.{suffix}" for suffix in ("json", "md", "png")}
+    paths["json"].write_text(json.dumps(_finite(results), indent=2) + "\n")
+    paths["md"].write_text(markdown(results, paths["png"].name))
+    plot(results, paths["png"])
+    shutil.copyfile(paths["json"], directory / "latest.json")
+    shutil.copyfile(paths["png"], directory / "latest.png")
+    (directory / "latest.md").write_text(markdown(results, "latest.png"))
+    return [*paths.values()]
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: an empty percentile becomes null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
