@@ -39,7 +39,7 @@ async def main() -> None:
         settings.gifts_wallet_timeout_seconds,
     )
     relay = OutboxRelay(pool, js, settings.gifts_relay_interval_seconds)
-    gifts = GiftService(pool, wallet, feed, on_event_queued=relay.wake)
+    gifts = GiftService(pool, wallet, feed, settings.batch_policy(), on_event_queued=relay.wake)
     runtime.add_service(
         gifts_pb2_grpc.add_GiftServiceServicer_to_server,
         GiftServicer(gifts),

@@ -130,6 +130,36 @@ def require_catalog_gift(gift: CatalogGift | None, gift_id: str) -> CatalogGift:
 # ---------------------------------------------------------------- combos
 
 
+@dataclass(frozen=True, order=True)
+class ComboKey:
+    stream_id: str
+    sender_id: str
+    gift_id: str
+
+
+@dataclass(frozen=True)
+class ComboState:
+    """The last completed gift of a combo key: when it completed and its place in its combo (0: none yet)."""
+
+    last_sent_at: datetime | None
+    combo_count: int
+
+
+def assign_combo_counts(
+    keys: Sequence[ComboKey], states: dict[ComboKey, ComboState], sent_at: datetime
+) -> tuple[list[int], dict[ComboKey, ComboState]]:
+    """The combo_count of each gift of a batch, completed in this order at sent_at, and each key's new state: gifts
+    of one key in one batch continue each other's combo, exactly as if they had completed one after the other."""
+    current = dict(states)
+    counts = []
+    for key in keys:
+        previous = current[key]
+        count = next_combo_count(previous.last_sent_at, previous.combo_count, sent_at)
+        current[key] = ComboState(sent_at, count)
+        counts.append(count)
+    return counts, {key: current[key] for key in set(keys)}
+
+
 def next_combo_count(previous_sent_at: datetime | None, previous_count: int, sent_at: datetime) -> int:
     """The n-th gift of a combo: the previous count + 1 when the previous completed gift of the same sender, gift and
     stream is at most COMBO_WINDOW old, else 1. A previous gift stamped later than this one (clocks of two replicas)
@@ -145,6 +175,10 @@ def next_combo_count(previous_sent_at: datetime | None, previous_count: int, sen
 
 
 class LeaderboardPeriod(Enum):
+    # Sorting increments by period needs an order; the value's is as good as any (and stable).
+    def __lt__(self, other: LeaderboardPeriod) -> bool:
+        return self.value < other.value
+
     DAY = "day"
     WEEK = "week"
     ALL_TIME = "all_time"
@@ -163,6 +197,52 @@ def period_start(period: LeaderboardPeriod, moment: datetime) -> date:
 def period_starts(moment: datetime) -> dict[LeaderboardPeriod, date]:
     """Every period a gift completed at moment counts towards."""
     return {period: period_start(period, moment) for period in LeaderboardPeriod}
+
+
+@dataclass(frozen=True)
+class CountedGift:
+    """What the counters need of a completed gift."""
+
+    stream_id: str
+    creator_id: str
+    sender_id: str
+    coins: int
+
+
+@dataclass(frozen=True, order=True)
+class LeaderboardIncrement:
+    creator_id: str
+    period: LeaderboardPeriod
+    period_start: date
+    sender_id: str
+    coins: int
+
+
+def leaderboard_increments(gifts: Sequence[CountedGift], moment: datetime) -> list[LeaderboardIncrement]:
+    """A batch's gifts, completed at moment, summed per creator, period and sender, in key order."""
+    sums: dict[tuple[str, LeaderboardPeriod, date, str], int] = {}
+    for gift in gifts:
+        for period, start in period_starts(moment).items():
+            key = (gift.creator_id, period, start, gift.sender_id)
+            sums[key] = sums.get(key, 0) + gift.coins
+    return sorted(LeaderboardIncrement(*key, coins) for key, coins in sums.items())
+
+
+def stream_gifter_increments(gifts: Sequence[CountedGift]) -> list[tuple[str, str, int]]:
+    """(stream_id, sender_id, coins) summed per stream and sender, in key order."""
+    sums: dict[tuple[str, str], int] = {}
+    for gift in gifts:
+        sums[(gift.stream_id, gift.sender_id)] = sums.get((gift.stream_id, gift.sender_id), 0) + gift.coins
+    return sorted((stream_id, sender_id, coins) for (stream_id, sender_id), coins in sums.items())
+
+
+def stream_total_increments(gifts: Sequence[CountedGift]) -> list[tuple[str, int, int]]:
+    """(stream_id, coins, gift_count) summed per stream, in stream order."""
+    sums: dict[str, tuple[int, int]] = {}
+    for gift in gifts:
+        coins, count = sums.get(gift.stream_id, (0, 0))
+        sums[gift.stream_id] = (coins + gift.coins, count + 1)
+    return sorted((stream_id, coins, count) for stream_id, (coins, count) in sums.items())
 
 
 @dataclass(frozen=True)

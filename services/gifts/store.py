@@ -8,7 +8,16 @@ from typing import TypeAlias
 
 import asyncpg
 
-from services.gifts.domain import CatalogGift, GiftStatus, LeaderboardPeriod, LiveStream, StreamStatus
+from services.gifts.domain import (
+    CatalogGift,
+    ComboKey,
+    ComboState,
+    GiftStatus,
+    LeaderboardIncrement,
+    LeaderboardPeriod,
+    LiveStream,
+    StreamStatus,
+)
 
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
@@ -18,13 +27,6 @@ async def list_active_gifts(pool: asyncpg.Pool) -> list[CatalogGift]:
         "SELECT gift_id, name, coin_price FROM gift_catalog WHERE active ORDER BY coin_price, gift_id"
     )
     return [CatalogGift(**dict(row)) for row in rows]
-
-
-async def get_active_gift(conn: Executor, gift_id: str) -> CatalogGift | None:
-    row = await conn.fetchrow(
-        "SELECT gift_id, name, coin_price FROM gift_catalog WHERE gift_id = $1 AND active", gift_id
-    )
-    return None if row is None else CatalogGift(**dict(row))
 
 
 async def upsert_gift(conn: asyncpg.Connection, gift: CatalogGift) -> CatalogGift:
@@ -132,71 +134,99 @@ def _gift(row: asyncpg.Record) -> GiftRow:
     return GiftRow(**values)
 
 
-async def insert_gift_transaction(conn: asyncpg.Connection, gift: GiftRow) -> None:
+async def get_streams(conn: Executor, stream_ids: list[str]) -> dict[str, LiveStream]:
+    rows = await conn.fetch(f"SELECT {STREAM_COLUMNS} FROM live_streams WHERE stream_id = ANY($1::text[])", stream_ids)
+    return {row["stream_id"]: _stream(row) for row in rows}
+
+
+async def get_active_gifts(conn: Executor, gift_ids: list[str]) -> dict[str, CatalogGift]:
+    rows = await conn.fetch(
+        "SELECT gift_id, name, coin_price FROM gift_catalog WHERE gift_id = ANY($1::text[]) AND active", gift_ids
+    )
+    return {row["gift_id"]: CatalogGift(**dict(row)) for row in rows}
+
+
+async def insert_pending_gifts(conn: asyncpg.Connection, gifts: list[GiftRow]) -> None:
+    """Records new gifts as pending, in one statement."""
     await conn.execute(
-        f"INSERT INTO gift_transactions ({GIFT_COLUMNS})"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        gift.gift_transaction_id,
-        gift.request_id,
-        gift.sender_id,
-        gift.recipient_id,
-        gift.stream_id,
-        gift.gift_id,
-        gift.quantity,
-        gift.coin_price,
-        gift.coins,
-        gift.status.value,
-        gift.wallet_transaction_id,
-        gift.sender_balance_coins,
-        gift.paid_coins,
-        gift.bonus_coins,
-        gift.combo_count,
+        "INSERT INTO gift_transactions (gift_transaction_id, request_id, sender_id, recipient_id, stream_id, gift_id,"
+        " quantity, coin_price, coins, status)"
+        " SELECT *, 'pending' FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
+        " $7::integer[], $8::bigint[], $9::bigint[])",
+        *_columns(
+            gifts,
+            "gift_transaction_id",
+            "request_id",
+            "sender_id",
+            "recipient_id",
+            "stream_id",
+            "gift_id",
+            "quantity",
+            "coin_price",
+            "coins",
+        ),
     )
 
 
-async def get_gift_transaction(pool: asyncpg.Pool, gift_transaction_id: str) -> GiftRow:
-    row = await pool.fetchrow(
-        f"SELECT {GIFT_COLUMNS} FROM gift_transactions WHERE gift_transaction_id = $1", gift_transaction_id
+def _columns(rows: list[GiftRow], *names: str) -> list[list[object]]:
+    """Column arrays for unnest(), one per field name."""
+    return [[getattr(row, name) for row in rows] for name in names]
+
+
+async def get_gift_transactions(conn: Executor, gift_transaction_ids: list[str]) -> dict[str, GiftRow]:
+    rows = await conn.fetch(
+        f"SELECT {GIFT_COLUMNS} FROM gift_transactions WHERE gift_transaction_id = ANY($1::text[])",
+        gift_transaction_ids,
     )
-    assert row is not None, f"no gift transaction {gift_transaction_id}"
-    return _gift(row)
+    return {row["gift_transaction_id"]: _gift(row) for row in rows}
 
 
-async def lock_gift_transaction(conn: asyncpg.Connection, gift_transaction_id: str) -> GiftRow:
-    row = await conn.fetchrow(
-        f"SELECT {GIFT_COLUMNS} FROM gift_transactions WHERE gift_transaction_id = $1 FOR UPDATE",
-        gift_transaction_id,
+async def lock_pending_gifts(conn: asyncpg.Connection, gift_transaction_ids: list[str]) -> set[str]:
+    """Locks those of these gifts that are still pending (in id order) and returns their ids: a gift that a
+    concurrent batch, retry or recovery pass finished first is left alone."""
+    rows = await conn.fetch(
+        "SELECT gift_transaction_id FROM gift_transactions WHERE gift_transaction_id = ANY($1::text[])"
+        " AND status = 'pending' ORDER BY gift_transaction_id FOR UPDATE",
+        gift_transaction_ids,
     )
-    assert row is not None, f"gift transaction {gift_transaction_id} vanished"
-    return _gift(row)
+    return {row["gift_transaction_id"] for row in rows}
 
 
-async def complete_gift_transaction(conn: asyncpg.Connection, gift: GiftRow, finished_at: datetime) -> None:
-    """Stores the completion fields of gift (status completed, payment, combo) on its pending row."""
-    assert gift.status is GiftStatus.COMPLETED, f"{gift.gift_transaction_id} is not completed"
+async def complete_gifts(conn: asyncpg.Connection, gifts: list[GiftRow], finished_at: datetime) -> None:
+    """Stores the completion fields (payment, combo) of these locked pending gifts, in one statement."""
+    assert all(gift.status is GiftStatus.COMPLETED for gift in gifts), "complete_gifts() takes completed gifts"
     updated = await conn.execute(
-        "UPDATE gift_transactions SET status = 'completed', wallet_transaction_id = $2, sender_balance_coins = $3,"
-        " paid_coins = $4, bonus_coins = $5, combo_count = $6, finished_at = $7, updated_at = now()"
-        " WHERE gift_transaction_id = $1 AND status = 'pending'",
-        gift.gift_transaction_id,
-        gift.wallet_transaction_id,
-        gift.sender_balance_coins,
-        gift.paid_coins,
-        gift.bonus_coins,
-        gift.combo_count,
+        "UPDATE gift_transactions AS g SET status = 'completed', wallet_transaction_id = c.wallet_transaction_id,"
+        " sender_balance_coins = c.sender_balance_coins, paid_coins = c.paid_coins, bonus_coins = c.bonus_coins,"
+        " combo_count = c.combo_count, finished_at = $7, updated_at = now()"
+        " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::integer[])"
+        "  AS c (gift_transaction_id, wallet_transaction_id, sender_balance_coins, paid_coins, bonus_coins,"
+        "        combo_count)"
+        " WHERE g.gift_transaction_id = c.gift_transaction_id AND g.status = 'pending'",
+        *_columns(
+            gifts,
+            "gift_transaction_id",
+            "wallet_transaction_id",
+            "sender_balance_coins",
+            "paid_coins",
+            "bonus_coins",
+            "combo_count",
+        ),
         finished_at,
     )
-    assert updated == "UPDATE 1", f"gift transaction {gift.gift_transaction_id} was not pending"
+    assert updated == f"UPDATE {len(gifts)}", f"{updated}: some of {len(gifts)} gifts were not pending"
 
 
-async def fail_gift_transaction(conn: asyncpg.Connection, gift_transaction_id: str, failure_reason: str) -> None:
+async def fail_gifts(conn: asyncpg.Connection, failures: list[tuple[str, str]]) -> None:
+    """Fails these locked pending gifts: (gift_transaction_id, failure_reason) each, in one statement."""
     updated = await conn.execute(
-        "UPDATE gift_transactions SET status = 'failed', failure_reason = $2, finished_at = now(), updated_at = now()"
-        " WHERE gift_transaction_id = $1 AND status = 'pending'",
-        gift_transaction_id,
-        failure_reason,
+        "UPDATE gift_transactions AS g SET status = 'failed', failure_reason = f.reason, finished_at = now(),"
+        " updated_at = now() FROM unnest($1::text[], $2::text[]) AS f (gift_transaction_id, reason)"
+        " WHERE g.gift_transaction_id = f.gift_transaction_id AND g.status = 'pending'",
+        [gift_transaction_id for gift_transaction_id, _ in failures],
+        [reason for _, reason in failures],
     )
-    assert updated == "UPDATE 1", f"gift transaction {gift_transaction_id} was not pending"
+    assert updated == f"UPDATE {len(failures)}", f"{updated}: some of {len(failures)} gifts were not pending"
 
 
 async def stale_pending_gifts(pool: asyncpg.Pool, older_than_seconds: float, limit: int) -> list[str]:
@@ -209,22 +239,30 @@ async def stale_pending_gifts(pool: asyncpg.Pool, older_than_seconds: float, lim
     return [row["gift_transaction_id"] for row in rows]
 
 
-async def add_to_stream_counters(conn: asyncpg.Connection, stream_id: str, sender_id: str, coins: int) -> None:
-    """One completed gift: the sender's coins on this stream, then the stream's totals (always in this order, so
-    concurrent completions on one stream never deadlock)."""
+async def add_to_stream_counters(
+    conn: asyncpg.Connection, gifters: list[tuple[str, str, int]], totals: list[tuple[str, int, int]]
+) -> None:
+    """A batch's completed gifts on their streams: coins per (stream, sender), then (coins, gifts) per stream.
+    Each row is written once per batch, in key order, so concurrent batches never deadlock; the totals row, every
+    gift's hot spot on a busy stream, is written last and so held the shortest."""
     await conn.execute(
-        "INSERT INTO stream_gifters (stream_id, sender_id, coins) VALUES ($1, $2, $3)"
+        "INSERT INTO stream_gifters (stream_id, sender_id, coins)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ORDER BY 1, 2"
         " ON CONFLICT (stream_id, sender_id) DO UPDATE SET coins = stream_gifters.coins + EXCLUDED.coins",
-        stream_id,
-        sender_id,
-        coins,
+        [stream_id for stream_id, _, _ in gifters],
+        [sender_id for _, sender_id, _ in gifters],
+        [coins for _, _, coins in gifters],
     )
-    updated = await conn.execute(
-        "UPDATE stream_totals SET total_coins = total_coins + $2, gift_count = gift_count + 1 WHERE stream_id = $1",
-        stream_id,
-        coins,
+    # An upsert rather than an UPDATE … FROM, whose row order the planner may choose; every stream has its row.
+    await conn.execute(
+        "INSERT INTO stream_totals (stream_id, total_coins, gift_count)"
+        " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) ORDER BY 1"
+        " ON CONFLICT (stream_id) DO UPDATE SET total_coins = stream_totals.total_coins + EXCLUDED.total_coins,"
+        " gift_count = stream_totals.gift_count + EXCLUDED.gift_count",
+        [stream_id for stream_id, _, _ in totals],
+        [coins for _, coins, _ in totals],
+        [count for _, _, count in totals],
     )
-    assert updated == "UPDATE 1", f"no counters for stream {stream_id}"
 
 
 @dataclass(frozen=True)
@@ -247,57 +285,56 @@ async def top_gifters(conn: Executor, stream_id: str, limit: int) -> list[tuple[
     return [(row["sender_id"], row["coins"]) for row in rows]
 
 
-@dataclass(frozen=True)
-class ComboState:
-    last_sent_at: datetime | None
-    combo_count: int
+async def lock_combos(conn: asyncpg.Connection, keys: list[ComboKey]) -> dict[ComboKey, ComboState]:
+    """The last completed gift of each (stream, sender, gift), locked until the transaction ends, so completions that
+    may continue one combo take turns. One statement makes missing rows and locks every row, in key order."""
+    ordered = sorted(set(keys))
+    rows = await conn.fetch(
+        "INSERT INTO gift_combos (stream_id, sender_id, gift_id)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ORDER BY 1, 2, 3"
+        # The no-op update locks an existing row and returns it as it is.
+        " ON CONFLICT (stream_id, sender_id, gift_id) DO UPDATE SET combo_count = gift_combos.combo_count"
+        " RETURNING stream_id, sender_id, gift_id, last_sent_at, combo_count",
+        [key.stream_id for key in ordered],
+        [key.sender_id for key in ordered],
+        [key.gift_id for key in ordered],
+    )
+    return {
+        ComboKey(row["stream_id"], row["sender_id"], row["gift_id"]): ComboState(
+            row["last_sent_at"], row["combo_count"]
+        )
+        for row in rows
+    }
 
 
-async def lock_combo(conn: asyncpg.Connection, stream_id: str, sender_id: str, gift_id: str) -> ComboState:
-    """The last completed gift of this sender, gift and stream, locked until the transaction ends: completions that
-    may continue one combo take turns. The row is made first, so even the very first two gifts serialize."""
+async def save_combos(conn: asyncpg.Connection, combos: dict[ComboKey, ComboState]) -> None:
+    keys = sorted(combos)
     await conn.execute(
-        "INSERT INTO gift_combos (stream_id, sender_id, gift_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        stream_id,
-        sender_id,
-        gift_id,
+        "UPDATE gift_combos AS c SET last_sent_at = n.last_sent_at, combo_count = n.combo_count"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::integer[])"
+        "  AS n (stream_id, sender_id, gift_id, last_sent_at, combo_count)"
+        " WHERE (c.stream_id, c.sender_id, c.gift_id) = (n.stream_id, n.sender_id, n.gift_id)",
+        [key.stream_id for key in keys],
+        [key.sender_id for key in keys],
+        [key.gift_id for key in keys],
+        [combos[key].last_sent_at for key in keys],
+        [combos[key].combo_count for key in keys],
     )
-    row = await conn.fetchrow(
-        "SELECT last_sent_at, combo_count FROM gift_combos"
-        " WHERE stream_id = $1 AND sender_id = $2 AND gift_id = $3 FOR UPDATE",
-        stream_id,
-        sender_id,
-        gift_id,
-    )
-    return ComboState(row["last_sent_at"], row["combo_count"])
 
 
-async def save_combo(conn: asyncpg.Connection, gift: GiftRow, sent_at: datetime) -> None:
+async def add_to_gifter_totals(conn: asyncpg.Connection, increments: list[LeaderboardIncrement]) -> None:
+    """A batch's completed gifts on their creators' leaderboards: one row per (creator, period, sender), written
+    once and in key order, so concurrent batches never deadlock."""
     await conn.execute(
-        "UPDATE gift_combos SET last_sent_at = $4, combo_count = $5"
-        " WHERE stream_id = $1 AND sender_id = $2 AND gift_id = $3",
-        gift.stream_id,
-        gift.sender_id,
-        gift.gift_id,
-        sent_at,
-        gift.combo_count,
-    )
-
-
-async def add_to_gifter_totals(
-    conn: asyncpg.Connection, creator_id: str, sender_id: str, coins: int, period_starts: dict[LeaderboardPeriod, date]
-) -> None:
-    """One completed gift on the creator's leaderboards, one row per period (always in the same order, so
-    concurrent completions never deadlock)."""
-    await conn.executemany(
         "INSERT INTO gifter_totals (creator_id, period_kind, period_start, sender_id, coins)"
-        " VALUES ($1, $2, $3, $4, $5)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::text[], $5::bigint[]) ORDER BY 1, 2, 3, 4"
         " ON CONFLICT (creator_id, period_kind, period_start, sender_id)"
         " DO UPDATE SET coins = gifter_totals.coins + EXCLUDED.coins",
-        [
-            (creator_id, period.value, start, sender_id, coins)
-            for period, start in sorted(period_starts.items(), key=lambda item: item[0].value)
-        ],
+        [i.creator_id for i in increments],
+        [i.period.value for i in increments],
+        [i.period_start for i in increments],
+        [i.sender_id for i in increments],
+        [i.coins for i in increments],
     )
 
 
@@ -319,12 +356,29 @@ async def insert_outbox_event(
     conn: asyncpg.Connection, msg_id: str, subject: str, payload: bytes, gift_transaction_id: str | None = None
 ) -> None:
     """Queues an event; msg_id becomes its Nats-Msg-Id (JetStream drops a repeat within its duplicate window)."""
+    await insert_outbox_events(conn, [OutboxRow(msg_id, subject, payload, gift_transaction_id)])
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    msg_id: str
+    subject: str
+    payload: bytes
+    gift_transaction_id: str | None = None
+
+
+async def insert_outbox_events(conn: asyncpg.Connection, events: list[OutboxRow]) -> None:
+    """Queues events in the order given (their outbox ids, hence the publishing order, follow it)."""
     await conn.execute(
-        "INSERT INTO gift_outbox (msg_id, gift_transaction_id, subject, payload) VALUES ($1, $2, $3, $4)",
-        msg_id,
-        gift_transaction_id,
-        subject,
-        payload,
+        "INSERT INTO gift_outbox (msg_id, gift_transaction_id, subject, payload)"
+        " SELECT msg_id, gift_transaction_id, subject, payload"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY"
+        "  AS e (msg_id, gift_transaction_id, subject, payload, position)"
+        " ORDER BY position",
+        [event.msg_id for event in events],
+        [event.gift_transaction_id for event in events],
+        [event.subject for event in events],
+        [event.payload for event in events],
     )
 
 
@@ -337,10 +391,13 @@ async def try_lock_relay(conn: asyncpg.Connection) -> bool:
     return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY))
 
 
-async def lock_stream_for_gift(conn: asyncpg.Connection, stream_id: str) -> None:
-    """Shares the stream row with other completing gifts but not with EndLiveStream (FOR UPDATE): a gift completing
-    while the stream ends is either committed before the end, its GiftSent queued before StreamEnded, or after it."""
-    await conn.execute("SELECT 1 FROM live_streams WHERE stream_id = $1 FOR KEY SHARE", stream_id)
+async def lock_streams_for_gifts(conn: asyncpg.Connection, stream_ids: list[str]) -> None:
+    """Shares the streams with other completing gifts but not with EndLiveStream (FOR UPDATE): a gift completing
+    while its stream ends is either committed before the end, its GiftSent queued before StreamEnded, or after it."""
+    await conn.execute(
+        "SELECT 1 FROM live_streams WHERE stream_id = ANY($1::text[]) ORDER BY stream_id FOR KEY SHARE",
+        sorted(set(stream_ids)),
+    )
 
 
 @dataclass(frozen=True)

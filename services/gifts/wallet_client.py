@@ -12,7 +12,7 @@ from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.gifts import domain
 from services.runtime.auth import ROLE_SERVICE, mint_token
-from services.runtime.errors import AppError, from_rpc_error, unavailable
+from services.runtime.errors import AppError, unavailable
 
 log = structlog.get_logger()
 
@@ -53,12 +53,12 @@ class Spend:
     bonus_coins: int
 
 
-class WalletRefused(Exception):
-    """The wallet decided, for good, not to make this spend (INSUFFICIENT_COINS, ACCOUNT_FROZEN, …)."""
-
-    def __init__(self, error: AppError) -> None:
-        super().__init__(error.message)
-        self.error = error
+@dataclass(frozen=True)
+class SpendAsk:
+    request_id: str
+    account_id: str
+    coins: int
+    reference: str
 
 
 class WalletClient:
@@ -89,20 +89,35 @@ class WalletClient:
             raise _wallet_unavailable("GetAccount", error) from None
         return domain.WalletAccount(response.account.account_id, response.account.adult_verified)
 
-    async def spend_coins(self, *, request_id: str, account_id: str, coins: int, reference: str) -> Spend:
-        """Raises WalletRefused for a final refusal and UNAVAILABLE when the outcome is unknown (the same request_id
-        must then be retried: the wallet answers a repeat with its stored outcome)."""
-        request = wallet_pb2.SpendCoinsRequest(
-            request_id=request_id, account_id=account_id, coins=coins, reference=reference
+    async def spend_batch(self, asks: list[SpendAsk]) -> list[Spend | AppError]:
+        """One wallet call for many spends; each gets a Spend or the wallet's refusal (final or not: see
+        domain.is_final_wallet_refusal). UNAVAILABLE is raised when the outcome of the whole batch is unknown (the
+        same request_ids must then be retried: the wallet answers a repeat with its stored outcome)."""
+        request = wallet_pb2.SpendCoinsBatchRequest(
+            spends=[
+                wallet_pb2.SpendCoinsRequest(
+                    request_id=ask.request_id, account_id=ask.account_id, coins=ask.coins, reference=ask.reference
+                )
+                for ask in asks
+            ]
         )
         try:
-            response = await self._stub.SpendCoins(request, metadata=self._metadata(), timeout=self._timeout_seconds)
+            response = await self._stub.SpendCoinsBatch(
+                request, metadata=self._metadata(), timeout=self._timeout_seconds
+            )
         except grpc.aio.AioRpcError as error:
-            refusal = from_rpc_error(error)
-            if refusal is not None and domain.is_final_wallet_refusal(refusal):
-                raise WalletRefused(refusal) from None
-            raise _wallet_unavailable("SpendCoins", error) from None
-        return Spend(response.transaction_id, response.balance.coins, response.paid_coins, response.bonus_coins)
+            raise _wallet_unavailable("SpendCoinsBatch", error) from None
+        assert len(response.outcomes) == len(asks), f"{len(response.outcomes)} outcomes for {len(asks)} spends"
+        return [_spend_or_refusal(outcome) for outcome in response.outcomes]
+
+
+def _spend_or_refusal(outcome: wallet_pb2.SpendCoinsOutcome) -> Spend | AppError:
+    if outcome.HasField("spent"):
+        spent = outcome.spent
+        return Spend(spent.transaction_id, spent.balance.coins, spent.paid_coins, spent.bonus_coins)
+    refusal = outcome.refused
+    code = grpc.StatusCode[refusal.code] if refusal.code in grpc.StatusCode.__members__ else grpc.StatusCode.UNKNOWN
+    return AppError(code, refusal.reason, refusal.message)
 
 
 def _wallet_unavailable(method: str, error: grpc.aio.AioRpcError) -> AppError:

@@ -92,9 +92,11 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         return await asyncio.shield(future)
 
     def predicted_wait_seconds(self) -> float:
-        """How long a new item would wait before its batch starts: what is left of the oldest running batch, plus
-        one batch duration for every full batch queued ahead of it."""
-        if len(self._running) < self._max_concurrent_batches:
+        """How long a new item would wait before its batch starts, counted only once a full batch is already
+        queued: until then the next batch takes every queued item, so a refusal would save nothing (and one slow
+        batch alone must not refuse anyone). Then: what is left of the oldest running batch, plus one batch
+        duration for every full batch queued ahead."""
+        if len(self._queue) < self._max_batch_size:
             return 0.0
         estimate = self._batch_seconds_estimate
         oldest_started = min(self._batch_started_at, default=time.perf_counter())

@@ -26,11 +26,11 @@ class RuntimeSettings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     shutdown_grace_seconds: float = 10.0
     # Unary RPCs handled at once per process; beyond it calls are shed with RESOURCE_EXHAUSTED / RATE_LIMITED.
-    max_in_flight_unary_rpcs: int = Field(default=1000, ge=1)
+    max_in_flight_unary_rpcs: int = Field(default=1000, ge=0)
     # Hot paths (SendGift, SpendCoins) work in batches: up to batch_max_size items per batch, up to
     # batch_max_in_flight batches at once; a call that would wait in the queue longer than
     # admission_queue_budget_seconds is refused at once with RESOURCE_EXHAUSTED / RATE_LIMITED.
-    batch_max_size: int = Field(default=500, ge=1, le=1000)
+    batch_max_size: int = Field(default=200, ge=1, le=1000)
     batch_max_in_flight: int = Field(default=2, ge=1, le=16)
     admission_queue_budget_seconds: float = Field(default=0.05, gt=0)
 

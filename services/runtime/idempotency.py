@@ -159,6 +159,17 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> Stor
     return _stored(row)
 
 
+async def load_many(conn: asyncpg.Connection | asyncpg.Pool, request_ids: list[str]) -> dict[str, StoredRequest]:
+    """load() for many requests in one statement."""
+    rows = await conn.fetch(
+        "SELECT request_id, resource_id, response, error_code, error_reason, error_message, error_field_violations"
+        " FROM idempotency_keys WHERE request_id = ANY($1::text[])",
+        request_ids,
+    )
+    assert len(rows) == len(set(request_ids)), f"idempotency keys missing among {request_ids}"
+    return {row["request_id"]: _stored(row) for row in rows}
+
+
 def _stored(row: asyncpg.Record) -> StoredRequest:
     error = None
     if row["error_code"] is not None:

@@ -1,0 +1,324 @@
+"""SendGift, a saga around the wallet (like the wallet's own purchases around the payment provider), run in batches:
+concurrent SendGift calls join a batch (runtime MicroBatcher), and each step is paid once per batch.
+
+  1. one transaction: claim every request_id of the batch in one statement (replays answered, gifts a crash left
+     in flight resumed), check the rules, record the accepted gifts as pending;
+  2. one wallet call (SpendCoinsBatch): each gift's spend under request_id "gift:<gift_transaction_id>", the same
+     on every attempt, with its own outcome;
+  3. one transaction: complete the paid gifts (combo counts decided under the combos' row locks), bump stream
+     counters and leaderboards once per row, queue every GiftSent in one insert, store every response — and fail
+     the gifts the wallet refused for good, storing the refusal.
+
+A crash or a wallet outage between 1 and 3 leaves the gifts pending; a retry with the same request_id or the
+recovery pass resumes them at step 2, and the wallet answers a repeated spend with its stored outcome. A batch is one
+transaction per step, so a crash loses a whole step of a batch or none of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+from coinstream.events.v1 import events_pb2
+from coinstream.gifts.v1 import gifts_pb2
+
+from services.gifts import domain, store
+from services.gifts.wallet_client import Spend, SpendAsk, WalletClient
+from services.runtime import idempotency
+from services.runtime.batching import BatchPolicy, MicroBatcher
+from services.runtime.errors import AppError, request_id_reused, unavailable
+from services.runtime.faults import crash_point
+from services.runtime.messaging import GIFT_SENT_SUBJECT
+
+log = structlog.get_logger()
+
+Outcome = gifts_pb2.SendGiftResponse | AppError
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+class GiftSaga:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        wallet: WalletClient,
+        policy: BatchPolicy,
+        on_event_queued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._pool = pool
+        self._wallet = wallet
+        # Wakes the outbox relay so GiftSent goes out at once rather than at its next poll.
+        self._on_event_queued = on_event_queued
+        self._batcher: MicroBatcher[gifts_pb2.SendGiftRequest, gifts_pb2.SendGiftResponse] = MicroBatcher(
+            "send_gift", self._send_batch, policy
+        )
+
+    async def send(self, request: gifts_pb2.SendGiftRequest) -> gifts_pb2.SendGiftResponse:
+        return await self._batcher.submit(request)
+
+    async def _send_batch(self, requests: list[gifts_pb2.SendGiftRequest]) -> list[Outcome]:
+        # One request_id twice in a batch (a client retrying early): the first is sent, the repeats get its
+        # outcome — or REQUEST_ID_REUSED when they ask something else.
+        firsts: dict[str, gifts_pb2.SendGiftRequest] = {}
+        for request in requests:
+            firsts.setdefault(request.request_id, request)
+        outcomes, to_pay = await self._record_intents(list(firsts.values()))
+        crash_point("gifts.after_gift_recorded")
+        outcomes.update(await self.complete(to_pay))
+        return [outcomes[r.request_id] if r == firsts[r.request_id] else request_id_reused() for r in requests]
+
+    async def _record_intents(
+        self, requests: list[gifts_pb2.SendGiftRequest]
+    ) -> tuple[dict[str, Outcome], list[store.GiftRow]]:
+        """Step 1: the outcomes already known (replays, refusals) and the pending gifts to pay."""
+        claims = [
+            idempotency.Claim(r.request_id, "SendGift", idempotency.request_hash("SendGift", r)) for r in requests
+        ]
+        outcomes: dict[str, Outcome] = {}
+        in_flight: list[str] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            earlier = await idempotency.claim_many(conn, claims)
+            for request_id, stored in earlier.items():
+                if isinstance(stored, idempotency.StoredRequest) and stored.in_flight:
+                    assert stored.resource_id is not None, f"SendGift {request_id} in flight without a gift"
+                    in_flight.append(stored.resource_id)
+                else:
+                    outcomes[request_id] = _replayed(stored)
+            fresh = [request for request in requests if request.request_id not in earlier]
+            new_gifts, refusals = await _check_new_gifts(conn, fresh) if fresh else ([], {})
+            if new_gifts:
+                await store.insert_pending_gifts(conn, new_gifts)
+            await idempotency.record_many(
+                conn,
+                [idempotency.Outcome(rid, error=refusal) for rid, refusal in refusals.items()]
+                + [idempotency.Outcome(g.request_id, resource_id=g.gift_transaction_id) for g in new_gifts],
+            )
+            resumed = await store.get_gift_transactions(conn, in_flight) if in_flight else {}
+        outcomes.update(refusals)
+        return outcomes, [*new_gifts, *resumed.values()]
+
+    async def complete(self, gifts: list[store.GiftRow]) -> dict[str, Outcome]:
+        """Resumes gifts wherever they stand and returns each one's outcome by request_id. Safe to run concurrently
+        with itself (a retry, another batch, the recovery pass): the wallet and the gift row locks decide once."""
+        pending = [gift for gift in gifts if gift.status is domain.GiftStatus.PENDING]
+        outcomes: dict[str, Outcome] = {}
+        if pending:
+            payments = await self._pay(pending)
+            crash_point("gifts.after_wallet_debit")
+            outcomes = await self._settle(list(zip(pending, payments, strict=True)))
+        # Finished earlier, or concurrently by someone else: answered from what that left behind.
+        finished_elsewhere = [gift.request_id for gift in gifts if gift.request_id not in outcomes]
+        if finished_elsewhere:
+            stored = await idempotency.load_many(self._pool, finished_elsewhere)
+            outcomes.update({request_id: _replayed(stored[request_id]) for request_id in finished_elsewhere})
+        return outcomes
+
+    async def _pay(self, gifts: list[store.GiftRow]) -> list[Spend | AppError]:
+        """Step 2: one wallet call. An unknown outcome (the wallet down, a deadline) is an error for every gift."""
+        asks = [
+            SpendAsk(spend_key, gift.sender_id, gift.coins, spend_key)
+            for gift in gifts
+            for spend_key in [domain.wallet_spend_request_id(gift.gift_transaction_id)]
+        ]
+        try:
+            return await self._wallet.spend_batch(asks)
+        except AppError as unknown:
+            return [unknown] * len(gifts)
+
+    async def _settle(self, payments: list[tuple[store.GiftRow, Spend | AppError]]) -> dict[str, Outcome]:
+        """Step 3: completes paid gifts and fails refused ones in one transaction. Gifts whose payment is still
+        unknown stay pending and get WALLET_UNAVAILABLE (retry with the same request_id)."""
+        outcomes: dict[str, Outcome] = {}
+        decided: list[tuple[store.GiftRow, Spend | AppError]] = []
+        for gift, payment in payments:
+            if isinstance(payment, AppError) and not domain.is_final_wallet_refusal(payment):
+                outcomes[gift.request_id] = _payment_unknown(gift, payment)
+            else:
+                decided.append((gift, payment))
+        if not decided:
+            return outcomes
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Locked first (in id order): a gift a concurrent retry or recovery pass finished meanwhile drops out.
+            still_pending = await store.lock_pending_gifts(conn, [gift.gift_transaction_id for gift, _ in decided])
+            decided = [(gift, payment) for gift, payment in decided if gift.gift_transaction_id in still_pending]
+            paid = [(gift, payment) for gift, payment in decided if isinstance(payment, Spend)]
+            refused = [(gift, payment) for gift, payment in decided if isinstance(payment, AppError)]
+            settled = await _complete_paid_gifts(conn, paid) if paid else {}
+            if refused:
+                await store.fail_gifts(conn, [(gift.gift_transaction_id, refusal.reason) for gift, refusal in refused])
+                settled.update({gift.request_id: refusal for gift, refusal in refused})
+            await idempotency.record_many(conn, [_stored_outcome(rid, outcome) for rid, outcome in settled.items()])
+        if paid:
+            self._on_event_queued()
+        return outcomes | settled
+
+    async def recover_pending(self, older_than_seconds: float, batch_size: int = 100) -> int:
+        """Finishes gifts a crash or a wallet outage left pending, one batch per pass. Returns how many it found."""
+        gift_transaction_ids = await store.stale_pending_gifts(self._pool, older_than_seconds, batch_size)
+        if gift_transaction_ids:
+            gifts = await store.get_gift_transactions(self._pool, gift_transaction_ids)
+            outcomes = await self.complete(list(gifts.values()))
+            unresolved = sum(1 for o in outcomes.values() if isinstance(o, AppError) and not o.is_outcome)
+            log.info("recovery_pass", kind="gift", resumed=len(gift_transaction_ids), unresolved=unresolved)
+        return len(gift_transaction_ids)
+
+
+async def _check_new_gifts(
+    conn: asyncpg.Connection, requests: list[gifts_pb2.SendGiftRequest]
+) -> tuple[list[store.GiftRow], dict[str, AppError]]:
+    """The rules for each new request: a pending gift to record, or a refusal."""
+    streams = await store.get_streams(conn, sorted({request.stream_id for request in requests}))
+    catalog = await store.get_active_gifts(conn, sorted({request.gift_id for request in requests}))
+    gifts: list[store.GiftRow] = []
+    refusals: dict[str, AppError] = {}
+    for request in requests:
+        try:
+            stream, gift = domain.require_giftable(
+                streams.get(request.stream_id),
+                request.stream_id,
+                catalog.get(request.gift_id),
+                request.gift_id,
+                request.sender_id,
+            )
+        except AppError as refusal:
+            refusals[request.request_id] = refusal
+            continue
+        gifts.append(pending_gift(request, stream, gift))
+    return gifts, refusals
+
+
+def pending_gift(
+    request: gifts_pb2.SendGiftRequest, stream: domain.LiveStream, gift: domain.CatalogGift
+) -> store.GiftRow:
+    return store.GiftRow(
+        gift_transaction_id=new_id("gtx"),
+        request_id=request.request_id,
+        sender_id=request.sender_id,
+        recipient_id=stream.creator_id,
+        stream_id=stream.stream_id,
+        gift_id=gift.gift_id,
+        quantity=request.quantity,
+        coin_price=gift.coin_price,
+        coins=domain.gift_coins(gift.coin_price, request.quantity),
+        status=domain.GiftStatus.PENDING,
+        wallet_transaction_id=None,
+        sender_balance_coins=None,
+    )
+
+
+async def _complete_paid_gifts(conn: asyncpg.Connection, paid: list[tuple[store.GiftRow, Spend]]) -> dict[str, Outcome]:
+    """Locks in one order in every batch (gifts, streams, combos, leaderboards, stream counters), so completions
+    never deadlock; each hot row is written once per batch."""
+    await store.lock_streams_for_gifts(conn, [gift.stream_id for gift, _ in paid])
+    keys = [domain.ComboKey(gift.stream_id, gift.sender_id, gift.gift_id) for gift, _ in paid]
+    combos = await store.lock_combos(conn, keys)
+    # Stamped after the combo locks, so the gifts of one combo are stamped in the order they are counted.
+    sent_at = datetime.now(UTC)
+    combo_counts, new_combos = domain.assign_combo_counts(keys, combos, sent_at)
+    gifts = [
+        completed_gift(gift, spend, combo_count) for (gift, spend), combo_count in zip(paid, combo_counts, strict=True)
+    ]
+    await store.complete_gifts(conn, gifts, sent_at)
+    await store.save_combos(conn, new_combos)
+    await _count_gifts(conn, gifts, sent_at)
+    return {
+        gift.request_id: gifts_pb2.SendGiftResponse(
+            gift=gift_message(gift), sender_balance_coins=gift.sender_balance_coins
+        )
+        for gift in gifts
+    }
+
+
+async def _count_gifts(conn: asyncpg.Connection, gifts: list[store.GiftRow], sent_at: datetime) -> None:
+    """The counters completed gifts feed (leaderboards, stream summaries) and their GiftSent events. The outbox rows
+    come after the stream totals: their ids are taken under those rows' locks, so one stream's events are
+    numbered — and published by the relay — in the order their gifts commit, which is the order live feeds show."""
+    counted = [domain.CountedGift(g.stream_id, g.recipient_id, g.sender_id, g.coins) for g in gifts]
+    await store.add_to_gifter_totals(conn, domain.leaderboard_increments(counted, sent_at))
+    await store.add_to_stream_counters(
+        conn, domain.stream_gifter_increments(counted), domain.stream_total_increments(counted)
+    )
+    await store.insert_outbox_events(
+        conn,
+        [
+            store.OutboxRow(
+                gift.gift_transaction_id,
+                GIFT_SENT_SUBJECT,
+                gift_sent_event(gift, sent_at).SerializeToString(),
+                gift.gift_transaction_id,
+            )
+            for gift in gifts
+        ],
+    )
+
+
+def _replayed(stored: idempotency.StoredRequest | AppError) -> Outcome:
+    if isinstance(stored, AppError):
+        return stored
+    try:
+        return idempotency.replay(stored, gifts_pb2.SendGiftResponse)
+    except AppError as error:
+        return error
+
+
+def _stored_outcome(request_id: str, outcome: Outcome) -> idempotency.Outcome:
+    if isinstance(outcome, AppError):
+        return idempotency.Outcome(request_id, error=outcome)
+    return idempotency.Outcome(request_id, response=outcome)
+
+
+def _payment_unknown(gift: store.GiftRow, error: AppError) -> AppError:
+    if error.reason != "WALLET_UNAVAILABLE":  # a per-spend answer we cannot call final: worth a look
+        log.warning("wallet_spend_unresolved", gift_transaction_id=gift.gift_transaction_id, reason=error.reason)
+    return unavailable("WALLET_UNAVAILABLE", "the wallet did not answer; retry with the same request_id")
+
+
+def completed_gift(pending: store.GiftRow, spend: Spend, combo_count: int) -> store.GiftRow:
+    assert spend.balance_coins >= 0, f"wallet returned a negative balance for {pending.gift_transaction_id}"
+    paid_coins, bonus_coins = domain.payment_split(pending.coins, spend.paid_coins, spend.bonus_coins)
+    return dataclasses.replace(
+        pending,
+        status=domain.GiftStatus.COMPLETED,
+        wallet_transaction_id=spend.wallet_transaction_id,
+        sender_balance_coins=spend.balance_coins,
+        paid_coins=paid_coins,
+        bonus_coins=bonus_coins,
+        combo_count=combo_count,
+    )
+
+
+def gift_message(gift: store.GiftRow) -> gifts_pb2.GiftTransaction:
+    return gifts_pb2.GiftTransaction(
+        gift_transaction_id=gift.gift_transaction_id,
+        sender_id=gift.sender_id,
+        recipient_id=gift.recipient_id,
+        stream_id=gift.stream_id,
+        gift_id=gift.gift_id,
+        quantity=gift.quantity,
+        coins=gift.coins,
+        combo_count=gift.combo_count,
+    )
+
+
+def gift_sent_event(gift: store.GiftRow, sent_at: datetime) -> events_pb2.GiftSent:
+    assert gift.wallet_transaction_id is not None, f"{gift.gift_transaction_id} is not paid"
+    event = events_pb2.GiftSent(
+        gift_transaction_id=gift.gift_transaction_id,
+        sender_id=gift.sender_id,
+        recipient_id=gift.recipient_id,
+        stream_id=gift.stream_id,
+        gift_id=gift.gift_id,
+        quantity=gift.quantity,
+        coins=gift.coins,
+        wallet_transaction_id=gift.wallet_transaction_id,
+        paid_coins=gift.paid_coins,
+        bonus_coins=gift.bonus_coins,
+        combo_count=gift.combo_count,
+    )
+    event.sent_at.FromDatetime(sent_at)
+    return event
