@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
+import uvloop
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
 from services.gifts.config import GiftsSettings
@@ -62,4 +62,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())

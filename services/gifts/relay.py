@@ -18,6 +18,7 @@ import asyncpg
 import nats.errors
 import structlog
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from services.gifts import store
 from services.runtime.faults import crash_point
@@ -55,32 +56,48 @@ class OutboxRelay:
             await asyncio.wait_for(self._wakeup.wait(), self._interval_seconds)
 
     async def publish_batch(self) -> tuple[int, bool]:
-        """Publishes up to BATCH_SIZE events in outbox order; returns (how many, whether NATS failed)."""
-        published_ids: list[int] = []
-        failed = False
+        """Publishes up to BATCH_SIZE events in outbox order, all of them in flight at once; returns (how many were
+        acknowledged, whether NATS failed)."""
         async with self._pool.acquire() as conn, conn.transaction():
             if not await store.try_lock_relay(conn):
                 return 0, False  # another replica is relaying; it also picks up our events on its next round
-            for event in await store.lock_outbox_batch(conn, BATCH_SIZE):
-                try:
-                    await self._publish(event)
-                except (nats.errors.Error, TimeoutError, OSError) as error:
-                    # Keep the row (and the order): it goes out on a later round.
-                    log.warning("gift_event_publish_failed", msg_id=event.msg_id, error=repr(error))
-                    failed = True
-                    break
-                published_ids.append(event.outbox_id)
-            if published_ids:
+            events = await store.lock_outbox_batch(conn, BATCH_SIZE)
+            acknowledged = await self._publish(events) if events else 0
+            if acknowledged:
                 crash_point("gifts.after_events_published")
-                await store.delete_outbox_events(conn, published_ids)
-        return len(published_ids), failed
+                await store.delete_outbox_events(conn, [event.outbox_id for event in events[:acknowledged]])
+        return acknowledged, acknowledged < len(events)
 
-    async def _publish(self, event: store.OutboxEvent) -> None:
-        ack = await self._js.publish(
-            event.subject,
-            event.payload,
-            timeout=PUBLISH_TIMEOUT_SECONDS,
-            headers={"Nats-Msg-Id": event.msg_id},
-        )
-        if ack.duplicate:
-            log.info("gift_event_already_published", msg_id=event.msg_id, seq=ack.seq)
+    async def _publish(self, events: list[store.OutboxEvent]) -> int:
+        """Sends every event before awaiting any acknowledgement (one connection keeps them in order); returns how
+        many leading events JetStream acknowledged. From the first failure on, the rows stay and go out again on a
+        later round (a repeat of one that was stored after all is dropped by its Nats-Msg-Id)."""
+        pending: list[asyncio.Future[PubAck]] = []
+        try:
+            for event in events:
+                pending.append(
+                    await self._js.publish_async(
+                        event.subject,
+                        event.payload,
+                        headers={"Nats-Msg-Id": event.msg_id},
+                        wait_stall=PUBLISH_TIMEOUT_SECONDS,
+                    )
+                )
+            await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), PUBLISH_TIMEOUT_SECONDS)
+        except (nats.errors.Error, TimeoutError, OSError) as error:
+            log.warning("gift_events_publish_failed", events=len(events), sent=len(pending), error=repr(error))
+        acknowledged = 0
+        for event, future in zip(events, pending, strict=False):
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                log.warning("gift_event_publish_failed", msg_id=event.msg_id, error=_failure(future))
+                break
+            if future.result().duplicate:
+                log.info("gift_event_already_published", msg_id=event.msg_id, seq=future.result().seq)
+            acknowledged += 1
+        return acknowledged
+
+
+def _failure(future: asyncio.Future[PubAck]) -> str:
+    if not future.done() or future.cancelled():
+        return "no acknowledgement in time"
+    return repr(future.exception())

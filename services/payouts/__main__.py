@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
+import uvloop
 from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
 
 from services.payouts.config import PayoutsSettings
@@ -82,4 +82,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())

@@ -47,6 +47,12 @@ def set_current_principal(principal: Principal) -> contextvars.Token[Principal]:
     return _current_principal.set(principal)
 
 
+# Verified tokens are remembered until they expire: a backend sends the same token with every call, and checking
+# its signature each time was a visible share of a call's CPU. Bounded, so a flood of distinct tokens costs memory
+# only up to this many entries (the oldest are forgotten first).
+VERIFIED_TOKEN_CACHE_SIZE = 10_000
+
+
 class TokenVerifier:
     def __init__(self, settings: RuntimeSettings) -> None:
         self._algorithm = settings.auth_algorithm
@@ -55,8 +61,23 @@ class TokenVerifier:
             if settings.auth_algorithm == "RS256"
             else settings.auth_secret.get_secret_value()
         )
+        # authorization header -> (principal, expiry in epoch seconds); insertion-ordered, oldest first.
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def verify(self, authorization: str | None) -> Principal:
+        cached = self._verified.get(authorization or "")
+        if cached is not None:
+            principal, expires_at = cached
+            if time.time() < expires_at:
+                return principal
+            del self._verified[authorization or ""]
+        principal, expires_at = self._verify_signed(authorization)
+        if len(self._verified) >= VERIFIED_TOKEN_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[authorization or ""] = (principal, expires_at)
+        return principal
+
+    def _verify_signed(self, authorization: str | None) -> tuple[Principal, float]:
         if not authorization:
             raise unauthenticated("missing authorization metadata (expected 'Bearer <JWT>')")
         scheme, _, token = authorization.partition(" ")
@@ -76,7 +97,7 @@ class TokenVerifier:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise unauthenticated("token sub must be a non-empty string")
-        return Principal(subject=subject, roles=frozenset(roles))
+        return Principal(subject=subject, roles=frozenset(roles)), float(claims["exp"])
 
 
 def mint_token(secret: str, subject: str, roles: list[str], ttl_seconds: int = 3600) -> str:

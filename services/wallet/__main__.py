@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
+import uvloop
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.runtime.recovery import repeat_forever
@@ -44,4 +44,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())
