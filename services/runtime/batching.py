@@ -71,7 +71,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._max_concurrent_batches = policy.max_concurrent_batches
         self._queue_budget_seconds = policy.queue_budget_seconds
         self._queue: deque[_Pending[ItemT, ResultT]] = deque()
-        self._running: set[asyncio.Task[None]] = set()
+        # Batches in flight, counted by _drain itself: it stops counting in the same step in which it finds the
+        # queue empty, so an item queued right after is never left without a batch to take it.
+        self._draining = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._batch_started_at: list[float] = []
         self._batch_seconds_estimate = 0.0
 
@@ -85,10 +88,11 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         # A caller that stopped waiting never reads its outcome; reading it here keeps asyncio from warning.
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._queue.append(_Pending(item, future))
-        if len(self._running) < self._max_concurrent_batches:
+        if self._draining < self._max_concurrent_batches:
+            self._draining += 1
             task = asyncio.create_task(self._drain(), name=f"batch:{self._name}")
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._tasks.add(task)  # a reference, so the task is not garbage-collected while it runs
+            task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(future)
 
     def predicted_wait_seconds(self) -> float:
@@ -106,6 +110,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
 
     async def _drain(self) -> None:
         """Runs batches until the queue is empty; each running drain is one batch in flight."""
+        try:
+            await self._drain_queue()
+        finally:
+            self._draining -= 1
+
+    async def _drain_queue(self) -> None:
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self._max_batch_size, len(self._queue)))]
             started = time.perf_counter()
@@ -124,12 +134,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     async def _run(self, batch: list[_Pending[ItemT, ResultT]]) -> Sequence[Outcome[ResultT]]:
         try:
             outcomes = await self._process([pending.item for pending in batch])
+            assert len(outcomes) == len(batch), f"{self._name}: {len(outcomes)} outcomes for {len(batch)} items"
+            return outcomes
         except Exception as error:  # the whole batch failed: every caller gets the failure
             if not isinstance(error, AppError):
                 log.exception("batch_failed", batcher=self._name, size=len(batch))
             return [error] * len(batch)
-        assert len(outcomes) == len(batch), f"{self._name}: {len(outcomes)} outcomes for {len(batch)} items"
-        return outcomes
 
 
 def _settle(future: asyncio.Future[ResultT], outcome: Outcome[ResultT]) -> None:
