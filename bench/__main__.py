@@ -312,6 +312,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "seconds": (datetime.now(UTC) - started_at).total_seconds(),
         "plan": plan.__dict__,
         "cpus": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
         "python": sys.version.split()[0],
         "call_timeout_seconds": load.CALL_TIMEOUT_SECONDS,
         **code_version(args.repo),
