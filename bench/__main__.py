@@ -332,7 +332,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="about 20 s of load on a smaller setup")
     parser.add_argument("--seconds-per-scenario", type=float, help="shorten every scenario to about this long")
     parser.add_argument("--fans", type=int, help="funded fans (full 10,000, quick 500)")
