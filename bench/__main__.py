@@ -286,7 +286,10 @@ def run_bench(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="coinstream-bench-"))
     root.chmod(0o755)  # the unprivileged postgres user must reach its data directory
     # Durable like `make run` (fsync on); the services keep their defaults but for ports, URLs and the secret.
-    stack = new_stack(root, durable=True, base_env={"COINSTREAM_AUTH_SECRET": AUTH_SECRET}, code_root=args.repo)
+    settings = dict(setting.split("=", 1) for setting in args.set)
+    stack = new_stack(
+        root, durable=True, base_env={**settings, "COINSTREAM_AUTH_SECRET": AUTH_SECRET}, code_root=args.repo
+    )
     started_at = datetime.now(UTC)
     results: dict[str, Any] = {}
     try:
@@ -315,6 +318,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "load_average_at_end": os.getloadavg(),
         "python": sys.version.split()[0],
         "call_timeout_seconds": load.CALL_TIMEOUT_SECONDS,
+        "service_settings": settings,
         **code_version(args.repo),
     }
     report.add_ratios(results)
@@ -341,6 +345,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "bench" / "results")
     parser.add_argument("--name", help="file name of the results (default: the UTC start time)")
     parser.add_argument("--keep-data", action="store_true", help="keep the stack's data folder and service logs")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="COINSTREAM_NAME=VALUE",
+        help="a service setting for this run, e.g. --set COINSTREAM_BATCH_MAX_SIZE=100 (repeatable)",
+    )
     args = parser.parse_args(argv)
     args.repo = args.repo.resolve()
     if not (args.repo / "services").is_dir():

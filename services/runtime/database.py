@@ -26,6 +26,10 @@ def new_pool(settings: RuntimeSettings) -> asyncpg.Pool:
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
         command_timeout=settings.db_command_timeout_seconds,
+        # asyncpg's default reset (RESET ALL, CLOSE ALL, UNLISTEN *, pg_advisory_unlock_all()) costs a round trip
+        # on every release. Our connections keep no session state to reset: settings are SET LOCAL, advisory locks
+        # are transaction-level or released in a finally; an open transaction is still rolled back by asyncpg.
+        reset=_keep_session,
         server_settings={
             "application_name": f"coinstream-{settings.service_name}",
             # A transaction held open across a network call (outbox relay, payout provider) must not hold its
@@ -33,6 +37,10 @@ def new_pool(settings: RuntimeSettings) -> asyncpg.Pool:
             "idle_in_transaction_session_timeout": str(int(settings.db_idle_in_transaction_timeout_seconds * 1000)),
         },
     )
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    return None
 
 
 async def open_pool(pool: asyncpg.Pool, settings: RuntimeSettings) -> None:
