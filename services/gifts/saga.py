@@ -29,7 +29,7 @@ from services.gifts import domain, store
 from services.gifts.wallet_client import Spend, SpendAsk, WalletClient
 from services.runtime import idempotency
 from services.runtime.batching import BatchPolicy, MicroBatcher
-from services.runtime.errors import AppError, request_id_reused, unavailable
+from services.runtime.errors import AppError, failed_precondition, request_id_reused, unavailable
 from services.runtime.faults import crash_point
 from services.runtime.messaging import GIFT_SENT_SUBJECT
 
@@ -75,32 +75,35 @@ class GiftSaga:
     async def _record_intents(
         self, requests: list[gifts_pb2.SendGiftRequest]
     ) -> tuple[dict[str, Outcome], list[store.GiftRow]]:
-        """Step 1: the outcomes already known (replays, refusals) and the pending gifts to pay."""
+        """Step 1: the outcomes already known (replays, refusals) and the pending gifts to pay. Two round trips: the
+        reads the rules need, then one statement that claims every request_id and records the accepted gifts."""
+        context = await store.read_gift_context(
+            self._pool,
+            sorted({request.stream_id for request in requests}),
+            sorted({request.gift_id for request in requests}),
+            [request.request_id for request in requests],
+        )
+        outcomes, to_pay = _answer_from_earlier_gifts(requests, context.earlier_gifts)
+        requests = [request for request in requests if request.request_id not in context.earlier_gifts]
+        new_gifts, refusals = _check_new_gifts(requests, context)
         claims = [
             idempotency.Claim(r.request_id, "SendGift", idempotency.request_hash("SendGift", r)) for r in requests
         ]
-        outcomes: dict[str, Outcome] = {}
+        decided = [idempotency.Outcome(rid, error=refusal) for rid, refusal in refusals.items()]
+        decided += [idempotency.Outcome(g.request_id, resource_id=g.gift_transaction_id) for g in new_gifts]
+        claimed = await store.claim_and_record_pending_gifts(self._pool, claims, decided, new_gifts)
+        outcomes.update({rid: refusal for rid, refusal in refusals.items() if rid in claimed})
+        to_pay += [gift for gift in new_gifts if gift.request_id in claimed]
         in_flight: list[str] = []
-        async with self._pool.acquire() as conn, conn.transaction():
-            earlier = await idempotency.claim_many(conn, claims)
-            for request_id, stored in earlier.items():
-                if isinstance(stored, idempotency.StoredRequest) and stored.in_flight:
-                    assert stored.resource_id is not None, f"SendGift {request_id} in flight without a gift"
-                    in_flight.append(stored.resource_id)
-                else:
-                    outcomes[request_id] = _replayed(stored)
-            fresh = [request for request in requests if request.request_id not in earlier]
-            new_gifts, refusals = await _check_new_gifts(conn, fresh) if fresh else ([], {})
-            if new_gifts:
-                await store.insert_pending_gifts(conn, new_gifts)
-            await idempotency.record_many(
-                conn,
-                [idempotency.Outcome(rid, error=refusal) for rid, refusal in refusals.items()]
-                + [idempotency.Outcome(g.request_id, resource_id=g.gift_transaction_id) for g in new_gifts],
-            )
-            resumed = await store.get_gift_transactions(conn, in_flight) if in_flight else {}
-        outcomes.update(refusals)
-        return outcomes, [*new_gifts, *resumed.values()]
+        for request_id, stored in (await idempotency.earlier_outcomes(self._pool, claims, claimed)).items():
+            if isinstance(stored, idempotency.StoredRequest) and stored.in_flight:
+                assert stored.resource_id is not None, f"SendGift {request_id} in flight without a gift"
+                in_flight.append(stored.resource_id)
+            else:
+                outcomes[request_id] = _replayed(stored)
+        if in_flight:
+            to_pay += (await store.get_gift_transactions(self._pool, in_flight)).values()
+        return outcomes, to_pay
 
     async def complete(self, gifts: list[store.GiftRow]) -> dict[str, Outcome]:
         """Resumes gifts wherever they stand and returns each one's outcome by request_id. Safe to run concurrently
@@ -144,15 +147,15 @@ class GiftSaga:
             return outcomes
         async with self._pool.acquire() as conn, conn.transaction():
             # Locked first (in id order): a gift a concurrent retry or recovery pass finished meanwhile drops out.
-            still_pending = await store.lock_pending_gifts(conn, [gift.gift_transaction_id for gift, _ in decided])
+            still_pending = await store.lock_pending_gifts(
+                conn,
+                [gift.gift_transaction_id for gift, _ in decided],
+                [gift.stream_id for gift, payment in decided if isinstance(payment, Spend)],
+            )
             decided = [(gift, payment) for gift, payment in decided if gift.gift_transaction_id in still_pending]
             paid = [(gift, payment) for gift, payment in decided if isinstance(payment, Spend)]
             refused = [(gift, payment) for gift, payment in decided if isinstance(payment, AppError)]
-            settled = await _complete_paid_gifts(conn, paid) if paid else {}
-            if refused:
-                await store.fail_gifts(conn, [(gift.gift_transaction_id, refusal.reason) for gift, refusal in refused])
-                settled.update({gift.request_id: refusal for gift, refusal in refused})
-            await idempotency.record_many(conn, [_stored_outcome(rid, outcome) for rid, outcome in settled.items()])
+            settled = await _complete_paid_gifts(conn, paid, refused)
         if paid:
             self._on_event_queued()
         return outcomes | settled
@@ -168,20 +171,18 @@ class GiftSaga:
         return len(gift_transaction_ids)
 
 
-async def _check_new_gifts(
-    conn: asyncpg.Connection, requests: list[gifts_pb2.SendGiftRequest]
+def _check_new_gifts(
+    requests: list[gifts_pb2.SendGiftRequest], context: store.GiftContext
 ) -> tuple[list[store.GiftRow], dict[str, AppError]]:
     """The rules for each new request: a pending gift to record, or a refusal."""
-    streams = await store.get_streams(conn, sorted({request.stream_id for request in requests}))
-    catalog = await store.get_active_gifts(conn, sorted({request.gift_id for request in requests}))
     gifts: list[store.GiftRow] = []
     refusals: dict[str, AppError] = {}
     for request in requests:
         try:
             stream, gift = domain.require_giftable(
-                streams.get(request.stream_id),
+                context.streams.get(request.stream_id),
                 request.stream_id,
-                catalog.get(request.gift_id),
+                context.catalog.get(request.gift_id),
                 request.gift_id,
                 request.sender_id,
             )
@@ -190,6 +191,42 @@ async def _check_new_gifts(
             continue
         gifts.append(pending_gift(request, stream, gift))
     return gifts, refusals
+
+
+def _answer_from_earlier_gifts(
+    requests: list[gifts_pb2.SendGiftRequest], earlier: dict[str, store.GiftRow]
+) -> tuple[dict[str, Outcome], list[store.GiftRow]]:
+    """Requests whose gift outlived their idempotency key (a retry days later) are answered from the gift itself —
+    a pending one is resumed — rather than recorded again (and never as a failure of the whole batch)."""
+    outcomes: dict[str, Outcome] = {}
+    to_resume: list[store.GiftRow] = []
+    for request in requests:
+        gift = earlier.get(request.request_id)
+        if gift is None:
+            continue
+        same = (gift.sender_id, gift.stream_id, gift.gift_id, gift.quantity) == (
+            request.sender_id,
+            request.stream_id,
+            request.gift_id,
+            request.quantity,
+        )
+        if not same:
+            outcomes[request.request_id] = request_id_reused()
+        elif gift.status is domain.GiftStatus.PENDING:
+            to_resume.append(gift)
+        else:
+            outcomes[request.request_id] = _outcome_of_finished_gift(gift)
+    return outcomes, to_resume
+
+
+def _outcome_of_finished_gift(gift: store.GiftRow) -> Outcome:
+    if gift.status is domain.GiftStatus.FAILED:
+        return failed_precondition(gift.failure_reason or "GIFT_FAILED", "this gift was refused when first sent")
+    return _sent(gift)
+
+
+def _sent(gift: store.GiftRow) -> gifts_pb2.SendGiftResponse:
+    return gifts_pb2.SendGiftResponse(gift=gift_message(gift), sender_balance_coins=gift.sender_balance_coins)
 
 
 def pending_gift(
@@ -211,27 +248,40 @@ def pending_gift(
     )
 
 
-async def _complete_paid_gifts(conn: asyncpg.Connection, paid: list[tuple[store.GiftRow, Spend]]) -> dict[str, Outcome]:
-    """Locks in one order in every batch (gifts, streams, combos, leaderboards, stream counters), so completions
-    never deadlock; each hot row is written once per batch."""
-    await store.lock_streams_for_gifts(conn, [gift.stream_id for gift, _ in paid])
+async def _complete_paid_gifts(
+    conn: asyncpg.Connection,
+    paid: list[tuple[store.GiftRow, Spend]],
+    refused: list[tuple[store.GiftRow, AppError]],
+) -> dict[str, Outcome]:
+    """Completes the paid gifts and fails the refused ones (all locked pending by the caller). Locks in one order
+    in every batch (gifts and streams, combos, leaderboards, stream counters), so completions never deadlock; each
+    hot row is written once per batch."""
     keys = [domain.ComboKey(gift.stream_id, gift.sender_id, gift.gift_id) for gift, _ in paid]
-    combos = await store.lock_combos(conn, keys)
+    combos = await store.lock_combos(conn, keys) if paid else {}
     # Stamped after the combo locks, so the gifts of one combo are stamped in the order they are counted.
     sent_at = datetime.now(UTC)
     combo_counts, new_combos = domain.assign_combo_counts(keys, combos, sent_at)
     gifts = [
         completed_gift(gift, spend, combo_count) for (gift, spend), combo_count in zip(paid, combo_counts, strict=True)
     ]
-    await store.complete_gifts(conn, gifts, sent_at)
-    await store.save_combos(conn, new_combos)
-    await _count_gifts(conn, gifts, sent_at)
-    return {
+    outcomes: dict[str, Outcome] = {
         gift.request_id: gifts_pb2.SendGiftResponse(
             gift=gift_message(gift), sender_balance_coins=gift.sender_balance_coins
         )
         for gift in gifts
     }
+    outcomes.update({gift.request_id: refusal for gift, refusal in refused})
+    await store.finish_gifts(
+        conn,
+        gifts,
+        sent_at,
+        new_combos,
+        [(gift.gift_transaction_id, refusal.reason) for gift, refusal in refused],
+        [_stored_outcome(request_id, outcome) for request_id, outcome in outcomes.items()],
+    )
+    if gifts:
+        await _count_gifts(conn, gifts, sent_at)
+    return outcomes
 
 
 async def _count_gifts(conn: asyncpg.Connection, gifts: list[store.GiftRow], sent_at: datetime) -> None:

@@ -18,6 +18,7 @@ from services.gifts.domain import (
     LiveStream,
     StreamStatus,
 )
+from services.runtime import idempotency
 
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
@@ -120,11 +121,12 @@ class GiftRow:
     paid_coins: int = 0
     bonus_coins: int = 0
     combo_count: int = 0
+    failure_reason: str | None = None
 
 
 GIFT_COLUMNS = (
     "gift_transaction_id, request_id, sender_id, recipient_id, stream_id, gift_id, quantity, coin_price, coins,"
-    " status, wallet_transaction_id, sender_balance_coins, paid_coins, bonus_coins, combo_count"
+    " status, wallet_transaction_id, sender_balance_coins, paid_coins, bonus_coins, combo_count, failure_reason"
 )
 
 
@@ -134,25 +136,63 @@ def _gift(row: asyncpg.Record) -> GiftRow:
     return GiftRow(**values)
 
 
-async def get_streams(conn: Executor, stream_ids: list[str]) -> dict[str, LiveStream]:
-    rows = await conn.fetch(f"SELECT {STREAM_COLUMNS} FROM live_streams WHERE stream_id = ANY($1::text[])", stream_ids)
-    return {row["stream_id"]: _stream(row) for row in rows}
+@dataclass(frozen=True)
+class GiftContext:
+    """What deciding new SendGift requests needs: their streams, their active catalog gifts, and the gifts already
+    recorded under their request_ids (a retry after the request's idempotency key expired)."""
+
+    streams: dict[str, LiveStream]
+    catalog: dict[str, CatalogGift]
+    earlier_gifts: dict[str, GiftRow]
 
 
-async def get_active_gifts(conn: Executor, gift_ids: list[str]) -> dict[str, CatalogGift]:
+async def read_gift_context(
+    conn: Executor, stream_ids: list[str], gift_ids: list[str], request_ids: list[str]
+) -> GiftContext:
+    """One round trip for the three reads."""
     rows = await conn.fetch(
-        "SELECT gift_id, name, coin_price FROM gift_catalog WHERE gift_id = ANY($1::text[]) AND active", gift_ids
+        "SELECT 'stream' AS kind, stream_id AS id, creator_id, title, status, NULL AS name, NULL::bigint AS coin_price"
+        " FROM live_streams WHERE stream_id = ANY($1::text[])"
+        " UNION ALL"
+        " SELECT 'gift', gift_id, NULL, NULL, NULL, name, coin_price FROM gift_catalog"
+        " WHERE gift_id = ANY($2::text[]) AND active"
+        " UNION ALL"
+        " SELECT 'earlier', gift_transaction_id, NULL, NULL, NULL, NULL, NULL FROM gift_transactions"
+        " WHERE request_id = ANY($3::text[])",
+        stream_ids,
+        gift_ids,
+        request_ids,
     )
-    return {row["gift_id"]: CatalogGift(**dict(row)) for row in rows}
+    streams, catalog, earlier_ids = {}, {}, []
+    for row in rows:
+        if row["kind"] == "stream":
+            streams[row["id"]] = LiveStream(row["id"], row["creator_id"], row["title"], StreamStatus(row["status"]))
+        elif row["kind"] == "gift":
+            catalog[row["id"]] = CatalogGift(row["id"], row["name"], row["coin_price"])
+        else:
+            earlier_ids.append(row["id"])
+    earlier = await get_gift_transactions(conn, earlier_ids) if earlier_ids else {}
+    return GiftContext(streams, catalog, {gift.request_id: gift for gift in earlier.values()})
 
 
-async def insert_pending_gifts(conn: asyncpg.Connection, gifts: list[GiftRow]) -> None:
-    """Records new gifts as pending, in one statement."""
-    await conn.execute(
-        "INSERT INTO gift_transactions (gift_transaction_id, request_id, sender_id, recipient_id, stream_id, gift_id,"
-        " quantity, coin_price, coins, status)"
-        " SELECT *, 'pending' FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
-        " $7::integer[], $8::bigint[], $9::bigint[])",
+async def claim_and_record_pending_gifts(
+    conn: Executor, claims: list[idempotency.Claim], decided: list[idempotency.Outcome], gifts: list[GiftRow]
+) -> set[str]:
+    """One statement, so one atomic step without a transaction of our own: claims every request_id (a refusal is
+    stored with its key, an accepted request with its gift as the key's resource) and records as pending the gifts
+    of the requests that got their key. Returns those request_ids; the others were made before."""
+    claim = idempotency.claim_statement(claims, decided, first_param=10)
+    rows = await conn.fetch(
+        f"WITH claimed AS ({claim.sql})"
+        " , recorded AS ("
+        "  INSERT INTO gift_transactions (gift_transaction_id, request_id, sender_id, recipient_id, stream_id,"
+        "   gift_id, quantity, coin_price, coins, status)"
+        "  SELECT g.*, 'pending' FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
+        "   $7::integer[], $8::bigint[], $9::bigint[])"
+        "   AS g (gift_transaction_id, request_id, sender_id, recipient_id, stream_id, gift_id, quantity, coin_price,"
+        "         coins)"
+        "  WHERE g.request_id IN (SELECT request_id FROM claimed))"
+        " SELECT request_id FROM claimed",
         *_columns(
             gifts,
             "gift_transaction_id",
@@ -165,7 +205,9 @@ async def insert_pending_gifts(conn: asyncpg.Connection, gifts: list[GiftRow]) -
             "coin_price",
             "coins",
         ),
+        *claim.args,
     )
+    return {row["request_id"] for row in rows}
 
 
 def _columns(rows: list[GiftRow], *names: str) -> list[list[object]]:
@@ -181,30 +223,60 @@ async def get_gift_transactions(conn: Executor, gift_transaction_ids: list[str])
     return {row["gift_transaction_id"]: _gift(row) for row in rows}
 
 
-async def lock_pending_gifts(conn: asyncpg.Connection, gift_transaction_ids: list[str]) -> set[str]:
-    """Locks those of these gifts that are still pending (in id order) and returns their ids: a gift that a
-    concurrent batch, retry or recovery pass finished first is left alone."""
+async def lock_pending_gifts(
+    conn: asyncpg.Connection, gift_transaction_ids: list[str], stream_ids: list[str]
+) -> set[str]:
+    """Locks those of these gifts that are still pending (in id order) and returns their ids — a gift that a
+    concurrent batch, retry or recovery pass finished first is left alone — and shares their streams with other
+    completing gifts but not with EndLiveStream (FOR UPDATE): a gift completing while its stream ends is either
+    committed before the end, its GiftSent queued before StreamEnded, or after it."""
     rows = await conn.fetch(
-        "SELECT gift_transaction_id FROM gift_transactions WHERE gift_transaction_id = ANY($1::text[])"
-        " AND status = 'pending' ORDER BY gift_transaction_id FOR UPDATE",
+        "WITH streams AS ("
+        "  SELECT stream_id FROM live_streams WHERE stream_id = ANY($2::text[]) ORDER BY stream_id FOR KEY SHARE)"
+        " SELECT gift_transaction_id FROM gift_transactions WHERE gift_transaction_id = ANY($1::text[])"
+        " AND status = 'pending' AND (SELECT count(*) FROM streams) >= 0"
+        " ORDER BY gift_transaction_id FOR UPDATE",
         gift_transaction_ids,
+        sorted(set(stream_ids)),
     )
     return {row["gift_transaction_id"] for row in rows}
 
 
-async def complete_gifts(conn: asyncpg.Connection, gifts: list[GiftRow], finished_at: datetime) -> None:
-    """Stores the completion fields (payment, combo) of these locked pending gifts, in one statement."""
-    assert all(gift.status is GiftStatus.COMPLETED for gift in gifts), "complete_gifts() takes completed gifts"
-    updated = await conn.execute(
-        "UPDATE gift_transactions AS g SET status = 'completed', wallet_transaction_id = c.wallet_transaction_id,"
-        " sender_balance_coins = c.sender_balance_coins, paid_coins = c.paid_coins, bonus_coins = c.bonus_coins,"
-        " combo_count = c.combo_count, finished_at = $7, updated_at = now()"
-        " FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::integer[])"
-        "  AS c (gift_transaction_id, wallet_transaction_id, sender_balance_coins, paid_coins, bonus_coins,"
-        "        combo_count)"
-        " WHERE g.gift_transaction_id = c.gift_transaction_id AND g.status = 'pending'",
+async def finish_gifts(
+    conn: asyncpg.Connection,
+    completed: list[GiftRow],
+    finished_at: datetime,
+    combos: dict[ComboKey, ComboState],
+    failures: list[tuple[str, str]],
+    outcomes: list[idempotency.Outcome],
+) -> None:
+    """One statement for rows this transaction has locked already: the completed gifts (payment, combo), their
+    combos' new state, the failed gifts (gift_transaction_id, failure_reason), and every request's stored outcome."""
+    assert all(gift.status is GiftStatus.COMPLETED for gift in completed), "finish_gifts() takes completed gifts"
+    keys = sorted(combos)
+    recorded = idempotency.record_statement(outcomes, first_param=16)
+    row = await conn.fetchrow(
+        "WITH completed AS ("
+        "  UPDATE gift_transactions AS g SET status = 'completed', wallet_transaction_id = c.wallet_transaction_id,"
+        "   sender_balance_coins = c.sender_balance_coins, paid_coins = c.paid_coins, bonus_coins = c.bonus_coins,"
+        "   combo_count = c.combo_count, finished_at = $7, updated_at = now()"
+        "  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::integer[])"
+        "   AS c (gift_transaction_id, wallet_transaction_id, sender_balance_coins, paid_coins, bonus_coins,"
+        "         combo_count)"
+        "  WHERE g.gift_transaction_id = c.gift_transaction_id AND g.status = 'pending' RETURNING 1"
+        " ), combos AS ("
+        "  UPDATE gift_combos AS c SET last_sent_at = n.last_sent_at, combo_count = n.combo_count"
+        "  FROM unnest($8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::integer[])"
+        "   AS n (stream_id, sender_id, gift_id, last_sent_at, combo_count)"
+        "  WHERE (c.stream_id, c.sender_id, c.gift_id) = (n.stream_id, n.sender_id, n.gift_id)"
+        " ), failed AS ("
+        "  UPDATE gift_transactions AS g SET status = 'failed', failure_reason = f.reason, finished_at = now(),"
+        "   updated_at = now() FROM unnest($13::text[], $14::text[]) AS f (gift_transaction_id, reason)"
+        "  WHERE g.gift_transaction_id = f.gift_transaction_id AND g.status = $15 RETURNING 1"
+        f" ), outcomes AS ({recorded.sql})"
+        " SELECT (SELECT count(*) FROM completed) AS completed, (SELECT count(*) FROM failed) AS failed",
         *_columns(
-            gifts,
+            completed,
             "gift_transaction_id",
             "wallet_transaction_id",
             "sender_balance_coins",
@@ -213,20 +285,18 @@ async def complete_gifts(conn: asyncpg.Connection, gifts: list[GiftRow], finishe
             "combo_count",
         ),
         finished_at,
-    )
-    assert updated == f"UPDATE {len(gifts)}", f"{updated}: some of {len(gifts)} gifts were not pending"
-
-
-async def fail_gifts(conn: asyncpg.Connection, failures: list[tuple[str, str]]) -> None:
-    """Fails these locked pending gifts: (gift_transaction_id, failure_reason) each, in one statement."""
-    updated = await conn.execute(
-        "UPDATE gift_transactions AS g SET status = 'failed', failure_reason = f.reason, finished_at = now(),"
-        " updated_at = now() FROM unnest($1::text[], $2::text[]) AS f (gift_transaction_id, reason)"
-        " WHERE g.gift_transaction_id = f.gift_transaction_id AND g.status = 'pending'",
+        [key.stream_id for key in keys],
+        [key.sender_id for key in keys],
+        [key.gift_id for key in keys],
+        [combos[key].last_sent_at for key in keys],
+        [combos[key].combo_count for key in keys],
         [gift_transaction_id for gift_transaction_id, _ in failures],
         [reason for _, reason in failures],
+        GiftStatus.PENDING.value,
+        *recorded.args,
     )
-    assert updated == f"UPDATE {len(failures)}", f"{updated}: some of {len(failures)} gifts were not pending"
+    # The gifts were locked as pending by this transaction: anything else is a bug, and rolls everything back.
+    assert (row["completed"], row["failed"]) == (len(completed), len(failures)), f"{dict(row)}: gifts not pending"
 
 
 async def stale_pending_gifts(pool: asyncpg.Pool, older_than_seconds: float, limit: int) -> list[str]:
@@ -307,21 +377,6 @@ async def lock_combos(conn: asyncpg.Connection, keys: list[ComboKey]) -> dict[Co
     }
 
 
-async def save_combos(conn: asyncpg.Connection, combos: dict[ComboKey, ComboState]) -> None:
-    keys = sorted(combos)
-    await conn.execute(
-        "UPDATE gift_combos AS c SET last_sent_at = n.last_sent_at, combo_count = n.combo_count"
-        " FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::integer[])"
-        "  AS n (stream_id, sender_id, gift_id, last_sent_at, combo_count)"
-        " WHERE (c.stream_id, c.sender_id, c.gift_id) = (n.stream_id, n.sender_id, n.gift_id)",
-        [key.stream_id for key in keys],
-        [key.sender_id for key in keys],
-        [key.gift_id for key in keys],
-        [combos[key].last_sent_at for key in keys],
-        [combos[key].combo_count for key in keys],
-    )
-
-
 async def add_to_gifter_totals(conn: asyncpg.Connection, increments: list[LeaderboardIncrement]) -> None:
     """A batch's completed gifts on their creators' leaderboards: one row per (creator, period, sender), written
     once and in key order, so concurrent batches never deadlock."""
@@ -389,15 +444,6 @@ RELAY_LOCK_KEY = 0x67696674  # "gift"
 async def try_lock_relay(conn: asyncpg.Connection) -> bool:
     """Whether this transaction is now the only relay (the lock ends with the transaction)."""
     return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY))
-
-
-async def lock_streams_for_gifts(conn: asyncpg.Connection, stream_ids: list[str]) -> None:
-    """Shares the streams with other completing gifts but not with EndLiveStream (FOR UPDATE): a gift completing
-    while its stream ends is either committed before the end, its GiftSent queued before StreamEnded, or after it."""
-    await conn.execute(
-        "SELECT 1 FROM live_streams WHERE stream_id = ANY($1::text[]) ORDER BY stream_id FOR KEY SHARE",
-        sorted(set(stream_ids)),
-    )
 
 
 @dataclass(frozen=True)

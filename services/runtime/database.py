@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -16,6 +17,19 @@ RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x636F696E  # "coin"
 
 log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Statement:
+    """SQL with its arguments, for a caller to run alone or as a CTE of a statement of its own (one round trip)."""
+
+    sql: str
+    args: list[object]
+
+
+def placeholders(first: int, count: int) -> list[str]:
+    """$first, $first+1, …: the parameters of a Statement that starts at parameter number `first`."""
+    return [f"${first + index}" for index in range(count)]
 
 
 def new_pool(settings: RuntimeSettings) -> asyncpg.Pool:

@@ -15,6 +15,7 @@ import asyncpg
 import grpc
 from google.protobuf.message import Message
 
+from services.runtime.database import Statement, placeholders
 from services.runtime.errors import AppError, FieldViolation, request_id_reused
 
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -74,26 +75,67 @@ class Claim:
     hashed: bytes
 
 
-async def claim_many(conn: asyncpg.Connection, claims: list[Claim]) -> dict[str, StoredRequest | AppError]:
-    """claim() for a batch in one statement: the requests absent from the answer now own their keys; for the others,
-    what the earlier request left behind, or REQUEST_ID_REUSED (as an AppError value) when it asked something else.
-    Keys are taken in request_id order, so two batches never wait on each other's keys in a cycle."""
+def claim_statement(claims: list[Claim], decided: list[Outcome] | None = None, first_param: int = 1) -> Statement:
+    """INSERT … RETURNING request_id: takes every key not taken yet, in request_id order (so two batches never wait
+    on each other's keys in a cycle). A claim with an outcome in `decided` is stored already decided: a refusal, a
+    response, or the resource it now works on."""
     ordered = sorted(claims, key=lambda claim: claim.request_id)
     assert len({claim.request_id for claim in ordered}) == len(ordered), "a batch must not hold a request_id twice"
-    claimed = await conn.fetch(
-        "INSERT INTO idempotency_keys (request_id, method, request_hash)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ORDER BY 1"
+    outcomes = {outcome.request_id: outcome for outcome in decided or ()}
+    rows = [(claim, outcomes.get(claim.request_id, Outcome(claim.request_id))) for claim in ordered]
+    p = placeholders(first_param, 10)
+    return Statement(
+        "INSERT INTO idempotency_keys (request_id, method, request_hash, resource_id, response, error_code,"
+        " error_reason, error_message, error_field_violations, completed_at)"
+        " SELECT k.request_id, k.method, k.request_hash, k.resource_id, k.response, k.error_code, k.error_reason,"
+        "  k.error_message, k.violations::jsonb, CASE WHEN k.decided THEN now() END"
+        f" FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::bytea[], {p[3]}::text[], {p[4]}::bytea[],"
+        f"  {p[5]}::text[], {p[6]}::text[], {p[7]}::text[], {p[8]}::text[], {p[9]}::boolean[])"
+        "  AS k (request_id, method, request_hash, resource_id, response, error_code, error_reason, error_message,"
+        "        violations, decided)"
+        " ORDER BY k.request_id"
         " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-        [claim.request_id for claim in ordered],
-        [claim.method for claim in ordered],
-        [claim.hashed for claim in ordered],
+        [
+            [claim.request_id for claim, _ in rows],
+            [claim.method for claim, _ in rows],
+            [claim.hashed for claim, _ in rows],
+            *_outcome_columns([outcome for _, outcome in rows]),
+            [outcome.response is not None or outcome.error is not None for _, outcome in rows],
+        ],
     )
-    taken = {row["request_id"] for row in claimed}
-    earlier = [claim for claim in ordered if claim.request_id not in taken]
+
+
+def _outcome_columns(outcomes: list[Outcome]) -> list[list[object]]:
+    """resource_id, response, error code, reason, message and field violations (JSON), one array each."""
+    return [
+        [o.resource_id for o in outcomes],
+        [None if o.response is None else o.response.SerializeToString() for o in outcomes],
+        [None if o.error is None else o.error.code.name for o in outcomes],
+        [None if o.error is None else o.error.reason for o in outcomes],
+        [None if o.error is None else o.error.message for o in outcomes],
+        [None if o.error is None else _violations_json(o.error) for o in outcomes],
+    ]
+
+
+async def claim_many(conn: asyncpg.Connection, claims: list[Claim]) -> dict[str, StoredRequest | AppError]:
+    """claim() for a batch in one statement: the requests absent from the answer now own their keys; for the others,
+    what the earlier request left behind, or REQUEST_ID_REUSED (as an AppError value) when it asked something else."""
+    statement = claim_statement(claims)
+    claimed = {row["request_id"] for row in await conn.fetch(statement.sql, *statement.args)}
+    return await earlier_outcomes(conn, claims, claimed)
+
+
+async def earlier_outcomes(
+    conn: asyncpg.Connection | asyncpg.Pool, claims: list[Claim], claimed: set[str]
+) -> dict[str, StoredRequest | AppError]:
+    """For the claims that did not get their key: what the earlier request left behind (or REQUEST_ID_REUSED)."""
+    earlier = [claim for claim in claims if claim.request_id not in claimed]
     return await _stored_many(conn, earlier) if earlier else {}
 
 
-async def _stored_many(conn: asyncpg.Connection, claims: list[Claim]) -> dict[str, StoredRequest | AppError]:
+async def _stored_many(
+    conn: asyncpg.Connection | asyncpg.Pool, claims: list[Claim]
+) -> dict[str, StoredRequest | AppError]:
     rows = await conn.fetch(
         "SELECT request_id, request_hash, resource_id, response, error_code, error_reason, error_message,"
         " error_field_violations FROM idempotency_keys WHERE request_id = ANY($1::text[])",
@@ -119,28 +161,29 @@ class Outcome:
     resource_id: str | None = None
 
 
-async def record_many(conn: asyncpg.Connection, outcomes: list[Outcome]) -> None:
-    """record_response / record_error / set_resource for a batch, in one statement."""
-    if not outcomes:
-        return
+def record_statement(outcomes: list[Outcome], first_param: int = 1) -> Statement:
+    """UPDATE of claimed keys with their outcomes (a response, a final error, or the resource worked on)."""
     ordered = sorted(outcomes, key=lambda outcome: outcome.request_id)
-    await conn.execute(
+    p = placeholders(first_param, 7)
+    return Statement(
         "UPDATE idempotency_keys AS k SET"
         " resource_id = coalesce(o.resource_id, k.resource_id), response = o.response,"
         " error_code = o.error_code, error_reason = o.error_reason, error_message = o.error_message,"
         " error_field_violations = o.violations::jsonb,"
         " completed_at = CASE WHEN o.response IS NULL AND o.error_code IS NULL THEN NULL ELSE now() END"
-        " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[])"
+        f" FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::bytea[], {p[3]}::text[], {p[4]}::text[],"
+        f"  {p[5]}::text[], {p[6]}::text[])"
         "  AS o (request_id, resource_id, response, error_code, error_reason, error_message, violations)"
         " WHERE k.request_id = o.request_id",
-        [o.request_id for o in ordered],
-        [o.resource_id for o in ordered],
-        [None if o.response is None else o.response.SerializeToString() for o in ordered],
-        [None if o.error is None else o.error.code.name for o in ordered],
-        [None if o.error is None else o.error.reason for o in ordered],
-        [None if o.error is None else o.error.message for o in ordered],
-        [None if o.error is None else _violations_json(o.error) for o in ordered],
+        [[o.request_id for o in ordered], *_outcome_columns(ordered)],
     )
+
+
+async def record_many(conn: asyncpg.Connection, outcomes: list[Outcome]) -> None:
+    """record_response / record_error / set_resource for a batch, in one statement."""
+    if outcomes:
+        statement = record_statement(outcomes)
+        await conn.execute(statement.sql, *statement.args)
 
 
 def _violations_json(error: AppError) -> str:

@@ -158,35 +158,15 @@ class WalletService:
             idempotency.Claim(r.request_id, "SpendCoins", idempotency.request_hash("SpendCoins", r)) for r in requests
         ]
         async with self._pool.acquire() as conn, conn.transaction():
-            earlier = await idempotency.claim_many(conn, claims)
+            claimed, in_ledger = await store.claim_spends(conn, claims)
+            earlier = await idempotency.earlier_outcomes(conn, claims, claimed)
             outcomes = {request_id: _replayed_spend(stored) for request_id, stored in earlier.items()}
-            fresh = [request for request in requests if request.request_id not in earlier]
+            fresh = [request for request in requests if request.request_id in claimed]
             if fresh:
-                decided = await self._spend_fresh(conn, fresh)
-                await idempotency.record_many(conn, [_spend_outcome(rid, outcome) for rid, outcome in decided.items()])
-                outcomes.update(decided)
+                outcomes.update(await _spend_fresh(conn, fresh, in_ledger))
         return [outcomes[request.request_id] for request in requests]
 
-    async def _spend_fresh(
-        self, conn: asyncpg.Connection, requests: list[wallet_pb2.SpendCoinsRequest]
-    ) -> dict[str, wallet_pb2.SpendCoinsResponse | AppError]:
-        # The ledger outlives idempotency keys: a spend retried after its key expired (a gift left pending for
-        # days, say) must get its original answer, not be charged again or refused.
-        in_ledger = await store.spent_request_ids(conn, [request.request_id for request in requests])
-        outcomes: dict[str, wallet_pb2.SpendCoinsResponse | AppError] = {}
-        for request in requests:
-            if request.request_id in in_ledger:
-                earlier = await store.find_spend(conn, request.request_id, request.account_id)
-                assert earlier is not None, f"spend {request.request_id} of another account"
-                outcomes[request.request_id] = _spend_response(request.account_id, earlier)
-        asks = [
-            domain.SpendAsk(r.request_id, r.account_id, r.coins, r.reference)
-            for r in requests
-            if r.request_id not in in_ledger
-        ]
-        if asks:
-            outcomes.update(await _make_spends(conn, asks))
-        return outcomes
+    # --- giveaways ----------------------------------------------------------------------------------------------
 
     async def create_giveaway(self, request: wallet_pb2.CreateGiveawayRequest) -> wallet_pb2.CreateGiveawayResponse:
         """All winners are paid or none: one ledger transaction, one statement for the coins of all of them."""
@@ -476,15 +456,43 @@ async def _authorize_giveaway(
     return spender, domain.authorize_spend(spender, request.creator_id, total_coins)
 
 
-async def _make_spends(
-    conn: asyncpg.Connection, asks: list[domain.SpendAsk]
+async def _spend_fresh(
+    conn: asyncpg.Connection, requests: list[wallet_pb2.SpendCoinsRequest], in_ledger: set[str]
 ) -> dict[str, wallet_pb2.SpendCoinsResponse | AppError]:
-    """Decides and records new spends: every account's buckets locked (in id order) before they are read."""
+    """The outcomes of requests that just got their keys, stored with them."""
+    outcomes: dict[str, wallet_pb2.SpendCoinsResponse | AppError] = {}
+    for request in requests:
+        # The ledger outlives idempotency keys: a spend retried after its key expired (a gift left pending for
+        # days, say) must get its original answer, not be charged again or refused.
+        if request.request_id in in_ledger:
+            earlier = await store.find_spend(conn, request.request_id, request.account_id)
+            assert earlier is not None, f"spend {request.request_id} of another account"
+            outcomes[request.request_id] = _spend_response(request.account_id, earlier)
+    asks = [
+        domain.SpendAsk(r.request_id, r.account_id, r.coins, r.reference)
+        for r in requests
+        if r.request_id not in in_ledger
+    ]
+    new_spends = await _decide_spends(conn, asks, outcomes) if asks else []
+    stored = [_spend_outcome(request_id, outcome) for request_id, outcome in outcomes.items()]
+    if new_spends:
+        await store.record_spends(conn, new_spends, stored)
+    else:
+        await idempotency.record_many(conn, stored)
+    return outcomes
+
+
+async def _decide_spends(
+    conn: asyncpg.Connection,
+    asks: list[domain.SpendAsk],
+    outcomes: dict[str, wallet_pb2.SpendCoinsResponse | AppError],
+) -> list[store.NewSpend]:
+    """Decides new spends into outcomes and returns the ones to record: every account's buckets are locked (in id
+    order) before they are read."""
     account_ids = sorted({ask.account_id for ask in asks})
     await store.lock_buckets(conn, account_ids)
     spenders = await store.read_spenders(conn, account_ids)
     balances = {account_id: spender.balance for account_id, spender in spenders.items()}
-    outcomes: dict[str, wallet_pb2.SpendCoinsResponse | AppError] = {}
     new_spends: list[store.NewSpend] = []
     for ask, decision in zip(asks, domain.authorize_spends(asks, spenders), strict=True):
         if isinstance(decision, AppError):
@@ -505,9 +513,7 @@ async def _make_spends(
             paid_coins=decision.paid_coins,
             bonus_coins=decision.bonus_coins,
         )
-    if new_spends:
-        await store.record_spends(conn, new_spends)
-    return outcomes
+    return new_spends
 
 
 def _replayed_spend(stored: idempotency.StoredRequest | AppError) -> wallet_pb2.SpendCoinsResponse | AppError:

@@ -11,6 +11,7 @@ from datetime import datetime
 
 import asyncpg
 
+from services.runtime import idempotency
 from services.wallet.domain import (
     BONUS_SUFFIX,
     SPENDING_LIMIT_WINDOW,
@@ -206,12 +207,19 @@ async def read_spenders(conn: asyncpg.Connection, account_ids: list[str]) -> dic
     }
 
 
-async def spent_request_ids(conn: asyncpg.Connection, request_ids: list[str]) -> set[str]:
-    """Which of these request_ids already have a spend in the ledger (which outlives idempotency keys)."""
+async def claim_spends(conn: asyncpg.Connection, claims: list[idempotency.Claim]) -> tuple[set[str], set[str]]:
+    """One statement: claims the spends' keys (idempotency.claim_statement) and finds which request_ids already have
+    a spend in the ledger, which outlives idempotency keys. Returns (claimed, in the ledger)."""
+    claim = idempotency.claim_statement(claims, first_param=2)
     rows = await conn.fetch(
-        "SELECT request_id FROM transactions WHERE request_id = ANY($1::text[]) AND kind = 'spend'", request_ids
+        f"WITH claimed AS ({claim.sql})"
+        " SELECT request_id, true AS claimed FROM claimed"
+        " UNION ALL"
+        " SELECT request_id, false FROM transactions WHERE request_id = ANY($1::text[]) AND kind = 'spend'",
+        [c.request_id for c in claims],
+        *claim.args,
     )
-    return {row["request_id"] for row in rows}
+    return {r["request_id"] for r in rows if r["claimed"]}, {r["request_id"] for r in rows if not r["claimed"]}
 
 
 @dataclass(frozen=True)
@@ -223,11 +231,13 @@ class NewSpend:
     legs: list[Leg]
 
 
-async def record_spends(conn: asyncpg.Connection, spends: list[NewSpend]) -> None:
+async def record_spends(conn: asyncpg.Connection, spends: list[NewSpend], outcomes: list[idempotency.Outcome]) -> None:
     """One statement for a batch of spends: each user bucket moved once by the sum of its legs, the transactions,
-    and every posting in the batch's order with the balance after it. The caller holds the buckets' locks and
-    computed the balances from them; the bucket totals the database arrives at must agree, or nothing is written."""
+    every posting in the batch's order with the balance after it, and every request's outcome in its key. The
+    caller holds the buckets' locks and computed the balances from them; the bucket totals the database arrives at
+    must agree, or nothing is written."""
     legs = [(spend.transaction_id, leg) for spend in spends for leg in spend.legs]
+    recorded = idempotency.record_statement(outcomes, first_param=9)
     moved = await conn.fetch(
         """
         WITH legs AS (
@@ -250,7 +260,9 @@ async def record_spends(conn: asyncpg.Connection, spends: list[NewSpend]) -> Non
             INSERT INTO postings (transaction_id, ledger_account_id, coins_delta, balance_after, created_at)
             SELECT transaction_id, ledger_account_id, coins_delta, balance_after, statement_timestamp()
             FROM legs ORDER BY position
-        )
+        ), outcomes AS ("""
+        + recorded.sql
+        + """)
         SELECT ledger_account_id, coins FROM moved
         """,
         [transaction_id for transaction_id, _ in legs],
@@ -261,6 +273,7 @@ async def record_spends(conn: asyncpg.Connection, spends: list[NewSpend]) -> Non
         [spend.request_id for spend in spends],
         [spend.account_id for spend in spends],
         [spend.reference for spend in spends],
+        *recorded.args,
     )
     expected = {leg.ledger_account_id: leg.balance_after for _, leg in legs if leg.balance_after is not None}
     actual = {row["ledger_account_id"]: row["coins"] for row in moved}
