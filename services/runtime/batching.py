@@ -34,8 +34,6 @@ BATCH_SIZE = Histogram(
 )
 BATCH_SECONDS = Histogram("coinstream_batch_seconds", "Time to process one batch", ["batcher"])
 SHED_TOTAL = Counter("coinstream_batch_shed_total", "Items refused because they would wait too long", ["batcher"])
-# How quickly the batch duration estimate follows changes in load.
-DURATION_SMOOTHING = 0.2
 
 log = structlog.get_logger()
 
@@ -55,6 +53,7 @@ class BatchPolicy:
 class _Pending(Generic[ItemT, ResultT]):
     item: ItemT
     future: asyncio.Future[ResultT]
+    enqueued_at: float
 
 
 class MicroBatcher(Generic[ItemT, ResultT]):
@@ -75,8 +74,6 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         # queue empty, so an item queued right after is never left without a batch to take it.
         self._draining = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._batch_started_at: list[float] = []
-        self._batch_seconds_estimate = 0.0
 
     async def submit(self, item: ItemT) -> ResultT:
         """The item's outcome once its batch is done. The item is processed even if the caller stops waiting
@@ -87,7 +84,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
         # A caller that stopped waiting never reads its outcome; reading it here keeps asyncio from warning.
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
-        self._queue.append(_Pending(item, future))
+        self._queue.append(_Pending(item, future, time.perf_counter()))
         if self._draining < self._max_concurrent_batches:
             self._draining += 1
             task = asyncio.create_task(self._drain(), name=f"batch:{self._name}")
@@ -96,17 +93,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         return await asyncio.shield(future)
 
     def predicted_wait_seconds(self) -> float:
-        """How long a new item would wait before its batch starts, counted only once a full batch is already
-        queued: until then the next batch takes every queued item, so a refusal would save nothing (and one slow
-        batch alone must not refuse anyone). Then: what is left of the oldest running batch, plus one batch
-        duration for every full batch queued ahead."""
-        if len(self._queue) < self._max_batch_size:
+        """How long the oldest queued item has waited so far: a new item queued behind it waits at least as long.
+        Past the budget the queue is standing rather than draining — every slot busy for longer than the budget —
+        and new items are refused until a batch takes the head away."""
+        if not self._queue:
             return 0.0
-        estimate = self._batch_seconds_estimate
-        oldest_started = min(self._batch_started_at, default=time.perf_counter())
-        remaining = max(0.0, estimate - (time.perf_counter() - oldest_started))
-        batches_ahead = len(self._queue) // self._max_batch_size
-        return remaining + batches_ahead * estimate / self._max_concurrent_batches
+        return time.perf_counter() - self._queue[0].enqueued_at
 
     async def _drain(self) -> None:
         """Runs batches until the queue is empty; each running drain is one batch in flight."""
@@ -119,13 +111,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self._max_batch_size, len(self._queue)))]
             started = time.perf_counter()
-            self._batch_started_at.append(started)
-            try:
-                outcomes = await self._run(batch)
-            finally:
-                self._batch_started_at.remove(started)
+            outcomes = await self._run(batch)
             elapsed = time.perf_counter() - started
-            self._batch_seconds_estimate += DURATION_SMOOTHING * (elapsed - self._batch_seconds_estimate)
             BATCH_SIZE.labels(self._name).observe(len(batch))
             BATCH_SECONDS.labels(self._name).observe(elapsed)
             for pending, outcome in zip(batch, outcomes, strict=True):
@@ -149,3 +136,22 @@ def _settle(future: asyncio.Future[ResultT], outcome: Outcome[ResultT]) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+
+
+class LoopLag:
+    """How late the event loop runs a timer, smoothed. When the process is short of CPU, every call waits about
+    this long before any handler sees it, so admission refuses calls while it exceeds the queueing budget."""
+
+    INTERVAL_SECONDS = 0.01
+    SMOOTHING = 0.3
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(self.INTERVAL_SECONDS)
+            lag = max(0.0, loop.time() - started - self.INTERVAL_SECONDS)
+            self.seconds += self.SMOOTHING * (lag - self.seconds)

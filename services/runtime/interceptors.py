@@ -13,6 +13,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from services.runtime.auth import TokenVerifier, set_current_principal
+from services.runtime.batching import LoopLag, overloaded
 from services.runtime.errors import AppError, unavailable
 
 # Health checks and reflection must work without a token (probes, grpcurl).
@@ -25,10 +26,21 @@ log = structlog.get_logger()
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, verifier: TokenVerifier, is_ready: Callable[[], bool], max_in_flight_unary: int) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        is_ready: Callable[[], bool],
+        max_in_flight_unary: int,
+        loop_lag: LoopLag,
+        queue_budget_seconds: float,
+    ) -> None:
         # Overload shedding with the contract's answer (RESOURCE_EXHAUSTED, RATE_LIMITED) rather than a queue that
-        # grows until every call times out. Streams (live feeds) have limits of their own.
+        # grows until every call times out: when calls wait too long for the event loop (the process is short of
+        # CPU), and beyond a count of calls in flight. Streams (live feeds) have limits of their own; the batched
+        # hot paths also refuse what would wait too long in their queues.
         self._max_in_flight_unary = max_in_flight_unary
+        self._loop_lag = loop_lag
+        self._queue_budget_seconds = queue_budget_seconds
         self._in_flight_unary = 0
         self._verifier = verifier
         self._is_ready = is_ready
@@ -68,8 +80,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             structlog.contextvars.bind_contextvars(method=method, request_id=getattr(request, "request_id", None))
             self._in_flight_unary += 1
             try:
-                if self._in_flight_unary > self._max_in_flight_unary:
-                    raise AppError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "server overloaded; retry later")
+                if (
+                    self._in_flight_unary > self._max_in_flight_unary
+                    or self._loop_lag.seconds > self._queue_budget_seconds
+                ):
+                    raise overloaded()
                 self._admit(authorization)
                 return await behavior(request, context)
             except asyncio.CancelledError:

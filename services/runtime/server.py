@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 
 from services.runtime import database, idempotency, messaging
 from services.runtime.auth import TokenVerifier
+from services.runtime.batching import LoopLag
 from services.runtime.config import RuntimeSettings
 from services.runtime.faults import enable_fault_points
 from services.runtime.interceptors import ServiceInterceptor
@@ -68,10 +69,16 @@ class ServiceRuntime:
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
         self._workers: dict[str, Worker] = {}
+        self._loop_lag = LoopLag()
+        interceptor = ServiceInterceptor(
+            TokenVerifier(settings),
+            lambda: self._ready,
+            settings.max_in_flight_unary_rpcs,
+            self._loop_lag,
+            settings.admission_queue_budget_seconds,
+        )
         self._server = grpc.aio.server(
-            interceptors=[
-                ServiceInterceptor(TokenVerifier(settings), lambda: self._ready, settings.max_in_flight_unary_rpcs)
-            ],
+            interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -131,6 +138,7 @@ class ServiceRuntime:
                 asyncio.create_task(self._supervise(name, worker), name=name) for name, worker in self._workers.items()
             ]
             tasks.append(asyncio.create_task(self._watch_readiness(), name="readiness"))
+            tasks.append(asyncio.create_task(self._loop_lag.run_forever(), name="loop_lag"))
             self._ready = True
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("service_ready", services=self._service_names)
