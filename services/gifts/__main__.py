@@ -32,7 +32,7 @@ async def main() -> None:
         settings.gifts_feed_watcher_queue_size,
         settings.gifts_feed_stuck_watcher_grace_seconds,
     )
-    runtime.on_startup(lambda: feed.subscribe(nc))
+    feed.use(nc)
     wallet = WalletClient(
         settings.gifts_wallet_address,
         ServiceToken(settings.gifts_wallet_token.get_secret_value(), settings.auth_secret.get_secret_value()),

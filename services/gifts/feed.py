@@ -1,5 +1,6 @@
 """The live gift feed: one core-NATS subscription per process fans GiftSent and StreamEnded out to the watchers of
-each stream, in the order the relay published them.
+each stream, in the order the relay published them. The subscription exists while the process has watchers (and a
+minute after the last one left), so a process nobody watches through receives no events.
 
 Core NATS, not a JetStream consumer: JetStream publishes reach core subscribers too, and a consumer would hold
 messages in the interest-retention GIFTS stream. One subscription for both subjects keeps their order (nats-py
@@ -14,16 +15,19 @@ hub drops gift ids it already routed to a stream."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 
+import nats.errors
 import structlog
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from services.gifts import domain
 from services.runtime.messaging import GIFT_SENT_SUBJECT
@@ -38,6 +42,10 @@ DEDUP_IDS_PER_STREAM = 1_000
 SUBSCRIPTION_PENDING_MESSAGES = 65_536
 SUBSCRIPTION_PENDING_BYTES = 64 * 1024 * 1024
 CONNECTION_CHECK_INTERVAL_SECONDS = 1.0
+# The subscription is kept this long after the last watcher left, so a watcher coming and going does not make the
+# server add and drop interest over and over.
+IDLE_SUBSCRIPTION_SECONDS = 60.0
+SUBSCRIBE_TIMEOUT_SECONDS = 5.0
 
 
 def gift_event(sent: events_pb2.GiftSent) -> gifts_pb2.WatchStreamGiftsResponse:
@@ -147,16 +155,32 @@ class GiftFeed:
         self._recent: dict[str, _RecentIds] = {}
         self._watcher_count = 0
         self._nats: NatsClient | None = None
+        self._subscription: Subscription | None = None
+        self._subscribing = asyncio.Lock()
+        self._idle_since = time.monotonic()
 
-    async def subscribe(self, nc: NatsClient) -> None:
-        """Startup step: the subscription exists before the service says SERVING (nats-py renews it on reconnect)."""
+    def use(self, nc: NatsClient) -> None:
+        """The connection to subscribe on, once someone watches (until then the process receives no events: every
+        gift of every stream would otherwise cost NATS and this process a delivery for nobody)."""
         self._nats = nc
-        await nc.subscribe(
-            FEED_SUBJECTS,
-            cb=self._on_message,
-            pending_msgs_limit=SUBSCRIPTION_PENDING_MESSAGES,
-            pending_bytes_limit=SUBSCRIPTION_PENDING_BYTES,
-        )
+
+    async def ensure_subscribed(self) -> None:
+        """Returns once NATS has registered the subscription (a flush after it), so every event published from
+        then on reaches the hub. nats-py renews the subscription after a reconnect."""
+        assert self._nats is not None, "use() first"
+        async with self._subscribing:
+            if self._subscription is None:
+                self._subscription = await self._nats.subscribe(
+                    FEED_SUBJECTS,
+                    cb=self._on_message,
+                    pending_msgs_limit=SUBSCRIPTION_PENDING_MESSAGES,
+                    pending_bytes_limit=SUBSCRIPTION_PENDING_BYTES,
+                )
+                log.info("gift_feed_subscribed")
+            try:
+                await self._nats.flush(timeout=SUBSCRIBE_TIMEOUT_SECONDS)
+            except (nats.errors.Error, TimeoutError):
+                raise domain.feed_interrupted() from None
 
     async def watch_connection(self) -> None:
         """Worker. Core NATS delivers nothing to a disconnected subscriber, so after a disconnection (another
@@ -170,6 +194,19 @@ class GiftFeed:
             if reconnects != seen_reconnects or not self._nats.is_connected:
                 self.interrupt_all()
             seen_reconnects = reconnects
+            await self._unsubscribe_when_idle()
+
+    async def _unsubscribe_when_idle(self) -> None:
+        async with self._subscribing:
+            idle_for = time.monotonic() - self._idle_since
+            if self._subscription is None or self._watcher_count or idle_for < IDLE_SUBSCRIPTION_SECONDS:
+                return
+            subscription, self._subscription = self._subscription, None
+        try:
+            await subscription.unsubscribe()
+            log.info("gift_feed_unsubscribed", idle_seconds=round(idle_for))
+        except nats.errors.Error as error:
+            log.warning("gift_feed_unsubscribe_failed", error=repr(error))
 
     def interrupt_all(self) -> None:
         if self._watcher_count:
@@ -202,6 +239,8 @@ class GiftFeed:
             if not watchers:
                 del self._watchers[stream_id]
                 del self._recent[stream_id]
+            if not self._watcher_count:
+                self._idle_since = time.monotonic()
 
     async def _on_message(self, msg: Msg) -> None:
         try:

@@ -128,6 +128,7 @@ class GiftService:
         before the stream is checked and before on_subscribed answers the caller, so no gift falls in between and
         an end racing the check still reaches it."""
         with self._feed.watch(stream_id) as watcher:
+            await self._feed.ensure_subscribed()
             domain.require_watchable(await store.get_stream(self._pool, stream_id), stream_id)
             await on_subscribed()
             while (event := await watcher.next()) is not None:

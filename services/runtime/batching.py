@@ -33,6 +33,8 @@ BATCH_SIZE = Histogram(
     "coinstream_batch_size", "Items per batch", ["batcher"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 )
 BATCH_SECONDS = Histogram("coinstream_batch_seconds", "Time to process one batch", ["batcher"])
+# How quickly the estimate of a batch's duration follows changes in load.
+DURATION_SMOOTHING = 0.2
 SHED_TOTAL = Counter("coinstream_batch_shed_total", "Items refused because they would wait too long", ["batcher"])
 
 log = structlog.get_logger()
@@ -74,6 +76,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         # queue empty, so an item queued right after is never left without a batch to take it.
         self._draining = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._batch_seconds_estimate = 0.0
 
     async def submit(self, item: ItemT) -> ResultT:
         """The item's outcome once its batch is done. The item is processed even if the caller stops waiting
@@ -94,11 +97,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
 
     def predicted_wait_seconds(self) -> float:
         """How long the oldest queued item has waited so far: a new item queued behind it waits at least as long.
-        Past the budget the queue is standing rather than draining — every slot busy for longer than the budget —
-        and new items are refused until a batch takes the head away."""
+        Up to one batch duration is the normal wait (the next batch takes the queue when the running one ends);
+        longer, the queue is standing — more arrives than batches carry away — and its wait is what counts."""
         if not self._queue:
             return 0.0
-        return time.perf_counter() - self._queue[0].enqueued_at
+        waited = time.perf_counter() - self._queue[0].enqueued_at
+        return waited if waited > self._batch_seconds_estimate else 0.0
 
     async def _drain(self) -> None:
         """Runs batches until the queue is empty; each running drain is one batch in flight."""
@@ -113,6 +117,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             started = time.perf_counter()
             outcomes = await self._run(batch)
             elapsed = time.perf_counter() - started
+            self._batch_seconds_estimate += DURATION_SMOOTHING * (elapsed - self._batch_seconds_estimate)
             BATCH_SIZE.labels(self._name).observe(len(batch))
             BATCH_SECONDS.labels(self._name).observe(elapsed)
             for pending, outcome in zip(batch, outcomes, strict=True):

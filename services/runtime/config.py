@@ -31,7 +31,7 @@ class RuntimeSettings(BaseSettings):
     # batch_max_in_flight batches at once; a call that would wait in the queue longer than
     # admission_queue_budget_seconds is refused at once with RESOURCE_EXHAUSTED / RATE_LIMITED.
     batch_max_size: int = Field(default=200, ge=1, le=1000)
-    batch_max_in_flight: int = Field(default=2, ge=1, le=16)
+    batch_max_in_flight: int = Field(default=1, ge=1, le=16)
     admission_queue_budget_seconds: float = Field(default=0.05, gt=0)
 
     db_pool_min_size: int = 2
