@@ -347,3 +347,74 @@ class TestFeedHub:
         feed.route(STREAM_ENDED_SUBJECT, stream_ended("nobody-watches"))
         feed.route("gifts.v1.something_new", b"\x00garbage")
         assert feed.watcher_count == 0
+
+
+# ---------------------------------------------------------------- a batch of completed gifts
+
+
+class TestBatchOfGifts:
+    ROSES = domain.ComboKey("str_1", SENDER, "rose")
+    HEARTS = domain.ComboKey("str_1", SENDER, "finger_heart")
+    OTHER_SENDER = domain.ComboKey("str_1", "sender-2", "rose")
+
+    def test_gifts_of_one_combo_in_a_batch_continue_each_other_in_order(self) -> None:
+        states = {
+            self.ROSES: domain.ComboState(None, 0),  # never sent
+            self.HEARTS: domain.ComboState(T0 - timedelta(seconds=5), 3),  # a combo still running
+            self.OTHER_SENDER: domain.ComboState(T0 - timedelta(seconds=11), 9),  # a combo that lapsed
+        }
+        keys = [self.ROSES, self.HEARTS, self.ROSES, self.OTHER_SENDER, self.ROSES, self.HEARTS, self.OTHER_SENDER]
+        counts, new_states = domain.assign_combo_counts(keys, states, T0)
+        assert counts == [1, 4, 2, 1, 3, 5, 2]
+        assert new_states == {
+            self.ROSES: domain.ComboState(T0, 3),
+            self.HEARTS: domain.ComboState(T0, 5),
+            self.OTHER_SENDER: domain.ComboState(T0, 2),
+        }
+        assert states[self.ROSES] == domain.ComboState(None, 0)  # the states read are left alone
+
+    def test_only_the_keys_of_the_batch_get_a_new_state(self) -> None:
+        states = {self.ROSES: domain.ComboState(None, 0), self.HEARTS: domain.ComboState(T0, 2)}
+        counts, new_states = domain.assign_combo_counts([self.ROSES], states, T0)
+        assert (counts, new_states) == ([1], {self.ROSES: domain.ComboState(T0, 1)})
+
+    def test_counters_are_summed_per_row_in_key_order(self) -> None:
+        gifts = [
+            domain.CountedGift("str_2", "creator-2", "sender-b", 5),
+            domain.CountedGift("str_1", CREATOR, "sender-b", 1),
+            domain.CountedGift("str_1", CREATOR, "sender-a", 30),
+            domain.CountedGift("str_1", CREATOR, "sender-b", 100),
+            domain.CountedGift("str_2", "creator-2", "sender-b", 1),
+        ]
+        assert domain.stream_gifter_increments(gifts) == [
+            ("str_1", "sender-a", 30),
+            ("str_1", "sender-b", 101),
+            ("str_2", "sender-b", 6),
+        ]
+        assert domain.stream_total_increments(gifts) == [("str_1", 131, 3), ("str_2", 6, 2)]
+
+    def test_leaderboards_get_one_increment_per_creator_period_and_sender(self) -> None:
+        gifts = [
+            domain.CountedGift("str_1", CREATOR, "sender-b", 1),
+            domain.CountedGift("str_2", "creator-0", "sender-b", 5),
+            domain.CountedGift("str_1", CREATOR, "sender-a", 30),
+            domain.CountedGift("str_1", CREATOR, "sender-b", 100),
+        ]
+        day, week, all_time = date(2026, 11, 25), date(2026, 11, 23), domain.ALL_TIME_START
+        period = domain.LeaderboardPeriod
+        assert domain.leaderboard_increments(gifts, T0) == [
+            domain.LeaderboardIncrement("creator-0", period.ALL_TIME, all_time, "sender-b", 5),
+            domain.LeaderboardIncrement("creator-0", period.DAY, day, "sender-b", 5),
+            domain.LeaderboardIncrement("creator-0", period.WEEK, week, "sender-b", 5),
+            domain.LeaderboardIncrement(CREATOR, period.ALL_TIME, all_time, "sender-a", 30),
+            domain.LeaderboardIncrement(CREATOR, period.ALL_TIME, all_time, "sender-b", 101),
+            domain.LeaderboardIncrement(CREATOR, period.DAY, day, "sender-a", 30),
+            domain.LeaderboardIncrement(CREATOR, period.DAY, day, "sender-b", 101),
+            domain.LeaderboardIncrement(CREATOR, period.WEEK, week, "sender-a", 30),
+            domain.LeaderboardIncrement(CREATOR, period.WEEK, week, "sender-b", 101),
+        ]
+
+    def test_an_empty_batch_changes_no_counter(self) -> None:
+        assert domain.leaderboard_increments([], T0) == []
+        assert domain.stream_gifter_increments([]) == []
+        assert domain.stream_total_increments([]) == []

@@ -197,3 +197,95 @@ def test_page_tokens_round_trip_and_reject_forgeries() -> None:
         with pytest.raises(AppError) as caught:
             domain.decode_page_token(forged)
         assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --- a batch of spends (SpendCoinsBatch) --------------------------------------------------------------------------
+
+
+def ask(account_id: str, coins: int) -> domain.SpendAsk:
+    return domain.SpendAsk(request_id=f"spend-{account_id}-{coins}", account_id=account_id, coins=coins, reference="")
+
+
+def reasons(decisions: list[domain.Split | AppError]) -> list[domain.Split | str]:
+    """Each decision as its split, or a refusal as its reason."""
+    return [d.reason if isinstance(d, AppError) else d for d in decisions]
+
+
+def test_one_account_several_times_in_a_batch_is_debited_in_order_bonus_first() -> None:
+    spenders = {"a": spender(100, 30)}
+    decisions = domain.authorize_spends([ask("a", 20), ask("a", 20), ask("a", 50), ask("a", 40)], spenders)
+    assert decisions == [
+        domain.Split(paid_coins=0, bonus_coins=20),
+        domain.Split(paid_coins=10, bonus_coins=10),  # the last 10 bonus coins, then paid
+        domain.Split(paid_coins=50, bonus_coins=0),
+        domain.Split(paid_coins=40, bonus_coins=0),  # exactly the 40 left
+    ]
+    assert spenders == {"a": spender(100, 30)}  # the balances read are left alone
+
+
+def test_a_refusal_in_the_middle_leaves_the_balance_for_the_next_spends() -> None:
+    decisions = domain.authorize_spends(
+        [ask("a", 30), ask("a", 100), ask("a", 25), ask("a", 6), ask("a", 5)], {"a": spender(50, 10)}
+    )
+    assert reasons(decisions) == [
+        domain.Split(paid_coins=20, bonus_coins=10),
+        "INSUFFICIENT_COINS",  # 30 left: refused, and nothing taken
+        domain.Split(paid_coins=25, bonus_coins=0),
+        "INSUFFICIENT_COINS",  # 5 left
+        domain.Split(paid_coins=5, bonus_coins=0),
+    ]
+    refusal = decisions[1]
+    assert isinstance(refusal, AppError)
+    assert refusal.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "has 30 coins, 100 needed" in refusal.message
+
+
+def test_the_spending_limit_counts_the_earlier_spends_of_the_same_batch() -> None:
+    decisions = domain.authorize_spends(
+        [ask("a", 30), ask("a", 30), ask("a", 20), ask("a", 1)], {"a": spender(1000, 0, sent=50, limit=100)}
+    )
+    assert reasons(decisions) == [
+        domain.Split(paid_coins=30, bonus_coins=0),  # 80 of 100 sent
+        "SPENDING_LIMIT_REACHED",  # would make 110; a refusal does not count towards the limit
+        domain.Split(paid_coins=20, bonus_coins=0),  # exactly 100
+        "SPENDING_LIMIT_REACHED",
+    ]
+
+
+def test_frozen_and_unknown_accounts_are_refused_without_affecting_the_others() -> None:
+    frozen = domain.Spender(
+        domain.Account("frozen", True, "US", domain.AccountStatus.FROZEN), domain.Balance(500, 0), 0, NOW
+    )
+    unknown = domain.Spender(None, domain.Balance(), 0, NOW)  # what the store reads for an id without an account
+    spenders = {"a": spender(40, 0), "b": spender(0, 15), "frozen": frozen, "ghost": unknown}
+    decisions = domain.authorize_spends(
+        [ask("a", 10), ask("frozen", 5), ask("ghost", 1), ask("b", 15), ask("a", 30), ask("frozen", 1)], spenders
+    )
+    assert reasons(decisions) == [
+        domain.Split(paid_coins=10, bonus_coins=0),
+        "ACCOUNT_FROZEN",
+        "ACCOUNT_NOT_ELIGIBLE",
+        domain.Split(paid_coins=0, bonus_coins=15),
+        domain.Split(paid_coins=30, bonus_coins=0),
+        "ACCOUNT_FROZEN",
+    ]
+
+
+def test_a_batch_decides_exactly_as_the_same_spends_made_one_after_the_other() -> None:
+    asks = [ask("a", coins) for coins in (7, 40, 3, 90, 12, 1, 60, 2)] + [ask("b", coins) for coins in (5, 5, 5)]
+    spenders = {"a": spender(80, 25, sent=10, limit=140), "b": spender(9, 3)}
+    one_by_one: list[domain.Split | str] = []
+    current = dict(spenders)
+    for spend in asks:
+        before = current[spend.account_id]
+        try:
+            split = domain.authorize_spend(before, spend.account_id, spend.coins)
+        except AppError as refusal:
+            one_by_one.append(refusal.reason)
+            continue
+        one_by_one.append(split)
+        current[spend.account_id] = domain.Spender(
+            before.account, before.balance.debited(split), before.sent_last_24h_coins + split.coins, before.now
+        )
+    assert reasons(domain.authorize_spends(asks, spenders)) == one_by_one
+    assert "INSUFFICIENT_COINS" in one_by_one and "SPENDING_LIMIT_REACHED" in one_by_one

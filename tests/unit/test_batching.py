@@ -1,0 +1,246 @@
+"""The runtime MicroBatcher with a fake batch function: no servers, only asyncio. Batches form without a timer,
+respect their size and concurrency limits, give each caller its own outcome, finish items whose callers left, and
+refuse new items only once a full batch is queued behind a slow one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from services.runtime.batching import BatchPolicy, MicroBatcher
+from services.runtime.errors import AppError, failed_precondition
+
+pytestmark = pytest.mark.timeout(30)  # a batcher that leaves a caller waiting fails here, not at the suite's limit
+
+# Loop iterations a batch needs to run and answer when nothing else holds it up (a generous bound: no timer).
+STEPS = 20
+
+
+class FakeProcess:
+    """A batch function that records each batch, answers item * 10 (or what outcome says), and can be held: a batch
+    whose index is in `held` waits until that gate is released."""
+
+    def __init__(self, outcome: Callable[[int], int | BaseException] = lambda item: item * 10) -> None:
+        self.outcome = outcome
+        self.batches: list[list[int]] = []
+        self.finished: list[int] = []
+        self.held: dict[int, asyncio.Event] = {}
+        self.running = 0
+        self.peak_running = 0
+
+    def hold(self, batch_index: int) -> asyncio.Event:
+        return self.held.setdefault(batch_index, asyncio.Event())
+
+    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+        index = len(self.batches)
+        self.batches.append(list(items))
+        self.running += 1
+        self.peak_running = max(self.peak_running, self.running)
+        try:
+            if index in self.held:
+                await self.held[index].wait()
+            else:
+                await asyncio.sleep(0)  # a real batch awaits I/O at least once
+            self.finished.extend(items)
+            return [self.outcome(item) for item in items]
+        finally:
+            self.running -= 1
+
+
+def batcher(process: FakeProcess, max_batch_size: int = 100, max_concurrent_batches: int = 1) -> MicroBatcher:
+    return MicroBatcher("test", process, BatchPolicy(max_batch_size, max_concurrent_batches, 1.0))
+
+
+async def steps(count: int = STEPS) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Lets the loop run (without any clock) until condition holds; fails if it never does."""
+    for _ in range(STEPS):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    assert condition()
+
+
+async def test_a_lone_item_is_processed_at_once() -> None:
+    process = FakeProcess()
+    lone = asyncio.create_task(batcher(process).submit(7))
+    # Only zero-length yields: a batch waiting for a timer would never finish here.
+    await until(lone.done)
+    assert lone.result() == 70
+    assert process.batches == [[7]]
+
+
+async def test_items_arriving_while_a_batch_is_in_flight_form_the_next_batch() -> None:
+    process = FakeProcess()
+    release = process.hold(0)
+    micro = batcher(process)
+    first = asyncio.create_task(micro.submit(0))
+    await until(lambda: process.batches == [[0]])
+    waiting = [asyncio.create_task(micro.submit(item)) for item in range(1, 6)]
+    await steps()
+    assert process.batches == [[0]]  # nothing else starts while the one allowed batch runs
+    release.set()
+    assert await asyncio.gather(first, *waiting) == [0, 10, 20, 30, 40, 50]
+    assert process.batches == [[0], [1, 2, 3, 4, 5]]
+
+
+async def test_batches_never_exceed_max_batch_size() -> None:
+    process = FakeProcess()
+    release = process.hold(0)
+    micro = batcher(process, max_batch_size=3)
+    first = asyncio.create_task(micro.submit(0))
+    await until(lambda: len(process.batches) == 1)
+    waiting = [asyncio.create_task(micro.submit(item)) for item in range(1, 11)]
+    await steps()
+    release.set()
+    assert await asyncio.gather(first, *waiting) == [item * 10 for item in range(11)]
+    assert process.batches == [[0], [1, 2, 3], [4, 5, 6], [7, 8, 9], [10]]
+
+
+async def test_at_most_max_concurrent_batches_run_at_once() -> None:
+    process = FakeProcess()
+    gates = [process.hold(index) for index in range(2)]
+    micro = batcher(process, max_batch_size=2, max_concurrent_batches=2)
+    first = asyncio.create_task(micro.submit(0))
+    await until(lambda: len(process.batches) == 1)
+    second = asyncio.create_task(micro.submit(1))
+    await until(lambda: len(process.batches) == 2)
+    assert process.running == 2
+    waiting = [asyncio.create_task(micro.submit(item)) for item in range(2, 9)]
+    await steps()
+    assert process.batches == [[0], [1]]  # both batches in flight: the rest queue
+    gates[0].set()
+    await until(lambda: first.done() and len(process.batches) >= 3)
+    assert process.running <= 2
+    gates[1].set()
+    assert await asyncio.gather(second, *waiting) == [item * 10 for item in range(1, 9)]
+    assert process.peak_running == 2
+    assert all(len(batch) <= 2 for batch in process.batches)
+    assert sorted(item for batch in process.batches for item in batch) == list(range(9))
+
+
+async def test_each_caller_gets_its_own_outcome() -> None:
+    broken = ValueError("item 3 is broken")
+    refused = failed_precondition("INSUFFICIENT_COINS", "item 4 is refused")
+    outcomes: dict[int, BaseException] = {3: broken, 4: refused}
+    process = FakeProcess(lambda item: outcomes.get(item, item * 10))
+    release = process.hold(0)
+    micro = batcher(process)
+    first = asyncio.create_task(micro.submit(0))
+    await until(lambda: len(process.batches) == 1)
+    waiting = [asyncio.create_task(micro.submit(item)) for item in range(1, 7)]
+    await steps()
+    release.set()
+    results = await asyncio.gather(first, *waiting, return_exceptions=True)
+    assert results == [0, 10, 20, broken, refused, 50, 60]
+    assert process.batches == [[0], [1, 2, 3, 4, 5, 6]]  # one batch held the failures and the successes
+
+
+async def test_a_failed_batch_fails_each_of_its_callers_and_the_next_batch_runs() -> None:
+    failure = RuntimeError("database went away")
+    process = FakeProcess()
+    release = process.hold(0)
+    calls = 0
+
+    async def fail_second_batch(items: list[int]) -> list[int | BaseException]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            process.batches.append(list(items))
+            raise failure
+        return await process(items)
+
+    micro = MicroBatcher("test", fail_second_batch, BatchPolicy(3, 1, 1.0))
+    first = asyncio.create_task(micro.submit(0))
+    await until(lambda: len(process.batches) == 1)
+    waiting = [asyncio.create_task(micro.submit(item)) for item in range(1, 6)]
+    await steps()
+    release.set()
+    results = await asyncio.gather(first, *waiting, return_exceptions=True)
+    assert process.batches == [[0], [1, 2, 3], [4, 5]]
+    assert results == [0, failure, failure, failure, 40, 50]
+
+
+async def test_a_miscounted_batch_fails_its_callers_instead_of_leaving_them_waiting() -> None:
+    async def one_outcome_short(items: list[int]) -> list[int]:
+        return [item * 10 for item in items[1:]]
+
+    micro = MicroBatcher("test", one_outcome_short, BatchPolicy(10, 1, 1.0))
+    results = await asyncio.wait_for(asyncio.gather(micro.submit(1), return_exceptions=True), timeout=5)
+    assert len(results) == 1 and isinstance(results[0], AssertionError)
+
+
+async def test_a_caller_that_stops_waiting_does_not_stop_its_item() -> None:
+    process = FakeProcess()
+    release = process.hold(0)
+    micro = batcher(process)
+    running = asyncio.create_task(micro.submit(0))
+    await until(lambda: len(process.batches) == 1)
+    queued = asyncio.create_task(micro.submit(1))
+    other = asyncio.create_task(micro.submit(2))
+    await steps()
+    running.cancel()  # its item is in the batch in flight
+    queued.cancel()  # its item is still queued
+    await steps()
+    assert running.cancelled() and queued.cancelled()
+    release.set()
+    assert await other == 20
+    assert process.batches == [[0], [1, 2]]
+    assert process.finished == [0, 1, 2]
+
+
+async def test_an_item_queued_as_the_last_batch_ends_still_gets_a_batch() -> None:
+    """The step in which a drain finds the queue empty and the arrival of a new item may be adjacent in the loop:
+    the new item must start a batch of its own rather than wait for one that has already stopped."""
+    process = FakeProcess()
+    release = process.hold(0)
+    micro = batcher(process)
+    first = asyncio.create_task(micro.submit(0))
+    await until(lambda: len(process.batches) == 1)
+    release.set()  # the drain's wake-up is queued first ...
+    late = asyncio.create_task(micro.submit(1))  # ... and this submit right after it, in the same loop iteration
+    assert await first == 0
+    assert await asyncio.wait_for(late, timeout=5) == 10
+    assert process.batches == [[0], [1]]
+
+
+async def test_admission_refuses_once_a_full_batch_waits_behind_a_slow_one_and_accepts_after() -> None:
+    budget_seconds = 0.02
+    max_batch_size = 4
+    process = FakeProcess()
+
+    async def warm_then_process(items: list[int]) -> list[int | BaseException]:
+        if items == [-1]:  # the batcher sees a batch take far longer than the budget
+            await asyncio.sleep(0.15)
+            return [0]
+        return await process(items)
+
+    micro = MicroBatcher("test", warm_then_process, BatchPolicy(max_batch_size, 1, budget_seconds))
+    assert await micro.submit(-1) == 0
+
+    release = process.hold(0)
+    first = asyncio.create_task(micro.submit(0))
+    await until(lambda: len(process.batches) == 1)
+    await asyncio.sleep(5 * budget_seconds)
+    # A slow batch alone refuses nobody: the items arriving now form the next batch.
+    accepted = [asyncio.create_task(micro.submit(item)) for item in range(1, max_batch_size + 1)]
+    await steps()
+    assert not any(task.done() for task in accepted)
+    await asyncio.sleep(5 * budget_seconds)
+    # A full batch has now waited behind it for longer than the budget (and than a batch took before): refused.
+    with pytest.raises(AppError) as refused:
+        await micro.submit(max_batch_size + 1)
+    assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+
+    release.set()
+    assert await asyncio.gather(first, *accepted) == [item * 10 for item in range(max_batch_size + 1)]
+    assert process.batches == [[0], [1, 2, 3, 4]]  # the refused item was never processed
+    assert await micro.submit(6) == 60  # the queue drained: accepted again
+    assert process.batches[-1] == [6]
