@@ -464,10 +464,13 @@ async def _spend_fresh(
     for request in requests:
         # The ledger outlives idempotency keys: a spend retried after its key expired (a gift left pending for
         # days, say) must get its original answer, not be charged again or refused.
+        # A request_id the ledger holds for something else (another account's spend, a purchase) is reused: refused
+        # alone, never failing the batch on the ledger's unique request_id.
         if request.request_id in in_ledger:
             earlier = await store.find_spend(conn, request.request_id, request.account_id)
-            assert earlier is not None, f"spend {request.request_id} of another account"
-            outcomes[request.request_id] = _spend_response(request.account_id, earlier)
+            outcomes[request.request_id] = (
+                request_id_reused() if earlier is None else _spend_response(request.account_id, earlier)
+            )
     asks = [
         domain.SpendAsk(r.request_id, r.account_id, r.coins, r.reference)
         for r in requests

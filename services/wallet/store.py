@@ -208,14 +208,14 @@ async def read_spenders(conn: asyncpg.Connection, account_ids: list[str]) -> dic
 
 
 async def claim_spends(conn: asyncpg.Connection, claims: list[idempotency.Claim]) -> tuple[set[str], set[str]]:
-    """One statement: claims the spends' keys (idempotency.claim_statement) and finds which request_ids already have
-    a spend in the ledger, which outlives idempotency keys. Returns (claimed, in the ledger)."""
+    """One statement: claims the spends' keys (idempotency.claim_statement) and finds which request_ids the ledger,
+    which outlives idempotency keys, already holds (a transaction of any kind). Returns (claimed, in the ledger)."""
     claim = idempotency.claim_statement(claims, first_param=2)
     rows = await conn.fetch(
         f"WITH claimed AS ({claim.sql})"
         " SELECT request_id, true AS claimed FROM claimed"
         " UNION ALL"
-        " SELECT request_id, false FROM transactions WHERE request_id = ANY($1::text[]) AND kind = 'spend'",
+        " SELECT request_id, false FROM transactions WHERE request_id = ANY($1::text[])",
         [c.request_id for c in claims],
         *claim.args,
     )

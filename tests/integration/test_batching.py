@@ -581,12 +581,6 @@ async def test_a_crash_before_a_batch_is_paid_is_finished_by_the_recovery_pass(s
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: services/wallet/service.py _spend_fresh asserts that a request_id found in the ledger belongs to the"
-    " same account; the AssertionError rolls back and fails the whole batch (INTERNAL for every spend in it, and for"
-    " every concurrent SpendCoins caller batched with it) instead of refusing that one spend",
-)
 async def test_a_spend_reusing_an_expired_request_id_of_another_account_fails_only_itself(
     stack: Stack, clients: Clients
 ) -> None:
