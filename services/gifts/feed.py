@@ -169,15 +169,15 @@ class GiftFeed:
         then on reaches the hub. nats-py renews the subscription after a reconnect."""
         assert self._nats is not None, "use() first"
         async with self._subscribing:
-            if self._subscription is None:
-                self._subscription = await self._nats.subscribe(
-                    FEED_SUBJECTS,
-                    cb=self._on_message,
-                    pending_msgs_limit=SUBSCRIPTION_PENDING_MESSAGES,
-                    pending_bytes_limit=SUBSCRIPTION_PENDING_BYTES,
-                )
-                log.info("gift_feed_subscribed")
             try:
+                if self._subscription is None:
+                    self._subscription = await self._nats.subscribe(
+                        FEED_SUBJECTS,
+                        cb=self._on_message,
+                        pending_msgs_limit=SUBSCRIPTION_PENDING_MESSAGES,
+                        pending_bytes_limit=SUBSCRIPTION_PENDING_BYTES,
+                    )
+                    log.info("gift_feed_subscribed")
                 await self._nats.flush(timeout=SUBSCRIBE_TIMEOUT_SECONDS)
             except (nats.errors.Error, TimeoutError):
                 raise domain.feed_interrupted() from None

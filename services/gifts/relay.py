@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from services.gifts import store
+from services.gifts.feed import STREAM_ENDED_SUBJECT
 from services.runtime.faults import crash_point
 
 log = structlog.get_logger()
@@ -62,11 +63,23 @@ class OutboxRelay:
             if not await store.try_lock_relay(conn):
                 return 0, False  # another replica is relaying; it also picks up our events on its next round
             events = await store.lock_outbox_batch(conn, BATCH_SIZE)
-            acknowledged = await self._publish(events) if events else 0
+            acknowledged = await self._publish_in_order(events)
             if acknowledged:
                 crash_point("gifts.after_events_published")
                 await store.delete_outbox_events(conn, [event.outbox_id for event in events[:acknowledged]])
         return acknowledged, acknowledged < len(events)
+
+    async def _publish_in_order(self, events: list[store.OutboxEvent]) -> int:
+        """Runs of gift events go out with every acknowledgement in flight; a StreamEnded waits until everything
+        before it is acknowledged and goes alone. A failure inside a run may let later gifts of the run be stored
+        before a republished earlier one, but never a stream's end before its gifts (live feeds end with it)."""
+        acknowledged = 0
+        for run in runs_ending_at_stream_ends(events):
+            done = await self._publish(run)
+            acknowledged += done
+            if done < len(run):
+                break
+        return acknowledged
 
     async def _publish(self, events: list[store.OutboxEvent]) -> int:
         """Sends every event before awaiting any acknowledgement (one connection keeps them in order); returns how
@@ -101,3 +114,14 @@ def _failure(future: asyncio.Future[PubAck]) -> str:
     if not future.done() or future.cancelled():
         return "no acknowledgement in time"
     return repr(future.exception())
+
+
+def runs_ending_at_stream_ends(events: list[store.OutboxEvent]) -> list[list[store.OutboxEvent]]:
+    """The events cut into runs: gift events, and each StreamEnded as a run of its own."""
+    runs: list[list[store.OutboxEvent]] = [[]]
+    for event in events:
+        if event.subject == STREAM_ENDED_SUBJECT:
+            runs += [[event], []]
+        else:
+            runs[-1].append(event)
+    return [run for run in runs if run]

@@ -28,7 +28,7 @@ from coinstream.gifts.v1 import gifts_pb2
 from services.gifts import domain, store
 from services.gifts.wallet_client import Spend, SpendAsk, WalletClient
 from services.runtime import idempotency
-from services.runtime.batching import BatchPolicy, MicroBatcher
+from services.runtime.batching import BatchPolicy, MicroBatcher, in_request_id_rounds
 from services.runtime.errors import AppError, failed_precondition, request_id_reused, unavailable
 from services.runtime.faults import crash_point
 from services.runtime.messaging import GIFT_SENT_SUBJECT
@@ -62,15 +62,13 @@ class GiftSaga:
         return await self._batcher.submit(request)
 
     async def _send_batch(self, requests: list[gifts_pb2.SendGiftRequest]) -> list[Outcome]:
-        # One request_id twice in a batch (a client retrying early): the first is sent, the repeats get its
-        # outcome — or REQUEST_ID_REUSED when they ask something else.
-        firsts: dict[str, gifts_pb2.SendGiftRequest] = {}
-        for request in requests:
-            firsts.setdefault(request.request_id, request)
-        outcomes, to_pay = await self._record_intents(list(firsts.values()))
+        return await in_request_id_rounds(requests, self._send_unique)
+
+    async def _send_unique(self, requests: list[gifts_pb2.SendGiftRequest]) -> dict[str, Outcome]:
+        outcomes, to_pay = await self._record_intents(requests)
         crash_point("gifts.after_gift_recorded")
         outcomes.update(await self.complete(to_pay))
-        return [outcomes[r.request_id] if r == firsts[r.request_id] else request_id_reused() for r in requests]
+        return outcomes
 
     async def _record_intents(
         self, requests: list[gifts_pb2.SendGiftRequest]
@@ -83,8 +81,8 @@ class GiftSaga:
             sorted({request.gift_id for request in requests}),
             [request.request_id for request in requests],
         )
-        outcomes, to_pay = _answer_from_earlier_gifts(requests, context.earlier_gifts)
-        requests = [request for request in requests if request.request_id not in context.earlier_gifts]
+        outcomes, to_pay = _answer_from_earlier_gifts(requests, context.gifts_without_key)
+        requests = [request for request in requests if request.request_id not in context.gifts_without_key]
         new_gifts, refusals = _check_new_gifts(requests, context)
         claims = [
             idempotency.Claim(r.request_id, "SendGift", idempotency.request_hash("SendGift", r)) for r in requests
@@ -93,7 +91,6 @@ class GiftSaga:
         decided += [idempotency.Outcome(g.request_id, resource_id=g.gift_transaction_id) for g in new_gifts]
         claimed = await store.claim_and_record_pending_gifts(self._pool, claims, decided, new_gifts)
         outcomes.update({rid: refusal for rid, refusal in refusals.items() if rid in claimed})
-        to_pay += [gift for gift in new_gifts if gift.request_id in claimed]
         in_flight: list[str] = []
         for request_id, stored in (await idempotency.earlier_outcomes(self._pool, claims, claimed)).items():
             if isinstance(stored, idempotency.StoredRequest) and stored.in_flight:
@@ -103,7 +100,8 @@ class GiftSaga:
                 outcomes[request_id] = _replayed(stored)
         if in_flight:
             to_pay += (await store.get_gift_transactions(self._pool, in_flight)).values()
-        return outcomes, to_pay
+        # Gifts sent earlier (resumed) before the new ones, so combos and live feeds count them first.
+        return outcomes, [*to_pay, *(gift for gift in new_gifts if gift.request_id in claimed)]
 
     async def complete(self, gifts: list[store.GiftRow]) -> dict[str, Outcome]:
         """Resumes gifts wherever they stand and returns each one's outcome by request_id. Safe to run concurrently
@@ -164,11 +162,25 @@ class GiftSaga:
         """Finishes gifts a crash or a wallet outage left pending, one batch per pass. Returns how many it found."""
         gift_transaction_ids = await store.stale_pending_gifts(self._pool, older_than_seconds, batch_size)
         if gift_transaction_ids:
-            gifts = await store.get_gift_transactions(self._pool, gift_transaction_ids)
-            outcomes = await self.complete(list(gifts.values()))
+            gifts = list((await store.get_gift_transactions(self._pool, gift_transaction_ids)).values())
+            try:
+                outcomes = await self.complete(gifts)
+            except Exception:
+                # One broken gift must not hold back the others pass after pass: each on its own, then.
+                log.exception("recovery_batch_failed", gifts=len(gifts))
+                outcomes = await self._complete_one_by_one(gifts)
             unresolved = sum(1 for o in outcomes.values() if isinstance(o, AppError) and not o.is_outcome)
             log.info("recovery_pass", kind="gift", resumed=len(gift_transaction_ids), unresolved=unresolved)
         return len(gift_transaction_ids)
+
+    async def _complete_one_by_one(self, gifts: list[store.GiftRow]) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        for gift in gifts:
+            try:
+                outcomes.update(await self.complete([gift]))
+            except Exception:
+                log.exception("recovery_failed", kind="gift", gift_transaction_id=gift.gift_transaction_id)
+        return outcomes
 
 
 def _check_new_gifts(
@@ -197,7 +209,8 @@ def _answer_from_earlier_gifts(
     requests: list[gifts_pb2.SendGiftRequest], earlier: dict[str, store.GiftRow]
 ) -> tuple[dict[str, Outcome], list[store.GiftRow]]:
     """Requests whose gift outlived their idempotency key (a retry days later) are answered from the gift itself —
-    a pending one is resumed — rather than recorded again (and never as a failure of the whole batch)."""
+    a pending one is resumed — rather than recorded again (and never as a failure of the whole batch). The stored
+    refusal is gone with the key: a refused gift answers with its reason under FAILED_PRECONDITION."""
     outcomes: dict[str, Outcome] = {}
     to_resume: list[store.GiftRow] = []
     for request in requests:

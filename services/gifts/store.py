@@ -138,12 +138,12 @@ def _gift(row: asyncpg.Record) -> GiftRow:
 
 @dataclass(frozen=True)
 class GiftContext:
-    """What deciding new SendGift requests needs: their streams, their active catalog gifts, and the gifts already
-    recorded under their request_ids (a retry after the request's idempotency key expired)."""
+    """What deciding new SendGift requests needs: their streams, their active catalog gifts, and the gifts recorded
+    under their request_ids whose idempotency keys are gone (a retry after the key expired)."""
 
     streams: dict[str, LiveStream]
     catalog: dict[str, CatalogGift]
-    earlier_gifts: dict[str, GiftRow]
+    gifts_without_key: dict[str, GiftRow]
 
 
 async def read_gift_context(
@@ -157,8 +157,9 @@ async def read_gift_context(
         " SELECT 'gift', gift_id, NULL, NULL, NULL, name, coin_price FROM gift_catalog"
         " WHERE gift_id = ANY($2::text[]) AND active"
         " UNION ALL"
-        " SELECT 'earlier', gift_transaction_id, NULL, NULL, NULL, NULL, NULL FROM gift_transactions"
-        " WHERE request_id = ANY($3::text[])",
+        " SELECT 'earlier', g.gift_transaction_id, NULL, NULL, NULL, NULL, NULL FROM gift_transactions AS g"
+        " WHERE g.request_id = ANY($3::text[])"
+        "  AND NOT EXISTS (SELECT 1 FROM idempotency_keys AS k WHERE k.request_id = g.request_id)",
         stream_ids,
         gift_ids,
         request_ids,

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -97,12 +97,13 @@ class MicroBatcher(Generic[ItemT, ResultT]):
 
     def predicted_wait_seconds(self) -> float:
         """How long the oldest queued item has waited so far: a new item queued behind it waits at least as long.
-        Up to one batch duration is the normal wait (the next batch takes the queue when the running one ends);
-        longer, the queue is standing — more arrives than batches carry away — and its wait is what counts."""
+        Up to a batch duration is the normal wait (the next batch takes the queue when the running one ends), and
+        one slow batch may take twice the usual; longer, the queue is standing — more arrives than batches carry
+        away — and its wait is what counts."""
         if not self._queue:
             return 0.0
         waited = time.perf_counter() - self._queue[0].enqueued_at
-        return waited if waited > self._batch_seconds_estimate else 0.0
+        return waited if waited > 2 * self._batch_seconds_estimate else 0.0
 
     async def _drain(self) -> None:
         """Runs batches until the queue is empty; each running drain is one batch in flight."""
@@ -132,6 +133,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             if not isinstance(error, AppError):
                 log.exception("batch_failed", batcher=self._name, size=len(batch))
             return [error] * len(batch)
+        except BaseException as error:  # cancelled (shutdown): no caller may be left waiting for good
+            for pending in batch:
+                pending.future.cancel()
+            raise error
 
 
 def _settle(future: asyncio.Future[ResultT], outcome: Outcome[ResultT]) -> None:
@@ -145,11 +150,12 @@ def _settle(future: asyncio.Future[ResultT], outcome: Outcome[ResultT]) -> None:
 
 class LoopLag:
     """How late the event loop runs a timer, smoothed. When the process is short of CPU, every call waits about
-    this long before any handler sees it, so admission refuses calls while it exceeds the queueing budget."""
+    this long before any handler sees it, so admission refuses calls while it exceeds the queueing budget. (Calls
+    still queued inside gRPC's core are not seen here: this is a floor of their wait, not all of it.)"""
 
     # A wake-up every 25 ms: fine enough to see a stall of a few tens of ms, rare enough to cost ~nothing.
     INTERVAL_SECONDS = 0.025
-    SMOOTHING = 0.5
+    SMOOTHING = 0.3
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -161,3 +167,35 @@ class LoopLag:
             await asyncio.sleep(self.INTERVAL_SECONDS)
             lag = max(0.0, loop.time() - started - self.INTERVAL_SECONDS)
             self.seconds += self.SMOOTHING * (lag - self.seconds)
+
+
+class HasRequestId(Protocol):
+    request_id: str
+
+
+RequestT = TypeVar("RequestT", bound=HasRequestId)
+
+
+async def in_request_id_rounds(
+    requests: Sequence[RequestT], process_unique: Callable[[list[RequestT]], Awaitable[dict[str, ResultT]]]
+) -> list[ResultT]:
+    """Processes a batch whose requests may repeat a request_id (a client retrying early), one outcome per request.
+    Each round hands process_unique the first request of every request_id still unanswered; an identical repeat
+    shares its outcome, a different one waits for the next round — where the stored key decides (the original
+    outcome for a true retry, REQUEST_ID_REUSED for another request), whichever of the two came first."""
+    outcomes: dict[int, ResultT] = {}
+    unanswered = list(range(len(requests)))
+    while unanswered:
+        firsts: dict[str, int] = {}
+        for index in unanswered:
+            firsts.setdefault(requests[index].request_id, index)
+        decided = await process_unique([requests[index] for index in firsts.values()])
+        waiting = []
+        for index in unanswered:
+            request = requests[index]
+            if request == requests[firsts[request.request_id]]:
+                outcomes[index] = decided[request.request_id]
+            else:
+                waiting.append(index)
+        unanswered = waiting
+    return [outcomes[index] for index in range(len(requests))]

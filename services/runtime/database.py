@@ -49,10 +49,6 @@ def new_pool(settings: RuntimeSettings) -> asyncpg.Pool:
             # A transaction held open across a network call (outbox relay, payout provider) must not hold its
             # locks forever if the process hangs; command_timeout does not cover an idle transaction.
             "idle_in_transaction_session_timeout": str(int(settings.db_idle_in_transaction_timeout_seconds * 1000)),
-            # Every statement is prepared once per connection and takes its rows as arrays (batches): one plan
-            # fits every batch, and re-planning each execution (the default's custom plans) cost a visible share
-            # of the database's CPU per batch.
-            "plan_cache_mode": "force_generic_plan",
         },
     )
 

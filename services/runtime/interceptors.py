@@ -33,6 +33,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         max_in_flight_unary: int,
         loop_lag: LoopLag,
         queue_budget_seconds: float,
+        unshed_methods: frozenset[str] = frozenset(),
     ) -> None:
         # Overload shedding with the contract's answer (RESOURCE_EXHAUSTED, RATE_LIMITED) rather than a queue that
         # grows until every call times out: when calls wait too long for the event loop (the process is short of
@@ -41,6 +42,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self._max_in_flight_unary = max_in_flight_unary
         self._loop_lag = loop_lag
         self._queue_budget_seconds = queue_budget_seconds
+        # Calls that carry work already accepted elsewhere (a batch of gifts' spends): refusing one would leave
+        # every item of it waiting for a recovery pass instead of lightening the load.
+        self._unshed_methods = unshed_methods
         self._in_flight_unary = 0
         self._verifier = verifier
         self._is_ready = is_ready
@@ -80,7 +84,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             structlog.contextvars.bind_contextvars(method=method, request_id=getattr(request, "request_id", None))
             self._in_flight_unary += 1
             try:
-                if (
+                if method not in self._unshed_methods and (
                     self._in_flight_unary > self._max_in_flight_unary
                     or self._loop_lag.seconds > self._queue_budget_seconds
                 ):

@@ -56,7 +56,7 @@ class ServiceRuntime:
     run() opens the port first with health NOT_SERVING (RPCs get UNAVAILABLE), connects the database (applying
     migrations) and NATS, runs the startup steps, starts the workers, and only then says SERVING."""
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(self, settings: RuntimeSettings, unshed_methods: frozenset[str] = frozenset()) -> None:
         self.settings = settings
         configure_logging(settings.service_name, settings.log_level, settings.log_format)
         enable_fault_points(settings.fault_points)
@@ -76,6 +76,7 @@ class ServiceRuntime:
             settings.max_in_flight_unary_rpcs,
             self._loop_lag,
             settings.admission_queue_budget_seconds,
+            unshed_methods,
         )
         self._server = grpc.aio.server(
             interceptors=[interceptor],

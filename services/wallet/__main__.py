@@ -15,11 +15,13 @@ from services.wallet.service import WalletService
 from services.wallet.servicer import WalletServicer
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The gifts service's batches of spends are never shed: each carries gifts that were already accepted.
+UNSHED_METHODS = frozenset({"/coinstream.wallet.v1.WalletService/SpendCoinsBatch"})
 
 
 async def main() -> None:
     settings = WalletSettings()
-    runtime = ServiceRuntime(settings)
+    runtime = ServiceRuntime(settings, unshed_methods=UNSHED_METHODS)
     pool = runtime.use_database(MIGRATIONS)
     wallet = WalletService(
         pool,

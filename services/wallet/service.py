@@ -13,7 +13,7 @@ from coinstream.type.v1 import money_pb2
 from coinstream.wallet.v1 import wallet_pb2
 
 from services.runtime import idempotency, recovery
-from services.runtime.batching import BatchPolicy, MicroBatcher
+from services.runtime.batching import BatchPolicy, MicroBatcher, in_request_id_rounds
 from services.runtime.errors import (
     AppError,
     failed_precondition,
@@ -26,6 +26,8 @@ from services.wallet import domain, store
 from services.wallet.payments import ChargeResult, PaymentProvider
 
 log = structlog.get_logger()
+
+SpendOutcome = wallet_pb2.SpendCoinsResponse | AppError
 
 _STATUS_TO_PROTO = {
     domain.AccountStatus.ACTIVE: wallet_pb2.ACCOUNT_STATUS_ACTIVE,
@@ -140,13 +142,12 @@ class WalletService:
     async def _spend_batch_deduplicated(
         self, requests: list[wallet_pb2.SpendCoinsRequest]
     ) -> list[wallet_pb2.SpendCoinsResponse | AppError]:
-        """Concurrent SpendCoins calls may repeat a request_id (a client retrying early): the first of them is
-        spent, the repeats get its outcome — or REQUEST_ID_REUSED when they ask something else."""
-        firsts: dict[str, wallet_pb2.SpendCoinsRequest] = {}
-        for request in requests:
-            firsts.setdefault(request.request_id, request)
-        outcomes = dict(zip(firsts, await self.spend_batch(list(firsts.values())), strict=True))
-        return [outcomes[r.request_id] if r == firsts[r.request_id] else request_id_reused() for r in requests]
+        """Concurrent SpendCoins calls may repeat a request_id (a client retrying early): see in_request_id_rounds."""
+
+        async def spend_unique(unique: list[wallet_pb2.SpendCoinsRequest]) -> dict[str, SpendOutcome]:
+            return dict(zip((r.request_id for r in unique), await self.spend_batch(unique), strict=True))
+
+        return await in_request_id_rounds(requests, spend_unique)
 
     async def spend_batch(
         self, requests: list[wallet_pb2.SpendCoinsRequest]

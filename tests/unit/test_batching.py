@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 import pytest
 
-from services.runtime.batching import BatchPolicy, MicroBatcher
+from services.runtime.batching import BatchPolicy, MicroBatcher, in_request_id_rounds
 from services.runtime.errors import AppError, failed_precondition
 
 pytestmark = pytest.mark.timeout(30)  # a batcher that leaves a caller waiting fails here, not at the suite's limit
@@ -244,3 +245,38 @@ async def test_admission_refuses_once_a_full_batch_waits_behind_a_slow_one_and_a
     assert process.batches == [[0], [1, 2, 3, 4]]  # the refused item was never processed
     assert await micro.submit(6) == 60  # the queue drained: accepted again
     assert process.batches[-1] == [6]
+
+
+# -- repeats of one request_id within a batch ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ask:
+    request_id: str
+    coins: int
+
+
+async def test_a_repeated_request_id_is_decided_once_and_a_different_repeat_waits_for_the_next_round() -> None:
+    rounds: list[list[Ask]] = []
+    stored: dict[str, Ask] = {}
+
+    async def process_unique(unique: list[Ask]) -> dict[str, str]:
+        rounds.append(unique)
+        outcomes = {}
+        for ask in unique:
+            first = stored.setdefault(ask.request_id, ask)  # the key: whoever claimed it first owns it
+            outcomes[ask.request_id] = f"spent {ask.coins}" if first == ask else "REQUEST_ID_REUSED"
+        return outcomes
+
+    asks = [Ask("a", 1), Ask("a", 2), Ask("a", 1), Ask("b", 5)]
+    assert await in_request_id_rounds(asks, process_unique) == ["spent 1", "REQUEST_ID_REUSED", "spent 1", "spent 5"]
+    assert rounds == [[Ask("a", 1), Ask("b", 5)], [Ask("a", 2)]]
+
+
+async def test_a_true_retry_behind_a_different_request_gets_its_own_stored_outcome() -> None:
+    stored = {"a": Ask("a", 1)}  # decided by an earlier batch
+
+    async def process_unique(unique: list[Ask]) -> dict[str, str]:
+        return {ask.request_id: "replayed" if stored[ask.request_id] == ask else "REQUEST_ID_REUSED" for ask in unique}
+
+    assert await in_request_id_rounds([Ask("a", 2), Ask("a", 1)], process_unique) == ["REQUEST_ID_REUSED", "replayed"]

@@ -12,6 +12,8 @@ from coinstream.events.v1 import events_pb2
 
 from services.gifts import domain
 from services.gifts.feed import STREAM_ENDED_SUBJECT, GiftFeed, Watcher
+from services.gifts.relay import runs_ending_at_stream_ends
+from services.gifts.store import OutboxEvent
 from services.runtime.errors import AppError
 from services.runtime.messaging import GIFT_SENT_SUBJECT
 from services.runtime.validation import REQUEST_ID_PATTERN
@@ -418,3 +420,18 @@ class TestBatchOfGifts:
         assert domain.leaderboard_increments([], T0) == []
         assert domain.stream_gifter_increments([]) == []
         assert domain.stream_total_increments([]) == []
+
+
+def test_the_relay_sends_each_stream_end_alone_after_the_events_before_it() -> None:
+    def event(outbox_id: int, subject: str) -> OutboxEvent:
+        return OutboxEvent(outbox_id, f"m{outbox_id}", subject, b"")
+
+    events = [
+        event(1, GIFT_SENT_SUBJECT),
+        event(2, GIFT_SENT_SUBJECT),
+        event(3, STREAM_ENDED_SUBJECT),
+        event(4, STREAM_ENDED_SUBJECT),
+        event(5, GIFT_SENT_SUBJECT),
+    ]
+    runs = runs_ending_at_stream_ends(events)
+    assert [[e.outbox_id for e in run] for run in runs] == [[1, 2], [3], [4], [5]]
