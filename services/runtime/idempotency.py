@@ -117,14 +117,6 @@ def _outcome_columns(outcomes: list[Outcome]) -> list[list[object]]:
     ]
 
 
-async def claim_many(conn: asyncpg.Connection, claims: list[Claim]) -> dict[str, StoredRequest | AppError]:
-    """claim() for a batch in one statement: the requests absent from the answer now own their keys; for the others,
-    what the earlier request left behind, or REQUEST_ID_REUSED (as an AppError value) when it asked something else."""
-    statement = claim_statement(claims)
-    claimed = {row["request_id"] for row in await conn.fetch(statement.sql, *statement.args)}
-    return await earlier_outcomes(conn, claims, claimed)
-
-
 async def earlier_outcomes(
     conn: asyncpg.Connection | asyncpg.Pool, claims: list[Claim], claimed: set[str]
 ) -> dict[str, StoredRequest | AppError]:
