@@ -201,3 +201,34 @@ async def test_start_live_stream_replays_while_the_wallet_is_down(stack: Stack, 
     finally:
         stack.start_service("wallet")
     assert again == first
+
+
+async def test_a_wallet_outage_under_a_burst_of_gifts_leaves_every_gift_to_the_recovery_pass(
+    clients: Clients, stack: Stack
+) -> None:
+    """Concurrent gifts (batched together) while the wallet is down: every caller hears WALLET_UNAVAILABLE, nothing
+    is charged; once the wallet is back the recovery pass alone completes each gift exactly once."""
+    stream = await go_live(clients)
+    senders = [await make_account(clients, package_id="coins_330") for _ in range(4)]
+    requests = [gift_request(senders[number % 4], stream.stream_id, "finger_heart", 1) for number in range(20)]
+    stack.stop_service("wallet")
+    try:
+        replies = await asyncio.gather(
+            *(clients.gifts.SendGift(request, metadata=SERVICE, timeout=20) for request in requests),
+            return_exceptions=True,
+        )
+        assert all(isinstance(reply, grpc.aio.AioRpcError) for reply in replies)
+        assert {error_reason(reply) for reply in replies} == {"WALLET_UNAVAILABLE"}  # type: ignore[arg-type]
+    finally:
+        stack.start_service("wallet")
+
+    summary = await wait_for_gift_count(clients, stream.stream_id, len(requests))
+    assert summary.gift_count == len(requests) and summary.total_coins == 5 * len(requests)
+    for sender in senders:
+        assert await coins_of(clients, sender) == 330 - 5 * 5  # five gifts of 5 coins each, charged once
+    replies = [await retry(clients, request) for request in requests]  # replays of what the recovery pass completed
+    assert len({reply.gift.gift_transaction_id for reply in replies}) == len(requests)
+    for sender in senders:
+        combos = sorted(reply.gift.combo_count for reply in replies if reply.gift.sender_id == sender)
+        assert combos == [1, 2, 3, 4, 5]
+    await assert_published_once(stack, replies[0].gift.gift_transaction_id)
