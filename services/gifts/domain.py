@@ -175,10 +175,6 @@ def next_combo_count(previous_sent_at: datetime | None, previous_count: int, sen
 
 
 class LeaderboardPeriod(Enum):
-    # Sorting increments by period needs an order; the value's is as good as any (and stable).
-    def __lt__(self, other: LeaderboardPeriod) -> bool:
-        return self.value < other.value
-
     DAY = "day"
     WEEK = "week"
     ALL_TIME = "all_time"
@@ -209,7 +205,7 @@ class CountedGift:
     coins: int
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class LeaderboardIncrement:
     creator_id: str
     period: LeaderboardPeriod
@@ -225,7 +221,8 @@ def leaderboard_increments(gifts: Sequence[CountedGift], moment: datetime) -> li
         for period, start in period_starts(moment).items():
             key = (gift.creator_id, period, start, gift.sender_id)
             sums[key] = sums.get(key, 0) + gift.coins
-    return sorted(LeaderboardIncrement(*key, coins) for key, coins in sums.items())
+    ordered = sorted(sums.items(), key=lambda item: (item[0][0], item[0][1].value, *item[0][2:]))
+    return [LeaderboardIncrement(*key, coins) for key, coins in ordered]
 
 
 def stream_gifter_increments(gifts: Sequence[CountedGift]) -> list[tuple[str, str, int]]:

@@ -65,16 +65,17 @@ class TokenVerifier:
         self._verified: dict[str, tuple[Principal, float]] = {}
 
     def verify(self, authorization: str | None) -> Principal:
-        cached = self._verified.get(authorization or "")
+        key = authorization or ""
+        cached = self._verified.get(key)
         if cached is not None:
             principal, expires_at = cached
             if time.time() < expires_at:
                 return principal
-            del self._verified[authorization or ""]
+            del self._verified[key]
         principal, expires_at = self._verify_signed(authorization)
         if len(self._verified) >= VERIFIED_TOKEN_CACHE_SIZE:
             del self._verified[next(iter(self._verified))]
-        self._verified[authorization or ""] = (principal, expires_at)
+        self._verified[key] = (principal, expires_at)
         return principal
 
     def _verify_signed(self, authorization: str | None) -> tuple[Principal, float]:

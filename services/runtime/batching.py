@@ -81,7 +81,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     async def submit(self, item: ItemT) -> ResultT:
         """The item's outcome once its batch is done. The item is processed even if the caller stops waiting
         (every item is idempotent work, so finishing it is always safe)."""
-        if self.predicted_wait_seconds() > self._queue_budget_seconds:
+        if self.standing_wait_seconds() > self._queue_budget_seconds:
             SHED_TOTAL.labels(self._name).inc()
             raise overloaded()
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
@@ -95,8 +95,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(future)
 
-    def predicted_wait_seconds(self) -> float:
-        """How long the oldest queued item has waited so far: a new item queued behind it waits at least as long.
+    def standing_wait_seconds(self) -> float:
+        """How long the oldest queued item has waited so far, once the queue stands: a new item queued behind it
+        waits at least as long.
         Up to a batch duration is the normal wait (the next batch takes the queue when the running one ends), and
         one slow batch may take twice the usual; longer, the queue is standing — more arrives than batches carry
         away — and its wait is what counts."""

@@ -19,6 +19,8 @@ from services.runtime.database import Statement, placeholders
 from services.runtime.errors import AppError, FieldViolation, request_id_reused
 
 ResponseT = TypeVar("ResponseT", bound=Message)
+# What a key holds of its request's outcome, as _stored() reads it.
+_OUTCOME_COLUMNS = "resource_id, response, error_code, error_reason, error_message, error_field_violations"
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,7 @@ async def claim(
     if inserted:
         return None
     row = await conn.fetchrow(
-        "SELECT request_hash, resource_id, response, error_code, error_reason, error_message, error_field_violations"
-        " FROM idempotency_keys WHERE request_id = $1",
+        f"SELECT request_hash, {_OUTCOME_COLUMNS} FROM idempotency_keys WHERE request_id = $1",
         request_id,
     )
     if row is None or bytes(row["request_hash"]) != hashed:
@@ -129,8 +130,7 @@ async def _stored_many(
     conn: asyncpg.Connection | asyncpg.Pool, claims: list[Claim]
 ) -> dict[str, StoredRequest | AppError]:
     rows = await conn.fetch(
-        "SELECT request_id, request_hash, resource_id, response, error_code, error_reason, error_message,"
-        " error_field_violations FROM idempotency_keys WHERE request_id = ANY($1::text[])",
+        f"SELECT request_id, request_hash, {_OUTCOME_COLUMNS} FROM idempotency_keys WHERE request_id = ANY($1::text[])",
         [claim.request_id for claim in claims],
     )
     by_id = {row["request_id"]: row for row in rows}
@@ -185,9 +185,7 @@ def _violations_json(error: AppError) -> str:
 async def load(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> StoredRequest:
     """What a request left behind, read by the code that just completed it (no hash check needed)."""
     row = await conn.fetchrow(
-        "SELECT resource_id, response, error_code, error_reason, error_message, error_field_violations"
-        " FROM idempotency_keys"
-        " WHERE request_id = $1",
+        f"SELECT {_OUTCOME_COLUMNS} FROM idempotency_keys WHERE request_id = $1",
         request_id,
     )
     assert row is not None, f"no idempotency key {request_id}"
@@ -197,8 +195,7 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> Stor
 async def load_many(conn: asyncpg.Connection | asyncpg.Pool, request_ids: list[str]) -> dict[str, StoredRequest]:
     """load() for many requests in one statement."""
     rows = await conn.fetch(
-        "SELECT request_id, resource_id, response, error_code, error_reason, error_message, error_field_violations"
-        " FROM idempotency_keys WHERE request_id = ANY($1::text[])",
+        f"SELECT request_id, {_OUTCOME_COLUMNS} FROM idempotency_keys WHERE request_id = ANY($1::text[])",
         request_ids,
     )
     assert len(rows) == len(set(request_ids)), f"idempotency keys missing among {request_ids}"
@@ -219,8 +216,7 @@ async def replay_if_completed(pool: asyncpg.Pool, request: Message, response_typ
     """The stored outcome of an already completed request (raised if it was an error), or None. For use cases
     that must call another service before their transaction: a replay needs no answer from it."""
     row = await pool.fetchrow(
-        "SELECT request_hash, resource_id, response, error_code, error_reason, error_message, error_field_violations"
-        " FROM idempotency_keys WHERE request_id = $1",
+        f"SELECT request_hash, {_OUTCOME_COLUMNS} FROM idempotency_keys WHERE request_id = $1",
         request.request_id,  # type: ignore[attr-defined]  # every mutating request has one
     )
     if row is None:

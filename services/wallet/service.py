@@ -27,6 +27,7 @@ from services.wallet.payments import ChargeResult, PaymentProvider
 
 log = structlog.get_logger()
 
+# A spend's outcome in a batch: its response, or the final refusal SpendCoins would have raised.
 SpendOutcome = wallet_pb2.SpendCoinsResponse | AppError
 
 _STATUS_TO_PROTO = {
@@ -139,9 +140,7 @@ class WalletService:
         """A single spend joins whatever batch concurrent spends are forming (see spend_batch)."""
         return await self._spend_batcher.submit(request)
 
-    async def _spend_batch_deduplicated(
-        self, requests: list[wallet_pb2.SpendCoinsRequest]
-    ) -> list[wallet_pb2.SpendCoinsResponse | AppError]:
+    async def _spend_batch_deduplicated(self, requests: list[wallet_pb2.SpendCoinsRequest]) -> list[SpendOutcome]:
         """Concurrent SpendCoins calls may repeat a request_id (a client retrying early): see in_request_id_rounds."""
 
         async def spend_unique(unique: list[wallet_pb2.SpendCoinsRequest]) -> dict[str, SpendOutcome]:
@@ -149,9 +148,7 @@ class WalletService:
 
         return await in_request_id_rounds(requests, spend_unique)
 
-    async def spend_batch(
-        self, requests: list[wallet_pb2.SpendCoinsRequest]
-    ) -> list[wallet_pb2.SpendCoinsResponse | AppError]:
+    async def spend_batch(self, requests: list[wallet_pb2.SpendCoinsRequest]) -> list[SpendOutcome]:
         """Spends in one transaction, each under its own request_id, each with its own outcome (a response or a
         final refusal): one refusal never fails the others, and the spends of one account are decided in the
         order given. Anything unexpected rolls the whole batch back, keys included, so every spend can be retried."""
@@ -459,14 +456,13 @@ async def _authorize_giveaway(
 
 async def _spend_fresh(
     conn: asyncpg.Connection, requests: list[wallet_pb2.SpendCoinsRequest], in_ledger: set[str]
-) -> dict[str, wallet_pb2.SpendCoinsResponse | AppError]:
+) -> dict[str, SpendOutcome]:
     """The outcomes of requests that just got their keys, stored with them."""
-    outcomes: dict[str, wallet_pb2.SpendCoinsResponse | AppError] = {}
+    outcomes: dict[str, SpendOutcome] = {}
     for request in requests:
         # The ledger outlives idempotency keys: a spend retried after its key expired (a gift left pending for
-        # days, say) must get its original answer, not be charged again or refused.
-        # A request_id the ledger holds for something else (another account's spend, a purchase) is reused: refused
-        # alone, never failing the batch on the ledger's unique request_id.
+        # days, say) gets its original answer, not a second charge; a request_id the ledger holds for something
+        # else (another account's spend, a purchase) is refused alone, never failing the batch.
         if request.request_id in in_ledger:
             earlier = await store.find_spend(conn, request.request_id, request.account_id)
             outcomes[request.request_id] = (
@@ -489,7 +485,7 @@ async def _spend_fresh(
 async def _decide_spends(
     conn: asyncpg.Connection,
     asks: list[domain.SpendAsk],
-    outcomes: dict[str, wallet_pb2.SpendCoinsResponse | AppError],
+    outcomes: dict[str, SpendOutcome],
 ) -> list[store.NewSpend]:
     """Decides new spends into outcomes and returns the ones to record: every account's buckets are locked (in id
     order) before they are read."""
@@ -520,7 +516,7 @@ async def _decide_spends(
     return new_spends
 
 
-def _replayed_spend(stored: idempotency.StoredRequest | AppError) -> wallet_pb2.SpendCoinsResponse | AppError:
+def _replayed_spend(stored: idempotency.StoredRequest | AppError) -> SpendOutcome:
     if isinstance(stored, AppError):
         return stored
     if stored.in_flight:  # spends decide in the transaction that takes the key, so this is never seen committed
@@ -531,7 +527,7 @@ def _replayed_spend(stored: idempotency.StoredRequest | AppError) -> wallet_pb2.
         return error
 
 
-def _spend_outcome(request_id: str, outcome: wallet_pb2.SpendCoinsResponse | AppError) -> idempotency.Outcome:
+def _spend_outcome(request_id: str, outcome: SpendOutcome) -> idempotency.Outcome:
     if isinstance(outcome, AppError):
         return idempotency.Outcome(request_id, error=outcome)
     return idempotency.Outcome(request_id, response=outcome)

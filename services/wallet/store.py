@@ -147,38 +147,15 @@ async def lock_buckets(conn: asyncpg.Connection, account_ids: list[str]) -> dict
 
 
 async def read_spender(conn: asyncpg.Connection, account_id: str) -> Spender:
-    """The account, its balance and what it sent in the limit's rolling window. Call with its buckets locked
-    (lock_buckets), in a statement of its own so that it sees everything committed before the lock was granted."""
-    row = await conn.fetchrow(
-        f"SELECT {ACCOUNT_COLUMNS}, now() AS now,"
-        " (SELECT coins FROM ledger_accounts WHERE ledger_account_id = $2) AS paid_coins,"
-        " (SELECT coins FROM ledger_accounts WHERE ledger_account_id = $3) AS bonus_coins,"
-        # Only accounts with a limit (now or pending) pay for the sum.
-        " CASE WHEN daily_limit_coins > 0 OR pending_daily_limit_coins > 0 THEN"
-        "  (SELECT coalesce(-sum(p.coins_delta), 0)::bigint FROM transactions AS t JOIN postings AS p"
-        "     ON p.transaction_id = t.transaction_id AND p.ledger_account_id IN ($2, $3)"
-        "   WHERE t.account_id = $1 AND t.kind IN ('spend', 'giveaway')"
-        "     AND t.created_at > now() - make_interval(secs => $4))"
-        " ELSE 0 END AS sent_last_24h_coins"
-        " FROM accounts WHERE account_id = $1",
-        account_id,
-        paid_bucket(account_id),
-        bonus_bucket(account_id),
-        SPENDING_LIMIT_WINDOW.total_seconds(),
-    )
-    if row is None:
-        now = await conn.fetchval("SELECT now()")
-        return Spender(None, await get_balance(conn, account_id), 0, now)
-    return Spender(
-        _account(row),
-        Balance(row["paid_coins"] or 0, row["bonus_coins"] or 0),
-        int(row["sent_last_24h_coins"]),
-        row["now"],
-    )
+    """The account (None when unknown), its balance and what it sent in the limit's rolling window. Call with its
+    buckets locked (lock_buckets), in a statement of its own so that it sees everything committed before the lock
+    was granted."""
+    return (await read_spenders(conn, [account_id]))[account_id]
 
 
 async def read_spenders(conn: asyncpg.Connection, account_ids: list[str]) -> dict[str, Spender]:
-    """read_spender for many accounts in one statement (call with their buckets locked, in a statement of its own)."""
+    """read_spender for many accounts in one statement. Only accounts with a limit (now or pending) pay for the
+    rolling-window sum."""
     rows = await conn.fetch(
         f"SELECT ids.id, {', '.join('a.' + c.strip() for c in ACCOUNT_COLUMNS.split(','))}, now() AS now,"
         " paid.coins AS paid_coins, bonus.coins AS bonus_coins,"
