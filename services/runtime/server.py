@@ -5,6 +5,7 @@ while health says NOT_SERVING; background workers; graceful shutdown on SIGTERM/
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -36,6 +37,10 @@ LIVENESS_HEALTH_NAME = "coinstream.liveness"
 NATS_HEALTH_NAME = "coinstream.nats"
 
 Worker = Callable[[], Awaitable[None]]
+
+# A hot path allocates many short-lived objects (protobuf messages, records, futures): collecting the youngest
+# generation every 700 allocations (the default) took ~3 % of a busy gifts process's CPU in a py-spy profile.
+GC_YOUNGEST_THRESHOLD = 20_000
 
 
 def _serving_status(ok: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
@@ -141,6 +146,7 @@ class ServiceRuntime:
             tasks.append(asyncio.create_task(self._watch_readiness(), name="readiness"))
             tasks.append(asyncio.create_task(self._loop_lag.run_forever(), name="loop_lag"))
             self._ready = True
+            _settle_garbage_collection()
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("service_ready", services=self._service_names)
             await stop.wait()
@@ -231,3 +237,12 @@ class ServiceRuntime:
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ["", *self._service_names]:
             await self._health.set(name, status)
+
+
+def _settle_garbage_collection() -> None:
+    """Everything allocated by start-up (modules, protobuf descriptors, pools) lives as long as the process:
+    frozen out of the collector's scans, and the youngest generation collected less often."""
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNGEST_THRESHOLD, middle, oldest)

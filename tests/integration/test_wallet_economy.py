@@ -116,6 +116,23 @@ async def test_the_database_refuses_a_negative_user_bucket_unless_debt_is_allowe
         await conn.close()
 
 
+async def test_the_database_refuses_an_unbalanced_ledger_transaction(stack: Stack, clients: Clients) -> None:
+    account_id = await create_account(clients)
+    conn = await asyncpg.connect(stack.database_url("wallet"))
+    transaction_id = new_id("txn")
+    record = (
+        "WITH t AS (INSERT INTO transactions (transaction_id, kind, request_id, account_id, reference)"
+        " VALUES ($1, 'spend', $1, $2, 'test'))"
+        " INSERT INTO postings (transaction_id, ledger_account_id, coins_delta) VALUES ($1, $3, -5), ($1, $4, 4)"
+    )
+    try:
+        with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+            await conn.execute(record, transaction_id, account_id, "system:spent", "system:sales")
+        assert await conn.fetchval("SELECT count(*) FROM transactions WHERE transaction_id = $1", transaction_id) == 0
+    finally:
+        await conn.close()
+
+
 # --- promotions -----------------------------------------------------------------------------------------------
 
 
