@@ -1,5 +1,5 @@
 -- Double entry checked once per statement, not once per posting: the per-row deferred check re-summed (and
--- re-planned) a transaction for each of its postings, about a fifth of the wallet's database time in a batch of
+-- re-planned) a transaction for each of its postings, about a quarter of the wallet's database time in a batch of
 -- spends. The store writes every posting of a ledger transaction in one statement (record_movement,
 -- record_spends), so each INSERT must leave every transaction it touched summing to zero — as in payouts.
 DROP TRIGGER postings_balanced ON postings;
