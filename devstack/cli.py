@@ -1,4 +1,5 @@
-"""The `coinstream` command: dev tokens, a scripted demo against the running stack, and a health check."""
+"""The `coinstream` command: dev tokens, a scripted demo against the running stack, a health check, and the
+reconciliation of the three ledgers (services/reconcile)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from devstack.demo import (
     connect,
 )
 from devstack.probe import health_status
+from services.reconcile import __main__ as reconcile_command
+from services.reconcile.checks import Thresholds
 from services.runtime.auth import KNOWN_ROLES, ROLE_USER, mint_token
 from services.runtime.config import DEV_AUTH_SECRET
 
 app = typer.Typer(
     name="coinstream",
-    help="coinstream developer tools: mint dev tokens, run a demo live stream, check the services' health.",
+    help="coinstream tools: dev tokens, a demo live stream, the services' health, reconciling the ledgers.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -102,6 +105,27 @@ def health(
     console.print(table)
     if not all_serving:
         raise typer.Exit(1)
+
+
+@app.command()
+def reconcile(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    settlement_grace_seconds: Annotated[
+        float, typer.Option("--settlement-grace-seconds", help="A younger completed gift may still be settling.")
+    ] = Thresholds.settlement_grace_seconds,
+    stuck_after_seconds: Annotated[
+        float, typer.Option("--stuck-after-seconds", help="Older pending gifts, purchases, withdrawals are stuck.")
+    ] = Thresholds.stuck_after_seconds,
+) -> None:
+    """Check the money identities across the three databases (COINSTREAM_*_DATABASE_URL, default `make run`'s);
+    exits 1 with a report of each discrepancy, 2 when a database is unreachable."""
+    args = [
+        "--settlement-grace-seconds",
+        str(settlement_grace_seconds),
+        "--stuck-after-seconds",
+        str(stuck_after_seconds),
+    ]
+    raise typer.Exit(reconcile_command.main([*args, "--json"] if as_json else args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""`coinstream reconcile`: the money identities checked across the three services' databases, for operators."""

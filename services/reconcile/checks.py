@@ -1,0 +1,272 @@
+"""The money identities, each a read-only check straight in the services' databases.
+
+Wallet: every transaction balances; each user bucket (paid, bonus) equals its postings and is never negative except
+a frozen account's chargeback debt; coins issued (sales + promotions, net of reversals) = user balances + coins spent.
+Across services: every completed gift was paid by exactly one wallet spend of the same coins, and settled exactly
+once (once the settlement lag has passed, unless its event was dead-lettered); per creator and rate version its
+diamonds are floor(total coins × rate) with the rest carried. Payouts: every transaction balances; creator balances
+(pending, available, reserved) equal their postings and are never negative; per creator, pending + available +
+reserved + withdrawn = credited. Work: no gift, purchase or withdrawal pending longer than a threshold.
+
+A check compares what the ledgers say with each other; it never writes. Most comparisons run in SQL (a HAVING over
+the whole table), so a check reads only its discrepancies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    check: str  # which identity: wallet_ledger, gift_payment, settlement, payouts_ledger, stuck_work
+    subject: str  # the transaction, account, gift or creator it concerns
+    detail: str
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # A completed gift younger than this may still be on its way to payouts (outbox, JetStream, settlement batch).
+    settlement_grace_seconds: float = 60.0
+    # Pending work older than this is stuck: recovery passes and workers should have finished it long before.
+    stuck_after_seconds: float = 3600.0
+
+
+# -- wallet ------------------------------------------------------------------------------------------------------
+
+
+async def wallet_ledger(wallet: asyncpg.Connection) -> list[Discrepancy]:
+    found = [
+        Discrepancy("wallet_ledger", r["transaction_id"], f"wallet transaction sums to {r['total']}")
+        for r in await wallet.fetch(
+            "SELECT transaction_id, sum(coins_delta) AS total FROM postings"
+            " GROUP BY transaction_id HAVING sum(coins_delta) <> 0"
+        )
+    ]
+    # User ledger accounts are both buckets, '<account_id>' (paid) and '<account_id>:bonus'. Only a paid bucket
+    # may be negative, and only as the debt of a reversed purchase on a frozen account.
+    drifted = await wallet.fetch(
+        "SELECT l.ledger_account_id, l.coins, coalesce(sum(p.coins_delta), 0) AS posted"
+        " FROM ledger_accounts AS l LEFT JOIN postings AS p USING (ledger_account_id)"
+        " WHERE l.kind = 'user' GROUP BY l.ledger_account_id, l.coins"
+        " HAVING l.coins <> coalesce(sum(p.coins_delta), 0) OR (l.coins < 0 AND NOT EXISTS ("
+        "   SELECT 1 FROM accounts AS a JOIN purchases AS b USING (account_id)"
+        "   JOIN purchase_reversals AS r USING (purchase_id)"
+        "   WHERE a.account_id = l.ledger_account_id AND a.status = 'frozen'))"
+    )
+    found += [
+        Discrepancy("wallet_ledger", r["ledger_account_id"], f"balance is {r['coins']}, postings say {r['posted']}")
+        for r in drifted
+    ]
+    # Issued = sales + promotions postings, net of reversals (which post back to them); giveaways move coins
+    # between users only, so they leave both sides alone.
+    totals = await wallet.fetchrow(
+        "SELECT"
+        " -coalesce(sum(coins_delta)"
+        "   FILTER (WHERE ledger_account_id IN ('system:sales', 'system:promotions')), 0) AS issued,"
+        " coalesce(sum(coins_delta) FILTER (WHERE ledger_account_id = 'system:spent'), 0) AS spent"
+        " FROM postings"
+    )
+    held = await wallet.fetchval("SELECT coalesce(sum(coins), 0) FROM ledger_accounts WHERE kind = 'user'")
+    if totals["issued"] != held + totals["spent"]:
+        found.append(
+            Discrepancy(
+                "wallet_ledger",
+                "coins issued",
+                f"{totals['issued']} issued != {held} in balances + {totals['spent']} spent",
+            )
+        )
+    return found
+
+
+# -- across services ---------------------------------------------------------------------------------------------
+
+
+async def gift_payments(wallet: asyncpg.Connection, gifts: asyncpg.Connection) -> list[Discrepancy]:
+    """Each completed gift ↔ exactly one wallet spend with reference gift:<id> of the same coins."""
+    completed = await _completed_gifts(gifts)
+    spends = await wallet.fetch(
+        "SELECT substr(t.reference, 6) AS gift_transaction_id, count(DISTINCT t.transaction_id) AS spends,"
+        " -sum(p.coins_delta) AS coins"
+        " FROM transactions AS t JOIN postings AS p"  # both buckets of the sender: a spend is paid + bonus coins
+        "   ON p.transaction_id = t.transaction_id"
+        "   AND p.ledger_account_id IN (t.account_id, t.account_id || ':bonus')"
+        " WHERE t.kind = 'spend' AND t.reference LIKE 'gift:%' GROUP BY t.reference"
+    )
+    paid = {r["gift_transaction_id"]: (r["spends"], r["coins"]) for r in spends}
+    found = [
+        Discrepancy("gift_payment", gift_id, f"{coins} coins, wallet spends (count, coins) {paid.get(gift_id)}")
+        for gift_id, (coins, _) in completed.items()
+        if paid.get(gift_id) != (1, coins)
+    ]
+    # A spend without a completed gift is allowed only while its gift is still pending (recovery finishes it).
+    pending = {
+        r["gift_transaction_id"]
+        for r in await gifts.fetch("SELECT gift_transaction_id FROM gift_transactions WHERE status = 'pending'")
+    }
+    found += [
+        Discrepancy("gift_payment", gift_id, "wallet spend without a completed gift")
+        for gift_id in paid
+        if gift_id not in completed and gift_id not in pending
+    ]
+    return found
+
+
+async def settlement(
+    gifts: asyncpg.Connection,
+    payouts: asyncpg.Connection,
+    thresholds: Thresholds,
+    dead_lettered: frozenset[str] = frozenset(),
+) -> tuple[list[Discrepancy], int]:
+    """Every completed gift settled exactly once, for its coins — or still within the settlement grace, or
+    dead-lettered (listed for an operator to replay). Per creator and rate version the credits sum to
+    floor(total coins × rate) and the carried remainder is the rest (fractions are carried from gift to gift, so a
+    single gift may round either way). Also returns how many gifts are still within the grace."""
+    completed = await _completed_gifts(gifts, thresholds.settlement_grace_seconds)
+    credits = await payouts.fetch(
+        "SELECT gift_transaction_id, count(*) AS credits, sum(coins) AS coins FROM diamond_credits"
+        " WHERE gift_transaction_id = ANY($1::text[]) GROUP BY gift_transaction_id",
+        list(completed),
+    )
+    settled = {r["gift_transaction_id"]: r for r in credits}
+    found: list[Discrepancy] = []
+    in_flight = 0
+    for gift_id, (coins, recent) in completed.items():
+        credit = settled.get(gift_id)
+        if credit is None:
+            if recent:
+                in_flight += 1
+            elif gift_id not in dead_lettered:
+                found.append(Discrepancy("settlement", gift_id, "completed but never settled"))
+        elif credit["credits"] != 1 or credit["coins"] != coins:
+            found.append(
+                Discrepancy(
+                    "settlement", gift_id, f"{coins} coins settled {credit['credits']} times for {credit['coins']}"
+                )
+            )
+    rounded = await payouts.fetch(
+        "SELECT c.creator_id, c.rate_version, sum(c.coins) AS coins, sum(c.diamonds) AS diamonds,"
+        " div(sum(c.coins) * min(r.numerator), min(r.denominator)) AS exact,"
+        " mod(sum(c.coins) * min(r.numerator), min(r.denominator)) AS rest, min(s.remainder) AS carried"
+        " FROM diamond_credits AS c JOIN settlement_rates AS r ON r.version = c.rate_version"
+        " LEFT JOIN settlement_carries AS s ON (s.creator_id, s.rate_version) = (c.creator_id, c.rate_version)"
+        " GROUP BY c.creator_id, c.rate_version"
+        " HAVING sum(c.diamonds) <> div(sum(c.coins) * min(r.numerator), min(r.denominator))"
+        "   OR coalesce(min(s.remainder), 0) <> mod(sum(c.coins) * min(r.numerator), min(r.denominator))"
+    )
+    found += [
+        Discrepancy(
+            "settlement",
+            r["creator_id"],
+            f"at rate version {r['rate_version']}: {r['coins']} coins became {r['diamonds']} diamonds"
+            f" (exactly {r['exact']}), carrying {r['carried']} (rest {r['rest']})",
+        )
+        for r in rounded
+    ]
+    return found, in_flight
+
+
+async def _completed_gifts(gifts: asyncpg.Connection, recent_seconds: float = 0.0) -> dict[str, tuple[int, bool]]:
+    """Completed gifts: their coins, and whether they finished within the last recent_seconds."""
+    rows = await gifts.fetch(
+        "SELECT gift_transaction_id, coins, finished_at > now() - make_interval(secs => $1) AS recent"
+        " FROM gift_transactions WHERE status = 'completed'",
+        recent_seconds,
+    )
+    return {r["gift_transaction_id"]: (r["coins"], bool(r["recent"])) for r in rows}
+
+
+# -- payouts -----------------------------------------------------------------------------------------------------
+
+
+async def payouts_ledger(payouts: asyncpg.Connection) -> list[Discrepancy]:
+    found = [
+        Discrepancy("payouts_ledger", r["transaction_id"], f"payouts transaction sums to {r['total']}")
+        for r in await payouts.fetch(
+            "SELECT transaction_id, sum(diamonds_delta) AS total FROM postings"
+            " GROUP BY transaction_id HAVING sum(diamonds_delta) <> 0"
+        )
+    ]
+    # A creator's balance row stands for three ledger accounts: creator:<id>:available, :reserved and :pending.
+    drifted = await payouts.fetch(
+        """
+        WITH held AS (
+            SELECT 'creator:' || creator_id || ':available' AS ledger_account_id, available_diamonds AS diamonds
+            FROM creator_balances
+            UNION ALL
+            SELECT 'creator:' || creator_id || ':reserved', reserved_diamonds FROM creator_balances
+            UNION ALL
+            SELECT 'creator:' || creator_id || ':pending', pending_diamonds FROM creator_balances
+        ), posted AS (
+            SELECT ledger_account_id, sum(diamonds_delta) AS posted FROM postings
+            WHERE ledger_account_id LIKE 'creator:%' GROUP BY ledger_account_id
+        )
+        SELECT ledger_account_id, coalesce(h.diamonds, 0) AS diamonds, coalesce(p.posted, 0) AS posted
+        FROM held AS h FULL JOIN posted AS p USING (ledger_account_id)
+        WHERE coalesce(h.diamonds, 0) <> coalesce(p.posted, 0) OR h.diamonds < 0
+        """
+    )
+    found += [
+        Discrepancy("payouts_ledger", r["ledger_account_id"], f"balance is {r['diamonds']}, postings say {r['posted']}")
+        for r in drifted
+    ]
+    found += await _creator_totals(payouts)
+    return found
+
+
+async def _creator_totals(payouts: asyncpg.Connection) -> list[Discrepancy]:
+    """Per creator: lifetime = credits; pending = credits still in their hold; and everything credited is still
+    pending, available or reserved, or was withdrawn (paid out)."""
+    rows = await payouts.fetch(
+        """
+        WITH credited AS (
+            SELECT creator_id, sum(diamonds) AS diamonds, sum(diamonds) FILTER (WHERE matured_at IS NULL) AS held
+            FROM diamond_credits GROUP BY creator_id
+        ), withdrawn AS (
+            SELECT creator_id, sum(diamonds) AS diamonds FROM withdrawals WHERE status = 'paid' GROUP BY creator_id
+        )
+        SELECT b.creator_id, b.lifetime_diamonds, b.pending_diamonds, b.available_diamonds, b.reserved_diamonds,
+               coalesce(c.diamonds, 0) AS credited, coalesce(c.held, 0) AS held, coalesce(w.diamonds, 0) AS withdrawn
+        FROM creator_balances AS b
+        LEFT JOIN credited AS c USING (creator_id) LEFT JOIN withdrawn AS w USING (creator_id)
+        WHERE b.lifetime_diamonds <> coalesce(c.diamonds, 0)
+           OR b.pending_diamonds <> coalesce(c.held, 0)
+           OR b.pending_diamonds + b.available_diamonds + b.reserved_diamonds + coalesce(w.diamonds, 0)
+              <> coalesce(c.diamonds, 0)
+        """
+    )
+    return [
+        Discrepancy(
+            "payouts_ledger",
+            r["creator_id"],
+            f"credited {r['credited']} (lifetime {r['lifetime_diamonds']}); pending {r['pending_diamonds']}"
+            f" (unmatured credits {r['held']}) + available {r['available_diamonds']}"
+            f" + reserved {r['reserved_diamonds']} + withdrawn {r['withdrawn']}",
+        )
+        for r in rows
+    ]
+
+
+# -- work left pending -------------------------------------------------------------------------------------------
+
+
+STUCK_WORK = {
+    "gift": ("gifts", "SELECT gift_transaction_id AS id, created_at FROM gift_transactions WHERE status = 'pending'"),
+    "purchase": ("wallet", "SELECT purchase_id AS id, created_at FROM purchases WHERE status = 'pending'"),
+    "withdrawal": ("payouts", "SELECT withdrawal_id AS id, created_at FROM withdrawals WHERE status = 'pending'"),
+}
+
+
+async def stuck_work(connections: dict[str, asyncpg.Connection], thresholds: Thresholds) -> list[Discrepancy]:
+    found: list[Discrepancy] = []
+    for kind, (database, pending) in STUCK_WORK.items():
+        rows = await connections[database].fetch(
+            f"SELECT id, created_at FROM ({pending}) AS p"  # noqa: S608 - constant SQL from this module
+            " WHERE created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT 1000",
+            thresholds.stuck_after_seconds,
+        )
+        found += [
+            Discrepancy("stuck_work", r["id"], f"{kind} pending since {r['created_at'].isoformat()}") for r in rows
+        ]
+    return found

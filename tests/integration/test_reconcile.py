@@ -1,0 +1,133 @@
+"""`coinstream reconcile` (python -m services.reconcile): 0 and a clean report on the suite's stack, and each kind of
+discrepancy found — planted inside a transaction that is rolled back, so the stack stays consistent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from coinstream.gifts.v1 import gifts_pb2
+
+from services.reconcile.checks import Thresholds, gift_payments, stuck_work, wallet_ledger
+from tests.conftest import Clients, auth, new_id
+from tests.factories import buy, create_account
+from tests.invariants import wait_until_settled
+from tests.stack import REPO_ROOT, Stack
+
+
+async def run_reconcile(
+    stack: Stack, *args: str, module: str = "services.reconcile", command: str = "", **urls: str
+) -> subprocess.CompletedProcess[str]:
+    """The command as an operator runs it (`python -m services.reconcile`, or `coinstream reconcile` through
+    devstack.cli), against the stack's databases or the URLs given by service name."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COINSTREAM_")}
+    for name in ("wallet", "gifts", "payouts"):
+        env[f"COINSTREAM_{name.upper()}_DATABASE_URL"] = urls.get(name) or stack.database_url(name)
+    argv = [sys.executable, "-m", module, *([command] if command else []), *args]
+    return await asyncio.to_thread(
+        subprocess.run, argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_reconcile_reports_no_discrepancy_on_a_consistent_stack(stack: Stack, clients: Clients) -> None:
+    await buy(clients, await create_account(clients))
+    await wait_until_settled(stack)
+    done = await run_reconcile(stack, "--json", "--settlement-grace-seconds", "0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert (report["ok"], report["discrepancies"]) == (True, [])
+
+    text = await run_reconcile(stack, module="devstack.cli", command="reconcile")
+    assert text.returncode == 0 and "0 discrepancies" in text.stdout, text.stdout + text.stderr
+
+
+async def test_reconcile_exits_2_when_a_database_is_unreachable(stack: Stack) -> None:
+    done = await run_reconcile(stack, wallet="postgresql://postgres@127.0.0.1:1/nowhere")
+    assert done.returncode == 2 and "cannot read the databases" in done.stderr
+
+
+async def test_a_balance_that_drifted_from_its_postings_is_reported(stack: Stack, clients: Clients) -> None:
+    account_id = await create_account(clients)
+    await buy(clients, account_id)
+    conn = await asyncpg.connect(stack.database_url("wallet"))
+    try:
+        async with conn.transaction():
+            assert await wallet_ledger(conn) == []
+            await conn.execute("UPDATE ledger_accounts SET coins = coins + 5 WHERE ledger_account_id = $1", account_id)
+            found = {(d.check, d.subject) for d in await wallet_ledger(conn)}
+            assert found == {("wallet_ledger", account_id), ("wallet_ledger", "coins issued")}
+            raise Rollback
+    except Rollback:
+        pass
+    finally:
+        await conn.close()
+
+
+async def live_stream(clients: Clients) -> str:
+    creator_id = await create_account(clients)
+    reply = await clients.gifts.StartLiveStream(
+        gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator_id, title="reconcile"),
+        metadata=auth(creator_id),
+    )
+    return reply.stream.stream_id
+
+
+async def test_a_completed_gift_without_its_wallet_spend_is_reported(stack: Stack, clients: Clients) -> None:
+    stream_id = await live_stream(clients)
+    wallet = await asyncpg.connect(stack.database_url("wallet"))
+    gifts = await asyncpg.connect(stack.database_url("gifts"))
+    gift_id = new_id("gtx")
+    try:
+        async with gifts.transaction():
+            await gifts.execute(
+                "INSERT INTO gift_transactions (gift_transaction_id, request_id, sender_id, recipient_id, stream_id,"
+                " gift_id, quantity, coin_price, coins, status, wallet_transaction_id, sender_balance_coins,"
+                " finished_at, combo_count)"
+                " SELECT $1, $1, 'nobody', creator_id, stream_id, 'rose', 1, 1, 1, 'completed', 'txn_none', 0, now(), 1"
+                " FROM live_streams WHERE stream_id = $2",
+                gift_id,
+                stream_id,
+            )
+            found = [d for d in await gift_payments(wallet, gifts) if d.subject == gift_id]
+            assert [d.check for d in found] == ["gift_payment"]
+            raise Rollback
+    except Rollback:
+        pass
+    finally:
+        await wallet.close()
+        await gifts.close()
+
+
+async def test_work_pending_longer_than_the_threshold_is_reported(stack: Stack, clients: Clients) -> None:
+    stream_id = await live_stream(clients)
+    connections = {name: await asyncpg.connect(stack.database_url(name)) for name in ("wallet", "gifts", "payouts")}
+    gifts = connections["gifts"]
+    gift_id = new_id("gtx")
+    try:
+        async with gifts.transaction():
+            await gifts.execute(
+                "INSERT INTO gift_transactions (gift_transaction_id, request_id, sender_id, recipient_id, stream_id,"
+                " gift_id, quantity, coin_price, coins, status, created_at)"
+                " SELECT $1, $1, 'nobody', creator_id, stream_id, 'rose', 1, 1, 1, 'pending', $3"
+                " FROM live_streams WHERE stream_id = $2",
+                gift_id,
+                stream_id,
+                datetime.now(UTC) - timedelta(hours=2),
+            )
+            stuck = await stuck_work(connections, Thresholds(stuck_after_seconds=3600))
+            assert [(d.check, d.subject) for d in stuck if d.subject == gift_id] == [("stuck_work", gift_id)]
+            raise Rollback
+    except Rollback:
+        pass
+    finally:
+        for conn in connections.values():
+            await conn.close()
+
+
+class Rollback(Exception):
+    """Raised inside a transaction to roll back what a test planted."""
