@@ -12,15 +12,16 @@ from enum import Enum
 
 import grpc
 
+from services.runtime import limits
 from services.runtime.errors import AppError, failed_precondition, not_found
 
 MIN_QUANTITY = 1
-MAX_QUANTITY = 10_000
+MAX_QUANTITY = limits.MAX_GIFT_QUANTITY
 MAX_TITLE_LENGTH = 200
 TOP_GIFTERS_LIMIT = 10
 MAX_GIFT_NAME_LENGTH = 100
 MIN_COIN_PRICE = 1
-MAX_COIN_PRICE = 1_000_000
+MAX_COIN_PRICE = limits.MAX_GIFT_COIN_PRICE
 # A gift continues its sender's combo when it completes within this long of the previous one (same gift, stream).
 COMBO_WINDOW = timedelta(seconds=10)
 LEADERBOARD_DEFAULT_PAGE_SIZE = 10

@@ -21,6 +21,7 @@ from prometheus_client import Counter
 
 from services.payouts import domain, store
 from services.payouts.ids import new_id
+from services.runtime import limits
 from services.runtime.errors import AppError
 from services.runtime.faults import crash_point
 from services.runtime.messaging import (
@@ -32,7 +33,6 @@ from services.runtime.messaging import (
 )
 from services.runtime.validation import Validator
 
-MAX_GIFT_COINS = 10_000_000_000  # far above any gift (10,000 × the dearest) yet far from int64 overflow
 RETRY_PAUSE_SECONDS = 1.0
 
 GIFTS_SETTLED = Counter("coinstream_payouts_gifts_settled_total", "Gifts credited to creators (first delivery only)")
@@ -65,10 +65,10 @@ def decode_gift_sent(data: bytes) -> domain.GiftToSettle:
     # Creator ids name ledger accounts ('creator:<id>:…'), so they must be real identifiers.
     check.identifier(event.recipient_id, "recipient_id")
     check.opaque_id(event.stream_id, "stream_id")
-    check.int_range(event.coins, "coins", minimum=1, maximum=MAX_GIFT_COINS)
+    check.int_range(event.coins, "coins", minimum=1, maximum=limits.MAX_GIFT_COINS)
     # Kept for accounting only; paid + bonus = coins is not required yet (senders' side may still send 0 and 0).
-    check.int_range(event.paid_coins, "paid_coins", minimum=0, maximum=MAX_GIFT_COINS)
-    check.int_range(event.bonus_coins, "bonus_coins", minimum=0, maximum=MAX_GIFT_COINS)
+    check.int_range(event.paid_coins, "paid_coins", minimum=0, maximum=limits.MAX_GIFT_COINS)
+    check.int_range(event.bonus_coins, "bonus_coins", minimum=0, maximum=limits.MAX_GIFT_COINS)
     check.raise_if_invalid()
     return domain.GiftToSettle(
         event.gift_transaction_id,

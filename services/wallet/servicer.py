@@ -9,6 +9,7 @@ import grpc
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from services.runtime import limits
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, ROLE_USER, current_principal
 from services.runtime.errors import AppError, permission_denied
 from services.runtime.validation import Validator, page_size
@@ -17,7 +18,7 @@ from services.wallet.service import WalletService
 
 COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
 MAX_SPENDS_PER_BATCH = 1000
-MAX_SPEND_COINS = 10_000_000_000  # far above any gift (10,000 × the dearest) yet far from int64 overflow
+MAX_SPEND_COINS = limits.MAX_GIFT_COINS  # the dearest gift; spends are for gifts
 MAX_COINS_PER_WINNER = 1_000_000
 MAX_PROMOTION_BONUS_COINS = 1_000_000
 MAX_PROMOTION_USES = 1_000_000
