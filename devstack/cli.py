@@ -1,11 +1,18 @@
-"""The `coinstream` command: dev tokens, a scripted demo against the running stack, a health check, and the
-reconciliation of the three ledgers (services/reconcile)."""
+"""The `coinstream` command: dev tokens, a scripted demo against the running stack, a health check, the
+reconciliation of the three ledgers (services/reconcile), and the dead letters of settlement."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import base64
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
+import nats
 import typer
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.table import Table
 
@@ -18,6 +25,7 @@ from devstack.demo import (
     connect,
 )
 from devstack.probe import health_status
+from services.payouts import dead_letters as dead_letter_store
 from services.reconcile import __main__ as reconcile_command
 from services.reconcile.checks import Thresholds
 from services.runtime.auth import KNOWN_ROLES, ROLE_USER, mint_token
@@ -30,6 +38,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+T = TypeVar("T")
 error_console = Console(stderr=True)
 
 SecretOption = Annotated[
@@ -126,6 +135,77 @@ def reconcile(
         str(stuck_after_seconds),
     ]
     raise typer.Exit(reconcile_command.main([*args, "--json"] if as_json else args))
+
+
+dead_letters_app = typer.Typer(
+    help="GiftSent events settlement could not process: list them, and replay one once its cause is fixed.",
+    no_args_is_help=True,
+)
+app.add_typer(dead_letters_app, name="dead-letters")
+NatsUrl = Annotated[
+    str, typer.Option("--nats", envvar="COINSTREAM_NATS_URL", help="NATS server (default: $COINSTREAM_NATS_URL).")
+]
+
+
+async def _with_jetstream(nats_url: str, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
+    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1)
+    try:
+        return await work(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+@dead_letters_app.command("list")
+def list_dead_letters(
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    limit: Annotated[int, typer.Option("--limit", min=1, max=dead_letter_store.MAX_LISTED)] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per dead letter.")] = False,
+) -> None:
+    """The oldest dead letters first: ID (to replay), gift, deliveries, when, and why."""
+    letters = asyncio.run(_with_jetstream(nats_url, lambda js: dead_letter_store.list_dead_letters(js, limit)))
+    if as_json:
+        for letter in letters:
+            typer.echo(json.dumps({**_describe(letter), "payload_base64": base64.b64encode(letter.payload).decode()}))
+        return
+    table = Table("ID", "gift", "deliveries", "dead-lettered at", "reason", title=f"{len(letters)} dead letters")
+    for letter in letters:
+        row = _describe(letter)
+        table.add_row(
+            str(row["id"]),
+            row["gift_transaction_id"] or "(unreadable)",
+            str(row["deliveries"]),
+            row["dead_lettered_at"],
+            row["reason"],
+        )
+    console.print(table)
+
+
+@dead_letters_app.command("replay")
+def replay_dead_letter(
+    dead_letter_id: Annotated[int, typer.Argument(help="The ID `coinstream dead-letters list` shows.", min=1)],
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+) -> None:
+    """Publish the event again to its original subject and remove the dead letter. Settlement credits a gift once,
+    however often it is replayed; an event that still cannot be settled comes back as a new dead letter."""
+    try:
+        letter = asyncio.run(_with_jetstream(nats_url, lambda js: dead_letter_store.replay(js, dead_letter_id)))
+    except NotFoundError:
+        error_console.print(f"[bold red]no dead letter {dead_letter_id}[/] (replayed already, or never there)")
+        raise typer.Exit(1) from None
+    console.print(f"replayed dead letter {dead_letter_id} (gift {letter.gift_transaction_id or 'unreadable'})")
+
+
+def _describe(letter: dead_letter_store.DeadLetter) -> dict[str, object]:
+    return {
+        "id": letter.sequence,
+        "gift_transaction_id": letter.gift_transaction_id,
+        "deliveries": letter.deliveries,
+        "dead_lettered_at": letter.dead_lettered_at.isoformat() if letter.dead_lettered_at else "",
+        "reason": letter.reason,
+        "original_subject": letter.original_subject,
+        "original_sequence": letter.original_sequence,
+        "original_msg_id": letter.original_msg_id,
+    }
 
 
 if __name__ == "__main__":

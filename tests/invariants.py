@@ -8,7 +8,7 @@ import time
 
 import asyncpg
 
-from services.reconcile.__main__ import reconcile
+from services.reconcile.__main__ import dead_lettered_gifts, reconcile
 from services.reconcile.checks import Discrepancy, Thresholds, wallet_ledger
 from tests.stack import Stack
 
@@ -25,17 +25,19 @@ async def wallet_violations(conn: asyncpg.Connection) -> list[str]:
 
 
 async def wait_until_settled(stack: Stack, timeout_seconds: float = 30.0) -> None:
-    """Waits until the outbox is empty and every completed gift is in the payouts inbox."""
+    """Waits until every completed gift is in the payouts inbox, or its event in DEAD_LETTERS."""
     gifts = await asyncpg.connect(stack.database_url("gifts"))
     payouts = await asyncpg.connect(stack.database_url("payouts"))
     try:
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
+            dead_lettered = await dead_lettered_gifts(stack.nats.url) or frozenset()
             completed = [
                 r["gift_transaction_id"]
                 for r in await gifts.fetch(
                     "SELECT gift_transaction_id FROM gift_transactions WHERE status = 'completed'"
                 )
+                if r["gift_transaction_id"] not in dead_lettered
             ]
             settled = await payouts.fetchval(
                 "SELECT count(*) FROM inbox WHERE gift_transaction_id = ANY($1::text[])", completed
@@ -51,5 +53,6 @@ async def wait_until_settled(stack: Stack, timeout_seconds: float = 30.0) -> Non
 
 async def all_violations(stack: Stack) -> list[str]:
     await wait_until_settled(stack)
-    report = await reconcile({name: stack.database_url(name) for name in ("wallet", "gifts", "payouts")}, SETTLED)
+    urls = {name: stack.database_url(name) for name in ("wallet", "gifts", "payouts")}
+    report = await reconcile(urls, SETTLED, await dead_lettered_gifts(stack.nats.url))
     return [describe(d) for d in report.discrepancies]

@@ -55,6 +55,7 @@ async def main() -> None:
         Settlement(pool, hold_seconds=settings.diamond_hold_seconds),
         batch_size=settings.payouts_settlement_batch_size,
         fetch_timeout_seconds=settings.payouts_settlement_fetch_timeout_seconds,
+        max_deliveries=settings.payouts_settlement_max_deliveries,
     )
     payout_worker = PayoutWorker(
         pool,

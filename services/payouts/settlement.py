@@ -3,7 +3,8 @@
 Exactly-once effect from at-least-once delivery: a batch is one database transaction in which only gifts entering
 the inbox for the first time are credited; messages are acked only after that commit. A crash before the commit
 settles nothing (JetStream redelivers); a crash after it but before the acks makes JetStream redeliver gifts the
-inbox then ignores."""
+inbox then ignores. An event that cannot be settled — unreadable, or failing on its own delivery after delivery —
+goes to the dead-letter stream (services/payouts/dead_letters.py) instead of being dropped."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
-from services.payouts import domain, store
+from services.payouts import dead_letters, domain, store
 from services.payouts.ids import new_id
 from services.runtime import limits
 from services.runtime.errors import AppError
@@ -29,15 +30,28 @@ from services.runtime.messaging import (
     GIFTS_STREAM,
     SETTLEMENT_CONSUMER,
     SETTLEMENT_CONSUMER_CONFIG,
+    ensure_dead_letters_stream,
     ensure_settlement_consumer,
 )
 from services.runtime.validation import Validator
 
 RETRY_PAUSE_SECONDS = 1.0
+# Deliveries of an event that fails on its own before it is dead-lettered (transient errors never count).
+DEFAULT_MAX_DELIVERIES = 5
+TRANSIENT_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # e.g. the connection was closed under the query
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, cannot connect now
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
+)
 
 GIFTS_SETTLED = Counter("coinstream_payouts_gifts_settled_total", "Gifts credited to creators (first delivery only)")
 DUPLICATE_GIFTS = Counter("coinstream_payouts_duplicate_gifts_total", "GiftSent deliveries already settled")
-REJECTED_EVENTS = Counter("coinstream_payouts_rejected_events_total", "GiftSent messages that could not be read")
+REJECTED_EVENTS = Counter(
+    "coinstream_payouts_rejected_events_total", "GiftSent messages that could not be read (dead-lettered)"
+)
 DIAMONDS_CREDITED = Counter("coinstream_payouts_diamonds_credited_total", "Diamonds credited to creators")
 
 log = structlog.get_logger()
@@ -46,6 +60,7 @@ log = structlog.get_logger()
 async def declare_settlement_consumer(js: JetStreamContext, ack_wait_seconds: float) -> None:
     """The runtime's consumer, with the configured ack_wait (an existing consumer is updated to it)."""
     await ensure_settlement_consumer(js)
+    await ensure_dead_letters_stream(js)
     info = await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
     if info.config.ack_wait is None or abs(info.config.ack_wait - ack_wait_seconds) > 0.001:
         # Creating a durable consumer that exists updates its editable settings, ack_wait among them.
@@ -143,9 +158,16 @@ class SettlementConsumer:
     """Pulls GiftSent in batches from the durable consumer and settles each batch before acking it."""
 
     def __init__(
-        self, js: JetStreamContext, settlement: Settlement, *, batch_size: int, fetch_timeout_seconds: float
+        self,
+        js: JetStreamContext,
+        settlement: Settlement,
+        *,
+        batch_size: int,
+        fetch_timeout_seconds: float,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     ) -> None:
         self._js = js
+        self._max_deliveries = max_deliveries
         self._settlement = settlement
         self._batch_size = batch_size
         self._fetch_timeout_seconds = fetch_timeout_seconds
@@ -181,37 +203,76 @@ class SettlementConsumer:
                 gifts.append(decode_gift_sent(message.data))
                 readable.append(message)
             except AppError as error:
-                await self._reject(message, error)
+                REJECTED_EVENTS.inc()
+                await self._dead_letter(message, f"unreadable GiftSent: {error.message}")
         if not readable:
             return
         try:
             settled = await self._settlement.settle(gifts)
-        except Exception:
+        except Exception as error:
+            if is_transient(error):
+                log.warning("settlement_batch_failed", messages=len(readable), error=repr(error))
+                await self._retry_later(readable)
+                return
+            # One event (or a bug it triggers) may fail a whole batch: each on its own, so only it is held back.
             log.exception("settlement_batch_failed", messages=len(readable))
-            # Not acked, so nothing is lost: hand them back for another try after a pause.
-            for message in readable:
-                await _quietly(message.nak(delay=RETRY_PAUSE_SECONDS))
-            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+            await self._settle_one_by_one(readable, gifts)
             return
         crash_point("payouts.after_settlement_commit")
-        for message in readable:
+        await self._ack(readable, settled)
+
+    async def _settle_one_by_one(self, messages: list[Msg], gifts: list[domain.GiftToSettle]) -> None:
+        for message, gift in zip(messages, gifts, strict=True):
+            try:
+                settled = await self._settlement.settle([gift])
+            except Exception as error:
+                if is_transient(error) or message.metadata.num_delivered < self._max_deliveries:
+                    log.warning(
+                        "gift_settlement_failed", gift_transaction_id=gift.gift_transaction_id, error=repr(error)
+                    )
+                    await self._retry_later([message])
+                else:
+                    await self._dead_letter(message, f"settlement failed {self._max_deliveries} times: {error!r}")
+                continue
+            await self._ack([message], settled)
+
+    async def _ack(self, messages: list[Msg], settled: int) -> None:
+        for message in messages:
             # Fire-and-forget is enough: a lost ack only means a redelivery, which the inbox ignores.
             await _quietly(message.ack())
         GIFTS_SETTLED.inc(settled)
-        DUPLICATE_GIFTS.inc(len(readable) - settled)
-        log.info("gifts_settled", messages=len(readable), settled=settled)
+        DUPLICATE_GIFTS.inc(len(messages) - settled)
+        log.info("gifts_settled", messages=len(messages), settled=settled)
 
-    async def _reject(self, message: Msg, error: AppError) -> None:
-        """A message we can never settle would block nothing but be redelivered forever: terminate it, loudly.
-        It stays in the stream (limits retention), so it can be inspected and replayed once fixed."""
-        REJECTED_EVENTS.inc()
+    @staticmethod
+    async def _retry_later(messages: list[Msg]) -> None:
+        """Not acked, so nothing is lost: handed back for another try after a pause."""
+        for message in messages:
+            await _quietly(message.nak(delay=RETRY_PAUSE_SECONDS))
+        await asyncio.sleep(RETRY_PAUSE_SECONDS)
+
+    async def _dead_letter(self, message: Msg, reason: str) -> None:
+        """An event settlement cannot process goes to DEAD_LETTERS (for `coinstream dead-letters`), loudly, and is
+        terminated here only once the copy is stored; if the copy fails it stays to be delivered again."""
         log.error(
-            "gift_event_rejected",
-            error=error.message,
+            "gift_event_dead_lettered",
+            reason=reason,
             stream_sequence=message.metadata.sequence.stream,
             message_id=(message.headers or {}).get("Nats-Msg-Id"),
         )
+        try:
+            await dead_letters.dead_letter(self._js, message, reason)
+        except NatsError as error:
+            log.warning("dead_letter_failed", error=repr(error))
+            await self._retry_later([message])
+            return
         await _quietly(message.term())
+
+
+def is_transient(error: Exception) -> bool:
+    """Errors that say nothing about the events: the database unreachable, restarting, a lost connection, a
+    deadlock or serialization failure. Such a batch is retried however often it takes, never dead-lettered."""
+    return isinstance(error, TRANSIENT_ERRORS)
 
 
 async def _quietly(operation: Awaitable[object]) -> None:

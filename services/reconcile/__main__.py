@@ -2,7 +2,9 @@
 databases and exits 1 with a report of each discrepancy (0 when there is none, 2 when a database is unreachable).
 
 The databases come from the services' own settings (COINSTREAM_{WALLET,GIFTS,PAYOUTS}_DATABASE_URL; the defaults are
-`make run`'s). Read-only: run it against replicas or the primaries at any time."""
+`make run`'s). Read-only: run it against replicas or the primaries at any time. Gifts whose GiftSent is in the
+DEAD_LETTERS stream (COINSTREAM_NATS_URL) are listed as dead-lettered rather than as never settled; when NATS cannot
+be reached the report says so, and such gifts count as discrepancies."""
 
 from __future__ import annotations
 
@@ -15,8 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
+import nats
+from nats.errors import Error as NatsError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.payouts.dead_letters import list_dead_letters
 from services.reconcile import checks
 from services.reconcile.checks import Discrepancy, Thresholds
 
@@ -27,6 +32,7 @@ class ReconcileSettings(BaseSettings):
     wallet_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_wallet"
     gifts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_gifts"
     payouts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_payouts"
+    nats_url: str = "nats://127.0.0.1:4222"
 
     def urls(self) -> dict[str, str]:
         return {
@@ -41,6 +47,8 @@ class Report:
     checked_at: str
     discrepancies: list[Discrepancy] = field(default_factory=list)
     gifts_awaiting_settlement: int = 0  # completed within the settlement grace, not yet credited
+    dead_lettered_gifts: list[str] = field(default_factory=list)  # for an operator: `coinstream dead-letters`
+    dead_letters_unknown: bool = False  # NATS could not be read
 
     @property
     def ok(self) -> bool:
@@ -54,19 +62,61 @@ class Report:
         lines += [f"  {d.check:<15} {d.subject}: {d.detail}" for d in self.discrepancies]
         if self.gifts_awaiting_settlement:
             lines.append(f"  ({self.gifts_awaiting_settlement} gifts completed within the grace, not settled yet)")
+        if self.dead_lettered_gifts:
+            lines.append(
+                f"  {len(self.dead_lettered_gifts)} gifts dead-lettered, to replay: coinstream dead-letters list"
+            )
+        if self.dead_letters_unknown:
+            lines.append("  (NATS unreachable: dead letters unknown, so their gifts count as never settled)")
         return "\n".join(lines)
 
 
-async def reconcile(urls: dict[str, str], thresholds: Thresholds) -> Report:
+DEAD_LETTERS_READ_LIMIT = 10_000
+NATS_CONNECT_TIMEOUT_SECONDS = 2.0
+
+
+async def dead_lettered_gifts(nats_url: str) -> frozenset[str] | None:
+    """The gifts whose GiftSent waits in DEAD_LETTERS (the oldest 10,000), or None when NATS cannot be read."""
+
+    async def quiet(error: Exception) -> None:
+        """The outcome is reported (dead letters unknown); no traceback per failed attempt."""
+
+    try:
+        # Two attempts at most: nats-py otherwise retries a refused first connect 60 times.
+        nc = await nats.connect(
+            nats_url,
+            connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.2,
+            error_cb=quiet,
+        )
+    except (NatsError, OSError, TimeoutError):
+        return None
+    try:
+        letters = await list_dead_letters(nc.jetstream(), limit=DEAD_LETTERS_READ_LIMIT)
+    except NatsError:
+        return None
+    finally:
+        await nc.close()
+    return frozenset(letter.gift_transaction_id for letter in letters if letter.gift_transaction_id)
+
+
+async def reconcile(
+    urls: dict[str, str], thresholds: Thresholds, dead_lettered: frozenset[str] | None = frozenset()
+) -> Report:
     """Every identity, read in one repeatable-read snapshot per database (the databases differ, so the checks
-    across them allow for work in flight: pending gifts, the settlement grace)."""
+    across them allow for work in flight: pending gifts, the settlement grace). dead_lettered: the gifts whose
+    event is in DEAD_LETTERS (None: unknown)."""
     connections = {name: await asyncpg.connect(url) for name, url in urls.items()}
     try:
         for connection in connections.values():
             await connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         wallet, gifts, payouts = connections["wallet"], connections["gifts"], connections["payouts"]
-        report = Report(checked_at=datetime.now(UTC).isoformat())
-        settled, report.gifts_awaiting_settlement = await checks.settlement(gifts, payouts, thresholds)
+        report = Report(checked_at=datetime.now(UTC).isoformat(), dead_letters_unknown=dead_lettered is None)
+        settled, report.gifts_awaiting_settlement, report.dead_lettered_gifts = await checks.settlement(
+            gifts, payouts, thresholds, dead_lettered or frozenset()
+        )
         report.discrepancies = [
             *await checks.wallet_ledger(wallet),
             *await checks.gift_payments(wallet, gifts),
@@ -78,6 +128,10 @@ async def reconcile(urls: dict[str, str], thresholds: Thresholds) -> Report:
     finally:
         for connection in connections.values():
             await connection.close()
+
+
+async def run(settings: ReconcileSettings, thresholds: Thresholds) -> Report:
+    return await reconcile(settings.urls(), thresholds, await dead_lettered_gifts(settings.nats_url))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     thresholds = Thresholds(args.settlement_grace_seconds, args.stuck_after_seconds)
     try:
-        report = asyncio.run(reconcile(ReconcileSettings().urls(), thresholds))
+        report = asyncio.run(run(ReconcileSettings(), thresholds))
     except (OSError, asyncpg.PostgresError) as error:
         print(f"coinstream reconcile: cannot read the databases: {error}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 Wallet: every transaction balances; each user bucket (paid, bonus) equals its postings and is never negative except
 a frozen account's chargeback debt; coins issued (sales + promotions, net of reversals) = user balances + coins spent.
 Across services: every completed gift was paid by exactly one wallet spend of the same coins, and settled exactly
-once (once the settlement lag has passed, unless its event was dead-lettered); per creator and rate version its
+once (once the settlement lag has passed, unless its event was dead-lettered); per creator and rate version the
 diamonds are floor(total coins × rate) with the rest carried. Payouts: every transaction balances; creator balances
 (pending, available, reserved) equal their postings and are never negative; per creator, pending + available +
 reserved + withdrawn = credited. Work: no gift, purchase or withdrawal pending longer than a threshold.
@@ -118,11 +118,12 @@ async def settlement(
     payouts: asyncpg.Connection,
     thresholds: Thresholds,
     dead_lettered: frozenset[str] = frozenset(),
-) -> tuple[list[Discrepancy], int]:
+) -> tuple[list[Discrepancy], int, list[str]]:
     """Every completed gift settled exactly once, for its coins — or still within the settlement grace, or
     dead-lettered (listed for an operator to replay). Per creator and rate version the credits sum to
     floor(total coins × rate) and the carried remainder is the rest (fractions are carried from gift to gift, so a
-    single gift may round either way). Also returns how many gifts are still within the grace."""
+    single gift may round either way). Also returns how many gifts are still within the grace, and which unsettled
+    gifts are dead-lettered."""
     completed = await _completed_gifts(gifts, thresholds.settlement_grace_seconds)
     credits = await payouts.fetch(
         "SELECT gift_transaction_id, count(*) AS credits, sum(coins) AS coins FROM diamond_credits"
@@ -132,12 +133,15 @@ async def settlement(
     settled = {r["gift_transaction_id"]: r for r in credits}
     found: list[Discrepancy] = []
     in_flight = 0
+    waiting_for_replay: list[str] = []
     for gift_id, (coins, recent) in completed.items():
         credit = settled.get(gift_id)
         if credit is None:
-            if recent:
+            if gift_id in dead_lettered:
+                waiting_for_replay.append(gift_id)
+            elif recent:
                 in_flight += 1
-            elif gift_id not in dead_lettered:
+            else:
                 found.append(Discrepancy("settlement", gift_id, "completed but never settled"))
         elif credit["credits"] != 1 or credit["coins"] != coins:
             found.append(
@@ -164,7 +168,7 @@ async def settlement(
         )
         for r in rounded
     ]
-    return found, in_flight
+    return found, in_flight, sorted(waiting_for_replay)
 
 
 async def _completed_gifts(gifts: asyncpg.Connection, recent_seconds: float = 0.0) -> dict[str, tuple[int, bool]]:

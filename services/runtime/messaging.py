@@ -35,6 +35,23 @@ GIFTS_STREAM_CONFIG = StreamConfig(
     num_replicas=1,
 )
 
+# Events a consumer could not process, kept for an operator with the reason and the original payload (`coinstream
+# dead-letters`). Limits retention: a dead letter stays until it is replayed; discard NEW, so a full stream refuses
+# a new dead letter — its event then stays undelivered in its own stream — rather than dropping an old one.
+DEAD_LETTERS_STREAM = "DEAD_LETTERS"
+GIFT_SENT_DEAD_LETTER_SUBJECT = "dead_letters.v1.gift_sent"
+DEAD_LETTERS_STREAM_CONFIG = StreamConfig(
+    name=DEAD_LETTERS_STREAM,
+    subjects=["dead_letters.>"],
+    retention=RetentionPolicy.LIMITS,
+    discard=DiscardPolicy.NEW,
+    storage=StorageType.FILE,
+    max_bytes=1024**3,
+    max_msgs=1_000_000,
+    duplicate_window=120,
+    num_replicas=1,
+)
+
 SETTLEMENT_CONSUMER_CONFIG = ConsumerConfig(
     durable_name=SETTLEMENT_CONSUMER,
     filter_subject=GIFT_SENT_SUBJECT,
@@ -74,17 +91,26 @@ async def connect(nc: NatsClient, url: str, client_name: str) -> None:
 
 
 async def ensure_gifts_stream(js: JetStreamContext) -> None:
+    await _ensure_stream(js, GIFTS_STREAM_CONFIG)
+
+
+async def ensure_dead_letters_stream(js: JetStreamContext) -> None:
+    await _ensure_stream(js, DEAD_LETTERS_STREAM_CONFIG)
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
     # Look before adding: nats-server checks storage reservations before noticing that the stream exists, so adding
     # an existing stream whose max_bytes exceeds half of max_file_store fails "insufficient storage" (err 10047).
-    if not await _stream_exists(js, GIFTS_STREAM):
+    if not await _stream_exists(js, config.name):
         try:
-            await js.add_stream(GIFTS_STREAM_CONFIG)
+            await js.add_stream(config)
             return
         except APIError:
-            if not await _stream_exists(js, GIFTS_STREAM):
+            if not await _stream_exists(js, config.name):
                 raise  # a real failure, not another process creating it meanwhile
     # Exists, possibly with another configuration (e.g. an older release's limits): bring it up to date.
-    await js.update_stream(GIFTS_STREAM_CONFIG)
+    await js.update_stream(config)
 
 
 async def _stream_exists(js: JetStreamContext, name: str) -> bool:

@@ -28,6 +28,7 @@ async def run_reconcile(
     env = {k: v for k, v in os.environ.items() if not k.startswith("COINSTREAM_")}
     for name in ("wallet", "gifts", "payouts"):
         env[f"COINSTREAM_{name.upper()}_DATABASE_URL"] = urls.get(name) or stack.database_url(name)
+    env["COINSTREAM_NATS_URL"] = stack.nats.url
     argv = [sys.executable, "-m", module, *([command] if command else []), *args]
     return await asyncio.to_thread(
         subprocess.run, argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
@@ -40,7 +41,7 @@ async def test_reconcile_reports_no_discrepancy_on_a_consistent_stack(stack: Sta
     done = await run_reconcile(stack, "--json", "--settlement-grace-seconds", "0")
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
-    assert (report["ok"], report["discrepancies"]) == (True, [])
+    assert (report["ok"], report["discrepancies"], report["dead_letters_unknown"]) == (True, [], False)
 
     text = await run_reconcile(stack, module="devstack.cli", command="reconcile")
     assert text.returncode == 0 and "0 discrepancies" in text.stdout, text.stdout + text.stderr

@@ -1,0 +1,109 @@
+"""Dead letters: a GiftSent that settlement cannot process is never dropped. After a bounded number of deliveries
+(at once when it cannot even be read) it is copied — payload untouched, the reason and its origin in headers — to
+the DEAD_LETTERS stream, and only then terminated in GIFTS. An operator lists them and, once the cause is fixed,
+replays one: it goes back to its original subject, and the settlement inbox credits its gift exactly once however
+often it is replayed.
+
+Crash safety: the copy carries Nats-Msg-Id "dead:<stream>:<sequence>", so a crash between the copy and the term
+(the event is redelivered and copied again) leaves one dead letter; a replay publishes before it deletes the dead
+letter, so a crash in between leaves the dead letter to replay again, which the inbox then ignores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from coinstream.events.v1 import events_pb2
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from prometheus_client import Counter
+
+from services.runtime.messaging import DEAD_LETTERS_STREAM, GIFT_SENT_DEAD_LETTER_SUBJECT
+
+REASON_HEADER = "Coinstream-Dead-Letter-Reason"
+ORIGINAL_SUBJECT_HEADER = "Coinstream-Original-Subject"
+ORIGINAL_SEQUENCE_HEADER = "Coinstream-Original-Sequence"
+ORIGINAL_MSG_ID_HEADER = "Coinstream-Original-Msg-Id"
+DELIVERIES_HEADER = "Coinstream-Deliveries"
+DEAD_LETTER_SUBJECTS = "dead_letters.>"
+MAX_REASON_LENGTH = 1000
+MAX_LISTED = 1000
+
+DEAD_LETTERED = Counter("coinstream_payouts_dead_letters_total", "GiftSent events moved to the dead-letter stream")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    sequence: int  # in DEAD_LETTERS: the ID an operator replays
+    reason: str
+    original_subject: str
+    original_sequence: int
+    original_msg_id: str
+    deliveries: int
+    dead_lettered_at: datetime | None
+    gift_transaction_id: str  # "" when the payload cannot be read
+    payload: bytes
+
+
+async def dead_letter(js: JetStreamContext, message: Msg, reason: str) -> None:
+    """Copies the message to DEAD_LETTERS (raises if JetStream did not store it: the caller then leaves the message
+    to be redelivered rather than terminating it)."""
+    metadata = message.metadata
+    headers = {
+        "Nats-Msg-Id": f"dead:{metadata.stream}:{metadata.sequence.stream}",
+        REASON_HEADER: reason[:MAX_REASON_LENGTH],
+        ORIGINAL_SUBJECT_HEADER: message.subject,
+        ORIGINAL_SEQUENCE_HEADER: str(metadata.sequence.stream),
+        ORIGINAL_MSG_ID_HEADER: (message.headers or {}).get("Nats-Msg-Id", ""),
+        DELIVERIES_HEADER: str(metadata.num_delivered),
+    }
+    await js.publish(GIFT_SENT_DEAD_LETTER_SUBJECT, message.data, stream=DEAD_LETTERS_STREAM, headers=headers)
+    DEAD_LETTERED.inc()
+
+
+async def list_dead_letters(js: JetStreamContext, limit: int = MAX_LISTED) -> list[DeadLetter]:
+    """The oldest dead letters first, up to limit."""
+    info = await js.stream_info(DEAD_LETTERS_STREAM)
+    found: list[DeadLetter] = []
+    sequence = info.state.first_seq
+    while sequence and sequence <= info.state.last_seq and len(found) < limit:
+        try:
+            # The next stored one at or after sequence: replayed dead letters leave gaps.
+            stored = await js.get_msg(DEAD_LETTERS_STREAM, seq=sequence, subject=DEAD_LETTER_SUBJECTS, next=True)
+        except NotFoundError:
+            break
+        assert stored.seq is not None
+        found.append(_read(stored.seq, stored.headers or {}, stored.data or b"", stored.time))
+        sequence = stored.seq + 1
+    return found
+
+
+async def replay(js: JetStreamContext, sequence: int) -> DeadLetter:
+    """Publishes the dead letter's payload to its original subject, then removes it from DEAD_LETTERS. Raises
+    NotFoundError for an unknown sequence (replayed already, or never there)."""
+    stored = await js.get_msg(DEAD_LETTERS_STREAM, seq=sequence)
+    letter = _read(sequence, stored.headers or {}, stored.data or b"", stored.time)
+    # A new Nats-Msg-Id: the original one may still be inside the duplicate window, which would swallow the replay.
+    await js.publish(letter.original_subject, letter.payload, headers={"Nats-Msg-Id": f"replay:{sequence}"})
+    await js.delete_msg(DEAD_LETTERS_STREAM, sequence)
+    return letter
+
+
+def _read(sequence: int, headers: dict[str, str], payload: bytes, stored_at: datetime | None) -> DeadLetter:
+    try:
+        gift_transaction_id = events_pb2.GiftSent.FromString(payload).gift_transaction_id
+    except DecodeError:
+        gift_transaction_id = ""
+    return DeadLetter(
+        sequence=sequence,
+        reason=headers.get(REASON_HEADER, ""),
+        original_subject=headers.get(ORIGINAL_SUBJECT_HEADER, ""),
+        original_sequence=int(headers.get(ORIGINAL_SEQUENCE_HEADER, "0") or 0),
+        original_msg_id=headers.get(ORIGINAL_MSG_ID_HEADER, ""),
+        deliveries=int(headers.get(DELIVERIES_HEADER, "0") or 0),
+        dead_lettered_at=stored_at,
+        gift_transaction_id=gift_transaction_id,
+        payload=payload,
+    )

@@ -1,0 +1,107 @@
+"""Dead letters instead of loss: a GiftSent settlement cannot process goes to the DEAD_LETTERS stream with its reason
+and original payload — at once when unreadable, after the bounded deliveries when it fails on its own — and an
+operator replays it with `coinstream dead-letters replay ID` once the cause is fixed: credited exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import nats
+
+from services.payouts.dead_letters import DeadLetter, list_dead_letters
+from services.payouts.settlement import DEFAULT_MAX_DELIVERIES
+from tests.conftest import Clients, new_id
+from tests.integration.payouts_helpers import earnings, gift_sent, publish, publish_raw, wait_for_lifetime
+from tests.stack import REPO_ROOT, Stack
+
+# Five failing deliveries, a pause of a second after each: well within this.
+DEAD_LETTER_WAIT_SECONDS = 4 * DEFAULT_MAX_DELIVERIES + 10.0
+
+
+async def dead_letters(stack: Stack) -> list[DeadLetter]:
+    nc = await nats.connect(stack.nats.url)
+    try:
+        return await list_dead_letters(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+async def wait_for_dead_letter(stack: Stack, original_msg_id: str) -> DeadLetter:
+    deadline = asyncio.get_running_loop().time() + DEAD_LETTER_WAIT_SECONDS
+    while asyncio.get_running_loop().time() < deadline:
+        for letter in await dead_letters(stack):
+            if letter.original_msg_id == original_msg_id:
+                return letter
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{original_msg_id} was never dead-lettered")
+
+
+async def coinstream(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COINSTREAM_")}
+    env["COINSTREAM_NATS_URL"] = stack.nats.url
+    command = [sys.executable, "-m", "devstack.cli", *args]
+    return await asyncio.to_thread(
+        subprocess.run, command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@asynccontextmanager
+async def credits_refused_for(stack: Stack, creator_id: str) -> AsyncIterator[None]:
+    """A fault that refuses this creator's credits (a constraint violation: not a database outage), removed on exit
+    like the fix an operator deploys."""
+    conn = await asyncpg.connect(stack.database_url("payouts"))
+    constraint = f"test_refuse_{new_id('c').replace('-', '_')}"
+    await conn.execute(
+        f"ALTER TABLE diamond_credits ADD CONSTRAINT {constraint} CHECK (creator_id <> '{creator_id}') NOT VALID"
+    )
+    try:
+        yield
+    finally:
+        await conn.execute(f"ALTER TABLE diamond_credits DROP CONSTRAINT {constraint}")
+        await conn.close()
+
+
+async def test_an_unreadable_event_is_dead_lettered_with_its_reason_and_payload(stack: Stack) -> None:
+    garbage, message_id = b"\x08\x96\x01 definitely not a GiftSent \xff", new_id("garbage")
+    await publish_raw(stack, [garbage], [message_id])
+    letter = await wait_for_dead_letter(stack, message_id)
+    assert letter.payload == garbage
+    assert letter.original_subject == "gifts.v1.gift_sent" and letter.deliveries == 1
+    assert letter.reason.startswith("unreadable GiftSent") and letter.gift_transaction_id == ""
+
+    listed = await coinstream(stack, "dead-letters", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert f'"original_msg_id": "{message_id}"' in listed.stdout
+
+
+async def test_a_gift_that_keeps_failing_is_dead_lettered_then_replayed_once_fixed(
+    stack: Stack, clients: Clients
+) -> None:
+    creator_id, other_creator = new_id("creator"), new_id("creator")
+    failing = gift_sent(creator_id, 7)
+    async with credits_refused_for(stack, creator_id):
+        # The failing gift shares its batches with a healthy one, which settles regardless.
+        await publish(stack, [failing, gift_sent(other_creator, 3)])
+        await wait_for_lifetime(clients, other_creator, 3)
+        letter = await wait_for_dead_letter(stack, failing.gift_transaction_id)
+    assert letter.gift_transaction_id == failing.gift_transaction_id
+    assert letter.deliveries == DEFAULT_MAX_DELIVERIES and "CheckViolationError" in letter.reason
+    assert (await earnings(clients, creator_id)).lifetime_diamonds == 0
+
+    replayed = await coinstream(stack, "dead-letters", "replay", str(letter.sequence))
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert (await wait_for_lifetime(clients, creator_id, 7)).lifetime_diamonds == 7
+    assert letter.sequence not in {other.sequence for other in await dead_letters(stack)}
+
+    again = await coinstream(stack, "dead-letters", "replay", str(letter.sequence))
+    assert again.returncode == 1 and "no dead letter" in again.stderr
+    # A replay of an event already settled changes nothing: the inbox holds each gift once.
+    await publish(stack, [failing], [new_id("replayed-again")])
+    await asyncio.sleep(1.0)
+    assert (await earnings(clients, creator_id)).lifetime_diamonds == 7
