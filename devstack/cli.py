@@ -30,6 +30,7 @@ from services.reconcile import __main__ as reconcile_command
 from services.reconcile.checks import Thresholds
 from services.runtime.auth import KNOWN_ROLES, ROLE_USER, mint_token
 from services.runtime.config import DEV_AUTH_SECRET
+from services.runtime.supervision import WORKERS_HEALTH_NAME
 
 app = typer.Typer(
     name="coinstream",
@@ -104,16 +105,21 @@ def health(
     payouts: PayoutsAddress = "127.0.0.1:50053",
     timeout_seconds: Annotated[float, typer.Option("--timeout-seconds", help="Per-service timeout.")] = 2.0,
 ) -> None:
-    """Check the services' grpc.health.v1 status; exits 1 unless all are SERVING."""
-    table = Table("service", "address", "status", title="coinstream health")
+    """Check the services' grpc.health.v1 status and their background workers'; exits 1 unless all are SERVING."""
+    table = Table("service", "address", "status", "workers", title="coinstream health")
     all_serving = True
     for name, address in Addresses(wallet, gifts, payouts).by_service().items():
         status = health_status(address, timeout_seconds=timeout_seconds)
-        all_serving &= status == "SERVING"
-        table.add_row(name, address, f"[green]{status}[/]" if status == "SERVING" else f"[red]{status}[/]")
+        workers = health_status(address, WORKERS_HEALTH_NAME, timeout_seconds) if status != "UNREACHABLE" else "-"
+        all_serving &= status == "SERVING" and workers == "SERVING"
+        table.add_row(name, address, _colored(status), _colored(workers))
     console.print(table)
     if not all_serving:
         raise typer.Exit(1)
+
+
+def _colored(status: str) -> str:
+    return f"[green]{status}[/]" if status == "SERVING" else f"[red]{status}[/]"
 
 
 @app.command()

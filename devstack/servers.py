@@ -147,6 +147,10 @@ class PostgresServer:
         if self.process is not None:
             stop_process(self.process, signal.SIGINT)  # SIGINT = PostgreSQL's "fast" shutdown
 
+    def kill(self) -> None:
+        """kill -9 of the postmaster and every backend, as a crash would; start() then recovers from the WAL."""
+        kill_process_group(self.process)
+
     def _prepare_user(self, bin_path: Path) -> str | None:
         if platform.system() == "Windows" or os.geteuid() != 0:
             return None
@@ -209,6 +213,17 @@ class NatsServer:
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """kill -9, as a crash would; start() then recovers JetStream from its store."""
+        kill_process_group(self.process)
+
+
+def kill_process_group(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL to a server started in a session of its own, children included; waits until it is gone."""
+    if process is not None and process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def nats_server_binary() -> str:

@@ -1,10 +1,9 @@
-"""Runs the gifts service: python -m services.gifts"""
+"""The gifts service: python -m services.gifts serves, python -m services.gifts migrate only migrates."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import uvloop
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
 from services.gifts.config import GiftsSettings
@@ -16,6 +15,7 @@ from services.gifts.wallet_client import ServiceToken, WalletClient
 from services.runtime import messaging
 from services.runtime.recovery import repeat_forever
 from services.runtime.server import ServiceRuntime
+from services.runtime.server import main as runtime_main
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -62,4 +62,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main())
+    runtime_main(main, GiftsSettings, MIGRATIONS)

@@ -1,10 +1,9 @@
-"""Runs the payouts service: python -m services.payouts"""
+"""The payouts service: python -m services.payouts serves, python -m services.payouts migrate only migrates."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import uvloop
 from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
 
 from services.payouts.config import PayoutsSettings
@@ -20,6 +19,7 @@ from services.payouts.settlement import (
     declare_settlement_consumer,
 )
 from services.runtime.server import ServiceRuntime
+from services.runtime.server import main as runtime_main
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -83,4 +83,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main())
+    runtime_main(main, PayoutsSettings, MIGRATIONS)

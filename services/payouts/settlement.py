@@ -36,15 +36,18 @@ from services.runtime.messaging import (
 from services.runtime.validation import Validator
 
 RETRY_PAUSE_SECONDS = 1.0
-# Deliveries of an event that fails on its own before it is dead-lettered (transient errors never count).
+# Deliveries of an event that fails on its own before it is dead-lettered.
 DEFAULT_MAX_DELIVERIES = 5
-TRANSIENT_ERRORS = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,  # e.g. the connection was closed under the query
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, cannot connect now
-    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
+# Failures that can come from one event's data: a constraint it breaks, a value out of range, a rule (an assertion,
+# an arithmetic error) it trips. Anything else — the database unreachable or restarting, a lost connection, a
+# deadlock, a missing table after a bad deploy — says nothing about the events, and is retried for as long as it
+# lasts without counting towards dead-lettering.
+POISON_ERRORS = (
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.DataError,
+    AssertionError,
+    ArithmeticError,
+    ValueError,
 )
 
 GIFTS_SETTLED = Counter("coinstream_payouts_gifts_settled_total", "Gifts credited to creators (first delivery only)")
@@ -210,7 +213,7 @@ class SettlementConsumer:
         try:
             settled = await self._settlement.settle(gifts)
         except Exception as error:
-            if is_transient(error):
+            if not could_be_the_events(error):
                 log.warning("settlement_batch_failed", messages=len(readable), error=repr(error))
                 await self._retry_later(readable)
                 return
@@ -222,19 +225,22 @@ class SettlementConsumer:
         await self._ack(readable, settled)
 
     async def _settle_one_by_one(self, messages: list[Msg], gifts: list[domain.GiftToSettle]) -> None:
+        failed: list[Msg] = []
         for message, gift in zip(messages, gifts, strict=True):
             try:
                 settled = await self._settlement.settle([gift])
             except Exception as error:
-                if is_transient(error) or message.metadata.num_delivered < self._max_deliveries:
+                if could_be_the_events(error) and message.metadata.num_delivered >= self._max_deliveries:
+                    await self._dead_letter(message, f"settlement failed {self._max_deliveries} times: {error!r}")
+                else:
                     log.warning(
                         "gift_settlement_failed", gift_transaction_id=gift.gift_transaction_id, error=repr(error)
                     )
-                    await self._retry_later([message])
-                else:
-                    await self._dead_letter(message, f"settlement failed {self._max_deliveries} times: {error!r}")
+                    failed.append(message)
                 continue
             await self._ack([message], settled)
+        if failed:
+            await self._retry_later(failed)
 
     async def _ack(self, messages: list[Msg], settled: int) -> None:
         for message in messages:
@@ -269,10 +275,8 @@ class SettlementConsumer:
         await _quietly(message.term())
 
 
-def is_transient(error: Exception) -> bool:
-    """Errors that say nothing about the events: the database unreachable, restarting, a lost connection, a
-    deadlock or serialization failure. Such a batch is retried however often it takes, never dead-lettered."""
-    return isinstance(error, TRANSIENT_ERRORS)
+def could_be_the_events(error: Exception) -> bool:
+    return isinstance(error, POISON_ERRORS)
 
 
 async def _quietly(operation: Awaitable[object]) -> None:

@@ -39,6 +39,10 @@ class RuntimeSettings(BaseSettings):
     db_command_timeout_seconds: float = 10.0
     db_connect_timeout_seconds: float = 60.0
     db_idle_in_transaction_timeout_seconds: float = 60.0
+    # Migrations have timeouts of their own: a replica waits this long for another's migration lock, and a
+    # migration statement may run this long (the pool's command timeout would cut both at 10 s).
+    db_migration_lock_wait_seconds: float = Field(default=600.0, gt=0)
+    db_migration_statement_timeout_seconds: float = Field(default=3600.0, gt=0)
 
     idempotency_retention_days: int = 8
     # Test-only: comma-separated crash points at which the process kills itself (see services/runtime/faults.py).

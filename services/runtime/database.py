@@ -86,25 +86,80 @@ def migration_files(service_migrations: Path) -> list[tuple[str, Path]]:
     return files
 
 
-async def apply_migrations(pool: asyncpg.Pool, service_migrations: Path) -> list[str]:
-    applied_now: list[str] = []
-    async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
-        try:
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+async def migrate(settings: RuntimeSettings, service_migrations: Path) -> list[str]:
+    """The `migrate` entrypoint: applies what is pending over a connection of its own, without starting the service
+    (a Kubernetes Job or init container before a rollout, say)."""
+    await wait_for_database(settings)
+    connection = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout_seconds)
+    try:
+        return await apply_migrations(
+            connection,
+            service_migrations,
+            lock_wait_seconds=settings.db_migration_lock_wait_seconds,
+            statement_timeout_seconds=settings.db_migration_statement_timeout_seconds,
+        )
+    finally:
+        await connection.close()
+
+
+async def apply_migrations(
+    database: asyncpg.Pool | asyncpg.Connection,
+    service_migrations: Path,
+    *,
+    lock_wait_seconds: float = 600.0,
+    statement_timeout_seconds: float = 3600.0,
+) -> list[str]:
+    """Applies the pending migrations, each in a transaction, under an advisory lock that replicas starting together
+    wait for (up to lock_wait_seconds). Timeouts of their own, not the pool's command timeout: a migration may
+    rightly take minutes, and so may waiting for another replica's."""
+    if isinstance(database, asyncpg.Pool):
+        async with database.acquire() as connection:
+            return await apply_migrations(
+                connection,
+                service_migrations,
+                lock_wait_seconds=lock_wait_seconds,
+                statement_timeout_seconds=statement_timeout_seconds,
             )
-            already_applied = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
-            for name, path in migration_files(service_migrations):
-                if name in already_applied:
-                    continue
-                async with conn.transaction():
-                    await conn.execute(path.read_text())
-                    await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
-                applied_now.append(name)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
-    if applied_now:
-        log.info("migrations_applied", migrations=applied_now)
+    conn = database
+    # Client-side bound just above the server's statement_timeout, which is the one that should fire.
+    timeout = statement_timeout_seconds + 5
+    applied_now: list[str] = []
+    await _take_migration_lock(conn, lock_wait_seconds)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+            timeout=timeout,
+        )
+        already_applied = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+        for name, path in migration_files(service_migrations):
+            if name in already_applied:
+                continue
+            started = time.monotonic()
+            async with conn.transaction():
+                # SET LOCAL: ends with the transaction, so a pooled connection goes back as it came.
+                await conn.execute(f"SET LOCAL statement_timeout = {int(statement_timeout_seconds * 1000)}")
+                await conn.execute(path.read_text(), timeout=timeout)
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+            applied_now.append(name)
+            log.info("migration_applied", migration=name, seconds=round(time.monotonic() - started, 3))
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return applied_now
+
+
+MIGRATION_LOCK_POLL_SECONDS = 0.5
+
+
+async def _take_migration_lock(conn: asyncpg.Connection, wait_seconds: float) -> None:
+    """Polled rather than waited for in one call, so the wait is bounded by our setting and visible in the log."""
+    deadline = time.monotonic() + wait_seconds
+    logged_at = time.monotonic()
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
+        now = time.monotonic()
+        if now > deadline:
+            raise TimeoutError(f"another process held the migration lock for more than {wait_seconds:g} s")
+        if now - logged_at >= 5:
+            log.info("waiting_for_migration_lock", waited_seconds=round(now - deadline + wait_seconds))
+            logged_at = now
+        await asyncio.sleep(MIGRATION_LOCK_POLL_SECONDS)

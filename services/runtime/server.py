@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import asyncpg
 import grpc
 import structlog
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NatsClient
@@ -25,6 +27,7 @@ from services.runtime.config import RuntimeSettings
 from services.runtime.faults import enable_fault_points
 from services.runtime.interceptors import ServiceInterceptor
 from services.runtime.logging import configure_logging
+from services.runtime.supervision import SupervisionPolicy, Worker, WorkerSupervisor
 
 log = structlog.get_logger()
 
@@ -35,8 +38,6 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # readiness, the "" and per-service names), so an outage of a dependency does not restart every pod.
 LIVENESS_HEALTH_NAME = "coinstream.liveness"
 NATS_HEALTH_NAME = "coinstream.nats"
-
-Worker = Callable[[], Awaitable[None]]
 
 # A hot path allocates many short-lived objects (protobuf messages, records, futures): collecting the youngest
 # generation every 700 allocations (the default) took ~3 % of a busy gifts process's CPU in a py-spy profile.
@@ -72,6 +73,7 @@ class ServiceRuntime:
         self._startup_steps: list[Worker] = []
         self._ready = False
         self._health = health.aio.HealthServicer()
+        self._supervisor = WorkerSupervisor(self._health, SupervisionPolicy())
         self._service_names: list[str] = []
         self._workers: dict[str, Worker] = {}
         self._loop_lag = LoopLag()
@@ -140,8 +142,10 @@ class ServiceRuntime:
         await self.start()
         tasks: list[asyncio.Task[None]] = []
         if await self._until_stopped(self._connect_dependencies(), stop):
+            await self._supervisor.declare(list(self._workers))
             tasks = [
-                asyncio.create_task(self._supervise(name, worker), name=name) for name, worker in self._workers.items()
+                asyncio.create_task(self._supervisor.supervise(name, worker), name=name)
+                for name, worker in self._workers.items()
             ]
             tasks.append(asyncio.create_task(self._watch_readiness(), name="readiness"))
             tasks.append(asyncio.create_task(self._loop_lag.run_forever(), name="loop_lag"))
@@ -157,7 +161,12 @@ class ServiceRuntime:
             assert self._migrations is not None
             await database.open_pool(self.pool, self.settings)
             self._pool_opened = True
-            await database.apply_migrations(self.pool, self._migrations)
+            await database.apply_migrations(
+                self.pool,
+                self._migrations,
+                lock_wait_seconds=self.settings.db_migration_lock_wait_seconds,
+                statement_timeout_seconds=self.settings.db_migration_statement_timeout_seconds,
+            )
         if self.nats is not None:
             await messaging.connect(self.nats, self.settings.nats_url, f"coinstream-{self.settings.service_name}")
         for step in self._startup_steps:
@@ -190,18 +199,6 @@ class ServiceRuntime:
         if self.pool is not None and self._pool_opened:
             await self.pool.close()
         log.info("shutdown_complete")
-
-    async def _supervise(self, name: str, worker: Worker) -> None:
-        """Background workers must never die quietly: log and restart after a pause."""
-        while True:
-            try:
-                await worker()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("worker_crashed", worker=name)
-                await asyncio.sleep(1.0)
 
     async def _watch_readiness(self) -> None:
         """Readiness follows the database only: every RPC needs it, none needs NATS (gifts queue events in their
@@ -246,3 +243,18 @@ def _settle_garbage_collection() -> None:
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNGEST_THRESHOLD, middle, oldest)
+
+
+def main(serve: Callable[[], Awaitable[None]], settings: Callable[[], RuntimeSettings], migrations: Path) -> None:
+    """A service's command line: `python -m services.<name>` serves; `python -m services.<name> migrate` applies the
+    pending migrations of its database and exits (0 when done), without starting the service."""
+    arguments = sys.argv[1:]
+    if not arguments:
+        uvloop.run(serve())
+        return
+    if arguments != ["migrate"]:
+        sys.exit(f"usage: python -m {sys.modules['__main__'].__spec__.name} [migrate]")  # type: ignore[union-attr]
+    configured = settings()
+    configure_logging(configured.service_name, configured.log_level, configured.log_format)
+    applied = uvloop.run(database.migrate(configured, migrations))
+    log.info("migrate_done", applied=applied)

@@ -1,14 +1,14 @@
-"""Runs the wallet service: python -m services.wallet"""
+"""The wallet service: python -m services.wallet serves, python -m services.wallet migrate only migrates."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import uvloop
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.runtime.recovery import repeat_forever
 from services.runtime.server import ServiceRuntime
+from services.runtime.server import main as runtime_main
 from services.wallet.config import WalletSettings
 from services.wallet.payments import SandboxPaymentProvider
 from services.wallet.service import WalletService
@@ -46,4 +46,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main())
+    runtime_main(main, WalletSettings, MIGRATIONS)

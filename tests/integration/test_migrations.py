@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from services.runtime import database
 from tests.stack import REPO_ROOT, Stack
@@ -33,3 +37,61 @@ async def test_concurrent_starts_apply_each_migration_once(stack: Stack) -> None
 def test_migration_files_are_ordered_runtime_first() -> None:
     names = [name for name, _ in database.migration_files(Path(REPO_ROOT / "services" / "gifts" / "migrations"))]
     assert names[0].startswith("runtime/") and names == sorted(names, key=lambda n: (not n.startswith("runtime/"), n))
+
+
+async def test_a_replica_waits_for_the_migration_lock_no_longer_than_its_setting(stack: Stack) -> None:
+    name = f"migrations_{uuid.uuid4().hex[:8]}"
+    stack.postgres.create_database(name)
+    holder = await asyncpg.connect(stack.postgres.url(name))
+    waiter = await asyncpg.connect(stack.postgres.url(name))
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", database.MIGRATION_LOCK_KEY)
+        with pytest.raises(TimeoutError, match="migration lock"):
+            await database.apply_migrations(
+                waiter, REPO_ROOT / "services" / "wallet" / "migrations", lock_wait_seconds=1.0
+            )
+        assert await waiter.fetchval("SELECT to_regclass('schema_migrations')") is None  # nothing applied
+    finally:
+        await holder.close()
+        await waiter.close()
+
+
+def test_migrate_applies_the_pending_migrations_without_starting_the_service(stack: Stack) -> None:
+    name = f"migrations_{uuid.uuid4().hex[:8]}"
+    stack.postgres.create_database(name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COINSTREAM_")}
+    env.update(
+        {
+            "COINSTREAM_PAYOUTS_DATABASE_URL": stack.postgres.url(name),
+            "PYTHONPATH": stack.service_env("payouts")["PYTHONPATH"],
+        }
+    )
+    for _ in range(2):  # the second run finds nothing to do
+        done = subprocess.run(
+            [sys.executable, "-m", "services.payouts", "migrate"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    expected = [name for name, _ in database.migration_files(REPO_ROOT / "services" / "payouts" / "migrations")]
+
+    async def recorded() -> list[str]:
+        conn = await asyncpg.connect(stack.postgres.url(name))
+        try:
+            return [r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations ORDER BY name")]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(recorded()) == sorted(expected)
+    wrong = subprocess.run(
+        [sys.executable, "-m", "services.payouts", "serve-please"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode != 0 and "usage" in wrong.stderr
