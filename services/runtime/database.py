@@ -40,10 +40,10 @@ def new_pool(settings: RuntimeSettings) -> asyncpg.Pool:
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
         command_timeout=settings.db_command_timeout_seconds,
-        # asyncpg's default reset (RESET ALL, CLOSE ALL, UNLISTEN *, pg_advisory_unlock_all()) costs a round trip
-        # on every release. Our connections keep no session state to reset: settings are SET LOCAL, advisory locks
-        # are transaction-level or released in a finally; an open transaction is still rolled back by asyncpg.
-        reset=_keep_session,
+        # asyncpg's default reset (RESET ALL, CLOSE ALL, UNLISTEN *, pg_advisory_unlock_all()) costs a round trip on
+        # every release, and it is kept: it is also what finds a connection a database restart left in a broken
+        # protocol state ("another operation is in progress") and has the pool terminate it, where a no-op reset
+        # handed it out again and again (seen in tests/integration/test_server_faults.py).
         server_settings={
             "application_name": f"coinstream-{settings.service_name}",
             # A transaction held open across a network call (outbox relay, payout provider) must not hold its
@@ -51,10 +51,6 @@ def new_pool(settings: RuntimeSettings) -> asyncpg.Pool:
             "idle_in_transaction_session_timeout": str(int(settings.db_idle_in_transaction_timeout_seconds * 1000)),
         },
     )
-
-
-async def _keep_session(connection: asyncpg.Connection) -> None:
-    return None
 
 
 async def open_pool(pool: asyncpg.Pool, settings: RuntimeSettings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import asyncpg
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -94,6 +95,26 @@ def permission_denied(message: str) -> AppError:
 
 def unavailable(reason: str, message: str) -> AppError:
     return AppError(grpc.StatusCode.UNAVAILABLE, reason, message)
+
+
+# The database unreachable, restarting (its admin shutdown, crash recovery) or gone from under a query: the call did
+# nothing it cannot redo, so the caller may retry it as it is.
+DATABASE_UNAVAILABLE_ERRORS = (
+    OSError,  # refused, reset, and timeouts (TimeoutError is an OSError)
+    asyncpg.PostgresConnectionError,  # cannot connect now, connection does not exist
+    asyncpg.exceptions.OperatorInterventionError,  # admin or crash shutdown
+    # A connection a restart interrupted mid-operation ("another operation is in progress"): the pool's reset
+    # terminates it when it is released, so a retry gets a fresh one.
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+def database_unavailable(error: Exception) -> AppError | None:
+    """The caller's answer when error says the database cannot be reached right now, else None."""
+    closed_under_us = isinstance(error, asyncpg.InterfaceError) and "closed" in str(error)
+    if isinstance(error, DATABASE_UNAVAILABLE_ERRORS) or closed_under_us:
+        return unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry with the same request_id")
+    return None
 
 
 def request_id_reused() -> AppError:

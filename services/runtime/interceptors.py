@@ -14,7 +14,7 @@ from prometheus_client import Counter, Histogram
 
 from services.runtime.auth import TokenVerifier, set_current_principal
 from services.runtime.batching import LoopLag, overloaded
-from services.runtime.errors import AppError, unavailable
+from services.runtime.errors import AppError, database_unavailable, unavailable
 
 # Health checks and reflection must work without a token (probes, grpcurl).
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -97,10 +97,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except AppError as error:
                 code = error.code
                 await _abort(context, error, method, started)
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("rpc_failed_unexpectedly")
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; retry with the same request_id")
+            except Exception as error:
+                answer = _answer_for_unexpected(error)
+                code = answer.code if answer else grpc.StatusCode.INTERNAL
+                await _abort_unexpected(context, answer, method, started)
             finally:
                 self._in_flight_unary -= 1
                 _observe(method, code, started)
@@ -123,15 +123,34 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED  # the client went away mid-stream: not an OK call in the metrics
                 raise
-            except Exception:
-                # As for unary calls: logged here, and the client gets INTERNAL rather than the exception's text.
-                code = grpc.StatusCode.INTERNAL
-                log.exception("rpc_failed_unexpectedly")
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; retry")
+            except Exception as error:
+                answer = _answer_for_unexpected(error)
+                code = answer.code if answer else grpc.StatusCode.INTERNAL
+                await _abort_unexpected(context, answer, method, started)
             finally:
                 _observe(method, code, started)
 
         return handle
+
+
+def _answer_for_unexpected(error: Exception) -> AppError | None:
+    """An exception no use case turned into an answer: the database being unavailable is UNAVAILABLE
+    DATABASE_UNAVAILABLE (retry as it is); anything else (None) is a bug, logged with its traceback."""
+    answer = database_unavailable(error)
+    if answer is not None:
+        log.warning("rpc_database_unavailable", error=repr(error))
+    else:
+        log.exception("rpc_failed_unexpectedly")
+    return answer
+
+
+async def _abort_unexpected(
+    context: grpc.aio.ServicerContext, answer: AppError | None, method: str, started: float
+) -> None:
+    if answer is not None:
+        await _abort(context, answer, method, started)
+    # The client gets INTERNAL rather than the exception's text.
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; retry with the same request_id")
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: AppError, method: str, started: float) -> None:

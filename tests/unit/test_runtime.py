@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import grpc
 import pytest
 from coinstream.wallet.v1 import wallet_pb2
@@ -10,7 +11,7 @@ from google.rpc import error_details_pb2, status_pb2
 from services.runtime import idempotency
 from services.runtime.auth import Principal, TokenVerifier, mint_token
 from services.runtime.config import RuntimeSettings
-from services.runtime.errors import AppError, FieldViolation, invalid_argument
+from services.runtime.errors import AppError, FieldViolation, database_unavailable, invalid_argument
 from services.runtime.validation import Validator, page_size
 
 SECRET = "unit-test-secret-that-is-32-bytes-or-more"
@@ -86,3 +87,13 @@ def test_errors_carry_error_info_and_bad_request() -> None:
 def test_only_final_errors_are_replayed() -> None:
     assert AppError(grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_COINS", "").is_outcome
     assert not AppError(grpc.StatusCode.UNAVAILABLE, "WALLET_UNAVAILABLE", "").is_outcome
+
+
+def test_an_unreachable_database_is_unavailable_to_the_caller_and_a_bug_is_not() -> None:
+    refused = database_unavailable(ConnectionRefusedError(111, "Connection refused"))
+    assert refused is not None
+    assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+    assert database_unavailable(asyncpg.exceptions.CannotConnectNowError("the database system is starting up"))
+    assert database_unavailable(asyncpg.exceptions.AdminShutdownError("terminating connection"))
+    assert database_unavailable(ValueError("a bug")) is None
+    assert database_unavailable(asyncpg.exceptions.UniqueViolationError("a bug too")) is None
