@@ -32,6 +32,7 @@ DATA_DIR = REPO_ROOT / ".data"
 LOG_DIR = DATA_DIR / "logs"
 POSTGRES_PORT = 55432
 NATS_PORT = 4222
+RECONCILE_INTERVAL_SECONDS = 60
 # The first run applies every migration and creates the JetStream stream, so allow more than a warm start needs.
 SERVICE_READY_TIMEOUT_SECONDS = 120.0
 # Services drain in-flight RPCs for COINSTREAM_SHUTDOWN_GRACE_SECONDS (10 s by default) before they exit.
@@ -117,6 +118,11 @@ class StackPlan:
         env[spec.database_url_env] = self.database_urls[spec.name]
         if spec is GIFTS:
             env.setdefault("COINSTREAM_GIFTS_WALLET_ADDRESS", WALLET.address(self.environ))
+        if spec is PAYOUTS:
+            # Payouts reconciles the three ledgers every minute (coinstream_reconcile_discrepancies); it reads the
+            # other two databases for that.
+            env.update({other.database_url_env: self.database_urls[other.name] for other in (WALLET, GIFTS)})
+            env.setdefault("COINSTREAM_PAYOUTS_RECONCILE_INTERVAL_SECONDS", str(RECONCILE_INTERVAL_SECONDS))
         return env
 
 

@@ -72,33 +72,32 @@ class Stack:
         proc = self.services[service]
         env = self.service_env(service)
         env.update(extra_env or {})
-        log = open(proc.log_path, "ab")
-        proc.process = subprocess.Popen(
+        proc.process = self._spawn(service, env, proc.log_path)
+        if wait:
+            self.wait_serving(service)
+
+    def start_replica(self, service: str, extra_env: dict[str, str] | None = None) -> ServiceProcess:
+        """Another process of the service on a port of its own, sharing the database and NATS (as replicas do);
+        the caller stops it (stop_process)."""
+        replica = ServiceProcess(service, free_port(), self.root / f"{service}-replica-{free_port()}.log")
+        env = self.service_env(service)
+        env.update({f"COINSTREAM_{service.upper()}_PORT": str(replica.port), **(extra_env or {})})
+        replica.process = self._spawn(service, env, replica.log_path)
+        wait_until_serving(replica)
+        return replica
+
+    def _spawn(self, service: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+        log = open(log_path, "ab")
+        return subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"],
             cwd=self.code_root,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        if wait:
-            self.wait_serving(service)
 
     def wait_serving(self, service: str) -> None:
-        proc = self.services[service]
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        with grpc.insecure_channel(proc.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if proc.process is not None and proc.process.poll() is not None:
-                    raise RuntimeError(f"{service} exited with {proc.process.returncode}:\n{tail(proc.log_path)}")
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        raise RuntimeError(f"{service} not SERVING in time:\n{tail(proc.log_path)}")
+        wait_until_serving(self.services[service])
 
     def stop_service(self, service: str) -> int | None:
         """Graceful stop (SIGTERM); returns the exit code."""
@@ -176,3 +175,20 @@ def tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def wait_until_serving(proc: ServiceProcess) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    with grpc.insecure_channel(proc.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.process is not None and proc.process.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited with {proc.process.returncode}:\n{tail(proc.log_path)}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise RuntimeError(f"{proc.name} not SERVING in time:\n{tail(proc.log_path)}")

@@ -18,6 +18,7 @@ from services.payouts.settlement import (
     SettlementConsumer,
     declare_settlement_consumer,
 )
+from services.reconcile.periodic import reconcile_forever
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 
@@ -79,6 +80,8 @@ async def main() -> None:
     )
     # Always running, also with no hold configured: credits held before a restart still mature.
     runtime.add_worker("maturity", maturity.run_forever)
+    if settings.payouts_reconcile_interval_seconds > 0:
+        runtime.add_worker("reconcile", lambda: reconcile_forever(settings.payouts_reconcile_interval_seconds))
     await runtime.run()
 
 

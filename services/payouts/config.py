@@ -37,6 +37,11 @@ class PayoutsSettings(RuntimeSettings):
     payouts_maturity_interval_seconds: PositiveFloat = 1.0
     payouts_maturity_batch_size: int = Field(1000, gt=0, le=10_000)
 
+    # Reconciliation (`coinstream reconcile`'s checks) run by payouts every this many seconds, its discrepancy count
+    # exported as coinstream_reconcile_discrepancies; 0: off. It reads the wallet's and gifts' databases too
+    # (COINSTREAM_WALLET_DATABASE_URL, COINSTREAM_GIFTS_DATABASE_URL), so it is opt-in.
+    payouts_reconcile_interval_seconds: NonNegativeFloat = 0.0
+
     # Payout worker: how often it looks at pending withdrawals and how many it handles per pass.
     payouts_worker_interval_seconds: PositiveFloat = 1.0
     payouts_worker_batch_size: int = Field(100, gt=0, le=10_000)

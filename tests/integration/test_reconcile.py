@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from coinstream.gifts.v1 import gifts_pb2
 
+from devstack.servers import free_port, stop_process
 from services.reconcile.checks import Thresholds, gift_payments, stuck_work, wallet_ledger
 from tests.conftest import Clients, auth, new_id
 from tests.factories import buy, create_account
@@ -132,3 +134,33 @@ async def test_work_pending_longer_than_the_threshold_is_reported(stack: Stack, 
 
 class Rollback(Exception):
     """Raised inside a transaction to roll back what a test planted."""
+
+
+async def test_payouts_reconciles_periodically_and_exports_the_discrepancy_count(stack: Stack) -> None:
+    metrics_port = free_port()
+    replica = await asyncio.to_thread(
+        stack.start_replica,
+        "payouts",
+        {
+            "COINSTREAM_PAYOUTS_RECONCILE_INTERVAL_SECONDS": "0.5",
+            "COINSTREAM_PAYOUTS_METRICS_PORT": str(metrics_port),
+            "COINSTREAM_WALLET_DATABASE_URL": stack.database_url("wallet"),
+            "COINSTREAM_GIFTS_DATABASE_URL": stack.database_url("gifts"),
+        },
+    )
+    try:
+        for _ in range(100):
+            metrics = await asyncio.to_thread(scrape, f"http://127.0.0.1:{metrics_port}/metrics")
+            if "coinstream_reconcile_discrepancies" in metrics and "last_success_timestamp_seconds 0.0" not in metrics:
+                break
+            await asyncio.sleep(0.2)
+        assert "\ncoinstream_reconcile_discrepancies 0.0" in metrics, metrics
+        assert "\ncoinstream_reconcile_last_success_timestamp_seconds 0.0" not in metrics
+    finally:
+        assert replica.process is not None
+        await asyncio.to_thread(stop_process, replica.process)
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback metrics of our own process
+        return str(response.read().decode())
