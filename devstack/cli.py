@@ -154,7 +154,9 @@ NatsUrl = Annotated[
 
 
 async def _with_jetstream(nats_url: str, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1)
+    nc = await nats.connect(
+        servers=nats_url.split(","), connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1
+    )
     try:
         return await work(nc.jetstream())
     finally:

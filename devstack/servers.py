@@ -182,6 +182,10 @@ class PostgresServer:
 class NatsServer:
     data_dir: Path
     port: int
+    server_name: str = "coinstream-dev"
+    # A node of a cluster: its route port and the route ports of the other nodes.
+    cluster_port: int | None = None
+    peer_cluster_ports: list[int] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -198,14 +202,14 @@ class NatsServer:
         # sync_interval: always — JetStream otherwise acknowledges before fsync, which money can't afford.
         config.write_text(
             f'listen: "127.0.0.1:{self.port}"\n'
-            'server_name: "coinstream-dev"\n'
+            f'server_name: "{self.server_name}"\n'
             "max_payload: 1MB\n"
             "jetstream {\n"
             f'  store_dir: "{self.data_dir}"\n'
             "  sync_interval: always\n"
             "  max_file_store: 10GB\n"
             "  max_memory_store: 256MB\n"
-            "}\n"
+            "}\n" + self._cluster_config()
         )
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
@@ -220,6 +224,49 @@ class NatsServer:
     def kill(self) -> None:
         """kill -9, as a crash would; start() then recovers JetStream from its store."""
         kill_process_group(self.process)
+
+    def _cluster_config(self) -> str:
+        if self.cluster_port is None:
+            return ""
+        routes = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in self.peer_cluster_ports)
+        return (
+            f'cluster {{\n  name: "coinstream"\n  listen: "127.0.0.1:{self.cluster_port}"\n  routes: [{routes}]\n}}\n'
+        )
+
+
+@dataclass
+class NatsCluster:
+    """Nodes of one NATS cluster with JetStream on loopback, each with a store of its own; url lists them all."""
+
+    nodes: list[NatsServer]
+
+    @classmethod
+    def on_free_ports(cls, root: Path, size: int = 3) -> NatsCluster:
+        cluster_ports = [free_port() for _ in range(size)]
+        return cls(
+            [
+                NatsServer(
+                    root / f"node{index}" / "data",
+                    free_port(),
+                    server_name=f"coinstream-{index}",
+                    cluster_port=cluster_ports[index],
+                    peer_cluster_ports=[port for port in cluster_ports if port != cluster_ports[index]],
+                )
+                for index in range(size)
+            ]
+        )
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def kill_process_group(process: subprocess.Popen[bytes] | None) -> None:

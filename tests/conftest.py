@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,14 +60,22 @@ class Clients:
 
 @pytest_asyncio.fixture(scope="session")
 async def clients(stack: Stack) -> AsyncIterator[Clients]:
+    async with clients_for(stack) as stubs:
+        yield stubs
+
+
+@asynccontextmanager
+async def clients_for(stack: Stack) -> AsyncIterator[Clients]:
     channels = {name: grpc.aio.insecure_channel(stack.address(name)) for name in ("wallet", "gifts", "payouts")}
-    yield Clients(
-        wallet=wallet_pb2_grpc.WalletServiceStub(channels["wallet"]),
-        gifts=gifts_pb2_grpc.GiftServiceStub(channels["gifts"]),
-        payouts=payouts_pb2_grpc.PayoutServiceStub(channels["payouts"]),
-    )
-    for channel in channels.values():
-        await channel.close()
+    try:
+        yield Clients(
+            wallet=wallet_pb2_grpc.WalletServiceStub(channels["wallet"]),
+            gifts=gifts_pb2_grpc.GiftServiceStub(channels["gifts"]),
+            payouts=payouts_pb2_grpc.PayoutServiceStub(channels["payouts"]),
+        )
+    finally:
+        for channel in channels.values():
+            await channel.close()
 
 
 def auth(subject: str, *roles: str) -> tuple[tuple[str, str], ...]:

@@ -50,7 +50,11 @@ async def main() -> None:
     runtime.on_startup(
         lambda: payouts.adopt_configured_rate(settings.payouts_rate_numerator, settings.payouts_rate_denominator)
     )
-    runtime.on_startup(lambda: declare_settlement_consumer(js, settings.payouts_settlement_ack_wait_seconds))
+    runtime.on_startup(
+        lambda: declare_settlement_consumer(
+            js, settings.payouts_settlement_ack_wait_seconds, settings.nats_stream_replicas
+        )
+    )
     settlement = SettlementConsumer(
         js,
         Settlement(pool, hold_seconds=settings.diamond_hold_seconds),

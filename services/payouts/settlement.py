@@ -60,10 +60,10 @@ DIAMONDS_CREDITED = Counter("coinstream_payouts_diamonds_credited_total", "Diamo
 log = structlog.get_logger()
 
 
-async def declare_settlement_consumer(js: JetStreamContext, ack_wait_seconds: float) -> None:
+async def declare_settlement_consumer(js: JetStreamContext, ack_wait_seconds: float, replicas: int = 1) -> None:
     """The runtime's consumer, with the configured ack_wait (an existing consumer is updated to it)."""
-    await ensure_settlement_consumer(js)
-    await ensure_dead_letters_stream(js)
+    await ensure_settlement_consumer(js, replicas)
+    await ensure_dead_letters_stream(js, replicas)
     info = await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
     if info.config.ack_wait is None or abs(info.config.ack_wait - ack_wait_seconds) > 0.001:
         # Creating a durable consumer that exists updates its editable settings, ack_wait among them.

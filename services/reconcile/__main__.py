@@ -84,7 +84,7 @@ async def dead_lettered_gifts(nats_url: str) -> frozenset[str] | None:
     try:
         # Two attempts at most: nats-py otherwise retries a refused first connect 60 times.
         nc = await nats.connect(
-            nats_url,
+            servers=nats_url.split(","),
             connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS,
             allow_reconnect=False,
             max_reconnect_attempts=1,

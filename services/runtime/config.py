@@ -20,7 +20,11 @@ class RuntimeSettings(BaseSettings):
     auth_secret: SecretStr = SecretStr(DEV_AUTH_SECRET)
     auth_public_key_pem: str = ""
 
+    # One URL, or the nodes of a cluster separated by commas.
     nats_url: str = "nats://127.0.0.1:4222"
+    # Copies of each JetStream stream (GIFTS, DEAD_LETTERS): 1 for a single server, 3 on a 3-node cluster. A start
+    # never lowers the count of an existing stream.
+    nats_stream_replicas: int = Field(default=1, ge=1, le=5)
     grpc_host: str = "127.0.0.1"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

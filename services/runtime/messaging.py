@@ -78,7 +78,8 @@ async def connect(nc: NatsClient, url: str, client_name: str) -> None:
         log.info("nats_reconnected")
 
     await nc.connect(
-        url,
+        # One URL, or several separated by commas (the nodes of a cluster; the client fails over between them).
+        servers=[server.strip() for server in url.split(",")],
         name=client_name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -90,41 +91,48 @@ async def connect(nc: NatsClient, url: str, client_name: str) -> None:
     )
 
 
-async def ensure_gifts_stream(js: JetStreamContext) -> None:
-    await _ensure_stream(js, GIFTS_STREAM_CONFIG)
+async def ensure_gifts_stream(js: JetStreamContext, replicas: int = 1) -> None:
+    await _ensure_stream(js, GIFTS_STREAM_CONFIG, replicas)
 
 
-async def ensure_dead_letters_stream(js: JetStreamContext) -> None:
-    await _ensure_stream(js, DEAD_LETTERS_STREAM_CONFIG)
+async def ensure_dead_letters_stream(js: JetStreamContext, replicas: int = 1) -> None:
+    await _ensure_stream(js, DEAD_LETTERS_STREAM_CONFIG, replicas)
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig, replicas: int) -> None:
+    """Creates the stream with `replicas` copies (COINSTREAM_NATS_STREAM_REPLICAS), or brings an existing one up to
+    this release's configuration. A start never lowers the replica count: a service started with the default (1)
+    against a cluster where an operator raised it to 3 must not quietly take the copies away."""
     assert config.name is not None
     # Look before adding: nats-server checks storage reservations before noticing that the stream exists, so adding
     # an existing stream whose max_bytes exceeds half of max_file_store fails "insufficient storage" (err 10047).
-    if not await _stream_exists(js, config.name):
+    current = await _stream_replicas(js, config.name)
+    if current is None:
         try:
-            await js.add_stream(config)
+            await js.add_stream(config.evolve(num_replicas=replicas))
             return
         except APIError:
-            if not await _stream_exists(js, config.name):
+            current = await _stream_replicas(js, config.name)
+            if current is None:
                 raise  # a real failure, not another process creating it meanwhile
-    # Exists, possibly with another configuration (e.g. an older release's limits): bring it up to date.
-    await js.update_stream(config)
+    if current > replicas:
+        log.info("stream_replicas_kept", stream=config.name, replicas=current, configured=replicas)
+    await js.update_stream(config.evolve(num_replicas=max(current, replicas)))
 
 
-async def _stream_exists(js: JetStreamContext, name: str) -> bool:
+async def _stream_replicas(js: JetStreamContext, name: str) -> int | None:
+    """The stream's replica count, or None when it does not exist."""
     try:
-        await js.stream_info(name)
-        return True
+        info = await js.stream_info(name)
     except NotFoundError:
-        return False
+        return None
+    return info.config.num_replicas or 1
 
 
-async def ensure_settlement_consumer(js: JetStreamContext) -> None:
+async def ensure_settlement_consumer(js: JetStreamContext, replicas: int = 1) -> None:
     """Declared by payouts and by gifts too: with interest retention a GiftSent published while no consumer
     exists would be dropped, so the publisher makes sure its settler is there before the first publish."""
-    await ensure_gifts_stream(js)
+    await ensure_gifts_stream(js, replicas)
     try:
         await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
     except NotFoundError:

@@ -1,0 +1,136 @@
+"""A 3-node NATS cluster (three nats-server processes on loopback) with the streams at 3 replicas
+(COINSTREAM_NATS_STREAM_REPLICAS=3): under a gift load one node is killed with -9 and restarted, then the GIFTS
+stream's leader. Nothing is lost, nothing doubled, reconcile is clean; and a start with fewer replicas configured
+never lowers the count. A stack of its own: the suite's runs a single server."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.errors import Error as JetStreamError
+
+from devstack.servers import NatsCluster, NatsServer, PostgresServer, free_port
+from devstack.stack import Stack
+from services.runtime import messaging
+from tests.conftest import Clients, clients_for
+from tests.integration.test_gifts import coins_of, go_live, make_account
+from tests.integration.test_server_faults import GiftLoad
+from tests.invariants import all_violations, wait_until_settled
+from tests.stack import SUITE_SETTINGS
+
+pytestmark = pytest.mark.slow
+
+REPLICAS = 3
+FANS = 6
+LOAD_SECONDS = 12.0
+
+
+@asynccontextmanager
+async def cluster_stack() -> AsyncIterator[tuple[Stack, NatsCluster]]:
+    root = new_root()
+    cluster = NatsCluster.on_free_ports(root / "nats", size=REPLICAS)
+    stack = Stack(
+        root=root,
+        postgres=PostgresServer(root / "postgres" / "data", free_port(), durable=False),
+        nats=cluster,  # type: ignore[arg-type]  # url, start and stop are all a stack uses
+        base_env={**SUITE_SETTINGS, "COINSTREAM_NATS_STREAM_REPLICAS": str(REPLICAS)},
+    )
+    try:
+        await asyncio.to_thread(stack.start_servers)
+        await jetstream_ready(cluster.url)
+        await asyncio.to_thread(stack.start_services)
+        yield stack, cluster
+    finally:
+        await asyncio.to_thread(stack.stop)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def new_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="coinstream-cluster-"))
+    root.chmod(0o755)  # the unprivileged postgres user must reach its data directory
+    return root
+
+
+async def jetstream_ready(url: str, timeout_seconds: float = 60.0) -> None:
+    """A new cluster elects its JetStream meta leader before it can hold a stream."""
+    nc = await nats.connect(servers=url.split(","))
+    try:
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            try:
+                await nc.jetstream().account_info()
+                return
+            except (JetStreamError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+
+
+async def stream_state(url: str) -> tuple[int, str]:
+    """The GIFTS stream's replica count and the name of its leader."""
+    nc = await nats.connect(servers=url.split(","))
+    try:
+        info = await nc.jetstream().stream_info(messaging.GIFTS_STREAM)
+        assert info.cluster is not None and info.cluster.leader is not None
+        return info.config.num_replicas or 1, info.cluster.leader
+    finally:
+        await nc.close()
+
+
+def node_named(cluster: NatsCluster, name: str) -> NatsServer:
+    return next(node for node in cluster.nodes if node.server_name == name)
+
+
+async def kill_and_restart(node: NatsServer, down_seconds: float) -> None:
+    await asyncio.to_thread(node.kill)
+    await asyncio.sleep(down_seconds)
+    await asyncio.to_thread(node.start)
+
+
+async def faults(cluster: NatsCluster) -> None:
+    await asyncio.sleep(2.0)
+    _, leader = await stream_state(cluster.url)
+    follower = next(node for node in cluster.nodes if node.server_name != leader)
+    await kill_and_restart(follower, 2.0)
+    await asyncio.sleep(2.0)
+    _, leader = await stream_state(cluster.url)  # the stream's leader now, wherever it moved
+    await kill_and_restart(node_named(cluster, leader), 2.0)
+
+
+async def test_a_cluster_node_then_the_stream_leader_killed_under_load() -> None:
+    async with cluster_stack() as (stack, cluster):
+        replicas, _ = await stream_state(cluster.url)
+        assert replicas == REPLICAS
+        async with clients_for(stack) as clients:
+            await run_load(stack, clients, cluster)
+        # A start configured with fewer replicas (the default, 1) leaves the cluster's 3 alone.
+        nc = await nats.connect(servers=cluster.url.split(","))
+        try:
+            await messaging.ensure_gifts_stream(nc.jetstream(), replicas=1)
+        finally:
+            await nc.close()
+        assert (await stream_state(cluster.url))[0] == REPLICAS
+
+
+async def run_load(stack: Stack, clients: Clients, cluster: NatsCluster) -> None:
+    stream = await go_live(clients)
+    fans = [await make_account(clients, package_id="coins_1321") for _ in range(FANS)]
+    funded = {fan: await coins_of(clients, fan) for fan in fans}
+    load = GiftLoad(clients, stream.stream_id, fans)
+    await asyncio.gather(load.run(LOAD_SECONDS), faults(cluster))
+    for fan in fans:
+        spent = sum(reply.gift.coins for reply in load.sent if reply.gift.sender_id == fan)
+        assert await coins_of(clients, fan) == funded[fan] - spent
+    assert len({reply.gift.gift_transaction_id for reply in load.sent}) == len(load.sent)
+    await wait_until_settled(stack, timeout_seconds=60)
+    assert await all_violations(stack) == []
