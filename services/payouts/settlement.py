@@ -272,6 +272,8 @@ class SettlementConsumer:
             log.warning("dead_letter_failed", error=repr(error))
             await self._retry_later([message])
             return
+        # A crash here: the event is delivered again and copied again, which the copy's Nats-Msg-Id makes a no-op.
+        crash_point("payouts.after_dead_letter_copied")
         await _quietly(message.term())
 
 

@@ -17,9 +17,12 @@ import nats
 from services.payouts.dead_letters import DeadLetter, list_dead_letters
 from services.payouts.settlement import DEFAULT_MAX_DELIVERIES
 from tests.conftest import Clients, new_id
-from tests.integration.payouts_helpers import earnings, gift_sent, publish, publish_raw, wait_for_lifetime
+from tests.integration.payouts_helpers import earnings, eventually, gift_sent, publish, publish_raw, wait_for_lifetime
+from tests.integration.test_payouts_crash import settlement_consumer_idle
 from tests.stack import REPO_ROOT, Stack
 
+# JetStream delivers an unacked event again only after ack_wait: short for the crash test.
+SHORT_ACK_WAIT = {"COINSTREAM_PAYOUTS_SETTLEMENT_ACK_WAIT_SECONDS": "2"}
 # Five failing deliveries, a pause of a second after each: well within this.
 DEAD_LETTER_WAIT_SECONDS = 4 * DEFAULT_MAX_DELIVERIES + 10.0
 
@@ -105,3 +108,22 @@ async def test_a_gift_that_keeps_failing_is_dead_lettered_then_replayed_once_fix
     await publish(stack, [failing], [new_id("replayed-again")])
     await asyncio.sleep(1.0)
     assert (await earnings(clients, creator_id)).lifetime_diamonds == 7
+
+
+async def test_a_crash_between_copy_and_term_leaves_one_dead_letter(stack: Stack) -> None:
+    garbage, message_id = b"\xff\xfe not a GiftSent either", new_id("garbage")
+    try:
+        await asyncio.to_thread(
+            stack.restart_service,
+            "payouts",
+            {"COINSTREAM_FAULT_POINTS": "payouts.after_dead_letter_copied", **SHORT_ACK_WAIT},
+        )
+        await publish_raw(stack, [garbage], [message_id])
+        assert await asyncio.to_thread(stack.wait_exit, "payouts") != 0
+        await asyncio.to_thread(stack.start_service, "payouts", SHORT_ACK_WAIT)
+        # Delivered again after the ack wait, copied again (the copy's Nats-Msg-Id keeps it one), terminated.
+        assert await eventually(lambda: settlement_consumer_idle(stack), bool)
+        copies = [letter for letter in await dead_letters(stack) if letter.original_msg_id == message_id]
+        assert len(copies) == 1 and copies[0].payload == garbage
+    finally:
+        await asyncio.to_thread(stack.restart_service, "payouts")
