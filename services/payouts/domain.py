@@ -341,12 +341,24 @@ def decode_page_token(token: str, kind: str, creator_id: str, shape: tuple[type,
     raise invalid_argument([FieldViolation("page_token", "is not a token returned by this API for this request")])
 
 
+MAX_INT64 = 2**63 - 1
+MAX_POSITION_TEXT = 256
+
+
 def _has_shape(position: object, shape: tuple[type, ...]) -> bool:
+    """The position of a token we handed out: values of the expected types, within what the database holds (a forged
+    int past int64 or an endless string would fail there rather than here)."""
     return (
         isinstance(position, list)
         and len(position) == len(shape)
-        and all(type(value) is expected for value, expected in zip(position, shape, strict=True))
+        and all(type(value) is expected and _storable(value) for value, expected in zip(position, shape, strict=True))
     )
+
+
+def _storable(value: object) -> bool:
+    if isinstance(value, int):
+        return -MAX_INT64 - 1 <= value <= MAX_INT64
+    return isinstance(value, str) and len(value) <= MAX_POSITION_TEXT
 
 
 def day_start(day_key: str) -> datetime:

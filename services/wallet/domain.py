@@ -420,13 +420,17 @@ def encode_page_token(last_position: int, kind: str = "p") -> str:
     return base64.urlsafe_b64encode(f"{kind}:{last_position}".encode()).decode()
 
 
+MAX_INT64 = 2**63 - 1
+
+
 def decode_page_token(token: str, kind: str = "p") -> int | None:
     """None for the first page; INVALID_ARGUMENT for anything we did not hand out (for this list)."""
     if not token:
         return None
     try:
         found_kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if found_kind == kind and value.isdigit():
+        # Positions are bigint ids: a forged one past int64 would fail in the database rather than here.
+        if found_kind == kind and value.isascii() and value.isdigit() and 0 < int(value) <= MAX_INT64:
             return int(value)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

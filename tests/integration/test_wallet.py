@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import grpc
 import pytest
@@ -348,6 +349,11 @@ async def test_transactions_are_listed_newest_first_with_pages(clients: Clients)
             "ListTransactions",
             w.ListTransactionsRequest(account_id="ok", page_size=-1, page_token="nope"),
             {"page_size"},
+        ),
+        (  # a tampered token whose position is past int64 (was INTERNAL)
+            "ListTransactions",
+            w.ListTransactionsRequest(account_id="ok", page_token=base64.urlsafe_b64encode(b"p:" + b"9" * 32).decode()),
+            {"page_token"},
         ),
     ],
 )

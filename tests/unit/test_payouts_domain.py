@@ -247,6 +247,8 @@ def test_page_tokens_round_trip_for_their_own_list_and_creator_only() -> None:
         domain.encode_page_token("earnings_by_day", "amy", [1, "wd_1"]),  # another list's
         domain.encode_page_token("withdrawals", "amy", ["1", "wd_1"]),  # wrong shape
         domain.encode_page_token("withdrawals", "amy", [1]),
+        domain.encode_page_token("withdrawals", "amy", [10**32, "wd_1"]),  # past int64: tampered
+        domain.encode_page_token("withdrawals", "amy", [1, "w" * 10_000]),  # an endless position
         "not base64!",
         "bm90IGpzb24=",  # "not json"
         token[:-4],
