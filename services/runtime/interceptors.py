@@ -70,7 +70,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        return _refused_unwrapped(handler, method)
 
     def _admit(self, authorization: str | None) -> None:
         if not self._is_ready():
@@ -131,6 +131,19 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 _observe(method, code, started)
 
         return handle
+
+
+def _refused_unwrapped(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """Client-streaming and bidirectional handlers are not wrapped (no authentication, limits or error mapping), so
+    serving one as it is would expose it unauthenticated: every call to it is refused, loudly, until it is wrapped."""
+    log.error("rpc_kind_not_wrapped", method=method)
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this kind of RPC is not served")
+
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
 
 
 def _answer_for_unexpected(error: Exception) -> AppError | None:
