@@ -97,3 +97,26 @@ def test_an_unreachable_database_is_unavailable_to_the_caller_and_a_bug_is_not()
     assert database_unavailable(asyncpg.exceptions.AdminShutdownError("terminating connection"))
     assert database_unavailable(ValueError("a bug")) is None
     assert database_unavailable(asyncpg.exceptions.UniqueViolationError("a bug too")) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "violation"),
+    [
+        ("Friday night 🎉", None),
+        ("Family 👨\u200d👩\u200d👧 and ❤\ufe0f\u200d🔥", None),  # zero-width joiners inside emoji sequences
+        ("Ünïcödé, 日本語, عربي", None),
+        ("x\x85y", "must not contain control characters"),  # C1 (NEXT LINE)
+        ("x\x00y", "must not contain control characters"),
+        ("abc\u202egnp.exe", "must not contain invisible or text-reordering characters"),  # right-to-left override
+        ("a\u2066b\u2069", "must not contain invisible or text-reordering characters"),  # isolates
+        ("top\u200bfan", "must not contain invisible or text-reordering characters"),  # zero-width space
+        ("a\u200db", "must not contain invisible or text-reordering characters"),  # a joiner between letters
+        ("\ufeffhello", "must not contain invisible or text-reordering characters"),
+    ],
+)
+def test_display_text_refuses_controls_reordering_and_invisible_characters_but_keeps_emoji(
+    text: str, violation: str | None
+) -> None:
+    check = Validator()
+    check.text(text, "title", max_length=200)
+    assert [v.description for v in check.violations] == ([violation] if violation else [])
