@@ -30,8 +30,10 @@ class GiftsSettings(RuntimeSettings):
     @model_validator(mode="after")
     def _wallet_token_when_minting_is_impossible(self) -> Self:
         # Our minted tokens are HS256; a wallet verifying RS256 would refuse them and every gift would stay pending.
-        if self.auth_algorithm == "RS256" and not self.gifts_wallet_token.get_secret_value():
-            raise ValueError("COINSTREAM_GIFTS_WALLET_TOKEN is required when COINSTREAM_AUTH_ALGORITHM is RS256")
+        if self.auth_algorithm != "HS256" and not self.gifts_wallet_token.get_secret_value():
+            raise ValueError(
+                f"COINSTREAM_GIFTS_WALLET_TOKEN is required when COINSTREAM_AUTH_ALGORITHM is {self.auth_algorithm}"
+            )
         return self
 
     @property

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import jwt
 
@@ -56,11 +57,11 @@ VERIFIED_TOKEN_CACHE_SIZE = 10_000
 class TokenVerifier:
     def __init__(self, settings: RuntimeSettings) -> None:
         self._algorithm = settings.auth_algorithm
-        self._key = (
-            settings.auth_public_key_pem
-            if settings.auth_algorithm == "RS256"
-            else settings.auth_secret.get_secret_value()
-        )
+        self._keys = VerificationKeys(settings)
+        self._issuer = settings.auth_issuer or None
+        self._audience = settings.auth_audience or None
+        self._max_lifetime_seconds = settings.auth_max_token_lifetime_seconds
+        self._leeway_seconds = settings.auth_leeway_seconds
         # authorization header -> (principal, expiry in epoch seconds); insertion-ordered, oldest first.
         self._verified: dict[str, tuple[Principal, float]] = {}
 
@@ -84,14 +85,9 @@ class TokenVerifier:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise unauthenticated("authorization metadata must be 'Bearer <JWT>'")
-        try:
-            claims = jwt.decode(
-                token.strip(), self._key, algorithms=[self._algorithm], options={"require": ["sub", "exp"]}
-            )
-        except jwt.ExpiredSignatureError:
-            raise unauthenticated("token expired") from None
-        except jwt.InvalidTokenError as error:
-            raise unauthenticated(f"invalid token: {error}") from None
+        claims = self._decode(token.strip())
+        if float(claims["exp"]) - time.time() > self._max_lifetime_seconds + self._leeway_seconds:
+            raise unauthenticated(f"token lives longer than {self._max_lifetime_seconds} s")
         roles = claims.get("roles")
         if not isinstance(roles, list) or not roles or not set(roles) <= KNOWN_ROLES:
             raise unauthenticated(f"token roles must be a non-empty list of {sorted(KNOWN_ROLES)}")
@@ -99,6 +95,63 @@ class TokenVerifier:
         if not isinstance(subject, str) or not subject:
             raise unauthenticated("token sub must be a non-empty string")
         return Principal(subject=subject, roles=frozenset(roles)), float(claims["exp"])
+
+    def _decode(self, token: str) -> dict[str, object]:
+        required = ["sub", "exp", *(["iss"] if self._issuer else []), *(["aud"] if self._audience else [])]
+        try:
+            return jwt.decode(
+                token,
+                self._keys.for_token(token),
+                algorithms=[self._algorithm],
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway_seconds,
+                # Without an audience configured, a token naming one is still accepted (PyJWT would refuse it).
+                options={"require": required, "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise unauthenticated("token expired") from None
+        except jwt.InvalidTokenError as error:
+            raise unauthenticated(f"invalid token: {error}") from None
+
+
+class VerificationKeys:
+    """The keys tokens are checked with: the HS256 secret, or public keys (inline PEM, or a PEM or JWKS file read
+    again whenever it changes, so a new key can be added before tokens are signed with it)."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self._algorithm = settings.auth_algorithm
+        self._secret = settings.auth_secret.get_secret_value()
+        self._inline_pem = settings.auth_public_key_pem
+        self._file = Path(settings.auth_public_keys_file) if settings.auth_public_keys_file else None
+        self._file_version: tuple[float, int] | None = None
+        self._by_kid: dict[str | None, object] = {}
+
+    def for_token(self, token: str) -> object:
+        if self._algorithm == "HS256":
+            return self._secret
+        if self._file is None:
+            return self._inline_pem
+        self._reload_if_changed(self._file)
+        kid = jwt.get_unverified_header(token).get("kid")
+        if kid in self._by_kid:
+            return self._by_kid[kid]
+        if len(self._by_kid) == 1:  # one key: whatever the token names, it is the only candidate
+            return next(iter(self._by_kid.values()))
+        raise jwt.InvalidTokenError(f"no verification key for kid {kid!r}")
+
+    def _reload_if_changed(self, path: Path) -> None:
+        stat = path.stat()
+        version = (stat.st_mtime, stat.st_size)
+        if version == self._file_version:
+            return
+        text = path.read_text()
+        if text.lstrip().startswith("{"):
+            keys = jwt.PyJWKSet.from_json(text).keys
+            self._by_kid = {key.key_id: key.key for key in keys}
+        else:
+            self._by_kid = {None: text}
+        self._file_version = version
 
 
 def mint_token(secret: str, subject: str, roles: list[str], ttl_seconds: int = 3600) -> str:

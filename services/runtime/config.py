@@ -15,10 +15,20 @@ DEV_AUTH_SECRET = "dev-only-secret-change-me-in-production"
 class RuntimeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COINSTREAM_", extra="ignore")
 
-    # Auth: HS256 with a shared secret in development; RS256 with a PEM public key in production.
-    auth_algorithm: Literal["HS256", "RS256"] = "HS256"
+    # Auth: HS256 with a shared secret in development; RS256 or ES256 with public keys in production — one PEM key
+    # inline, or a file holding a PEM key or a JWKS (several keys, picked by the token's kid, so keys rotate without
+    # downtime; the file is read again when it changes).
+    auth_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     auth_secret: SecretStr = SecretStr(DEV_AUTH_SECRET)
     auth_public_key_pem: str = ""
+    auth_public_keys_file: str = ""
+    # Checked when set: the token's iss, and this service's name among its aud. A token with an aud is accepted when
+    # no audience is configured.
+    auth_issuer: str = ""
+    auth_audience: str = ""
+    # Tokens may not live longer than this (exp − now, at verification); clocks may differ by the leeway.
+    auth_max_token_lifetime_seconds: int = Field(default=24 * 3600, gt=0)
+    auth_leeway_seconds: float = Field(default=30.0, ge=0)
 
     # One URL, or the nodes of a cluster separated by commas.
     nats_url: str = "nats://127.0.0.1:4222"

@@ -107,7 +107,7 @@ async def test_expired_or_foreign_tokens_are_unauthenticated(clients: Clients) -
     from services.runtime.auth import mint_token
     from tests.stack import AUTH_SECRET
 
-    expired = mint_token(AUTH_SECRET, "alice", ["user"], ttl_seconds=-10)
+    expired = mint_token(AUTH_SECRET, "alice", ["user"], ttl_seconds=-60)  # past the 30 s clock leeway
     forged = mint_token("another-secret-that-is-long-enough-0123456789", "alice", ["admin"])
     no_roles = mint_token(AUTH_SECRET, "alice", [])
     for token in (expired, forged, no_roles):
