@@ -36,6 +36,9 @@ class RuntimeSettings(BaseSettings):
     # never lowers the count of an existing stream.
     nats_stream_replicas: int = Field(default=1, ge=1, le=5)
     grpc_host: str = "127.0.0.1"
+    # Where /metrics listens (when a metrics port is set): loopback unless configured, since the metrics name
+    # methods, workers and counts an outsider has no business reading. Containers set it for their scraper.
+    metrics_host: str = "127.0.0.1"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     shutdown_grace_seconds: float = 10.0

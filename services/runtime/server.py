@@ -129,7 +129,7 @@ class ServiceRuntime:
         await self._health.set(LIVENESS_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self._server.start()
         if self.settings.metrics_port:
-            start_http_server(self.settings.metrics_port, addr=self.settings.grpc_host)
+            start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host)
         log.info("grpc_listening", address=address, port=port)
         return port
 

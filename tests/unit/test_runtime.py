@@ -120,3 +120,8 @@ def test_display_text_refuses_controls_reordering_and_invisible_characters_but_k
     check = Validator()
     check.text(text, "title", max_length=200)
     assert [v.description for v in check.violations] == ([violation] if violation else [])
+
+
+def test_metrics_listen_on_loopback_unless_configured() -> None:
+    assert _Settings().metrics_host == "127.0.0.1"
+    assert _Settings(grpc_host="0.0.0.0").metrics_host == "127.0.0.1"  # serving gRPC widely does not widen /metrics
