@@ -34,6 +34,7 @@ def stack() -> Iterator[Stack]:
         test_stack.start()
         yield test_stack
         assert_money_identities_hold(test_stack)
+        assert_no_secret_was_logged(test_stack)
     finally:
         test_stack.stop()
         if os.environ.get("COINSTREAM_KEEP_TEST_DATA") != "1":
@@ -49,6 +50,22 @@ def assert_money_identities_hold(test_stack: Stack) -> None:
         test_stack.wait_serving(name)
     violations = asyncio.run(all_violations(test_stack))
     assert violations == [], "money identities broken after the session:\n" + "\n".join(violations)
+
+
+# What the suite sends that must never reach a log line: signed tokens (a JWT starts with base64 of '{"'), payment
+# tokens, payout destinations, and the signing secret itself.
+SECRET_MARKERS = ("eyJ", "tok_ok", "tok_declined", "sandbox:ok", "sandbox:fail", "sandbox:hold", AUTH_SECRET)
+
+
+def assert_no_secret_was_logged(test_stack: Stack) -> None:
+    """Every line every service logged during the whole session, searched for the secrets the tests sent."""
+    leaks = [
+        f"{log.name}: {line.strip()[:300]}"
+        for log in sorted(test_stack.root.glob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if any(marker in line for marker in SECRET_MARKERS)
+    ]
+    assert leaks == [], "secrets in the service logs:\n" + "\n".join(leaks[:20])
 
 
 @dataclass

@@ -15,6 +15,7 @@ from prometheus_client import Counter, Histogram
 from services.runtime.auth import TokenVerifier, set_current_principal
 from services.runtime.batching import LoopLag, overloaded
 from services.runtime.errors import AppError, database_unavailable, unavailable
+from services.runtime.validation import REQUEST_ID_PATTERN
 
 # Health checks and reflection must work without a token (probes, grpcurl).
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -81,7 +82,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            structlog.contextvars.bind_contextvars(method=method, request_id=getattr(request, "request_id", None))
+            structlog.contextvars.bind_contextvars(method=method, request_id=loggable_request_id(request))
             self._in_flight_unary += 1
             try:
                 if method not in self._unshed_methods and (
@@ -112,7 +113,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            structlog.contextvars.bind_contextvars(method=method, request_id=getattr(request, "request_id", None))
+            structlog.contextvars.bind_contextvars(method=method, request_id=loggable_request_id(request))
             try:
                 self._admit(authorization)
                 async for response in behavior(request, context):
@@ -131,6 +132,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 _observe(method, code, started)
 
         return handle
+
+
+def loggable_request_id(request: Any) -> str | None:
+    """The request_id as it may appear in logs: as sent when it is a valid one, else only its length — a caller's
+    garbage (or a secret pasted by mistake) never reaches a log line."""
+    value = getattr(request, "request_id", None)
+    if not isinstance(value, str):
+        return None
+    return value if REQUEST_ID_PATTERN.fullmatch(value) else f"<invalid, {len(value)} characters>"
 
 
 def _refused_unwrapped(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
