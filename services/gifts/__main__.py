@@ -31,6 +31,7 @@ async def main() -> None:
         settings.gifts_feed_max_watchers,
         settings.gifts_feed_watcher_queue_size,
         settings.gifts_feed_stuck_watcher_grace_seconds,
+        settings.gifts_feed_max_watchers_per_caller,
     )
     feed.use(nc)
     wallet = WalletClient(

@@ -24,6 +24,8 @@ class GiftsSettings(RuntimeSettings):
     # Live gift feed: WatchStreamGifts calls per process, events buffered per watcher before it is ended as too
     # slow, and how long a too-slow call stuck writing to a client that stopped reading may linger.
     gifts_feed_max_watchers: int = Field(default=10_000, ge=1)
+    # Per caller (subject of a user token); callers with the service role are bounded by the process's limit only.
+    gifts_feed_max_watchers_per_caller: int = Field(default=20, ge=1)
     gifts_feed_watcher_queue_size: int = Field(default=1_000, ge=1)
     gifts_feed_stuck_watcher_grace_seconds: float = Field(default=5.0, gt=0)
 

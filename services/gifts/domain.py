@@ -274,6 +274,12 @@ def require_watchable(stream: LiveStream | None, stream_id: str) -> LiveStream:
     return stream
 
 
+def too_many_watchers_for_caller(limit: int) -> AppError:
+    return AppError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", f"at most {limit} gift feeds at once per caller"
+    )
+
+
 def too_many_watchers() -> AppError:
     return AppError(
         grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "too many gift feed watchers on this server; retry shortly"

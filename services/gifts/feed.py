@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -146,9 +146,22 @@ class _RecentIds:
         return True
 
 
+# Watchers one caller (a user token) may hold at once in a process; trusted backends are bounded by the process's.
+DEFAULT_MAX_WATCHERS_PER_CALLER = 20
+
+
 class GiftFeed:
-    def __init__(self, max_watchers: int, watcher_queue_size: int, stuck_grace_seconds: float) -> None:
+    def __init__(
+        self,
+        max_watchers: int,
+        watcher_queue_size: int,
+        stuck_grace_seconds: float,
+        max_watchers_per_caller: int = DEFAULT_MAX_WATCHERS_PER_CALLER,
+    ) -> None:
         self._max_watchers = max_watchers
+        # One caller (a user token) may not take the whole process's watchers: a viewer needs a few at most.
+        self._max_watchers_per_caller = max_watchers_per_caller
+        self._watchers_by_caller: Counter[str] = Counter()
         self._watcher_queue_size = watcher_queue_size
         self._stuck_grace_seconds = stuck_grace_seconds
         self._watchers: dict[str, set[Watcher]] = {}
@@ -220,20 +233,29 @@ class GiftFeed:
         return self._watcher_count
 
     @contextmanager
-    def watch(self, stream_id: str) -> Iterator[Watcher]:
-        """Registers a watcher of stream_id for the duration of the block (RATE_LIMITED when the process is full)."""
+    def watch(self, stream_id: str, caller: str | None = None) -> Iterator[Watcher]:
+        """Registers a watcher of stream_id for the duration of the block (RATE_LIMITED when the process is full,
+        or when caller — None for a trusted backend — already has its share)."""
         if self._watcher_count >= self._max_watchers:
             raise domain.too_many_watchers()
+        if caller is not None and self._watchers_by_caller[caller] >= self._max_watchers_per_caller:
+            raise domain.too_many_watchers_for_caller(self._max_watchers_per_caller)
         if self._nats is not None and not self._nats.is_connected:
             raise domain.feed_interrupted()
         watcher = Watcher(stream_id, self._watcher_queue_size, self._stuck_grace_seconds)
         self._watchers.setdefault(stream_id, set()).add(watcher)
         self._recent.setdefault(stream_id, _RecentIds(DEDUP_IDS_PER_STREAM))
         self._watcher_count += 1
+        if caller is not None:
+            self._watchers_by_caller[caller] += 1
         try:
             yield watcher
         finally:
             self._watcher_count -= 1
+            if caller is not None:
+                self._watchers_by_caller[caller] -= 1
+                if not self._watchers_by_caller[caller]:
+                    del self._watchers_by_caller[caller]
             watchers = self._watchers[stream_id]
             watchers.discard(watcher)
             if not watchers:

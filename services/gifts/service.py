@@ -122,12 +122,12 @@ class GiftService:
         ]
 
     async def watch_stream_gifts(
-        self, stream_id: str, on_subscribed: Callable[[], Awaitable[None]]
+        self, stream_id: str, on_subscribed: Callable[[], Awaitable[None]], caller: str | None = None
     ) -> AsyncIterator[gifts_pb2.WatchStreamGiftsResponse]:
         """Every gift of a live stream completed from now on, until the stream ends. The watcher is registered
         before the stream is checked and before on_subscribed answers the caller, so no gift falls in between and
-        an end racing the check still reaches it."""
-        with self._feed.watch(stream_id) as watcher:
+        an end racing the check still reaches it. caller: whose share of the watchers this takes (None: unlimited)."""
+        with self._feed.watch(stream_id, caller) as watcher:
             await self._feed.ensure_subscribed()
             domain.require_watchable(await store.get_stream(self._pool, stream_id), stream_id)
             await on_subscribed()

@@ -83,7 +83,10 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
             # gift completed from then on reaches it.
             await context.send_initial_metadata(())
 
-        async for response in self._gifts.watch_stream_gifts(request.stream_id, subscribed):
+        principal = current_principal()
+        # A trusted backend (service role) fans feeds out to many viewers; anyone else has a share of their own.
+        caller = None if ROLE_SERVICE in principal.roles else principal.subject
+        async for response in self._gifts.watch_stream_gifts(request.stream_id, subscribed, caller):
             yield response
 
     async def GetLeaderboard(

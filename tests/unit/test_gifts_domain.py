@@ -343,6 +343,17 @@ class TestFeedHub:
         with feed.watch("s3"):  # freed on exit
             assert feed.watcher_count == 1
 
+    async def test_watchers_per_caller_are_limited_and_a_backend_is_not(self) -> None:
+        feed = GiftFeed(max_watchers=10, watcher_queue_size=10, stuck_grace_seconds=1.0, max_watchers_per_caller=2)
+        with feed.watch("s1", "alice"), feed.watch("s2", "alice"):
+            with pytest.raises(AppError) as error, feed.watch("s3", "alice"):
+                pass
+            assert refusal(error) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+            with feed.watch("s3", "bob"), feed.watch("s4"), feed.watch("s5"), feed.watch("s6"):  # others unaffected
+                assert feed.watcher_count == 6
+        with feed.watch("s3", "alice"):  # her share freed on exit
+            assert feed.watcher_count == 1
+
     async def test_unknown_subjects_and_unwatched_streams_are_ignored(self) -> None:
         feed = GiftFeed(max_watchers=10, watcher_queue_size=10, stuck_grace_seconds=1.0)
         feed.route(GIFT_SENT_SUBJECT, gift_sent("nobody-watches", "g1"))
