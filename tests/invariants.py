@@ -8,8 +8,8 @@ import time
 
 import asyncpg
 
-from services.reconcile.__main__ import dead_lettered_gifts, reconcile
 from services.reconcile.checks import Discrepancy, Thresholds, wallet_ledger
+from services.reconcile.reconciler import dead_lettered_gifts, reconcile
 from tests.stack import Stack
 
 # Settlement has caught up before the checks (wait_until_settled), so no completed gift may lack its credit.

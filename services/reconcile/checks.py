@@ -33,6 +33,10 @@ class Thresholds:
     stuck_after_seconds: float = 3600.0
 
 
+# Completed gifts by id: their coins, and whether they finished within the settlement grace.
+CompletedGifts = dict[str, tuple[int, bool]]
+
+
 # -- wallet ------------------------------------------------------------------------------------------------------
 
 
@@ -83,9 +87,10 @@ async def wallet_ledger(wallet: asyncpg.Connection) -> list[Discrepancy]:
 # -- across services ---------------------------------------------------------------------------------------------
 
 
-async def gift_payments(wallet: asyncpg.Connection, gifts: asyncpg.Connection) -> list[Discrepancy]:
+async def gift_payments(
+    wallet: asyncpg.Connection, gifts: asyncpg.Connection, completed: CompletedGifts
+) -> list[Discrepancy]:
     """Each completed gift ↔ exactly one wallet spend with reference gift:<id> of the same coins."""
-    completed = await _completed_gifts(gifts)
     spends = await wallet.fetch(
         "SELECT substr(t.reference, 6) AS gift_transaction_id, count(DISTINCT t.transaction_id) AS spends,"
         " -sum(p.coins_delta) AS coins"
@@ -114,17 +119,13 @@ async def gift_payments(wallet: asyncpg.Connection, gifts: asyncpg.Connection) -
 
 
 async def settlement(
-    gifts: asyncpg.Connection,
-    payouts: asyncpg.Connection,
-    thresholds: Thresholds,
-    dead_lettered: frozenset[str] = frozenset(),
+    payouts: asyncpg.Connection, completed: CompletedGifts, dead_lettered: frozenset[str] = frozenset()
 ) -> tuple[list[Discrepancy], int, list[str]]:
     """Every completed gift settled exactly once, for its coins — or still within the settlement grace, or
     dead-lettered (listed for an operator to replay). Per creator and rate version the credits sum to
     floor(total coins × rate) and the carried remainder is the rest (fractions are carried from gift to gift, so a
     single gift may round either way). Also returns how many gifts are still within the grace, and which unsettled
     gifts are dead-lettered."""
-    completed = await _completed_gifts(gifts, thresholds.settlement_grace_seconds)
     credits = await payouts.fetch(
         "SELECT gift_transaction_id, count(*) AS credits, sum(coins) AS coins FROM diamond_credits"
         " WHERE gift_transaction_id = ANY($1::text[]) GROUP BY gift_transaction_id",
@@ -171,12 +172,12 @@ async def settlement(
     return found, in_flight, sorted(waiting_for_replay)
 
 
-async def _completed_gifts(gifts: asyncpg.Connection, recent_seconds: float = 0.0) -> dict[str, tuple[int, bool]]:
-    """Completed gifts: their coins, and whether they finished within the last recent_seconds."""
+async def completed_gifts(gifts: asyncpg.Connection, thresholds: Thresholds) -> CompletedGifts:
+    """Read once, for the checks against the wallet and against payouts."""
     rows = await gifts.fetch(
         "SELECT gift_transaction_id, coins, finished_at > now() - make_interval(secs => $1) AS recent"
         " FROM gift_transactions WHERE status = 'completed'",
-        recent_seconds,
+        thresholds.settlement_grace_seconds,
     )
     return {r["gift_transaction_id"]: (r["coins"], bool(r["recent"])) for r in rows}
 

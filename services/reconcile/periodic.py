@@ -8,8 +8,8 @@ import asyncio
 import structlog
 from prometheus_client import Gauge
 
-from services.reconcile.__main__ import ReconcileSettings, run
 from services.reconcile.checks import Thresholds
+from services.reconcile.reconciler import ReconcileSettings, run
 
 DISCREPANCIES = Gauge("coinstream_reconcile_discrepancies", "Discrepancies the last reconciliation found")
 DEAD_LETTERED = Gauge("coinstream_reconcile_dead_lettered_gifts", "Gifts whose event waits in DEAD_LETTERS")

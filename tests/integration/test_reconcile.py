@@ -15,7 +15,7 @@ import asyncpg
 from coinstream.gifts.v1 import gifts_pb2
 
 from devstack.servers import free_port, stop_process
-from services.reconcile.checks import Thresholds, gift_payments, stuck_work, wallet_ledger
+from services.reconcile.checks import Thresholds, completed_gifts, gift_payments, stuck_work, wallet_ledger
 from tests.conftest import Clients, auth, new_id
 from tests.factories import buy, create_account
 from tests.invariants import wait_until_settled
@@ -96,7 +96,9 @@ async def test_a_completed_gift_without_its_wallet_spend_is_reported(stack: Stac
                 gift_id,
                 stream_id,
             )
-            found = [d for d in await gift_payments(wallet, gifts) if d.subject == gift_id]
+            completed = await completed_gifts(gifts, Thresholds())
+            assert completed[gift_id] == (1, True)
+            found = [d for d in await gift_payments(wallet, gifts, completed) if d.subject == gift_id]
             assert [d.check for d in found] == ["gift_payment"]
             raise Rollback
     except Rollback:
