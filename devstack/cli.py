@@ -30,6 +30,7 @@ from services.reconcile import __main__ as reconcile_command
 from services.reconcile.checks import Thresholds
 from services.runtime.auth import KNOWN_ROLES, ROLE_USER, mint_token
 from services.runtime.config import DEV_AUTH_SECRET
+from services.runtime.messaging import server_urls
 from services.runtime.supervision import WORKERS_HEALTH_NAME
 
 app = typer.Typer(
@@ -155,7 +156,7 @@ NatsUrl = Annotated[
 
 async def _with_jetstream(nats_url: str, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
     nc = await nats.connect(
-        servers=nats_url.split(","), connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1
+        servers=server_urls(nats_url), connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1
     )
     try:
         return await work(nc.jetstream())

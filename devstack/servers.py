@@ -112,14 +112,14 @@ class PostgresServer:
             # their WAL write (synchronous_commit on, cheap without fsync), so a kill -9 of PostgreSQL — a fault
             # test does that — loses nothing a client was told is committed.
             settings += ["-c", "fsync=off", "-c", "full_page_writes=off"]
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(self.data_dir), "-p", str(self.port), *settings],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            user=run_as,
-            start_new_session=True,
-        )
+        with open(self.log_path, "ab") as log:  # the server keeps its own descriptor
+            self.process = subprocess.Popen(
+                [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(self.data_dir), "-p", str(self.port), *settings],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=run_as,
+                start_new_session=True,
+            )
         wait_for_port(self.port, self.process, "postgres", self.log_path)
         self._wait_until_accepting(POSTGRES_BIN_PATH)
 
@@ -211,10 +211,10 @@ class NatsServer:
             "  max_memory_store: 256MB\n"
             "}\n" + self._cluster_config()
         )
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [nats_server_binary(), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with open(self.log_path, "ab") as log:  # the server keeps its own descriptor
+            self.process = subprocess.Popen(
+                [nats_server_binary(), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         wait_for_port(self.port, self.process, "nats-server", self.log_path)
 
     def stop(self) -> None:

@@ -79,7 +79,8 @@ class Stack:
     def start_replica(self, service: str, extra_env: dict[str, str] | None = None) -> ServiceProcess:
         """Another process of the service on a port of its own, sharing the database and NATS (as replicas do);
         the caller stops it (stop_process)."""
-        replica = ServiceProcess(service, free_port(), self.root / f"{service}-replica-{free_port()}.log")
+        port = free_port()
+        replica = ServiceProcess(service, port, self.root / f"{service}-replica-{port}.log")
         env = self.service_env(service)
         env.update({f"COINSTREAM_{service.upper()}_PORT": str(replica.port), **(extra_env or {})})
         replica.process = self._spawn(service, env, replica.log_path)
@@ -87,14 +88,14 @@ class Stack:
         return replica
 
     def _spawn(self, service: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-        log = open(log_path, "ab")
-        return subprocess.Popen(
-            [sys.executable, "-m", f"services.{service}"],
-            cwd=self.code_root,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(log_path, "ab") as log:  # the child keeps its own descriptor; restarts must not leak ours
+            return subprocess.Popen(
+                [sys.executable, "-m", f"services.{service}"],
+                cwd=self.code_root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def wait_serving(self, service: str) -> None:
         wait_until_serving(self.services[service])

@@ -2,7 +2,8 @@
 while) over a random workload (gifts, purchases, withdrawals, purchase reversals), every call retried with its
 request_id until it gets a final answer. At the end everything runs again, settlement catches up, and the money
 identities (`coinstream reconcile`'s checks) must hold. The seed is printed; the same seed replays the same schedule
-and the same sequence of operations (their interleaving with the faults still depends on timing).
+of faults and the same mix of operations (their interleaving with the faults, and which purchase a reversal picks,
+still depend on timing).
 
     python -m tests.chaos --seconds 300 [--seed N]     # `make soak`: a fresh stack of its own
     tests/integration/test_chaos.py                     # a short run on the suite's stack, in `make test`"""

@@ -26,8 +26,8 @@ class PayoutsSettings(RuntimeSettings):
     payouts_settlement_fetch_timeout_seconds: PositiveFloat = 1.0
     # JetStream redelivers a message not acked within this long (e.g. after a crash between commit and ack).
     payouts_settlement_ack_wait_seconds: PositiveFloat = 30.0
-    # Deliveries of a GiftSent that fails to settle on its own before it goes to the DEAD_LETTERS stream (an
-    # unreadable one goes at once; errors of the database itself never count).
+    # Deliveries after which a GiftSent that fails to settle on its own goes to the DEAD_LETTERS stream (an
+    # unreadable one goes at once; an error of the database itself never dead-letters an event).
     payouts_settlement_max_deliveries: int = Field(5, ge=1, le=1000)
 
     # Maturity hold: diamonds from gifts stay pending this long before they can be withdrawn (0: at once).

@@ -4,9 +4,11 @@ the DEAD_LETTERS stream, and only then terminated in GIFTS. An operator lists th
 replays one: it goes back to its original subject, and the settlement inbox credits its gift exactly once however
 often it is replayed.
 
-Crash safety: the copy carries Nats-Msg-Id "dead:<stream>:<sequence>", so a crash between the copy and the term
-(the event is redelivered and copied again) leaves one dead letter; a replay publishes before it deletes the dead
-letter, so a crash in between leaves the dead letter to replay again, which the inbox then ignores."""
+Crash safety: the copy carries Nats-Msg-Id "dead:<stream>:<sequence>", so a crash between the copy and the term (the
+event is redelivered and copied again) leaves one dead letter — if the redelivery comes within the stream's
+duplicate window (2 minutes; later, a second copy, which a replay then settles no more than once); a replay
+publishes before it deletes the dead letter, so a crash in between leaves the dead letter to replay again, which the
+inbox then ignores."""
 
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ ORIGINAL_SUBJECT_HEADER = "Coinstream-Original-Subject"
 ORIGINAL_SEQUENCE_HEADER = "Coinstream-Original-Sequence"
 ORIGINAL_MSG_ID_HEADER = "Coinstream-Original-Msg-Id"
 DELIVERIES_HEADER = "Coinstream-Deliveries"
-DEAD_LETTER_SUBJECTS = "dead_letters.>"
+# get_msg's "next at or after a sequence" needs a subject filter: every subject of the stream.
+ALL_SUBJECTS = ">"
 MAX_REASON_LENGTH = 1000
 MAX_LISTED = 1000
 
@@ -64,14 +67,17 @@ async def dead_letter(js: JetStreamContext, message: Msg, reason: str) -> None:
 
 
 async def list_dead_letters(js: JetStreamContext, limit: int = MAX_LISTED) -> list[DeadLetter]:
-    """The oldest dead letters first, up to limit."""
-    info = await js.stream_info(DEAD_LETTERS_STREAM)
+    """The oldest dead letters first, up to limit (none while payouts has not yet created the stream)."""
+    try:
+        info = await js.stream_info(DEAD_LETTERS_STREAM)
+    except NotFoundError:
+        return []
     found: list[DeadLetter] = []
     sequence = info.state.first_seq
     while sequence and sequence <= info.state.last_seq and len(found) < limit:
         try:
             # The next stored one at or after sequence: replayed dead letters leave gaps.
-            stored = await js.get_msg(DEAD_LETTERS_STREAM, seq=sequence, subject=DEAD_LETTER_SUBJECTS, next=True)
+            stored = await js.get_msg(DEAD_LETTERS_STREAM, seq=sequence, subject=ALL_SUBJECTS, next=True)
         except NotFoundError:
             break
         assert stored.seq is not None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 
+from services.runtime import limits
 from services.runtime.errors import (
     AppError,
     FieldViolation,
@@ -341,7 +342,6 @@ def decode_page_token(token: str, kind: str, creator_id: str, shape: tuple[type,
     raise invalid_argument([FieldViolation("page_token", "is not a token returned by this API for this request")])
 
 
-MAX_INT64 = 2**63 - 1
 MAX_POSITION_TEXT = 256
 
 
@@ -357,7 +357,7 @@ def _has_shape(position: object, shape: tuple[type, ...]) -> bool:
 
 def _storable(value: object) -> bool:
     if isinstance(value, int):
-        return -MAX_INT64 - 1 <= value <= MAX_INT64
+        return -limits.MAX_INT64 - 1 <= value <= limits.MAX_INT64
     return isinstance(value, str) and len(value) <= MAX_POSITION_TEXT
 
 

@@ -36,7 +36,8 @@ from services.runtime.messaging import (
 from services.runtime.validation import Validator
 
 RETRY_PAUSE_SECONDS = 1.0
-# Deliveries of an event that fails on its own before it is dead-lettered.
+# Deliveries after which an event that fails on its own is dead-lettered. Redeliveries during an outage count
+# toward it too (JetStream counts deliveries, not causes), but an outage alone never dead-letters an event.
 DEFAULT_MAX_DELIVERIES = 5
 # Failures that can come from one event's data: a constraint it breaks, a value out of range, a rule (an assertion,
 # an arithmetic error) it trips. Anything else — the database unreachable or restarting, a lost connection, a
@@ -201,13 +202,18 @@ class SettlementConsumer:
     async def _handle(self, messages: list[Msg]) -> None:
         readable: list[Msg] = []
         gifts: list[domain.GiftToSettle] = []
+        not_copied: list[Msg] = []
         for message in messages:
             try:
                 gifts.append(decode_gift_sent(message.data))
                 readable.append(message)
             except AppError as error:
-                REJECTED_EVENTS.inc()
-                await self._dead_letter(message, f"unreadable GiftSent: {error.message}")
+                if await self._dead_letter(message, f"unreadable GiftSent: {error.message}"):
+                    REJECTED_EVENTS.inc()
+                else:
+                    not_copied.append(message)
+        if not_copied:
+            await self._retry_later(not_copied)
         if not readable:
             return
         try:
@@ -231,7 +237,9 @@ class SettlementConsumer:
                 settled = await self._settlement.settle([gift])
             except Exception as error:
                 if could_be_the_events(error) and message.metadata.num_delivered >= self._max_deliveries:
-                    await self._dead_letter(message, f"settlement failed {self._max_deliveries} times: {error!r}")
+                    reason = f"settlement failed on delivery {message.metadata.num_delivered}: {error!r}"
+                    if not await self._dead_letter(message, reason):
+                        failed.append(message)
                 else:
                     log.warning(
                         "gift_settlement_failed", gift_transaction_id=gift.gift_transaction_id, error=repr(error)
@@ -257,24 +265,26 @@ class SettlementConsumer:
             await _quietly(message.nak(delay=RETRY_PAUSE_SECONDS))
         await asyncio.sleep(RETRY_PAUSE_SECONDS)
 
-    async def _dead_letter(self, message: Msg, reason: str) -> None:
-        """An event settlement cannot process goes to DEAD_LETTERS (for `coinstream dead-letters`), loudly, and is
-        terminated here only once the copy is stored; if the copy fails it stays to be delivered again."""
+    async def _dead_letter(self, message: Msg, reason: str) -> bool:
+        """Copies an event settlement cannot process to DEAD_LETTERS (for `coinstream dead-letters`), loudly, and
+        terminates it here once the copy is stored. False when the copy failed: the caller hands the event back, to
+        be delivered again."""
+        try:
+            await dead_letters.dead_letter(self._js, message, reason)
+        except NatsError as error:
+            log.warning("dead_letter_failed", error=repr(error))
+            return False
         log.error(
             "gift_event_dead_lettered",
             reason=reason,
             stream_sequence=message.metadata.sequence.stream,
             message_id=(message.headers or {}).get("Nats-Msg-Id"),
         )
-        try:
-            await dead_letters.dead_letter(self._js, message, reason)
-        except NatsError as error:
-            log.warning("dead_letter_failed", error=repr(error))
-            await self._retry_later([message])
-            return
-        # A crash here: the event is delivered again and copied again, which the copy's Nats-Msg-Id makes a no-op.
+        # A crash here: the event is delivered again and copied again, which the copy's Nats-Msg-Id makes a no-op
+        # (within the stream's duplicate window).
         crash_point("payouts.after_dead_letter_copied")
         await _quietly(message.term())
+        return True
 
 
 def could_be_the_events(error: Exception) -> bool:

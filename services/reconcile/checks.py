@@ -88,22 +88,25 @@ async def wallet_ledger(wallet: asyncpg.Connection) -> list[Discrepancy]:
 
 
 async def gift_payments(
-    wallet: asyncpg.Connection, gifts: asyncpg.Connection, completed: CompletedGifts
+    wallet: asyncpg.Connection, gifts: asyncpg.Connection, completed: CompletedGifts, thresholds: Thresholds
 ) -> list[Discrepancy]:
-    """Each completed gift ↔ exactly one wallet spend with reference gift:<id> of the same coins."""
+    """Each completed gift ↔ exactly one wallet spend with reference gift:<id> of the same coins. The two databases
+    are read one after the other, so under traffic a gift may complete, or a spend be made, between the two reads:
+    both directions allow the settlement grace (a recent gift without its spend, a recent spend without its gift)."""
     spends = await wallet.fetch(
         "SELECT substr(t.reference, 6) AS gift_transaction_id, count(DISTINCT t.transaction_id) AS spends,"
-        " -sum(p.coins_delta) AS coins"
+        " -sum(p.coins_delta) AS coins, max(t.created_at) > now() - make_interval(secs => $1) AS recent"
         " FROM transactions AS t JOIN postings AS p"  # both buckets of the sender: a spend is paid + bonus coins
         "   ON p.transaction_id = t.transaction_id"
         "   AND p.ledger_account_id IN (t.account_id, t.account_id || ':bonus')"
-        " WHERE t.kind = 'spend' AND t.reference LIKE 'gift:%' GROUP BY t.reference"
+        " WHERE t.kind = 'spend' AND t.reference LIKE 'gift:%' GROUP BY t.reference",
+        thresholds.settlement_grace_seconds,
     )
     paid = {r["gift_transaction_id"]: (r["spends"], r["coins"]) for r in spends}
     found = [
         Discrepancy("gift_payment", gift_id, f"{coins} coins, wallet spends (count, coins) {paid.get(gift_id)}")
-        for gift_id, (coins, _) in completed.items()
-        if paid.get(gift_id) != (1, coins)
+        for gift_id, (coins, recent) in completed.items()
+        if paid.get(gift_id) != (1, coins) and not (recent and gift_id not in paid)
     ]
     # A spend without a completed gift is allowed only while its gift is still pending (recovery finishes it).
     pending = {
@@ -111,9 +114,9 @@ async def gift_payments(
         for r in await gifts.fetch("SELECT gift_transaction_id FROM gift_transactions WHERE status = 'pending'")
     }
     found += [
-        Discrepancy("gift_payment", gift_id, "wallet spend without a completed gift")
-        for gift_id in paid
-        if gift_id not in completed and gift_id not in pending
+        Discrepancy("gift_payment", r["gift_transaction_id"], "wallet spend without a completed gift")
+        for r in spends
+        if r["gift_transaction_id"] not in completed and r["gift_transaction_id"] not in pending and not r["recent"]
     ]
     return found
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.payouts.dead_letters import list_dead_letters
 from services.reconcile import checks
 from services.reconcile.checks import Discrepancy, Thresholds
+from services.runtime.messaging import server_urls
 
 
 class ReconcileSettings(BaseSettings):
@@ -77,7 +79,7 @@ async def dead_lettered_gifts(nats_url: str) -> frozenset[str] | None:
     try:
         # Two attempts at most: nats-py otherwise retries a refused first connect 60 times.
         nc = await nats.connect(
-            servers=nats_url.split(","),
+            servers=server_urls(nats_url),
             connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS,
             allow_reconnect=False,
             max_reconnect_attempts=1,
@@ -101,27 +103,33 @@ async def reconcile(
     """Every identity, read in one repeatable-read snapshot per database (the databases differ, so the checks
     across them allow for work in flight: pending gifts, the settlement grace). dead_lettered: the gifts whose
     event is in DEAD_LETTERS (None: unknown)."""
-    connections = {name: await asyncpg.connect(url) for name, url in urls.items()}
-    try:
-        for connection in connections.values():
-            await connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        wallet, gifts, payouts = connections["wallet"], connections["gifts"], connections["payouts"]
-        report = Report(checked_at=datetime.now(UTC).isoformat(), dead_letters_unknown=dead_lettered is None)
-        completed = await checks.completed_gifts(gifts, thresholds)
-        settled, report.gifts_awaiting_settlement, report.dead_lettered_gifts = await checks.settlement(
-            payouts, completed, dead_lettered or frozenset()
-        )
-        report.discrepancies = [
-            *await checks.wallet_ledger(wallet),
-            *await checks.gift_payments(wallet, gifts, completed),
-            *settled,
-            *await checks.payouts_ledger(payouts),
-            *await checks.stuck_work(connections, thresholds),
-        ]
-        return report
-    finally:
-        for connection in connections.values():
-            await connection.close()
+    async with AsyncExitStack() as opened:
+        connections: dict[str, asyncpg.Connection] = {}
+        for name, url in urls.items():  # each closed on the way out, also when a later one cannot connect
+            connections[name] = await asyncpg.connect(url)
+            opened.push_async_callback(connections[name].close)
+        return await _check_all(connections, thresholds, dead_lettered)
+
+
+async def _check_all(
+    connections: dict[str, asyncpg.Connection], thresholds: Thresholds, dead_lettered: frozenset[str] | None
+) -> Report:
+    for connection in connections.values():
+        await connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    wallet, gifts, payouts = connections["wallet"], connections["gifts"], connections["payouts"]
+    report = Report(checked_at=datetime.now(UTC).isoformat(), dead_letters_unknown=dead_lettered is None)
+    completed = await checks.completed_gifts(gifts, thresholds)
+    settled, report.gifts_awaiting_settlement, report.dead_lettered_gifts = await checks.settlement(
+        payouts, completed, dead_lettered or frozenset()
+    )
+    report.discrepancies = [
+        *await checks.wallet_ledger(wallet),
+        *await checks.gift_payments(wallet, gifts, completed, thresholds),
+        *settled,
+        *await checks.payouts_ledger(payouts),
+        *await checks.stuck_work(connections, thresholds),
+    ]
+    return report
 
 
 async def run(settings: ReconcileSettings, thresholds: Thresholds) -> Report:

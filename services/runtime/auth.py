@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
+import structlog
 
 from services.runtime.config import RuntimeSettings
 from services.runtime.errors import permission_denied, unauthenticated
+
+log = structlog.get_logger()
 
 ROLE_USER = "user"
 ROLE_SERVICE = "service"
@@ -141,17 +144,22 @@ class VerificationKeys:
         raise jwt.InvalidTokenError(f"no verification key for kid {kid!r}")
 
     def _reload_if_changed(self, path: Path) -> None:
-        stat = path.stat()
-        version = (stat.st_mtime, stat.st_size)
-        if version == self._file_version:
+        """A file that cannot be read or parsed right now (being replaced, say) keeps the keys read before; with
+        none read yet, tokens are refused (UNAUTHENTICATED) until it can be."""
+        try:
+            stat = path.stat()
+            version = (stat.st_mtime, stat.st_size)
+            if version == self._file_version:
+                return
+            text = path.read_text()
+            if text.lstrip().startswith("{"):
+                by_kid: dict[str | None, object] = {key.key_id: key.key for key in jwt.PyJWKSet.from_json(text).keys}
+            else:
+                by_kid = {None: text}
+        except (OSError, ValueError, jwt.PyJWTError) as error:
+            log.warning("verification_keys_unreadable", path=str(path), error=repr(error))
             return
-        text = path.read_text()
-        if text.lstrip().startswith("{"):
-            keys = jwt.PyJWKSet.from_json(text).keys
-            self._by_kid = {key.key_id: key.key for key in keys}
-        else:
-            self._by_kid = {None: text}
-        self._file_version = version
+        self._by_kid, self._file_version = by_kid, version
 
 
 def mint_token(secret: str, subject: str, roles: list[str], ttl_seconds: int = 3600) -> str:

@@ -3,6 +3,7 @@ and, for bad input, google.rpc.BadRequest field violations."""
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -100,7 +101,8 @@ def unavailable(reason: str, message: str) -> AppError:
 # The database unreachable, restarting (its admin shutdown, crash recovery) or gone from under a query: the call did
 # nothing it cannot redo, so the caller may retry it as it is.
 DATABASE_UNAVAILABLE_ERRORS = (
-    OSError,  # refused, reset, and timeouts (TimeoutError is an OSError)
+    ConnectionError,  # refused, reset, broken pipe
+    TimeoutError,  # the pool's acquire or a command timeout
     asyncpg.PostgresConnectionError,  # cannot connect now, connection does not exist
     asyncpg.exceptions.OperatorInterventionError,  # admin or crash shutdown
     # A connection a restart interrupted mid-operation ("another operation is in progress"): the pool's reset
@@ -109,10 +111,17 @@ DATABASE_UNAVAILABLE_ERRORS = (
 )
 
 
+NETWORK_ERRNOS = frozenset(
+    {errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
+)
+
+
 def database_unavailable(error: Exception) -> AppError | None:
     """The caller's answer when error says the database cannot be reached right now, else None."""
     closed_under_us = isinstance(error, asyncpg.InterfaceError) and "closed" in str(error)
-    if isinstance(error, DATABASE_UNAVAILABLE_ERRORS) or closed_under_us:
+    # Some event loops report a refused connection as a plain OSError carrying the errno.
+    network = isinstance(error, OSError) and error.errno in NETWORK_ERRNOS
+    if isinstance(error, DATABASE_UNAVAILABLE_ERRORS) or closed_under_us or network:
         return unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry with the same request_id")
     return None
 

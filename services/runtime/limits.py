@@ -11,3 +11,6 @@ MAX_GIFT_QUANTITY = 10_000
 # The most coins one gift can cost: the wallet spends up to it, settlement credits up to it (10^10, far from int64
 # overflow even summed over a creator's lifetime of such gifts).
 MAX_GIFT_COINS = MAX_GIFT_COIN_PRICE * MAX_GIFT_QUANTITY
+
+# The largest value a PostgreSQL bigint holds: ids and positions from callers (page tokens) beyond it are forged.
+MAX_INT64 = 2**63 - 1

@@ -65,6 +65,11 @@ SETTLEMENT_CONSUMER_CONFIG = ConsumerConfig(
 log = structlog.get_logger()
 
 
+def server_urls(url: str) -> list[str]:
+    """COINSTREAM_NATS_URL: one server, or the nodes of a cluster separated by commas."""
+    return [server.strip() for server in url.split(",") if server.strip()]
+
+
 async def connect(nc: NatsClient, url: str, client_name: str) -> None:
     """Connects a client made earlier (services are wired to it before the server starts)."""
 
@@ -79,7 +84,7 @@ async def connect(nc: NatsClient, url: str, client_name: str) -> None:
 
     await nc.connect(
         # One URL, or several separated by commas (the nodes of a cluster; the client fails over between them).
-        servers=[server.strip() for server in url.split(",")],
+        servers=server_urls(url),
         name=client_name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 
+from services.runtime import limits
 from services.runtime.errors import (
     AppError,
     FieldViolation,
@@ -420,9 +421,6 @@ def encode_page_token(last_position: int, kind: str = "p") -> str:
     return base64.urlsafe_b64encode(f"{kind}:{last_position}".encode()).decode()
 
 
-MAX_INT64 = 2**63 - 1
-
-
 def decode_page_token(token: str, kind: str = "p") -> int | None:
     """None for the first page; INVALID_ARGUMENT for anything we did not hand out (for this list)."""
     if not token:
@@ -430,7 +428,7 @@ def decode_page_token(token: str, kind: str = "p") -> int | None:
     try:
         found_kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
         # Positions are bigint ids: a forged one past int64 would fail in the database rather than here.
-        if found_kind == kind and value.isascii() and value.isdigit() and 0 < int(value) <= MAX_INT64:
+        if found_kind == kind and value.isascii() and value.isdigit() and 0 < int(value) <= limits.MAX_INT64:
             return int(value)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

@@ -20,6 +20,7 @@ from nats.js.errors import Error as JetStreamError
 from devstack.servers import NatsCluster, NatsServer, PostgresServer, free_port
 from devstack.stack import Stack
 from services.runtime import messaging
+from services.runtime.messaging import server_urls
 from tests.conftest import Clients, clients_for
 from tests.integration.test_gifts import coins_of, go_live, make_account
 from tests.integration.test_server_faults import GiftLoad
@@ -61,7 +62,7 @@ def new_root() -> Path:
 
 async def jetstream_ready(url: str, timeout_seconds: float = 60.0) -> None:
     """A new cluster elects its JetStream meta leader before it can hold a stream."""
-    nc = await nats.connect(servers=url.split(","))
+    nc = await nats.connect(servers=server_urls(url))
     try:
         deadline = time.monotonic() + timeout_seconds
         while True:
@@ -78,7 +79,7 @@ async def jetstream_ready(url: str, timeout_seconds: float = 60.0) -> None:
 
 async def stream_state(url: str) -> tuple[int, str]:
     """The GIFTS stream's replica count and the name of its leader."""
-    nc = await nats.connect(servers=url.split(","))
+    nc = await nats.connect(servers=server_urls(url))
     try:
         info = await nc.jetstream().stream_info(messaging.GIFTS_STREAM)
         assert info.cluster is not None and info.cluster.leader is not None
@@ -114,7 +115,7 @@ async def test_a_cluster_node_then_the_stream_leader_killed_under_load() -> None
         async with clients_for(stack) as clients:
             await run_load(stack, clients, cluster)
         # A start configured with fewer replicas (the default, 1) leaves the cluster's 3 alone.
-        nc = await nats.connect(servers=cluster.url.split(","))
+        nc = await nats.connect(servers=server_urls(cluster.url))
         try:
             await messaging.ensure_gifts_stream(nc.jetstream(), replicas=1)
         finally:

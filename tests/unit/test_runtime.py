@@ -95,6 +95,8 @@ def test_an_unreachable_database_is_unavailable_to_the_caller_and_a_bug_is_not()
     assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
     assert database_unavailable(asyncpg.exceptions.CannotConnectNowError("the database system is starting up"))
     assert database_unavailable(asyncpg.exceptions.AdminShutdownError("terminating connection"))
+    assert database_unavailable(OSError(111, "Connect call failed ('127.0.0.1', 5432)"))  # the errno, not the type
+    assert database_unavailable(FileNotFoundError(2, "not the database")) is None
     assert database_unavailable(ValueError("a bug")) is None
     assert database_unavailable(asyncpg.exceptions.UniqueViolationError("a bug too")) is None
 
@@ -122,6 +124,6 @@ def test_display_text_refuses_controls_reordering_and_invisible_characters_but_k
     assert [v.description for v in check.violations] == ([violation] if violation else [])
 
 
-def test_metrics_listen_on_loopback_unless_configured() -> None:
+def test_the_metrics_host_defaults_to_loopback_whatever_the_grpc_host() -> None:
     assert _Settings().metrics_host == "127.0.0.1"
     assert _Settings(grpc_host="0.0.0.0").metrics_host == "127.0.0.1"  # serving gRPC widely does not widen /metrics

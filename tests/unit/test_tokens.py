@@ -74,6 +74,10 @@ def test_es256_keys_rotate_through_the_jwks_file_by_kid(tmp_path: Path) -> None:
     verifier.verify(token(old, "ES256", kid="2026-11", ttl=302))
     assert "kid" in refused(verifier, token(new, "ES256", kid="unknown"))
 
+    # A file caught half-written keeps the keys read before, rather than failing every call.
+    keys.write_text('{"keys": [')
+    verifier.verify(token(new, "ES256", kid="2026-12", ttl=303))
+
 
 def test_issuer_and_audience_are_checked_when_configured() -> None:
     secret = "a-test-secret-that-is-long-enough-0123456789"
