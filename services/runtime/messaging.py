@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import nats.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -14,7 +19,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 GIFTS_STREAM = "GIFTS"
 GIFT_SENT_SUBJECT = "gifts.v1.gift_sent"
@@ -62,6 +67,9 @@ SETTLEMENT_CONSUMER_CONFIG = ConsumerConfig(
     max_deliver=-1,
 )
 
+DECLARE_PATIENCE_SECONDS = 60.0
+DECLARE_RETRY_SECONDS = 1.0
+
 log = structlog.get_logger()
 
 
@@ -97,11 +105,28 @@ async def connect(nc: NatsClient, url: str, client_name: str) -> None:
 
 
 async def ensure_gifts_stream(js: JetStreamContext, replicas: int = 1) -> None:
-    await _ensure_stream(js, GIFTS_STREAM_CONFIG, replicas)
+    await _until_jetstream_answers(GIFTS_STREAM, lambda: _ensure_stream(js, GIFTS_STREAM_CONFIG, replicas))
 
 
 async def ensure_dead_letters_stream(js: JetStreamContext, replicas: int = 1) -> None:
-    await _ensure_stream(js, DEAD_LETTERS_STREAM_CONFIG, replicas)
+    await _until_jetstream_answers(
+        DEAD_LETTERS_STREAM, lambda: _ensure_stream(js, DEAD_LETTERS_STREAM_CONFIG, replicas)
+    )
+
+
+async def _until_jetstream_answers(stream: str, declare: Callable[[], Awaitable[None]]) -> None:
+    """A cluster still electing a stream's leader (just formed, or after losing a node) answers late or "temporarily
+    unavailable": a starting service waits for it, up to a minute, rather than exiting."""
+    deadline = time.monotonic() + DECLARE_PATIENCE_SECONDS
+    while True:
+        try:
+            await declare()
+            return
+        except (nats.errors.TimeoutError, ServiceUnavailableError) as error:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("jetstream_not_answering", stream=stream, error=repr(error))
+            await asyncio.sleep(DECLARE_RETRY_SECONDS)
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig, replicas: int) -> None:
