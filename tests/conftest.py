@@ -21,6 +21,7 @@ from coinstream.payouts.v1 import payouts_pb2_grpc
 from coinstream.wallet.v1 import wallet_pb2_grpc
 
 from services.runtime.auth import mint_token
+from services.runtime.idempotency import caller_scoped
 from tests.invariants import all_violations
 from tests.stack import ALL_SERVICES, AUTH_SECRET, SERVICES, Stack, build_stack
 
@@ -100,8 +101,14 @@ def auth(subject: str, *roles: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {mint_token(AUTH_SECRET, subject, list(roles or ('user',)))}"),)
 
 
-SERVICE = auth("test-backend", "service")
+SERVICE_SUBJECT = "test-backend"
+SERVICE = auth(SERVICE_SUBJECT, "service")
 ADMIN = auth("test-admin", "admin")
+
+
+def stored_key(request_id: str, subject: str = SERVICE_SUBJECT) -> str:
+    """The request_id as the services store it: in its caller's namespace (request_ids are unique per caller)."""
+    return caller_scoped(subject, request_id)
 
 
 def new_id(prefix: str = "id") -> str:

@@ -5,6 +5,7 @@ with SIGKILL."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from devstack.servers import NatsServer, PostgresServer, free_port
 from devstack.stack import ALL_SERVICES, READY_TIMEOUT_SECONDS, REPO_ROOT, ServiceProcess, Stack, tail
 from services.runtime import messaging
+from services.runtime.rate_limits import DEFAULT_RATE_LIMITS
 
 __all__ = [
     "ALL_SERVICES",
@@ -46,6 +48,11 @@ SUITE_SETTINGS = {
     # production. Overload shedding is a property of its own (tests/unit/test_batching.py, make bench), not a
     # random outcome of every functional test.
     "COINSTREAM_ADMISSION_QUEUE_BUDGET_SECONDS": "30",
+    # Functional tests send many calls as one user within seconds; per-caller limits have tests of their own
+    # (tests/integration/test_caller_limits.py) on processes started with tight ones.
+    "COINSTREAM_RATE_LIMITS": json.dumps(
+        {rpc: {"per_second": 1_000_000, "burst": 1_000_000} for rpc in DEFAULT_RATE_LIMITS}
+    ),
 }
 AUDIT_CONSUMER = "test-audit"
 

@@ -11,7 +11,8 @@ from services.gifts.feed import GiftFeed
 from services.gifts.relay import OutboxRelay
 from services.gifts.service import GiftService
 from services.gifts.servicer import GiftServicer
-from services.gifts.wallet_client import ServiceToken, WalletClient
+from services.gifts.wallet_client import WalletClient
+from services.gifts.wallet_credential import ServiceToken
 from services.runtime import messaging
 from services.runtime.recovery import repeat_forever
 from services.runtime.server import ServiceRuntime
@@ -36,7 +37,13 @@ async def main() -> None:
     feed.use(nc)
     wallet = WalletClient(
         settings.gifts_wallet_address,
-        ServiceToken(settings.gifts_wallet_token.get_secret_value(), settings.auth_secret.get_secret_value()),
+        ServiceToken(
+            settings.gifts_wallet_subject,
+            token=settings.gifts_wallet_token.get_secret_value(),
+            token_file=settings.gifts_wallet_token_file,
+            # Minting needs the signing key: only where it is the shared HS256 secret and nothing was given.
+            auth_secret="" if settings.wallet_credential_given else settings.auth_secret.get_secret_value(),
+        ),
         settings.gifts_wallet_timeout_seconds,
     )
     relay = OutboxRelay(pool, js, settings.gifts_relay_interval_seconds)

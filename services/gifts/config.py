@@ -12,9 +12,12 @@ class GiftsSettings(RuntimeSettings):
     gifts_port: int = 50052
     gifts_metrics_port: int = 0
     gifts_wallet_address: str = "127.0.0.1:50051"
-    # Empty: mint our own HS256 service token from auth_secret (shared-secret deployments). RS256 deployments must
-    # configure a token issued for this service.
+    # The credential for calls to the wallet (services/gifts/wallet_credential.py): a token file (reread when it
+    # changes, for rotation), else a fixed token, else (HS256 shared-secret deployments only) one minted from
+    # auth_secret. Every token must be for gifts_wallet_subject: the wallet keys gifts' spends under it.
+    gifts_wallet_token_file: str = ""
     gifts_wallet_token: SecretStr = SecretStr("")
+    gifts_wallet_subject: str = Field(default="coinstream-gifts", min_length=1, max_length=256)
     gifts_wallet_timeout_seconds: float = 5.0
     # Gifts left pending by a crash or a wallet outage are finished by a background pass.
     gifts_recovery_interval_seconds: float = 5.0
@@ -32,11 +35,24 @@ class GiftsSettings(RuntimeSettings):
     @model_validator(mode="after")
     def _wallet_token_when_minting_is_impossible(self) -> Self:
         # Our minted tokens are HS256; a wallet verifying RS256 would refuse them and every gift would stay pending.
-        if self.auth_algorithm != "HS256" and not self.gifts_wallet_token.get_secret_value():
+        if self.auth_algorithm != "HS256" and not self.wallet_credential_given:
             raise ValueError(
-                f"COINSTREAM_GIFTS_WALLET_TOKEN is required when COINSTREAM_AUTH_ALGORITHM is {self.auth_algorithm}"
+                "COINSTREAM_GIFTS_WALLET_TOKEN_FILE (or COINSTREAM_GIFTS_WALLET_TOKEN) is required when"
+                f" COINSTREAM_AUTH_ALGORITHM is {self.auth_algorithm}"
             )
         return self
+
+    def production_problems(self) -> list[str]:
+        problems = super().production_problems()
+        if not self.wallet_credential_given:
+            problems.append(
+                "COINSTREAM_GIFTS_WALLET_TOKEN_FILE is unset: gifts would mint its own tokens with the verification key"
+            )
+        return problems
+
+    @property
+    def wallet_credential_given(self) -> bool:
+        return bool(self.gifts_wallet_token_file or self.gifts_wallet_token.get_secret_value())
 
     @property
     def service_name(self) -> str:

@@ -10,6 +10,7 @@ from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 from services.gifts import domain
 from services.gifts.service import GiftService
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, current_principal
+from services.runtime.idempotency import scope_to_caller
 from services.runtime.validation import Validator, page_size
 
 OWNER_OR_SERVICE = (ROLE_SERVICE,)
@@ -36,6 +37,7 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         check.text(request.title, "title", max_length=domain.MAX_TITLE_LENGTH)
         check.raise_if_invalid()
         current_principal().require_account_access(request.creator_id, privileged_roles=OWNER_OR_SERVICE)
+        scope_to_caller(request)
         return await self._gifts.start_live_stream(request)
 
     async def EndLiveStream(
@@ -48,6 +50,7 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         # Only the stream's creator (or a service) may end it, so the stream is looked up to authorize.
         stream = await self._gifts.get_stream(request.stream_id)
         current_principal().require_account_access(stream.creator_id, privileged_roles=OWNER_OR_SERVICE)
+        scope_to_caller(request)
         return await self._gifts.end_live_stream(request)
 
     async def SendGift(
@@ -61,6 +64,7 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         check.int_range(request.quantity, "quantity", minimum=domain.MIN_QUANTITY, maximum=domain.MAX_QUANTITY)
         check.raise_if_invalid()
         current_principal().require_account_access(request.sender_id, privileged_roles=OWNER_OR_SERVICE)
+        scope_to_caller(request)
         return await self._gifts.send_gift(request)
 
     async def GetStreamSummary(
@@ -118,6 +122,7 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         )
         check.raise_if_invalid()
         current_principal().require_any_role(ROLE_ADMIN)
+        scope_to_caller(request)
         return await self._gifts.upsert_gift(request)
 
     async def RetireGift(
@@ -128,4 +133,5 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         check.identifier(request.gift_id, "gift_id")
         check.raise_if_invalid()
         current_principal().require_any_role(ROLE_ADMIN)
+        scope_to_caller(request)
         return await self._gifts.retire_gift(request)

@@ -3,7 +3,6 @@ token, and the wallet's answers sorted into accounts, spends, final refusals and
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import grpc
@@ -11,37 +10,13 @@ import structlog
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.gifts import domain
-from services.runtime.auth import ROLE_SERVICE, mint_token
+from services.gifts.wallet_credential import ServiceToken
 from services.runtime.errors import AppError, unavailable
 
 log = structlog.get_logger()
 
-SERVICE_SUBJECT = "coinstream-gifts"
-MINTED_TOKEN_TTL_SECONDS = 3600
-# Re-mint at half the lifetime: far from expiry even with clock skew or a slow call in flight.
-MINTED_TOKEN_REFRESH_SECONDS = MINTED_TOKEN_TTL_SECONDS / 2
 # gRPC's default reconnect backoff grows to 120 s; a wallet back from a restart should be used within seconds.
 CHANNEL_OPTIONS = [("grpc.max_reconnect_backoff_ms", 5000)]
-
-
-class ServiceToken:
-    """The bearer token for calls to the wallet: the configured one, or one minted from the shared secret."""
-
-    def __init__(self, configured_token: str, auth_secret: str) -> None:
-        self._configured_token = configured_token
-        self._auth_secret = auth_secret
-        self._minted_token = ""
-        self._minted_at = 0.0
-
-    def authorization(self) -> str:
-        if self._configured_token:
-            return f"Bearer {self._configured_token}"
-        if not self._minted_token or time.monotonic() - self._minted_at > MINTED_TOKEN_REFRESH_SECONDS:
-            self._minted_token = mint_token(
-                self._auth_secret, SERVICE_SUBJECT, [ROLE_SERVICE], ttl_seconds=MINTED_TOKEN_TTL_SECONDS
-            )
-            self._minted_at = time.monotonic()
-        return f"Bearer {self._minted_token}"
 
 
 @dataclass(frozen=True)

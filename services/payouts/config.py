@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from services.runtime.config import RuntimeSettings
@@ -46,8 +48,17 @@ class PayoutsSettings(RuntimeSettings):
     payouts_worker_interval_seconds: PositiveFloat = 1.0
     payouts_worker_batch_size: int = Field(100, gt=0, le=10_000)
     payouts_provider_timeout_seconds: PositiveFloat = 10.0
+    # Who pays withdrawals out (COINSTREAM_PAYOUT_PROVIDER). Only the sandbox ships: a real provider implements
+    # services/payouts/payout_provider.py's protocol; production refuses the sandbox unless staging opts in.
+    payout_provider: Literal["sandbox"] = "sandbox"
     # How long the sandbox payout provider takes to pay a "sandbox:ok…" destination.
     payouts_sandbox_settle_seconds: NonNegativeFloat = 2.0
+
+    def production_problems(self) -> list[str]:
+        return [
+            *super().production_problems(),
+            *self.sandbox_provider_problem("COINSTREAM_PAYOUT_PROVIDER", self.payout_provider),
+        ]
 
     @property
     def service_name(self) -> str:

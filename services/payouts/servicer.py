@@ -8,6 +8,7 @@ from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
 from services.payouts.domain import EarningsGroupBy
 from services.payouts.service import OWNER_OR_STAFF, PayoutsService
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, current_principal
+from services.runtime.idempotency import scope_to_caller
 from services.runtime.validation import Validator, page_size
 
 # Far above any real withdrawal (the daily cap is 200,000) yet far from int64 overflow of the payout amount.
@@ -47,6 +48,7 @@ class PayoutsServicer(payouts_pb2_grpc.PayoutServiceServicer):
         check.text(request.payout_destination, "payout_destination", max_length=MAX_DESTINATION_LENGTH)
         check.raise_if_invalid()
         current_principal().require_any_role(ROLE_SERVICE, ROLE_ADMIN)
+        scope_to_caller(request)
         return await self._payouts.update_profile(request)
 
     async def RequestWithdrawal(
@@ -58,6 +60,7 @@ class PayoutsServicer(payouts_pb2_grpc.PayoutServiceServicer):
         check.int_range(request.diamonds, "diamonds", minimum=1, maximum=MAX_WITHDRAWAL_DIAMONDS)
         check.raise_if_invalid()
         current_principal().require_account_access(request.creator_id, privileged_roles=(ROLE_SERVICE,))
+        scope_to_caller(request)
         return await self._payouts.request_withdrawal(request)
 
     async def GetWithdrawal(
@@ -78,6 +81,7 @@ class PayoutsServicer(payouts_pb2_grpc.PayoutServiceServicer):
         check.opaque_id(request.withdrawal_id, "withdrawal_id")
         check.raise_if_invalid()
         # Authorization needs the withdrawal's creator, so the use case applies it (hiding others' withdrawals).
+        scope_to_caller(request)
         return await self._payouts.cancel_withdrawal(request, current_principal())
 
     async def ListWithdrawals(

@@ -55,6 +55,8 @@ def set_current_principal(principal: Principal) -> contextvars.Token[Principal]:
 # its signature each time was a visible share of a call's CPU. Bounded, so a flood of distinct tokens costs memory
 # only up to this many entries (the oldest are forgotten first).
 VERIFIED_TOKEN_CACHE_SIZE = 10_000
+# A subject scopes every request_id its caller sends (stored with each key), so it is bounded like one.
+MAX_SUBJECT_LENGTH = 256
 
 
 class TokenVerifier:
@@ -95,8 +97,8 @@ class TokenVerifier:
         if not isinstance(roles, list) or not roles or not set(roles) <= KNOWN_ROLES:
             raise unauthenticated(f"token roles must be a non-empty list of {sorted(KNOWN_ROLES)}")
         subject = claims["sub"]
-        if not isinstance(subject, str) or not subject:
-            raise unauthenticated("token sub must be a non-empty string")
+        if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_SUBJECT_LENGTH:
+            raise unauthenticated(f"token sub must be a string of 1-{MAX_SUBJECT_LENGTH} characters")
         return Principal(subject=subject, roles=frozenset(roles)), float(claims["exp"])
 
     def _decode(self, token: str) -> dict[str, object]:

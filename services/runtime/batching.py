@@ -16,11 +16,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-import grpc
 import structlog
 from prometheus_client import Counter, Histogram
 
-from services.runtime.errors import AppError
+from services.runtime.errors import AppError, rate_limited
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -40,8 +39,12 @@ SHED_TOTAL = Counter("coinstream_batch_shed_total", "Items refused because they 
 log = structlog.get_logger()
 
 
+# How long a shed caller is told to wait (RetryInfo): long enough for a burst to pass, short enough not to idle.
+OVERLOAD_RETRY_AFTER_SECONDS = 0.5
+
+
 def overloaded() -> AppError:
-    return AppError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "server overloaded; retry later")
+    return rate_limited("server overloaded; retry later", OVERLOAD_RETRY_AFTER_SECONDS)
 
 
 @dataclass(frozen=True)

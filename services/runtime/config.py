@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.batching import BatchPolicy
+from services.runtime.rate_limits import DEFAULT_RATE_LIMITS, RateLimit
 
 DEV_AUTH_SECRET = "dev-only-secret-change-me-in-production"
+# HS256 with a shorter secret can be brute-forced offline from one token (RFC 7518 asks for at least 256 bits).
+MIN_AUTH_SECRET_BYTES = 32
 
 
 class RuntimeSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="COINSTREAM_", extra="ignore")
+    # Errors never echo their input: it holds the secrets (auth secret, tokens, passwords) among the rest.
+    model_config = SettingsConfigDict(env_prefix="COINSTREAM_", extra="ignore", hide_input_in_errors=True)
+
+    # development (the default: `make run`, the tests) or production: a production process refuses to start while
+    # anything in production_problems() holds, each naming the setting to fix. The image and manifests set it.
+    environment: Literal["development", "production"] = "development"
+    # Staging: production mode with the sandbox payment and payout providers, on purpose and visibly.
+    allow_sandbox_providers: bool = False
 
     # Auth: HS256 with a shared secret in development; RS256 or ES256 with public keys in production — one PEM key
     # inline, or a file holding a PEM key or a JWKS (several keys, picked by the token's kid, so keys rotate without
@@ -43,7 +53,16 @@ class RuntimeSettings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     shutdown_grace_seconds: float = 10.0
     # Unary RPCs handled at once per process; beyond it calls are shed with RESOURCE_EXHAUSTED / RATE_LIMITED.
-    max_in_flight_unary_rpcs: int = Field(default=1000, ge=0)
+    max_in_flight_unary_rpcs: int = Field(default=1000, ge=1)
+    # Per-caller token buckets by RPC name, merged over DEFAULT_RATE_LIMITS (services/runtime/rate_limits.py), as
+    # JSON: COINSTREAM_RATE_LIMITS='{"SendGift": {"per_second": 5, "burst": 20}}'. Service-role callers are exempt.
+    rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
+    # Streams one HTTP/2 connection may have open at once (calls in flight and live feeds): a client cannot open
+    # an unbounded number on one connection.
+    grpc_max_concurrent_streams: int = Field(default=1000, ge=1)
+    # Health Watch and reflection streams (no token needed, so anyone who reaches the port may open them) held at
+    # once per process; beyond it they are refused with RESOURCE_EXHAUSTED.
+    max_public_streams: int = Field(default=100, ge=1)
     # Hot paths (SendGift, SpendCoins) work in batches: up to batch_max_size items per batch, up to
     # batch_max_in_flight batches at once; a call that would wait in the queue longer than
     # admission_queue_budget_seconds is refused at once with RESOURCE_EXHAUSTED / RATE_LIMITED.
@@ -64,6 +83,36 @@ class RuntimeSettings(BaseSettings):
     idempotency_retention_days: int = 8
     # Test-only: comma-separated crash points at which the process kills itself (see services/runtime/faults.py).
     fault_points: str = ""
+
+    def production_problems(self) -> list[str]:
+        """What a production deployment must not run with, one line per setting to fix. Services add their own."""
+        problems = []
+        if self.auth_algorithm == "HS256":
+            secret = self.auth_secret.get_secret_value()
+            if secret == DEV_AUTH_SECRET:
+                problems.append("COINSTREAM_AUTH_SECRET is the development secret: anyone can mint tokens with it")
+            elif len(secret.encode()) < MIN_AUTH_SECRET_BYTES:
+                problems.append(f"COINSTREAM_AUTH_SECRET is shorter than {MIN_AUTH_SECRET_BYTES} bytes")
+        return problems
+
+    def sandbox_provider_problem(self, setting: str, provider: str) -> list[str]:
+        if provider != "sandbox" or self.allow_sandbox_providers:
+            return []
+        return [
+            f"{setting} is the sandbox: it accepts made-up payment details"
+            " (set COINSTREAM_ALLOW_SANDBOX_PROVIDERS=true only on a staging deployment)"
+        ]
+
+    @model_validator(mode="after")
+    def _refuse_an_unsafe_production(self) -> Self:
+        if self.environment == "production":
+            problems = self.production_problems()
+            if problems:
+                raise ValueError("COINSTREAM_ENVIRONMENT=production refuses to start:\n- " + "\n- ".join(problems))
+        return self
+
+    def effective_rate_limits(self) -> dict[str, RateLimit]:
+        return {**DEFAULT_RATE_LIMITS, **self.rate_limits}
 
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(self.batch_max_size, self.batch_max_in_flight, self.admission_queue_budget_seconds)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -29,6 +29,8 @@ class AppError(Exception):
     reason: str
     message: str
     field_violations: list[FieldViolation] = field(default_factory=list)
+    # Sent as google.rpc.RetryInfo: when a retry may succeed (a rate limit's next token, shedding's back-off).
+    retry_after_seconds: float | None = None
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -50,6 +52,10 @@ class AppError(Exception):
                 ]
             )
             details.append(_pack(bad_request))
+        if self.retry_after_seconds is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(max(1_000_000, int(self.retry_after_seconds * 1e9)))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         status = status_pb2.Status(code=_RPC_CODES[self.code], message=self.message, details=details)
         return rpc_status.to_status(status)
 
@@ -124,6 +130,12 @@ def database_unavailable(error: Exception) -> AppError | None:
     if isinstance(error, DATABASE_UNAVAILABLE_ERRORS) or closed_under_us or network:
         return unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry with the same request_id")
     return None
+
+
+def rate_limited(message: str, retry_after_seconds: float) -> AppError:
+    return AppError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", message, retry_after_seconds=retry_after_seconds
+    )
 
 
 def request_id_reused() -> AppError:

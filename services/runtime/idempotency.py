@@ -15,6 +15,7 @@ import asyncpg
 import grpc
 from google.protobuf.message import Message
 
+from services.runtime.auth import current_principal
 from services.runtime.database import Statement, placeholders
 from services.runtime.errors import AppError, FieldViolation, request_id_reused
 
@@ -32,6 +33,22 @@ class StoredRequest:
     @property
     def in_flight(self) -> bool:
         return self.response is None and self.error is None
+
+
+# request_ids are unique per caller (the contract): stored as "<subject>/<request_id>". A request_id cannot hold a
+# "/", so the last one splits the two unambiguously: two callers choosing the same request_id never share a key, and
+# no caller can learn (by a REQUEST_ID_REUSED) whether another used one.
+CALLER_SEPARATOR = "/"
+
+
+def caller_scoped(subject: str, request_id: str) -> str:
+    return f"{subject}{CALLER_SEPARATOR}{request_id}"
+
+
+def scope_to_caller(request: Message) -> None:
+    """Moves a validated request_id into the authenticated caller's namespace. Servicers call it once the caller is
+    authorized, before the use case, so everything below (keys, ledger and gift rows, derived ids) sees one key."""
+    request.request_id = caller_scoped(current_principal().subject, request.request_id)  # type: ignore[attr-defined]
 
 
 def method_name(request: Message) -> str:

@@ -4,6 +4,7 @@ Prometheus metrics, and mapping of AppError (and anything unexpected) to a gRPC 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,9 +13,10 @@ import grpc
 import structlog
 from prometheus_client import Counter, Histogram
 
-from services.runtime.auth import TokenVerifier, set_current_principal
+from services.runtime.auth import ROLE_SERVICE, Principal, TokenVerifier, set_current_principal
 from services.runtime.batching import LoopLag, overloaded
-from services.runtime.errors import AppError, database_unavailable, unavailable
+from services.runtime.errors import AppError, database_unavailable, rate_limited, unavailable
+from services.runtime.rate_limits import CallerRateLimiter
 from services.runtime.validation import REQUEST_ID_PATTERN
 
 # Health checks and reflection must work without a token (probes, grpcurl).
@@ -35,6 +37,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         loop_lag: LoopLag,
         queue_budget_seconds: float,
         unshed_methods: frozenset[str] = frozenset(),
+        rate_limiter: CallerRateLimiter | None = None,
+        max_public_streams: int = 100,
     ) -> None:
         # Overload shedding with the contract's answer (RESOURCE_EXHAUSTED, RATE_LIMITED) rather than a queue that
         # grows until every call times out: when calls wait too long for the event loop (the process is short of
@@ -49,14 +53,19 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self._in_flight_unary = 0
         self._verifier = verifier
         self._is_ready = is_ready
+        self._rate_limiter = rate_limiter or CallerRateLimiter({})
+        self._max_public_streams = max_public_streams
+        self._public_streams = 0
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any], handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
+        if handler is None:
             return handler
+        if method.startswith(PUBLIC_METHOD_PREFIXES):
+            return self._bounded_public(handler)
         metadata = dict(handler_call_details.invocation_metadata or ())
         authorization = metadata.get("authorization")
         if handler.unary_unary is not None:
@@ -73,10 +82,53 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             )
         return _refused_unwrapped(handler, method)
 
-    def _admit(self, authorization: str | None) -> None:
+    def _bounded_public(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Health and reflection need no token, so anyone who reaches the port may open their streams (Health.Watch,
+        reflection's bidirectional stream): at most max_public_streams at once, beyond it RESOURCE_EXHAUSTED."""
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._count_public_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._count_public_stream(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # unary (Health.Check): bounded like any call by max_concurrent_streams
+
+    def _count_public_stream(self, behavior: Any) -> Any:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
+            if self._public_streams >= self._max_public_streams:
+                status = rate_limited("too many health or reflection streams open", 1.0).to_status()
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            self._public_streams += 1
+            try:
+                # The servicers differ: health's Watch writes with context.write(), reflection is a generator.
+                outcome = behavior(request, context)
+                if inspect.isasyncgen(outcome):
+                    async for response in outcome:
+                        await context.write(response)
+                else:
+                    await outcome
+            finally:
+                self._public_streams -= 1
+
+        return handle
+
+    def _admit(self, method: str, authorization: str | None) -> None:
         if not self._is_ready():
             raise unavailable("NOT_READY", "service is starting or stopping; retry shortly")
-        set_current_principal(self._verifier.verify(authorization))
+        principal = self._verifier.verify(authorization)
+        set_current_principal(principal)
+        self._limit_rate(method, principal)
+
+    def _limit_rate(self, method: str, principal: Principal) -> None:
+        if ROLE_SERVICE in principal.roles:
+            return  # a trusted backend acting for many users: bounded by the process's admission control
+        self._rate_limiter.admit(method.rpartition("/")[2], principal.subject)
 
     def _wrap_unary(self, behavior: Any, method: str, authorization: str | None) -> Any:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -90,7 +142,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     or self._loop_lag.seconds > self._queue_budget_seconds
                 ):
                     raise overloaded()
-                self._admit(authorization)
+                self._admit(method, authorization)
                 return await behavior(request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED  # the client went away; not an OK to count or log
@@ -115,7 +167,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             structlog.contextvars.bind_contextvars(method=method, request_id=loggable_request_id(request))
             try:
-                self._admit(authorization)
+                self._admit(method, authorization)
                 async for response in behavior(request, context):
                     yield response
             except AppError as error:

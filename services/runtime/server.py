@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import asyncpg
+import pydantic
 import grpc
 import structlog
 import uvloop
@@ -27,6 +28,7 @@ from services.runtime.config import RuntimeSettings
 from services.runtime.faults import enable_fault_points
 from services.runtime.interceptors import ServiceInterceptor
 from services.runtime.logging import configure_logging
+from services.runtime.rate_limits import CallerRateLimiter
 from services.runtime.supervision import SupervisionPolicy, Worker, WorkerSupervisor
 
 log = structlog.get_logger()
@@ -84,6 +86,8 @@ class ServiceRuntime:
             self._loop_lag,
             settings.admission_queue_budget_seconds,
             unshed_methods,
+            CallerRateLimiter(settings.effective_rate_limits()),
+            settings.max_public_streams,
         )
         self._server = grpc.aio.server(
             interceptors=[interceptor],
@@ -91,6 +95,7 @@ class ServiceRuntime:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -250,7 +255,11 @@ def main(serve: Callable[[], Awaitable[None]], settings: Callable[[], RuntimeSet
     pending migrations of its database and exits (0 when done), without starting the service."""
     arguments = sys.argv[1:]
     if not arguments:
-        uvloop.run(serve())
+        try:
+            uvloop.run(serve())
+        except pydantic.ValidationError as refused:
+            # A setting to fix, not a bug: its message (which never echoes the input) without a traceback.
+            sys.exit(f"{refused}")
         return
     if arguments != ["migrate"]:
         sys.exit(f"usage: python -m {sys.modules['__main__'].__spec__.name} [migrate]")  # type: ignore[union-attr]

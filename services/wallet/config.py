@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from services.runtime.config import RuntimeSettings
 
 
@@ -12,6 +16,15 @@ class WalletSettings(RuntimeSettings):
     wallet_recovery_interval_seconds: float = 5.0
     wallet_recovery_age_seconds: float = 30.0
     wallet_payment_timeout_seconds: float = 10.0
+    # Who charges purchases (COINSTREAM_PAYMENT_PROVIDER). Only the sandbox ships: a real provider implements
+    # services/wallet/payments.py's PaymentProvider; production refuses the sandbox unless staging opts in.
+    payment_provider: Literal["sandbox"] = Field(default="sandbox")
+
+    def production_problems(self) -> list[str]:
+        return [
+            *super().production_problems(),
+            *self.sandbox_provider_problem("COINSTREAM_PAYMENT_PROVIDER", self.payment_provider),
+        ]
 
     @property
     def service_name(self) -> str:

@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2
 from services.runtime import limits
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, ROLE_USER, current_principal
 from services.runtime.errors import AppError, permission_denied
+from services.runtime.idempotency import scope_to_caller
 from services.runtime.validation import Validator, page_size
 from services.wallet.domain import MAX_GIVEAWAY_WINNERS
 from services.wallet.service import WalletService
@@ -41,6 +42,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             check.fail("country_code", "must be an ISO 3166-1 alpha-2 code such as 'US'")
         check.raise_if_invalid()
         current_principal().require_any_role(ROLE_SERVICE, ROLE_ADMIN)
+        scope_to_caller(request)
         return await self._wallet.upsert_account(request)
 
     async def GetAccount(
@@ -75,6 +77,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         check.text(request.payment_token, "payment_token", max_length=512)
         check.raise_if_invalid()
         current_principal().require_account_access(request.account_id, privileged_roles=(ROLE_SERVICE,))
+        scope_to_caller(request)
         return await self._wallet.purchase(request)
 
     async def SpendCoins(
@@ -84,6 +87,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         _check_spend(check, request)
         check.raise_if_invalid()
         current_principal().require_any_role(ROLE_SERVICE)
+        scope_to_caller(request)
         return await self._wallet.spend(request)
 
     async def SpendCoinsBatch(
@@ -100,6 +104,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             seen.add(spend.request_id)
         check.raise_if_invalid()
         current_principal().require_any_role(ROLE_SERVICE)
+        for spend in request.spends:
+            scope_to_caller(spend)
         outcomes = await self._wallet.spend_batch(list(request.spends))
         return wallet_pb2.SpendCoinsBatchResponse(outcomes=[_spend_outcome(outcome) for outcome in outcomes])
 
@@ -135,6 +141,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         check.int_range(request.max_uses_per_account, "max_uses_per_account", minimum=0, maximum=MAX_PROMOTION_USES)
         check.raise_if_invalid()
         current_principal().require_any_role(ROLE_ADMIN)
+        scope_to_caller(request)
         return await self._wallet.create_promotion(request, starts_at, ends_at)
 
     async def ListPromotions(
@@ -155,6 +162,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         check.opaque_id(request.promotion_id, "promotion_id")
         check.raise_if_invalid()
         current_principal().require_any_role(ROLE_ADMIN)
+        scope_to_caller(request)
         return await self._wallet.end_promotion(request)
 
     async def ReversePurchase(
@@ -166,6 +174,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         check.text(request.reason, "reason", max_length=256)
         check.raise_if_invalid()
         current_principal().require_any_role(ROLE_ADMIN)
+        scope_to_caller(request)
         return await self._wallet.reverse_purchase(request)
 
     async def CreateGiveaway(
@@ -178,6 +187,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         _check_winners(check, request.creator_id, list(request.winner_ids))
         check.raise_if_invalid()
         current_principal().require_account_access(request.creator_id, privileged_roles=(ROLE_SERVICE,))
+        scope_to_caller(request)
         return await self._wallet.create_giveaway(request)
 
     async def SetSpendingLimit(
@@ -192,6 +202,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         principal = current_principal()
         if ROLE_USER not in principal.roles or principal.subject != request.account_id:
             raise permission_denied("only the account owner may set its spending limit")
+        scope_to_caller(request)
         return await self._wallet.set_spending_limit(request)
 
 

@@ -15,7 +15,7 @@ from coinstream.gifts.v1 import gifts_pb2
 from coinstream.wallet.v1 import wallet_pb2 as w
 
 from services.runtime.config import RuntimeSettings
-from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id
+from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id, stored_key
 from tests.factories import buy, create_account, wallet_balance
 from tests.grpc_errors import error_reason, violated_fields
 from tests.integration.payouts_helpers import earnings, eventually
@@ -469,7 +469,7 @@ async def send_as_one_batch(
     try:
         await holder.executemany(
             "INSERT INTO idempotency_keys (request_id, method, request_hash) VALUES ($1, 'SendGift', '\\x00')",
-            [(blocker.request_id,) for blocker in blockers],
+            [(stored_key(blocker.request_id),) for blocker in blockers],
         )
         blocked = []
         for count, blocker in enumerate(blockers, start=1):  # one at a time: one slot each
@@ -501,9 +501,9 @@ async def gift_rows(stack: Stack, requests: Sequence[gifts_pb2.SendGiftRequest])
         stack,
         "gifts",
         "SELECT request_id, gift_transaction_id, status FROM gift_transactions WHERE request_id = ANY($1::text[])",
-        [r.request_id for r in requests],
+        [stored_key(r.request_id) for r in requests],
     )
-    return {row["request_id"]: row for row in rows}
+    return {row["request_id"].rpartition("/")[2]: row for row in rows}
 
 
 async def assert_each_gift_completed_once(
@@ -595,7 +595,7 @@ async def test_a_spend_reusing_an_expired_request_id_of_another_account_fails_on
     await clients.wallet.SpendCoins(first, metadata=SERVICE)
     conn = await asyncpg.connect(stack.database_url("wallet"))
     try:  # what the retention cleanup does after 8 days
-        await conn.execute("DELETE FROM idempotency_keys WHERE request_id = $1", first.request_id)
+        await conn.execute("DELETE FROM idempotency_keys WHERE request_id = $1", stored_key(first.request_id))
     finally:
         await conn.close()
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from coinstream.payouts.v1 import payouts_pb2
 
-from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id
+from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id, stored_key
 from tests.grpc_errors import error_reason, violated_fields
 from tests.integration.payouts_helpers import (
     assert_ledger_consistent,
@@ -149,9 +149,8 @@ async def test_invalid_profile_update_reports_every_field_and_changes_nothing(st
     conn = await asyncpg.connect(stack.database_url("payouts"))
     try:
         assert await conn.fetchval("SELECT count(*) FROM creator_profiles WHERE creator_id = $1", creator_id) == 0
-        assert (
-            await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE request_id = $1", too_long.request_id) == 0
-        )
+        key = stored_key(too_long.request_id)
+        assert await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE request_id = $1", key) == 0
     finally:
         await conn.close()
 

@@ -324,8 +324,8 @@ async def test_held_payout_stays_pending_until_canceled(stack: Stack, clients: C
     assert (await earnings(clients, creator_id)).available_diamonds == 5000
 
     other = await withdraw(clients, creator_id, 2000)
-    reused = cancel_request(other.withdrawal_id, request_id=request.request_id)
-    error = await refused(clients.payouts.CancelWithdrawal(reused, metadata=SERVICE))
+    reused = cancel_request(other.withdrawal_id, request_id=request.request_id)  # by the same caller
+    error = await refused(clients.payouts.CancelWithdrawal(reused, metadata=auth(creator_id)))
     assert (error.code(), error_reason(error)) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
     await cancel(clients, other.withdrawal_id)
     await assert_ledger_consistent(stack)

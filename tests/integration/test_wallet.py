@@ -9,7 +9,7 @@ import grpc
 import pytest
 from coinstream.wallet.v1 import wallet_pb2 as w
 
-from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id
+from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id, stored_key
 from tests.factories import balance, buy, create_account
 from tests.grpc_errors import error_reason, violated_fields
 
@@ -412,7 +412,7 @@ async def test_spend_replayed_after_its_key_expired_gets_its_original_answer(sta
     first = await clients.wallet.SpendCoins(request, metadata=SERVICE)
     conn = await asyncpg.connect(stack.database_url("wallet"))
     try:  # what the retention cleanup does after 8 days
-        await conn.execute("DELETE FROM idempotency_keys WHERE request_id = $1", request.request_id)
+        await conn.execute("DELETE FROM idempotency_keys WHERE request_id = $1", stored_key(request.request_id))
     finally:
         await conn.close()
     again = await clients.wallet.SpendCoins(request, metadata=SERVICE)

@@ -18,7 +18,7 @@ from coinstream.wallet.v1 import wallet_pb2 as w
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.runtime import database
-from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id
+from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id, stored_key
 from tests.factories import buy, create_account, spend, wallet_balance
 from tests.grpc_errors import error_reason, violated_fields
 from tests.invariants import wallet_violations
@@ -89,7 +89,7 @@ async def test_a_spend_replayed_after_its_key_expired_keeps_its_split(stack: Sta
     await spend(clients, account_id, 5)  # later movements must not change the replayed answer
     conn = await asyncpg.connect(stack.database_url("wallet"))
     try:
-        await conn.execute("DELETE FROM idempotency_keys WHERE request_id = $1", request.request_id)
+        await conn.execute("DELETE FROM idempotency_keys WHERE request_id = $1", stored_key(request.request_id))
     finally:
         await conn.close()
     again = await clients.wallet.SpendCoins(request, metadata=SERVICE)

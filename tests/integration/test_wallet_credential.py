@@ -1,0 +1,62 @@
+"""gifts calls the wallet with a credential it is given — a token file — instead of one it mints with the
+verification key: a gifts process started that way pays for gifts, and picks up a rotated token."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from coinstream.gifts.v1 import gifts_pb2_grpc
+
+from devstack.servers import stop_process
+from devstack.stack import ServiceProcess
+from services.runtime.auth import mint_token
+from tests.conftest import Clients, auth
+from tests.factories import balance
+from tests.integration.test_gifts import gift_request, go_live, make_account
+from tests.stack import AUTH_SECRET, Stack
+
+pytestmark = pytest.mark.slow
+
+ROSE_COINS = 1
+
+
+def write_token(path: Path, ttl_seconds: int) -> None:
+    path.write_text(mint_token(AUTH_SECRET, "coinstream-gifts", ["service"], ttl_seconds=ttl_seconds))
+
+
+@pytest_asyncio.fixture(scope="module")
+async def token_file(stack: Stack) -> Path:
+    path = stack.root / "gifts-wallet-token"
+    write_token(path, ttl_seconds=600)
+    return path
+
+
+@pytest_asyncio.fixture(scope="module")
+async def gifts_with_token_file(stack: Stack, token_file: Path) -> AsyncIterator[gifts_pb2_grpc.GiftServiceStub]:
+    # No shared secret to mint with: only the file can authorize the calls to the wallet.
+    settings = {"COINSTREAM_GIFTS_WALLET_TOKEN_FILE": str(token_file)}
+    replica: ServiceProcess = await asyncio.to_thread(stack.start_replica, "gifts", settings)
+    channel = grpc.aio.insecure_channel(replica.address)
+    try:
+        yield gifts_pb2_grpc.GiftServiceStub(channel)
+    finally:
+        await channel.close()
+        assert replica.process is not None
+        await asyncio.to_thread(stop_process, replica.process)
+
+
+async def test_gifts_pay_with_the_token_from_the_file_and_after_its_rotation(
+    clients: Clients, gifts_with_token_file: gifts_pb2_grpc.GiftServiceStub, token_file: Path
+) -> None:
+    stream = await go_live(clients)
+    fan = await make_account(clients, package_id="coins_65")
+    await gifts_with_token_file.SendGift(gift_request(fan, stream.stream_id), metadata=auth(fan))
+    write_token(token_file, ttl_seconds=900)
+    await asyncio.sleep(1.5)  # the file is looked at once a second
+    await gifts_with_token_file.SendGift(gift_request(fan, stream.stream_id), metadata=auth(fan))
+    assert await balance(clients, fan) == 65 - 2 * ROSE_COINS
