@@ -11,7 +11,7 @@ from services.gifts.feed import GiftFeed
 from services.gifts.relay import OutboxRelay
 from services.gifts.service import GiftService
 from services.gifts.servicer import GiftServicer
-from services.gifts.wallet_client import ServiceToken, WalletClient
+from services.gifts.wallet_client import ServiceToken, WalletClient, wallet_tls
 from services.runtime import messaging
 from services.runtime.recovery import repeat_forever
 from services.runtime.server import ServiceRuntime
@@ -38,6 +38,7 @@ async def main() -> None:
         settings.gifts_wallet_address,
         ServiceToken(settings.gifts_wallet_token.get_secret_value(), settings.auth_secret.get_secret_value()),
         settings.gifts_wallet_timeout_seconds,
+        wallet_tls(settings),
     )
     relay = OutboxRelay(pool, js, settings.gifts_relay_interval_seconds)
     gifts = GiftService(pool, wallet, feed, settings.batch_policy(), on_event_queued=relay.wake)
