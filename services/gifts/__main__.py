@@ -11,7 +11,7 @@ from services.gifts.feed import GiftFeed
 from services.gifts.relay import OutboxRelay
 from services.gifts.service import GiftService
 from services.gifts.servicer import GiftServicer
-from services.gifts.wallet_client import WalletClient
+from services.gifts.wallet_client import WalletClient, wallet_tls
 from services.gifts.wallet_credential import ServiceToken
 from services.runtime import messaging
 from services.runtime.recovery import repeat_forever
@@ -45,6 +45,7 @@ async def main() -> None:
             auth_secret="" if settings.wallet_credential_given else settings.auth_secret.get_secret_value(),
         ),
         settings.gifts_wallet_timeout_seconds,
+        wallet_tls(settings),
     )
     relay = OutboxRelay(pool, js, settings.gifts_relay_interval_seconds)
     gifts = GiftService(pool, wallet, feed, settings.batch_policy(), on_event_queued=relay.wake)

@@ -31,6 +31,14 @@ class GiftsSettings(RuntimeSettings):
     gifts_feed_max_watchers_per_caller: int = Field(default=20, ge=1)
     gifts_feed_watcher_queue_size: int = Field(default=1_000, ge=1)
     gifts_feed_stuck_watcher_grace_seconds: float = Field(default=5.0, gt=0)
+    # ---- TLS to the wallet (services/gifts/wallet_client.py): a CA → a TLS channel, the wallet's certificate
+    # verified against it; a client certificate and key as well → mutual TLS, for a wallet that requires them
+    # (COINSTREAM_GRPC_TLS_CLIENT_CA_FILE there). The server name, when set, is the name checked in the wallet's
+    # certificate instead of the address's host (e.g. an IP address or a load balancer's name).
+    gifts_wallet_tls_ca_file: str = ""
+    gifts_wallet_tls_cert_file: str = ""
+    gifts_wallet_tls_key_file: str = ""
+    gifts_wallet_tls_server_name: str = ""
 
     @model_validator(mode="after")
     def _wallet_token_when_minting_is_impossible(self) -> Self:
@@ -69,3 +77,20 @@ class GiftsSettings(RuntimeSettings):
     @property
     def metrics_port(self) -> int:
         return self.gifts_metrics_port
+
+    # ---- TLS to the wallet: the checks of the settings above (RuntimeSettings runs them at start-up).
+    def tls_setting_problems(self) -> list[str]:
+        return super().tls_setting_problems() + self.missing_partners(
+            [
+                ("gifts_wallet_tls_cert_file", "gifts_wallet_tls_key_file", "a certificate needs its private key"),
+                ("gifts_wallet_tls_key_file", "gifts_wallet_tls_cert_file", "a private key needs its certificate"),
+                ("gifts_wallet_tls_cert_file", "gifts_wallet_tls_ca_file", "TLS to the wallet needs a CA to verify it"),
+                ("gifts_wallet_tls_server_name", "gifts_wallet_tls_ca_file", "a server name is checked over TLS only"),
+            ]
+        )
+
+    @property
+    def wallet_tls_enabled(self) -> bool:
+        return bool(self.gifts_wallet_tls_ca_file)
+
+    # ---- end of TLS to the wallet

@@ -10,7 +10,9 @@ import structlog
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.gifts import domain
+from services.gifts.config import GiftsSettings
 from services.gifts.wallet_credential import ServiceToken
+from services.runtime import tls
 from services.runtime.errors import AppError, unavailable
 
 log = structlog.get_logger()
@@ -36,10 +38,42 @@ class SpendAsk:
     reference: str
 
 
+@dataclass(frozen=True)
+class WalletTls:
+    credentials: grpc.ChannelCredentials
+    # Checked in the wallet's certificate instead of the address's host ("" = the host).
+    server_name: str = ""
+
+
+def wallet_tls(settings: GiftsSettings) -> WalletTls | None:
+    """COINSTREAM_GIFTS_WALLET_TLS_*: None for a plaintext channel (development). Files are read now, so that a bad
+    one stops the start naming its setting."""
+    ca = tls.setting_file(settings, "gifts_wallet_tls_ca_file")
+    if ca is None:
+        return None
+    credentials = tls.channel_credentials(
+        ca,
+        tls.setting_file(settings, "gifts_wallet_tls_cert_file"),
+        tls.setting_file(settings, "gifts_wallet_tls_key_file"),
+    )
+    return WalletTls(credentials, settings.gifts_wallet_tls_server_name)
+
+
+def wallet_channel(address: str, channel_tls: WalletTls | None) -> grpc.aio.Channel:
+    if channel_tls is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    options = list(CHANNEL_OPTIONS)
+    if channel_tls.server_name:
+        options.append(("grpc.ssl_target_name_override", channel_tls.server_name))
+    return grpc.aio.secure_channel(address, channel_tls.credentials, options=options)
+
+
 class WalletClient:
-    def __init__(self, address: str, token: ServiceToken, timeout_seconds: float) -> None:
+    def __init__(
+        self, address: str, token: ServiceToken, timeout_seconds: float, channel_tls: WalletTls | None = None
+    ) -> None:
         # Must be created inside the running event loop: grpc.aio channels are bound to the loop they start on.
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = wallet_channel(address, channel_tls)
         self._stub = wallet_pb2_grpc.WalletServiceStub(self._channel)
         self._token = token
         self._timeout_seconds = timeout_seconds

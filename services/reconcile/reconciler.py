@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import ssl
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.payouts.dead_letters import list_dead_letters
 from services.reconcile import checks
 from services.reconcile.checks import Discrepancy, Thresholds
+from services.runtime import tls
 from services.runtime.messaging import server_urls
 
 
@@ -28,6 +30,19 @@ class ReconcileSettings(BaseSettings):
     gifts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_gifts"
     payouts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_payouts"
     nats_url: str = "nats://127.0.0.1:4222"
+    # TLS to NATS, as the services have it (COINSTREAM_NATS_TLS_*: the CA, and a client certificate for mutual TLS).
+    nats_tls_ca_file: str = ""
+    nats_tls_cert_file: str = ""
+    nats_tls_key_file: str = ""
+
+    def nats_tls(self) -> ssl.SSLContext | None:
+        if not (self.nats_tls_ca_file or self.nats_tls_cert_file):
+            return None
+        return tls.client_ssl_context(
+            tls.setting_file(self, "nats_tls_ca_file"),
+            tls.setting_file(self, "nats_tls_cert_file"),
+            tls.setting_file(self, "nats_tls_key_file"),
+        )
 
     def urls(self) -> dict[str, str]:
         return {
@@ -70,7 +85,7 @@ DEAD_LETTERS_READ_LIMIT = 10_000
 NATS_CONNECT_TIMEOUT_SECONDS = 2.0
 
 
-async def dead_lettered_gifts(nats_url: str) -> frozenset[str] | None:
+async def dead_lettered_gifts(nats_url: str, nats_tls: ssl.SSLContext | None = None) -> frozenset[str] | None:
     """The gifts whose GiftSent waits in DEAD_LETTERS (the oldest 10,000), or None when NATS cannot be read."""
 
     async def quiet(error: Exception) -> None:
@@ -85,6 +100,7 @@ async def dead_lettered_gifts(nats_url: str) -> frozenset[str] | None:
             max_reconnect_attempts=1,
             reconnect_time_wait=0.2,
             error_cb=quiet,
+            tls=nats_tls,
         )
     except (NatsError, OSError, TimeoutError):
         return None
@@ -133,4 +149,6 @@ async def _check_all(
 
 
 async def run(settings: ReconcileSettings, thresholds: Thresholds) -> Report:
-    return await reconcile(settings.urls(), thresholds, await dead_lettered_gifts(settings.nats_url))
+    return await reconcile(
+        settings.urls(), thresholds, await dead_lettered_gifts(settings.nats_url, settings.nats_tls())
+    )

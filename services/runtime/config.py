@@ -80,6 +80,71 @@ class RuntimeSettings(BaseSettings):
     db_migration_lock_wait_seconds: float = Field(default=600.0, gt=0)
     db_migration_statement_timeout_seconds: float = Field(default=3600.0, gt=0)
 
+    # ---- TLS: PEM files, all unset by default (development is plaintext); services/runtime/tls.py builds the
+    # credentials from them. gRPC server: cert + key → the port serves TLS only; a client CA as well → mutual TLS, a
+    # client must present a certificate that CA signed or the handshake fails.
+    grpc_tls_cert_file: str = ""
+    grpc_tls_key_file: str = ""
+    grpc_tls_client_ca_file: str = ""
+    # A second, plaintext port serving grpc.health.v1.Health and nothing else (0: none). Kubernetes' native gRPC
+    # probes cannot speak TLS; health statuses reveal nothing worth encrypting, and no other RPC is reachable there.
+    grpc_health_port: int = Field(default=0, ge=0, le=65535)
+    # NATS: a CA → TLS, the server's certificate verified against it (tls:// URLs work too); a client certificate and
+    # key as well → mutual TLS, for a server that verifies its clients.
+    nats_tls_ca_file: str = ""
+    nats_tls_cert_file: str = ""
+    nats_tls_key_file: str = ""
+    # PostgreSQL has no setting here: the database URL carries its TLS (?sslmode=verify-full&sslrootcert=…, and
+    # &sslcert=…&sslkey=… for a client certificate), which asyncpg honours; database.tls_mode reads the mode back.
+
+    @model_validator(mode="after")
+    def _tls_files_come_in_pairs(self) -> RuntimeSettings:
+        problems = self.tls_setting_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def tls_setting_problems(self) -> list[str]:
+        """TLS settings that cannot work, each naming the setting to fix (no file is read here: see tls.py)."""
+        return self.missing_partners(
+            [
+                ("grpc_tls_cert_file", "grpc_tls_key_file", "a certificate needs its private key"),
+                ("grpc_tls_key_file", "grpc_tls_cert_file", "a private key needs its certificate"),
+                ("grpc_tls_client_ca_file", "grpc_tls_cert_file", "mutual TLS needs the server's own certificate"),
+                ("nats_tls_cert_file", "nats_tls_key_file", "a certificate needs its private key"),
+                ("nats_tls_key_file", "nats_tls_cert_file", "a private key needs its certificate"),
+            ]
+        )
+
+    def missing_partners(self, pairs: list[tuple[str, str, str]]) -> list[str]:
+        """For each (field, partner, why): an error when the field is set and its partner is not."""
+        return [
+            f"{self.env_name(field)} is set but {self.env_name(partner)} is not: {why}"
+            for field, partner, why in pairs
+            if getattr(self, field) and not getattr(self, partner)
+        ]
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable of a settings field, as an error should name it."""
+        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+    @property
+    def grpc_tls_enabled(self) -> bool:
+        return bool(self.grpc_tls_cert_file and self.grpc_tls_key_file)
+
+    @property
+    def grpc_mutual_tls_enabled(self) -> bool:
+        return self.grpc_tls_enabled and bool(self.grpc_tls_client_ca_file)
+
+    @property
+    def nats_tls_enabled(self) -> bool:
+        """A CA configured, or every server given as tls:// (verified against the system's CAs then)."""
+        urls = [url.strip() for url in self.nats_url.split(",") if url.strip()]
+        return bool(self.nats_tls_ca_file) or (bool(urls) and all(url.startswith("tls://") for url in urls))
+
+    # ---- end of TLS
+
     idempotency_retention_days: int = 8
     # Test-only: comma-separated crash points at which the process kills itself (see services/runtime/faults.py).
     fault_points: str = ""

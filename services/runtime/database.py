@@ -6,11 +6,13 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import structlog
 
 from services.runtime.config import RuntimeSettings
+from services.runtime.tls import PemFile, TlsSettingError
 
 RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same for every replica of every service sharing a database server.
@@ -58,8 +60,40 @@ async def open_pool(pool: asyncpg.Pool, settings: RuntimeSettings) -> None:
     await pool  # a failed pool can't be initialized again, so it is only tried once the database answers
 
 
+# libpq's sslmode values, which asyncpg accepts in a URL: verify-full checks the server's certificate (against
+# sslrootcert) and its host name, verify-ca the certificate only; require/prefer/allow encrypt without verifying.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Files a URL may name: the CA for the server's certificate, and a client certificate and key (mutual TLS).
+SSL_FILE_PARAMETERS = ("sslrootcert", "sslcert", "sslkey")
+
+
+def tls_mode(url: str) -> str:
+    """The sslmode a database URL asks for, "" when it names none (asyncpg then uses PGSSLMODE, else `prefer`:
+    TLS when the server offers it, the certificate unverified)."""
+    modes = _url_parameters(url).get("sslmode", [])
+    return modes[-1] if modes else ""
+
+
+def check_tls(url: str, setting: str) -> None:
+    """A start-up check of the URL's TLS parameters, naming the setting: an unknown sslmode, or a file it names
+    that cannot be read. asyncpg would fail too, but a missing client certificate looks to it like a database
+    not answering yet (an OSError) and would be retried for a minute, and its messages name no setting."""
+    mode = tls_mode(url)
+    if mode and mode not in SSL_MODES:
+        raise TlsSettingError(f"{setting}: sslmode={mode!r} is not one of {', '.join(SSL_MODES)}")
+    parameters = _url_parameters(url)
+    for parameter in SSL_FILE_PARAMETERS:
+        for path in parameters.get(parameter, []):
+            PemFile(f"{setting} ({parameter})", path).read()
+
+
+def _url_parameters(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query)
+
+
 async def wait_for_database(settings: RuntimeSettings) -> None:
     """Retries until the database answers (it may still be starting), up to db_connect_timeout_seconds."""
+    check_tls(settings.database_url, settings.env_name(f"{settings.service_name}_database_url"))
     deadline = time.monotonic() + settings.db_connect_timeout_seconds
     delay_seconds = 0.2
     while True:

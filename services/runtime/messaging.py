@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -78,7 +79,7 @@ def server_urls(url: str) -> list[str]:
     return [server.strip() for server in url.split(",") if server.strip()]
 
 
-async def connect(nc: NatsClient, url: str, client_name: str) -> None:
+async def connect(nc: NatsClient, url: str, client_name: str, *, tls: ssl.SSLContext | None = None) -> None:
     """Connects a client made earlier (services are wired to it before the server starts)."""
 
     async def on_error(error: Exception) -> None:
@@ -101,6 +102,7 @@ async def connect(nc: NatsClient, url: str, client_name: str) -> None:
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
+        tls=tls,  # None: plaintext, unless a tls:// URL or the server asks for TLS (then the system's CAs)
     )
 
 

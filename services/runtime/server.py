@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import asyncpg
-import pydantic
 import grpc
+import pydantic
 import structlog
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NatsClient
 from prometheus_client import start_http_server
 
-from services.runtime import database, idempotency, messaging
+from services.runtime import database, idempotency, messaging, tls
 from services.runtime.auth import TokenVerifier
 from services.runtime.batching import LoopLag
 from services.runtime.config import RuntimeSettings
@@ -99,6 +100,10 @@ class ServiceRuntime:
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        # Read now, so that a bad TLS file stops the process at once, naming its setting.
+        self._server_credentials = tls.grpc_server_credentials(settings)
+        self._nats_tls: ssl.SSLContext | None = None
+        self._health_server = _plaintext_health_server(self._health) if settings.grpc_health_port else None
 
     def use_database(self, service_migrations: Path) -> asyncpg.Pool:
         self._migrations = service_migrations
@@ -108,6 +113,7 @@ class ServiceRuntime:
 
     def use_nats(self) -> NatsClient:
         self.nats = NatsClient()
+        self._nats_tls = tls.nats_ssl_context(self.settings)
         return self.nats
 
     def on_startup(self, step: Worker) -> None:
@@ -125,7 +131,10 @@ class ServiceRuntime:
     async def start(self) -> int:
         """Starts listening (health NOT_SERVING until ready); returns the bound port."""
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
-        port = self._server.add_insecure_port(address)
+        if self._server_credentials is None:
+            port = self._server.add_insecure_port(address)
+        else:
+            port = self._server.add_secure_port(address, self._server_credentials)
         reflection.enable_server_reflection(
             [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self._server,
@@ -133,9 +142,20 @@ class ServiceRuntime:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._health.set(LIVENESS_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self._server.start()
+        if self._health_server is not None:
+            health_address = f"{self.settings.grpc_host}:{self.settings.grpc_health_port}"
+            self._health_server.add_insecure_port(health_address)
+            await self._health_server.start()
+            log.info("grpc_health_listening", address=health_address)
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host)
-        log.info("grpc_listening", address=address, port=port)
+        log.info(
+            "grpc_listening",
+            address=address,
+            port=port,
+            tls=self.settings.grpc_tls_enabled,
+            mutual_tls=self.settings.grpc_mutual_tls_enabled,
+        )
         return port
 
     async def run(self) -> None:
@@ -173,7 +193,9 @@ class ServiceRuntime:
                 statement_timeout_seconds=self.settings.db_migration_statement_timeout_seconds,
             )
         if self.nats is not None:
-            await messaging.connect(self.nats, self.settings.nats_url, f"coinstream-{self.settings.service_name}")
+            await messaging.connect(
+                self.nats, self.settings.nats_url, f"coinstream-{self.settings.service_name}", tls=self._nats_tls
+            )
         for step in self._startup_steps:
             await step()
 
@@ -195,6 +217,8 @@ class ServiceRuntime:
         log.info("shutdown_started", grace_seconds=self.settings.shutdown_grace_seconds)
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.settings.shutdown_grace_seconds)
+        if self._health_server is not None:
+            await self._health_server.stop(None)  # probes saw NOT_SERVING through the grace above
         self._ready = False
         for task in tasks:
             task.cancel()
@@ -239,6 +263,15 @@ class ServiceRuntime:
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ["", *self._service_names]:
             await self._health.set(name, status)
+
+
+def _plaintext_health_server(servicer: health.aio.HealthServicer) -> grpc.aio.Server:
+    """COINSTREAM_GRPC_HEALTH_PORT: grpc.health.v1.Health alone, without TLS, for Kubernetes' native gRPC probes
+    (they cannot speak TLS). The same servicer as the main port's, so both always give the same statuses; nothing
+    else is served there (no reflection, no service), so it bypasses neither TLS nor tokens for any real RPC."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return server
 
 
 def _settle_garbage_collection() -> None:
