@@ -51,11 +51,13 @@ class GiftsSettings(RuntimeSettings):
         return self
 
     def production_problems(self) -> list[str]:
-        problems = super().production_problems()
+        problems = super().production_problems() + self.nats_problems()
         if not self.wallet_credential_given:
             problems.append(
                 "COINSTREAM_GIFTS_WALLET_TOKEN_FILE is unset: gifts would mint its own tokens with the verification key"
             )
+        if not self.wallet_tls_enabled:
+            problems.append("COINSTREAM_GIFTS_WALLET_TLS_CA_FILE is unset: calls to the wallet would be in clear text")
         return problems
 
     @property

@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
+from services.reconcile.reconciler import ReconcileSettings
 from services.runtime.config import RuntimeSettings
 
 
@@ -55,10 +56,20 @@ class PayoutsSettings(RuntimeSettings):
     payouts_sandbox_settle_seconds: NonNegativeFloat = 2.0
 
     def production_problems(self) -> list[str]:
-        return [
+        problems = [
             *super().production_problems(),
+            *self.nats_problems(),
             *self.sandbox_provider_problem("COINSTREAM_PAYOUT_PROVIDER", self.payout_provider),
         ]
+        if self.payouts_reconcile_interval_seconds:  # it reads the other two databases
+            problems += self.database_tls_problems(self.reconcile_database_urls())
+        return problems
+
+    @staticmethod
+    def reconcile_database_urls() -> dict[str, str]:
+        """The other services' databases, which the periodic reconciliation reads (their own settings' names)."""
+        urls = ReconcileSettings().urls()
+        return {"COINSTREAM_WALLET_DATABASE_URL": urls["wallet"], "COINSTREAM_GIFTS_DATABASE_URL": urls["gifts"]}
 
     @property
     def service_name(self) -> str:

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.batching import BatchPolicy
+from services.runtime.database import tls_mode
 from services.runtime.rate_limits import DEFAULT_RATE_LIMITS, RateLimit
 
 DEV_AUTH_SECRET = "dev-only-secret-change-me-in-production"
@@ -158,7 +159,31 @@ class RuntimeSettings(BaseSettings):
                 problems.append("COINSTREAM_AUTH_SECRET is the development secret: anyone can mint tokens with it")
             elif len(secret.encode()) < MIN_AUTH_SECRET_BYTES:
                 problems.append(f"COINSTREAM_AUTH_SECRET is shorter than {MIN_AUTH_SECRET_BYTES} bytes")
+        if not self.grpc_tls_enabled:
+            problems.append(
+                "COINSTREAM_GRPC_TLS_CERT_FILE and COINSTREAM_GRPC_TLS_KEY_FILE are unset: bearer tokens would cross"
+                " the network in clear text"
+            )
+        problems += self.database_tls_problems({self.env_name(f"{self.service_name}_database_url"): self.database_url})
         return problems
+
+    def nats_problems(self) -> list[str]:
+        """For the services that use NATS: an encrypted connection, and a login of their own."""
+        problems = []
+        if not self.nats_tls_enabled:
+            problems.append("COINSTREAM_NATS_TLS_CA_FILE is unset (and COINSTREAM_NATS_URL is not tls://)")
+        if not self.nats_user:
+            problems.append("COINSTREAM_NATS_USER is unset: NATS must not take anonymous clients in production")
+        return problems
+
+    @staticmethod
+    def database_tls_problems(urls: dict[str, str]) -> list[str]:
+        return [
+            f"{setting} must have sslmode=verify-full (it has {tls_mode(url) or 'none'}): anything less trusts any"
+            " server that answers"
+            for setting, url in urls.items()
+            if tls_mode(url) != "verify-full"
+        ]
 
     def sandbox_provider_problem(self, setting: str, provider: str) -> list[str]:
         if provider != "sandbox" or self.allow_sandbox_providers:

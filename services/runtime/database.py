@@ -6,13 +6,16 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import structlog
 
-from services.runtime.config import RuntimeSettings
 from services.runtime.tls import PemFile, TlsSettingError
+
+if TYPE_CHECKING:  # config reads tls_mode from here for its production checks
+    from services.runtime.config import RuntimeSettings
 
 RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same for every replica of every service sharing a database server.

@@ -10,11 +10,13 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from pydantic_settings import BaseSettings
 
-from services.runtime.config import RuntimeSettings
+if TYPE_CHECKING:  # config reads the database URL's TLS mode, and the database module reads files through here
+    from services.runtime.config import RuntimeSettings
 
 
 class TlsSettingError(ValueError):

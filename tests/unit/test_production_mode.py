@@ -1,0 +1,112 @@
+"""COINSTREAM_ENVIRONMENT=production refuses to start with what a production deployment must not have — the dev or a
+short secret, sandbox providers, plaintext gRPC, NATS or PostgreSQL, an anonymous NATS login, a self-minting gifts —
+naming each setting to fix; development (make run, the tests) starts with the defaults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pydantic
+import pytest
+
+from services.gifts.config import GiftsSettings
+from services.payouts.config import PayoutsSettings
+from services.runtime.config import RuntimeSettings
+from services.wallet.config import WalletSettings
+from tests.stack import REPO_ROOT
+
+SECRET = "a-production-secret-that-is-long-enough-0123456789"
+VERIFIED_DSN = "postgresql://svc@db.internal/{0}?sslmode=verify-full&sslrootcert=/etc/coinstream/db-ca.pem"
+SAFE_PRODUCTION = {
+    "COINSTREAM_ENVIRONMENT": "production",
+    "COINSTREAM_AUTH_SECRET": SECRET,
+    "COINSTREAM_GRPC_TLS_CERT_FILE": "/etc/coinstream/tls.crt",
+    "COINSTREAM_GRPC_TLS_KEY_FILE": "/etc/coinstream/tls.key",
+    "COINSTREAM_NATS_TLS_CA_FILE": "/etc/coinstream/nats-ca.pem",
+    "COINSTREAM_NATS_USER": "svc",
+    "COINSTREAM_NATS_PASSWORD": "nats-password",
+    "COINSTREAM_WALLET_DATABASE_URL": VERIFIED_DSN.format("coinstream_wallet"),
+    "COINSTREAM_GIFTS_DATABASE_URL": VERIFIED_DSN.format("coinstream_gifts"),
+    "COINSTREAM_PAYOUTS_DATABASE_URL": VERIFIED_DSN.format("coinstream_payouts"),
+    "COINSTREAM_GIFTS_WALLET_TOKEN_FILE": "/var/run/secrets/coinstream/wallet-token",
+    "COINSTREAM_GIFTS_WALLET_TLS_CA_FILE": "/etc/coinstream/ca.pem",
+}
+SETTINGS = (WalletSettings, GiftsSettings, PayoutsSettings)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [*SAFE_PRODUCTION, "COINSTREAM_ALLOW_SANDBOX_PROVIDERS"]:
+        monkeypatch.delenv(name, raising=False)
+
+
+def refusal(settings: type[RuntimeSettings]) -> str:
+    with pytest.raises(pydantic.ValidationError) as refused:
+        settings()
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_development_starts_with_the_defaults(settings: type[RuntimeSettings]) -> None:
+    assert settings().environment == "development"
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_production_with_the_defaults_names_every_setting_to_fix(
+    settings: type[RuntimeSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COINSTREAM_ENVIRONMENT", "production")
+    message = refusal(settings)
+    for fragment in ("COINSTREAM_AUTH_SECRET is the development secret", "COINSTREAM_GRPC_TLS_CERT_FILE"):
+        assert fragment in message
+    assert f"COINSTREAM_{settings.__name__.removesuffix('Settings').upper()}_DATABASE_URL must have sslmode" in message
+    if settings is not WalletSettings:
+        assert "COINSTREAM_NATS_TLS_CA_FILE" in message and "COINSTREAM_NATS_USER" in message
+    if settings is GiftsSettings:
+        assert "COINSTREAM_GIFTS_WALLET_TOKEN_FILE" in message and "COINSTREAM_GIFTS_WALLET_TLS_CA_FILE" in message
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_a_safe_production_configuration_starts(
+    settings: type[RuntimeSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("COINSTREAM_ALLOW_SANDBOX_PROVIDERS", "true")  # staging: nothing but the sandbox ships
+    assert settings().environment == "production"
+
+
+@pytest.mark.parametrize(
+    ("settings", "setting"),
+    [(WalletSettings, "COINSTREAM_PAYMENT_PROVIDER"), (PayoutsSettings, "COINSTREAM_PAYOUT_PROVIDER")],
+)
+def test_sandbox_providers_need_the_staging_opt_in(
+    settings: type[RuntimeSettings], setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    assert f"{setting} is the sandbox" in refusal(settings)
+
+
+def test_a_short_secret_or_a_weaker_database_tls_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("COINSTREAM_ALLOW_SANDBOX_PROVIDERS", "true")
+    monkeypatch.setenv("COINSTREAM_AUTH_SECRET", "short-secret-value")
+    monkeypatch.setenv("COINSTREAM_WALLET_DATABASE_URL", "postgresql://svc@db.internal/w?sslmode=require")
+    message = refusal(WalletSettings)
+    assert "COINSTREAM_AUTH_SECRET is shorter than 32 bytes" in message
+    assert "COINSTREAM_WALLET_DATABASE_URL must have sslmode=verify-full (it has require)" in message
+    assert "short-secret-value" not in message  # settings errors never echo their input
+
+
+def test_a_refused_service_exits_naming_the_settings_without_a_traceback_or_a_secret() -> None:
+    env = {"PATH": "/usr/bin:/bin", "COINSTREAM_ENVIRONMENT": "production", "COINSTREAM_AUTH_SECRET": "tiny-secret"}
+    finished = subprocess.run(
+        [sys.executable, "-m", "services.wallet"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert finished.returncode == 1
+    assert "COINSTREAM_AUTH_SECRET is shorter than 32 bytes" in finished.stderr
+    assert "COINSTREAM_PAYMENT_PROVIDER is the sandbox" in finished.stderr
+    assert "Traceback" not in finished.stderr and "tiny-secret" not in finished.stderr
