@@ -54,7 +54,7 @@ class RuntimeSettings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     shutdown_grace_seconds: float = 10.0
     # Unary RPCs handled at once per process; beyond it calls are shed with RESOURCE_EXHAUSTED / RATE_LIMITED.
-    max_in_flight_unary_rpcs: int = Field(default=1000, ge=1)
+    max_in_flight_unary_rpcs: int = Field(default=1000, ge=0)
     # Per-caller token buckets by RPC name, merged over DEFAULT_RATE_LIMITS (services/runtime/rate_limits.py), as
     # JSON: COINSTREAM_RATE_LIMITS='{"SendGift": {"per_second": 5, "burst": 20}}'. Service-role callers are exempt.
     rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
