@@ -31,7 +31,7 @@ async def wait_until_settled(stack: Stack, timeout_seconds: float = 30.0) -> Non
     try:
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
-            dead_lettered = await dead_lettered_gifts(stack.nats.url) or frozenset()
+            dead_lettered = await dead_lettered_gifts(stack.nats.url, stack.nats.credentials.operator) or frozenset()
             completed = [
                 r["gift_transaction_id"]
                 for r in await gifts.fetch(
@@ -54,5 +54,5 @@ async def wait_until_settled(stack: Stack, timeout_seconds: float = 30.0) -> Non
 async def all_violations(stack: Stack) -> list[str]:
     await wait_until_settled(stack)
     urls = {name: stack.database_url(name) for name in ("wallet", "gifts", "payouts")}
-    report = await reconcile(urls, SETTLED, await dead_lettered_gifts(stack.nats.url))
+    report = await reconcile(urls, SETTLED, await dead_lettered_gifts(stack.nats.url, stack.nats.credentials.operator))
     return [describe(d) for d in report.discrepancies]

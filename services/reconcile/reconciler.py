@@ -13,12 +13,14 @@ from datetime import UTC, datetime
 import asyncpg
 import nats
 from nats.errors import Error as NatsError
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.payouts.dead_letters import list_dead_letters
 from services.reconcile import checks
 from services.reconcile.checks import Discrepancy, Thresholds
 from services.runtime.messaging import server_urls
+from services.runtime.nats_login import ANONYMOUS, NatsLogin, read_nats_login
 
 
 class ReconcileSettings(BaseSettings):
@@ -28,6 +30,14 @@ class ReconcileSettings(BaseSettings):
     gifts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_gifts"
     payouts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_payouts"
     nats_url: str = "nats://127.0.0.1:4222"
+    # The NATS login that reads DEAD_LETTERS, as for the services (RuntimeSettings): payouts' own when payouts runs
+    # the checks, an operator's for `coinstream reconcile`.
+    nats_user: str = ""
+    nats_password: SecretStr = SecretStr("")
+    nats_password_file: str = ""
+
+    def nats_login(self) -> NatsLogin:
+        return read_nats_login(self.nats_user, self.nats_password, self.nats_password_file)
 
     def urls(self) -> dict[str, str]:
         return {
@@ -43,7 +53,7 @@ class Report:
     discrepancies: list[Discrepancy] = field(default_factory=list)
     gifts_awaiting_settlement: int = 0  # completed within the settlement grace, not yet credited
     dead_lettered_gifts: list[str] = field(default_factory=list)  # for an operator: `coinstream dead-letters`
-    dead_letters_unknown: bool = False  # NATS could not be read
+    dead_letters_unknown: bool = False  # NATS could not be read (down, or refusing the login)
 
     @property
     def ok(self) -> bool:
@@ -62,7 +72,10 @@ class Report:
                 f"  {len(self.dead_lettered_gifts)} gifts dead-lettered, to replay: coinstream dead-letters list"
             )
         if self.dead_letters_unknown:
-            lines.append("  (NATS unreachable: dead letters unknown, so their gifts count as never settled)")
+            lines.append(
+                "  (NATS unreachable or refusing the login: dead letters unknown, so their gifts count as never "
+                "settled)"
+            )
         return "\n".join(lines)
 
 
@@ -70,8 +83,9 @@ DEAD_LETTERS_READ_LIMIT = 10_000
 NATS_CONNECT_TIMEOUT_SECONDS = 2.0
 
 
-async def dead_lettered_gifts(nats_url: str) -> frozenset[str] | None:
-    """The gifts whose GiftSent waits in DEAD_LETTERS (the oldest 10,000), or None when NATS cannot be read."""
+async def dead_lettered_gifts(nats_url: str, login: NatsLogin = ANONYMOUS) -> frozenset[str] | None:
+    """The gifts whose GiftSent waits in DEAD_LETTERS (the oldest 10,000), or None when NATS cannot be read (down,
+    or refusing the login)."""
 
     async def quiet(error: Exception) -> None:
         """The outcome is reported (dead letters unknown); no traceback per failed attempt."""
@@ -80,6 +94,7 @@ async def dead_lettered_gifts(nats_url: str) -> frozenset[str] | None:
         # Two attempts at most: nats-py otherwise retries a refused first connect 60 times.
         nc = await nats.connect(
             servers=server_urls(nats_url),
+            **login.connect_options(),
             connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS,
             allow_reconnect=False,
             max_reconnect_attempts=1,
@@ -133,4 +148,5 @@ async def _check_all(
 
 
 async def run(settings: ReconcileSettings, thresholds: Thresholds) -> Report:
-    return await reconcile(settings.urls(), thresholds, await dead_lettered_gifts(settings.nats_url))
+    dead_lettered = await dead_lettered_gifts(settings.nats_url, settings.nats_login())
+    return await reconcile(settings.urls(), thresholds, dead_lettered)

@@ -168,7 +168,12 @@ class ServiceRuntime:
                 statement_timeout_seconds=self.settings.db_migration_statement_timeout_seconds,
             )
         if self.nats is not None:
-            await messaging.connect(self.nats, self.settings.nats_url, f"coinstream-{self.settings.service_name}")
+            await messaging.connect(
+                self.nats,
+                self.settings.nats_url,
+                f"coinstream-{self.settings.service_name}",
+                self.settings.nats_login(),  # reads the password file now: a missing one stops the start here
+            )
         for step in self._startup_steps:
             await step()
 

@@ -13,19 +13,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import nats
 import pytest
 from nats.js.errors import Error as JetStreamError
 
 from devstack.servers import NatsCluster, NatsServer, PostgresServer, free_port
 from devstack.stack import Stack
 from services.runtime import messaging
-from services.runtime.messaging import server_urls
 from tests.conftest import Clients, clients_for
 from tests.integration.test_gifts import coins_of, go_live, make_account
 from tests.integration.test_server_faults import GiftLoad
 from tests.invariants import all_violations, wait_until_settled
-from tests.stack import SUITE_SETTINGS
+from tests.stack import SUITE_SETTINGS, operator_nats
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +44,7 @@ async def cluster_stack() -> AsyncIterator[tuple[Stack, NatsCluster]]:
     )
     try:
         await asyncio.to_thread(stack.start_servers)
-        await jetstream_ready(cluster.url)
+        await jetstream_ready(cluster)
         await asyncio.to_thread(stack.start_services)
         yield stack, cluster
     finally:
@@ -60,9 +58,9 @@ def new_root() -> Path:
     return root
 
 
-async def jetstream_ready(url: str, timeout_seconds: float = 60.0) -> None:
+async def jetstream_ready(cluster: NatsCluster, timeout_seconds: float = 60.0) -> None:
     """A new cluster elects its JetStream meta leader before it can hold a stream."""
-    nc = await nats.connect(servers=server_urls(url))
+    nc = await operator_nats(cluster)
     try:
         deadline = time.monotonic() + timeout_seconds
         while True:
@@ -77,9 +75,9 @@ async def jetstream_ready(url: str, timeout_seconds: float = 60.0) -> None:
         await nc.close()
 
 
-async def stream_state(url: str) -> tuple[int, str]:
+async def stream_state(cluster: NatsCluster) -> tuple[int, str]:
     """The GIFTS stream's replica count and the name of its leader."""
-    nc = await nats.connect(servers=server_urls(url))
+    nc = await operator_nats(cluster)
     try:
         info = await nc.jetstream().stream_info(messaging.GIFTS_STREAM)
         assert info.cluster is not None and info.cluster.leader is not None
@@ -100,27 +98,27 @@ async def kill_and_restart(node: NatsServer, down_seconds: float) -> None:
 
 async def faults(cluster: NatsCluster) -> None:
     await asyncio.sleep(2.0)
-    _, leader = await stream_state(cluster.url)
+    _, leader = await stream_state(cluster)
     follower = next(node for node in cluster.nodes if node.server_name != leader)
     await kill_and_restart(follower, 2.0)
     await asyncio.sleep(2.0)
-    _, leader = await stream_state(cluster.url)  # the stream's leader now, wherever it moved
+    _, leader = await stream_state(cluster)  # the stream's leader now, wherever it moved
     await kill_and_restart(node_named(cluster, leader), 2.0)
 
 
 async def test_a_cluster_node_then_the_stream_leader_killed_under_load() -> None:
     async with cluster_stack() as (stack, cluster):
-        replicas, _ = await stream_state(cluster.url)
+        replicas, _ = await stream_state(cluster)
         assert replicas == REPLICAS
         async with clients_for(stack) as clients:
             await run_load(stack, clients, cluster)
         # A start configured with fewer replicas (the default, 1) leaves the cluster's 3 alone.
-        nc = await nats.connect(servers=server_urls(cluster.url))
+        nc = await operator_nats(cluster)
         try:
             await messaging.ensure_gifts_stream(nc.jetstream(), replicas=1)
         finally:
             await nc.close()
-        assert (await stream_state(cluster.url))[0] == REPLICAS
+        assert (await stream_state(cluster))[0] == REPLICAS
 
 
 async def run_load(stack: Stack, clients: Clients, cluster: NatsCluster) -> None:
