@@ -200,6 +200,9 @@ def _nats_login(user: str, password_file: str) -> NatsLogin:
 
 
 async def _with_jetstream(nats_url: str, login: NatsLogin, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
+    async def reported_below(error: Exception) -> None:
+        """nats-py would print a traceback for a refused connection; the message below says what to do."""
+
     try:
         nc = await nats.connect(
             servers=server_urls(nats_url),
@@ -207,6 +210,7 @@ async def _with_jetstream(nats_url: str, login: NatsLogin, work: Callable[[JetSt
             connect_timeout=5,
             allow_reconnect=False,
             max_reconnect_attempts=1,
+            error_cb=reported_below,
         )
     except nats.errors.Error as error:
         if "authorization violation" not in str(error).lower():

@@ -57,7 +57,8 @@ def _read_password_file(path: str) -> str:
         # A Secret's file often ends with a newline an editor or `echo` added; it is not part of the password.
         secret = Path(path).read_text(encoding="utf-8").strip("\r\n")
     except OSError as error:
-        raise NatsLoginError(f"{PASSWORD_FILE_SETTING}={path}: cannot read it ({error.strerror or error!r})") from None
+        reason = error.strerror or repr(error)
+        raise NatsLoginError(f"{PASSWORD_FILE_SETTING}={path}: cannot read it ({reason})") from None
     except UnicodeDecodeError:
         # The decoder's message would quote the offending bytes, i.e. part of the password.
         raise NatsLoginError(f"{PASSWORD_FILE_SETTING}={path}: not UTF-8 text") from None

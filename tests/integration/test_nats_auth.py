@@ -7,6 +7,7 @@ stream. The rest of the suite proves the other half: every service runs with its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -24,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from devstack.servers import free_port, nats_server_binary, stop_process, wait_for_port
+from services.reconcile.reconciler import dead_lettered_gifts
 from services.runtime.messaging import (
     DEAD_LETTERS_STREAM,
     GIFT_SENT_DEAD_LETTER_SUBJECT,
@@ -224,6 +226,19 @@ async def test_gifts_cannot_take_settlement_events_nor_forge_dead_letters(stack:
         assert gifts.errors.refused(next_message), gifts.errors.seen
         assert gifts.errors.refused(GIFT_SENT_DEAD_LETTER_SUBJECT), gifts.errors.seen
     assert forged not in await stored_since(stack, DEAD_LETTERS_STREAM, before)
+
+
+async def test_payouts_reads_the_dead_letters_for_its_periodic_reconciliation(stack: Stack) -> None:
+    """payouts runs reconcile with its own login (COINSTREAM_PAYOUTS_RECONCILE_INTERVAL_SECONDS), which lists the
+    dead letters: stream info and "the next message at or after" reads of DEAD_LETTERS."""
+    async with logged_in(stack, PAYOUTS_USER) as payouts:
+        await payouts.js.stream_info(DEAD_LETTERS_STREAM)
+        # An answer either way (a dead letter, or none from 1 on) proves the read was let through.
+        with contextlib.suppress(NotFoundError):
+            await payouts.js.get_msg(DEAD_LETTERS_STREAM, seq=1, subject=">", next=True)
+        assert payouts.errors.seen == []
+    payouts_login = stack.nats.credentials.login(PAYOUTS_USER)
+    assert await dead_lettered_gifts(stack.nats.url, payouts_login) is not None
 
 
 async def test_a_missing_password_file_stops_a_service_at_start_naming_it(stack: Stack, tmp_path: Path) -> None:
