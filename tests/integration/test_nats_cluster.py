@@ -1,7 +1,9 @@
 """A 3-node NATS cluster (three nats-server processes on loopback) with the streams at 3 replicas
 (COINSTREAM_NATS_STREAM_REPLICAS=3): under a gift load one node is killed with -9 and restarted, then the GIFTS
 stream's leader. Nothing is lost, nothing doubled, reconcile is clean; and a start with fewer replicas configured
-never lowers the count. A stack of its own: the suite's runs a single server."""
+never lowers the count. A stack of its own: the suite's runs a single server. As everywhere, each service logs in
+with its own NATS user and the test as the operator; the nodes' routes log in to each other too (a route connection
+is subject to no user's permissions, so an open route port would undo them)."""
 
 from __future__ import annotations
 
