@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from nats.aio.msg import Msg
 from nats.js.errors import Error as JetStreamError
 
 from devstack.servers import NatsCluster, NatsServer, PostgresServer, free_port
@@ -135,3 +136,45 @@ async def run_load(stack: Stack, clients: Clients, cluster: NatsCluster) -> None
     assert len({reply.gift.gift_transaction_id for reply in load.sent}) == len(load.sent)
     await wait_until_settled(stack, timeout_seconds=60)
     assert await all_violations(stack) == []
+
+
+async def test_a_server_without_the_route_password_cannot_join_the_cluster() -> None:
+    """A route connection is subject to no user's permissions: a server that could join the cluster could inject
+    any GiftSent. The nodes log in to each other's route port; one that does not know the password stays out."""
+    root = new_root()
+    cluster = NatsCluster.on_free_ports(root / "nats", size=2)
+    # A stack of its own, hence passwords of its own: it offers the cluster a route password the cluster never set.
+    intruder = NatsServer(
+        root / "intruder" / "data",
+        free_port(),
+        server_name="intruder",
+        cluster_port=free_port(),
+        peer_cluster_ports=[cluster.nodes[0].cluster_port or 0],
+    )
+    received: list[bytes] = []
+
+    async def on_message(message: Msg) -> None:
+        received.append(message.data)
+
+    try:
+        await asyncio.to_thread(cluster.start)
+        await asyncio.to_thread(intruder.start)
+        watcher = await operator_nats(cluster)
+        injector = await operator_nats(intruder)
+        try:
+            await watcher.subscribe(messaging.GIFT_SENT_SUBJECT, cb=on_message)
+            await watcher.flush()
+            for _ in range(10):  # over two seconds: time for its route attempts
+                await injector.publish(messaging.GIFT_SENT_SUBJECT, b"forged by a server outside the cluster")
+                await asyncio.sleep(0.2)
+            await injector.flush()
+            await watcher.flush()
+        finally:
+            await injector.close()
+            await watcher.close()
+        assert received == []
+        assert "Router connection closed: Authentication Failure" in cluster.nodes[0].log_path.read_text()
+    finally:
+        await asyncio.to_thread(intruder.stop)
+        await asyncio.to_thread(cluster.stop)
+        shutil.rmtree(root, ignore_errors=True)
