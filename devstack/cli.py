@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import nats
+import nats.errors
 import typer
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
@@ -32,6 +36,22 @@ from services.reconcile.reconciler import ReconcileSettings
 from services.runtime.auth import KNOWN_ROLES, ROLE_USER, mint_token
 from services.runtime.config import DEV_AUTH_SECRET
 from services.runtime.messaging import server_urls
+from services.runtime.nats_login import (
+    PASSWORD_FILE_SETTING,
+    PASSWORD_SETTING,
+    USER_SETTING,
+    NatsLogin,
+    NatsLoginError,
+    read_nats_login,
+)
+from services.runtime.nats_permissions import USERS as NATS_USERS
+from services.runtime.nats_permissions import (
+    UnsafePasswordError,
+    environment_variable_for,
+    literal_password,
+    password_from_environment,
+    render_authorization,
+)
 from services.runtime.supervision import WORKERS_HEALTH_NAME
 
 app = typer.Typer(
@@ -153,16 +173,56 @@ app.add_typer(dead_letters_app, name="dead-letters")
 NatsUrl = Annotated[
     str, typer.Option("--nats", envvar="COINSTREAM_NATS_URL", help="NATS server (default: $COINSTREAM_NATS_URL).")
 ]
+NatsUser = Annotated[
+    str,
+    typer.Option(
+        "--nats-user",
+        envvar=USER_SETTING,
+        help=f"NATS user with the operator's rights (default: ${USER_SETTING}; `make run` prints it).",
+    ),
+]
+# No option for the password itself: a command line is visible to every user of the machine (ps).
+NatsPasswordFile = Annotated[
+    str,
+    typer.Option(
+        "--nats-password-file",
+        envvar=PASSWORD_FILE_SETTING,
+        help=f"File holding the NATS user's password (default: ${PASSWORD_FILE_SETTING}, else ${PASSWORD_SETTING}).",
+    ),
+]
 
 
-async def _with_jetstream(nats_url: str, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
-    nc = await nats.connect(
-        servers=server_urls(nats_url),
-        connect_timeout=5,
-        allow_reconnect=False,
-        max_reconnect_attempts=1,
-        tls=ReconcileSettings().nats_tls(),  # COINSTREAM_NATS_TLS_*, as the services have them
-    )
+def _nats_login(user: str, password_file: str) -> NatsLogin:
+    try:
+        return read_nats_login(user, SecretStr(os.environ.get(PASSWORD_SETTING, "")), password_file)
+    except NatsLoginError as error:
+        error_console.print(f"[bold red]{error}[/]")
+        raise typer.Exit(2) from None
+
+
+async def _with_jetstream(nats_url: str, login: NatsLogin, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
+    async def reported_below(error: Exception) -> None:
+        """nats-py would print a traceback for a refused connection; the message below says what to do."""
+
+    try:
+        nc = await nats.connect(
+            servers=server_urls(nats_url),
+            **login.connect_options(),
+            connect_timeout=5,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            error_cb=reported_below,
+            tls=ReconcileSettings().nats_tls(),  # COINSTREAM_NATS_TLS_*, as the services have them
+        )
+    except nats.errors.Error as error:
+        if "authorization violation" not in str(error).lower():
+            raise
+        who = f"user {login.user!r}" if login.user else "an anonymous client"
+        error_console.print(
+            f"[bold red]NATS refused {who}[/]: give the operator's --nats-user and --nats-password-file "
+            f"(or ${USER_SETTING} and ${PASSWORD_FILE_SETTING})"
+        )
+        raise typer.Exit(2) from None
     try:
         return await work(nc.jetstream())
     finally:
@@ -172,11 +232,14 @@ async def _with_jetstream(nats_url: str, work: Callable[[JetStreamContext], Awai
 @dead_letters_app.command("list")
 def list_dead_letters(
     nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    nats_user: NatsUser = "",
+    nats_password_file: NatsPasswordFile = "",
     limit: Annotated[int, typer.Option("--limit", min=1, max=dead_letter_store.MAX_LISTED)] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per dead letter.")] = False,
 ) -> None:
     """The oldest dead letters first: ID (to replay), gift, deliveries, when, and why."""
-    letters = asyncio.run(_with_jetstream(nats_url, lambda js: dead_letter_store.list_dead_letters(js, limit)))
+    login = _nats_login(nats_user, nats_password_file)
+    letters = asyncio.run(_with_jetstream(nats_url, login, lambda js: dead_letter_store.list_dead_letters(js, limit)))
     if as_json:
         for letter in letters:
             typer.echo(json.dumps({**_describe(letter), "payload_base64": base64.b64encode(letter.payload).decode()}))
@@ -198,15 +261,60 @@ def list_dead_letters(
 def replay_dead_letter(
     dead_letter_id: Annotated[int, typer.Argument(help="The ID `coinstream dead-letters list` shows.", min=1)],
     nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    nats_user: NatsUser = "",
+    nats_password_file: NatsPasswordFile = "",
 ) -> None:
     """Publish the event again to its original subject and remove the dead letter. Settlement credits a gift once,
     however often it is replayed; an event that still cannot be settled comes back as a new dead letter."""
+    login = _nats_login(nats_user, nats_password_file)
     try:
-        letter = asyncio.run(_with_jetstream(nats_url, lambda js: dead_letter_store.replay(js, dead_letter_id)))
+        letter = asyncio.run(_with_jetstream(nats_url, login, lambda js: dead_letter_store.replay(js, dead_letter_id)))
     except NotFoundError:
         error_console.print(f"[bold red]no dead letter {dead_letter_id}[/] (replayed already, or never there)")
         raise typer.Exit(1) from None
     console.print(f"replayed dead letter {dead_letter_id} (gift {letter.gift_transaction_id or 'unreadable'})")
+
+
+@app.command("nats-config")
+def nats_config(
+    password_env: Annotated[
+        bool,
+        typer.Option(
+            "--password-env",
+            help="Refer to each password as an environment variable of nats-server ($NATS_<USER>_PASSWORD): the "
+            "output holds no secret.",
+        ),
+    ] = False,
+    passwords_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--passwords-dir",
+            help="Write the passwords in: one file per user, named after it (e.g. a mounted Secret, or make run's "
+            ".data/nats-credentials).",
+        ),
+    ] = None,
+) -> None:
+    """Print the nats-server `authorization` block: a user per service with only the subjects it needs, an operator
+    user, and no stream deletion or purge for anyone (services/runtime/nats_permissions.py)."""
+    if password_env == (passwords_dir is not None):
+        raise typer.BadParameter("give either --password-env or --passwords-dir")
+    if password_env:
+        passwords = {user: password_from_environment(environment_variable_for(user)) for user in NATS_USERS}
+    else:
+        assert passwords_dir is not None
+        passwords = {user: _password_from(passwords_dir / user) for user in NATS_USERS}
+    typer.echo(render_authorization(passwords), nl=False)
+
+
+def _password_from(path: Path) -> str:
+    try:
+        return literal_password(path.read_text(encoding="utf-8").strip())
+    except OSError as error:
+        raise typer.BadParameter(f"cannot read {path}: {error.strerror}", param_hint="--passwords-dir") from None
+    except (UnicodeDecodeError, UnsafePasswordError) as error:
+        # Never the value itself in the message.
+        reason = error if isinstance(error, UnsafePasswordError) else "not UTF-8 text"
+        raise typer.BadParameter(f"{path}: {reason}", param_hint="--passwords-dir") from None
 
 
 def _describe(letter: dead_letter_store.DeadLetter) -> dict[str, object]:

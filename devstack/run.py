@@ -24,8 +24,11 @@ from rich.console import Console, Group
 from rich.rule import Rule
 from rich.text import Text
 
+from devstack.nats_credentials import NatsCredentials
 from devstack.probe import health_status
 from devstack.servers import NatsServer, PostgresServer
+from services.runtime.nats_login import PASSWORD_FILE_SETTING, PASSWORD_SETTING, USER_SETTING
+from services.runtime.nats_permissions import OPERATOR_USER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / ".data"
@@ -95,6 +98,8 @@ class StackPlan:
     embedded_databases: list[str] = field(default_factory=list)
     nats_url: str = ""
     embedded_nats: bool = False
+    # The embedded NATS's users (set once it started): each service gets its own login, the banner the operator's.
+    nats_credentials: NatsCredentials | None = None
 
     @classmethod
     def from_environment(cls, environ: dict[str, str]) -> StackPlan:
@@ -112,6 +117,11 @@ class StackPlan:
 
     def service_environment(self, spec: ServiceSpec) -> dict[str, str]:
         env = dict(self.environ)
+        if self.nats_credentials is not None:
+            # Not the login of the shell (an operator's, exported for the CLI, say): the service's own, or none.
+            for setting in (USER_SETTING, PASSWORD_SETTING, PASSWORD_FILE_SETTING):
+                env.pop(setting, None)
+            env.update(self.nats_credentials.service_environment(spec.name))
         env.setdefault("COINSTREAM_LOG_FORMAT", "console")
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach the terminal as they happen, not when a pipe buffer fills
         env["COINSTREAM_NATS_URL"] = self.nats_url
@@ -186,6 +196,7 @@ class DevStack:
         server.start()
         assert server.process is not None
         self._children.append(Child("nats", server.process, server.log_path))
+        self.plan.nats_credentials = server.credentials
 
     def _start_services(self) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -293,6 +304,7 @@ def banner(plan: StackPlan) -> Group:
         lines.append(Text.assemble(("  " + f"{spec.name:<10}", f"bold {spec.style}"), endpoint))
     lines += [
         _labelled("NATS", f"{plan.nats_url}  ({nats_origin})"),
+        *_nats_login_lines(plan),
         _labelled("Postgres", postgres_origin),
         _labelled("Logs", ".data/logs/<service>.log (and here, prefixed by service)"),
         _labelled("Auth", f"HS256 JWTs signed with {secret_origin}"),
@@ -305,12 +317,35 @@ def banner(plan: StackPlan) -> Group:
         Text("  Run a scripted live stream, check health:", style="bold"),
         Text("    .venv/bin/coinstream demo"),
         Text("    .venv/bin/coinstream health"),
+        *_operator_commands(plan),
         Text(),
         Text(
             "  Ctrl-C stops everything. Data persists in .data/ between runs (delete it to start afresh).", style="dim"
         ),
     ]
     return Group(Rule("coinstream dev stack is up", style="green"), *lines, Rule(style="green"))
+
+
+def _nats_login_lines(plan: StackPlan) -> list[Text]:
+    """Where the operator's NATS password is: `coinstream dead-letters` and `reconcile` need it (anonymous clients
+    are refused). Never the password itself: the terminal may be shared or recorded."""
+    if plan.nats_credentials is None:
+        return []
+    operator_file = _relative(plan.nats_credentials.password_file(OPERATOR_USER))
+    return [
+        _labelled("NATS auth", f"a user per service; passwords in {_relative(plan.nats_credentials.directory)}/"),
+        Text(f"            operator: export {USER_SETTING}={OPERATOR_USER} {PASSWORD_FILE_SETTING}={operator_file}"),
+    ]
+
+
+def _operator_commands(plan: StackPlan) -> list[Text]:
+    if plan.nats_credentials is None:
+        return []
+    return [
+        Text("  Dead letters and reconciliation (after the operator's export above):", style="bold"),
+        Text("    .venv/bin/coinstream dead-letters list"),
+        Text("    .venv/bin/coinstream reconcile"),
+    ]
 
 
 def _labelled(label: str, value: str) -> Text:

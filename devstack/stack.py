@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from devstack.certificates import StackTls
 from devstack.servers import NatsServer, PostgresServer, free_port, postgres_bin_with_ssl, stop_process
 from services.runtime import tls as runtime_tls
+from services.runtime.nats_permissions import OPERATOR_USER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALL_SERVICES = ("wallet", "gifts", "payouts")
@@ -57,6 +58,10 @@ class Stack:
     def address(self, service: str) -> str:
         return self.services[service].address
 
+    def operator_environment(self) -> dict[str, str]:
+        """Settings for a tool run by an operator against this stack (`coinstream dead-letters`, `reconcile`)."""
+        return {"COINSTREAM_NATS_URL": self.nats.url, **self.nats.credentials.environment(OPERATOR_USER)}
+
     def database_url(self, service: str) -> str:
         return self.postgres.url(f"coinstream_{service}")
 
@@ -71,6 +76,8 @@ class Stack:
                 f"COINSTREAM_{service.upper()}_DATABASE_URL": self.database_url(service),
                 f"COINSTREAM_{service.upper()}_PORT": str(self.services[service].port),
                 "COINSTREAM_GIFTS_WALLET_ADDRESS": self.address("wallet"),
+                # Each service logs in to NATS as its own user, with only the rights it needs.
+                **self.nats.credentials.service_environment(service),
                 # Ahead of the venv's editable install, so that code_root's services and generated code are used.
                 "PYTHONPATH": os.pathsep.join([str(self.code_root), str(self.code_root / "gen" / "python")]),
             }

@@ -58,12 +58,15 @@ SECRET_MARKERS = ("eyJ", "tok_ok", "tok_declined", "sandbox:ok", "sandbox:fail",
 
 
 def assert_no_secret_was_logged(test_stack: Stack) -> None:
-    """Every line every service logged during the whole session, searched for the secrets the tests sent."""
+    """Every line every service logged during the whole session, searched for the secrets the tests sent and for
+    the stack's NATS passwords (in nats-server's log too)."""
+    nats_passwords = tuple(test_stack.nats.credentials.passwords.values())
+    service_logs = sorted(test_stack.root.glob("*.log"))
     leaks = [
         f"{log.name}: {line.strip()[:300]}"
-        for log in sorted(test_stack.root.glob("*.log"))
+        for log in [*service_logs, test_stack.nats.log_path]
         for line in log.read_text(errors="replace").splitlines()
-        if any(marker in line for marker in SECRET_MARKERS)
+        if any(marker in line for marker in (*SECRET_MARKERS, *nats_passwords))
     ]
     assert leaks == [], "secrets in the service logs:\n" + "\n".join(leaks[:20])
 

@@ -31,7 +31,10 @@ async def wait_until_settled(stack: Stack, timeout_seconds: float = 30.0) -> Non
     try:
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
-            dead_lettered = await dead_lettered_gifts(stack.nats.url, stack.nats_tls()) or frozenset()
+            dead_lettered = (
+                await dead_lettered_gifts(stack.nats.url, stack.nats.credentials.operator, stack.nats_tls())
+                or frozenset()
+            )
             completed = [
                 r["gift_transaction_id"]
                 for r in await gifts.fetch(
@@ -54,5 +57,6 @@ async def wait_until_settled(stack: Stack, timeout_seconds: float = 30.0) -> Non
 async def all_violations(stack: Stack) -> list[str]:
     await wait_until_settled(stack)
     urls = {name: stack.database_url(name) for name in ("wallet", "gifts", "payouts")}
-    report = await reconcile(urls, SETTLED, await dead_lettered_gifts(stack.nats.url, stack.nats_tls()))
+    dead_lettered = await dead_lettered_gifts(stack.nats.url, stack.nats.credentials.operator, stack.nats_tls())
+    report = await reconcile(urls, SETTLED, dead_lettered)
     return [describe(d) for d in report.discrepancies]

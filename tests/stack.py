@@ -10,11 +10,13 @@ import os
 from pathlib import Path
 
 import nats
+from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from devstack.servers import NatsServer, PostgresServer, free_port
+from devstack.servers import NatsCluster, NatsServer, PostgresServer, free_port
 from devstack.stack import ALL_SERVICES, READY_TIMEOUT_SECONDS, REPO_ROOT, ServiceProcess, Stack, tail
 from services.runtime import messaging
+from services.runtime.messaging import server_urls
 from services.runtime.rate_limits import DEFAULT_RATE_LIMITS
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "Stack",
     "build_stack",
     "declare_audit_consumer",
+    "operator_nats",
     "tail",
 ]
 
@@ -62,13 +65,19 @@ class SuiteStack(Stack):
 
     def start_servers(self) -> None:
         super().start_servers()
-        asyncio.run(declare_audit_consumer(self.nats.url))
+        asyncio.run(declare_audit_consumer(self.nats))
 
 
-async def declare_audit_consumer(nats_url: str) -> None:
+async def operator_nats(server: NatsServer | NatsCluster) -> NatsClient:
+    """A client of the stack's NATS with the operator's rights (services/runtime/nats_permissions.py): what the
+    tests publish and read directly. Broad, but it cannot delete or purge a stream either. The caller closes it."""
+    return await nats.connect(servers=server_urls(server.url), **server.credentials.operator.connect_options())
+
+
+async def declare_audit_consumer(server: NatsServer | NatsCluster) -> None:
     """With interest retention, JetStream deletes a message once every consumer acked it. This durable consumer
     never acks, so tests can read back every event ever published (as an audit/archive consumer would)."""
-    nc = await nats.connect(nats_url)
+    nc = await operator_nats(server)
     try:
         js = nc.jetstream()
         await messaging.ensure_gifts_stream(js)

@@ -3,8 +3,8 @@ databases and exits 1 with a report of each discrepancy (0 when there is none, 2
 
 The databases come from the services' own settings (COINSTREAM_{WALLET,GIFTS,PAYOUTS}_DATABASE_URL; the defaults are
 `make run`'s). Read-only: run it against replicas or the primaries at any time. Gifts whose GiftSent is in the
-DEAD_LETTERS stream (COINSTREAM_NATS_URL) are listed as dead-lettered rather than as never settled; when NATS cannot
-be reached the report says so, and such gifts count as discrepancies."""
+DEAD_LETTERS stream (COINSTREAM_NATS_URL, read as COINSTREAM_NATS_USER: an operator) are listed as dead-lettered
+rather than as never settled; when NATS cannot be read the report says so, and such gifts count as discrepancies."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import asyncpg
 
 from services.reconcile.checks import Thresholds
 from services.reconcile.reconciler import ReconcileSettings, run
+from services.runtime.nats_login import NatsLoginError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         report = asyncio.run(run(ReconcileSettings(), thresholds))
     except (OSError, asyncpg.PostgresError) as error:
         print(f"coinstream reconcile: cannot read the databases: {error}", file=sys.stderr)
+        return 2
+    except NatsLoginError as error:
+        print(f"coinstream reconcile: {error}", file=sys.stderr)
         return 2
     print(report.as_json() if args.json else report.as_text())
     return 0 if report.ok else 1

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import asyncpg
 import nats
 from nats.errors import Error as NatsError
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.payouts.dead_letters import list_dead_letters
@@ -21,6 +22,7 @@ from services.reconcile import checks
 from services.reconcile.checks import Discrepancy, Thresholds
 from services.runtime import tls
 from services.runtime.messaging import server_urls
+from services.runtime.nats_login import ANONYMOUS, NatsLogin, read_nats_login
 
 
 class ReconcileSettings(BaseSettings):
@@ -43,6 +45,14 @@ class ReconcileSettings(BaseSettings):
             tls.setting_file(self, "nats_tls_cert_file"),
             tls.setting_file(self, "nats_tls_key_file"),
         )
+    # The NATS login that reads DEAD_LETTERS, as for the services (RuntimeSettings): payouts' own when payouts runs
+    # the checks, an operator's for `coinstream reconcile`.
+    nats_user: str = ""
+    nats_password: SecretStr = SecretStr("")
+    nats_password_file: str = ""
+
+    def nats_login(self) -> NatsLogin:
+        return read_nats_login(self.nats_user, self.nats_password, self.nats_password_file)
 
     def urls(self) -> dict[str, str]:
         return {
@@ -58,7 +68,7 @@ class Report:
     discrepancies: list[Discrepancy] = field(default_factory=list)
     gifts_awaiting_settlement: int = 0  # completed within the settlement grace, not yet credited
     dead_lettered_gifts: list[str] = field(default_factory=list)  # for an operator: `coinstream dead-letters`
-    dead_letters_unknown: bool = False  # NATS could not be read
+    dead_letters_unknown: bool = False  # NATS could not be read (down, or refusing the login)
 
     @property
     def ok(self) -> bool:
@@ -77,7 +87,10 @@ class Report:
                 f"  {len(self.dead_lettered_gifts)} gifts dead-lettered, to replay: coinstream dead-letters list"
             )
         if self.dead_letters_unknown:
-            lines.append("  (NATS unreachable: dead letters unknown, so their gifts count as never settled)")
+            lines.append(
+                "  (NATS unreachable or refusing the login: dead letters unknown, so their gifts count as never "
+                "settled)"
+            )
         return "\n".join(lines)
 
 
@@ -85,8 +98,11 @@ DEAD_LETTERS_READ_LIMIT = 10_000
 NATS_CONNECT_TIMEOUT_SECONDS = 2.0
 
 
-async def dead_lettered_gifts(nats_url: str, nats_tls: ssl.SSLContext | None = None) -> frozenset[str] | None:
-    """The gifts whose GiftSent waits in DEAD_LETTERS (the oldest 10,000), or None when NATS cannot be read."""
+async def dead_lettered_gifts(
+    nats_url: str, login: NatsLogin = ANONYMOUS, nats_tls: ssl.SSLContext | None = None
+) -> frozenset[str] | None:
+    """The gifts whose GiftSent waits in DEAD_LETTERS (the oldest 10,000), or None when NATS cannot be read (down,
+    or refusing the login)."""
 
     async def quiet(error: Exception) -> None:
         """The outcome is reported (dead letters unknown); no traceback per failed attempt."""
@@ -95,6 +111,7 @@ async def dead_lettered_gifts(nats_url: str, nats_tls: ssl.SSLContext | None = N
         # Two attempts at most: nats-py otherwise retries a refused first connect 60 times.
         nc = await nats.connect(
             servers=server_urls(nats_url),
+            **login.connect_options(),
             connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS,
             allow_reconnect=False,
             max_reconnect_attempts=1,
@@ -149,6 +166,5 @@ async def _check_all(
 
 
 async def run(settings: ReconcileSettings, thresholds: Thresholds) -> Report:
-    return await reconcile(
-        settings.urls(), thresholds, await dead_lettered_gifts(settings.nats_url, settings.nats_tls())
-    )
+    dead_lettered = await dead_lettered_gifts(settings.nats_url, settings.nats_login(), settings.nats_tls())
+    return await reconcile(settings.urls(), thresholds, dead_lettered)

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.batching import BatchPolicy
 from services.runtime.database import tls_mode
+from services.runtime.nats_login import NatsLogin, read_nats_login
 from services.runtime.rate_limits import DEFAULT_RATE_LIMITS, RateLimit
 
 DEV_AUTH_SECRET = "dev-only-secret-change-me-in-production"
@@ -70,6 +71,13 @@ class RuntimeSettings(BaseSettings):
     batch_max_size: int = Field(default=200, ge=1, le=1000)
     batch_max_in_flight: int = Field(default=1, ge=1, le=16)
     admission_queue_budget_seconds: float = Field(default=0.05, gt=0)
+
+    # NATS login: each service its own user, whose rights services/runtime/nats_permissions.py lists (deny by
+    # default). No user: anonymous, for a development server without authorization. The password file, when set, wins
+    # over the password and is read at connect: a Kubernetes Secret mounted as a file. See nats_login().
+    nats_user: str = ""
+    nats_password: SecretStr = SecretStr("")
+    nats_password_file: str = ""
 
     db_pool_min_size: int = 2
     db_pool_max_size: int = 10
@@ -203,6 +211,9 @@ class RuntimeSettings(BaseSettings):
 
     def effective_rate_limits(self) -> dict[str, RateLimit]:
         return {**DEFAULT_RATE_LIMITS, **self.rate_limits}
+    def nats_login(self) -> NatsLogin:
+        """Raises NatsLoginError, naming the setting, for a password file that cannot be read."""
+        return read_nats_login(self.nats_user, self.nats_password, self.nats_password_file)
 
     def batch_policy(self) -> BatchPolicy:
         return BatchPolicy(self.batch_max_size, self.batch_max_in_flight, self.admission_queue_budget_seconds)

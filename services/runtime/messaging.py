@@ -22,6 +22,14 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from services.runtime.nats_login import (
+    ANONYMOUS,
+    PASSWORD_FILE_SETTING,
+    PASSWORD_SETTING,
+    USER_SETTING,
+    NatsLogin,
+)
+
 GIFTS_STREAM = "GIFTS"
 GIFT_SENT_SUBJECT = "gifts.v1.gift_sent"
 SETTLEMENT_CONSUMER = "payouts-settlement"
@@ -68,6 +76,7 @@ SETTLEMENT_CONSUMER_CONFIG = ConsumerConfig(
     max_deliver=-1,
 )
 
+LOGIN_SETTINGS = f"{USER_SETTING}, {PASSWORD_SETTING} or {PASSWORD_FILE_SETTING}"
 DECLARE_PATIENCE_SECONDS = 60.0
 DECLARE_RETRY_SECONDS = 1.0
 
@@ -79,10 +88,17 @@ def server_urls(url: str) -> list[str]:
     return [server.strip() for server in url.split(",") if server.strip()]
 
 
-async def connect(nc: NatsClient, url: str, client_name: str, *, tls: ssl.SSLContext | None = None) -> None:
-    """Connects a client made earlier (services are wired to it before the server starts)."""
+async def connect(
+    nc: NatsClient, url: str, client_name: str, login: NatsLogin = ANONYMOUS, *, tls: ssl.SSLContext | None = None
+) -> None:
+    """Connects a client made earlier (services are wired to it before the server starts). A server that refuses
+    the login is retried like an unreachable one (an operator may be adding the user), with a warning that names the
+    settings to check."""
 
     async def on_error(error: Exception) -> None:
+        if "authorization violation" in str(error).lower():
+            log.warning("nats_login_refused", user=login.user or "(anonymous)", check=LOGIN_SETTINGS)
+            return
         log.warning("nats_error", error=str(error))
 
     async def on_disconnected() -> None:
@@ -95,6 +111,8 @@ async def connect(nc: NatsClient, url: str, client_name: str, *, tls: ssl.SSLCon
         # One URL, or several separated by commas (the nodes of a cluster; the client fails over between them).
         servers=server_urls(url),
         name=client_name,
+        user=login.user or None,
+        password=login.password or None,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,

@@ -194,7 +194,11 @@ class ServiceRuntime:
             )
         if self.nats is not None:
             await messaging.connect(
-                self.nats, self.settings.nats_url, f"coinstream-{self.settings.service_name}", tls=self._nats_tls
+                self.nats,
+                self.settings.nats_url,
+                f"coinstream-{self.settings.service_name}",
+                self.settings.nats_login(),  # reads the password file now: a missing one stops the start here
+                tls=self._nats_tls,
             )
         for step in self._startup_steps:
             await step()

@@ -10,12 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
-import nats
 from coinstream.events.v1 import events_pb2
 from coinstream.payouts.v1 import payouts_pb2
 
 from tests.conftest import SERVICE, Clients, new_id
-from tests.stack import Stack
+from tests.stack import Stack, operator_nats
 
 GIFT_SENT_SUBJECT = "gifts.v1.gift_sent"
 PUBLISH_CONCURRENCY = 200
@@ -57,7 +56,7 @@ async def publish(stack: Stack, events: list[events_pb2.GiftSent], message_ids: 
 
 
 async def publish_raw(stack: Stack, payloads: list[bytes], message_ids: list[str]) -> list[bool]:
-    nc = await nats.connect(stack.nats.url)
+    nc = await operator_nats(stack.nats)
     try:
         js = nc.jetstream()
         duplicates: list[bool] = []

@@ -12,14 +12,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
-import nats
 
 from services.payouts.dead_letters import DeadLetter, list_dead_letters
 from services.payouts.settlement import DEFAULT_MAX_DELIVERIES
 from tests.conftest import Clients, new_id
 from tests.integration.payouts_helpers import earnings, eventually, gift_sent, publish, publish_raw, wait_for_lifetime
 from tests.integration.test_payouts_crash import settlement_consumer_idle
-from tests.stack import REPO_ROOT, Stack
+from tests.stack import REPO_ROOT, Stack, operator_nats
 
 # JetStream delivers an unacked event again only after ack_wait: short for the crash test.
 SHORT_ACK_WAIT = {"COINSTREAM_PAYOUTS_SETTLEMENT_ACK_WAIT_SECONDS": "2"}
@@ -28,7 +27,7 @@ DEAD_LETTER_WAIT_SECONDS = 4 * DEFAULT_MAX_DELIVERIES + 10.0
 
 
 async def dead_letters(stack: Stack) -> list[DeadLetter]:
-    nc = await nats.connect(stack.nats.url)
+    nc = await operator_nats(stack.nats)
     try:
         return await list_dead_letters(nc.jetstream())
     finally:
@@ -47,7 +46,7 @@ async def wait_for_dead_letter(stack: Stack, original_msg_id: str) -> DeadLetter
 
 async def coinstream(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COINSTREAM_")}
-    env["COINSTREAM_NATS_URL"] = stack.nats.url
+    env.update(stack.operator_environment())
     command = [sys.executable, "-m", "devstack.cli", *args]
     return await asyncio.to_thread(
         subprocess.run, command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60

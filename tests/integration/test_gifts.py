@@ -16,10 +16,11 @@ from coinstream.wallet.v1 import wallet_pb2
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
+from devstack.servers import NatsServer
 from services.runtime.messaging import GIFT_SENT_SUBJECT
 from tests.conftest import SERVICE, Clients, auth, new_id
 from tests.grpc_errors import error_reason, violated_fields
-from tests.stack import Stack
+from tests.stack import Stack, operator_nats
 
 # ---------------------------------------------------------------- helpers (also used by test_gifts_crash.py)
 
@@ -76,10 +77,12 @@ async def summary_of(clients: Clients, stream_id: str) -> gifts_pb2.StreamSummar
     return reply.summary
 
 
-async def gift_sent_messages(nats_url: str, gift_transaction_id: str, *, timeout_seconds: float = 15.0) -> list[Msg]:
+async def gift_sent_messages(
+    server: NatsServer, gift_transaction_id: str, *, timeout_seconds: float = 15.0
+) -> list[Msg]:
     """Every GiftSent message for this gift in the GIFTS stream, once at least one arrived (or the time ran out)."""
     deadline = time.monotonic() + timeout_seconds
-    nc = await nats.connect(nats_url)
+    nc = await operator_nats(server)
     try:
         js = nc.jetstream()
         while True:
@@ -314,7 +317,7 @@ async def test_gift_sent_is_published_to_jetstream(clients: Clients, stack: Stac
     reply = await clients.gifts.SendGift(gift_request(sender, stream.stream_id, "corgi", 2), metadata=auth(sender))
     gift = reply.gift
 
-    messages = await gift_sent_messages(stack.nats.url, gift.gift_transaction_id)
+    messages = await gift_sent_messages(stack.nats, gift.gift_transaction_id)
     assert len(messages) == 1
     message = messages[0]
     assert message.subject == GIFT_SENT_SUBJECT

@@ -75,9 +75,9 @@ async def wait_for_gift_count(clients: Clients, stream_id: str, gift_count: int)
 
 
 async def assert_published_once(stack: Stack, gift_transaction_id: str) -> None:
-    assert len(await gift_sent_messages(stack.nats.url, gift_transaction_id)) == 1
+    assert len(await gift_sent_messages(stack.nats, gift_transaction_id)) == 1
     await asyncio.sleep(1.0)  # give a wrongly repeated publish the time to show up
-    assert len(await gift_sent_messages(stack.nats.url, gift_transaction_id)) == 1
+    assert len(await gift_sent_messages(stack.nats, gift_transaction_id)) == 1
 
 
 async def test_retry_completes_a_gift_paid_before_the_crash(clients: Clients, stack: Stack) -> None:

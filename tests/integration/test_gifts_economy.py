@@ -27,7 +27,7 @@ async def send(clients: Clients, sender: str, stream_id: str, gift_id: str = "ro
 
 
 async def published_event(stack: Stack, gift_transaction_id: str) -> events_pb2.GiftSent:
-    [message] = await gift_sent_messages(stack.nats.url, gift_transaction_id)
+    [message] = await gift_sent_messages(stack.nats, gift_transaction_id)
     return events_pb2.GiftSent.FromString(message.data)
 
 

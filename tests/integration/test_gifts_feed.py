@@ -18,11 +18,12 @@ from coinstream.gifts.v1 import gifts_pb2
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
+from devstack.servers import NatsServer
 from services.gifts.feed import STREAM_ENDED_SUBJECT
 from tests.conftest import SERVICE, Clients, auth, new_id
 from tests.grpc_errors import error_reason, violated_fields
 from tests.integration.test_gifts import gift_request, gift_sent_messages, go_live, make_account
-from tests.stack import Stack
+from tests.stack import Stack, operator_nats
 
 EVENT_TIMEOUT_SECONDS = 15.0
 
@@ -118,7 +119,7 @@ async def test_gifts_before_the_subscription_are_not_replayed(clients: Clients, 
     stream = await go_live(clients)
     sender = await make_account(clients, package_id="coins_65")
     before = await clients.gifts.SendGift(gift_request(sender, stream.stream_id), metadata=SERVICE)
-    assert await gift_sent_messages(stack.nats.url, before.gift.gift_transaction_id)  # published already
+    assert await gift_sent_messages(stack.nats, before.gift.gift_transaction_id)  # published already
     async with watching(clients, stream.stream_id) as feed:
         after = await clients.gifts.SendGift(gift_request(sender, stream.stream_id, "finger_heart"), metadata=SERVICE)
         event = await next_event(feed)
@@ -171,7 +172,7 @@ async def test_ending_the_stream_ends_its_watchers_and_publishes_stream_ended(cl
     await end_stream(clients, stream.stream_id)  # ending it again publishes nothing more
 
     ended, gift_seq = (
-        await stream_ended_messages(stack.nats.url, stream.stream_id),
+        await stream_ended_messages(stack.nats, stream.stream_id),
         await gift_sequence_of(stack, gift.gift_transaction_id),
     )
     assert len(ended) == 1
@@ -207,7 +208,7 @@ async def test_gifts_racing_the_end_of_the_stream_are_either_in_the_feed_or_afte
         received = [event.gift.gift_transaction_id for event in await collect(feed)]
     completed = {gift_id for gift_id in outcomes if gift_id is not None}
     # JetStream's order is the relay's order: the feed has exactly the gifts published before StreamEnded, in order.
-    [ended] = await stream_ended_messages(stack.nats.url, stream.stream_id)
+    [ended] = await stream_ended_messages(stack.nats, stream.stream_id)
     sequences = {gift_id: await gift_sequence_of(stack, gift_id) for gift_id in completed}
     before_end = sorted((seq, gift_id) for gift_id, seq in sequences.items() if seq < ended.metadata.sequence.stream)
     assert received == [gift_id for _, gift_id in before_end]
@@ -215,13 +216,13 @@ async def test_gifts_racing_the_end_of_the_stream_are_either_in_the_feed_or_afte
 
 
 async def gift_sequence_of(stack: Stack, gift_transaction_id: str) -> int:
-    [message] = await gift_sent_messages(stack.nats.url, gift_transaction_id)
+    [message] = await gift_sent_messages(stack.nats, gift_transaction_id)
     return message.metadata.sequence.stream
 
 
-async def stream_ended_messages(nats_url: str, stream_id: str, timeout_seconds: float = 15.0) -> list[Msg]:
+async def stream_ended_messages(server: NatsServer, stream_id: str, timeout_seconds: float = 15.0) -> list[Msg]:
     deadline = time.monotonic() + timeout_seconds
-    nc = await nats.connect(nats_url)
+    nc = await operator_nats(server)
     try:
         js = nc.jetstream()
         while True:

@@ -1,7 +1,9 @@
 """A 3-node NATS cluster (three nats-server processes on loopback) with the streams at 3 replicas
 (COINSTREAM_NATS_STREAM_REPLICAS=3): under a gift load one node is killed with -9 and restarted, then the GIFTS
 stream's leader. Nothing is lost, nothing doubled, reconcile is clean; and a start with fewer replicas configured
-never lowers the count. A stack of its own: the suite's runs a single server."""
+never lowers the count. A stack of its own: the suite's runs a single server. As everywhere, each service logs in
+with its own NATS user and the test as the operator; the nodes' routes log in to each other too (a route connection
+is subject to no user's permissions, so an open route port would undo them)."""
 
 from __future__ import annotations
 
@@ -13,19 +15,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import nats
 import pytest
+from nats.aio.msg import Msg
 from nats.js.errors import Error as JetStreamError
 
 from devstack.servers import NatsCluster, NatsServer, PostgresServer, free_port
 from devstack.stack import Stack
 from services.runtime import messaging
-from services.runtime.messaging import server_urls
 from tests.conftest import Clients, clients_for
 from tests.integration.test_gifts import coins_of, go_live, make_account
 from tests.integration.test_server_faults import GiftLoad
 from tests.invariants import all_violations, wait_until_settled
-from tests.stack import SUITE_SETTINGS
+from tests.stack import SUITE_SETTINGS, operator_nats
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ async def cluster_stack() -> AsyncIterator[tuple[Stack, NatsCluster]]:
     )
     try:
         await asyncio.to_thread(stack.start_servers)
-        await jetstream_ready(cluster.url)
+        await jetstream_ready(cluster)
         await asyncio.to_thread(stack.start_services)
         yield stack, cluster
     finally:
@@ -60,9 +61,9 @@ def new_root() -> Path:
     return root
 
 
-async def jetstream_ready(url: str, timeout_seconds: float = 60.0) -> None:
+async def jetstream_ready(cluster: NatsCluster, timeout_seconds: float = 60.0) -> None:
     """A new cluster elects its JetStream meta leader before it can hold a stream."""
-    nc = await nats.connect(servers=server_urls(url))
+    nc = await operator_nats(cluster)
     try:
         deadline = time.monotonic() + timeout_seconds
         while True:
@@ -77,9 +78,9 @@ async def jetstream_ready(url: str, timeout_seconds: float = 60.0) -> None:
         await nc.close()
 
 
-async def stream_state(url: str) -> tuple[int, str]:
+async def stream_state(cluster: NatsCluster) -> tuple[int, str]:
     """The GIFTS stream's replica count and the name of its leader."""
-    nc = await nats.connect(servers=server_urls(url))
+    nc = await operator_nats(cluster)
     try:
         info = await nc.jetstream().stream_info(messaging.GIFTS_STREAM)
         assert info.cluster is not None and info.cluster.leader is not None
@@ -100,27 +101,27 @@ async def kill_and_restart(node: NatsServer, down_seconds: float) -> None:
 
 async def faults(cluster: NatsCluster) -> None:
     await asyncio.sleep(2.0)
-    _, leader = await stream_state(cluster.url)
+    _, leader = await stream_state(cluster)
     follower = next(node for node in cluster.nodes if node.server_name != leader)
     await kill_and_restart(follower, 2.0)
     await asyncio.sleep(2.0)
-    _, leader = await stream_state(cluster.url)  # the stream's leader now, wherever it moved
+    _, leader = await stream_state(cluster)  # the stream's leader now, wherever it moved
     await kill_and_restart(node_named(cluster, leader), 2.0)
 
 
 async def test_a_cluster_node_then_the_stream_leader_killed_under_load() -> None:
     async with cluster_stack() as (stack, cluster):
-        replicas, _ = await stream_state(cluster.url)
+        replicas, _ = await stream_state(cluster)
         assert replicas == REPLICAS
         async with clients_for(stack) as clients:
             await run_load(stack, clients, cluster)
         # A start configured with fewer replicas (the default, 1) leaves the cluster's 3 alone.
-        nc = await nats.connect(servers=server_urls(cluster.url))
+        nc = await operator_nats(cluster)
         try:
             await messaging.ensure_gifts_stream(nc.jetstream(), replicas=1)
         finally:
             await nc.close()
-        assert (await stream_state(cluster.url))[0] == REPLICAS
+        assert (await stream_state(cluster))[0] == REPLICAS
 
 
 async def run_load(stack: Stack, clients: Clients, cluster: NatsCluster) -> None:
@@ -135,3 +136,45 @@ async def run_load(stack: Stack, clients: Clients, cluster: NatsCluster) -> None
     assert len({reply.gift.gift_transaction_id for reply in load.sent}) == len(load.sent)
     await wait_until_settled(stack, timeout_seconds=60)
     assert await all_violations(stack) == []
+
+
+async def test_a_server_without_the_route_password_cannot_join_the_cluster() -> None:
+    """A route connection is subject to no user's permissions: a server that could join the cluster could inject
+    any GiftSent. The nodes log in to each other's route port; one that does not know the password stays out."""
+    root = new_root()
+    cluster = NatsCluster.on_free_ports(root / "nats", size=2)
+    # A stack of its own, hence passwords of its own: it offers the cluster a route password the cluster never set.
+    intruder = NatsServer(
+        root / "intruder" / "data",
+        free_port(),
+        server_name="intruder",
+        cluster_port=free_port(),
+        peer_cluster_ports=[cluster.nodes[0].cluster_port or 0],
+    )
+    received: list[bytes] = []
+
+    async def on_message(message: Msg) -> None:
+        received.append(message.data)
+
+    try:
+        await asyncio.to_thread(cluster.start)
+        await asyncio.to_thread(intruder.start)
+        watcher = await operator_nats(cluster)
+        injector = await operator_nats(intruder)
+        try:
+            await watcher.subscribe(messaging.GIFT_SENT_SUBJECT, cb=on_message)
+            await watcher.flush()
+            for _ in range(10):  # over two seconds: time for its route attempts
+                await injector.publish(messaging.GIFT_SENT_SUBJECT, b"forged by a server outside the cluster")
+                await asyncio.sleep(0.2)
+            await injector.flush()
+            await watcher.flush()
+        finally:
+            await injector.close()
+            await watcher.close()
+        assert received == []
+        assert "Router connection closed: Authentication Failure" in cluster.nodes[0].log_path.read_text()
+    finally:
+        await asyncio.to_thread(intruder.stop)
+        await asyncio.to_thread(cluster.stop)
+        shutil.rmtree(root, ignore_errors=True)

@@ -4,7 +4,6 @@ acked are redelivered and counted once; a payout submitted but not recorded is s
 from __future__ import annotations
 
 import asyncpg
-import nats
 import pytest
 from coinstream.payouts.v1 import payouts_pb2
 
@@ -21,7 +20,7 @@ from tests.integration.payouts_helpers import (
     wait_until_finished,
     withdraw,
 )
-from tests.stack import Stack
+from tests.stack import Stack, operator_nats
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +37,7 @@ async def fetch_value(stack: Stack, sql: str, *args: object) -> object:
 
 
 async def settlement_consumer_idle(stack: Stack) -> bool:
-    nc = await nats.connect(stack.nats.url)
+    nc = await operator_nats(stack.nats)
     try:
         info = await nc.jetstream().consumer_info("GIFTS", "payouts-settlement")
         return info.num_pending == 0 and info.num_ack_pending == 0

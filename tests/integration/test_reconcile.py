@@ -30,7 +30,7 @@ async def run_reconcile(
     env = {k: v for k, v in os.environ.items() if not k.startswith("COINSTREAM_")}
     for name in ("wallet", "gifts", "payouts"):
         env[f"COINSTREAM_{name.upper()}_DATABASE_URL"] = urls.get(name) or stack.database_url(name)
-    env["COINSTREAM_NATS_URL"] = stack.nats.url
+    env.update(stack.operator_environment())  # NATS as an operator: reconcile reads the dead letters
     argv = [sys.executable, "-m", module, *([command] if command else []), *args]
     return await asyncio.to_thread(
         subprocess.run, argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
