@@ -178,9 +178,10 @@ async def test_nats_takes_tls_clients_with_a_certificate_from_its_ca_only(
     tls_stack: TlsStack, foreign_ca_files: StackTls
 ) -> None:
     files, url = tls_stack.files, tls_stack.stack.nats.url
+    login = tls_stack.stack.nats.credentials.operator.connect_options()  # so only the certificate decides
     ca = pem("stack CA", files.ca_file)
     trusted = tls.client_ssl_context(ca, pem("cert", files.client_cert_file), pem("key", files.client_key_file))
-    nc = await nats.connect(url, tls=trusted, allow_reconnect=False, connect_timeout=5)
+    nc = await nats.connect(url, tls=trusted, allow_reconnect=False, connect_timeout=5, **login)
     assert nc.is_connected
     await nc.close()
 
@@ -190,7 +191,9 @@ async def test_nats_takes_tls_clients_with_a_certificate_from_its_ca_only(
     )
     for context in (no_certificate, foreign_certificate):
         with pytest.raises((nats.errors.Error, OSError)):
-            await nats.connect(url, tls=context, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=0)
+            await nats.connect(
+                url, tls=context, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=0, **login
+            )
 
 
 # ---------------------------------------------------------------- gRPC: who is refused
