@@ -123,6 +123,8 @@ class StackPlan:
                 env.pop(setting, None)
             env.update(self.nats_credentials.service_environment(spec.name))
         env.setdefault("COINSTREAM_LOG_FORMAT", "console")
+        # make run is development: plaintext on loopback, the sandbox providers, a secret anyone may read here.
+        env["COINSTREAM_ENVIRONMENT"] = "development"
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach the terminal as they happen, not when a pipe buffer fills
         env["COINSTREAM_NATS_URL"] = self.nats_url
         env[spec.database_url_env] = self.database_urls[spec.name]
@@ -307,6 +309,7 @@ def banner(plan: StackPlan) -> Group:
         *_nats_login_lines(plan),
         _labelled("Postgres", postgres_origin),
         _labelled("Logs", ".data/logs/<service>.log (and here, prefixed by service)"),
+        _labelled("Mode", "development: plaintext gRPC on loopback, sandbox payments and payouts (README: Security)"),
         _labelled("Auth", f"HS256 JWTs signed with {secret_origin}"),
         Text(),
         Text("  Mint a dev token:", style="bold"),
