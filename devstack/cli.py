@@ -204,6 +204,7 @@ async def _with_jetstream(nats_url: str, login: NatsLogin, work: Callable[[JetSt
     async def reported_below(error: Exception) -> None:
         """nats-py would print a traceback for a refused connection; the message below says what to do."""
 
+    nats_tls = ReconcileSettings().nats_tls()
     try:
         nc = await nats.connect(
             servers=server_urls(nats_url),
@@ -212,7 +213,8 @@ async def _with_jetstream(nats_url: str, login: NatsLogin, work: Callable[[JetSt
             allow_reconnect=False,
             max_reconnect_attempts=1,
             error_cb=reported_below,
-            tls=ReconcileSettings().nats_tls(),  # COINSTREAM_NATS_TLS_*, as the services have them
+            tls=nats_tls,  # COINSTREAM_NATS_TLS_*, as the services have them
+            tls_handshake_first=nats_tls is not None,
         )
     except nats.errors.Error as error:
         if "authorization violation" not in str(error).lower():

@@ -300,6 +300,8 @@ class NatsServer:
             f'  key_file: "{self.tls.server_key_file}"\n'
             f'  ca_file: "{self.tls.ca_file}"\n'
             "  verify: true\n"
+            # Clients start TLS before reading anything (see services/runtime/messaging.py connect).
+            "  handshake_first: true\n"
             "}\n"
         )
 

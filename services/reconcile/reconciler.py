@@ -39,12 +39,14 @@ class ReconcileSettings(BaseSettings):
 
     def nats_tls(self) -> ssl.SSLContext | None:
         if not (self.nats_tls_ca_file or self.nats_tls_cert_file):
-            return None
+            tls_urls = all(url.startswith("tls://") for url in server_urls(self.nats_url))
+            return tls.client_ssl_context(None) if tls_urls else None
         return tls.client_ssl_context(
             tls.setting_file(self, "nats_tls_ca_file"),
             tls.setting_file(self, "nats_tls_cert_file"),
             tls.setting_file(self, "nats_tls_key_file"),
         )
+
     # The NATS login that reads DEAD_LETTERS, as for the services (RuntimeSettings): payouts' own when payouts runs
     # the checks, an operator's for `coinstream reconcile`.
     nats_user: str = ""
@@ -118,6 +120,7 @@ async def dead_lettered_gifts(
             reconnect_time_wait=0.2,
             error_cb=quiet,
             tls=nats_tls,
+            tls_handshake_first=nats_tls is not None,  # as the services connect (messaging.connect)
         )
     except (NatsError, OSError, TimeoutError):
         return None

@@ -120,7 +120,11 @@ async def connect(
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
-        tls=tls,  # None: plaintext, unless a tls:// URL or the server asks for TLS (then the system's CAs)
+        tls=tls,
+        # TLS before anything else (the server needs tls { handshake_first: true }): otherwise nats-py upgrades only
+        # when the server's first, plaintext INFO asks for it, so a man in the middle answering as a plaintext server
+        # would be sent the login in clear text.
+        tls_handshake_first=tls is not None,
     )
 
 

@@ -60,9 +60,9 @@ def grpc_server_credentials(settings: RuntimeSettings) -> grpc.ServerCredentials
 
 
 def nats_ssl_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
-    """COINSTREAM_NATS_TLS_*: None without TLS settings (nats-py still upgrades a tls:// URL, with the system's CAs)."""
+    """COINSTREAM_NATS_TLS_*; tls:// URLs alone: the system's CAs; None: plaintext."""
     if not (settings.nats_tls_ca_file or settings.nats_tls_cert_file):
-        return None
+        return client_ssl_context(None) if settings.nats_tls_enabled else None
     return client_ssl_context(
         setting_file(settings, "nats_tls_ca_file"),
         setting_file(settings, "nats_tls_cert_file"),

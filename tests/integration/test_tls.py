@@ -181,7 +181,8 @@ async def test_nats_takes_tls_clients_with_a_certificate_from_its_ca_only(
     login = tls_stack.stack.nats.credentials.operator.connect_options()  # so only the certificate decides
     ca = pem("stack CA", files.ca_file)
     trusted = tls.client_ssl_context(ca, pem("cert", files.client_cert_file), pem("key", files.client_key_file))
-    nc = await nats.connect(url, tls=trusted, allow_reconnect=False, connect_timeout=5, **login)
+    options = {"allow_reconnect": False, "connect_timeout": 5, "max_reconnect_attempts": 0, **login}
+    nc = await nats.connect(url, tls=trusted, tls_handshake_first=True, **options)
     assert nc.is_connected
     await nc.close()
 
@@ -191,9 +192,10 @@ async def test_nats_takes_tls_clients_with_a_certificate_from_its_ca_only(
     )
     for context in (no_certificate, foreign_certificate):
         with pytest.raises((nats.errors.Error, OSError)):
-            await nats.connect(
-                url, tls=context, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=0, **login
-            )
+            await nats.connect(url, tls=context, tls_handshake_first=True, **options)
+    # A client that reads the server's greeting before starting TLS is refused too: the server speaks TLS first.
+    with pytest.raises((nats.errors.Error, OSError)):
+        await nats.connect(url, tls=trusted, **options)
 
 
 # ---------------------------------------------------------------- gRPC: who is refused

@@ -16,12 +16,14 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from nats.aio.client import Client as NatsClient
 from pydantic import ValidationError
 
 from services.gifts.config import GiftsSettings
 from services.gifts.wallet_client import WalletTls, wallet_channel
-from services.runtime import database, tls
+from services.runtime import database, messaging, tls
 from services.runtime.config import RuntimeSettings
+from services.runtime.nats_login import NatsLogin
 from services.runtime.tls import PemFile, TlsSettingError
 
 
@@ -285,3 +287,31 @@ def test_the_database_urls_tls_files_are_checked_naming_the_setting(pki: dict[st
         database.check_tls(f"{good}&sslcert={pki['client'].cert}&sslkey={tmp_path / 'absent.key'}", setting)
     with pytest.raises(TlsSettingError, match="COINSTREAM_WALLET_DATABASE_URL: sslmode='verify_full' is not one of"):
         database.check_tls("postgresql://db/w?sslmode=verify_full", setting)
+
+
+async def test_a_plaintext_impostor_never_sees_the_nats_login() -> None:
+    """With TLS configured, the client starts TLS before reading the server's greeting: a man in the middle that
+    answers as a plaintext NATS (INFO without tls_required) gets a TLS ClientHello, never the password."""
+    received = bytearray()
+
+    async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'INFO {"server_id":"impostor","version":"2.11.0","max_payload":1048576,"auth_required":true}\r\n')
+        await writer.drain()
+        received.extend(await reader.read(65536))
+        writer.close()
+
+    server = await asyncio.start_server(impostor, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = NatsClient()
+    login = NatsLogin("gifts", "a-secret-nats-password")
+    connecting = asyncio.ensure_future(
+        messaging.connect(client, f"nats://127.0.0.1:{port}", "test", login, tls=tls.client_ssl_context(None))
+    )
+    await asyncio.sleep(1.0)
+    connecting.cancel()
+    await asyncio.gather(connecting, return_exceptions=True)
+    await client.close()
+    server.close()
+    assert received, "the client never wrote"
+    assert b"a-secret-nats-password" not in received and b"CONNECT" not in received
+    assert received[0] == 0x16  # a TLS handshake record
