@@ -26,7 +26,7 @@ from services.runtime.nats_login import ANONYMOUS, NatsLogin, read_nats_login
 
 
 class ReconcileSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="COINSTREAM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="COINSTREAM_", extra="ignore", hide_input_in_errors=True)
 
     wallet_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_wallet"
     gifts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_gifts"

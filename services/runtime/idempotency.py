@@ -45,6 +45,11 @@ def caller_scoped(subject: str, request_id: str) -> str:
     return f"{subject}{CALLER_SEPARATOR}{request_id}"
 
 
+def unscoped(request_id: str) -> str:
+    """The request_id as the caller sent it; also the whole key of anything stored before keys were scoped."""
+    return request_id.rpartition(CALLER_SEPARATOR)[2]
+
+
 def scope_to_caller(request: Message) -> None:
     """Moves a validated request_id into the authenticated caller's namespace. Servicers call it once the caller is
     authorized, before the use case, so everything below (keys, ledger and gift rows, derived ids) sees one key."""

@@ -97,7 +97,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # unary (Health.Check): bounded like any call by max_concurrent_streams
+        return handler  # unary (Health.Check): over at once; per connection, max_concurrent_streams bounds it
 
     def _count_public_stream(self, behavior: Any) -> Any:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:

@@ -90,20 +90,20 @@ class ServiceRuntime:
             CallerRateLimiter(settings.effective_rate_limits()),
             settings.max_public_streams,
         )
-        self._server = grpc.aio.server(
-            interceptors=[interceptor],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ]
+        self._server = grpc.aio.server(interceptors=[interceptor], options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         # Read now, so that a bad TLS file stops the process at once, naming its setting.
         self._server_credentials = tls.grpc_server_credentials(settings)
         self._nats_tls: ssl.SSLContext | None = None
-        self._health_server = _plaintext_health_server(self._health) if settings.grpc_health_port else None
+        self._health_server = (
+            _plaintext_health_server(self._health, interceptor, options) if settings.grpc_health_port else None
+        )
 
     def use_database(self, service_migrations: Path) -> asyncpg.Pool:
         self._migrations = service_migrations
@@ -269,11 +269,14 @@ class ServiceRuntime:
             await self._health.set(name, status)
 
 
-def _plaintext_health_server(servicer: health.aio.HealthServicer) -> grpc.aio.Server:
+def _plaintext_health_server(
+    servicer: health.aio.HealthServicer, interceptor: ServiceInterceptor, options: list[tuple[str, int]]
+) -> grpc.aio.Server:
     """COINSTREAM_GRPC_HEALTH_PORT: grpc.health.v1.Health alone, without TLS, for Kubernetes' native gRPC probes
     (they cannot speak TLS). The same servicer as the main port's, so both always give the same statuses; nothing
-    else is served there (no reflection, no service), so it bypasses neither TLS nor tokens for any real RPC."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    else is served there (no reflection, no service), so it bypasses neither TLS nor tokens for any real RPC. The
+    same interceptor and options: its Watch streams count against the same max_public_streams."""
+    server = grpc.aio.server(interceptors=[interceptor], options=options)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return server
 

@@ -186,14 +186,19 @@ async def read_spenders(conn: asyncpg.Connection, account_ids: list[str]) -> dic
 
 async def claim_spends(conn: asyncpg.Connection, claims: list[idempotency.Claim]) -> tuple[set[str], set[str]]:
     """One statement: claims the spends' keys (idempotency.claim_statement) and finds which request_ids the ledger,
-    which outlives idempotency keys, already holds (a transaction of any kind). Returns (claimed, in the ledger)."""
-    claim = idempotency.claim_statement(claims, first_param=2)
+    which outlives idempotency keys, already holds (a transaction of any kind). Returns (claimed, in the ledger).
+
+    The ledger is searched for the caller's request_id as stored before keys were scoped by caller too: a gift left
+    pending across that upgrade is retried under the scoped key and must find its earlier spend, not make another."""
+    claim = idempotency.claim_statement(claims, first_param=3)
     rows = await conn.fetch(
         f"WITH claimed AS ({claim.sql})"
         " SELECT request_id, true AS claimed FROM claimed"
         " UNION ALL"
-        " SELECT request_id, false FROM transactions WHERE request_id = ANY($1::text[])",
+        " SELECT k.request_id, false FROM unnest($1::text[], $2::text[]) AS k (request_id, before_scoping)"
+        " WHERE EXISTS (SELECT 1 FROM transactions AS t WHERE t.request_id IN (k.request_id, k.before_scoping))",
         [c.request_id for c in claims],
+        [idempotency.unscoped(c.request_id) for c in claims],
         *claim.args,
     )
     return {r["request_id"] for r in rows if r["claimed"]}, {r["request_id"] for r in rows if not r["claimed"]}
@@ -352,16 +357,18 @@ _MOVEMENTS = """
 
 
 async def find_spend(conn: asyncpg.Connection, request_id: str, account_id: str) -> Movement | None:
-    """The spend recorded for request_id, with its split and the account's balance right after it."""
+    """The spend recorded for request_id (or, made before keys were scoped by caller, for its unscoped form), with
+    its split and the account's balance right after it."""
     row = await conn.fetchrow(
         "WITH mine AS ("
         " SELECT p.* FROM transactions AS t JOIN postings AS p ON p.transaction_id = t.transaction_id"
-        " WHERE t.request_id = $3 AND t.kind = 'spend' AND t.account_id = $1"
+        " WHERE t.request_id IN ($3, $4) AND t.kind = 'spend' AND t.account_id = $1"
         "   AND p.ledger_account_id IN ($1, $2)"
         f"), {_MOVEMENTS}",
         paid_bucket(account_id),
         bonus_bucket(account_id),
         request_id,
+        idempotency.unscoped(request_id),
     )
     return None if row is None else Movement(**dict(row))
 

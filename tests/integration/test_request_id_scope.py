@@ -3,14 +3,16 @@ caller can learn whether another used one; a retry from the same caller still ge
 
 from __future__ import annotations
 
+import asyncpg
 import grpc
 import pytest
 from coinstream.wallet.v1 import wallet_pb2
 
-from tests.conftest import Clients, auth, new_id
+from tests.conftest import SERVICE, Clients, auth, new_id, stored_key
 from tests.factories import balance, create_account
 from tests.grpc_errors import error_reason
 from tests.integration.test_gifts import gift_request, go_live, make_account
+from tests.stack import Stack
 
 
 def purchase(request_id: str, account_id: str, package_id: str = "coins_65") -> wallet_pb2.PurchaseCoinsRequest:
@@ -66,3 +68,29 @@ async def test_gifts_from_two_fans_with_one_request_id_both_complete(clients: Cl
     ]
     assert len({reply.gift.gift_transaction_id for reply in replies}) == 2
     assert [reply.gift.sender_id for reply in replies] == fans
+
+
+async def test_a_spend_made_before_keys_were_scoped_is_found_by_its_retry(stack: Stack, clients: Clients) -> None:
+    """Upgrading: a gift left pending across it is retried under the scoped key; the wallet must find the spend the
+    earlier version recorded under the bare request_id (and its key gone), not charge again."""
+    account_id = await create_account(clients)
+    await clients.wallet.PurchaseCoins(purchase(new_id("buy"), account_id), metadata=auth(account_id))
+    request = wallet_pb2.SpendCoinsRequest(
+        request_id=f"gift:{new_id('gtx')}", account_id=account_id, coins=30, reference="test:before-scoping"
+    )
+    first = await clients.wallet.SpendCoins(request, metadata=SERVICE)
+    conn = await asyncpg.connect(stack.database_url("wallet"))
+    try:  # as the earlier version left it: the ledger row under the bare request_id, the key expired
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")  # past the append-only trigger
+            await conn.execute(
+                "UPDATE transactions SET request_id = $2 WHERE request_id = $1",
+                stored_key(request.request_id),
+                request.request_id,
+            )
+            await conn.execute("DELETE FROM idempotency_keys WHERE request_id = $1", stored_key(request.request_id))
+    finally:
+        await conn.close()
+    again = await clients.wallet.SpendCoins(request, metadata=SERVICE)
+    assert again.transaction_id == first.transaction_id
+    assert await balance(clients, account_id) == 65 - 30
