@@ -27,3 +27,13 @@ def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
             detail.Unpack(bad_request)
             fields.update(v.field for v in bad_request.field_violations)
     return fields
+
+
+def retry_delay_seconds(error: grpc.aio.AioRpcError) -> float | None:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None

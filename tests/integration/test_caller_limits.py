@@ -12,15 +12,13 @@ import grpc
 import pytest
 import pytest_asyncio
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from devstack.servers import stop_process
 from devstack.stack import ServiceProcess
 from tests.conftest import SERVICE, Clients, auth, new_id
 from tests.factories import balance, create_account
-from tests.grpc_errors import error_reason
+from tests.grpc_errors import error_reason, retry_delay_seconds
 from tests.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -55,16 +53,6 @@ def purchase(account_id: str) -> wallet_pb2.PurchaseCoinsRequest:
     return wallet_pb2.PurchaseCoinsRequest(
         request_id=new_id("buy"), account_id=account_id, package_id="coins_65", payment_token="tok_ok_limits"
     )
-
-
-def retry_delay_seconds(error: grpc.aio.AioRpcError) -> float | None:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToNanoseconds() / 1e9
-    return None
 
 
 async def test_a_user_over_its_rate_is_refused_with_retry_info_and_charged_nothing(
