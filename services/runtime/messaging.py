@@ -113,6 +113,7 @@ async def connect(
         name=client_name,
         user=login.user or None,
         password=login.password or None,
+        inbox_prefix=login.inbox_prefix,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,

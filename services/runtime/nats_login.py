@@ -12,6 +12,7 @@ from pydantic import SecretStr
 USER_SETTING = "COINSTREAM_NATS_USER"
 PASSWORD_SETTING = "COINSTREAM_NATS_PASSWORD"
 PASSWORD_FILE_SETTING = "COINSTREAM_NATS_PASSWORD_FILE"
+DEFAULT_INBOX_PREFIX = "_INBOX"  # nats-py's
 
 
 class NatsLoginError(Exception):
@@ -27,9 +28,17 @@ class NatsLogin:
     def anonymous(self) -> bool:
         return not self.user
 
+    @property
+    def inbox_prefix(self) -> str:
+        """Where replies to this user's requests come (JetStream answers, pulled messages): a prefix of its own, so
+        that a user may subscribe to its replies only, not to every other client's (nats_permissions.py)."""
+        return DEFAULT_INBOX_PREFIX if self.anonymous else f"{DEFAULT_INBOX_PREFIX}_{self.user}"
+
     def connect_options(self) -> dict[str, str]:
         """Keyword arguments for nats-py's connect: none when anonymous."""
-        return {} if self.anonymous else {"user": self.user, "password": self.password}
+        if self.anonymous:
+            return {}
+        return {"user": self.user, "password": self.password, "inbox_prefix": self.inbox_prefix}
 
 
 ANONYMOUS = NatsLogin()

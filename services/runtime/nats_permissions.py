@@ -19,13 +19,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.runtime.messaging import DEAD_LETTERS_STREAM, GIFTS_STREAM, SETTLEMENT_CONSUMER
+from services.runtime.nats_login import NatsLogin
 
 GIFTS_USER = "gifts"
 PAYOUTS_USER = "payouts"
 OPERATOR_USER = "operator"
 
-# Replies to requests (JetStream API answers, publish acks, pulled messages) come to the requester's inbox.
-INBOXES = "_INBOX.>"
+def inboxes(user: str) -> str:
+    """Replies to a user's requests (JetStream API answers, publish acks, pulled messages): its own inboxes only."""
+    return f"{NatsLogin(user).inbox_prefix}.>"
+
+
 GIFT_EVENTS = "gifts.>"
 DEAD_LETTER_EVENTS = "dead_letters.>"
 JS_API = "$JS.API"
@@ -71,7 +75,7 @@ USERS: dict[str, Permissions] = {
             *_DECLARE_SETTLEMENT_CONSUMER,  # GIFTS drops events nobody is interested in: the settler comes first
         ),
         subscribe=(
-            INBOXES,
+            inboxes(GIFTS_USER),
             "gifts.v1.*",  # the live gift feed: a core-NATS subscription to its own events (feed.FEED_SUBJECTS)
         ),
         why="the gifts service: publishes gift events, declares GIFTS and the settlement consumer",
@@ -88,7 +92,7 @@ USERS: dict[str, Permissions] = {
             # The periodic reconciliation reads the dead letters (dead_letters.list_dead_letters).
             f"{JS_API}.STREAM.MSG.GET.{DEAD_LETTERS_STREAM}",
         ),
-        subscribe=(INBOXES,),
+        subscribe=(inboxes(PAYOUTS_USER),),
         why="the payouts service: settles GiftSent from its consumer, dead-letters what it cannot; never publishes one",
     ),
     OPERATOR_USER: Permissions(

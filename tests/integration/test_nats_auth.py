@@ -280,3 +280,16 @@ async def test_passwords_from_nats_servers_environment_as_the_deployment_renders
         await refused_connect(url, NatsLogin())
     finally:
         stop_process(server)
+
+
+@pytest.mark.parametrize(("user", "other"), [(GIFTS_USER, PAYOUTS_USER), (PAYOUTS_USER, GIFTS_USER)])
+async def test_a_service_reads_only_its_own_replies(stack: Stack, user: str, other: str) -> None:
+    """Replies (JetStream answers, pulled GiftSent events) go to each user's own inbox prefix: one service's
+    password does not let it listen to another's replies, nor to the operator's."""
+    async with logged_in(stack, user) as session:
+        for foreign in (f"_INBOX_{other}.>", "_INBOX_operator.>", "_INBOX.>"):
+            await session.nc.subscribe(foreign)
+        await session.nc.flush()
+        await asyncio.sleep(0.2)  # the server's refusals arrive asynchronously
+        for foreign in (f"_INBOX_{other}.>", "_INBOX_operator.>", "_INBOX.>"):
+            assert session.errors.refused(foreign), session.errors.seen

@@ -159,7 +159,7 @@ def test_the_password_file_wins_and_is_read_without_its_newline(tmp_path: Path) 
     login = read_nats_login(GIFTS_USER, SecretStr("from-the-environment"), str(password_file))
     assert login == NatsLogin(GIFTS_USER, "from-the-file")
     assert "from-the-file" not in repr(login)  # so never in a log line or a traceback's locals
-    assert login.connect_options() == {"user": GIFTS_USER, "password": "from-the-file"}
+    assert login.connect_options() == {"user": GIFTS_USER, "password": "from-the-file", "inbox_prefix": "_INBOX_gifts"}
     assert read_nats_login(GIFTS_USER, SecretStr("from-the-environment"), "").password == "from-the-environment"
 
 
