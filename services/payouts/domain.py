@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 
-from services.runtime import limits
 from services.runtime.errors import (
     AppError,
     FieldViolation,
@@ -343,11 +342,14 @@ def decode_page_token(token: str, kind: str, creator_id: str, shape: tuple[type,
 
 
 MAX_POSITION_TEXT = 256
+# Int positions are moments (to_micros): within what a datetime holds, or from_micros overflows.
+POSITION_MICROS = (to_micros(datetime.min.replace(tzinfo=UTC)), to_micros(datetime.max.replace(tzinfo=UTC)))
 
 
 def _has_shape(position: object, shape: tuple[type, ...]) -> bool:
-    """The position of a token we handed out: values of the expected types, within what the database holds (a forged
-    int past int64 or an endless string would fail there rather than here)."""
+    """The position of a token we handed out: values of the expected types, within what a datetime and the database
+    hold (a forged moment past year 9999, an endless string or one PostgreSQL cannot store — a NUL, a lone surrogate —
+    would fail there rather than here)."""
     return (
         isinstance(position, list)
         and len(position) == len(shape)
@@ -357,8 +359,13 @@ def _has_shape(position: object, shape: tuple[type, ...]) -> bool:
 
 def _storable(value: object) -> bool:
     if isinstance(value, int):
-        return -limits.MAX_INT64 - 1 <= value <= limits.MAX_INT64
-    return isinstance(value, str) and len(value) <= MAX_POSITION_TEXT
+        return POSITION_MICROS[0] <= value <= POSITION_MICROS[1]
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_POSITION_TEXT
+        and "\x00" not in value
+        and not any("\ud800" <= character <= "\udfff" for character in value)
+    )
 
 
 def day_start(day_key: str) -> datetime:

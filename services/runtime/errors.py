@@ -79,9 +79,17 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+# A status travels in trailing metadata, which gRPC caps (8 KiB soft, 16 KiB hard by default): a batch of a thousand
+# bad items reported in full would reach the caller as RESOURCE_EXHAUSTED from the transport, without its details.
+MAX_REPORTED_VIOLATIONS = 20
+
+
 def invalid_argument(violations: list[FieldViolation]) -> AppError:
-    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-    return AppError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", f"invalid request: {summary}", violations)
+    reported = violations[:MAX_REPORTED_VIOLATIONS]
+    summary = "; ".join(f"{v.field}: {v.description}" for v in reported)
+    if len(violations) > len(reported):
+        summary += f"; and {len(violations) - len(reported)} more"
+    return AppError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", f"invalid request: {summary}", reported)
 
 
 def failed_precondition(reason: str, message: str) -> AppError:

@@ -11,11 +11,19 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
 from services.runtime.auth import ROLE_SERVICE, Principal, TokenVerifier, set_current_principal
 from services.runtime.batching import LoopLag, overloaded
-from services.runtime.errors import AppError, database_unavailable, rate_limited, unavailable
+from services.runtime.errors import (
+    AppError,
+    FieldViolation,
+    database_unavailable,
+    invalid_argument,
+    rate_limited,
+    unavailable,
+)
 from services.runtime.rate_limits import CallerRateLimiter
 from services.runtime.validation import REQUEST_ID_PATTERN
 
@@ -71,13 +79,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, authorization),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, authorization),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return _refused_unwrapped(handler, method)
@@ -143,6 +151,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 ):
                     raise overloaded()
                 self._admit(method, authorization)
+                _refuse_undecodable(request)
                 return await behavior(request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED  # the client went away; not an OK to count or log
@@ -168,6 +177,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             structlog.contextvars.bind_contextvars(method=method, request_id=loggable_request_id(request))
             try:
                 self._admit(method, authorization)
+                _refuse_undecodable(request)
                 async for response in behavior(request, context):
                     yield response
             except AppError as error:
@@ -184,6 +194,30 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 _observe(method, code, started)
 
         return handle
+
+
+class _Undecodable:
+    """A request its message type could not parse: a corrupt wire format, or a string field that is not UTF-8."""
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """grpc answers UNKNOWN, with the exception's text, when a request fails to parse: the caller gets INVALID_ARGUMENT
+    instead (_refuse_undecodable, once the call is authenticated)."""
+    if deserializer is None:
+        return None
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError:
+            return _Undecodable()
+
+    return deserialize
+
+
+def _refuse_undecodable(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise invalid_argument([FieldViolation("request", "is not a valid message of this RPC's request type")])
 
 
 def loggable_request_id(request: Any) -> str | None:

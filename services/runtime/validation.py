@@ -12,9 +12,13 @@ REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Display text (stream titles, gift names, reasons) is shown to other people and must read as what it is: no
 # bidirectional overrides, embeddings or isolates (they reorder what follows: "Trojan Source"), no invisible
-# characters (zero-width space and non-joiner, word joiner, invisible operators, BOM, directional marks). The
-# zero-width joiner is allowed between emoji, whose family and profession sequences need it.
-REORDERING_OR_INVISIBLE = re.compile("[\u061c\u200b\u200c\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+# characters (zero-width space and non-joiner, word joiner, invisible operators, BOM, directional marks, soft hyphen,
+# combining grapheme joiner, Mongolian vowel separator, the deprecated format controls, interlinear annotation,
+# musical formatting). The zero-width joiner is allowed between emoji, whose family and profession sequences need it.
+REORDERING_OR_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u180e\u200b\u200c\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff"
+    "\ufff9-\ufffb\U0001d173-\U0001d17a]"
+)
 ZERO_WIDTH_JOINER = "\u200d"
 
 

@@ -298,6 +298,20 @@ async def test_a_bad_batch_is_refused_whole_and_changes_nothing(clients: Clients
     assert spent((await spend_batch(clients, too_many[:1]))[0]).balance == balance_of(account_id, 328)
 
 
+async def test_a_batch_of_a_thousand_bad_spends_gets_its_first_violations(clients: Clients) -> None:
+    """Found by the fuzzer (test_fuzz.py): every violation of a thousand bad spends in the status made it too big for
+    gRPC's metadata limit, and the caller got RESOURCE_EXHAUSTED from the transport instead of INVALID_ARGUMENT."""
+    bad = [w.SpendCoinsRequest(request_id=f"bad id {i}", account_id="bad id", coins=0) for i in range(1000)]
+    error = await expect_error(
+        clients.wallet.SpendCoinsBatch(w.SpendCoinsBatchRequest(spends=bad), metadata=SERVICE),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    first = {f"spends[{i}].{name}" for i in range(6) for name in ("request_id", "account_id", "coins")}
+    assert violated_fields(error) == first | {"spends[6].request_id", "spends[6].account_id"}
+    assert (error.details() or "").endswith("; and 2980 more")
+
+
 # ---------------------------------------------------------------- many concurrent SendGift calls
 
 

@@ -282,6 +282,18 @@ async def test_invalid_stream_id_is_refused(clients: Clients, stream_id: str) ->
     assert violated_fields(error) == {"stream_id"}
 
 
+async def test_a_watch_request_that_does_not_parse_is_invalid_argument(stack: Stack) -> None:
+    """Found by the fuzzer (test_fuzz.py): a stream_id that is not UTF-8 ended the call UNKNOWN."""
+    async with grpc.aio.insecure_channel(stack.address("gifts")) as channel:
+        call = channel.unary_stream("/coinstream.gifts.v1.GiftService/WatchStreamGifts")(
+            b"\x0a\x01\xff", metadata=SERVICE
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call.read()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error_reason(refused.value), violated_fields(refused.value)) == ("INVALID_ARGUMENT", {"request"})
+
+
 async def test_watching_needs_a_token(clients: Clients) -> None:
     stream = await go_live(clients)
     error = await expect_refusal(clients, stream.stream_id, metadata=(("authorization", "Bearer nope"),))

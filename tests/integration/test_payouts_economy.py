@@ -498,6 +498,25 @@ async def test_list_withdrawals_refusals(clients: Clients) -> None:
         assert (error.code(), violated_fields(error)) == (grpc.StatusCode.INVALID_ARGUMENT, {"page_token"})
 
 
+async def test_forged_positions_a_datetime_or_postgresql_cannot_hold_are_refused(clients: Clients) -> None:
+    """Found by the fuzzer (test_fuzz.py): a token of the right list and creator whose moment is past year 9999
+    (within int64) or whose id holds a NUL or a lone surrogate failed INTERNAL instead of INVALID_ARGUMENT."""
+    creator_id = new_id("creator")
+    for kind, group_by in (("withdrawals", None), ("earnings_by_stream", payouts_pb2.EARNINGS_GROUP_BY_STREAM)):
+        for position in ([2**62, "x"], [-(2**63), "x"], [2**63 - 1, "x"], [1, "\x00"], [1, "\ud800"]):
+            token = base64.urlsafe_b64encode(json.dumps({"k": kind, "c": creator_id, "p": position}).encode()).decode()
+            call = (
+                list_withdrawals(clients, creator_id, page_token=token)
+                if group_by is None
+                else list_earnings(clients, creator_id, group_by, page_token=token)
+            )
+            error = await refused(call)
+            assert (error.code(), violated_fields(error)) == (grpc.StatusCode.INVALID_ARGUMENT, {"page_token"}), (
+                kind,
+                position,
+            )
+
+
 async def test_a_page_token_is_only_good_for_its_own_list(stack: Stack, clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:hold-token")

@@ -12,6 +12,7 @@ from coinstream.wallet.v1 import wallet_pb2 as w
 from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id, stored_key
 from tests.factories import balance, buy, create_account
 from tests.grpc_errors import error_reason, violated_fields
+from tests.stack import Stack
 
 
 async def expect_error(call, code: grpc.StatusCode, reason: str | None = None) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
@@ -377,6 +378,20 @@ async def test_forged_page_token_is_invalid_argument(clients: Clients) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert violated_fields(error) == {"page_token"}
+
+
+# Raw request bytes: a string field (account_id) that is not UTF-8, a length past the end, no valid tag at all.
+UNPARSABLE_REQUESTS = (b"\x0a\x02\xff\xfe", b"\x0a\x05abc", b"\xff\xff\xff")
+
+
+async def test_a_request_that_does_not_parse_is_invalid_argument(stack: Stack) -> None:
+    """Found by the fuzzer (test_fuzz.py): grpc answered UNKNOWN with the parser's exception text."""
+    async with grpc.aio.insecure_channel(stack.address("wallet")) as channel:
+        get_balance = channel.unary_unary("/coinstream.wallet.v1.WalletService/GetBalance")
+        for raw in UNPARSABLE_REQUESTS:
+            error = await expect_error(get_balance(raw, metadata=SERVICE), grpc.StatusCode.INVALID_ARGUMENT)
+            assert (error_reason(error), violated_fields(error)) == ("INVALID_ARGUMENT", {"request"})
+        await expect_error(get_balance(UNPARSABLE_REQUESTS[0]), grpc.StatusCode.UNAUTHENTICATED)
 
 
 async def test_bad_input_changes_nothing(clients: Clients) -> None:

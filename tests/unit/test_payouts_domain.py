@@ -248,6 +248,9 @@ def test_page_tokens_round_trip_for_their_own_list_and_creator_only() -> None:
         domain.encode_page_token("withdrawals", "amy", ["1", "wd_1"]),  # wrong shape
         domain.encode_page_token("withdrawals", "amy", [1]),
         domain.encode_page_token("withdrawals", "amy", [10**32, "wd_1"]),  # past int64: tampered
+        domain.encode_page_token("withdrawals", "amy", [2**62, "wd_1"]),  # a moment past year 9999
+        domain.encode_page_token("withdrawals", "amy", [1, "wd\x00"]),  # text PostgreSQL cannot hold
+        domain.encode_page_token("withdrawals", "amy", [1, "wd\ud800"]),
         domain.encode_page_token("withdrawals", "amy", [1, "w" * 10_000]),  # an endless position
         "not base64!",
         "bm90IGpzb24=",  # "not json"

@@ -114,6 +114,14 @@ def test_an_unreachable_database_is_unavailable_to_the_caller_and_a_bug_is_not()
         ("top\u200bfan", "must not contain invisible or text-reordering characters"),  # zero-width space
         ("a\u200db", "must not contain invisible or text-reordering characters"),  # a joiner between letters
         ("\ufeffhello", "must not contain invisible or text-reordering characters"),
+        # Invisible too (the fuzzer's display-text check, test_fuzz.py): soft hyphen, combining grapheme joiner,
+        # Mongolian vowel separator, a deprecated format control, interlinear annotation, musical formatting.
+        ("fr\u00adee coins", "must not contain invisible or text-reordering characters"),
+        ("a\u034fb", "must not contain invisible or text-reordering characters"),
+        ("a\u180eb", "must not contain invisible or text-reordering characters"),
+        ("a\u206ab", "must not contain invisible or text-reordering characters"),
+        ("a\ufff9b\ufffac\ufffb", "must not contain invisible or text-reordering characters"),
+        ("a\U0001d173b", "must not contain invisible or text-reordering characters"),
     ],
 )
 def test_display_text_refuses_controls_reordering_and_invisible_characters_but_keeps_emoji(
