@@ -3,6 +3,7 @@ token, and the wallet's answers sorted into accounts, spends, final refusals and
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import grpc
@@ -18,7 +19,13 @@ from services.runtime.errors import AppError, unavailable
 log = structlog.get_logger()
 
 # gRPC's default reconnect backoff grows to 120 s; a wallet back from a restart should be used within seconds.
-CHANNEL_OPTIONS = [("grpc.max_reconnect_backoff_ms", 5000)]
+# Calls are spread over every address the wallet's name resolves to (a headless Service: one per pod), not pinned
+# to the first: round_robin keeps a connection to each. The wallets close connections after a while
+# (COINSTREAM_GRPC_MAX_CONNECTION_AGE_SECONDS), and the name is resolved again then, so new pods get calls too.
+CHANNEL_OPTIONS = [
+    ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+]
 
 
 @dataclass(frozen=True)

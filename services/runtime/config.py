@@ -62,6 +62,10 @@ class RuntimeSettings(BaseSettings):
     # Streams one HTTP/2 connection may have open at once (calls in flight and live feeds): a client cannot open
     # an unbounded number on one connection.
     grpc_max_concurrent_streams: int = Field(default=1000, ge=1)
+    # A client connection is closed (gracefully: calls in flight finish) after this long, so that long-lived
+    # clients reconnect, resolve the name again and spread over pods started since. 0: never — the default, since
+    # it would also cut live feeds; the wallet (which gifts calls over one long-lived channel) sets it.
+    grpc_max_connection_age_seconds: float = Field(default=0.0, ge=0)
     # Health Watch and reflection streams (no token needed, so anyone who reaches the port may open them) held at
     # once per process; beyond it they are refused with RESOURCE_EXHAUSTED.
     max_public_streams: int = Field(default=100, ge=1)

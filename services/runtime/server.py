@@ -95,6 +95,7 @@ class ServiceRuntime:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
             ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+            *_connection_age_options(settings.grpc_max_connection_age_seconds),
         ]
         self._server = grpc.aio.server(interceptors=[interceptor], options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -267,6 +268,15 @@ class ServiceRuntime:
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ["", *self._service_names]:
             await self._health.set(name, status)
+
+
+def _connection_age_options(max_age_seconds: float) -> list[tuple[str, int]]:
+    """A connection older than max_age gets GOAWAY; its calls in flight have one more max_age (capped at a minute)
+    to finish before it is closed."""
+    if not max_age_seconds:
+        return []
+    max_age_ms = int(max_age_seconds * 1000)
+    return [("grpc.max_connection_age_ms", max_age_ms), ("grpc.max_connection_age_grace_ms", min(max_age_ms, 60_000))]
 
 
 def _plaintext_health_server(

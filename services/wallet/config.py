@@ -19,6 +19,8 @@ class WalletSettings(RuntimeSettings):
     # Who charges purchases (COINSTREAM_PAYMENT_PROVIDER). Only the sandbox ships: a real provider implements
     # services/wallet/payments.py's PaymentProvider; production refuses the sandbox unless staging opts in.
     payment_provider: Literal["sandbox"] = Field(default="sandbox")
+    # gifts' channel reconnects every 5 minutes and so reaches wallet pods started since (RuntimeSettings).
+    grpc_max_connection_age_seconds: float = Field(default=300.0, ge=0)
 
     def production_problems(self) -> list[str]:
         return [
