@@ -10,13 +10,13 @@
 #   coinstream_<service>           the service; may connect, and reads and writes rows once `migrate` has granted
 #                                  them (COINSTREAM_DB_RUNTIME_ROLE); it can create, alter or drop nothing.
 #
-# Passwords from the environment: COINSTREAM_<SERVICE>_DB_PASSWORD and COINSTREAM_<SERVICE>_MIGRATOR_DB_PASSWORD.
+# Passwords from the environment: DB_<SERVICE>_PASSWORD and DB_<SERVICE>_MIGRATOR_PASSWORD.
 # They reach psql through its environment (\getenv), never its command line.
 set -eu
 for service in wallet gifts payouts; do
     upper=$(printf '%s' "$service" | tr '[:lower:]' '[:upper:]')
-    eval "runtime_password=\${COINSTREAM_${upper}_DB_PASSWORD:?COINSTREAM_${upper}_DB_PASSWORD is not set}"
-    eval "migrator_password=\${COINSTREAM_${upper}_MIGRATOR_DB_PASSWORD:?COINSTREAM_${upper}_MIGRATOR_DB_PASSWORD is not set}"
+    eval "runtime_password=\${DB_${upper}_PASSWORD:?DB_${upper}_PASSWORD is not set}"
+    eval "migrator_password=\${DB_${upper}_MIGRATOR_PASSWORD:?DB_${upper}_MIGRATOR_PASSWORD is not set}"
     RUNTIME_PASSWORD="$runtime_password" MIGRATOR_PASSWORD="$migrator_password" \
         psql --no-psqlrc --quiet --set ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname postgres \
         --set database="coinstream_$service" --set runtime="coinstream_$service" \

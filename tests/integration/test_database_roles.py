@@ -61,8 +61,8 @@ class RoleStack(Stack):
             "POSTGRES_USER": "postgres",
         }
         for service in ALL_SERVICES:  # the test server trusts loopback, so the passwords are only exercised
-            env[f"COINSTREAM_{service.upper()}_DB_PASSWORD"] = f"runtime-{service}-'quoted'"
-            env[f"COINSTREAM_{service.upper()}_MIGRATOR_DB_PASSWORD"] = f"migrator-{service}"
+            env[f"DB_{service.upper()}_PASSWORD"] = f"runtime-{service}-'quoted'"
+            env[f"DB_{service.upper()}_MIGRATOR_PASSWORD"] = f"migrator-{service}"
             self.services[service] = ServiceProcess(service, free_port(), self.root / f"{service}.log")
         made = subprocess.run([str(BOOTSTRAP)], env=env, capture_output=True, text=True, timeout=60)
         assert made.returncode == 0, made.stdout + made.stderr
