@@ -28,7 +28,6 @@ from devstack.demo import (
     check_stack_is_up,
     connect,
 )
-from devstack.probe import health_status
 from services.payouts import dead_letters as dead_letter_store
 from services.reconcile import __main__ as reconcile_command
 from services.reconcile.checks import Thresholds
@@ -52,6 +51,7 @@ from services.runtime.nats_permissions import (
     password_from_environment,
     render_authorization,
 )
+from services.runtime.probe import health_status
 from services.runtime.supervision import WORKERS_HEALTH_NAME
 
 app = typer.Typer(

@@ -27,8 +27,8 @@ from grpc_status import rpc_status
 from rich.console import Console
 from rich.table import Table
 
-from devstack.probe import health_status
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, mint_token
+from services.runtime.probe import health_status
 
 CALL_TIMEOUT_SECONDS = 10.0
 SETTLEMENT_WAIT_SECONDS = 10.0

@@ -25,10 +25,10 @@ from rich.rule import Rule
 from rich.text import Text
 
 from devstack.nats_credentials import NatsCredentials
-from devstack.probe import health_status
 from devstack.servers import NatsServer, PostgresServer
 from services.runtime.nats_login import PASSWORD_FILE_SETTING, PASSWORD_SETTING, USER_SETTING
 from services.runtime.nats_permissions import OPERATOR_USER
+from services.runtime.probe import health_status
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / ".data"

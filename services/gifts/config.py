@@ -4,7 +4,7 @@ from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
 
-from services.runtime.config import RuntimeSettings
+from services.runtime.config import RuntimeSettings, migrating
 
 
 class GiftsSettings(RuntimeSettings):
@@ -43,7 +43,8 @@ class GiftsSettings(RuntimeSettings):
     @model_validator(mode="after")
     def _wallet_token_when_minting_is_impossible(self) -> Self:
         # Our minted tokens are HS256; a wallet verifying RS256 would refuse them and every gift would stay pending.
-        if self.auth_algorithm != "HS256" and not self.wallet_credential_given:
+        # (`migrate` calls no wallet.)
+        if self.auth_algorithm != "HS256" and not self.wallet_credential_given and not migrating():
             raise ValueError(
                 "COINSTREAM_GIFTS_WALLET_TOKEN_FILE (or COINSTREAM_GIFTS_WALLET_TOKEN) is required when"
                 f" COINSTREAM_AUTH_ALGORITHM is {self.auth_algorithm}"

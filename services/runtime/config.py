@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
@@ -15,6 +18,25 @@ from services.runtime.rate_limits import DEFAULT_RATE_LIMITS, RateLimit
 DEV_AUTH_SECRET = "dev-only-secret-change-me-in-production"
 # HS256 with a shorter secret can be brute-forced offline from one token (RFC 7518 asks for at least 256 bits).
 MIN_AUTH_SECRET_BYTES = 32
+
+
+# Set while `python -m services.<name> migrate` reads its settings (migration_only()): production then checks what a
+# migration uses, its database connection, and not the serving settings (TLS certificates, NATS, tokens) that a
+# migration job is, on purpose, not given.
+_migrating: ContextVar[bool] = ContextVar("coinstream_migrating", default=False)
+
+
+def migrating() -> bool:
+    return _migrating.get()
+
+
+@contextmanager
+def migration_only() -> Iterator[None]:
+    token = _migrating.set(True)
+    try:
+        yield
+    finally:
+        _migrating.reset(token)
 
 
 class RuntimeSettings(BaseSettings):
@@ -92,6 +114,18 @@ class RuntimeSettings(BaseSettings):
     # migration statement may run this long (the pool's command timeout would cut both at 10 s).
     db_migration_lock_wait_seconds: float = Field(default=600.0, gt=0)
     db_migration_statement_timeout_seconds: float = Field(default=3600.0, gt=0)
+    # How long a migration statement may wait for a table lock (0: as long as the statement timeout). A migration
+    # job sets a few seconds: an ALTER TABLE queued behind a long transaction would hold up every query behind it;
+    # failing fast (the transaction rolls back, the job retries) keeps the service answering.
+    db_migration_lock_timeout_seconds: float = Field(default=0.0, ge=0)
+    # true (development, `make run`, the tests, a single process): a start applies the pending migrations. false
+    # (production, where a migration job owns the schema and the service's role cannot change it): a start waits,
+    # up to db_migration_lock_wait_seconds, until every migration this code knows is recorded, then serves.
+    db_migrate_on_start: bool = True
+    # `migrate` only: the role the service runs as, granted rows and nothing else (SELECT, INSERT, UPDATE, DELETE on
+    # every table, sequences' USAGE; reading schema_migrations but not writing it) on what the migrations made,
+    # and by default on what later ones make. Empty: no grants (a single role owns everything, as in development).
+    db_runtime_role: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]{0,62})?$")
 
     # ---- TLS: PEM files, all unset by default (development is plaintext); services/runtime/tls.py builds the
     # credentials from them. gRPC server: cert + key → the port serves TLS only; a client CA as well → mutual TLS, a
@@ -205,10 +239,14 @@ class RuntimeSettings(BaseSettings):
             " (set COINSTREAM_ALLOW_SANDBOX_PROVIDERS=true only on a staging deployment)"
         ]
 
+    def migration_production_problems(self) -> list[str]:
+        """What `migrate` must not run with in production: it only talks to its database (no port, NATS or token)."""
+        return self.database_tls_problems({self.env_name(f"{self.service_name}_database_url"): self.database_url})
+
     @model_validator(mode="after")
     def _refuse_an_unsafe_production(self) -> Self:
         if self.environment == "production":
-            problems = self.production_problems()
+            problems = self.migration_production_problems() if migrating() else self.production_problems()
             if problems:
                 raise ValueError("COINSTREAM_ENVIRONMENT=production refuses to start:\n- " + "\n- ".join(problems))
         return self

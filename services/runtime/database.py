@@ -121,7 +121,7 @@ def migration_files(service_migrations: Path) -> list[tuple[str, Path]]:
 
 async def migrate(settings: RuntimeSettings, service_migrations: Path) -> list[str]:
     """The `migrate` entrypoint: applies what is pending over a connection of its own, without starting the service
-    (a Kubernetes Job or init container before a rollout, say)."""
+    (a Kubernetes Job or init container before a rollout, say), then grants the runtime role its rows."""
     await wait_for_database(settings)
     connection = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout_seconds)
     try:
@@ -130,9 +130,88 @@ async def migrate(settings: RuntimeSettings, service_migrations: Path) -> list[s
             service_migrations,
             lock_wait_seconds=settings.db_migration_lock_wait_seconds,
             statement_timeout_seconds=settings.db_migration_statement_timeout_seconds,
+            lock_timeout_seconds=settings.db_migration_lock_timeout_seconds,
+            runtime_role=settings.db_runtime_role,
         )
     finally:
         await connection.close()
+
+
+async def prepare_schema(pool: asyncpg.Pool, settings: RuntimeSettings, service_migrations: Path) -> None:
+    """At start, before SERVING: apply the pending migrations (COINSTREAM_DB_MIGRATE_ON_START, the default), or, where
+    a migration job owns the schema and this process's role cannot change it, wait until the job has applied every
+    migration this code knows (a newer schema is fine: migrations only expand what older code uses)."""
+    if settings.db_migrate_on_start:
+        await apply_migrations(
+            pool,
+            service_migrations,
+            lock_wait_seconds=settings.db_migration_lock_wait_seconds,
+            statement_timeout_seconds=settings.db_migration_statement_timeout_seconds,
+            lock_timeout_seconds=settings.db_migration_lock_timeout_seconds,
+        )
+    else:
+        await wait_for_schema(pool, service_migrations, settings.db_migration_lock_wait_seconds)
+
+
+class SchemaNotMigratedError(RuntimeError):
+    pass
+
+
+SCHEMA_POLL_SECONDS = 2.0
+
+
+async def pending_migrations(database: asyncpg.Pool | asyncpg.Connection, service_migrations: Path) -> list[str]:
+    """The migrations this code ships that schema_migrations does not record, in order (all of them on a database
+    never migrated)."""
+    names = [name for name, _ in migration_files(service_migrations)]
+    if await database.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        return names
+    applied = {r["name"] for r in await database.fetch("SELECT name FROM schema_migrations")}
+    return [name for name in names if name not in applied]
+
+
+async def wait_for_schema(pool: asyncpg.Pool, service_migrations: Path, wait_seconds: float) -> None:
+    started = time.monotonic()
+    logged_at: float | None = None
+    while True:
+        missing = await pending_migrations(pool, service_migrations)
+        if not missing:
+            return
+        now = time.monotonic()
+        if now - started > wait_seconds:
+            raise SchemaNotMigratedError(
+                f"{len(missing)} migration(s) not applied after {wait_seconds:g} s (first: {missing[0]}): run"
+                " `python -m services.<name> migrate` (the migration job) with the new release first"
+            )
+        if logged_at is None or now - logged_at >= 10:
+            log.warning("waiting_for_migrations", missing=missing[:5], count=len(missing))
+            logged_at = now
+        await asyncio.sleep(SCHEMA_POLL_SECONDS)
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def runtime_role_grants(role: str, database: str) -> list[str]:
+    """What the role a service runs as may do: connect and use rows, not change the schema. Run by the migration role
+    (the database's owner, so the owner of what the migrations make) after every migration, so tables made by earlier
+    releases get them too; the default privileges cover what this role makes later. The service must not change
+    the recorded schema version, and other roles (another service's) may not even connect."""
+    quoted = quote_identifier(role)
+    return [
+        f"REVOKE ALL ON DATABASE {quote_identifier(database)} FROM PUBLIC",
+        f"GRANT CONNECT ON DATABASE {quote_identifier(database)} TO {quoted}",
+        # PostgreSQL 15+ gives PUBLIC no CREATE on the public schema; older versions did (a warning only where the
+        # migration role does not own the schema).
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        f"GRANT USAGE ON SCHEMA public TO {quoted}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {quoted}",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {quoted}",
+        f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON schema_migrations FROM {quoted}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {quoted}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {quoted}",
+    ]
 
 
 async def apply_migrations(
@@ -141,10 +220,13 @@ async def apply_migrations(
     *,
     lock_wait_seconds: float = 600.0,
     statement_timeout_seconds: float = 3600.0,
+    lock_timeout_seconds: float = 0.0,
+    runtime_role: str = "",
 ) -> list[str]:
     """Applies the pending migrations, each in a transaction, under an advisory lock that replicas starting together
-    wait for (up to lock_wait_seconds). Timeouts of their own, not the pool's command timeout: a migration may
-    rightly take minutes, and so may waiting for another replica's."""
+    wait for (up to lock_wait_seconds); then, with a runtime_role, grants it its rows (runtime_role_grants). Timeouts
+    of their own, not the pool's command timeout: a migration may rightly take minutes, and so may waiting for
+    another replica's; lock_timeout_seconds bounds a statement's wait for a table lock (0: none of its own)."""
     if isinstance(database, asyncpg.Pool):
         async with database.acquire() as connection:
             return await apply_migrations(
@@ -152,6 +234,8 @@ async def apply_migrations(
                 service_migrations,
                 lock_wait_seconds=lock_wait_seconds,
                 statement_timeout_seconds=statement_timeout_seconds,
+                lock_timeout_seconds=lock_timeout_seconds,
+                runtime_role=runtime_role,
             )
     conn = database
     # Client-side bound just above the server's statement_timeout, which is the one that should fire.
@@ -172,10 +256,18 @@ async def apply_migrations(
             async with conn.transaction():
                 # SET LOCAL: ends with the transaction, so a pooled connection goes back as it came.
                 await conn.execute(f"SET LOCAL statement_timeout = {int(statement_timeout_seconds * 1000)}")
+                await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_seconds * 1000)}")
                 await conn.execute(path.read_text(), timeout=timeout)
                 await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
             applied_now.append(name)
             log.info("migration_applied", migration=name, seconds=round(time.monotonic() - started, 3))
+        if runtime_role:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_seconds * 1000)}")
+                current_database = await conn.fetchval("SELECT current_database()")
+                for grant in runtime_role_grants(runtime_role, current_database):
+                    await conn.execute(grant, timeout=timeout)
+            log.info("runtime_role_granted", role=runtime_role)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return applied_now

@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 from services.runtime import database, idempotency, messaging, tls
 from services.runtime.auth import TokenVerifier
 from services.runtime.batching import LoopLag
-from services.runtime.config import RuntimeSettings
+from services.runtime.config import RuntimeSettings, migration_only
 from services.runtime.faults import enable_fault_points
 from services.runtime.interceptors import ServiceInterceptor
 from services.runtime.logging import configure_logging
@@ -187,12 +187,7 @@ class ServiceRuntime:
             assert self._migrations is not None
             await database.open_pool(self.pool, self.settings)
             self._pool_opened = True
-            await database.apply_migrations(
-                self.pool,
-                self._migrations,
-                lock_wait_seconds=self.settings.db_migration_lock_wait_seconds,
-                statement_timeout_seconds=self.settings.db_migration_statement_timeout_seconds,
-            )
+            await database.prepare_schema(self.pool, self.settings, self._migrations)
         if self.nats is not None:
             await messaging.connect(
                 self.nats,
@@ -313,7 +308,11 @@ def main(serve: Callable[[], Awaitable[None]], settings: Callable[[], RuntimeSet
         return
     if arguments != ["migrate"]:
         sys.exit(f"usage: python -m {sys.modules['__main__'].__spec__.name} [migrate]")  # type: ignore[union-attr]
-    configured = settings()
+    try:
+        with migration_only():  # production checks the database connection only: a migration serves nothing
+            configured = settings()
+    except pydantic.ValidationError as refused:
+        sys.exit(f"{refused}")
     configure_logging(configured.service_name, configured.log_level, configured.log_format)
     applied = uvloop.run(database.migrate(configured, migrations))
     log.info("migrate_done", applied=applied)

@@ -12,7 +12,7 @@ import pytest
 
 from services.gifts.config import GiftsSettings
 from services.payouts.config import PayoutsSettings
-from services.runtime.config import RuntimeSettings
+from services.runtime.config import RuntimeSettings, migration_only
 from services.wallet.config import WalletSettings
 from tests.stack import REPO_ROOT
 
@@ -110,3 +110,30 @@ def test_a_refused_service_exits_naming_the_settings_without_a_traceback_or_a_se
     assert "COINSTREAM_AUTH_SECRET is shorter than 32 bytes" in finished.stderr
     assert "COINSTREAM_PAYMENT_PROVIDER is the sandbox" in finished.stderr
     assert "Traceback" not in finished.stderr and "tiny-secret" not in finished.stderr
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_a_production_migration_needs_only_a_verified_database_connection(
+    settings: type[RuntimeSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`migrate` (the migration Job) is given its database URL and nothing to serve with: no certificates, NATS
+    login or token. Production still refuses it a database connection that does not verify the server."""
+    monkeypatch.setenv("COINSTREAM_ENVIRONMENT", "production")
+    with migration_only():
+        message = refusal(settings)
+        assert "sslmode=verify-full" in message
+        assert "TLS_CERT_FILE" not in message and "AUTH_SECRET" not in message and "NATS" not in message
+        for name in ("WALLET", "GIFTS", "PAYOUTS"):
+            monkeypatch.setenv(f"COINSTREAM_{name}_DATABASE_URL", VERIFIED_DSN.format(f"coinstream_{name.lower()}"))
+        monkeypatch.setenv("COINSTREAM_AUTH_ALGORITHM", "RS256")  # gifts would otherwise want a wallet token
+        assert settings().environment == "production"
+    assert "TLS_CERT_FILE" in refusal(settings)  # serving still needs everything
+
+
+def test_the_runtime_role_setting_takes_a_plain_role_name_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COINSTREAM_DB_RUNTIME_ROLE", "coinstream_wallet")
+    assert WalletSettings().db_runtime_role == "coinstream_wallet"
+    for unsafe in ('x"; DROP TABLE postings; --', "Wallet", "a b", "x" * 64):
+        monkeypatch.setenv("COINSTREAM_DB_RUNTIME_ROLE", unsafe)
+        with pytest.raises(pydantic.ValidationError):
+            WalletSettings()

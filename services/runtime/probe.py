@@ -1,6 +1,6 @@
 """gRPC health probe shared by `make run`, `coinstream health` and the container healthchecks.
 
-Usage: python -m devstack.probe HOST:PORT [SERVICE]   — exits 0 when the server reports SERVING, else 1.
+Usage: python -m services.runtime.probe HOST:PORT [SERVICE]   — exits 0 when the server reports SERVING, else 1.
 Container images ship no grpc_health_probe binary, so compose healthchecks call this module instead."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def health_status(address: str, service: str = "", timeout_seconds: float = 2.0)
 
 def main(argv: list[str]) -> int:
     if not 1 <= len(argv) <= 2:
-        print("usage: python -m devstack.probe HOST:PORT [SERVICE]", file=sys.stderr)
+        print("usage: python -m services.runtime.probe HOST:PORT [SERVICE]", file=sys.stderr)
         return 2
     status = health_status(argv[0], argv[1] if len(argv) == 2 else "")
     print(status)
