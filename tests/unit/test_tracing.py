@@ -77,7 +77,7 @@ def test_a_server_span_continues_the_callers_trace_and_names_the_call(spans: InM
     assert span.parent is not None and trace.format_span_id(span.parent.span_id) == "b7ad6b7169203331"
     assert trace.format_trace_id(span.context.trace_id) == logged["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
     assert span.attributes is not None
-    assert (span.attributes["rpc.method"], span.attributes["coinstream.request_id"]) == ("SendGift", "req-1")
+    assert (span.attributes["rpc.system"], span.attributes["coinstream.request_id"]) == ("grpc", "req-1")
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
     assert not span.status.is_ok
     assert trace.get_current_span() is trace.INVALID_SPAN  # detached again
