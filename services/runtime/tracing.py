@@ -216,11 +216,8 @@ class OutboxMessage(Protocol):
 
 class Publishing:
     """One relay batch's spans: the batch, and a PRODUCER span per event, the child of the context its outbox row
-    stored. Off, it only passes a stored traceparent on, so a trace survives a relay that does not trace."""
-
-    def __init__(self, events: Sequence[OutboxMessage]) -> None:
-        self._events = events
-        self._spans: list[trace.Span] = []
+    stored. Off (this class itself), it only passes a stored traceparent on, so that a trace survives a relay that
+    does not trace."""
 
     def headers(self, event: OutboxMessage) -> Mapping[str, str]:
         """The trace context to send in the event's NATS headers."""
@@ -232,7 +229,6 @@ class Publishing:
 
 class _TracedPublishing(Publishing):
     def __init__(self, tracer: trace.Tracer, events: Sequence[OutboxMessage]) -> None:
-        super().__init__(events)
         parents = [_parent_of(event.traceparent) for event in events]
         self._batch = tracer.start_span(
             "outbox relay",
@@ -242,6 +238,7 @@ class _TracedPublishing(Publishing):
         )
         batch_link = [Link(self._batch.get_span_context())]
         self._carriers: dict[str, dict[str, str]] = {}
+        self._spans: list[trace.Span] = []
         for event, parent in zip(events, parents, strict=True):
             attributes = _message_attributes(event.subject, event.msg_id)
             span = tracer.start_span(f"publish {event.subject}", parent, SpanKind.PRODUCER, attributes, batch_link)
@@ -264,7 +261,7 @@ class _TracedPublishing(Publishing):
 
 def publishing(events: Sequence[OutboxMessage]) -> Publishing:
     if _tracer is None:
-        return Publishing(events)
+        return Publishing()
     return _TracedPublishing(_tracer, events)
 
 
