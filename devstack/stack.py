@@ -32,10 +32,23 @@ class ServiceProcess:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    # Its Prometheus /metrics port (0: none).
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def metrics_env(self) -> dict[str, str]:
+        """The setting that opens its metrics port (given to this process only: another process of the service,
+        started with service_env(), must not try to take the same port)."""
+        if not self.metrics_port:
+            return {}
+        return {f"COINSTREAM_{self.name.upper()}_METRICS_PORT": str(self.metrics_port)}
 
 
 @dataclass
@@ -54,6 +67,8 @@ class Stack:
     # and their NATS connections get the settings of tls.service_env(); PostgreSQL and NATS, made with the same
     # StackTls (new_stack does that), require TLS; the stack's own clients present its client certificate.
     tls: StackTls | None = None
+    # Every service process gets a /metrics port of its own (free, on loopback).
+    metrics: bool = False
 
     def address(self, service: str) -> str:
         return self.services[service].address
@@ -87,6 +102,7 @@ class Stack:
     def start_service(self, service: str, extra_env: dict[str, str] | None = None, wait: bool = True) -> None:
         proc = self.services[service]
         env = self.service_env(service)
+        env.update(proc.metrics_env())
         env.update(extra_env or {})
         proc.process = self._spawn(service, env, proc.log_path)
         if wait:
@@ -96,9 +112,13 @@ class Stack:
         """Another process of the service on a port of its own, sharing the database and NATS (as replicas do);
         the caller stops it (stop_process)."""
         port = free_port()
-        replica = ServiceProcess(service, port, self.root / f"{service}-replica-{port}.log")
+        replica = ServiceProcess(
+            service, port, self.root / f"{service}-replica-{port}.log", metrics_port=free_port() if self.metrics else 0
+        )
         env = self.service_env(service)
-        env.update({f"COINSTREAM_{service.upper()}_PORT": str(replica.port), **(extra_env or {})})
+        env.update(
+            {f"COINSTREAM_{service.upper()}_PORT": str(replica.port), **replica.metrics_env(), **(extra_env or {})}
+        )
         replica.process = self._spawn(service, env, replica.log_path)
         wait_until_serving(replica, self.tls)
         return replica
@@ -161,7 +181,9 @@ class Stack:
         self.nats.start()
         for service in ALL_SERVICES:
             self.postgres.create_database(f"coinstream_{service}")
-            self.services[service] = ServiceProcess(service, free_port(), self.root / f"{service}.log")
+            self.services[service] = ServiceProcess(
+                service, free_port(), self.root / f"{service}.log", metrics_port=free_port() if self.metrics else 0
+            )
 
     def start_services(self) -> None:
         # All start at once (gifts waits for nothing from the wallet to come up), then each must report SERVING.

@@ -47,6 +47,8 @@ SUITE_SETTINGS = {
     "COINSTREAM_WALLET_RECOVERY_AGE_SECONDS": "1",
     "COINSTREAM_PAYOUTS_WORKER_INTERVAL_SECONDS": "0.2",
     "COINSTREAM_PAYOUTS_SANDBOX_SETTLE_SECONDS": "0.5",
+    # The gauges read from the database and JetStream, fresh within a second of a change.
+    "COINSTREAM_METRICS_POLL_INTERVAL_SECONDS": "1",
     # Three services, PostgreSQL and NATS share two cores with pytest: a call may wait for CPU far longer than in
     # production. Overload shedding is a property of its own (tests/unit/test_batching.py, make bench), not a
     # random outcome of every functional test.
@@ -100,4 +102,6 @@ def build_stack(root: Path) -> Stack:
         nats=NatsServer(root / "nats" / "data", free_port()),
         base_env=dict(SUITE_SETTINGS),
         service_names=SERVICES,
+        # Scraped by tests/integration/test_observability.py: the dashboards and alerts name only what is exported.
+        metrics=True,
     )

@@ -8,12 +8,12 @@ from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
 from services.gifts.config import GiftsSettings
 from services.gifts.feed import GiftFeed
-from services.gifts.relay import OutboxRelay
+from services.gifts.relay import OutboxRelay, measure_backlog
 from services.gifts.service import GiftService
 from services.gifts.servicer import GiftServicer
 from services.gifts.wallet_client import WalletClient, wallet_tls
 from services.gifts.wallet_credential import ServiceToken
-from services.runtime import messaging
+from services.runtime import messaging, polling
 from services.runtime.recovery import repeat_forever
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
@@ -64,6 +64,9 @@ async def main() -> None:
     )
     runtime.add_worker("outbox_relay", relay.run_forever)
     runtime.add_worker("gift_feed_connection", feed.watch_connection)
+    if settings.metrics_port:
+        probes = {"outbox": lambda: measure_backlog(pool)}
+        runtime.add_worker("metrics", lambda: polling.poll_forever(settings.metrics_poll_interval_seconds, probes))
     try:
         await runtime.run()
     finally:

@@ -7,7 +7,10 @@ window, and consumers dedup by that id beyond it.
 
 One relay at a time publishes (a transaction-level advisory lock; the other replicas' relays stand by), so events
 leave in outbox order even with several replicas: the live gift feed relies on a stream's StreamEnded coming after
-its gifts."""
+its gifts.
+
+Traces: each event's publish span continues the trace its outbox row stored (the call that sent the gift), and its
+context goes out in the message's `traceparent` header for settlement (services/runtime/tracing.py)."""
 
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ import nats.errors
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from prometheus_client import Counter, Gauge
 
 from services.gifts import store
 from services.gifts.feed import STREAM_ENDED_SUBJECT
+from services.runtime import tracing
 from services.runtime.faults import crash_point
 
 log = structlog.get_logger()
@@ -30,6 +35,12 @@ BATCH_SIZE = 200
 PUBLISH_TIMEOUT_SECONDS = 5.0
 # After a NATS failure, wait at least this long before trying again, however often new gifts wake the relay.
 FAILURE_BACKOFF_SECONDS = 2.0
+
+PUBLISHED = Counter("coinstream_outbox_published_total", "Outbox events JetStream acknowledged")
+# Polled (measure_backlog): events waiting in the outbox, and how long the oldest has waited. Every replica reports
+# the same table: aggregate with max().
+BACKLOG = Gauge("coinstream_outbox_backlog", "Events in the outbox not yet published")
+OLDEST_AGE = Gauge("coinstream_outbox_oldest_event_age_seconds", "Age of the oldest unpublished outbox event")
 
 
 class OutboxRelay:
@@ -63,25 +74,30 @@ class OutboxRelay:
             if not await store.try_lock_relay(conn):
                 return 0, False  # another replica is relaying; it also picks up our events on its next round
             events = await store.lock_outbox_batch(conn, BATCH_SIZE)
-            acknowledged = await self._publish_in_order(events)
+            if not events:
+                return 0, False
+            traced = tracing.publishing(events)
+            acknowledged = await self._publish_in_order(events, traced)
+            traced.finish(acknowledged)
+            PUBLISHED.inc(acknowledged)
             if acknowledged:
                 crash_point("gifts.after_events_published")
                 await store.delete_outbox_events(conn, [event.outbox_id for event in events[:acknowledged]])
         return acknowledged, acknowledged < len(events)
 
-    async def _publish_in_order(self, events: list[store.OutboxEvent]) -> int:
+    async def _publish_in_order(self, events: list[store.OutboxEvent], traced: tracing.Publishing) -> int:
         """Runs of gift events go out with every acknowledgement in flight; a StreamEnded waits until everything
         before it is acknowledged and goes alone. A failure inside a run may let later gifts of the run be stored
         before a republished earlier one, but never a stream's end before its gifts (live feeds end with it)."""
         acknowledged = 0
         for run in runs_ending_at_stream_ends(events):
-            done = await self._publish(run)
+            done = await self._publish(run, traced)
             acknowledged += done
             if done < len(run):
                 break
         return acknowledged
 
-    async def _publish(self, events: list[store.OutboxEvent]) -> int:
+    async def _publish(self, events: list[store.OutboxEvent], traced: tracing.Publishing) -> int:
         """Sends every event before awaiting any acknowledgement (one connection keeps them in order); returns how
         many leading events JetStream acknowledged. From the first failure on, the rows stay and go out again on a
         later round (a repeat of one that was stored after all is dropped by its Nats-Msg-Id)."""
@@ -92,7 +108,7 @@ class OutboxRelay:
                     await self._js.publish_async(
                         event.subject,
                         event.payload,
-                        headers={"Nats-Msg-Id": event.msg_id},
+                        headers={"Nats-Msg-Id": event.msg_id, **traced.headers(event)},
                         wait_stall=PUBLISH_TIMEOUT_SECONDS,
                     )
                 )
@@ -125,3 +141,10 @@ def runs_ending_at_stream_ends(events: list[store.OutboxEvent]) -> list[list[sto
         else:
             runs[-1].append(event)
     return [run for run in runs if run]
+
+
+async def measure_backlog(pool: asyncpg.Pool) -> None:
+    """Sets the outbox gauges (a probe of the metrics poller)."""
+    backlog = await store.outbox_backlog(pool)
+    BACKLOG.set(backlog.events)
+    OLDEST_AGE.set(backlog.oldest_age_seconds)

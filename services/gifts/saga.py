@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import asyncpg
@@ -27,7 +27,7 @@ from coinstream.gifts.v1 import gifts_pb2
 
 from services.gifts import domain, store
 from services.gifts.wallet_client import Spend, SpendAsk, WalletClient
-from services.runtime import idempotency
+from services.runtime import idempotency, tracing
 from services.runtime.batching import BatchPolicy, MicroBatcher, in_request_id_rounds
 from services.runtime.errors import AppError, failed_precondition, request_id_reused, unavailable
 from services.runtime.faults import crash_point
@@ -57,9 +57,20 @@ class GiftSaga:
         self._batcher: MicroBatcher[gifts_pb2.SendGiftRequest, gifts_pb2.SendGiftResponse] = MicroBatcher(
             "send_gift", self._send_batch, policy
         )
+        # Tracing on only: the traceparent of each SendGift call waiting for its batch, by request_id, so that its
+        # gift's outbox row carries the call's trace on to the relay and settlement (one trace per gift).
+        self._trace_parents: dict[str, str] = {}
 
     async def send(self, request: gifts_pb2.SendGiftRequest) -> gifts_pb2.SendGiftResponse:
-        return await self._batcher.submit(request)
+        traceparent = tracing.current_traceparent()
+        if traceparent is None:
+            return await self._batcher.submit(request)
+        self._trace_parents[request.request_id] = traceparent
+        try:
+            return await self._batcher.submit(request)
+        finally:
+            if self._trace_parents.get(request.request_id) == traceparent:
+                del self._trace_parents[request.request_id]
 
     async def _send_batch(self, requests: list[gifts_pb2.SendGiftRequest]) -> list[Outcome]:
         return await in_request_id_rounds(requests, self._send_unique)
@@ -153,7 +164,7 @@ class GiftSaga:
             decided = [(gift, payment) for gift, payment in decided if gift.gift_transaction_id in still_pending]
             paid = [(gift, payment) for gift, payment in decided if isinstance(payment, Spend)]
             refused = [(gift, payment) for gift, payment in decided if isinstance(payment, AppError)]
-            settled = await _complete_paid_gifts(conn, paid, refused)
+            settled = await _complete_paid_gifts(conn, paid, refused, self._trace_parents)
         if paid:
             self._on_event_queued()
         return outcomes | settled
@@ -265,6 +276,7 @@ async def _complete_paid_gifts(
     conn: asyncpg.Connection,
     paid: list[tuple[store.GiftRow, Spend]],
     refused: list[tuple[store.GiftRow, AppError]],
+    trace_parents: Mapping[str, str],
 ) -> dict[str, Outcome]:
     """Completes the paid gifts and fails the refused ones (all locked pending by the caller). Locks in one order
     in every batch (gifts and streams, combos, leaderboards, stream counters), so completions never deadlock; each
@@ -293,14 +305,17 @@ async def _complete_paid_gifts(
         [_stored_outcome(request_id, outcome) for request_id, outcome in outcomes.items()],
     )
     if gifts:
-        await _count_gifts(conn, gifts, sent_at)
+        await _count_gifts(conn, gifts, sent_at, trace_parents)
     return outcomes
 
 
-async def _count_gifts(conn: asyncpg.Connection, gifts: list[store.GiftRow], sent_at: datetime) -> None:
+async def _count_gifts(
+    conn: asyncpg.Connection, gifts: list[store.GiftRow], sent_at: datetime, trace_parents: Mapping[str, str]
+) -> None:
     """The counters completed gifts feed (leaderboards, stream summaries) and their GiftSent events. The outbox rows
     come after the stream totals: their ids are taken under those rows' locks, so one stream's events are
-    numbered — and published by the relay — in the order their gifts commit, which is the order live feeds show."""
+    numbered — and published by the relay — in the order their gifts commit, which is the order live feeds show.
+    Each row keeps the trace of the call that sent its gift (none for a gift the recovery pass finished)."""
     counted = [domain.CountedGift(g.stream_id, g.recipient_id, g.sender_id, g.coins) for g in gifts]
     await store.add_to_gifter_totals(conn, domain.leaderboard_increments(counted, sent_at))
     await store.add_to_stream_counters(
@@ -314,6 +329,7 @@ async def _count_gifts(conn: asyncpg.Connection, gifts: list[store.GiftRow], sen
                 GIFT_SENT_SUBJECT,
                 gift_sent_event(gift, sent_at).SerializeToString(),
                 gift.gift_transaction_id,
+                trace_parents.get(gift.request_id),
             )
             for gift in gifts
         ],

@@ -17,7 +17,7 @@ from services.gifts import domain, store
 from services.gifts.feed import STREAM_ENDED_SUBJECT, GiftFeed
 from services.gifts.saga import GiftSaga, new_id
 from services.gifts.wallet_client import WalletClient
-from services.runtime import idempotency
+from services.runtime import idempotency, tracing
 from services.runtime.batching import BatchPolicy
 
 log = structlog.get_logger()
@@ -96,7 +96,11 @@ class GiftService:
                 # In the same transaction and outbox as the stream's gifts: published after every one of them.
                 event = stream_ended_event(stream, ended_at)
                 await store.insert_outbox_event(
-                    conn, f"stream_ended:{stream.stream_id}", STREAM_ENDED_SUBJECT, event.SerializeToString()
+                    conn,
+                    f"stream_ended:{stream.stream_id}",
+                    STREAM_ENDED_SUBJECT,
+                    event.SerializeToString(),
+                    tracing.current_traceparent(),
                 )
             return gifts_pb2.EndLiveStreamResponse(stream=stream_message(stream))
 

@@ -409,10 +409,10 @@ async def top_gifters_to_creator(
 
 
 async def insert_outbox_event(
-    conn: asyncpg.Connection, msg_id: str, subject: str, payload: bytes, gift_transaction_id: str | None = None
+    conn: asyncpg.Connection, msg_id: str, subject: str, payload: bytes, traceparent: str | None = None
 ) -> None:
     """Queues an event; msg_id becomes its Nats-Msg-Id (JetStream drops a repeat within its duplicate window)."""
-    await insert_outbox_events(conn, [OutboxRow(msg_id, subject, payload, gift_transaction_id)])
+    await insert_outbox_events(conn, [OutboxRow(msg_id, subject, payload, traceparent=traceparent)])
 
 
 @dataclass(frozen=True)
@@ -421,20 +421,23 @@ class OutboxRow:
     subject: str
     payload: bytes
     gift_transaction_id: str | None = None
+    # The trace the relay continues when it publishes the event (None: tracing was off).
+    traceparent: str | None = None
 
 
 async def insert_outbox_events(conn: asyncpg.Connection, events: list[OutboxRow]) -> None:
     """Queues events in the order given (their outbox ids, hence the publishing order, follow it)."""
     await conn.execute(
-        "INSERT INTO gift_outbox (msg_id, gift_transaction_id, subject, payload)"
-        " SELECT msg_id, gift_transaction_id, subject, payload"
-        " FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY"
-        "  AS e (msg_id, gift_transaction_id, subject, payload, position)"
+        "INSERT INTO gift_outbox (msg_id, gift_transaction_id, subject, payload, traceparent)"
+        " SELECT msg_id, gift_transaction_id, subject, payload, traceparent"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) WITH ORDINALITY"
+        "  AS e (msg_id, gift_transaction_id, subject, payload, traceparent, position)"
         " ORDER BY position",
         [event.msg_id for event in events],
         [event.gift_transaction_id for event in events],
         [event.subject for event in events],
         [event.payload for event in events],
+        [event.traceparent for event in events],
     )
 
 
@@ -453,16 +456,36 @@ class OutboxEvent:
     msg_id: str
     subject: str
     payload: bytes
+    traceparent: str | None = None
 
 
 async def lock_outbox_batch(conn: asyncpg.Connection, limit: int) -> list[OutboxEvent]:
     """The oldest unpublished events that no other relay holds (SKIP LOCKED lets replicas share the work)."""
     rows = await conn.fetch(
-        "SELECT outbox_id, msg_id, subject, payload FROM gift_outbox"
+        "SELECT outbox_id, msg_id, subject, payload, traceparent FROM gift_outbox"
         " ORDER BY outbox_id LIMIT $1 FOR UPDATE SKIP LOCKED",
         limit,
     )
-    return [OutboxEvent(row["outbox_id"], row["msg_id"], row["subject"], bytes(row["payload"])) for row in rows]
+    return [
+        OutboxEvent(row["outbox_id"], row["msg_id"], row["subject"], bytes(row["payload"]), row["traceparent"])
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True)
+class OutboxBacklog:
+    events: int
+    oldest_age_seconds: float  # 0 when empty
+
+
+async def outbox_backlog(pool: asyncpg.Pool) -> OutboxBacklog:
+    """Events not yet published, and how long the oldest has waited (for the metrics; the outbox stays small
+    while the relay keeps up, so the count is cheap)."""
+    row = await pool.fetchrow(
+        "SELECT count(*) AS events, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest FROM gift_outbox"
+    )
+    assert row is not None
+    return OutboxBacklog(row["events"], float(row["oldest"]))
 
 
 async def delete_outbox_events(conn: asyncpg.Connection, outbox_ids: list[int]) -> None:

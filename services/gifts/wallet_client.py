@@ -13,7 +13,7 @@ from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from services.gifts import domain
 from services.gifts.config import GiftsSettings
 from services.gifts.wallet_credential import ServiceToken
-from services.runtime import tls
+from services.runtime import tls, tracing
 from services.runtime.errors import AppError, unavailable
 
 log = structlog.get_logger()
@@ -26,6 +26,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 5000),
     ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
 ]
+
+# The calls' full names, as their client spans are named (the server spans have the same names).
+GET_ACCOUNT = "/coinstream.wallet.v1.WalletService/GetAccount"
+SPEND_COINS_BATCH = "/coinstream.wallet.v1.WalletService/SpendCoinsBatch"
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,12 @@ class WalletClient:
     async def get_account(self, account_id: str) -> domain.WalletAccount | None:
         """None when the wallet has no such account; UNAVAILABLE when it cannot tell."""
         try:
-            response = await self._stub.GetAccount(
-                wallet_pb2.GetAccountRequest(account_id=account_id),
-                metadata=self._metadata(),
-                timeout=self._timeout_seconds,
-            )
+            with tracing.client_call(GET_ACCOUNT) as trace_metadata:
+                response = await self._stub.GetAccount(
+                    wallet_pb2.GetAccountRequest(account_id=account_id),
+                    metadata=self._metadata() + trace_metadata,
+                    timeout=self._timeout_seconds,
+                )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -118,9 +123,10 @@ class WalletClient:
             ]
         )
         try:
-            response = await self._stub.SpendCoinsBatch(
-                request, metadata=self._metadata(), timeout=self._timeout_seconds
-            )
+            with tracing.client_call(SPEND_COINS_BATCH) as trace_metadata:
+                response = await self._stub.SpendCoinsBatch(
+                    request, metadata=self._metadata() + trace_metadata, timeout=self._timeout_seconds
+                )
         except grpc.aio.AioRpcError as error:
             raise _wallet_unavailable("SpendCoinsBatch", error) from None
         assert len(response.outcomes) == len(asks), f"{len(response.outcomes)} outcomes for {len(asks)} spends"

@@ -7,18 +7,21 @@ from pathlib import Path
 from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
 
 from services.payouts.config import PayoutsSettings
+from services.payouts.dead_letters import measure_dead_letters
 from services.payouts.domain import WithdrawalPolicy
 from services.payouts.maturity import MaturityWorker
 from services.payouts.payout_provider import SandboxPayoutProvider
-from services.payouts.payout_worker import PayoutWorker
+from services.payouts.payout_worker import PayoutWorker, measure_withdrawals
 from services.payouts.service import PayoutsService
 from services.payouts.servicer import PayoutsServicer
 from services.payouts.settlement import (
     Settlement,
     SettlementConsumer,
     declare_settlement_consumer,
+    measure_consumer,
 )
 from services.reconcile.periodic import reconcile_forever
+from services.runtime import polling
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 
@@ -86,6 +89,13 @@ async def main() -> None:
     runtime.add_worker("maturity", maturity.run_forever)
     if settings.payouts_reconcile_interval_seconds > 0:
         runtime.add_worker("reconcile", lambda: reconcile_forever(settings.payouts_reconcile_interval_seconds))
+    if settings.metrics_port:
+        probes = {
+            "settlement_consumer": lambda: measure_consumer(js),
+            "dead_letters": lambda: measure_dead_letters(js),
+            "withdrawals": lambda: measure_withdrawals(pool),
+        }
+        runtime.add_worker("metrics", lambda: polling.poll_forever(settings.metrics_poll_interval_seconds, probes))
     await runtime.run()
 
 

@@ -20,9 +20,10 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.runtime.messaging import DEAD_LETTERS_STREAM, GIFT_SENT_DEAD_LETTER_SUBJECT
+from services.runtime.tracing import TRACEPARENT
 
 REASON_HEADER = "Coinstream-Dead-Letter-Reason"
 ORIGINAL_SUBJECT_HEADER = "Coinstream-Original-Subject"
@@ -35,6 +36,8 @@ MAX_REASON_LENGTH = 1000
 MAX_LISTED = 1000
 
 DEAD_LETTERED = Counter("coinstream_payouts_dead_letters_total", "GiftSent events moved to the dead-letter stream")
+# Polled (measure_dead_letters): what waits in DEAD_LETTERS now — gifts whose diamonds nobody has credited.
+WAITING = Gauge("coinstream_payouts_dead_letters_waiting", "Dead letters in DEAD_LETTERS waiting for a replay")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,10 @@ async def dead_letter(js: JetStreamContext, message: Msg, reason: str) -> None:
         ORIGINAL_MSG_ID_HEADER: (message.headers or {}).get("Nats-Msg-Id", ""),
         DELIVERIES_HEADER: str(metadata.num_delivered),
     }
+    # The gift's trace goes with it, so a replay continues it.
+    traceparent = (message.headers or {}).get(TRACEPARENT)
+    if traceparent:
+        headers[TRACEPARENT] = traceparent
     await js.publish(GIFT_SENT_DEAD_LETTER_SUBJECT, message.data, stream=DEAD_LETTERS_STREAM, headers=headers)
     DEAD_LETTERED.inc()
 
@@ -92,7 +99,11 @@ async def replay(js: JetStreamContext, sequence: int) -> DeadLetter:
     stored = await js.get_msg(DEAD_LETTERS_STREAM, seq=sequence)
     letter = _read(sequence, stored.headers or {}, stored.data or b"", stored.time)
     # A new Nats-Msg-Id: the original one may still be inside the duplicate window, which would swallow the replay.
-    await js.publish(letter.original_subject, letter.payload, headers={"Nats-Msg-Id": f"replay:{sequence}"})
+    headers = {"Nats-Msg-Id": f"replay:{sequence}"}
+    traceparent = (stored.headers or {}).get(TRACEPARENT)
+    if traceparent:
+        headers[TRACEPARENT] = traceparent
+    await js.publish(letter.original_subject, letter.payload, headers=headers)
     await js.delete_msg(DEAD_LETTERS_STREAM, sequence)
     return letter
 
@@ -113,3 +124,13 @@ def _read(sequence: int, headers: dict[str, str], payload: bytes, stored_at: dat
         gift_transaction_id=gift_transaction_id,
         payload=payload,
     )
+
+
+async def measure_dead_letters(js: JetStreamContext) -> None:
+    """Sets the dead-letter gauge from the stream's state (a probe of the metrics poller)."""
+    try:
+        info = await js.stream_info(DEAD_LETTERS_STREAM)
+    except NotFoundError:  # payouts has not created it yet: nothing dead-lettered
+        WAITING.set(0)
+        return
+    WAITING.set(info.state.messages)

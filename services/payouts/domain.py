@@ -14,7 +14,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 
@@ -93,6 +93,8 @@ class GiftToSettle:
     coins: int
     paid_coins: int = 0
     bonus_coins: int = 0
+    # When gifts recorded the gift as sent (Unix seconds; 0 when unknown): for the settlement lag metric only.
+    sent_at_seconds: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)

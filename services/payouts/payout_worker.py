@@ -11,7 +11,7 @@ import asyncio
 
 import asyncpg
 import structlog
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.payouts import domain, store
 from services.payouts.ids import new_id
@@ -19,6 +19,12 @@ from services.payouts.payout_provider import PayoutProvider, PayoutResult, Payou
 from services.runtime.faults import crash_point
 
 WITHDRAWALS_FINISHED = Counter("coinstream_payouts_withdrawals_finished_total", "Withdrawals finished", ["status"])
+# Polled (measure_withdrawals): pending withdrawals by stage — waiting for this worker (queued) or for the payout
+# provider (with_provider) — and the age of the oldest. Finished ones are counted as they finish (above).
+PENDING_WITHDRAWALS = Gauge("coinstream_payouts_withdrawals_pending", "Pending withdrawals", ["stage"])
+OLDEST_PENDING_WITHDRAWAL = Gauge(
+    "coinstream_payouts_withdrawals_pending_oldest_age_seconds", "Age of the oldest pending withdrawal"
+)
 
 log = structlog.get_logger()
 
@@ -132,3 +138,11 @@ async def _finish(
     assert finished, f"withdrawal {withdrawal.withdrawal_id} was not pending"
     WITHDRAWALS_FINISHED.labels(status.value).inc()
     log.info("withdrawal_finished", withdrawal_id=withdrawal.withdrawal_id, status=status.value, reason=failure_reason)
+
+
+async def measure_withdrawals(pool: asyncpg.Pool) -> None:
+    """Sets the pending-withdrawal gauges (a probe of the metrics poller)."""
+    pending = await store.pending_withdrawals(pool)
+    PENDING_WITHDRAWALS.labels("queued").set(pending.queued)
+    PENDING_WITHDRAWALS.labels("with_provider").set(pending.with_provider)
+    OLDEST_PENDING_WITHDRAWAL.set(pending.oldest_age_seconds)

@@ -9,6 +9,7 @@ goes to the dead-letter stream (services/payouts/dead_letters.py) instead of bei
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 
 import asyncpg
@@ -18,11 +19,11 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.payouts import dead_letters, domain, store
 from services.payouts.ids import new_id
-from services.runtime import limits
+from services.runtime import limits, tracing
 from services.runtime.errors import AppError
 from services.runtime.faults import crash_point
 from services.runtime.messaging import (
@@ -57,6 +58,24 @@ REJECTED_EVENTS = Counter(
     "coinstream_payouts_rejected_events_total", "GiftSent messages that could not be read (dead-lettered)"
 )
 DIAMONDS_CREDITED = Counter("coinstream_payouts_diamonds_credited_total", "Diamonds credited to creators")
+# From the moment gifts recorded a gift as sent (GiftSent.sent_at) to the commit that credited it here: how long a
+# creator waits to see a gift's diamonds. Across two hosts' clocks, so a skew between them shifts it.
+SETTLEMENT_LAG = Histogram(
+    "coinstream_settlement_lag_seconds",
+    "GiftSent recorded to diamonds credited",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+# Polled from JetStream (measure_consumer): the durable consumer every payouts replica shares, so every replica
+# reports the same values (aggregate with max()).
+CONSUMER_PENDING = Gauge(
+    "coinstream_consumer_pending_messages", "Messages in the stream not yet delivered to the consumer", ["consumer"]
+)
+CONSUMER_ACK_PENDING = Gauge(
+    "coinstream_consumer_ack_pending_messages", "Messages delivered and not yet acknowledged", ["consumer"]
+)
+CONSUMER_REDELIVERED = Gauge(
+    "coinstream_consumer_redelivered_messages", "Messages delivered more than once, not yet acknowledged", ["consumer"]
+)
 
 log = structlog.get_logger()
 
@@ -96,6 +115,7 @@ def decode_gift_sent(data: bytes) -> domain.GiftToSettle:
         event.coins,
         paid_coins=event.paid_coins,
         bonus_coins=event.bonus_coins,
+        sent_at_seconds=event.sent_at.seconds + event.sent_at.nanos / 1e9,
     )
 
 
@@ -118,6 +138,7 @@ class Settlement:
             assert rate is not None, "a rate version is recorded before settlement starts"
             credits = await self._credit(conn, rate, [by_id[gift_id] for gift_id in sorted(new_ids)])
             await self._record(conn, rate, credits)
+        _observe_lag([by_id[gift_id] for gift_id in new_ids])
         return len(credits)
 
     @staticmethod
@@ -200,6 +221,11 @@ class SettlementConsumer:
             return []
 
     async def _handle(self, messages: list[Msg]) -> None:
+        # Tracing on: a span for the batch's credit, linked to every gift's trace, and one per message in its trace.
+        with tracing.consuming("settlement credit", GIFT_SENT_SUBJECT, [message.headers for message in messages]):
+            await self._settle_messages(messages)
+
+    async def _settle_messages(self, messages: list[Msg]) -> None:
         readable: list[Msg] = []
         gifts: list[domain.GiftToSettle] = []
         not_copied: list[Msg] = []
@@ -285,6 +311,21 @@ class SettlementConsumer:
         crash_point("payouts.after_dead_letter_copied")
         await _quietly(message.term())
         return True
+
+
+def _observe_lag(gifts: list[domain.GiftToSettle]) -> None:
+    now = time.time()
+    for gift in gifts:
+        if gift.sent_at_seconds:
+            SETTLEMENT_LAG.observe(max(0.0, now - gift.sent_at_seconds))
+
+
+async def measure_consumer(js: JetStreamContext) -> None:
+    """Sets the settlement consumer's gauges from JetStream (a probe of the metrics poller)."""
+    info = await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
+    CONSUMER_PENDING.labels(SETTLEMENT_CONSUMER).set(info.num_pending or 0)
+    CONSUMER_ACK_PENDING.labels(SETTLEMENT_CONSUMER).set(info.num_ack_pending or 0)
+    CONSUMER_REDELIVERED.labels(SETTLEMENT_CONSUMER).set(info.num_redelivered or 0)
 
 
 def could_be_the_events(error: Exception) -> bool:

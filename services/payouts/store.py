@@ -379,6 +379,26 @@ async def diamonds_withdrawn_last_24h(conn: asyncpg.Connection, creator_id: str)
     return int(total)
 
 
+@dataclass(frozen=True)
+class PendingWithdrawals:
+    queued: int  # not yet submitted to the payout provider
+    with_provider: int  # submitted, the provider not yet done
+    oldest_age_seconds: float  # 0 when none
+
+
+async def pending_withdrawals(pool: asyncpg.Pool) -> PendingWithdrawals:
+    """The pending withdrawals, for the metrics: few rows, found through the partial index on pending ones (the
+    finished ones, which only grow, are never counted here)."""
+    row = await pool.fetchrow(
+        "SELECT count(*) FILTER (WHERE provider_reference IS NULL) AS queued,"
+        " count(*) FILTER (WHERE provider_reference IS NOT NULL) AS with_provider,"
+        " coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest"
+        " FROM withdrawals WHERE status = 'pending'"
+    )
+    assert row is not None
+    return PendingWithdrawals(row["queued"], row["with_provider"], float(row["oldest"]))
+
+
 async def lock_next_due_withdrawal(conn: asyncpg.Connection) -> WithdrawalRow | None:
     """The pending withdrawal waiting longest for a look, locked; one another worker holds is skipped, not waited on."""
     row = await conn.fetchrow(

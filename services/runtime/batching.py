@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import structlog
+from opentelemetry.trace import Span
 from prometheus_client import Counter, Histogram
 
+from services.runtime import tracing
 from services.runtime.errors import AppError, rate_limited
 
 ItemT = TypeVar("ItemT")
@@ -59,6 +61,8 @@ class _Pending(Generic[ItemT, ResultT]):
     item: ItemT
     future: asyncio.Future[ResultT]
     enqueued_at: float
+    # The submitter's span (None when tracing is off): the batch's span links to it.
+    span: Span | None = None
 
 
 class MicroBatcher(Generic[ItemT, ResultT]):
@@ -90,7 +94,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
         # A caller that stopped waiting never reads its outcome; reading it here keeps asyncio from warning.
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
-        self._queue.append(_Pending(item, future, time.perf_counter()))
+        self._queue.append(_Pending(item, future, time.perf_counter(), tracing.current_span()))
         if self._draining < self._max_concurrent_batches:
             self._draining += 1
             task = asyncio.create_task(self._drain(), name=f"batch:{self._name}")
@@ -111,6 +115,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
 
     async def _drain(self) -> None:
         """Runs batches until the queue is empty; each running drain is one batch in flight."""
+        # This task was started by whichever call found no batch running: its request_id is not the batch's.
+        structlog.contextvars.unbind_contextvars("request_id", "method")
         try:
             await self._drain_queue()
         finally:
@@ -120,7 +126,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self._max_batch_size, len(self._queue)))]
             started = time.perf_counter()
-            outcomes = await self._run(batch)
+            with tracing.batch(f"batch {self._name}", (pending.span for pending in batch)):
+                outcomes = await self._run(batch)
             elapsed = time.perf_counter() - started
             self._batch_seconds_estimate += DURATION_SMOOTHING * (elapsed - self._batch_seconds_estimate)
             BATCH_SIZE.labels(self._name).observe(len(batch))

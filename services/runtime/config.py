@@ -73,6 +73,12 @@ class RuntimeSettings(BaseSettings):
     # Where /metrics listens (when a metrics port is set): loopback unless configured, since the metrics name
     # methods, workers and counts an outsider has no business reading. Containers set it for their scraper.
     metrics_host: str = "127.0.0.1"
+    # How often the gauges read from the database and JetStream (outbox backlog, consumer pending, dead letters,
+    # withdrawals) are refreshed; they are read only when the metrics port is set.
+    metrics_poll_interval_seconds: float = Field(default=15.0, gt=0)
+    # OpenTelemetry traces go to this OTLP/gRPC collector (http://host:4317, or https:// for TLS); unset: no
+    # tracing at all (services/runtime/tracing.py). The standard OTEL_* variables tune the rest.
+    otlp_endpoint: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     shutdown_grace_seconds: float = 10.0

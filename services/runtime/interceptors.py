@@ -1,5 +1,6 @@
 """One server interceptor for every RPC: readiness, JWT authentication, request logging with request_id,
-Prometheus metrics, and mapping of AppError (and anything unexpected) to a gRPC status with ErrorInfo."""
+Prometheus metrics, a trace span per unary call (when tracing is on), and mapping of AppError (and anything
+unexpected) to a gRPC status with ErrorInfo."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import structlog
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
+from services.runtime import tracing
 from services.runtime.auth import ROLE_SERVICE, Principal, TokenVerifier, set_current_principal
 from services.runtime.batching import LoopLag, overloaded
 from services.runtime.errors import (
@@ -31,7 +33,11 @@ from services.runtime.validation import REQUEST_ID_PATTERN
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 RPC_TOTAL = Counter("coinstream_rpc_total", "RPCs handled", ["method", "code"])
-RPC_SECONDS = Histogram("coinstream_rpc_seconds", "RPC handling time", ["method"])
+# By code too: refusals answered in a fraction of a millisecond would hide the latency of the calls that did work.
+RPC_SECONDS = Histogram("coinstream_rpc_seconds", "RPC handling time", ["method", "code"])
+# Calls refused by admission control before any work (RESOURCE_EXHAUSTED RATE_LIMITED), by cause: too many calls in
+# flight, or an event loop running late. Batch queues shed on their own (coinstream_batch_shed_total).
+RPC_SHED = Counter("coinstream_rpc_shed_total", "Calls shed by admission control", ["method", "cause"])
 
 log = structlog.get_logger()
 
@@ -78,7 +84,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         authorization = metadata.get("authorization")
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, authorization),
+                self._wrap_unary(handler.unary_unary, method, authorization, metadata.get(tracing.TRACEPARENT)),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
@@ -138,17 +144,28 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return  # a trusted backend acting for many users: bounded by the process's admission control
         self._rate_limiter.admit(method.rpartition("/")[2], principal.subject)
 
-    def _wrap_unary(self, behavior: Any, method: str, authorization: str | None) -> Any:
+    def _shed_cause(self, method: str) -> str | None:
+        """Why this call is refused at once to protect the calls already accepted (None: it is not)."""
+        if method in self._unshed_methods:
+            return None
+        if self._in_flight_unary > self._max_in_flight_unary:
+            return "in_flight"
+        if self._loop_lag.seconds > self._queue_budget_seconds:
+            return "loop_lag"
+        return None
+
+    def _wrap_unary(self, behavior: Any, method: str, authorization: str | None, traceparent: str | None) -> Any:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            structlog.contextvars.bind_contextvars(method=method, request_id=loggable_request_id(request))
+            request_id = loggable_request_id(request)
+            structlog.contextvars.bind_contextvars(method=method, request_id=request_id)
+            span = tracing.start_server_span(method, traceparent, request_id)  # None unless tracing is on
             self._in_flight_unary += 1
             try:
-                if method not in self._unshed_methods and (
-                    self._in_flight_unary > self._max_in_flight_unary
-                    or self._loop_lag.seconds > self._queue_budget_seconds
-                ):
+                shed_cause = self._shed_cause(method)
+                if shed_cause is not None:
+                    RPC_SHED.labels(method, shed_cause).inc()
                     raise overloaded()
                 self._admit(method, authorization)
                 _refuse_undecodable(request)
@@ -166,6 +183,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 self._in_flight_unary -= 1
                 _observe(method, code, started)
+                if span is not None:
+                    tracing.end_server_span(span, code)
             raise AssertionError("unreachable: abort() raises")
 
         return handle
@@ -264,7 +283,8 @@ async def _abort_unexpected(
 
 async def _abort(context: grpc.aio.ServicerContext, error: AppError, method: str, started: float) -> None:
     # Shedding refuses hundreds of calls a second at the worst moment for a line each: those are counted in the
-    # metrics (coinstream_rpc_total by code, coinstream_batch_shed_total) and logged at debug only.
+    # metrics (coinstream_rpc_total by code, coinstream_rpc_shed_total, coinstream_batch_shed_total) and logged at
+    # debug only.
     log_refusal = log.debug if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED else log.info
     log_refusal(
         "rpc_refused",
@@ -277,10 +297,19 @@ async def _abort(context: grpc.aio.ServicerContext, error: AppError, method: str
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+# The series of each method and code, looked up once: prometheus_client's labels() takes microseconds per call, a
+# visible cost on a hot call. Bounded: registered methods only (unknown ones never reach the wrappers) × codes.
+_SERIES: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
+
+
 def _observe(method: str, code: grpc.StatusCode, started: float) -> None:
     elapsed = time.perf_counter() - started
-    RPC_TOTAL.labels(method, code.name).inc()
-    RPC_SECONDS.labels(method).observe(elapsed)
+    series = _SERIES.get((method, code))
+    if series is None:
+        series = _SERIES[(method, code)] = (RPC_TOTAL.labels(method, code.name), RPC_SECONDS.labels(method, code.name))
+    count, seconds = series
+    count.inc()
+    seconds.observe(elapsed)
     if code == grpc.StatusCode.OK:
         # Debug only: a line per successful call was a visible share of a hot call's CPU. Refusals and failures
         # are still logged at info and above; every call is counted and timed in the metrics.

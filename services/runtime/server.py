@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NatsClient
 from prometheus_client import start_http_server
 
-from services.runtime import database, idempotency, messaging, tls
+from services.runtime import database, idempotency, messaging, tls, tracing
 from services.runtime.auth import TokenVerifier
 from services.runtime.batching import LoopLag
 from services.runtime.config import RuntimeSettings, migration_only
@@ -68,6 +68,7 @@ class ServiceRuntime:
     def __init__(self, settings: RuntimeSettings, unshed_methods: frozenset[str] = frozenset()) -> None:
         self.settings = settings
         configure_logging(settings.service_name, settings.log_level, settings.log_format)
+        tracing.configure(settings.service_name, settings.otlp_endpoint)
         enable_fault_points(settings.fault_points)
         self.pool: asyncpg.Pool | None = None
         self.nats: NatsClient | None = None
@@ -227,6 +228,7 @@ class ServiceRuntime:
             await self.nats.drain()
         if self.pool is not None and self._pool_opened:
             await self.pool.close()
+        tracing.shutdown()
         log.info("shutdown_complete")
 
     async def _watch_readiness(self) -> None:

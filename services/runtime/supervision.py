@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 from grpc_health.v1 import health, health_pb2
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 Worker = Callable[[], Awaitable[None]]
 
@@ -20,6 +20,8 @@ WORKERS_HEALTH_NAME = "coinstream.workers"
 WORKER_RESTARTS = Counter(
     "coinstream_worker_restarts_total", "Background workers restarted after a failure", ["worker"]
 )
+# The health name coinstream.worker.<name> as a metric, for alerts: 1 SERVING, 0 NOT_SERVING (failing).
+WORKER_UP = Gauge("coinstream_worker_up", "1 while a background worker is SERVING, 0 while it is failing", ["worker"])
 
 log = structlog.get_logger()
 
@@ -57,6 +59,7 @@ class WorkerSupervisor:
         """Every worker starts SERVING (it has not failed yet)."""
         for worker in workers:
             self._failures[worker] = 0
+            WORKER_UP.labels(worker).set(1)
             await self._health.set(worker_health_name(worker), health_pb2.HealthCheckResponse.SERVING)
         await self._publish_aggregate()
 
@@ -98,6 +101,7 @@ class WorkerSupervisor:
             task.add_done_callback(self._pending_updates.discard)
 
     async def _set(self, name: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        WORKER_UP.labels(name).set(1 if status == health_pb2.HealthCheckResponse.SERVING else 0)
         await self._health.set(worker_health_name(name), status)
         await self._publish_aggregate()
 
