@@ -18,12 +18,17 @@ from services.runtime.errors import AppError, unavailable
 
 log = structlog.get_logger()
 
-# gRPC's default reconnect backoff grows to 120 s; a wallet back from a restart should be used within seconds.
 # Calls are spread over every address the wallet's name resolves to (a headless Service: one per pod), not pinned
 # to the first: round_robin keeps a connection to each. The wallets close connections after a while
 # (COINSTREAM_GRPC_MAX_CONNECTION_AGE_SECONDS), and the name is resolved again then, so new pods get calls too.
+#
+# A wallet going away (a restart, a rollout, a connection closed for its age) makes round_robin fail calls at once
+# until it has reconnected: calls wait for a ready connection instead (wait_for_ready, within their deadline), and
+# reconnect attempts are at most a second apart (gRPC's default backoff grows to 120 s), so a wallet back from a
+# restart is used within a second.
 CHANNEL_OPTIONS = [
-    ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
 ]
 
@@ -103,6 +108,7 @@ class WalletClient:
                     wallet_pb2.GetAccountRequest(account_id=account_id),
                     metadata=self._metadata() + trace_metadata,
                     timeout=self._timeout_seconds,
+                    wait_for_ready=True,
                 )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
@@ -125,7 +131,10 @@ class WalletClient:
         try:
             with tracing.client_call(SPEND_COINS_BATCH) as trace_metadata:
                 response = await self._stub.SpendCoinsBatch(
-                    request, metadata=self._metadata() + trace_metadata, timeout=self._timeout_seconds
+                    request,
+                    metadata=self._metadata() + trace_metadata,
+                    timeout=self._timeout_seconds,
+                    wait_for_ready=True,
                 )
         except grpc.aio.AioRpcError as error:
             raise _wallet_unavailable("SpendCoinsBatch", error) from None
