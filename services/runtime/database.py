@@ -174,7 +174,11 @@ async def wait_for_schema(pool: asyncpg.Pool, service_migrations: Path, wait_sec
     started = time.monotonic()
     logged_at: float | None = None
     while True:
-        missing = await pending_migrations(pool, service_migrations)
+        try:
+            missing = await pending_migrations(pool, service_migrations)
+        except asyncpg.InsufficientPrivilegeError:
+            # The job has made schema_migrations but not yet granted this role its rows: it is still running.
+            missing = [name for name, _ in migration_files(service_migrations)]
         if not missing:
             return
         now = time.monotonic()
