@@ -79,6 +79,17 @@ def service_of(container: Manifest) -> tuple[str, bool] | None:
     return service, command[3:] == ["migrate"]
 
 
+def service_containers(manifests: list[Manifest]) -> list[tuple[Manifest, Manifest, str, bool]]:
+    """(workload, container, service, is its migration) of every container that runs a coinstream service."""
+    found = []
+    for workload, pod in pod_templates(manifests):
+        for container in pod["spec"]["containers"]:
+            runs = service_of(container)
+            if runs is not None:
+                found.append((workload, container, *runs))
+    return found
+
+
 def container_environment(manifests: list[Manifest], container: Manifest) -> dict[str, str | None]:
     """Every variable a container gets: literal values, ConfigMap values resolved, Secret-sourced ones as None."""
     env: dict[str, str | None] = {}

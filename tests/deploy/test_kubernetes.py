@@ -26,6 +26,7 @@ from tests.deploy.manifests import (
     objects,
     pod_templates,
     render,
+    service_containers,
     service_of,
     setting_names,
 )
@@ -128,18 +129,13 @@ def test_entrypoints_ports_and_probes_agree_with_the_services(overlay: str) -> N
     manifests = render(f"overlays/{overlay}")
     servers = {}
     migrations = set()
-    for workload, pod in pod_templates(manifests):
-        for container in pod["spec"]["containers"]:
-            found = service_of(container)
-            if found is None:
-                continue
-            service, migrate = found
-            if migrate:
-                assert workload["kind"] == "Job" and workload["metadata"]["name"] == f"{service}-migrate"
-                migrations.add(service)
-                continue
-            assert workload["kind"] == "Deployment" and workload["metadata"]["name"] == service
-            servers[service] = (workload, container)
+    for workload, container, service, migrate in service_containers(manifests):
+        if migrate:
+            assert workload["kind"] == "Job" and workload["metadata"]["name"] == f"{service}-migrate"
+            migrations.add(service)
+            continue
+        assert workload["kind"] == "Deployment" and workload["metadata"]["name"] == service
+        servers[service] = (workload, container)
     assert set(servers) == set(migrations) == set(SETTINGS)
     for service, (deployment, container) in servers.items():
         env = container_environment(manifests, container)
@@ -191,28 +187,23 @@ def test_prod_gives_each_service_everything_production_mode_requires() -> None:
     from services.runtime.config import migration_only
 
     manifests = render("overlays/prod")
-    for _, pod in pod_templates(manifests):
-        for container in pod["spec"]["containers"]:
-            found = service_of(container)
-            if found is None:
+    for _, container, service, migrate in service_containers(manifests):
+        env = {k: v for k, v in container_environment(manifests, container).items() if v is not None}
+        assert env["COINSTREAM_ENVIRONMENT"] == "production"
+        with pytest.MonkeyPatch.context() as patch:
+            for name in list(os.environ):
+                if name.startswith("COINSTREAM_"):
+                    patch.delenv(name)
+            for name, value in env.items():
+                patch.setenv(name, value)
+            if migrate:
+                with migration_only():
+                    SETTINGS[service]()
                 continue
-            service, migrate = found
-            env = {k: v for k, v in container_environment(manifests, container).items() if v is not None}
-            assert env["COINSTREAM_ENVIRONMENT"] == "production"
-            with pytest.MonkeyPatch.context() as patch:
-                for name in list(os.environ):
-                    if name.startswith("COINSTREAM_"):
-                        patch.delenv(name)
-                for name, value in env.items():
-                    patch.setenv(name, value)
-                if migrate:
-                    with migration_only():
-                        SETTINGS[service]()
-                    continue
-                patch.setenv("COINSTREAM_ALLOW_SANDBOX_PROVIDERS", "true")
-                settings = SETTINGS[service]()
-                assert settings.grpc_tls_enabled and settings.auth_algorithm == "RS256"
-                assert settings.production_problems() == []
+            patch.setenv("COINSTREAM_ALLOW_SANDBOX_PROVIDERS", "true")
+            settings = SETTINGS[service]()
+            assert settings.grpc_tls_enabled and settings.auth_algorithm == "RS256"
+            assert settings.production_problems() == []
 
 
 def test_prod_scales_spreads_and_keeps_a_quorum() -> None:
