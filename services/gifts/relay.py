@@ -77,8 +77,11 @@ class OutboxRelay:
             if not events:
                 return 0, False
             traced = tracing.publishing(events)
-            acknowledged = await self._publish_in_order(events, traced)
-            traced.finish(acknowledged)
+            acknowledged = 0
+            try:
+                acknowledged = await self._publish_in_order(events, traced)
+            finally:  # the spans end even when publishing is cut short (a crash of NATS, a shutdown)
+                traced.finish(acknowledged)
             PUBLISHED.inc(acknowledged)
             if acknowledged:
                 crash_point("gifts.after_events_published")

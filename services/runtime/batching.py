@@ -117,6 +117,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         """Runs batches until the queue is empty; each running drain is one batch in flight."""
         # This task was started by whichever call found no batch running: its request_id is not the batch's.
         structlog.contextvars.unbind_contextvars("request_id", "method")
+        tracing.forget_inherited_context()
         try:
             await self._drain_queue()
         finally:

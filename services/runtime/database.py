@@ -176,19 +176,22 @@ async def wait_for_schema(pool: asyncpg.Pool, service_migrations: Path, wait_sec
     while True:
         try:
             missing = await pending_migrations(pool, service_migrations)
-        except asyncpg.InsufficientPrivilegeError:
-            # The job has made schema_migrations but not yet granted this role its rows: it is still running.
+            refused = ""
+        except asyncpg.InsufficientPrivilegeError as error:
+            # The job has made schema_migrations but not yet granted this role its rows (it is still running), or
+            # it grants another role: said in the error below if it lasts.
             missing = [name for name, _ in migration_files(service_migrations)]
+            refused = f"; this role may not read schema_migrations ({error}): check COINSTREAM_DB_RUNTIME_ROLE"
         if not missing:
             return
         now = time.monotonic()
         if now - started > wait_seconds:
             raise SchemaNotMigratedError(
                 f"{len(missing)} migration(s) not applied after {wait_seconds:g} s (first: {missing[0]}): run"
-                " `python -m services.<name> migrate` (the migration job) with the new release first"
+                " `python -m services.<name> migrate` (the migration job) with the new release first" + refused
             )
         if logged_at is None or now - logged_at >= 10:
-            log.warning("waiting_for_migrations", missing=missing[:5], count=len(missing))
+            log.warning("waiting_for_migrations", missing=missing[:5], count=len(missing), refused=bool(refused))
             logged_at = now
         await asyncio.sleep(SCHEMA_POLL_SECONDS)
 
@@ -266,15 +269,33 @@ async def apply_migrations(
             applied_now.append(name)
             log.info("migration_applied", migration=name, seconds=round(time.monotonic() - started, 3))
         if runtime_role:
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_seconds * 1000)}")
-                current_database = await conn.fetchval("SELECT current_database()")
-                for grant in runtime_role_grants(runtime_role, current_database):
-                    await conn.execute(grant, timeout=timeout)
-            log.info("runtime_role_granted", role=runtime_role)
+            await _grant_runtime_role(conn, runtime_role, lock_timeout_seconds, timeout)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return applied_now
+
+
+class RuntimeRoleError(RuntimeError):
+    pass
+
+
+async def _grant_runtime_role(
+    conn: asyncpg.Connection, role: str, lock_timeout_seconds: float, statement_seconds: float
+) -> None:
+    """The grants run by the migration role: never to itself (revoking its own INSERT on schema_migrations would
+    block every later migration) and never to PUBLIC (every role would get the rows)."""
+    if role == "public" or role.startswith("pg_"):
+        raise RuntimeRoleError(f"COINSTREAM_DB_RUNTIME_ROLE={role!r} names every role or a built-in one")
+    if role == await conn.fetchval("SELECT current_user"):
+        raise RuntimeRoleError(
+            f"COINSTREAM_DB_RUNTIME_ROLE={role!r} is the migration role itself: give the service a role of its own"
+        )
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_seconds * 1000)}")
+        current_database = await conn.fetchval("SELECT current_database()")
+        for grant in runtime_role_grants(role, current_database):
+            await conn.execute(grant, timeout=statement_seconds)
+    log.info("runtime_role_granted", role=role)
 
 
 MIGRATION_LOCK_POLL_SECONDS = 0.5

@@ -224,11 +224,13 @@ class ServiceRuntime:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self.nats is not None and self.nats.is_connected:
-            await self.nats.drain()
-        if self.pool is not None and self._pool_opened:
-            await self.pool.close()
-        tracing.shutdown()
+        try:
+            if self.nats is not None and self.nats.is_connected:
+                await self.nats.drain()
+            if self.pool is not None and self._pool_opened:
+                await self.pool.close()
+        finally:
+            tracing.shutdown()  # the spans of the last calls are exported even when the drain fails
         log.info("shutdown_complete")
 
     async def _watch_readiness(self) -> None:

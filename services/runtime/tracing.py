@@ -99,6 +99,13 @@ def shutdown() -> None:
 # ---- the current span, for logs and for storing a context
 
 
+def forget_inherited_context() -> None:
+    """For a task that works for many callers (a batch's drain): it started with the context of whichever caller
+    created it, whose trace its own log lines must not carry."""
+    if _tracer is not None:
+        otel_context.attach(otel_context.Context())
+
+
 def current_traceparent() -> str | None:
     """The current span's W3C traceparent, to store with work another task continues later (an outbox row)."""
     if _tracer is None:
