@@ -95,3 +95,18 @@ def test_migrate_applies_the_pending_migrations_without_starting_the_service(sta
         timeout=60,
     )
     assert wrong.returncode != 0 and "usage" in wrong.stderr
+
+
+@pytest.mark.parametrize("role", ["public", "pg_read_all_data", "postgres"])
+async def test_migrate_refuses_to_grant_the_runtime_rows_to_everyone_or_to_itself(stack: Stack, role: str) -> None:
+    """PUBLIC would give every role the rows; the migration role itself ("postgres" here) would lose its own INSERT
+    on schema_migrations and block every later migration."""
+    conn = await asyncpg.connect(stack.database_url("wallet"))
+    try:
+        wallet_migrations = REPO_ROOT / "services" / "wallet" / "migrations"
+        with pytest.raises(database.RuntimeRoleError, match="COINSTREAM_DB_RUNTIME_ROLE"):
+            await database.apply_migrations(conn, wallet_migrations, runtime_role=role)
+        await conn.execute("INSERT INTO schema_migrations (name) VALUES ('probe') ON CONFLICT DO NOTHING")
+        await conn.execute("DELETE FROM schema_migrations WHERE name = 'probe'")
+    finally:
+        await conn.close()
