@@ -35,7 +35,7 @@ Hypothesis drives plain synchronous gRPC channels: @given wraps a synchronous te
 is not running while a synchronous test runs, so blocking calls neither need nor disturb it. Examples are derandomized
 (the same every run) and no example database is written.
 
-COINSTREAM_FUZZ_EXAMPLES: examples per RPC (default 60, about a minute for the file on two cores; a fifth as many
+COINSTREAM_FUZZ_EXAMPLES: examples per RPC (default 25, about 30 s for the file on two cores; a fifth as many
 raw-bytes examples), e.g. 500 for a long local run. COINSTREAM_FUZZ_SEED=<n>: random examples from that seed instead
 of the derandomized ones. COINSTREAM_FUZZ_STATS=1 (with pytest -s): the outcomes per RPC and reason."""
 
@@ -70,7 +70,7 @@ from tests.grpc_errors import error_reason, violated_fields
 from tests.invariants import all_violations
 from tests.stack import AUTH_SECRET, Stack
 
-EXAMPLES = int(os.environ.get("COINSTREAM_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("COINSTREAM_FUZZ_EXAMPLES", "25"))
 SEED = os.environ.get("COINSTREAM_FUZZ_SEED")
 CALL_TIMEOUT_SECONDS = 10.0
 SETTLE_SECONDS = 15.0
