@@ -38,14 +38,7 @@ class ReconcileSettings(BaseSettings):
     nats_tls_key_file: str = ""
 
     def nats_tls(self) -> ssl.SSLContext | None:
-        if not (self.nats_tls_ca_file or self.nats_tls_cert_file):
-            tls_urls = all(url.startswith("tls://") for url in server_urls(self.nats_url))
-            return tls.client_ssl_context(None) if tls_urls else None
-        return tls.client_ssl_context(
-            tls.setting_file(self, "nats_tls_ca_file"),
-            tls.setting_file(self, "nats_tls_cert_file"),
-            tls.setting_file(self, "nats_tls_key_file"),
-        )
+        return tls.nats_ssl_context(self)  # as the services connect
 
     # The NATS login that reads DEAD_LETTERS, as for the services (RuntimeSettings): payouts' own when payouts runs
     # the checks, an operator's for `coinstream reconcile`.

@@ -14,6 +14,7 @@ from services.runtime.batching import BatchPolicy
 from services.runtime.database import tls_mode
 from services.runtime.nats_login import NatsLogin, read_nats_login
 from services.runtime.rate_limits import DEFAULT_RATE_LIMITS, RateLimit
+from services.runtime.tls import nats_urls_are_tls
 
 DEV_AUTH_SECRET = "dev-only-secret-change-me-in-production"
 # HS256 with a shorter secret can be brute-forced offline from one token (RFC 7518 asks for at least 256 bits).
@@ -193,8 +194,7 @@ class RuntimeSettings(BaseSettings):
     @property
     def nats_tls_enabled(self) -> bool:
         """A CA configured, or every server given as tls:// (verified against the system's CAs then)."""
-        urls = [url.strip() for url in self.nats_url.split(",") if url.strip()]
-        return bool(self.nats_tls_ca_file) or (bool(urls) and all(url.startswith("tls://") for url in urls))
+        return bool(self.nats_tls_ca_file) or nats_urls_are_tls(self.nats_url)
 
     # ---- end of TLS
 

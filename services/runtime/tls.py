@@ -59,10 +59,17 @@ def grpc_server_credentials(settings: RuntimeSettings) -> grpc.ServerCredentials
     return server_credentials(cert, key, setting_file(settings, "grpc_tls_client_ca_file"))
 
 
-def nats_ssl_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
-    """COINSTREAM_NATS_TLS_*; tls:// URLs alone: the system's CAs; None: plaintext."""
-    if not (settings.nats_tls_ca_file or settings.nats_tls_cert_file):
-        return client_ssl_context(None) if settings.nats_tls_enabled else None
+def nats_urls_are_tls(nats_url: str) -> bool:
+    """Every server of COINSTREAM_NATS_URL (one, or a cluster's, comma-separated) given as tls://."""
+    urls = [url.strip() for url in nats_url.split(",") if url.strip()]
+    return bool(urls) and all(url.startswith("tls://") for url in urls)
+
+
+def nats_ssl_context(settings: BaseSettings) -> ssl.SSLContext | None:
+    """COINSTREAM_NATS_TLS_* (the services' settings, or reconcile's); tls:// URLs alone: the system's CAs; None:
+    plaintext."""
+    if not (settings.nats_tls_ca_file or settings.nats_tls_cert_file):  # type: ignore[attr-defined]
+        return client_ssl_context(None) if nats_urls_are_tls(settings.nats_url) else None  # type: ignore[attr-defined]
     return client_ssl_context(
         setting_file(settings, "nats_tls_ca_file"),
         setting_file(settings, "nats_tls_cert_file"),
