@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -37,6 +39,7 @@ class GiftSent(_message.Message):
     PAID_COINS_FIELD_NUMBER: _builtins.int
     BONUS_COINS_FIELD_NUMBER: _builtins.int
     COMBO_COUNT_FIELD_NUMBER: _builtins.int
+    VIDEO_ID_FIELD_NUMBER: _builtins.int
     gift_transaction_id: _builtins.str
     sender_id: _builtins.str
     recipient_id: _builtins.str
@@ -52,6 +55,8 @@ class GiftSent(_message.Message):
     bonus_coins: _builtins.int
     combo_count: _builtins.int
     """Position of the gift in its combo (see coinstream.gifts.v1.GiftTransaction.combo_count)."""
+    video_id: _builtins.str
+    """Exactly one of stream_id and video_id is set: where the gift was sent."""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -69,10 +74,11 @@ class GiftSent(_message.Message):
         paid_coins: _builtins.int = ...,
         bonus_coins: _builtins.int = ...,
         combo_count: _builtins.int = ...,
+        video_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_coins", b"bonus_coins", "coins", b"coins", "combo_count", b"combo_count", "gift_id", b"gift_id", "gift_transaction_id", b"gift_transaction_id", "paid_coins", b"paid_coins", "quantity", b"quantity", "recipient_id", b"recipient_id", "sender_id", b"sender_id", "sent_at", b"sent_at", "stream_id", b"stream_id", "wallet_transaction_id", b"wallet_transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_coins", b"bonus_coins", "coins", b"coins", "combo_count", b"combo_count", "gift_id", b"gift_id", "gift_transaction_id", b"gift_transaction_id", "paid_coins", b"paid_coins", "quantity", b"quantity", "recipient_id", b"recipient_id", "sender_id", b"sender_id", "sent_at", b"sent_at", "stream_id", b"stream_id", "video_id", b"video_id", "wallet_transaction_id", b"wallet_transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -107,3 +113,213 @@ class StreamEnded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamEnded: _TypeAlias = StreamEnded  # noqa: Y015
+
+@_typing.final
+class MatchSide(_message.Message):
+    """One side of a match and its score: the coins of the gifts completed to its stream inside the match's window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    SCORE_COINS_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    creator_id: _builtins.str
+    score_coins: _builtins.int
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        creator_id: _builtins.str = ...,
+        score_coins: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator_id", b"creator_id", "score_coins", b"score_coins", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchSide: _TypeAlias = MatchSide  # noqa: Y015
+
+@_typing.final
+class MatchUpdated(_message.Message):
+    """Published on subject "gifts.v1.match_updated" when a match starts and after each batch of gifts that changes its
+    scores (Nats-Msg-Id = "match_updated:" + update_id), for live feeds. Every side's score as of that moment; in
+    publishing order per match.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCH_ID_FIELD_NUMBER: _builtins.int
+    SIDES_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    UPDATE_ID_FIELD_NUMBER: _builtins.int
+    match_id: _builtins.str
+    update_id: _builtins.str
+    @_builtins.property
+    def sides(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatchSide]: ...
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        match_id: _builtins.str = ...,
+        sides: _abc.Iterable[Global___MatchSide] | None = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        update_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "match_id", b"match_id", "sides", b"sides", "starts_at", b"starts_at", "update_id", b"update_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchUpdated: _TypeAlias = MatchUpdated  # noqa: Y015
+
+@_typing.final
+class MatchFinished(_message.Message):
+    """Published on subject "gifts.v1.match_finished" once per match, after its last MatchUpdated
+    (Nats-Msg-Id = "match_finished:" + match_id).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCH_ID_FIELD_NUMBER: _builtins.int
+    SIDES_FIELD_NUMBER: _builtins.int
+    WINNER_STREAM_IDS_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    match_id: _builtins.str
+    @_builtins.property
+    def sides(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatchSide]:
+        """Final scores, in the order the match was started with."""
+
+    @_builtins.property
+    def winner_stream_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The sides with the highest score (several on a tie)."""
+
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        match_id: _builtins.str = ...,
+        sides: _abc.Iterable[Global___MatchSide] | None = ...,
+        winner_stream_ids: _abc.Iterable[_builtins.str] | None = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "finished_at", b"finished_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "finished_at", b"finished_at", "match_id", b"match_id", "sides", b"sides", "starts_at", b"starts_at", "winner_stream_ids", b"winner_stream_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchFinished: _TypeAlias = MatchFinished  # noqa: Y015
+
+@_typing.final
+class StreamGoal(_message.Message):
+    """A stream goal as of one moment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOAL_ID_FIELD_NUMBER: _builtins.int
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    TARGET_COINS_FIELD_NUMBER: _builtins.int
+    PROGRESS_COINS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    REACHED_AT_FIELD_NUMBER: _builtins.int
+    goal_id: _builtins.str
+    stream_id: _builtins.str
+    creator_id: _builtins.str
+    target_coins: _builtins.int
+    progress_coins: _builtins.int
+    description: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def reached_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset until progress first reached the target."""
+
+    def __init__(
+        self,
+        *,
+        goal_id: _builtins.str = ...,
+        stream_id: _builtins.str = ...,
+        creator_id: _builtins.str = ...,
+        target_coins: _builtins.int = ...,
+        progress_coins: _builtins.int = ...,
+        description: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        reached_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reached_at", b"reached_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "creator_id", b"creator_id", "description", b"description", "goal_id", b"goal_id", "progress_coins", b"progress_coins", "reached_at", b"reached_at", "stream_id", b"stream_id", "target_coins", b"target_coins"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamGoal: _TypeAlias = StreamGoal  # noqa: Y015
+
+@_typing.final
+class GoalUpdated(_message.Message):
+    """Published on subject "gifts.v1.goal_updated" when a goal is set and after each batch of gifts that changes its
+    progress (Nats-Msg-Id = "goal_updated:" + update_id), for live feeds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOAL_FIELD_NUMBER: _builtins.int
+    UPDATE_ID_FIELD_NUMBER: _builtins.int
+    update_id: _builtins.str
+    @_builtins.property
+    def goal(self) -> Global___StreamGoal: ...
+    def __init__(
+        self,
+        *,
+        goal: Global___StreamGoal | None = ...,
+        update_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["goal", b"goal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goal", b"goal", "update_id", b"update_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoalUpdated: _TypeAlias = GoalUpdated  # noqa: Y015
+
+@_typing.final
+class GoalReached(_message.Message):
+    """Published on subject "gifts.v1.goal_reached" once per goal, by the gifts that first brought its progress to the
+    target (Nats-Msg-Id = "goal_reached:" + goal_id).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def goal(self) -> Global___StreamGoal: ...
+    def __init__(
+        self,
+        *,
+        goal: Global___StreamGoal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["goal", b"goal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goal", b"goal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoalReached: _TypeAlias = GoalReached  # noqa: Y015

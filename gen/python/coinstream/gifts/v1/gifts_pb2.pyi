@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -42,6 +43,27 @@ LEADERBOARD_PERIOD_WEEK: LeaderboardPeriod.ValueType  # 2
 """The current ISO week (from Monday 00:00 UTC)."""
 LEADERBOARD_PERIOD_ALL_TIME: LeaderboardPeriod.ValueType  # 3
 Global___LeaderboardPeriod: _TypeAlias = LeaderboardPeriod  # noqa: Y015
+
+class _MatchStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MatchStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MatchStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MATCH_STATUS_UNSPECIFIED: _MatchStatus.ValueType  # 0
+    MATCH_STATUS_ACTIVE: _MatchStatus.ValueType  # 1
+    """Between starts_at and ends_at, and until the match is finished (moments after ends_at)."""
+    MATCH_STATUS_FINISHED: _MatchStatus.ValueType  # 2
+    """Scores final, winners decided, MatchFinished published."""
+
+class MatchStatus(_MatchStatus, metaclass=_MatchStatusEnumTypeWrapper): ...
+
+MATCH_STATUS_UNSPECIFIED: MatchStatus.ValueType  # 0
+MATCH_STATUS_ACTIVE: MatchStatus.ValueType  # 1
+"""Between starts_at and ends_at, and until the match is finished (moments after ends_at)."""
+MATCH_STATUS_FINISHED: MatchStatus.ValueType  # 2
+"""Scores final, winners decided, MatchFinished published."""
+Global___MatchStatus: _TypeAlias = MatchStatus  # noqa: Y015
 
 class _StreamStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -125,17 +147,23 @@ class GiftTransaction(_message.Message):
     QUANTITY_FIELD_NUMBER: _builtins.int
     COINS_FIELD_NUMBER: _builtins.int
     COMBO_COUNT_FIELD_NUMBER: _builtins.int
+    VIDEO_ID_FIELD_NUMBER: _builtins.int
     gift_transaction_id: _builtins.str
     sender_id: _builtins.str
     recipient_id: _builtins.str
-    """The stream's creator."""
+    """The stream's or the video's creator."""
     stream_id: _builtins.str
+    """The live stream the gift was sent to; empty for a video gift."""
     gift_id: _builtins.str
     quantity: _builtins.int
     coins: _builtins.int
     """Coins paid: the gift's price times the quantity."""
     combo_count: _builtins.int
-    """1 for a new combo; n for the n-th gift of a combo (same sender, gift and stream, each within 10 s of the last)."""
+    """1 for a new combo; n for the n-th gift of a combo (same sender, gift and stream or video, each within 10 s of
+    the last).
+    """
+    video_id: _builtins.str
+    """The video the gift was sent to; empty for a stream gift."""
     def __init__(
         self,
         *,
@@ -147,10 +175,11 @@ class GiftTransaction(_message.Message):
         quantity: _builtins.int = ...,
         coins: _builtins.int = ...,
         combo_count: _builtins.int = ...,
+        video_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coins", b"coins", "combo_count", b"combo_count", "gift_id", b"gift_id", "gift_transaction_id", b"gift_transaction_id", "quantity", b"quantity", "recipient_id", b"recipient_id", "sender_id", b"sender_id", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coins", b"coins", "combo_count", b"combo_count", "gift_id", b"gift_id", "gift_transaction_id", b"gift_transaction_id", "quantity", b"quantity", "recipient_id", b"recipient_id", "sender_id", b"sender_id", "stream_id", b"stream_id", "video_id", b"video_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -236,7 +265,75 @@ class StreamSummary(_message.Message):
     TOTAL_COINS_FIELD_NUMBER: _builtins.int
     GIFT_COUNT_FIELD_NUMBER: _builtins.int
     TOP_GIFTERS_FIELD_NUMBER: _builtins.int
+    GOAL_FIELD_NUMBER: _builtins.int
+    ACTIVE_MATCH_ID_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
+    total_coins: _builtins.int
+    gift_count: _builtins.int
+    active_match_id: _builtins.str
+    """The match the stream is in until that match is finished; empty otherwise."""
+    @_builtins.property
+    def top_gifters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Gifter]:
+        """Up to 10 gifters, most coins first."""
+
+    @_builtins.property
+    def goal(self) -> Global___StreamGoal:
+        """The stream's open goal (the last one set); unset when none was set."""
+
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        total_coins: _builtins.int = ...,
+        gift_count: _builtins.int = ...,
+        top_gifters: _abc.Iterable[Global___Gifter] | None = ...,
+        goal: Global___StreamGoal | None = ...,
+        active_match_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["goal", b"goal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_match_id", b"active_match_id", "gift_count", b"gift_count", "goal", b"goal", "stream_id", b"stream_id", "top_gifters", b"top_gifters", "total_coins", b"total_coins"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSummary: _TypeAlias = StreamSummary  # noqa: Y015
+
+@_typing.final
+class Video(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIDEO_ID_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    GIFTS_ENABLED_FIELD_NUMBER: _builtins.int
+    video_id: _builtins.str
+    """Chosen by the content backend: 1-64 characters of [A-Za-z0-9_-]."""
+    creator_id: _builtins.str
+    """Who receives the video's gifts; fixed once the video is registered."""
+    gifts_enabled: _builtins.bool
+    def __init__(
+        self,
+        *,
+        video_id: _builtins.str = ...,
+        creator_id: _builtins.str = ...,
+        gifts_enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator_id", b"creator_id", "gifts_enabled", b"gifts_enabled", "video_id", b"video_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Video: _TypeAlias = Video  # noqa: Y015
+
+@_typing.final
+class VideoSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIDEO_ID_FIELD_NUMBER: _builtins.int
+    TOTAL_COINS_FIELD_NUMBER: _builtins.int
+    GIFT_COUNT_FIELD_NUMBER: _builtins.int
+    TOP_GIFTERS_FIELD_NUMBER: _builtins.int
+    video_id: _builtins.str
     total_coins: _builtins.int
     gift_count: _builtins.int
     @_builtins.property
@@ -246,18 +343,155 @@ class StreamSummary(_message.Message):
     def __init__(
         self,
         *,
-        stream_id: _builtins.str = ...,
+        video_id: _builtins.str = ...,
         total_coins: _builtins.int = ...,
         gift_count: _builtins.int = ...,
         top_gifters: _abc.Iterable[Global___Gifter] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gift_count", b"gift_count", "stream_id", b"stream_id", "top_gifters", b"top_gifters", "total_coins", b"total_coins"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gift_count", b"gift_count", "top_gifters", b"top_gifters", "total_coins", b"total_coins", "video_id", b"video_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StreamSummary: _TypeAlias = StreamSummary  # noqa: Y015
+Global___VideoSummary: _TypeAlias = VideoSummary  # noqa: Y015
+
+@_typing.final
+class MatchSide(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    SCORE_COINS_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    creator_id: _builtins.str
+    score_coins: _builtins.int
+    """Coins of the gifts completed to the stream from starts_at (inclusive) to ends_at (exclusive)."""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        creator_id: _builtins.str = ...,
+        score_coins: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator_id", b"creator_id", "score_coins", b"score_coins", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchSide: _TypeAlias = MatchSide  # noqa: Y015
+
+@_typing.final
+class Match(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCH_ID_FIELD_NUMBER: _builtins.int
+    SIDES_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    WINNER_STREAM_IDS_FIELD_NUMBER: _builtins.int
+    match_id: _builtins.str
+    status: Global___MatchStatus.ValueType
+    @_builtins.property
+    def sides(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatchSide]:
+        """In the order of StartMatchRequest.stream_ids."""
+
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def winner_stream_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Set once finished: the sides with the highest score (several on a tie)."""
+
+    def __init__(
+        self,
+        *,
+        match_id: _builtins.str = ...,
+        sides: _abc.Iterable[Global___MatchSide] | None = ...,
+        status: Global___MatchStatus.ValueType = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        winner_stream_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "match_id", b"match_id", "sides", b"sides", "starts_at", b"starts_at", "status", b"status", "winner_stream_ids", b"winner_stream_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Match: _TypeAlias = Match  # noqa: Y015
+
+@_typing.final
+class MatchSupporter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    COINS_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """The side supported."""
+    account_id: _builtins.str
+    coins: _builtins.int
+    """Coins of this supporter's gifts counted in the side's score."""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        coins: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "coins", b"coins", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchSupporter: _TypeAlias = MatchSupporter  # noqa: Y015
+
+@_typing.final
+class StreamGoal(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOAL_ID_FIELD_NUMBER: _builtins.int
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    TARGET_COINS_FIELD_NUMBER: _builtins.int
+    PROGRESS_COINS_FIELD_NUMBER: _builtins.int
+    REACHED_AT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    goal_id: _builtins.str
+    stream_id: _builtins.str
+    target_coins: _builtins.int
+    progress_coins: _builtins.int
+    """Coins of the stream's gifts completed since the goal was set (it keeps counting past the target)."""
+    description: _builtins.str
+    @_builtins.property
+    def reached_at(self) -> _timestamp_pb2.Timestamp:
+        """When progress first reached the target; unset until then."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        goal_id: _builtins.str = ...,
+        stream_id: _builtins.str = ...,
+        target_coins: _builtins.int = ...,
+        progress_coins: _builtins.int = ...,
+        reached_at: _timestamp_pb2.Timestamp | None = ...,
+        description: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "reached_at", b"reached_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "goal_id", b"goal_id", "progress_coins", b"progress_coins", "reached_at", b"reached_at", "stream_id", b"stream_id", "target_coins", b"target_coins"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamGoal: _TypeAlias = StreamGoal  # noqa: Y015
 
 @_typing.final
 class ListGiftsRequest(_message.Message):
@@ -391,12 +625,15 @@ class SendGiftRequest(_message.Message):
     STREAM_ID_FIELD_NUMBER: _builtins.int
     GIFT_ID_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
+    VIDEO_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     sender_id: _builtins.str
     stream_id: _builtins.str
+    """Exactly one of stream_id (a live stream) and video_id (a posted video)."""
     gift_id: _builtins.str
     quantity: _builtins.int
     """1-10,000."""
+    video_id: _builtins.str
     def __init__(
         self,
         *,
@@ -405,10 +642,11 @@ class SendGiftRequest(_message.Message):
         stream_id: _builtins.str = ...,
         gift_id: _builtins.str = ...,
         quantity: _builtins.int = ...,
+        video_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gift_id", b"gift_id", "quantity", b"quantity", "request_id", b"request_id", "sender_id", b"sender_id", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gift_id", b"gift_id", "quantity", b"quantity", "request_id", b"request_id", "sender_id", b"sender_id", "stream_id", b"stream_id", "video_id", b"video_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -497,19 +735,35 @@ Global___WatchStreamGiftsRequest: _TypeAlias = WatchStreamGiftsRequest  # noqa: 
 
 @_typing.final
 class WatchStreamGiftsResponse(_message.Message):
+    """Exactly one of the fields is set. A client that knows only `event` skips the others."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    MATCH_FIELD_NUMBER: _builtins.int
+    GOAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> Global___GiftEvent: ...
+    def event(self) -> Global___GiftEvent:
+        """A gift completed in the stream."""
+
+    @_builtins.property
+    def match(self) -> Global___Match:
+        """The match the stream is in: when it starts, after each change of its scores, and once with its result."""
+
+    @_builtins.property
+    def goal(self) -> Global___StreamGoal:
+        """The stream's goal: when it is set and after each change of its progress."""
+
     def __init__(
         self,
         *,
         event: Global___GiftEvent | None = ...,
+        match: Global___Match | None = ...,
+        goal: Global___StreamGoal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "goal", b"goal", "match", b"match"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "goal", b"goal", "match", b"match"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -647,3 +901,237 @@ class RetireGiftResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetireGiftResponse: _TypeAlias = RetireGiftResponse  # noqa: Y015
+
+@_typing.final
+class UpsertVideoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VIDEO_ID_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    GIFTS_ENABLED_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    video_id: _builtins.str
+    creator_id: _builtins.str
+    gifts_enabled: _builtins.bool
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        video_id: _builtins.str = ...,
+        creator_id: _builtins.str = ...,
+        gifts_enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator_id", b"creator_id", "gifts_enabled", b"gifts_enabled", "request_id", b"request_id", "video_id", b"video_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertVideoRequest: _TypeAlias = UpsertVideoRequest  # noqa: Y015
+
+@_typing.final
+class UpsertVideoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIDEO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def video(self) -> Global___Video: ...
+    def __init__(
+        self,
+        *,
+        video: Global___Video | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["video", b"video"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["video", b"video"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertVideoResponse: _TypeAlias = UpsertVideoResponse  # noqa: Y015
+
+@_typing.final
+class GetVideoSummaryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIDEO_ID_FIELD_NUMBER: _builtins.int
+    video_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        video_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["video_id", b"video_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVideoSummaryRequest: _TypeAlias = GetVideoSummaryRequest  # noqa: Y015
+
+@_typing.final
+class GetVideoSummaryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def summary(self) -> Global___VideoSummary: ...
+    def __init__(
+        self,
+        *,
+        summary: Global___VideoSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVideoSummaryResponse: _TypeAlias = GetVideoSummaryResponse  # noqa: Y015
+
+@_typing.final
+class StartMatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STREAM_IDS_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def stream_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """2-4 distinct live streams of distinct creators, none in an active match."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """30 s - 60 min (whole milliseconds)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        stream_ids: _abc.Iterable[_builtins.str] | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "request_id", b"request_id", "stream_ids", b"stream_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartMatchRequest: _TypeAlias = StartMatchRequest  # noqa: Y015
+
+@_typing.final
+class StartMatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def match(self) -> Global___Match: ...
+    def __init__(
+        self,
+        *,
+        match: Global___Match | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["match", b"match"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match", b"match"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartMatchResponse: _TypeAlias = StartMatchResponse  # noqa: Y015
+
+@_typing.final
+class GetMatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCH_ID_FIELD_NUMBER: _builtins.int
+    match_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        match_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_id", b"match_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMatchRequest: _TypeAlias = GetMatchRequest  # noqa: Y015
+
+@_typing.final
+class GetMatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCH_FIELD_NUMBER: _builtins.int
+    TOP_SUPPORTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def match(self) -> Global___Match: ...
+    @_builtins.property
+    def top_supporters(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatchSupporter]:
+        """Up to 10 per side, side by side in the order of match.sides, most coins first."""
+
+    def __init__(
+        self,
+        *,
+        match: Global___Match | None = ...,
+        top_supporters: _abc.Iterable[Global___MatchSupporter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["match", b"match"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match", b"match", "top_supporters", b"top_supporters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMatchResponse: _TypeAlias = GetMatchResponse  # noqa: Y015
+
+@_typing.final
+class SetStreamGoalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    TARGET_COINS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    stream_id: _builtins.str
+    """A live stream."""
+    target_coins: _builtins.int
+    """1-1,000,000,000."""
+    description: _builtins.str
+    """0-200 characters, e.g. "New microphone"."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        stream_id: _builtins.str = ...,
+        target_coins: _builtins.int = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "request_id", b"request_id", "stream_id", b"stream_id", "target_coins", b"target_coins"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetStreamGoalRequest: _TypeAlias = SetStreamGoalRequest  # noqa: Y015
+
+@_typing.final
+class SetStreamGoalResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def goal(self) -> Global___StreamGoal: ...
+    def __init__(
+        self,
+        *,
+        goal: Global___StreamGoal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["goal", b"goal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goal", b"goal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetStreamGoalResponse: _TypeAlias = SetStreamGoalResponse  # noqa: Y015

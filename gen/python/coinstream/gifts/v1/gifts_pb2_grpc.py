@@ -80,6 +80,31 @@ class GiftServiceStub:
                 request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.RetireGiftRequest.SerializeToString,
                 response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.RetireGiftResponse.FromString,
                 _registered_method=True)
+        self.UpsertVideo = channel.unary_unary(
+                '/coinstream.gifts.v1.GiftService/UpsertVideo',
+                request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.UpsertVideoRequest.SerializeToString,
+                response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.UpsertVideoResponse.FromString,
+                _registered_method=True)
+        self.GetVideoSummary = channel.unary_unary(
+                '/coinstream.gifts.v1.GiftService/GetVideoSummary',
+                request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetVideoSummaryRequest.SerializeToString,
+                response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetVideoSummaryResponse.FromString,
+                _registered_method=True)
+        self.StartMatch = channel.unary_unary(
+                '/coinstream.gifts.v1.GiftService/StartMatch',
+                request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.StartMatchRequest.SerializeToString,
+                response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.StartMatchResponse.FromString,
+                _registered_method=True)
+        self.GetMatch = channel.unary_unary(
+                '/coinstream.gifts.v1.GiftService/GetMatch',
+                request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetMatchRequest.SerializeToString,
+                response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetMatchResponse.FromString,
+                _registered_method=True)
+        self.SetStreamGoal = channel.unary_unary(
+                '/coinstream.gifts.v1.GiftService/SetStreamGoal',
+                request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SetStreamGoalRequest.SerializeToString,
+                response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SetStreamGoalResponse.FromString,
+                _registered_method=True)
 
 
 class GiftServiceServicer:
@@ -108,7 +133,7 @@ class GiftServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SendGift(self, request, context):
-        """Sends a gift to a live stream's creator, paid with the sender's coins (owner, service).
+        """Sends a gift to a live stream's or a video's creator, paid with the sender's coins (owner, service).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +170,41 @@ class GiftServiceServicer:
 
     def RetireGift(self, request, context):
         """Takes a gift out of the catalog (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertVideo(self, request, context):
+        """Registers a posted video or changes whether it takes gifts; fed by the content backend (service, admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVideoSummary(self, request, context):
+        """Totals and top gifters of a video (anyone authenticated).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartMatch(self, request, context):
+        """Starts a timed gift battle between 2-4 live streams of distinct creators (service, admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMatch(self, request, context):
+        """A match's scores, status and winners, and the top supporters of each side (anyone authenticated).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetStreamGoal(self, request, context):
+        """Sets a stream's coin goal, closing the previous one (the stream's creator, service).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,6 +257,31 @@ def add_GiftServiceServicer_to_server(servicer, server):
                     servicer.RetireGift,
                     request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.RetireGiftRequest.FromString,
                     response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.RetireGiftResponse.SerializeToString,
+            ),
+            'UpsertVideo': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertVideo,
+                    request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.UpsertVideoRequest.FromString,
+                    response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.UpsertVideoResponse.SerializeToString,
+            ),
+            'GetVideoSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVideoSummary,
+                    request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetVideoSummaryRequest.FromString,
+                    response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetVideoSummaryResponse.SerializeToString,
+            ),
+            'StartMatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartMatch,
+                    request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.StartMatchRequest.FromString,
+                    response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.StartMatchResponse.SerializeToString,
+            ),
+            'GetMatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMatch,
+                    request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetMatchRequest.FromString,
+                    response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetMatchResponse.SerializeToString,
+            ),
+            'SetStreamGoal': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetStreamGoal,
+                    request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SetStreamGoalRequest.FromString,
+                    response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SetStreamGoalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +528,141 @@ class GiftService:
             '/coinstream.gifts.v1.GiftService/RetireGift',
             coinstream_dot_gifts_dot_v1_dot_gifts__pb2.RetireGiftRequest.SerializeToString,
             coinstream_dot_gifts_dot_v1_dot_gifts__pb2.RetireGiftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertVideo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.gifts.v1.GiftService/UpsertVideo',
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.UpsertVideoRequest.SerializeToString,
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.UpsertVideoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVideoSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.gifts.v1.GiftService/GetVideoSummary',
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetVideoSummaryRequest.SerializeToString,
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetVideoSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartMatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.gifts.v1.GiftService/StartMatch',
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.StartMatchRequest.SerializeToString,
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.StartMatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.gifts.v1.GiftService/GetMatch',
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetMatchRequest.SerializeToString,
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.GetMatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetStreamGoal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.gifts.v1.GiftService/SetStreamGoal',
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SetStreamGoalRequest.SerializeToString,
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SetStreamGoalResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,7 +40,7 @@ class GiftServiceStub:
     EndLiveStream: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.EndLiveStreamRequest, _gifts_pb2.EndLiveStreamResponse]
     """Ends a live stream; gifts to it are refused afterwards (owner, service)."""
     SendGift: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.SendGiftRequest, _gifts_pb2.SendGiftResponse]
-    """Sends a gift to a live stream's creator, paid with the sender's coins (owner, service)."""
+    """Sends a gift to a live stream's or a video's creator, paid with the sender's coins (owner, service)."""
     GetStreamSummary: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.GetStreamSummaryRequest, _gifts_pb2.GetStreamSummaryResponse]
     """Totals and top gifters of a stream (anyone authenticated)."""
     WatchStreamGifts: _grpc.UnaryStreamMultiCallable[_gifts_pb2.WatchStreamGiftsRequest, _gifts_pb2.WatchStreamGiftsResponse]
@@ -53,6 +53,16 @@ class GiftServiceStub:
     """Adds a gift to the catalog or changes one; accepted gifts keep the price they were sent at (admin)."""
     RetireGift: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.RetireGiftRequest, _gifts_pb2.RetireGiftResponse]
     """Takes a gift out of the catalog (admin)."""
+    UpsertVideo: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.UpsertVideoRequest, _gifts_pb2.UpsertVideoResponse]
+    """Registers a posted video or changes whether it takes gifts; fed by the content backend (service, admin)."""
+    GetVideoSummary: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.GetVideoSummaryRequest, _gifts_pb2.GetVideoSummaryResponse]
+    """Totals and top gifters of a video (anyone authenticated)."""
+    StartMatch: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.StartMatchRequest, _gifts_pb2.StartMatchResponse]
+    """Starts a timed gift battle between 2-4 live streams of distinct creators (service, admin)."""
+    GetMatch: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.GetMatchRequest, _gifts_pb2.GetMatchResponse]
+    """A match's scores, status and winners, and the top supporters of each side (anyone authenticated)."""
+    SetStreamGoal: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.SetStreamGoalRequest, _gifts_pb2.SetStreamGoalResponse]
+    """Sets a stream's coin goal, closing the previous one (the stream's creator, service)."""
 
 @_typing.type_check_only
 class GiftServiceAsyncStub(GiftServiceStub):
@@ -66,7 +76,7 @@ class GiftServiceAsyncStub(GiftServiceStub):
     EndLiveStream: _aio.UnaryUnaryMultiCallable[_gifts_pb2.EndLiveStreamRequest, _gifts_pb2.EndLiveStreamResponse]  # type: ignore[assignment]
     """Ends a live stream; gifts to it are refused afterwards (owner, service)."""
     SendGift: _aio.UnaryUnaryMultiCallable[_gifts_pb2.SendGiftRequest, _gifts_pb2.SendGiftResponse]  # type: ignore[assignment]
-    """Sends a gift to a live stream's creator, paid with the sender's coins (owner, service)."""
+    """Sends a gift to a live stream's or a video's creator, paid with the sender's coins (owner, service)."""
     GetStreamSummary: _aio.UnaryUnaryMultiCallable[_gifts_pb2.GetStreamSummaryRequest, _gifts_pb2.GetStreamSummaryResponse]  # type: ignore[assignment]
     """Totals and top gifters of a stream (anyone authenticated)."""
     WatchStreamGifts: _aio.UnaryStreamMultiCallable[_gifts_pb2.WatchStreamGiftsRequest, _gifts_pb2.WatchStreamGiftsResponse]  # type: ignore[assignment]
@@ -79,6 +89,16 @@ class GiftServiceAsyncStub(GiftServiceStub):
     """Adds a gift to the catalog or changes one; accepted gifts keep the price they were sent at (admin)."""
     RetireGift: _aio.UnaryUnaryMultiCallable[_gifts_pb2.RetireGiftRequest, _gifts_pb2.RetireGiftResponse]  # type: ignore[assignment]
     """Takes a gift out of the catalog (admin)."""
+    UpsertVideo: _aio.UnaryUnaryMultiCallable[_gifts_pb2.UpsertVideoRequest, _gifts_pb2.UpsertVideoResponse]  # type: ignore[assignment]
+    """Registers a posted video or changes whether it takes gifts; fed by the content backend (service, admin)."""
+    GetVideoSummary: _aio.UnaryUnaryMultiCallable[_gifts_pb2.GetVideoSummaryRequest, _gifts_pb2.GetVideoSummaryResponse]  # type: ignore[assignment]
+    """Totals and top gifters of a video (anyone authenticated)."""
+    StartMatch: _aio.UnaryUnaryMultiCallable[_gifts_pb2.StartMatchRequest, _gifts_pb2.StartMatchResponse]  # type: ignore[assignment]
+    """Starts a timed gift battle between 2-4 live streams of distinct creators (service, admin)."""
+    GetMatch: _aio.UnaryUnaryMultiCallable[_gifts_pb2.GetMatchRequest, _gifts_pb2.GetMatchResponse]  # type: ignore[assignment]
+    """A match's scores, status and winners, and the top supporters of each side (anyone authenticated)."""
+    SetStreamGoal: _aio.UnaryUnaryMultiCallable[_gifts_pb2.SetStreamGoalRequest, _gifts_pb2.SetStreamGoalResponse]  # type: ignore[assignment]
+    """Sets a stream's coin goal, closing the previous one (the stream's creator, service)."""
 
 class GiftServiceServicer(metaclass=_abc_1.ABCMeta):
     """Gift catalog, live streams and gift sending."""
@@ -113,7 +133,7 @@ class GiftServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gifts_pb2.SendGiftRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gifts_pb2.SendGiftResponse, _abc.Awaitable[_gifts_pb2.SendGiftResponse]]:
-        """Sends a gift to a live stream's creator, paid with the sender's coins (owner, service)."""
+        """Sends a gift to a live stream's or a video's creator, paid with the sender's coins (owner, service)."""
 
     @_abc_1.abstractmethod
     def GetStreamSummary(
@@ -156,5 +176,45 @@ class GiftServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gifts_pb2.RetireGiftResponse, _abc.Awaitable[_gifts_pb2.RetireGiftResponse]]:
         """Takes a gift out of the catalog (admin)."""
+
+    @_abc_1.abstractmethod
+    def UpsertVideo(
+        self,
+        request: _gifts_pb2.UpsertVideoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gifts_pb2.UpsertVideoResponse, _abc.Awaitable[_gifts_pb2.UpsertVideoResponse]]:
+        """Registers a posted video or changes whether it takes gifts; fed by the content backend (service, admin)."""
+
+    @_abc_1.abstractmethod
+    def GetVideoSummary(
+        self,
+        request: _gifts_pb2.GetVideoSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gifts_pb2.GetVideoSummaryResponse, _abc.Awaitable[_gifts_pb2.GetVideoSummaryResponse]]:
+        """Totals and top gifters of a video (anyone authenticated)."""
+
+    @_abc_1.abstractmethod
+    def StartMatch(
+        self,
+        request: _gifts_pb2.StartMatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gifts_pb2.StartMatchResponse, _abc.Awaitable[_gifts_pb2.StartMatchResponse]]:
+        """Starts a timed gift battle between 2-4 live streams of distinct creators (service, admin)."""
+
+    @_abc_1.abstractmethod
+    def GetMatch(
+        self,
+        request: _gifts_pb2.GetMatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gifts_pb2.GetMatchResponse, _abc.Awaitable[_gifts_pb2.GetMatchResponse]]:
+        """A match's scores, status and winners, and the top supporters of each side (anyone authenticated)."""
+
+    @_abc_1.abstractmethod
+    def SetStreamGoal(
+        self,
+        request: _gifts_pb2.SetStreamGoalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gifts_pb2.SetStreamGoalResponse, _abc.Awaitable[_gifts_pb2.SetStreamGoalResponse]]:
+        """Sets a stream's coin goal, closing the previous one (the stream's creator, service)."""
 
 def add_GiftServiceServicer_to_server(servicer: GiftServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

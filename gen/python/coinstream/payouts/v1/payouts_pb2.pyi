@@ -30,7 +30,9 @@ class _EarningsGroupByEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Earni
     EARNINGS_GROUP_BY_DAY: _EarningsGroupBy.ValueType  # 1
     """Per UTC day; key "YYYY-MM-DD"."""
     EARNINGS_GROUP_BY_STREAM: _EarningsGroupBy.ValueType  # 2
-    """Per live stream; key = stream_id."""
+    """Per live stream; key = stream_id. Video gifts are not in it."""
+    EARNINGS_GROUP_BY_VIDEO: _EarningsGroupBy.ValueType  # 3
+    """Per video; key = video_id. Stream gifts are not in it."""
 
 class EarningsGroupBy(_EarningsGroupBy, metaclass=_EarningsGroupByEnumTypeWrapper): ...
 
@@ -38,7 +40,9 @@ EARNINGS_GROUP_BY_UNSPECIFIED: EarningsGroupBy.ValueType  # 0
 EARNINGS_GROUP_BY_DAY: EarningsGroupBy.ValueType  # 1
 """Per UTC day; key "YYYY-MM-DD"."""
 EARNINGS_GROUP_BY_STREAM: EarningsGroupBy.ValueType  # 2
-"""Per live stream; key = stream_id."""
+"""Per live stream; key = stream_id. Video gifts are not in it."""
+EARNINGS_GROUP_BY_VIDEO: EarningsGroupBy.ValueType  # 3
+"""Per video; key = video_id. Stream gifts are not in it."""
 Global___EarningsGroupBy: _TypeAlias = EarningsGroupBy  # noqa: Y015
 
 class _WithdrawalStatus:

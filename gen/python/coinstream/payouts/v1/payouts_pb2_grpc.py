@@ -131,7 +131,7 @@ class PayoutServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEarnings(self, request, context):
-        """A creator's statement: diamonds and gift counts per day or per stream, newest first (owner, service, admin).
+        """A creator's statement: diamonds and gift counts per day, stream or video, newest first (owner, service, admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,7 +48,7 @@ class PayoutServiceStub:
     ListWithdrawals: _grpc.UnaryUnaryMultiCallable[_payouts_pb2.ListWithdrawalsRequest, _payouts_pb2.ListWithdrawalsResponse]
     """A creator's withdrawals, newest first (owner, service, admin)."""
     ListEarnings: _grpc.UnaryUnaryMultiCallable[_payouts_pb2.ListEarningsRequest, _payouts_pb2.ListEarningsResponse]
-    """A creator's statement: diamonds and gift counts per day or per stream, newest first (owner, service, admin)."""
+    """A creator's statement: diamonds and gift counts per day, stream or video, newest first (owner, service, admin)."""
 
 @_typing.type_check_only
 class PayoutServiceAsyncStub(PayoutServiceStub):
@@ -70,7 +70,7 @@ class PayoutServiceAsyncStub(PayoutServiceStub):
     ListWithdrawals: _aio.UnaryUnaryMultiCallable[_payouts_pb2.ListWithdrawalsRequest, _payouts_pb2.ListWithdrawalsResponse]  # type: ignore[assignment]
     """A creator's withdrawals, newest first (owner, service, admin)."""
     ListEarnings: _aio.UnaryUnaryMultiCallable[_payouts_pb2.ListEarningsRequest, _payouts_pb2.ListEarningsResponse]  # type: ignore[assignment]
-    """A creator's statement: diamonds and gift counts per day or per stream, newest first (owner, service, admin)."""
+    """A creator's statement: diamonds and gift counts per day, stream or video, newest first (owner, service, admin)."""
 
 class PayoutServiceServicer(metaclass=_abc_1.ABCMeta):
     """Creator diamonds and their withdrawal to real money."""
@@ -137,6 +137,6 @@ class PayoutServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payouts_pb2.ListEarningsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payouts_pb2.ListEarningsResponse, _abc.Awaitable[_payouts_pb2.ListEarningsResponse]]:
-        """A creator's statement: diamonds and gift counts per day or per stream, newest first (owner, service, admin)."""
+        """A creator's statement: diamonds and gift counts per day, stream or video, newest first (owner, service, admin)."""
 
 def add_PayoutServiceServicer_to_server(servicer: PayoutServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
