@@ -47,6 +47,9 @@ SUITE_SETTINGS = {
     "COINSTREAM_WALLET_RECOVERY_AGE_SECONDS": "1",
     "COINSTREAM_PAYOUTS_WORKER_INTERVAL_SECONDS": "0.2",
     "COINSTREAM_PAYOUTS_SANDBOX_SETTLE_SECONDS": "0.5",
+    # Matches as short as a second (the contract's minimum is 30 s), finished within 0.2 s of their end.
+    "COINSTREAM_GIFTS_MATCH_MIN_DURATION_SECONDS": "1",
+    "COINSTREAM_GIFTS_MATCH_FINISH_INTERVAL_SECONDS": "0.2",
     # The gauges read from the database and JetStream, fresh within a second of a change.
     "COINSTREAM_METRICS_POLL_INTERVAL_SECONDS": "1",
     # Three services, PostgreSQL and NATS share two cores with pytest: a call may wait for CPU far longer than in

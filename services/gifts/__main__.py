@@ -51,7 +51,7 @@ async def main() -> None:
     gifts = GiftService(pool, wallet, feed, settings.batch_policy(), on_event_queued=relay.wake)
     runtime.add_service(
         gifts_pb2_grpc.add_GiftServiceServicer_to_server,
-        GiftServicer(gifts),
+        GiftServicer(gifts, settings.match_durations),
         gifts_pb2.DESCRIPTOR.services_by_name["GiftService"].full_name,
     )
 
@@ -61,6 +61,11 @@ async def main() -> None:
             settings.gifts_recovery_interval_seconds,
             lambda: gifts.recover_pending_gifts(settings.gifts_recovery_age_seconds),
         ),
+    )
+    # Every replica runs one: finishing a match is one transaction that a second finisher waits for and skips.
+    runtime.add_worker(
+        "match_finisher",
+        lambda: repeat_forever(settings.gifts_match_finish_interval_seconds, gifts.finish_due_matches),
     )
     runtime.add_worker("outbox_relay", relay.run_forever)
     runtime.add_worker("gift_feed_connection", feed.watch_connection)

@@ -1,10 +1,29 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Self
 
+from google.protobuf.duration_pb2 import Duration
 from pydantic import Field, SecretStr, model_validator
 
+from services.gifts import domain
 from services.runtime.config import RuntimeSettings, migrating
+from services.runtime.validation import Validator
+
+
+@dataclass(frozen=True)
+class MatchDurations:
+    """How long a match may last (StartMatchRequest.duration; kept to the microsecond, as PostgreSQL keeps time)."""
+
+    minimum: timedelta = domain.MIN_MATCH_DURATION
+    maximum: timedelta = domain.MAX_MATCH_DURATION
+
+    def check(self, check: Validator, duration: Duration) -> None:
+        well_formed = duration.seconds >= 0 and 0 <= duration.nanos < 1_000_000_000
+        if not well_formed or not self.minimum <= duration.ToTimedelta() <= self.maximum:
+            low, high = self.minimum.total_seconds(), self.maximum.total_seconds()
+            check.fail("duration", f"must be {low:g}-{high:g} seconds")
 
 
 class GiftsSettings(RuntimeSettings):
@@ -31,6 +50,11 @@ class GiftsSettings(RuntimeSettings):
     gifts_feed_max_watchers_per_caller: int = Field(default=20, ge=1)
     gifts_feed_watcher_queue_size: int = Field(default=1_000, ge=1)
     gifts_feed_stuck_watcher_grace_seconds: float = Field(default=5.0, gt=0)
+    # Matches (StartMatch): the durations allowed — the contract's 30 s to 60 min by default — and how often the
+    # finisher looks for matches past their end (a match finishes within about this long of its end).
+    gifts_match_min_duration_seconds: float = Field(default=domain.MIN_MATCH_DURATION.total_seconds(), gt=0)
+    gifts_match_max_duration_seconds: float = Field(default=domain.MAX_MATCH_DURATION.total_seconds(), gt=0, le=86_400)
+    gifts_match_finish_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     # ---- TLS to the wallet (services/gifts/wallet_client.py): a CA → a TLS channel, the wallet's certificate
     # verified against it; a client certificate and key as well → mutual TLS, for a wallet that requires them
     # (COINSTREAM_GRPC_TLS_CLIENT_CA_FILE there). The server name, when set, is the name checked in the wallet's
@@ -50,6 +74,19 @@ class GiftsSettings(RuntimeSettings):
                 f" COINSTREAM_AUTH_ALGORITHM is {self.auth_algorithm}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _match_durations_in_order(self) -> Self:
+        if self.gifts_match_min_duration_seconds > self.gifts_match_max_duration_seconds:
+            raise ValueError("COINSTREAM_GIFTS_MATCH_MIN_DURATION_SECONDS is above the maximum")
+        return self
+
+    @property
+    def match_durations(self) -> MatchDurations:
+        return MatchDurations(
+            timedelta(seconds=self.gifts_match_min_duration_seconds),
+            timedelta(seconds=self.gifts_match_max_duration_seconds),
+        )
 
     def production_problems(self) -> list[str]:
         problems = super().production_problems() + self.nats_problems()

@@ -59,6 +59,23 @@ class LiveStream:
     creator_id: str
     title: str
     status: StreamStatus
+    # The match the stream is in until that match is finished, and the stream's open goal.
+    match_id: str | None = None
+    goal_id: str | None = None
+
+
+class TargetKind(Enum):
+    """Where a gift goes: a live stream or a posted video."""
+
+    STREAM = "stream"
+    VIDEO = "video"
+
+
+@dataclass(frozen=True)
+class Video:
+    video_id: str
+    creator_id: str
+    gifts_enabled: bool
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,34 @@ def require_giftable(
     return stream, gift
 
 
+def require_giftable_video(
+    video: Video | None, video_id: str, gift: CatalogGift | None, gift_id: str, sender_id: str
+) -> tuple[Video, CatalogGift]:
+    """A video gift goes to a registered video that takes gifts, is in the active catalog and is not sent by the
+    video's own creator."""
+    if video is None:
+        raise video_not_found(video_id)
+    if not video.gifts_enabled:
+        raise failed_precondition("VIDEO_NOT_GIFTABLE", f"video {video_id!r} does not take gifts")
+    if gift is None:
+        raise gift_not_found(gift_id)
+    if sender_id == video.creator_id:
+        raise failed_precondition("SELF_GIFT", "creators cannot send gifts to their own video")
+    return video, gift
+
+
+def video_not_found(video_id: str) -> AppError:
+    return not_found("VIDEO_NOT_FOUND", f"no video {video_id!r}")
+
+
+def require_same_video_creator(existing: Video | None, creator_id: str) -> None:
+    """A video's creator receives its gifts: changing it would send later gifts' money elsewhere, so it is fixed."""
+    if existing is not None and existing.creator_id != creator_id:
+        raise failed_precondition(
+            "VIDEO_CREATOR_MISMATCH", f"video {existing.video_id!r} belongs to another creator; its creator is fixed"
+        )
+
+
 def gift_coins(coin_price: int, quantity: int) -> int:
     assert coin_price > 0, f"gift price must be positive, got {coin_price}"
     assert MIN_QUANTITY <= quantity <= MAX_QUANTITY, f"quantity out of range: {quantity}"
@@ -133,7 +178,10 @@ def require_catalog_gift(gift: CatalogGift | None, gift_id: str) -> CatalogGift:
 
 @dataclass(frozen=True, order=True)
 class ComboKey:
-    stream_id: str
+    """Gifts continue a combo per sender, gift and target (a stream or a video)."""
+
+    target_kind: str  # a TargetKind value (a string, so keys sort)
+    target_id: str
     sender_id: str
     gift_id: str
 
@@ -198,12 +246,13 @@ def period_starts(moment: datetime) -> dict[LeaderboardPeriod, date]:
 
 @dataclass(frozen=True)
 class CountedGift:
-    """What the counters need of a completed gift."""
+    """What the counters need of a completed gift: exactly one of stream_id and video_id is set."""
 
-    stream_id: str
+    stream_id: str | None
     creator_id: str
     sender_id: str
     coins: int
+    video_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -226,21 +275,27 @@ def leaderboard_increments(gifts: Sequence[CountedGift], moment: datetime) -> li
     return [LeaderboardIncrement(*key, coins) for key, coins in ordered]
 
 
-def stream_gifter_increments(gifts: Sequence[CountedGift]) -> list[tuple[str, str, int]]:
-    """(stream_id, sender_id, coins) summed per stream and sender, in key order."""
+def target_of(gift: CountedGift, kind: TargetKind) -> str | None:
+    return gift.stream_id if kind is TargetKind.STREAM else gift.video_id
+
+
+def gifter_increments(gifts: Sequence[CountedGift], kind: TargetKind) -> list[tuple[str, str, int]]:
+    """(target_id, sender_id, coins) summed per target of that kind (streams or videos) and sender, in key order."""
     sums: dict[tuple[str, str], int] = {}
     for gift in gifts:
-        sums[(gift.stream_id, gift.sender_id)] = sums.get((gift.stream_id, gift.sender_id), 0) + gift.coins
-    return sorted((stream_id, sender_id, coins) for (stream_id, sender_id), coins in sums.items())
+        if (target := target_of(gift, kind)) is not None:
+            sums[(target, gift.sender_id)] = sums.get((target, gift.sender_id), 0) + gift.coins
+    return sorted((target, sender_id, coins) for (target, sender_id), coins in sums.items())
 
 
-def stream_total_increments(gifts: Sequence[CountedGift]) -> list[tuple[str, int, int]]:
-    """(stream_id, coins, gift_count) summed per stream, in stream order."""
+def total_increments(gifts: Sequence[CountedGift], kind: TargetKind) -> list[tuple[str, int, int]]:
+    """(target_id, coins, gift_count) summed per target of that kind (streams or videos), in id order."""
     sums: dict[str, tuple[int, int]] = {}
     for gift in gifts:
-        coins, count = sums.get(gift.stream_id, (0, 0))
-        sums[gift.stream_id] = (coins + gift.coins, count + 1)
-    return sorted((stream_id, coins, count) for stream_id, (coins, count) in sums.items())
+        if (target := target_of(gift, kind)) is not None:
+            coins, count = sums.get(target, (0, 0))
+            sums[target] = (coins + gift.coins, count + 1)
+    return sorted((target, coins, count) for target, (coins, count) in sums.items())
 
 
 @dataclass(frozen=True)
@@ -304,3 +359,105 @@ def payment_split(coins: int, paid_coins: int, bonus_coins: int) -> tuple[int, i
     assert paid_coins >= 0 and bonus_coins >= 0, f"negative split {paid_coins}+{bonus_coins}"
     assert paid_coins + bonus_coins in (0, coins), f"split {paid_coins}+{bonus_coins} of a {coins}-coin gift"
     return paid_coins, bonus_coins
+
+
+# ---------------------------------------------------------------- matches
+
+MIN_MATCH_SIDES = 2
+MAX_MATCH_SIDES = 4
+# The contract's bounds on a match's duration (deployments may narrow or widen them: GiftsSettings).
+MIN_MATCH_DURATION = timedelta(seconds=30)
+MAX_MATCH_DURATION = timedelta(minutes=60)
+TOP_SUPPORTERS_PER_SIDE = 10
+
+
+class MatchStatus(Enum):
+    ACTIVE = "active"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class MatchSide:
+    stream_id: str
+    creator_id: str
+    score_coins: int
+
+
+@dataclass(frozen=True)
+class Match:
+    match_id: str
+    sides: tuple[MatchSide, ...]  # in the order the match was started with
+    status: MatchStatus
+    starts_at: datetime
+    ends_at: datetime
+    winner_stream_ids: tuple[str, ...] = ()
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MatchSupporter:
+    stream_id: str
+    account_id: str
+    coins: int
+
+
+def require_matchable(streams: dict[str, LiveStream], stream_ids: Sequence[str]) -> list[LiveStream]:
+    """The sides of a new match, in the order asked (distinct ids): existing live streams, none in a match. A creator
+    has one live stream at most, so distinct live streams have distinct creators."""
+    sides = []
+    for stream_id in stream_ids:
+        stream = require_stream(streams.get(stream_id), stream_id)
+        if stream.status is not StreamStatus.LIVE:
+            raise stream_not_live(stream_id)
+        if stream.match_id is not None:
+            raise failed_precondition("STREAM_IN_MATCH", f"stream {stream_id!r} is in match {stream.match_id!r}")
+        sides.append(stream)
+    assert len({stream.creator_id for stream in sides}) == len(sides), f"one creator twice in {stream_ids}"
+    return sides
+
+
+def match_not_found(match_id: str) -> AppError:
+    return not_found("MATCH_NOT_FOUND", f"no match {match_id!r}")
+
+
+def match_winners(sides: Sequence[MatchSide]) -> tuple[str, ...]:
+    """The sides with the highest score, in side order: several on a tie (all of them when nobody scored)."""
+    best = max(side.score_coins for side in sides)
+    return tuple(side.stream_id for side in sides if side.score_coins == best)
+
+
+def counts_in_match(starts_at: datetime, ends_at: datetime, completed_at: datetime) -> bool:
+    """A gift counts in a match when it completed from starts_at (inclusive) to ends_at (exclusive)."""
+    return starts_at <= completed_at < ends_at
+
+
+# ---------------------------------------------------------------- stream goals
+
+MIN_GOAL_TARGET = 1
+MAX_GOAL_TARGET = 1_000_000_000
+MAX_GOAL_DESCRIPTION_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class StreamGoal:
+    goal_id: str
+    stream_id: str
+    creator_id: str
+    target_coins: int
+    progress_coins: int
+    description: str
+    created_at: datetime
+    reached_at: datetime | None = None
+
+
+def require_goal_settable(stream: LiveStream | None, stream_id: str) -> LiveStream:
+    """Goals are set on live streams (an ended stream takes no more gifts)."""
+    stream = require_stream(stream, stream_id)
+    if stream.status is not StreamStatus.LIVE:
+        raise stream_not_live(stream_id)
+    return stream
+
+
+def goal_just_reached(goal: StreamGoal, added_coins: int) -> bool:
+    """Whether the coins just added (goal is as after them) are what first brought its progress to the target."""
+    return goal.reached_at is not None and goal.progress_coins - added_coins < goal.target_coins

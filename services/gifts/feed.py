@@ -1,6 +1,7 @@
-"""The live gift feed: one core-NATS subscription per process fans GiftSent and StreamEnded out to the watchers of
-each stream, in the order the relay published them. The subscription exists while the process has watchers (and a
-minute after the last one left), so a process nobody watches through receives no events.
+"""The live gift feed: one core-NATS subscription per process fans GiftSent and StreamEnded — and the updates of
+matches and goals — out to the watchers of each stream, in the order the relay published them. The subscription
+exists while the process has watchers (and a minute after the last one left), so a process nobody watches through
+receives no events.
 
 Core NATS, not a JetStream consumer: JetStream publishes reach core subscribers too, and a consumer would hold
 messages in the interest-retention GIFTS stream. One subscription for both subjects keeps their order (nats-py
@@ -10,14 +11,14 @@ GiftSent published just before it).
 The hub never awaits a watcher: each watcher has its own bounded buffer, and one that falls behind by a whole
 buffer is ended (RESOURCE_EXHAUSTED, RATE_LIMITED) instead of holding memory or slowing gifting and other watchers.
 A relay that republishes after a crash makes JetStream drop the repeat, but core subscribers see it again, so the
-hub drops gift ids it already routed to a stream."""
+hub drops event ids (gift ids, update ids) it already routed to a stream."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 
@@ -29,7 +30,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from services.gifts import domain
+from services.gifts import domain, events
 from services.runtime.messaging import GIFT_SENT_SUBJECT
 
 log = structlog.get_logger()
@@ -60,6 +61,38 @@ def gift_event(sent: events_pb2.GiftSent) -> gifts_pb2.WatchStreamGiftsResponse:
         combo_count=sent.combo_count,
     )
     return gifts_pb2.WatchStreamGiftsResponse(event=gifts_pb2.GiftEvent(gift=gift, sent_at=sent.sent_at))
+
+
+def match_event(update: events_pb2.MatchUpdated | events_pb2.MatchFinished) -> gifts_pb2.WatchStreamGiftsResponse:
+    """A match's scoreboard as of an update, or its result."""
+    finished = isinstance(update, events_pb2.MatchFinished)
+    match = gifts_pb2.Match(
+        match_id=update.match_id,
+        sides=[
+            gifts_pb2.MatchSide(stream_id=s.stream_id, creator_id=s.creator_id, score_coins=s.score_coins)
+            for s in update.sides
+        ],
+        status=gifts_pb2.MATCH_STATUS_FINISHED if finished else gifts_pb2.MATCH_STATUS_ACTIVE,
+        starts_at=update.starts_at,
+        ends_at=update.ends_at,
+        winner_stream_ids=update.winner_stream_ids if isinstance(update, events_pb2.MatchFinished) else [],
+    )
+    return gifts_pb2.WatchStreamGiftsResponse(match=match)
+
+
+def goal_event(update: events_pb2.GoalUpdated) -> gifts_pb2.WatchStreamGiftsResponse:
+    goal = update.goal
+    message = gifts_pb2.StreamGoal(
+        goal_id=goal.goal_id,
+        stream_id=goal.stream_id,
+        target_coins=goal.target_coins,
+        progress_coins=goal.progress_coins,
+        description=goal.description,
+        created_at=goal.created_at,
+    )
+    if goal.HasField("reached_at"):
+        message.reached_at.CopyFrom(goal.reached_at)
+    return gifts_pb2.WatchStreamGiftsResponse(goal=message)
 
 
 class _State(Enum):
@@ -272,19 +305,38 @@ class GiftFeed:
             log.exception("gift_feed_message_dropped", subject=msg.subject)
 
     def route(self, subject: str, payload: bytes) -> None:
-        """Hands one published event to the watchers of its stream, without waiting for any of them."""
+        """Hands one published event to the watchers of its stream(s), without waiting for any of them."""
         if subject == GIFT_SENT_SUBJECT:
-            self._deliver_gift(events_pb2.GiftSent.FromString(payload))
+            sent = events_pb2.GiftSent.FromString(payload)
+            if sent.stream_id:  # video gifts have no live feed
+                self._deliver([sent.stream_id], sent.gift_transaction_id, lambda: gift_event(sent))
         elif subject == STREAM_ENDED_SUBJECT:
             self._end_stream(events_pb2.StreamEnded.FromString(payload).stream_id)
+        elif subject == events.MATCH_UPDATED_SUBJECT:
+            updated = events_pb2.MatchUpdated.FromString(payload)
+            sides = [side.stream_id for side in updated.sides]
+            self._deliver(sides, f"match_updated:{updated.update_id}", lambda: match_event(updated))
+        elif subject == events.MATCH_FINISHED_SUBJECT:
+            finished = events_pb2.MatchFinished.FromString(payload)
+            sides = [side.stream_id for side in finished.sides]
+            self._deliver(sides, f"match_finished:{finished.match_id}", lambda: match_event(finished))
+        elif subject == events.GOAL_UPDATED_SUBJECT:
+            goal = events_pb2.GoalUpdated.FromString(payload)
+            self._deliver([goal.goal.stream_id], f"goal_updated:{goal.update_id}", lambda: goal_event(goal))
 
-    def _deliver_gift(self, sent: events_pb2.GiftSent) -> None:
-        watchers = self._watchers.get(sent.stream_id)
-        if not watchers or not self._recent[sent.stream_id].add(sent.gift_transaction_id):
-            return
-        event = gift_event(sent)
-        for watcher in list(watchers):
-            watcher.offer(event)
+    def _deliver(
+        self, stream_ids: list[str], event_id: str, make_event: Callable[[], gifts_pb2.WatchStreamGiftsResponse]
+    ) -> None:
+        """Offers the event to the watchers of each stream once (event_id drops a republished event), made only
+        when someone watches."""
+        event = None
+        for stream_id in stream_ids:
+            watchers = self._watchers.get(stream_id)
+            if not watchers or not self._recent[stream_id].add(event_id):
+                continue
+            event = event or make_event()
+            for watcher in list(watchers):
+                watcher.offer(event)
 
     def _end_stream(self, stream_id: str) -> None:
         for watcher in list(self._watchers.get(stream_id, ())):

@@ -25,6 +25,7 @@ from nats.js.api import PubAck
 from prometheus_client import Counter, Gauge
 
 from services.gifts import store
+from services.gifts.events import MATCH_FINISHED_SUBJECT
 from services.gifts.feed import STREAM_ENDED_SUBJECT
 from services.runtime import tracing
 from services.runtime.faults import crash_point
@@ -35,6 +36,8 @@ BATCH_SIZE = 200
 PUBLISH_TIMEOUT_SECONDS = 5.0
 # After a NATS failure, wait at least this long before trying again, however often new gifts wake the relay.
 FAILURE_BACKOFF_SECONDS = 2.0
+# Events that close something (a stream's feed, a match) go out alone, once everything before them is acknowledged.
+CLOSING_SUBJECTS = frozenset({STREAM_ENDED_SUBJECT, MATCH_FINISHED_SUBJECT})
 
 PUBLISHED = Counter("coinstream_outbox_published_total", "Outbox events JetStream acknowledged")
 # Polled (measure_backlog): events waiting in the outbox, and how long the oldest has waited. Every replica reports
@@ -89,11 +92,12 @@ class OutboxRelay:
         return acknowledged, acknowledged < len(events)
 
     async def _publish_in_order(self, events: list[store.OutboxEvent], traced: tracing.Publishing) -> int:
-        """Runs of gift events go out with every acknowledgement in flight; a StreamEnded waits until everything
-        before it is acknowledged and goes alone. A failure inside a run may let later gifts of the run be stored
-        before a republished earlier one, but never a stream's end before its gifts (live feeds end with it)."""
+        """Runs of gift events go out with every acknowledgement in flight; a StreamEnded (or MatchFinished) waits
+        until everything before it is acknowledged and goes alone. A failure inside a run may let later gifts of the
+        run be stored before a republished earlier one, but never a stream's end before its gifts (live feeds end
+        with it), nor a match's result before its last score update."""
         acknowledged = 0
-        for run in runs_ending_at_stream_ends(events):
+        for run in runs_ending_at_closing_events(events):
             done = await self._publish(run, traced)
             acknowledged += done
             if done < len(run):
@@ -135,11 +139,11 @@ def _failure(future: asyncio.Future[PubAck]) -> str:
     return repr(future.exception())
 
 
-def runs_ending_at_stream_ends(events: list[store.OutboxEvent]) -> list[list[store.OutboxEvent]]:
-    """The events cut into runs: gift events, and each StreamEnded as a run of its own."""
+def runs_ending_at_closing_events(events: list[store.OutboxEvent]) -> list[list[store.OutboxEvent]]:
+    """The events cut into runs: gift and update events, and each StreamEnded or MatchFinished as a run of its own."""
     runs: list[list[store.OutboxEvent]] = [[]]
     for event in events:
-        if event.subject == STREAM_ENDED_SUBJECT:
+        if event.subject in CLOSING_SUBJECTS:
             runs += [[event], []]
         else:
             runs[-1].append(event)

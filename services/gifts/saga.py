@@ -24,8 +24,9 @@ import asyncpg
 import structlog
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
+from google.protobuf.message import Message
 
-from services.gifts import domain, store
+from services.gifts import domain, events, store
 from services.gifts.wallet_client import Spend, SpendAsk, WalletClient
 from services.runtime import idempotency, tracing
 from services.runtime.batching import BatchPolicy, MicroBatcher, in_request_id_rounds
@@ -88,7 +89,8 @@ class GiftSaga:
         reads the rules need, then one statement that claims every request_id and records the accepted gifts."""
         context = await store.read_gift_context(
             self._pool,
-            sorted({request.stream_id for request in requests}),
+            sorted({request.stream_id for request in requests if request.stream_id}),
+            sorted({request.video_id for request in requests if request.video_id}),
             sorted({request.gift_id for request in requests}),
             [request.request_id for request in requests],
         )
@@ -156,15 +158,15 @@ class GiftSaga:
             return outcomes
         async with self._pool.acquire() as conn, conn.transaction():
             # Locked first (in id order): a gift a concurrent retry or recovery pass finished meanwhile drops out.
-            still_pending = await store.lock_pending_gifts(
+            locks = await store.lock_pending_gifts(
                 conn,
                 [gift.gift_transaction_id for gift, _ in decided],
-                [gift.stream_id for gift, payment in decided if isinstance(payment, Spend)],
+                [gift.stream_id for gift, payment in decided if isinstance(payment, Spend) and gift.stream_id],
             )
-            decided = [(gift, payment) for gift, payment in decided if gift.gift_transaction_id in still_pending]
+            decided = [(gift, payment) for gift, payment in decided if gift.gift_transaction_id in locks.pending]
             paid = [(gift, payment) for gift, payment in decided if isinstance(payment, Spend)]
             refused = [(gift, payment) for gift, payment in decided if isinstance(payment, AppError)]
-            settled = await _complete_paid_gifts(conn, paid, refused, self._trace_parents)
+            settled = await _complete_paid_gifts(conn, paid, refused, self._trace_parents, locks)
         if paid:
             self._on_event_queued()
         return outcomes | settled
@@ -201,18 +203,29 @@ def _check_new_gifts(
     gifts: list[store.GiftRow] = []
     refusals: dict[str, AppError] = {}
     for request in requests:
+        catalog_gift = context.catalog.get(request.gift_id)
         try:
-            stream, gift = domain.require_giftable(
-                context.streams.get(request.stream_id),
-                request.stream_id,
-                context.catalog.get(request.gift_id),
-                request.gift_id,
-                request.sender_id,
-            )
+            if request.video_id:
+                target: domain.LiveStream | domain.Video
+                target, gift = domain.require_giftable_video(
+                    context.videos.get(request.video_id),
+                    request.video_id,
+                    catalog_gift,
+                    request.gift_id,
+                    request.sender_id,
+                )
+            else:
+                target, gift = domain.require_giftable(
+                    context.streams.get(request.stream_id),
+                    request.stream_id,
+                    catalog_gift,
+                    request.gift_id,
+                    request.sender_id,
+                )
         except AppError as refusal:
             refusals[request.request_id] = refusal
             continue
-        gifts.append(pending_gift(request, stream, gift))
+        gifts.append(pending_gift(request, target, gift))
     return gifts, refusals
 
 
@@ -228,9 +241,10 @@ def _answer_from_earlier_gifts(
         gift = earlier.get(request.request_id)
         if gift is None:
             continue
-        same = (gift.sender_id, gift.stream_id, gift.gift_id, gift.quantity) == (
+        same = (gift.sender_id, gift.stream_id or "", gift.video_id or "", gift.gift_id, gift.quantity) == (
             request.sender_id,
             request.stream_id,
+            request.video_id,
             request.gift_id,
             request.quantity,
         )
@@ -254,14 +268,15 @@ def _sent(gift: store.GiftRow) -> gifts_pb2.SendGiftResponse:
 
 
 def pending_gift(
-    request: gifts_pb2.SendGiftRequest, stream: domain.LiveStream, gift: domain.CatalogGift
+    request: gifts_pb2.SendGiftRequest, target: domain.LiveStream | domain.Video, gift: domain.CatalogGift
 ) -> store.GiftRow:
     return store.GiftRow(
         gift_transaction_id=new_id("gtx"),
         request_id=request.request_id,
         sender_id=request.sender_id,
-        recipient_id=stream.creator_id,
-        stream_id=stream.stream_id,
+        recipient_id=target.creator_id,
+        stream_id=target.stream_id if isinstance(target, domain.LiveStream) else None,
+        video_id=target.video_id if isinstance(target, domain.Video) else None,
         gift_id=gift.gift_id,
         quantity=request.quantity,
         coin_price=gift.coin_price,
@@ -277,14 +292,19 @@ async def _complete_paid_gifts(
     paid: list[tuple[store.GiftRow, Spend]],
     refused: list[tuple[store.GiftRow, AppError]],
     trace_parents: Mapping[str, str],
+    locks: store.CompletionLocks,
 ) -> dict[str, Outcome]:
     """Completes the paid gifts and fails the refused ones (all locked pending by the caller). Locks in one order
-    in every batch (gifts and streams, combos, leaderboards, stream counters), so completions never deadlock; each
-    hot row is written once per batch."""
-    keys = [domain.ComboKey(gift.stream_id, gift.sender_id, gift.gift_id) for gift, _ in paid]
-    combos = await store.lock_combos(conn, keys) if paid else {}
-    # Stamped after the combo locks, so the gifts of one combo are stamped in the order they are counted.
-    sent_at = datetime.now(UTC)
+    in every batch (streams, matches and gifts; combos, leaderboards, stream and video counters, match sides, goals),
+    so completions never deadlock; each hot row is written once per batch."""
+    keys = [
+        domain.ComboKey(kind.value, target_id, gift.sender_id, gift.gift_id)
+        for gift, _ in paid
+        for kind, target_id in [gift.target]
+    ]
+    combos, sent_at = await store.lock_combos(conn, keys) if paid else ({}, datetime.now(UTC))
+    # Stamped (by the database's clock) after the combo locks, so the gifts of one combo are stamped in the order
+    # they are counted, and after the matches' share locks, so the match a gift counts in is decided by its stamp.
     combo_counts, new_combos = domain.assign_combo_counts(keys, combos, sent_at)
     gifts = [
         completed_gift(gift, spend, combo_count) for (gift, spend), combo_count in zip(paid, combo_counts, strict=True)
@@ -305,35 +325,83 @@ async def _complete_paid_gifts(
         [_stored_outcome(request_id, outcome) for request_id, outcome in outcomes.items()],
     )
     if gifts:
-        await _count_gifts(conn, gifts, sent_at, trace_parents)
+        await _count_gifts(conn, gifts, sent_at, trace_parents, locks)
     return outcomes
 
 
 async def _count_gifts(
-    conn: asyncpg.Connection, gifts: list[store.GiftRow], sent_at: datetime, trace_parents: Mapping[str, str]
+    conn: asyncpg.Connection,
+    gifts: list[store.GiftRow],
+    sent_at: datetime,
+    trace_parents: Mapping[str, str],
+    locks: store.CompletionLocks,
 ) -> None:
-    """The counters completed gifts feed (leaderboards, stream summaries) and their GiftSent events. The outbox rows
-    come after the stream totals: their ids are taken under those rows' locks, so one stream's events are
-    numbered — and published by the relay — in the order their gifts commit, which is the order live feeds show.
-    Each row keeps the trace of the call that sent its gift (none for a gift the recovery pass finished)."""
-    counted = [domain.CountedGift(g.stream_id, g.recipient_id, g.sender_id, g.coins) for g in gifts]
+    """The counters completed gifts feed (leaderboards, stream and video summaries, match scores, goals) and their
+    events. The outbox rows come after the counters: their ids are taken under those rows' locks, so one stream's
+    events are numbered — and published by the relay — in the order their gifts commit, which is the order live
+    feeds show. Each GiftSent keeps the trace of the call that sent its gift (none for one the recovery pass
+    finished)."""
+    counted = [domain.CountedGift(g.stream_id, g.recipient_id, g.sender_id, g.coins, g.video_id) for g in gifts]
     await store.add_to_gifter_totals(conn, domain.leaderboard_increments(counted, sent_at))
-    await store.add_to_stream_counters(
-        conn, domain.stream_gifter_increments(counted), domain.stream_total_increments(counted)
-    )
-    await store.insert_outbox_events(
+    for kind in domain.TargetKind:
+        totals = domain.total_increments(counted, kind)
+        if totals:
+            await store.add_to_counters(conn, kind, domain.gifter_increments(counted, kind), totals)
+    outbox = [
+        store.OutboxRow(
+            gift.gift_transaction_id,
+            GIFT_SENT_SUBJECT,
+            gift_sent_event(gift, sent_at).SerializeToString(),
+            gift.gift_transaction_id,
+            trace_parents.get(gift.request_id),
+        )
+        for gift in gifts
+    ]
+    outbox += await _count_in_matches(conn, counted, sent_at, locks.matches)
+    outbox += await _count_in_goals(conn, counted, sent_at, locks.goals)
+    await store.insert_outbox_events(conn, outbox)
+
+
+async def _count_in_matches(
+    conn: asyncpg.Connection, counted: list[domain.CountedGift], sent_at: datetime, matches: Mapping[str, str]
+) -> list[store.OutboxRow]:
+    """Adds the gifts to the scores of their streams' matches (kept here, never recounted on read) and returns one
+    MatchUpdated per match counted in. Nothing to do — no statement — for streams in no match."""
+    in_match = [gift for gift in counted if gift.stream_id in matches]
+    if not in_match:
+        return []
+    updated = await store.add_to_match_scores(
         conn,
-        [
-            store.OutboxRow(
-                gift.gift_transaction_id,
-                GIFT_SENT_SUBJECT,
-                gift_sent_event(gift, sent_at).SerializeToString(),
-                gift.gift_transaction_id,
-                trace_parents.get(gift.request_id),
-            )
-            for gift in gifts
-        ],
+        sorted({matches[gift.stream_id] for gift in in_match if gift.stream_id}),
+        [(stream_id, coins) for stream_id, coins, _ in domain.total_increments(in_match, domain.TargetKind.STREAM)],
+        domain.gifter_increments(in_match, domain.TargetKind.STREAM),
+        sent_at,
     )
+    return [_outbox_row(events.MATCH_UPDATED_SUBJECT, *events.match_updated(match)) for match in updated]
+
+
+async def _count_in_goals(
+    conn: asyncpg.Connection, counted: list[domain.CountedGift], sent_at: datetime, goals: Mapping[str, str]
+) -> list[store.OutboxRow]:
+    """Adds the gifts to their streams' open goals and returns a GoalUpdated per goal, and a GoalReached for each goal
+    these gifts first brought to its target."""
+    increments = [
+        (goals[stream_id], coins)
+        for stream_id, coins, _ in domain.total_increments(counted, domain.TargetKind.STREAM)
+        if stream_id in goals
+    ]
+    if not increments:
+        return []
+    rows = []
+    for goal, added in await store.add_to_goals(conn, increments, sent_at):
+        rows.append(_outbox_row(events.GOAL_UPDATED_SUBJECT, *events.goal_updated(goal)))
+        if domain.goal_just_reached(goal, added):
+            rows.append(_outbox_row(events.GOAL_REACHED_SUBJECT, *events.goal_reached(goal)))
+    return rows
+
+
+def _outbox_row(subject: str, msg_id: str, event: Message) -> store.OutboxRow:
+    return store.OutboxRow(msg_id, subject, event.SerializeToString(), traceparent=tracing.current_traceparent())
 
 
 def _replayed(stored: idempotency.StoredRequest | AppError) -> Outcome:
@@ -376,11 +444,12 @@ def gift_message(gift: store.GiftRow) -> gifts_pb2.GiftTransaction:
         gift_transaction_id=gift.gift_transaction_id,
         sender_id=gift.sender_id,
         recipient_id=gift.recipient_id,
-        stream_id=gift.stream_id,
+        stream_id=gift.stream_id or "",
         gift_id=gift.gift_id,
         quantity=gift.quantity,
         coins=gift.coins,
         combo_count=gift.combo_count,
+        video_id=gift.video_id or "",
     )
 
 
@@ -390,7 +459,8 @@ def gift_sent_event(gift: store.GiftRow, sent_at: datetime) -> events_pb2.GiftSe
         gift_transaction_id=gift.gift_transaction_id,
         sender_id=gift.sender_id,
         recipient_id=gift.recipient_id,
-        stream_id=gift.stream_id,
+        stream_id=gift.stream_id or "",
+        video_id=gift.video_id or "",
         gift_id=gift.gift_id,
         quantity=gift.quantity,
         coins=gift.coins,

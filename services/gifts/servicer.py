@@ -8,6 +8,7 @@ import grpc
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
 from services.gifts import domain
+from services.gifts.config import MatchDurations
 from services.gifts.service import GiftService
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, current_principal
 from services.runtime.idempotency import scope_to_caller
@@ -20,8 +21,9 @@ LEADERBOARD_PERIODS = frozenset(
 
 
 class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
-    def __init__(self, gifts: GiftService) -> None:
+    def __init__(self, gifts: GiftService, match_durations: MatchDurations | None = None) -> None:
         self._gifts = gifts
+        self._match_durations = match_durations or MatchDurations()
 
     async def ListGifts(
         self, request: gifts_pb2.ListGiftsRequest, context: grpc.aio.ServicerContext
@@ -59,7 +61,12 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         check = Validator()
         check.request_id(request.request_id)
         check.identifier(request.sender_id, "sender_id")
-        check.opaque_id(request.stream_id, "stream_id")
+        if request.stream_id and request.video_id:
+            check.fail("video_id", "set exactly one of stream_id and video_id")
+        elif request.video_id:
+            check.identifier(request.video_id, "video_id")
+        else:
+            check.opaque_id(request.stream_id, "stream_id")
         check.identifier(request.gift_id, "gift_id")
         check.int_range(request.quantity, "quantity", minimum=domain.MIN_QUANTITY, maximum=domain.MAX_QUANTITY)
         check.raise_if_invalid()
@@ -135,3 +142,65 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         current_principal().require_any_role(ROLE_ADMIN)
         scope_to_caller(request)
         return await self._gifts.retire_gift(request)
+
+    async def UpsertVideo(
+        self, request: gifts_pb2.UpsertVideoRequest, context: grpc.aio.ServicerContext
+    ) -> gifts_pb2.UpsertVideoResponse:
+        check = Validator()
+        check.request_id(request.request_id)
+        check.identifier(request.video_id, "video_id")
+        check.identifier(request.creator_id, "creator_id")
+        check.raise_if_invalid()
+        current_principal().require_any_role(ROLE_SERVICE, ROLE_ADMIN)
+        scope_to_caller(request)
+        return await self._gifts.upsert_video(request)
+
+    async def GetVideoSummary(
+        self, request: gifts_pb2.GetVideoSummaryRequest, context: grpc.aio.ServicerContext
+    ) -> gifts_pb2.GetVideoSummaryResponse:
+        check = Validator()
+        check.identifier(request.video_id, "video_id")
+        check.raise_if_invalid()
+        return gifts_pb2.GetVideoSummaryResponse(summary=await self._gifts.get_video_summary(request.video_id))
+
+    async def StartMatch(
+        self, request: gifts_pb2.StartMatchRequest, context: grpc.aio.ServicerContext
+    ) -> gifts_pb2.StartMatchResponse:
+        check = Validator()
+        check.request_id(request.request_id)
+        if not domain.MIN_MATCH_SIDES <= len(request.stream_ids) <= domain.MAX_MATCH_SIDES:
+            check.fail("stream_ids", f"must list {domain.MIN_MATCH_SIDES}-{domain.MAX_MATCH_SIDES} live streams")
+        elif len(set(request.stream_ids)) != len(request.stream_ids):
+            check.fail("stream_ids", "must be distinct")
+        for index, stream_id in enumerate(request.stream_ids[: domain.MAX_MATCH_SIDES]):
+            check.opaque_id(stream_id, f"stream_ids[{index}]")
+        self._match_durations.check(check, request.duration)
+        check.raise_if_invalid()
+        current_principal().require_any_role(ROLE_SERVICE, ROLE_ADMIN)
+        scope_to_caller(request)
+        return await self._gifts.start_match(request)
+
+    async def GetMatch(
+        self, request: gifts_pb2.GetMatchRequest, context: grpc.aio.ServicerContext
+    ) -> gifts_pb2.GetMatchResponse:
+        check = Validator()
+        check.opaque_id(request.match_id, "match_id")
+        check.raise_if_invalid()
+        return await self._gifts.get_match(request.match_id)
+
+    async def SetStreamGoal(
+        self, request: gifts_pb2.SetStreamGoalRequest, context: grpc.aio.ServicerContext
+    ) -> gifts_pb2.SetStreamGoalResponse:
+        check = Validator()
+        check.request_id(request.request_id)
+        check.opaque_id(request.stream_id, "stream_id")
+        check.int_range(
+            request.target_coins, "target_coins", minimum=domain.MIN_GOAL_TARGET, maximum=domain.MAX_GOAL_TARGET
+        )
+        check.text(request.description, "description", max_length=domain.MAX_GOAL_DESCRIPTION_LENGTH, required=False)
+        check.raise_if_invalid()
+        # Only the stream's creator (or a service) may set its goal, so the stream is looked up to authorize.
+        stream = await self._gifts.get_stream(request.stream_id)
+        current_principal().require_account_access(stream.creator_id, privileged_roles=OWNER_OR_SERVICE)
+        scope_to_caller(request)
+        return await self._gifts.set_stream_goal(request)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import TypeAlias
 
 import asyncpg
@@ -16,7 +16,14 @@ from services.gifts.domain import (
     LeaderboardIncrement,
     LeaderboardPeriod,
     LiveStream,
+    Match,
+    MatchSide,
+    MatchStatus,
+    MatchSupporter,
+    StreamGoal,
     StreamStatus,
+    TargetKind,
+    Video,
 )
 from services.runtime import idempotency
 
@@ -54,11 +61,13 @@ async def retire_gift(conn: asyncpg.Connection, gift_id: str) -> CatalogGift | N
     return None if row is None else CatalogGift(**dict(row))
 
 
-STREAM_COLUMNS = "stream_id, creator_id, title, status"
+STREAM_COLUMNS = "stream_id, creator_id, title, status, match_id, goal_id"
 
 
 def _stream(row: asyncpg.Record) -> LiveStream:
-    return LiveStream(row["stream_id"], row["creator_id"], row["title"], StreamStatus(row["status"]))
+    return LiveStream(
+        row["stream_id"], row["creator_id"], row["title"], StreamStatus(row["status"]), row["match_id"], row["goal_id"]
+    )
 
 
 async def start_stream(conn: asyncpg.Connection, stream_id: str, creator_id: str, title: str) -> LiveStream | None:
@@ -92,6 +101,16 @@ async def lock_stream(conn: asyncpg.Connection, stream_id: str) -> LiveStream | 
     return None if row is None else _stream(row)
 
 
+async def lock_streams(conn: asyncpg.Connection, stream_ids: list[str]) -> dict[str, LiveStream]:
+    """Locks the streams (in id order, like every other writer of several streams) against gifts completing to them,
+    ending, and joining another match or goal, until the transaction ends."""
+    rows = await conn.fetch(
+        f"SELECT {STREAM_COLUMNS} FROM live_streams WHERE stream_id = ANY($1::text[]) ORDER BY stream_id FOR UPDATE",
+        sorted(set(stream_ids)),
+    )
+    return {row["stream_id"]: _stream(row) for row in rows}
+
+
 async def end_stream(conn: asyncpg.Connection, stream_id: str) -> tuple[LiveStream, datetime]:
     """Ends a live stream; returns it and when it ended."""
     row = await conn.fetchrow(
@@ -109,7 +128,8 @@ class GiftRow:
     request_id: str
     sender_id: str
     recipient_id: str
-    stream_id: str
+    # Exactly one of stream_id and video_id is set: where the gift goes.
+    stream_id: str | None
     gift_id: str
     quantity: int
     coin_price: int
@@ -122,11 +142,20 @@ class GiftRow:
     bonus_coins: int = 0
     combo_count: int = 0
     failure_reason: str | None = None
+    video_id: str | None = None
+
+    @property
+    def target(self) -> tuple[TargetKind, str]:
+        if self.video_id is not None:
+            return TargetKind.VIDEO, self.video_id
+        assert self.stream_id is not None, f"{self.gift_transaction_id} goes nowhere"
+        return TargetKind.STREAM, self.stream_id
 
 
 GIFT_COLUMNS = (
     "gift_transaction_id, request_id, sender_id, recipient_id, stream_id, gift_id, quantity, coin_price, coins,"
-    " status, wallet_transaction_id, sender_balance_coins, paid_coins, bonus_coins, combo_count, failure_reason"
+    " status, wallet_transaction_id, sender_balance_coins, paid_coins, bonus_coins, combo_count, failure_reason,"
+    " video_id"
 )
 
 
@@ -138,42 +167,50 @@ def _gift(row: asyncpg.Record) -> GiftRow:
 
 @dataclass(frozen=True)
 class GiftContext:
-    """What deciding new SendGift requests needs: their streams, their active catalog gifts, and the gifts recorded
-    under their request_ids whose idempotency keys are gone (a retry after the key expired)."""
+    """What deciding new SendGift requests needs: their streams and videos, their active catalog gifts, and the gifts
+    recorded under their request_ids whose idempotency keys are gone (a retry after the key expired)."""
 
     streams: dict[str, LiveStream]
+    videos: dict[str, Video]
     catalog: dict[str, CatalogGift]
     gifts_without_key: dict[str, GiftRow]
 
 
 async def read_gift_context(
-    conn: Executor, stream_ids: list[str], gift_ids: list[str], request_ids: list[str]
+    conn: Executor, stream_ids: list[str], video_ids: list[str], gift_ids: list[str], request_ids: list[str]
 ) -> GiftContext:
-    """One round trip for the three reads."""
+    """One round trip for the four reads."""
     rows = await conn.fetch(
-        "SELECT 'stream' AS kind, stream_id AS id, creator_id, title, status, NULL AS name, NULL::bigint AS coin_price"
+        "SELECT 'stream' AS kind, stream_id AS id, creator_id, title, status, NULL AS name, NULL::bigint AS coin_price,"
+        "  NULL::boolean AS gifts_enabled"
         " FROM live_streams WHERE stream_id = ANY($1::text[])"
         " UNION ALL"
-        " SELECT 'gift', gift_id, NULL, NULL, NULL, name, coin_price FROM gift_catalog"
+        " SELECT 'video', video_id, creator_id, NULL, NULL, NULL, NULL, gifts_enabled FROM videos"
+        " WHERE video_id = ANY($4::text[])"
+        " UNION ALL"
+        " SELECT 'gift', gift_id, NULL, NULL, NULL, name, coin_price, NULL FROM gift_catalog"
         " WHERE gift_id = ANY($2::text[]) AND active"
         " UNION ALL"
-        " SELECT 'earlier', g.gift_transaction_id, NULL, NULL, NULL, NULL, NULL FROM gift_transactions AS g"
+        " SELECT 'earlier', g.gift_transaction_id, NULL, NULL, NULL, NULL, NULL, NULL FROM gift_transactions AS g"
         " WHERE g.request_id = ANY($3::text[])"
         "  AND NOT EXISTS (SELECT 1 FROM idempotency_keys AS k WHERE k.request_id = g.request_id)",
         stream_ids,
         gift_ids,
         request_ids,
+        video_ids,
     )
-    streams, catalog, earlier_ids = {}, {}, []
+    streams, videos, catalog, earlier_ids = {}, {}, {}, []
     for row in rows:
         if row["kind"] == "stream":
             streams[row["id"]] = LiveStream(row["id"], row["creator_id"], row["title"], StreamStatus(row["status"]))
+        elif row["kind"] == "video":
+            videos[row["id"]] = Video(row["id"], row["creator_id"], row["gifts_enabled"])
         elif row["kind"] == "gift":
             catalog[row["id"]] = CatalogGift(row["id"], row["name"], row["coin_price"])
         else:
             earlier_ids.append(row["id"])
     earlier = await get_gift_transactions(conn, earlier_ids) if earlier_ids else {}
-    return GiftContext(streams, catalog, {gift.request_id: gift for gift in earlier.values()})
+    return GiftContext(streams, videos, catalog, {gift.request_id: gift for gift in earlier.values()})
 
 
 async def claim_and_record_pending_gifts(
@@ -182,16 +219,16 @@ async def claim_and_record_pending_gifts(
     """One statement, so one atomic step without a transaction of our own: claims every request_id (a refusal is
     stored with its key, an accepted request with its gift as the key's resource) and records as pending the gifts
     of the requests that got their key. Returns those request_ids; the others were made before."""
-    claim = idempotency.claim_statement(claims, decided, first_param=10)
+    claim = idempotency.claim_statement(claims, decided, first_param=11)
     rows = await conn.fetch(
         f"WITH claimed AS ({claim.sql})"
         " , recorded AS ("
         "  INSERT INTO gift_transactions (gift_transaction_id, request_id, sender_id, recipient_id, stream_id,"
-        "   gift_id, quantity, coin_price, coins, status)"
+        "   gift_id, quantity, coin_price, coins, video_id, status)"
         "  SELECT g.*, 'pending' FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
-        "   $7::integer[], $8::bigint[], $9::bigint[])"
+        "   $7::integer[], $8::bigint[], $9::bigint[], $10::text[])"
         "   AS g (gift_transaction_id, request_id, sender_id, recipient_id, stream_id, gift_id, quantity, coin_price,"
-        "         coins)"
+        "         coins, video_id)"
         "  WHERE g.request_id IN (SELECT request_id FROM claimed))"
         " SELECT request_id FROM claimed",
         *_columns(
@@ -205,6 +242,7 @@ async def claim_and_record_pending_gifts(
             "quantity",
             "coin_price",
             "coins",
+            "video_id",
         ),
         *claim.args,
     )
@@ -224,23 +262,55 @@ async def get_gift_transactions(conn: Executor, gift_transaction_ids: list[str])
     return {row["gift_transaction_id"]: _gift(row) for row in rows}
 
 
+@dataclass(frozen=True)
+class CompletionLocks:
+    """What lock_pending_gifts() locked: the gifts still pending, and the active matches and open goals of their
+    streams (by stream_id) — the matches locked FOR SHARE, so none finishes before this transaction ends."""
+
+    pending: set[str]
+    matches: dict[str, str]
+    goals: dict[str, str]
+
+
 async def lock_pending_gifts(
     conn: asyncpg.Connection, gift_transaction_ids: list[str], stream_ids: list[str]
-) -> set[str]:
-    """Locks those of these gifts that are still pending (in id order) and returns their ids — a gift that a
-    concurrent batch, retry or recovery pass finished first is left alone — and shares their streams with other
-    completing gifts but not with EndLiveStream (FOR UPDATE): a gift completing while its stream ends is either
-    committed before the end, its GiftSent queued before StreamEnded, or after it."""
+) -> CompletionLocks:
+    """Locks those of these gifts that are still pending (in id order) — a gift that a concurrent batch, retry or
+    recovery pass finished first is left alone — and shares their streams with other completing gifts but not with
+    EndLiveStream, StartMatch or SetStreamGoal (FOR UPDATE): a gift completing while its stream ends is either
+    committed before the end, its GiftSent queued before StreamEnded, or after it, and likewise before or after a
+    match or goal starts. The streams' active matches are shared with other completions but not with the finisher
+    (FOR UPDATE), so a match finishes only once every gift that counted in it has committed. Order: streams, matches,
+    gifts — as in every completing batch."""
     rows = await conn.fetch(
         "WITH streams AS ("
-        "  SELECT stream_id FROM live_streams WHERE stream_id = ANY($2::text[]) ORDER BY stream_id FOR KEY SHARE)"
-        " SELECT gift_transaction_id FROM gift_transactions WHERE gift_transaction_id = ANY($1::text[])"
-        " AND status = 'pending' AND (SELECT count(*) FROM streams) >= 0"
-        " ORDER BY gift_transaction_id FOR UPDATE",
+        "  SELECT stream_id, match_id, goal_id FROM live_streams WHERE stream_id = ANY($2::text[])"
+        "  ORDER BY stream_id FOR KEY SHARE"
+        " ), active_matches AS ("
+        "  SELECT match_id FROM matches WHERE match_id IN (SELECT match_id FROM streams) AND status = 'active'"
+        "  ORDER BY match_id FOR SHARE"
+        " ), gifts AS ("
+        "  SELECT gift_transaction_id FROM gift_transactions WHERE gift_transaction_id = ANY($1::text[])"
+        "  AND status = 'pending'"
+        # Streams, then matches, then gifts: forced by these (never false) conditions, evaluated before any gift.
+        "  AND (SELECT count(*) FROM streams) >= 0 AND (SELECT count(*) FROM active_matches) >= 0"
+        "  ORDER BY gift_transaction_id FOR UPDATE)"
+        " SELECT 'gift' AS kind, gift_transaction_id AS id, NULL AS stream_id FROM gifts"
+        " UNION ALL SELECT 'match', match_id, stream_id FROM streams"
+        "  WHERE match_id IN (SELECT match_id FROM active_matches)"
+        " UNION ALL SELECT 'goal', goal_id, stream_id FROM streams WHERE goal_id IS NOT NULL",
         gift_transaction_ids,
         sorted(set(stream_ids)),
     )
-    return {row["gift_transaction_id"] for row in rows}
+    locks = CompletionLocks(set(), {}, {})
+    for row in rows:
+        if row["kind"] == "gift":
+            locks.pending.add(row["id"])
+        elif row["kind"] == "match":
+            locks.matches[row["stream_id"]] = row["id"]
+        else:
+            locks.goals[row["stream_id"]] = row["id"]
+    return locks
 
 
 async def finish_gifts(
@@ -255,7 +325,7 @@ async def finish_gifts(
     combos' new state, the failed gifts (gift_transaction_id, failure_reason), and every request's stored outcome."""
     assert all(gift.status is GiftStatus.COMPLETED for gift in completed), "finish_gifts() takes completed gifts"
     keys = sorted(combos)
-    recorded = idempotency.record_statement(outcomes, first_param=16)
+    recorded = idempotency.record_statement(outcomes, first_param=17)
     row = await conn.fetchrow(
         "WITH completed AS ("
         "  UPDATE gift_transactions AS g SET status = 'completed', wallet_transaction_id = c.wallet_transaction_id,"
@@ -267,13 +337,14 @@ async def finish_gifts(
         "  WHERE g.gift_transaction_id = c.gift_transaction_id AND g.status = 'pending' RETURNING 1"
         " ), combos AS ("
         "  UPDATE gift_combos AS c SET last_sent_at = n.last_sent_at, combo_count = n.combo_count"
-        "  FROM unnest($8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::integer[])"
-        "   AS n (stream_id, sender_id, gift_id, last_sent_at, combo_count)"
-        "  WHERE (c.stream_id, c.sender_id, c.gift_id) = (n.stream_id, n.sender_id, n.gift_id)"
+        "  FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::integer[])"
+        "   AS n (target_kind, target_id, sender_id, gift_id, last_sent_at, combo_count)"
+        "  WHERE (c.target_kind, c.target_id, c.sender_id, c.gift_id)"
+        "   = (n.target_kind, n.target_id, n.sender_id, n.gift_id)"
         " ), failed AS ("
         "  UPDATE gift_transactions AS g SET status = 'failed', failure_reason = f.reason, finished_at = now(),"
-        "   updated_at = now() FROM unnest($13::text[], $14::text[]) AS f (gift_transaction_id, reason)"
-        "  WHERE g.gift_transaction_id = f.gift_transaction_id AND g.status = $15 RETURNING 1"
+        "   updated_at = now() FROM unnest($14::text[], $15::text[]) AS f (gift_transaction_id, reason)"
+        "  WHERE g.gift_transaction_id = f.gift_transaction_id AND g.status = $16 RETURNING 1"
         f" ), outcomes AS ({recorded.sql})"
         " SELECT (SELECT count(*) FROM completed) AS completed, (SELECT count(*) FROM failed) AS failed",
         *_columns(
@@ -286,7 +357,8 @@ async def finish_gifts(
             "combo_count",
         ),
         finished_at,
-        [key.stream_id for key in keys],
+        [key.target_kind for key in keys],
+        [key.target_id for key in keys],
         [key.sender_id for key in keys],
         [key.gift_id for key in keys],
         [combos[key].last_sent_at for key in keys],
@@ -310,27 +382,38 @@ async def stale_pending_gifts(pool: asyncpg.Pool, older_than_seconds: float, lim
     return [row["gift_transaction_id"] for row in rows]
 
 
-async def add_to_stream_counters(
-    conn: asyncpg.Connection, gifters: list[tuple[str, str, int]], totals: list[tuple[str, int, int]]
+# The counter tables of each kind of target, and the name of their target's id column.
+_COUNTER_TABLES = {
+    TargetKind.STREAM: ("stream_gifters", "stream_totals", "stream_id"),
+    TargetKind.VIDEO: ("video_gifters", "video_totals", "video_id"),
+}
+
+
+async def add_to_counters(
+    conn: asyncpg.Connection,
+    kind: TargetKind,
+    gifters: list[tuple[str, str, int]],
+    totals: list[tuple[str, int, int]],
 ) -> None:
-    """A batch's completed gifts on their streams: coins per (stream, sender), then (coins, gifts) per stream.
-    Each row is written once per batch, in key order, so concurrent batches never deadlock; the totals row, every
-    gift's hot spot on a busy stream, is written last and so held the shortest."""
+    """A batch's completed gifts on their streams (or videos): coins per (target, sender), then (coins, gifts) per
+    target. Each row is written once per batch, in key order, so concurrent batches never deadlock; the totals row,
+    every gift's hot spot on a busy stream, is written last and so held the shortest."""
+    gifters_table, totals_table, id_column = _COUNTER_TABLES[kind]
     await conn.execute(
-        "INSERT INTO stream_gifters (stream_id, sender_id, coins)"
+        f"INSERT INTO {gifters_table} ({id_column}, sender_id, coins)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ORDER BY 1, 2"
-        " ON CONFLICT (stream_id, sender_id) DO UPDATE SET coins = stream_gifters.coins + EXCLUDED.coins",
-        [stream_id for stream_id, _, _ in gifters],
+        f" ON CONFLICT ({id_column}, sender_id) DO UPDATE SET coins = {gifters_table}.coins + EXCLUDED.coins",
+        [target for target, _, _ in gifters],
         [sender_id for _, sender_id, _ in gifters],
         [coins for _, _, coins in gifters],
     )
-    # An upsert rather than an UPDATE … FROM, whose row order the planner may choose; every stream has its row.
+    # An upsert rather than an UPDATE … FROM, whose row order the planner may choose; every target has its row.
     await conn.execute(
-        "INSERT INTO stream_totals (stream_id, total_coins, gift_count)"
+        f"INSERT INTO {totals_table} ({id_column}, total_coins, gift_count)"
         " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) ORDER BY 1"
-        " ON CONFLICT (stream_id) DO UPDATE SET total_coins = stream_totals.total_coins + EXCLUDED.total_coins,"
-        " gift_count = stream_totals.gift_count + EXCLUDED.gift_count",
-        [stream_id for stream_id, _, _ in totals],
+        f" ON CONFLICT ({id_column}) DO UPDATE SET total_coins = {totals_table}.total_coins + EXCLUDED.total_coins,"
+        f" gift_count = {totals_table}.gift_count + EXCLUDED.gift_count",
+        [target for target, _, _ in totals],
         [coins for _, coins, _ in totals],
         [count for _, _, count in totals],
     )
@@ -342,40 +425,46 @@ class StreamTotals:
     gift_count: int
 
 
-async def get_stream_totals(conn: Executor, stream_id: str) -> StreamTotals | None:
-    row = await conn.fetchrow("SELECT total_coins, gift_count FROM stream_totals WHERE stream_id = $1", stream_id)
+async def get_totals(conn: Executor, kind: TargetKind, target_id: str) -> StreamTotals | None:
+    _, totals_table, id_column = _COUNTER_TABLES[kind]
+    row = await conn.fetchrow(f"SELECT total_coins, gift_count FROM {totals_table} WHERE {id_column} = $1", target_id)
     return None if row is None else StreamTotals(row["total_coins"], row["gift_count"])
 
 
-async def top_gifters(conn: Executor, stream_id: str, limit: int) -> list[tuple[str, int]]:
+async def top_gifters(conn: Executor, kind: TargetKind, target_id: str, limit: int) -> list[tuple[str, int]]:
+    gifters_table, _, id_column = _COUNTER_TABLES[kind]
     rows = await conn.fetch(
-        "SELECT sender_id, coins FROM stream_gifters WHERE stream_id = $1 ORDER BY coins DESC, sender_id LIMIT $2",
-        stream_id,
+        f"SELECT sender_id, coins FROM {gifters_table} WHERE {id_column} = $1 ORDER BY coins DESC, sender_id LIMIT $2",
+        target_id,
         limit,
     )
     return [(row["sender_id"], row["coins"]) for row in rows]
 
 
-async def lock_combos(conn: asyncpg.Connection, keys: list[ComboKey]) -> dict[ComboKey, ComboState]:
-    """The last completed gift of each (stream, sender, gift), locked until the transaction ends, so completions that
-    may continue one combo take turns. One statement makes missing rows and locks every row, in key order."""
+async def lock_combos(conn: asyncpg.Connection, keys: list[ComboKey]) -> tuple[dict[ComboKey, ComboState], datetime]:
+    """The last completed gift of each (target, sender, gift), locked until the transaction ends, so completions that
+    may continue one combo take turns, and the database's clock once they are all locked: the batch's completion
+    time. One clock for every replica, read after the locks of the batch's matches, decides which match a gift counts
+    in. One statement makes missing rows and locks every row, in key order."""
     ordered = sorted(set(keys))
     rows = await conn.fetch(
-        "INSERT INTO gift_combos (stream_id, sender_id, gift_id)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ORDER BY 1, 2, 3"
+        "INSERT INTO gift_combos (target_kind, target_id, sender_id, gift_id)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ORDER BY 1, 2, 3, 4"
         # The no-op update locks an existing row and returns it as it is.
-        " ON CONFLICT (stream_id, sender_id, gift_id) DO UPDATE SET combo_count = gift_combos.combo_count"
-        " RETURNING stream_id, sender_id, gift_id, last_sent_at, combo_count",
-        [key.stream_id for key in ordered],
+        " ON CONFLICT (target_kind, target_id, sender_id, gift_id) DO UPDATE SET combo_count = gift_combos.combo_count"
+        " RETURNING target_kind, target_id, sender_id, gift_id, last_sent_at, combo_count, clock_timestamp() AS now",
+        [key.target_kind for key in ordered],
+        [key.target_id for key in ordered],
         [key.sender_id for key in ordered],
         [key.gift_id for key in ordered],
     )
-    return {
-        ComboKey(row["stream_id"], row["sender_id"], row["gift_id"]): ComboState(
+    states = {
+        ComboKey(row["target_kind"], row["target_id"], row["sender_id"], row["gift_id"]): ComboState(
             row["last_sent_at"], row["combo_count"]
         )
         for row in rows
     }
+    return states, max(row["now"] for row in rows)
 
 
 async def add_to_gifter_totals(conn: asyncpg.Connection, increments: list[LeaderboardIncrement]) -> None:
@@ -490,3 +579,261 @@ async def outbox_backlog(pool: asyncpg.Pool) -> OutboxBacklog:
 
 async def delete_outbox_events(conn: asyncpg.Connection, outbox_ids: list[int]) -> None:
     await conn.execute("DELETE FROM gift_outbox WHERE outbox_id = ANY($1::bigint[])", outbox_ids)
+
+
+# ---------------------------------------------------------------- videos
+
+
+async def upsert_video(conn: asyncpg.Connection, video: Video) -> Video | None:
+    """Registers the video (with zeroed counters) or sets whether it takes gifts; None when it belongs to another
+    creator (a video's creator is fixed). One statement, so two racing registrations cannot both set a creator."""
+    row = await conn.fetchrow(
+        """
+        WITH upserted AS (
+            INSERT INTO videos (video_id, creator_id, gifts_enabled) VALUES ($1, $2, $3)
+            ON CONFLICT (video_id) DO UPDATE SET gifts_enabled = EXCLUDED.gifts_enabled,
+                updated_at = CASE WHEN videos.gifts_enabled = EXCLUDED.gifts_enabled THEN videos.updated_at
+                                  ELSE now() END
+            WHERE videos.creator_id = EXCLUDED.creator_id
+            RETURNING video_id, creator_id, gifts_enabled
+        ), counters AS (
+            INSERT INTO video_totals (video_id) SELECT video_id FROM upserted ON CONFLICT DO NOTHING
+        )
+        SELECT video_id, creator_id, gifts_enabled FROM upserted
+        """,
+        video.video_id,
+        video.creator_id,
+        video.gifts_enabled,
+    )
+    return None if row is None else Video(row["video_id"], row["creator_id"], row["gifts_enabled"])
+
+
+async def get_video(conn: Executor, video_id: str) -> Video | None:
+    row = await conn.fetchrow("SELECT video_id, creator_id, gifts_enabled FROM videos WHERE video_id = $1", video_id)
+    return None if row is None else Video(row["video_id"], row["creator_id"], row["gifts_enabled"])
+
+
+# ---------------------------------------------------------------- matches
+
+MATCH_COLUMNS = "match_id, status, starts_at, ends_at, winner_stream_ids, finished_at"
+
+
+async def create_match(conn: asyncpg.Connection, match_id: str, sides: list[LiveStream], duration: timedelta) -> Match:
+    """Inserts the match and its sides (in the order given) and puts their streams in it; the streams must be locked
+    by this transaction. It starts now by the database's clock — the clock completing gifts are stamped with."""
+    row = await conn.fetchrow(
+        """
+        WITH started AS (
+            INSERT INTO matches (match_id, status, starts_at, ends_at)
+            SELECT $1, 'active', now, now + $2::interval FROM (SELECT clock_timestamp() AS now) AS clock
+            RETURNING match_id, status, starts_at, ends_at, winner_stream_ids, finished_at
+        ), sides AS (
+            INSERT INTO match_sides (match_id, stream_id, creator_id, position)
+            SELECT $1, s.stream_id, s.creator_id, s.position - 1
+            FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS s (stream_id, creator_id, position)
+        ), joined AS (
+            UPDATE live_streams SET match_id = $1 WHERE stream_id = ANY($3::text[])
+        )
+        SELECT match_id, status, starts_at, ends_at, winner_stream_ids, finished_at FROM started
+        """,
+        match_id,
+        duration,
+        [stream.stream_id for stream in sides],
+        [stream.creator_id for stream in sides],
+    )
+    sides_zero = [MatchSide(stream.stream_id, stream.creator_id, 0) for stream in sides]
+    return _match(row, sides_zero)
+
+
+def _match(row: asyncpg.Record, sides: list[MatchSide]) -> Match:
+    return Match(
+        row["match_id"],
+        tuple(sides),
+        MatchStatus(row["status"]),
+        row["starts_at"],
+        row["ends_at"],
+        tuple(row["winner_stream_ids"] or ()),
+        row["finished_at"],
+    )
+
+
+async def get_match(conn: Executor, match_id: str) -> Match | None:
+    row = await conn.fetchrow(f"SELECT {MATCH_COLUMNS} FROM matches WHERE match_id = $1", match_id)
+    return None if row is None else _match(row, await _match_sides(conn, match_id))
+
+
+async def _match_sides(conn: Executor, match_id: str) -> list[MatchSide]:
+    rows = await conn.fetch(
+        "SELECT stream_id, creator_id, score_coins FROM match_sides WHERE match_id = $1 ORDER BY position", match_id
+    )
+    return [MatchSide(row["stream_id"], row["creator_id"], row["score_coins"]) for row in rows]
+
+
+async def top_match_supporters(conn: Executor, match_id: str, per_side: int) -> list[MatchSupporter]:
+    """Up to per_side supporters of each side, side by side in side order, most coins first."""
+    rows = await conn.fetch(
+        "SELECT stream_id, sender_id, coins FROM ("
+        "  SELECT p.stream_id, p.sender_id, p.coins, s.position,"
+        "   row_number() OVER (PARTITION BY p.stream_id ORDER BY p.coins DESC, p.sender_id) AS place"
+        "  FROM match_supporters AS p JOIN match_sides AS s USING (match_id, stream_id) WHERE p.match_id = $1"
+        " ) AS ranked WHERE place <= $2 ORDER BY position, place",
+        match_id,
+        per_side,
+    )
+    return [MatchSupporter(row["stream_id"], row["sender_id"], row["coins"]) for row in rows]
+
+
+async def add_to_match_scores(
+    conn: asyncpg.Connection,
+    match_ids: list[str],
+    stream_coins: list[tuple[str, int]],
+    supporter_coins: list[tuple[str, str, int]],
+    completed_at: datetime,
+) -> list[Match]:
+    """Adds a batch's gifts to the scores of the matches their streams are in — those of the matches (locked FOR
+    SHARE by lock_pending_gifts) that are active and whose window holds completed_at — and to their supporters.
+    Every side of such a match is locked and written (0 added to the sides without gifts), in (match, stream) order:
+    batches to one match take turns, so each returns a consistent scoreboard, and its MatchUpdated events are queued
+    in commit order. Returns the matches counted in, sides in position order."""
+    rows = await conn.fetch(
+        "WITH sides AS ("
+        "  SELECT s.match_id, s.stream_id, m.starts_at, m.ends_at FROM match_sides AS s"
+        "  JOIN matches AS m USING (match_id)"
+        "  WHERE s.match_id = ANY($1::text[]) AND m.status = 'active' AND m.starts_at <= $2 AND $2 < m.ends_at"
+        "  ORDER BY s.match_id, s.stream_id FOR UPDATE OF s"
+        " ), increments AS ("
+        "  SELECT * FROM unnest($3::text[], $4::bigint[]) AS i (stream_id, coins)"
+        " ), scored AS ("
+        "  UPDATE match_sides AS s SET score_coins = s.score_coins + coalesce(i.coins, 0)"
+        "  FROM sides LEFT JOIN increments AS i USING (stream_id)"
+        "  WHERE (s.match_id, s.stream_id) = (sides.match_id, sides.stream_id)"
+        "  RETURNING s.match_id, s.stream_id, s.creator_id, s.position, s.score_coins, sides.starts_at, sides.ends_at"
+        " ), supported AS ("
+        "  INSERT INTO match_supporters (match_id, stream_id, sender_id, coins)"
+        "  SELECT sides.match_id, p.stream_id, p.sender_id, p.coins"
+        "  FROM unnest($5::text[], $6::text[], $7::bigint[]) AS p (stream_id, sender_id, coins)"
+        "  JOIN sides USING (stream_id) ORDER BY 1, 2, 3"
+        "  ON CONFLICT (match_id, stream_id, sender_id) DO UPDATE SET coins = match_supporters.coins + EXCLUDED.coins"
+        " )"
+        " SELECT * FROM scored ORDER BY match_id, position",
+        sorted(set(match_ids)),
+        completed_at,
+        [stream_id for stream_id, _ in stream_coins],
+        [coins for _, coins in stream_coins],
+        [stream_id for stream_id, _, _ in supporter_coins],
+        [sender_id for _, sender_id, _ in supporter_coins],
+        [coins for _, _, coins in supporter_coins],
+    )
+    matches: dict[str, list[asyncpg.Record]] = {}
+    for row in rows:
+        matches.setdefault(row["match_id"], []).append(row)
+    return [
+        Match(
+            match_id,
+            tuple(MatchSide(r["stream_id"], r["creator_id"], r["score_coins"]) for r in sides),
+            MatchStatus.ACTIVE,
+            sides[0]["starts_at"],
+            sides[0]["ends_at"],
+        )
+        for match_id, sides in matches.items()
+    ]
+
+
+async def lock_due_match(conn: asyncpg.Connection) -> Match | None:
+    """The active match that ended longest ago (by the database's clock), locked FOR UPDATE: this waits for the
+    batches counting gifts in it (they share it) to commit, and another finisher waiting for it sees it finished
+    and moves on to the next. None when no match is due."""
+    row = await conn.fetchrow(
+        f"SELECT {MATCH_COLUMNS} FROM matches WHERE status = 'active' AND ends_at <= clock_timestamp()"
+        " ORDER BY ends_at, match_id LIMIT 1 FOR UPDATE"
+    )
+    return None if row is None else _match(row, await _match_sides(conn, row["match_id"]))
+
+
+async def finish_match(conn: asyncpg.Connection, match_id: str, winner_stream_ids: list[str]) -> datetime:
+    """Stamps the locked match finished with its winners and frees its streams for another match; returns when."""
+    finished_at = await conn.fetchval(
+        "WITH finished AS ("
+        "  UPDATE matches SET status = 'finished', finished_at = clock_timestamp(), winner_stream_ids = $2"
+        "  WHERE match_id = $1 AND status = 'active' RETURNING finished_at"
+        " ), freed AS ("
+        "  UPDATE live_streams SET match_id = NULL WHERE match_id = $1"
+        " )"
+        " SELECT finished_at FROM finished",
+        match_id,
+        winner_stream_ids,
+    )
+    assert finished_at is not None, f"match {match_id} was not active (lock it first)"
+    return finished_at
+
+
+# ---------------------------------------------------------------- stream goals
+
+GOAL_COLUMNS = "goal_id, stream_id, creator_id, target_coins, progress_coins, description, created_at, reached_at"
+
+
+def _goal(row: asyncpg.Record) -> StreamGoal:
+    return StreamGoal(
+        row["goal_id"],
+        row["stream_id"],
+        row["creator_id"],
+        row["target_coins"],
+        row["progress_coins"],
+        row["description"],
+        row["created_at"],
+        row["reached_at"],
+    )
+
+
+async def replace_goal(
+    conn: asyncpg.Connection, goal_id: str, stream: LiveStream, target_coins: int, description: str
+) -> StreamGoal:
+    """Closes the stream's open goal and opens this one, counting from now by the database's clock (the clock
+    completing gifts are stamped with). The stream must be locked by this transaction."""
+    row = await conn.fetchrow(
+        f"""
+        WITH closed AS (
+            UPDATE stream_goals SET closed_at = clock_timestamp() WHERE stream_id = $2 AND closed_at IS NULL
+        ), opened AS (
+            INSERT INTO stream_goals (goal_id, stream_id, creator_id, target_coins, description, created_at)
+            VALUES ($1, $2, $3, $4, $5, clock_timestamp())
+            RETURNING {GOAL_COLUMNS}
+        ), pointed AS (
+            UPDATE live_streams SET goal_id = $1 WHERE stream_id = $2
+        )
+        SELECT {GOAL_COLUMNS} FROM opened
+        """,
+        goal_id,
+        stream.stream_id,
+        stream.creator_id,
+        target_coins,
+        description,
+    )
+    return _goal(row)
+
+
+async def get_goal(conn: Executor, goal_id: str) -> StreamGoal | None:
+    row = await conn.fetchrow(f"SELECT {GOAL_COLUMNS} FROM stream_goals WHERE goal_id = $1", goal_id)
+    return None if row is None else _goal(row)
+
+
+async def add_to_goals(
+    conn: asyncpg.Connection, goal_coins: list[tuple[str, int]], completed_at: datetime
+) -> list[tuple[StreamGoal, int]]:
+    """Adds a batch's coins to the open goals of their streams (locked in goal order) and stamps reached_at — once —
+    on the goals they bring to the target. Returns each goal as after and the coins added."""
+    rows = await conn.fetch(
+        "WITH locked AS ("
+        "  SELECT goal_id FROM stream_goals WHERE goal_id = ANY($1::text[]) AND closed_at IS NULL"
+        "  ORDER BY goal_id FOR UPDATE"
+        " )"
+        " UPDATE stream_goals AS g SET progress_coins = g.progress_coins + i.coins,"
+        "  reached_at = coalesce(g.reached_at, CASE WHEN g.progress_coins + i.coins >= g.target_coins THEN $3 END)"
+        " FROM locked JOIN unnest($1::text[], $2::bigint[]) AS i (goal_id, coins) USING (goal_id)"
+        " WHERE g.goal_id = locked.goal_id RETURNING g.goal_id, g.stream_id, g.creator_id, g.target_coins,"
+        "  g.progress_coins, g.description, g.created_at, g.reached_at, i.coins",
+        [goal_id for goal_id, _ in goal_coins],
+        [coins for _, coins in goal_coins],
+        completed_at,
+    )
+    return [(_goal(row), row["coins"]) for row in rows]

@@ -26,9 +26,11 @@ class RateLimit(BaseModel):
 
 
 # RPC name (as in the contract) → limit. Gifts are the hot path a person sends by tapping; purchases and giveaways
-# move real money or many accounts; statements and earnings are the expensive reads.
+# move real money or many accounts; statements and earnings are the expensive reads; a creator sets a goal now and
+# then (each one is a row and an event).
 DEFAULT_RATE_LIMITS: dict[str, RateLimit] = {
     "SendGift": RateLimit(per_second=20, burst=50),
+    "SetStreamGoal": RateLimit(per_second=0.5, burst=10),
     "PurchaseCoins": RateLimit(per_second=1, burst=5),
     "CreateGiveaway": RateLimit(per_second=0.2, burst=3),
     "RequestWithdrawal": RateLimit(per_second=0.2, burst=3),

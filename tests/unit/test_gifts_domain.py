@@ -12,7 +12,7 @@ from coinstream.events.v1 import events_pb2
 
 from services.gifts import domain
 from services.gifts.feed import STREAM_ENDED_SUBJECT, GiftFeed, Watcher
-from services.gifts.relay import runs_ending_at_stream_ends
+from services.gifts.relay import runs_ending_at_closing_events
 from services.gifts.store import OutboxEvent
 from services.runtime.errors import AppError
 from services.runtime.messaging import GIFT_SENT_SUBJECT
@@ -366,9 +366,9 @@ class TestFeedHub:
 
 
 class TestBatchOfGifts:
-    ROSES = domain.ComboKey("str_1", SENDER, "rose")
-    HEARTS = domain.ComboKey("str_1", SENDER, "finger_heart")
-    OTHER_SENDER = domain.ComboKey("str_1", "sender-2", "rose")
+    ROSES = domain.ComboKey("stream", "str_1", SENDER, "rose")
+    HEARTS = domain.ComboKey("stream", "str_1", SENDER, "finger_heart")
+    OTHER_SENDER = domain.ComboKey("stream", "str_1", "sender-2", "rose")
 
     def test_gifts_of_one_combo_in_a_batch_continue_each_other_in_order(self) -> None:
         states = {
@@ -399,12 +399,12 @@ class TestBatchOfGifts:
             domain.CountedGift("str_1", CREATOR, "sender-b", 100),
             domain.CountedGift("str_2", "creator-2", "sender-b", 1),
         ]
-        assert domain.stream_gifter_increments(gifts) == [
+        assert domain.gifter_increments(gifts, domain.TargetKind.STREAM) == [
             ("str_1", "sender-a", 30),
             ("str_1", "sender-b", 101),
             ("str_2", "sender-b", 6),
         ]
-        assert domain.stream_total_increments(gifts) == [("str_1", 131, 3), ("str_2", 6, 2)]
+        assert domain.total_increments(gifts, domain.TargetKind.STREAM) == [("str_1", 131, 3), ("str_2", 6, 2)]
 
     def test_leaderboards_get_one_increment_per_creator_period_and_sender(self) -> None:
         gifts = [
@@ -429,8 +429,8 @@ class TestBatchOfGifts:
 
     def test_an_empty_batch_changes_no_counter(self) -> None:
         assert domain.leaderboard_increments([], T0) == []
-        assert domain.stream_gifter_increments([]) == []
-        assert domain.stream_total_increments([]) == []
+        assert domain.gifter_increments([], domain.TargetKind.STREAM) == []
+        assert domain.total_increments([], domain.TargetKind.STREAM) == []
 
 
 def test_the_relay_sends_each_stream_end_alone_after_the_events_before_it() -> None:
@@ -444,5 +444,5 @@ def test_the_relay_sends_each_stream_end_alone_after_the_events_before_it() -> N
         event(4, STREAM_ENDED_SUBJECT),
         event(5, GIFT_SENT_SUBJECT),
     ]
-    runs = runs_ending_at_stream_ends(events)
+    runs = runs_ending_at_closing_events(events)
     assert [[e.outbox_id for e in run] for run in runs] == [[1, 2], [3], [4], [5]]

@@ -1,0 +1,74 @@
+"""The events the gifts service publishes (through its outbox) beyond GiftSent and StreamEnded: matches and goals.
+Subjects, Nats-Msg-Ids and payloads in one place; the relay publishes them, the live feed routes them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from coinstream.events.v1 import events_pb2
+
+from services.gifts import domain
+
+MATCH_UPDATED_SUBJECT = "gifts.v1.match_updated"
+MATCH_FINISHED_SUBJECT = "gifts.v1.match_finished"
+GOAL_UPDATED_SUBJECT = "gifts.v1.goal_updated"
+GOAL_REACHED_SUBJECT = "gifts.v1.goal_reached"
+
+
+def new_update_id() -> str:
+    """Each update event is its own message (JetStream must not drop one as a repeat of another)."""
+    return uuid.uuid4().hex
+
+
+def _sides(sides: Iterable[domain.MatchSide]) -> list[events_pb2.MatchSide]:
+    return [
+        events_pb2.MatchSide(stream_id=s.stream_id, creator_id=s.creator_id, score_coins=s.score_coins) for s in sides
+    ]
+
+
+def match_updated(match: domain.Match) -> tuple[str, events_pb2.MatchUpdated]:
+    """(Nats-Msg-Id, event) of a match's scoreboard as of now."""
+    update_id = new_update_id()
+    event = events_pb2.MatchUpdated(match_id=match.match_id, sides=_sides(match.sides), update_id=update_id)
+    event.starts_at.FromDatetime(match.starts_at)
+    event.ends_at.FromDatetime(match.ends_at)
+    return f"match_updated:{update_id}", event
+
+
+def match_finished(match: domain.Match) -> tuple[str, events_pb2.MatchFinished]:
+    """(Nats-Msg-Id, event) of a finished match: one id per match, so JetStream and consumers keep one."""
+    assert match.status is domain.MatchStatus.FINISHED and match.finished_at is not None, f"{match.match_id} is active"
+    event = events_pb2.MatchFinished(
+        match_id=match.match_id, sides=_sides(match.sides), winner_stream_ids=list(match.winner_stream_ids)
+    )
+    event.starts_at.FromDatetime(match.starts_at)
+    event.ends_at.FromDatetime(match.ends_at)
+    event.finished_at.FromDatetime(match.finished_at)
+    return f"match_finished:{match.match_id}", event
+
+
+def goal_message(goal: domain.StreamGoal) -> events_pb2.StreamGoal:
+    message = events_pb2.StreamGoal(
+        goal_id=goal.goal_id,
+        stream_id=goal.stream_id,
+        creator_id=goal.creator_id,
+        target_coins=goal.target_coins,
+        progress_coins=goal.progress_coins,
+        description=goal.description,
+    )
+    message.created_at.FromDatetime(goal.created_at)
+    if goal.reached_at is not None:
+        message.reached_at.FromDatetime(goal.reached_at)
+    return message
+
+
+def goal_updated(goal: domain.StreamGoal) -> tuple[str, events_pb2.GoalUpdated]:
+    update_id = new_update_id()
+    return f"goal_updated:{update_id}", events_pb2.GoalUpdated(goal=goal_message(goal), update_id=update_id)
+
+
+def goal_reached(goal: domain.StreamGoal) -> tuple[str, events_pb2.GoalReached]:
+    """One id per goal: it is reached once."""
+    assert goal.reached_at is not None, f"goal {goal.goal_id} is not reached"
+    return f"goal_reached:{goal.goal_id}", events_pb2.GoalReached(goal=goal_message(goal))
