@@ -790,11 +790,15 @@ async def replace_goal(
 ) -> StreamGoal:
     """Closes the stream's open goal and opens this one, counting from now by the database's clock (the clock
     completing gifts are stamped with). The stream must be locked by this transaction."""
+    # Closed first, by a statement of its own: the CTEs of one statement run in no set order, and the new goal
+    # would meet the open one in the unique index.
+    await conn.execute(
+        "UPDATE stream_goals SET closed_at = clock_timestamp() WHERE stream_id = $1 AND closed_at IS NULL",
+        stream.stream_id,
+    )
     row = await conn.fetchrow(
         f"""
-        WITH closed AS (
-            UPDATE stream_goals SET closed_at = clock_timestamp() WHERE stream_id = $2 AND closed_at IS NULL
-        ), opened AS (
+        WITH opened AS (
             INSERT INTO stream_goals (goal_id, stream_id, creator_id, target_coins, description, created_at)
             VALUES ($1, $2, $3, $4, $5, clock_timestamp())
             RETURNING {GOAL_COLUMNS}
@@ -828,7 +832,7 @@ async def add_to_goals(
         "  ORDER BY goal_id FOR UPDATE"
         " )"
         " UPDATE stream_goals AS g SET progress_coins = g.progress_coins + i.coins,"
-        "  reached_at = coalesce(g.reached_at, CASE WHEN g.progress_coins + i.coins >= g.target_coins THEN $3 END)"
+        "  reached_at = coalesce(g.reached_at, CASE WHEN g.progress_coins + i.coins >= g.target_coins THEN $3::timestamptz END)"
         " FROM locked JOIN unnest($1::text[], $2::bigint[]) AS i (goal_id, coins) USING (goal_id)"
         " WHERE g.goal_id = locked.goal_id RETURNING g.goal_id, g.stream_id, g.creator_id, g.target_coins,"
         "  g.progress_coins, g.description, g.created_at, g.reached_at, i.coins",
