@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from devstack.demo import (
+    DEFAULT_MATCH_SECONDS,
     DEFAULT_WITHDRAWAL_DIAMONDS,
     Addresses,
     DemoError,
@@ -103,14 +104,25 @@ def demo(
     withdraw_diamonds: Annotated[
         int, typer.Option("--withdraw-diamonds", min=1, help="Diamonds the creator withdraws at the end.")
     ] = DEFAULT_WITHDRAWAL_DIAMONDS,
+    match_seconds: Annotated[
+        float,
+        typer.Option("--match-seconds", min=1, help="How long the match lasts (the server allows 30 s to 60 min)."),
+    ] = DEFAULT_MATCH_SECONDS,
     secret: SecretOption = None,
 ) -> None:
-    """Run a short scripted live stream against the running stack (start it with `make run`)."""
+    """Run a short scripted live stream against the running stack (start it with `make run`): gifts, a goal, a video
+    gift, a match (it lasts a minute) and a withdrawal."""
     addresses = Addresses(wallet=wallet, gifts=gifts, payouts=payouts)
     try:
         check_stack_is_up(addresses)
         with connect(addresses) as stubs:
-            LiveStreamDemo(stubs, secret or DEV_AUTH_SECRET, console, withdrawal_diamonds=withdraw_diamonds).run()
+            LiveStreamDemo(
+                stubs,
+                secret or DEV_AUTH_SECRET,
+                console,
+                withdrawal_diamonds=withdraw_diamonds,
+                match_seconds=match_seconds,
+            ).run()
     except DemoError as error:
         error_console.print(f"[bold red]demo failed:[/] {error}")
         raise typer.Exit(1) from None

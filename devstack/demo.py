@@ -1,8 +1,9 @@
 """`coinstream demo`: a short scripted live stream against a running stack (`make run`), printed with rich.
 
-Two fans buy coins and send gifts to a creator's live stream; the creator's diamonds settle through NATS, and the
-creator withdraws 2,000 of them through the sandbox payout provider. Every run uses fresh account ids, so runs
-never collide and the stack's data from earlier runs is left alone."""
+Two fans buy coins and send gifts to a creator's live stream, which has a goal that the gifts reach; a fan gifts one
+of the creator's videos; the creator's stream meets a rival's in a one-minute match that the creator wins; the
+creator's diamonds settle through NATS, and the creator withdraws 2,000 of them through the sandbox payout provider.
+Every run uses fresh account ids, so runs never collide and the stack's data from earlier runs is left alone."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
 from coinstream.type.v1 import money_pb2
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rich.console import Console
@@ -36,6 +38,11 @@ PAYOUT_WAIT_SECONDS = 30.0
 POLL_INTERVAL_SECONDS = 0.5
 TOKEN_TTL_SECONDS = 900
 DEFAULT_WITHDRAWAL_DIAMONDS = 2_000
+DEFAULT_MATCH_SECONDS = 60
+# How long after its end a match may take to be finished before the demo gives up on it.
+MATCH_FINISH_GRACE_SECONDS = 15.0
+GOAL_TARGET_COINS = 2_000
+GOAL_DESCRIPTION = "New microphone 🎤"
 
 # Retrying UNAVAILABLE (e.g. a service still warming up) is safe for every call here: each mutating request
 # carries a request_id, so a retried request cannot move coins twice.
@@ -71,6 +78,10 @@ GIFT_PLAN = (
 )
 # (fan index, package id): 1,321 + 5% bonus + 330 for the first fan, 1,321 + bonus for the second.
 PURCHASE_PLAN = ((0, "coins_1321"), (0, "coins_330"), (1, "coins_1321"))
+# With what the stream gifts leave them: the second fan gifts the creator's video, then each fan supports a side of
+# the match (fan index, gift id, quantity, whether for the creator rather than the rival) — the creator wins.
+VIDEO_GIFT = (1, "finger_heart", 2)
+MATCH_PLAN = ((0, "doughnut", 2, True), (1, "finger_heart", 3, False))
 
 Response = TypeVar("Response")
 
@@ -158,6 +169,9 @@ class GiftFeedWatcher:
 
     def __init__(self, stub: gifts_pb2_grpc.GiftServiceStub, stream_id: str, token: str) -> None:
         self.events: list[gifts_pb2.GiftEvent] = []
+        # Besides gifts, the feed shows the stream's match (scores, result) and goal (progress) as they change.
+        self.match_updates: list[gifts_pb2.Match] = []
+        self.goal_updates: list[gifts_pb2.StreamGoal] = []
         self.error = ""
         self._call = stub.WatchStreamGifts(
             gifts_pb2.WatchStreamGiftsRequest(stream_id=stream_id),
@@ -170,7 +184,12 @@ class GiftFeedWatcher:
     def _read(self) -> None:
         try:
             for response in self._call:
-                self.events.append(response.event)
+                if response.HasField("event"):
+                    self.events.append(response.event)
+                elif response.HasField("match"):
+                    self.match_updates.append(response.match)
+                elif response.HasField("goal"):
+                    self.goal_updates.append(response.goal)
         except grpc.RpcError as error:
             self.error = describe(error)
 
@@ -188,13 +207,16 @@ class LiveStreamDemo:
     secret: str
     console: Console
     withdrawal_diamonds: int = DEFAULT_WITHDRAWAL_DIAMONDS
+    match_seconds: float = DEFAULT_MATCH_SECONDS
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     stream_id: str = ""
+    rival_stream_id: str = ""
     gifted_coins: list[int] = field(default_factory=list)
     _request_numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
         self.creator = f"demo-creator-{self.run_id}"
+        self.rival = f"demo-rival-{self.run_id}"
         self.fans = [f"demo-fan1-{self.run_id}", f"demo-fan2-{self.run_id}"]
         # A trusted backend acts for the users; KYC is a compliance decision, so it goes through an admin token.
         self.service_token = mint_token(self.secret, "coinstream-demo", [ROLE_SERVICE], TOKEN_TTL_SECONDS)
@@ -230,9 +252,12 @@ class LiveStreamDemo:
         self.go_live()
         self.feed = GiftFeedWatcher(self.stubs.gifts, self.stream_id, self.service_token)
         try:
+            self.set_goal()
             self.send_gifts()
             self.show_stream_summary()
             self.show_leaderboard()
+            self.gift_a_video()
+            self.run_match()
             self.wait_for_settlement()
             self.withdraw()
         except DemoError:
@@ -244,7 +269,7 @@ class LiveStreamDemo:
 
     def create_accounts(self) -> None:
         self.step(1, "Accounts")
-        for account_id in [self.creator, *self.fans]:
+        for account_id in [self.creator, self.rival, *self.fans]:
             request = wallet_pb2.UpsertAccountRequest(
                 request_id=self.request_id("upsert-account"),
                 account_id=account_id,
@@ -290,7 +315,7 @@ class LiveStreamDemo:
         self.console.print(table)
 
     def go_live(self) -> None:
-        self.step(4, "Creator goes live")
+        self.step(4, "Creator goes live and sets a goal")
         request = gifts_pb2.StartLiveStreamRequest(
             request_id=self.request_id("start-stream"), creator_id=self.creator, title=f"coinstream demo {self.run_id}"
         )
@@ -375,6 +400,16 @@ class LiveStreamDemo:
             f"balance unchanged at {balance_after:,} coins (idempotent)"
         )
 
+    def set_goal(self) -> None:
+        request = gifts_pb2.SetStreamGoalRequest(
+            request_id=self.request_id("goal"),
+            stream_id=self.stream_id,
+            target_coins=GOAL_TARGET_COINS,
+            description=GOAL_DESCRIPTION,
+        )
+        goal = self.call(self.stubs.gifts.SetStreamGoal, request).goal
+        self.done(f'goal {goal.goal_id}: "{goal.description}", {goal.target_coins:,} coins')
+
     def show_stream_summary(self) -> None:
         self.step(6, "Stream summary")
         summary = self.call(
@@ -384,9 +419,94 @@ class LiveStreamDemo:
         for gifter in summary.top_gifters:
             table.add_row(gifter.account_id, f"{gifter.coins:,}")
         self.console.print(table)
+        goal = summary.goal
+        reached = (
+            f"reached at {goal.reached_at.ToDatetime():%H:%M:%S} UTC" if goal.HasField("reached_at") else "not reached"
+        )
+        self.done(f'goal "{goal.description}": {goal.progress_coins:,} of {goal.target_coins:,} coins, {reached}')
+
+    def gift_a_video(self) -> None:
+        self.step(7, "A fan gifts the creator's video")
+        request = gifts_pb2.UpsertVideoRequest(
+            request_id=self.request_id("video"),
+            video_id=f"demo-video-{self.run_id}",
+            creator_id=self.creator,
+            gifts_enabled=True,
+        )
+        video = self.call(self.stubs.gifts.UpsertVideo, request).video
+        self.done(f"video {video.video_id} of {video.creator_id} takes gifts")
+        fan_index, gift_id, quantity = VIDEO_GIFT
+        gift_request = gifts_pb2.SendGiftRequest(
+            request_id=self.request_id(f"video-gift-{gift_id}"),
+            sender_id=self.fans[fan_index],
+            video_id=video.video_id,
+            gift_id=gift_id,
+            quantity=quantity,
+        )
+        gift = self.call(self.stubs.gifts.SendGift, gift_request).gift
+        self.gifted_coins.append(gift.coins)
+        summary = self.call(
+            self.stubs.gifts.GetVideoSummary, gifts_pb2.GetVideoSummaryRequest(video_id=video.video_id)
+        ).summary
+        self.done(
+            f"{gift.sender_id} sent {gift.gift_id}×{gift.quantity} ({gift.coins} coins) to the video: "
+            f"{summary.gift_count} gift(s), {summary.total_coins:,} coins"
+        )
+
+    def run_match(self) -> None:
+        self.step(8, f"A {self.match_seconds:g}-second match against a rival's stream")
+        start = gifts_pb2.StartLiveStreamRequest(
+            request_id=self.request_id("rival-stream"), creator_id=self.rival, title=f"rival {self.run_id}"
+        )
+        self.rival_stream_id = self.call(self.stubs.gifts.StartLiveStream, start).stream.stream_id
+        duration = Duration()
+        duration.FromMilliseconds(int(self.match_seconds * 1000))
+        request = gifts_pb2.StartMatchRequest(
+            request_id=self.request_id("match"), stream_ids=[self.stream_id, self.rival_stream_id], duration=duration
+        )
+        match = self.call(self.stubs.gifts.StartMatch, request).match
+        self.done(f"match {match.match_id} until {match.ends_at.ToDatetime():%H:%M:%S} UTC")
+        for fan_index, gift_id, quantity, for_creator in MATCH_PLAN:
+            gift_request = gifts_pb2.SendGiftRequest(
+                request_id=self.request_id(f"match-gift-{gift_id}"),
+                sender_id=self.fans[fan_index],
+                stream_id=self.stream_id if for_creator else self.rival_stream_id,
+                gift_id=gift_id,
+                quantity=quantity,
+            )
+            gift = self.call(self.stubs.gifts.SendGift, gift_request).gift
+            if for_creator:
+                self.gifted_coins.append(gift.coins)
+            self.done(f"{gift.sender_id} sent {gift.gift_id}×{gift.quantity} to {gift.recipient_id}")
+        self.show_match(self.wait_for_match(match))
+
+    def wait_for_match(self, match: gifts_pb2.Match) -> gifts_pb2.GetMatchResponse:
+        """The match once the service finished it by itself, at its end."""
+        self.console.print(f"waiting for the end of the match ({self.match_seconds:g} s)…")
+        deadline = time.monotonic() + self.match_seconds + MATCH_FINISH_GRACE_SECONDS
+        request = gifts_pb2.GetMatchRequest(match_id=match.match_id)
+        while (reply := self.call(self.stubs.gifts.GetMatch, request)).match.status != gifts_pb2.MATCH_STATUS_FINISHED:
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"match {match.match_id} was not finished {MATCH_FINISH_GRACE_SECONDS:.0f} s after its end"
+                )
+            time.sleep(POLL_INTERVAL_SECONDS)
+        return reply
+
+    def show_match(self, reply: gifts_pb2.GetMatchResponse) -> None:
+        creators = {side.stream_id: side.creator_id for side in reply.match.sides}
+        table = Table("side", "score (coins)", "top supporters", title=f"match {reply.match.match_id} finished")
+        for side in reply.match.sides:
+            supporters = [s for s in reply.top_supporters if s.stream_id == side.stream_id]
+            table.add_row(
+                side.creator_id, f"{side.score_coins:,}", ", ".join(f"{s.account_id} ({s.coins})" for s in supporters)
+            )
+        self.console.print(table)
+        winners = ", ".join(creators[stream_id] for stream_id in reply.match.winner_stream_ids)
+        self.done(f"winner: {winners}")
 
     def wait_for_settlement(self) -> None:
-        self.step(7, "Diamonds settle (gifts.v1.gift_sent → payouts-settlement)")
+        self.step(9, "Diamonds settle (gifts.v1.gift_sent → payouts-settlement)")
         rates = self.call(self.stubs.payouts.GetRates, payouts_pb2.GetRatesRequest()).rates
         expected = sum(
             coins * rates.diamonds_per_coin_numerator // rates.diamonds_per_coin_denominator
@@ -409,7 +529,7 @@ class LiveStreamDemo:
         self.show_balances("Balances after the gifts")
 
     def withdraw(self) -> None:
-        self.step(8, "Creator withdraws")
+        self.step(10, "Creator withdraws")
         rates = self.call(self.stubs.payouts.GetRates, payouts_pb2.GetRatesRequest()).rates
         diamonds = withdrawal_amount(
             self.withdrawal_diamonds,
@@ -473,20 +593,28 @@ class LiveStreamDemo:
         gifts = ", ".join(f"{e.gift.gift_id}×{e.gift.quantity}" for e in self.feed.events)
         self.done(f"the live gift feed (WatchStreamGifts) showed {len(self.feed.events)} gifts as they happened:")
         self.console.print(f"  {gifts}")
+        progress = " → ".join(f"{goal.progress_coins:,}" for goal in self.feed.goal_updates)
+        self.done(f"…the goal's progress in coins: {progress}")
+        scores = " → ".join(
+            ":".join(str(side.score_coins) for side in match.sides) for match in self.feed.match_updates
+        )
+        self.done(f"…and the match's scores ({self.creator}:{self.rival}): {scores}")
 
     def end_stream_quietly(self) -> None:
         """After a failure: don't leave a stream live, but don't hide the original error behind a second one."""
-        with suppress(DemoError):
-            self.call(
-                self.stubs.gifts.EndLiveStream,
-                gifts_pb2.EndLiveStreamRequest(request_id=self.request_id("end-stream"), stream_id=self.stream_id),
-            )
+        for stream_id in filter(None, [self.stream_id, self.rival_stream_id]):
+            with suppress(DemoError):
+                self.call(
+                    self.stubs.gifts.EndLiveStream,
+                    gifts_pb2.EndLiveStreamRequest(request_id=self.request_id("end-stream"), stream_id=stream_id),
+                )
 
     def end_stream(self) -> None:
-        self.step(9, "Creator ends the stream")
-        request = gifts_pb2.EndLiveStreamRequest(request_id=self.request_id("end-stream"), stream_id=self.stream_id)
-        stream = self.call(self.stubs.gifts.EndLiveStream, request).stream
-        self.done(f"stream {stream.stream_id} is {gifts_pb2.StreamStatus.Name(stream.status)}")
+        self.step(11, "Creators end their streams")
+        for stream_id in filter(None, [self.stream_id, self.rival_stream_id]):
+            request = gifts_pb2.EndLiveStreamRequest(request_id=self.request_id("end-stream"), stream_id=stream_id)
+            stream = self.call(self.stubs.gifts.EndLiveStream, request).stream
+            self.done(f"stream {stream.stream_id} is {gifts_pb2.StreamStatus.Name(stream.status)}")
 
     # -- balances --------------------------------------------------------------------------------------------
 

@@ -138,11 +138,12 @@ def test_services_wait_for_the_migration_job_then_run_the_money_path_as_their_ru
         assert "runtime_role_granted" in done.stdout + done.stderr
     for service in ALL_SERVICES:
         role_stack.wait_serving(service)
-    # Accounts, KYC, purchases, a live stream, gifts, settlement into diamonds and a withdrawal: every table each
-    # service touches on the way, as its runtime role.
+    # Accounts, KYC, purchases, a live stream with a goal, gifts, a video gift, a match, settlement into diamonds
+    # and a withdrawal: every table each service touches on the way, as its runtime role.
     addresses = Addresses(**{service: role_stack.address(service) for service in ALL_SERVICES})
     with connect(addresses) as stubs:
-        LiveStreamDemo(stubs, AUTH_SECRET, Console(file=io.StringIO(), width=120)).run()
+        # The suite allows one-second matches (tests/stack.py).
+        LiveStreamDemo(stubs, AUTH_SECRET, Console(file=io.StringIO(), width=120), match_seconds=1).run()
     # A second migrate finds nothing to do and grants again (idempotent).
     again = role_stack.migrate("payouts")
     assert again.returncode == 0, again.stdout + again.stderr

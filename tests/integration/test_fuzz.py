@@ -108,6 +108,11 @@ EFFECTS = {
         "GetLeaderboard": READ,
         "UpsertGift": STATE,
         "RetireGift": STATE,
+        "UpsertVideo": STATE,
+        "GetVideoSummary": READ,
+        "StartMatch": STATE,
+        "GetMatch": READ,
+        "SetStreamGoal": STATE,
     },
     "coinstream.payouts.v1.PayoutService": {
         "GetEarnings": READ,
@@ -275,6 +280,8 @@ ENUM_EXTRA_NUMBERS = [-1, 99, 2**31 - 1, -(2**31)]
 ACCOUNT_FIELDS = frozenset({"account_id", "sender_id", "creator_id", "winner_ids"})
 REF_FIELDS = {
     "stream_id": "stream",
+    "video_id": "video",
+    "match_id": "match",
     "purchase_id": "purchase",
     "withdrawal_id": "withdrawal",
     "promotion_id": "promotion",
@@ -435,6 +442,8 @@ GOOD_STRINGS: dict[str, st.SearchStrategy[Any]] = {
     "country_code": st.sampled_from(["US", "GB", "JP"]),
     "page_token": st.one_of(st.just(""), refs("page_token")),
     "stream_id": st.one_of(refs("live_stream"), refs("live_stream"), refs("stream")),
+    # A gift goes to a stream or a video: with a stream_id, most plausible gifts leave the video out.
+    "video_id": st.one_of(st.just(""), st.just(""), refs("video")),
     # Accounts with coins pay, creators with diamonds withdraw: half of the time, the rest any account.
     "account_id": st.one_of(refs("user"), refs("account")),
     "sender_id": st.one_of(refs("user"), refs("account")),
@@ -993,10 +1002,14 @@ class Fuzzer:
         return code, (call if code != grpc.StatusCode.OK else None), "(stream ended)"
 
     def recipient_lifetime(self, rpc: Rpc, request: Message | bytes) -> int | None:
-        """Before a gift to a stream we know: its creator's diamonds, to wait for the settlement of a success."""
-        if rpc.name != "SendGift" or not isinstance(request, Message) or request.stream_id not in self.world.owners:
+        """Before a gift to a stream or video we know: its creator's diamonds, to wait for the settlement of a
+        success."""
+        if rpc.name != "SendGift" or not isinstance(request, Message):
             return None
-        return earnings(self.caller, self.world.owners[request.stream_id]).lifetime_diamonds
+        target = request.stream_id or request.video_id
+        if target not in self.world.owners:
+            return None
+        return earnings(self.caller, self.world.owners[target]).lifetime_diamonds
 
     def after_success(self, rpc: Rpc, request: Message, response: Any, recipient_before: int | None) -> None:
         """Remembers what a call made (for later calls), undoes what would leak into other tests, and waits for the
@@ -1015,6 +1028,10 @@ class Fuzzer:
                 stream = self.caller.call("StartLiveStream", restart, SERVICE).stream
                 world.add("stream", stream.stream_id, stream.creator_id)
                 world.add("live_stream", stream.stream_id, stream.creator_id)
+        elif name == "UpsertVideo":
+            world.add("video", response.video.video_id, response.video.creator_id)
+        elif name == "StartMatch":
+            world.add("match", response.match.match_id)
         elif name == "PurchaseCoins":
             world.add("purchase", response.purchase.purchase_id, request.account_id)
         elif name == "CreatePromotion":
