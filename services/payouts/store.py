@@ -176,18 +176,22 @@ async def insert_credits(
     credits: list[DiamondCredit],
     hold_seconds: int,
 ) -> None:
-    """Without a hold a credit is available at once (matured when made); with one it waits until available_at."""
+    """Without a hold a credit is available at once (matured when made); with one it waits until available_at.
+    Each credit names its stream or its video, the other column NULL (the table's CHECK)."""
     await conn.execute(
         "INSERT INTO diamond_credits"
-        " (gift_transaction_id, creator_id, stream_id, coins, diamonds, paid_coins, bonus_coins, rate_version,"
-        "  transaction_id, available_at, matured_at)"
-        " SELECT c.gift_transaction_id, c.creator_id, c.stream_id, c.coins, c.diamonds, c.paid_coins, c.bonus_coins,"
-        "  $8, $9, now() + make_interval(secs => $10::integer), CASE WHEN $10::integer = 0 THEN now() END"
-        " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])"
-        " AS c (gift_transaction_id, creator_id, stream_id, coins, diamonds, paid_coins, bonus_coins)",
+        " (gift_transaction_id, creator_id, stream_id, video_id, coins, diamonds, paid_coins, bonus_coins,"
+        "  rate_version, transaction_id, available_at, matured_at)"
+        " SELECT c.gift_transaction_id, c.creator_id, c.stream_id, c.video_id, c.coins, c.diamonds, c.paid_coins,"
+        "  c.bonus_coins, $9, $10, now() + make_interval(secs => $11::integer),"
+        "  CASE WHEN $11::integer = 0 THEN now() END"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],"
+        "  $8::bigint[]) AS c (gift_transaction_id, creator_id, stream_id, video_id, coins, diamonds, paid_coins,"
+        "  bonus_coins)",
         [credit.gift_transaction_id for credit in credits],
         [credit.creator_id for credit in credits],
         [credit.stream_id for credit in credits],
+        [credit.video_id for credit in credits],
         [credit.coins for credit in credits],
         [credit.diamonds for credit in credits],
         [credit.paid_coins for credit in credits],
