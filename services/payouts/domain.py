@@ -314,8 +314,9 @@ def not_cancelable(withdrawal_id: str, why: str) -> AppError:
 
 
 class EarningsGroupBy(Enum):
-    DAY = "day"  # key: the UTC day of the credit, "YYYY-MM-DD"
-    STREAM = "stream"  # key: the stream_id
+    DAY = "day"  # key: the UTC day of the credit, "YYYY-MM-DD"; stream and video gifts alike
+    STREAM = "stream"  # key: the stream_id; stream gifts only
+    VIDEO = "video"  # key: the video_id; video gifts only
 
 
 @dataclass(frozen=True)
