@@ -82,30 +82,46 @@ class SettlementRate:
         return (self.numerator, self.denominator) == (numerator, denominator)
 
 
+def require_one_target(stream_id: str | None, video_id: str | None) -> None:
+    """A gift went to a live stream or to a video: a credit names exactly one of them (the statements group by it)."""
+    assert (stream_id is None) != (video_id is None), f"stream_id {stream_id!r} and video_id {video_id!r}"
+
+
 @dataclass(frozen=True)
 class GiftToSettle:
     """The part of a GiftSent event that settlement needs. paid_coins/bonus_coins (the cash behind the gift) are
-    kept for the platform's accounting; they may still be 0 while the senders' side does not fill them in."""
+    kept for the platform's accounting; they may still be 0 while the senders' side does not fill them in.
+    Exactly one of stream_id and video_id is set: where the gift was sent."""
 
     gift_transaction_id: str
     creator_id: str
-    stream_id: str
+    stream_id: str | None
     coins: int
     paid_coins: int = 0
     bonus_coins: int = 0
     # When gifts recorded the gift as sent (Unix seconds; 0 when unknown): for the settlement lag metric only.
     sent_at_seconds: float = field(default=0.0, compare=False)
+    video_id: str | None = None
+
+    def __post_init__(self) -> None:
+        require_one_target(self.stream_id, self.video_id)
 
 
 @dataclass(frozen=True)
 class DiamondCredit:
+    """Exactly one of stream_id and video_id is set, as on the gift it credits."""
+
     gift_transaction_id: str
     creator_id: str
-    stream_id: str
+    stream_id: str | None
     coins: int
     diamonds: int
     paid_coins: int = 0
     bonus_coins: int = 0
+    video_id: str | None = None
+
+    def __post_init__(self) -> None:
+        require_one_target(self.stream_id, self.video_id)
 
 
 def credit_gifts(
@@ -134,6 +150,7 @@ def credit_gifts(
             diamonds_by_gift[gift.gift_transaction_id],
             gift.paid_coins,
             gift.bonus_coins,
+            gift.video_id,
         )
         for creator_gifts in gifts_by_creator.values()
         for gift in creator_gifts
@@ -297,8 +314,9 @@ def not_cancelable(withdrawal_id: str, why: str) -> AppError:
 
 
 class EarningsGroupBy(Enum):
-    DAY = "day"  # key: the UTC day of the credit, "YYYY-MM-DD"
-    STREAM = "stream"  # key: the stream_id
+    DAY = "day"  # key: the UTC day of the credit, "YYYY-MM-DD"; stream and video gifts alike
+    STREAM = "stream"  # key: the stream_id; stream gifts only
+    VIDEO = "video"  # key: the video_id; video gifts only
 
 
 @dataclass(frozen=True)

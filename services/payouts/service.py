@@ -248,6 +248,7 @@ class PayoutsService:
     async def list_earnings(
         self, creator_id: str, group_by: domain.EarningsGroupBy, page_size: int, page_token: str
     ) -> payouts_pb2.ListEarningsResponse:
+        # The token names its grouping: one handed out by stream means nothing by video (nor by day).
         kind = f"earnings_by_{group_by.value}"
         if group_by is domain.EarningsGroupBy.DAY:
             position = domain.decode_page_token(page_token, kind, creator_id, (str,))
@@ -256,7 +257,7 @@ class PayoutsService:
         else:
             position = domain.decode_page_token(page_token, kind, creator_id, (int, str))
             after = None if position is None else (domain.from_micros(int(position[0])), str(position[1]))
-            rows = await store.earnings_by_stream(self._pool, creator_id, after, page_size + 1)
+            rows = await store.earnings_by_target(self._pool, group_by, creator_id, after, page_size + 1)
         page, more = rows[:page_size], len(rows) > page_size
         next_token = ""
         if more:

@@ -18,6 +18,7 @@ MAX_PAGE_TOKEN_LENGTH = 512
 _GROUP_BY = {
     payouts_pb2.EARNINGS_GROUP_BY_DAY: EarningsGroupBy.DAY,
     payouts_pb2.EARNINGS_GROUP_BY_STREAM: EarningsGroupBy.STREAM,
+    payouts_pb2.EARNINGS_GROUP_BY_VIDEO: EarningsGroupBy.VIDEO,
 }
 
 
@@ -102,7 +103,7 @@ class PayoutsServicer(payouts_pb2_grpc.PayoutServiceServicer):
         check.identifier(request.creator_id, "creator_id")
         group_by = _GROUP_BY.get(request.group_by)
         if group_by is None:
-            check.fail("group_by", "must be EARNINGS_GROUP_BY_DAY or EARNINGS_GROUP_BY_STREAM")
+            check.fail("group_by", "must be EARNINGS_GROUP_BY_DAY, EARNINGS_GROUP_BY_STREAM or EARNINGS_GROUP_BY_VIDEO")
         size = page_size(check, request.page_size)
         check.text(request.page_token, "page_token", max_length=MAX_PAGE_TOKEN_LENGTH, required=False)
         check.raise_if_invalid()

@@ -102,7 +102,7 @@ def decode_gift_sent(data: bytes) -> domain.GiftToSettle:
     check.opaque_id(event.gift_transaction_id, "gift_transaction_id")
     # Creator ids name ledger accounts ('creator:<id>:…'), so they must be real identifiers.
     check.identifier(event.recipient_id, "recipient_id")
-    check.opaque_id(event.stream_id, "stream_id")
+    _check_target(check, event)
     check.int_range(event.coins, "coins", minimum=1, maximum=limits.MAX_GIFT_COINS)
     # Kept for accounting only; paid + bonus = coins is not required yet (senders' side may still send 0 and 0).
     check.int_range(event.paid_coins, "paid_coins", minimum=0, maximum=limits.MAX_GIFT_COINS)
@@ -111,12 +111,26 @@ def decode_gift_sent(data: bytes) -> domain.GiftToSettle:
     return domain.GiftToSettle(
         event.gift_transaction_id,
         event.recipient_id,
-        event.stream_id,
+        event.stream_id or None,
         event.coins,
         paid_coins=event.paid_coins,
         bonus_coins=event.bonus_coins,
         sent_at_seconds=event.sent_at.seconds + event.sent_at.nanos / 1e9,
+        video_id=event.video_id or None,
     )
+
+
+def _check_target(check: Validator, event: events_pb2.GiftSent) -> None:
+    """Exactly one of stream_id and video_id (events from before video gifts all have a stream_id). Stream ids are
+    made by gifts, so only bounded; video ids come from the content backend as identifiers, and are checked as such."""
+    if event.stream_id and event.video_id:
+        check.fail("video_id", "must be empty when stream_id is set: a gift goes to a stream or a video, not both")
+    elif event.video_id:
+        check.identifier(event.video_id, "video_id")
+    elif event.stream_id:
+        check.opaque_id(event.stream_id, "stream_id")
+    else:
+        check.fail("stream_id", "one of stream_id and video_id is required")
 
 
 class Settlement:

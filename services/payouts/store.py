@@ -11,6 +11,7 @@ from services.payouts.domain import (
     Balances,
     CreatorProfile,
     DiamondCredit,
+    EarningsGroupBy,
     EarningsRow,
     Postings,
     SettlementRate,
@@ -176,18 +177,22 @@ async def insert_credits(
     credits: list[DiamondCredit],
     hold_seconds: int,
 ) -> None:
-    """Without a hold a credit is available at once (matured when made); with one it waits until available_at."""
+    """Without a hold a credit is available at once (matured when made); with one it waits until available_at.
+    Each credit names its stream or its video, the other column NULL (the table's CHECK)."""
     await conn.execute(
         "INSERT INTO diamond_credits"
-        " (gift_transaction_id, creator_id, stream_id, coins, diamonds, paid_coins, bonus_coins, rate_version,"
-        "  transaction_id, available_at, matured_at)"
-        " SELECT c.gift_transaction_id, c.creator_id, c.stream_id, c.coins, c.diamonds, c.paid_coins, c.bonus_coins,"
-        "  $8, $9, now() + make_interval(secs => $10::integer), CASE WHEN $10::integer = 0 THEN now() END"
-        " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])"
-        " AS c (gift_transaction_id, creator_id, stream_id, coins, diamonds, paid_coins, bonus_coins)",
+        " (gift_transaction_id, creator_id, stream_id, video_id, coins, diamonds, paid_coins, bonus_coins,"
+        "  rate_version, transaction_id, available_at, matured_at)"
+        " SELECT c.gift_transaction_id, c.creator_id, c.stream_id, c.video_id, c.coins, c.diamonds, c.paid_coins,"
+        "  c.bonus_coins, $9, $10, now() + make_interval(secs => $11::integer),"
+        "  CASE WHEN $11::integer = 0 THEN now() END"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],"
+        "  $8::bigint[]) AS c (gift_transaction_id, creator_id, stream_id, video_id, coins, diamonds, paid_coins,"
+        "  bonus_coins)",
         [credit.gift_transaction_id for credit in credits],
         [credit.creator_id for credit in credits],
         [credit.stream_id for credit in credits],
+        [credit.video_id for credit in credits],
         [credit.coins for credit in credits],
         [credit.diamonds for credit in credits],
         [credit.paid_coins for credit in credits],
@@ -461,7 +466,8 @@ async def finish_withdrawal(
 
 
 async def earnings_by_day(conn: Executor, creator_id: str, before: datetime | None, limit: int) -> list[EarningsRow]:
-    """Per UTC day, newest day first; before is the start of the last day of the previous page."""
+    """Per UTC day, newest day first, stream and video gifts alike; before is the start of the last day of the
+    previous page."""
     rows = await conn.fetch(
         "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS key, sum(diamonds)::bigint AS diamonds,"
         " count(*) AS gift_count, max(created_at) AS latest_credit_at"
@@ -474,21 +480,27 @@ async def earnings_by_day(conn: Executor, creator_id: str, before: datetime | No
     return [EarningsRow(**dict(row)) for row in rows]
 
 
-async def earnings_by_stream(
-    conn: Executor, creator_id: str, after: tuple[datetime, str] | None, limit: int
+# The column of a statement grouped by where the gifts went. Each grouping only has the credits of its own kind of
+# target: a video gift is not in the by-stream statement, nor a stream gift in the by-video one.
+TARGET_COLUMNS = {EarningsGroupBy.STREAM: "stream_id", EarningsGroupBy.VIDEO: "video_id"}
+
+
+async def earnings_by_target(
+    conn: Executor, group_by: EarningsGroupBy, creator_id: str, after: tuple[datetime, str] | None, limit: int
 ) -> list[EarningsRow]:
-    """Per stream, the stream with the newest credit first (then by stream id); after is the (latest credit,
-    stream id) of the last row of the previous page. Totals over the creator's credits, grouped per page."""
-    latest_after, stream_after = after if after is not None else (None, None)
+    """Per stream or per video, the one with the newest credit first (then by id); after is the (latest credit, id)
+    of the last row of the previous page. Totals over the creator's credits, grouped per page."""
+    column = TARGET_COLUMNS[group_by]
+    latest_after, key_after = after if after is not None else (None, None)
     rows = await conn.fetch(
-        "SELECT stream_id AS key, sum(diamonds)::bigint AS diamonds, count(*) AS gift_count,"
+        f"SELECT {column} AS key, sum(diamonds)::bigint AS diamonds, count(*) AS gift_count,"
         " max(created_at) AS latest_credit_at"
-        " FROM diamond_credits WHERE creator_id = $1 GROUP BY stream_id"
-        " HAVING $2::timestamptz IS NULL OR (max(created_at) < $2 OR (max(created_at) = $2 AND stream_id > $3::text))"
-        " ORDER BY latest_credit_at DESC, stream_id LIMIT $4",
+        f" FROM diamond_credits WHERE creator_id = $1 AND {column} IS NOT NULL GROUP BY {column}"
+        f" HAVING $2::timestamptz IS NULL OR (max(created_at) < $2 OR (max(created_at) = $2 AND {column} > $3::text))"
+        f" ORDER BY latest_credit_at DESC, {column} LIMIT $4",
         creator_id,
         latest_after,
-        stream_after,
+        key_after,
         limit,
     )
     return [EarningsRow(**dict(row)) for row in rows]

@@ -29,14 +29,19 @@ def gift_sent(
     gift_transaction_id: str | None = None,
     *,
     stream_id: str | None = None,
+    video_id: str = "",
     paid_coins: int = 0,
     bonus_coins: int = 0,
 ) -> events_pb2.GiftSent:
+    """A gift to a new stream unless stream_id or video_id says where (stream_id="" and no video_id: neither)."""
+    if stream_id is None:
+        stream_id = "" if video_id else new_id("stream")
     event = events_pb2.GiftSent(
         gift_transaction_id=gift_transaction_id or f"gtx_{uuid.uuid4().hex}",
         sender_id=new_id("fan"),
         recipient_id=creator_id,
-        stream_id=stream_id or new_id("stream"),
+        stream_id=stream_id,
+        video_id=video_id,
         gift_id="rose",
         quantity=coins,
         coins=coins,

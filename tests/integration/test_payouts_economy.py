@@ -502,7 +502,11 @@ async def test_forged_positions_a_datetime_or_postgresql_cannot_hold_are_refused
     """Found by the fuzzer (test_fuzz.py): a token of the right list and creator whose moment is past year 9999
     (within int64) or whose id holds a NUL or a lone surrogate failed INTERNAL instead of INVALID_ARGUMENT."""
     creator_id = new_id("creator")
-    for kind, group_by in (("withdrawals", None), ("earnings_by_stream", payouts_pb2.EARNINGS_GROUP_BY_STREAM)):
+    for kind, group_by in (
+        ("withdrawals", None),
+        ("earnings_by_stream", payouts_pb2.EARNINGS_GROUP_BY_STREAM),
+        ("earnings_by_video", payouts_pb2.EARNINGS_GROUP_BY_VIDEO),
+    ):
         for position in ([2**62, "x"], [-(2**63), "x"], [2**63 - 1, "x"], [1, "\x00"], [1, "\ud800"]):
             token = base64.urlsafe_b64encode(json.dumps({"k": kind, "c": creator_id, "p": position}).encode()).decode()
             call = (
@@ -563,6 +567,40 @@ async def test_statement_by_stream_and_by_day(stack: Stack, clients: Clients) ->
     assert rows(await list_earnings(clients, new_id("creator"), payouts_pb2.EARNINGS_GROUP_BY_DAY)) == []
     # Statement totals are the creator's lifetime diamonds.
     assert sum(row.diamonds for row in by_stream.rows) == (await earnings(clients, creator_id)).lifetime_diamonds
+
+
+async def test_statement_by_video_apart_from_streams_and_by_day_with_both(stack: Stack, clients: Clients) -> None:
+    creator_id = new_id("creator")
+    stream_id, videos = new_id("stream"), {name: new_id(f"video-{name}") for name in ("a", "b")}
+    # Settled one after another, so each video's latest credit is later than the one before.
+    for target, amounts in (("a", (10, 20)), ("stream", (100,)), ("b", (5,)), ("a", (1,))):
+        before = (await earnings(clients, creator_id)).lifetime_diamonds
+        to_stream, to_video = (stream_id, "") if target == "stream" else (None, videos[target])
+        await publish(
+            stack, [gift_sent(creator_id, coins, stream_id=to_stream, video_id=to_video) for coins in amounts]
+        )
+        await wait_for_lifetime(clients, creator_id, before + sum(amounts))
+
+    by_video = await list_earnings(clients, creator_id, payouts_pb2.EARNINGS_GROUP_BY_VIDEO, metadata=auth(creator_id))
+    assert (rows(by_video), by_video.next_page_token) == ([(videos["a"], 31, 3), (videos["b"], 5, 1)], "")
+    by_stream = await list_earnings(clients, creator_id, payouts_pb2.EARNINGS_GROUP_BY_STREAM)
+    assert rows(by_stream) == [(stream_id, 100, 1)]
+    [today] = await fetch(stack, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day")
+    assert rows(await list_earnings(clients, creator_id, payouts_pb2.EARNINGS_GROUP_BY_DAY)) == [(today["day"], 136, 5)]
+
+    first = await list_earnings(clients, creator_id, payouts_pb2.EARNINGS_GROUP_BY_VIDEO, page_size=1)
+    assert rows(first) == rows(by_video)[:1]
+    error = await refused(
+        list_earnings(clients, creator_id, payouts_pb2.EARNINGS_GROUP_BY_STREAM, page_token=first.next_page_token)
+    )
+    assert (error.code(), violated_fields(error)) == (grpc.StatusCode.INVALID_ARGUMENT, {"page_token"})
+    second = await list_earnings(
+        clients, creator_id, payouts_pb2.EARNINGS_GROUP_BY_VIDEO, page_size=1, page_token=first.next_page_token
+    )
+    assert (rows(second), second.next_page_token) == (rows(by_video)[1:], "")
+    # Streams and videos together are the creator's lifetime diamonds.
+    total = sum(row.diamonds for row in (*by_stream.rows, *by_video.rows))
+    assert total == (await earnings(clients, creator_id)).lifetime_diamonds
 
 
 async def test_list_earnings_refusals(clients: Clients) -> None:

@@ -18,6 +18,7 @@ from tests.integration.payouts_helpers import (
     publish_raw,
     wait_for_lifetime,
 )
+from tests.integration.test_dead_letters import wait_for_dead_letter
 from tests.stack import Stack
 
 
@@ -126,6 +127,66 @@ async def test_unreadable_events_are_set_aside_without_blocking_settlement(stack
         [bad_creator.gift_transaction_id, no_coins.gift_transaction_id],
     )
     assert rows == []
+
+
+async def test_video_gift_is_credited_like_a_stream_gift(stack: Stack, clients: Clients) -> None:
+    creator_id = new_id("creator")
+    to_video, to_stream = gift_sent(creator_id, 120, video_id=new_id("video")), gift_sent(creator_id, 30)
+    await publish(stack, [to_video, to_stream])
+    found = await wait_for_lifetime(clients, creator_id, 150)
+    assert (found.available_diamonds, found.lifetime_diamonds) == (150, 150)
+
+    credits = await query(
+        stack,
+        "SELECT gift_transaction_id, stream_id, video_id, coins, diamonds, rate_version FROM diamond_credits"
+        " WHERE creator_id = $1 ORDER BY coins DESC",
+        creator_id,
+    )
+    rate_version = await current_rate_version(clients)
+    assert [dict(credit) for credit in credits] == [
+        {
+            "gift_transaction_id": to_video.gift_transaction_id,
+            "stream_id": None,
+            "video_id": to_video.video_id,
+            "coins": 120,
+            "diamonds": 120,
+            "rate_version": rate_version,
+        },
+        {
+            "gift_transaction_id": to_stream.gift_transaction_id,
+            "stream_id": to_stream.stream_id,
+            "video_id": None,
+            "coins": 30,
+            "diamonds": 30,
+            "rate_version": rate_version,
+        },
+    ]
+    # Delivered again under another Nats-Msg-Id: the inbox settles a video gift once too.
+    await publish(stack, [to_video], message_ids=[new_id("copy")])
+    await publish(stack, [gift_sent(creator_id, 1, video_id=to_video.video_id)])
+    assert (await wait_for_lifetime(clients, creator_id, 151)).lifetime_diamonds == 151
+    await assert_ledger_consistent(stack)
+
+
+async def test_gift_to_both_a_stream_and_a_video_or_to_neither_is_dead_lettered(stack: Stack, clients: Clients) -> None:
+    creator_id = new_id("creator")
+    both = gift_sent(creator_id, 10, stream_id=new_id("stream"), video_id=new_id("video"))
+    neither = gift_sent(creator_id, 20, stream_id="")
+    await publish(stack, [both, neither])
+    await publish(stack, [gift_sent(creator_id, 5, video_id=new_id("video"))])
+    assert (await wait_for_lifetime(clients, creator_id, 5)).lifetime_diamonds == 5
+
+    for event, field in ((both, "video_id"), (neither, "stream_id")):
+        letter = await wait_for_dead_letter(stack, event.gift_transaction_id)
+        assert letter.reason.startswith("unreadable GiftSent") and f"{field}: " in letter.reason
+        assert (letter.gift_transaction_id, letter.payload) == (event.gift_transaction_id, event.SerializeToString())
+    rows = await query(
+        stack,
+        "SELECT gift_transaction_id FROM inbox WHERE gift_transaction_id = ANY($1::text[])",
+        [both.gift_transaction_id, neither.gift_transaction_id],
+    )
+    assert rows == []
+    assert (await query(stack, "SELECT count(*) FROM diamond_credits WHERE creator_id = $1", creator_id))[0][0] == 1
 
 
 async def test_database_refuses_unbalanced_negative_or_edited_ledger_entries(stack: Stack) -> None:

@@ -117,6 +117,22 @@ def test_credits_start_from_each_creators_carried_remainder() -> None:
     assert remainders == {"amy": 0, "bob": 1}
 
 
+def test_video_gifts_are_credited_like_stream_gifts_and_keep_their_video() -> None:
+    gifts = [GiftToSettle("g1", "amy", "s1", 3), GiftToSettle("g2", "amy", None, 3, video_id="v1")]
+    credits, remainders = domain.credit_gifts(gifts, SettlementRate(3, 1, 2), {})
+    # 1.5 → 1 (carry .5), then 1.5 + .5 → 2: one carry per creator, whatever the gift went to.
+    assert [(c.stream_id, c.video_id, c.diamonds) for c in credits] == [("s1", None, 1), (None, "v1", 2)]
+    assert remainders == {"amy": 0}
+
+
+@pytest.mark.parametrize(("stream_id", "video_id"), [(None, None), ("s1", "v1")])
+def test_a_gift_goes_to_exactly_one_stream_or_video(stream_id: str | None, video_id: str | None) -> None:
+    with pytest.raises(AssertionError):
+        GiftToSettle("g1", "amy", stream_id, 1, video_id=video_id)
+    with pytest.raises(AssertionError):
+        domain.DiamondCredit("g1", "amy", stream_id, 1, 1, video_id=video_id)
+
+
 def test_settlement_postings_balance_against_the_settlement_account() -> None:
     postings = domain.settlement_postings({"amy": 10, "bob": 5})
     assert postings == [
@@ -360,6 +376,9 @@ def test_gift_sent_is_read_into_what_settlement_needs() -> None:
     assert decode_gift_sent(gift_sent(paid_coins=2, bonus_coins=1, combo_count=4)) == GiftToSettle(
         "gtx_1", "alice", "st_1", 3, paid_coins=2, bonus_coins=1
     )
+    assert decode_gift_sent(gift_sent(stream_id="", video_id="clip_9-X")) == GiftToSettle(
+        "gtx_1", "alice", None, 3, video_id="clip_9-X"
+    )
 
 
 @pytest.mark.parametrize(
@@ -370,6 +389,11 @@ def test_gift_sent_is_read_into_what_settlement_needs() -> None:
         (gift_sent(gift_transaction_id="", coins=0), {"gift_transaction_id", "coins"}),
         (gift_sent(stream_id="", coins=-5), {"stream_id", "coins"}),
         (gift_sent(paid_coins=-1, bonus_coins=-2), {"paid_coins", "bonus_coins"}),
+        # Exactly one of stream_id and video_id: both, or neither, is refused; a video id is an identifier.
+        (gift_sent(video_id="v1"), {"video_id"}),
+        (gift_sent(stream_id=""), {"stream_id"}),
+        (gift_sent(stream_id="", video_id="bad/video"), {"video_id"}),
+        (gift_sent(stream_id="", video_id="v" * 65), {"video_id"}),
     ],
 )
 def test_unusable_gift_events_are_refused(payload: bytes, fields: set[str]) -> None:
