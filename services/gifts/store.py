@@ -832,7 +832,8 @@ async def add_to_goals(
         "  ORDER BY goal_id FOR UPDATE"
         " )"
         " UPDATE stream_goals AS g SET progress_coins = g.progress_coins + i.coins,"
-        "  reached_at = coalesce(g.reached_at, CASE WHEN g.progress_coins + i.coins >= g.target_coins THEN $3::timestamptz END)"
+        "  reached_at = coalesce("
+        "   g.reached_at, CASE WHEN g.progress_coins + i.coins >= g.target_coins THEN $3::timestamptz END)"
         " FROM locked JOIN unnest($1::text[], $2::bigint[]) AS i (goal_id, coins) USING (goal_id)"
         " WHERE g.goal_id = locked.goal_id RETURNING g.goal_id, g.stream_id, g.creator_id, g.target_coins,"
         "  g.progress_coins, g.description, g.created_at, g.reached_at, i.coins",
