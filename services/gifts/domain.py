@@ -59,7 +59,7 @@ class LiveStream:
     creator_id: str
     title: str
     status: StreamStatus
-    # The match the stream is in until that match is finished, and the stream's open goal.
+    # The match the stream is in (until that match is finished), and the stream's open goal.
     match_id: str | None = None
     goal_id: str | None = None
 

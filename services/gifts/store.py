@@ -61,7 +61,13 @@ async def retire_gift(conn: asyncpg.Connection, gift_id: str) -> CatalogGift | N
     return None if row is None else CatalogGift(**dict(row))
 
 
-STREAM_COLUMNS = "stream_id, creator_id, title, status, match_id, goal_id"
+# live_streams.match_id is the last match the stream joined: the stream is in it while that match is active. (The
+# finisher never writes live_streams: a row lock there would queue it behind an EndLiveStream waiting for a gift
+# batch that waits for the finisher's own lock on the match.)
+STREAM_COLUMNS = (
+    "stream_id, creator_id, title, status, goal_id, (SELECT m.match_id FROM matches AS m"
+    " WHERE m.match_id = live_streams.match_id AND m.status = 'active') AS match_id"
+)
 
 
 def _stream(row: asyncpg.Record) -> LiveStream:
@@ -82,7 +88,7 @@ async def start_stream(conn: asyncpg.Connection, stream_id: str, creator_id: str
         ), counters AS (
             INSERT INTO stream_totals (stream_id) SELECT stream_id FROM started
         )
-        SELECT {STREAM_COLUMNS} FROM started
+        SELECT * FROM started
         """,
         stream_id,
         creator_id,
@@ -751,15 +757,11 @@ async def lock_due_match(conn: asyncpg.Connection) -> Match | None:
 
 
 async def finish_match(conn: asyncpg.Connection, match_id: str, winner_stream_ids: list[str]) -> datetime:
-    """Stamps the locked match finished with its winners and frees its streams for another match; returns when."""
+    """Stamps the locked match finished with its winners (which frees its streams for another match); returns
+    when."""
     finished_at = await conn.fetchval(
-        "WITH finished AS ("
-        "  UPDATE matches SET status = 'finished', finished_at = clock_timestamp(), winner_stream_ids = $2"
-        "  WHERE match_id = $1 AND status = 'active' RETURNING finished_at"
-        " ), freed AS ("
-        "  UPDATE live_streams SET match_id = NULL WHERE match_id = $1"
-        " )"
-        " SELECT finished_at FROM finished",
+        "UPDATE matches SET status = 'finished', finished_at = clock_timestamp(), winner_stream_ids = $2"
+        " WHERE match_id = $1 AND status = 'active' RETURNING finished_at",
         match_id,
         winner_stream_ids,
     )

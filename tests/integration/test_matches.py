@@ -22,6 +22,7 @@ from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id
 from tests.events import events_on
 from tests.grpc_errors import error_reason, violated_fields
 from tests.integration.test_gifts import gift_request, go_live, make_account
+from tests.integration.test_gifts_crash import gifts_crashing_at, restart_after_crash
 from tests.integration.test_gifts_feed import end_stream, watching
 from tests.stack import Stack
 
@@ -336,3 +337,20 @@ async def test_two_replicas_finish_each_match_once(clients: Clients, stack: Stac
     await asyncio.sleep(1.0)
     for match in matches:
         assert len(await match_finished_events(stack, match.match_id)) == 1
+
+
+@pytest.mark.slow
+async def test_a_finisher_killed_before_its_commit_leaves_the_match_to_the_next_start(
+    clients: Clients, stack: Stack
+) -> None:
+    a, b = await go_live(clients), await go_live(clients)
+    fan = await make_account(clients, package_id="coins_330")
+    with gifts_crashing_at(stack, "gifts.before_match_finished_commit"):
+        match = await start_match(clients, [a.stream_id, b.stream_id], seconds=1)
+        await send(clients, fan, a.stream_id, "finger_heart")
+        # The finisher kills its process (SIGKILL) with the match stamped finished but not committed.
+        await asyncio.to_thread(restart_after_crash, stack)
+    final = await finished_match(clients, match.match_id)
+    assert list(final.match.winner_stream_ids) == [a.stream_id]
+    await asyncio.sleep(1.0)
+    assert len(await match_finished_events(stack, match.match_id)) == 1

@@ -103,10 +103,10 @@ CREATE TABLE stream_goals (
 -- A stream has at most one open goal.
 CREATE UNIQUE INDEX stream_goals_one_open ON stream_goals (stream_id) WHERE closed_at IS NULL;
 
--- The stream's active match and open goal, read (and locked FOR KEY SHARE) with the stream by each completing batch,
--- so batches to plain streams pay nothing for matches and goals. Changed under the stream's FOR UPDATE lock (StartMatch,
--- SetStreamGoal) except for clearing match_id when a match finishes, which a completing batch tolerates (it checks
--- the match itself under a share lock).
+-- The last match the stream joined (it is in that match while the match is active) and its open goal, read (and
+-- locked FOR KEY SHARE) with the stream by each completing batch, so batches to plain streams pay nothing for
+-- matches and goals. Written only under the stream's FOR UPDATE lock (StartMatch, SetStreamGoal): finishing a match
+-- changes the match alone.
 ALTER TABLE live_streams
     ADD COLUMN match_id text REFERENCES matches (match_id),
     ADD COLUMN goal_id  text REFERENCES stream_goals (goal_id);
