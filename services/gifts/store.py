@@ -341,12 +341,17 @@ async def finish_gifts(
         "   AS c (gift_transaction_id, wallet_transaction_id, sender_balance_coins, paid_coins, bonus_coins,"
         "         combo_count)"
         "  WHERE g.gift_transaction_id = c.gift_transaction_id AND g.status = 'pending' RETURNING 1"
-        " ), combos AS ("
-        "  UPDATE gift_combos AS c SET last_sent_at = n.last_sent_at, combo_count = n.combo_count"
-        "  FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::integer[])"
+        " ), combo_keys AS ("
+        "  SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::integer[])"
         "   AS n (target_kind, target_id, sender_id, gift_id, last_sent_at, combo_count)"
-        "  WHERE (c.target_kind, c.target_id, c.sender_id, c.gift_id)"
-        "   = (n.target_kind, n.target_id, n.sender_id, n.gift_id)"
+        " ), stream_combos_saved AS ("
+        "  UPDATE gift_combos AS c SET last_sent_at = n.last_sent_at, combo_count = n.combo_count FROM combo_keys AS n"
+        "  WHERE n.target_kind = 'stream'"
+        "   AND (c.stream_id, c.sender_id, c.gift_id) = (n.target_id, n.sender_id, n.gift_id)"
+        " ), video_combos_saved AS ("
+        "  UPDATE video_combos AS c SET last_sent_at = n.last_sent_at, combo_count = n.combo_count FROM combo_keys AS n"
+        "  WHERE n.target_kind = 'video'"
+        "   AND (c.video_id, c.sender_id, c.gift_id) = (n.target_id, n.sender_id, n.gift_id)"
         " ), failed AS ("
         "  UPDATE gift_transactions AS g SET status = 'failed', failure_reason = f.reason, finished_at = now(),"
         "   updated_at = now() FROM unnest($14::text[], $15::text[]) AS f (gift_transaction_id, reason)"
@@ -447,30 +452,39 @@ async def top_gifters(conn: Executor, kind: TargetKind, target_id: str, limit: i
     return [(row["sender_id"], row["coins"]) for row in rows]
 
 
+# The combo table of each kind of target, and the name of its target's id column.
+_COMBO_TABLES = {TargetKind.STREAM: ("gift_combos", "stream_id"), TargetKind.VIDEO: ("video_combos", "video_id")}
+
+
 async def lock_combos(conn: asyncpg.Connection, keys: list[ComboKey]) -> tuple[dict[ComboKey, ComboState], datetime]:
     """The last completed gift of each (target, sender, gift), locked until the transaction ends, so completions that
     may continue one combo take turns, and the database's clock once they are all locked: the batch's completion
     time. One clock for every replica, read after the locks of the batch's matches, decides which match a gift counts
-    in. One statement makes missing rows and locks every row, in key order."""
-    ordered = sorted(set(keys))
-    rows = await conn.fetch(
-        "INSERT INTO gift_combos (target_kind, target_id, sender_id, gift_id)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ORDER BY 1, 2, 3, 4"
-        # The no-op update locks an existing row and returns it as it is.
-        " ON CONFLICT (target_kind, target_id, sender_id, gift_id) DO UPDATE SET combo_count = gift_combos.combo_count"
-        " RETURNING target_kind, target_id, sender_id, gift_id, last_sent_at, combo_count, clock_timestamp() AS now",
-        [key.target_kind for key in ordered],
-        [key.target_id for key in ordered],
-        [key.sender_id for key in ordered],
-        [key.gift_id for key in ordered],
-    )
-    states = {
-        ComboKey(row["target_kind"], row["target_id"], row["sender_id"], row["gift_id"]): ComboState(
-            row["last_sent_at"], row["combo_count"]
+    in. One statement per kind of target makes missing rows and locks every row, streams first, in key order."""
+    states: dict[ComboKey, ComboState] = {}
+    clock: datetime | None = None
+    for kind in TargetKind:
+        ordered = sorted({key for key in keys if key.target_kind == kind.value})
+        if not ordered:
+            continue
+        table, id_column = _COMBO_TABLES[kind]
+        rows = await conn.fetch(
+            f"INSERT INTO {table} ({id_column}, sender_id, gift_id)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ORDER BY 1, 2, 3"
+            # The no-op update locks an existing row and returns it as it is.
+            f" ON CONFLICT ({id_column}, sender_id, gift_id) DO UPDATE SET combo_count = {table}.combo_count"
+            f" RETURNING {id_column} AS target_id, sender_id, gift_id, last_sent_at, combo_count,"
+            "  clock_timestamp() AS now",
+            [key.target_id for key in ordered],
+            [key.sender_id for key in ordered],
+            [key.gift_id for key in ordered],
         )
-        for row in rows
-    }
-    return states, max(row["now"] for row in rows)
+        for row in rows:
+            key = ComboKey(kind.value, row["target_id"], row["sender_id"], row["gift_id"])
+            states[key] = ComboState(row["last_sent_at"], row["combo_count"])
+            clock = row["now"] if clock is None else max(clock, row["now"])
+    assert clock is not None, "lock_combos() needs keys"
+    return states, clock
 
 
 async def add_to_gifter_totals(conn: asyncpg.Connection, increments: list[LeaderboardIncrement]) -> None:

@@ -32,13 +32,17 @@ ALTER TABLE gift_transactions
     ADD COLUMN video_id text REFERENCES videos (video_id),
     ADD CONSTRAINT gift_transactions_one_target CHECK (num_nonnulls(stream_id, video_id) = 1);
 
--- Combos continue per sender, gift and target: a stream or a video (whose ids may look alike, hence the kind).
-ALTER TABLE gift_combos DROP CONSTRAINT gift_combos_stream_id_fkey;
-ALTER TABLE gift_combos RENAME COLUMN stream_id TO target_id;
-ALTER TABLE gift_combos ADD COLUMN target_kind text NOT NULL DEFAULT 'stream' CHECK (target_kind IN ('stream', 'video'));
-ALTER TABLE gift_combos ALTER COLUMN target_kind DROP DEFAULT;
-ALTER TABLE gift_combos DROP CONSTRAINT gift_combos_pkey;
-ALTER TABLE gift_combos ADD PRIMARY KEY (target_kind, target_id, sender_id, gift_id);
+-- Combos of video gifts, kept like gift_combos keeps those of stream gifts. A table of their own rather than a new key
+-- for gift_combos: during a rolling upgrade the previous release still reads and writes gift_combos as it was
+-- (deploy/README.md: expand, then contract).
+CREATE TABLE video_combos (
+    video_id     text NOT NULL REFERENCES videos (video_id),
+    sender_id    text NOT NULL,
+    gift_id      text NOT NULL REFERENCES gift_catalog (gift_id),
+    last_sent_at timestamptz,
+    combo_count  integer NOT NULL DEFAULT 0 CHECK (combo_count >= 0),
+    PRIMARY KEY (video_id, sender_id, gift_id)
+);
 
 -- Matches: 2-4 live streams compete for the coins of the gifts completed to them from starts_at to ends_at. A side's
 -- score is kept by the completion transaction of its gifts (never recounted); the finisher stamps the winners.
