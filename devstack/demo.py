@@ -174,7 +174,7 @@ class GiftFeedWatcher:
         self.goal_updates: list[gifts_pb2.StreamGoal] = []
         self.error = ""
         self._call = stub.WatchStreamGifts(
-            gifts_pb2.WatchStreamGiftsRequest(stream_id=stream_id),
+            gifts_pb2.WatchStreamGiftsRequest(stream_id=stream_id, include_match_and_goal_updates=True),
             metadata=(("authorization", f"Bearer {token}"),),
         )
         self._call.initial_metadata()  # the server sends headers once the watcher is registered

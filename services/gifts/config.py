@@ -20,7 +20,8 @@ class MatchDurations:
     maximum: timedelta = domain.MAX_MATCH_DURATION
 
     def check(self, check: Validator, duration: Duration) -> None:
-        well_formed = duration.seconds >= 0 and 0 <= duration.nanos < 1_000_000_000
+        # Bounded before ToTimedelta(), which overflows past timedelta's range (a Duration reaches 10,000 years).
+        well_formed = 0 <= duration.seconds <= self.maximum.total_seconds() and 0 <= duration.nanos < 1_000_000_000
         if not well_formed or not self.minimum <= duration.ToTimedelta() <= self.maximum:
             low, high = self.minimum.total_seconds(), self.maximum.total_seconds()
             check.fail("duration", f"must be {low:g}-{high:g} seconds")

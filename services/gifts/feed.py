@@ -105,8 +105,10 @@ class _State(Enum):
 class Watcher:
     """One WatchStreamGifts call: a bounded buffer filled by the hub and drained by the call."""
 
-    def __init__(self, stream_id: str, capacity: int, stuck_grace_seconds: float) -> None:
+    def __init__(self, stream_id: str, capacity: int, stuck_grace_seconds: float, with_updates: bool = False) -> None:
         self.stream_id = stream_id
+        # Whether the call asked for match and goal updates too (gifts and the end always).
+        self.with_updates = with_updates
         self._capacity = capacity
         self._stuck_grace_seconds = stuck_grace_seconds
         self._events: deque[gifts_pb2.WatchStreamGiftsResponse] = deque()
@@ -199,6 +201,9 @@ class GiftFeed:
         self._stuck_grace_seconds = stuck_grace_seconds
         self._watchers: dict[str, set[Watcher]] = {}
         self._recent: dict[str, _RecentIds] = {}
+        # Per watched stream: the coins of the last update delivered of each match (all sides) and goal. Both only
+        # grow, so an update below it is an old one a relay published again after a newer one: it is dropped.
+        self._progress: dict[str, dict[str, int]] = {}
         self._watcher_count = 0
         self._nats: NatsClient | None = None
         self._subscription: Subscription | None = None
@@ -266,7 +271,7 @@ class GiftFeed:
         return self._watcher_count
 
     @contextmanager
-    def watch(self, stream_id: str, caller: str | None = None) -> Iterator[Watcher]:
+    def watch(self, stream_id: str, caller: str | None = None, *, with_updates: bool = False) -> Iterator[Watcher]:
         """Registers a watcher of stream_id for the duration of the block (RATE_LIMITED when the process is full,
         or when caller — None for a trusted backend — already has its share)."""
         if self._watcher_count >= self._max_watchers:
@@ -275,9 +280,10 @@ class GiftFeed:
             raise domain.too_many_watchers_for_caller(self._max_watchers_per_caller)
         if self._nats is not None and not self._nats.is_connected:
             raise domain.feed_interrupted()
-        watcher = Watcher(stream_id, self._watcher_queue_size, self._stuck_grace_seconds)
+        watcher = Watcher(stream_id, self._watcher_queue_size, self._stuck_grace_seconds, with_updates)
         self._watchers.setdefault(stream_id, set()).add(watcher)
         self._recent.setdefault(stream_id, _RecentIds(DEDUP_IDS_PER_STREAM))
+        self._progress.setdefault(stream_id, {})
         self._watcher_count += 1
         if caller is not None:
             self._watchers_by_caller[caller] += 1
@@ -294,6 +300,7 @@ class GiftFeed:
             if not watchers:
                 del self._watchers[stream_id]
                 del self._recent[stream_id]
+                del self._progress[stream_id]
             if not self._watcher_count:
                 self._idle_since = time.monotonic()
 
@@ -315,20 +322,27 @@ class GiftFeed:
         elif subject == events.MATCH_UPDATED_SUBJECT:
             updated = events_pb2.MatchUpdated.FromString(payload)
             sides = [side.stream_id for side in updated.sides]
-            self._deliver(sides, f"match_updated:{updated.update_id}", lambda: match_event(updated))
+            total = sum(side.score_coins for side in updated.sides)
+            self._deliver_update(sides, f"match_updated:{updated.update_id}", (updated.match_id, total), updated)
         elif subject == events.MATCH_FINISHED_SUBJECT:
             finished = events_pb2.MatchFinished.FromString(payload)
             sides = [side.stream_id for side in finished.sides]
-            self._deliver(sides, f"match_finished:{finished.match_id}", lambda: match_event(finished))
+            self._deliver_update(sides, f"match_finished:{finished.match_id}", None, finished)
         elif subject == events.GOAL_UPDATED_SUBJECT:
             goal = events_pb2.GoalUpdated.FromString(payload)
-            self._deliver([goal.goal.stream_id], f"goal_updated:{goal.update_id}", lambda: goal_event(goal))
+            progress = (goal.goal.goal_id, goal.goal.progress_coins)
+            self._deliver_update([goal.goal.stream_id], f"goal_updated:{goal.update_id}", progress, goal)
 
     def _deliver(
-        self, stream_ids: list[str], event_id: str, make_event: Callable[[], gifts_pb2.WatchStreamGiftsResponse]
+        self,
+        stream_ids: list[str],
+        event_id: str,
+        make_event: Callable[[], gifts_pb2.WatchStreamGiftsResponse],
+        *,
+        updates_only: bool = False,
     ) -> None:
         """Offers the event to the watchers of each stream once (event_id drops a republished event), made only
-        when someone watches."""
+        when someone watches; updates_only: to the watchers that asked for match and goal updates."""
         event = None
         for stream_id in stream_ids:
             watchers = self._watchers.get(stream_id)
@@ -336,7 +350,32 @@ class GiftFeed:
                 continue
             event = event or make_event()
             for watcher in list(watchers):
-                watcher.offer(event)
+                if watcher.with_updates or not updates_only:
+                    watcher.offer(event)
+
+    def _deliver_update(
+        self,
+        stream_ids: list[str],
+        event_id: str,
+        progress: tuple[str, int] | None,
+        update: events_pb2.MatchUpdated | events_pb2.MatchFinished | events_pb2.GoalUpdated,
+    ) -> None:
+        """A match or goal update; progress (its match or goal, and its coins) drops one older than what was shown."""
+        if progress is not None:
+            stream_ids = [stream_id for stream_id in stream_ids if self._is_newer(stream_id, *progress)]
+        if isinstance(update, events_pb2.GoalUpdated):
+            self._deliver(stream_ids, event_id, lambda: goal_event(update), updates_only=True)
+        else:
+            self._deliver(stream_ids, event_id, lambda: match_event(update), updates_only=True)
+
+    def _is_newer(self, stream_id: str, key: str, coins: int) -> bool:
+        shown = self._progress.get(stream_id)
+        if shown is None:  # nobody watches the stream
+            return False
+        if coins < shown.get(key, 0):
+            return False
+        shown[key] = coins
+        return True
 
     def _end_stream(self, stream_id: str) -> None:
         for watcher in list(self._watchers.get(stream_id, ())):

@@ -295,8 +295,10 @@ async def _complete_paid_gifts(
     locks: store.CompletionLocks,
 ) -> dict[str, Outcome]:
     """Completes the paid gifts and fails the refused ones (all locked pending by the caller). Locks in one order
-    in every batch (streams, matches and gifts; combos, leaderboards, stream and video counters, match sides, goals),
-    so completions never deadlock; each hot row is written once per batch."""
+    in every batch (streams, gifts, matches; combos, leaderboards, stream and video counters, match sides, goals),
+    so completions never deadlock; each hot row is written once per batch. A transaction that holds a match's share
+    lock holds its gifts already, so none waits for a gift while a finisher waits for it."""
+    matches = await _lock_active_matches(conn, paid, locks)
     keys = [
         domain.ComboKey(kind.value, target_id, gift.sender_id, gift.gift_id)
         for gift, _ in paid
@@ -325,8 +327,22 @@ async def _complete_paid_gifts(
         [_stored_outcome(request_id, outcome) for request_id, outcome in outcomes.items()],
     )
     if gifts:
-        await _count_gifts(conn, gifts, sent_at, trace_parents, locks)
+        await _count_gifts(conn, gifts, sent_at, trace_parents, matches, locks.goals)
     return outcomes
+
+
+async def _lock_active_matches(
+    conn: asyncpg.Connection, paid: list[tuple[store.GiftRow, Spend]], locks: store.CompletionLocks
+) -> dict[str, str]:
+    """The active match of each stream the paid gifts go to (by stream_id), locked so that none finishes before
+    this batch commits. No statement when none of the streams was ever in a match."""
+    last = {
+        gift.stream_id: locks.last_matches[gift.stream_id] for gift, _ in paid if gift.stream_id in locks.last_matches
+    }
+    if not last:
+        return {}
+    active = await store.lock_active_matches(conn, list(last.values()))
+    return {stream_id: match_id for stream_id, match_id in last.items() if match_id in active}
 
 
 async def _count_gifts(
@@ -334,7 +350,8 @@ async def _count_gifts(
     gifts: list[store.GiftRow],
     sent_at: datetime,
     trace_parents: Mapping[str, str],
-    locks: store.CompletionLocks,
+    matches: Mapping[str, str],
+    goals: Mapping[str, str],
 ) -> None:
     """The counters completed gifts feed (leaderboards, stream and video summaries, match scores, goals) and their
     events. The outbox rows come after the counters: their ids are taken under those rows' locks, so one stream's
@@ -357,8 +374,8 @@ async def _count_gifts(
         )
         for gift in gifts
     ]
-    outbox += await _count_in_matches(conn, counted, sent_at, locks.matches)
-    outbox += await _count_in_goals(conn, counted, sent_at, locks.goals)
+    outbox += await _count_in_matches(conn, counted, sent_at, matches)
+    outbox += await _count_in_goals(conn, counted, sent_at, goals)
     await store.insert_outbox_events(conn, outbox)
 
 

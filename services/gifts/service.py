@@ -133,12 +133,17 @@ class GiftService:
         ]
 
     async def watch_stream_gifts(
-        self, stream_id: str, on_subscribed: Callable[[], Awaitable[None]], caller: str | None = None
+        self,
+        stream_id: str,
+        on_subscribed: Callable[[], Awaitable[None]],
+        caller: str | None = None,
+        with_updates: bool = False,
     ) -> AsyncIterator[gifts_pb2.WatchStreamGiftsResponse]:
-        """Every gift of a live stream completed from now on, until the stream ends. The watcher is registered
-        before the stream is checked and before on_subscribed answers the caller, so no gift falls in between and
-        an end racing the check still reaches it. caller: whose share of the watchers this takes (None: unlimited)."""
-        with self._feed.watch(stream_id, caller) as watcher:
+        """Every gift of a live stream completed from now on (and, with_updates, its match and goal updates), until
+        the stream ends. The watcher is registered before the stream is checked and before on_subscribed answers the
+        caller, so no gift falls in between and an end racing the check still reaches it. caller: whose share of the
+        watchers this takes (None: unlimited)."""
+        with self._feed.watch(stream_id, caller, with_updates=with_updates) as watcher:
             await self._feed.ensure_subscribed()
             domain.require_watchable(await store.get_stream(self._pool, stream_id), stream_id)
             await on_subscribed()
@@ -229,7 +234,8 @@ class GiftService:
 
     async def finish_due_matches(self, limit: int = 100) -> int:
         """Finishes the matches past their end — on time, or overdue after a restart — one transaction each, so
-        replicas finishing at once share the work and never finish one twice. Returns how many it finished."""
+        replicas finishing at once wait for each other on the match and never finish one twice. Returns how many it
+        finished."""
         finished = 0
         while finished < limit and await self._finish_one_due_match():
             finished += 1

@@ -97,7 +97,9 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         principal = current_principal()
         # A trusted backend (service role) fans feeds out to many viewers; anyone else has a share of their own.
         caller = None if ROLE_SERVICE in principal.roles else principal.subject
-        async for response in self._gifts.watch_stream_gifts(request.stream_id, subscribed, caller):
+        async for response in self._gifts.watch_stream_gifts(
+            request.stream_id, subscribed, caller, with_updates=request.include_match_and_goal_updates
+        ):
             yield response
 
     async def GetLeaderboard(

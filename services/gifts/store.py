@@ -63,7 +63,8 @@ async def retire_gift(conn: asyncpg.Connection, gift_id: str) -> CatalogGift | N
 
 # live_streams.match_id is the last match the stream joined: the stream is in it while that match is active. (The
 # finisher never writes live_streams: a row lock there would queue it behind an EndLiveStream waiting for a gift
-# batch that waits for the finisher's own lock on the match.)
+# batch that waits for the finisher's own lock on the match.) For reads; a writer deciding by it reads the match
+# after locking the stream (lock_streams).
 STREAM_COLUMNS = (
     "stream_id, creator_id, title, status, goal_id, (SELECT m.match_id FROM matches AS m"
     " WHERE m.match_id = live_streams.match_id AND m.status = 'active') AS match_id"
@@ -109,12 +110,30 @@ async def lock_stream(conn: asyncpg.Connection, stream_id: str) -> LiveStream | 
 
 async def lock_streams(conn: asyncpg.Connection, stream_ids: list[str]) -> dict[str, LiveStream]:
     """Locks the streams (in id order, like every other writer of several streams) against gifts completing to them,
-    ending, and joining another match or goal, until the transaction ends."""
+    ending, and joining another match or goal, until the transaction ends; each with the match it is in. Which of
+    their last matches are active is read by a statement of its own, after the lock: one that started while this
+    waited (and made the stream busy) is in its snapshot, where it would be missing from the locking statement's."""
     rows = await conn.fetch(
-        f"SELECT {STREAM_COLUMNS} FROM live_streams WHERE stream_id = ANY($1::text[]) ORDER BY stream_id FOR UPDATE",
+        "SELECT stream_id, creator_id, title, status, goal_id, match_id AS last_match_id FROM live_streams"
+        " WHERE stream_id = ANY($1::text[]) ORDER BY stream_id FOR UPDATE",
         sorted(set(stream_ids)),
     )
-    return {row["stream_id"]: _stream(row) for row in rows}
+    last_matches = [row["last_match_id"] for row in rows if row["last_match_id"] is not None]
+    active = await conn.fetch(
+        "SELECT match_id FROM matches WHERE match_id = ANY($1::text[]) AND status = 'active'", last_matches
+    )
+    active_ids = {row["match_id"] for row in active}
+    return {
+        row["stream_id"]: LiveStream(
+            row["stream_id"],
+            row["creator_id"],
+            row["title"],
+            StreamStatus(row["status"]),
+            row["last_match_id"] if row["last_match_id"] in active_ids else None,
+            row["goal_id"],
+        )
+        for row in rows
+    }
 
 
 async def end_stream(conn: asyncpg.Connection, stream_id: str) -> tuple[LiveStream, datetime]:
@@ -270,11 +289,11 @@ async def get_gift_transactions(conn: Executor, gift_transaction_ids: list[str])
 
 @dataclass(frozen=True)
 class CompletionLocks:
-    """What lock_pending_gifts() locked: the gifts still pending, and the active matches and open goals of their
-    streams (by stream_id) — the matches locked FOR SHARE, so none finishes before this transaction ends."""
+    """What lock_pending_gifts() locked: the gifts still pending, and the last match and the open goal of each of
+    their streams (by stream_id), as of the streams' lock."""
 
     pending: set[str]
-    matches: dict[str, str]
+    last_matches: dict[str, str]
     goals: dict[str, str]
 
 
@@ -284,26 +303,22 @@ async def lock_pending_gifts(
     """Locks those of these gifts that are still pending (in id order) — a gift that a concurrent batch, retry or
     recovery pass finished first is left alone — and shares their streams with other completing gifts but not with
     EndLiveStream, StartMatch or SetStreamGoal (FOR UPDATE): a gift completing while its stream ends is either
-    committed before the end, its GiftSent queued before StreamEnded, or after it, and likewise before or after a
-    match or goal starts. The streams' active matches are shared with other completions but not with the finisher
-    (FOR UPDATE), so a match finishes only once every gift that counted in it has committed. Order: streams, matches,
-    gifts — as in every completing batch."""
+    committed before the end, its GiftSent queued before StreamEnded, or after it; likewise a match or goal starts
+    before or after the batch. The stream rows come back as they are once locked (a start that committed while this
+    waited included), so their match_id and goal_id are the ones in force until this transaction ends. Order:
+    streams, then gifts (then lock_active_matches)."""
     rows = await conn.fetch(
         "WITH streams AS ("
         "  SELECT stream_id, match_id, goal_id FROM live_streams WHERE stream_id = ANY($2::text[])"
         "  ORDER BY stream_id FOR KEY SHARE"
-        " ), active_matches AS ("
-        "  SELECT match_id FROM matches WHERE match_id IN (SELECT match_id FROM streams) AND status = 'active'"
-        "  ORDER BY match_id FOR SHARE"
         " ), gifts AS ("
         "  SELECT gift_transaction_id FROM gift_transactions WHERE gift_transaction_id = ANY($1::text[])"
         "  AND status = 'pending'"
-        # Streams, then matches, then gifts: forced by these (never false) conditions, evaluated before any gift.
-        "  AND (SELECT count(*) FROM streams) >= 0 AND (SELECT count(*) FROM active_matches) >= 0"
+        # Streams before gifts: forced by this (never false) condition, evaluated before any gift is locked.
+        "  AND (SELECT count(*) FROM streams) >= 0"
         "  ORDER BY gift_transaction_id FOR UPDATE)"
         " SELECT 'gift' AS kind, gift_transaction_id AS id, NULL AS stream_id FROM gifts"
-        " UNION ALL SELECT 'match', match_id, stream_id FROM streams"
-        "  WHERE match_id IN (SELECT match_id FROM active_matches)"
+        " UNION ALL SELECT 'match', match_id, stream_id FROM streams WHERE match_id IS NOT NULL"
         " UNION ALL SELECT 'goal', goal_id, stream_id FROM streams WHERE goal_id IS NOT NULL",
         gift_transaction_ids,
         sorted(set(stream_ids)),
@@ -313,10 +328,23 @@ async def lock_pending_gifts(
         if row["kind"] == "gift":
             locks.pending.add(row["id"])
         elif row["kind"] == "match":
-            locks.matches[row["stream_id"]] = row["id"]
+            locks.last_matches[row["stream_id"]] = row["id"]
         else:
             locks.goals[row["stream_id"]] = row["id"]
     return locks
+
+
+async def lock_active_matches(conn: asyncpg.Connection, match_ids: list[str]) -> set[str]:
+    """Of these matches, the active ones, shared (FOR SHARE, in id order) with other completing batches but not
+    with the finisher (FOR UPDATE): a match finishes only once every batch that counts gifts in it has committed.
+    A statement of its own, after the streams' lock: its snapshot includes every match started before that lock
+    (a match read in the streams' statement could be missing from its older snapshot)."""
+    rows = await conn.fetch(
+        "SELECT match_id FROM matches WHERE match_id = ANY($1::text[]) AND status = 'active'"
+        " ORDER BY match_id FOR SHARE",
+        sorted(set(match_ids)),
+    )
+    return {row["match_id"] for row in rows}
 
 
 async def finish_gifts(

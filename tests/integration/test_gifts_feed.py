@@ -31,10 +31,14 @@ Feed = grpc.aio.UnaryStreamCall
 
 
 @asynccontextmanager
-async def watching(clients: Clients, stream_id: str, metadata: object = None) -> AsyncIterator[Feed]:
-    """A subscribed watcher (its initial metadata arrived), cancelled on exit."""
+async def watching(
+    clients: Clients, stream_id: str, metadata: object = None, *, with_updates: bool = False
+) -> AsyncIterator[Feed]:
+    """A subscribed watcher (its initial metadata arrived), cancelled on exit; with_updates: match and goal updates
+    too."""
     call = clients.gifts.WatchStreamGifts(
-        gifts_pb2.WatchStreamGiftsRequest(stream_id=stream_id), metadata=metadata or auth(new_id("viewer"))
+        gifts_pb2.WatchStreamGiftsRequest(stream_id=stream_id, include_match_and_goal_updates=with_updates),
+        metadata=metadata or auth(new_id("viewer")),
     )
     try:
         await asyncio.wait_for(call.initial_metadata(), EVENT_TIMEOUT_SECONDS)

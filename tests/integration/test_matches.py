@@ -274,7 +274,7 @@ async def test_concurrent_gifts_across_both_boundaries_count_once_by_completion_
 async def test_the_live_feed_shows_the_start_score_updates_and_result(clients: Clients) -> None:
     a, b = await go_live(clients), await go_live(clients)
     fan = await make_account(clients, package_id="coins_330")
-    async with watching(clients, a.stream_id) as feed:
+    async with watching(clients, b.stream_id) as gifts_only, watching(clients, a.stream_id, with_updates=True) as feed:
         match = await start_match(clients, [a.stream_id, b.stream_id], seconds=2)
         await send(clients, fan, b.stream_id, "finger_heart")
         await send(clients, fan, a.stream_id, "doughnut")
@@ -285,6 +285,9 @@ async def test_the_live_feed_shows_the_start_score_updates_and_result(clients: C
             seen.append((kind, response))
             if kind == "match" and response.match.status == gifts_pb2.MATCH_STATUS_FINISHED:
                 break
+        # A watcher that did not ask for updates sees the gifts only (as before matches existed).
+        only = await asyncio.wait_for(gifts_only.read(), FEED_TIMEOUT_SECONDS)
+        assert only.HasField("event") and only.event.gift.stream_id == b.stream_id
     assert [kind for kind, _ in seen] == ["match", "match", "gift", "match", "match"]
     matches = [response.match for kind, response in seen if kind == "match"]
     assert all(m.match_id == match.match_id for m in matches)

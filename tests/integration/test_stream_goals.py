@@ -145,7 +145,7 @@ async def test_a_stream_without_a_goal_has_none_in_its_summary(clients: Clients)
 async def test_the_live_feed_shows_the_goal_and_its_progress(clients: Clients) -> None:
     stream = await go_live(clients)
     fan = await make_account(clients, package_id="coins_330")
-    async with watching(clients, stream.stream_id) as feed:
+    async with watching(clients, stream.stream_id, with_updates=True) as feed:
         goal = await set_goal(clients, stream, 10)
         await send(clients, fan, stream.stream_id, "finger_heart", 3)
         responses = [await asyncio.wait_for(feed.read(), FEED_TIMEOUT_SECONDS) for _ in range(3)]

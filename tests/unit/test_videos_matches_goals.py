@@ -159,7 +159,12 @@ def match(match_id: str, scores: dict[str, int]) -> domain.Match:
 class TestFeedRouting:
     async def test_match_updates_reach_every_sides_watchers_once_and_the_result_ends_nothing(self) -> None:
         feed = GiftFeed(max_watchers=10, watcher_queue_size=10, stuck_grace_seconds=1.0)
-        with feed.watch("s1") as first, feed.watch("s2") as second, feed.watch("s3") as outsider:
+        with (
+            feed.watch("s1", with_updates=True) as first,
+            feed.watch("s2", with_updates=True) as second,
+            feed.watch("s3", with_updates=True) as outsider,
+            feed.watch("s1") as gifts_only,
+        ):
             _, update = events.match_updated(match("mat_1", {"s1": 5, "s2": 0}))
             feed.route(events.MATCH_UPDATED_SUBJECT, update.SerializeToString())
             feed.route(events.MATCH_UPDATED_SUBJECT, update.SerializeToString())  # republished: dropped
@@ -181,12 +186,27 @@ class TestFeedRouting:
                 assert [(s.stream_id, s.score_coins) for s in scoreboard.match.sides] == [("s1", 5), ("s2", 0)]
                 assert list(result.match.winner_stream_ids) == ["s1"]
                 assert result.match.status == gifts_pb2.MATCH_STATUS_FINISHED
+            for watcher in (outsider, gifts_only):
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(watcher.next(), 0.1)
+
+    async def test_an_update_published_again_after_a_newer_one_is_dropped(self) -> None:
+        feed = GiftFeed(max_watchers=10, watcher_queue_size=10, stuck_grace_seconds=1.0)
+        with feed.watch("s1", with_updates=True) as watcher:
+            _, older = events.match_updated(match("mat_1", {"s1": 5, "s2": 0}))
+            _, newer = events.match_updated(match("mat_1", {"s1": 5, "s2": 30}))
+            # The relay's publish of the older one failed (never seen here) while the newer one went through; its
+            # next round publishes the older one after the newer: first seen here, it must not turn the score back.
+            feed.route(events.MATCH_UPDATED_SUBJECT, newer.SerializeToString())
+            feed.route(events.MATCH_UPDATED_SUBJECT, older.SerializeToString())
+            shown = [await asyncio.wait_for(watcher.next(), 1.0)]
             with pytest.raises(TimeoutError):
-                await asyncio.wait_for(outsider.next(), 0.1)
+                await asyncio.wait_for(watcher.next(), 0.1)
+        assert [[s.score_coins for s in update.match.sides] for update in shown if update] == [[5, 30]]
 
     async def test_goal_updates_reach_the_streams_watchers(self) -> None:
         feed = GiftFeed(max_watchers=10, watcher_queue_size=10, stuck_grace_seconds=1.0)
-        with feed.watch("s1") as watcher:
+        with feed.watch("s1", with_updates=True) as watcher:
             goal = domain.StreamGoal("goal_1", "s1", "c1", 100, 120, "Mic", T0, T0 + timedelta(seconds=5))
             feed.route(events.GOAL_UPDATED_SUBJECT, events.goal_updated(goal)[1].SerializeToString())
             update = await asyncio.wait_for(watcher.next(), 1.0)

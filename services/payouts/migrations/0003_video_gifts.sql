@@ -1,13 +1,15 @@
 -- Video gifts: a gift goes to a live stream or to a posted video, so a credit names exactly one of them. Credits from
 -- before all name a stream, so the CHECK holds for them; the previous release, still running during a rolling
--- deploy, only ever inserts stream credits.
+-- deploy, only ever inserts stream credits. NOT VALID: no scan of the whole ledger while settlement waits on this
+-- table's lock; new rows are checked at once, and 0004 validates the old ones under a lock that lets settlement on.
 ALTER TABLE diamond_credits
     ADD COLUMN video_id text,
     ALTER COLUMN stream_id DROP NOT NULL,
-    ADD CONSTRAINT diamond_credits_one_target CHECK (num_nonnulls(stream_id, video_id) = 1);
+    ADD CONSTRAINT diamond_credits_one_target CHECK (num_nonnulls(stream_id, video_id) = 1) NOT VALID;
 
 -- The creator statement by video, like diamond_credits_by_stream. Partial: the by-video query reads video credits
--- only, so stream credits need no entries in it.
+-- only, so stream credits need no entries in it. (Building it holds settlement's inserts for the length of a scan of
+-- diamond_credits: CONCURRENTLY cannot run in a migration's transaction.)
 CREATE INDEX diamond_credits_by_video ON diamond_credits (creator_id, video_id) WHERE video_id IS NOT NULL;
 
 -- A credit's video is as immutable as the rest of it: the guard of 0002, with video_id among the columns compared.

@@ -719,15 +719,21 @@ class WatchStreamGiftsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STREAM_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_MATCH_AND_GOAL_UPDATES_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
+    include_match_and_goal_updates: _builtins.bool
+    """Also send the stream's match and goal updates (WatchStreamGiftsResponse.match, .goal). Off by default, so a
+    client written before they existed keeps receiving gifts only.
+    """
     def __init__(
         self,
         *,
         stream_id: _builtins.str = ...,
+        include_match_and_goal_updates: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_match_and_goal_updates", b"include_match_and_goal_updates", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -735,7 +741,7 @@ Global___WatchStreamGiftsRequest: _TypeAlias = WatchStreamGiftsRequest  # noqa: 
 
 @_typing.final
 class WatchStreamGiftsResponse(_message.Message):
-    """Exactly one of the fields is set. A client that knows only `event` skips the others."""
+    """Exactly one of the fields is set; match and goal only for a request with include_match_and_goal_updates."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1003,7 +1009,7 @@ class StartMatchRequest(_message.Message):
 
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
-        """30 s - 60 min (whole milliseconds)."""
+        """30 s - 60 min by default (kept to the microsecond)."""
 
     def __init__(
         self,
