@@ -6,7 +6,7 @@ UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synced
 
-.PHONY: install proto check-proto lint test run bench bench-quick soak demo token clean
+.PHONY: install proto check-proto lint test test-containers run bench bench-quick soak demo token clean
 
 install: $(STAMP)
 
@@ -31,6 +31,12 @@ lint: install
 TEST_WORKERS ?= 2
 test: install
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The image and the compose stack for real (needs Docker with Compose v2; says so and fails without): builds
+# deploy/Dockerfile, starts deploy/compose.yaml + compose.production.yaml under a project of its own on free ports,
+# tests it through the published ports, then removes it with its volumes. Reports durations and the image size.
+test-containers: install
+	COINSTREAM_CONTAINER_TESTS=1 $(PY) -m pytest tests/containers
 
 run: install
 	$(PY) -m devstack.run

@@ -24,6 +24,16 @@ from services.runtime.idempotency import caller_scoped
 from tests.invariants import all_violations
 from tests.stack import ALL_SERVICES, AUTH_SECRET, SERVICES, Stack, build_stack
 
+CONTAINER_TESTS = Path(__file__).parent / "containers"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/containers needs Docker: `make test-containers` runs it (COINSTREAM_CONTAINER_TESTS=1), `make test`
+    never does."""
+    if collection_path == CONTAINER_TESTS and os.environ.get("COINSTREAM_CONTAINER_TESTS") != "1":
+        return True
+    return None
+
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:

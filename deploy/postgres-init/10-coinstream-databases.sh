@@ -11,7 +11,8 @@
 #                                  them (COINSTREAM_DB_RUNTIME_ROLE); it can create, alter or drop nothing.
 #
 # Passwords from the environment: DB_<SERVICE>_PASSWORD and DB_<SERVICE>_MIGRATOR_PASSWORD.
-# They reach psql through its environment (\getenv), never its command line.
+# They reach psql through its environment (\getenv), never its command line. psql connects to the server the image's
+# entrypoint started for the init scripts: on its socket in /var/run/postgresql (PGHOST when set, as in the tests).
 set -eu
 for service in wallet gifts payouts; do
     upper=$(printf '%s' "$service" | tr '[:lower:]' '[:upper:]')
@@ -19,6 +20,7 @@ for service in wallet gifts payouts; do
     eval "migrator_password=\${DB_${upper}_MIGRATOR_PASSWORD:?DB_${upper}_MIGRATOR_PASSWORD is not set}"
     RUNTIME_PASSWORD="$runtime_password" MIGRATOR_PASSWORD="$migrator_password" \
         psql --no-psqlrc --quiet --set ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname postgres \
+        --host "${PGHOST:-/var/run/postgresql}" \
         --set database="coinstream_$service" --set runtime="coinstream_$service" \
         --set migrator="coinstream_${service}_migrator" <<'SQL'
 \getenv runtime_password RUNTIME_PASSWORD

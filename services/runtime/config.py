@@ -49,6 +49,10 @@ class RuntimeSettings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     # Staging: production mode with the sandbox payment and payout providers, on purpose and visibly.
     allow_sandbox_providers: bool = False
+    # Production mode with the database reached without TLS, for a database whose traffic never leaves the machine:
+    # compose on one host (a PostgreSQL image built without SSL), or a local proxy that encrypts onwards (Cloud SQL
+    # Auth Proxy, a pgbouncer sidecar). Everything else stays refused.
+    allow_plaintext_database: bool = False
 
     # Auth: HS256 with a shared secret in development; RS256 or ES256 with public keys in production — one PEM key
     # inline, or a file holding a PEM key or a JWKS (several keys, picked by the token's kid, so keys rotate without
@@ -228,8 +232,9 @@ class RuntimeSettings(BaseSettings):
             problems.append("COINSTREAM_NATS_USER is unset: NATS must not take anonymous clients in production")
         return problems
 
-    @staticmethod
-    def database_tls_problems(urls: dict[str, str]) -> list[str]:
+    def database_tls_problems(self, urls: dict[str, str]) -> list[str]:
+        if self.allow_plaintext_database:
+            return []
         return [
             f"{setting} must have sslmode=verify-full (it has {tls_mode(url) or 'none'}): anything less trusts any"
             " server that answers"

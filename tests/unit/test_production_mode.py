@@ -37,7 +37,7 @@ SETTINGS = (WalletSettings, GiftsSettings, PayoutsSettings)
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [*SAFE_PRODUCTION, "COINSTREAM_ALLOW_SANDBOX_PROVIDERS"]:
+    for name in [*SAFE_PRODUCTION, "COINSTREAM_ALLOW_SANDBOX_PROVIDERS", "COINSTREAM_ALLOW_PLAINTEXT_DATABASE"]:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -99,6 +99,23 @@ def test_a_short_secret_or_a_weaker_database_tls_mode_is_refused(monkeypatch: py
     assert "COINSTREAM_AUTH_SECRET is shorter than 32 bytes" in message
     assert "COINSTREAM_WALLET_DATABASE_URL must have sslmode=verify-full (it has require)" in message
     assert "short-secret-value" not in message  # settings errors never echo their input
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_a_plaintext_database_needs_its_own_opt_in_and_nothing_else_gives_way(
+    settings: type[RuntimeSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For a database whose traffic never leaves the machine (compose on one host, a local proxy)."""
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("COINSTREAM_ALLOW_SANDBOX_PROVIDERS", "true")
+    variable = f"COINSTREAM_{settings.__name__.removesuffix('Settings').upper()}_DATABASE_URL"
+    monkeypatch.setenv(variable, "postgresql://svc@postgres:5432/db")
+    assert f"{variable} must have sslmode=verify-full" in refusal(settings)
+    monkeypatch.setenv("COINSTREAM_ALLOW_PLAINTEXT_DATABASE", "true")
+    assert settings().environment == "production"
+    monkeypatch.delenv("COINSTREAM_GRPC_TLS_CERT_FILE")
+    assert "COINSTREAM_GRPC_TLS_CERT_FILE" in refusal(settings)
 
 
 def test_a_refused_service_exits_naming_the_settings_without_a_traceback_or_a_secret() -> None:
