@@ -13,10 +13,11 @@ from tests.deploy.manifests import DEPLOY, SETTINGS, compose, setting_names
 SERVICES = tuple(SETTINGS)
 
 
-def test_the_compose_file_validates_against_the_compose_specification() -> None:
+def test_the_compose_files_validate_against_the_compose_specification() -> None:
     checker = Path(sys.executable).with_name("check-jsonschema")
+    files = [str(DEPLOY / "compose.yaml"), str(DEPLOY / "compose.production.yaml")]
     done = subprocess.run(
-        [str(checker), "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "compose.yaml")],
+        [str(checker), "--builtin-schema", "vendor.compose-spec", *files],
         capture_output=True,
         text=True,
         timeout=60,
