@@ -24,7 +24,7 @@ check-proto: install
 	$(PY) -m pytest -q tests/test_generated_code.py
 
 lint: install
-	$(VENV)/bin/ruff check services devstack tests scripts bench
+	$(VENV)/bin/ruff check services devstack tests scripts bench src
 
 # Two test processes, each taking a whole test file at a time with a stack of its own (tests/conftest.py): a test
 # mostly waits for the services, so two processes halve the wall time on two cores. TEST_WORKERS=0: one process.

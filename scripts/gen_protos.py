@@ -39,7 +39,8 @@ def generate(output_dir: Path) -> None:
     exit_code = protoc.main(arguments)
     if exit_code != 0:
         raise SystemExit(f"protoc failed with exit code {exit_code}")
-    for package_dir in [generated_package, *generated_package.rglob("*")]:
+    # coinstream itself stays a namespace package: the hand-written coinstream.testing (src/) shares it.
+    for package_dir in generated_package.rglob("*"):
         if package_dir.is_dir():
             (package_dir / "__init__.py").touch()
 

@@ -1,0 +1,123 @@
+"""The `containers` flavour (testcontainers): PostgreSQL, NATS JetStream and the three services from the coinstream
+image, on a Docker network of their own; the services' ports published on the host. Each service applies its own
+migrations at start (development mode)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from coinstream.testing.running import Coinstream
+
+SERVICES = {"wallet": 50051, "gifts": 50052, "payouts": 50053}
+DATABASES = tuple(f"coinstream_{service}" for service in SERVICES)
+START_TIMEOUT_SECONDS = 120.0
+
+
+def image_settings() -> dict[str, str]:
+    """The images, settings with pinned defaults: the coinstream image is the one built from deploy/Dockerfile."""
+    return {
+        "coinstream": os.environ.get("COINSTREAM_TESTING_IMAGE", "coinstream:dev"),
+        "postgres": os.environ.get("COINSTREAM_TESTING_POSTGRES_IMAGE", "postgres:18.6"),
+        "nats": os.environ.get("COINSTREAM_TESTING_NATS_IMAGE", "nats:2.15.1-alpine"),
+    }
+
+
+@contextmanager
+def run_containers(auth_secret: str) -> Iterator[Coinstream]:
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.network import Network
+
+    images = image_settings()
+    password = secrets.token_hex(16)
+    # Containers stop (the ExitStack) before their network goes.
+    with Network() as network, ExitStack() as started:
+        postgres = started.enter_context(
+            DockerContainer(images["postgres"])
+            .with_env("POSTGRES_PASSWORD", password)
+            .with_network(network)
+            .with_network_aliases("postgres")
+        )
+        _create_databases(postgres, password)
+        started.enter_context(
+            DockerContainer(images["nats"]).with_command("-js").with_network(network).with_network_aliases("nats")
+        )
+        addresses = {}
+        for service, port in SERVICES.items():
+            container = started.enter_context(
+                DockerContainer(images["coinstream"])
+                .with_command(f"python -m services.{service}")
+                .with_envs(**_service_env(service, password, auth_secret))
+                .with_network(network)
+                .with_network_aliases(service)
+                .with_exposed_ports(port)
+            )
+            addresses[service] = f"{container.get_container_host_ip()}:{container.get_exposed_port(port)}"
+            _wait_serving(service, addresses[service], container)
+        yield Coinstream(
+            wallet_address=addresses["wallet"],
+            gifts_address=addresses["gifts"],
+            payouts_address=addresses["payouts"],
+            nats_url="nats://nats:4222 (inside the containers' network)",
+            auth_secret=auth_secret,
+            flavour="containers",
+        )
+
+
+def _service_env(service: str, password: str, auth_secret: str) -> dict[str, str]:
+    return {
+        # The image defaults to production mode; a test runs in development mode (plaintext, sandbox providers).
+        "COINSTREAM_ENVIRONMENT": "development",
+        "COINSTREAM_AUTH_SECRET": auth_secret,
+        "COINSTREAM_LOG_LEVEL": "warning",
+        "COINSTREAM_RATE_LIMITS": "{}",
+        f"COINSTREAM_{service.upper()}_DATABASE_URL": f"postgresql://postgres:{password}@postgres:5432/coinstream_{service}",
+        f"COINSTREAM_{service.upper()}_PORT": str(SERVICES[service]),
+        "COINSTREAM_NATS_URL": "nats://nats:4222",
+        "COINSTREAM_GIFTS_WALLET_ADDRESS": f"wallet:{SERVICES['wallet']}",
+    }
+
+
+def _create_databases(postgres: object, password: str) -> None:
+    """Waits until PostgreSQL takes TCP connections, then creates the three databases (each service migrates its own
+    at start)."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    create = " ".join(f'CREATE DATABASE "{name}";' for name in DATABASES)
+    while True:
+        exit_code, output = postgres.exec(  # type: ignore[attr-defined]
+            ["sh", "-c", f"PGPASSWORD='{password}' psql -h 127.0.0.1 -U postgres -d postgres -c 'SELECT 1'"]
+        )
+        if exit_code == 0:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"PostgreSQL did not start: {output.decode(errors='replace')}")
+        time.sleep(0.5)
+    for statement in create.split(";")[:-1]:
+        exit_code, output = postgres.exec(  # type: ignore[attr-defined]
+            ["sh", "-c", f"PGPASSWORD='{password}' psql -h 127.0.0.1 -U postgres -d postgres -c '{statement.strip()}'"]
+        )
+        if exit_code != 0:
+            raise RuntimeError(f"{statement}: {output.decode(errors='replace')}")
+
+
+def _wait_serving(service: str, address: str, container: object) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                logs = b"".join(container.get_logs()).decode(errors="replace")[-3000:]  # type: ignore[attr-defined]
+                raise TimeoutError(f"coinstream {service} not SERVING after {START_TIMEOUT_SECONDS:.0f} s:\n{logs}")
+            time.sleep(0.5)
