@@ -188,7 +188,12 @@ async def ensure_settlement_consumer(js: JetStreamContext, replicas: int = 1) ->
     """Declared by payouts and by gifts too: with interest retention a GiftSent published while no consumer
     exists would be dropped, so the publisher makes sure its settler is there before the first publish."""
     await ensure_gifts_stream(js, replicas)
-    try:
-        await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
-    except NotFoundError:
-        await js.add_consumer(GIFTS_STREAM, SETTLEMENT_CONSUMER_CONFIG)
+
+    async def declare() -> None:
+        try:
+            await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
+        except NotFoundError:
+            await js.add_consumer(GIFTS_STREAM, SETTLEMENT_CONSUMER_CONFIG)
+
+    # The consumer has a leader of its own, elected after the stream's: a cluster may still be electing it.
+    await _until_jetstream_answers(GIFTS_STREAM, declare)
