@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import json
 import time
+import tomllib
 import uuid
 
 import grpc
@@ -19,6 +20,7 @@ from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from tests.containers.conftest import FIGURES, Clients
 from tests.containers.harness import SERVICES, BuiltImage, ComposeStack, docker
+from tests.stack import REPO_ROOT
 
 CALL_SECONDS = 30.0
 # The image may add this much to its base image (python:3.11-slim): the locked runtime dependencies and the code.
@@ -124,6 +126,29 @@ def test_the_image_holds_no_development_tools(image: BuiltImage) -> None:
     )
     done = docker("run", "--rm", "--entrypoint", "python", image.tag, "-c", script)
     assert done.stdout.strip() == "[] None"
+
+
+def test_the_image_holds_exactly_the_locked_versions(image: BuiltImage) -> None:
+    """Reproducible from uv.lock: every distribution in the image is at the version the lockfile pins."""
+    script = (
+        "import importlib.metadata as m, json\n"
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+    )
+    installed = json.loads(docker("run", "--rm", "--entrypoint", "python", image.tag, "-c", script).stdout)
+    locked = {
+        package["name"]: package["version"]
+        for package in tomllib.loads((REPO_ROOT / "uv.lock").read_text())["package"]
+        if "version" in package
+    }
+    normalized = {name.lower().replace("_", "-").replace(".", "-"): version for name, version in installed.items()}
+    base = {"pip", "setuptools", "wheel"}  # the base image's own Python tooling, outside the venv's lock
+    mismatched = {
+        name: (version, locked.get(name))
+        for name, version in normalized.items()
+        if name not in base and locked.get(name) != version
+    }
+    assert mismatched == {}, mismatched
+    assert {"grpcio", "asyncpg", "nats-py"} <= normalized.keys()
 
 
 # ---------------------------------------------------------------- the money path
