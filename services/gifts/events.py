@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterable
 
 from coinstream.events.v1 import events_pb2
+from coinstream.gifts.v1 import gifts_pb2
 
 from services.gifts import domain
 
@@ -61,6 +62,21 @@ def goal_message(goal: domain.StreamGoal) -> events_pb2.StreamGoal:
     if goal.reached_at is not None:
         message.reached_at.FromDatetime(goal.reached_at)
     return message
+
+
+def public_goal(goal: events_pb2.StreamGoal) -> gifts_pb2.StreamGoal:
+    """The API's StreamGoal (SetStreamGoal, GetStreamSummary, the live feed) of the event's."""
+    public = gifts_pb2.StreamGoal(
+        goal_id=goal.goal_id,
+        stream_id=goal.stream_id,
+        target_coins=goal.target_coins,
+        progress_coins=goal.progress_coins,
+        description=goal.description,
+        created_at=goal.created_at,
+    )
+    if goal.HasField("reached_at"):
+        public.reached_at.CopyFrom(goal.reached_at)
+    return public
 
 
 def goal_updated(goal: domain.StreamGoal) -> tuple[str, events_pb2.GoalUpdated]:

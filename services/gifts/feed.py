@@ -81,18 +81,7 @@ def match_event(update: events_pb2.MatchUpdated | events_pb2.MatchFinished) -> g
 
 
 def goal_event(update: events_pb2.GoalUpdated) -> gifts_pb2.WatchStreamGiftsResponse:
-    goal = update.goal
-    message = gifts_pb2.StreamGoal(
-        goal_id=goal.goal_id,
-        stream_id=goal.stream_id,
-        target_coins=goal.target_coins,
-        progress_coins=goal.progress_coins,
-        description=goal.description,
-        created_at=goal.created_at,
-    )
-    if goal.HasField("reached_at"):
-        message.reached_at.CopyFrom(goal.reached_at)
-    return gifts_pb2.WatchStreamGiftsResponse(goal=message)
+    return gifts_pb2.WatchStreamGiftsResponse(goal=events.public_goal(update.goal))
 
 
 class _State(Enum):

@@ -306,17 +306,7 @@ def match_message(match: domain.Match) -> gifts_pb2.Match:
 
 
 def goal_message(goal: domain.StreamGoal) -> gifts_pb2.StreamGoal:
-    message = gifts_pb2.StreamGoal(
-        goal_id=goal.goal_id,
-        stream_id=goal.stream_id,
-        target_coins=goal.target_coins,
-        progress_coins=goal.progress_coins,
-        description=goal.description,
-    )
-    message.created_at.FromDatetime(goal.created_at)
-    if goal.reached_at is not None:
-        message.reached_at.FromDatetime(goal.reached_at)
-    return message
+    return events.public_goal(events.goal_message(goal))
 
 
 def gift_catalog_message(gift: domain.CatalogGift) -> gifts_pb2.Gift:

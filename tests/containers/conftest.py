@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from coinstream.gifts.v1 import gifts_pb2_grpc
 from coinstream.payouts.v1 import payouts_pb2_grpc
 from coinstream.wallet.v1 import wallet_pb2_grpc
 
+from tests.conftest import Clients
 from tests.containers.harness import BuiltImage, ComposeStack, DockerMissing, build_image, preflight
 
 # Durations and sizes for the run's summary (pytest_terminal_summary).
@@ -60,13 +60,6 @@ def compose_stack(image: BuiltImage) -> Iterator[ComposeStack]:
     finally:
         stack.compose("down", "-v", "--remove-orphans", check=False, timeout=300)
         shutil.rmtree(root, ignore_errors=True)
-
-
-@dataclass
-class Clients:
-    wallet: wallet_pb2_grpc.WalletServiceStub
-    gifts: gifts_pb2_grpc.GiftServiceStub
-    payouts: payouts_pb2_grpc.PayoutServiceStub
 
 
 @pytest_asyncio.fixture(scope="session")
