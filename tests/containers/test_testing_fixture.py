@@ -63,3 +63,15 @@ def test_the_containers_flavour_runs_a_gift(coinstream_in_containers: Coinstream
         metadata=backend,
     )
     assert (sent.gift.coins, sent.sender_balance_coins) == (299, 31)
+
+
+async def test_the_containers_flavour_publishes_its_nats(coinstream_in_containers: Coinstream) -> None:
+    """Another backend's test may read coinstream's events (the GIFTS stream) from the published NATS port."""
+    import nats
+
+    client = await nats.connect(coinstream_in_containers.nats_url)
+    try:
+        info = await client.jetstream().stream_info("GIFTS")
+        assert info.config.subjects == ["gifts.>"]
+    finally:
+        await client.close()

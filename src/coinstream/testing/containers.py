@@ -45,8 +45,12 @@ def run_containers(auth_secret: str) -> Iterator[Coinstream]:
             .with_network_aliases("postgres")
         )
         _create_databases(postgres, password)
-        started.enter_context(
-            DockerContainer(images["nats"]).with_command("-js").with_network(network).with_network_aliases("nats")
+        nats = started.enter_context(
+            DockerContainer(images["nats"])
+            .with_command("-js")
+            .with_network(network)
+            .with_network_aliases("nats")
+            .with_exposed_ports(4222)
         )
         addresses = {}
         for service, port in SERVICES.items():
@@ -64,7 +68,7 @@ def run_containers(auth_secret: str) -> Iterator[Coinstream]:
             wallet_address=addresses["wallet"],
             gifts_address=addresses["gifts"],
             payouts_address=addresses["payouts"],
-            nats_url="nats://nats:4222 (inside the containers' network)",
+            nats_url=f"nats://{nats.get_container_host_ip()}:{nats.get_exposed_port(4222)}",
             auth_secret=auth_secret,
             flavour="containers",
         )

@@ -33,8 +33,8 @@ class Coinstream:
     wallet_address: str
     gifts_address: str
     payouts_address: str
-    # Where its NATS JetStream listens (the GIFTS stream: gifts.v1.* events), and a login that may read it
-    # (empty when the server takes anonymous clients).
+    # Where its NATS JetStream listens on this machine (the GIFTS stream: gifts.v1.* events), and a login that may
+    # read it (empty when the server takes anonymous clients, as in the containers flavour).
     nats_url: str
     auth_secret: str
     flavour: str
