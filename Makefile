@@ -35,8 +35,9 @@ test: install
 # The image and the compose stack for real (needs Docker with Compose v2; says so and fails without): builds
 # deploy/Dockerfile, starts deploy/compose.yaml + compose.production.yaml under a project of its own on free ports,
 # tests it through the published ports, then removes it with its volumes. Reports durations and the image size.
+# (A longer per-test limit than make test's: the first test pays for the image build and the stack's start.)
 test-containers: install
-	COINSTREAM_CONTAINER_TESTS=1 $(PY) -m pytest tests/containers
+	COINSTREAM_CONTAINER_TESTS=1 $(PY) -m pytest -o timeout=1800 tests/containers
 
 run: install
 	$(PY) -m devstack.run

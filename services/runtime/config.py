@@ -49,9 +49,10 @@ class RuntimeSettings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     # Staging: production mode with the sandbox payment and payout providers, on purpose and visibly.
     allow_sandbox_providers: bool = False
-    # Production mode with the database reached without TLS, for a database whose traffic never leaves the machine:
-    # compose on one host (a PostgreSQL image built without SSL), or a local proxy that encrypts onwards (Cloud SQL
-    # Auth Proxy, a pgbouncer sidecar). Everything else stays refused.
+    # Production mode with the service's own database reached in clear (no sslmode, or disable), for a database whose
+    # traffic never leaves the machine: compose on one host (a PostgreSQL image built without SSL), or a local proxy
+    # that encrypts onwards (Cloud SQL Auth Proxy, a pgbouncer sidecar). An encrypted but unverified connection
+    # (require, prefer) and other databases (payouts' reconciliation) stay refused.
     allow_plaintext_database: bool = False
 
     # Auth: HS256 with a shared secret in development; RS256 or ES256 with public keys in production — one PEM key
@@ -220,8 +221,13 @@ class RuntimeSettings(BaseSettings):
                 "COINSTREAM_GRPC_TLS_CERT_FILE and COINSTREAM_GRPC_TLS_KEY_FILE are unset: bearer tokens would cross"
                 " the network in clear text"
             )
-        problems += self.database_tls_problems({self.env_name(f"{self.service_name}_database_url"): self.database_url})
+        problems += self.own_database_tls_problems()
         return problems
+
+    def own_database_tls_problems(self) -> list[str]:
+        if self.allow_plaintext_database and tls_mode(self.database_url) in ("", "disable"):
+            return []
+        return self.database_tls_problems({self.env_name(f"{self.service_name}_database_url"): self.database_url})
 
     def nats_problems(self) -> list[str]:
         """For the services that use NATS: an encrypted connection, and a login of their own."""
@@ -232,9 +238,8 @@ class RuntimeSettings(BaseSettings):
             problems.append("COINSTREAM_NATS_USER is unset: NATS must not take anonymous clients in production")
         return problems
 
-    def database_tls_problems(self, urls: dict[str, str]) -> list[str]:
-        if self.allow_plaintext_database:
-            return []
+    @staticmethod
+    def database_tls_problems(urls: dict[str, str]) -> list[str]:
         return [
             f"{setting} must have sslmode=verify-full (it has {tls_mode(url) or 'none'}): anything less trusts any"
             " server that answers"
@@ -252,7 +257,7 @@ class RuntimeSettings(BaseSettings):
 
     def migration_production_problems(self) -> list[str]:
         """What `migrate` must not run with in production: it only talks to its database (no port, NATS or token)."""
-        return self.database_tls_problems({self.env_name(f"{self.service_name}_database_url"): self.database_url})
+        return self.own_database_tls_problems()
 
     @model_validator(mode="after")
     def _refuse_an_unsafe_production(self) -> Self:
@@ -264,6 +269,7 @@ class RuntimeSettings(BaseSettings):
 
     def effective_rate_limits(self) -> dict[str, RateLimit]:
         return {**DEFAULT_RATE_LIMITS, **self.rate_limits}
+
     def nats_login(self) -> NatsLogin:
         """Raises NatsLoginError, naming the setting, for a password file that cannot be read."""
         return read_nats_login(self.nats_user, self.nats_password, self.nats_password_file)

@@ -25,6 +25,7 @@ GIFTS_USER = "gifts"
 PAYOUTS_USER = "payouts"
 OPERATOR_USER = "operator"
 
+
 def inboxes(user: str) -> str:
     """Replies to a user's requests (JetStream API answers, publish acks, pulled messages): its own inboxes only."""
     return f"{NatsLogin(user).inbox_prefix}.>"

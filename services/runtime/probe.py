@@ -1,10 +1,13 @@
 """gRPC health probe shared by `make run`, `coinstream health` and the container healthchecks.
 
-Usage: python -m services.runtime.probe HOST:PORT [SERVICE]   — exits 0 when the server reports SERVING, else 1.
+Usage: python -m services.runtime.probe [HOST:PORT [SERVICE]]   — exits 0 when the server reports SERVING, else 1.
+Without an address: this process's own plaintext health port (127.0.0.1:$COINSTREAM_GRPC_HEALTH_PORT), as the
+image's HEALTHCHECK asks it, so moving that port moves the check with it.
 Container images ship no grpc_health_probe binary, so compose healthchecks call this module instead."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import grpc
@@ -29,10 +32,15 @@ def health_status(address: str, service: str = "", timeout_seconds: float = 2.0)
 
 
 def main(argv: list[str]) -> int:
-    if not 1 <= len(argv) <= 2:
-        print("usage: python -m services.runtime.probe HOST:PORT [SERVICE]", file=sys.stderr)
+    if len(argv) > 2 or (not argv and not os.environ.get("COINSTREAM_GRPC_HEALTH_PORT", "").strip("0")):
+        print(
+            "usage: python -m services.runtime.probe [HOST:PORT [SERVICE]] (no address: needs"
+            " COINSTREAM_GRPC_HEALTH_PORT)",
+            file=sys.stderr,
+        )
         return 2
-    status = health_status(argv[0], argv[1] if len(argv) == 2 else "")
+    address = argv[0] if argv else f"127.0.0.1:{os.environ['COINSTREAM_GRPC_HEALTH_PORT']}"
+    status = health_status(address, argv[1] if len(argv) == 2 else "")
     print(status)
     return 0 if status == "SERVING" else 1
 

@@ -158,6 +158,9 @@ class ServiceRuntime:
             tls=self.settings.grpc_tls_enabled,
             mutual_tls=self.settings.grpc_mutual_tls_enabled,
         )
+        if self.settings.environment == "production" and database.tls_mode(self.settings.database_url) != "verify-full":
+            # Exempted on purpose (COINSTREAM_ALLOW_PLAINTEXT_DATABASE): said at every start, for whoever reads logs.
+            log.warning("database_in_clear_text_allowed", setting="COINSTREAM_ALLOW_PLAINTEXT_DATABASE")
         return port
 
     async def run(self) -> None:

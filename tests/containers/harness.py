@@ -166,10 +166,12 @@ class ComposeStack:
 
     def __post_init__(self) -> None:
         self.tls_dir = self.root / "tls"
-        self.token_file = self.root / "gifts-wallet.token"
+        self.token_dir = self.root / "gifts-wallet-token"
         self._write_tls_files()
-        self.token_file.write_text(mint_token(self.auth_secret, GIFTS_SUBJECT, [ROLE_SERVICE], TOKEN_TTL_SECONDS))
-        self.token_file.chmod(0o644)  # the service runs as uid 10001 in its container
+        self.token_dir.mkdir(mode=0o755)
+        token_file = self.token_dir / "token"
+        token_file.write_text(mint_token(self.auth_secret, GIFTS_SUBJECT, [ROLE_SERVICE], TOKEN_TTL_SECONDS))
+        token_file.chmod(0o644)  # the service runs as uid 10001 in its container (this is a throwaway token)
 
     def _write_tls_files(self) -> None:
         import trustme  # a development dependency, like the rest of the tests
@@ -200,7 +202,7 @@ class ComposeStack:
             **{f"{name}_HOST_PORT": str(port) for name, port in self.ports.items()},
             "COINSTREAM_IMAGE": IMAGE,
             "COINSTREAM_TLS_DIR": str(self.tls_dir),
-            "GIFTS_WALLET_TOKEN_FILE": str(self.token_file),
+            "GIFTS_WALLET_TOKEN_DIR": str(self.token_dir),
             **({} if self.database_tls else PLAINTEXT_DATABASE),
         }
 
@@ -251,7 +253,14 @@ class ComposeStack:
         script = (
             "import os, signal\n"
             "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
-            "    if int(pid) not in (1, os.getpid()) and b'services.' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+            "    try:\n"
+            "        command = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+            "    except OSError:\n"
+            "        continue  # gone meanwhile (a healthcheck's probe)\n"
+            # The service (python -m services.<name>), not a healthcheck's probe (python -m services.runtime.probe).
+            "    service = command.startswith(b'python\\x00-m\\x00services.')"
+            " and not command.startswith(b'python\\x00-m\\x00services.runtime')\n"
+            "    if int(pid) not in (1, os.getpid()) and service:\n"
             f"        os.kill(int(pid), {int(signal.SIGKILL)})\n"
         )
         docker("exec", self.container(service), "python", "-c", script)

@@ -113,7 +113,8 @@ def test_the_image_is_labelled_checks_its_health_and_stays_within_its_size_budge
     for label in ("source", "version", "revision", "title"):
         assert image.labels.get(f"org.opencontainers.image.{label}"), f"no org.opencontainers.image.{label}"
     assert image.labels["org.opencontainers.image.revision"] != "unknown"
-    assert image.config["Healthcheck"]["Test"][-1] == "127.0.0.1:8086"
+    assert image.config["Healthcheck"]["Test"][-2:] == ["-m", "services.runtime.probe"]  # the health port's setting
+    assert "COINSTREAM_GRPC_HEALTH_PORT=8086" in image.config["Env"]
     assert image.config["User"] == "10001:10001"
     assert image.added_bytes <= IMAGE_ADDED_BUDGET_BYTES, f"{image.added_bytes / 1e6:.0f} MB over the base image"
 

@@ -114,6 +114,10 @@ def test_a_plaintext_database_needs_its_own_opt_in_and_nothing_else_gives_way(
     assert f"{variable} must have sslmode=verify-full" in refusal(settings)
     monkeypatch.setenv("COINSTREAM_ALLOW_PLAINTEXT_DATABASE", "true")
     assert settings().environment == "production"
+    # Encrypted but unverified is not what the exemption is for: a man in the middle reads it all the same.
+    monkeypatch.setenv(variable, "postgresql://svc@postgres:5432/db?sslmode=require")
+    assert f"{variable} must have sslmode=verify-full" in refusal(settings)
+    monkeypatch.setenv(variable, "postgresql://svc@postgres:5432/db?sslmode=disable")
     monkeypatch.delenv("COINSTREAM_GRPC_TLS_CERT_FILE")
     assert "COINSTREAM_GRPC_TLS_CERT_FILE" in refusal(settings)
 

@@ -18,6 +18,15 @@ session, the sandbox payment and payout providers (payment token "tok_ok…" suc
 
 from __future__ import annotations
 
-from coinstream.testing.running import Coinstream, CoinstreamClients, start
+from typing import Any
 
 __all__ = ["Coinstream", "CoinstreamClients", "start"]
+
+
+def __getattr__(name: str) -> Any:
+    """Imported when used: pytest loads this package's plugin in every run, and the plugin needs none of it then."""
+    if name in __all__:
+        from coinstream.testing import running
+
+        return getattr(running, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -90,24 +90,25 @@ def _service_env(service: str, password: str, auth_secret: str) -> dict[str, str
 
 def _create_databases(postgres: object, password: str) -> None:
     """Waits until PostgreSQL takes TCP connections, then creates the three databases (each service migrates its own
-    at start)."""
+    at start). The password reaches psql through its environment, never a command line."""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    create = " ".join(f'CREATE DATABASE "{name}";' for name in DATABASES)
-    while True:
-        exit_code, output = postgres.exec(  # type: ignore[attr-defined]
-            ["sh", "-c", f"PGPASSWORD='{password}' psql -h 127.0.0.1 -U postgres -d postgres -c 'SELECT 1'"]
-        )
-        if exit_code == 0:
-            break
+    while _psql(postgres, password, "SELECT 1")[0] != 0:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"PostgreSQL did not start: {output.decode(errors='replace')}")
+            raise TimeoutError(f"PostgreSQL did not start: {_psql(postgres, password, 'SELECT 1')[1]}")
         time.sleep(0.5)
-    for statement in create.split(";")[:-1]:
-        exit_code, output = postgres.exec(  # type: ignore[attr-defined]
-            ["sh", "-c", f"PGPASSWORD='{password}' psql -h 127.0.0.1 -U postgres -d postgres -c '{statement.strip()}'"]
-        )
+    for name in DATABASES:
+        exit_code, output = _psql(postgres, password, f'CREATE DATABASE "{name}"')
         if exit_code != 0:
-            raise RuntimeError(f"{statement}: {output.decode(errors='replace')}")
+            raise RuntimeError(f"CREATE DATABASE {name}: {output}")
+
+
+def _psql(postgres: object, password: str, statement: str) -> tuple[int, str]:
+    container = postgres.get_wrapped_container()  # type: ignore[attr-defined]
+    result = container.exec_run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", statement],
+        environment={"PGPASSWORD": password},
+    )
+    return result.exit_code, result.output.decode(errors="replace")
 
 
 def _wait_serving(service: str, address: str, container: object) -> None:

@@ -1,15 +1,19 @@
 """The pytest plugin of coinstream.testing, registered by the coinstream package (entry point pytest11): the session
-fixture `coinstream`. Nothing starts unless a test asks for it."""
+fixture `coinstream`. Nothing starts unless a test asks for it, and nothing but pytest is imported until then: the
+plugin is loaded by every pytest run of an environment where coinstream is installed, with the extra or not."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from coinstream.testing.running import FLAVOURS, Coinstream, start
+if TYPE_CHECKING:
+    from coinstream.testing.running import Coinstream
 
+FLAVOURS = ("processes", "containers")
 FLAVOUR_SETTING = "COINSTREAM_TESTING_FLAVOUR"
 
 
@@ -34,5 +38,9 @@ def coinstream(request: pytest.FixtureRequest) -> Iterator[Coinstream]:
         or request.config.getini("coinstream_flavour")
         or "processes"
     )
+    try:
+        from coinstream.testing.running import start
+    except ImportError as missing:
+        raise pytest.UsageError(f"the coinstream fixture needs coinstream[testing] installed ({missing})") from None
     with start(flavour) as running:
         yield running

@@ -13,7 +13,8 @@ from coinstream.gifts.v1 import gifts_pb2_grpc
 from coinstream.payouts.v1 import payouts_pb2_grpc
 from coinstream.wallet.v1 import wallet_pb2_grpc
 
-FLAVOURS = ("processes", "containers")
+from coinstream.testing.plugin import FLAVOURS
+
 Metadata = tuple[tuple[str, str], ...]
 
 
