@@ -426,11 +426,6 @@ def match_winners(sides: Sequence[MatchSide]) -> tuple[str, ...]:
     return tuple(side.stream_id for side in sides if side.score_coins == best)
 
 
-def counts_in_match(starts_at: datetime, ends_at: datetime, completed_at: datetime) -> bool:
-    """A gift counts in a match when it completed from starts_at (inclusive) to ends_at (exclusive)."""
-    return starts_at <= completed_at < ends_at
-
-
 # ---------------------------------------------------------------- stream goals
 
 MIN_GOAL_TARGET = 1

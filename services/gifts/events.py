@@ -1,5 +1,6 @@
 """The events the gifts service publishes (through its outbox) beyond GiftSent and StreamEnded: matches and goals.
-Subjects, Nats-Msg-Ids and payloads in one place; the relay publishes them, the live feed routes them."""
+Subjects, Nats-Msg-Ids and payloads in one place, as the outbox rows to queue; the relay publishes them, the live
+feed routes them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from collections.abc import Iterable
 
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
+from google.protobuf.message import Message
 
-from services.gifts import domain
+from services.gifts import domain, store
+from services.runtime import tracing
 
 MATCH_UPDATED_SUBJECT = "gifts.v1.match_updated"
 MATCH_FINISHED_SUBJECT = "gifts.v1.match_finished"
@@ -28,17 +31,22 @@ def _sides(sides: Iterable[domain.MatchSide]) -> list[events_pb2.MatchSide]:
     ]
 
 
-def match_updated(match: domain.Match) -> tuple[str, events_pb2.MatchUpdated]:
-    """(Nats-Msg-Id, event) of a match's scoreboard as of now."""
+def _row(subject: str, msg_id: str, event: Message) -> store.OutboxRow:
+    """The event as an outbox row, carrying the trace of the call that queued it (none in a worker)."""
+    return store.OutboxRow(msg_id, subject, event.SerializeToString(), traceparent=tracing.current_traceparent())
+
+
+def match_updated(match: domain.Match) -> store.OutboxRow:
+    """A match's scoreboard as of now."""
     update_id = new_update_id()
     event = events_pb2.MatchUpdated(match_id=match.match_id, sides=_sides(match.sides), update_id=update_id)
     event.starts_at.FromDatetime(match.starts_at)
     event.ends_at.FromDatetime(match.ends_at)
-    return f"match_updated:{update_id}", event
+    return _row(MATCH_UPDATED_SUBJECT, f"match_updated:{update_id}", event)
 
 
-def match_finished(match: domain.Match) -> tuple[str, events_pb2.MatchFinished]:
-    """(Nats-Msg-Id, event) of a finished match: one id per match, so JetStream and consumers keep one."""
+def match_finished(match: domain.Match) -> store.OutboxRow:
+    """A finished match: one id per match, so JetStream and consumers keep one."""
     assert match.status is domain.MatchStatus.FINISHED and match.finished_at is not None, f"{match.match_id} is active"
     event = events_pb2.MatchFinished(
         match_id=match.match_id, sides=_sides(match.sides), winner_stream_ids=list(match.winner_stream_ids)
@@ -46,7 +54,7 @@ def match_finished(match: domain.Match) -> tuple[str, events_pb2.MatchFinished]:
     event.starts_at.FromDatetime(match.starts_at)
     event.ends_at.FromDatetime(match.ends_at)
     event.finished_at.FromDatetime(match.finished_at)
-    return f"match_finished:{match.match_id}", event
+    return _row(MATCH_FINISHED_SUBJECT, f"match_finished:{match.match_id}", event)
 
 
 def goal_message(goal: domain.StreamGoal) -> events_pb2.StreamGoal:
@@ -79,12 +87,13 @@ def public_goal(goal: events_pb2.StreamGoal) -> gifts_pb2.StreamGoal:
     return public
 
 
-def goal_updated(goal: domain.StreamGoal) -> tuple[str, events_pb2.GoalUpdated]:
+def goal_updated(goal: domain.StreamGoal) -> store.OutboxRow:
     update_id = new_update_id()
-    return f"goal_updated:{update_id}", events_pb2.GoalUpdated(goal=goal_message(goal), update_id=update_id)
+    event = events_pb2.GoalUpdated(goal=goal_message(goal), update_id=update_id)
+    return _row(GOAL_UPDATED_SUBJECT, f"goal_updated:{update_id}", event)
 
 
-def goal_reached(goal: domain.StreamGoal) -> tuple[str, events_pb2.GoalReached]:
+def goal_reached(goal: domain.StreamGoal) -> store.OutboxRow:
     """One id per goal: it is reached once."""
     assert goal.reached_at is not None, f"goal {goal.goal_id} is not reached"
-    return f"goal_reached:{goal.goal_id}", events_pb2.GoalReached(goal=goal_message(goal))
+    return _row(GOAL_REACHED_SUBJECT, f"goal_reached:{goal.goal_id}", events_pb2.GoalReached(goal=goal_message(goal)))

@@ -24,7 +24,6 @@ import asyncpg
 import structlog
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
-from google.protobuf.message import Message
 
 from services.gifts import domain, events, store
 from services.gifts.wallet_client import Spend, SpendAsk, WalletClient
@@ -360,10 +359,11 @@ async def _count_gifts(
     finished)."""
     counted = [domain.CountedGift(g.stream_id, g.recipient_id, g.sender_id, g.coins, g.video_id) for g in gifts]
     await store.add_to_gifter_totals(conn, domain.leaderboard_increments(counted, sent_at))
+    gifters = {kind: domain.gifter_increments(counted, kind) for kind in domain.TargetKind}
+    totals = {kind: domain.total_increments(counted, kind) for kind in domain.TargetKind}
     for kind in domain.TargetKind:
-        totals = domain.total_increments(counted, kind)
-        if totals:
-            await store.add_to_counters(conn, kind, domain.gifter_increments(counted, kind), totals)
+        if totals[kind]:
+            await store.add_to_counters(conn, kind, gifters[kind], totals[kind])
     outbox = [
         store.OutboxRow(
             gift.gift_transaction_id,
@@ -374,51 +374,49 @@ async def _count_gifts(
         )
         for gift in gifts
     ]
-    outbox += await _count_in_matches(conn, counted, sent_at, matches)
-    outbox += await _count_in_goals(conn, counted, sent_at, goals)
+    stream = domain.TargetKind.STREAM
+    outbox += await _count_in_matches(conn, gifters[stream], totals[stream], sent_at, matches)
+    outbox += await _count_in_goals(conn, totals[stream], sent_at, goals)
     await store.insert_outbox_events(conn, outbox)
 
 
 async def _count_in_matches(
-    conn: asyncpg.Connection, counted: list[domain.CountedGift], sent_at: datetime, matches: Mapping[str, str]
+    conn: asyncpg.Connection,
+    stream_gifters: list[tuple[str, str, int]],
+    stream_totals: list[tuple[str, int, int]],
+    sent_at: datetime,
+    matches: Mapping[str, str],
 ) -> list[store.OutboxRow]:
-    """Adds the gifts to the scores of their streams' matches (kept here, never recounted on read) and returns one
-    MatchUpdated per match counted in. Nothing to do — no statement — for streams in no match."""
-    in_match = [gift for gift in counted if gift.stream_id in matches]
-    if not in_match:
+    """Adds the batch's coins per stream (and per stream and sender) to the scores of their streams' matches (kept
+    here, never recounted on read) and returns one MatchUpdated per match counted in. Nothing to do — no statement —
+    for streams in no match."""
+    scored = [(stream_id, coins) for stream_id, coins, _ in stream_totals if stream_id in matches]
+    if not scored:
         return []
     updated = await store.add_to_match_scores(
         conn,
-        sorted({matches[gift.stream_id] for gift in in_match if gift.stream_id}),
-        [(stream_id, coins) for stream_id, coins, _ in domain.total_increments(in_match, domain.TargetKind.STREAM)],
-        domain.gifter_increments(in_match, domain.TargetKind.STREAM),
+        sorted({matches[stream_id] for stream_id, _ in scored}),
+        scored,
+        [(stream_id, sender_id, coins) for stream_id, sender_id, coins in stream_gifters if stream_id in matches],
         sent_at,
     )
-    return [_outbox_row(events.MATCH_UPDATED_SUBJECT, *events.match_updated(match)) for match in updated]
+    return [events.match_updated(match) for match in updated]
 
 
 async def _count_in_goals(
-    conn: asyncpg.Connection, counted: list[domain.CountedGift], sent_at: datetime, goals: Mapping[str, str]
+    conn: asyncpg.Connection, stream_totals: list[tuple[str, int, int]], sent_at: datetime, goals: Mapping[str, str]
 ) -> list[store.OutboxRow]:
-    """Adds the gifts to their streams' open goals and returns a GoalUpdated per goal, and a GoalReached for each goal
-    these gifts first brought to its target."""
-    increments = [
-        (goals[stream_id], coins)
-        for stream_id, coins, _ in domain.total_increments(counted, domain.TargetKind.STREAM)
-        if stream_id in goals
-    ]
+    """Adds the batch's coins per stream to their open goals and returns a GoalUpdated per goal, and a GoalReached for
+    each goal these gifts first brought to its target."""
+    increments = [(goals[stream_id], coins) for stream_id, coins, _ in stream_totals if stream_id in goals]
     if not increments:
         return []
     rows = []
     for goal, added in await store.add_to_goals(conn, increments, sent_at):
-        rows.append(_outbox_row(events.GOAL_UPDATED_SUBJECT, *events.goal_updated(goal)))
+        rows.append(events.goal_updated(goal))
         if domain.goal_just_reached(goal, added):
-            rows.append(_outbox_row(events.GOAL_REACHED_SUBJECT, *events.goal_reached(goal)))
+            rows.append(events.goal_reached(goal))
     return rows
-
-
-def _outbox_row(subject: str, msg_id: str, event: Message) -> store.OutboxRow:
-    return store.OutboxRow(msg_id, subject, event.SerializeToString(), traceparent=tracing.current_traceparent())
 
 
 def _replayed(stored: idempotency.StoredRequest | AppError) -> Outcome:

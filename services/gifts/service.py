@@ -208,10 +208,7 @@ class GiftService:
             streams = await store.lock_streams(conn, list(request.stream_ids))
             sides = domain.require_matchable(streams, request.stream_ids)
             match = await store.create_match(conn, new_id("mat"), sides, duration)
-            msg_id, event = events.match_updated(match)
-            await store.insert_outbox_event(
-                conn, msg_id, events.MATCH_UPDATED_SUBJECT, event.SerializeToString(), tracing.current_traceparent()
-            )
+            await store.insert_outbox_events(conn, [events.match_updated(match)])
             return gifts_pb2.StartMatchResponse(match=match_message(match))
 
         response = await idempotency.run_once(self._pool, request, gifts_pb2.StartMatchResponse, operation)
@@ -252,8 +249,7 @@ class GiftService:
             finished = dataclasses.replace(
                 match, status=domain.MatchStatus.FINISHED, winner_stream_ids=winners, finished_at=finished_at
             )
-            msg_id, event = events.match_finished(finished)
-            await store.insert_outbox_event(conn, msg_id, events.MATCH_FINISHED_SUBJECT, event.SerializeToString())
+            await store.insert_outbox_events(conn, [events.match_finished(finished)])
         log.info("match_finished", match_id=match.match_id, winners=list(winners))
         self._on_event_queued()
         return True
@@ -266,10 +262,7 @@ class GiftService:
             # the new one, never in neither or both.
             stream = domain.require_goal_settable(await store.lock_stream(conn, request.stream_id), request.stream_id)
             goal = await store.replace_goal(conn, new_id("goal"), stream, request.target_coins, request.description)
-            msg_id, event = events.goal_updated(goal)
-            await store.insert_outbox_event(
-                conn, msg_id, events.GOAL_UPDATED_SUBJECT, event.SerializeToString(), tracing.current_traceparent()
-            )
+            await store.insert_outbox_events(conn, [events.goal_updated(goal)])
             return gifts_pb2.SetStreamGoalResponse(goal=goal_message(goal))
 
         response = await idempotency.run_once(self._pool, request, gifts_pb2.SetStreamGoalResponse, operation)
