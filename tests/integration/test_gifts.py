@@ -7,20 +7,18 @@ import asyncio
 import time
 
 import grpc
-import nats
-import nats.errors
 import pytest
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 from coinstream.wallet.v1 import wallet_pb2
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 
 from devstack.servers import NatsServer
 from services.runtime.messaging import GIFT_SENT_SUBJECT
 from tests.conftest import SERVICE, Clients, auth, new_id
+from tests.events import messages_on
 from tests.grpc_errors import error_reason, violated_fields
-from tests.stack import Stack, operator_nats
+from tests.stack import Stack
 
 # ---------------------------------------------------------------- helpers (also used by test_gifts_crash.py)
 
@@ -82,35 +80,15 @@ async def gift_sent_messages(
 ) -> list[Msg]:
     """Every GiftSent message for this gift in the GIFTS stream, once at least one arrived (or the time ran out)."""
     deadline = time.monotonic() + timeout_seconds
-    nc = await operator_nats(server)
-    try:
-        js = nc.jetstream()
-        while True:
-            found = [
-                m for m in await _all_gift_sent(js) if m.headers and m.headers.get("Nats-Msg-Id") == gift_transaction_id
-            ]
-            if found or time.monotonic() > deadline:
-                return found
-            await asyncio.sleep(0.2)
-    finally:
-        await nc.close()
-
-
-async def _all_gift_sent(js: nats.js.JetStreamContext) -> list[Msg]:
-    """Reads the subject from the start with an ephemeral ordered consumer until nothing is pending."""
-    subscription = await js.subscribe(GIFT_SENT_SUBJECT, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    messages: list[Msg] = []
-    try:
-        while True:
-            try:
-                message = await subscription.next_msg(timeout=2.0)
-            except nats.errors.TimeoutError:
-                return messages  # empty stream
-            messages.append(message)
-            if message.metadata.num_pending == 0:
-                return messages
-    finally:
-        await subscription.unsubscribe()
+    while True:
+        found = [
+            message
+            for message in await messages_on(server, GIFT_SENT_SUBJECT)
+            if message.headers and message.headers.get("Nats-Msg-Id") == gift_transaction_id
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.2)
 
 
 # ---------------------------------------------------------------- ListGifts

@@ -10,20 +10,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
-import nats
-import nats.errors
 import pytest
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 
 from devstack.servers import NatsServer
 from services.gifts.feed import STREAM_ENDED_SUBJECT
 from tests.conftest import SERVICE, Clients, auth, new_id
+from tests.events import messages_on
 from tests.grpc_errors import error_reason, violated_fields
 from tests.integration.test_gifts import gift_request, gift_sent_messages, go_live, make_account
-from tests.stack import Stack, operator_nats
+from tests.stack import Stack
 
 EVENT_TIMEOUT_SECONDS = 15.0
 
@@ -226,31 +224,15 @@ async def gift_sequence_of(stack: Stack, gift_transaction_id: str) -> int:
 
 async def stream_ended_messages(server: NatsServer, stream_id: str, timeout_seconds: float = 15.0) -> list[Msg]:
     deadline = time.monotonic() + timeout_seconds
-    nc = await operator_nats(server)
-    try:
-        js = nc.jetstream()
-        while True:
-            subscription = await js.subscribe(
-                STREAM_ENDED_SUBJECT, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-            )
-            found: list[Msg] = []
-            try:
-                while True:
-                    try:
-                        message = await subscription.next_msg(timeout=2.0)
-                    except nats.errors.TimeoutError:
-                        break
-                    if events_pb2.StreamEnded.FromString(message.data).stream_id == stream_id:
-                        found.append(message)
-                    if message.metadata.num_pending == 0:
-                        break
-            finally:
-                await subscription.unsubscribe()
-            if found or time.monotonic() > deadline:
-                return found
-            await asyncio.sleep(0.2)
-    finally:
-        await nc.close()
+    while True:
+        found = [
+            message
+            for message in await messages_on(server, STREAM_ENDED_SUBJECT)
+            if events_pb2.StreamEnded.FromString(message.data).stream_id == stream_id
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.2)
 
 
 # ---------------------------------------------------------------- refusals
