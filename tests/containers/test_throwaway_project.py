@@ -4,7 +4,6 @@ from this checkout into a venv of its own), in both flavours of the fixture."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +12,10 @@ import pytest
 
 from tests.containers.conftest import FIGURES
 from tests.containers.harness import BuiltImage, env_file_value
+from tests.readme import readme_example
 from tests.stack import REPO_ROOT
 
 UV = Path(sys.executable).with_name("uv")
-
-
-def readme_example() -> str:
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("## Testing your backend against coinstream", 1)[1]
-    example = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert example is not None, "the README's section has no example"
-    return example.group(1)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,19 @@
-"""coinstream.testing's `processes` flavour, as another backend's test uses it: the `coinstream` fixture the package
-registers with pytest (a stack of its own, not the suite's), its token factory and its clients. (The `containers`
-flavour: tests/containers/test_testing_fixture.py, in make test-containers.)"""
+"""coinstream.testing's `processes` flavour, as another backend's test suite uses it: a pytest run of its own (in a
+subprocess, so the fixture's coinstream and its gRPC channels never share this worker with the rest of the suite)
+over a project holding the README's example and the tests below, with the `coinstream` fixture the package registers
+with pytest. (The `containers` flavour: tests/containers/, in make test-containers.)"""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.readme import readme_example
+
+PROJECT_TESTS = """
+import uuid
 
 import grpc
 import pytest
@@ -10,7 +21,10 @@ from coinstream.gifts.v1 import gifts_pb2
 from coinstream.wallet.v1 import wallet_pb2
 
 from coinstream.testing import Coinstream
-from tests.conftest import new_id
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def test_the_fixture_runs_the_money_path_for_another_backend(coinstream: Coinstream) -> None:
@@ -51,3 +65,20 @@ def test_tokens_are_checked_by_the_fixtures_coinstream(coinstream: Coinstream) -
             wallet_pb2.GetBalanceRequest(account_id="someone-else"), metadata=coinstream.metadata("a-user")
         )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+"""
+
+
+def test_another_projects_suite_passes_with_the_fixture(tmp_path: Path) -> None:
+    (tmp_path / "test_readme_example.py").write_text(readme_example())
+    (tmp_path / "test_backend.py").write_text(PROJECT_TESTS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COINSTREAM_", "PYTEST_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "3 passed" in done.stdout
