@@ -1,0 +1,71 @@
+"""Page tokens for every list the services serve: opaque to callers, bound to the list (kind) and to the owner it
+was handed out for, so a token cannot page through another account's history or another list. The position is
+what the store resumes after (an id, a moment in microseconds, a text key), checked on the way back in against the
+shape the list expects and what the database can hold: a forged token gets INVALID_ARGUMENT, never a database
+error."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from services.runtime.errors import FieldViolation, invalid_argument
+from services.runtime.limits import MAX_INT64
+
+# What the servicers accept as page_token (the longest position: a few text keys of up to MAX_POSITION_TEXT).
+MAX_PAGE_TOKEN_LENGTH = 1024
+MAX_POSITION_TEXT = 256
+BIGINT_RANGE = (-MAX_INT64 - 1, MAX_INT64)
+
+Position = list[str | int]
+
+
+def encode_page_token(kind: str, owner: str, position: Position) -> str:
+    payload = json.dumps({"k": kind, "o": owner, "p": position}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode()
+
+
+def decode_page_token(
+    token: str,
+    *,
+    kind: str,
+    owner: str,
+    shape: tuple[type, ...],
+    int_range: tuple[int, int] = BIGINT_RANGE,
+) -> Position | None:
+    """None for the first page (no token); the position of a token handed out for this list and owner; otherwise
+    INVALID_ARGUMENT on page_token (another list's or owner's token, a forged or truncated one)."""
+    if not token:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
+        position = payload["p"] if payload["k"] == kind and payload["o"] == owner else None
+        if isinstance(position, list) and _has_shape(position, shape, int_range):
+            return position
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        pass
+    raise invalid_argument([FieldViolation("page_token", "is not a token returned by this API for this request")])
+
+
+def _has_shape(position: list[object], shape: tuple[type, ...], int_range: tuple[int, int]) -> bool:
+    return (
+        len(position) == len(shape)
+        and all(
+            type(value) is expected and _storable(value, int_range)
+            for value, expected in zip(position, shape, strict=True)
+        )
+    )
+
+
+def _storable(value: object, int_range: tuple[int, int]) -> bool:
+    """Within what the database holds: a bigint (or the narrower range asked, e.g. a datetime's microseconds), or a
+    bounded text PostgreSQL can store (no NUL, no lone surrogate)."""
+    if isinstance(value, int):
+        return int_range[0] <= value <= int_range[1]
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_POSITION_TEXT
+        and "\x00" not in value
+        and not any("\ud800" <= character <= "\udfff" for character in value)
+    )
