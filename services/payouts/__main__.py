@@ -20,6 +20,7 @@ from services.payouts.settlement import (
     declare_settlement_consumer,
     measure_consumer,
 )
+from services.payouts.store import PostgresPayoutsStore
 from services.reconcile.periodic import reconcile_forever
 from services.runtime import polling
 from services.runtime.server import ServiceRuntime
@@ -40,19 +41,21 @@ def withdrawal_policy(settings: PayoutsSettings) -> WithdrawalPolicy:
 async def main() -> None:
     settings = PayoutsSettings()
     runtime = ServiceRuntime(settings)
-    pool = runtime.use_database(MIGRATIONS)
+    store = PostgresPayoutsStore(runtime.use_database(MIGRATIONS))
     provider = SandboxPayoutProvider(settings.payouts_sandbox_settle_seconds)
     payouts = PayoutsService(
-        pool,
+        store,
         withdrawal_policy(settings),
         provider,
         provider_timeout_seconds=settings.payouts_provider_timeout_seconds,
     )
     js = runtime.use_nats().jetstream()
+
+    async def adopt_configured_rate() -> None:
+        await payouts.adopt_configured_rate(settings.payouts_rate_numerator, settings.payouts_rate_denominator)
+
     # Before anything settles: every credit must name the rate version in force.
-    runtime.on_startup(
-        lambda: payouts.adopt_configured_rate(settings.payouts_rate_numerator, settings.payouts_rate_denominator)
-    )
+    runtime.on_startup(adopt_configured_rate)
     runtime.on_startup(
         lambda: declare_settlement_consumer(
             js, settings.payouts_settlement_ack_wait_seconds, settings.nats_stream_replicas
@@ -60,13 +63,13 @@ async def main() -> None:
     )
     settlement = SettlementConsumer(
         js,
-        Settlement(pool, hold_seconds=settings.diamond_hold_seconds),
+        Settlement(store, hold_seconds=settings.diamond_hold_seconds),
         batch_size=settings.payouts_settlement_batch_size,
         fetch_timeout_seconds=settings.payouts_settlement_fetch_timeout_seconds,
         max_deliveries=settings.payouts_settlement_max_deliveries,
     )
     payout_worker = PayoutWorker(
-        pool,
+        store,
         provider,
         batch_size=settings.payouts_worker_batch_size,
         check_interval_seconds=settings.payouts_worker_interval_seconds,
@@ -81,7 +84,7 @@ async def main() -> None:
     runtime.add_worker("settlement", settlement.run_forever)
     runtime.add_worker("payouts", payout_worker.run_forever)
     maturity = MaturityWorker(
-        pool,
+        store,
         batch_size=settings.payouts_maturity_batch_size,
         interval_seconds=settings.payouts_maturity_interval_seconds,
     )
@@ -93,7 +96,7 @@ async def main() -> None:
         probes = {
             "settlement_consumer": lambda: measure_consumer(js),
             "dead_letters": lambda: measure_dead_letters(js),
-            "withdrawals": lambda: measure_withdrawals(pool),
+            "withdrawals": lambda: measure_withdrawals(store),
         }
         runtime.add_worker("metrics", lambda: polling.poll_forever(settings.metrics_poll_interval_seconds, probes))
     await runtime.run()

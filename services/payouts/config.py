@@ -2,58 +2,63 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field
 
 from services.reconcile.reconciler import ReconcileSettings
 from services.runtime.config import RuntimeSettings
 
+# Upper bounds that keep every product within int64: a rate term times the largest gift, a withdrawal setting times
+# the diamond value.
+MAX_RATE_TERM = 1_000_000
+MAX_WITHDRAWAL_SETTING = 10_000_000_000
+
 
 class PayoutsSettings(RuntimeSettings):
     payouts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_payouts"
-    payouts_port: int = 50053
-    payouts_metrics_port: int = 0
+    payouts_port: int = Field(default=50053, ge=0, le=65535)
+    payouts_metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
 
     # Settlement rate (contract default 1 coin → 1 diamond). A change is recorded as a new rate version at start.
-    payouts_rate_numerator: PositiveInt = 1
-    payouts_rate_denominator: PositiveInt = 1
+    payouts_rate_numerator: int = Field(default=1, gt=0, le=MAX_RATE_TERM)
+    payouts_rate_denominator: int = Field(default=1, gt=0, le=MAX_RATE_TERM)
 
     # What diamonds are worth when withdrawn (contract default: 1,000 diamonds = 500 minor units = $5.00).
-    payouts_diamond_value_per_1000_minor: PositiveInt = 500
-    payouts_currency_code: str = Field("USD", pattern=r"^[A-Z]{3}$")
-    payouts_minimum_withdrawal_diamonds: PositiveInt = 2000
-    payouts_daily_withdrawal_cap_diamonds: PositiveInt = 200_000
+    payouts_diamond_value_per_1000_minor: int = Field(default=500, gt=0, le=1_000_000)
+    payouts_currency_code: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    payouts_minimum_withdrawal_diamonds: int = Field(default=2000, gt=0, le=MAX_WITHDRAWAL_SETTING)
+    payouts_daily_withdrawal_cap_diamonds: int = Field(default=200_000, gt=0, le=MAX_WITHDRAWAL_SETTING)
 
     # Settlement consumer: messages per batch (one database transaction each) and how long one fetch waits.
     # Bounded well under the consumer's max_ack_pending (20,000).
-    payouts_settlement_batch_size: int = Field(500, gt=0, le=10_000)
-    payouts_settlement_fetch_timeout_seconds: PositiveFloat = 1.0
+    payouts_settlement_batch_size: int = Field(default=500, gt=0, le=10_000)
+    payouts_settlement_fetch_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
     # JetStream redelivers a message not acked within this long (e.g. after a crash between commit and ack).
-    payouts_settlement_ack_wait_seconds: PositiveFloat = 30.0
+    payouts_settlement_ack_wait_seconds: float = Field(default=30.0, gt=0, le=3600)
     # Deliveries after which a GiftSent that fails to settle on its own goes to the DEAD_LETTERS stream (an
     # unreadable one goes at once; an error of the database itself never dead-letters an event).
-    payouts_settlement_max_deliveries: int = Field(5, ge=1, le=1000)
+    payouts_settlement_max_deliveries: int = Field(default=5, ge=1, le=1000)
 
     # Maturity hold: diamonds from gifts stay pending this long before they can be withdrawn (0: at once).
     # Read from COINSTREAM_DIAMOND_HOLD_SECONDS. A change applies to gifts settled after the restart.
-    diamond_hold_seconds: int = Field(0, ge=0, le=90 * 86_400)
+    diamond_hold_seconds: int = Field(default=0, ge=0, le=90 * 86_400)
     # Maturity worker: how often it moves due credits pending → available, and how many per transaction.
-    payouts_maturity_interval_seconds: PositiveFloat = 1.0
-    payouts_maturity_batch_size: int = Field(1000, gt=0, le=10_000)
+    payouts_maturity_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+    payouts_maturity_batch_size: int = Field(default=1000, gt=0, le=10_000)
 
     # Reconciliation (`coinstream reconcile`'s checks) run by payouts every this many seconds, its discrepancy count
     # exported as coinstream_reconcile_discrepancies; 0: off. It reads the wallet's and gifts' databases too
     # (COINSTREAM_WALLET_DATABASE_URL, COINSTREAM_GIFTS_DATABASE_URL), so it is opt-in.
-    payouts_reconcile_interval_seconds: NonNegativeFloat = 0.0
+    payouts_reconcile_interval_seconds: float = Field(default=0.0, ge=0, le=7 * 86_400)
 
     # Payout worker: how often it looks at pending withdrawals and how many it handles per pass.
-    payouts_worker_interval_seconds: PositiveFloat = 1.0
-    payouts_worker_batch_size: int = Field(100, gt=0, le=10_000)
-    payouts_provider_timeout_seconds: PositiveFloat = 10.0
+    payouts_worker_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+    payouts_worker_batch_size: int = Field(default=100, gt=0, le=10_000)
+    payouts_provider_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # Who pays withdrawals out (COINSTREAM_PAYOUT_PROVIDER). Only the sandbox ships: a real provider implements
     # services/payouts/payout_provider.py's protocol; production refuses the sandbox unless staging opts in.
     payout_provider: Literal["sandbox"] = "sandbox"
     # How long the sandbox payout provider takes to pay a "sandbox:ok…" destination.
-    payouts_sandbox_settle_seconds: NonNegativeFloat = 2.0
+    payouts_sandbox_settle_seconds: float = Field(default=2.0, ge=0, le=86_400)
 
     def production_problems(self) -> list[str]:
         problems = [

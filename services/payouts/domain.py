@@ -8,22 +8,22 @@ reserved, and then either on to system:paid_out or back to available (failed or 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
+from typing import Generic, TypeVar
 
 from services.runtime.errors import (
     AppError,
     FieldViolation,
     failed_precondition,
     invalid_argument,
+    not_found,
 )
+from services.runtime.ledger import Posting, balanced
 
 SYSTEM_GIFT_SETTLEMENT = "system:gift_settlement"  # source of every diamond credited for a gift
 SYSTEM_PAID_OUT = "system:paid_out"  # diamonds that left as real money
@@ -124,6 +124,15 @@ class DiamondCredit:
         require_one_target(self.stream_id, self.video_id)
 
 
+@dataclass(frozen=True)
+class DueCredit:
+    """A held credit whose hold is over: its diamonds move pending → available."""
+
+    gift_transaction_id: str
+    creator_id: str
+    diamonds: int
+
+
 def credit_gifts(
     gifts: Iterable[GiftToSettle], rate: SettlementRate, remainders: dict[str, int]
 ) -> tuple[list[DiamondCredit], dict[str, int]]:
@@ -166,7 +175,7 @@ def diamonds_by_creator(credits: Iterable[DiamondCredit]) -> dict[str, int]:
     return totals_by_creator((credit.creator_id, credit.diamonds) for credit in credits)
 
 
-Postings = list[tuple[str, int]]
+Postings = list[Posting]
 
 
 def settlement_postings(diamonds_per_creator: dict[str, int], *, held: bool = False) -> Postings:
@@ -174,7 +183,7 @@ def settlement_postings(diamonds_per_creator: dict[str, int], *, held: bool = Fa
     account = pending_account if held else available_account
     postings = [(account(creator_id), diamonds) for creator_id, diamonds in diamonds_per_creator.items()]
     total = sum(diamonds_per_creator.values())
-    return _balanced([*postings, (SYSTEM_GIFT_SETTLEMENT, -total)]) if total else []
+    return balanced([*postings, (SYSTEM_GIFT_SETTLEMENT, -total)])
 
 
 def maturity_postings(diamonds_per_creator: dict[str, int]) -> Postings:
@@ -182,7 +191,7 @@ def maturity_postings(diamonds_per_creator: dict[str, int]) -> Postings:
     postings: Postings = []
     for creator_id, diamonds in diamonds_per_creator.items():
         postings += [(pending_account(creator_id), -diamonds), (available_account(creator_id), diamonds)]
-    return _balanced(postings)
+    return balanced(postings)
 
 
 def totals_by_creator(diamonds_per_credit: Iterable[tuple[str, int]]) -> dict[str, int]:
@@ -194,22 +203,16 @@ def totals_by_creator(diamonds_per_credit: Iterable[tuple[str, int]]) -> dict[st
 
 
 def reserve_postings(creator_id: str, diamonds: int) -> Postings:
-    return _balanced([(available_account(creator_id), -diamonds), (reserved_account(creator_id), diamonds)])
+    return balanced([(available_account(creator_id), -diamonds), (reserved_account(creator_id), diamonds)])
 
 
 def paid_out_postings(creator_id: str, diamonds: int) -> Postings:
-    return _balanced([(reserved_account(creator_id), -diamonds), (SYSTEM_PAID_OUT, diamonds)])
+    return balanced([(reserved_account(creator_id), -diamonds), (SYSTEM_PAID_OUT, diamonds)])
 
 
 def returned_postings(creator_id: str, diamonds: int) -> Postings:
     """A failed or canceled withdrawal gives its diamonds back."""
-    return _balanced([(reserved_account(creator_id), -diamonds), (available_account(creator_id), diamonds)])
-
-
-def _balanced(postings: Postings) -> Postings:
-    assert sum(delta for _, delta in postings) == 0, f"unbalanced postings {postings}"
-    assert all(delta != 0 for _, delta in postings), f"zero posting in {postings}"
-    return postings
+    return balanced([(reserved_account(creator_id), -diamonds), (available_account(creator_id), diamonds)])
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,43 @@ def require_available(balances: Balances, diamonds: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Rates:
+    """The economy as GetRates tells it: the settlement rate in force and the withdrawal policy."""
+
+    settlement: SettlementRate
+    withdrawal: WithdrawalPolicy
+
+
 # --- withdrawal lifecycle ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    withdrawal_id: str
+    request_id: str
+    creator_id: str
+    diamonds: int
+    payout_currency_code: str
+    payout_amount_minor: int
+    payout_destination: str
+    status: WithdrawalStatus
+    failure_reason: str
+    provider_reference: str | None
+    submitted_at: datetime | None
+    created_at: datetime | None = None  # set by the store when it records the withdrawal
+
+
+@dataclass(frozen=True)
+class PendingWithdrawals:
+    queued: int  # not yet submitted to the payout provider
+    with_provider: int  # submitted, the provider not yet done
+    oldest_age_seconds: float  # 0 when none
+
+
+def withdrawal_not_found(withdrawal_id: str) -> AppError:
+    """Also the answer for someone else's withdrawal: its id reveals nothing to other creators."""
+    return not_found("WITHDRAWAL_NOT_FOUND", f"no withdrawal {withdrawal_id!r}")
 
 
 def must_cancel(status: WithdrawalStatus, withdrawal_id: str) -> bool:
@@ -313,10 +352,19 @@ def not_cancelable(withdrawal_id: str, why: str) -> AppError:
 # --- statements and pages ---------------------------------------------------------------------------------------------
 
 
+Row = TypeVar("Row")
+
+
 class EarningsGroupBy(Enum):
     DAY = "day"  # key: the UTC day of the credit, "YYYY-MM-DD"; stream and video gifts alike
     STREAM = "stream"  # key: the stream_id; stream gifts only
     VIDEO = "video"  # key: the video_id; video gifts only
+
+
+@dataclass(frozen=True)
+class Page(Generic[Row]):
+    rows: list[Row]
+    next_page_token: str  # "" on the last page
 
 
 @dataclass(frozen=True)
@@ -340,52 +388,8 @@ def from_micros(micros: int) -> datetime:
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def encode_page_token(kind: str, creator_id: str, position: list[str | int]) -> str:
-    """Opaque to callers; names the list and creator it belongs to, so it cannot be used for another one."""
-    payload = json.dumps({"k": kind, "c": creator_id, "p": position}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(payload.encode()).decode()
-
-
-def decode_page_token(token: str, kind: str, creator_id: str, shape: tuple[type, ...]) -> list[str | int] | None:
-    """None for the first page; the position otherwise; INVALID_ARGUMENT for anything we did not hand out for this
-    list (another list's or creator's token, a forged or truncated one)."""
-    if not token:
-        return None
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
-        position = payload["p"] if payload["k"] == kind and payload["c"] == creator_id else None
-        if _has_shape(position, shape):
-            return position
-    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, KeyError):
-        pass
-    raise invalid_argument([FieldViolation("page_token", "is not a token returned by this API for this request")])
-
-
-MAX_POSITION_TEXT = 256
-# Int positions are moments (to_micros): within what a datetime holds, or from_micros overflows.
+# Int positions of page tokens are moments (to_micros): within what a datetime holds, or from_micros overflows.
 POSITION_MICROS = (to_micros(datetime.min.replace(tzinfo=UTC)), to_micros(datetime.max.replace(tzinfo=UTC)))
-
-
-def _has_shape(position: object, shape: tuple[type, ...]) -> bool:
-    """The position of a token we handed out: values of the expected types, within what a datetime and the database
-    hold (a forged moment past year 9999, an endless string or one PostgreSQL cannot store — a NUL, a lone surrogate —
-    would fail there rather than here)."""
-    return (
-        isinstance(position, list)
-        and len(position) == len(shape)
-        and all(type(value) is expected and _storable(value) for value, expected in zip(position, shape, strict=True))
-    )
-
-
-def _storable(value: object) -> bool:
-    if isinstance(value, int):
-        return POSITION_MICROS[0] <= value <= POSITION_MICROS[1]
-    return (
-        isinstance(value, str)
-        and len(value) <= MAX_POSITION_TEXT
-        and "\x00" not in value
-        and not any("\ud800" <= character <= "\udfff" for character in value)
-    )
 
 
 def day_start(day_key: str) -> datetime:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import structlog
 from prometheus_client import Counter, Gauge
 
-from services.payouts import domain, store
-from services.payouts.ids import new_id
-from services.payouts.payout_provider import PayoutProvider, PayoutResult, PayoutState
+from services.payouts import domain
+from services.payouts.payout_provider import PayoutResult, PayoutState
+from services.payouts.ports import PayoutProvider, PayoutsStore, PayoutsTransaction
 from services.runtime.faults import crash_point
+from services.runtime.ids import new_id
 
 WITHDRAWALS_FINISHED = Counter("coinstream_payouts_withdrawals_finished_total", "Withdrawals finished", ["status"])
 # Polled (measure_withdrawals): pending withdrawals by stage — waiting for this worker (queued) or for the payout
@@ -32,14 +32,14 @@ log = structlog.get_logger()
 class PayoutWorker:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        store: PayoutsStore,
         provider: PayoutProvider,
         *,
         batch_size: int,
         check_interval_seconds: float,
         provider_timeout_seconds: float,
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._provider = provider
         self._batch_size = batch_size
         self._check_interval_seconds = check_interval_seconds
@@ -58,15 +58,15 @@ class PayoutWorker:
         return self._batch_size
 
     async def _advance_next(self) -> bool:
-        async with self._pool.acquire() as conn, conn.transaction():
-            withdrawal = await store.lock_next_due_withdrawal(conn)
+        async with self._store.transaction() as tx:
+            withdrawal = await tx.lock_next_due_withdrawal()
             if withdrawal is None:
                 return False
             result = await self._ask_provider(withdrawal)
-            await self._record(conn, withdrawal, result)
+            await self._record(tx, withdrawal, result)
         return True
 
-    async def _ask_provider(self, withdrawal: store.WithdrawalRow) -> PayoutResult | None:
+    async def _ask_provider(self, withdrawal: domain.Withdrawal) -> PayoutResult | None:
         """What the provider says now; None when it could not be asked (we ask again later)."""
         try:
             if withdrawal.provider_reference is None:
@@ -85,7 +85,7 @@ class PayoutWorker:
             log.exception("payout_provider_call_failed", withdrawal_id=withdrawal.withdrawal_id)
             return None
 
-    async def _submit(self, withdrawal: store.WithdrawalRow) -> PayoutResult:
+    async def _submit(self, withdrawal: domain.Withdrawal) -> PayoutResult:
         result = await self._provider.submit(
             withdrawal_id=withdrawal.withdrawal_id,
             destination=withdrawal.payout_destination,
@@ -95,39 +95,35 @@ class PayoutWorker:
         log.info("payout_submitted", withdrawal_id=withdrawal.withdrawal_id, state=result.state.value)
         return result
 
-    async def _record(
-        self, conn: asyncpg.Connection, withdrawal: store.WithdrawalRow, result: PayoutResult | None
-    ) -> None:
+    async def _record(self, tx: PayoutsTransaction, withdrawal: domain.Withdrawal, result: PayoutResult | None) -> None:
         if result is None:
-            await store.postpone_check(conn, withdrawal.withdrawal_id, self._check_interval_seconds)
+            await tx.postpone_check(withdrawal.withdrawal_id, self._check_interval_seconds)
         elif result.state is PayoutState.PROCESSING:
-            await store.record_provider_progress(
-                conn, withdrawal.withdrawal_id, result.provider_reference, self._check_interval_seconds
+            await tx.record_provider_progress(
+                withdrawal.withdrawal_id, result.provider_reference, self._check_interval_seconds
             )
         elif result.state is PayoutState.PAID:
-            await _finish(conn, withdrawal, result, domain.WithdrawalStatus.PAID)
+            await _finish(tx, withdrawal, result, domain.WithdrawalStatus.PAID)
         else:
-            await _finish(conn, withdrawal, result, domain.WithdrawalStatus.FAILED)
+            await _finish(tx, withdrawal, result, domain.WithdrawalStatus.FAILED)
 
 
 async def _finish(
-    conn: asyncpg.Connection, withdrawal: store.WithdrawalRow, result: PayoutResult, status: domain.WithdrawalStatus
+    tx: PayoutsTransaction, withdrawal: domain.Withdrawal, result: PayoutResult, status: domain.WithdrawalStatus
 ) -> None:
     """Releases the reserved diamonds, to system:paid_out (paid) or back to available (failed), with the status."""
     creator_id, diamonds = withdrawal.creator_id, withdrawal.diamonds
     paid = status is domain.WithdrawalStatus.PAID
     transaction_id = new_id("txn")
-    await store.record_transaction(
-        conn,
+    await tx.record_transaction(
         transaction_id=transaction_id,
         kind="withdrawal_paid" if paid else "withdrawal_returned",
         reference=withdrawal.withdrawal_id,
         postings=(domain.paid_out_postings if paid else domain.returned_postings)(creator_id, diamonds),
     )
-    await store.move_diamonds(conn, creator_id, available_delta=0 if paid else diamonds, reserved_delta=-diamonds)
+    await tx.move_diamonds(creator_id, available_delta=0 if paid else diamonds, reserved_delta=-diamonds)
     failure_reason = "" if paid else (result.failure_reason or "payout failed")
-    finished = await store.finish_withdrawal(
-        conn,
+    finished = await tx.finish_withdrawal(
         withdrawal.withdrawal_id,
         status=status,
         failure_reason=failure_reason,
@@ -140,9 +136,9 @@ async def _finish(
     log.info("withdrawal_finished", withdrawal_id=withdrawal.withdrawal_id, status=status.value, reason=failure_reason)
 
 
-async def measure_withdrawals(pool: asyncpg.Pool) -> None:
+async def measure_withdrawals(store: PayoutsStore) -> None:
     """Sets the pending-withdrawal gauges (a probe of the metrics poller)."""
-    pending = await store.pending_withdrawals(pool)
+    pending = await store.pending_withdrawals()
     PENDING_WITHDRAWALS.labels("queued").set(pending.queued)
     PENDING_WITHDRAWALS.labels("with_provider").set(pending.with_provider)
     OLDEST_PENDING_WITHDRAWAL.set(pending.oldest_age_seconds)

@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import Awaitable
 
-import asyncpg
 import structlog
 from coinstream.events.v1 import events_pb2
 from google.protobuf.message import DecodeError
@@ -21,11 +20,13 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.payouts import dead_letters, domain, store
-from services.payouts.ids import new_id
+from services.payouts import dead_letters, domain
+from services.payouts.ports import PayoutsStore, PayoutsTransaction
+from services.payouts.store import DATA_ERRORS
 from services.runtime import limits, tracing
 from services.runtime.errors import AppError
 from services.runtime.faults import crash_point
+from services.runtime.ids import new_id
 from services.runtime.messaging import (
     GIFT_SENT_SUBJECT,
     GIFTS_STREAM,
@@ -45,8 +46,7 @@ DEFAULT_MAX_DELIVERIES = 5
 # deadlock, a missing table after a bad deploy — says nothing about the events, and is retried for as long as it
 # lasts without counting towards dead-lettering.
 POISON_ERRORS = (
-    asyncpg.IntegrityConstraintViolationError,
-    asyncpg.DataError,
+    *DATA_ERRORS,
     AssertionError,
     ArithmeticError,
     ValueError,
@@ -134,8 +134,8 @@ def _check_target(check: Validator, event: events_pb2.GiftSent) -> None:
 
 
 class Settlement:
-    def __init__(self, pool: asyncpg.Pool, *, hold_seconds: int = 0) -> None:
-        self._pool = pool
+    def __init__(self, store: PayoutsStore, *, hold_seconds: int = 0) -> None:
+        self._store = store
         # Diamonds of gifts settled now stay pending this long (0: available at once).
         self._hold_seconds = hold_seconds
 
@@ -144,52 +144,50 @@ class Settlement:
         by_id: dict[str, domain.GiftToSettle] = {}
         for gift in gifts:
             by_id.setdefault(gift.gift_transaction_id, gift)  # the same gift twice in one batch counts once
-        async with self._pool.acquire() as conn, conn.transaction():
-            new_ids = await store.admit_to_inbox(conn, list(by_id))
+        async with self._store.transaction() as tx:
+            new_ids = await tx.admit_to_inbox(list(by_id))
             if not new_ids:
                 return 0
-            rate = await store.current_rate(conn)
+            rate = await tx.current_rate()
             assert rate is not None, "a rate version is recorded before settlement starts"
-            credits = await self._credit(conn, rate, [by_id[gift_id] for gift_id in sorted(new_ids)])
-            await self._record(conn, rate, credits)
+            credits = await self._credit(tx, rate, [by_id[gift_id] for gift_id in sorted(new_ids)])
+            await self._record(tx, rate, credits)
         _observe_lag([by_id[gift_id] for gift_id in new_ids])
         return len(credits)
 
     @staticmethod
     async def _credit(
-        conn: asyncpg.Connection, rate: domain.SettlementRate, gifts: list[domain.GiftToSettle]
+        tx: PayoutsTransaction, rate: domain.SettlementRate, gifts: list[domain.GiftToSettle]
     ) -> list[domain.DiamondCredit]:
         """Each gift's diamonds, carrying each creator's fraction of a diamond from batch to batch (in this
         transaction, under the carry rows' locks) so that no fraction is ever lost or made up."""
         if not rate.carries_fractions:
             credits, _ = domain.credit_gifts(gifts, rate, {})
             return credits
-        remainders = await store.lock_carries(conn, rate.version, list({gift.creator_id for gift in gifts}))
+        remainders = await tx.lock_carries(rate.version, list({gift.creator_id for gift in gifts}))
         credits, new_remainders = domain.credit_gifts(gifts, rate, remainders)
-        await store.save_carries(conn, rate.version, new_remainders)
+        await tx.save_carries(rate.version, new_remainders)
         return credits
 
     async def _record(
-        self, conn: asyncpg.Connection, rate: domain.SettlementRate, credits: list[domain.DiamondCredit]
+        self, tx: PayoutsTransaction, rate: domain.SettlementRate, credits: list[domain.DiamondCredit]
     ) -> None:
         diamonds_per_creator = domain.diamonds_by_creator(credits)
         held = self._hold_seconds > 0
         transaction_id = new_id("txn")
-        await store.record_transaction(
-            conn,
+        await tx.record_transaction(
             transaction_id=transaction_id,
             kind="settlement",
             reference=f"{len(credits)} gifts",
             postings=domain.settlement_postings(diamonds_per_creator, held=held),
         )
-        await store.insert_credits(
-            conn,
+        await tx.insert_credits(
             transaction_id=transaction_id,
             rate_version=rate.version,
             credits=credits,
             hold_seconds=self._hold_seconds,
         )
-        await store.credit_creators(conn, diamonds_per_creator, held=held)
+        await tx.credit_creators(diamonds_per_creator, held=held)
         DIAMONDS_CREDITED.inc(sum(diamonds_per_creator.values()))
 
 

@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 import pytest_asyncio
-from coinstream.payouts.v1 import payouts_pb2
 
 from services.payouts.domain import EarningsGroupBy, WithdrawalPolicy
 from services.payouts.payout_provider import SandboxPayoutProvider
 from services.payouts.service import PayoutsService
+from services.payouts.store import PostgresPayoutsStore
 from services.runtime import database
 from services.runtime.errors import AppError
 from tests.stack import REPO_ROOT, Stack
@@ -49,7 +49,9 @@ async def payouts(stack: Stack) -> AsyncIterator[PayoutsService]:
         await insert_credits(pool, "amy")
         await insert_credits(pool, "bob")  # another creator's credits never show
         policy = WithdrawalPolicy(2000, 200_000, 500, "USD")
-        yield PayoutsService(pool, policy, SandboxPayoutProvider(0.0), provider_timeout_seconds=1.0)
+        yield PayoutsService(
+            PostgresPayoutsStore(pool), policy, SandboxPayoutProvider(0.0), provider_timeout_seconds=1.0
+        )
     finally:
         await pool.close()
 
@@ -129,7 +131,7 @@ async def test_a_token_of_one_grouping_is_refused_by_another(
     payouts: PayoutsService, handed_out_by: EarningsGroupBy, used_by: EarningsGroupBy
 ) -> None:
     first = await payouts.list_earnings("amy", handed_out_by, 1, "")
-    assert isinstance(first, payouts_pb2.ListEarningsResponse) and first.next_page_token
+    assert first.next_page_token
     with pytest.raises(AppError) as error:
         await payouts.list_earnings("amy", used_by, 1, first.next_page_token)
     assert [violation.field for violation in error.value.field_violations] == ["page_token"]

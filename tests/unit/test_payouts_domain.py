@@ -22,6 +22,7 @@ from services.payouts.domain import (
 )
 from services.payouts.payout_provider import PayoutState, SandboxPayoutProvider
 from services.payouts.settlement import decode_gift_sent
+from services.runtime import pages
 from services.runtime.errors import AppError
 
 POLICY = WithdrawalPolicy(
@@ -254,28 +255,18 @@ def test_only_pending_withdrawals_need_canceling_and_canceled_ones_stay_canceled
 # --- pages ------------------------------------------------------------------------------------------------------------
 
 
-def test_page_tokens_round_trip_for_their_own_list_and_creator_only() -> None:
-    token = domain.encode_page_token("withdrawals", "amy", [1_700_000_000_123_456, "wd_1"])
-    assert domain.decode_page_token(token, "withdrawals", "amy", (int, str)) == [1_700_000_000_123_456, "wd_1"]
-    assert domain.decode_page_token("", "withdrawals", "amy", (int, str)) is None
-    forged = [
-        domain.encode_page_token("withdrawals", "bob", [1, "wd_1"]),  # another creator's
-        domain.encode_page_token("earnings_by_day", "amy", [1, "wd_1"]),  # another list's
-        domain.encode_page_token("withdrawals", "amy", ["1", "wd_1"]),  # wrong shape
-        domain.encode_page_token("withdrawals", "amy", [1]),
-        domain.encode_page_token("withdrawals", "amy", [10**32, "wd_1"]),  # past int64: tampered
-        domain.encode_page_token("withdrawals", "amy", [2**62, "wd_1"]),  # a moment past year 9999
-        domain.encode_page_token("withdrawals", "amy", [1, "wd\x00"]),  # text PostgreSQL cannot hold
-        domain.encode_page_token("withdrawals", "amy", [1, "wd\ud800"]),
-        domain.encode_page_token("withdrawals", "amy", [1, "w" * 10_000]),  # an endless position
-        "not base64!",
-        "bm90IGpzb24=",  # "not json"
-        token[:-4],
-    ]
-    for bad in forged:
-        with pytest.raises(AppError) as error:
-            domain.decode_page_token(bad, "withdrawals", "amy", (int, str))
-        assert [violation.field for violation in error.value.field_violations] == ["page_token"]
+def test_page_positions_are_moments_a_datetime_can_hold() -> None:
+    token = pages.encode_page_token("withdrawals", "amy", [1_700_000_000_123_456, "wd_1"])
+    assert pages.decode_page_token(
+        token, kind="withdrawals", owner="amy", shape=(int, str), int_range=domain.POSITION_MICROS
+    ) == [1_700_000_000_123_456, "wd_1"]
+    past_year_9999 = pages.encode_page_token("withdrawals", "amy", [2**62, "wd_1"])  # within int64: tampered
+    with pytest.raises(AppError) as error:
+        pages.decode_page_token(
+            past_year_9999, kind="withdrawals", owner="amy", shape=(int, str), int_range=domain.POSITION_MICROS
+        )
+    assert [violation.field for violation in error.value.field_violations] == ["page_token"]
+    assert domain.from_micros(domain.POSITION_MICROS[1]) == datetime.max.replace(tzinfo=UTC)
 
 
 def test_microsecond_positions_are_exact() -> None:

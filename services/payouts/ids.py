@@ -1,9 +1,0 @@
-"""Server-made ids: opaque, prefixed by what they name."""
-
-from __future__ import annotations
-
-import uuid
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"

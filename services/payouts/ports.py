@@ -1,0 +1,130 @@
+"""What the payouts use cases need from the world, as Protocols: the store (a unit of work over the database) and
+the payout provider. store.py implements the store on PostgreSQL, tests/fakes/payouts.py in memory; the use cases
+(service.py, settlement.py, maturity.py, payout_worker.py) see only these.
+
+A transaction's writes are all or nothing: visible to others once `transaction()` exits normally, dropped when it
+raises. Rules the database guards and the use cases rely on, which every store must guard too: a creator balance
+never goes negative (pending, available, reserved), every ledger transaction's postings balance
+(services.runtime.ledger.balanced), a gift enters the settlement inbox once, a request_id keys one outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, Protocol, TypeVar
+
+from google.protobuf.message import Message
+
+from services.payouts.domain import (
+    Balances,
+    CreatorProfile,
+    DiamondCredit,
+    DueCredit,
+    EarningsGroupBy,
+    EarningsRow,
+    PendingWithdrawals,
+    Postings,
+    SettlementRate,
+    Withdrawal,
+    WithdrawalStatus,
+)
+from services.payouts.payout_provider import PayoutProvider
+
+__all__ = ["IdempotentRequest", "PayoutProvider", "PayoutsStore", "PayoutsTransaction"]
+
+Result = TypeVar("Result")
+Reply = TypeVar("Reply", bound=Message)
+
+
+@dataclass(frozen=True)
+class IdempotentRequest(Generic[Result, Reply]):
+    """A mutation's request_id, as the use case passes it through without reading it: the request as received (its
+    caller-scoped request_id and its hash key the outcome), the reply stored with it and replayed byte for byte, and
+    how the use case's result becomes that reply. The servicer builds it; the use case only hands it to the store."""
+
+    message: Message
+    reply_type: type[Reply]
+    reply: Callable[[Result], Reply]
+
+
+class PayoutsTransaction(Protocol):
+    """The writes and locked reads of one database transaction. Locks are held until the transaction ends."""
+
+    # --- settlement rates
+    async def lock_rates(self) -> None: ...
+    async def insert_next_rate(self, numerator: int, denominator: int) -> SettlementRate: ...
+    async def current_rate(self) -> SettlementRate | None: ...
+
+    # --- creators
+    async def upsert_profile(self, profile: CreatorProfile) -> CreatorProfile: ...
+    async def get_profile(self, creator_id: str) -> CreatorProfile | None: ...
+    async def lock_balances(self, creator_id: str) -> Balances | None: ...
+    async def move_diamonds(self, creator_id: str, *, available_delta: int, reserved_delta: int) -> Balances: ...
+
+    # --- ledger: one transaction's postings, written together (they must balance)
+    async def record_transaction(
+        self, *, transaction_id: str, kind: str, reference: str, postings: Postings
+    ) -> None: ...
+
+    # --- settlement
+    async def admit_to_inbox(self, gift_transaction_ids: list[str]) -> set[str]: ...
+    async def lock_carries(self, rate_version: int, creator_ids: list[str]) -> dict[str, int]: ...
+    async def save_carries(self, rate_version: int, remainders: dict[str, int]) -> None: ...
+    async def insert_credits(
+        self, *, transaction_id: str, rate_version: int, credits: list[DiamondCredit], hold_seconds: int
+    ) -> None: ...
+    async def credit_creators(self, diamonds_per_creator: dict[str, int], *, held: bool) -> None: ...
+
+    # --- maturity
+    async def lock_due_credits(self, limit: int, creator_id: str | None = None) -> list[DueCredit]: ...
+    async def mark_matured(self, gift_transaction_ids: list[str], transaction_id: str) -> None: ...
+    async def move_matured(self, diamonds_per_creator: dict[str, int]) -> None: ...
+
+    # --- withdrawals
+    async def insert_withdrawal(self, withdrawal: Withdrawal, reserve_transaction_id: str) -> None: ...
+    async def lock_withdrawal(self, withdrawal_id: str) -> Withdrawal | None: ...
+    async def mark_canceled(self, withdrawal_id: str, finish_transaction_id: str) -> Withdrawal: ...
+    async def diamonds_withdrawn_last_24h(self, creator_id: str) -> int: ...
+    async def lock_next_due_withdrawal(self) -> Withdrawal | None: ...
+    async def record_provider_progress(
+        self, withdrawal_id: str, provider_reference: str, check_again_in_seconds: float
+    ) -> None: ...
+    async def postpone_check(self, withdrawal_id: str, check_again_in_seconds: float) -> None: ...
+    async def finish_withdrawal(
+        self,
+        withdrawal_id: str,
+        *,
+        status: WithdrawalStatus,
+        failure_reason: str,
+        provider_reference: str,
+        finish_transaction_id: str,
+    ) -> bool: ...
+
+
+class PayoutsStore(Protocol):
+    def transaction(self) -> AbstractAsyncContextManager[PayoutsTransaction]: ...
+
+    async def run_once(
+        self,
+        request: IdempotentRequest[Result, Reply],
+        operation: Callable[[PayoutsTransaction], Awaitable[Result]],
+    ) -> Reply:
+        """The operation in a transaction at most once per request_id, its reply stored with the key: a retry gets
+        the stored reply (or the stored final error, the operation's writes undone); the same request_id with
+        another request gets REQUEST_ID_REUSED."""
+        ...
+
+    # --- read-only queries (no transaction needed)
+    async def current_rate(self) -> SettlementRate | None: ...
+    async def get_balances(self, creator_id: str) -> Balances | None: ...
+    async def get_withdrawal(self, withdrawal_id: str) -> Withdrawal | None: ...
+    async def list_withdrawals(
+        self, creator_id: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[Withdrawal]: ...
+    async def earnings_by_day(self, creator_id: str, before: datetime | None, limit: int) -> list[EarningsRow]: ...
+    async def earnings_by_target(
+        self, group_by: EarningsGroupBy, creator_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[EarningsRow]: ...
+    async def pending_withdrawals(self) -> PendingWithdrawals: ...
