@@ -1,0 +1,489 @@
+"""An in-memory payouts store (services/payouts/ports.py) for unit tests of the use cases: no database, no sockets.
+
+It keeps the transaction semantics of the real one — a transaction works on a copy of the state, which becomes the
+state when it exits normally and is dropped when it raises; transactions run one at a time, as if serializable —
+and refuses what the database refuses and the rules rely on: a negative creator balance, postings that do not
+balance (services.runtime.ledger.balanced) or a zero leg, a request_id reused for another request (a replay returns
+the stored reply's bytes, or the stored final error with the operation's writes undone), a gift settled twice, a
+withdrawal's status or request_id breaking its constraints. "now" is a clock the test moves (`advance`)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from services.payouts.domain import (
+    Balances,
+    CreatorProfile,
+    DiamondCredit,
+    DueCredit,
+    EarningsGroupBy,
+    EarningsRow,
+    PendingWithdrawals,
+    Postings,
+    SettlementRate,
+    Withdrawal,
+    WithdrawalStatus,
+)
+from services.payouts.payout_provider import PayoutResult, PayoutState
+from services.payouts.ports import IdempotentRequest, Reply, Result
+from services.runtime import idempotency, ledger
+from services.runtime.errors import AppError, request_id_reused
+
+START = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+LEDGER_KINDS = {
+    "settlement",
+    "maturity",
+    "withdrawal_reserve",
+    "withdrawal_paid",
+    "withdrawal_returned",
+    "withdrawal_canceled",
+}
+
+
+class ConstraintViolation(Exception):
+    """What the database would refuse (a CHECK, a unique key, a trigger): the transaction is rolled back."""
+
+
+@dataclass
+class StoredCredit:
+    credit: DiamondCredit
+    rate_version: int
+    transaction_id: str
+    created_at: datetime
+    available_at: datetime
+    matured_at: datetime | None
+
+
+@dataclass
+class StoredWithdrawal:
+    withdrawal: Withdrawal
+    next_check_at: datetime
+    reserve_transaction_id: str
+    finish_transaction_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    request_hash: bytes
+    reply: bytes | None
+    error: AppError | None
+
+    def __deepcopy__(self, memo: dict[int, object]) -> StoredKey:
+        return self  # never changes once stored (and an exception cannot be deep-copied)
+
+
+@dataclass
+class State:
+    """The tables, as the use cases can observe them."""
+
+    now: datetime = START
+    rates: list[SettlementRate] = field(default_factory=list)
+    profiles: dict[str, CreatorProfile] = field(default_factory=dict)
+    balances: dict[str, Balances] = field(default_factory=dict)
+    ledger_transactions: dict[str, tuple[str, str]] = field(default_factory=dict)  # id → (kind, reference)
+    postings: list[tuple[str, str, int]] = field(default_factory=list)  # (transaction id, account, delta)
+    inbox: set[str] = field(default_factory=set)
+    carries: dict[tuple[str, int], int] = field(default_factory=dict)  # (creator, rate version) → remainder
+    credits: dict[str, StoredCredit] = field(default_factory=dict)
+    withdrawals: dict[str, StoredWithdrawal] = field(default_factory=dict)
+    keys: dict[str, StoredKey] = field(default_factory=dict)
+
+
+class FakePayoutsStore:
+    def __init__(self) -> None:
+        self.state = State()
+        self._one_at_a_time = asyncio.Lock()
+        self.transactions_committed = 0
+
+    # --- for tests
+
+    def advance(self, seconds: float) -> None:
+        self.state.now += timedelta(seconds=seconds)
+
+    def account_balance(self, account: str) -> int:
+        """What the ledger says an account holds: the sum of its postings."""
+        return sum(delta for _, posted_to, delta in self.state.postings if posted_to == account)
+
+    def balances_of(self, creator_id: str) -> Balances:
+        return self.state.balances.get(creator_id) or Balances.zero(creator_id)
+
+    # --- the port
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[FakeTransaction]:
+        async with self._one_at_a_time:
+            tx = FakeTransaction(copy.deepcopy(self.state))
+            yield tx
+            self.state = tx.state
+            self.transactions_committed += 1
+
+    async def run_once(
+        self,
+        request: IdempotentRequest[Result, Reply],
+        operation: Callable[[FakeTransaction], Awaitable[Result]],
+    ) -> Reply:
+        message = request.message
+        request_id: str = message.request_id  # type: ignore[attr-defined]  # protobuf: every mutating request has one
+        hashed = idempotency.request_hash(idempotency.method_name(message), message)
+        outcome: Reply | AppError
+        async with self.transaction() as tx:
+            stored = tx.state.keys.get(request_id)
+            if stored is not None:
+                return _replay(stored, hashed, request.reply_type)
+            before = copy.deepcopy(tx.state)  # the savepoint a final error rolls back to
+            try:
+                outcome = request.reply(await operation(tx))
+                tx.state.keys[request_id] = StoredKey(hashed, outcome.SerializeToString(), None)
+            except AppError as error:
+                if not error.is_outcome:
+                    raise
+                tx.state = before
+                tx.state.keys[request_id] = StoredKey(hashed, None, error)
+                outcome = error
+        if isinstance(outcome, AppError):
+            raise outcome
+        return outcome
+
+    async def current_rate(self) -> SettlementRate | None:
+        return self.state.rates[-1] if self.state.rates else None
+
+    async def get_balances(self, creator_id: str) -> Balances | None:
+        return self.state.balances.get(creator_id)
+
+    async def get_withdrawal(self, withdrawal_id: str) -> Withdrawal | None:
+        stored = self.state.withdrawals.get(withdrawal_id)
+        return None if stored is None else stored.withdrawal
+
+    async def list_withdrawals(
+        self, creator_id: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[Withdrawal]:
+        rows = [s.withdrawal for s in self.state.withdrawals.values() if s.withdrawal.creator_id == creator_id]
+        rows.sort(key=lambda w: (w.created_at or START, w.withdrawal_id), reverse=True)
+        if before is not None:
+            rows = [w for w in rows if (w.created_at or START, w.withdrawal_id) < before]
+        return rows[:limit]
+
+    async def earnings_by_day(self, creator_id: str, before: datetime | None, limit: int) -> list[EarningsRow]:
+        credits = [c for c in self._credits_of(creator_id) if before is None or c.created_at < before]
+        rows = _grouped(credits, lambda c: c.created_at.strftime("%Y-%m-%d"))
+        return sorted(rows, key=lambda row: row.key, reverse=True)[:limit]
+
+    async def earnings_by_target(
+        self, group_by: EarningsGroupBy, creator_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[EarningsRow]:
+        def target(c: StoredCredit) -> str | None:
+            return c.credit.stream_id if group_by is EarningsGroupBy.STREAM else c.credit.video_id
+
+        rows = _grouped([c for c in self._credits_of(creator_id) if target(c) is not None], target)
+        if after is not None:
+            latest, key = after
+            rows = [r for r in rows if r.latest_credit_at < latest or (r.latest_credit_at == latest and r.key > key)]
+        rows.sort(key=lambda row: row.key)  # then, stable: the newest latest credit first, ties by key
+        return sorted(rows, key=lambda row: row.latest_credit_at, reverse=True)[:limit]
+
+    async def pending_withdrawals(self) -> PendingWithdrawals:
+        pending = [
+            s.withdrawal for s in self.state.withdrawals.values() if s.withdrawal.status is WithdrawalStatus.PENDING
+        ]
+        oldest = min((w.created_at or START for w in pending), default=self.state.now)
+        return PendingWithdrawals(
+            queued=sum(w.provider_reference is None for w in pending),
+            with_provider=sum(w.provider_reference is not None for w in pending),
+            oldest_age_seconds=(self.state.now - oldest).total_seconds(),
+        )
+
+    def _credits_of(self, creator_id: str) -> list[StoredCredit]:
+        return [c for c in self.state.credits.values() if c.credit.creator_id == creator_id]
+
+
+class FakeTransaction:
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    # --- settlement rates
+
+    async def lock_rates(self) -> None:
+        pass  # transactions run one at a time
+
+    async def insert_next_rate(self, numerator: int, denominator: int) -> SettlementRate:
+        rate = SettlementRate(len(self.state.rates) + 1, numerator, denominator)
+        self.state.rates.append(rate)
+        return rate
+
+    async def current_rate(self) -> SettlementRate | None:
+        return self.state.rates[-1] if self.state.rates else None
+
+    # --- creators
+
+    async def upsert_profile(self, profile: CreatorProfile) -> CreatorProfile:
+        if not 1 <= len(profile.payout_destination) <= 256:
+            raise ConstraintViolation(f"payout_destination of {len(profile.payout_destination)} characters")
+        self.state.profiles[profile.creator_id] = profile
+        return profile
+
+    async def get_profile(self, creator_id: str) -> CreatorProfile | None:
+        return self.state.profiles.get(creator_id)
+
+    async def lock_balances(self, creator_id: str) -> Balances | None:
+        return self.state.balances.get(creator_id)
+
+    async def move_diamonds(self, creator_id: str, *, available_delta: int, reserved_delta: int) -> Balances:
+        balances = self.state.balances[creator_id]
+        return self._set_balances(
+            replace(
+                balances,
+                available_diamonds=balances.available_diamonds + available_delta,
+                reserved_diamonds=balances.reserved_diamonds + reserved_delta,
+            )
+        )
+
+    def _set_balances(self, balances: Balances) -> Balances:
+        amounts = (
+            balances.available_diamonds,
+            balances.reserved_diamonds,
+            balances.pending_diamonds,
+            balances.lifetime_diamonds,
+        )
+        if min(amounts) < 0:
+            raise ConstraintViolation(f"negative balance {balances}")
+        self.state.balances[balances.creator_id] = balances
+        return balances
+
+    # --- ledger
+
+    async def record_transaction(self, *, transaction_id: str, kind: str, reference: str, postings: Postings) -> None:
+        if transaction_id in self.state.ledger_transactions or kind not in LEDGER_KINDS:
+            raise ConstraintViolation(f"ledger transaction {transaction_id} ({kind})")
+        if ledger.balanced(postings) != postings:  # raises UnbalancedTransaction when they do not sum to zero
+            raise ConstraintViolation(f"a zero leg in {postings}")
+        self.state.ledger_transactions[transaction_id] = (kind, reference)
+        self.state.postings += [(transaction_id, account, delta) for account, delta in postings]
+
+    # --- settlement
+
+    async def admit_to_inbox(self, gift_transaction_ids: list[str]) -> set[str]:
+        new = set(gift_transaction_ids) - self.state.inbox
+        self.state.inbox |= new
+        return new
+
+    async def lock_carries(self, rate_version: int, creator_ids: list[str]) -> dict[str, int]:
+        return {creator_id: self.state.carries.get((creator_id, rate_version), 0) for creator_id in creator_ids}
+
+    async def save_carries(self, rate_version: int, remainders: dict[str, int]) -> None:
+        for creator_id, remainder in remainders.items():
+            if remainder < 0:
+                raise ConstraintViolation(f"negative remainder for {creator_id}")
+            self.state.carries[(creator_id, rate_version)] = remainder
+
+    async def insert_credits(
+        self, *, transaction_id: str, rate_version: int, credits: list[DiamondCredit], hold_seconds: int
+    ) -> None:
+        now = self.state.now
+        for credit in credits:
+            if credit.gift_transaction_id not in self.state.inbox or credit.gift_transaction_id in self.state.credits:
+                raise ConstraintViolation(f"credit of gift {credit.gift_transaction_id}")
+            if credit.coins <= 0 or credit.diamonds < 0 or transaction_id not in self.state.ledger_transactions:
+                raise ConstraintViolation(f"credit {credit}")
+            self.state.credits[credit.gift_transaction_id] = StoredCredit(
+                credit,
+                rate_version,
+                transaction_id,
+                created_at=now,
+                available_at=now + timedelta(seconds=hold_seconds),
+                matured_at=now if hold_seconds == 0 else None,
+            )
+
+    async def credit_creators(self, diamonds_per_creator: dict[str, int], *, held: bool) -> None:
+        for creator_id, diamonds in diamonds_per_creator.items():
+            balances = self.state.balances.get(creator_id) or Balances.zero(creator_id)
+            if held:
+                balances = replace(balances, pending_diamonds=balances.pending_diamonds + diamonds)
+            else:
+                balances = replace(balances, available_diamonds=balances.available_diamonds + diamonds)
+            self._set_balances(replace(balances, lifetime_diamonds=balances.lifetime_diamonds + diamonds))
+
+    # --- maturity
+
+    async def lock_due_credits(self, limit: int, creator_id: str | None = None) -> list[DueCredit]:
+        due = [
+            stored
+            for stored in self.state.credits.values()
+            if stored.matured_at is None
+            and stored.available_at <= self.state.now
+            and creator_id in (None, stored.credit.creator_id)
+        ]
+        due.sort(key=lambda stored: stored.available_at)
+        return [
+            DueCredit(stored.credit.gift_transaction_id, stored.credit.creator_id, stored.credit.diamonds)
+            for stored in due[:limit]
+        ]
+
+    async def mark_matured(self, gift_transaction_ids: list[str], transaction_id: str) -> None:
+        for gift_transaction_id in gift_transaction_ids:
+            stored = self.state.credits[gift_transaction_id]
+            assert stored.matured_at is None, f"credit {gift_transaction_id} matured twice"
+            stored.matured_at = self.state.now
+
+    async def move_matured(self, diamonds_per_creator: dict[str, int]) -> None:
+        for creator_id, diamonds in diamonds_per_creator.items():
+            balances = self.state.balances[creator_id]
+            self._set_balances(
+                replace(
+                    balances,
+                    pending_diamonds=balances.pending_diamonds - diamonds,
+                    available_diamonds=balances.available_diamonds + diamonds,
+                )
+            )
+
+    # --- withdrawals
+
+    async def insert_withdrawal(self, withdrawal: Withdrawal, reserve_transaction_id: str) -> None:
+        taken = {stored.withdrawal.request_id for stored in self.state.withdrawals.values()}
+        if withdrawal.withdrawal_id in self.state.withdrawals or withdrawal.request_id in taken:
+            raise ConstraintViolation(f"withdrawal {withdrawal.withdrawal_id} / request {withdrawal.request_id}")
+        if withdrawal.diamonds <= 0 or withdrawal.payout_amount_minor <= 0:
+            raise ConstraintViolation(f"withdrawal {withdrawal}")
+        recorded = replace(withdrawal, created_at=self.state.now)
+        self.state.withdrawals[withdrawal.withdrawal_id] = StoredWithdrawal(
+            recorded, next_check_at=self.state.now, reserve_transaction_id=reserve_transaction_id
+        )
+
+    async def lock_withdrawal(self, withdrawal_id: str) -> Withdrawal | None:
+        stored = self.state.withdrawals.get(withdrawal_id)
+        return None if stored is None else stored.withdrawal
+
+    async def mark_canceled(self, withdrawal_id: str, finish_transaction_id: str) -> Withdrawal:
+        stored = self.state.withdrawals[withdrawal_id]
+        assert stored.withdrawal.status is WithdrawalStatus.PENDING, f"withdrawal {withdrawal_id} was not pending"
+        stored.withdrawal = replace(stored.withdrawal, status=WithdrawalStatus.CANCELED)
+        stored.finish_transaction_id = finish_transaction_id
+        return stored.withdrawal
+
+    async def diamonds_withdrawn_last_24h(self, creator_id: str) -> int:
+        since = self.state.now - timedelta(hours=24)
+        return sum(
+            stored.withdrawal.diamonds
+            for stored in self.state.withdrawals.values()
+            if stored.withdrawal.creator_id == creator_id
+            and stored.withdrawal.status in (WithdrawalStatus.PENDING, WithdrawalStatus.PAID)
+            and (stored.withdrawal.created_at or START) > since
+        )
+
+    async def lock_next_due_withdrawal(self) -> Withdrawal | None:
+        due = [
+            stored
+            for stored in self.state.withdrawals.values()
+            if stored.withdrawal.status is WithdrawalStatus.PENDING and stored.next_check_at <= self.state.now
+        ]
+        return min(due, key=lambda stored: stored.next_check_at).withdrawal if due else None
+
+    async def record_provider_progress(
+        self, withdrawal_id: str, provider_reference: str, check_again_in_seconds: float
+    ) -> None:
+        stored = self.state.withdrawals[withdrawal_id]
+        if stored.withdrawal.status is not WithdrawalStatus.PENDING:
+            return
+        stored.withdrawal = replace(
+            stored.withdrawal,
+            provider_reference=stored.withdrawal.provider_reference or provider_reference,
+            submitted_at=stored.withdrawal.submitted_at or self.state.now,
+        )
+        stored.next_check_at = self.state.now + timedelta(seconds=check_again_in_seconds)
+
+    async def postpone_check(self, withdrawal_id: str, check_again_in_seconds: float) -> None:
+        stored = self.state.withdrawals[withdrawal_id]
+        if stored.withdrawal.status is WithdrawalStatus.PENDING:
+            stored.next_check_at = self.state.now + timedelta(seconds=check_again_in_seconds)
+
+    async def finish_withdrawal(
+        self,
+        withdrawal_id: str,
+        *,
+        status: WithdrawalStatus,
+        failure_reason: str,
+        provider_reference: str,
+        finish_transaction_id: str,
+    ) -> bool:
+        assert status is not WithdrawalStatus.PENDING, "finishing needs a final status"
+        stored = self.state.withdrawals[withdrawal_id]
+        if stored.withdrawal.status is not WithdrawalStatus.PENDING:
+            return False
+        if (status is WithdrawalStatus.FAILED) != (failure_reason != ""):
+            raise ConstraintViolation(f"status {status} with failure reason {failure_reason!r}")
+        stored.withdrawal = replace(
+            stored.withdrawal,
+            status=status,
+            failure_reason=failure_reason,
+            provider_reference=stored.withdrawal.provider_reference or provider_reference,
+            submitted_at=stored.withdrawal.submitted_at or self.state.now,
+        )
+        stored.finish_transaction_id = finish_transaction_id
+        return True
+
+
+def _replay(stored: StoredKey, hashed: bytes, reply_type: type[Reply]) -> Reply:
+    if stored.request_hash != hashed:
+        raise request_id_reused()
+    if stored.error is not None:
+        raise stored.error
+    assert stored.reply is not None
+    return reply_type.FromString(stored.reply)
+
+
+def _grouped(credits: list[StoredCredit], key: Callable[[StoredCredit], str | None]) -> list[EarningsRow]:
+    groups: dict[str, list[StoredCredit]] = defaultdict(list)
+    for stored in credits:
+        group = key(stored)
+        assert group is not None
+        groups[group].append(stored)
+    return [
+        EarningsRow(
+            group,
+            sum(stored.credit.diamonds for stored in members),
+            len(members),
+            max(stored.created_at for stored in members),
+        )
+        for group, members in groups.items()
+    ]
+
+
+class ScriptedPayoutProvider:
+    """A payout provider that answers what the test tells it: the state each submission and status look returns,
+    whether a cancel may still stop the payout, or an outage (raises)."""
+
+    def __init__(self) -> None:
+        self.submit_state = PayoutState.PROCESSING
+        self.status_state = PayoutState.PAID
+        self.failure_reason = "the bank refused the payout"
+        self.lets_go = True
+        self.down = False
+        self.submitted: list[str] = []
+
+    async def submit(
+        self, *, withdrawal_id: str, destination: str, amount_minor: int, currency_code: str
+    ) -> PayoutResult:
+        self._answer()
+        self.submitted.append(withdrawal_id)
+        return self._result(self.submit_state, f"ref-{withdrawal_id}")
+
+    async def status(self, *, withdrawal_id: str, provider_reference: str) -> PayoutResult:
+        self._answer()
+        return self._result(self.status_state, provider_reference)
+
+    async def cancel(self, *, withdrawal_id: str, destination: str, provider_reference: str | None) -> bool:
+        self._answer()
+        return self.lets_go
+
+    def _answer(self) -> None:
+        if self.down:
+            raise ConnectionError("the payout provider is down")
+
+    def _result(self, state: PayoutState, reference: str) -> PayoutResult:
+        reason = self.failure_reason if state is PayoutState.FAILED else ""
+        return PayoutResult(state, reference, reason)
