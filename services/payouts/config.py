@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.reconcile.reconciler import ReconcileSettings
 from services.runtime.config import RuntimeSettings
@@ -59,6 +59,15 @@ class PayoutsSettings(RuntimeSettings):
     payout_provider: Literal["sandbox"] = "sandbox"
     # How long the sandbox payout provider takes to pay a "sandbox:ok…" destination.
     payouts_sandbox_settle_seconds: float = Field(default=2.0, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _minimum_within_the_daily_cap(self) -> Self:
+        if self.payouts_minimum_withdrawal_diamonds > self.payouts_daily_withdrawal_cap_diamonds:
+            raise ValueError(
+                f"{self.env_name('payouts_minimum_withdrawal_diamonds')} must not exceed"
+                f" {self.env_name('payouts_daily_withdrawal_cap_diamonds')}: no withdrawal could be made"
+            )
+        return self
 
     def production_problems(self) -> list[str]:
         problems = [
