@@ -3,6 +3,8 @@ failed ones give their diamonds back, a provider outage loses nothing."""
 
 from __future__ import annotations
 
+from structlog.testing import capture_logs
+
 from services.payouts import domain
 from services.payouts.domain import WithdrawalStatus
 from services.payouts.payout_provider import PayoutState
@@ -61,7 +63,9 @@ async def test_a_payout_failing_after_submission_returns_the_diamonds() -> None:
 async def test_a_provider_outage_leaves_the_withdrawal_pending_for_a_later_look() -> None:
     payouts, withdrawal_id = await with_withdrawal()
     payouts.provider.down = True
-    assert await payouts.worker.process_due_withdrawals() == 1
+    with capture_logs() as logs:  # captured, not rendered: a traceback's rendering takes most of a second
+        assert await payouts.worker.process_due_withdrawals() == 1
+    assert [entry["event"] for entry in logs] == ["payout_provider_call_failed"]
     assert status_of(payouts, withdrawal_id).status is WithdrawalStatus.PENDING
     assert await payouts.worker.process_due_withdrawals() == 0  # postponed, behind the others
     payouts.provider.down = False
