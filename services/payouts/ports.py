@@ -104,6 +104,13 @@ class PayoutsTransaction(Protocol):
 
 
 class PayoutsStore(Protocol):
+    @property
+    def data_errors(self) -> tuple[type[Exception], ...]:
+        """The store's errors that the data written can cause (a constraint it breaks, a value out of range), as
+        opposed to the store failing (unreachable, restarting): settlement tells a poison event from an outage by
+        them."""
+        ...
+
     def transaction(self) -> AbstractAsyncContextManager[PayoutsTransaction]: ...
 
     async def run_once(

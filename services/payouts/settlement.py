@@ -22,7 +22,6 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.payouts import dead_letters, domain
 from services.payouts.ports import PayoutsStore, PayoutsTransaction
-from services.payouts.store import DATA_ERRORS
 from services.runtime import limits, tracing
 from services.runtime.errors import AppError
 from services.runtime.faults import crash_point
@@ -41,16 +40,11 @@ RETRY_PAUSE_SECONDS = 1.0
 # Deliveries after which an event that fails on its own is dead-lettered. Redeliveries during an outage count
 # toward it too (JetStream counts deliveries, not causes), but an outage alone never dead-letters an event.
 DEFAULT_MAX_DELIVERIES = 5
-# Failures that can come from one event's data: a constraint it breaks, a value out of range, a rule (an assertion,
-# an arithmetic error) it trips. Anything else — the database unreachable or restarting, a lost connection, a
-# deadlock, a missing table after a bad deploy — says nothing about the events, and is retried for as long as it
-# lasts without counting towards dead-lettering.
-POISON_ERRORS = (
-    *DATA_ERRORS,
-    AssertionError,
-    ArithmeticError,
-    ValueError,
-)
+# Failures that can come from one event's data besides the store's data errors (a constraint it breaks, a value out
+# of range): a rule it trips (an assertion, an arithmetic error, an unbalanced ledger transaction). Anything else —
+# the database unreachable or restarting, a lost connection, a deadlock, a missing table after a bad deploy — says
+# nothing about the events, and is retried for as long as it lasts without counting towards dead-lettering.
+RULE_ERRORS: tuple[type[Exception], ...] = (AssertionError, ArithmeticError, ValueError)
 
 GIFTS_SETTLED = Counter("coinstream_payouts_gifts_settled_total", "Gifts credited to creators (first delivery only)")
 DUPLICATE_GIFTS = Counter("coinstream_payouts_duplicate_gifts_total", "GiftSent deliveries already settled")
@@ -138,6 +132,11 @@ class Settlement:
         self._store = store
         # Diamonds of gifts settled now stay pending this long (0: available at once).
         self._hold_seconds = hold_seconds
+
+    def could_be_the_events(self, error: Exception) -> bool:
+        """Whether a failed settlement may be the gifts' fault (so retrying them one by one, and dead-lettering one
+        that keeps failing, makes sense), rather than the store's."""
+        return isinstance(error, (*self._store.data_errors, *RULE_ERRORS))
 
     async def settle(self, gifts: list[domain.GiftToSettle]) -> int:
         """Credits the gifts not settled before, in one transaction; returns how many that was."""
@@ -257,7 +256,7 @@ class SettlementConsumer:
         try:
             settled = await self._settlement.settle(gifts)
         except Exception as error:
-            if not could_be_the_events(error):
+            if not self._settlement.could_be_the_events(error):
                 log.warning("settlement_batch_failed", messages=len(readable), error=repr(error))
                 await self._retry_later(readable)
                 return
@@ -274,7 +273,10 @@ class SettlementConsumer:
             try:
                 settled = await self._settlement.settle([gift])
             except Exception as error:
-                if could_be_the_events(error) and message.metadata.num_delivered >= self._max_deliveries:
+                if (
+                    self._settlement.could_be_the_events(error)
+                    and message.metadata.num_delivered >= self._max_deliveries
+                ):
                     reason = f"settlement failed on delivery {message.metadata.num_delivered}: {error!r}"
                     if not await self._dead_letter(message, reason):
                         failed.append(message)
@@ -338,10 +340,6 @@ async def measure_consumer(js: JetStreamContext) -> None:
     CONSUMER_PENDING.labels(SETTLEMENT_CONSUMER).set(info.num_pending or 0)
     CONSUMER_ACK_PENDING.labels(SETTLEMENT_CONSUMER).set(info.num_ack_pending or 0)
     CONSUMER_REDELIVERED.labels(SETTLEMENT_CONSUMER).set(info.num_redelivered or 0)
-
-
-def could_be_the_events(error: Exception) -> bool:
-    return isinstance(error, POISON_ERRORS)
 
 
 async def _quietly(operation: Awaitable[object]) -> None:

@@ -31,10 +31,6 @@ from services.runtime.errors import unavailable
 Connection = asyncpg.Connection | PoolConnectionProxy
 Executor = Connection | asyncpg.Pool
 
-# Errors of the database that the data written can cause (a constraint it breaks, a value out of range), as opposed
-# to the database being unreachable or failing: settlement tells a poison event from an outage by them.
-DATA_ERRORS: tuple[type[Exception], ...] = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
-
 PROFILE_COLUMNS = "creator_id, kyc_verified, payout_destination"
 BALANCE_COLUMNS = "creator_id, available_diamonds, reserved_diamonds, lifetime_diamonds, pending_diamonds"
 WITHDRAWAL_COLUMNS = (
@@ -50,6 +46,9 @@ TARGET_COLUMNS = {EarningsGroupBy.STREAM: "stream_id", EarningsGroupBy.VIDEO: "v
 
 
 class PostgresPayoutsStore:
+    # A constraint the data breaks (a CHECK, a unique key, the ledger's balance trigger), a value out of range.
+    data_errors: tuple[type[Exception], ...] = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 

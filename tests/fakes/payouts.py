@@ -96,6 +96,8 @@ class State:
 
 
 class FakePayoutsStore:
+    data_errors: tuple[type[Exception], ...] = (ConstraintViolation,)
+
     def __init__(self) -> None:
         self.state = State()
         self._one_at_a_time = asyncio.Lock()

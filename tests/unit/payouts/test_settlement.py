@@ -6,6 +6,8 @@ import pytest
 
 from services.payouts import domain
 from services.payouts.domain import GiftToSettle
+from services.runtime.ledger import UnbalancedTransaction
+from tests.fakes.payouts import ConstraintViolation
 from tests.unit.payouts.helpers import Payouts, assert_ledger_agrees
 
 
@@ -138,3 +140,11 @@ async def test_a_withdrawal_counts_credits_whose_hold_is_over_before_the_worker_
     assert payouts.balances("amy") == (0, 2000, 0)
     assert payouts.balances("bob") == (0, 0, 10)
     assert_ledger_agrees(payouts.store)
+
+
+def test_a_failure_the_data_can_cause_is_told_from_an_outage() -> None:
+    settlement = Payouts().settlement
+    assert settlement.could_be_the_events(ConstraintViolation("negative balance"))
+    assert settlement.could_be_the_events(UnbalancedTransaction("postings do not sum to zero"))
+    assert settlement.could_be_the_events(AssertionError("a rule"))
+    assert not settlement.could_be_the_events(ConnectionError("the database restarted"))
