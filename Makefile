@@ -6,7 +6,7 @@ UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synced
 
-.PHONY: install proto check-proto lint test test-containers run bench bench-quick soak demo token clean
+.PHONY: install proto check-proto lint check test test-containers run bench bench-quick soak demo token clean
 
 install: $(STAMP)
 
@@ -26,10 +26,20 @@ check-proto: install
 lint: install
 	$(VENV)/bin/ruff check services devstack tests scripts bench src
 
-# Two test processes, each taking a whole test file at a time with a stack of its own (tests/conftest.py): a test
-# mostly waits for the services, so two processes halve the wall time on two cores. TEST_WORKERS=0: one process.
+# The static checks, a few seconds: ruff, then buf lint and buf breaking of protos/ against the last release's image
+# (buf.yaml; protos/released/README.md says how a release refreshes it), then mypy, strict on services/
+# (pyproject's [tool.mypy]).
+RELEASED_PROTOS = $(wildcard protos/released/coinstream-*.json)
+check: lint
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf breaking --against $(RELEASED_PROTOS)
+	$(VENV)/bin/mypy -p services
+
+# make check first (seconds; it stops make test before the suite), then two test processes, each taking a whole test
+# file at a time with a stack of its own (tests/conftest.py): a test mostly waits for the services, so two processes
+# halve the wall time on two cores. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-test: install
+test: check
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The image and the compose stack for real (needs Docker with Compose v2; says so and fails without): builds
