@@ -58,8 +58,8 @@ class AppError(Exception):
             delay.FromNanoseconds(max(1_000_000, int(self.retry_after_seconds * 1e9)))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         status = status_pb2.Status(code=_RPC_CODES[self.code], message=self.message, details=details)
-        grpc_status: grpc.Status = rpc_status.to_status(status)  # grpcio-status is untyped (pyproject's [tool.mypy])
-        return grpc_status
+        answer: grpc.Status = rpc_status.to_status(status)  # grpcio-status is untyped (pyproject's [tool.mypy])
+        return answer
 
 
 _OUTCOME_CODES = frozenset(

@@ -41,13 +41,13 @@ class PemFile:
             raise TlsSettingError(f"{self.setting}: cannot read {self.path!r}: {error.strerror or error}") from None
 
 
-class Settings(Protocol):
+class FileSettings(Protocol):
     """Settings whose fields name files: BaseSettings, whose env_prefix gives each field's environment variable."""
 
     model_config: ClassVar[SettingsConfigDict]
 
 
-def setting_file(settings: Settings, field: str) -> PemFile | None:
+def setting_file(settings: FileSettings, field: str) -> PemFile | None:
     """The file a settings field names (None when the field is empty), with its environment variable."""
     path = getattr(settings, field)
     if not path:
@@ -71,7 +71,7 @@ def nats_urls_are_tls(nats_url: str) -> bool:
     return bool(urls) and all(url.startswith("tls://") for url in urls)
 
 
-class NatsTlsSettings(Settings, Protocol):
+class NatsTlsSettings(FileSettings, Protocol):
     """What nats_ssl_context reads: the services' settings (RuntimeSettings) and reconcile's both have it."""
 
     nats_url: str
