@@ -9,8 +9,9 @@ import gc
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -302,7 +303,9 @@ def _settle_garbage_collection() -> None:
     gc.set_threshold(GC_YOUNGEST_THRESHOLD, middle, oldest)
 
 
-def main(serve: Callable[[], Awaitable[None]], settings: Callable[[], RuntimeSettings], migrations: Path) -> None:
+def main(
+    serve: Callable[[], Coroutine[Any, Any, None]], settings: Callable[[], RuntimeSettings], migrations: Path
+) -> None:
     """A service's command line: `python -m services.<name>` serves; `python -m services.<name> migrate` applies the
     pending migrations of its database and exits (0 when done), without starting the service."""
     arguments = sys.argv[1:]
@@ -314,7 +317,7 @@ def main(serve: Callable[[], Awaitable[None]], settings: Callable[[], RuntimeSet
             sys.exit(f"{refused}")
         return
     if arguments != ["migrate"]:
-        sys.exit(f"usage: python -m {sys.modules['__main__'].__spec__.name} [migrate]")  # type: ignore[union-attr]
+        sys.exit(f"usage: {_command()} [migrate]")
     try:
         with migration_only():  # production checks the database connection only: a migration serves nothing
             configured = settings()
@@ -323,3 +326,9 @@ def main(serve: Callable[[], Awaitable[None]], settings: Callable[[], RuntimeSet
     configure_logging(configured.service_name, configured.log_level, configured.log_format)
     applied = uvloop.run(database.migrate(configured, migrations))
     log.info("migrate_done", applied=applied)
+
+
+def _command() -> str:
+    """How this service was started: `python -m services.<name>` (its __main__), else the script's path."""
+    spec = sys.modules["__main__"].__spec__
+    return f"python -m {spec.name}" if spec is not None else sys.argv[0]

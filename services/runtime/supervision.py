@@ -44,7 +44,7 @@ class SupervisionPolicy:
         exponent = max(0, consecutive_failures - 1)
         if exponent > 32:  # far past the cap; keeps 2**n small
             return self.max_backoff_seconds
-        return min(self.max_backoff_seconds, self.first_backoff_seconds * 2**exponent)
+        return min(self.max_backoff_seconds, self.first_backoff_seconds * 2.0**exponent)
 
 
 class WorkerSupervisor:
