@@ -328,7 +328,10 @@ async def run_once(
     return outcome
 
 
-async def delete_expired(pool: asyncpg.Pool, retention_days: int, batch_size: int = 1000) -> int:
+EXPIRED_KEYS_PER_PASS = 1000
+
+
+async def delete_expired(pool: asyncpg.Pool, retention_days: int, batch_size: int = EXPIRED_KEYS_PER_PASS) -> int:
     """Forgets completed keys older than the retention (the contract promises at least 7 days)."""
     result = await pool.execute(
         "DELETE FROM idempotency_keys WHERE request_id IN ("

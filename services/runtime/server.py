@@ -31,7 +31,7 @@ from services.runtime.faults import enable_fault_points
 from services.runtime.interceptors import ServiceInterceptor
 from services.runtime.logging import configure_logging
 from services.runtime.rate_limits import CallerRateLimiter
-from services.runtime.supervision import SupervisionPolicy, Worker, WorkerSupervisor
+from services.runtime.supervision import OnePass, SupervisionPolicy, Worker, WorkerSupervisor, periodic
 
 log = structlog.get_logger()
 
@@ -111,7 +111,7 @@ class ServiceRuntime:
     def use_database(self, service_migrations: Path) -> asyncpg.Pool:
         self._migrations = service_migrations
         self.pool = database.new_pool(self.settings)
-        self.add_worker("idempotency_cleanup", self._clean_idempotency_keys)
+        self.add_periodic("idempotency_cleanup", IDEMPOTENCY_CLEANUP_INTERVAL_SECONDS, self._clean_idempotency_keys)
         return self.pool
 
     def use_nats(self) -> NatsClient:
@@ -129,7 +129,13 @@ class ServiceRuntime:
         self._service_names.append(full_name)
 
     def add_worker(self, name: str, worker: Worker) -> None:
+        """A background worker with a loop of its own, supervised (restarted after a failure, health per worker)."""
         self._workers[name] = worker
+
+    def add_periodic(self, name: str, interval_seconds: float, one_pass: OnePass) -> None:
+        """Periodic work as a supervised worker: one_pass every interval_seconds, or again at once when it says
+        more is due."""
+        self.add_worker(name, periodic(interval_seconds, one_pass))
 
     async def start(self) -> int:
         """Starts listening (health NOT_SERVING until ready); returns the bound port."""
@@ -260,13 +266,12 @@ class ServiceRuntime:
         except (OSError, asyncpg.PostgresError, TimeoutError):
             return False
 
-    async def _clean_idempotency_keys(self) -> None:
+    async def _clean_idempotency_keys(self) -> bool:
         assert self.pool is not None
-        while True:
-            deleted = await idempotency.delete_expired(self.pool, self.settings.idempotency_retention_days)
-            if deleted:
-                log.info("idempotency_keys_expired", deleted=deleted)
-            await asyncio.sleep(IDEMPOTENCY_CLEANUP_INTERVAL_SECONDS if deleted < 1000 else 1.0)
+        deleted = await idempotency.delete_expired(self.pool, self.settings.idempotency_retention_days)
+        if deleted:
+            log.info("idempotency_keys_expired", deleted=deleted)
+        return deleted >= idempotency.EXPIRED_KEYS_PER_PASS
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ["", *self._service_names]:
