@@ -10,9 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from coinstream.client import NotServingError, wait_until_serving
 from coinstream.testing.running import Coinstream
 
 SERVICES = {"wallet": 50051, "gifts": 50052, "payouts": 50053}
@@ -112,17 +110,8 @@ def _psql(postgres: object, password: str, statement: str) -> tuple[int, str]:
 
 
 def _wait_serving(service: str, address: str, container: object) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                logs = b"".join(container.get_logs()).decode(errors="replace")[-3000:]  # type: ignore[attr-defined]
-                raise TimeoutError(f"coinstream {service} not SERVING after {START_TIMEOUT_SECONDS:.0f} s:\n{logs}")
-            time.sleep(0.5)
+    try:
+        wait_until_serving(address, timeout_seconds=START_TIMEOUT_SECONDS, poll_seconds=0.5)
+    except NotServingError:
+        logs = b"".join(container.get_logs()).decode(errors="replace")[-3000:]  # type: ignore[attr-defined]
+        raise TimeoutError(f"coinstream {service} not SERVING after {START_TIMEOUT_SECONDS:.0f} s:\n{logs}") from None
