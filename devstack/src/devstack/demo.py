@@ -185,6 +185,18 @@ class LiveStreamDemo:
             rpc_name = type(request).__name__.removesuffix("Request")  # the contract names FooRequest after Foo
             raise CallFailed(rpc_name, CallError.of(error)) from None
 
+    def gift_request(
+        self, label: str, fan_index: int, gift_id: str, quantity: int, **target: str
+    ) -> gifts_pb2.SendGiftRequest:
+        """A fan's gift to a stream (stream_id=…) or to a video (video_id=…)."""
+        return gifts_pb2.SendGiftRequest(
+            request_id=self.request_id(f"{label}-{gift_id}"),
+            sender_id=self.fans[fan_index],
+            gift_id=gift_id,
+            quantity=quantity,
+            **target,
+        )
+
     def step(self, number: int, title: str) -> None:
         self.console.rule(f"[bold]{number}. {title}", align="left")
 
@@ -283,13 +295,7 @@ class LiveStreamDemo:
             if gift_id not in catalog:
                 table.add_row(self.fans[fan_index], gift_id, str(quantity), "", "", "", "", "[yellow]not in catalog[/]")
                 continue
-            request = gifts_pb2.SendGiftRequest(
-                request_id=self.request_id(f"gift-{gift_id}"),
-                sender_id=self.fans[fan_index],
-                stream_id=self.stream_id,
-                gift_id=gift_id,
-                quantity=quantity,
-            )
+            request = self.gift_request("gift", fan_index, gift_id, quantity, stream_id=self.stream_id)
             response = self.send_one_gift(request, catalog[gift_id], table)
             if response is not None:
                 last_sent = (request, response)
@@ -383,13 +389,7 @@ class LiveStreamDemo:
         video = self.call(self.clients.gifts.UpsertVideo, request).video
         self.done(f"video {video.video_id} of {video.creator_id} takes gifts")
         fan_index, gift_id, quantity = VIDEO_GIFT
-        gift_request = gifts_pb2.SendGiftRequest(
-            request_id=self.request_id(f"video-gift-{gift_id}"),
-            sender_id=self.fans[fan_index],
-            video_id=video.video_id,
-            gift_id=gift_id,
-            quantity=quantity,
-        )
+        gift_request = self.gift_request("video-gift", fan_index, gift_id, quantity, video_id=video.video_id)
         gift = self.call(self.clients.gifts.SendGift, gift_request).gift
         self.gifts_to_creator += 1
         summary = self.call(
@@ -414,13 +414,8 @@ class LiveStreamDemo:
         match = self.call(self.clients.gifts.StartMatch, request).match
         self.done(f"match {match.match_id} until {match.ends_at.ToDatetime():%H:%M:%S} UTC")
         for fan_index, gift_id, quantity, for_creator in MATCH_PLAN:
-            gift_request = gifts_pb2.SendGiftRequest(
-                request_id=self.request_id(f"match-gift-{gift_id}"),
-                sender_id=self.fans[fan_index],
-                stream_id=self.stream_id if for_creator else self.rival_stream_id,
-                gift_id=gift_id,
-                quantity=quantity,
-            )
+            stream_id = self.stream_id if for_creator else self.rival_stream_id
+            gift_request = self.gift_request("match-gift", fan_index, gift_id, quantity, stream_id=stream_id)
             gift = self.call(self.clients.gifts.SendGift, gift_request).gift
             if for_creator:
                 self.gifts_to_creator += 1
