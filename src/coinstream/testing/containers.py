@@ -11,9 +11,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from coinstream.client import NotServingError, wait_until_serving
 from coinstream.testing.running import Coinstream
 
 if TYPE_CHECKING:  # testcontainers is imported when the containers flavour runs, not with the plugin
@@ -116,17 +114,8 @@ def _psql(postgres: DockerContainer, password: str, statement: str) -> tuple[int
 
 
 def _wait_serving(service: str, address: str, container: DockerContainer) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                logs = b"".join(container.get_logs()).decode(errors="replace")[-3000:]
-                raise TimeoutError(f"coinstream {service} not SERVING after {START_TIMEOUT_SECONDS:.0f} s:\n{logs}")
-            time.sleep(0.5)
+    try:
+        wait_until_serving(address, timeout_seconds=START_TIMEOUT_SECONDS, poll_seconds=0.5)
+    except NotServingError:
+        logs = b"".join(container.get_logs()).decode(errors="replace")[-3000:]
+        raise TimeoutError(f"coinstream {service} not SERVING after {START_TIMEOUT_SECONDS:.0f} s:\n{logs}") from None
