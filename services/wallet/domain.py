@@ -1,5 +1,5 @@
 """Wallet rules with no I/O: coin packages, promotions and their bonus, who may spend, spending limits, and the
-postings of each movement.
+postings of each movement; and the values the use cases (service.py) take and return: commands, results, rows.
 
 Ledger accounts: a user has two, its paid bucket '<account_id>' (coins bought with money) and its bonus bucket
 '<account_id>:bonus' (coins from promotions); the platform's are 'system:*' (a ':' never appears in user ids).
