@@ -38,7 +38,7 @@ KIND_TO_PROTO = {
 # --- requests ---------------------------------------------------------------------------------------------------
 
 
-def request_key(request: Message, request_id: str) -> domain.RequestKey:
+def request_key(request: idempotency.MutatingRequest, request_id: str) -> domain.RequestKey:
     """request's key, once its request_id is scoped to the caller: the fingerprint covers the request as the key
     stores it (the same bytes as before use cases took commands, so keys stored then still match)."""
     method = idempotency.method_name(request)
