@@ -76,9 +76,10 @@ async def main() -> None:
         provider_timeout_seconds=settings.payouts_provider_timeout_seconds,
     )
 
-    runtime.add_service(
-        payouts_pb2_grpc.add_PayoutServiceServicer_to_server,
-        PayoutsServicer(payouts),
+    servicer = PayoutsServicer(payouts)
+    runtime.add_service(  # add_service takes any servicer; the generated register function wants its own type
+        lambda _, server: payouts_pb2_grpc.add_PayoutServiceServicer_to_server(servicer, server),
+        servicer,
         payouts_pb2.DESCRIPTOR.services_by_name["PayoutService"].full_name,
     )
     runtime.add_worker("settlement", settlement.run_forever)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
@@ -32,6 +32,9 @@ from services.payouts.domain import (
 )
 from services.payouts.payout_provider import PayoutProvider
 
+if TYPE_CHECKING:
+    from services.runtime.idempotency import MutatingRequest
+
 __all__ = ["IdempotentRequest", "PayoutProvider", "PayoutsStore", "PayoutsTransaction"]
 
 Result = TypeVar("Result")
@@ -44,7 +47,7 @@ class IdempotentRequest(Generic[Result, Reply]):
     caller-scoped request_id and its hash key the outcome), the reply stored with it and replayed byte for byte, and
     how the use case's result becomes that reply. The servicer builds it; the use case only hands it to the store."""
 
-    message: Message
+    message: MutatingRequest
     reply_type: type[Reply]
     reply: Callable[[Result], Reply]
 

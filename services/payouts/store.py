@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from services.payouts.domain import (
     Balances,
@@ -26,10 +25,8 @@ from services.payouts.domain import (
 )
 from services.payouts.ports import IdempotentRequest, Reply, Result
 from services.runtime import idempotency
+from services.runtime.database import Connection, Executor
 from services.runtime.errors import unavailable
-
-Connection = asyncpg.Connection | PoolConnectionProxy
-Executor = Connection | asyncpg.Pool
 
 PROFILE_COLUMNS = "creator_id, kyc_verified, payout_destination"
 BALANCE_COLUMNS = "creator_id, available_diamonds, reserved_diamonds, lifetime_diamonds, pending_diamonds"
@@ -64,7 +61,7 @@ class PostgresPayoutsStore:
     ) -> Reply:
         """The runtime's idempotency (the key claimed and the reply stored in the operation's transaction)."""
 
-        async def replying(conn: asyncpg.Connection) -> Reply:
+        async def replying(conn: Connection) -> Reply:
             return request.reply(await operation(PostgresTransaction(conn)))
 
         return await idempotency.run_once(self._pool, request.message, request.reply_type, replying)

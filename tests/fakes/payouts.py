@@ -131,7 +131,7 @@ class FakePayoutsStore:
         operation: Callable[[FakeTransaction], Awaitable[Result]],
     ) -> Reply:
         message = request.message
-        request_id: str = message.request_id  # type: ignore[attr-defined]  # protobuf: every mutating request has one
+        request_id = message.request_id
         hashed = idempotency.request_hash(idempotency.method_name(message), message)
         outcome: Reply | AppError
         async with self.transaction() as tx:
