@@ -77,8 +77,8 @@ async def main() -> None:
     )
 
     servicer = PayoutsServicer(payouts)
-    runtime.add_service(  # add_service takes any servicer; the generated register function wants its own type
-        lambda _, server: payouts_pb2_grpc.add_PayoutServiceServicer_to_server(servicer, server),
+    runtime.add_service(
+        payouts_pb2_grpc.add_PayoutServiceServicer_to_server,
         servicer,
         payouts_pb2.DESCRIPTOR.services_by_name["PayoutService"].full_name,
     )

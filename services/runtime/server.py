@@ -11,7 +11,7 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import grpc
@@ -25,6 +25,7 @@ from prometheus_client import start_http_server
 
 from services.runtime import database, idempotency, messaging, tls, tracing
 from services.runtime.auth import TokenVerifier
+from services.runtime.authorization import undeclared_rpcs
 from services.runtime.batching import LoopLag
 from services.runtime.config import RuntimeSettings, migration_only
 from services.runtime.faults import enable_fault_points
@@ -33,6 +34,7 @@ from services.runtime.logging import configure_logging
 from services.runtime.rate_limits import CallerRateLimiter
 from services.runtime.supervision import OnePass, SupervisionPolicy, Worker, WorkerSupervisor, periodic
 
+ServicerT = TypeVar("ServicerT")
 log = structlog.get_logger()
 
 READINESS_CHECK_INTERVAL_SECONDS = 5.0
@@ -123,8 +125,13 @@ class ServiceRuntime:
         self._startup_steps.append(step)
 
     def add_service(
-        self, register: Callable[[object, grpc.aio.Server], None], servicer: object, full_name: str
+        self, register: Callable[[ServicerT, grpc.aio.Server], None], servicer: ServicerT, full_name: str
     ) -> None:
+        """Serves servicer's RPCs; refuses one whose RPCs do not all declare who may call them (authorization.py),
+        so a new RPC cannot ship open by omission."""
+        undeclared = undeclared_rpcs(servicer)
+        if undeclared:
+            raise TypeError(f"{type(servicer).__name__} declares no access for {', '.join(undeclared)}")
         register(servicer, self._server)
         self._service_names.append(full_name)
 

@@ -31,8 +31,8 @@ async def main() -> None:
         settings.batch_policy(),
     )
     servicer = WalletServicer(wallet)
-    runtime.add_service(  # add_service takes any servicer; the generated register function wants its own type
-        lambda _, server: wallet_pb2_grpc.add_WalletServiceServicer_to_server(servicer, server),
+    runtime.add_service(
+        wallet_pb2_grpc.add_WalletServiceServicer_to_server,
         servicer,
         wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
     )
