@@ -21,7 +21,8 @@ from services.payouts.settlement import (
     measure_consumer,
 )
 from services.payouts.store import PostgresPayoutsStore
-from services.reconcile.periodic import reconcile_forever
+from services.reconcile.periodic import reconcile_once
+from services.reconcile.reconciler import ReconcileSettings
 from services.runtime import polling
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
@@ -83,23 +84,26 @@ async def main() -> None:
         payouts_pb2.DESCRIPTOR.services_by_name["PayoutService"].full_name,
     )
     runtime.add_worker("settlement", settlement.run_forever)
-    runtime.add_worker("payouts", payout_worker.run_forever)
+    runtime.add_periodic("payouts", settings.payouts_worker_interval_seconds, payout_worker.process_due_withdrawals)
     maturity = MaturityWorker(
         store,
         batch_size=settings.payouts_maturity_batch_size,
         interval_seconds=settings.payouts_maturity_interval_seconds,
     )
     # Always running, also with no hold configured: credits held before a restart still mature.
-    runtime.add_worker("maturity", maturity.run_forever)
+    runtime.add_periodic("maturity", settings.payouts_maturity_interval_seconds, maturity.run_once)
     if settings.payouts_reconcile_interval_seconds > 0:
-        runtime.add_worker("reconcile", lambda: reconcile_forever(settings.payouts_reconcile_interval_seconds))
+        reconcile_settings = ReconcileSettings()
+        runtime.add_periodic(
+            "reconcile", settings.payouts_reconcile_interval_seconds, lambda: reconcile_once(reconcile_settings)
+        )
     if settings.metrics_port:
         probes = {
             "settlement_consumer": lambda: measure_consumer(js),
             "dead_letters": lambda: measure_dead_letters(js),
             "withdrawals": lambda: measure_withdrawals(store),
         }
-        runtime.add_worker("metrics", lambda: polling.poll_forever(settings.metrics_poll_interval_seconds, probes))
+        runtime.add_periodic("metrics", settings.metrics_poll_interval_seconds, lambda: polling.poll_once(probes))
     await runtime.run()
 
 

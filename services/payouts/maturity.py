@@ -8,8 +8,6 @@ everything due; a withdrawal also matures its own creator's due credits first, s
 
 from __future__ import annotations
 
-import asyncio
-
 import structlog
 from prometheus_client import Counter
 
@@ -48,11 +46,9 @@ class MaturityWorker:
         self._batch_size = batch_size
         self._interval_seconds = interval_seconds
 
-    async def run_forever(self) -> None:
-        while True:
-            matured = await self.mature_once()
-            if matured < self._batch_size:  # a full batch means more may be due: go on at once
-                await asyncio.sleep(self._interval_seconds)
+    async def run_once(self) -> bool:
+        """One pass (ServiceRuntime.add_periodic); True when it matured a full batch, so more may be due at once."""
+        return await self.mature_once() >= self._batch_size
 
     async def mature_once(self) -> int:
         async with self._store.transaction() as tx:

@@ -45,11 +45,6 @@ class PayoutWorker:
         self._check_interval_seconds = check_interval_seconds
         self._provider_timeout_seconds = provider_timeout_seconds
 
-    async def run_forever(self) -> None:
-        while True:
-            await self.process_due_withdrawals()
-            await asyncio.sleep(self._check_interval_seconds)
-
     async def process_due_withdrawals(self) -> int:
         """Looks at up to batch_size due withdrawals; returns how many it looked at."""
         for handled in range(self._batch_size):

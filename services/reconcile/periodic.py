@@ -3,8 +3,6 @@ the same checks as `coinstream reconcile`, with the outcome as metrics for alert
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 import structlog
 from prometheus_client import Gauge
@@ -24,14 +22,7 @@ log = structlog.get_logger()
 DEFAULT_THRESHOLDS = Thresholds()
 
 
-async def reconcile_forever(interval_seconds: float, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> None:
-    settings = ReconcileSettings()
-    while True:
-        await reconcile_once(settings, thresholds)
-        await asyncio.sleep(interval_seconds)
-
-
-async def reconcile_once(settings: ReconcileSettings, thresholds: Thresholds) -> None:
+async def reconcile_once(settings: ReconcileSettings, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> None:
     """One run. Another service's database being unreachable is not this worker failing (it would turn payouts'
     worker health NOT_SERVING): it is logged, and the last-success timestamp goes stale for the alert."""
     try:

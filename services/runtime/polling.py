@@ -27,12 +27,6 @@ PROBE_FAILURES = Counter(
 log = structlog.get_logger()
 
 
-async def poll_forever(interval_seconds: float, probes: Mapping[str, Probe]) -> None:
-    while True:
-        await poll_once(probes)
-        await asyncio.sleep(interval_seconds)
-
-
 async def poll_once(probes: Mapping[str, Probe]) -> None:
     for name, probe in probes.items():
         try:

@@ -3,7 +3,6 @@ idempotent function a client retry would use, so running it twice, or racing a r
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -27,8 +26,3 @@ async def resume_each(kind: str, resource_ids: list[str], resume: Callable[[str]
         log.info("recovery_pass", kind=kind, resumed=len(resource_ids))
     return len(resource_ids)
 
-
-async def repeat_forever(interval_seconds: float, step: Callable[[], Awaitable[object]]) -> None:
-    while True:
-        await step()
-        await asyncio.sleep(interval_seconds)

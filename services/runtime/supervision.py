@@ -19,16 +19,15 @@ from prometheus_client import Counter, Gauge
 # polls) is one pass made into a worker by periodic(); a worker with its own loop (the outbox relay, the settlement
 # consumer) is added as it is.
 Worker = Callable[[], Awaitable[None]]
-# One pass of periodic work; True means more is due at once (it stopped at a full batch), so the next pass starts
-# without waiting.
-OnePass = Callable[[], Awaitable[bool | None]]
+# One pass of periodic work. It returns True when more is due at once (it stopped at a full batch), so the next pass
+# starts without waiting; anything else (None, a count) waits the interval.
+OnePass = Callable[[], Awaitable[object]]
 
 
 def periodic(interval_seconds: float, one_pass: OnePass) -> Worker:
     async def run() -> None:
         while True:
-            more_due = await one_pass()
-            if not more_due:
+            if await one_pass() is not True:
                 await asyncio.sleep(interval_seconds)
 
     return run

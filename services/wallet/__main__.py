@@ -6,7 +6,6 @@ from pathlib import Path
 
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
-from services.runtime.recovery import repeat_forever
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 from services.wallet.config import WalletSettings
@@ -37,12 +36,10 @@ async def main() -> None:
         wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
     )
 
-    runtime.add_worker(
+    runtime.add_periodic(
         "purchase_recovery",
-        lambda: repeat_forever(
-            settings.wallet_recovery_interval_seconds,
-            lambda: wallet.recover_pending_purchases(settings.wallet_recovery_age_seconds),
-        ),
+        settings.wallet_recovery_interval_seconds,
+        lambda: wallet.recover_pending_purchases(settings.wallet_recovery_age_seconds),
     )
     await runtime.run()
 
