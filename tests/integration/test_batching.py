@@ -15,14 +15,13 @@ from coinstream.gifts.v1 import gifts_pb2
 from coinstream.wallet.v1 import wallet_pb2 as w
 
 from services.runtime.config import RuntimeSettings
-from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id, stored_key
-from tests.factories import buy, create_account, wallet_balance
-from tests.grpc_errors import error_reason, violated_fields
-from tests.integration.payouts_helpers import earnings, eventually
-from tests.integration.test_gifts import gift_request, go_live, summary_of
-from tests.integration.test_gifts_crash import CONNECTION_LOST, gifts_crashing_at, restart_after_crash, retry
-from tests.integration.test_wallet import expect_error
-from tests.stack import Stack
+from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id, stored_key
+from tests.support.crashes import CONNECTION_LOST, gifts_crashing_at, restart_after_crash, retry
+from tests.support.errors import error_reason, expect_error, violated_fields
+from tests.support.factories import buy, create_account, wallet_balance
+from tests.support.gifts import end_stream, gift_request, go_live, summary_of
+from tests.support.payouts import earnings, eventually
+from tests.support.stack import Stack
 
 GIFT_PRICES = {"rose": 1, "finger_heart": 5, "doughnut": 30, "hand_hearts": 100}
 SETTLEMENT_SECONDS = 30.0
@@ -64,12 +63,6 @@ async def transactions(clients: Clients, account_id: str) -> list[w.Transaction]
     )
     assert not reply.next_page_token
     return list(reply.transactions)
-
-
-async def end_stream(clients: Clients, stream_id: str) -> None:
-    await clients.gifts.EndLiveStream(
-        gifts_pb2.EndLiveStreamRequest(request_id=new_id("end"), stream_id=stream_id), metadata=SERVICE
-    )
 
 
 async def send_all(clients: Clients, requests: Sequence[gifts_pb2.SendGiftRequest]) -> list[object]:
@@ -335,8 +328,8 @@ async def test_many_concurrent_gifts_each_get_their_own_outcome(stack: Stack, cl
     replays = fan_gifts[::3] + combo[::5]  # the same requests again, in flight at the same time
     groups = [combo, short, broke, fan_gifts, to_ended, replays]
     requests = [request for group in groups for request in group]
-    # 191 calls at once. The suite's admission budget (tests/stack.py) is far above the time they queue, so none is
-    # shed: every call gets the outcome of its own gift.
+    # 191 calls at once. The suite's admission budget (tests/support/stack.py) is far above the time they queue, so
+    # none is shed: every call gets the outcome of its own gift.
     outcomes = await send_all(clients, requests)
     combo_results, short_results, broke_results, fan_results, ended_results, replay_results = split(outcomes, groups)
 

@@ -66,9 +66,9 @@ from hypothesis import HealthCheck, given, note, seed, settings
 from hypothesis import strategies as st
 
 from services.runtime.auth import mint_token
-from tests.grpc_errors import error_reason, violated_fields
-from tests.invariants import all_violations
-from tests.stack import AUTH_SECRET, Stack
+from tests.support.errors import error_reason, violated_fields
+from tests.support.invariants import all_violations
+from tests.support.stack import AUTH_SECRET, Stack
 
 EXAMPLES = int(os.environ.get("COINSTREAM_FUZZ_EXAMPLES", "25"))
 SEED = os.environ.get("COINSTREAM_FUZZ_SEED")

@@ -11,84 +11,16 @@ import pytest
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 from coinstream.wallet.v1 import wallet_pb2
-from nats.aio.msg import Msg
 
-from devstack.servers import NatsServer
 from services.runtime.messaging import GIFT_SENT_SUBJECT
-from tests.conftest import SERVICE, Clients, auth, new_id
-from tests.events import messages_on
-from tests.grpc_errors import error_reason, violated_fields
-from tests.stack import Stack
+from tests.support.clients import SERVICE, Clients, auth, new_id
+from tests.support.errors import error_reason, violated_fields
+from tests.support.events import gift_sent_messages
+from tests.support.factories import balance, make_account
+from tests.support.gifts import gift_request, go_live, summary_of
+from tests.support.stack import Stack
 
 # ---------------------------------------------------------------- helpers (also used by test_gifts_crash.py)
-
-
-async def make_account(clients: Clients, *, adult_verified: bool = True, package_id: str | None = None) -> str:
-    """A fresh wallet account, with the coins of one package bought when package_id is given."""
-    account_id = new_id("acct")
-    await clients.wallet.UpsertAccount(
-        wallet_pb2.UpsertAccountRequest(
-            request_id=new_id("req"), account_id=account_id, adult_verified=adult_verified, country_code="US"
-        ),
-        metadata=SERVICE,
-    )
-    if package_id is not None:
-        await clients.wallet.PurchaseCoins(
-            wallet_pb2.PurchaseCoinsRequest(
-                request_id=new_id("req"), account_id=account_id, package_id=package_id, payment_token="tok_ok"
-            ),
-            metadata=SERVICE,
-        )
-    return account_id
-
-
-async def coins_of(clients: Clients, account_id: str) -> int:
-    reply = await clients.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id), metadata=SERVICE)
-    return reply.balance.coins
-
-
-async def go_live(clients: Clients, creator_id: str | None = None) -> gifts_pb2.LiveStream:
-    creator_id = creator_id or await make_account(clients)
-    reply = await clients.gifts.StartLiveStream(
-        gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator_id, title="Friday night"),
-        metadata=auth(creator_id),
-    )
-    return reply.stream
-
-
-def gift_request(
-    sender_id: str, stream_id: str, gift_id: str = "rose", quantity: int = 1, request_id: str | None = None
-) -> gifts_pb2.SendGiftRequest:
-    return gifts_pb2.SendGiftRequest(
-        request_id=request_id or new_id("req"),
-        sender_id=sender_id,
-        stream_id=stream_id,
-        gift_id=gift_id,
-        quantity=quantity,
-    )
-
-
-async def summary_of(clients: Clients, stream_id: str) -> gifts_pb2.StreamSummary:
-    reply = await clients.gifts.GetStreamSummary(
-        gifts_pb2.GetStreamSummaryRequest(stream_id=stream_id), metadata=SERVICE
-    )
-    return reply.summary
-
-
-async def gift_sent_messages(
-    server: NatsServer, gift_transaction_id: str, *, timeout_seconds: float = 15.0
-) -> list[Msg]:
-    """Every GiftSent message for this gift in the GIFTS stream, once at least one arrived (or the time ran out)."""
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        found = [
-            message
-            for message in await messages_on(server, GIFT_SENT_SUBJECT)
-            if message.headers and message.headers.get("Nats-Msg-Id") == gift_transaction_id
-        ]
-        if found or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.2)
 
 
 # ---------------------------------------------------------------- ListGifts
@@ -276,7 +208,7 @@ async def test_send_gift_charges_the_sender_and_credits_the_stream(clients: Clie
     assert (gift.sender_id, gift.recipient_id, gift.stream_id) == (sender, stream.creator_id, stream.stream_id)
     assert (gift.gift_id, gift.quantity, gift.coins) == ("finger_heart", 3, 15)
     assert reply.sender_balance_coins == 330 - 15
-    assert await coins_of(clients, sender) == 330 - 15
+    assert await balance(clients, sender) == 330 - 15
     summary = await summary_of(clients, stream.stream_id)
     assert (summary.total_coins, summary.gift_count) == (15, 1)
     assert [(g.account_id, g.coins) for g in summary.top_gifters] == [(sender, 15)]
@@ -321,7 +253,7 @@ async def test_send_gift_replay_returns_the_same_response_and_charges_once(clien
     first = await clients.gifts.SendGift(request, metadata=auth(sender))
     second = await clients.gifts.SendGift(request, metadata=auth(sender))
     assert second == first
-    assert await coins_of(clients, sender) == 330 - 60
+    assert await balance(clients, sender) == 330 - 60
     assert (await summary_of(clients, stream.stream_id)).gift_count == 1
 
 
@@ -335,7 +267,7 @@ async def test_request_id_reused_with_another_payload_is_refused(clients: Client
         await clients.gifts.SendGift(changed, metadata=auth(sender))
     assert error.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert error_reason(error.value) == "REQUEST_ID_REUSED"
-    assert await coins_of(clients, sender) == 64
+    assert await balance(clients, sender) == 64
 
 
 async def test_concurrent_duplicates_charge_once(clients: Clients) -> None:
@@ -345,7 +277,7 @@ async def test_concurrent_duplicates_charge_once(clients: Clients) -> None:
     replies = await asyncio.gather(*(clients.gifts.SendGift(request, metadata=auth(sender)) for _ in range(10)))
     assert all(reply == replies[0] for reply in replies)
     assert replies[0].sender_balance_coins == 230
-    assert await coins_of(clients, sender) == 230
+    assert await balance(clients, sender) == 230
     summary = await summary_of(clients, stream.stream_id)
     assert (summary.total_coins, summary.gift_count) == (100, 1)
 
@@ -359,7 +291,7 @@ async def test_insufficient_coins_comes_from_the_wallet_and_charges_nothing(clie
             await clients.gifts.SendGift(request, metadata=auth(sender))
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert error_reason(error.value) == "INSUFFICIENT_COINS"
-    assert await coins_of(clients, sender) == 65
+    assert await balance(clients, sender) == 65
     summary = await summary_of(clients, stream.stream_id)
     assert (summary.total_coins, summary.gift_count, len(summary.top_gifters)) == (0, 0, 0)
 
@@ -379,7 +311,7 @@ async def test_gift_to_unknown_stream_is_not_found(clients: Clients) -> None:
         await clients.gifts.SendGift(gift_request(sender, "str_missing"), metadata=auth(sender))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
     assert error_reason(error.value) == "STREAM_NOT_FOUND"
-    assert await coins_of(clients, sender) == 65
+    assert await balance(clients, sender) == 65
 
 
 async def test_gift_to_ended_stream_is_refused(clients: Clients) -> None:
@@ -392,7 +324,7 @@ async def test_gift_to_ended_stream_is_refused(clients: Clients) -> None:
         await clients.gifts.SendGift(gift_request(sender, stream.stream_id), metadata=auth(sender))
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_reason(error.value) == "STREAM_NOT_LIVE"
-    assert await coins_of(clients, sender) == 65
+    assert await balance(clients, sender) == 65
 
 
 async def test_unknown_gift_is_not_found(clients: Clients) -> None:
@@ -402,7 +334,7 @@ async def test_unknown_gift_is_not_found(clients: Clients) -> None:
         await clients.gifts.SendGift(gift_request(sender, stream.stream_id, "unicorn"), metadata=auth(sender))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
     assert error_reason(error.value) == "GIFT_NOT_FOUND"
-    assert await coins_of(clients, sender) == 65
+    assert await balance(clients, sender) == 65
 
 
 async def test_creator_cannot_gift_own_stream(clients: Clients) -> None:
@@ -412,7 +344,7 @@ async def test_creator_cannot_gift_own_stream(clients: Clients) -> None:
         await clients.gifts.SendGift(gift_request(creator, stream.stream_id), metadata=auth(creator))
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_reason(error.value) == "SELF_GIFT"
-    assert await coins_of(clients, creator) == 65
+    assert await balance(clients, creator) == 65
 
 
 async def test_user_cannot_send_gift_as_someone_else(clients: Clients) -> None:
@@ -425,7 +357,7 @@ async def test_user_cannot_send_gift_as_someone_else(clients: Clients) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:  # an admin is not a sender either
         await clients.gifts.SendGift(gift_request(victim, stream.stream_id), metadata=auth("ops", "admin"))
     assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert await coins_of(clients, victim) == 65
+    assert await balance(clients, victim) == 65
 
 
 @pytest.mark.parametrize(
@@ -459,7 +391,7 @@ async def test_invalid_send_gift_is_refused_and_changes_nothing(
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(error.value) == "INVALID_ARGUMENT"
     assert violated_fields(error.value) == fields
-    assert await coins_of(clients, sender) == 65
+    assert await balance(clients, sender) == 65
     assert (await summary_of(clients, stream.stream_id)).gift_count == 0
 
 

@@ -1,5 +1,5 @@
 """The whole money path across the three real services: coins → gifts → diamonds → cash, under concurrency,
-followed each time by the money identities of tests/invariants.py."""
+followed each time by the money identities of tests/support/invariants.py."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import pytest
 from coinstream.gifts.v1 import gifts_pb2 as g
 from coinstream.payouts.v1 import payouts_pb2 as p
 
-from tests.conftest import SERVICE, Clients, auth, new_id
-from tests.factories import balance, buy, create_account
-from tests.grpc_errors import error_reason
-from tests.invariants import all_violations
-from tests.stack import Stack
+from tests.support.clients import SERVICE, Clients, auth, new_id
+from tests.support.errors import error_reason
+from tests.support.factories import balance, buy, create_account
+from tests.support.invariants import all_violations
+from tests.support.payouts import wait_for_diamonds
+from tests.support.stack import Stack
 
 
 async def start_stream(clients: Clients, creator_id: str) -> str:
@@ -34,15 +35,6 @@ def gift_request(sender_id: str, stream_id: str, gift_id: str, quantity: int = 1
 async def earnings(clients: Clients, creator_id: str) -> p.Earnings:
     reply = await clients.payouts.GetEarnings(p.GetEarningsRequest(creator_id=creator_id), metadata=auth(creator_id))
     return reply.earnings
-
-
-async def wait_for_diamonds(clients: Clients, creator_id: str, lifetime_diamonds: int) -> p.Earnings:
-    for _ in range(200):
-        current = await earnings(clients, creator_id)
-        if current.lifetime_diamonds >= lifetime_diamonds:
-            return current
-        await asyncio.sleep(0.05)
-    return await earnings(clients, creator_id)
 
 
 async def wait_for_withdrawal(clients: Clients, creator_id: str, withdrawal_id: str) -> p.Withdrawal:

@@ -14,10 +14,11 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import SERVICE, Clients
-from tests.integration.payouts_helpers import eventually, wait_for_lifetime
-from tests.integration.test_gifts import gift_request, go_live, make_account
-from tests.stack import REPO_ROOT, Stack
+from tests.support.clients import SERVICE, Clients
+from tests.support.factories import make_account
+from tests.support.gifts import gift_request, go_live
+from tests.support.payouts import eventually, wait_for_lifetime
+from tests.support.stack import REPO_ROOT, Stack
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "coinstream.json"
 RULES = REPO_ROOT / "deploy" / "prometheus" / "rules.yaml"

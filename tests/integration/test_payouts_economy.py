@@ -8,16 +8,15 @@ import asyncio
 import base64
 import json
 import random
-from collections.abc import Awaitable
 
 import asyncpg
 import grpc
 import pytest
 from coinstream.payouts.v1 import payouts_pb2
 
-from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id
-from tests.grpc_errors import error_reason, violated_fields
-from tests.integration.payouts_helpers import (
+from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
+from tests.support.errors import error_reason, refused, violated_fields
+from tests.support.payouts import (
     assert_ledger_consistent,
     earnings,
     eventually,
@@ -30,15 +29,9 @@ from tests.integration.payouts_helpers import (
     wait_until_finished,
     withdraw,
 )
-from tests.stack import Stack
+from tests.support.stack import Stack
 
 HOLD_SECONDS = 2
-
-
-async def refused(call: Awaitable[object]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await call
-    return error.value
 
 
 async def fetch(stack: Stack, sql: str, *args: object) -> list[asyncpg.Record]:

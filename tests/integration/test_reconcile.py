@@ -16,10 +16,10 @@ from coinstream.gifts.v1 import gifts_pb2
 
 from devstack.servers import free_port, stop_process
 from services.reconcile.checks import Thresholds, completed_gifts, gift_payments, stuck_work, wallet_ledger
-from tests.conftest import Clients, auth, new_id
-from tests.factories import buy, create_account
-from tests.invariants import wait_until_settled
-from tests.stack import REPO_ROOT, Stack
+from tests.support.clients import Clients, auth, new_id
+from tests.support.factories import buy, create_account
+from tests.support.invariants import wait_until_settled
+from tests.support.stack import REPO_ROOT, Stack
 
 
 async def run_reconcile(

@@ -10,16 +10,16 @@ import asyncpg
 import pytest
 from coinstream.payouts.v1 import payouts_pb2
 
-from tests.conftest import SERVICE, Clients, new_id
-from tests.integration.payouts_helpers import (
+from tests.support.clients import SERVICE, Clients, new_id
+from tests.support.payouts import (
     assert_ledger_consistent,
     gift_sent,
     publish,
     publish_raw,
+    wait_for_dead_letter,
     wait_for_lifetime,
 )
-from tests.integration.test_dead_letters import wait_for_dead_letter
-from tests.stack import Stack
+from tests.support.stack import Stack
 
 
 async def query(stack: Stack, sql: str, *args: object) -> list[asyncpg.Record]:

@@ -1,8 +1,12 @@
-"""Reading the contract's error details (ErrorInfo reason, BadRequest field violations) off a failed call."""
+"""Failed calls: expecting one, and reading the contract's error details (ErrorInfo reason, BadRequest field
+violations, RetryInfo) off it."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -37,3 +41,19 @@ def retry_delay_seconds(error: grpc.aio.AioRpcError) -> float | None:
             detail.Unpack(info)
             return info.retry_delay.ToNanoseconds() / 1e9
     return None
+
+
+async def expect_error(call, code: grpc.StatusCode, reason: str | None = None) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == code, caught.value.details()
+    if reason is not None:
+        assert error_reason(caught.value) == reason, caught.value.details()
+    return caught.value
+
+
+async def refused(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    """The error a call that must fail ended with."""
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    return error.value
