@@ -101,4 +101,3 @@ async def test_public_streams_are_bounded(limited_replica: ServiceProcess) -> No
         assert (await again.read()).status == health_pb2.HealthCheckResponse.SERVING
         again.cancel()
         watches[1].cancel()
-

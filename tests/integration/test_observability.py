@@ -160,9 +160,7 @@ async def send_one_gift_through(clients: Clients) -> None:
 
 
 async def scrape_all(stack: Stack) -> dict[str, str]:
-    return {
-        name: await asyncio.to_thread(scrape, process.metrics_url) for name, process in stack.services.items()
-    }
+    return {name: await asyncio.to_thread(scrape, process.metrics_url) for name, process in stack.services.items()}
 
 
 async def test_dashboard_alerts_and_readme_name_only_metrics_the_services_export(

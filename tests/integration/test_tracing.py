@@ -76,9 +76,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         for resource_spans in request.resource_spans:
-            service = next(
-                a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"
-            )
+            service = next(a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name")
             for scope_spans in resource_spans.scope_spans:
                 self.spans += [Collected(service, span) for span in scope_spans.spans]
         return trace_service_pb2.ExportTraceServiceResponse()

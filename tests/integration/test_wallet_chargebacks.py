@@ -13,7 +13,7 @@ from coinstream.wallet.v1 import wallet_pb2 as w
 
 from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
 from tests.support.errors import expect_error, violated_fields
-from tests.support.factories import balance_of, buy, create_account, history, reversal, spend, wallet_balance
+from tests.support.factories import balance_of, buy, create_account, reversal, spend, transactions, wallet_balance
 from tests.support.invariants import wallet_violations
 from tests.support.stack import Stack
 
@@ -44,7 +44,7 @@ async def test_reversing_an_unspent_purchase_takes_its_coins_back_once(clients: 
 
     again = await clients.wallet.ReversePurchase(reversal(bought.purchase.purchase_id), metadata=ADMIN)
     assert again.transaction_id == reply.transaction_id and again.balance == reply.balance  # nothing moved
-    newest = (await history(clients, account_id))[0]
+    newest = (await transactions(clients, account_id))[0]
     assert (newest.kind, newest.coins_delta, newest.paid_coins_delta, newest.bonus_coins_delta, newest.reference) == (
         w.TRANSACTION_KIND_REVERSAL,
         -1387,

@@ -14,7 +14,16 @@ from coinstream.wallet.v1 import wallet_pb2 as w
 
 from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
 from tests.support.errors import error_reason, expect_error, violated_fields
-from tests.support.factories import balance_of, buy, create_account, giveaway, history, reversal, spend, wallet_balance
+from tests.support.factories import (
+    balance_of,
+    buy,
+    create_account,
+    giveaway,
+    reversal,
+    spend,
+    transactions,
+    wallet_balance,
+)
 from tests.support.stack import Stack
 
 # --- giveaways ------------------------------------------------------------------------------------------------
@@ -36,7 +45,7 @@ async def test_giveaway_pays_every_winner_and_carries_provenance(clients: Client
         balance_of(winners[1], 0, 30),
         balance_of(winners[2], 24, 6),
     ]
-    sent = (await history(clients, creator))[0]
+    sent = (await transactions(clients, creator))[0]
     assert (sent.kind, sent.coins_delta, sent.paid_coins_delta, sent.bonus_coins_delta, sent.reference) == (
         w.TRANSACTION_KIND_GIVEAWAY_SENT,
         -90,
@@ -44,7 +53,7 @@ async def test_giveaway_pays_every_winner_and_carries_provenance(clients: Client
         -66,
         reply.giveaway.giveaway_id,
     )
-    received = (await history(clients, winners[2]))[0]
+    received = (await transactions(clients, winners[2]))[0]
     assert (received.kind, received.coins_delta, received.balance_after) == (
         w.TRANSACTION_KIND_GIVEAWAY_RECEIVED,
         30,

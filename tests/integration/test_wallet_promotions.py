@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
 from tests.support.errors import expect_error, violated_fields
-from tests.support.factories import balance_of, buy, create_account, history, timestamp, wallet_balance
+from tests.support.factories import balance_of, buy, create_account, timestamp, transactions, wallet_balance
 
 
 @asynccontextmanager
@@ -69,7 +69,7 @@ async def test_a_bigger_promotion_wins_and_ending_it_keeps_past_purchases(client
     after = await buy(clients, account_id, "coins_16500")
     assert (after.purchase.bonus_coins, after.purchase.promotion_id) == (825, "promo_default")
     assert await package_bonus(clients, "coins_16500") == 825
-    purchases = [t for t in await history(clients, account_id) if t.kind == w.TRANSACTION_KIND_PURCHASE]
+    purchases = [t for t in await transactions(clients, account_id) if t.kind == w.TRANSACTION_KIND_PURCHASE]
     assert [t.bonus_coins_delta for t in purchases] == [825, 1000]
     assert await wallet_balance(clients, account_id) == balance_of(account_id, 33000, 1825)
 

@@ -15,7 +15,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.runtime import database
 from tests.support.clients import SERVICE, Clients, auth, new_id, stored_key
 from tests.support.errors import expect_error, violated_fields
-from tests.support.factories import balance_of, buy, create_account, giveaway, history, spend, timestamp, wallet_balance
+from tests.support.factories import (
+    balance_of,
+    buy,
+    create_account,
+    giveaway,
+    spend,
+    timestamp,
+    transactions,
+    wallet_balance,
+)
 from tests.support.invariants import wallet_violations
 from tests.support.stack import REPO_ROOT, Stack
 
@@ -38,7 +47,7 @@ async def test_spends_use_bonus_coins_first_and_record_the_split(clients: Client
 
     moves = [
         (t.kind, t.coins_delta, t.paid_coins_delta, t.bonus_coins_delta, t.balance_after)
-        for t in await history(clients, account_id)
+        for t in await transactions(clients, account_id)
     ]
     assert moves == [
         (w.TRANSACTION_KIND_SPEND, -100, -84, -16, 1237),
@@ -111,7 +120,7 @@ async def test_balance_as_of_a_past_moment(clients: Clients) -> None:
     account_id = await create_account(clients)
     await buy(clients, account_id, "coins_1321")
     await spend(clients, account_id, 100)
-    spent, bought = await history(clients, account_id)
+    spent, bought = await transactions(clients, account_id)
     bought_at = bought.created_at.ToDatetime(tzinfo=UTC)
     spent_at = spent.created_at.ToDatetime(tzinfo=UTC)
     assert await balance_at(clients, account_id, bought_at - timedelta(microseconds=1)) == balance_of(account_id, 0, 0)
@@ -127,7 +136,7 @@ async def test_balance_as_of_a_past_moment(clients: Clients) -> None:
     assert violated_fields(error) == {"as_of"}
 
 
-# --- history, locking order and the migration -----------------------------------------------------------------
+# --- history and the migration ---------------------------------------------------------------------------------
 
 
 async def test_history_pages_keep_each_transaction_whole(clients: Clients) -> None:
@@ -139,7 +148,7 @@ async def test_history_pages_keep_each_transaction_whole(clients: Clients) -> No
         await spend(clients, account_id, coins)
     await clients.wallet.CreateGiveaway(giveaway(account_id, [winner], 5), metadata=SERVICE)  # paid only
     await buy(clients, account_id, "coins_65")  # paid only
-    everything = await history(clients, account_id)
+    everything = await transactions(clients, account_id)
     assert [t.coins_delta for t in everything] == [65, -5, -40, -30, -10, 1387]
     assert [t.balance_after for t in everything] == [1367, 1302, 1307, 1347, 1377, 1387]
     for size in (1, 2, 3, 4):

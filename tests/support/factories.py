@@ -57,11 +57,12 @@ async def spend(clients: Clients, account_id: str, coins: int) -> wallet_pb2.Spe
     )
 
 
-async def history(clients: Clients, account_id: str) -> list[wallet_pb2.Transaction]:
-    """An account's movements, newest first (the first page of 100)."""
+async def transactions(clients: Clients, account_id: str) -> list[wallet_pb2.Transaction]:
+    """An account's movements, newest first (the tests stay within one page)."""
     reply = await clients.wallet.ListTransactions(
         wallet_pb2.ListTransactionsRequest(account_id=account_id, page_size=100), metadata=SERVICE
     )
+    assert not reply.next_page_token
     return list(reply.transactions)
 
 

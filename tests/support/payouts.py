@@ -154,6 +154,16 @@ async def withdraw(
     return response.withdrawal
 
 
+async def cancel(
+    clients: Clients,
+    withdrawal_id: str,
+    request_id: str | None = None,
+    metadata: tuple[tuple[str, str], ...] = SERVICE,
+) -> payouts_pb2.Withdrawal:
+    request = payouts_pb2.CancelWithdrawalRequest(request_id=request_id or new_id("req"), withdrawal_id=withdrawal_id)
+    return (await clients.payouts.CancelWithdrawal(request, metadata=metadata)).withdrawal
+
+
 async def get_withdrawal(clients: Clients, withdrawal_id: str) -> payouts_pb2.Withdrawal:
     response = await clients.payouts.GetWithdrawal(
         payouts_pb2.GetWithdrawalRequest(withdrawal_id=withdrawal_id), metadata=SERVICE
@@ -166,6 +176,15 @@ async def wait_until_finished(clients: Clients, withdrawal_id: str) -> payouts_p
         lambda: get_withdrawal(clients, withdrawal_id),
         lambda found: found.status != payouts_pb2.WITHDRAWAL_STATUS_PENDING,
     )
+
+
+async def fetch(stack: Stack, sql: str, *args: object) -> list[asyncpg.Record]:
+    """The rows of a query on the payouts database."""
+    conn = await asyncpg.connect(stack.database_url("payouts"))
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
 
 
 async def settlement_consumer_idle(stack: Stack) -> bool:
