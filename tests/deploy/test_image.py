@@ -33,10 +33,8 @@ def test_the_services_import_nothing_the_image_lacks() -> None:
     """Top-level imports of every module under services/: the standard library, services, the generated coinstream
     package, and runtime dependencies - never devstack, tests, bench or a development-only package."""
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    dev_distributions = {
-        requirement.split(">")[0].split("=")[0].split("[")[0].lower().replace("_", "-")
-        for requirement in project["dependency-groups"]["dev"]
-    }
+    dev_distributions = {requirement.split(">")[0].split("=")[0].split("[")[0].lower().replace("_", "-")
+                         for requirement in project["dependency-groups"]["dev"]}
     providers = importlib.metadata.packages_distributions()
     allowed_local = {"services", "coinstream"}
     wrong = []

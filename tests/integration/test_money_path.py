@@ -13,17 +13,10 @@ from coinstream.payouts.v1 import payouts_pb2 as p
 from tests.support.clients import SERVICE, Clients, auth, new_id
 from tests.support.errors import error_reason
 from tests.support.factories import balance, buy, create_account
+from tests.support.gifts import live_stream_id
 from tests.support.invariants import all_violations
 from tests.support.payouts import wait_for_diamonds
 from tests.support.stack import Stack
-
-
-async def start_stream(clients: Clients, creator_id: str) -> str:
-    reply = await clients.gifts.StartLiveStream(
-        g.StartLiveStreamRequest(request_id=new_id("live"), creator_id=creator_id, title="money path"),
-        metadata=auth(creator_id),
-    )
-    return reply.stream.stream_id
 
 
 def gift_request(sender_id: str, stream_id: str, gift_id: str, quantity: int = 1) -> g.SendGiftRequest:
@@ -76,7 +69,7 @@ async def test_purchase_to_withdrawal(stack: Stack, clients: Clients, destinatio
     creator_id = await verified_creator(clients, destination)
     fan = await create_account(clients, prefix="fan")
     await buy(clients, fan, "coins_3303")  # 3,303 + 165 bonus = 3,468 coins
-    stream_id = await start_stream(clients, creator_id)
+    stream_id = await live_stream_id(clients, creator_id)
 
     sent = [
         await clients.gifts.SendGift(gift_request(fan, stream_id, gift, qty), metadata=auth(fan))
@@ -117,7 +110,7 @@ async def test_fifty_concurrent_gifts_against_a_short_balance(stack: Stack, clie
     creator_id = await verified_creator(clients, "sandbox:ok")
     fan = await create_account(clients, prefix="fan")
     await buy(clients, fan, "coins_330")  # covers 11 doughnuts of 30 coins
-    stream_id = await start_stream(clients, creator_id)
+    stream_id = await live_stream_id(clients, creator_id)
 
     results = await asyncio.gather(
         *(clients.gifts.SendGift(gift_request(fan, stream_id, "doughnut"), metadata=SERVICE) for _ in range(50)),
@@ -143,7 +136,7 @@ async def test_fifty_concurrent_gifts_against_a_short_balance(stack: Stack, clie
 
 async def test_many_fans_many_gifts_concurrently(stack: Stack, clients: Clients) -> None:
     creator_id = await verified_creator(clients, "sandbox:ok")
-    stream_id = await start_stream(clients, creator_id)
+    stream_id = await live_stream_id(clients, creator_id)
     fans = [await create_account(clients, prefix="fan") for _ in range(5)]
     await asyncio.gather(*(buy(clients, fan, "coins_660") for fan in fans))
 

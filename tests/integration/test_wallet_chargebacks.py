@@ -14,6 +14,7 @@ from coinstream.wallet.v1 import wallet_pb2 as w
 from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
 from tests.support.errors import expect_error, violated_fields
 from tests.support.factories import balance_of, buy, create_account, reversal, spend, transactions, wallet_balance
+from tests.support.gifts import live_stream_id
 from tests.support.invariants import wallet_violations
 from tests.support.stack import Stack
 
@@ -65,20 +66,12 @@ async def test_concurrent_reversals_of_one_purchase_move_coins_once(clients: Cli
     assert await wallet_balance(clients, account_id) == balance_of(account_id, 0, 0)
 
 
-async def start_stream(clients: Clients, creator_id: str) -> str:
-    reply = await clients.gifts.StartLiveStream(
-        g.StartLiveStreamRequest(request_id=new_id("live"), creator_id=creator_id, title="chargeback"),
-        metadata=auth(creator_id),
-    )
-    return reply.stream.stream_id
-
-
 async def test_chargeback_after_gifting_leaves_a_debt_that_purchases_pay_back(stack: Stack, clients: Clients) -> None:
     fan = await create_account(clients)
     creator = await create_account(clients, prefix="creator")
     winner = await create_account(clients)
     bought = await buy(clients, fan, "coins_1321")  # 1,321 paid + 66 bonus
-    stream_id = await start_stream(clients, creator)
+    stream_id = await live_stream_id(clients, creator)
     gift = await clients.gifts.SendGift(
         g.SendGiftRequest(
             request_id=new_id("gift"), sender_id=fan, stream_id=stream_id, gift_id="disco_ball", quantity=1

@@ -27,6 +27,11 @@ async def go_live(clients: Clients, creator_id: str | None = None) -> gifts_pb2.
     return reply.stream
 
 
+async def live_stream_id(clients: Clients, creator_id: str | None = None) -> str:
+    """The id of a stream its creator (a new account unless given) just started."""
+    return (await go_live(clients, creator_id)).stream_id
+
+
 async def end_stream(clients: Clients, stream_id: str) -> None:
     await clients.gifts.EndLiveStream(
         gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=stream_id), metadata=SERVICE
