@@ -67,7 +67,7 @@ bench-quick: install
 # SOAK_SECONDS (default 300), then every money identity checked. The seed is printed; SOAK_ARGS="--seed N" replays one.
 SOAK_SECONDS ?= 300
 soak: install
-	$(PY) -m tests.chaos --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
+	$(PY) -m tests.support.chaos --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
 
 demo: install
 	$(VENV)/bin/coinstream demo

@@ -276,7 +276,7 @@ def code_version(code_root: Path) -> dict[str, Any]:
 
 
 def money_identities(stack: Stack) -> list[str]:
-    from tests.invariants import all_violations  # the suite's checks, reused as they are
+    from tests.support.invariants import all_violations  # the suite's checks, reused as they are
 
     return asyncio.run(all_violations(stack))
 

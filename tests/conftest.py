@@ -1,5 +1,5 @@
-"""Fixtures: one real stack per test session (PostgreSQL, nats-server, wallet, gifts, payouts on free ports),
-async gRPC stubs on the session's event loop, and token helpers. Tests isolate themselves with unique ids."""
+"""Fixtures: one real stack per test session (PostgreSQL, nats-server, wallet, gifts, payouts on free ports) and
+async gRPC stubs on the session's event loop. What tests share besides fixtures is in tests/support/."""
 
 from __future__ import annotations
 
@@ -7,22 +7,15 @@ import asyncio
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from coinstream.gifts.v1 import gifts_pb2_grpc
-from coinstream.payouts.v1 import payouts_pb2_grpc
-from coinstream.wallet.v1 import wallet_pb2_grpc
 
-from services.runtime.auth import mint_token
-from services.runtime.idempotency import caller_scoped
-from tests.invariants import all_violations
-from tests.stack import ALL_SERVICES, AUTH_SECRET, SERVICES, Stack, build_stack
+from tests.support.clients import Clients, clients_for
+from tests.support.invariants import all_violations
+from tests.support.stack import ALL_SERVICES, AUTH_SECRET, SERVICES, Stack, build_stack
 
 CONTAINER_TESTS = Path(__file__).parent / "containers"
 
@@ -53,7 +46,7 @@ def stack() -> Iterator[Stack]:
 
 def assert_money_identities_hold(test_stack: Stack) -> None:
     """After every test of the session — concurrent, replayed and crashed ones included — the money identities
-    must still hold across the three databases (tests/invariants.py)."""
+    must still hold across the three databases (tests/support/invariants.py)."""
     if set(SERVICES) != set(ALL_SERVICES):
         return  # a partial stack (COINSTREAM_TEST_SERVICES) cannot see the whole money path
     for name in ALL_SERVICES:
@@ -81,47 +74,7 @@ def assert_no_secret_was_logged(test_stack: Stack) -> None:
     assert leaks == [], "secrets in the service logs:\n" + "\n".join(leaks[:20])
 
 
-@dataclass
-class Clients:
-    wallet: wallet_pb2_grpc.WalletServiceStub
-    gifts: gifts_pb2_grpc.GiftServiceStub
-    payouts: payouts_pb2_grpc.PayoutServiceStub
-
-
 @pytest_asyncio.fixture(scope="session")
 async def clients(stack: Stack) -> AsyncIterator[Clients]:
     async with clients_for(stack) as stubs:
         yield stubs
-
-
-@asynccontextmanager
-async def clients_for(stack: Stack) -> AsyncIterator[Clients]:
-    channels = {name: stack.aio_channel(stack.address(name)) for name in ("wallet", "gifts", "payouts")}
-    try:
-        yield Clients(
-            wallet=wallet_pb2_grpc.WalletServiceStub(channels["wallet"]),
-            gifts=gifts_pb2_grpc.GiftServiceStub(channels["gifts"]),
-            payouts=payouts_pb2_grpc.PayoutServiceStub(channels["payouts"]),
-        )
-    finally:
-        for channel in channels.values():
-            await channel.close()
-
-
-def auth(subject: str, *roles: str) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying a freshly minted token."""
-    return (("authorization", f"Bearer {mint_token(AUTH_SECRET, subject, list(roles or ('user',)))}"),)
-
-
-SERVICE_SUBJECT = "test-backend"
-SERVICE = auth(SERVICE_SUBJECT, "service")
-ADMIN = auth("test-admin", "admin")
-
-
-def stored_key(request_id: str, subject: str = SERVICE_SUBJECT) -> str:
-    """The request_id as the services store it: in its caller's namespace (request_ids are unique per caller)."""
-    return caller_scoped(subject, request_id)
-
-
-def new_id(prefix: str = "id") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.stack import REPO_ROOT
+from tests.support.stack import REPO_ROOT
 
 BENCH_TIMEOUT_SECONDS = 240
 

@@ -1,6 +1,6 @@
 """Reconciliation as a library: the settings it reads, one run of every check (services/reconcile/checks.py) over
 the three databases, and its report. `coinstream reconcile` (__main__) prints it; payouts can run it periodically
-(periodic.py); the test suite ends with it (tests/invariants.py)."""
+(periodic.py); the test suite ends with it (tests/support/invariants.py)."""
 
 from __future__ import annotations
 

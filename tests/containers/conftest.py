@@ -14,8 +14,8 @@ from coinstream.gifts.v1 import gifts_pb2_grpc
 from coinstream.payouts.v1 import payouts_pb2_grpc
 from coinstream.wallet.v1 import wallet_pb2_grpc
 
-from tests.conftest import Clients
 from tests.containers.harness import BuiltImage, ComposeStack, DockerMissing, build_image, preflight
+from tests.support.clients import Clients
 
 # Durations and sizes for the run's summary (pytest_terminal_summary).
 FIGURES: dict[str, str] = {}

@@ -20,7 +20,7 @@ import grpc
 
 from devstack.servers import free_port
 from services.runtime.auth import ROLE_SERVICE, mint_token
-from tests.stack import REPO_ROOT
+from tests.support.stack import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
 COMPOSE_FILES = (DEPLOY / "compose.yaml", DEPLOY / "compose.production.yaml")

@@ -20,7 +20,7 @@ from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from tests.containers.conftest import FIGURES, Clients
 from tests.containers.harness import SERVICES, BuiltImage, ComposeStack, docker
-from tests.stack import REPO_ROOT
+from tests.support.stack import REPO_ROOT
 
 CALL_SECONDS = 30.0
 # The image may add this much to its base image (python:3.11-slim): the locked runtime dependencies and the code.

@@ -12,8 +12,8 @@ import pytest
 
 from tests.containers.conftest import FIGURES
 from tests.containers.harness import BuiltImage, env_file_value
-from tests.readme import readme_example
-from tests.stack import REPO_ROOT
+from tests.support.readme import readme_example
+from tests.support.stack import REPO_ROOT
 
 UV = Path(sys.executable).with_name("uv")
 

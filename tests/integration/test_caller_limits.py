@@ -16,10 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.servers import stop_process
 from devstack.stack import ServiceProcess
-from tests.conftest import SERVICE, Clients, auth, new_id
-from tests.factories import balance, create_account
-from tests.grpc_errors import error_reason, retry_delay_seconds
-from tests.stack import Stack
+from tests.support.clients import SERVICE, Clients, auth, new_id
+from tests.support.errors import error_reason, retry_delay_seconds
+from tests.support.factories import balance, create_account
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 
@@ -101,4 +101,3 @@ async def test_public_streams_are_bounded(limited_replica: ServiceProcess) -> No
         assert (await again.read()).status == health_pb2.HealthCheckResponse.SERVING
         again.cancel()
         watches[1].cancel()
-

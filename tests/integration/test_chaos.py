@@ -1,6 +1,6 @@
-"""A short seeded chaos run on the suite's stack (tests/chaos.py; `make soak` runs a long one): services, NATS and
-PostgreSQL killed with -9 and restarted under gifts, purchases, withdrawals and reversals; afterwards every call has
-its final answer and every money identity holds. COINSTREAM_CHAOS_SEED replays another schedule."""
+"""A short seeded chaos run on the suite's stack (tests/support/chaos.py; `make soak` runs a long one): services, NATS
+and PostgreSQL killed with -9 and restarted under gifts, purchases, withdrawals and reversals; afterwards every call
+has its final answer and every money identity holds. COINSTREAM_CHAOS_SEED replays another schedule."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from tests.chaos import run_chaos
-from tests.conftest import Clients
-from tests.stack import Stack
+from tests.support.chaos import run_chaos
+from tests.support.clients import Clients
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.readme import readme_example
+from tests.support.readme import readme_example
 
 PROJECT_TESTS = """
 import uuid

@@ -27,7 +27,7 @@ from devstack.demo import Addresses, LiveStreamDemo, connect
 from devstack.servers import NatsServer, PostgresServer, embedded_postgres_bin, free_port
 from devstack.stack import ALL_SERVICES, ServiceProcess, Stack
 from services.runtime import database
-from tests.stack import AUTH_SECRET, REPO_ROOT, SUITE_SETTINGS
+from tests.support.stack import AUTH_SECRET, REPO_ROOT, SUITE_SETTINGS
 
 BOOTSTRAP = REPO_ROOT / "deploy" / "postgres-init" / "10-coinstream-databases.sh"
 
@@ -142,7 +142,7 @@ def test_services_wait_for_the_migration_job_then_run_the_money_path_as_their_ru
     # and a withdrawal: every table each service touches on the way, as its runtime role.
     addresses = Addresses(**{service: role_stack.address(service) for service in ALL_SERVICES})
     with connect(addresses) as stubs:
-        # The suite allows one-second matches (tests/stack.py).
+        # The suite allows one-second matches (tests/support/stack.py).
         LiveStreamDemo(stubs, AUTH_SECRET, Console(file=io.StringIO(), width=120), match_seconds=1).run()
     # A second migrate finds nothing to do and grants again (idempotent).
     again = role_stack.migrate("payouts")

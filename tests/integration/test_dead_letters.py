@@ -13,35 +13,23 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from services.payouts.dead_letters import DeadLetter, list_dead_letters
 from services.payouts.settlement import DEFAULT_MAX_DELIVERIES
-from tests.conftest import Clients, new_id
-from tests.integration.payouts_helpers import earnings, eventually, gift_sent, publish, publish_raw, wait_for_lifetime
-from tests.integration.test_payouts_crash import settlement_consumer_idle
-from tests.stack import REPO_ROOT, Stack, operator_nats
+from tests.support.clients import Clients, new_id
+from tests.support.payouts import (
+    dead_letters,
+    earnings,
+    eventually,
+    gift_sent,
+    publish,
+    publish_raw,
+    settlement_consumer_idle,
+    wait_for_dead_letter,
+    wait_for_lifetime,
+)
+from tests.support.stack import REPO_ROOT, Stack
 
 # JetStream delivers an unacked event again only after ack_wait: short for the crash test.
 SHORT_ACK_WAIT = {"COINSTREAM_PAYOUTS_SETTLEMENT_ACK_WAIT_SECONDS": "2"}
-# Five failing deliveries, a pause of a second after each: well within this.
-DEAD_LETTER_WAIT_SECONDS = 4 * DEFAULT_MAX_DELIVERIES + 10.0
-
-
-async def dead_letters(stack: Stack) -> list[DeadLetter]:
-    nc = await operator_nats(stack.nats)
-    try:
-        return await list_dead_letters(nc.jetstream())
-    finally:
-        await nc.close()
-
-
-async def wait_for_dead_letter(stack: Stack, original_msg_id: str) -> DeadLetter:
-    deadline = asyncio.get_running_loop().time() + DEAD_LETTER_WAIT_SECONDS
-    while asyncio.get_running_loop().time() < deadline:
-        for letter in await dead_letters(stack):
-            if letter.original_msg_id == original_msg_id:
-                return letter
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{original_msg_id} was never dead-lettered")
 
 
 async def coinstream(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

@@ -4,65 +4,30 @@ exactly one GiftSent per gift ends up in JetStream. Each test leaves the service
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import asyncpg
 import grpc
 import pytest
 from coinstream.gifts.v1 import gifts_pb2
 
-from tests.conftest import SERVICE, Clients, new_id
-from tests.grpc_errors import error_reason
-from tests.integration.test_gifts import (
-    coins_of,
-    gift_request,
-    gift_sent_messages,
-    go_live,
-    make_account,
-    summary_of,
-)
-from tests.stack import Stack
+from tests.support.clients import SERVICE, Clients, new_id
+from tests.support.crashes import CONNECTION_LOST, gifts_crashing_at, restart_after_crash, retry
+from tests.support.errors import error_reason
+from tests.support.events import gift_sent_messages
+from tests.support.factories import balance, make_account
+from tests.support.gifts import gift_request, go_live, summary_of
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 
 RECOVERY_TIMEOUT_SECONDS = 30.0
-# How a call fails when the server dies under it.
-CONNECTION_LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-
-
-@contextmanager
-def gifts_crashing_at(stack: Stack, point: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Gifts restarted with a crash point; afterwards gifts runs normally again, whatever the test did."""
-    stack.restart_service("gifts", extra_env={"COINSTREAM_FAULT_POINTS": point})
-    faulty = stack.services["gifts"].process
-    assert faulty is not None
-    try:
-        yield faulty
-    finally:
-        current = stack.services["gifts"].process
-        if current is faulty and faulty.poll() is None:
-            stack.stop_service("gifts")
-        if current is faulty or current is None or current.poll() is not None:
-            stack.start_service("gifts")
-
-
-def restart_after_crash(stack: Stack) -> None:
-    assert stack.wait_exit("gifts") == -signal.SIGKILL
-    stack.start_service("gifts")
 
 
 async def send_until_gifts_dies(clients: Clients, request: gifts_pb2.SendGiftRequest) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await clients.gifts.SendGift(request, metadata=SERVICE, timeout=20)
     assert error.value.code() in CONNECTION_LOST
-
-
-async def retry(clients: Clients, request: gifts_pb2.SendGiftRequest) -> gifts_pb2.SendGiftResponse:
-    return await clients.gifts.SendGift(request, metadata=SERVICE, wait_for_ready=True, timeout=20)
 
 
 async def wait_for_gift_count(clients: Clients, stream_id: str, gift_count: int) -> gifts_pb2.StreamSummary:
@@ -86,14 +51,14 @@ async def test_retry_completes_a_gift_paid_before_the_crash(clients: Clients, st
     request = gift_request(sender, stream.stream_id, "doughnut", 2)
     with gifts_crashing_at(stack, "gifts.after_wallet_debit"):
         await send_until_gifts_dies(clients, request)
-        assert await coins_of(clients, sender) == 270  # paid, but the gift is not completed yet
+        assert await balance(clients, sender) == 270  # paid, but the gift is not completed yet
         restart_after_crash(stack)
 
     reply = await retry(clients, request)
     assert (reply.gift.gift_id, reply.gift.quantity, reply.gift.coins) == ("doughnut", 2, 60)
     assert reply.sender_balance_coins == 270
     assert await retry(clients, request) == reply
-    assert await coins_of(clients, sender) == 270  # charged exactly once
+    assert await balance(clients, sender) == 270  # charged exactly once
     summary = await summary_of(clients, stream.stream_id)
     assert (summary.total_coins, summary.gift_count) == (60, 1)
     await assert_published_once(stack, reply.gift.gift_transaction_id)
@@ -112,16 +77,16 @@ async def test_recovery_alone_completes_a_pending_gift(
     request = gift_request(sender, stream.stream_id, "doughnut", 2)
     with gifts_crashing_at(stack, crash_point):
         await send_until_gifts_dies(clients, request)
-        assert await coins_of(clients, sender) == coins_after_crash
+        assert await balance(clients, sender) == coins_after_crash
         restart_after_crash(stack)
 
     summary = await wait_for_gift_count(clients, stream.stream_id, 1)  # no client retry: the recovery pass did it
     assert (summary.total_coins, summary.gift_count) == (60, 1)
     assert [(g.account_id, g.coins) for g in summary.top_gifters] == [(sender, 60)]
-    assert await coins_of(clients, sender) == 270
+    assert await balance(clients, sender) == 270
     reply = await retry(clients, request)  # the stored outcome
     assert reply.gift.coins == 60 and reply.sender_balance_coins == 270
-    assert await coins_of(clients, sender) == 270
+    assert await balance(clients, sender) == 270
     await assert_published_once(stack, reply.gift.gift_transaction_id)
 
 
@@ -151,7 +116,7 @@ async def test_event_republished_after_a_crash_is_deduplicated(clients: Clients,
             await asyncio.sleep(0.2)
     finally:
         await connection.close()
-    assert await coins_of(clients, sender) == 60
+    assert await balance(clients, sender) == 60
 
 
 async def test_wallet_outage_leaves_the_gift_pending_until_a_retry(clients: Clients, stack: Stack) -> None:
@@ -171,7 +136,7 @@ async def test_wallet_outage_leaves_the_gift_pending_until_a_retry(clients: Clie
 
     reply = await retry_until_wallet_is_back(clients, request)
     assert reply.gift.coins == 100 and reply.sender_balance_coins == 230
-    assert await coins_of(clients, sender) == 230
+    assert await balance(clients, sender) == 230
     assert (await summary_of(clients, stream.stream_id)).gift_count == 1
     await assert_published_once(stack, reply.gift.gift_transaction_id)
 
@@ -225,7 +190,7 @@ async def test_a_wallet_outage_under_a_burst_of_gifts_leaves_every_gift_to_the_r
     summary = await wait_for_gift_count(clients, stream.stream_id, len(requests))
     assert summary.gift_count == len(requests) and summary.total_coins == 5 * len(requests)
     for sender in senders:
-        assert await coins_of(clients, sender) == 330 - 5 * 5  # five gifts of 5 coins each, charged once
+        assert await balance(clients, sender) == 330 - 5 * 5  # five gifts of 5 coins each, charged once
     replies = [await retry(clients, request) for request in requests]  # replays of what the recovery pass completed
     assert len({reply.gift.gift_transaction_id for reply in replies}) == len(requests)
     for sender in senders:

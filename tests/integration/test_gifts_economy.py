@@ -7,28 +7,18 @@ import asyncio
 
 import grpc
 import pytest
-from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 
-from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id
-from tests.grpc_errors import error_reason, violated_fields
-from tests.integration.test_gifts import gift_request, gift_sent_messages, go_live, make_account, summary_of
-from tests.stack import Stack
+from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
+from tests.support.errors import error_reason, violated_fields
+from tests.support.events import published_event
+from tests.support.factories import make_account
+from tests.support.gifts import gift_request, go_live, send, summary_of
+from tests.support.stack import Stack
 
 DAY = gifts_pb2.LEADERBOARD_PERIOD_DAY
 WEEK = gifts_pb2.LEADERBOARD_PERIOD_WEEK
 ALL_TIME = gifts_pb2.LEADERBOARD_PERIOD_ALL_TIME
-
-
-async def send(clients: Clients, sender: str, stream_id: str, gift_id: str = "rose", quantity: int = 1) -> int:
-    """Sends a gift; returns its combo_count."""
-    reply = await clients.gifts.SendGift(gift_request(sender, stream_id, gift_id, quantity), metadata=SERVICE)
-    return reply.gift.combo_count
-
-
-async def published_event(stack: Stack, gift_transaction_id: str) -> events_pb2.GiftSent:
-    [message] = await gift_sent_messages(stack.nats, gift_transaction_id)
-    return events_pb2.GiftSent.FromString(message.data)
 
 
 # ---------------------------------------------------------------- combos

@@ -17,48 +17,18 @@ from nats.aio.msg import Msg
 
 from devstack.servers import NatsServer
 from services.gifts.feed import STREAM_ENDED_SUBJECT
-from tests.conftest import SERVICE, Clients, auth, new_id
-from tests.events import messages_on
-from tests.grpc_errors import error_reason, violated_fields
-from tests.integration.test_gifts import gift_request, gift_sent_messages, go_live, make_account
-from tests.stack import Stack
-
-EVENT_TIMEOUT_SECONDS = 15.0
-
-Feed = grpc.aio.UnaryStreamCall
-
-
-@asynccontextmanager
-async def watching(
-    clients: Clients, stream_id: str, metadata: object = None, *, with_updates: bool = False
-) -> AsyncIterator[Feed]:
-    """A subscribed watcher (its initial metadata arrived), cancelled on exit; with_updates: match and goal updates
-    too."""
-    call = clients.gifts.WatchStreamGifts(
-        gifts_pb2.WatchStreamGiftsRequest(stream_id=stream_id, include_match_and_goal_updates=with_updates),
-        metadata=metadata or auth(new_id("viewer")),
-    )
-    try:
-        await asyncio.wait_for(call.initial_metadata(), EVENT_TIMEOUT_SECONDS)
-        # A refused call also yields (empty) initial metadata: only a call still open is subscribed.
-        if call.done():
-            await call.read()  # raises the refusal (AioRpcError), as a read of a subscribed call would
-            raise AssertionError("the watch finished before it started")
-        yield call
-    finally:
-        call.cancel()
+from tests.support.clients import SERVICE, Clients, auth, new_id
+from tests.support.errors import error_reason, violated_fields
+from tests.support.events import gift_sent_messages, messages_on
+from tests.support.factories import make_account
+from tests.support.gifts import EVENT_TIMEOUT_SECONDS, Feed, end_stream, gift_request, go_live, watching
+from tests.support.stack import Stack
 
 
 async def next_event(call: Feed) -> gifts_pb2.GiftEvent | None:
     """The next event; None when the feed finished (the status is then checked by the caller)."""
     response = await asyncio.wait_for(call.read(), EVENT_TIMEOUT_SECONDS)
     return None if response is grpc.aio.EOF else response.event
-
-
-async def end_stream(clients: Clients, stream_id: str) -> None:
-    await clients.gifts.EndLiveStream(
-        gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=stream_id), metadata=SERVICE
-    )
 
 
 async def collect(call: Feed, pause_seconds: float = 0.0) -> list[gifts_pb2.GiftEvent]:

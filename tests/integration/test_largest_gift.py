@@ -8,10 +8,10 @@ import asyncpg
 from coinstream.gifts.v1 import gifts_pb2 as g
 
 from services.runtime import limits
-from tests.conftest import ADMIN, Clients, auth, new_id
-from tests.factories import create_account, wallet_balance
-from tests.invariants import wait_until_settled
-from tests.stack import Stack
+from tests.support.clients import ADMIN, Clients, auth, new_id
+from tests.support.factories import create_account, wallet_balance
+from tests.support.invariants import wait_until_settled
+from tests.support.stack import Stack
 
 
 async def fund_whale(stack: Stack, account_id: str, coins: int) -> None:

@@ -17,7 +17,7 @@ import pytest_asyncio
 from services.gifts import domain, store
 from services.runtime import database
 from services.runtime.errors import AppError
-from tests.stack import REPO_ROOT, Stack
+from tests.support.stack import REPO_ROOT, Stack
 
 GIFTS_MIGRATIONS = REPO_ROOT / "services" / "gifts" / "migrations"
 BLOCKED_SECONDS = 0.5

@@ -1,7 +1,7 @@
 """LIVE matches against the real stack: StartMatch and its refusals, scores kept exactly by the gifts' completions
 (concurrent gifts across both boundaries: none counted twice or lost), winners and ties, a side whose stream ends,
 the live feed, and MatchFinished published once — also when the match ended while gifts was down, and with two
-replicas finishing. The suite allows matches from one second (tests/stack.py)."""
+replicas finishing. The suite allows matches from one second (tests/support/stack.py)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from google.protobuf.duration_pb2 import Duration
 
 from devstack.servers import stop_process
 from services.gifts.events import MATCH_FINISHED_SUBJECT
-from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id
-from tests.events import events_on
-from tests.grpc_errors import error_reason, violated_fields
-from tests.integration.test_gifts import gift_request, go_live, make_account
-from tests.integration.test_gifts_crash import gifts_crashing_at, restart_after_crash
-from tests.integration.test_gifts_feed import end_stream, watching
-from tests.stack import Stack
+from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
+from tests.support.crashes import gifts_crashing_at, restart_after_crash
+from tests.support.errors import error_reason, violated_fields
+from tests.support.events import events_on
+from tests.support.factories import make_account
+from tests.support.gifts import end_stream, go_live, send, watching
+from tests.support.stack import Stack
 
 FINISH_TIMEOUT_SECONDS = 20.0
 FEED_TIMEOUT_SECONDS = 15.0
@@ -55,11 +55,6 @@ async def finished_match(clients: Clients, match_id: str) -> gifts_pb2.GetMatchR
             return reply
         assert time.monotonic() < deadline, f"match {match_id} not finished: {reply}"
         await asyncio.sleep(0.1)
-
-
-async def send(clients: Clients, sender: str, stream_id: str, gift_id: str = "rose", quantity: int = 1) -> int:
-    reply = await clients.gifts.SendGift(gift_request(sender, stream_id, gift_id, quantity), metadata=SERVICE)
-    return reply.gift.coins
 
 
 async def match_finished_events(stack: Stack, match_id: str) -> list[events_pb2.MatchFinished]:

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from services.runtime import database
-from tests.stack import REPO_ROOT, Stack
+from tests.support.stack import REPO_ROOT, Stack
 
 
 async def test_concurrent_starts_apply_each_migration_once(stack: Stack) -> None:

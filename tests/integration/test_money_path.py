@@ -1,5 +1,5 @@
 """The whole money path across the three real services: coins → gifts → diamonds → cash, under concurrency,
-followed each time by the money identities of tests/invariants.py."""
+followed each time by the money identities of tests/support/invariants.py."""
 
 from __future__ import annotations
 
@@ -10,19 +10,13 @@ import pytest
 from coinstream.gifts.v1 import gifts_pb2 as g
 from coinstream.payouts.v1 import payouts_pb2 as p
 
-from tests.conftest import SERVICE, Clients, auth, new_id
-from tests.factories import balance, buy, create_account
-from tests.grpc_errors import error_reason
-from tests.invariants import all_violations
-from tests.stack import Stack
-
-
-async def start_stream(clients: Clients, creator_id: str) -> str:
-    reply = await clients.gifts.StartLiveStream(
-        g.StartLiveStreamRequest(request_id=new_id("live"), creator_id=creator_id, title="money path"),
-        metadata=auth(creator_id),
-    )
-    return reply.stream.stream_id
+from tests.support.clients import SERVICE, Clients, auth, new_id
+from tests.support.errors import error_reason
+from tests.support.factories import balance, buy, create_account
+from tests.support.gifts import live_stream_id
+from tests.support.invariants import all_violations
+from tests.support.payouts import wait_for_diamonds
+from tests.support.stack import Stack
 
 
 def gift_request(sender_id: str, stream_id: str, gift_id: str, quantity: int = 1) -> g.SendGiftRequest:
@@ -34,15 +28,6 @@ def gift_request(sender_id: str, stream_id: str, gift_id: str, quantity: int = 1
 async def earnings(clients: Clients, creator_id: str) -> p.Earnings:
     reply = await clients.payouts.GetEarnings(p.GetEarningsRequest(creator_id=creator_id), metadata=auth(creator_id))
     return reply.earnings
-
-
-async def wait_for_diamonds(clients: Clients, creator_id: str, lifetime_diamonds: int) -> p.Earnings:
-    for _ in range(200):
-        current = await earnings(clients, creator_id)
-        if current.lifetime_diamonds >= lifetime_diamonds:
-            return current
-        await asyncio.sleep(0.05)
-    return await earnings(clients, creator_id)
 
 
 async def wait_for_withdrawal(clients: Clients, creator_id: str, withdrawal_id: str) -> p.Withdrawal:
@@ -84,7 +69,7 @@ async def test_purchase_to_withdrawal(stack: Stack, clients: Clients, destinatio
     creator_id = await verified_creator(clients, destination)
     fan = await create_account(clients, prefix="fan")
     await buy(clients, fan, "coins_3303")  # 3,303 + 165 bonus = 3,468 coins
-    stream_id = await start_stream(clients, creator_id)
+    stream_id = await live_stream_id(clients, creator_id)
 
     sent = [
         await clients.gifts.SendGift(gift_request(fan, stream_id, gift, qty), metadata=auth(fan))
@@ -125,7 +110,7 @@ async def test_fifty_concurrent_gifts_against_a_short_balance(stack: Stack, clie
     creator_id = await verified_creator(clients, "sandbox:ok")
     fan = await create_account(clients, prefix="fan")
     await buy(clients, fan, "coins_330")  # covers 11 doughnuts of 30 coins
-    stream_id = await start_stream(clients, creator_id)
+    stream_id = await live_stream_id(clients, creator_id)
 
     results = await asyncio.gather(
         *(clients.gifts.SendGift(gift_request(fan, stream_id, "doughnut"), metadata=SERVICE) for _ in range(50)),
@@ -151,7 +136,7 @@ async def test_fifty_concurrent_gifts_against_a_short_balance(stack: Stack, clie
 
 async def test_many_fans_many_gifts_concurrently(stack: Stack, clients: Clients) -> None:
     creator_id = await verified_creator(clients, "sandbox:ok")
-    stream_id = await start_stream(clients, creator_id)
+    stream_id = await live_stream_id(clients, creator_id)
     fans = [await create_account(clients, prefix="fan") for _ in range(5)]
     await asyncio.gather(*(buy(clients, fan, "coins_660") for fan in fans))
 

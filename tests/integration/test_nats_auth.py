@@ -43,9 +43,9 @@ from services.runtime.nats_permissions import (
     password_from_environment,
     render_authorization,
 )
-from tests.conftest import Clients, new_id
-from tests.integration.payouts_helpers import earnings, gift_sent, publish
-from tests.stack import REPO_ROOT, Stack, operator_nats
+from tests.support.clients import Clients, new_id
+from tests.support.payouts import earnings, gift_sent, publish
+from tests.support.stack import REPO_ROOT, Stack, operator_nats
 
 # A request nats-server refused never gets an answer: the client gives up after this.
 REFUSED_REQUEST_TIMEOUT_SECONDS = 1.0

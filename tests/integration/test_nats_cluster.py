@@ -22,11 +22,12 @@ from nats.js.errors import Error as JetStreamError
 from devstack.servers import NatsCluster, NatsServer, PostgresServer, free_port
 from devstack.stack import Stack
 from services.runtime import messaging
-from tests.conftest import Clients, clients_for
-from tests.integration.test_gifts import coins_of, go_live, make_account
-from tests.integration.test_server_faults import GiftLoad
-from tests.invariants import all_violations, wait_until_settled
-from tests.stack import SUITE_SETTINGS, operator_nats
+from tests.support.clients import Clients, clients_for
+from tests.support.factories import balance, make_account
+from tests.support.gifts import go_live
+from tests.support.invariants import all_violations, wait_until_settled
+from tests.support.load import GiftLoad
+from tests.support.stack import SUITE_SETTINGS, operator_nats
 
 pytestmark = pytest.mark.slow
 
@@ -127,12 +128,12 @@ async def test_a_cluster_node_then_the_stream_leader_killed_under_load() -> None
 async def run_load(stack: Stack, clients: Clients, cluster: NatsCluster) -> None:
     stream = await go_live(clients)
     fans = [await make_account(clients, package_id="coins_1321") for _ in range(FANS)]
-    funded = {fan: await coins_of(clients, fan) for fan in fans}
+    funded = {fan: await balance(clients, fan) for fan in fans}
     load = GiftLoad(clients, stream.stream_id, fans)
     await asyncio.gather(load.run(LOAD_SECONDS), faults(cluster))
     for fan in fans:
         spent = sum(reply.gift.coins for reply in load.sent if reply.gift.sender_id == fan)
-        assert await coins_of(clients, fan) == funded[fan] - spent
+        assert await balance(clients, fan) == funded[fan] - spent
     assert len({reply.gift.gift_transaction_id for reply in load.sent}) == len(load.sent)
     await wait_until_settled(stack, timeout_seconds=60)
     assert await all_violations(stack) == []

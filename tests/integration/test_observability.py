@@ -14,10 +14,11 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import SERVICE, Clients
-from tests.integration.payouts_helpers import eventually, wait_for_lifetime
-from tests.integration.test_gifts import gift_request, go_live, make_account
-from tests.stack import REPO_ROOT, Stack
+from tests.support.clients import SERVICE, Clients
+from tests.support.factories import make_account
+from tests.support.gifts import gift_request, go_live
+from tests.support.payouts import eventually, wait_for_lifetime
+from tests.support.stack import REPO_ROOT, Stack
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "coinstream.json"
 RULES = REPO_ROOT / "deploy" / "prometheus" / "rules.yaml"
@@ -159,9 +160,7 @@ async def send_one_gift_through(clients: Clients) -> None:
 
 
 async def scrape_all(stack: Stack) -> dict[str, str]:
-    return {
-        name: await asyncio.to_thread(scrape, process.metrics_url) for name, process in stack.services.items()
-    }
+    return {name: await asyncio.to_thread(scrape, process.metrics_url) for name, process in stack.services.items()}
 
 
 async def test_dashboard_alerts_and_readme_name_only_metrics_the_services_export(

@@ -4,16 +4,15 @@ paid and failed by the sandbox payout provider. Diamonds arrive through settleme
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 
 import asyncpg
 import grpc
 import pytest
 from coinstream.payouts.v1 import payouts_pb2
 
-from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id, stored_key
-from tests.grpc_errors import error_reason, violated_fields
-from tests.integration.payouts_helpers import (
+from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id, stored_key
+from tests.support.errors import error_reason, refused, violated_fields
+from tests.support.payouts import (
     assert_ledger_consistent,
     earnings,
     fund,
@@ -21,13 +20,7 @@ from tests.integration.payouts_helpers import (
     wait_until_finished,
     withdraw,
 )
-from tests.stack import Stack
-
-
-async def refused(call: Awaitable[object]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await call
-    return error.value
+from tests.support.stack import Stack
 
 
 def profile_request(

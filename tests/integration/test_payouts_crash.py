@@ -7,8 +7,8 @@ import asyncpg
 import pytest
 from coinstream.payouts.v1 import payouts_pb2
 
-from tests.conftest import Clients, new_id
-from tests.integration.payouts_helpers import (
+from tests.support.clients import Clients, new_id
+from tests.support.payouts import (
     assert_ledger_consistent,
     earnings,
     eventually,
@@ -16,11 +16,12 @@ from tests.integration.payouts_helpers import (
     gift_sent,
     make_eligible,
     publish,
+    settlement_consumer_idle,
     wait_for_lifetime,
     wait_until_finished,
     withdraw,
 )
-from tests.stack import Stack, operator_nats
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +35,6 @@ async def fetch_value(stack: Stack, sql: str, *args: object) -> object:
         return await conn.fetchval(sql, *args)
     finally:
         await conn.close()
-
-
-async def settlement_consumer_idle(stack: Stack) -> bool:
-    nc = await operator_nats(stack.nats)
-    try:
-        info = await nc.jetstream().consumer_info("GIFTS", "payouts-settlement")
-        return info.num_pending == 0 and info.num_ack_pending == 0
-    finally:
-        await nc.drain()
 
 
 async def test_crash_between_settlement_commit_and_ack_counts_gifts_once(stack: Stack, clients: Clients) -> None:

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from services.runtime import database
-from tests.stack import REPO_ROOT, Stack
+from tests.support.stack import REPO_ROOT, Stack
 
 PAYOUTS_MIGRATIONS = REPO_ROOT / "services" / "payouts" / "migrations"
 

@@ -18,7 +18,7 @@ from services.payouts.service import PayoutsService
 from services.payouts.store import PostgresPayoutsStore
 from services.runtime import database
 from services.runtime.errors import AppError
-from tests.stack import REPO_ROOT, Stack
+from tests.support.stack import REPO_ROOT, Stack
 
 MIDNIGHT = datetime(2026, 11, 20, tzinfo=UTC)
 # (stream, coins, when): two on each side of the 20th's midnight, one on another stream days later.

@@ -12,14 +12,14 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from coinstream.gifts.v1 import gifts_pb2
 
 from devstack.servers import free_port, stop_process
 from services.reconcile.checks import Thresholds, completed_gifts, gift_payments, stuck_work, wallet_ledger
-from tests.conftest import Clients, auth, new_id
-from tests.factories import buy, create_account
-from tests.invariants import wait_until_settled
-from tests.stack import REPO_ROOT, Stack
+from tests.support.clients import Clients, new_id
+from tests.support.factories import buy, create_account
+from tests.support.gifts import live_stream_id
+from tests.support.invariants import wait_until_settled
+from tests.support.stack import REPO_ROOT, Stack
 
 
 async def run_reconcile(
@@ -71,17 +71,8 @@ async def test_a_balance_that_drifted_from_its_postings_is_reported(stack: Stack
         await conn.close()
 
 
-async def live_stream(clients: Clients) -> str:
-    creator_id = await create_account(clients)
-    reply = await clients.gifts.StartLiveStream(
-        gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator_id, title="reconcile"),
-        metadata=auth(creator_id),
-    )
-    return reply.stream.stream_id
-
-
 async def test_a_completed_gift_without_its_wallet_spend_is_reported(stack: Stack, clients: Clients) -> None:
-    stream_id = await live_stream(clients)
+    stream_id = await live_stream_id(clients)
     wallet = await asyncpg.connect(stack.database_url("wallet"))
     gifts = await asyncpg.connect(stack.database_url("gifts"))
     gift_id = new_id("gtx")
@@ -113,7 +104,7 @@ async def test_a_completed_gift_without_its_wallet_spend_is_reported(stack: Stac
 
 
 async def test_work_pending_longer_than_the_threshold_is_reported(stack: Stack, clients: Clients) -> None:
-    stream_id = await live_stream(clients)
+    stream_id = await live_stream_id(clients)
     connections = {name: await asyncpg.connect(stack.database_url(name)) for name in ("wallet", "gifts", "payouts")}
     gifts = connections["gifts"]
     gift_id = new_id("gtx")

@@ -17,10 +17,11 @@ from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
 from devstack.servers import stop_process
 from devstack.stack import ServiceProcess
-from tests.conftest import SERVICE, Clients
-from tests.integration.test_gifts import coins_of, gift_request, go_live, make_account
-from tests.invariants import all_violations, wait_until_settled
-from tests.stack import Stack
+from tests.support.clients import SERVICE, Clients
+from tests.support.factories import balance, make_account
+from tests.support.gifts import gift_request, go_live
+from tests.support.invariants import all_violations, wait_until_settled
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +88,7 @@ class RetryingFans:
 async def test_one_replica_of_each_service_killed_under_load(stack: Stack, clients: Clients) -> None:
     stream = await go_live(clients)
     fans = [await make_account(clients, package_id="coins_1321") for _ in range(FANS)]
-    funded = {fan: await coins_of(clients, fan) for fan in fans}
+    funded = {fan: await balance(clients, fan) for fan in fans}
     async with second_replicas(stack) as replicas:
         channels = [
             grpc.aio.insecure_channel(address) for address in (stack.address("gifts"), replicas["gifts"].address)
@@ -109,6 +110,6 @@ async def test_one_replica_of_each_service_killed_under_load(stack: Stack, clien
         await asyncio.to_thread(stack.wait_serving, service)
     for fan in fans:
         spent = sum(reply.gift.coins for reply in load.sent if reply.gift.sender_id == fan)
-        assert await coins_of(clients, fan) == funded[fan] - spent
+        assert await balance(clients, fan) == funded[fan] - spent
     assert len({reply.gift.gift_transaction_id for reply in load.sent}) == len(load.sent)
     assert await all_violations(stack) == []

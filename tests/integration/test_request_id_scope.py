@@ -8,11 +8,11 @@ import grpc
 import pytest
 from coinstream.wallet.v1 import wallet_pb2
 
-from tests.conftest import SERVICE, Clients, auth, new_id, stored_key
-from tests.factories import balance, create_account
-from tests.grpc_errors import error_reason
-from tests.integration.test_gifts import gift_request, go_live, make_account
-from tests.stack import Stack
+from tests.support.clients import SERVICE, Clients, auth, new_id, stored_key
+from tests.support.errors import error_reason
+from tests.support.factories import balance, create_account, make_account
+from tests.support.gifts import gift_request, go_live
+from tests.support.stack import Stack
 
 
 def purchase(request_id: str, account_id: str, package_id: str = "coins_65") -> wallet_pb2.PurchaseCoinsRequest:

@@ -6,56 +6,25 @@ find nothing (the session's end checks them again)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from coinstream.gifts.v1 import gifts_pb2
 
-from tests.conftest import SERVICE, Clients
-from tests.integration.test_gifts import coins_of, gift_request, go_live, make_account
-from tests.invariants import all_violations
-from tests.stack import Stack
+from tests.support.clients import Clients
+from tests.support.factories import balance, make_account
+from tests.support.gifts import go_live
+from tests.support.invariants import all_violations
+from tests.support.load import CALL_TIMEOUT_SECONDS, GiftLoad
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 
 FANS = 8
 LOAD_SECONDS = 8.0
-CALL_TIMEOUT_SECONDS = 2.0
 OUTAGE_SECONDS = 2.5
 # A refused call comes back well within its deadline; one the server never answered ends at the deadline.
 FAIL_FAST_MARGIN_SECONDS = 1.0
-
-
-@dataclass
-class GiftLoad:
-    """Fans sending roses one after another, each retried with its request_id until it succeeds."""
-
-    clients: Clients
-    stream_id: str
-    fans: list[str]
-    sent: list[gifts_pb2.SendGiftResponse] = field(default_factory=list)
-    failures: list[tuple[grpc.StatusCode, float]] = field(default_factory=list)  # code, seconds until it came back
-
-    async def run(self, seconds: float) -> None:
-        stop_at = time.monotonic() + seconds
-        await asyncio.gather(*(self._fan(fan, stop_at) for fan in self.fans))
-
-    async def _fan(self, fan: str, stop_at: float) -> None:
-        while time.monotonic() < stop_at:
-            request = gift_request(fan, self.stream_id)
-            while True:
-                started = time.monotonic()
-                try:
-                    reply = await self.clients.gifts.SendGift(request, metadata=SERVICE, timeout=CALL_TIMEOUT_SECONDS)
-                except grpc.aio.AioRpcError as error:
-                    self.failures.append((error.code(), time.monotonic() - started))
-                    await asyncio.sleep(0.2)
-                    continue
-                self.sent.append(reply)
-                break
 
 
 async def run_load_with_outage(
@@ -63,7 +32,7 @@ async def run_load_with_outage(
 ) -> GiftLoad:
     stream = await go_live(clients)
     fans = [await make_account(clients, package_id="coins_1321") for _ in range(FANS)]
-    funded = {fan: await coins_of(clients, fan) for fan in fans}  # the package and its promotional bonus
+    funded = {fan: await balance(clients, fan) for fan in fans}  # the package and its promotional bonus
     load = GiftLoad(clients, stream.stream_id, fans)
     running = asyncio.create_task(load.run(LOAD_SECONDS))
     await asyncio.sleep(1.5)
@@ -73,7 +42,7 @@ async def run_load_with_outage(
     await running
     for fan in fans:
         spent = sum(reply.gift.coins for reply in load.sent if reply.gift.sender_id == fan)
-        assert await coins_of(clients, fan) == funded[fan] - spent  # each gift charged exactly once
+        assert await balance(clients, fan) == funded[fan] - spent  # each gift charged exactly once
     assert len({reply.gift.gift_transaction_id for reply in load.sent}) == len(load.sent)
     return load
 

@@ -10,24 +10,17 @@ import asyncpg
 import pytest
 from coinstream.payouts.v1 import payouts_pb2
 
-from tests.conftest import SERVICE, Clients, new_id
-from tests.integration.payouts_helpers import (
+from tests.support.clients import SERVICE, Clients, new_id
+from tests.support.payouts import (
     assert_ledger_consistent,
+    fetch,
     gift_sent,
     publish,
     publish_raw,
+    wait_for_dead_letter,
     wait_for_lifetime,
 )
-from tests.integration.test_dead_letters import wait_for_dead_letter
-from tests.stack import Stack
-
-
-async def query(stack: Stack, sql: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(stack.database_url("payouts"))
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
+from tests.support.stack import Stack
 
 
 async def current_rate_version(clients: Clients) -> int:
@@ -41,7 +34,7 @@ async def test_gift_credits_its_creator_without_a_profile(stack: Stack, clients:
     found = await wait_for_lifetime(clients, creator_id, 299)
     assert (found.available_diamonds, found.reserved_diamonds, found.lifetime_diamonds) == (299, 0, 299)
 
-    [credit] = await query(
+    [credit] = await fetch(
         stack,
         "SELECT creator_id, stream_id, coins, diamonds, rate_version FROM diamond_credits"
         " WHERE gift_transaction_id = $1",
@@ -68,7 +61,7 @@ async def test_redelivered_gift_is_settled_once(stack: Stack, clients: Clients) 
     await publish(stack, [gift_sent(creator_id, 1)])
     found = await wait_for_lifetime(clients, creator_id, 101)
     assert (found.available_diamonds, found.lifetime_diamonds) == (101, 101)
-    [row] = await query(
+    [row] = await fetch(
         stack, "SELECT count(*) FROM diamond_credits WHERE gift_transaction_id = $1", event.gift_transaction_id
     )
     assert row["count"] == 1
@@ -84,14 +77,14 @@ async def test_thousands_of_gifts_to_one_creator_are_settled_exactly_and_in_batc
     found = await wait_for_lifetime(clients, creator_id, total)
     assert (found.available_diamonds, found.lifetime_diamonds) == (total, total)
 
-    [credits] = await query(
+    [credits] = await fetch(
         stack,
         "SELECT count(*) AS gifts, sum(diamonds) AS diamonds FROM diamond_credits WHERE creator_id = $1",
         creator_id,
     )
     assert (credits["gifts"], credits["diamonds"]) == (2000, total)
     # One posting (and one balance update) per batch, not per gift.
-    [postings] = await query(
+    [postings] = await fetch(
         stack, "SELECT count(*) FROM postings WHERE ledger_account_id = $1", f"creator:{creator_id}:available"
     )
     assert 4 <= postings["count"] < 2000  # at most 500 gifts per batch
@@ -121,7 +114,7 @@ async def test_unreadable_events_are_set_aside_without_blocking_settlement(stack
     await publish(stack, [gift_sent(creator_id, 5)])
     found = await wait_for_lifetime(clients, creator_id, 5)
     assert found.lifetime_diamonds == 5
-    rows = await query(
+    rows = await fetch(
         stack,
         "SELECT gift_transaction_id FROM inbox WHERE gift_transaction_id = ANY($1::text[])",
         [bad_creator.gift_transaction_id, no_coins.gift_transaction_id],
@@ -136,7 +129,7 @@ async def test_video_gift_is_credited_like_a_stream_gift(stack: Stack, clients: 
     found = await wait_for_lifetime(clients, creator_id, 150)
     assert (found.available_diamonds, found.lifetime_diamonds) == (150, 150)
 
-    credits = await query(
+    credits = await fetch(
         stack,
         "SELECT gift_transaction_id, stream_id, video_id, coins, diamonds, rate_version FROM diamond_credits"
         " WHERE creator_id = $1 ORDER BY coins DESC",
@@ -180,13 +173,13 @@ async def test_gift_to_both_a_stream_and_a_video_or_to_neither_is_dead_lettered(
         letter = await wait_for_dead_letter(stack, event.gift_transaction_id)
         assert letter.reason.startswith("unreadable GiftSent") and f"{field}: " in letter.reason
         assert (letter.gift_transaction_id, letter.payload) == (event.gift_transaction_id, event.SerializeToString())
-    rows = await query(
+    rows = await fetch(
         stack,
         "SELECT gift_transaction_id FROM inbox WHERE gift_transaction_id = ANY($1::text[])",
         [both.gift_transaction_id, neither.gift_transaction_id],
     )
     assert rows == []
-    assert (await query(stack, "SELECT count(*) FROM diamond_credits WHERE creator_id = $1", creator_id))[0][0] == 1
+    assert (await fetch(stack, "SELECT count(*) FROM diamond_credits WHERE creator_id = $1", creator_id))[0][0] == 1
 
 
 async def test_database_refuses_unbalanced_negative_or_edited_ledger_entries(stack: Stack) -> None:
@@ -238,7 +231,7 @@ async def test_rate_change_is_a_new_version_stored_on_each_credit(stack: Stack, 
         await publish(stack, events)
         found = await wait_for_lifetime(clients, creator_id, 52)
         assert found.lifetime_diamonds == 52  # 104 coins × 1/2: the halves are carried, not dropped
-        rows = await query(stack, "SELECT DISTINCT rate_version FROM diamond_credits WHERE creator_id = $1", creator_id)
+        rows = await fetch(stack, "SELECT DISTINCT rate_version FROM diamond_credits WHERE creator_id = $1", creator_id)
         assert [row["rate_version"] for row in rows] == [before + 1]
     finally:
         stack.restart_service("payouts")

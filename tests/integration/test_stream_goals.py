@@ -12,12 +12,12 @@ from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 
 from services.gifts.events import GOAL_REACHED_SUBJECT
-from tests.conftest import SERVICE, Clients, auth, new_id
-from tests.events import events_on
-from tests.grpc_errors import error_reason, violated_fields
-from tests.integration.test_gifts import gift_request, go_live, make_account, summary_of
-from tests.integration.test_gifts_feed import end_stream, watching
-from tests.stack import Stack
+from tests.support.clients import SERVICE, Clients, auth, new_id
+from tests.support.errors import error_reason, violated_fields
+from tests.support.events import events_on
+from tests.support.factories import make_account
+from tests.support.gifts import end_stream, gift_request, go_live, send, summary_of, watching
+from tests.support.stack import Stack
 
 FEED_TIMEOUT_SECONDS = 15.0
 
@@ -35,10 +35,6 @@ async def set_goal(clients: Clients, stream: gifts_pb2.LiveStream, target_coins:
         goal_request(stream.stream_id, target_coins), metadata=auth(stream.creator_id)
     )
     return reply.goal
-
-
-async def send(clients: Clients, sender: str, stream_id: str, gift_id: str = "rose", quantity: int = 1) -> None:
-    await clients.gifts.SendGift(gift_request(sender, stream_id, gift_id, quantity), metadata=SERVICE)
 
 
 async def goal_reached_events(stack: Stack, goal_id: str) -> list[events_pb2.GoalReached]:

@@ -29,12 +29,12 @@ from devstack.certificates import StackTls
 from devstack.servers import NatsServer, PostgresServer, free_port, postgres_bin_with_ssl
 from devstack.stack import ALL_SERVICES, Stack
 from services.runtime import tls
-from tests.conftest import SERVICE, Clients, clients_for
-from tests.factories import balance, buy, create_account
-from tests.integration.test_gifts import gift_request, go_live
-from tests.integration.test_money_path import wait_for_diamonds
-from tests.invariants import all_violations
-from tests.stack import SUITE_SETTINGS
+from tests.support.clients import SERVICE, Clients, clients_for
+from tests.support.factories import balance, buy, create_account
+from tests.support.gifts import gift_request, go_live
+from tests.support.invariants import all_violations
+from tests.support.payouts import wait_for_diamonds
+from tests.support.stack import SUITE_SETTINGS
 
 pytestmark = pytest.mark.slow
 

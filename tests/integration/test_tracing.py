@@ -22,10 +22,11 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from devstack.servers import stop_process
-from tests.conftest import SERVICE, Clients
-from tests.integration.payouts_helpers import wait_for_lifetime
-from tests.integration.test_gifts import gift_request, go_live, make_account
-from tests.stack import Stack
+from tests.support.clients import SERVICE, Clients
+from tests.support.factories import make_account
+from tests.support.gifts import gift_request, go_live
+from tests.support.payouts import wait_for_lifetime
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 
@@ -75,9 +76,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         for resource_spans in request.resource_spans:
-            service = next(
-                a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"
-            )
+            service = next(a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name")
             for scope_spans in resource_spans.scope_spans:
                 self.spans += [Collected(service, span) for span in scope_spans.spans]
         return trace_service_pb2.ExportTraceServiceResponse()

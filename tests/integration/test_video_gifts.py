@@ -11,12 +11,13 @@ import pytest
 from coinstream.gifts.v1 import gifts_pb2
 from coinstream.payouts.v1 import payouts_pb2
 
-from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id
-from tests.grpc_errors import error_reason, violated_fields
-from tests.integration.payouts_helpers import wait_for_lifetime
-from tests.integration.test_gifts import coins_of, gift_sent_messages, go_live, make_account
-from tests.integration.test_gifts_economy import published_event
-from tests.stack import Stack
+from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
+from tests.support.errors import error_reason, violated_fields
+from tests.support.events import gift_sent_messages, published_event
+from tests.support.factories import balance, make_account
+from tests.support.gifts import go_live
+from tests.support.payouts import wait_for_lifetime
+from tests.support.stack import Stack
 
 
 def video_request(
@@ -59,9 +60,9 @@ async def test_a_video_gift_is_paid_once_announced_and_settled_into_diamonds(cli
         60,
         1,
     )
-    assert reply.sender_balance_coins == 270 == await coins_of(clients, fan)
+    assert reply.sender_balance_coins == 270 == await balance(clients, fan)
     assert await clients.gifts.SendGift(request, metadata=auth(fan)) == reply  # a replay moves nothing
-    assert await coins_of(clients, fan) == 270
+    assert await balance(clients, fan) == 270
     event = await published_event(stack, gift.gift_transaction_id)
     assert (event.video_id, event.stream_id, event.recipient_id, event.coins) == (
         video.video_id,
@@ -116,7 +117,7 @@ async def test_video_gifts_are_refused_when_unknown_disabled_or_to_oneself(clien
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await clients.gifts.SendGift(request, metadata=SERVICE)
         assert (refused.value.code(), error_reason(refused.value)) == (code, reason)
-    assert await coins_of(clients, fan) == await coins_of(clients, creator) == 330
+    assert await balance(clients, fan) == await balance(clients, creator) == 330
     # Turned on later, the video takes gifts; turned off again, it refuses them.
     await clients.gifts.UpsertVideo(video_request(creator, quiet.video_id), metadata=SERVICE)
     await clients.gifts.SendGift(video_gift(fan, quiet.video_id), metadata=SERVICE)
@@ -179,7 +180,7 @@ async def test_concurrent_video_and_stream_gifts_keep_the_money_identities(clien
         for _ in range(3)
     ]
     await asyncio.gather(*(clients.gifts.SendGift(r, metadata=SERVICE) for r in requests))
-    assert [await coins_of(clients, fan) for fan in fans] == [330 - 15 - 6] * 4
+    assert [await balance(clients, fan) for fan in fans] == [330 - 15 - 6] * 4
     earnings = await wait_for_lifetime(clients, creator, 4 * (15 + 6))
     assert earnings.lifetime_diamonds == 84
     statement = await clients.payouts.ListEarnings(

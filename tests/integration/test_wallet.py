@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable
 
 import grpc
 import pytest
 from coinstream.wallet.v1 import wallet_pb2 as w
 from google.protobuf.message import Message
 
-from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id, stored_key
-from tests.factories import balance, buy, create_account
-from tests.grpc_errors import error_reason, violated_fields
-from tests.stack import Stack
-
-
-async def expect_error(
-    call: Awaitable[object], code: grpc.StatusCode, reason: str | None = None
-) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    assert caught.value.code() == code, caught.value.details()
-    if reason is not None:
-        assert error_reason(caught.value) == reason
-    return caught.value
-
+from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id, stored_key
+from tests.support.errors import error_reason, expect_error, violated_fields
+from tests.support.factories import balance, buy, create_account
+from tests.support.stack import Stack
 
 # --- accounts -------------------------------------------------------------------------------------------------
 
@@ -112,7 +99,7 @@ async def test_calls_without_a_valid_token_are_unauthenticated(
 
 async def test_expired_or_foreign_tokens_are_unauthenticated(clients: Clients) -> None:
     from services.runtime.auth import mint_token
-    from tests.stack import AUTH_SECRET
+    from tests.support.stack import AUTH_SECRET
 
     expired = mint_token(AUTH_SECRET, "alice", ["user"], ttl_seconds=-60)  # past the 30 s clock leeway
     forged = mint_token("another-secret-that-is-long-enough-0123456789", "alice", ["admin"])

@@ -9,9 +9,9 @@ import grpc
 import pytest
 from coinstream.wallet.v1 import wallet_pb2 as w
 
-from tests.conftest import SERVICE, Clients, new_id
-from tests.factories import balance, create_account
-from tests.stack import Stack
+from tests.support.clients import SERVICE, Clients, new_id
+from tests.support.factories import balance, create_account
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,11 @@ from coinstream.gifts.v1 import gifts_pb2_grpc
 from devstack.servers import stop_process
 from devstack.stack import ServiceProcess
 from services.runtime.auth import mint_token
-from tests.conftest import Clients, auth
-from tests.factories import balance
-from tests.integration.payouts_helpers import eventually
-from tests.integration.test_gifts import gift_request, go_live, make_account
-from tests.stack import AUTH_SECRET, Stack
+from tests.support.clients import Clients, auth
+from tests.support.factories import balance, make_account
+from tests.support.gifts import gift_request, go_live
+from tests.support.payouts import eventually
+from tests.support.stack import AUTH_SECRET, Stack
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,10 @@ from coinstream.gifts.v1 import gifts_pb2_grpc
 
 from devstack.servers import free_port, stop_process
 from devstack.stack import ServiceProcess
-from tests.conftest import Clients, auth
-from tests.factories import balance
-from tests.integration.test_gifts import gift_request, go_live, make_account
-from tests.stack import Stack
+from tests.support.clients import Clients, auth
+from tests.support.factories import balance, make_account
+from tests.support.gifts import gift_request, go_live
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.slow
 
@@ -56,9 +56,7 @@ async def gifts_calling(stack: Stack, wallet_address: str) -> AsyncIterator[gift
         yield gifts_pb2_grpc.GiftServiceStub(channel)
 
 
-async def send_gifts(
-    clients: Clients, gifts: gifts_pb2_grpc.GiftServiceStub, count: int, pause_seconds: float
-) -> str:
+async def send_gifts(clients: Clients, gifts: gifts_pb2_grpc.GiftServiceStub, count: int, pause_seconds: float) -> str:
     """One rose at a time from a new fan (each gift its own batch, so its own wallet call); returns the fan."""
     stream = await go_live(clients)
     fan = await make_account(clients, package_id="coins_65")

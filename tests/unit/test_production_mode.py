@@ -14,7 +14,7 @@ from services.gifts.config import GiftsSettings
 from services.payouts.config import PayoutsSettings
 from services.runtime.config import RuntimeSettings, migration_only
 from services.wallet.config import WalletSettings
-from tests.stack import REPO_ROOT
+from tests.support.stack import REPO_ROOT
 
 SECRET = "a-production-secret-that-is-long-enough-0123456789"
 VERIFIED_DSN = "postgresql://svc@db.internal/{0}?sslmode=verify-full&sslrootcert=/etc/coinstream/db-ca.pem"

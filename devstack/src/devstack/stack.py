@@ -1,5 +1,5 @@
 """A whole stack in a folder of its own on free loopback ports: embedded PostgreSQL, nats-server with JetStream and
-the three services as `python -m services.<name>` processes. The test suite (tests/stack.py) and `make bench` use it;
+the three services as `python -m services.<name>` processes. The test suite (tests/support/stack.py) and `make bench` use it;
 `make run` (devstack.run) is the foreground variant on the fixed development ports."""
 
 from __future__ import annotations

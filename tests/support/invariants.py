@@ -10,7 +10,7 @@ import asyncpg
 
 from services.reconcile.checks import Discrepancy, Thresholds, wallet_ledger
 from services.reconcile.reconciler import dead_lettered_gifts, reconcile
-from tests.stack import Stack
+from tests.support.stack import Stack
 
 # Settlement has caught up before the checks (wait_until_settled), so no completed gift may lack its credit.
 SETTLED = Thresholds(settlement_grace_seconds=0.0)

@@ -1,4 +1,5 @@
-"""Reading back what the services published to JetStream (the suite's stack keeps every event: tests/stack.py)."""
+"""Reading back what the services published to JetStream (the suite's stack keeps every event:
+tests/support/stack.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import TypeVar
 
 import nats
 import nats.errors
+from coinstream.events.v1 import events_pb2
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from devstack.servers import NatsServer
-from tests.stack import operator_nats
+from services.runtime.messaging import GIFT_SENT_SUBJECT
+from tests.support.stack import Stack, operator_nats
 
 READ_IDLE_SECONDS = 2.0
 
@@ -64,3 +67,25 @@ async def events_on(
         if len(found) >= at_least or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.2)
+
+
+async def gift_sent_messages(
+    server: NatsServer, gift_transaction_id: str, *, timeout_seconds: float = 15.0
+) -> list[Msg]:
+    """Every GiftSent message for this gift in the GIFTS stream, once at least one arrived (or the time ran out)."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        found = [
+            message
+            for message in await messages_on(server, GIFT_SENT_SUBJECT)
+            if message.headers and message.headers.get("Nats-Msg-Id") == gift_transaction_id
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.2)
+
+
+async def published_event(stack: Stack, gift_transaction_id: str) -> events_pb2.GiftSent:
+    """The one GiftSent published for this gift."""
+    [message] = await gift_sent_messages(stack.nats, gift_transaction_id)
+    return events_pb2.GiftSent.FromString(message.data)

@@ -1,5 +1,5 @@
-"""GiftService against the real stack: catalog, live streams, gifts paid through the wallet, GiftSent on JetStream,
-stream summaries; errors, validation, auth and idempotency. Every test makes its own accounts and streams."""
+"""SendGift against the real stack: gifts paid through the wallet, GiftSent on JetStream, stream summaries; errors,
+validation, auth and idempotency. Every test makes its own accounts and streams."""
 
 from __future__ import annotations
 
@@ -11,256 +11,14 @@ import pytest
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 from coinstream.wallet.v1 import wallet_pb2
-from nats.aio.msg import Msg
 
-from devstack.servers import NatsServer
 from services.runtime.messaging import GIFT_SENT_SUBJECT
-from tests.conftest import SERVICE, Clients, auth, new_id
-from tests.events import messages_on
-from tests.grpc_errors import error_reason, violated_fields
-from tests.stack import Stack
-
-# ---------------------------------------------------------------- helpers (also used by test_gifts_crash.py)
-
-
-async def make_account(clients: Clients, *, adult_verified: bool = True, package_id: str | None = None) -> str:
-    """A fresh wallet account, with the coins of one package bought when package_id is given."""
-    account_id = new_id("acct")
-    await clients.wallet.UpsertAccount(
-        wallet_pb2.UpsertAccountRequest(
-            request_id=new_id("req"), account_id=account_id, adult_verified=adult_verified, country_code="US"
-        ),
-        metadata=SERVICE,
-    )
-    if package_id is not None:
-        await clients.wallet.PurchaseCoins(
-            wallet_pb2.PurchaseCoinsRequest(
-                request_id=new_id("req"), account_id=account_id, package_id=package_id, payment_token="tok_ok"
-            ),
-            metadata=SERVICE,
-        )
-    return account_id
-
-
-async def coins_of(clients: Clients, account_id: str) -> int:
-    reply = await clients.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id), metadata=SERVICE)
-    return reply.balance.coins
-
-
-async def go_live(clients: Clients, creator_id: str | None = None) -> gifts_pb2.LiveStream:
-    creator_id = creator_id or await make_account(clients)
-    reply = await clients.gifts.StartLiveStream(
-        gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator_id, title="Friday night"),
-        metadata=auth(creator_id),
-    )
-    return reply.stream
-
-
-def gift_request(
-    sender_id: str, stream_id: str, gift_id: str = "rose", quantity: int = 1, request_id: str | None = None
-) -> gifts_pb2.SendGiftRequest:
-    return gifts_pb2.SendGiftRequest(
-        request_id=request_id or new_id("req"),
-        sender_id=sender_id,
-        stream_id=stream_id,
-        gift_id=gift_id,
-        quantity=quantity,
-    )
-
-
-async def summary_of(clients: Clients, stream_id: str) -> gifts_pb2.StreamSummary:
-    reply = await clients.gifts.GetStreamSummary(
-        gifts_pb2.GetStreamSummaryRequest(stream_id=stream_id), metadata=SERVICE
-    )
-    return reply.summary
-
-
-async def gift_sent_messages(
-    server: NatsServer, gift_transaction_id: str, *, timeout_seconds: float = 15.0
-) -> list[Msg]:
-    """Every GiftSent message for this gift in the GIFTS stream, once at least one arrived (or the time ran out)."""
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        found = [
-            message
-            for message in await messages_on(server, GIFT_SENT_SUBJECT)
-            if message.headers and message.headers.get("Nats-Msg-Id") == gift_transaction_id
-        ]
-        if found or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.2)
-
-
-# ---------------------------------------------------------------- ListGifts
-
-
-SEEDED_GIFT_IDS = {
-    "rose",
-    "finger_heart",
-    "doughnut",
-    "hand_hearts",
-    "corgi",
-    "money_gun",
-    "disco_ball",
-    "lion",
-    "universe",
-}
-
-
-async def test_list_gifts_returns_the_catalog_by_price(clients: Clients) -> None:
-    reply = await clients.gifts.ListGifts(gifts_pb2.ListGiftsRequest(), metadata=auth(new_id("user")))
-    # Catalog admin tests add gifts of their own to the shared catalog; the seeded ones keep their prices and order.
-    prices = [g.coin_price for g in reply.gifts]
-    assert prices == sorted(prices)
-    assert [(g.gift_id, g.coin_price) for g in reply.gifts if g.gift_id in SEEDED_GIFT_IDS] == [
-        ("rose", 1),
-        ("finger_heart", 5),
-        ("doughnut", 30),
-        ("hand_hearts", 100),
-        ("corgi", 299),
-        ("money_gun", 500),
-        ("disco_ball", 1000),
-        ("lion", 29999),
-        ("universe", 34999),
-    ]
-    assert {g.gift_id: g.name for g in reply.gifts}["finger_heart"] == "Finger Heart"
-
-
-async def test_calls_without_a_token_are_unauthenticated(clients: Clients) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await clients.gifts.ListGifts(gifts_pb2.ListGiftsRequest())
-    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await clients.gifts.SendGift(gift_request("someone", "str_x"))
-    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
-
-
-# ---------------------------------------------------------------- live streams
-
-
-async def test_start_and_end_live_stream(clients: Clients) -> None:
-    creator = await make_account(clients)
-    request = gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator, title="Cooking show")
-    started = await clients.gifts.StartLiveStream(request, metadata=auth(creator))
-    stream = started.stream
-    assert stream.stream_id and stream.creator_id == creator and stream.title == "Cooking show"
-    assert stream.status == gifts_pb2.STREAM_STATUS_LIVE
-    assert await clients.gifts.StartLiveStream(request, metadata=auth(creator)) == started  # idempotent replay
-
-    end = gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=stream.stream_id)
-    ended = await clients.gifts.EndLiveStream(end, metadata=auth(creator))
-    assert ended.stream.status == gifts_pb2.STREAM_STATUS_ENDED
-    assert ended.stream.stream_id == stream.stream_id and ended.stream.title == "Cooking show"
-    assert await clients.gifts.EndLiveStream(end, metadata=auth(creator)) == ended  # idempotent replay
-    # Ending an ended stream (new request_id) returns it unchanged.
-    again = await clients.gifts.EndLiveStream(
-        gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=stream.stream_id), metadata=SERVICE
-    )
-    assert again.stream == ended.stream
-    # Once ended, the creator may go live again.
-    assert (await go_live(clients, creator)).stream_id != stream.stream_id
-
-
-async def test_service_may_start_and_end_a_stream_for_a_creator(clients: Clients) -> None:
-    creator = await make_account(clients)
-    started = await clients.gifts.StartLiveStream(
-        gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator, title="t"), metadata=SERVICE
-    )
-    ended = await clients.gifts.EndLiveStream(
-        gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=started.stream.stream_id), metadata=SERVICE
-    )
-    assert ended.stream.status == gifts_pb2.STREAM_STATUS_ENDED
-
-
-async def test_second_live_stream_is_refused(clients: Clients) -> None:
-    stream = await go_live(clients)
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await go_live(clients, stream.creator_id)
-    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error_reason(error.value) == "STREAM_ALREADY_LIVE"
-
-
-async def test_concurrent_starts_leave_one_live_stream(clients: Clients) -> None:
-    creator = await make_account(clients)
-    outcomes = await asyncio.gather(*(go_live(clients, creator) for _ in range(5)), return_exceptions=True)
-    started = [o for o in outcomes if isinstance(o, gifts_pb2.LiveStream)]
-    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
-    assert len(started) == 1 and len(refused) == 4
-    assert {error_reason(e) for e in refused} == {"STREAM_ALREADY_LIVE"}
-
-
-@pytest.mark.parametrize("known", [True, False], ids=["not-adult", "unknown"])
-async def test_creator_must_be_adult_verified(clients: Clients, known: bool) -> None:
-    creator = await make_account(clients, adult_verified=False) if known else new_id("ghost")
-    request = gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator, title="t")
-    for _ in range(2):  # the refusal is stored: a retry gets it again
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await clients.gifts.StartLiveStream(request, metadata=auth(creator))
-        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert error_reason(error.value) == "ACCOUNT_NOT_ELIGIBLE"
-
-
-async def test_end_unknown_stream_is_not_found(clients: Clients) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await clients.gifts.EndLiveStream(
-            gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id="str_missing"), metadata=SERVICE
-        )
-    assert error.value.code() == grpc.StatusCode.NOT_FOUND
-    assert error_reason(error.value) == "STREAM_NOT_FOUND"
-
-
-async def test_users_cannot_start_or_end_streams_of_others(clients: Clients) -> None:
-    creator = await make_account(clients)
-    intruder = await make_account(clients)
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await clients.gifts.StartLiveStream(
-            gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator, title="t"),
-            metadata=auth(intruder),
-        )
-    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    stream = await go_live(clients, creator)
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await clients.gifts.EndLiveStream(
-            gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=stream.stream_id),
-            metadata=auth(intruder),
-        )
-    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    # Still live: the intruder changed nothing.
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await go_live(clients, creator)
-    assert error_reason(error.value) == "STREAM_ALREADY_LIVE"
-
-
-async def test_invalid_stream_requests_change_nothing(clients: Clients) -> None:
-    creator = await make_account(clients)
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await clients.gifts.StartLiveStream(
-            gifts_pb2.StartLiveStreamRequest(request_id="bad id!", creator_id=creator, title="x" * 201),
-            metadata=SERVICE,
-        )
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violated_fields(error.value) == {"request_id", "title"}
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await clients.gifts.StartLiveStream(
-            gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id="no spaces", title="  "),
-            metadata=SERVICE,
-        )
-    assert violated_fields(error.value) == {"creator_id", "title"}
-    stream = await go_live(clients, creator)  # nothing was started by the invalid calls
-
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await clients.gifts.EndLiveStream(gifts_pb2.EndLiveStreamRequest(request_id="", stream_id=""), metadata=SERVICE)
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violated_fields(error.value) == {"request_id", "stream_id"}
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await clients.gifts.EndLiveStream(
-            gifts_pb2.EndLiveStreamRequest(request_id="", stream_id=stream.stream_id), metadata=SERVICE
-        )
-    assert violated_fields(error.value) == {"request_id"}
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await go_live(clients, creator)
-    assert error_reason(error.value) == "STREAM_ALREADY_LIVE"  # still live
-
+from tests.support.clients import SERVICE, Clients, auth, new_id
+from tests.support.errors import error_reason, violated_fields
+from tests.support.events import gift_sent_messages
+from tests.support.factories import balance, make_account
+from tests.support.gifts import gift_request, go_live, summary_of
+from tests.support.stack import Stack
 
 # ---------------------------------------------------------------- SendGift
 
@@ -276,7 +34,7 @@ async def test_send_gift_charges_the_sender_and_credits_the_stream(clients: Clie
     assert (gift.sender_id, gift.recipient_id, gift.stream_id) == (sender, stream.creator_id, stream.stream_id)
     assert (gift.gift_id, gift.quantity, gift.coins) == ("finger_heart", 3, 15)
     assert reply.sender_balance_coins == 330 - 15
-    assert await coins_of(clients, sender) == 330 - 15
+    assert await balance(clients, sender) == 330 - 15
     summary = await summary_of(clients, stream.stream_id)
     assert (summary.total_coins, summary.gift_count) == (15, 1)
     assert [(g.account_id, g.coins) for g in summary.top_gifters] == [(sender, 15)]
@@ -321,7 +79,7 @@ async def test_send_gift_replay_returns_the_same_response_and_charges_once(clien
     first = await clients.gifts.SendGift(request, metadata=auth(sender))
     second = await clients.gifts.SendGift(request, metadata=auth(sender))
     assert second == first
-    assert await coins_of(clients, sender) == 330 - 60
+    assert await balance(clients, sender) == 330 - 60
     assert (await summary_of(clients, stream.stream_id)).gift_count == 1
 
 
@@ -335,7 +93,7 @@ async def test_request_id_reused_with_another_payload_is_refused(clients: Client
         await clients.gifts.SendGift(changed, metadata=auth(sender))
     assert error.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert error_reason(error.value) == "REQUEST_ID_REUSED"
-    assert await coins_of(clients, sender) == 64
+    assert await balance(clients, sender) == 64
 
 
 async def test_concurrent_duplicates_charge_once(clients: Clients) -> None:
@@ -345,7 +103,7 @@ async def test_concurrent_duplicates_charge_once(clients: Clients) -> None:
     replies = await asyncio.gather(*(clients.gifts.SendGift(request, metadata=auth(sender)) for _ in range(10)))
     assert all(reply == replies[0] for reply in replies)
     assert replies[0].sender_balance_coins == 230
-    assert await coins_of(clients, sender) == 230
+    assert await balance(clients, sender) == 230
     summary = await summary_of(clients, stream.stream_id)
     assert (summary.total_coins, summary.gift_count) == (100, 1)
 
@@ -359,7 +117,7 @@ async def test_insufficient_coins_comes_from_the_wallet_and_charges_nothing(clie
             await clients.gifts.SendGift(request, metadata=auth(sender))
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert error_reason(error.value) == "INSUFFICIENT_COINS"
-    assert await coins_of(clients, sender) == 65
+    assert await balance(clients, sender) == 65
     summary = await summary_of(clients, stream.stream_id)
     assert (summary.total_coins, summary.gift_count, len(summary.top_gifters)) == (0, 0, 0)
 
@@ -379,7 +137,7 @@ async def test_gift_to_unknown_stream_is_not_found(clients: Clients) -> None:
         await clients.gifts.SendGift(gift_request(sender, "str_missing"), metadata=auth(sender))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
     assert error_reason(error.value) == "STREAM_NOT_FOUND"
-    assert await coins_of(clients, sender) == 65
+    assert await balance(clients, sender) == 65
 
 
 async def test_gift_to_ended_stream_is_refused(clients: Clients) -> None:
@@ -392,7 +150,7 @@ async def test_gift_to_ended_stream_is_refused(clients: Clients) -> None:
         await clients.gifts.SendGift(gift_request(sender, stream.stream_id), metadata=auth(sender))
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_reason(error.value) == "STREAM_NOT_LIVE"
-    assert await coins_of(clients, sender) == 65
+    assert await balance(clients, sender) == 65
 
 
 async def test_unknown_gift_is_not_found(clients: Clients) -> None:
@@ -402,7 +160,7 @@ async def test_unknown_gift_is_not_found(clients: Clients) -> None:
         await clients.gifts.SendGift(gift_request(sender, stream.stream_id, "unicorn"), metadata=auth(sender))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
     assert error_reason(error.value) == "GIFT_NOT_FOUND"
-    assert await coins_of(clients, sender) == 65
+    assert await balance(clients, sender) == 65
 
 
 async def test_creator_cannot_gift_own_stream(clients: Clients) -> None:
@@ -412,7 +170,7 @@ async def test_creator_cannot_gift_own_stream(clients: Clients) -> None:
         await clients.gifts.SendGift(gift_request(creator, stream.stream_id), metadata=auth(creator))
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_reason(error.value) == "SELF_GIFT"
-    assert await coins_of(clients, creator) == 65
+    assert await balance(clients, creator) == 65
 
 
 async def test_user_cannot_send_gift_as_someone_else(clients: Clients) -> None:
@@ -425,7 +183,7 @@ async def test_user_cannot_send_gift_as_someone_else(clients: Clients) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:  # an admin is not a sender either
         await clients.gifts.SendGift(gift_request(victim, stream.stream_id), metadata=auth("ops", "admin"))
     assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert await coins_of(clients, victim) == 65
+    assert await balance(clients, victim) == 65
 
 
 @pytest.mark.parametrize(
@@ -459,7 +217,7 @@ async def test_invalid_send_gift_is_refused_and_changes_nothing(
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(error.value) == "INVALID_ARGUMENT"
     assert violated_fields(error.value) == fields
-    assert await coins_of(clients, sender) == 65
+    assert await balance(clients, sender) == 65
     assert (await summary_of(clients, stream.stream_id)).gift_count == 0
 
 

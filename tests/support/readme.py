@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.stack import REPO_ROOT
+from tests.support.stack import REPO_ROOT
 
 
 def readme_example() -> str:

@@ -5,8 +5,8 @@ identities (`coinstream reconcile`'s checks) must hold. The seed is printed; the
 of faults and the same mix of operations (their interleaving with the faults, and which purchase a reversal picks,
 still depend on timing).
 
-    python -m tests.chaos --seconds 300 [--seed N]     # `make soak`: a fresh stack of its own
-    tests/integration/test_chaos.py                     # a short run on the suite's stack, in `make test`"""
+    python -m tests.support.chaos --seconds 300 [--seed N]     # `make soak`: a fresh stack of its own
+    tests/integration/test_chaos.py                             # a short run on the suite's stack, in `make test`"""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from coinstream.gifts.v1 import gifts_pb2
 from coinstream.payouts.v1 import payouts_pb2
 from coinstream.wallet.v1 import wallet_pb2
 
-from tests.conftest import ADMIN, SERVICE, Clients, clients_for, new_id
-from tests.invariants import all_violations, wait_until_settled
-from tests.stack import Stack, build_stack
+from tests.support.clients import ADMIN, SERVICE, Clients, clients_for, new_id
+from tests.support.invariants import all_violations, wait_until_settled
+from tests.support.stack import Stack, build_stack
 
 FAULTS = ("wallet", "gifts", "payouts", "nats", "postgres")
 # Answers that may change on a retry: the call is tried again with the same request_id.
@@ -232,7 +232,7 @@ async def run_chaos(stack: Stack, clients: Clients, seed: int, seconds: float, l
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.support.chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=300.0, help="how long the faults and the load go on")
     parser.add_argument("--seed", type=int, default=None, help="replay a run (default: a new random seed)")
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
-"""Shared by the payouts tests: GiftSent events published straight to JetStream (as the gifts service would),
-waiting for settlement and payouts, and checks of the payouts ledger read from its database."""
+"""Payouts: GiftSent events published straight to JetStream (as the gifts service would), waiting for settlement,
+payouts and dead letters, and checks of the payouts ledger read from its database."""
 
 from __future__ import annotations
 
@@ -13,12 +13,16 @@ import asyncpg
 from coinstream.events.v1 import events_pb2
 from coinstream.payouts.v1 import payouts_pb2
 
-from tests.conftest import SERVICE, Clients, new_id
-from tests.stack import Stack, operator_nats
+from services.payouts.dead_letters import DeadLetter, list_dead_letters
+from services.payouts.settlement import DEFAULT_MAX_DELIVERIES
+from services.runtime.messaging import GIFT_SENT_SUBJECT
+from tests.support.clients import SERVICE, Clients, auth, new_id
+from tests.support.stack import Stack, operator_nats
 
-GIFT_SENT_SUBJECT = "gifts.v1.gift_sent"
 PUBLISH_CONCURRENCY = 200
 WAIT_SECONDS = 30.0
+# Five failing deliveries, a pause of a second after each: well within this.
+DEAD_LETTER_WAIT_SECONDS = 4 * DEFAULT_MAX_DELIVERIES + 10.0
 
 T = TypeVar("T")
 
@@ -92,15 +96,26 @@ async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool
         await asyncio.sleep(0.1)
 
 
-async def earnings(clients: Clients, creator_id: str) -> payouts_pb2.Earnings:
+async def earnings(
+    clients: Clients, creator_id: str, metadata: tuple[tuple[str, str], ...] = SERVICE
+) -> payouts_pb2.Earnings:
     request = payouts_pb2.GetEarningsRequest(creator_id=creator_id)
-    response = await clients.payouts.GetEarnings(request, metadata=SERVICE)
+    response = await clients.payouts.GetEarnings(request, metadata=metadata)
     return response.earnings
 
 
 async def wait_for_lifetime(clients: Clients, creator_id: str, lifetime_diamonds: int) -> payouts_pb2.Earnings:
     return await eventually(
         lambda: earnings(clients, creator_id), lambda found: found.lifetime_diamonds >= lifetime_diamonds
+    )
+
+
+async def wait_for_diamonds(clients: Clients, creator_id: str, lifetime_diamonds: int) -> payouts_pb2.Earnings:
+    """wait_for_lifetime as the creator sees it (with their own token), for about 10 s."""
+    return await eventually(
+        lambda: earnings(clients, creator_id, auth(creator_id)),
+        lambda found: found.lifetime_diamonds >= lifetime_diamonds,
+        seconds=10.0,
     )
 
 
@@ -139,6 +154,16 @@ async def withdraw(
     return response.withdrawal
 
 
+async def cancel(
+    clients: Clients,
+    withdrawal_id: str,
+    request_id: str | None = None,
+    metadata: tuple[tuple[str, str], ...] = SERVICE,
+) -> payouts_pb2.Withdrawal:
+    request = payouts_pb2.CancelWithdrawalRequest(request_id=request_id or new_id("req"), withdrawal_id=withdrawal_id)
+    return (await clients.payouts.CancelWithdrawal(request, metadata=metadata)).withdrawal
+
+
 async def get_withdrawal(clients: Clients, withdrawal_id: str) -> payouts_pb2.Withdrawal:
     response = await clients.payouts.GetWithdrawal(
         payouts_pb2.GetWithdrawalRequest(withdrawal_id=withdrawal_id), metadata=SERVICE
@@ -151,6 +176,42 @@ async def wait_until_finished(clients: Clients, withdrawal_id: str) -> payouts_p
         lambda: get_withdrawal(clients, withdrawal_id),
         lambda found: found.status != payouts_pb2.WITHDRAWAL_STATUS_PENDING,
     )
+
+
+async def fetch(stack: Stack, sql: str, *args: object) -> list[asyncpg.Record]:
+    """The rows of a query on the payouts database."""
+    conn = await asyncpg.connect(stack.database_url("payouts"))
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def settlement_consumer_idle(stack: Stack) -> bool:
+    nc = await operator_nats(stack.nats)
+    try:
+        info = await nc.jetstream().consumer_info("GIFTS", "payouts-settlement")
+        return info.num_pending == 0 and info.num_ack_pending == 0
+    finally:
+        await nc.drain()
+
+
+async def dead_letters(stack: Stack) -> list[DeadLetter]:
+    nc = await operator_nats(stack.nats)
+    try:
+        return await list_dead_letters(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+async def wait_for_dead_letter(stack: Stack, original_msg_id: str) -> DeadLetter:
+    deadline = asyncio.get_running_loop().time() + DEAD_LETTER_WAIT_SECONDS
+    while asyncio.get_running_loop().time() < deadline:
+        for letter in await dead_letters(stack):
+            if letter.original_msg_id == original_msg_id:
+                return letter
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{original_msg_id} was never dead-lettered")
 
 
 async def assert_ledger_consistent(stack: Stack) -> None:

@@ -1,0 +1,143 @@
+"""Chargebacks against the real wallet (and gifts): a reversed purchase takes its coins back once; one spent on gifts
+leaves a debt that freezes the account until purchases pay it back; refusals. The wallet's money identities hold
+after all of it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import grpc
+from coinstream.gifts.v1 import gifts_pb2 as g
+from coinstream.wallet.v1 import wallet_pb2 as w
+
+from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
+from tests.support.errors import expect_error, violated_fields
+from tests.support.factories import balance_of, buy, create_account, reversal, spend, transactions, wallet_balance
+from tests.support.gifts import live_stream_id
+from tests.support.invariants import wallet_violations
+from tests.support.stack import Stack
+
+
+async def ledger_is_sound(stack: Stack) -> None:
+    conn = await asyncpg.connect(stack.database_url("wallet"))
+    try:
+        assert await wallet_violations(conn) == []
+    finally:
+        await conn.close()
+
+
+async def account_status(clients: Clients, account_id: str) -> w.AccountStatus.ValueType:
+    return (
+        await clients.wallet.GetAccount(w.GetAccountRequest(account_id=account_id), metadata=SERVICE)
+    ).account.status
+
+
+async def test_reversing_an_unspent_purchase_takes_its_coins_back_once(clients: Clients) -> None:
+    account_id = await create_account(clients)
+    kept = await buy(clients, account_id, "coins_330")
+    bought = await buy(clients, account_id, "coins_1321")
+    request = reversal(bought.purchase.purchase_id)
+    reply = await clients.wallet.ReversePurchase(request, metadata=ADMIN)
+    assert reply.balance == balance_of(account_id, 330, 0)
+    assert reply.account_status == w.ACCOUNT_STATUS_ACTIVE
+    assert await clients.wallet.ReversePurchase(request, metadata=ADMIN) == reply  # same request_id: same answer
+
+    again = await clients.wallet.ReversePurchase(reversal(bought.purchase.purchase_id), metadata=ADMIN)
+    assert again.transaction_id == reply.transaction_id and again.balance == reply.balance  # nothing moved
+    newest = (await transactions(clients, account_id))[0]
+    assert (newest.kind, newest.coins_delta, newest.paid_coins_delta, newest.bonus_coins_delta, newest.reference) == (
+        w.TRANSACTION_KIND_REVERSAL,
+        -1387,
+        -1321,
+        -66,
+        bought.purchase.purchase_id,
+    )
+    assert kept.purchase.purchase_id != bought.purchase.purchase_id
+
+
+async def test_concurrent_reversals_of_one_purchase_move_coins_once(clients: Clients) -> None:
+    account_id = await create_account(clients)
+    bought = await buy(clients, account_id, "coins_660")
+    replies = await asyncio.gather(
+        *(clients.wallet.ReversePurchase(reversal(bought.purchase.purchase_id), metadata=ADMIN) for _ in range(8))
+    )
+    assert len({r.transaction_id for r in replies}) == 1
+    assert await wallet_balance(clients, account_id) == balance_of(account_id, 0, 0)
+
+
+async def test_chargeback_after_gifting_leaves_a_debt_that_purchases_pay_back(stack: Stack, clients: Clients) -> None:
+    fan = await create_account(clients)
+    creator = await create_account(clients, prefix="creator")
+    winner = await create_account(clients)
+    bought = await buy(clients, fan, "coins_1321")  # 1,321 paid + 66 bonus
+    stream_id = await live_stream_id(clients, creator)
+    gift = await clients.gifts.SendGift(
+        g.SendGiftRequest(
+            request_id=new_id("gift"), sender_id=fan, stream_id=stream_id, gift_id="disco_ball", quantity=1
+        ),
+        metadata=auth(fan),
+    )
+    assert gift.sender_balance_coins == 387
+    assert await wallet_balance(clients, fan) == balance_of(fan, 387, 0)  # the gift took the 66 bonus coins first
+
+    reversed_ = await clients.wallet.ReversePurchase(reversal(bought.purchase.purchase_id), metadata=ADMIN)
+    assert reversed_.balance == balance_of(fan, -1000, 0)  # the bonus was gone, so all 1,387 came from paid coins
+    assert reversed_.account_status == w.ACCOUNT_STATUS_FROZEN
+    assert await account_status(clients, fan) == w.ACCOUNT_STATUS_FROZEN
+
+    await expect_error(
+        clients.wallet.SpendCoins(
+            w.SpendCoinsRequest(request_id=new_id("s"), account_id=fan, coins=1), metadata=SERVICE
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ACCOUNT_FROZEN",
+    )
+    await expect_error(
+        clients.wallet.CreateGiveaway(
+            w.CreateGiveawayRequest(request_id=new_id("gw"), creator_id=fan, coins_per_winner=1, winner_ids=[winner]),
+            metadata=SERVICE,
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ACCOUNT_FROZEN",
+    )
+
+    partial = await buy(clients, fan, "coins_660")  # purchases are allowed while frozen
+    assert partial.balance == balance_of(fan, -340, 0)
+    assert await account_status(clients, fan) == w.ACCOUNT_STATUS_FROZEN
+    covered = await buy(clients, fan, "coins_660")
+    assert covered.balance == balance_of(fan, 320, 0)
+    assert await account_status(clients, fan) == w.ACCOUNT_STATUS_ACTIVE
+    assert (await spend(clients, fan, 20)).balance == balance_of(fan, 300, 0)
+    await ledger_is_sound(stack)
+
+
+async def test_reversal_refusals(clients: Clients) -> None:
+    account_id = await create_account(clients)
+    declined = w.PurchaseCoinsRequest(
+        request_id=new_id("buy"), account_id=account_id, package_id="coins_65", payment_token="tok_declined"
+    )
+    await expect_error(clients.wallet.PurchaseCoins(declined, metadata=SERVICE), grpc.StatusCode.FAILED_PRECONDITION)
+    await expect_error(
+        clients.wallet.ReversePurchase(reversal("pur_unknown"), metadata=ADMIN),
+        grpc.StatusCode.NOT_FOUND,
+        "PURCHASE_NOT_FOUND",
+    )
+    bought = await buy(clients, account_id, "coins_65")
+    for metadata in (SERVICE, auth(account_id)):
+        await expect_error(
+            clients.wallet.ReversePurchase(reversal(bought.purchase.purchase_id), metadata=metadata),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+    error = await expect_error(
+        clients.wallet.ReversePurchase(
+            w.ReversePurchaseRequest(request_id="bad id", purchase_id="", reason=""), metadata=ADMIN
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violated_fields(error) == {"request_id", "purchase_id", "reason"}
+    assert await wallet_balance(clients, account_id) == balance_of(account_id, 65, 0)
+
+
+async def test_money_identities_hold_after_all_of_it(stack: Stack) -> None:
+    await ledger_is_sound(stack)
