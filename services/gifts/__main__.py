@@ -8,6 +8,7 @@ from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
 from services.gifts.config import GiftsSettings
 from services.gifts.feed import GiftFeed
+from services.gifts.postgres_store import PostgresGiftStore
 from services.gifts.relay import OutboxRelay, measure_backlog
 from services.gifts.service import GiftService
 from services.gifts.servicer import GiftServicer
@@ -48,10 +49,12 @@ async def main() -> None:
         wallet_tls(settings),
     )
     relay = OutboxRelay(pool, js, settings.gifts_relay_interval_seconds)
-    gifts = GiftService(pool, wallet, feed, settings.batch_policy(), on_event_queued=relay.wake)
+    gifts = GiftService(PostgresGiftStore(pool), wallet, feed, settings.batch_policy(), on_event_queued=relay.wake)
+    servicer = GiftServicer(gifts, settings.match_durations)
     runtime.add_service(
-        gifts_pb2_grpc.add_GiftServiceServicer_to_server,
-        GiftServicer(gifts, settings.match_durations),
+        # The generated registration takes a GiftServiceServicer (add_service's parameter says object).
+        lambda _, server: gifts_pb2_grpc.add_GiftServiceServicer_to_server(servicer, server),
+        servicer,
         gifts_pb2.DESCRIPTOR.services_by_name["GiftService"].full_name,
     )
 

@@ -46,7 +46,7 @@ CONNECTION_CHECK_INTERVAL_SECONDS = 1.0
 # The subscription is kept this long after the last watcher left, so a watcher coming and going does not make the
 # server add and drop interest over and over.
 IDLE_SUBSCRIPTION_SECONDS = 60.0
-SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+SUBSCRIBE_TIMEOUT_SECONDS = 5  # an int: nats-py declares flush(timeout: int)
 
 
 def gift_event(sent: events_pb2.GiftSent) -> gifts_pb2.WatchStreamGiftsResponse:
