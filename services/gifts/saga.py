@@ -39,12 +39,12 @@ Outcome = gifts_pb2.SendGiftResponse | AppError
 class GiftSaga:
     def __init__(
         self,
-        gifts: ports.GiftStore,
+        store: ports.GiftStore,
         wallet: ports.Wallet,
         policy: BatchPolicy,
         on_event_queued: Callable[[], None] = lambda: None,
     ) -> None:
-        self._store = gifts
+        self._store = store
         self._wallet = wallet
         # Wakes the outbox relay so GiftSent goes out at once rather than at its next poll.
         self._on_event_queued = on_event_queued
@@ -291,6 +291,7 @@ async def _complete_paid_gifts(
         for gift, _ in paid
         for kind, target_id in [gift.target]
     ]
+    # (Refusals only: nothing is stamped, so any time will do.)
     combos, sent_at = await tx.lock_combos(keys) if paid else ({}, datetime.now(UTC))
     # Stamped (by the database's clock) after the combo locks, so the gifts of one combo are stamped in the order
     # they are counted, and after the matches' share locks, so the match a gift counts in is decided by its stamp.

@@ -25,24 +25,25 @@ from services.runtime.ids import new_id
 
 log = structlog.get_logger()
 
+
 class GiftService:
     def __init__(
         self,
-        gifts: ports.GiftStore,
+        store: ports.GiftStore,
         wallet: ports.Wallet,
         feed: ports.LiveFeed,
         gift_batching: BatchPolicy,
         on_event_queued: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._store = gifts
+        self._store = store
         self._wallet = wallet
         self._feed = feed
         # Wakes the outbox relay so GiftSent / StreamEnded go out at once rather than at its next poll.
         self._on_event_queued = on_event_queued
         # Which leaderboard period is the current one.
         self._clock = clock
-        self._saga = GiftSaga(gifts, wallet, gift_batching, on_event_queued)
+        self._saga = GiftSaga(store, wallet, gift_batching, on_event_queued)
 
     async def list_gifts(self) -> list[domain.CatalogGift]:
         return await self._store.list_active_gifts()
