@@ -1,6 +1,6 @@
-"""The events the gifts service publishes (through its outbox) beyond GiftSent and StreamEnded: matches and goals.
-Subjects, Nats-Msg-Ids and payloads in one place, as the outbox rows to queue; the relay publishes them, the live
-feed routes them."""
+"""The events the gifts service publishes through its outbox: GiftSent, StreamEnded, and the updates of matches and
+goals. Subjects (GiftSent's is shared with payouts: runtime/messaging.py), Nats-Msg-Ids and payloads in one place, as
+the outbox rows to queue; the relay publishes them, the live feed routes them."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from services.gifts import domain
 from services.runtime import tracing
 
+STREAM_ENDED_SUBJECT = "gifts.v1.stream_ended"
 MATCH_UPDATED_SUBJECT = "gifts.v1.match_updated"
 MATCH_FINISHED_SUBJECT = "gifts.v1.match_finished"
 GOAL_UPDATED_SUBJECT = "gifts.v1.goal_updated"
@@ -120,7 +121,8 @@ def gift_sent_event(gift: domain.SentGift, sent_at: datetime) -> events_pb2.Gift
     return event
 
 
-def stream_ended_event(stream: domain.LiveStream, ended_at: datetime) -> events_pb2.StreamEnded:
+def stream_ended(stream: domain.LiveStream, ended_at: datetime) -> domain.OutboxRow:
+    """One id per stream: it ends once. Queued with the stream's gifts, so published after every one of them."""
     event = events_pb2.StreamEnded(stream_id=stream.stream_id, creator_id=stream.creator_id)
     event.ended_at.FromDatetime(ended_at)
-    return event
+    return _row(STREAM_ENDED_SUBJECT, f"stream_ended:{stream.stream_id}", event)

@@ -31,11 +31,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.gifts import domain, events
+from services.gifts.events import STREAM_ENDED_SUBJECT
 from services.runtime.messaging import GIFT_SENT_SUBJECT
 
 log = structlog.get_logger()
 
-STREAM_ENDED_SUBJECT = "gifts.v1.stream_ended"
 FEED_SUBJECTS = "gifts.v1.*"
 # Gift ids remembered per watched stream to drop republished events (a relay republishes at most a batch of 200).
 DEDUP_IDS_PER_STREAM = 1_000

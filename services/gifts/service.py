@@ -15,10 +15,7 @@ from coinstream.gifts.v1 import gifts_pb2
 
 from services.gifts import domain, events, ports
 from services.gifts.convert import gift_catalog_message, goal_message, match_message, stream_message, video_message
-from services.gifts.domain import OutboxRow
-from services.gifts.feed import STREAM_ENDED_SUBJECT
 from services.gifts.saga import GiftSaga
-from services.runtime import tracing
 from services.runtime.batching import BatchPolicy
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
@@ -89,14 +86,7 @@ class GiftService:
             if stream.status is domain.StreamStatus.LIVE:
                 stream, ended_at = await tx.end_stream(stream.stream_id)
                 # In the same transaction and outbox as the stream's gifts: published after every one of them.
-                event = events.stream_ended_event(stream, ended_at)
-                ended = OutboxRow(
-                    f"stream_ended:{stream.stream_id}",
-                    STREAM_ENDED_SUBJECT,
-                    event.SerializeToString(),
-                    traceparent=tracing.current_traceparent(),
-                )
-                await tx.insert_outbox_events([ended])
+                await tx.insert_outbox_events([events.stream_ended(stream, ended_at)])
             return gifts_pb2.EndLiveStreamResponse(stream=stream_message(stream))
 
         response = await self._store.run_once(request, gifts_pb2.EndLiveStreamResponse, operation)

@@ -9,7 +9,7 @@ import grpc
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 
-from services.gifts.feed import STREAM_ENDED_SUBJECT
+from services.gifts.events import STREAM_ENDED_SUBJECT
 from services.runtime.ids import new_id
 from tests.unit.gifts.world import LION, ROSE, World, refused
 
