@@ -231,7 +231,7 @@ class World:
 def outcome_of(error: grpc.aio.AioRpcError) -> str:
     """The status code, with the contract's ErrorInfo reason when the error carries one."""
     try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        status = rpc_status.from_call(error)
     except ValueError:
         status = None
     for detail in status.details if status else []:

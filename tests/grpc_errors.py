@@ -8,7 +8,7 @@ from grpc_status import rpc_status
 
 
 def error_reason(error: grpc.aio.AioRpcError) -> str | None:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     for detail in status.details if status else []:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
@@ -19,7 +19,7 @@ def error_reason(error: grpc.aio.AioRpcError) -> str | None:
 
 
 def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     fields: set[str] = set()
     for detail in status.details if status else []:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
@@ -30,7 +30,7 @@ def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
 
 
 def retry_delay_seconds(error: grpc.aio.AioRpcError) -> float | None:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     for detail in status.details if status else []:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()

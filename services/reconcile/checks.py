@@ -72,6 +72,7 @@ async def wallet_ledger(wallet: asyncpg.Connection) -> list[Discrepancy]:
         " coalesce(sum(coins_delta) FILTER (WHERE ledger_account_id = 'system:spent'), 0) AS spent"
         " FROM postings"
     )
+    assert totals is not None  # an aggregate without GROUP BY returns exactly one row
     held = await wallet.fetchval("SELECT coalesce(sum(coins), 0) FROM ledger_accounts WHERE kind = 'user'")
     if totals["issued"] != held + totals["spent"]:
         found.append(

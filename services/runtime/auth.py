@@ -7,12 +7,19 @@ import contextvars
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import jwt
 import structlog
 
 from services.runtime.config import RuntimeSettings
 from services.runtime.errors import permission_denied, unauthenticated
+
+if TYPE_CHECKING:
+    from jwt.algorithms import AllowedPublicKeys
+
+    # What a signature is checked with: the HS256 secret, a PEM, or a public key read from a JWKS file.
+    VerificationKey: TypeAlias = AllowedPublicKeys | str | bytes
 
 log = structlog.get_logger()
 
@@ -101,7 +108,7 @@ class TokenVerifier:
             raise unauthenticated(f"token sub must be a string of 1-{MAX_SUBJECT_LENGTH} characters")
         return Principal(subject=subject, roles=frozenset(roles)), float(claims["exp"])
 
-    def _decode(self, token: str) -> dict[str, object]:
+    def _decode(self, token: str) -> dict[str, Any]:  # PyJWT's claims: JSON values, exp and sub checked present
         required = ["sub", "exp", *(["iss"] if self._issuer else []), *(["aud"] if self._audience else [])]
         try:
             return jwt.decode(
@@ -130,9 +137,9 @@ class VerificationKeys:
         self._inline_pem = settings.auth_public_key_pem
         self._file = Path(settings.auth_public_keys_file) if settings.auth_public_keys_file else None
         self._file_version: tuple[float, int] | None = None
-        self._by_kid: dict[str | None, object] = {}
+        self._by_kid: dict[str | None, VerificationKey] = {}
 
-    def for_token(self, token: str) -> object:
+    def for_token(self, token: str) -> VerificationKey:
         if self._algorithm == "HS256":
             return self._secret
         if self._file is None:
@@ -155,7 +162,9 @@ class VerificationKeys:
                 return
             text = path.read_text()
             if text.lstrip().startswith("{"):
-                by_kid: dict[str | None, object] = {key.key_id: key.key for key in jwt.PyJWKSet.from_json(text).keys}
+                by_kid: dict[str | None, VerificationKey] = {
+                    key.key_id: key.key for key in jwt.PyJWKSet.from_json(text).keys
+                }
             else:
                 by_kid = {None: text}
         except (OSError, ValueError, jwt.PyJWTError) as error:

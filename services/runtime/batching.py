@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeAlias, TypeVar
 
 import structlog
 from opentelemetry.trace import Span
@@ -27,8 +27,8 @@ ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
 # Each item's outcome: its result, or the exception its caller gets (an AppError for a refusal).
-Outcome = ResultT | BaseException
-ProcessBatch = Callable[[list[ItemT]], Awaitable[Sequence[ResultT | BaseException]]]
+Outcome: TypeAlias = ResultT | BaseException
+ProcessBatch: TypeAlias = Callable[[list[ItemT]], Awaitable[Sequence[ResultT | BaseException]]]
 
 BATCH_SIZE = Histogram(
     "coinstream_batch_size", "Items per batch", ["batcher"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)

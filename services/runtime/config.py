@@ -87,9 +87,10 @@ class RuntimeSettings(BaseSettings):
     otlp_endpoint: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
-    shutdown_grace_seconds: float = 10.0
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     # Unary RPCs handled at once per process; beyond it calls are shed with RESOURCE_EXHAUSTED / RATE_LIMITED.
-    max_in_flight_unary_rpcs: int = Field(default=1000, ge=0)
+    # (At least 1: 0 would shed every call.)
+    max_in_flight_unary_rpcs: int = Field(default=1000, ge=1)
     # Per-caller token buckets by RPC name, merged over DEFAULT_RATE_LIMITS (services/runtime/rate_limits.py), as
     # JSON: COINSTREAM_RATE_LIMITS='{"SendGift": {"per_second": 5, "burst": 20}}'. Service-role callers are exempt.
     rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
@@ -117,11 +118,13 @@ class RuntimeSettings(BaseSettings):
     nats_password: SecretStr = SecretStr("")
     nats_password_file: str = ""
 
-    db_pool_min_size: int = 2
-    db_pool_max_size: int = 10
-    db_command_timeout_seconds: float = 10.0
-    db_connect_timeout_seconds: float = 60.0
-    db_idle_in_transaction_timeout_seconds: float = 60.0
+    # Connections the pool keeps open / may open (the database's max_connections is shared by every replica).
+    db_pool_min_size: int = Field(default=2, ge=0, le=1000)
+    db_pool_max_size: int = Field(default=10, ge=1, le=1000)
+    db_command_timeout_seconds: float = Field(default=10.0, gt=0)
+    db_connect_timeout_seconds: float = Field(default=60.0, gt=0)
+    # The server ends a session idle inside a transaction this long (0: never), so a stuck client frees its locks.
+    db_idle_in_transaction_timeout_seconds: float = Field(default=60.0, ge=0)
     # Migrations have timeouts of their own: a replica waits this long for another's migration lock, and a
     # migration statement may run this long (the pool's command timeout would cut both at 10 s).
     db_migration_lock_wait_seconds: float = Field(default=600.0, gt=0)
@@ -155,6 +158,12 @@ class RuntimeSettings(BaseSettings):
     nats_tls_key_file: str = ""
     # PostgreSQL has no setting here: the database URL carries its TLS (?sslmode=verify-full&sslrootcert=…, and
     # &sslcert=…&sslkey=… for a client certificate), which asyncpg honours; database.tls_mode reads the mode back.
+
+    @model_validator(mode="after")
+    def _pool_sizes_fit(self) -> RuntimeSettings:
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError("COINSTREAM_DB_POOL_MIN_SIZE is larger than COINSTREAM_DB_POOL_MAX_SIZE")
+        return self
 
     @model_validator(mode="after")
     def _tls_files_come_in_pairs(self) -> RuntimeSettings:
@@ -203,7 +212,8 @@ class RuntimeSettings(BaseSettings):
 
     # ---- end of TLS
 
-    idempotency_retention_days: int = 8
+    # The contract promises at least 7 days of replays.
+    idempotency_retention_days: int = Field(default=8, ge=7, le=3650)
     # Test-only: comma-separated crash points at which the process kills itself (see services/runtime/faults.py).
     fault_points: str = ""
 

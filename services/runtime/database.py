@@ -6,11 +6,12 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from services.runtime.tls import PemFile, TlsSettingError
 
@@ -22,6 +23,12 @@ RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x636F696E  # "coin"
 
 log = structlog.get_logger()
+
+# A connection to run queries and transactions on: one of its own (asyncpg.connect) or one lent by a pool, which is a
+# PoolConnectionProxy (it forwards to a Connection, but asyncpg's stubs keep the two types apart).
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
+# Where a single statement can run: a connection, or the pool, which lends one for the statement.
+Executor: TypeAlias = Connection | asyncpg.Pool
 
 
 @dataclass(frozen=True)
@@ -160,7 +167,7 @@ class SchemaNotMigratedError(RuntimeError):
 SCHEMA_POLL_SECONDS = 2.0
 
 
-async def pending_migrations(database: asyncpg.Pool | asyncpg.Connection, service_migrations: Path) -> list[str]:
+async def pending_migrations(database: Executor, service_migrations: Path) -> list[str]:
     """The migrations this code ships that schema_migrations does not record, in order (all of them on a database
     never migrated)."""
     names = [name for name, _ in migration_files(service_migrations)]
@@ -222,7 +229,7 @@ def runtime_role_grants(role: str, database: str) -> list[str]:
 
 
 async def apply_migrations(
-    database: asyncpg.Pool | asyncpg.Connection,
+    database: Executor,
     service_migrations: Path,
     *,
     lock_wait_seconds: float = 600.0,
@@ -280,7 +287,7 @@ class RuntimeRoleError(RuntimeError):
 
 
 async def _grant_runtime_role(
-    conn: asyncpg.Connection, role: str, lock_timeout_seconds: float, statement_seconds: float
+    conn: Connection, role: str, lock_timeout_seconds: float, statement_seconds: float
 ) -> None:
     """The grants run by the migration role: never to itself (revoking its own INSERT on schema_migrations would
     block every later migration) and never to PUBLIC (every role would get the rows)."""
@@ -301,7 +308,7 @@ async def _grant_runtime_role(
 MIGRATION_LOCK_POLL_SECONDS = 0.5
 
 
-async def _take_migration_lock(conn: asyncpg.Connection, wait_seconds: float) -> None:
+async def _take_migration_lock(conn: Connection, wait_seconds: float) -> None:
     """Polled rather than waited for in one call, so the wait is bounded by our setting and visible in the log."""
     started = logged_at = time.monotonic()
     while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -57,7 +58,8 @@ class AppError(Exception):
             delay.FromNanoseconds(max(1_000_000, int(self.retry_after_seconds * 1e9)))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         status = status_pb2.Status(code=_RPC_CODES[self.code], message=self.message, details=details)
-        return rpc_status.to_status(status)
+        answer: grpc.Status = rpc_status.to_status(status)  # grpcio-status is untyped (pyproject's [tool.mypy])
+        return answer
 
 
 _OUTCOME_CODES = frozenset(
@@ -73,9 +75,9 @@ _OUTCOME_CODES = frozenset(
 _RPC_CODES = {code: getattr(code_pb2, code.name) for code in grpc.StatusCode}
 
 
-def _pack(message: object) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     return packed
 
 
@@ -156,7 +158,7 @@ def request_id_reused() -> AppError:
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> AppError | None:
     """Reads the ErrorInfo back out of a call to another coinstream service (None when it has none)."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     if status is None:
         return None
     for detail in status.details:

@@ -9,17 +9,29 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import asyncpg
 import grpc
+from asyncpg.pool import PoolConnectionProxy
 from google.protobuf.message import Message
 
 from services.runtime.auth import current_principal
-from services.runtime.database import Statement, placeholders
+from services.runtime.database import Connection, Executor, Statement, placeholders
 from services.runtime.errors import AppError, FieldViolation, request_id_reused
 
 ResponseT = TypeVar("ResponseT", bound=Message)
+
+
+class MutatingRequest(Protocol):
+    """What idempotency reads of a request: the request_id that every mutating request carries (the contract), and
+    its serialized form for the hash. Every generated *Request message with a request_id field is one."""
+
+    request_id: str
+
+    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...
+
+
 # What a key holds of its request's outcome, as _stored() reads it.
 _OUTCOME_COLUMNS = "resource_id, response, error_code, error_reason, error_message, error_field_violations"
 
@@ -50,23 +62,23 @@ def unscoped(request_id: str) -> str:
     return request_id.rpartition(CALLER_SEPARATOR)[2]
 
 
-def scope_to_caller(request: Message) -> None:
+def scope_to_caller(request: MutatingRequest) -> None:
     """Moves a validated request_id into the authenticated caller's namespace. Servicers call it once the caller is
     authorized, before the use case, so everything below (keys, ledger and gift rows, derived ids) sees one key."""
-    request.request_id = caller_scoped(current_principal().subject, request.request_id)  # type: ignore[attr-defined]
+    request.request_id = caller_scoped(current_principal().subject, request.request_id)
 
 
-def method_name(request: Message) -> str:
+def method_name(request: MutatingRequest) -> str:
     """The RPC a request belongs to, by the contract's naming (FooRequest is the request of Foo)."""
     return type(request).__name__.removesuffix("Request")
 
 
-def request_hash(method: str, request: Message) -> bytes:
+def request_hash(method: str, request: MutatingRequest) -> bytes:
     return hashlib.sha256(method.encode() + b"\0" + request.SerializeToString(deterministic=True)).digest()
 
 
 async def claim(
-    conn: asyncpg.Connection, request_id: str, method: str, hashed: bytes, resource_id: str | None = None
+    conn: Connection, request_id: str, method: str, hashed: bytes, resource_id: str | None = None
 ) -> StoredRequest | None:
     """None when this call now owns the key; else what the earlier request with this key left behind."""
     inserted = await conn.fetchval(
@@ -141,16 +153,14 @@ def _outcome_columns(outcomes: list[Outcome]) -> list[list[object]]:
 
 
 async def earlier_outcomes(
-    conn: asyncpg.Connection | asyncpg.Pool, claims: list[Claim], claimed: set[str]
+    conn: Executor, claims: list[Claim], claimed: set[str]
 ) -> dict[str, StoredRequest | AppError]:
     """For the claims that did not get their key: what the earlier request left behind (or REQUEST_ID_REUSED)."""
     earlier = [claim for claim in claims if claim.request_id not in claimed]
     return await _stored_many(conn, earlier) if earlier else {}
 
 
-async def _stored_many(
-    conn: asyncpg.Connection | asyncpg.Pool, claims: list[Claim]
-) -> dict[str, StoredRequest | AppError]:
+async def _stored_many(conn: Executor, claims: list[Claim]) -> dict[str, StoredRequest | AppError]:
     rows = await conn.fetch(
         f"SELECT request_id, request_hash, {_OUTCOME_COLUMNS} FROM idempotency_keys WHERE request_id = ANY($1::text[])",
         [claim.request_id for claim in claims],
@@ -160,8 +170,10 @@ async def _stored_many(
     for claim in claims:
         row = by_id.get(claim.request_id)
         # A row gone since the insert means the key expired meanwhile: reuse, never new (as in claim()).
-        matches = row is not None and bytes(row["request_hash"]) == claim.hashed
-        stored[claim.request_id] = _stored(row) if matches else request_id_reused()
+        if row is not None and bytes(row["request_hash"]) == claim.hashed:
+            stored[claim.request_id] = _stored(row)
+        else:
+            stored[claim.request_id] = request_id_reused()
     return stored
 
 
@@ -193,7 +205,7 @@ def record_statement(outcomes: list[Outcome], first_param: int = 1) -> Statement
     )
 
 
-async def record_many(conn: asyncpg.Connection, outcomes: list[Outcome]) -> None:
+async def record_many(conn: Connection, outcomes: list[Outcome]) -> None:
     """record_response / record_error / set_resource for a batch, in one statement."""
     if outcomes:
         statement = record_statement(outcomes)
@@ -204,7 +216,7 @@ def _violations_json(error: AppError) -> str:
     return json.dumps([{"field": v.field, "description": v.description} for v in error.field_violations])
 
 
-async def load(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> StoredRequest:
+async def load(conn: Executor, request_id: str) -> StoredRequest:
     """What a request left behind, read by the code that just completed it (no hash check needed)."""
     row = await conn.fetchrow(
         f"SELECT {_OUTCOME_COLUMNS} FROM idempotency_keys WHERE request_id = $1",
@@ -214,7 +226,7 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> Stor
     return _stored(row)
 
 
-async def load_many(conn: asyncpg.Connection | asyncpg.Pool, request_ids: list[str]) -> dict[str, StoredRequest]:
+async def load_many(conn: Executor, request_ids: list[str]) -> dict[str, StoredRequest]:
     """load() for many requests in one statement."""
     rows = await conn.fetch(
         f"SELECT request_id, {_OUTCOME_COLUMNS} FROM idempotency_keys WHERE request_id = ANY($1::text[])",
@@ -234,12 +246,14 @@ def _stored(row: asyncpg.Record) -> StoredRequest:
     return StoredRequest(row["resource_id"], row["response"], error)
 
 
-async def replay_if_completed(pool: asyncpg.Pool, request: Message, response_type: type[ResponseT]) -> ResponseT | None:
+async def replay_if_completed(
+    pool: asyncpg.Pool, request: MutatingRequest, response_type: type[ResponseT]
+) -> ResponseT | None:
     """The stored outcome of an already completed request (raised if it was an error), or None. For use cases
     that must call another service before their transaction: a replay needs no answer from it."""
     row = await pool.fetchrow(
         f"SELECT request_hash, {_OUTCOME_COLUMNS} FROM idempotency_keys WHERE request_id = $1",
-        request.request_id,  # type: ignore[attr-defined]  # every mutating request has one
+        request.request_id,
     )
     if row is None:
         return None
@@ -249,11 +263,11 @@ async def replay_if_completed(pool: asyncpg.Pool, request: Message, response_typ
     return None if stored.in_flight else replay(stored, response_type)
 
 
-async def set_resource(conn: asyncpg.Connection, request_id: str, resource_id: str) -> None:
+async def set_resource(conn: Connection, request_id: str, resource_id: str) -> None:
     await conn.execute("UPDATE idempotency_keys SET resource_id = $2 WHERE request_id = $1", request_id, resource_id)
 
 
-async def record_response(conn: asyncpg.Connection, request_id: str, response: Message) -> None:
+async def record_response(conn: Connection, request_id: str, response: Message) -> None:
     await conn.execute(
         "UPDATE idempotency_keys SET response = $2, completed_at = now() WHERE request_id = $1",
         request_id,
@@ -261,7 +275,7 @@ async def record_response(conn: asyncpg.Connection, request_id: str, response: M
     )
 
 
-async def record_error(conn: asyncpg.Connection, request_id: str, error: AppError) -> None:
+async def record_error(conn: Connection, request_id: str, error: AppError) -> None:
     await conn.execute(
         "UPDATE idempotency_keys SET error_code = $2, error_reason = $3, error_message = $4,"
         " error_field_violations = $5::jsonb, completed_at = now() WHERE request_id = $1",
@@ -283,15 +297,16 @@ def replay(stored: StoredRequest, response_type: type[ResponseT]) -> ResponseT:
 
 async def run_once(
     pool: asyncpg.Pool,
-    request: Message,
+    request: MutatingRequest,
     response_type: type[ResponseT],
-    operation: Callable[[asyncpg.Connection], Awaitable[ResponseT]],
+    # A connection lent by the pool: an operation may take the wider database.Connection too.
+    operation: Callable[[PoolConnectionProxy], Awaitable[ResponseT]],
 ) -> ResponseT:
     """Runs a single-transaction mutation at most once per request_id and stores its outcome with it.
 
     A final error (AppError.is_outcome) is stored too, with the operation's writes rolled back to a savepoint,
     so a retry gets the same error. Any other exception rolls back everything, key included: a retry runs anew."""
-    request_id: str = request.request_id  # type: ignore[attr-defined]  # every mutating request has one
+    request_id = request.request_id
     method = method_name(request)
     hashed = request_hash(method, request)
     outcome: ResponseT | AppError
@@ -313,7 +328,10 @@ async def run_once(
     return outcome
 
 
-async def delete_expired(pool: asyncpg.Pool, retention_days: int, batch_size: int = 1000) -> int:
+EXPIRED_KEYS_PER_PASS = 1000
+
+
+async def delete_expired(pool: asyncpg.Pool, retention_days: int, batch_size: int = EXPIRED_KEYS_PER_PASS) -> int:
     """Forgets completed keys older than the retention (the contract promises at least 7 days)."""
     result = await pool.execute(
         "DELETE FROM idempotency_keys WHERE request_id IN ("

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
 
 import grpc
 import structlog
@@ -41,6 +41,11 @@ RPC_SHED = Counter("coinstream_rpc_shed_total", "Calls shed by admission control
 
 log = structlog.get_logger()
 
+# The interceptor wraps every RPC whatever its messages, so its handlers and contexts take any request and response.
+# (Quoted: grpc's classes are generic in its stubs only.)
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
@@ -72,8 +77,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self._public_streams = 0
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Any], handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None:
@@ -81,10 +88,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if method.startswith(PUBLIC_METHOD_PREFIXES):
             return self._bounded_public(handler)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        authorization = metadata.get("authorization")
+        authorization = _text_header(metadata, "authorization")
+        traceparent = _text_header(metadata, tracing.TRACEPARENT)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, authorization, metadata.get(tracing.TRACEPARENT)),
+                self._wrap_unary(handler.unary_unary, method, authorization, traceparent),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
@@ -96,7 +104,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             )
         return _refused_unwrapped(handler, method)
 
-    def _bounded_public(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _bounded_public(self, handler: Handler) -> Handler:
         """Health and reflection need no token, so anyone who reaches the port may open their streams (Health.Watch,
         reflection's bidirectional stream): at most max_public_streams at once, beyond it RESOURCE_EXHAUSTED."""
         if handler.unary_stream is not None:
@@ -114,7 +122,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return handler  # unary (Health.Check): over at once; per connection, max_concurrent_streams bounds it
 
     def _count_public_stream(self, behavior: Any) -> Any:
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
+        async def handle(request: Any, context: Context) -> None:
             if self._public_streams >= self._max_public_streams:
                 status = rate_limited("too many health or reflection streams open", 1.0).to_status()
                 await context.abort(status.code, status.details, status.trailing_metadata)
@@ -155,7 +163,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return None
 
     def _wrap_unary(self, behavior: Any, method: str, authorization: str | None, traceparent: str | None) -> Any:
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             request_id = loggable_request_id(request)
@@ -190,7 +198,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return handle
 
     def _wrap_stream(self, behavior: Any, method: str, authorization: str | None) -> Any:
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             structlog.contextvars.bind_contextvars(method=method, request_id=loggable_request_id(request))
@@ -213,6 +221,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 _observe(method, code, started)
 
         return handle
+
+
+def _text_header(metadata: dict[str, str | bytes], key: str) -> str | None:
+    """A text header's value: only keys ending in -bin carry bytes."""
+    value = metadata.get(key)
+    return value if isinstance(value, str) else None
 
 
 class _Undecodable:
@@ -248,12 +262,12 @@ def loggable_request_id(request: Any) -> str | None:
     return value if REQUEST_ID_PATTERN.fullmatch(value) else f"<invalid, {len(value)} characters>"
 
 
-def _refused_unwrapped(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _refused_unwrapped(handler: Handler, method: str) -> Handler:
     """Client-streaming and bidirectional handlers are not wrapped (no authentication, limits or error mapping), so
     serving one as it is would expose it unauthenticated: every call to it is refused, loudly, until it is wrapped."""
     log.error("rpc_kind_not_wrapped", method=method)
 
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def refuse(request: Any, context: Context) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this kind of RPC is not served")
 
     if handler.stream_unary is not None:
@@ -272,16 +286,14 @@ def _answer_for_unexpected(error: Exception) -> AppError | None:
     return answer
 
 
-async def _abort_unexpected(
-    context: grpc.aio.ServicerContext, answer: AppError | None, method: str, started: float
-) -> None:
+async def _abort_unexpected(context: Context, answer: AppError | None, method: str, started: float) -> None:
     if answer is not None:
         await _abort(context, answer, method, started)
     # The client gets INTERNAL rather than the exception's text.
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; retry with the same request_id")
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: AppError, method: str, started: float) -> None:
+async def _abort(context: Context, error: AppError, method: str, started: float) -> None:
     # Shedding refuses hundreds of calls a second at the worst moment for a line each: those are counted in the
     # metrics (coinstream_rpc_total by code, coinstream_rpc_shed_total, coinstream_batch_shed_total) and logged at
     # debug only.

@@ -115,7 +115,8 @@ async def connect(
         password=login.password or None,
         inbox_prefix=login.inbox_prefix,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        # nats-py annotates this int, but only sleeps and compares with it: half a second works as meant.
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]
         connect_timeout=5,
         allow_reconnect=True,
         error_cb=on_error,

@@ -28,7 +28,8 @@ def health_status(address: str, service: str = "", timeout_seconds: float = 2.0)
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return "UNREACHABLE"
             return code.name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)  # grpc_health is untyped
+    return name
 
 
 def main(argv: list[str]) -> int:

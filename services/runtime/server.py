@@ -9,8 +9,9 @@ import gc
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -30,7 +31,7 @@ from services.runtime.faults import enable_fault_points
 from services.runtime.interceptors import ServiceInterceptor
 from services.runtime.logging import configure_logging
 from services.runtime.rate_limits import CallerRateLimiter
-from services.runtime.supervision import SupervisionPolicy, Worker, WorkerSupervisor
+from services.runtime.supervision import OnePass, SupervisionPolicy, Worker, WorkerSupervisor, periodic
 
 log = structlog.get_logger()
 
@@ -110,7 +111,7 @@ class ServiceRuntime:
     def use_database(self, service_migrations: Path) -> asyncpg.Pool:
         self._migrations = service_migrations
         self.pool = database.new_pool(self.settings)
-        self.add_worker("idempotency_cleanup", self._clean_idempotency_keys)
+        self.add_periodic("idempotency_cleanup", IDEMPOTENCY_CLEANUP_INTERVAL_SECONDS, self._clean_idempotency_keys)
         return self.pool
 
     def use_nats(self) -> NatsClient:
@@ -128,7 +129,13 @@ class ServiceRuntime:
         self._service_names.append(full_name)
 
     def add_worker(self, name: str, worker: Worker) -> None:
+        """A background worker with a loop of its own, supervised (restarted after a failure, health per worker)."""
         self._workers[name] = worker
+
+    def add_periodic(self, name: str, interval_seconds: float, one_pass: OnePass) -> None:
+        """Periodic work as a supervised worker: one_pass every interval_seconds, or again at once when it says
+        more is due."""
+        self.add_worker(name, periodic(interval_seconds, one_pass))
 
     async def start(self) -> int:
         """Starts listening (health NOT_SERVING until ready); returns the bound port."""
@@ -259,13 +266,12 @@ class ServiceRuntime:
         except (OSError, asyncpg.PostgresError, TimeoutError):
             return False
 
-    async def _clean_idempotency_keys(self) -> None:
+    async def _clean_idempotency_keys(self) -> bool:
         assert self.pool is not None
-        while True:
-            deleted = await idempotency.delete_expired(self.pool, self.settings.idempotency_retention_days)
-            if deleted:
-                log.info("idempotency_keys_expired", deleted=deleted)
-            await asyncio.sleep(IDEMPOTENCY_CLEANUP_INTERVAL_SECONDS if deleted < 1000 else 1.0)
+        deleted = await idempotency.delete_expired(self.pool, self.settings.idempotency_retention_days)
+        if deleted:
+            log.info("idempotency_keys_expired", deleted=deleted)
+        return deleted >= idempotency.EXPIRED_KEYS_PER_PASS
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ["", *self._service_names]:
@@ -302,7 +308,9 @@ def _settle_garbage_collection() -> None:
     gc.set_threshold(GC_YOUNGEST_THRESHOLD, middle, oldest)
 
 
-def main(serve: Callable[[], Awaitable[None]], settings: Callable[[], RuntimeSettings], migrations: Path) -> None:
+def main(
+    serve: Callable[[], Coroutine[Any, Any, None]], settings: Callable[[], RuntimeSettings], migrations: Path
+) -> None:
     """A service's command line: `python -m services.<name>` serves; `python -m services.<name> migrate` applies the
     pending migrations of its database and exits (0 when done), without starting the service."""
     arguments = sys.argv[1:]
@@ -314,7 +322,7 @@ def main(serve: Callable[[], Awaitable[None]], settings: Callable[[], RuntimeSet
             sys.exit(f"{refused}")
         return
     if arguments != ["migrate"]:
-        sys.exit(f"usage: python -m {sys.modules['__main__'].__spec__.name} [migrate]")  # type: ignore[union-attr]
+        sys.exit(f"usage: {_command()} [migrate]")
     try:
         with migration_only():  # production checks the database connection only: a migration serves nothing
             configured = settings()
@@ -323,3 +331,9 @@ def main(serve: Callable[[], Awaitable[None]], settings: Callable[[], RuntimeSet
     configure_logging(configured.service_name, configured.log_level, configured.log_format)
     applied = uvloop.run(database.migrate(configured, migrations))
     log.info("migrate_done", applied=applied)
+
+
+def _command() -> str:
+    """How this service was started: `python -m services.<name>` (its __main__), else the script's path."""
+    spec = sys.modules["__main__"].__spec__
+    return f"python -m {spec.name}" if spec is not None else sys.argv[0]

@@ -14,7 +14,25 @@ import structlog
 from grpc_health.v1 import health, health_pb2
 from prometheus_client import Counter, Gauge
 
+# The one shape of a background worker: a name (its health name and log key) and an async function that runs until
+# cancelled, supervised by WorkerSupervisor. Periodic work (recovery passes, the match finisher, maturity, metrics
+# polls) is one pass made into a worker by periodic(); a worker with its own loop (the outbox relay, the settlement
+# consumer) is added as it is.
 Worker = Callable[[], Awaitable[None]]
+# One pass of periodic work; True means more is due at once (it stopped at a full batch), so the next pass starts
+# without waiting.
+OnePass = Callable[[], Awaitable[bool | None]]
+
+
+def periodic(interval_seconds: float, one_pass: OnePass) -> Worker:
+    async def run() -> None:
+        while True:
+            more_due = await one_pass()
+            if not more_due:
+                await asyncio.sleep(interval_seconds)
+
+    return run
+
 
 WORKERS_HEALTH_NAME = "coinstream.workers"
 WORKER_RESTARTS = Counter(
@@ -44,7 +62,7 @@ class SupervisionPolicy:
         exponent = max(0, consecutive_failures - 1)
         if exponent > 32:  # far past the cap; keeps 2**n small
             return self.max_backoff_seconds
-        return min(self.max_backoff_seconds, self.first_backoff_seconds * 2**exponent)
+        return min(self.max_backoff_seconds, self.first_backoff_seconds * 2.0**exponent)
 
 
 class WorkerSupervisor:

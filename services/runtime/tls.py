@@ -10,10 +10,10 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import grpc
-from pydantic_settings import BaseSettings
+from pydantic_settings import SettingsConfigDict
 
 if TYPE_CHECKING:  # config reads the database URL's TLS mode, and the database module reads files through here
     from services.runtime.config import RuntimeSettings
@@ -41,7 +41,13 @@ class PemFile:
             raise TlsSettingError(f"{self.setting}: cannot read {self.path!r}: {error.strerror or error}") from None
 
 
-def setting_file(settings: BaseSettings, field: str) -> PemFile | None:
+class FileSettings(Protocol):
+    """Settings whose fields name files: BaseSettings, whose env_prefix gives each field's environment variable."""
+
+    model_config: ClassVar[SettingsConfigDict]
+
+
+def setting_file(settings: FileSettings, field: str) -> PemFile | None:
     """The file a settings field names (None when the field is empty), with its environment variable."""
     path = getattr(settings, field)
     if not path:
@@ -65,11 +71,20 @@ def nats_urls_are_tls(nats_url: str) -> bool:
     return bool(urls) and all(url.startswith("tls://") for url in urls)
 
 
-def nats_ssl_context(settings: BaseSettings) -> ssl.SSLContext | None:
+class NatsTlsSettings(FileSettings, Protocol):
+    """What nats_ssl_context reads: the services' settings (RuntimeSettings) and reconcile's both have it."""
+
+    nats_url: str
+    nats_tls_ca_file: str
+    nats_tls_cert_file: str
+    nats_tls_key_file: str
+
+
+def nats_ssl_context(settings: NatsTlsSettings) -> ssl.SSLContext | None:
     """COINSTREAM_NATS_TLS_* (the services' settings, or reconcile's); tls:// URLs alone: the system's CAs; None:
     plaintext."""
-    if not (settings.nats_tls_ca_file or settings.nats_tls_cert_file):  # type: ignore[attr-defined]
-        return client_ssl_context(None) if nats_urls_are_tls(settings.nats_url) else None  # type: ignore[attr-defined]
+    if not (settings.nats_tls_ca_file or settings.nats_tls_cert_file):
+        return client_ssl_context(None) if nats_urls_are_tls(settings.nats_url) else None
     return client_ssl_context(
         setting_file(settings, "nats_tls_ca_file"),
         setting_file(settings, "nats_tls_cert_file"),

@@ -17,8 +17,9 @@ batch span that made them."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -115,7 +116,7 @@ def current_traceparent() -> str | None:
     return carrier.get(TRACEPARENT)
 
 
-def add_trace_ids(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def add_trace_ids(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: trace_id and span_id of the current span on every line logged inside one, so that a
     log line leads to its trace and a trace to its lines."""
     if _tracer is None:
@@ -133,7 +134,7 @@ def add_trace_ids(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dic
 @dataclass
 class ServerSpan:
     span: trace.Span
-    token: object
+    token: contextvars.Token[otel_context.Context]
 
 
 def start_server_span(method: str, traceparent: str | None, request_id: str | None) -> ServerSpan | None:
@@ -152,7 +153,7 @@ def end_server_span(server_span: ServerSpan, code: grpc.StatusCode) -> None:
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code in SERVER_ERROR_CODES:
         span.set_status(Status(StatusCode.ERROR, code.name))
-    otel_context.detach(server_span.token)  # type: ignore[arg-type]
+    otel_context.detach(server_span.token)
     span.end()
 
 

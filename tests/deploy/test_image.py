@@ -1,5 +1,5 @@
 """The container image, offline: hadolint on the Dockerfile, and what goes in - the services and the generated code,
-not devstack (the development CLI and embedded servers), tests or benchmarks."""
+not devstack (the development CLI and embedded servers, a distribution of their own), tests or benchmarks."""
 
 from __future__ import annotations
 
@@ -24,17 +24,40 @@ def test_the_image_copies_the_services_and_generated_code_only() -> None:
     copies = [source for source in copies if not source.startswith("--from")]
     assert set(copies) == {"pyproject.toml", "services", "gen/python/coinstream"}
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    assert "--no-install-project" in dockerfile and "--no-dev" in dockerfile  # no wheel, no `coinstream` script
+    assert "--no-install-project" in dockerfile and "--no-dev" in dockerfile  # no wheel, no development group
     context = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
     assert "**" in context and not [line for line in context if "devstack" in line and line.startswith("!")]
 
 
+def distribution(requirement: str) -> str:
+    """The normalized distribution name of a requirement such as `pyjwt[crypto]>=2.10`."""
+    return requirement.split(">")[0].split("=")[0].split("[")[0].lower().replace("_", "-")
+
+
+def test_the_production_wheel_leaves_the_development_tools_to_their_own_distribution() -> None:
+    """The root wheel: the services and the coinstream namespace (generated code, coinstream.client, .testing), no
+    console script; devstack/ is coinstream-devstack, and what only it needs is no runtime dependency of the root."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert wheel["packages"] == ["services", "gen/python/coinstream", "src/coinstream"]
+    assert "scripts" not in project["project"]
+    devstack = tomllib.loads((REPO_ROOT / "devstack" / "pyproject.toml").read_text())["project"]
+    assert devstack["name"] == "coinstream-devstack" and devstack["scripts"] == {"coinstream": "devstack.cli:app"}
+    runtime = {distribution(requirement) for requirement in project["project"]["dependencies"]}
+    assert runtime.isdisjoint(distribution(requirement) for requirement in devstack["dependencies"])
+
+
 def test_the_services_import_nothing_the_image_lacks() -> None:
     """Top-level imports of every module under services/: the standard library, services, the generated coinstream
-    package, and runtime dependencies - never devstack, tests, bench or a development-only package."""
+    package, and runtime dependencies - never devstack, tests, bench or a development-only package (the dev group's,
+    or the dev tools' own: coinstream-devstack's)."""
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    dev_distributions = {requirement.split(">")[0].split("=")[0].split("[")[0].lower().replace("_", "-")
-                         for requirement in project["dependency-groups"]["dev"]}
+    devstack = tomllib.loads((REPO_ROOT / "devstack" / "pyproject.toml").read_text())["project"]
+    dev_distributions = {
+        distribution(requirement)
+        for requirement in [*project["dependency-groups"]["dev"], *devstack["dependencies"]]
+        if distribution(requirement) != "coinstream"
+    }
     providers = importlib.metadata.packages_distributions()
     allowed_local = {"services", "coinstream"}
     wrong = []

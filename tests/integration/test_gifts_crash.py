@@ -218,7 +218,7 @@ async def test_a_wallet_outage_under_a_burst_of_gifts_leaves_every_gift_to_the_r
             return_exceptions=True,
         )
         assert all(isinstance(reply, grpc.aio.AioRpcError) for reply in replies)
-        assert {error_reason(reply) for reply in replies} == {"WALLET_UNAVAILABLE"}  # type: ignore[arg-type]
+        assert {error_reason(reply) for reply in replies} == {"WALLET_UNAVAILABLE"}
     finally:
         stack.start_service("wallet")
 

@@ -605,8 +605,9 @@ async def test_statement_by_video_apart_from_streams_and_by_day_with_both(stack:
 
 async def test_list_earnings_refusals(clients: Clients) -> None:
     creator_id = new_id("creator")
-    for group_by in (payouts_pb2.EARNINGS_GROUP_BY_UNSPECIFIED, 7):
-        error = await refused(list_earnings(clients, creator_id, group_by))  # type: ignore[arg-type]
+    undefined = payouts_pb2.EarningsGroupBy.ValueType(7)  # a number the enum does not define
+    for group_by in (payouts_pb2.EARNINGS_GROUP_BY_UNSPECIFIED, undefined):
+        error = await refused(list_earnings(clients, creator_id, group_by))
         assert (error.code(), violated_fields(error)) == (grpc.StatusCode.INVALID_ARGUMENT, {"group_by"})
     error = await refused(list_earnings(clients, creator_id, payouts_pb2.EARNINGS_GROUP_BY_DAY, page_size=101))
     assert violated_fields(error) == {"page_size"}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Awaitable
 
 import grpc
 import pytest
 from coinstream.wallet.v1 import wallet_pb2 as w
+from google.protobuf.message import Message
 
 from tests.conftest import ADMIN, SERVICE, Clients, auth, new_id, stored_key
 from tests.factories import balance, buy, create_account
@@ -15,7 +17,9 @@ from tests.grpc_errors import error_reason, violated_fields
 from tests.stack import Stack
 
 
-async def expect_error(call, code: grpc.StatusCode, reason: str | None = None) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
+async def expect_error(
+    call: Awaitable[object], code: grpc.StatusCode, reason: str | None = None
+) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     assert caught.value.code() == code, caught.value.details()
@@ -96,7 +100,9 @@ async def test_user_cannot_read_someone_elses_balance(clients: Clients) -> None:
     ],
     ids=["missing", "garbage", "wrong-scheme"],
 )
-async def test_calls_without_a_valid_token_are_unauthenticated(clients: Clients, metadata) -> None:  # type: ignore[no-untyped-def]
+async def test_calls_without_a_valid_token_are_unauthenticated(
+    clients: Clients, metadata: tuple[tuple[str, str], ...]
+) -> None:
     await expect_error(
         clients.wallet.ListCoinPackages(w.ListCoinPackagesRequest(), metadata=metadata),
         grpc.StatusCode.UNAUTHENTICATED,
@@ -361,8 +367,8 @@ async def test_transactions_are_listed_newest_first_with_pages(clients: Clients)
 async def test_bad_input_is_invalid_argument_with_field_violations(
     clients: Clients,
     method: str,
-    request_message,
-    fields: set[str],  # type: ignore[no-untyped-def]
+    request_message: Message,
+    fields: set[str],
 ) -> None:
     error = await expect_error(
         getattr(clients.wallet, method)(request_message, metadata=SERVICE), grpc.StatusCode.INVALID_ARGUMENT
@@ -416,7 +422,7 @@ async def test_control_characters_are_invalid_argument(clients: Clients) -> None
     assert violated_fields(error) == {"reference"}
 
 
-async def test_spend_replayed_after_its_key_expired_gets_its_original_answer(stack, clients: Clients) -> None:  # type: ignore[no-untyped-def]
+async def test_spend_replayed_after_its_key_expired_gets_its_original_answer(stack: Stack, clients: Clients) -> None:
     """The ledger outlives idempotency keys: a gift left pending past the key retention must not be refused or
     charged twice when its spend is finally retried."""
     import asyncpg

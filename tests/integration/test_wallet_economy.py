@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import grpc
@@ -25,7 +26,9 @@ from tests.invariants import wallet_violations
 from tests.stack import REPO_ROOT, Stack
 
 
-async def expect_error(call, code: grpc.StatusCode, reason: str | None = None) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
+async def expect_error(
+    call: Awaitable[object], code: grpc.StatusCode, reason: str | None = None
+) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     assert caught.value.code() == code, caught.value.details()
@@ -137,8 +140,8 @@ async def test_the_database_refuses_an_unbalanced_ledger_transaction(stack: Stac
 
 
 @asynccontextmanager
-async def promotion(clients: Clients, **fields: object) -> AsyncIterator[w.Promotion]:
-    request = w.CreatePromotionRequest(request_id=new_id("promo"), name=new_id("promo"), **fields)  # type: ignore[arg-type]
+async def promotion(clients: Clients, **fields: Any) -> AsyncIterator[w.Promotion]:  # any: its fields
+    request = w.CreatePromotionRequest(request_id=new_id("promo"), name=new_id("promo"), **fields)
     created = await clients.wallet.CreatePromotion(request, metadata=ADMIN)
     try:
         yield created.promotion
@@ -303,9 +306,11 @@ def _ts(moment: datetime) -> Timestamp:
     ],
 )
 async def test_bad_promotions_are_invalid_argument(
-    clients: Clients, fields: dict[str, object], violations: set[str]
+    clients: Clients,
+    fields: dict[str, Any],  # any: CreatePromotionRequest's fields
+    violations: set[str],
 ) -> None:
-    request = w.CreatePromotionRequest(request_id=new_id("promo"), **fields)  # type: ignore[arg-type]
+    request = w.CreatePromotionRequest(request_id=new_id("promo"), **fields)
     error = await expect_error(
         clients.wallet.CreatePromotion(request, metadata=ADMIN), grpc.StatusCode.INVALID_ARGUMENT
     )

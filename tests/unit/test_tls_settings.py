@@ -94,6 +94,7 @@ def test_tls_is_off_by_default() -> None:
 )
 def test_half_configured_tls_is_a_start_up_error_naming_the_setting(configured: dict[str, str], named: str) -> None:
     with pytest.raises(ValidationError, match=named):
+        # pydantic-settings' __init__ has typed options of its own (_env_file, _case_sensitive…) a **dict could fill.
         _Settings(**configured)  # type: ignore[arg-type]
 
 
@@ -107,6 +108,7 @@ def test_half_configured_tls_is_a_start_up_error_naming_the_setting(configured: 
 )
 def test_half_configured_tls_to_the_wallet_is_a_start_up_error(configured: dict[str, str], named: str) -> None:
     with pytest.raises(ValidationError, match=named):
+        # pydantic-settings' __init__ has typed options of its own (_env_file, _case_sensitive…) a **dict could fill.
         GiftsSettings(**configured)  # type: ignore[arg-type]
 
 
@@ -197,8 +199,8 @@ async def test_mutual_tls_serves_a_client_certificate_from_the_ca_and_no_other(p
     async with health_server(credentials) as port:
         address = f"127.0.0.1:{port}"
 
-        def channel(*files: PemFile | None) -> grpc.aio.Channel:
-            return grpc.aio.secure_channel(address, tls.channel_credentials(*files))  # type: ignore[arg-type]
+        def channel(ca: PemFile, cert: PemFile | None = None, key: PemFile | None = None) -> grpc.aio.Channel:
+            return grpc.aio.secure_channel(address, tls.channel_credentials(ca, cert, key))
 
         assert await status_through(channel(server.pem("ca"), client.pem("cert"), client.pem("key"))) == (
             health_pb2.HealthCheckResponse.SERVING

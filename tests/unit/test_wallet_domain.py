@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ HOUR = timedelta(hours=1)
 
 
 def promotion(promotion_id: str = "p", **overrides: object) -> domain.Promotion:
-    values: dict[str, object] = {
+    values: dict[str, Any] = {  # any: the fields of a Promotion, overridden by each test
         "promotion_id": promotion_id,
         "name": promotion_id,
         "starts_at": NOW - HOUR,
@@ -27,7 +28,7 @@ def promotion(promotion_id: str = "p", **overrides: object) -> domain.Promotion:
         "created_at": NOW - HOUR,
     }
     values.update(overrides)
-    return domain.Promotion(**values)  # type: ignore[arg-type]
+    return domain.Promotion(**values)
 
 
 DEFAULT_PROMOTION = promotion("promo_default", min_package_coins=1321, bonus_percent=5)

@@ -9,11 +9,13 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from coinstream.client import NotServingError, wait_until_serving
 from coinstream.testing.running import Coinstream
+
+if TYPE_CHECKING:  # testcontainers is imported when the containers flavour runs, not with the plugin
+    from testcontainers.core.container import DockerContainer
 
 SERVICES = {"wallet": 50051, "gifts": 50052, "payouts": 50053}
 DATABASES = tuple(f"coinstream_{service}" for service in SERVICES)
@@ -88,7 +90,7 @@ def _service_env(service: str, password: str, auth_secret: str) -> dict[str, str
     }
 
 
-def _create_databases(postgres: object, password: str) -> None:
+def _create_databases(postgres: DockerContainer, password: str) -> None:
     """Waits until PostgreSQL takes TCP connections, then creates the three databases (each service migrates its own
     at start). The password reaches psql through its environment, never a command line."""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -102,8 +104,8 @@ def _create_databases(postgres: object, password: str) -> None:
             raise RuntimeError(f"CREATE DATABASE {name}: {output}")
 
 
-def _psql(postgres: object, password: str, statement: str) -> tuple[int, str]:
-    container = postgres.get_wrapped_container()  # type: ignore[attr-defined]
+def _psql(postgres: DockerContainer, password: str, statement: str) -> tuple[int, str]:
+    container = postgres.get_wrapped_container()
     result = container.exec_run(
         ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", statement],
         environment={"PGPASSWORD": password},
@@ -111,18 +113,9 @@ def _psql(postgres: object, password: str, statement: str) -> tuple[int, str]:
     return result.exit_code, result.output.decode(errors="replace")
 
 
-def _wait_serving(service: str, address: str, container: object) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                logs = b"".join(container.get_logs()).decode(errors="replace")[-3000:]  # type: ignore[attr-defined]
-                raise TimeoutError(f"coinstream {service} not SERVING after {START_TIMEOUT_SECONDS:.0f} s:\n{logs}")
-            time.sleep(0.5)
+def _wait_serving(service: str, address: str, container: DockerContainer) -> None:
+    try:
+        wait_until_serving(address, timeout_seconds=START_TIMEOUT_SECONDS, poll_seconds=0.5)
+    except NotServingError:
+        logs = b"".join(container.get_logs()).decode(errors="replace")[-3000:]
+        raise TimeoutError(f"coinstream {service} not SERVING after {START_TIMEOUT_SECONDS:.0f} s:\n{logs}") from None

@@ -9,22 +9,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import grpc
-from coinstream.gifts.v1 import gifts_pb2_grpc
-from coinstream.payouts.v1 import payouts_pb2_grpc
-from coinstream.wallet.v1 import wallet_pb2_grpc
 
+from coinstream.client import SERVICES, Clients, Metadata, signed_metadata
 from coinstream.testing.plugin import FLAVOURS
 
-Metadata = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class CoinstreamClients:
-    """Blocking gRPC stubs of the three services (grpc.aio users: Coinstream.aio_channel)."""
-
-    wallet: wallet_pb2_grpc.WalletServiceStub
-    gifts: gifts_pb2_grpc.GiftServiceStub
-    payouts: payouts_pb2_grpc.PayoutServiceStub
+# Blocking gRPC stubs of the three services (grpc.aio users: Coinstream.aio_channel).
+CoinstreamClients = Clients
 
 
 @dataclass
@@ -54,16 +44,11 @@ class Coinstream:
 
     def metadata(self, subject: str, *roles: str) -> Metadata:
         """Call metadata with a token: `stub.Rpc(request, metadata=coinstream.metadata("my-backend", "service"))`."""
-        return (("authorization", f"Bearer {self.token(subject, *roles)}"),)
+        return signed_metadata(self.auth_secret, subject, *roles)
 
     @cached_property
-    def clients(self) -> CoinstreamClients:
-        wallet, gifts, payouts = (self._channel(service) for service in ("wallet", "gifts", "payouts"))
-        return CoinstreamClients(
-            wallet_pb2_grpc.WalletServiceStub(wallet),
-            gifts_pb2_grpc.GiftServiceStub(gifts),
-            payouts_pb2_grpc.PayoutServiceStub(payouts),
-        )
+    def clients(self) -> Clients:
+        return Clients.on({service: self._channel(service) for service in SERVICES})
 
     def aio_channel(self, service: str) -> grpc.aio.Channel:
         """A grpc.aio channel to a service, made on the running event loop; the caller closes it."""

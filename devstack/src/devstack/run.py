@@ -24,13 +24,13 @@ from rich.console import Console, Group
 from rich.rule import Rule
 from rich.text import Text
 
+from coinstream.client import NotServingError, wait_until_serving
 from devstack.nats_credentials import NatsCredentials
 from devstack.servers import NatsServer, PostgresServer
+from devstack.stack import REPO_ROOT
 from services.runtime.nats_login import PASSWORD_FILE_SETTING, PASSWORD_SETTING, USER_SETTING
 from services.runtime.nats_permissions import OPERATOR_USER
-from services.runtime.probe import health_status
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / ".data"
 LOG_DIR = DATA_DIR / "logs"
 POSTGRES_PORT = 55432
@@ -233,11 +233,17 @@ class DevStack:
         started_at = time.monotonic()
         for spec in SERVICES:
             address = spec.address(self.plan.environ)
-            while (status := health_status(address, timeout_seconds=1.0)) != "SERVING":
-                self._raise_if_a_child_died()
-                if time.monotonic() > deadline:
-                    raise StackError(f"{spec.name} did not report SERVING on {address} in time (last: {status})")
-                time.sleep(0.25)
+            try:
+                wait_until_serving(
+                    address,
+                    timeout_seconds=max(0.0, deadline - time.monotonic()),
+                    still_starting=self._raise_if_a_child_died,
+                    poll_seconds=0.25,
+                )
+            except NotServingError as late:
+                raise StackError(
+                    f"{spec.name} did not report SERVING on {address} in time (last: {late.last_status})"
+                ) from None
             say(f"{spec.name} is SERVING ({time.monotonic() - started_at:.1f} s)")
 
     # -- steady state ----------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A whole stack in a folder of its own on free loopback ports: embedded PostgreSQL, nats-server with JetStream and
 the three services as `python -m services.<name>` processes. The test suite (tests/stack.py) and `make bench` use it;
-`make run` (devstack/run.py) is the foreground variant on the fixed development ports."""
+`make run` (devstack.run) is the foreground variant on the fixed development ports."""
 
 from __future__ import annotations
 
@@ -9,19 +9,21 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import services
+from coinstream.client import NotServingError, wait_until_serving
 from devstack.certificates import StackTls
 from devstack.servers import NatsServer, PostgresServer, free_port, postgres_bin_with_ssl, stop_process
 from services.runtime import tls as runtime_tls
 from services.runtime.nats_permissions import OPERATOR_USER
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where the services are imported from: the checkout in development (the editable install `make install` makes),
+# site-packages where coinstream is installed from a wheel (coinstream[testing]). Their processes run there.
+REPO_ROOT = Path(services.__file__).resolve().parent.parent
 ALL_SERVICES = ("wallet", "gifts", "payouts")
 READY_TIMEOUT_SECONDS = 60.0
 
@@ -120,7 +122,7 @@ class Stack:
             {f"COINSTREAM_{service.upper()}_PORT": str(replica.port), **replica.metrics_env(), **(extra_env or {})}
         )
         replica.process = self._spawn(service, env, replica.log_path)
-        wait_until_serving(replica, self.tls)
+        _wait_until_serving(replica, self.tls)
         return replica
 
     def _spawn(self, service: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -134,7 +136,7 @@ class Stack:
             )
 
     def wait_serving(self, service: str) -> None:
-        wait_until_serving(self.services[service], self.tls)
+        _wait_until_serving(self.services[service], self.tls)
 
     def nats_tls(self) -> ssl.SSLContext | None:
         return nats_client_tls(self.tls)
@@ -259,22 +261,19 @@ def tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def wait_until_serving(proc: ServiceProcess, stack_tls: StackTls | None = None) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    credentials = client_credentials(stack_tls)
-    channel = (
-        grpc.insecure_channel(proc.address) if credentials is None else grpc.secure_channel(proc.address, credentials)
-    )
-    with channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.process is not None and proc.process.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited with {proc.process.returncode}:\n{tail(proc.log_path)}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise RuntimeError(f"{proc.name} not SERVING in time:\n{tail(proc.log_path)}")
+def _wait_until_serving(proc: ServiceProcess, stack_tls: StackTls | None) -> None:
+    """Until the service's process reports SERVING; RuntimeError with its log's end when it exits or is late."""
+
+    def exited() -> None:
+        if proc.process is not None and proc.process.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.process.returncode}:\n{tail(proc.log_path)}")
+
+    try:
+        wait_until_serving(
+            proc.address,
+            timeout_seconds=READY_TIMEOUT_SECONDS,
+            credentials=client_credentials(stack_tls),
+            still_starting=exited,
+        )
+    except NotServingError:
+        raise RuntimeError(f"{proc.name} not SERVING in time:\n{tail(proc.log_path)}") from None

@@ -8,28 +8,25 @@ Every run uses fresh account ids, so runs never collide and the stack's data fro
 from __future__ import annotations
 
 import itertools
-import json
-import math
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
-from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
+from coinstream.payouts.v1 import payouts_pb2
 from coinstream.type.v1 import money_pb2
-from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from coinstream.wallet.v1 import wallet_pb2
 from google.protobuf.duration_pb2 import Duration
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from rich.console import Console
 from rich.table import Table
 
-from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, mint_token
+from coinstream.client import Addresses, CallError, Clients, Metadata, connect, signed_metadata
+from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE
 from services.runtime.probe import health_status
 
 CALL_TIMEOUT_SECONDS = 10.0
@@ -43,25 +40,6 @@ DEFAULT_MATCH_SECONDS = 60
 MATCH_FINISH_GRACE_SECONDS = 15.0
 GOAL_TARGET_COINS = 2_000
 GOAL_DESCRIPTION = "New microphone 🎤"
-
-# Retrying UNAVAILABLE (e.g. a service still warming up) is safe for every call here: each mutating request
-# carries a request_id, so a retried request cannot move coins twice.
-_RETRY_SERVICE_CONFIG = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": [{}],
-                "retryPolicy": {
-                    "maxAttempts": 5,
-                    "initialBackoff": "0.2s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
-)
 
 # (fan index, gift id, quantity). About 2,900 coins in total, so the creator can withdraw the 2,000-diamond
 # minimum; the lion is beyond either fan's coins on purpose, to show a refusal.
@@ -90,39 +68,33 @@ class DemoError(Exception):
     """A step failed; the message says which and why."""
 
 
-@dataclass(frozen=True)
-class Addresses:
-    wallet: str
-    gifts: str
-    payouts: str
+class CallFailed(DemoError):
+    """An RPC failed; error is the server's answer as the contract describes it."""
 
-    def by_service(self) -> dict[str, str]:
-        return {"wallet": self.wallet, "gifts": self.gifts, "payouts": self.payouts}
+    def __init__(self, rpc_name: str, error: CallError) -> None:
+        super().__init__(f"{rpc_name} failed: {error.describe()}")
+        self.error = error
 
-
-@dataclass
-class Stubs:
-    wallet: wallet_pb2_grpc.WalletServiceStub
-    gifts: gifts_pb2_grpc.GiftServiceStub
-    payouts: payouts_pb2_grpc.PayoutServiceStub
+    @property
+    def refused(self) -> bool:
+        """The server refused this request (a rule, not a fault of the stack): the demo shows why and carries on."""
+        return self.error.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
 
 
-@contextmanager
-def connect(addresses: Addresses) -> Iterator[Stubs]:
-    """One channel per service for the whole demo: channels are costly to make and to close."""
-    options = [("grpc.enable_retries", 1), ("grpc.service_config", _RETRY_SERVICE_CONFIG)]
-    channels = {
-        name: grpc.insecure_channel(address, options=options) for name, address in addresses.by_service().items()
-    }
-    try:
-        yield Stubs(
-            wallet=wallet_pb2_grpc.WalletServiceStub(channels["wallet"]),
-            gifts=gifts_pb2_grpc.GiftServiceStub(channels["gifts"]),
-            payouts=payouts_pb2_grpc.PayoutServiceStub(channels["payouts"]),
-        )
-    finally:
-        for channel in channels.values():
-            channel.close()
+def run_demo(
+    addresses: Addresses,
+    secret: str,
+    console: Console,
+    *,
+    withdrawal_diamonds: int = DEFAULT_WITHDRAWAL_DIAMONDS,
+    match_seconds: float = DEFAULT_MATCH_SECONDS,
+) -> None:
+    """The scripted live stream against the stack at addresses, its calls signed with secret."""
+    check_stack_is_up(addresses)
+    with connect(addresses) as clients:
+        LiveStreamDemo(
+            clients, secret, console, withdrawal_diamonds=withdrawal_diamonds, match_seconds=match_seconds
+        ).run()
 
 
 def check_stack_is_up(addresses: Addresses) -> None:
@@ -136,38 +108,15 @@ def check_stack_is_up(addresses: Addresses) -> None:
         raise DemoError(f"the stack is not ready ({details}). Start it with `make run` in another terminal.")
 
 
-def error_reason(error: grpc.RpcError) -> str:
-    """The contract's ErrorInfo reason (e.g. INSUFFICIENT_COINS), or the bare status code when there is none."""
-    status = rpc_status.from_call(error)
-    for detail in status.details if status is not None else ():
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
-    return error.code().name
-
-
-def describe(error: grpc.RpcError) -> str:
-    return f"{error.code().name} {error_reason(error)}: {error.details()}"
-
-
 def format_money(money: money_pb2.Money) -> str:
     whole, cents = divmod(money.amount_minor, 100)
     return f"${whole:,}.{cents:02d}" if money.currency_code == "USD" else f"{whole:,}.{cents:02d} {money.currency_code}"
 
 
-def withdrawal_amount(wanted: int, available: int, minimum: int, value_per_1000_minor: int) -> int | None:
-    """The requested amount when affordable, else as much as is available; always a whole number of cents (the
-    service refuses amounts that would lose a fraction of a cent); None below the minimum."""
-    step = 1000 // math.gcd(1000, value_per_1000_minor)
-    amount = min(max(wanted, minimum), available)
-    amount -= amount % step
-    return amount if amount >= minimum else None
-
-
 class GiftFeedWatcher:
     """Watches the stream's live gift feed (WatchStreamGifts) in a thread, as an overlay would."""
 
-    def __init__(self, stub: gifts_pb2_grpc.GiftServiceStub, stream_id: str, token: str) -> None:
+    def __init__(self, stub: gifts_pb2_grpc.GiftServiceStub, stream_id: str, metadata: Metadata) -> None:
         self.events: list[gifts_pb2.GiftEvent] = []
         # Besides gifts, the feed shows the stream's match (scores, result) and goal (progress) as they change.
         self.match_updates: list[gifts_pb2.Match] = []
@@ -175,7 +124,7 @@ class GiftFeedWatcher:
         self.error = ""
         self._call = stub.WatchStreamGifts(
             gifts_pb2.WatchStreamGiftsRequest(stream_id=stream_id, include_match_and_goal_updates=True),
-            metadata=(("authorization", f"Bearer {token}"),),
+            metadata=metadata,
         )
         self._call.initial_metadata()  # the server sends headers once the watcher is registered
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -191,7 +140,7 @@ class GiftFeedWatcher:
                 elif response.HasField("goal"):
                     self.goal_updates.append(response.goal)
         except grpc.RpcError as error:
-            self.error = describe(error)
+            self.error = CallError.of(error).describe()
 
     def finish(self, timeout_seconds: float) -> None:
         """The feed ends by itself when the stream ends; cancel it if that takes too long."""
@@ -203,7 +152,7 @@ class GiftFeedWatcher:
 
 @dataclass
 class LiveStreamDemo:
-    stubs: Stubs
+    clients: Clients
     secret: str
     console: Console
     withdrawal_diamonds: int = DEFAULT_WITHDRAWAL_DIAMONDS
@@ -211,7 +160,8 @@ class LiveStreamDemo:
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     stream_id: str = ""
     rival_stream_id: str = ""
-    gifted_coins: list[int] = field(default_factory=list)
+    # Gifts to the creator (stream, video, match) that went through: settlement is done when payouts counts as many.
+    gifts_to_creator: int = 0
     _request_numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
@@ -219,8 +169,8 @@ class LiveStreamDemo:
         self.rival = f"demo-rival-{self.run_id}"
         self.fans = [f"demo-fan1-{self.run_id}", f"demo-fan2-{self.run_id}"]
         # A trusted backend acts for the users; KYC is a compliance decision, so it goes through an admin token.
-        self.service_token = mint_token(self.secret, "coinstream-demo", [ROLE_SERVICE], TOKEN_TTL_SECONDS)
-        self.admin_token = mint_token(self.secret, "coinstream-demo-admin", [ROLE_ADMIN], TOKEN_TTL_SECONDS)
+        self.service = signed_metadata(self.secret, "coinstream-demo", ROLE_SERVICE, ttl_seconds=TOKEN_TTL_SECONDS)
+        self.admin = signed_metadata(self.secret, "coinstream-demo-admin", ROLE_ADMIN, ttl_seconds=TOKEN_TTL_SECONDS)
 
     # -- plumbing --------------------------------------------------------------------------------------------
 
@@ -229,12 +179,23 @@ class LiveStreamDemo:
         return f"demo:{self.run_id}:{next(self._request_numbers):02d}:{label}"
 
     def call(self, rpc: Callable[..., Response], request: Any, *, admin: bool = False) -> Response:
-        token = self.admin_token if admin else self.service_token
         try:
-            return rpc(request, metadata=(("authorization", f"Bearer {token}"),), timeout=CALL_TIMEOUT_SECONDS)
+            return rpc(request, metadata=self.admin if admin else self.service, timeout=CALL_TIMEOUT_SECONDS)
         except grpc.RpcError as error:
             rpc_name = type(request).__name__.removesuffix("Request")  # the contract names FooRequest after Foo
-            raise DemoError(f"{rpc_name} failed: {describe(error)}") from None
+            raise CallFailed(rpc_name, CallError.of(error)) from None
+
+    def gift_request(
+        self, label: str, fan_index: int, gift_id: str, quantity: int, **target: str
+    ) -> gifts_pb2.SendGiftRequest:
+        """A fan's gift to a stream (stream_id=…) or to a video (video_id=…)."""
+        return gifts_pb2.SendGiftRequest(
+            request_id=self.request_id(f"{label}-{gift_id}"),
+            sender_id=self.fans[fan_index],
+            gift_id=gift_id,
+            quantity=quantity,
+            **target,
+        )
 
     def step(self, number: int, title: str) -> None:
         self.console.rule(f"[bold]{number}. {title}", align="left")
@@ -250,7 +211,7 @@ class LiveStreamDemo:
         self.verify_creator()
         self.buy_coins()
         self.go_live()
-        self.feed = GiftFeedWatcher(self.stubs.gifts, self.stream_id, self.service_token)
+        self.feed = GiftFeedWatcher(self.clients.gifts, self.stream_id, self.service)
         try:
             self.set_goal()
             self.send_gifts()
@@ -276,7 +237,7 @@ class LiveStreamDemo:
                 adult_verified=True,
                 country_code="US",
             )
-            account = self.call(self.stubs.wallet.UpsertAccount, request).account
+            account = self.call(self.clients.wallet.UpsertAccount, request).account
             self.done(
                 f"{account.account_id}: adult_verified={account.adult_verified}, "
                 f"country {account.country_code}, {wallet_pb2.AccountStatus.Name(account.status)}"
@@ -290,7 +251,7 @@ class LiveStreamDemo:
             kyc_verified=True,
             payout_destination=f"sandbox:ok-{self.creator}",
         )
-        profile = self.call(self.stubs.payouts.UpdateCreatorProfile, request, admin=True).profile
+        profile = self.call(self.clients.payouts.UpdateCreatorProfile, request, admin=True).profile
         self.done(f"{profile.creator_id}: kyc_verified={profile.kyc_verified}, pays to {profile.payout_destination}")
 
     def buy_coins(self) -> None:
@@ -303,7 +264,7 @@ class LiveStreamDemo:
                 package_id=package_id,
                 payment_token="tok_ok_demo",
             )
-            response = self.call(self.stubs.wallet.PurchaseCoins, request)
+            response = self.call(self.clients.wallet.PurchaseCoins, request)
             purchase = response.purchase
             table.add_row(
                 self.fans[fan_index],
@@ -319,14 +280,14 @@ class LiveStreamDemo:
         request = gifts_pb2.StartLiveStreamRequest(
             request_id=self.request_id("start-stream"), creator_id=self.creator, title=f"coinstream demo {self.run_id}"
         )
-        stream = self.call(self.stubs.gifts.StartLiveStream, request).stream
+        stream = self.call(self.clients.gifts.StartLiveStream, request).stream
         self.stream_id = stream.stream_id
         self.done(f'stream {stream.stream_id} "{stream.title}" is {gifts_pb2.StreamStatus.Name(stream.status)}')
 
     def send_gifts(self) -> None:
         self.step(5, "Fans send gifts")
         catalog = {
-            gift.gift_id: gift for gift in self.call(self.stubs.gifts.ListGifts, gifts_pb2.ListGiftsRequest()).gifts
+            gift.gift_id: gift for gift in self.call(self.clients.gifts.ListGifts, gifts_pb2.ListGiftsRequest()).gifts
         }
         table = Table("sender", "gift", "qty", "coins", "paid / bonus", "combo", "sender balance after", "outcome")
         last_sent: tuple[gifts_pb2.SendGiftRequest, gifts_pb2.SendGiftResponse] | None = None
@@ -334,13 +295,7 @@ class LiveStreamDemo:
             if gift_id not in catalog:
                 table.add_row(self.fans[fan_index], gift_id, str(quantity), "", "", "", "", "[yellow]not in catalog[/]")
                 continue
-            request = gifts_pb2.SendGiftRequest(
-                request_id=self.request_id(f"gift-{gift_id}"),
-                sender_id=self.fans[fan_index],
-                stream_id=self.stream_id,
-                gift_id=gift_id,
-                quantity=quantity,
-            )
+            request = self.gift_request("gift", fan_index, gift_id, quantity, stream_id=self.stream_id)
             response = self.send_one_gift(request, catalog[gift_id], table)
             if response is not None:
                 last_sent = (request, response)
@@ -351,15 +306,13 @@ class LiveStreamDemo:
     def send_one_gift(
         self, request: gifts_pb2.SendGiftRequest, gift: gifts_pb2.Gift, table: Table
     ) -> gifts_pb2.SendGiftResponse | None:
-        """Sends a gift and adds its row; a refusal (FAILED_PRECONDITION, e.g. too few coins) is shown, not fatal."""
+        """Sends a gift and adds its row; a refusal (e.g. too few coins) is shown, not fatal."""
         price = f"{gift.coin_price * request.quantity:,}"
         try:
-            response = self.stubs.gifts.SendGift(
-                request, metadata=(("authorization", f"Bearer {self.service_token}"),), timeout=CALL_TIMEOUT_SECONDS
-            )
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                raise DemoError(f"SendGift failed: {describe(error)}") from None
+            response = self.call(self.clients.gifts.SendGift, request)
+        except CallFailed as failed:
+            if not failed.refused:
+                raise
             table.add_row(
                 request.sender_id,
                 gift.name,
@@ -368,10 +321,10 @@ class LiveStreamDemo:
                 "",
                 "",
                 "",
-                f"[yellow]refused: {error_reason(error)}[/]",
+                f"[yellow]refused: {failed.error.reason}[/]",
             )
             return None
-        self.gifted_coins.append(response.gift.coins)
+        self.gifts_to_creator += 1
         table.add_row(
             request.sender_id,
             gift.name,
@@ -387,7 +340,7 @@ class LiveStreamDemo:
     def replay_gift(self, request: gifts_pb2.SendGiftRequest, original: gifts_pb2.SendGiftResponse) -> None:
         """A client retry after a lost response: the same request_id must return the same gift, charged once."""
         balance_before = self.coins_of(request.sender_id)
-        replayed = self.call(self.stubs.gifts.SendGift, request)
+        replayed = self.call(self.clients.gifts.SendGift, request)
         balance_after = self.coins_of(request.sender_id)
         if replayed.gift.gift_transaction_id != original.gift.gift_transaction_id or balance_after != balance_before:
             raise DemoError(
@@ -407,13 +360,13 @@ class LiveStreamDemo:
             target_coins=GOAL_TARGET_COINS,
             description=GOAL_DESCRIPTION,
         )
-        goal = self.call(self.stubs.gifts.SetStreamGoal, request).goal
+        goal = self.call(self.clients.gifts.SetStreamGoal, request).goal
         self.done(f'goal {goal.goal_id}: "{goal.description}", {goal.target_coins:,} coins')
 
     def show_stream_summary(self) -> None:
         self.step(6, "Stream summary")
         summary = self.call(
-            self.stubs.gifts.GetStreamSummary, gifts_pb2.GetStreamSummaryRequest(stream_id=self.stream_id)
+            self.clients.gifts.GetStreamSummary, gifts_pb2.GetStreamSummaryRequest(stream_id=self.stream_id)
         ).summary
         table = Table("top gifter", "coins", title=f"{summary.gift_count} gifts, {summary.total_coins:,} coins")
         for gifter in summary.top_gifters:
@@ -433,20 +386,14 @@ class LiveStreamDemo:
             creator_id=self.creator,
             gifts_enabled=True,
         )
-        video = self.call(self.stubs.gifts.UpsertVideo, request).video
+        video = self.call(self.clients.gifts.UpsertVideo, request).video
         self.done(f"video {video.video_id} of {video.creator_id} takes gifts")
         fan_index, gift_id, quantity = VIDEO_GIFT
-        gift_request = gifts_pb2.SendGiftRequest(
-            request_id=self.request_id(f"video-gift-{gift_id}"),
-            sender_id=self.fans[fan_index],
-            video_id=video.video_id,
-            gift_id=gift_id,
-            quantity=quantity,
-        )
-        gift = self.call(self.stubs.gifts.SendGift, gift_request).gift
-        self.gifted_coins.append(gift.coins)
+        gift_request = self.gift_request("video-gift", fan_index, gift_id, quantity, video_id=video.video_id)
+        gift = self.call(self.clients.gifts.SendGift, gift_request).gift
+        self.gifts_to_creator += 1
         summary = self.call(
-            self.stubs.gifts.GetVideoSummary, gifts_pb2.GetVideoSummaryRequest(video_id=video.video_id)
+            self.clients.gifts.GetVideoSummary, gifts_pb2.GetVideoSummaryRequest(video_id=video.video_id)
         ).summary
         self.done(
             f"{gift.sender_id} sent {gift.gift_id}×{gift.quantity} ({gift.coins} coins) to the video: "
@@ -458,25 +405,20 @@ class LiveStreamDemo:
         start = gifts_pb2.StartLiveStreamRequest(
             request_id=self.request_id("rival-stream"), creator_id=self.rival, title=f"rival {self.run_id}"
         )
-        self.rival_stream_id = self.call(self.stubs.gifts.StartLiveStream, start).stream.stream_id
+        self.rival_stream_id = self.call(self.clients.gifts.StartLiveStream, start).stream.stream_id
         duration = Duration()
         duration.FromMilliseconds(int(self.match_seconds * 1000))
         request = gifts_pb2.StartMatchRequest(
             request_id=self.request_id("match"), stream_ids=[self.stream_id, self.rival_stream_id], duration=duration
         )
-        match = self.call(self.stubs.gifts.StartMatch, request).match
+        match = self.call(self.clients.gifts.StartMatch, request).match
         self.done(f"match {match.match_id} until {match.ends_at.ToDatetime():%H:%M:%S} UTC")
         for fan_index, gift_id, quantity, for_creator in MATCH_PLAN:
-            gift_request = gifts_pb2.SendGiftRequest(
-                request_id=self.request_id(f"match-gift-{gift_id}"),
-                sender_id=self.fans[fan_index],
-                stream_id=self.stream_id if for_creator else self.rival_stream_id,
-                gift_id=gift_id,
-                quantity=quantity,
-            )
-            gift = self.call(self.stubs.gifts.SendGift, gift_request).gift
+            stream_id = self.stream_id if for_creator else self.rival_stream_id
+            gift_request = self.gift_request("match-gift", fan_index, gift_id, quantity, stream_id=stream_id)
+            gift = self.call(self.clients.gifts.SendGift, gift_request).gift
             if for_creator:
-                self.gifted_coins.append(gift.coins)
+                self.gifts_to_creator += 1
             self.done(f"{gift.sender_id} sent {gift.gift_id}×{gift.quantity} to {gift.recipient_id}")
         self.show_match(self.wait_for_match(match))
 
@@ -485,7 +427,9 @@ class LiveStreamDemo:
         self.console.print(f"waiting for the end of the match ({self.match_seconds:g} s)…")
         deadline = time.monotonic() + self.match_seconds + MATCH_FINISH_GRACE_SECONDS
         request = gifts_pb2.GetMatchRequest(match_id=match.match_id)
-        while (reply := self.call(self.stubs.gifts.GetMatch, request)).match.status != gifts_pb2.MATCH_STATUS_FINISHED:
+        while (
+            reply := self.call(self.clients.gifts.GetMatch, request)
+        ).match.status != gifts_pb2.MATCH_STATUS_FINISHED:
             if time.monotonic() > deadline:
                 raise DemoError(
                     f"match {match.match_id} was not finished {MATCH_FINISH_GRACE_SECONDS:.0f} s after its end"
@@ -507,46 +451,47 @@ class LiveStreamDemo:
 
     def wait_for_settlement(self) -> None:
         self.step(9, "Diamonds settle (gifts.v1.gift_sent → payouts-settlement)")
-        rates = self.call(self.stubs.payouts.GetRates, payouts_pb2.GetRatesRequest()).rates
-        expected = sum(
-            coins * rates.diamonds_per_coin_numerator // rates.diamonds_per_coin_denominator
-            for coins in self.gifted_coins
-        )
-        self.console.print(
-            f"rate {rates.diamonds_per_coin_numerator}/{rates.diamonds_per_coin_denominator} "
-            f"diamond per coin → expecting {expected:,} diamonds"
-        )
+        self.console.print(f"waiting for payouts to settle the creator's {self.gifts_to_creator} gifts…")
         deadline = time.monotonic() + SETTLEMENT_WAIT_SECONDS
-        while (earnings := self.earnings()).lifetime_diamonds < expected and time.monotonic() < deadline:
+        while (settled := self.settled_gifts()) < self.gifts_to_creator and time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL_SECONDS)
-        if earnings.lifetime_diamonds < expected:
+        if settled < self.gifts_to_creator:
             self.console.print(
-                f"[yellow]only {earnings.lifetime_diamonds:,} of {expected:,} diamonds settled "
-                f"after {SETTLEMENT_WAIT_SECONDS:.0f} s; continuing with what is there[/]"
+                f"[yellow]only {settled} of {self.gifts_to_creator} gifts settled after "
+                f"{SETTLEMENT_WAIT_SECONDS:.0f} s; continuing with what is there[/]"
             )
         else:
-            self.done(f"{earnings.lifetime_diamonds:,} diamonds settled")
+            rates = self.call(self.clients.payouts.GetRates, payouts_pb2.GetRatesRequest()).rates
+            self.done(
+                f"{settled} gifts settled: {self.earnings().lifetime_diamonds:,} diamonds at "
+                f"{rates.diamonds_per_coin_numerator}/{rates.diamonds_per_coin_denominator} diamond per coin"
+            )
         self.show_balances("Balances after the gifts")
+
+    def settled_gifts(self) -> int:
+        """How many of the creator's gifts payouts has credited, as its statement (ListEarnings) counts them."""
+        request = payouts_pb2.ListEarningsRequest(
+            creator_id=self.creator, group_by=payouts_pb2.EARNINGS_GROUP_BY_DAY, page_size=100
+        )
+        return sum(row.gift_count for row in self.call(self.clients.payouts.ListEarnings, request).rows)
 
     def withdraw(self) -> None:
         self.step(10, "Creator withdraws")
-        rates = self.call(self.stubs.payouts.GetRates, payouts_pb2.GetRatesRequest()).rates
-        diamonds = withdrawal_amount(
-            self.withdrawal_diamonds,
-            self.earnings().available_diamonds,
-            rates.minimum_withdrawal_diamonds,
-            rates.diamond_value_per_1000.amount_minor,
+        request = payouts_pb2.RequestWithdrawalRequest(
+            request_id=self.request_id("withdrawal"), creator_id=self.creator, diamonds=self.withdrawal_diamonds
         )
-        if diamonds is None:
+        try:
+            withdrawal = self.call(self.clients.payouts.RequestWithdrawal, request).withdrawal
+        except CallFailed as failed:
+            if not failed.refused:
+                raise
+            # Payouts owns the rules (minimum, available diamonds, daily cap, whole minor units) and names the one
+            # that applies.
             self.console.print(
-                f"[yellow]fewer than the minimum {rates.minimum_withdrawal_diamonds:,} diamonds "
-                "available; skipping the withdrawal[/]"
+                f"[yellow]payouts refused {self.withdrawal_diamonds:,} diamonds: {failed.error.reason}: "
+                f"{failed.error.message}; no payout this time[/]"
             )
             return
-        request = payouts_pb2.RequestWithdrawalRequest(
-            request_id=self.request_id("withdrawal"), creator_id=self.creator, diamonds=diamonds
-        )
-        withdrawal = self.call(self.stubs.payouts.RequestWithdrawal, request).withdrawal
         self.done(
             f"withdrawal {withdrawal.withdrawal_id}: {withdrawal.diamonds:,} diamonds → "
             f"{format_money(withdrawal.payout)}, {payouts_pb2.WithdrawalStatus.Name(withdrawal.status)}"
@@ -557,7 +502,7 @@ class LiveStreamDemo:
         request = payouts_pb2.GetWithdrawalRequest(withdrawal_id=withdrawal_id)
         deadline = time.monotonic() + PAYOUT_WAIT_SECONDS
         while (
-            withdrawal := self.call(self.stubs.payouts.GetWithdrawal, request).withdrawal
+            withdrawal := self.call(self.clients.payouts.GetWithdrawal, request).withdrawal
         ).status == payouts_pb2.WITHDRAWAL_STATUS_PENDING and time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL_SECONDS)
         status = payouts_pb2.WithdrawalStatus.Name(withdrawal.status)
@@ -571,7 +516,7 @@ class LiveStreamDemo:
     def last_split(self, account_id: str, gift_transaction_id: str) -> str:
         """How the gift was paid: the wallet spends bonus coins first (its spend's reference names the gift)."""
         request = wallet_pb2.ListTransactionsRequest(account_id=account_id, page_size=5)
-        for transaction in self.call(self.stubs.wallet.ListTransactions, request).transactions:
+        for transaction in self.call(self.clients.wallet.ListTransactions, request).transactions:
             if transaction.reference.endswith(gift_transaction_id):
                 return f"{-transaction.paid_coins_delta:,} / {-transaction.bonus_coins_delta:,}"
         return "?"
@@ -580,7 +525,7 @@ class LiveStreamDemo:
         request = gifts_pb2.GetLeaderboardRequest(
             creator_id=self.creator, period=gifts_pb2.LEADERBOARD_PERIOD_DAY, page_size=10
         )
-        entries = self.call(self.stubs.gifts.GetLeaderboard, request).entries
+        entries = self.call(self.clients.gifts.GetLeaderboard, request).entries
         table = Table("rank", "gifter", "coins", title=f"Today's leaderboard of {self.creator}")
         for entry in entries:
             table.add_row(str(entry.rank), entry.account_id, f"{entry.coins:,}")
@@ -605,7 +550,7 @@ class LiveStreamDemo:
         for stream_id in filter(None, [self.stream_id, self.rival_stream_id]):
             with suppress(DemoError):
                 self.call(
-                    self.stubs.gifts.EndLiveStream,
+                    self.clients.gifts.EndLiveStream,
                     gifts_pb2.EndLiveStreamRequest(request_id=self.request_id("end-stream"), stream_id=stream_id),
                 )
 
@@ -613,22 +558,22 @@ class LiveStreamDemo:
         self.step(11, "Creators end their streams")
         for stream_id in filter(None, [self.stream_id, self.rival_stream_id]):
             request = gifts_pb2.EndLiveStreamRequest(request_id=self.request_id("end-stream"), stream_id=stream_id)
-            stream = self.call(self.stubs.gifts.EndLiveStream, request).stream
+            stream = self.call(self.clients.gifts.EndLiveStream, request).stream
             self.done(f"stream {stream.stream_id} is {gifts_pb2.StreamStatus.Name(stream.status)}")
 
     # -- balances --------------------------------------------------------------------------------------------
 
     def balance_of(self, account_id: str) -> wallet_pb2.Balance:
         request = wallet_pb2.GetBalanceRequest(account_id=account_id)
-        return self.call(self.stubs.wallet.GetBalance, request).balance
+        return self.call(self.clients.wallet.GetBalance, request).balance
 
     def coins_of(self, account_id: str) -> int:
         request = wallet_pb2.GetBalanceRequest(account_id=account_id)
-        return self.call(self.stubs.wallet.GetBalance, request).balance.coins
+        return self.call(self.clients.wallet.GetBalance, request).balance.coins
 
     def earnings(self) -> payouts_pb2.Earnings:
         request = payouts_pb2.GetEarningsRequest(creator_id=self.creator)
-        return self.call(self.stubs.payouts.GetEarnings, request).earnings
+        return self.call(self.clients.payouts.GetEarnings, request).earnings
 
     def show_balances(self, title: str) -> None:
         table = Table("account", "coins", "paid / bonus", "available ◆", "reserved ◆", "lifetime ◆", title=title)

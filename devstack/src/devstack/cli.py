@@ -20,15 +20,8 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from devstack.demo import (
-    DEFAULT_MATCH_SECONDS,
-    DEFAULT_WITHDRAWAL_DIAMONDS,
-    Addresses,
-    DemoError,
-    LiveStreamDemo,
-    check_stack_is_up,
-    connect,
-)
+from coinstream.client import Addresses
+from devstack.demo import DEFAULT_MATCH_SECONDS, DEFAULT_WITHDRAWAL_DIAMONDS, DemoError, run_demo
 from services.payouts import dead_letters as dead_letter_store
 from services.reconcile import __main__ as reconcile_command
 from services.reconcile.checks import Thresholds
@@ -114,15 +107,13 @@ def demo(
     gift, a match (it lasts a minute) and a withdrawal."""
     addresses = Addresses(wallet=wallet, gifts=gifts, payouts=payouts)
     try:
-        check_stack_is_up(addresses)
-        with connect(addresses) as stubs:
-            LiveStreamDemo(
-                stubs,
-                secret or DEV_AUTH_SECRET,
-                console,
-                withdrawal_diamonds=withdraw_diamonds,
-                match_seconds=match_seconds,
-            ).run()
+        run_demo(
+            addresses,
+            secret or DEV_AUTH_SECRET,
+            console,
+            withdrawal_diamonds=withdraw_diamonds,
+            match_seconds=match_seconds,
+        )
     except DemoError as error:
         error_console.print(f"[bold red]demo failed:[/] {error}")
         raise typer.Exit(1) from None
