@@ -139,7 +139,7 @@ class GiftStore(Reads, Protocol):
 
     async def run_once(
         self,
-        request: Message,
+        request: idempotency.MutatingRequest,
         response_type: type[ResponseT],
         operation: Callable[[Transaction], Awaitable[ResponseT]],
     ) -> ResponseT:
@@ -148,7 +148,9 @@ class GiftStore(Reads, Protocol):
         request answers the stored outcome; with another, REQUEST_ID_REUSED."""
         ...
 
-    async def replay_if_completed(self, request: Message, response_type: type[ResponseT]) -> ResponseT | None: ...
+    async def replay_if_completed(
+        self, request: idempotency.MutatingRequest, response_type: type[ResponseT]
+    ) -> ResponseT | None: ...
 
     async def list_active_gifts(self) -> list[CatalogGift]: ...
 

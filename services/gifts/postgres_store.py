@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta
 
 import asyncpg
-from google.protobuf.message import Message
 
 from services.gifts import store, store_matches
 from services.gifts.domain import (
@@ -166,7 +165,7 @@ class PostgresGiftStore(PostgresReads):
 
     async def run_once(
         self,
-        request: Message,
+        request: idempotency.MutatingRequest,
         response_type: type[ResponseT],
         operation: Callable[[PostgresTransaction], Awaitable[ResponseT]],
     ) -> ResponseT:
@@ -175,7 +174,9 @@ class PostgresGiftStore(PostgresReads):
 
         return await idempotency.run_once(self._pool, request, response_type, on_connection)
 
-    async def replay_if_completed(self, request: Message, response_type: type[ResponseT]) -> ResponseT | None:
+    async def replay_if_completed(
+        self, request: idempotency.MutatingRequest, response_type: type[ResponseT]
+    ) -> ResponseT | None:
         return await idempotency.replay_if_completed(self._pool, request, response_type)
 
     async def list_active_gifts(self) -> list[CatalogGift]:

@@ -162,7 +162,7 @@ class GiftSaga:
             self._on_event_queued()
         return outcomes | settled
 
-    async def recover_pending(self, older_than_seconds: float, batch_size: int = 100) -> int:
+    async def recover_pending(self, older_than_seconds: float, batch_size: int) -> int:
         """Finishes gifts a crash or a wallet outage left pending, one batch per pass. Returns how many it found."""
         gift_transaction_ids = await self._store.stale_pending_gifts(older_than_seconds, batch_size)
         if gift_transaction_ids:

@@ -22,6 +22,11 @@ from services.runtime.ids import new_id
 
 log = structlog.get_logger()
 
+# One pass of the recovery worker resumes at most this many pending gifts, and of the finisher at most this many
+# matches (a full pass means more may be due: the next starts at once).
+RECOVERY_BATCH_SIZE = 100
+FINISHED_MATCHES_PER_PASS = 100
+
 
 class GiftService:
     def __init__(
@@ -97,7 +102,7 @@ class GiftService:
         return await self._saga.send(request)
 
     async def recover_pending_gifts(self, older_than_seconds: float) -> int:
-        return await self._saga.recover_pending(older_than_seconds)
+        return await self._saga.recover_pending(older_than_seconds, RECOVERY_BATCH_SIZE)
 
     async def get_leaderboard(
         self, creator_id: str, period: domain.LeaderboardPeriod, page_size: int
@@ -182,7 +187,7 @@ class GiftService:
             supporters = await reads.top_match_supporters(match_id, domain.TOP_SUPPORTERS_PER_SIDE)
         return domain.MatchView(match, supporters)
 
-    async def finish_due_matches(self, limit: int = 100) -> int:
+    async def finish_due_matches(self, limit: int = FINISHED_MATCHES_PER_PASS) -> int:
         """Finishes the matches past their end — on time, or overdue after a restart — one transaction each, so
         replicas finishing at once wait for each other on the match and never finish one twice. Returns how many it
         finished."""

@@ -21,7 +21,6 @@ from datetime import UTC, date, datetime, timedelta
 
 import grpc
 from coinstream.gifts.v1 import gifts_pb2
-from google.protobuf.message import Message
 
 from services.gifts.domain import (
     CatalogGift,
@@ -415,11 +414,11 @@ class FakeGiftStore(FakeReads):
 
     async def run_once(
         self,
-        request: Message,
+        request: idempotency.MutatingRequest,
         response_type: type[ResponseT],
         operation: Callable[[FakeTransaction], Awaitable[ResponseT]],
     ) -> ResponseT:
-        request_id: str = request.request_id  # type: ignore[attr-defined]  # every mutating request has one
+        request_id = request.request_id
         method = idempotency.method_name(request)
         hashed = idempotency.request_hash(method, request)
         async with self._turn:
@@ -443,8 +442,10 @@ class FakeGiftStore(FakeReads):
             self._commit(working)
         return response
 
-    async def replay_if_completed(self, request: Message, response_type: type[ResponseT]) -> ResponseT | None:
-        key = self.tables.keys.get(request.request_id)  # type: ignore[attr-defined]  # every mutating request has one
+    async def replay_if_completed(
+        self, request: idempotency.MutatingRequest, response_type: type[ResponseT]
+    ) -> ResponseT | None:
+        key = self.tables.keys.get(request.request_id)
         if key is None:
             return None
         if key.hashed != idempotency.request_hash(idempotency.method_name(request), request):
