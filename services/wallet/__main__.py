@@ -13,6 +13,7 @@ from services.wallet.config import WalletSettings
 from services.wallet.payments import SandboxPaymentProvider
 from services.wallet.service import WalletService
 from services.wallet.servicer import WalletServicer
+from services.wallet.store import PostgresWalletStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The gifts service's batches of spends are never shed: each carries gifts that were already accepted.
@@ -24,14 +25,15 @@ async def main() -> None:
     runtime = ServiceRuntime(settings, unshed_methods=UNSHED_METHODS)
     pool = runtime.use_database(MIGRATIONS)
     wallet = WalletService(
-        pool,
+        PostgresWalletStore(pool),
         SandboxPaymentProvider(),
         settings.wallet_payment_timeout_seconds,
         settings.batch_policy(),
     )
-    runtime.add_service(
-        wallet_pb2_grpc.add_WalletServiceServicer_to_server,
-        WalletServicer(wallet),
+    servicer = WalletServicer(wallet)
+    runtime.add_service(  # add_service takes any servicer; the generated register function wants its own type
+        lambda _, server: wallet_pb2_grpc.add_WalletServiceServicer_to_server(servicer, server),
+        servicer,
         wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
     )
 

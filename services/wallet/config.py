@@ -9,15 +9,17 @@ from services.runtime.config import RuntimeSettings
 
 class WalletSettings(RuntimeSettings):
     wallet_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_wallet"
-    wallet_port: int = 50051
-    wallet_metrics_port: int = 0
+    wallet_port: int = Field(default=50051, ge=1, le=65535)
+    wallet_metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
     # Promotions are data (the promotions table; the contract's +5 % is the seeded default), not settings.
-    # Purchases left pending by a crash or a provider outage are finished by a background pass.
-    wallet_recovery_interval_seconds: float = 5.0
-    wallet_recovery_age_seconds: float = 30.0
-    wallet_payment_timeout_seconds: float = 10.0
+    # Purchases left pending by a crash or a provider outage are finished by a background pass: every interval, those
+    # older than the age (younger ones may still be in their first charge). 0 would spin, or race that first charge.
+    wallet_recovery_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    wallet_recovery_age_seconds: float = Field(default=30.0, gt=0, le=7 * 86_400)
+    # How long a charge may take before the purchase is answered UNAVAILABLE (and left pending for a retry).
+    wallet_payment_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # Who charges purchases (COINSTREAM_PAYMENT_PROVIDER). Only the sandbox ships: a real provider implements
-    # services/wallet/payments.py's PaymentProvider; production refuses the sandbox unless staging opts in.
+    # services/wallet/ports.py's PaymentProvider; production refuses the sandbox unless staging opts in.
     payment_provider: Literal["sandbox"] = Field(default="sandbox")
     # gifts' channel reconnects every 5 minutes and so reaches wallet pods started since (RuntimeSettings).
     grpc_max_connection_age_seconds: float = Field(default=300.0, ge=0)

@@ -1,5 +1,5 @@
 """Wallet rules with no I/O: coin packages, promotions and their bonus, who may spend, spending limits, and the
-postings of each movement.
+postings of each movement; and the values the use cases (service.py) take and return: commands, results, rows.
 
 Ledger accounts: a user has two, its paid bucket '<account_id>' (coins bought with money) and its bonus bucket
 '<account_id>:bonus' (coins from promotions); the platform's are 'system:*' (a ':' never appears in user ids).
@@ -7,20 +7,13 @@ Every transaction's postings sum to zero, so coins are only ever moved, never ma
 
 from __future__ import annotations
 
-import base64
-import binascii
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import Generic, TypeVar
 
-from services.runtime import limits
-from services.runtime.errors import (
-    AppError,
-    FieldViolation,
-    failed_precondition,
-    invalid_argument,
-    not_found,
-)
+from services.runtime.errors import AppError, failed_precondition, not_found
+from services.runtime.ledger import Posting, balanced
 
 SYSTEM_SALES = "system:sales"  # coins issued against real money
 SYSTEM_PROMOTIONS = "system:promotions"  # bonus coins issued by promotions
@@ -101,6 +94,10 @@ class Account:
     status: AccountStatus
     spending_limit: SpendingLimit = field(default_factory=SpendingLimit)
 
+    def seen_at(self, now: datetime) -> Account:
+        """The account as a caller sees it at now: its spending limit with any due change applied."""
+        return replace(self, spending_limit=self.spending_limit.in_force(now))
+
 
 @dataclass(frozen=True)
 class Balance:
@@ -144,6 +141,136 @@ def find_package(package_id: str) -> CoinPackage:
     raise not_found("PACKAGE_NOT_FOUND", f"no coin package {package_id!r}")
 
 
+# --- requests ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """A mutating request's idempotency key: its request_id (already scoped to the caller), its RPC, and a
+    fingerprint of everything it asks. The same request_id with another fingerprint is REQUEST_ID_REUSED."""
+
+    request_id: str
+    method: str
+    fingerprint: bytes
+
+
+@dataclass(frozen=True)
+class UpsertAccount:
+    key: RequestKey
+    account_id: str
+    adult_verified: bool
+    country_code: str
+
+
+@dataclass(frozen=True)
+class ChangeSpendingLimit:
+    key: RequestKey
+    account_id: str
+    daily_coins: int
+
+
+@dataclass(frozen=True)
+class BuyCoins:
+    key: RequestKey
+    account_id: str
+    package_id: str
+    payment_token: str
+
+
+@dataclass(frozen=True)
+class ReversePurchase:
+    key: RequestKey
+    purchase_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class MakeGiveaway:
+    key: RequestKey
+    creator_id: str
+    winner_ids: tuple[str, ...]
+    coins_per_winner: int
+
+    @property
+    def total_coins(self) -> int:
+        return self.coins_per_winner * len(self.winner_ids)
+
+
+@dataclass(frozen=True)
+class NewPromotion:
+    """starts_at None: from now on."""
+
+    key: RequestKey
+    name: str
+    starts_at: datetime | None
+    ends_at: datetime | None
+    min_package_coins: int
+    bonus_percent: int | None
+    bonus_coins: int | None
+    first_purchase_only: bool
+    max_uses_per_account: int
+
+
+@dataclass(frozen=True)
+class EndPromotion:
+    key: RequestKey
+    promotion_id: str
+
+
+# --- results ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spent:
+    transaction_id: str
+    account_id: str
+    balance: Balance  # right after the spend
+    split: Split
+
+
+@dataclass(frozen=True)
+class Bought:
+    purchase_id: str
+    account_id: str
+    package_id: str
+    coins: int
+    bonus_coins: int
+    promotion_id: str | None
+    balance: Balance  # right after the purchase
+
+
+@dataclass(frozen=True)
+class Reversed:
+    transaction_id: str
+    account_id: str
+    balance: Balance
+    account_status: AccountStatus
+
+
+@dataclass(frozen=True)
+class GiveawayMade:
+    giveaway_id: str
+    creator_id: str
+    winner_ids: tuple[str, ...]
+    total_coins: int
+    balance: Balance  # the creator's, right after
+
+
+@dataclass(frozen=True)
+class PackageOffer:
+    package: CoinPackage
+    bonus_coins: int  # what anyone buying now would get on top
+
+
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class Page(Generic[Item]):
+    items: list[Item]
+    next_page_token: str  # "" on the last page
+
+
 # --- promotions -------------------------------------------------------------------------------------------------
 
 
@@ -175,10 +302,40 @@ class Promotion:
         # ends_at == starts_at: ended before it ever opened.
         return self.ends_at is not None and (self.ends_at <= now or self.ends_at <= self.starts_at)
 
+    def seen_at(self, now: datetime) -> PromotionView:
+        return PromotionView(
+            promotion_id=self.promotion_id,
+            name=self.name,
+            starts_at=self.starts_at,
+            ends_at=self.ends_at,
+            min_package_coins=self.min_package_coins,
+            bonus_percent=self.bonus_percent,
+            bonus_coins=self.bonus_coins,
+            first_purchase_only=self.first_purchase_only,
+            max_uses_per_account=self.max_uses_per_account,
+            ended=self.has_ended(now),
+        )
+
     @property
     def is_for_everyone(self) -> bool:
         """No condition on the buyer's history, so it can be shown on the public package list."""
         return not self.first_purchase_only and not self.max_uses_per_account
+
+
+@dataclass(frozen=True)
+class PromotionView:
+    """A promotion as callers see it at a moment: whether it has ended by then, not when it was created."""
+
+    promotion_id: str
+    name: str
+    starts_at: datetime
+    ends_at: datetime | None
+    min_package_coins: int
+    bonus_percent: int | None
+    bonus_coins: int | None
+    first_purchase_only: bool
+    max_uses_per_account: int
+    ended: bool
 
 
 @dataclass(frozen=True)
@@ -288,14 +445,22 @@ def authorize_spend(spender: Spender, account_id: str, coins: int) -> Split:
     return Split(paid_coins=coins - bonus, bonus_coins=bonus)
 
 
-@dataclass(frozen=True)
+SPEND_METHOD = "SpendCoins"  # a spend's key is SpendCoins', alone or in a batch
+
+
+@dataclass  # not frozen: the batcher's in_request_id_rounds (HasRequestId) asks for a plain request_id attribute
 class SpendAsk:
-    """One spend of a batch."""
+    """One spend (SpendCoins, or one of a SpendCoinsBatch)."""
 
     request_id: str
     account_id: str
     coins: int
     reference: str
+    fingerprint: bytes
+
+    @property
+    def key(self) -> RequestKey:
+        return RequestKey(self.request_id, SPEND_METHOD, self.fingerprint)
 
 
 def authorize_spends(asks: list[SpendAsk], spenders: dict[str, Spender]) -> list[Split | AppError]:
@@ -346,11 +511,11 @@ def giveaway_shares(debit: Split, winner_count: int, coins_per_winner: int) -> l
 
 # --- postings ---------------------------------------------------------------------------------------------------
 
-Postings = list[tuple[str, int]]
+Postings = list[Posting]
 
 
 def purchase_postings(account_id: str, coins: int, bonus_coins: int) -> Postings:
-    return _balanced(
+    return balanced(
         [
             (paid_bucket(account_id), coins),
             (bonus_bucket(account_id), bonus_coins),
@@ -361,7 +526,7 @@ def purchase_postings(account_id: str, coins: int, bonus_coins: int) -> Postings
 
 
 def spend_postings(account_id: str, split: Split) -> Postings:
-    return _balanced(
+    return balanced(
         [
             (paid_bucket(account_id), -split.paid_coins),
             (bonus_bucket(account_id), -split.bonus_coins),
@@ -389,7 +554,7 @@ def spend_legs(account_id: str, split: Split, after: Balance) -> list[Leg]:
 
 
 def reversal_postings(account_id: str, purchase_coins: int, purchase_bonus_coins: int, split: Split) -> Postings:
-    return _balanced(
+    return balanced(
         [
             (paid_bucket(account_id), -split.paid_coins),
             (bonus_bucket(account_id), -split.bonus_coins),
@@ -403,33 +568,73 @@ def giveaway_postings(creator_id: str, debit: Split, winner_ids: list[str], shar
     postings = [(paid_bucket(creator_id), -debit.paid_coins), (bonus_bucket(creator_id), -debit.bonus_coins)]
     for winner_id, share in zip(winner_ids, shares, strict=True):
         postings += [(paid_bucket(winner_id), share.paid_coins), (bonus_bucket(winner_id), share.bonus_coins)]
-    return _balanced(postings)
+    return balanced(postings)
 
 
-def _balanced(postings: Postings) -> Postings:
-    """Drops zero legs (a posting always moves something) and checks double entry."""
-    moving = [(account, delta) for account, delta in postings if delta != 0]
-    assert sum(delta for _, delta in moving) == 0, f"unbalanced postings {postings}"
-    assert len({account for account, _ in moving}) == len(moving), f"one ledger account twice in {postings}"
-    return moving
+# --- what the ledger holds ----------------------------------------------------------------------------------------
 
 
-# --- page tokens ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Purchase:
+    purchase_id: str
+    request_id: str
+    account_id: str
+    package_id: str
+    coins: int
+    bonus_coins: int
+    price_minor: int
+    currency_code: str
+    payment_token: str
+    status: PurchaseStatus
+    transaction_id: str | None
+    promotion_id: str | None = None
 
 
-def encode_page_token(last_position: int, kind: str = "p") -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{last_position}".encode()).decode()
+@dataclass(frozen=True)
+class NewSpend:
+    """A decided spend, ready to be recorded with the other spends of its batch."""
+
+    transaction_id: str
+    request_id: str
+    account_id: str
+    reference: str
+    legs: list[Leg]
 
 
-def decode_page_token(token: str, kind: str = "p") -> int | None:
-    """None for the first page; INVALID_ARGUMENT for anything we did not hand out (for this list)."""
-    if not token:
-        return None
-    try:
-        found_kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        # Positions are bigint ids: a forged one past int64 would fail in the database rather than here.
-        if found_kind == kind and value.isascii() and value.isdigit() and 0 < int(value) <= limits.MAX_INT64:
-            return int(value)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise invalid_argument([FieldViolation("page_token", "is not a token returned by this API")])
+class TransactionKind(Enum):
+    PURCHASE = "purchase"
+    SPEND = "spend"
+    REVERSAL = "reversal"
+    GIVEAWAY_SENT = "giveaway_sent"
+    GIVEAWAY_RECEIVED = "giveaway_received"
+
+
+@dataclass(frozen=True)
+class Movement:
+    """One account's side of a ledger transaction, as history and replays show it."""
+
+    posting_id: int
+    transaction_id: str
+    kind: str  # the ledger's kind: purchase, spend, reversal or giveaway
+    initiator_id: str
+    reference: str
+    paid_delta: int
+    bonus_delta: int
+    paid_after: int
+    bonus_after: int
+    created_at: datetime
+
+    def kind_seen_by(self, account_id: str) -> TransactionKind:
+        """A giveaway is sent by its creator and received by its winners."""
+        if self.kind == "giveaway":
+            sent = self.initiator_id == account_id
+            return TransactionKind.GIVEAWAY_SENT if sent else TransactionKind.GIVEAWAY_RECEIVED
+        return TransactionKind(self.kind)
+
+    @property
+    def balance_after(self) -> Balance:
+        return Balance(self.paid_after, self.bonus_after)
+
+    def as_spend(self, account_id: str) -> Spent:
+        """The answer its SpendCoins got (a spend's deltas are negative)."""
+        return Spent(self.transaction_id, account_id, self.balance_after, Split(-self.paid_delta, -self.bonus_delta))

@@ -1,23 +1,8 @@
-"""Payment providers. A charge is idempotent by purchase_id, so a purchase left pending by a crash can be
-charged again safely: the provider answers with the first charge's result."""
+"""Payment providers: the sandbox the contract documents. A real provider implements ports.PaymentProvider."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
-
-
-@dataclass(frozen=True)
-class ChargeResult:
-    approved: bool
-    provider_reference: str
-    decline_reason: str = ""
-
-
-class PaymentProvider(Protocol):
-    async def charge(
-        self, *, purchase_id: str, payment_token: str, amount_minor: int, currency_code: str
-    ) -> ChargeResult: ...
+from services.wallet.ports import ChargeResult
 
 
 class SandboxPaymentProvider:

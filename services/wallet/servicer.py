@@ -1,4 +1,5 @@
-"""gRPC entrypoint of the wallet: check input, check who is calling, call one use case."""
+"""gRPC entrypoint of the wallet: who may call (declared on each RPC), check input, convert the request to a
+command (convert.py), call one use case, convert its result back."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from datetime import UTC, datetime
 import grpc
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
-from services.runtime import limits
-from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, ROLE_USER, current_principal
-from services.runtime.errors import AppError, permission_denied
+from services.runtime import limits, pages
+from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE
+from services.runtime.authorization import allow_any_caller, allow_owner, allow_roles
 from services.runtime.idempotency import scope_to_caller
 from services.runtime.validation import Validator, page_size
+from services.wallet import convert
 from services.wallet.domain import MAX_GIVEAWAY_WINNERS
 from services.wallet.service import WalletService
 
@@ -25,15 +28,18 @@ MAX_PROMOTION_BONUS_COINS = 1_000_000
 MAX_PROMOTION_USES = 1_000_000
 # 0001-01-01 .. 9999-12-31: what a datetime can hold.
 TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
-OWNER_OR_STAFF = (ROLE_SERVICE, ROLE_ADMIN)
+STAFF = (ROLE_SERVICE, ROLE_ADMIN)  # backends and admins, who act on any account
+
+Context = grpc.aio.ServicerContext[Message, Message]
 
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def __init__(self, wallet: WalletService) -> None:
         self._wallet = wallet
 
+    @allow_roles(*STAFF)
     async def UpsertAccount(
-        self, request: wallet_pb2.UpsertAccountRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.UpsertAccountRequest, context: Context
     ) -> wallet_pb2.UpsertAccountResponse:
         check = Validator()
         check.request_id(request.request_id)
@@ -41,34 +47,39 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         if not COUNTRY_CODE.fullmatch(request.country_code):
             check.fail("country_code", "must be an ISO 3166-1 alpha-2 code such as 'US'")
         check.raise_if_invalid()
-        current_principal().require_any_role(ROLE_SERVICE, ROLE_ADMIN)
         scope_to_caller(request)
-        return await self._wallet.upsert_account(request)
+        account = await self._wallet.upsert_account(convert.upsert_account(request))
+        return convert.ACCOUNT_UPSERTED.to_message(account)
 
+    @allow_owner("account_id", or_roles=STAFF)
     async def GetAccount(
-        self, request: wallet_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.GetAccountRequest, context: Context
     ) -> wallet_pb2.GetAccountResponse:
         _check_account_id(request.account_id)
-        current_principal().require_account_access(request.account_id, privileged_roles=OWNER_OR_STAFF)
-        return wallet_pb2.GetAccountResponse(account=await self._wallet.get_account(request.account_id))
+        account = await self._wallet.get_account(request.account_id)
+        return wallet_pb2.GetAccountResponse(account=convert.account_message(account))
 
+    @allow_owner("account_id", or_roles=STAFF)
     async def GetBalance(
-        self, request: wallet_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.GetBalanceRequest, context: Context
     ) -> wallet_pb2.GetBalanceResponse:
         check = Validator()
         check.identifier(request.account_id, "account_id")
         as_of = _timestamp(check, request, "as_of")
         check.raise_if_invalid()
-        current_principal().require_account_access(request.account_id, privileged_roles=OWNER_OR_STAFF)
-        return wallet_pb2.GetBalanceResponse(balance=await self._wallet.get_balance(request.account_id, as_of))
+        balance = await self._wallet.get_balance(request.account_id, as_of)
+        return wallet_pb2.GetBalanceResponse(balance=convert.balance_message(request.account_id, balance))
 
+    @allow_any_caller
     async def ListCoinPackages(
-        self, request: wallet_pb2.ListCoinPackagesRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.ListCoinPackagesRequest, context: Context
     ) -> wallet_pb2.ListCoinPackagesResponse:
-        return wallet_pb2.ListCoinPackagesResponse(packages=await self._wallet.list_packages())
+        offers = await self._wallet.list_packages()
+        return wallet_pb2.ListCoinPackagesResponse(packages=[convert.package_message(offer) for offer in offers])
 
+    @allow_owner("account_id", or_roles=(ROLE_SERVICE,))
     async def PurchaseCoins(
-        self, request: wallet_pb2.PurchaseCoinsRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.PurchaseCoinsRequest, context: Context
     ) -> wallet_pb2.PurchaseCoinsResponse:
         check = Validator()
         check.request_id(request.request_id)
@@ -76,22 +87,22 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         check.text(request.package_id, "package_id", max_length=64)
         check.text(request.payment_token, "payment_token", max_length=512)
         check.raise_if_invalid()
-        current_principal().require_account_access(request.account_id, privileged_roles=(ROLE_SERVICE,))
         scope_to_caller(request)
-        return await self._wallet.purchase(request)
+        return convert.bought_message(await self._wallet.purchase(convert.buy_coins(request)))
 
+    @allow_roles(ROLE_SERVICE)
     async def SpendCoins(
-        self, request: wallet_pb2.SpendCoinsRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.SpendCoinsRequest, context: Context
     ) -> wallet_pb2.SpendCoinsResponse:
         check = Validator()
         _check_spend(check, request)
         check.raise_if_invalid()
-        current_principal().require_any_role(ROLE_SERVICE)
         scope_to_caller(request)
-        return await self._wallet.spend(request)
+        return convert.spent_message(await self._wallet.spend(convert.spend_ask(request)))
 
+    @allow_roles(ROLE_SERVICE)
     async def SpendCoinsBatch(
-        self, request: wallet_pb2.SpendCoinsBatchRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.SpendCoinsBatchRequest, context: Context
     ) -> wallet_pb2.SpendCoinsBatchResponse:
         check = Validator()
         if not 1 <= len(request.spends) <= MAX_SPENDS_PER_BATCH:
@@ -103,25 +114,29 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 check.fail(f"spends[{index}].request_id", "is a duplicate within the batch")
             seen.add(spend.request_id)
         check.raise_if_invalid()
-        current_principal().require_any_role(ROLE_SERVICE)
         for spend in request.spends:
             scope_to_caller(spend)
-        outcomes = await self._wallet.spend_batch(list(request.spends))
-        return wallet_pb2.SpendCoinsBatchResponse(outcomes=[_spend_outcome(outcome) for outcome in outcomes])
+        outcomes = await self._wallet.spend_batch([convert.spend_ask(spend) for spend in request.spends])
+        return wallet_pb2.SpendCoinsBatchResponse(outcomes=[convert.spend_outcome(outcome) for outcome in outcomes])
 
+    @allow_owner("account_id", or_roles=STAFF)
     async def ListTransactions(
-        self, request: wallet_pb2.ListTransactionsRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.ListTransactionsRequest, context: Context
     ) -> wallet_pb2.ListTransactionsResponse:
         check = Validator()
         check.identifier(request.account_id, "account_id")
         size = page_size(check, request.page_size)
-        check.text(request.page_token, "page_token", max_length=256, required=False)
+        check.text(request.page_token, "page_token", max_length=pages.MAX_PAGE_TOKEN_LENGTH, required=False)
         check.raise_if_invalid()
-        current_principal().require_account_access(request.account_id, privileged_roles=OWNER_OR_STAFF)
-        return await self._wallet.list_transactions(request.account_id, size, request.page_token)
+        page = await self._wallet.list_transactions(request.account_id, size, request.page_token)
+        return wallet_pb2.ListTransactionsResponse(
+            transactions=[convert.transaction_message(request.account_id, movement) for movement in page.items],
+            next_page_token=page.next_page_token,
+        )
 
+    @allow_roles(ROLE_ADMIN)
     async def CreatePromotion(
-        self, request: wallet_pb2.CreatePromotionRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.CreatePromotionRequest, context: Context
     ) -> wallet_pb2.CreatePromotionResponse:
         check = Validator()
         check.request_id(request.request_id)
@@ -140,45 +155,51 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             check.fail("bonus_percent", "exactly one of bonus_percent or bonus_coins is required")
         check.int_range(request.max_uses_per_account, "max_uses_per_account", minimum=0, maximum=MAX_PROMOTION_USES)
         check.raise_if_invalid()
-        current_principal().require_any_role(ROLE_ADMIN)
         scope_to_caller(request)
-        return await self._wallet.create_promotion(request, starts_at, ends_at)
+        promotion = await self._wallet.create_promotion(convert.new_promotion(request, starts_at, ends_at))
+        return convert.PROMOTION_CREATED.to_message(promotion)
 
+    @allow_roles(ROLE_ADMIN)
     async def ListPromotions(
-        self, request: wallet_pb2.ListPromotionsRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.ListPromotionsRequest, context: Context
     ) -> wallet_pb2.ListPromotionsResponse:
         check = Validator()
         size = page_size(check, request.page_size)
-        check.text(request.page_token, "page_token", max_length=256, required=False)
+        check.text(request.page_token, "page_token", max_length=pages.MAX_PAGE_TOKEN_LENGTH, required=False)
         check.raise_if_invalid()
-        current_principal().require_any_role(ROLE_ADMIN)
-        return await self._wallet.list_promotions(size, request.page_token)
+        page = await self._wallet.list_promotions(size, request.page_token)
+        return wallet_pb2.ListPromotionsResponse(
+            promotions=[convert.promotion_message(promotion) for promotion in page.items],
+            next_page_token=page.next_page_token,
+        )
 
+    @allow_roles(ROLE_ADMIN)
     async def EndPromotion(
-        self, request: wallet_pb2.EndPromotionRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.EndPromotionRequest, context: Context
     ) -> wallet_pb2.EndPromotionResponse:
         check = Validator()
         check.request_id(request.request_id)
         check.opaque_id(request.promotion_id, "promotion_id")
         check.raise_if_invalid()
-        current_principal().require_any_role(ROLE_ADMIN)
         scope_to_caller(request)
-        return await self._wallet.end_promotion(request)
+        promotion = await self._wallet.end_promotion(convert.end_promotion(request))
+        return convert.PROMOTION_ENDED.to_message(promotion)
 
+    @allow_roles(ROLE_ADMIN)
     async def ReversePurchase(
-        self, request: wallet_pb2.ReversePurchaseRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.ReversePurchaseRequest, context: Context
     ) -> wallet_pb2.ReversePurchaseResponse:
         check = Validator()
         check.request_id(request.request_id)
         check.opaque_id(request.purchase_id, "purchase_id")
         check.text(request.reason, "reason", max_length=256)
         check.raise_if_invalid()
-        current_principal().require_any_role(ROLE_ADMIN)
         scope_to_caller(request)
-        return await self._wallet.reverse_purchase(request)
+        return convert.reversed_message(await self._wallet.reverse_purchase(convert.reverse_purchase(request)))
 
+    @allow_owner("creator_id", or_roles=(ROLE_SERVICE,))
     async def CreateGiveaway(
-        self, request: wallet_pb2.CreateGiveawayRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.CreateGiveawayRequest, context: Context
     ) -> wallet_pb2.CreateGiveawayResponse:
         check = Validator()
         check.request_id(request.request_id)
@@ -186,24 +207,22 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         check.int_range(request.coins_per_winner, "coins_per_winner", minimum=1, maximum=MAX_COINS_PER_WINNER)
         _check_winners(check, request.creator_id, list(request.winner_ids))
         check.raise_if_invalid()
-        current_principal().require_account_access(request.creator_id, privileged_roles=(ROLE_SERVICE,))
         scope_to_caller(request)
-        return await self._wallet.create_giveaway(request)
+        return convert.giveaway_message(await self._wallet.create_giveaway(convert.make_giveaway(request)))
 
+    # A self-set limit: only the owner sets it, not a backend or an admin acting for them.
+    @allow_owner("account_id", or_roles=())
     async def SetSpendingLimit(
-        self, request: wallet_pb2.SetSpendingLimitRequest, context: grpc.aio.ServicerContext
+        self, request: wallet_pb2.SetSpendingLimitRequest, context: Context
     ) -> wallet_pb2.SetSpendingLimitResponse:
         check = Validator()
         check.request_id(request.request_id)
         check.identifier(request.account_id, "account_id")
         check.int_range(request.daily_coins, "daily_coins", minimum=0, maximum=MAX_SPEND_COINS)
         check.raise_if_invalid()
-        # A self-set limit: only the owner sets it, not a backend or an admin acting for them.
-        principal = current_principal()
-        if ROLE_USER not in principal.roles or principal.subject != request.account_id:
-            raise permission_denied("only the account owner may set its spending limit")
         scope_to_caller(request)
-        return await self._wallet.set_spending_limit(request)
+        account = await self._wallet.set_spending_limit(convert.change_spending_limit(request))
+        return convert.SPENDING_LIMIT_SET.to_message(account)
 
 
 def _check_spend(check: Validator, spend: wallet_pb2.SpendCoinsRequest, prefix: str = "") -> None:
@@ -211,13 +230,6 @@ def _check_spend(check: Validator, spend: wallet_pb2.SpendCoinsRequest, prefix: 
     check.identifier(spend.account_id, f"{prefix}account_id")
     check.int_range(spend.coins, f"{prefix}coins", minimum=1, maximum=MAX_SPEND_COINS)
     check.text(spend.reference, f"{prefix}reference", max_length=256, required=False)
-
-
-def _spend_outcome(outcome: wallet_pb2.SpendCoinsResponse | AppError) -> wallet_pb2.SpendCoinsOutcome:
-    if isinstance(outcome, AppError):
-        refusal = wallet_pb2.SpendCoinsRefusal(code=outcome.code.name, reason=outcome.reason, message=outcome.message)
-        return wallet_pb2.SpendCoinsOutcome(refused=refusal)
-    return wallet_pb2.SpendCoinsOutcome(spent=outcome)
 
 
 def _check_account_id(account_id: str) -> None:

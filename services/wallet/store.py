@@ -1,4 +1,5 @@
-"""All of the wallet's SQL. Functions take a connection so the use cases decide the transaction boundaries.
+"""All of the wallet's SQL: the PostgreSQL implementation of ports.WalletStore. The use cases decide the
+transaction boundaries (WalletStore.transaction, run_once); everything inside one goes through PostgresTransaction.
 
 Locking: every movement first locks both buckets of every account it touches, in ledger-account-id order
 (lock_buckets), so movements of one account are serialized (what the spending limit and the history's page
@@ -6,12 +7,17 @@ arithmetic rely on) and two movements can never deadlock. Account rows are only 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import cast
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from google.protobuf.message import Message
 
 from services.runtime import idempotency
+from services.runtime.errors import AppError
 from services.wallet.domain import (
     BONUS_SUFFIX,
     SPENDING_LIMIT_WINDOW,
@@ -19,95 +25,570 @@ from services.wallet.domain import (
     Account,
     AccountStatus,
     Balance,
-    Leg,
+    Movement,
+    NewSpend,
     Postings,
     Promotion,
+    Purchase,
     PurchaseHistory,
     PurchaseStatus,
+    RequestKey,
     Spender,
     SpendingLimit,
     bonus_bucket,
     buckets,
     paid_bucket,
 )
+from services.wallet.ports import Operation, Reply, Result, WalletTransaction, replayed
 
 ACCOUNT_COLUMNS = (
     "account_id, adult_verified, country_code, status,"
     " daily_limit_coins, pending_daily_limit_coins, pending_limit_effective_at"
 )
+PURCHASE_COLUMNS = (
+    "purchase_id, request_id, account_id, package_id, coins, bonus_coins, price_minor, currency_code,"
+    " payment_token, status, transaction_id, promotion_id"
+)
+PROMOTION_COLUMNS = (
+    "promotion_id, name, starts_at, ends_at, min_package_coins, bonus_percent, bonus_coins, first_purchase_only,"
+    " max_uses_per_account, created_at"
+)
+
+# What runs a query: one connection inside a transaction, or the pool for a read on its own.
+Queryable = asyncpg.Connection | asyncpg.Pool
 
 
-def _account(row: asyncpg.Record) -> Account:
-    return Account(
-        row["account_id"],
-        row["adult_verified"],
-        row["country_code"],
-        AccountStatus(row["status"]),
-        SpendingLimit(row["daily_limit_coins"], row["pending_daily_limit_coins"], row["pending_limit_effective_at"]),
-    )
+def _connection(proxy: PoolConnectionProxy) -> asyncpg.Connection:
+    """asyncpg's pooled connection forwards every Connection method; its stubs do not say it is one."""
+    return cast(asyncpg.Connection, proxy)
 
 
-async def upsert_account(conn: asyncpg.Connection, account_id: str, adult_verified: bool, country_code: str) -> Account:
-    row = await conn.fetchrow(
-        "INSERT INTO accounts (account_id, adult_verified, country_code) VALUES ($1, $2, $3)"
-        " ON CONFLICT (account_id) DO UPDATE"
-        " SET adult_verified = EXCLUDED.adult_verified, country_code = EXCLUDED.country_code, updated_at = now()"
-        f" RETURNING {ACCOUNT_COLUMNS}",
-        account_id,
-        adult_verified,
-        country_code,
-    )
-    await conn.execute(
-        "INSERT INTO ledger_accounts (ledger_account_id, kind) SELECT unnest($1::text[]), 'user'"
-        " ON CONFLICT DO NOTHING",
-        buckets(account_id),
-    )
-    return _account(row)
+class PostgresWalletStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[WalletTransaction]:
+        async with self._pool.acquire() as proxy, proxy.transaction():
+            yield PostgresTransaction(_connection(proxy))
+
+    async def run_once(self, key: RequestKey, operation: Operation[Result], reply: Reply[Result]) -> Result:
+        """idempotency.run_once's semantics (see ports.WalletStore.run_once), for a result kept as a message."""
+        outcome: Result | AppError
+        async with self._pool.acquire() as proxy, proxy.transaction():
+            conn = _connection(proxy)
+            stored = await idempotency.claim(conn, key.request_id, key.method, key.fingerprint)
+            if stored is not None:
+                return replayed(stored, reply)
+            try:
+                async with conn.transaction():
+                    outcome = await operation(PostgresTransaction(conn))
+                await idempotency.record_response(conn, key.request_id, reply.to_message(outcome))
+            except AppError as error:
+                if not error.is_outcome:
+                    raise
+                await idempotency.record_error(conn, key.request_id, error)
+                outcome = error
+        if isinstance(outcome, AppError):
+            raise outcome
+        return outcome
+
+    async def get_account(self, account_id: str) -> Account | None:
+        return await _get_account(self._pool, account_id)
+
+    async def get_balance(self, account_id: str) -> Balance:
+        return await _get_balance(self._pool, account_id)
+
+    async def balance_as_of(self, account_id: str, as_of: datetime) -> Balance:
+        """Each bucket's balance after its last posting at or before as_of (0 before any)."""
+        row = await self._pool.fetchrow(
+            "SELECT"
+            " (SELECT balance_after FROM postings WHERE ledger_account_id = $1 AND created_at <= $3"
+            "  ORDER BY created_at DESC, posting_id DESC LIMIT 1) AS paid,"
+            " (SELECT balance_after FROM postings WHERE ledger_account_id = $2 AND created_at <= $3"
+            "  ORDER BY created_at DESC, posting_id DESC LIMIT 1) AS bonus",
+            paid_bucket(account_id),
+            bonus_bucket(account_id),
+            as_of,
+        )
+        assert row is not None, "a SELECT without FROM returns one row"
+        return Balance(row["paid"] or 0, row["bonus"] or 0)
+
+    async def get_purchase(self, purchase_id: str) -> Purchase:
+        row = await self._pool.fetchrow(f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE purchase_id = $1", purchase_id)
+        assert row is not None, f"no purchase {purchase_id}"
+        return _purchase(row)
+
+    async def load_outcome(self, request_id: str) -> idempotency.StoredRequest:
+        return await idempotency.load(self._pool, request_id)
+
+    async def stale_pending_purchases(self, older_than_seconds: float, limit: int) -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT purchase_id FROM purchases WHERE status = 'pending'"
+            " AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2",
+            older_than_seconds,
+            limit,
+        )
+        return [row["purchase_id"] for row in rows]
+
+    async def open_promotions(self) -> tuple[list[Promotion], datetime]:
+        return await _open_promotions(self._pool)
+
+    async def list_promotions(self, before_position: int | None, limit: int) -> list[tuple[int, Promotion]]:
+        rows = await self._pool.fetch(
+            f"SELECT position, {PROMOTION_COLUMNS} FROM promotions"
+            " WHERE ($1::bigint IS NULL OR position < $1) ORDER BY position DESC LIMIT $2",
+            before_position,
+            limit,
+        )
+        return [(row["position"], _promotion(row)) for row in rows]
+
+    async def list_history(self, account_id: str, before_posting_id: int | None, limit: int) -> list[Movement]:
+        """Newest first. A transaction has at most two postings per account and an account's movements are
+        serialized, so the newest 2×limit postings hold the newest limit transactions whole."""
+        rows = await self._pool.fetch(
+            "WITH mine AS ("
+            " SELECT * FROM postings WHERE ledger_account_id IN ($1, $2)"
+            "   AND ($3::bigint IS NULL OR posting_id < $3) ORDER BY posting_id DESC LIMIT $4"
+            f"), {_MOVEMENTS} ORDER BY g.posting_id DESC LIMIT $5",
+            paid_bucket(account_id),
+            bonus_bucket(account_id),
+            before_posting_id,
+            2 * limit,
+            limit,
+        )
+        return [Movement(**dict(row)) for row in rows]
 
 
-async def get_account(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> Account | None:
+class PostgresTransaction:
+    """ports.WalletTransaction on one connection inside a transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def now(self) -> datetime:
+        now: datetime = await self._conn.fetchval("SELECT now()")
+        return now
+
+    # --- idempotency keys ---------------------------------------------------------------------------------------
+
+    async def claim(self, key: RequestKey) -> idempotency.StoredRequest | None:
+        return await idempotency.claim(self._conn, key.request_id, key.method, key.fingerprint)
+
+    async def set_resource(self, request_id: str, resource_id: str) -> None:
+        await idempotency.set_resource(self._conn, request_id, resource_id)
+
+    async def record_response(self, request_id: str, response: Message) -> None:
+        await idempotency.record_response(self._conn, request_id, response)
+
+    async def record_error(self, request_id: str, error: AppError) -> None:
+        await idempotency.record_error(self._conn, request_id, error)
+
+    # --- accounts -----------------------------------------------------------------------------------------------
+
+    async def upsert_account(self, account_id: str, adult_verified: bool, country_code: str) -> Account:
+        row = await self._conn.fetchrow(
+            "INSERT INTO accounts (account_id, adult_verified, country_code) VALUES ($1, $2, $3)"
+            " ON CONFLICT (account_id) DO UPDATE"
+            " SET adult_verified = EXCLUDED.adult_verified, country_code = EXCLUDED.country_code, updated_at = now()"
+            f" RETURNING {ACCOUNT_COLUMNS}",
+            account_id,
+            adult_verified,
+            country_code,
+        )
+        await self._conn.execute(
+            "INSERT INTO ledger_accounts (ledger_account_id, kind) SELECT unnest($1::text[]), 'user'"
+            " ON CONFLICT DO NOTHING",
+            buckets(account_id),
+        )
+        assert row is not None, "an upsert returns its row"
+        return _account(row)
+
+    async def get_account(self, account_id: str) -> Account | None:
+        return await _get_account(self._conn, account_id)
+
+    async def lock_account(self, account_id: str) -> Account | None:
+        """Serializes an account's purchase intents and limit changes (NO KEY: foreign-key checks are not blocked)."""
+        row = await self._conn.fetchrow(
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1 FOR NO KEY UPDATE", account_id
+        )
+        return None if row is None else _account(row)
+
+    async def get_accounts(self, account_ids: list[str]) -> dict[str, Account]:
+        rows = await self._conn.fetch(
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1::text[])", account_ids
+        )
+        return {row["account_id"]: _account(row) for row in rows}
+
+    async def set_status(self, account_id: str, status: AccountStatus) -> None:
+        await self._conn.execute(
+            "UPDATE accounts SET status = $2, updated_at = now() WHERE account_id = $1 AND status <> $2",
+            account_id,
+            status.value,
+        )
+
+    async def set_spending_limit(self, account_id: str, limit: SpendingLimit) -> Account:
+        row = await self._conn.fetchrow(
+            "UPDATE accounts SET daily_limit_coins = $2, pending_daily_limit_coins = $3,"
+            " pending_limit_effective_at = $4,"
+            f" updated_at = now() WHERE account_id = $1 RETURNING {ACCOUNT_COLUMNS}",
+            account_id,
+            limit.daily_coins,
+            limit.pending_daily_coins,
+            limit.pending_effective_at,
+        )
+        assert row is not None, f"account {account_id} vanished"
+        return _account(row)
+
+    # --- balances and movements ---------------------------------------------------------------------------------
+
+    async def get_balance(self, account_id: str) -> Balance:
+        return await _get_balance(self._conn, account_id)
+
+    async def lock_buckets(self, account_ids: list[str]) -> dict[str, Balance]:
+        """Locks both buckets of each account in id order (see the module doc); returns their current balances."""
+        ledger_account_ids = sorted({bucket for account_id in account_ids for bucket in buckets(account_id)})
+        rows = await self._conn.fetch(
+            "SELECT ledger_account_id, coins FROM ledger_accounts WHERE ledger_account_id = ANY($1::text[])"
+            " ORDER BY ledger_account_id FOR NO KEY UPDATE",
+            ledger_account_ids,
+        )
+        coins = {row["ledger_account_id"]: row["coins"] for row in rows}
+        return {account_id: _balance(account_id, coins) for account_id in account_ids}
+
+    async def read_spenders(self, account_ids: list[str]) -> dict[str, Spender]:
+        """The accounts (None when unknown), their balances and what they sent in the limit's rolling window. Call
+        with their buckets locked (lock_buckets), in a statement of its own so that it sees everything committed
+        before the lock was granted. Only accounts with a limit (now or pending) pay for the rolling-window sum."""
+        rows = await self._conn.fetch(
+            f"SELECT ids.id, {', '.join('a.' + c.strip() for c in ACCOUNT_COLUMNS.split(','))}, now() AS now,"
+            " paid.coins AS paid_coins, bonus.coins AS bonus_coins,"
+            " CASE WHEN a.daily_limit_coins > 0 OR a.pending_daily_limit_coins > 0 THEN"
+            "  (SELECT coalesce(-sum(p.coins_delta), 0)::bigint FROM transactions AS t JOIN postings AS p"
+            "     ON p.transaction_id = t.transaction_id AND p.ledger_account_id IN (ids.id, ids.id || $2)"
+            "   WHERE t.account_id = ids.id AND t.kind IN ('spend', 'giveaway')"
+            "     AND t.created_at > now() - make_interval(secs => $3))"
+            " ELSE 0 END AS sent_last_24h_coins"
+            " FROM unnest($1::text[]) AS ids (id)"
+            " LEFT JOIN accounts AS a ON a.account_id = ids.id"
+            " LEFT JOIN ledger_accounts AS paid ON paid.ledger_account_id = ids.id"
+            " LEFT JOIN ledger_accounts AS bonus ON bonus.ledger_account_id = ids.id || $2",
+            account_ids,
+            BONUS_SUFFIX,
+            SPENDING_LIMIT_WINDOW.total_seconds(),
+        )
+        return {
+            row["id"]: Spender(
+                None if row["account_id"] is None else _account(row),
+                Balance(row["paid_coins"] or 0, row["bonus_coins"] or 0),
+                int(row["sent_last_24h_coins"]),
+                row["now"],
+            )
+            for row in rows
+        }
+
+    async def record_movement(
+        self,
+        *,
+        transaction_id: str,
+        kind: str,
+        request_id: str,
+        account_id: str,
+        reference: str,
+        postings: Postings,
+        debt_allowed: bool = False,
+    ) -> None:
+        """One statement: moves the user buckets' coins, writes the transaction and its postings (each user posting
+        with its bucket's balance after). The caller holds the buckets' locks and has checked the amounts; the
+        database still refuses a negative user bucket (unless debt is allowed) and an unbalanced transaction."""
+        if debt_allowed:
+            await self._allow_debt(True)
+        moved = await self._conn.fetch(
+            """
+            WITH legs AS (
+                SELECT * FROM unnest($6::text[], $7::bigint[]) AS u (ledger_account_id, coins_delta)
+            ), moved AS (
+                UPDATE ledger_accounts AS l SET coins = l.coins + legs.coins_delta
+                FROM legs WHERE l.ledger_account_id = legs.ledger_account_id AND l.kind = 'user'
+                RETURNING l.ledger_account_id, l.coins
+            ), recorded AS (
+                INSERT INTO transactions (transaction_id, kind, request_id, account_id, reference)
+                VALUES ($1, $2, $3, $4, $5)
+            ), posted AS (
+                -- statement_timestamp(), not now(): the buckets were locked by an earlier statement, so this time
+                -- follows every earlier movement of these buckets (now() is the transaction's start, which a
+                -- transaction that waited on a lock would backdate); one time for all legs of the transaction.
+                INSERT INTO postings (transaction_id, ledger_account_id, coins_delta, balance_after, created_at)
+                SELECT $1, legs.ledger_account_id, legs.coins_delta, moved.coins, statement_timestamp()
+                FROM legs LEFT JOIN moved USING (ledger_account_id)
+            )
+            SELECT ledger_account_id FROM moved
+            """,
+            transaction_id,
+            kind,
+            request_id,
+            account_id,
+            reference,
+            [ledger_account for ledger_account, _ in postings],
+            [delta for _, delta in postings],
+        )
+        if debt_allowed:
+            await self._allow_debt(False)
+        user_legs = {ledger_account for ledger_account, _ in postings if ledger_account not in SYSTEM_ACCOUNTS}
+        # A user leg without its ledger account would post coins no balance holds: refuse (the transaction rolls back).
+        assert {row["ledger_account_id"] for row in moved} == user_legs, f"missing ledger accounts in {postings}"
+
+    async def _allow_debt(self, allowed: bool) -> None:
+        """Only a reversal may take a user bucket below zero; the setting ends with the transaction (SET LOCAL)."""
+        await self._conn.execute("SELECT set_config('coinstream.allow_debt', $1, true)", "on" if allowed else "off")
+
+    # --- spends -------------------------------------------------------------------------------------------------
+
+    async def claim_spends(self, keys: list[RequestKey]) -> tuple[set[str], set[str]]:
+        """One statement: claims the spends' keys (idempotency.claim_statement) and finds which request_ids the
+        ledger, which outlives idempotency keys, already holds (a transaction of any kind). Returns (claimed, in the
+        ledger).
+
+        The ledger is searched for the caller's request_id as stored before keys were scoped by caller too: a gift
+        left pending across that upgrade is retried under the scoped key and must find its earlier spend, not make
+        another."""
+        claims = _claims(keys)
+        claim = idempotency.claim_statement(claims, first_param=3)
+        rows = await self._conn.fetch(
+            f"WITH claimed AS ({claim.sql})"
+            " SELECT request_id, true AS claimed FROM claimed"
+            " UNION ALL"
+            " SELECT k.request_id, false FROM unnest($1::text[], $2::text[]) AS k (request_id, before_scoping)"
+            " WHERE EXISTS (SELECT 1 FROM transactions AS t WHERE t.request_id IN (k.request_id, k.before_scoping))",
+            [c.request_id for c in claims],
+            [idempotency.unscoped(c.request_id) for c in claims],
+            *claim.args,
+        )
+        return {r["request_id"] for r in rows if r["claimed"]}, {r["request_id"] for r in rows if not r["claimed"]}
+
+    async def earlier_outcomes(
+        self, keys: list[RequestKey], claimed: set[str]
+    ) -> dict[str, idempotency.StoredRequest | AppError]:
+        return await idempotency.earlier_outcomes(self._conn, _claims(keys), claimed)
+
+    async def find_spend(self, request_id: str, account_id: str) -> Movement | None:
+        """The spend recorded for request_id (or, made before keys were scoped by caller, for its unscoped form),
+        with its split and the account's balance right after it."""
+        row = await self._conn.fetchrow(
+            "WITH mine AS ("
+            " SELECT p.* FROM transactions AS t JOIN postings AS p ON p.transaction_id = t.transaction_id"
+            " WHERE t.request_id IN ($3, $4) AND t.kind = 'spend' AND t.account_id = $1"
+            "   AND p.ledger_account_id IN ($1, $2)"
+            f"), {_MOVEMENTS}",
+            paid_bucket(account_id),
+            bonus_bucket(account_id),
+            request_id,
+            idempotency.unscoped(request_id),
+        )
+        return None if row is None else Movement(**dict(row))
+
+    async def record_spends(self, spends: list[NewSpend], outcomes: list[idempotency.Outcome]) -> None:
+        """With no new spends, only the outcomes (one statement); else _record_spends."""
+        if spends:
+            await self._record_spends(spends, outcomes)
+        else:
+            await idempotency.record_many(self._conn, outcomes)
+
+    async def _record_spends(self, spends: list[NewSpend], outcomes: list[idempotency.Outcome]) -> None:
+        """One statement for a batch of spends: each user bucket moved once by the sum of its legs, the
+        transactions, every posting in the batch's order with the balance after it, and every request's outcome in
+        its key. The caller holds the buckets' locks and computed the balances from them; the bucket totals the
+        database arrives at must agree, or nothing is written."""
+        legs = [(spend.transaction_id, leg) for spend in spends for leg in spend.legs]
+        recorded = idempotency.record_statement(outcomes, first_param=9)
+        moved = await self._conn.fetch(
+            """
+            WITH legs AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+                    WITH ORDINALITY AS u (transaction_id, ledger_account_id, coins_delta, balance_after, position)
+            ), bucket_moves AS (
+                SELECT ledger_account_id, sum(coins_delta) AS coins_delta FROM legs
+                WHERE balance_after IS NOT NULL GROUP BY ledger_account_id
+            ), moved AS (
+                UPDATE ledger_accounts AS l SET coins = l.coins + m.coins_delta
+                FROM bucket_moves AS m WHERE l.ledger_account_id = m.ledger_account_id AND l.kind = 'user'
+                RETURNING l.ledger_account_id, l.coins
+            ), recorded AS (
+                INSERT INTO transactions (transaction_id, kind, request_id, account_id, reference)
+                SELECT t.transaction_id, 'spend', t.request_id, t.account_id, t.reference
+                FROM unnest($5::text[], $6::text[], $7::text[], $8::text[])
+                    AS t (transaction_id, request_id, account_id, reference)
+            ), posted AS (
+                -- statement_timestamp(), as in record_movement: after every earlier movement of these buckets.
+                INSERT INTO postings (transaction_id, ledger_account_id, coins_delta, balance_after, created_at)
+                SELECT transaction_id, ledger_account_id, coins_delta, balance_after, statement_timestamp()
+                FROM legs ORDER BY position
+            ), outcomes AS ("""
+            + recorded.sql
+            + """)
+            SELECT ledger_account_id, coins FROM moved
+            """,
+            [transaction_id for transaction_id, _ in legs],
+            [leg.ledger_account_id for _, leg in legs],
+            [leg.coins_delta for _, leg in legs],
+            [leg.balance_after for _, leg in legs],
+            [spend.transaction_id for spend in spends],
+            [spend.request_id for spend in spends],
+            [spend.account_id for spend in spends],
+            [spend.reference for spend in spends],
+            *recorded.args,
+        )
+        expected = {leg.ledger_account_id: leg.balance_after for _, leg in legs if leg.balance_after is not None}
+        actual = {row["ledger_account_id"]: row["coins"] for row in moved}
+        # Raised inside the caller's transaction, so a disagreement (a bug, or a missing bucket) writes nothing.
+        assert actual == expected, f"spend batch balances disagree: expected {expected}, database has {actual}"
+
+    # --- purchases ----------------------------------------------------------------------------------------------
+
+    async def insert_purchase(self, purchase: Purchase) -> None:
+        await self._conn.execute(
+            f"INSERT INTO purchases ({PURCHASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            purchase.purchase_id,
+            purchase.request_id,
+            purchase.account_id,
+            purchase.package_id,
+            purchase.coins,
+            purchase.bonus_coins,
+            purchase.price_minor,
+            purchase.currency_code,
+            purchase.payment_token,
+            purchase.status.value,
+            purchase.transaction_id,
+            purchase.promotion_id,
+        )
+
+    async def lock_purchase(self, purchase_id: str) -> Purchase | None:
+        row = await self._conn.fetchrow(
+            f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE purchase_id = $1 FOR UPDATE", purchase_id
+        )
+        return None if row is None else _purchase(row)
+
+    async def purchase_history(self, account_id: str) -> PurchaseHistory:
+        rows = await self._conn.fetch(
+            "SELECT promotion_id, count(*) AS purchases FROM purchases"
+            " WHERE account_id = $1 AND status IN ('pending', 'completed') GROUP BY promotion_id",
+            account_id,
+        )
+        return PurchaseHistory(
+            purchases=sum(row["purchases"] for row in rows),
+            uses_by_promotion={row["promotion_id"]: row["purchases"] for row in rows if row["promotion_id"]},
+        )
+
+    async def finish_purchase(
+        self, purchase_id: str, status: PurchaseStatus, provider_reference: str, transaction_id: str | None
+    ) -> None:
+        await self._conn.execute(
+            "UPDATE purchases SET status = $2, provider_reference = $3, transaction_id = $4, updated_at = now()"
+            " WHERE purchase_id = $1 AND status = 'pending'",
+            purchase_id,
+            status.value,
+            provider_reference,
+            transaction_id,
+        )
+
+    async def find_reversal(self, purchase_id: str) -> str | None:
+        transaction_id: str | None = await self._conn.fetchval(
+            "SELECT transaction_id FROM purchase_reversals WHERE purchase_id = $1", purchase_id
+        )
+        return transaction_id
+
+    async def insert_reversal(
+        self,
+        *,
+        purchase_id: str,
+        request_id: str,
+        transaction_id: str,
+        reason: str,
+        paid_coins: int,
+        bonus_coins: int,
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO purchase_reversals (purchase_id, request_id, transaction_id, reason, paid_coins, bonus_coins)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            purchase_id,
+            request_id,
+            transaction_id,
+            reason,
+            paid_coins,
+            bonus_coins,
+        )
+
+    # --- giveaways ----------------------------------------------------------------------------------------------
+
+    async def insert_giveaway(
+        self,
+        *,
+        giveaway_id: str,
+        request_id: str,
+        creator_id: str,
+        coins_per_winner: int,
+        winner_ids: list[str],
+        transaction_id: str,
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO giveaways (giveaway_id, request_id, creator_id, coins_per_winner, winner_ids, transaction_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            giveaway_id,
+            request_id,
+            creator_id,
+            coins_per_winner,
+            winner_ids,
+            transaction_id,
+        )
+
+    # --- promotions ---------------------------------------------------------------------------------------------
+
+    async def insert_promotion(self, promotion: Promotion) -> Promotion:
+        row = await self._conn.fetchrow(
+            "INSERT INTO promotions (promotion_id, name, starts_at, ends_at, min_package_coins, bonus_percent,"
+            " bonus_coins, first_purchase_only, max_uses_per_account)"
+            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {PROMOTION_COLUMNS}",
+            promotion.promotion_id,
+            promotion.name,
+            promotion.starts_at,
+            promotion.ends_at,
+            promotion.min_package_coins,
+            promotion.bonus_percent,
+            promotion.bonus_coins,
+            promotion.first_purchase_only,
+            promotion.max_uses_per_account,
+        )
+        assert row is not None, "an INSERT … RETURNING returns its row"
+        return _promotion(row)
+
+    async def lock_promotion(self, promotion_id: str) -> Promotion | None:
+        row = await self._conn.fetchrow(
+            f"SELECT {PROMOTION_COLUMNS} FROM promotions WHERE promotion_id = $1 FOR UPDATE", promotion_id
+        )
+        return None if row is None else _promotion(row)
+
+    async def set_promotion_end(self, promotion_id: str, ends_at: datetime) -> Promotion:
+        row = await self._conn.fetchrow(
+            f"UPDATE promotions SET ends_at = $2 WHERE promotion_id = $1 RETURNING {PROMOTION_COLUMNS}",
+            promotion_id,
+            ends_at,
+        )
+        assert row is not None, f"promotion {promotion_id} vanished"
+        return _promotion(row)
+
+    async def open_promotions(self) -> tuple[list[Promotion], datetime]:
+        return await _open_promotions(self._conn)
+
+
+# --- queries run both inside a transaction and on their own ------------------------------------------------------
+
+
+async def _get_account(conn: Queryable, account_id: str) -> Account | None:
     row = await conn.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1", account_id)
     return None if row is None else _account(row)
 
 
-async def lock_account(conn: asyncpg.Connection, account_id: str) -> Account | None:
-    """Serializes an account's purchase intents and limit changes (NO KEY: foreign-key checks are not blocked)."""
-    row = await conn.fetchrow(
-        f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1 FOR NO KEY UPDATE", account_id
-    )
-    return None if row is None else _account(row)
-
-
-async def get_accounts(conn: asyncpg.Connection, account_ids: list[str]) -> dict[str, Account]:
-    rows = await conn.fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1::text[])", account_ids)
-    return {row["account_id"]: _account(row) for row in rows}
-
-
-async def set_status(conn: asyncpg.Connection, account_id: str, status: AccountStatus) -> None:
-    await conn.execute(
-        "UPDATE accounts SET status = $2, updated_at = now() WHERE account_id = $1 AND status <> $2",
-        account_id,
-        status.value,
-    )
-
-
-async def set_spending_limit(conn: asyncpg.Connection, account_id: str, limit: SpendingLimit) -> Account:
-    row = await conn.fetchrow(
-        "UPDATE accounts SET daily_limit_coins = $2, pending_daily_limit_coins = $3, pending_limit_effective_at = $4,"
-        f" updated_at = now() WHERE account_id = $1 RETURNING {ACCOUNT_COLUMNS}",
-        account_id,
-        limit.daily_coins,
-        limit.pending_daily_coins,
-        limit.pending_effective_at,
-    )
-    assert row is not None, f"account {account_id} vanished"
-    return _account(row)
-
-
-# --- balances ---------------------------------------------------------------------------------------------------
-
-
-async def get_balance(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> Balance:
+async def _get_balance(conn: Queryable, account_id: str) -> Balance:
     rows = await conn.fetch(
         "SELECT ledger_account_id, coins FROM ledger_accounts WHERE ledger_account_id = ANY($1::text[])",
         buckets(account_id),
@@ -115,223 +596,14 @@ async def get_balance(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) 
     return _balance(account_id, {row["ledger_account_id"]: row["coins"] for row in rows})
 
 
-def _balance(account_id: str, coins_by_bucket: dict[str, int]) -> Balance:
-    return Balance(coins_by_bucket.get(paid_bucket(account_id), 0), coins_by_bucket.get(bonus_bucket(account_id), 0))
-
-
-async def balance_as_of(pool: asyncpg.Pool, account_id: str, as_of: datetime) -> Balance:
-    """Each bucket's balance after its last posting at or before as_of (0 before any)."""
-    row = await pool.fetchrow(
-        "SELECT"
-        " (SELECT balance_after FROM postings WHERE ledger_account_id = $1 AND created_at <= $3"
-        "  ORDER BY created_at DESC, posting_id DESC LIMIT 1) AS paid,"
-        " (SELECT balance_after FROM postings WHERE ledger_account_id = $2 AND created_at <= $3"
-        "  ORDER BY created_at DESC, posting_id DESC LIMIT 1) AS bonus",
-        paid_bucket(account_id),
-        bonus_bucket(account_id),
-        as_of,
-    )
-    return Balance(row["paid"] or 0, row["bonus"] or 0)
-
-
-async def lock_buckets(conn: asyncpg.Connection, account_ids: list[str]) -> dict[str, Balance]:
-    """Locks both buckets of each account in id order (see the module doc); returns their current balances."""
-    ledger_account_ids = sorted({bucket for account_id in account_ids for bucket in buckets(account_id)})
+async def _open_promotions(conn: Queryable) -> tuple[list[Promotion], datetime]:
+    """Promotions open now, and that now (the database's, which the window was compared with)."""
     rows = await conn.fetch(
-        "SELECT ledger_account_id, coins FROM ledger_accounts WHERE ledger_account_id = ANY($1::text[])"
-        " ORDER BY ledger_account_id FOR NO KEY UPDATE",
-        ledger_account_ids,
+        f"SELECT {PROMOTION_COLUMNS}, now() AS now FROM promotions"
+        " WHERE starts_at <= now() AND (ends_at IS NULL OR ends_at > now())"
     )
-    coins = {row["ledger_account_id"]: row["coins"] for row in rows}
-    return {account_id: _balance(account_id, coins) for account_id in account_ids}
-
-
-async def read_spender(conn: asyncpg.Connection, account_id: str) -> Spender:
-    """The account (None when unknown), its balance and what it sent in the limit's rolling window. Call with its
-    buckets locked (lock_buckets), in a statement of its own so that it sees everything committed before the lock
-    was granted."""
-    return (await read_spenders(conn, [account_id]))[account_id]
-
-
-async def read_spenders(conn: asyncpg.Connection, account_ids: list[str]) -> dict[str, Spender]:
-    """read_spender for many accounts in one statement. Only accounts with a limit (now or pending) pay for the
-    rolling-window sum."""
-    rows = await conn.fetch(
-        f"SELECT ids.id, {', '.join('a.' + c.strip() for c in ACCOUNT_COLUMNS.split(','))}, now() AS now,"
-        " paid.coins AS paid_coins, bonus.coins AS bonus_coins,"
-        " CASE WHEN a.daily_limit_coins > 0 OR a.pending_daily_limit_coins > 0 THEN"
-        "  (SELECT coalesce(-sum(p.coins_delta), 0)::bigint FROM transactions AS t JOIN postings AS p"
-        "     ON p.transaction_id = t.transaction_id AND p.ledger_account_id IN (ids.id, ids.id || $2)"
-        "   WHERE t.account_id = ids.id AND t.kind IN ('spend', 'giveaway')"
-        "     AND t.created_at > now() - make_interval(secs => $3))"
-        " ELSE 0 END AS sent_last_24h_coins"
-        " FROM unnest($1::text[]) AS ids (id)"
-        " LEFT JOIN accounts AS a ON a.account_id = ids.id"
-        " LEFT JOIN ledger_accounts AS paid ON paid.ledger_account_id = ids.id"
-        " LEFT JOIN ledger_accounts AS bonus ON bonus.ledger_account_id = ids.id || $2",
-        account_ids,
-        BONUS_SUFFIX,
-        SPENDING_LIMIT_WINDOW.total_seconds(),
-    )
-    return {
-        row["id"]: Spender(
-            None if row["account_id"] is None else _account(row),
-            Balance(row["paid_coins"] or 0, row["bonus_coins"] or 0),
-            int(row["sent_last_24h_coins"]),
-            row["now"],
-        )
-        for row in rows
-    }
-
-
-async def claim_spends(conn: asyncpg.Connection, claims: list[idempotency.Claim]) -> tuple[set[str], set[str]]:
-    """One statement: claims the spends' keys (idempotency.claim_statement) and finds which request_ids the ledger,
-    which outlives idempotency keys, already holds (a transaction of any kind). Returns (claimed, in the ledger).
-
-    The ledger is searched for the caller's request_id as stored before keys were scoped by caller too: a gift left
-    pending across that upgrade is retried under the scoped key and must find its earlier spend, not make another."""
-    claim = idempotency.claim_statement(claims, first_param=3)
-    rows = await conn.fetch(
-        f"WITH claimed AS ({claim.sql})"
-        " SELECT request_id, true AS claimed FROM claimed"
-        " UNION ALL"
-        " SELECT k.request_id, false FROM unnest($1::text[], $2::text[]) AS k (request_id, before_scoping)"
-        " WHERE EXISTS (SELECT 1 FROM transactions AS t WHERE t.request_id IN (k.request_id, k.before_scoping))",
-        [c.request_id for c in claims],
-        [idempotency.unscoped(c.request_id) for c in claims],
-        *claim.args,
-    )
-    return {r["request_id"] for r in rows if r["claimed"]}, {r["request_id"] for r in rows if not r["claimed"]}
-
-
-@dataclass(frozen=True)
-class NewSpend:
-    transaction_id: str
-    request_id: str
-    account_id: str
-    reference: str
-    legs: list[Leg]
-
-
-async def record_spends(conn: asyncpg.Connection, spends: list[NewSpend], outcomes: list[idempotency.Outcome]) -> None:
-    """One statement for a batch of spends: each user bucket moved once by the sum of its legs, the transactions,
-    every posting in the batch's order with the balance after it, and every request's outcome in its key. The
-    caller holds the buckets' locks and computed the balances from them; the bucket totals the database arrives at
-    must agree, or nothing is written."""
-    legs = [(spend.transaction_id, leg) for spend in spends for leg in spend.legs]
-    recorded = idempotency.record_statement(outcomes, first_param=9)
-    moved = await conn.fetch(
-        """
-        WITH legs AS (
-            SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
-                WITH ORDINALITY AS u (transaction_id, ledger_account_id, coins_delta, balance_after, position)
-        ), bucket_moves AS (
-            SELECT ledger_account_id, sum(coins_delta) AS coins_delta FROM legs
-            WHERE balance_after IS NOT NULL GROUP BY ledger_account_id
-        ), moved AS (
-            UPDATE ledger_accounts AS l SET coins = l.coins + m.coins_delta
-            FROM bucket_moves AS m WHERE l.ledger_account_id = m.ledger_account_id AND l.kind = 'user'
-            RETURNING l.ledger_account_id, l.coins
-        ), recorded AS (
-            INSERT INTO transactions (transaction_id, kind, request_id, account_id, reference)
-            SELECT t.transaction_id, 'spend', t.request_id, t.account_id, t.reference
-            FROM unnest($5::text[], $6::text[], $7::text[], $8::text[])
-                AS t (transaction_id, request_id, account_id, reference)
-        ), posted AS (
-            -- statement_timestamp(), as in record_movement: after every earlier movement of these buckets.
-            INSERT INTO postings (transaction_id, ledger_account_id, coins_delta, balance_after, created_at)
-            SELECT transaction_id, ledger_account_id, coins_delta, balance_after, statement_timestamp()
-            FROM legs ORDER BY position
-        ), outcomes AS ("""
-        + recorded.sql
-        + """)
-        SELECT ledger_account_id, coins FROM moved
-        """,
-        [transaction_id for transaction_id, _ in legs],
-        [leg.ledger_account_id for _, leg in legs],
-        [leg.coins_delta for _, leg in legs],
-        [leg.balance_after for _, leg in legs],
-        [spend.transaction_id for spend in spends],
-        [spend.request_id for spend in spends],
-        [spend.account_id for spend in spends],
-        [spend.reference for spend in spends],
-        *recorded.args,
-    )
-    expected = {leg.ledger_account_id: leg.balance_after for _, leg in legs if leg.balance_after is not None}
-    actual = {row["ledger_account_id"]: row["coins"] for row in moved}
-    # Raised inside the caller's transaction, so a disagreement (a bug, or a missing bucket) writes nothing.
-    assert actual == expected, f"spend batch balances disagree: expected {expected}, database has {actual}"
-
-
-async def record_movement(
-    conn: asyncpg.Connection,
-    *,
-    transaction_id: str,
-    kind: str,
-    request_id: str,
-    account_id: str,
-    reference: str,
-    postings: Postings,
-) -> None:
-    """One statement: moves the user buckets' coins, writes the transaction and its postings (each user posting
-    with its bucket's balance after). The caller holds the buckets' locks and has checked the amounts; the
-    database still refuses a negative user bucket (unless debt is allowed) and an unbalanced transaction."""
-    moved = await conn.fetch(
-        """
-        WITH legs AS (
-            SELECT * FROM unnest($6::text[], $7::bigint[]) AS u (ledger_account_id, coins_delta)
-        ), moved AS (
-            UPDATE ledger_accounts AS l SET coins = l.coins + legs.coins_delta
-            FROM legs WHERE l.ledger_account_id = legs.ledger_account_id AND l.kind = 'user'
-            RETURNING l.ledger_account_id, l.coins
-        ), recorded AS (
-            INSERT INTO transactions (transaction_id, kind, request_id, account_id, reference)
-            VALUES ($1, $2, $3, $4, $5)
-        ), posted AS (
-            -- statement_timestamp(), not now(): the buckets were locked by an earlier statement, so this time
-            -- follows every earlier movement of these buckets (now() is the transaction's start, which a
-            -- transaction that waited on a lock would backdate); one time for all legs of the transaction.
-            INSERT INTO postings (transaction_id, ledger_account_id, coins_delta, balance_after, created_at)
-            SELECT $1, legs.ledger_account_id, legs.coins_delta, moved.coins, statement_timestamp()
-            FROM legs LEFT JOIN moved USING (ledger_account_id)
-        )
-        SELECT ledger_account_id FROM moved
-        """,
-        transaction_id,
-        kind,
-        request_id,
-        account_id,
-        reference,
-        [ledger_account for ledger_account, _ in postings],
-        [delta for _, delta in postings],
-    )
-    user_legs = {ledger_account for ledger_account, _ in postings if ledger_account not in SYSTEM_ACCOUNTS}
-    # A user leg without its ledger account would post coins no balance holds: refuse (the transaction rolls back).
-    assert {row["ledger_account_id"] for row in moved} == user_legs, f"missing ledger accounts in {postings}"
-
-
-async def allow_debt(conn: asyncpg.Connection, allowed: bool) -> None:
-    """Only a reversal may take a user bucket below zero; the setting ends with the transaction (SET LOCAL)."""
-    await conn.execute("SELECT set_config('coinstream.allow_debt', $1, true)", "on" if allowed else "off")
-
-
-# --- spends -----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Movement:
-    """One account's side of a ledger transaction, as history and replays show it."""
-
-    posting_id: int
-    transaction_id: str
-    kind: str
-    initiator_id: str
-    reference: str
-    paid_delta: int
-    bonus_delta: int
-    paid_after: int
-    bonus_after: int
-    created_at: datetime
+    now: datetime = rows[0]["now"] if rows else await conn.fetchval("SELECT now()")
+    return [_promotion(row) for row in rows], now
 
 
 # Groups an account's postings per transaction (both buckets); a bucket the transaction did not touch shows its
@@ -356,258 +628,32 @@ _MOVEMENTS = """
 """
 
 
-async def find_spend(conn: asyncpg.Connection, request_id: str, account_id: str) -> Movement | None:
-    """The spend recorded for request_id (or, made before keys were scoped by caller, for its unscoped form), with
-    its split and the account's balance right after it."""
-    row = await conn.fetchrow(
-        "WITH mine AS ("
-        " SELECT p.* FROM transactions AS t JOIN postings AS p ON p.transaction_id = t.transaction_id"
-        " WHERE t.request_id IN ($3, $4) AND t.kind = 'spend' AND t.account_id = $1"
-        "   AND p.ledger_account_id IN ($1, $2)"
-        f"), {_MOVEMENTS}",
-        paid_bucket(account_id),
-        bonus_bucket(account_id),
-        request_id,
-        idempotency.unscoped(request_id),
+# --- rows to domain ---------------------------------------------------------------------------------------------
+
+
+def _claims(keys: list[RequestKey]) -> list[idempotency.Claim]:
+    return [idempotency.Claim(key.request_id, key.method, key.fingerprint) for key in keys]
+
+
+def _account(row: asyncpg.Record) -> Account:
+    return Account(
+        row["account_id"],
+        row["adult_verified"],
+        row["country_code"],
+        AccountStatus(row["status"]),
+        SpendingLimit(row["daily_limit_coins"], row["pending_daily_limit_coins"], row["pending_limit_effective_at"]),
     )
-    return None if row is None else Movement(**dict(row))
 
 
-async def list_history(
-    pool: asyncpg.Pool, account_id: str, before_posting_id: int | None, limit: int
-) -> list[Movement]:
-    """Newest first. A transaction has at most two postings per account and an account's movements are
-    serialized, so the newest 2×limit postings hold the newest limit transactions whole."""
-    rows = await pool.fetch(
-        "WITH mine AS ("
-        " SELECT * FROM postings WHERE ledger_account_id IN ($1, $2)"
-        "   AND ($3::bigint IS NULL OR posting_id < $3) ORDER BY posting_id DESC LIMIT $4"
-        f"), {_MOVEMENTS} ORDER BY g.posting_id DESC LIMIT $5",
-        paid_bucket(account_id),
-        bonus_bucket(account_id),
-        before_posting_id,
-        2 * limit,
-        limit,
-    )
-    return [Movement(**dict(row)) for row in rows]
+def _balance(account_id: str, coins_by_bucket: dict[str, int]) -> Balance:
+    return Balance(coins_by_bucket.get(paid_bucket(account_id), 0), coins_by_bucket.get(bonus_bucket(account_id), 0))
 
 
-# --- purchases --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PurchaseRow:
-    purchase_id: str
-    request_id: str
-    account_id: str
-    package_id: str
-    coins: int
-    bonus_coins: int
-    price_minor: int
-    currency_code: str
-    payment_token: str
-    status: PurchaseStatus
-    transaction_id: str | None
-    promotion_id: str | None = None
-
-
-PURCHASE_COLUMNS = (
-    "purchase_id, request_id, account_id, package_id, coins, bonus_coins, price_minor, currency_code,"
-    " payment_token, status, transaction_id, promotion_id"
-)
-
-
-def _purchase(row: asyncpg.Record) -> PurchaseRow:
+def _purchase(row: asyncpg.Record) -> Purchase:
     values = dict(row)
     values["status"] = PurchaseStatus(values["status"])
-    return PurchaseRow(**values)
-
-
-async def insert_purchase(conn: asyncpg.Connection, purchase: PurchaseRow) -> None:
-    await conn.execute(
-        f"INSERT INTO purchases ({PURCHASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        purchase.purchase_id,
-        purchase.request_id,
-        purchase.account_id,
-        purchase.package_id,
-        purchase.coins,
-        purchase.bonus_coins,
-        purchase.price_minor,
-        purchase.currency_code,
-        purchase.payment_token,
-        purchase.status.value,
-        purchase.transaction_id,
-        purchase.promotion_id,
-    )
-
-
-async def get_purchase(pool: asyncpg.Pool, purchase_id: str) -> PurchaseRow:
-    row = await pool.fetchrow(f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE purchase_id = $1", purchase_id)
-    assert row is not None, f"no purchase {purchase_id}"
-    return _purchase(row)
-
-
-async def lock_purchase(conn: asyncpg.Connection, purchase_id: str) -> PurchaseRow | None:
-    row = await conn.fetchrow(
-        f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE purchase_id = $1 FOR UPDATE", purchase_id
-    )
-    return None if row is None else _purchase(row)
-
-
-async def purchase_history(conn: asyncpg.Connection, account_id: str) -> PurchaseHistory:
-    rows = await conn.fetch(
-        "SELECT promotion_id, count(*) AS purchases FROM purchases"
-        " WHERE account_id = $1 AND status IN ('pending', 'completed') GROUP BY promotion_id",
-        account_id,
-    )
-    return PurchaseHistory(
-        purchases=sum(row["purchases"] for row in rows),
-        uses_by_promotion={row["promotion_id"]: row["purchases"] for row in rows if row["promotion_id"]},
-    )
-
-
-async def finish_purchase(
-    conn: asyncpg.Connection,
-    purchase_id: str,
-    status: PurchaseStatus,
-    provider_reference: str,
-    transaction_id: str | None,
-) -> None:
-    await conn.execute(
-        "UPDATE purchases SET status = $2, provider_reference = $3, transaction_id = $4, updated_at = now()"
-        " WHERE purchase_id = $1 AND status = 'pending'",
-        purchase_id,
-        status.value,
-        provider_reference,
-        transaction_id,
-    )
-
-
-async def stale_pending_purchases(pool: asyncpg.Pool, older_than_seconds: float, limit: int) -> list[str]:
-    rows = await pool.fetch(
-        "SELECT purchase_id FROM purchases WHERE status = 'pending'"
-        " AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2",
-        older_than_seconds,
-        limit,
-    )
-    return [row["purchase_id"] for row in rows]
-
-
-# --- reversals --------------------------------------------------------------------------------------------------
-
-
-async def find_reversal(conn: asyncpg.Connection, purchase_id: str) -> str | None:
-    return await conn.fetchval("SELECT transaction_id FROM purchase_reversals WHERE purchase_id = $1", purchase_id)
-
-
-async def insert_reversal(
-    conn: asyncpg.Connection,
-    *,
-    purchase_id: str,
-    request_id: str,
-    transaction_id: str,
-    reason: str,
-    paid_coins: int,
-    bonus_coins: int,
-) -> None:
-    await conn.execute(
-        "INSERT INTO purchase_reversals (purchase_id, request_id, transaction_id, reason, paid_coins, bonus_coins)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        purchase_id,
-        request_id,
-        transaction_id,
-        reason,
-        paid_coins,
-        bonus_coins,
-    )
-
-
-# --- giveaways --------------------------------------------------------------------------------------------------
-
-
-async def insert_giveaway(
-    conn: asyncpg.Connection,
-    *,
-    giveaway_id: str,
-    request_id: str,
-    creator_id: str,
-    coins_per_winner: int,
-    winner_ids: list[str],
-    transaction_id: str,
-) -> None:
-    await conn.execute(
-        "INSERT INTO giveaways (giveaway_id, request_id, creator_id, coins_per_winner, winner_ids, transaction_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        giveaway_id,
-        request_id,
-        creator_id,
-        coins_per_winner,
-        winner_ids,
-        transaction_id,
-    )
-
-
-# --- promotions -------------------------------------------------------------------------------------------------
-
-PROMOTION_COLUMNS = (
-    "promotion_id, name, starts_at, ends_at, min_package_coins, bonus_percent, bonus_coins, first_purchase_only,"
-    " max_uses_per_account, created_at"
-)
+    return Purchase(**values)
 
 
 def _promotion(row: asyncpg.Record) -> Promotion:
-    return Promotion(**{key: value for key, value in dict(row).items() if key != "position"})
-
-
-async def insert_promotion(conn: asyncpg.Connection, promotion: Promotion) -> Promotion:
-    row = await conn.fetchrow(
-        "INSERT INTO promotions (promotion_id, name, starts_at, ends_at, min_package_coins, bonus_percent,"
-        " bonus_coins, first_purchase_only, max_uses_per_account)"
-        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {PROMOTION_COLUMNS}",
-        promotion.promotion_id,
-        promotion.name,
-        promotion.starts_at,
-        promotion.ends_at,
-        promotion.min_package_coins,
-        promotion.bonus_percent,
-        promotion.bonus_coins,
-        promotion.first_purchase_only,
-        promotion.max_uses_per_account,
-    )
-    return _promotion(row)
-
-
-async def lock_promotion(conn: asyncpg.Connection, promotion_id: str) -> Promotion | None:
-    row = await conn.fetchrow(
-        f"SELECT {PROMOTION_COLUMNS} FROM promotions WHERE promotion_id = $1 FOR UPDATE", promotion_id
-    )
-    return None if row is None else _promotion(row)
-
-
-async def set_promotion_end(conn: asyncpg.Connection, promotion_id: str, ends_at: datetime) -> Promotion:
-    row = await conn.fetchrow(
-        f"UPDATE promotions SET ends_at = $2 WHERE promotion_id = $1 RETURNING {PROMOTION_COLUMNS}",
-        promotion_id,
-        ends_at,
-    )
-    return _promotion(row)
-
-
-async def open_promotions(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[list[Promotion], datetime]:
-    """Promotions open now, and that now (the database's, which the window was compared with)."""
-    rows = await conn.fetch(
-        f"SELECT {PROMOTION_COLUMNS}, now() AS now FROM promotions"
-        " WHERE starts_at <= now() AND (ends_at IS NULL OR ends_at > now())"
-    )
-    now = rows[0]["now"] if rows else await conn.fetchval("SELECT now()")
-    return [_promotion({k: v for k, v in dict(row).items() if k != "now"}) for row in rows], now
-
-
-async def list_promotions(pool: asyncpg.Pool, before_position: int | None, limit: int) -> list[tuple[int, Promotion]]:
-    rows = await pool.fetch(
-        f"SELECT position, {PROMOTION_COLUMNS} FROM promotions"
-        " WHERE ($1::bigint IS NULL OR position < $1) ORDER BY position DESC LIMIT $2",
-        before_position,
-        limit,
-    )
-    return [(row["position"], _promotion(row)) for row in rows]
+    return Promotion(**{key: value for key, value in dict(row).items() if key not in ("position", "now")})

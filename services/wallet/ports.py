@@ -1,0 +1,255 @@
+"""Everything the wallet's use cases (service.py) call outside themselves, as Protocols: the store as a unit of work,
+the payment provider, the clock, and how a result is kept with its idempotency key. store.py implements the store
+on PostgreSQL, tests/fakes/wallet.py in memory; payments.py holds the sandbox provider."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+from google.protobuf.message import Message
+
+from services.runtime.errors import AppError
+from services.runtime.idempotency import Outcome, StoredRequest
+from services.wallet.domain import (
+    Account,
+    AccountStatus,
+    Balance,
+    Movement,
+    NewSpend,
+    Postings,
+    Promotion,
+    Purchase,
+    PurchaseHistory,
+    PurchaseStatus,
+    RequestKey,
+    Spender,
+    SpendingLimit,
+)
+
+Result = TypeVar("Result")
+
+
+class Reply(Protocol[Result]):
+    """How a use case's result is kept with its idempotency key: as the RPC's response message, so that a replay
+    returns the identical response (convert.py holds one per RPC)."""
+
+    def to_message(self, result: Result) -> Message: ...
+
+    def from_bytes(self, stored: bytes) -> Result: ...
+
+
+def replayed(stored: StoredRequest, reply: Reply[Result]) -> Result:
+    """What a completed request left with its key, again: the same result, or the same error raised."""
+    if stored.error is not None:
+        raise stored.error
+    assert stored.response is not None, "a replay needs a completed request"
+    return reply.from_bytes(stored.response)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+# --- payments ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    approved: bool
+    provider_reference: str
+    decline_reason: str = ""
+
+
+class PaymentProvider(Protocol):
+    """Charges a purchase. Idempotent by purchase_id: a purchase left pending by a crash can be charged again
+    safely, the provider answering with the first charge's result."""
+
+    async def charge(
+        self, *, purchase_id: str, payment_token: str, amount_minor: int, currency_code: str
+    ) -> ChargeResult: ...
+
+
+# --- the store --------------------------------------------------------------------------------------------------
+
+
+class WalletTransaction(Protocol):
+    """What a use case does inside one database transaction. Locks taken here are held until it ends: movements
+    lock both buckets of every account they touch first (lock_buckets, always in id order), so movements of one
+    account are serialized and never deadlock."""
+
+    async def now(self) -> datetime:
+        """The transaction's time (the database's clock, as the rows it writes)."""
+        ...
+
+    # idempotency keys (services.runtime.idempotency's semantics)
+    async def claim(self, key: RequestKey) -> StoredRequest | None:
+        """None when this transaction now holds the key; else what the earlier request left (REQUEST_ID_REUSED
+        raised when it asked something else)."""
+        ...
+
+    async def set_resource(self, request_id: str, resource_id: str) -> None: ...
+
+    async def record_response(self, request_id: str, response: Message) -> None: ...
+
+    async def record_error(self, request_id: str, error: AppError) -> None: ...
+
+    # accounts
+    async def upsert_account(self, account_id: str, adult_verified: bool, country_code: str) -> Account: ...
+
+    async def get_account(self, account_id: str) -> Account | None: ...
+
+    async def lock_account(self, account_id: str) -> Account | None:
+        """Serializes an account's purchase intents and limit changes."""
+        ...
+
+    async def get_accounts(self, account_ids: list[str]) -> dict[str, Account]: ...
+
+    async def set_status(self, account_id: str, status: AccountStatus) -> None: ...
+
+    async def set_spending_limit(self, account_id: str, limit: SpendingLimit) -> Account: ...
+
+    # balances and movements
+    async def get_balance(self, account_id: str) -> Balance: ...
+
+    async def lock_buckets(self, account_ids: list[str]) -> dict[str, Balance]:
+        """Locks both buckets of each account (in id order); their balances now."""
+        ...
+
+    async def read_spenders(self, account_ids: list[str]) -> dict[str, Spender]:
+        """Each account (None when unknown), its balance, what it sent in the limit's window, and now. Call with
+        the buckets locked."""
+        ...
+
+    async def record_movement(
+        self,
+        *,
+        transaction_id: str,
+        kind: str,
+        request_id: str,
+        account_id: str,
+        reference: str,
+        postings: Postings,
+        debt_allowed: bool = False,
+    ) -> None:
+        """A ledger transaction: moves the buckets and writes its postings. Refuses a user bucket going below zero
+        unless debt_allowed (only a chargeback may), an unbalanced transaction and a user leg without a bucket."""
+        ...
+
+    # spends
+    async def claim_spends(self, keys: list[RequestKey]) -> tuple[set[str], set[str]]:
+        """Claims the keys of a batch of spends in one go. Returns (the request_ids claimed now, the request_ids
+        the ledger already holds a transaction for: it outlives the keys)."""
+        ...
+
+    async def earlier_outcomes(self, keys: list[RequestKey], claimed: set[str]) -> dict[str, StoredRequest | AppError]:
+        """For the keys not claimed now: what the earlier request left behind, or REQUEST_ID_REUSED."""
+        ...
+
+    async def find_spend(self, request_id: str, account_id: str) -> Movement | None: ...
+
+    async def record_spends(self, spends: list[NewSpend], outcomes: list[Outcome]) -> None:
+        """Records a batch's new spends (possibly none) and every claimed request's outcome, in one go."""
+        ...
+
+    # purchases
+    async def insert_purchase(self, purchase: Purchase) -> None: ...
+
+    async def lock_purchase(self, purchase_id: str) -> Purchase | None: ...
+
+    async def purchase_history(self, account_id: str) -> PurchaseHistory: ...
+
+    async def finish_purchase(
+        self, purchase_id: str, status: PurchaseStatus, provider_reference: str, transaction_id: str | None
+    ) -> None: ...
+
+    async def find_reversal(self, purchase_id: str) -> str | None:
+        """The reversal's transaction_id, if the purchase was reversed."""
+        ...
+
+    async def insert_reversal(
+        self,
+        *,
+        purchase_id: str,
+        request_id: str,
+        transaction_id: str,
+        reason: str,
+        paid_coins: int,
+        bonus_coins: int,
+    ) -> None: ...
+
+    # giveaways
+    async def insert_giveaway(
+        self,
+        *,
+        giveaway_id: str,
+        request_id: str,
+        creator_id: str,
+        coins_per_winner: int,
+        winner_ids: list[str],
+        transaction_id: str,
+    ) -> None: ...
+
+    # promotions
+    async def insert_promotion(self, promotion: Promotion) -> Promotion:
+        """Stored with the database's created_at."""
+        ...
+
+    async def lock_promotion(self, promotion_id: str) -> Promotion | None: ...
+
+    async def set_promotion_end(self, promotion_id: str, ends_at: datetime) -> Promotion: ...
+
+    async def open_promotions(self) -> tuple[list[Promotion], datetime]:
+        """Promotions open now, and that now."""
+        ...
+
+
+# A use case's work inside one transaction, for WalletStore.run_once.
+Operation = Callable[[WalletTransaction], Awaitable[Result]]
+
+
+class WalletStore(Protocol):
+    """The wallet's database: transactions (a unit of work each) and the read-only queries."""
+
+    def transaction(self) -> AbstractAsyncContextManager[WalletTransaction]:
+        """Everything done through the yielded object commits together when the block exits normally, and is
+        dropped if it raises."""
+        ...
+
+    async def run_once(self, key: RequestKey, operation: Operation[Result], reply: Reply[Result]) -> Result:
+        """Runs operation in one transaction at most once per key and keeps its outcome with the key: a replay
+        gets the same result, or the same error raised. A final error (AppError.is_outcome) is kept with the
+        operation's writes dropped; any other exception drops everything, key included, so a retry runs anew."""
+        ...
+
+    async def get_account(self, account_id: str) -> Account | None: ...
+
+    async def get_balance(self, account_id: str) -> Balance: ...
+
+    async def balance_as_of(self, account_id: str, as_of: datetime) -> Balance: ...
+
+    async def get_purchase(self, purchase_id: str) -> Purchase: ...
+
+    async def load_outcome(self, request_id: str) -> StoredRequest:
+        """What a request left with its key, read by the code that just completed it."""
+        ...
+
+    async def stale_pending_purchases(self, older_than_seconds: float, limit: int) -> list[str]: ...
+
+    async def open_promotions(self) -> tuple[list[Promotion], datetime]: ...
+
+    async def list_promotions(self, before_position: int | None, limit: int) -> list[tuple[int, Promotion]]:
+        """Newest first, with each one's position (what a page token resumes after)."""
+        ...
+
+    async def list_history(self, account_id: str, before_posting_id: int | None, limit: int) -> list[Movement]:
+        """The account's movements, newest first, each with the posting id a page token resumes after."""
+        ...
