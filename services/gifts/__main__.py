@@ -8,13 +8,13 @@ from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
 from services.gifts.config import GiftsSettings
 from services.gifts.feed import GiftFeed
+from services.gifts.postgres_store import PostgresGiftStore
 from services.gifts.relay import OutboxRelay, measure_backlog
-from services.gifts.service import GiftService
+from services.gifts.service import FINISHED_MATCHES_PER_PASS, RECOVERY_BATCH_SIZE, GiftService
 from services.gifts.servicer import GiftServicer
 from services.gifts.wallet_client import WalletClient, wallet_tls
 from services.gifts.wallet_credential import ServiceToken
 from services.runtime import messaging, polling
-from services.runtime.recovery import repeat_forever
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 
@@ -48,30 +48,29 @@ async def main() -> None:
         wallet_tls(settings),
     )
     relay = OutboxRelay(pool, js, settings.gifts_relay_interval_seconds)
-    gifts = GiftService(pool, wallet, feed, settings.batch_policy(), on_event_queued=relay.wake)
+    gifts = GiftService(PostgresGiftStore(pool), wallet, feed, settings.batch_policy(), on_event_queued=relay.wake)
+    servicer = GiftServicer(gifts, settings.match_durations)
     runtime.add_service(
-        gifts_pb2_grpc.add_GiftServiceServicer_to_server,
-        GiftServicer(gifts, settings.match_durations),
+        # The generated registration takes a GiftServiceServicer (add_service's parameter says object).
+        lambda _, server: gifts_pb2_grpc.add_GiftServiceServicer_to_server(servicer, server),
+        servicer,
         gifts_pb2.DESCRIPTOR.services_by_name["GiftService"].full_name,
     )
 
-    runtime.add_worker(
-        "gift_recovery",
-        lambda: repeat_forever(
-            settings.gifts_recovery_interval_seconds,
-            lambda: gifts.recover_pending_gifts(settings.gifts_recovery_age_seconds),
-        ),
-    )
+    async def recover_gifts() -> bool:
+        return await gifts.recover_pending_gifts(settings.gifts_recovery_age_seconds) >= RECOVERY_BATCH_SIZE
+
+    async def finish_matches() -> bool:
+        return await gifts.finish_due_matches() >= FINISHED_MATCHES_PER_PASS
+
+    runtime.add_periodic("gift_recovery", settings.gifts_recovery_interval_seconds, recover_gifts)
     # Every replica runs one: finishing a match is one transaction that a second finisher waits for and skips.
-    runtime.add_worker(
-        "match_finisher",
-        lambda: repeat_forever(settings.gifts_match_finish_interval_seconds, gifts.finish_due_matches),
-    )
+    runtime.add_periodic("match_finisher", settings.gifts_match_finish_interval_seconds, finish_matches)
     runtime.add_worker("outbox_relay", relay.run_forever)
     runtime.add_worker("gift_feed_connection", feed.watch_connection)
     if settings.metrics_port:
         probes = {"outbox": lambda: measure_backlog(pool)}
-        runtime.add_worker("metrics", lambda: polling.poll_forever(settings.metrics_poll_interval_seconds, probes))
+        runtime.add_periodic("metrics", settings.metrics_poll_interval_seconds, lambda: polling.poll_once(probes))
     try:
         await runtime.run()
     finally:

@@ -29,8 +29,9 @@ class MatchDurations:
 
 class GiftsSettings(RuntimeSettings):
     gifts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_gifts"
-    gifts_port: int = 50052
-    gifts_metrics_port: int = 0
+    gifts_port: int = Field(default=50052, ge=0, le=65535)
+    # 0: no metrics endpoint.
+    gifts_metrics_port: int = Field(default=0, ge=0, le=65535)
     gifts_wallet_address: str = "127.0.0.1:50051"
     # The credential for calls to the wallet (services/gifts/wallet_credential.py): a token file (reread when it
     # changes, for rotation), else a fixed token, else (HS256 shared-secret deployments only) one minted from
@@ -38,22 +39,23 @@ class GiftsSettings(RuntimeSettings):
     gifts_wallet_token_file: str = ""
     gifts_wallet_token: SecretStr = SecretStr("")
     gifts_wallet_subject: str = Field(default="coinstream-gifts", min_length=1, max_length=256)
-    gifts_wallet_timeout_seconds: float = 5.0
+    gifts_wallet_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     # Gifts left pending by a crash or a wallet outage are finished by a background pass.
-    gifts_recovery_interval_seconds: float = 5.0
-    gifts_recovery_age_seconds: float = 30.0
+    gifts_recovery_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Younger pending gifts are still in their SendGift call: the recovery pass leaves them to it.
+    gifts_recovery_age_seconds: float = Field(default=30.0, gt=0, le=86_400)
     # The outbox relay also wakes at once after each completed gift; the interval only bounds a missed wake-up.
-    gifts_relay_interval_seconds: float = 0.5
+    gifts_relay_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     # Live gift feed: WatchStreamGifts calls per process, events buffered per watcher before it is ended as too
     # slow, and how long a too-slow call stuck writing to a client that stopped reading may linger.
-    gifts_feed_max_watchers: int = Field(default=10_000, ge=1)
+    gifts_feed_max_watchers: int = Field(default=10_000, ge=1, le=1_000_000)
     # Per caller (subject of a user token); callers with the service role are bounded by the process's limit only.
-    gifts_feed_max_watchers_per_caller: int = Field(default=20, ge=1)
-    gifts_feed_watcher_queue_size: int = Field(default=1_000, ge=1)
-    gifts_feed_stuck_watcher_grace_seconds: float = Field(default=5.0, gt=0)
+    gifts_feed_max_watchers_per_caller: int = Field(default=20, ge=1, le=1_000_000)
+    gifts_feed_watcher_queue_size: int = Field(default=1_000, ge=1, le=1_000_000)
+    gifts_feed_stuck_watcher_grace_seconds: float = Field(default=5.0, gt=0, le=300)
     # Matches (StartMatch): the durations allowed — the contract's 30 s to 60 min by default — and how often the
     # finisher looks for matches past their end (a match finishes within about this long of its end).
-    gifts_match_min_duration_seconds: float = Field(default=domain.MIN_MATCH_DURATION.total_seconds(), gt=0)
+    gifts_match_min_duration_seconds: float = Field(default=domain.MIN_MATCH_DURATION.total_seconds(), gt=0, le=86_400)
     gifts_match_max_duration_seconds: float = Field(default=domain.MAX_MATCH_DURATION.total_seconds(), gt=0, le=86_400)
     gifts_match_finish_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     # ---- TLS to the wallet (services/gifts/wallet_client.py): a CA → a TLS channel, the wallet's certificate

@@ -456,3 +456,124 @@ def require_goal_settable(stream: LiveStream | None, stream_id: str) -> LiveStre
 def goal_just_reached(goal: StreamGoal, added_coins: int) -> bool:
     """Whether the coins just added (goal is as after them) are what first brought its progress to the target."""
     return goal.reached_at is not None and goal.progress_coins - added_coins < goal.target_coins
+
+
+# ---------------------------------------------------------------- the gift saga's records
+
+
+@dataclass(frozen=True)
+class SentGift:
+    """One SendGift's gift (a row of gift_transactions): recorded pending, then completed or failed."""
+
+    gift_transaction_id: str
+    request_id: str
+    sender_id: str
+    recipient_id: str
+    # Exactly one of stream_id and video_id is set: where the gift goes.
+    stream_id: str | None
+    gift_id: str
+    quantity: int
+    coin_price: int
+    coins: int
+    status: GiftStatus
+    wallet_transaction_id: str | None
+    sender_balance_coins: int | None
+    # Set when the gift completes (0 before): how the wallet paid for it and its place in its combo.
+    paid_coins: int = 0
+    bonus_coins: int = 0
+    combo_count: int = 0
+    failure_reason: str | None = None
+    video_id: str | None = None
+
+    @property
+    def target(self) -> tuple[TargetKind, str]:
+        if self.video_id is not None:
+            return TargetKind.VIDEO, self.video_id
+        assert self.stream_id is not None, f"{self.gift_transaction_id} goes nowhere"
+        return TargetKind.STREAM, self.stream_id
+
+
+@dataclass(frozen=True)
+class GiftContext:
+    """What deciding new SendGift requests needs: their streams and videos, their active catalog gifts, and the gifts
+    recorded under their request_ids whose idempotency keys are gone (a retry after the key expired)."""
+
+    streams: dict[str, LiveStream]
+    videos: dict[str, Video]
+    catalog: dict[str, CatalogGift]
+    gifts_without_key: dict[str, SentGift]
+
+
+@dataclass(frozen=True)
+class CompletionLocks:
+    """What locking a batch's gifts for completion locked: the gifts still pending, and the last match and the open
+    goal of each of their streams (by stream_id), as of the streams' lock."""
+
+    pending: set[str]
+    last_matches: dict[str, str]
+    goals: dict[str, str]
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """An event to publish, queued in the transaction that decided it (the relay publishes it after commit)."""
+
+    msg_id: str
+    subject: str
+    payload: bytes
+    gift_transaction_id: str | None = None
+    # The trace the relay continues when it publishes the event (None: tracing was off).
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True)
+class Totals:
+    """A stream's or a video's counters."""
+
+    total_coins: int
+    gift_count: int
+
+
+@dataclass(frozen=True)
+class SpendAsk:
+    """One spend of a wallet batch: request_id and reference are the gift's wallet_spend_request_id."""
+
+    request_id: str
+    account_id: str
+    coins: int
+    reference: str
+
+
+@dataclass(frozen=True)
+class Spend:
+    """The wallet's receipt for a spend."""
+
+    wallet_transaction_id: str
+    balance_coins: int
+    # How the wallet paid: bonus coins first, then paid coins (both 0 from a wallet that does not report the split).
+    paid_coins: int
+    bonus_coins: int
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    stream_id: str
+    totals: Totals
+    top_gifters: list[tuple[str, int]]
+    active_match_id: str | None
+    goal: StreamGoal | None
+
+
+@dataclass(frozen=True)
+class VideoSummary:
+    video_id: str
+    totals: Totals
+    top_gifters: list[tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class MatchView:
+    """A match as GetMatch shows it: the scoreboard and each side's top supporters."""
+
+    match: Match
+    top_supporters: list[MatchSupporter]

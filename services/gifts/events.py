@@ -1,19 +1,21 @@
-"""The events the gifts service publishes (through its outbox) beyond GiftSent and StreamEnded: matches and goals.
-Subjects, Nats-Msg-Ids and payloads in one place, as the outbox rows to queue; the relay publishes them, the live
-feed routes them."""
+"""The events the gifts service publishes through its outbox: GiftSent, StreamEnded, and the updates of matches and
+goals. Subjects (GiftSent's is shared with payouts: runtime/messaging.py), Nats-Msg-Ids and payloads in one place, as
+the outbox rows to queue; the relay publishes them, the live feed routes them."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 from google.protobuf.message import Message
 
-from services.gifts import domain, store
+from services.gifts import domain
 from services.runtime import tracing
 
+STREAM_ENDED_SUBJECT = "gifts.v1.stream_ended"
 MATCH_UPDATED_SUBJECT = "gifts.v1.match_updated"
 MATCH_FINISHED_SUBJECT = "gifts.v1.match_finished"
 GOAL_UPDATED_SUBJECT = "gifts.v1.goal_updated"
@@ -31,12 +33,12 @@ def _sides(sides: Iterable[domain.MatchSide]) -> list[events_pb2.MatchSide]:
     ]
 
 
-def _row(subject: str, msg_id: str, event: Message) -> store.OutboxRow:
+def _row(subject: str, msg_id: str, event: Message) -> domain.OutboxRow:
     """The event as an outbox row, carrying the trace of the call that queued it (none in a worker)."""
-    return store.OutboxRow(msg_id, subject, event.SerializeToString(), traceparent=tracing.current_traceparent())
+    return domain.OutboxRow(msg_id, subject, event.SerializeToString(), traceparent=tracing.current_traceparent())
 
 
-def match_updated(match: domain.Match) -> store.OutboxRow:
+def match_updated(match: domain.Match) -> domain.OutboxRow:
     """A match's scoreboard as of now."""
     update_id = new_update_id()
     event = events_pb2.MatchUpdated(match_id=match.match_id, sides=_sides(match.sides), update_id=update_id)
@@ -45,7 +47,7 @@ def match_updated(match: domain.Match) -> store.OutboxRow:
     return _row(MATCH_UPDATED_SUBJECT, f"match_updated:{update_id}", event)
 
 
-def match_finished(match: domain.Match) -> store.OutboxRow:
+def match_finished(match: domain.Match) -> domain.OutboxRow:
     """A finished match: one id per match, so JetStream and consumers keep one."""
     assert match.status is domain.MatchStatus.FINISHED and match.finished_at is not None, f"{match.match_id} is active"
     event = events_pb2.MatchFinished(
@@ -87,13 +89,40 @@ def public_goal(goal: events_pb2.StreamGoal) -> gifts_pb2.StreamGoal:
     return public
 
 
-def goal_updated(goal: domain.StreamGoal) -> store.OutboxRow:
+def goal_updated(goal: domain.StreamGoal) -> domain.OutboxRow:
     update_id = new_update_id()
     event = events_pb2.GoalUpdated(goal=goal_message(goal), update_id=update_id)
     return _row(GOAL_UPDATED_SUBJECT, f"goal_updated:{update_id}", event)
 
 
-def goal_reached(goal: domain.StreamGoal) -> store.OutboxRow:
+def goal_reached(goal: domain.StreamGoal) -> domain.OutboxRow:
     """One id per goal: it is reached once."""
     assert goal.reached_at is not None, f"goal {goal.goal_id} is not reached"
     return _row(GOAL_REACHED_SUBJECT, f"goal_reached:{goal.goal_id}", events_pb2.GoalReached(goal=goal_message(goal)))
+
+
+def gift_sent_event(gift: domain.SentGift, sent_at: datetime) -> events_pb2.GiftSent:
+    assert gift.wallet_transaction_id is not None, f"{gift.gift_transaction_id} is not paid"
+    event = events_pb2.GiftSent(
+        gift_transaction_id=gift.gift_transaction_id,
+        sender_id=gift.sender_id,
+        recipient_id=gift.recipient_id,
+        stream_id=gift.stream_id or "",
+        video_id=gift.video_id or "",
+        gift_id=gift.gift_id,
+        quantity=gift.quantity,
+        coins=gift.coins,
+        wallet_transaction_id=gift.wallet_transaction_id,
+        paid_coins=gift.paid_coins,
+        bonus_coins=gift.bonus_coins,
+        combo_count=gift.combo_count,
+    )
+    event.sent_at.FromDatetime(sent_at)
+    return event
+
+
+def stream_ended(stream: domain.LiveStream, ended_at: datetime) -> domain.OutboxRow:
+    """One id per stream: it ends once. Queued with the stream's gifts, so published after every one of them."""
+    event = events_pb2.StreamEnded(stream_id=stream.stream_id, creator_id=stream.creator_id)
+    event.ended_at.FromDatetime(ended_at)
+    return _row(STREAM_ENDED_SUBJECT, f"stream_ended:{stream.stream_id}", event)

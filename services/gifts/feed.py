@@ -31,11 +31,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.gifts import domain, events
+from services.gifts.events import STREAM_ENDED_SUBJECT
 from services.runtime.messaging import GIFT_SENT_SUBJECT
 
 log = structlog.get_logger()
 
-STREAM_ENDED_SUBJECT = "gifts.v1.stream_ended"
 FEED_SUBJECTS = "gifts.v1.*"
 # Gift ids remembered per watched stream to drop republished events (a relay republishes at most a batch of 200).
 DEDUP_IDS_PER_STREAM = 1_000
@@ -46,7 +46,7 @@ CONNECTION_CHECK_INTERVAL_SECONDS = 1.0
 # The subscription is kept this long after the last watcher left, so a watcher coming and going does not make the
 # server add and drop interest over and over.
 IDLE_SUBSCRIPTION_SECONDS = 60.0
-SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+SUBSCRIBE_TIMEOUT_SECONDS = 5  # an int: nats-py declares flush(timeout: int)
 
 
 def gift_event(sent: events_pb2.GiftSent) -> gifts_pb2.WatchStreamGiftsResponse:

@@ -16,21 +16,19 @@ transaction per step, so a crash loses a whole step of a batch or none of it."""
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-import asyncpg
 import structlog
-from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 
-from services.gifts import domain, events, store
-from services.gifts.wallet_client import Spend, SpendAsk, WalletClient
+from services.gifts import convert, domain, events, ports
+from services.gifts.domain import CompletionLocks, GiftContext, OutboxRow, SentGift, Spend, SpendAsk
 from services.runtime import idempotency, tracing
 from services.runtime.batching import BatchPolicy, MicroBatcher, in_request_id_rounds
 from services.runtime.errors import AppError, failed_precondition, request_id_reused, unavailable
 from services.runtime.faults import crash_point
+from services.runtime.ids import new_id
 from services.runtime.messaging import GIFT_SENT_SUBJECT
 
 log = structlog.get_logger()
@@ -38,19 +36,15 @@ log = structlog.get_logger()
 Outcome = gifts_pb2.SendGiftResponse | AppError
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
-
-
 class GiftSaga:
     def __init__(
         self,
-        pool: asyncpg.Pool,
-        wallet: WalletClient,
+        store: ports.GiftStore,
+        wallet: ports.Wallet,
         policy: BatchPolicy,
         on_event_queued: Callable[[], None] = lambda: None,
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._wallet = wallet
         # Wakes the outbox relay so GiftSent goes out at once rather than at its next poll.
         self._on_event_queued = on_event_queued
@@ -83,11 +77,10 @@ class GiftSaga:
 
     async def _record_intents(
         self, requests: list[gifts_pb2.SendGiftRequest]
-    ) -> tuple[dict[str, Outcome], list[store.GiftRow]]:
+    ) -> tuple[dict[str, Outcome], list[SentGift]]:
         """Step 1: the outcomes already known (replays, refusals) and the pending gifts to pay. Two round trips: the
         reads the rules need, then one statement that claims every request_id and records the accepted gifts."""
-        context = await store.read_gift_context(
-            self._pool,
+        context = await self._store.read_gift_context(
             sorted({request.stream_id for request in requests if request.stream_id}),
             sorted({request.video_id for request in requests if request.video_id}),
             sorted({request.gift_id for request in requests}),
@@ -101,21 +94,21 @@ class GiftSaga:
         ]
         decided = [idempotency.Outcome(rid, error=refusal) for rid, refusal in refusals.items()]
         decided += [idempotency.Outcome(g.request_id, resource_id=g.gift_transaction_id) for g in new_gifts]
-        claimed = await store.claim_and_record_pending_gifts(self._pool, claims, decided, new_gifts)
+        claimed = await self._store.claim_and_record_pending_gifts(claims, decided, new_gifts)
         outcomes.update({rid: refusal for rid, refusal in refusals.items() if rid in claimed})
         in_flight: list[str] = []
-        for request_id, stored in (await idempotency.earlier_outcomes(self._pool, claims, claimed)).items():
+        for request_id, stored in (await self._store.earlier_outcomes(claims, claimed)).items():
             if isinstance(stored, idempotency.StoredRequest) and stored.in_flight:
                 assert stored.resource_id is not None, f"SendGift {request_id} in flight without a gift"
                 in_flight.append(stored.resource_id)
             else:
                 outcomes[request_id] = _replayed(stored)
         if in_flight:
-            to_pay += (await store.get_gift_transactions(self._pool, in_flight)).values()
+            to_pay += (await self._store.get_gift_transactions(in_flight)).values()
         # Gifts sent earlier (resumed) before the new ones, so combos and live feeds count them first.
         return outcomes, [*to_pay, *(gift for gift in new_gifts if gift.request_id in claimed)]
 
-    async def complete(self, gifts: list[store.GiftRow]) -> dict[str, Outcome]:
+    async def complete(self, gifts: list[SentGift]) -> dict[str, Outcome]:
         """Resumes gifts wherever they stand and returns each one's outcome by request_id. Safe to run concurrently
         with itself (a retry, another batch, the recovery pass): the wallet and the gift row locks decide once."""
         pending = [gift for gift in gifts if gift.status is domain.GiftStatus.PENDING]
@@ -127,11 +120,11 @@ class GiftSaga:
         # Finished earlier, or concurrently by someone else: answered from what that left behind.
         finished_elsewhere = [gift.request_id for gift in gifts if gift.request_id not in outcomes]
         if finished_elsewhere:
-            stored = await idempotency.load_many(self._pool, finished_elsewhere)
+            stored = await self._store.load_outcomes(finished_elsewhere)
             outcomes.update({request_id: _replayed(stored[request_id]) for request_id in finished_elsewhere})
         return outcomes
 
-    async def _pay(self, gifts: list[store.GiftRow]) -> list[Spend | AppError]:
+    async def _pay(self, gifts: list[SentGift]) -> list[Spend | AppError]:
         """Step 2: one wallet call. An unknown outcome (the wallet down, a deadline) is an error for every gift."""
         asks = [
             SpendAsk(spend_key, gift.sender_id, gift.coins, spend_key)
@@ -143,11 +136,11 @@ class GiftSaga:
         except AppError as unknown:
             return [unknown] * len(gifts)
 
-    async def _settle(self, payments: list[tuple[store.GiftRow, Spend | AppError]]) -> dict[str, Outcome]:
+    async def _settle(self, payments: list[tuple[SentGift, Spend | AppError]]) -> dict[str, Outcome]:
         """Step 3: completes paid gifts and fails refused ones in one transaction. Gifts whose payment is still
         unknown stay pending and get WALLET_UNAVAILABLE (retry with the same request_id)."""
         outcomes: dict[str, Outcome] = {}
-        decided: list[tuple[store.GiftRow, Spend | AppError]] = []
+        decided: list[tuple[SentGift, Spend | AppError]] = []
         for gift, payment in payments:
             if isinstance(payment, AppError) and not domain.is_final_wallet_refusal(payment):
                 outcomes[gift.request_id] = _payment_unknown(gift, payment)
@@ -155,26 +148,25 @@ class GiftSaga:
                 decided.append((gift, payment))
         if not decided:
             return outcomes
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._store.transaction() as tx:
             # Locked first (in id order): a gift a concurrent retry or recovery pass finished meanwhile drops out.
-            locks = await store.lock_pending_gifts(
-                conn,
+            locks = await tx.lock_pending_gifts(
                 [gift.gift_transaction_id for gift, _ in decided],
                 [gift.stream_id for gift, payment in decided if isinstance(payment, Spend) and gift.stream_id],
             )
             decided = [(gift, payment) for gift, payment in decided if gift.gift_transaction_id in locks.pending]
             paid = [(gift, payment) for gift, payment in decided if isinstance(payment, Spend)]
             refused = [(gift, payment) for gift, payment in decided if isinstance(payment, AppError)]
-            settled = await _complete_paid_gifts(conn, paid, refused, self._trace_parents, locks)
+            settled = await _complete_paid_gifts(tx, paid, refused, self._trace_parents, locks)
         if paid:
             self._on_event_queued()
         return outcomes | settled
 
-    async def recover_pending(self, older_than_seconds: float, batch_size: int = 100) -> int:
+    async def recover_pending(self, older_than_seconds: float, batch_size: int) -> int:
         """Finishes gifts a crash or a wallet outage left pending, one batch per pass. Returns how many it found."""
-        gift_transaction_ids = await store.stale_pending_gifts(self._pool, older_than_seconds, batch_size)
+        gift_transaction_ids = await self._store.stale_pending_gifts(older_than_seconds, batch_size)
         if gift_transaction_ids:
-            gifts = list((await store.get_gift_transactions(self._pool, gift_transaction_ids)).values())
+            gifts = list((await self._store.get_gift_transactions(gift_transaction_ids)).values())
             try:
                 outcomes = await self.complete(gifts)
             except Exception:
@@ -185,7 +177,7 @@ class GiftSaga:
             log.info("recovery_pass", kind="gift", resumed=len(gift_transaction_ids), unresolved=unresolved)
         return len(gift_transaction_ids)
 
-    async def _complete_one_by_one(self, gifts: list[store.GiftRow]) -> dict[str, Outcome]:
+    async def _complete_one_by_one(self, gifts: list[SentGift]) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
         for gift in gifts:
             try:
@@ -196,10 +188,10 @@ class GiftSaga:
 
 
 def _check_new_gifts(
-    requests: list[gifts_pb2.SendGiftRequest], context: store.GiftContext
-) -> tuple[list[store.GiftRow], dict[str, AppError]]:
+    requests: list[gifts_pb2.SendGiftRequest], context: GiftContext
+) -> tuple[list[SentGift], dict[str, AppError]]:
     """The rules for each new request: a pending gift to record, or a refusal."""
-    gifts: list[store.GiftRow] = []
+    gifts: list[SentGift] = []
     refusals: dict[str, AppError] = {}
     for request in requests:
         catalog_gift = context.catalog.get(request.gift_id)
@@ -229,13 +221,13 @@ def _check_new_gifts(
 
 
 def _answer_from_earlier_gifts(
-    requests: list[gifts_pb2.SendGiftRequest], earlier: dict[str, store.GiftRow]
-) -> tuple[dict[str, Outcome], list[store.GiftRow]]:
+    requests: list[gifts_pb2.SendGiftRequest], earlier: dict[str, SentGift]
+) -> tuple[dict[str, Outcome], list[SentGift]]:
     """Requests whose gift outlived their idempotency key (a retry days later) are answered from the gift itself —
     a pending one is resumed — rather than recorded again (and never as a failure of the whole batch). The stored
     refusal is gone with the key: a refused gift answers with its reason under FAILED_PRECONDITION."""
     outcomes: dict[str, Outcome] = {}
-    to_resume: list[store.GiftRow] = []
+    to_resume: list[SentGift] = []
     for request in requests:
         gift = earlier.get(request.request_id)
         if gift is None:
@@ -256,20 +248,16 @@ def _answer_from_earlier_gifts(
     return outcomes, to_resume
 
 
-def _outcome_of_finished_gift(gift: store.GiftRow) -> Outcome:
+def _outcome_of_finished_gift(gift: SentGift) -> Outcome:
     if gift.status is domain.GiftStatus.FAILED:
         return failed_precondition(gift.failure_reason or "GIFT_FAILED", "this gift was refused when first sent")
-    return _sent(gift)
-
-
-def _sent(gift: store.GiftRow) -> gifts_pb2.SendGiftResponse:
-    return gifts_pb2.SendGiftResponse(gift=gift_message(gift), sender_balance_coins=gift.sender_balance_coins)
+    return convert.send_gift_response(gift)
 
 
 def pending_gift(
     request: gifts_pb2.SendGiftRequest, target: domain.LiveStream | domain.Video, gift: domain.CatalogGift
-) -> store.GiftRow:
-    return store.GiftRow(
+) -> SentGift:
+    return SentGift(
         gift_transaction_id=new_id("gtx"),
         request_id=request.request_id,
         sender_id=request.sender_id,
@@ -287,38 +275,33 @@ def pending_gift(
 
 
 async def _complete_paid_gifts(
-    conn: asyncpg.Connection,
-    paid: list[tuple[store.GiftRow, Spend]],
-    refused: list[tuple[store.GiftRow, AppError]],
+    tx: ports.Transaction,
+    paid: list[tuple[SentGift, Spend]],
+    refused: list[tuple[SentGift, AppError]],
     trace_parents: Mapping[str, str],
-    locks: store.CompletionLocks,
+    locks: CompletionLocks,
 ) -> dict[str, Outcome]:
     """Completes the paid gifts and fails the refused ones (all locked pending by the caller). Locks in one order
     in every batch (streams, gifts, matches; combos, leaderboards, stream and video counters, match sides, goals),
     so completions never deadlock; each hot row is written once per batch. A transaction that holds a match's share
     lock holds its gifts already, so none waits for a gift while a finisher waits for it."""
-    matches = await _lock_active_matches(conn, paid, locks)
+    matches = await _lock_active_matches(tx, paid, locks)
     keys = [
         domain.ComboKey(kind.value, target_id, gift.sender_id, gift.gift_id)
         for gift, _ in paid
         for kind, target_id in [gift.target]
     ]
-    combos, sent_at = await store.lock_combos(conn, keys) if paid else ({}, datetime.now(UTC))
+    # (Refusals only: nothing is stamped, so any time will do.)
+    combos, sent_at = await tx.lock_combos(keys) if paid else ({}, datetime.now(UTC))
     # Stamped (by the database's clock) after the combo locks, so the gifts of one combo are stamped in the order
     # they are counted, and after the matches' share locks, so the match a gift counts in is decided by its stamp.
     combo_counts, new_combos = domain.assign_combo_counts(keys, combos, sent_at)
     gifts = [
         completed_gift(gift, spend, combo_count) for (gift, spend), combo_count in zip(paid, combo_counts, strict=True)
     ]
-    outcomes: dict[str, Outcome] = {
-        gift.request_id: gifts_pb2.SendGiftResponse(
-            gift=gift_message(gift), sender_balance_coins=gift.sender_balance_coins
-        )
-        for gift in gifts
-    }
+    outcomes: dict[str, Outcome] = {gift.request_id: convert.send_gift_response(gift) for gift in gifts}
     outcomes.update({gift.request_id: refusal for gift, refusal in refused})
-    await store.finish_gifts(
-        conn,
+    await tx.finish_gifts(
         gifts,
         sent_at,
         new_combos,
@@ -326,12 +309,12 @@ async def _complete_paid_gifts(
         [_stored_outcome(request_id, outcome) for request_id, outcome in outcomes.items()],
     )
     if gifts:
-        await _count_gifts(conn, gifts, sent_at, trace_parents, matches, locks.goals)
+        await _count_gifts(tx, gifts, sent_at, trace_parents, matches, locks.goals)
     return outcomes
 
 
 async def _lock_active_matches(
-    conn: asyncpg.Connection, paid: list[tuple[store.GiftRow, Spend]], locks: store.CompletionLocks
+    tx: ports.Transaction, paid: list[tuple[SentGift, Spend]], locks: CompletionLocks
 ) -> dict[str, str]:
     """The active match of each stream the paid gifts go to (by stream_id), locked so that none finishes before
     this batch commits. No statement when none of the streams was ever in a match."""
@@ -340,13 +323,13 @@ async def _lock_active_matches(
     }
     if not last:
         return {}
-    active = await store.lock_active_matches(conn, list(last.values()))
+    active = await tx.lock_active_matches(list(last.values()))
     return {stream_id: match_id for stream_id, match_id in last.items() if match_id in active}
 
 
 async def _count_gifts(
-    conn: asyncpg.Connection,
-    gifts: list[store.GiftRow],
+    tx: ports.Transaction,
+    gifts: list[SentGift],
     sent_at: datetime,
     trace_parents: Mapping[str, str],
     matches: Mapping[str, str],
@@ -358,43 +341,42 @@ async def _count_gifts(
     feeds show. Each GiftSent keeps the trace of the call that sent its gift (none for one the recovery pass
     finished)."""
     counted = [domain.CountedGift(g.stream_id, g.recipient_id, g.sender_id, g.coins, g.video_id) for g in gifts]
-    await store.add_to_gifter_totals(conn, domain.leaderboard_increments(counted, sent_at))
+    await tx.add_to_gifter_totals(domain.leaderboard_increments(counted, sent_at))
     gifters = {kind: domain.gifter_increments(counted, kind) for kind in domain.TargetKind}
     totals = {kind: domain.total_increments(counted, kind) for kind in domain.TargetKind}
     for kind in domain.TargetKind:
         if totals[kind]:
-            await store.add_to_counters(conn, kind, gifters[kind], totals[kind])
+            await tx.add_to_counters(kind, gifters[kind], totals[kind])
     outbox = [
-        store.OutboxRow(
+        OutboxRow(
             gift.gift_transaction_id,
             GIFT_SENT_SUBJECT,
-            gift_sent_event(gift, sent_at).SerializeToString(),
+            events.gift_sent_event(gift, sent_at).SerializeToString(),
             gift.gift_transaction_id,
             trace_parents.get(gift.request_id),
         )
         for gift in gifts
     ]
     stream = domain.TargetKind.STREAM
-    outbox += await _count_in_matches(conn, gifters[stream], totals[stream], sent_at, matches)
-    outbox += await _count_in_goals(conn, totals[stream], sent_at, goals)
-    await store.insert_outbox_events(conn, outbox)
+    outbox += await _count_in_matches(tx, gifters[stream], totals[stream], sent_at, matches)
+    outbox += await _count_in_goals(tx, totals[stream], sent_at, goals)
+    await tx.insert_outbox_events(outbox)
 
 
 async def _count_in_matches(
-    conn: asyncpg.Connection,
+    tx: ports.Transaction,
     stream_gifters: list[tuple[str, str, int]],
     stream_totals: list[tuple[str, int, int]],
     sent_at: datetime,
     matches: Mapping[str, str],
-) -> list[store.OutboxRow]:
+) -> list[OutboxRow]:
     """Adds the batch's coins per stream (and per stream and sender) to the scores of their streams' matches (kept
     here, never recounted on read) and returns one MatchUpdated per match counted in. Nothing to do — no statement —
     for streams in no match."""
     scored = [(stream_id, coins) for stream_id, coins, _ in stream_totals if stream_id in matches]
     if not scored:
         return []
-    updated = await store.add_to_match_scores(
-        conn,
+    updated = await tx.add_to_match_scores(
         sorted({matches[stream_id] for stream_id, _ in scored}),
         scored,
         [(stream_id, sender_id, coins) for stream_id, sender_id, coins in stream_gifters if stream_id in matches],
@@ -404,15 +386,15 @@ async def _count_in_matches(
 
 
 async def _count_in_goals(
-    conn: asyncpg.Connection, stream_totals: list[tuple[str, int, int]], sent_at: datetime, goals: Mapping[str, str]
-) -> list[store.OutboxRow]:
+    tx: ports.Transaction, stream_totals: list[tuple[str, int, int]], sent_at: datetime, goals: Mapping[str, str]
+) -> list[OutboxRow]:
     """Adds the batch's coins per stream to their open goals and returns a GoalUpdated per goal, and a GoalReached for
     each goal these gifts first brought to its target."""
     increments = [(goals[stream_id], coins) for stream_id, coins, _ in stream_totals if stream_id in goals]
     if not increments:
         return []
     rows = []
-    for goal, added in await store.add_to_goals(conn, increments, sent_at):
+    for goal, added in await tx.add_to_goals(increments, sent_at):
         rows.append(events.goal_updated(goal))
         if domain.goal_just_reached(goal, added):
             rows.append(events.goal_reached(goal))
@@ -434,13 +416,13 @@ def _stored_outcome(request_id: str, outcome: Outcome) -> idempotency.Outcome:
     return idempotency.Outcome(request_id, response=outcome)
 
 
-def _payment_unknown(gift: store.GiftRow, error: AppError) -> AppError:
+def _payment_unknown(gift: SentGift, error: AppError) -> AppError:
     if error.reason != "WALLET_UNAVAILABLE":  # a per-spend answer we cannot call final: worth a look
         log.warning("wallet_spend_unresolved", gift_transaction_id=gift.gift_transaction_id, reason=error.reason)
     return unavailable("WALLET_UNAVAILABLE", "the wallet did not answer; retry with the same request_id")
 
 
-def completed_gift(pending: store.GiftRow, spend: Spend, combo_count: int) -> store.GiftRow:
+def completed_gift(pending: SentGift, spend: Spend, combo_count: int) -> SentGift:
     assert spend.balance_coins >= 0, f"wallet returned a negative balance for {pending.gift_transaction_id}"
     paid_coins, bonus_coins = domain.payment_split(pending.coins, spend.paid_coins, spend.bonus_coins)
     return dataclasses.replace(
@@ -452,37 +434,3 @@ def completed_gift(pending: store.GiftRow, spend: Spend, combo_count: int) -> st
         bonus_coins=bonus_coins,
         combo_count=combo_count,
     )
-
-
-def gift_message(gift: store.GiftRow) -> gifts_pb2.GiftTransaction:
-    return gifts_pb2.GiftTransaction(
-        gift_transaction_id=gift.gift_transaction_id,
-        sender_id=gift.sender_id,
-        recipient_id=gift.recipient_id,
-        stream_id=gift.stream_id or "",
-        gift_id=gift.gift_id,
-        quantity=gift.quantity,
-        coins=gift.coins,
-        combo_count=gift.combo_count,
-        video_id=gift.video_id or "",
-    )
-
-
-def gift_sent_event(gift: store.GiftRow, sent_at: datetime) -> events_pb2.GiftSent:
-    assert gift.wallet_transaction_id is not None, f"{gift.gift_transaction_id} is not paid"
-    event = events_pb2.GiftSent(
-        gift_transaction_id=gift.gift_transaction_id,
-        sender_id=gift.sender_id,
-        recipient_id=gift.recipient_id,
-        stream_id=gift.stream_id or "",
-        video_id=gift.video_id or "",
-        gift_id=gift.gift_id,
-        quantity=gift.quantity,
-        coins=gift.coins,
-        wallet_transaction_id=gift.wallet_transaction_id,
-        paid_coins=gift.paid_coins,
-        bonus_coins=gift.bonus_coins,
-        combo_count=gift.combo_count,
-    )
-    event.sent_at.FromDatetime(sent_at)
-    return event

@@ -1,5 +1,6 @@
-"""Gift use cases. Mutations run under their request_id's idempotency key; responses are protobuf messages because
-they are what an idempotent replay must return.
+"""Gift use cases, on the ports of ports.py (no SQL here). Mutations run under their request_id's idempotency key
+and take and return protobuf messages, because the stored response is what an idempotent replay returns (and the
+request's hash is taken over its message); queries return domain records that the servicer converts.
 
 SendGift is a saga around the wallet, run in batches: see saga.py."""
 
@@ -9,109 +10,91 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
-import asyncpg
 import structlog
-from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 
-from services.gifts import domain, events, store
-from services.gifts.feed import STREAM_ENDED_SUBJECT, GiftFeed
-from services.gifts.saga import GiftSaga, new_id
-from services.gifts.wallet_client import WalletClient
-from services.runtime import idempotency, tracing
+from services.gifts import domain, events, ports
+from services.gifts.convert import gift_catalog_message, goal_message, match_message, stream_message, video_message
+from services.gifts.saga import GiftSaga
 from services.runtime.batching import BatchPolicy
 from services.runtime.faults import crash_point
+from services.runtime.ids import new_id
 
 log = structlog.get_logger()
 
-_STREAM_STATUS_TO_PROTO = {
-    domain.StreamStatus.LIVE: gifts_pb2.STREAM_STATUS_LIVE,
-    domain.StreamStatus.ENDED: gifts_pb2.STREAM_STATUS_ENDED,
-}
-
-_MATCH_STATUS_TO_PROTO = {
-    domain.MatchStatus.ACTIVE: gifts_pb2.MATCH_STATUS_ACTIVE,
-    domain.MatchStatus.FINISHED: gifts_pb2.MATCH_STATUS_FINISHED,
-}
-
-_LEADERBOARD_PERIODS = {
-    gifts_pb2.LEADERBOARD_PERIOD_DAY: domain.LeaderboardPeriod.DAY,
-    gifts_pb2.LEADERBOARD_PERIOD_WEEK: domain.LeaderboardPeriod.WEEK,
-    gifts_pb2.LEADERBOARD_PERIOD_ALL_TIME: domain.LeaderboardPeriod.ALL_TIME,
-}
+# One pass of the recovery worker resumes at most this many pending gifts, and of the finisher at most this many
+# matches (a full pass means more may be due: the next starts at once).
+RECOVERY_BATCH_SIZE = 100
+FINISHED_MATCHES_PER_PASS = 100
 
 
 class GiftService:
     def __init__(
         self,
-        pool: asyncpg.Pool,
-        wallet: WalletClient,
-        feed: GiftFeed,
+        store: ports.GiftStore,
+        wallet: ports.Wallet,
+        feed: ports.LiveFeed,
         gift_batching: BatchPolicy,
         on_event_queued: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._wallet = wallet
         self._feed = feed
         # Wakes the outbox relay so GiftSent / StreamEnded go out at once rather than at its next poll.
         self._on_event_queued = on_event_queued
-        self._saga = GiftSaga(pool, wallet, gift_batching, on_event_queued)
+        # Which leaderboard period is the current one.
+        self._clock = clock
+        self._saga = GiftSaga(store, wallet, gift_batching, on_event_queued)
 
-    async def list_gifts(self) -> list[gifts_pb2.Gift]:
-        return [gift_catalog_message(gift) for gift in await store.list_active_gifts(self._pool)]
+    async def list_gifts(self) -> list[domain.CatalogGift]:
+        return await self._store.list_active_gifts()
 
     async def upsert_gift(self, request: gifts_pb2.UpsertGiftRequest) -> gifts_pb2.UpsertGiftResponse:
         gift = domain.CatalogGift(request.gift.gift_id, request.gift.name, request.gift.coin_price)
 
-        async def operation(conn: asyncpg.Connection) -> gifts_pb2.UpsertGiftResponse:
-            return gifts_pb2.UpsertGiftResponse(gift=gift_catalog_message(await store.upsert_gift(conn, gift)))
+        async def operation(tx: ports.Transaction) -> gifts_pb2.UpsertGiftResponse:
+            return gifts_pb2.UpsertGiftResponse(gift=gift_catalog_message(await tx.upsert_gift(gift)))
 
-        return await idempotency.run_once(self._pool, request, gifts_pb2.UpsertGiftResponse, operation)
+        return await self._store.run_once(request, gifts_pb2.UpsertGiftResponse, operation)
 
     async def retire_gift(self, request: gifts_pb2.RetireGiftRequest) -> gifts_pb2.RetireGiftResponse:
-        async def operation(conn: asyncpg.Connection) -> gifts_pb2.RetireGiftResponse:
-            retired = domain.require_catalog_gift(await store.retire_gift(conn, request.gift_id), request.gift_id)
+        async def operation(tx: ports.Transaction) -> gifts_pb2.RetireGiftResponse:
+            retired = domain.require_catalog_gift(await tx.retire_gift(request.gift_id), request.gift_id)
             return gifts_pb2.RetireGiftResponse(gift=gift_catalog_message(retired))
 
-        return await idempotency.run_once(self._pool, request, gifts_pb2.RetireGiftResponse, operation)
+        return await self._store.run_once(request, gifts_pb2.RetireGiftResponse, operation)
 
     async def start_live_stream(self, request: gifts_pb2.StartLiveStreamRequest) -> gifts_pb2.StartLiveStreamResponse:
         # A replay needs no wallet: answer it before asking the wallet (which may be down).
-        replayed = await idempotency.replay_if_completed(self._pool, request, gifts_pb2.StartLiveStreamResponse)
+        replayed = await self._store.replay_if_completed(request, gifts_pb2.StartLiveStreamResponse)
         if replayed is not None:
             return replayed
         # Asked before the transaction (never hold one open across a network call); used only if the request is new.
         creator = await self._wallet.get_account(request.creator_id)
 
-        async def operation(conn: asyncpg.Connection) -> gifts_pb2.StartLiveStreamResponse:
+        async def operation(tx: ports.Transaction) -> gifts_pb2.StartLiveStreamResponse:
             domain.require_can_go_live(creator, request.creator_id)
-            stream = await store.start_stream(conn, new_id("str"), request.creator_id, request.title)
+            stream = await tx.start_stream(new_id("str"), request.creator_id, request.title)
             if stream is None:
                 raise domain.stream_already_live(request.creator_id)
             return gifts_pb2.StartLiveStreamResponse(stream=stream_message(stream))
 
-        return await idempotency.run_once(self._pool, request, gifts_pb2.StartLiveStreamResponse, operation)
+        return await self._store.run_once(request, gifts_pb2.StartLiveStreamResponse, operation)
 
     async def get_stream(self, stream_id: str) -> domain.LiveStream:
-        return domain.require_stream(await store.get_stream(self._pool, stream_id), stream_id)
+        return domain.require_stream(await self._store.get_stream(stream_id), stream_id)
 
     async def end_live_stream(self, request: gifts_pb2.EndLiveStreamRequest) -> gifts_pb2.EndLiveStreamResponse:
-        async def operation(conn: asyncpg.Connection) -> gifts_pb2.EndLiveStreamResponse:
-            stream = domain.require_stream(await store.lock_stream(conn, request.stream_id), request.stream_id)
+        async def operation(tx: ports.Transaction) -> gifts_pb2.EndLiveStreamResponse:
+            stream = domain.require_stream(await tx.lock_stream(request.stream_id), request.stream_id)
             if stream.status is domain.StreamStatus.LIVE:
-                stream, ended_at = await store.end_stream(conn, stream.stream_id)
+                stream, ended_at = await tx.end_stream(stream.stream_id)
                 # In the same transaction and outbox as the stream's gifts: published after every one of them.
-                event = stream_ended_event(stream, ended_at)
-                await store.insert_outbox_event(
-                    conn,
-                    f"stream_ended:{stream.stream_id}",
-                    STREAM_ENDED_SUBJECT,
-                    event.SerializeToString(),
-                    tracing.current_traceparent(),
-                )
+                await tx.insert_outbox_events([events.stream_ended(stream, ended_at)])
             return gifts_pb2.EndLiveStreamResponse(stream=stream_message(stream))
 
-        response = await idempotency.run_once(self._pool, request, gifts_pb2.EndLiveStreamResponse, operation)
+        response = await self._store.run_once(request, gifts_pb2.EndLiveStreamResponse, operation)
         self._on_event_queued()
         return response
 
@@ -119,18 +102,13 @@ class GiftService:
         return await self._saga.send(request)
 
     async def recover_pending_gifts(self, older_than_seconds: float) -> int:
-        return await self._saga.recover_pending(older_than_seconds)
+        return await self._saga.recover_pending(older_than_seconds, RECOVERY_BATCH_SIZE)
 
     async def get_leaderboard(
-        self, creator_id: str, period: gifts_pb2.LeaderboardPeriod.ValueType, page_size: int
-    ) -> list[gifts_pb2.LeaderboardEntry]:
-        kind = _LEADERBOARD_PERIODS[period]
-        start = domain.period_start(kind, datetime.now(UTC))
-        gifters = await store.top_gifters_to_creator(self._pool, creator_id, kind, start, page_size)
-        return [
-            gifts_pb2.LeaderboardEntry(account_id=entry.account_id, coins=entry.coins, rank=entry.rank)
-            for entry in domain.rank_gifters(gifters)
-        ]
+        self, creator_id: str, period: domain.LeaderboardPeriod, page_size: int
+    ) -> list[domain.RankedGifter]:
+        start = domain.period_start(period, self._clock())
+        return domain.rank_gifters(await self._store.top_gifters_to_creator(creator_id, period, start, page_size))
 
     async def watch_stream_gifts(
         self,
@@ -145,91 +123,71 @@ class GiftService:
         watchers this takes (None: unlimited)."""
         with self._feed.watch(stream_id, caller, with_updates=with_updates) as watcher:
             await self._feed.ensure_subscribed()
-            domain.require_watchable(await store.get_stream(self._pool, stream_id), stream_id)
+            domain.require_watchable(await self._store.get_stream(stream_id), stream_id)
             await on_subscribed()
             while (event := await watcher.next()) is not None:
                 yield event
 
-    async def get_stream_summary(self, stream_id: str) -> gifts_pb2.StreamSummary:
+    async def get_stream_summary(self, stream_id: str) -> domain.StreamSummary:
         # One snapshot, so the totals, the top gifters and the goal agree with each other.
-        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            stream = await store.get_stream(conn, stream_id)
-            totals = await store.get_totals(conn, domain.TargetKind.STREAM, stream_id)
+        async with self._store.snapshot() as reads:
+            stream = await reads.get_stream(stream_id)
+            totals = await reads.get_totals(domain.TargetKind.STREAM, stream_id)
             if stream is None or totals is None:
                 raise domain.stream_not_found(stream_id)
-            gifters = await store.top_gifters(conn, domain.TargetKind.STREAM, stream_id, domain.TOP_GIFTERS_LIMIT)
-            goal = await store.get_goal(conn, stream.goal_id) if stream.goal_id else None
-        summary = gifts_pb2.StreamSummary(
-            stream_id=stream_id,
-            total_coins=totals.total_coins,
-            gift_count=totals.gift_count,
-            top_gifters=[gifts_pb2.Gifter(account_id=account_id, coins=coins) for account_id, coins in gifters],
-            active_match_id=stream.match_id or "",
-        )
-        if goal is not None:
-            summary.goal.CopyFrom(goal_message(goal))
-        return summary
+            gifters = await reads.top_gifters(domain.TargetKind.STREAM, stream_id, domain.TOP_GIFTERS_LIMIT)
+            goal = await reads.get_goal(stream.goal_id) if stream.goal_id else None
+        return domain.StreamSummary(stream_id, totals, gifters, stream.match_id, goal)
 
     # ---------------------------------------------------------------- videos
 
     async def upsert_video(self, request: gifts_pb2.UpsertVideoRequest) -> gifts_pb2.UpsertVideoResponse:
         video = domain.Video(request.video_id, request.creator_id, request.gifts_enabled)
 
-        async def operation(conn: asyncpg.Connection) -> gifts_pb2.UpsertVideoResponse:
-            upserted = await store.upsert_video(conn, video)
+        async def operation(tx: ports.Transaction) -> gifts_pb2.UpsertVideoResponse:
+            upserted = await tx.upsert_video(video)
             if upserted is None:
-                domain.require_same_video_creator(await store.get_video(conn, video.video_id), video.creator_id)
+                domain.require_same_video_creator(await tx.get_video(video.video_id), video.creator_id)
             assert upserted is not None, f"video {video.video_id} neither upserted nor another creator's"
             return gifts_pb2.UpsertVideoResponse(video=video_message(upserted))
 
-        return await idempotency.run_once(self._pool, request, gifts_pb2.UpsertVideoResponse, operation)
+        return await self._store.run_once(request, gifts_pb2.UpsertVideoResponse, operation)
 
-    async def get_video_summary(self, video_id: str) -> gifts_pb2.VideoSummary:
-        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            totals = await store.get_totals(conn, domain.TargetKind.VIDEO, video_id)
+    async def get_video_summary(self, video_id: str) -> domain.VideoSummary:
+        async with self._store.snapshot() as reads:
+            totals = await reads.get_totals(domain.TargetKind.VIDEO, video_id)
             if totals is None:
                 raise domain.video_not_found(video_id)
-            gifters = await store.top_gifters(conn, domain.TargetKind.VIDEO, video_id, domain.TOP_GIFTERS_LIMIT)
-        return gifts_pb2.VideoSummary(
-            video_id=video_id,
-            total_coins=totals.total_coins,
-            gift_count=totals.gift_count,
-            top_gifters=[gifts_pb2.Gifter(account_id=account_id, coins=coins) for account_id, coins in gifters],
-        )
+            gifters = await reads.top_gifters(domain.TargetKind.VIDEO, video_id, domain.TOP_GIFTERS_LIMIT)
+        return domain.VideoSummary(video_id, totals, gifters)
 
     # ---------------------------------------------------------------- matches
 
     async def start_match(self, request: gifts_pb2.StartMatchRequest) -> gifts_pb2.StartMatchResponse:
         duration = request.duration.ToTimedelta()
 
-        async def operation(conn: asyncpg.Connection) -> gifts_pb2.StartMatchResponse:
+        async def operation(tx: ports.Transaction) -> gifts_pb2.StartMatchResponse:
             # Locked (FOR UPDATE) until the match is in place: a gift completing to these streams meanwhile commits
             # before the match starts (and is not counted), or after it (and is).
-            streams = await store.lock_streams(conn, list(request.stream_ids))
+            streams = await tx.lock_streams(list(request.stream_ids))
             sides = domain.require_matchable(streams, request.stream_ids)
-            match = await store.create_match(conn, new_id("mat"), sides, duration)
-            await store.insert_outbox_events(conn, [events.match_updated(match)])
+            match = await tx.create_match(new_id("mat"), sides, duration)
+            await tx.insert_outbox_events([events.match_updated(match)])
             return gifts_pb2.StartMatchResponse(match=match_message(match))
 
-        response = await idempotency.run_once(self._pool, request, gifts_pb2.StartMatchResponse, operation)
+        response = await self._store.run_once(request, gifts_pb2.StartMatchResponse, operation)
         self._on_event_queued()
         return response
 
-    async def get_match(self, match_id: str) -> gifts_pb2.GetMatchResponse:
-        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            match = await store.get_match(conn, match_id)
+    async def get_match(self, match_id: str) -> domain.MatchView:
+        async with self._store.snapshot() as reads:
+            match = await reads.get_match(match_id)
             if match is None:
                 raise domain.match_not_found(match_id)
-            supporters = await store.top_match_supporters(conn, match_id, domain.TOP_SUPPORTERS_PER_SIDE)
-        return gifts_pb2.GetMatchResponse(
-            match=match_message(match),
-            top_supporters=[
-                gifts_pb2.MatchSupporter(stream_id=s.stream_id, account_id=s.account_id, coins=s.coins)
-                for s in supporters
-            ],
-        )
+            supporters = await reads.top_match_supporters(match_id, domain.TOP_SUPPORTERS_PER_SIDE)
+        return domain.MatchView(match, supporters)
 
-    async def finish_due_matches(self, limit: int = 100) -> int:
+    async def finish_due_matches(self, limit: int = FINISHED_MATCHES_PER_PASS) -> int:
         """Finishes the matches past their end — on time, or overdue after a restart — one transaction each, so
         replicas finishing at once wait for each other on the match and never finish one twice. Returns how many it
         finished."""
@@ -239,17 +197,17 @@ class GiftService:
         return finished
 
     async def _finish_one_due_match(self) -> bool:
-        async with self._pool.acquire() as conn, conn.transaction():
-            match = await store.lock_due_match(conn)
+        async with self._store.transaction() as tx:
+            match = await tx.lock_due_match()
             if match is None:
                 return False
             winners = domain.match_winners(match.sides)
-            finished_at = await store.finish_match(conn, match.match_id, list(winners))
+            finished_at = await tx.finish_match(match.match_id, list(winners))
             crash_point("gifts.before_match_finished_commit")
             finished = dataclasses.replace(
                 match, status=domain.MatchStatus.FINISHED, winner_stream_ids=winners, finished_at=finished_at
             )
-            await store.insert_outbox_events(conn, [events.match_finished(finished)])
+            await tx.insert_outbox_events([events.match_finished(finished)])
         log.info("match_finished", match_id=match.match_id, winners=list(winners))
         self._on_event_queued()
         return True
@@ -257,56 +215,14 @@ class GiftService:
     # ---------------------------------------------------------------- goals
 
     async def set_stream_goal(self, request: gifts_pb2.SetStreamGoalRequest) -> gifts_pb2.SetStreamGoalResponse:
-        async def operation(conn: asyncpg.Connection) -> gifts_pb2.SetStreamGoalResponse:
+        async def operation(tx: ports.Transaction) -> gifts_pb2.SetStreamGoalResponse:
             # Locked (FOR UPDATE) until the goal is in place: gifts completing meanwhile count in the old goal or
             # the new one, never in neither or both.
-            stream = domain.require_goal_settable(await store.lock_stream(conn, request.stream_id), request.stream_id)
-            goal = await store.replace_goal(conn, new_id("goal"), stream, request.target_coins, request.description)
-            await store.insert_outbox_events(conn, [events.goal_updated(goal)])
+            stream = domain.require_goal_settable(await tx.lock_stream(request.stream_id), request.stream_id)
+            goal = await tx.replace_goal(new_id("goal"), stream, request.target_coins, request.description)
+            await tx.insert_outbox_events([events.goal_updated(goal)])
             return gifts_pb2.SetStreamGoalResponse(goal=goal_message(goal))
 
-        response = await idempotency.run_once(self._pool, request, gifts_pb2.SetStreamGoalResponse, operation)
+        response = await self._store.run_once(request, gifts_pb2.SetStreamGoalResponse, operation)
         self._on_event_queued()
         return response
-
-
-def stream_message(stream: domain.LiveStream) -> gifts_pb2.LiveStream:
-    return gifts_pb2.LiveStream(
-        stream_id=stream.stream_id,
-        creator_id=stream.creator_id,
-        title=stream.title,
-        status=_STREAM_STATUS_TO_PROTO[stream.status],
-    )
-
-
-def video_message(video: domain.Video) -> gifts_pb2.Video:
-    return gifts_pb2.Video(video_id=video.video_id, creator_id=video.creator_id, gifts_enabled=video.gifts_enabled)
-
-
-def match_message(match: domain.Match) -> gifts_pb2.Match:
-    message = gifts_pb2.Match(
-        match_id=match.match_id,
-        sides=[
-            gifts_pb2.MatchSide(stream_id=s.stream_id, creator_id=s.creator_id, score_coins=s.score_coins)
-            for s in match.sides
-        ],
-        status=_MATCH_STATUS_TO_PROTO[match.status],
-        winner_stream_ids=list(match.winner_stream_ids),
-    )
-    message.starts_at.FromDatetime(match.starts_at)
-    message.ends_at.FromDatetime(match.ends_at)
-    return message
-
-
-def goal_message(goal: domain.StreamGoal) -> gifts_pb2.StreamGoal:
-    return events.public_goal(events.goal_message(goal))
-
-
-def gift_catalog_message(gift: domain.CatalogGift) -> gifts_pb2.Gift:
-    return gifts_pb2.Gift(gift_id=gift.gift_id, name=gift.name, coin_price=gift.coin_price)
-
-
-def stream_ended_event(stream: domain.LiveStream, ended_at: datetime) -> events_pb2.StreamEnded:
-    event = events_pb2.StreamEnded(stream_id=stream.stream_id, creator_id=stream.creator_id)
-    event.ended_at.FromDatetime(ended_at)
-    return event

@@ -1,23 +1,29 @@
-"""gRPC entrypoint of the gifts service: check input, check who is calling, call one use case."""
+"""gRPC entrypoint of the gifts service: who may call each RPC (declared on it, checked before anything else),
+then check the input, call one use case, and convert its answer (convert.py)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
 
 import grpc
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
-from services.gifts import domain
+from services.gifts import convert, domain
 from services.gifts.config import MatchDurations
 from services.gifts.service import GiftService
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, current_principal
+from services.runtime.authorization import (
+    allow_any_caller,
+    allow_owner,
+    allow_resource_owner,
+    allow_roles,
+    require_resource_owner,
+)
 from services.runtime.idempotency import scope_to_caller
 from services.runtime.validation import Validator, page_size
 
-OWNER_OR_SERVICE = (ROLE_SERVICE,)
-LEADERBOARD_PERIODS = frozenset(
-    {gifts_pb2.LEADERBOARD_PERIOD_DAY, gifts_pb2.LEADERBOARD_PERIOD_WEEK, gifts_pb2.LEADERBOARD_PERIOD_ALL_TIME}
-)
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
@@ -25,25 +31,26 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         self._gifts = gifts
         self._match_durations = match_durations or MatchDurations()
 
-    async def ListGifts(
-        self, request: gifts_pb2.ListGiftsRequest, context: grpc.aio.ServicerContext
-    ) -> gifts_pb2.ListGiftsResponse:
-        return gifts_pb2.ListGiftsResponse(gifts=await self._gifts.list_gifts())
+    @allow_any_caller
+    async def ListGifts(self, request: gifts_pb2.ListGiftsRequest, context: Context) -> gifts_pb2.ListGiftsResponse:
+        gifts = await self._gifts.list_gifts()
+        return gifts_pb2.ListGiftsResponse(gifts=[convert.gift_catalog_message(gift) for gift in gifts])
 
+    @allow_owner("creator_id", or_roles=(ROLE_SERVICE,))
     async def StartLiveStream(
-        self, request: gifts_pb2.StartLiveStreamRequest, context: grpc.aio.ServicerContext
+        self, request: gifts_pb2.StartLiveStreamRequest, context: Context
     ) -> gifts_pb2.StartLiveStreamResponse:
         check = Validator()
         check.request_id(request.request_id)
         check.identifier(request.creator_id, "creator_id")
         check.text(request.title, "title", max_length=domain.MAX_TITLE_LENGTH)
         check.raise_if_invalid()
-        current_principal().require_account_access(request.creator_id, privileged_roles=OWNER_OR_SERVICE)
         scope_to_caller(request)
         return await self._gifts.start_live_stream(request)
 
+    @allow_resource_owner(or_roles=(ROLE_SERVICE,))
     async def EndLiveStream(
-        self, request: gifts_pb2.EndLiveStreamRequest, context: grpc.aio.ServicerContext
+        self, request: gifts_pb2.EndLiveStreamRequest, context: Context
     ) -> gifts_pb2.EndLiveStreamResponse:
         check = Validator()
         check.request_id(request.request_id)
@@ -51,13 +58,12 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         check.raise_if_invalid()
         # Only the stream's creator (or a service) may end it, so the stream is looked up to authorize.
         stream = await self._gifts.get_stream(request.stream_id)
-        current_principal().require_account_access(stream.creator_id, privileged_roles=OWNER_OR_SERVICE)
+        require_resource_owner(stream.creator_id)
         scope_to_caller(request)
         return await self._gifts.end_live_stream(request)
 
-    async def SendGift(
-        self, request: gifts_pb2.SendGiftRequest, context: grpc.aio.ServicerContext
-    ) -> gifts_pb2.SendGiftResponse:
+    @allow_owner("sender_id", or_roles=(ROLE_SERVICE,))
+    async def SendGift(self, request: gifts_pb2.SendGiftRequest, context: Context) -> gifts_pb2.SendGiftResponse:
         check = Validator()
         check.request_id(request.request_id)
         check.identifier(request.sender_id, "sender_id")
@@ -70,20 +76,22 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         check.identifier(request.gift_id, "gift_id")
         check.int_range(request.quantity, "quantity", minimum=domain.MIN_QUANTITY, maximum=domain.MAX_QUANTITY)
         check.raise_if_invalid()
-        current_principal().require_account_access(request.sender_id, privileged_roles=OWNER_OR_SERVICE)
         scope_to_caller(request)
         return await self._gifts.send_gift(request)
 
+    @allow_any_caller
     async def GetStreamSummary(
-        self, request: gifts_pb2.GetStreamSummaryRequest, context: grpc.aio.ServicerContext
+        self, request: gifts_pb2.GetStreamSummaryRequest, context: Context
     ) -> gifts_pb2.GetStreamSummaryResponse:
         check = Validator()
         check.opaque_id(request.stream_id, "stream_id")
         check.raise_if_invalid()
-        return gifts_pb2.GetStreamSummaryResponse(summary=await self._gifts.get_stream_summary(request.stream_id))
+        summary = await self._gifts.get_stream_summary(request.stream_id)
+        return gifts_pb2.GetStreamSummaryResponse(summary=convert.stream_summary_message(summary))
 
+    @allow_any_caller
     async def WatchStreamGifts(
-        self, request: gifts_pb2.WatchStreamGiftsRequest, context: grpc.aio.ServicerContext
+        self, request: gifts_pb2.WatchStreamGiftsRequest, context: Context
     ) -> AsyncIterator[gifts_pb2.WatchStreamGiftsResponse]:
         check = Validator()
         check.opaque_id(request.stream_id, "stream_id")
@@ -102,12 +110,13 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         ):
             yield response
 
+    @allow_any_caller
     async def GetLeaderboard(
-        self, request: gifts_pb2.GetLeaderboardRequest, context: grpc.aio.ServicerContext
+        self, request: gifts_pb2.GetLeaderboardRequest, context: Context
     ) -> gifts_pb2.GetLeaderboardResponse:
         check = Validator()
         check.identifier(request.creator_id, "creator_id")
-        if request.period not in LEADERBOARD_PERIODS:
+        if request.period not in convert.LEADERBOARD_PERIODS:
             check.fail("period", "must be one of LEADERBOARD_PERIOD_DAY, _WEEK, _ALL_TIME")
         size = page_size(
             check,
@@ -116,12 +125,12 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
             maximum=domain.LEADERBOARD_MAX_PAGE_SIZE,
         )
         check.raise_if_invalid()
-        entries = await self._gifts.get_leaderboard(request.creator_id, request.period, size)
-        return gifts_pb2.GetLeaderboardResponse(entries=entries)
+        period = convert.LEADERBOARD_PERIODS[request.period]
+        ranked = await self._gifts.get_leaderboard(request.creator_id, period, size)
+        return gifts_pb2.GetLeaderboardResponse(entries=convert.leaderboard_entries(ranked))
 
-    async def UpsertGift(
-        self, request: gifts_pb2.UpsertGiftRequest, context: grpc.aio.ServicerContext
-    ) -> gifts_pb2.UpsertGiftResponse:
+    @allow_roles(ROLE_ADMIN)
+    async def UpsertGift(self, request: gifts_pb2.UpsertGiftRequest, context: Context) -> gifts_pb2.UpsertGiftResponse:
         check = Validator()
         check.request_id(request.request_id)
         check.identifier(request.gift.gift_id, "gift.gift_id")
@@ -130,44 +139,42 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
             request.gift.coin_price, "gift.coin_price", minimum=domain.MIN_COIN_PRICE, maximum=domain.MAX_COIN_PRICE
         )
         check.raise_if_invalid()
-        current_principal().require_any_role(ROLE_ADMIN)
         scope_to_caller(request)
         return await self._gifts.upsert_gift(request)
 
-    async def RetireGift(
-        self, request: gifts_pb2.RetireGiftRequest, context: grpc.aio.ServicerContext
-    ) -> gifts_pb2.RetireGiftResponse:
+    @allow_roles(ROLE_ADMIN)
+    async def RetireGift(self, request: gifts_pb2.RetireGiftRequest, context: Context) -> gifts_pb2.RetireGiftResponse:
         check = Validator()
         check.request_id(request.request_id)
         check.identifier(request.gift_id, "gift_id")
         check.raise_if_invalid()
-        current_principal().require_any_role(ROLE_ADMIN)
         scope_to_caller(request)
         return await self._gifts.retire_gift(request)
 
+    @allow_roles(ROLE_SERVICE, ROLE_ADMIN)
     async def UpsertVideo(
-        self, request: gifts_pb2.UpsertVideoRequest, context: grpc.aio.ServicerContext
+        self, request: gifts_pb2.UpsertVideoRequest, context: Context
     ) -> gifts_pb2.UpsertVideoResponse:
         check = Validator()
         check.request_id(request.request_id)
         check.identifier(request.video_id, "video_id")
         check.identifier(request.creator_id, "creator_id")
         check.raise_if_invalid()
-        current_principal().require_any_role(ROLE_SERVICE, ROLE_ADMIN)
         scope_to_caller(request)
         return await self._gifts.upsert_video(request)
 
+    @allow_any_caller
     async def GetVideoSummary(
-        self, request: gifts_pb2.GetVideoSummaryRequest, context: grpc.aio.ServicerContext
+        self, request: gifts_pb2.GetVideoSummaryRequest, context: Context
     ) -> gifts_pb2.GetVideoSummaryResponse:
         check = Validator()
         check.identifier(request.video_id, "video_id")
         check.raise_if_invalid()
-        return gifts_pb2.GetVideoSummaryResponse(summary=await self._gifts.get_video_summary(request.video_id))
+        summary = await self._gifts.get_video_summary(request.video_id)
+        return gifts_pb2.GetVideoSummaryResponse(summary=convert.video_summary_message(summary))
 
-    async def StartMatch(
-        self, request: gifts_pb2.StartMatchRequest, context: grpc.aio.ServicerContext
-    ) -> gifts_pb2.StartMatchResponse:
+    @allow_roles(ROLE_SERVICE, ROLE_ADMIN)
+    async def StartMatch(self, request: gifts_pb2.StartMatchRequest, context: Context) -> gifts_pb2.StartMatchResponse:
         check = Validator()
         check.request_id(request.request_id)
         if not domain.MIN_MATCH_SIDES <= len(request.stream_ids) <= domain.MAX_MATCH_SIDES:
@@ -178,20 +185,19 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
             check.opaque_id(stream_id, f"stream_ids[{index}]")
         self._match_durations.check(check, request.duration)
         check.raise_if_invalid()
-        current_principal().require_any_role(ROLE_SERVICE, ROLE_ADMIN)
         scope_to_caller(request)
         return await self._gifts.start_match(request)
 
-    async def GetMatch(
-        self, request: gifts_pb2.GetMatchRequest, context: grpc.aio.ServicerContext
-    ) -> gifts_pb2.GetMatchResponse:
+    @allow_any_caller
+    async def GetMatch(self, request: gifts_pb2.GetMatchRequest, context: Context) -> gifts_pb2.GetMatchResponse:
         check = Validator()
         check.opaque_id(request.match_id, "match_id")
         check.raise_if_invalid()
-        return await self._gifts.get_match(request.match_id)
+        return convert.get_match_response(await self._gifts.get_match(request.match_id))
 
+    @allow_resource_owner(or_roles=(ROLE_SERVICE,))
     async def SetStreamGoal(
-        self, request: gifts_pb2.SetStreamGoalRequest, context: grpc.aio.ServicerContext
+        self, request: gifts_pb2.SetStreamGoalRequest, context: Context
     ) -> gifts_pb2.SetStreamGoalResponse:
         check = Validator()
         check.request_id(request.request_id)
@@ -203,6 +209,6 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         check.raise_if_invalid()
         # Only the stream's creator (or a service) may set its goal, so the stream is looked up to authorize.
         stream = await self._gifts.get_stream(request.stream_id)
-        current_principal().require_account_access(stream.creator_id, privileged_roles=OWNER_OR_SERVICE)
+        require_resource_owner(stream.creator_id)
         scope_to_caller(request)
         return await self._gifts.set_stream_goal(request)

@@ -1,33 +1,37 @@
-"""All of the gifts service's SQL. Functions take a connection so the use cases decide the transaction boundaries."""
+"""The gifts service's SQL (with store_matches.py: videos, matches, goals). Functions take a connection so the use
+cases decide the transaction boundaries; postgres_store.py makes them the ports.GiftStore the use cases call."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from services.gifts.domain import (
     CatalogGift,
     ComboKey,
     ComboState,
+    CompletionLocks,
+    GiftContext,
     GiftStatus,
     LeaderboardIncrement,
     LeaderboardPeriod,
     LiveStream,
-    Match,
-    MatchSide,
-    MatchStatus,
-    MatchSupporter,
-    StreamGoal,
+    OutboxRow,
+    SentGift,
     StreamStatus,
     TargetKind,
+    Totals,
     Video,
 )
 from services.runtime import idempotency
 
-Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
+# A connection of its own or one of the pool's (what pool.acquire() gives); an Executor runs one statement.
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
+Executor: TypeAlias = Connection | asyncpg.Pool
 
 
 async def list_active_gifts(pool: asyncpg.Pool) -> list[CatalogGift]:
@@ -37,7 +41,7 @@ async def list_active_gifts(pool: asyncpg.Pool) -> list[CatalogGift]:
     return [CatalogGift(**dict(row)) for row in rows]
 
 
-async def upsert_gift(conn: asyncpg.Connection, gift: CatalogGift) -> CatalogGift:
+async def upsert_gift(conn: Connection, gift: CatalogGift) -> CatalogGift:
     """Adds the gift or changes its name and price; a retired gift is active again."""
     row = await conn.fetchrow(
         "INSERT INTO gift_catalog (gift_id, name, coin_price) VALUES ($1, $2, $3)"
@@ -48,10 +52,11 @@ async def upsert_gift(conn: asyncpg.Connection, gift: CatalogGift) -> CatalogGif
         gift.name,
         gift.coin_price,
     )
+    assert row is not None, "an upsert returns its row"
     return CatalogGift(**dict(row))
 
 
-async def retire_gift(conn: asyncpg.Connection, gift_id: str) -> CatalogGift | None:
+async def retire_gift(conn: Connection, gift_id: str) -> CatalogGift | None:
     """Takes the gift out of the active catalog (a retired one stays as it is); None when there is no such gift."""
     row = await conn.fetchrow(
         "UPDATE gift_catalog SET active = false, updated_at = CASE WHEN active THEN now() ELSE updated_at END"
@@ -77,7 +82,7 @@ def _stream(row: asyncpg.Record) -> LiveStream:
     )
 
 
-async def start_stream(conn: asyncpg.Connection, stream_id: str, creator_id: str, title: str) -> LiveStream | None:
+async def start_stream(conn: Connection, stream_id: str, creator_id: str, title: str) -> LiveStream | None:
     """Inserts a live stream and its zeroed counters; None when the creator already has a live stream (the partial
     unique index decides, so two racing starts cannot both win)."""
     row = await conn.fetchrow(
@@ -103,12 +108,12 @@ async def get_stream(conn: Executor, stream_id: str) -> LiveStream | None:
     return None if row is None else _stream(row)
 
 
-async def lock_stream(conn: asyncpg.Connection, stream_id: str) -> LiveStream | None:
+async def lock_stream(conn: Connection, stream_id: str) -> LiveStream | None:
     row = await conn.fetchrow(f"SELECT {STREAM_COLUMNS} FROM live_streams WHERE stream_id = $1 FOR UPDATE", stream_id)
     return None if row is None else _stream(row)
 
 
-async def lock_streams(conn: asyncpg.Connection, stream_ids: list[str]) -> dict[str, LiveStream]:
+async def lock_streams(conn: Connection, stream_ids: list[str]) -> dict[str, LiveStream]:
     """Locks the streams (in id order, like every other writer of several streams) against gifts completing to them,
     ending, and joining another match or goal, until the transaction ends; each with the match it is in. Which of
     their last matches are active is read by a statement of its own, after the lock: one that started while this
@@ -136,7 +141,7 @@ async def lock_streams(conn: asyncpg.Connection, stream_ids: list[str]) -> dict[
     }
 
 
-async def end_stream(conn: asyncpg.Connection, stream_id: str) -> tuple[LiveStream, datetime]:
+async def end_stream(conn: Connection, stream_id: str) -> tuple[LiveStream, datetime]:
     """Ends a live stream; returns it and when it ended."""
     row = await conn.fetchrow(
         "UPDATE live_streams SET status = 'ended', ended_at = now() WHERE stream_id = $1 AND status = 'live'"
@@ -147,36 +152,6 @@ async def end_stream(conn: asyncpg.Connection, stream_id: str) -> tuple[LiveStre
     return _stream(row), row["ended_at"]
 
 
-@dataclass(frozen=True)
-class GiftRow:
-    gift_transaction_id: str
-    request_id: str
-    sender_id: str
-    recipient_id: str
-    # Exactly one of stream_id and video_id is set: where the gift goes.
-    stream_id: str | None
-    gift_id: str
-    quantity: int
-    coin_price: int
-    coins: int
-    status: GiftStatus
-    wallet_transaction_id: str | None
-    sender_balance_coins: int | None
-    # Set when the gift completes (0 before): how the wallet paid for it and its place in its combo.
-    paid_coins: int = 0
-    bonus_coins: int = 0
-    combo_count: int = 0
-    failure_reason: str | None = None
-    video_id: str | None = None
-
-    @property
-    def target(self) -> tuple[TargetKind, str]:
-        if self.video_id is not None:
-            return TargetKind.VIDEO, self.video_id
-        assert self.stream_id is not None, f"{self.gift_transaction_id} goes nowhere"
-        return TargetKind.STREAM, self.stream_id
-
-
 GIFT_COLUMNS = (
     "gift_transaction_id, request_id, sender_id, recipient_id, stream_id, gift_id, quantity, coin_price, coins,"
     " status, wallet_transaction_id, sender_balance_coins, paid_coins, bonus_coins, combo_count, failure_reason,"
@@ -184,21 +159,10 @@ GIFT_COLUMNS = (
 )
 
 
-def _gift(row: asyncpg.Record) -> GiftRow:
+def _gift(row: asyncpg.Record) -> SentGift:
     values = dict(row)
     values["status"] = GiftStatus(values["status"])
-    return GiftRow(**values)
-
-
-@dataclass(frozen=True)
-class GiftContext:
-    """What deciding new SendGift requests needs: their streams and videos, their active catalog gifts, and the gifts
-    recorded under their request_ids whose idempotency keys are gone (a retry after the key expired)."""
-
-    streams: dict[str, LiveStream]
-    videos: dict[str, Video]
-    catalog: dict[str, CatalogGift]
-    gifts_without_key: dict[str, GiftRow]
+    return SentGift(**values)
 
 
 async def read_gift_context(
@@ -239,7 +203,7 @@ async def read_gift_context(
 
 
 async def claim_and_record_pending_gifts(
-    conn: Executor, claims: list[idempotency.Claim], decided: list[idempotency.Outcome], gifts: list[GiftRow]
+    conn: Executor, claims: list[idempotency.Claim], decided: list[idempotency.Outcome], gifts: list[SentGift]
 ) -> set[str]:
     """One statement, so one atomic step without a transaction of our own: claims every request_id (a refusal is
     stored with its key, an accepted request with its gift as the key's resource) and records as pending the gifts
@@ -274,12 +238,12 @@ async def claim_and_record_pending_gifts(
     return {row["request_id"] for row in rows}
 
 
-def _columns(rows: list[GiftRow], *names: str) -> list[list[object]]:
+def _columns(rows: list[SentGift], *names: str) -> list[list[object]]:
     """Column arrays for unnest(), one per field name."""
     return [[getattr(row, name) for row in rows] for name in names]
 
 
-async def get_gift_transactions(conn: Executor, gift_transaction_ids: list[str]) -> dict[str, GiftRow]:
+async def get_gift_transactions(conn: Executor, gift_transaction_ids: list[str]) -> dict[str, SentGift]:
     rows = await conn.fetch(
         f"SELECT {GIFT_COLUMNS} FROM gift_transactions WHERE gift_transaction_id = ANY($1::text[])",
         gift_transaction_ids,
@@ -287,18 +251,8 @@ async def get_gift_transactions(conn: Executor, gift_transaction_ids: list[str])
     return {row["gift_transaction_id"]: _gift(row) for row in rows}
 
 
-@dataclass(frozen=True)
-class CompletionLocks:
-    """What lock_pending_gifts() locked: the gifts still pending, and the last match and the open goal of each of
-    their streams (by stream_id), as of the streams' lock."""
-
-    pending: set[str]
-    last_matches: dict[str, str]
-    goals: dict[str, str]
-
-
 async def lock_pending_gifts(
-    conn: asyncpg.Connection, gift_transaction_ids: list[str], stream_ids: list[str]
+    conn: Connection, gift_transaction_ids: list[str], stream_ids: list[str]
 ) -> CompletionLocks:
     """Locks those of these gifts that are still pending (in id order) — a gift that a concurrent batch, retry or
     recovery pass finished first is left alone — and shares their streams with other completing gifts but not with
@@ -334,7 +288,7 @@ async def lock_pending_gifts(
     return locks
 
 
-async def lock_active_matches(conn: asyncpg.Connection, match_ids: list[str]) -> set[str]:
+async def lock_active_matches(conn: Connection, match_ids: list[str]) -> set[str]:
     """Of these matches, the active ones, shared (FOR SHARE, in id order) with other completing batches but not
     with the finisher (FOR UPDATE): a match finishes only once every batch that counts gifts in it has committed.
     A statement of its own, after the streams' lock: its snapshot includes every match started before that lock
@@ -348,8 +302,8 @@ async def lock_active_matches(conn: asyncpg.Connection, match_ids: list[str]) ->
 
 
 async def finish_gifts(
-    conn: asyncpg.Connection,
-    completed: list[GiftRow],
+    conn: Connection,
+    completed: list[SentGift],
     finished_at: datetime,
     combos: dict[ComboKey, ComboState],
     failures: list[tuple[str, str]],
@@ -408,6 +362,7 @@ async def finish_gifts(
         *recorded.args,
     )
     # The gifts were locked as pending by this transaction: anything else is a bug, and rolls everything back.
+    assert row is not None, "a SELECT of two counts returns a row"
     assert (row["completed"], row["failed"]) == (len(completed), len(failures)), f"{dict(row)}: gifts not pending"
 
 
@@ -429,7 +384,7 @@ _COUNTER_TABLES = {
 
 
 async def add_to_counters(
-    conn: asyncpg.Connection,
+    conn: Connection,
     kind: TargetKind,
     gifters: list[tuple[str, str, int]],
     totals: list[tuple[str, int, int]],
@@ -458,16 +413,10 @@ async def add_to_counters(
     )
 
 
-@dataclass(frozen=True)
-class StreamTotals:
-    total_coins: int
-    gift_count: int
-
-
-async def get_totals(conn: Executor, kind: TargetKind, target_id: str) -> StreamTotals | None:
+async def get_totals(conn: Executor, kind: TargetKind, target_id: str) -> Totals | None:
     _, totals_table, id_column = _COUNTER_TABLES[kind]
     row = await conn.fetchrow(f"SELECT total_coins, gift_count FROM {totals_table} WHERE {id_column} = $1", target_id)
-    return None if row is None else StreamTotals(row["total_coins"], row["gift_count"])
+    return None if row is None else Totals(row["total_coins"], row["gift_count"])
 
 
 async def top_gifters(conn: Executor, kind: TargetKind, target_id: str, limit: int) -> list[tuple[str, int]]:
@@ -484,7 +433,7 @@ async def top_gifters(conn: Executor, kind: TargetKind, target_id: str, limit: i
 _COMBO_TABLES = {TargetKind.STREAM: ("gift_combos", "stream_id"), TargetKind.VIDEO: ("video_combos", "video_id")}
 
 
-async def lock_combos(conn: asyncpg.Connection, keys: list[ComboKey]) -> tuple[dict[ComboKey, ComboState], datetime]:
+async def lock_combos(conn: Connection, keys: list[ComboKey]) -> tuple[dict[ComboKey, ComboState], datetime]:
     """The last completed gift of each (target, sender, gift), locked until the transaction ends, so completions that
     may continue one combo take turns, and the database's clock once they are all locked: the batch's completion
     time. One clock for every replica, read after the locks of the batch's matches, decides which match a gift counts
@@ -515,7 +464,7 @@ async def lock_combos(conn: asyncpg.Connection, keys: list[ComboKey]) -> tuple[d
     return states, clock
 
 
-async def add_to_gifter_totals(conn: asyncpg.Connection, increments: list[LeaderboardIncrement]) -> None:
+async def add_to_gifter_totals(conn: Connection, increments: list[LeaderboardIncrement]) -> None:
     """A batch's completed gifts on their creators' leaderboards: one row per (creator, period, sender), written
     once and in key order, so concurrent batches never deadlock."""
     await conn.execute(
@@ -545,24 +494,7 @@ async def top_gifters_to_creator(
     return [(row["sender_id"], row["coins"]) for row in rows]
 
 
-async def insert_outbox_event(
-    conn: asyncpg.Connection, msg_id: str, subject: str, payload: bytes, traceparent: str | None = None
-) -> None:
-    """Queues an event; msg_id becomes its Nats-Msg-Id (JetStream drops a repeat within its duplicate window)."""
-    await insert_outbox_events(conn, [OutboxRow(msg_id, subject, payload, traceparent=traceparent)])
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    msg_id: str
-    subject: str
-    payload: bytes
-    gift_transaction_id: str | None = None
-    # The trace the relay continues when it publishes the event (None: tracing was off).
-    traceparent: str | None = None
-
-
-async def insert_outbox_events(conn: asyncpg.Connection, events: list[OutboxRow]) -> None:
+async def insert_outbox_events(conn: Connection, events: list[OutboxRow]) -> None:
     """Queues events in the order given (their outbox ids, hence the publishing order, follow it)."""
     await conn.execute(
         "INSERT INTO gift_outbox (msg_id, gift_transaction_id, subject, payload, traceparent)"
@@ -582,7 +514,7 @@ async def insert_outbox_events(conn: asyncpg.Connection, events: list[OutboxRow]
 RELAY_LOCK_KEY = 0x67696674  # "gift"
 
 
-async def try_lock_relay(conn: asyncpg.Connection) -> bool:
+async def try_lock_relay(conn: Connection) -> bool:
     """Whether this transaction is now the only relay (the lock ends with the transaction)."""
     return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY))
 
@@ -596,7 +528,7 @@ class OutboxEvent:
     traceparent: str | None = None
 
 
-async def lock_outbox_batch(conn: asyncpg.Connection, limit: int) -> list[OutboxEvent]:
+async def lock_outbox_batch(conn: Connection, limit: int) -> list[OutboxEvent]:
     """The oldest unpublished events that no other relay holds (SKIP LOCKED lets replicas share the work)."""
     rows = await conn.fetch(
         "SELECT outbox_id, msg_id, subject, payload, traceparent FROM gift_outbox"
@@ -625,264 +557,5 @@ async def outbox_backlog(pool: asyncpg.Pool) -> OutboxBacklog:
     return OutboxBacklog(row["events"], float(row["oldest"]))
 
 
-async def delete_outbox_events(conn: asyncpg.Connection, outbox_ids: list[int]) -> None:
+async def delete_outbox_events(conn: Connection, outbox_ids: list[int]) -> None:
     await conn.execute("DELETE FROM gift_outbox WHERE outbox_id = ANY($1::bigint[])", outbox_ids)
-
-
-# ---------------------------------------------------------------- videos
-
-
-async def upsert_video(conn: asyncpg.Connection, video: Video) -> Video | None:
-    """Registers the video (with zeroed counters) or sets whether it takes gifts; None when it belongs to another
-    creator (a video's creator is fixed). One statement, so two racing registrations cannot both set a creator."""
-    row = await conn.fetchrow(
-        """
-        WITH upserted AS (
-            INSERT INTO videos (video_id, creator_id, gifts_enabled) VALUES ($1, $2, $3)
-            ON CONFLICT (video_id) DO UPDATE SET gifts_enabled = EXCLUDED.gifts_enabled,
-                updated_at = CASE WHEN videos.gifts_enabled = EXCLUDED.gifts_enabled THEN videos.updated_at
-                                  ELSE now() END
-            WHERE videos.creator_id = EXCLUDED.creator_id
-            RETURNING video_id, creator_id, gifts_enabled
-        ), counters AS (
-            INSERT INTO video_totals (video_id) SELECT video_id FROM upserted ON CONFLICT DO NOTHING
-        )
-        SELECT video_id, creator_id, gifts_enabled FROM upserted
-        """,
-        video.video_id,
-        video.creator_id,
-        video.gifts_enabled,
-    )
-    return None if row is None else Video(row["video_id"], row["creator_id"], row["gifts_enabled"])
-
-
-async def get_video(conn: Executor, video_id: str) -> Video | None:
-    row = await conn.fetchrow("SELECT video_id, creator_id, gifts_enabled FROM videos WHERE video_id = $1", video_id)
-    return None if row is None else Video(row["video_id"], row["creator_id"], row["gifts_enabled"])
-
-
-# ---------------------------------------------------------------- matches
-
-MATCH_COLUMNS = "match_id, status, starts_at, ends_at, winner_stream_ids, finished_at"
-
-
-async def create_match(conn: asyncpg.Connection, match_id: str, sides: list[LiveStream], duration: timedelta) -> Match:
-    """Inserts the match and its sides (in the order given) and puts their streams in it; the streams must be locked
-    by this transaction. It starts now by the database's clock — the clock completing gifts are stamped with."""
-    row = await conn.fetchrow(
-        """
-        WITH started AS (
-            INSERT INTO matches (match_id, status, starts_at, ends_at)
-            SELECT $1, 'active', now, now + $2::interval FROM (SELECT clock_timestamp() AS now) AS clock
-            RETURNING match_id, status, starts_at, ends_at, winner_stream_ids, finished_at
-        ), sides AS (
-            INSERT INTO match_sides (match_id, stream_id, creator_id, position)
-            SELECT $1, s.stream_id, s.creator_id, s.position - 1
-            FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS s (stream_id, creator_id, position)
-        ), joined AS (
-            UPDATE live_streams SET match_id = $1 WHERE stream_id = ANY($3::text[])
-        )
-        SELECT match_id, status, starts_at, ends_at, winner_stream_ids, finished_at FROM started
-        """,
-        match_id,
-        duration,
-        [stream.stream_id for stream in sides],
-        [stream.creator_id for stream in sides],
-    )
-    sides_zero = [MatchSide(stream.stream_id, stream.creator_id, 0) for stream in sides]
-    return _match(row, sides_zero)
-
-
-def _match(row: asyncpg.Record, sides: list[MatchSide]) -> Match:
-    return Match(
-        row["match_id"],
-        tuple(sides),
-        MatchStatus(row["status"]),
-        row["starts_at"],
-        row["ends_at"],
-        tuple(row["winner_stream_ids"] or ()),
-        row["finished_at"],
-    )
-
-
-async def get_match(conn: Executor, match_id: str) -> Match | None:
-    row = await conn.fetchrow(f"SELECT {MATCH_COLUMNS} FROM matches WHERE match_id = $1", match_id)
-    return None if row is None else _match(row, await _match_sides(conn, match_id))
-
-
-async def _match_sides(conn: Executor, match_id: str) -> list[MatchSide]:
-    rows = await conn.fetch(
-        "SELECT stream_id, creator_id, score_coins FROM match_sides WHERE match_id = $1 ORDER BY position", match_id
-    )
-    return [MatchSide(row["stream_id"], row["creator_id"], row["score_coins"]) for row in rows]
-
-
-async def top_match_supporters(conn: Executor, match_id: str, per_side: int) -> list[MatchSupporter]:
-    """Up to per_side supporters of each side, side by side in side order, most coins first."""
-    rows = await conn.fetch(
-        "SELECT stream_id, sender_id, coins FROM ("
-        "  SELECT p.stream_id, p.sender_id, p.coins, s.position,"
-        "   row_number() OVER (PARTITION BY p.stream_id ORDER BY p.coins DESC, p.sender_id) AS place"
-        "  FROM match_supporters AS p JOIN match_sides AS s USING (match_id, stream_id) WHERE p.match_id = $1"
-        " ) AS ranked WHERE place <= $2 ORDER BY position, place",
-        match_id,
-        per_side,
-    )
-    return [MatchSupporter(row["stream_id"], row["sender_id"], row["coins"]) for row in rows]
-
-
-async def add_to_match_scores(
-    conn: asyncpg.Connection,
-    match_ids: list[str],
-    stream_coins: list[tuple[str, int]],
-    supporter_coins: list[tuple[str, str, int]],
-    completed_at: datetime,
-) -> list[Match]:
-    """Adds a batch's gifts to the scores of the matches their streams are in — those of the matches (locked FOR
-    SHARE by lock_pending_gifts) that are active and whose window holds completed_at — and to their supporters.
-    Every side of such a match is locked and written (0 added to the sides without gifts), in (match, stream) order:
-    batches to one match take turns, so each returns a consistent scoreboard, and its MatchUpdated events are queued
-    in commit order. Returns the matches counted in, sides in position order."""
-    rows = await conn.fetch(
-        "WITH sides AS ("
-        "  SELECT s.match_id, s.stream_id, m.starts_at, m.ends_at FROM match_sides AS s"
-        "  JOIN matches AS m USING (match_id)"
-        "  WHERE s.match_id = ANY($1::text[]) AND m.status = 'active' AND m.starts_at <= $2 AND $2 < m.ends_at"
-        "  ORDER BY s.match_id, s.stream_id FOR UPDATE OF s"
-        " ), increments AS ("
-        "  SELECT * FROM unnest($3::text[], $4::bigint[]) AS i (stream_id, coins)"
-        " ), scored AS ("
-        "  UPDATE match_sides AS s SET score_coins = s.score_coins + coalesce(i.coins, 0)"
-        "  FROM sides LEFT JOIN increments AS i USING (stream_id)"
-        "  WHERE (s.match_id, s.stream_id) = (sides.match_id, sides.stream_id)"
-        "  RETURNING s.match_id, s.stream_id, s.creator_id, s.position, s.score_coins, sides.starts_at, sides.ends_at"
-        " ), supported AS ("
-        "  INSERT INTO match_supporters (match_id, stream_id, sender_id, coins)"
-        "  SELECT sides.match_id, p.stream_id, p.sender_id, p.coins"
-        "  FROM unnest($5::text[], $6::text[], $7::bigint[]) AS p (stream_id, sender_id, coins)"
-        "  JOIN sides USING (stream_id) ORDER BY 1, 2, 3"
-        "  ON CONFLICT (match_id, stream_id, sender_id) DO UPDATE SET coins = match_supporters.coins + EXCLUDED.coins"
-        " )"
-        " SELECT * FROM scored ORDER BY match_id, position",
-        sorted(set(match_ids)),
-        completed_at,
-        [stream_id for stream_id, _ in stream_coins],
-        [coins for _, coins in stream_coins],
-        [stream_id for stream_id, _, _ in supporter_coins],
-        [sender_id for _, sender_id, _ in supporter_coins],
-        [coins for _, _, coins in supporter_coins],
-    )
-    matches: dict[str, list[asyncpg.Record]] = {}
-    for row in rows:
-        matches.setdefault(row["match_id"], []).append(row)
-    return [
-        Match(
-            match_id,
-            tuple(MatchSide(r["stream_id"], r["creator_id"], r["score_coins"]) for r in sides),
-            MatchStatus.ACTIVE,
-            sides[0]["starts_at"],
-            sides[0]["ends_at"],
-        )
-        for match_id, sides in matches.items()
-    ]
-
-
-async def lock_due_match(conn: asyncpg.Connection) -> Match | None:
-    """The active match that ended longest ago (by the database's clock), locked FOR UPDATE: this waits for the
-    batches counting gifts in it (they share it) to commit, and another finisher waiting for it sees it finished
-    and moves on to the next. None when no match is due."""
-    row = await conn.fetchrow(
-        f"SELECT {MATCH_COLUMNS} FROM matches WHERE status = 'active' AND ends_at <= clock_timestamp()"
-        " ORDER BY ends_at, match_id LIMIT 1 FOR UPDATE"
-    )
-    return None if row is None else _match(row, await _match_sides(conn, row["match_id"]))
-
-
-async def finish_match(conn: asyncpg.Connection, match_id: str, winner_stream_ids: list[str]) -> datetime:
-    """Stamps the locked match finished with its winners (which frees its streams for another match); returns
-    when."""
-    finished_at = await conn.fetchval(
-        "UPDATE matches SET status = 'finished', finished_at = clock_timestamp(), winner_stream_ids = $2"
-        " WHERE match_id = $1 AND status = 'active' RETURNING finished_at",
-        match_id,
-        winner_stream_ids,
-    )
-    assert finished_at is not None, f"match {match_id} was not active (lock it first)"
-    return finished_at
-
-
-# ---------------------------------------------------------------- stream goals
-
-GOAL_COLUMNS = "goal_id, stream_id, creator_id, target_coins, progress_coins, description, created_at, reached_at"
-
-
-def _goal(row: asyncpg.Record) -> StreamGoal:
-    return StreamGoal(
-        row["goal_id"],
-        row["stream_id"],
-        row["creator_id"],
-        row["target_coins"],
-        row["progress_coins"],
-        row["description"],
-        row["created_at"],
-        row["reached_at"],
-    )
-
-
-async def replace_goal(
-    conn: asyncpg.Connection, goal_id: str, stream: LiveStream, target_coins: int, description: str
-) -> StreamGoal:
-    """Closes the stream's open goal and opens this one, counting from now by the database's clock (the clock
-    completing gifts are stamped with). The stream must be locked by this transaction."""
-    # Closed first, by a statement of its own: the CTEs of one statement run in no set order, and the new goal
-    # would meet the open one in the unique index.
-    await conn.execute(
-        "UPDATE stream_goals SET closed_at = clock_timestamp() WHERE stream_id = $1 AND closed_at IS NULL",
-        stream.stream_id,
-    )
-    row = await conn.fetchrow(
-        f"""
-        WITH opened AS (
-            INSERT INTO stream_goals (goal_id, stream_id, creator_id, target_coins, description, created_at)
-            VALUES ($1, $2, $3, $4, $5, clock_timestamp())
-            RETURNING {GOAL_COLUMNS}
-        ), pointed AS (
-            UPDATE live_streams SET goal_id = $1 WHERE stream_id = $2
-        )
-        SELECT {GOAL_COLUMNS} FROM opened
-        """,
-        goal_id,
-        stream.stream_id,
-        stream.creator_id,
-        target_coins,
-        description,
-    )
-    return _goal(row)
-
-
-async def get_goal(conn: Executor, goal_id: str) -> StreamGoal | None:
-    row = await conn.fetchrow(f"SELECT {GOAL_COLUMNS} FROM stream_goals WHERE goal_id = $1", goal_id)
-    return None if row is None else _goal(row)
-
-
-async def add_to_goals(
-    conn: asyncpg.Connection, goal_coins: list[tuple[str, int]], completed_at: datetime
-) -> list[tuple[StreamGoal, int]]:
-    """Adds a batch's coins to the open goals of their streams (locked in goal order) and stamps reached_at — once —
-    on the goals they bring to the target. Returns each goal as after and the coins added."""
-    rows = await conn.fetch(
-        "WITH locked AS ("
-        "  SELECT goal_id FROM stream_goals WHERE goal_id = ANY($1::text[]) AND closed_at IS NULL"
-        "  ORDER BY goal_id FOR UPDATE"
-        " )"
-        " UPDATE stream_goals AS g SET progress_coins = g.progress_coins + i.coins,"
-        "  reached_at = coalesce("
-        "   g.reached_at, CASE WHEN g.progress_coins + i.coins >= g.target_coins THEN $3::timestamptz END)"
-        " FROM locked JOIN unnest($1::text[], $2::bigint[]) AS i (goal_id, coins) USING (goal_id)"
-        " WHERE g.goal_id = locked.goal_id RETURNING g.goal_id, g.stream_id, g.creator_id, g.target_coins,"
-        "  g.progress_coins, g.description, g.created_at, g.reached_at, i.coins",
-        [goal_id for goal_id, _ in goal_coins],
-        [coins for _, coins in goal_coins],
-        completed_at,
-    )
-    return [(_goal(row), row["coins"]) for row in rows]

@@ -4,6 +4,7 @@ token, and the wallet's answers sorted into accounts, spends, final refusals and
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -12,6 +13,7 @@ from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.gifts import domain
 from services.gifts.config import GiftsSettings
+from services.gifts.domain import Spend, SpendAsk
 from services.gifts.wallet_credential import ServiceToken
 from services.runtime import tls, tracing
 from services.runtime.errors import AppError, unavailable
@@ -35,23 +37,6 @@ CHANNEL_OPTIONS = [
 # The calls' full names, as their client spans are named (the server spans have the same names).
 GET_ACCOUNT = "/coinstream.wallet.v1.WalletService/GetAccount"
 SPEND_COINS_BATCH = "/coinstream.wallet.v1.WalletService/SpendCoinsBatch"
-
-
-@dataclass(frozen=True)
-class Spend:
-    wallet_transaction_id: str
-    balance_coins: int
-    # How the wallet paid: bonus coins first, then paid coins (both 0 from a wallet that does not report the split).
-    paid_coins: int
-    bonus_coins: int
-
-
-@dataclass(frozen=True)
-class SpendAsk:
-    request_id: str
-    account_id: str
-    coins: int
-    reference: str
 
 
 @dataclass(frozen=True)
@@ -85,6 +70,8 @@ def wallet_channel(address: str, channel_tls: WalletTls | None) -> grpc.aio.Chan
 
 
 class WalletClient:
+    """ports.Wallet over gRPC."""
+
     def __init__(
         self, address: str, token: ServiceToken, timeout_seconds: float, channel_tls: WalletTls | None = None
     ) -> None:
@@ -116,7 +103,7 @@ class WalletClient:
             raise _wallet_unavailable("GetAccount", error) from None
         return domain.WalletAccount(response.account.account_id, response.account.adult_verified)
 
-    async def spend_batch(self, asks: list[SpendAsk]) -> list[Spend | AppError]:
+    async def spend_batch(self, asks: Sequence[SpendAsk]) -> list[Spend | AppError]:
         """One wallet call for many spends; each gets a Spend or the wallet's refusal (final or not: see
         domain.is_final_wallet_refusal). UNAVAILABLE is raised when the outcome of the whole batch is unknown (the
         same request_ids must then be retried: the wallet answers a repeat with its stored outcome)."""

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from services.gifts import domain, store
+from services.gifts import domain, store, store_matches
 from services.runtime import database
 from services.runtime.errors import AppError
 from tests.support.stack import REPO_ROOT, Stack
@@ -51,7 +51,9 @@ async def gifts_database(stack: Stack) -> AsyncIterator[str]:
 
 async def start_match_uncommitted(conn: asyncpg.Connection, match_id: str, stream_ids: list[str]) -> domain.Match:
     streams = await store.lock_streams(conn, stream_ids)
-    return await store.create_match(conn, match_id, domain.require_matchable(streams, stream_ids), timedelta(minutes=5))
+    return await store_matches.create_match(
+        conn, match_id, domain.require_matchable(streams, stream_ids), timedelta(minutes=5)
+    )
 
 
 async def test_a_match_started_while_a_gift_batch_waits_for_the_stream_counts_the_gift(gifts_database: str) -> None:

@@ -1,0 +1,66 @@
+"""The fake store keeps the transaction semantics the use cases rely on (so that their unit tests mean something):
+writes are seen once the transaction ends cleanly and dropped when it raises; run_once keeps a final refusal with
+its key but not the operation's writes."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from coinstream.gifts.v1 import gifts_pb2
+
+from services.gifts import domain
+from services.runtime.errors import AppError, failed_precondition, unavailable
+from tests.fakes.gifts import FakeGiftStore, FakeTransaction
+
+ROSE = domain.CatalogGift("rose", "Rose", 5)
+
+
+async def test_a_transaction_that_raises_leaves_nothing() -> None:
+    store = FakeGiftStore()
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            await tx.upsert_gift(ROSE)
+            assert await tx.start_stream("s1", "creator", "hi") is not None
+            raise RuntimeError("crash before commit")
+    assert (store.tables.catalog, store.tables.streams) == ({}, {})
+    async with store.transaction() as tx:
+        await tx.upsert_gift(ROSE)
+    assert await store.list_active_gifts() == [ROSE]
+
+
+async def test_a_final_refusal_is_kept_with_its_key_without_the_operations_writes() -> None:
+    store = FakeGiftStore()
+    request = gifts_pb2.UpsertGiftRequest(
+        request_id="r1", gift=gifts_pb2.Gift(gift_id="rose", name="Rose", coin_price=5)
+    )
+
+    async def refuse(tx: FakeTransaction) -> gifts_pb2.UpsertGiftResponse:
+        await tx.upsert_gift(ROSE)
+        raise failed_precondition("NOPE", "refused after writing")
+
+    for _ in range(2):  # the second call is answered from the key
+        with pytest.raises(AppError) as error:
+            await store.run_once(request, gifts_pb2.UpsertGiftResponse, refuse)
+        assert (error.value.code, error.value.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NOPE")
+    assert store.tables.catalog == {}
+
+
+async def test_an_error_that_is_no_outcome_drops_the_key_too() -> None:
+    store = FakeGiftStore()
+    request = gifts_pb2.UpsertGiftRequest(
+        request_id="r1", gift=gifts_pb2.Gift(gift_id="rose", name="Rose", coin_price=5)
+    )
+
+    async def outage(tx: FakeTransaction) -> gifts_pb2.UpsertGiftResponse:
+        raise unavailable("DOWN", "try again")
+
+    with pytest.raises(AppError):
+        await store.run_once(request, gifts_pb2.UpsertGiftResponse, outage)
+    assert store.tables.keys == {}
+
+
+async def test_one_live_stream_per_creator_is_enforced() -> None:
+    store = FakeGiftStore()
+    async with store.transaction() as tx:
+        await tx.start_stream("s1", "creator", "hi")
+        assert await tx.start_stream("s2", "creator", "again") is None
