@@ -24,7 +24,7 @@ from bench import load, report
 from bench.baselines import EchoServer
 from bench.load import ClosedLoop, GuardedDebits, LoadGenerator, OpenLoop, Phase, PrepareDebits, Run, Setup
 from bench.measure import CpuMeter, ProcessGroup, settlement_lag_now, summarize, summarize_phase
-from devstack.stack import REPO_ROOT, Stack, new_stack
+from coinstream.testing.stack import REPO_ROOT, Stack, new_stack
 from services.runtime.auth import mint_token
 
 AUTH_SECRET = "bench-secret-at-least-32-bytes-long-0123456789"

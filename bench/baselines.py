@@ -14,7 +14,7 @@ import asyncpg
 import grpc
 import uvloop
 
-from devstack.servers import free_port
+from coinstream.testing.servers import free_port
 
 ECHO_SERVICE = "bench.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"

@@ -51,8 +51,7 @@ async def main() -> None:
     gifts = GiftService(PostgresGiftStore(pool), wallet, feed, settings.batch_policy(), on_event_queued=relay.wake)
     servicer = GiftServicer(gifts, settings.match_durations)
     runtime.add_service(
-        # The generated registration takes a GiftServiceServicer (add_service's parameter says object).
-        lambda _, server: gifts_pb2_grpc.add_GiftServiceServicer_to_server(servicer, server),
+        gifts_pb2_grpc.add_GiftServiceServicer_to_server,
         servicer,
         gifts_pb2.DESCRIPTOR.services_by_name["GiftService"].full_name,
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from devstack.servers import free_port
+from coinstream.testing.servers import free_port
 from services.runtime.auth import ROLE_SERVICE, mint_token
 from tests.support.stack import REPO_ROOT
 

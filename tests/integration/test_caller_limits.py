@@ -14,8 +14,8 @@ import pytest_asyncio
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack.servers import stop_process
-from devstack.stack import ServiceProcess
+from coinstream.testing.servers import stop_process
+from coinstream.testing.stack import ServiceProcess
 from tests.support.clients import SERVICE, Clients, auth, new_id
 from tests.support.errors import error_reason, retry_delay_seconds
 from tests.support.factories import balance, create_account

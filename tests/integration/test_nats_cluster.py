@@ -19,8 +19,8 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.errors import Error as JetStreamError
 
-from devstack.servers import NatsCluster, NatsServer, PostgresServer, free_port
-from devstack.stack import Stack
+from coinstream.testing.servers import NatsCluster, NatsServer, PostgresServer, free_port
+from coinstream.testing.stack import Stack
 from services.runtime import messaging
 from tests.support.clients import Clients, clients_for
 from tests.support.factories import balance, make_account

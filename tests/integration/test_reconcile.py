@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from devstack.servers import free_port, stop_process
+from coinstream.testing.servers import free_port, stop_process
 from services.reconcile.checks import Thresholds, completed_gifts, gift_payments, stuck_work, wallet_ledger
 from tests.support.clients import Clients, new_id
 from tests.support.factories import buy, create_account

@@ -15,8 +15,8 @@ import grpc
 import pytest
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
-from devstack.servers import stop_process
-from devstack.stack import ServiceProcess
+from coinstream.testing.servers import stop_process
+from coinstream.testing.stack import ServiceProcess
 from tests.support.clients import SERVICE, Clients
 from tests.support.factories import balance, make_account
 from tests.support.gifts import gift_request, go_live

@@ -14,7 +14,7 @@ import pytest
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack.servers import free_port
+from coinstream.testing.servers import free_port
 from tests.support.clients import auth
 from tests.support.errors import error_reason
 from tests.support.stack import REPO_ROOT, Stack

@@ -25,9 +25,9 @@ import pytest_asyncio
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack.certificates import StackTls
-from devstack.servers import NatsServer, PostgresServer, free_port, postgres_bin_with_ssl
-from devstack.stack import ALL_SERVICES, Stack
+from coinstream.testing.certificates import StackTls
+from coinstream.testing.servers import NatsServer, PostgresServer, free_port, postgres_bin_with_ssl
+from coinstream.testing.stack import ALL_SERVICES, Stack
 from services.runtime import tls
 from tests.support.clients import SERVICE, Clients, clients_for
 from tests.support.factories import balance, buy, create_account

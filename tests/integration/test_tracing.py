@@ -21,7 +21,7 @@ from coinstream.gifts.v1 import gifts_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from devstack.servers import stop_process
+from coinstream.testing.servers import stop_process
 from tests.support.clients import SERVICE, Clients
 from tests.support.factories import make_account
 from tests.support.gifts import gift_request, go_live

@@ -12,8 +12,8 @@ import pytest
 import pytest_asyncio
 from coinstream.gifts.v1 import gifts_pb2_grpc
 
-from devstack.servers import stop_process
-from devstack.stack import ServiceProcess
+from coinstream.testing.servers import stop_process
+from coinstream.testing.stack import ServiceProcess
 from services.runtime.auth import mint_token
 from tests.support.clients import Clients, auth
 from tests.support.factories import balance, make_account

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from devstack.servers import NatsServer
+from coinstream.testing.servers import NatsServer
 from services.runtime.messaging import GIFT_SENT_SUBJECT
 from tests.support.stack import Stack, operator_nats
 

@@ -13,8 +13,8 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from devstack.servers import NatsCluster, NatsServer, PostgresServer, free_port
-from devstack.stack import ALL_SERVICES, READY_TIMEOUT_SECONDS, REPO_ROOT, ServiceProcess, Stack, tail
+from coinstream.testing.servers import NatsCluster, NatsServer, PostgresServer, free_port
+from coinstream.testing.stack import ALL_SERVICES, READY_TIMEOUT_SECONDS, REPO_ROOT, ServiceProcess, Stack, tail
 from services.runtime import messaging
 from services.runtime.messaging import server_urls
 from services.runtime.rate_limits import DEFAULT_RATE_LIMITS

@@ -12,8 +12,8 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from coinstream.testing.nats_credentials import ROUTE_USER, NatsCredentials
 from devstack.cli import app
-from devstack.nats_credentials import ROUTE_USER, NatsCredentials
 from services.gifts.feed import FEED_SUBJECTS, STREAM_ENDED_SUBJECT
 from services.runtime.nats_login import ANONYMOUS, NatsLogin, NatsLoginError, read_nats_login
 from services.runtime.nats_permissions import (

@@ -25,9 +25,9 @@ from rich.rule import Rule
 from rich.text import Text
 
 from coinstream.client import NotServingError, wait_until_serving
-from devstack.nats_credentials import NatsCredentials
-from devstack.servers import NatsServer, PostgresServer
-from devstack.stack import REPO_ROOT
+from coinstream.testing.nats_credentials import NatsCredentials
+from coinstream.testing.servers import NatsServer, PostgresServer
+from coinstream.testing.stack import REPO_ROOT
 from services.runtime.nats_login import PASSWORD_FILE_SETTING, PASSWORD_SETTING, USER_SETTING
 from services.runtime.nats_permissions import OPERATOR_USER
 

