@@ -3,19 +3,21 @@ SERVING once it does, liveness SERVING throughout, and a clean exit on SIGTERM."
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coinstream.testing.servers import free_port
-from tests.support.clients import auth
+from tests.support.clients import SERVICE, auth
 from tests.support.errors import error_reason
 from tests.support.stack import REPO_ROOT, Stack
 
@@ -100,19 +102,50 @@ def test_serving_once_ready_and_exits_cleanly_on_sigterm(stack: Stack, tmp_path:
     assert "shutdown_complete" in (tmp_path / "wallet.log").read_text()
 
 
-def test_overload_is_shed_with_rate_limited(stack: Stack, tmp_path: Path) -> None:
-    """Beyond max_in_flight_unary_rpcs calls are refused at once with the contract's RATE_LIMITED (0 sheds all)."""
+async def test_overload_is_shed_with_rate_limited(stack: Stack, tmp_path: Path) -> None:
+    """Beyond max_in_flight_unary_rpcs calls are refused at once with the contract's RATE_LIMITED: with a limit of 1,
+    an upsert held in flight behind a row lock the test takes leaves no room for another call."""
     process, address = start_wallet(
-        stack, tmp_path, stack.database_url("wallet"), {"COINSTREAM_MAX_IN_FLIGHT_UNARY_RPCS": "0"}
+        stack, tmp_path, stack.database_url("wallet"), {"COINSTREAM_MAX_IN_FLIGHT_UNARY_RPCS": "1"}
+    )
+    account = wallet_pb2.UpsertAccountRequest(
+        request_id=f"lifecycle-{time.time_ns()}", account_id=f"held-{time.time_ns()}", country_code="US"
     )
     try:
         wait_for_health(address, SERVING)
-        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as caught:
-            wallet_pb2_grpc.WalletServiceStub(channel).ListCoinPackages(
-                wallet_pb2.ListCoinPackagesRequest(), metadata=auth("alice"), timeout=5
-            )
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert error_reason(caught.value) == "RATE_LIMITED"
+        async with grpc.aio.insecure_channel(address) as channel:
+            wallet = wallet_pb2_grpc.WalletServiceStub(channel)
+            await wallet.UpsertAccount(account, metadata=SERVICE)
+            conn = await asyncpg.connect(stack.database_url("wallet"))
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE", account.account_id)
+                    account.request_id += "-again"
+                    held = asyncio.ensure_future(wallet.UpsertAccount(account, metadata=SERVICE, timeout=30))
+                    await _until_waiting_for_a_lock(conn)
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await wallet.ListCoinPackages(wallet_pb2.ListCoinPackagesRequest(), metadata=auth("alice"))
+                    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert error_reason(caught.value) == "RATE_LIMITED"
+            finally:
+                await conn.close()
+            await held  # the lock gone, the call held in flight completes
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(20)
+
+
+async def _until_waiting_for_a_lock(conn: asyncpg.Connection, timeout_seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"):
+        assert time.monotonic() < deadline, "the upsert never waited for the row lock"
+        await asyncio.sleep(0.05)
+
+
+def test_a_limit_of_zero_in_flight_calls_is_refused_at_start(stack: Stack, tmp_path: Path) -> None:
+    """0 would shed every call: the process refuses it at start, naming the setting, rather than serve nothing."""
+    process, _ = start_wallet(
+        stack, tmp_path, stack.database_url("wallet"), {"COINSTREAM_MAX_IN_FLIGHT_UNARY_RPCS": "0"}
+    )
+    assert process.wait(30) != 0
+    assert "max_in_flight_unary_rpcs" in (tmp_path / "wallet.log").read_text()
