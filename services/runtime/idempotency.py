@@ -5,11 +5,9 @@ commits, then reads its outcome. Same payload → the stored outcome; other payl
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import asyncpg
 import grpc
@@ -19,32 +17,25 @@ from google.protobuf.message import Message
 from services.runtime.auth import current_principal
 from services.runtime.database import Connection, Executor, Statement, placeholders
 from services.runtime.errors import AppError, FieldViolation, request_id_reused
+from services.runtime.requests import (
+    MutatingRequest,
+    Outcome,
+    Reply,
+    RequestKey,
+    StoredRequest,
+    fingerprint,
+    method_name,
+    replayed,
+)
+
+# Re-exported: the stores import them from here too.
+__all__ = ["MutatingRequest", "Outcome", "StoredRequest", "method_name"]
 
 ResponseT = TypeVar("ResponseT", bound=Message)
-
-
-class MutatingRequest(Protocol):
-    """What idempotency reads of a request: the request_id that every mutating request carries (the contract), and
-    its serialized form for the hash. Every generated *Request message with a request_id field is one."""
-
-    request_id: str
-
-    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...
-
+Result = TypeVar("Result")
 
 # What a key holds of its request's outcome, as _stored() reads it.
 _OUTCOME_COLUMNS = "resource_id, response, error_code, error_reason, error_message, error_field_violations"
-
-
-@dataclass(frozen=True)
-class StoredRequest:
-    resource_id: str | None
-    response: bytes | None
-    error: AppError | None
-
-    @property
-    def in_flight(self) -> bool:
-        return self.response is None and self.error is None
 
 
 # request_ids are unique per caller (the contract): stored as "<subject>/<request_id>". A request_id cannot hold a
@@ -68,13 +59,8 @@ def scope_to_caller(request: MutatingRequest) -> None:
     request.request_id = caller_scoped(current_principal().subject, request.request_id)
 
 
-def method_name(request: MutatingRequest) -> str:
-    """The RPC a request belongs to, by the contract's naming (FooRequest is the request of Foo)."""
-    return type(request).__name__.removesuffix("Request")
-
-
 def request_hash(method: str, request: MutatingRequest) -> bytes:
-    return hashlib.sha256(method.encode() + b"\0" + request.SerializeToString(deterministic=True)).digest()
+    return fingerprint(method, request)
 
 
 async def claim(
@@ -101,13 +87,8 @@ async def claim(
     return _stored(row)
 
 
-@dataclass(frozen=True)
-class Claim:
-    """One request of a batch: its key and the hash of what it asks."""
-
-    request_id: str
-    method: str
-    hashed: bytes
+# One request of a batch: its key (request_id, RPC, fingerprint of what it asks).
+Claim = RequestKey
 
 
 def claim_statement(claims: list[Claim], decided: list[Outcome] | None = None, first_param: int = 1) -> Statement:
@@ -133,7 +114,7 @@ def claim_statement(claims: list[Claim], decided: list[Outcome] | None = None, f
         [
             [claim.request_id for claim, _ in rows],
             [claim.method for claim, _ in rows],
-            [claim.hashed for claim, _ in rows],
+            [claim.fingerprint for claim, _ in rows],
             *_outcome_columns([outcome for _, outcome in rows]),
             [outcome.response is not None or outcome.error is not None for _, outcome in rows],
         ],
@@ -170,21 +151,11 @@ async def _stored_many(conn: Executor, claims: list[Claim]) -> dict[str, StoredR
     for claim in claims:
         row = by_id.get(claim.request_id)
         # A row gone since the insert means the key expired meanwhile: reuse, never new (as in claim()).
-        if row is not None and bytes(row["request_hash"]) == claim.hashed:
+        if row is not None and bytes(row["request_hash"]) == claim.fingerprint:
             stored[claim.request_id] = _stored(row)
         else:
             stored[claim.request_id] = request_id_reused()
     return stored
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a request of a batch ended with: a response, a final error, or (both None) the resource it works on."""
-
-    request_id: str
-    response: Message | None = None
-    error: AppError | None = None
-    resource_id: str | None = None
 
 
 def record_statement(outcomes: list[Outcome], first_param: int = 1) -> Statement:
@@ -289,43 +260,59 @@ async def record_error(conn: Connection, request_id: str, error: AppError) -> No
 
 def replay(stored: StoredRequest, response_type: type[ResponseT]) -> ResponseT:
     """The original outcome again: the same response, or the same error raised."""
-    if stored.error is not None:
-        raise stored.error
-    assert stored.response is not None, "replay() needs a completed request"
-    return response_type.FromString(stored.response)
+    return replayed(stored, _AsItself(response_type))
+
+
+async def run_keyed_once(
+    pool: asyncpg.Pool,
+    key: RequestKey,
+    reply: Reply[Result],
+    # A connection lent by the pool: an operation may take the wider database.Connection too.
+    operation: Callable[[PoolConnectionProxy], Awaitable[Result]],
+) -> Result:
+    """Runs a single-transaction mutation at most once per key and stores its outcome with it (the result as its
+    reply message).
+
+    A final error (AppError.is_outcome) is stored too, with the operation's writes rolled back to a savepoint,
+    so a retry gets the same error. Any other exception rolls back everything, key included: a retry runs anew."""
+    outcome: Result | AppError
+    async with pool.acquire() as conn, conn.transaction():
+        stored = await claim(conn, key.request_id, key.method, key.fingerprint)
+        if stored is not None:
+            return replayed(stored, reply)
+        try:
+            async with conn.transaction():
+                outcome = await operation(conn)
+            await record_response(conn, key.request_id, reply.to_message(outcome))
+        except AppError as error:
+            if not error.is_outcome:
+                raise
+            await record_error(conn, key.request_id, error)
+            outcome = error
+    if isinstance(outcome, AppError):
+        raise outcome
+    return outcome
 
 
 async def run_once(
     pool: asyncpg.Pool,
     request: MutatingRequest,
     response_type: type[ResponseT],
-    # A connection lent by the pool: an operation may take the wider database.Connection too.
     operation: Callable[[PoolConnectionProxy], Awaitable[ResponseT]],
 ) -> ResponseT:
-    """Runs a single-transaction mutation at most once per request_id and stores its outcome with it.
+    """run_keyed_once for a use case that still takes the request message and returns the response message."""
+    return await run_keyed_once(pool, RequestKey.of(request), _AsItself(response_type), operation)
 
-    A final error (AppError.is_outcome) is stored too, with the operation's writes rolled back to a savepoint,
-    so a retry gets the same error. Any other exception rolls back everything, key included: a retry runs anew."""
-    request_id = request.request_id
-    method = method_name(request)
-    hashed = request_hash(method, request)
-    outcome: ResponseT | AppError
-    async with pool.acquire() as conn, conn.transaction():
-        stored = await claim(conn, request_id, method, hashed)
-        if stored is not None:
-            return replay(stored, response_type)
-        try:
-            async with conn.transaction():
-                outcome = await operation(conn)
-            await record_response(conn, request_id, outcome)
-        except AppError as error:
-            if not error.is_outcome:
-                raise
-            await record_error(conn, request_id, error)
-            outcome = error
-    if isinstance(outcome, AppError):
-        raise outcome
-    return outcome
+
+class _AsItself(Generic[ResponseT]):
+    def __init__(self, message_type: type[ResponseT]) -> None:
+        self._message_type = message_type
+
+    def to_message(self, result: ResponseT) -> ResponseT:
+        return result
+
+    def from_bytes(self, stored: bytes) -> ResponseT:
+        return self._message_type.FromString(stored)
 
 
 EXPIRED_KEYS_PER_PASS = 1000

@@ -4,18 +4,16 @@ replay decodes the stored message and answers the identical response)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from coinstream.type.v1 import money_pb2
 from coinstream.wallet.v1 import wallet_pb2
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.runtime import idempotency
 from services.runtime.errors import AppError
+from services.runtime.requests import MessageReply, RequestKey
 from services.wallet import domain
 
 Result = TypeVar("Result")
@@ -38,42 +36,35 @@ KIND_TO_PROTO = {
 # --- requests ---------------------------------------------------------------------------------------------------
 
 
-def request_key(request: idempotency.MutatingRequest, request_id: str) -> domain.RequestKey:
-    """request's key, once its request_id is scoped to the caller: the fingerprint covers the request as the key
-    stores it (the same bytes as before use cases took commands, so keys stored then still match)."""
-    method = idempotency.method_name(request)
-    return domain.RequestKey(request_id, method, idempotency.request_hash(method, request))
-
-
 def upsert_account(request: wallet_pb2.UpsertAccountRequest) -> domain.UpsertAccount:
     return domain.UpsertAccount(
-        request_key(request, request.request_id), request.account_id, request.adult_verified, request.country_code
+        RequestKey.of(request), request.account_id, request.adult_verified, request.country_code
     )
 
 
 def change_spending_limit(request: wallet_pb2.SetSpendingLimitRequest) -> domain.ChangeSpendingLimit:
-    return domain.ChangeSpendingLimit(request_key(request, request.request_id), request.account_id, request.daily_coins)
+    return domain.ChangeSpendingLimit(RequestKey.of(request), request.account_id, request.daily_coins)
 
 
 def spend_ask(request: wallet_pb2.SpendCoinsRequest) -> domain.SpendAsk:
-    key = request_key(request, request.request_id)
+    key = RequestKey.of(request)
     assert key.method == domain.SPEND_METHOD
     return domain.SpendAsk(key.request_id, request.account_id, request.coins, request.reference, key.fingerprint)
 
 
 def buy_coins(request: wallet_pb2.PurchaseCoinsRequest) -> domain.BuyCoins:
     return domain.BuyCoins(
-        request_key(request, request.request_id), request.account_id, request.package_id, request.payment_token
+        RequestKey.of(request), request.account_id, request.package_id, request.payment_token
     )
 
 
 def reverse_purchase(request: wallet_pb2.ReversePurchaseRequest) -> domain.ReversePurchase:
-    return domain.ReversePurchase(request_key(request, request.request_id), request.purchase_id, request.reason)
+    return domain.ReversePurchase(RequestKey.of(request), request.purchase_id, request.reason)
 
 
 def make_giveaway(request: wallet_pb2.CreateGiveawayRequest) -> domain.MakeGiveaway:
     return domain.MakeGiveaway(
-        request_key(request, request.request_id),
+        RequestKey.of(request),
         request.creator_id,
         tuple(request.winner_ids),
         request.coins_per_winner,
@@ -85,7 +76,7 @@ def new_promotion(
 ) -> domain.NewPromotion:
     bonus = request.WhichOneof("bonus")
     return domain.NewPromotion(
-        key=request_key(request, request.request_id),
+        key=RequestKey.of(request),
         name=request.name,
         starts_at=starts_at,
         ends_at=ends_at,
@@ -98,7 +89,7 @@ def new_promotion(
 
 
 def end_promotion(request: wallet_pb2.EndPromotionRequest) -> domain.EndPromotion:
-    return domain.EndPromotion(request_key(request, request.request_id), request.promotion_id)
+    return domain.EndPromotion(RequestKey.of(request), request.promotion_id)
 
 
 # --- results ----------------------------------------------------------------------------------------------------
@@ -297,21 +288,6 @@ def _timestamp(moment: datetime) -> Timestamp:
 
 
 # --- what idempotent RPCs keep with their keys ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MessageReply(Generic[Result, ResponseT]):
-    """ports.Reply: a result kept as its RPC's response message."""
-
-    message_type: type[ResponseT]
-    encode: Callable[[Result], ResponseT]
-    decode: Callable[[ResponseT], Result]
-
-    def to_message(self, result: Result) -> ResponseT:
-        return self.encode(result)
-
-    def from_bytes(self, stored: bytes) -> Result:
-        return self.decode(self.message_type.FromString(stored))
 
 
 ACCOUNT_UPSERTED: MessageReply[domain.Account, wallet_pb2.UpsertAccountResponse] = MessageReply(

@@ -14,6 +14,7 @@ from typing import Generic, TypeVar
 
 from services.runtime.errors import AppError, failed_precondition, not_found
 from services.runtime.ledger import Posting, balanced
+from services.runtime.requests import RequestKey
 
 SYSTEM_SALES = "system:sales"  # coins issued against real money
 SYSTEM_PROMOTIONS = "system:promotions"  # bonus coins issued by promotions
@@ -142,16 +143,6 @@ def find_package(package_id: str) -> CoinPackage:
 
 
 # --- requests ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RequestKey:
-    """A mutating request's idempotency key: its request_id (already scoped to the caller), its RPC, and a
-    fingerprint of everything it asks. The same request_id with another fingerprint is REQUEST_ID_REUSED."""
-
-    request_id: str
-    method: str
-    fingerprint: bytes
 
 
 @dataclass(frozen=True)

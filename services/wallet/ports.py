@@ -13,7 +13,8 @@ from typing import Protocol, TypeVar
 from google.protobuf.message import Message
 
 from services.runtime.errors import AppError
-from services.runtime.idempotency import Outcome, StoredRequest
+from services.runtime.idempotency import Outcome
+from services.runtime.requests import Reply, RequestKey, StoredRequest
 from services.wallet.domain import (
     Account,
     AccountStatus,
@@ -25,29 +26,11 @@ from services.wallet.domain import (
     Purchase,
     PurchaseHistory,
     PurchaseStatus,
-    RequestKey,
     Spender,
     SpendingLimit,
 )
 
 Result = TypeVar("Result")
-
-
-class Reply(Protocol[Result]):
-    """How a use case's result is kept with its idempotency key: as the RPC's response message, so that a replay
-    returns the identical response (convert.py holds one per RPC)."""
-
-    def to_message(self, result: Result) -> Message: ...
-
-    def from_bytes(self, stored: bytes) -> Result: ...
-
-
-def replayed(stored: StoredRequest, reply: Reply[Result]) -> Result:
-    """What a completed request left with its key, again: the same result, or the same error raised."""
-    if stored.error is not None:
-        raise stored.error
-    assert stored.response is not None, "a replay needs a completed request"
-    return reply.from_bytes(stored.response)
 
 
 class Clock(Protocol):

@@ -10,11 +10,12 @@ from datetime import datetime
 
 import structlog
 
-from services.runtime import idempotency, limits, pages, recovery
+from services.runtime import limits, pages, recovery
 from services.runtime.batching import BatchPolicy, MicroBatcher, in_request_id_rounds
 from services.runtime.errors import AppError, failed_precondition, not_found, request_id_reused, unavailable
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
+from services.runtime.requests import Outcome, StoredRequest, replayed
 from services.wallet import convert, domain
 from services.wallet.ports import (
     ChargeResult,
@@ -23,7 +24,6 @@ from services.wallet.ports import (
     SystemClock,
     WalletStore,
     WalletTransaction,
-    replayed,
 )
 
 log = structlog.get_logger()
@@ -295,7 +295,7 @@ def _page_position(page_token: str, kind: str, owner: str) -> int | None:
 # --- purchases, step by step ------------------------------------------------------------------------------------
 
 
-async def _record_pending_purchase(tx: WalletTransaction, command: domain.BuyCoins) -> idempotency.StoredRequest:
+async def _record_pending_purchase(tx: WalletTransaction, command: domain.BuyCoins) -> StoredRequest:
     """The first step: a pending purchase with its bonus decided now (or the refusal, kept with the key)."""
     request_id = command.key.request_id
     try:
@@ -305,7 +305,7 @@ async def _record_pending_purchase(tx: WalletTransaction, command: domain.BuyCoi
         domain.require_can_purchase(await tx.lock_account(command.account_id), command.account_id)
     except AppError as refusal:
         await tx.record_error(request_id, refusal)
-        return idempotency.StoredRequest(resource_id=None, response=None, error=refusal)
+        return StoredRequest(resource_id=None, response=None, error=refusal)
     promotions, now = await tx.open_promotions()
     history = await tx.purchase_history(command.account_id)
     promotion, bonus_coins = domain.best_promotion(promotions, package, now, history)
@@ -325,7 +325,7 @@ async def _record_pending_purchase(tx: WalletTransaction, command: domain.BuyCoi
     )
     await tx.insert_purchase(purchase)
     await tx.set_resource(request_id, purchase.purchase_id)
-    return idempotency.StoredRequest(resource_id=purchase.purchase_id, response=None, error=None)
+    return StoredRequest(resource_id=purchase.purchase_id, response=None, error=None)
 
 
 async def _decline_purchase(tx: WalletTransaction, purchase: domain.Purchase, charge: ChargeResult) -> None:
@@ -452,7 +452,7 @@ async def _decide_spends(
     return new_spends
 
 
-def _replayed_spend(stored: idempotency.StoredRequest | AppError) -> SpendOutcome:
+def _replayed_spend(stored: StoredRequest | AppError) -> SpendOutcome:
     if isinstance(stored, AppError):
         return stored
     if stored.in_flight:  # spends decide in the transaction that takes the key, so this is never seen committed
@@ -463,8 +463,8 @@ def _replayed_spend(stored: idempotency.StoredRequest | AppError) -> SpendOutcom
         return error
 
 
-def _kept(request_id: str, outcome: SpendOutcome) -> idempotency.Outcome:
+def _kept(request_id: str, outcome: SpendOutcome) -> Outcome:
     """A spend's outcome as its key keeps it."""
     if isinstance(outcome, AppError):
-        return idempotency.Outcome(request_id, error=outcome)
-    return idempotency.Outcome(request_id, response=convert.SPENT.to_message(outcome))
+        return Outcome(request_id, error=outcome)
+    return Outcome(request_id, response=convert.SPENT.to_message(outcome))

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 
 from services.runtime import idempotency
 from services.runtime.errors import AppError
+from services.runtime.requests import Reply, RequestKey
 from services.wallet.domain import (
     BONUS_SUFFIX,
     SPENDING_LIMIT_WINDOW,
@@ -32,14 +33,13 @@ from services.wallet.domain import (
     Purchase,
     PurchaseHistory,
     PurchaseStatus,
-    RequestKey,
     Spender,
     SpendingLimit,
     bonus_bucket,
     buckets,
     paid_bucket,
 )
-from services.wallet.ports import Operation, Reply, Result, WalletTransaction, replayed
+from services.wallet.ports import Operation, Result, WalletTransaction
 
 ACCOUNT_COLUMNS = (
     "account_id, adult_verified, country_code, status,"
@@ -73,25 +73,9 @@ class PostgresWalletStore:
             yield PostgresTransaction(_connection(proxy))
 
     async def run_once(self, key: RequestKey, operation: Operation[Result], reply: Reply[Result]) -> Result:
-        """idempotency.run_once's semantics (see ports.WalletStore.run_once), for a result kept as a message."""
-        outcome: Result | AppError
-        async with self._pool.acquire() as proxy, proxy.transaction():
-            conn = _connection(proxy)
-            stored = await idempotency.claim(conn, key.request_id, key.method, key.fingerprint)
-            if stored is not None:
-                return replayed(stored, reply)
-            try:
-                async with conn.transaction():
-                    outcome = await operation(PostgresTransaction(conn))
-                await idempotency.record_response(conn, key.request_id, reply.to_message(outcome))
-            except AppError as error:
-                if not error.is_outcome:
-                    raise
-                await idempotency.record_error(conn, key.request_id, error)
-                outcome = error
-        if isinstance(outcome, AppError):
-            raise outcome
-        return outcome
+        return await idempotency.run_keyed_once(
+            self._pool, key, reply, lambda proxy: operation(PostgresTransaction(_connection(proxy)))
+        )
 
     async def get_account(self, account_id: str) -> Account | None:
         return await _get_account(self._pool, account_id)
@@ -632,7 +616,7 @@ _MOVEMENTS = """
 
 
 def _claims(keys: list[RequestKey]) -> list[idempotency.Claim]:
-    return [idempotency.Claim(key.request_id, key.method, key.fingerprint) for key in keys]
+    return keys
 
 
 def _account(row: asyncpg.Record) -> Account:

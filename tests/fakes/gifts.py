@@ -496,7 +496,7 @@ class FakeGiftStore(FakeReads):
             for claim in sorted(claims, key=lambda claim: claim.request_id):
                 if claim.request_id in tables.keys:
                     continue
-                key = tables.keys[claim.request_id] = _Key(claim.method, claim.hashed)
+                key = tables.keys[claim.request_id] = _Key(claim.method, claim.fingerprint)
                 _record(key, outcomes.get(claim.request_id, idempotency.Outcome(claim.request_id)))
                 claimed.add(claim.request_id)
             for gift in gifts:
@@ -516,7 +516,7 @@ class FakeGiftStore(FakeReads):
                 continue
             key = self.tables.keys.get(claim.request_id)
             earlier[claim.request_id] = (
-                key.stored() if key is not None and key.hashed == claim.hashed else request_id_reused()
+                key.stored() if key is not None and key.hashed == claim.fingerprint else request_id_reused()
             )
         return earlier
 

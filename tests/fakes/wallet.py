@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from services.runtime import idempotency
 from services.runtime.errors import AppError, request_id_reused
 from services.runtime.ledger import UnbalancedTransaction, balanced
+from services.runtime.requests import Reply, RequestKey, replayed
 from services.wallet.domain import (
     SPENDING_LIMIT_WINDOW,
     SYSTEM_ACCOUNTS,
@@ -33,14 +34,13 @@ from services.wallet.domain import (
     Purchase,
     PurchaseHistory,
     PurchaseStatus,
-    RequestKey,
     Spender,
     SpendingLimit,
     bonus_bucket,
     buckets,
     paid_bucket,
 )
-from services.wallet.ports import ChargeResult, Operation, Reply, Result, replayed
+from services.wallet.ports import ChargeResult, Operation, Result
 
 DEFAULT_PROMOTION = Promotion(
     promotion_id="promo_default",

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import grpc
 
+from services.runtime.requests import RequestKey
 from services.wallet import domain
 from tests.unit.wallet.conftest import Wallet, buy_command, refusal
 
@@ -91,6 +92,6 @@ async def test_purchases_need_an_adult_verified_account_and_a_known_package(wall
     assert not wallet.store.state.purchases and not wallet.payments.charges
     # The refusal is kept with the key, even once the account is verified.
     await wallet.service.upsert_account(
-        domain.UpsertAccount(domain.RequestKey("verify", "UpsertAccount", b"v"), minor, True, "US")
+        domain.UpsertAccount(RequestKey("verify", "UpsertAccount", b"v"), minor, True, "US")
     )
     assert (await refusal(wallet.service.purchase(command))).reason == "ACCOUNT_NOT_ELIGIBLE"
