@@ -29,13 +29,13 @@ lint: install
 
 # The static checks, 15 s in a fresh clone on a quiet machine (mypy without its cache), 3 s after: ruff, buf lint and
 # buf breaking of protos/ against the last release's image (buf.yaml; protos/released/README.md says how a release
-# refreshes it; it holds exactly one image), then mypy, strict (pyproject's [tool.mypy]) on services/,
-# src/coinstream/testing and scripts/.
+# refreshes it; it holds exactly one image), then mypy, strict (pyproject's [tool.mypy]) on services/, src/coinstream
+# (the client helpers and the pytest plugin), the dev tools and scripts/.
 RELEASED_PROTOS = $(wildcard protos/released/coinstream-*.json)
 check: lint
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf breaking --against $(RELEASED_PROTOS)
-	$(VENV)/bin/mypy services src/coinstream/testing scripts
+	$(VENV)/bin/mypy services src/coinstream devstack/src/devstack scripts
 
 # make check first (seconds; it stops make test before the suite), then two test processes, each taking a whole test
 # file at a time with a stack of its own (tests/conftest.py): a test mostly waits for the services, so two processes

@@ -224,4 +224,4 @@ def _health_status(stub: health_pb2_grpc.HealthStub) -> str:
         # UNAVAILABLE / DEADLINE_EXCEEDED: nothing answered yet, the usual state while a server starts.
         unreachable = error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         return "UNREACHABLE" if unreachable else error.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))  # grpc_health has no types

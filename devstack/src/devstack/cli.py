@@ -254,10 +254,10 @@ def list_dead_letters(
         row = _describe(letter)
         table.add_row(
             str(row["id"]),
-            row["gift_transaction_id"] or "(unreadable)",
+            str(row["gift_transaction_id"] or "(unreadable)"),
             str(row["deliveries"]),
-            row["dead_lettered_at"],
-            row["reason"],
+            str(row["dead_lettered_at"]),
+            str(row["reason"]),
         )
     console.print(table)
 
