@@ -24,6 +24,7 @@ from services.runtime.errors import (
     not_found,
 )
 from services.runtime.ledger import Posting, balanced
+from services.runtime.requests import RequestKey
 
 SYSTEM_GIFT_SETTLEMENT = "system:gift_settlement"  # source of every diamond credited for a gift
 SYSTEM_PAID_OUT = "system:paid_out"  # diamonds that left as real money
@@ -223,6 +224,14 @@ class CreatorProfile:
 
 
 @dataclass(frozen=True)
+class UpdateProfile:
+    """UpdateCreatorProfile: the profile as it is to be from now on."""
+
+    key: RequestKey
+    profile: CreatorProfile
+
+
+@dataclass(frozen=True)
 class Balances:
     creator_id: str
     available_diamonds: int
@@ -321,6 +330,48 @@ class Withdrawal:
     provider_reference: str | None
     submitted_at: datetime | None
     created_at: datetime | None = None  # set by the store when it records the withdrawal
+
+    @property
+    def view(self) -> WithdrawalView:
+        return WithdrawalView(
+            self.withdrawal_id,
+            self.creator_id,
+            self.diamonds,
+            self.payout_currency_code,
+            self.payout_amount_minor,
+            self.status,
+            self.failure_reason,
+        )
+
+
+@dataclass(frozen=True)
+class WithdrawalView:
+    """A withdrawal as its creator sees it: what the API answers, and all that a withdrawal or cancel keeps with its
+    request_id (the destination, the provider's reference and the times stay inside)."""
+
+    withdrawal_id: str
+    creator_id: str
+    diamonds: int
+    payout_currency_code: str
+    payout_amount_minor: int
+    status: WithdrawalStatus
+    failure_reason: str
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """RequestWithdrawal: diamonds from available to a payout. key.request_id (caller-scoped) is recorded with the
+    withdrawal."""
+
+    key: RequestKey
+    creator_id: str
+    diamonds: int
+
+
+@dataclass(frozen=True)
+class CancelWithdrawal:
+    key: RequestKey
+    withdrawal_id: str
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
-
-from google.protobuf.message import Message
+from typing import Protocol, TypeVar
 
 from services.payouts.domain import (
     Balances,
@@ -31,25 +28,11 @@ from services.payouts.domain import (
     WithdrawalStatus,
 )
 from services.payouts.payout_provider import PayoutProvider
+from services.runtime.requests import Reply, RequestKey
 
-if TYPE_CHECKING:
-    from services.runtime.idempotency import MutatingRequest
-
-__all__ = ["IdempotentRequest", "PayoutProvider", "PayoutsStore", "PayoutsTransaction"]
+__all__ = ["Operation", "PayoutProvider", "PayoutsStore", "PayoutsTransaction"]
 
 Result = TypeVar("Result")
-Reply = TypeVar("Reply", bound=Message)
-
-
-@dataclass(frozen=True)
-class IdempotentRequest(Generic[Result, Reply]):
-    """A mutation's request_id, as the use case passes it through without reading it: the request as received (its
-    caller-scoped request_id and its hash key the outcome), the reply stored with it and replayed byte for byte, and
-    how the use case's result becomes that reply. The servicer builds it; the use case only hands it to the store."""
-
-    message: MutatingRequest
-    reply_type: type[Reply]
-    reply: Callable[[Result], Reply]
 
 
 class PayoutsTransaction(Protocol):
@@ -106,6 +89,10 @@ class PayoutsTransaction(Protocol):
     ) -> bool: ...
 
 
+# A use case's work inside one transaction, for PayoutsStore.run_once.
+Operation = Callable[[PayoutsTransaction], Awaitable[Result]]
+
+
 class PayoutsStore(Protocol):
     @property
     def data_errors(self) -> tuple[type[Exception], ...]:
@@ -116,14 +103,11 @@ class PayoutsStore(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[PayoutsTransaction]: ...
 
-    async def run_once(
-        self,
-        request: IdempotentRequest[Result, Reply],
-        operation: Callable[[PayoutsTransaction], Awaitable[Result]],
-    ) -> Reply:
-        """The operation in a transaction at most once per request_id, its reply stored with the key: a retry gets
-        the stored reply (or the stored final error, the operation's writes undone); the same request_id with
-        another request gets REQUEST_ID_REUSED."""
+    async def run_once(self, key: RequestKey, operation: Operation[Result], reply: Reply[Result]) -> Result:
+        """Runs operation in one transaction at most once per key and keeps its outcome with the key (the result as
+        the RPC's response message, through reply): a replay gets the same result, or the same final error raised
+        with the operation's writes undone; the same request_id with another request gets REQUEST_ID_REUSED. Any
+        other exception drops everything, key included, so a retry runs anew."""
         ...
 
     # --- read-only queries (no transaction needed)

@@ -1,8 +1,8 @@
 """Payouts use cases behind the RPCs, on the ports (services/payouts/ports.py): domain types in, domain types out.
-Each mutation runs under its request_id's idempotency key in the same transaction as its ledger writes; the reply
-stored with the key is the servicer's (IdempotentRequest), so a replay returns it byte for byte. Who may call what
-is the servicer's business. Settlement of gifts lives in settlement.py, the payout of withdrawals in
-payout_worker.py."""
+Each mutation takes a command (domain.py) and runs under its request key in the same transaction as its ledger
+writes; its result is kept with the key as the RPC's response message (convert.py's replies), which is what a replay
+returns. Who may call what is the servicer's business. Settlement of gifts lives in settlement.py, the payout of
+withdrawals in payout_worker.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import asyncio
 
 import structlog
 
-from services.payouts import domain
+from services.payouts import convert, domain
 from services.payouts.maturity import mature_due_credits
-from services.payouts.ports import IdempotentRequest, PayoutProvider, PayoutsStore, PayoutsTransaction, Reply
+from services.payouts.ports import PayoutProvider, PayoutsStore, PayoutsTransaction
 from services.runtime import pages
 from services.runtime.errors import unavailable
 from services.runtime.ids import new_id
@@ -56,31 +56,25 @@ class PayoutsService:
         assert rate is not None, "adopt_configured_rate() runs before serving"
         return domain.Rates(rate, self._policy)
 
-    async def update_profile(
-        self, profile: domain.CreatorProfile, once: IdempotentRequest[domain.CreatorProfile, Reply]
-    ) -> Reply:
+    async def update_profile(self, command: domain.UpdateProfile) -> domain.CreatorProfile:
         async def operation(tx: PayoutsTransaction) -> domain.CreatorProfile:
-            return await tx.upsert_profile(profile)
+            return await tx.upsert_profile(command.profile)
 
-        return await self._store.run_once(once, operation)
+        return await self._store.run_once(command.key, operation, convert.PROFILE_UPDATED)
 
-    async def request_withdrawal(
-        self, request_id: str, creator_id: str, diamonds: int, once: IdempotentRequest[domain.Withdrawal, Reply]
-    ) -> Reply:
-        """request_id is the caller-scoped one that `once` is keyed by, recorded with the withdrawal."""
+    async def request_withdrawal(self, command: domain.Withdraw) -> domain.WithdrawalView:
+        async def operation(tx: PayoutsTransaction) -> domain.WithdrawalView:
+            return (await self._reserve_withdrawal(tx, command)).view
 
-        async def operation(tx: PayoutsTransaction) -> domain.Withdrawal:
-            return await self._reserve_withdrawal(tx, request_id, creator_id, diamonds)
+        return await self._store.run_once(command.key, operation, convert.WITHDRAWAL_REQUESTED)
 
-        return await self._store.run_once(once, operation)
-
-    async def _reserve_withdrawal(
-        self, tx: PayoutsTransaction, request_id: str, creator_id: str, diamonds: int
-    ) -> domain.Withdrawal:
-        """Checks in the contract's order, then available → reserved and a pending withdrawal, all or nothing.
+    async def _reserve_withdrawal(self, tx: PayoutsTransaction, command: domain.Withdraw) -> domain.Withdrawal:
+        """Checks in the contract's order, then available → reserved and a pending withdrawal, all or nothing; the
+        withdrawal records the caller-scoped request_id it was made under.
 
         The balance row is locked before the cap is summed, so two concurrent withdrawals of one creator cannot
         both slip under the cap (or both spend the same diamonds)."""
+        creator_id, diamonds = command.creator_id, command.diamonds
         profile = self._policy.check_request(await tx.get_profile(creator_id), creator_id, diamonds)
         balances = await tx.lock_balances(creator_id) or domain.Balances.zero(creator_id)
         # Credits whose hold is over count now, not only once the maturity worker got to them.
@@ -90,7 +84,7 @@ class PayoutsService:
         domain.require_available(balances, diamonds)
         withdrawal = domain.Withdrawal(
             withdrawal_id=new_id("wd"),
-            request_id=request_id,
+            request_id=command.key.request_id,
             creator_id=creator_id,
             diamonds=diamonds,
             payout_currency_code=self._policy.currency_code,
@@ -120,20 +114,20 @@ class PayoutsService:
 
     # --- withdrawal lifecycle -----------------------------------------------------------------------------------------
 
-    async def cancel_withdrawal(self, withdrawal_id: str, once: IdempotentRequest[domain.Withdrawal, Reply]) -> Reply:
+    async def cancel_withdrawal(self, command: domain.CancelWithdrawal) -> domain.WithdrawalView:
         """Pending → canceled, its diamonds back to available. The caller has checked that the withdrawal exists and
         who may cancel it before the request_id is claimed (a withdrawal's creator never changes), so an intruder's
         refusal is never stored under it."""
 
-        async def operation(tx: PayoutsTransaction) -> domain.Withdrawal:
+        async def operation(tx: PayoutsTransaction) -> domain.WithdrawalView:
             # Locked, and re-read under the lock: the payout worker may have finished it meanwhile.
-            withdrawal = await tx.lock_withdrawal(withdrawal_id)
+            withdrawal = await tx.lock_withdrawal(command.withdrawal_id)
             assert withdrawal is not None, "withdrawals are never deleted"
             if domain.must_cancel(withdrawal.status, withdrawal.withdrawal_id):
                 withdrawal = await self._cancel(tx, withdrawal)
-            return withdrawal
+            return withdrawal.view
 
-        return await self._store.run_once(once, operation)
+        return await self._store.run_once(command.key, operation, convert.WITHDRAWAL_CANCELED)
 
     async def _cancel(self, tx: PayoutsTransaction, withdrawal: domain.Withdrawal) -> domain.Withdrawal:
         if not await self._provider_lets_go(withdrawal):

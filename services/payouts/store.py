@@ -4,9 +4,10 @@ cases decide (PostgresPayoutsStore.transaction / run_once); the read-only querie
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 
@@ -23,10 +24,11 @@ from services.payouts.domain import (
     Withdrawal,
     WithdrawalStatus,
 )
-from services.payouts.ports import IdempotentRequest, Reply, Result
+from services.payouts.ports import Operation
 from services.runtime import idempotency
 from services.runtime.database import Connection, Executor
 from services.runtime.errors import unavailable
+from services.runtime.requests import Reply, RequestKey
 
 PROFILE_COLUMNS = "creator_id, kyc_verified, payout_destination"
 BALANCE_COLUMNS = "creator_id, available_diamonds, reserved_diamonds, lifetime_diamonds, pending_diamonds"
@@ -41,6 +43,8 @@ WITHDRAWAL_LOCK_TIMEOUT_MS = 5000
 # target: a video gift is not in the by-stream statement, nor a stream gift in the by-video one.
 TARGET_COLUMNS = {EarningsGroupBy.STREAM: "stream_id", EarningsGroupBy.VIDEO: "video_id"}
 
+Result = TypeVar("Result")
+
 
 class PostgresPayoutsStore:
     # A constraint the data breaks (a CHECK, a unique key, the ledger's balance trigger), a value out of range.
@@ -54,17 +58,13 @@ class PostgresPayoutsStore:
         async with self._pool.acquire() as conn, conn.transaction():
             yield PostgresTransaction(conn)
 
-    async def run_once(
-        self,
-        request: IdempotentRequest[Result, Reply],
-        operation: Callable[[PostgresTransaction], Awaitable[Result]],
-    ) -> Reply:
-        """The runtime's idempotency (the key claimed and the reply stored in the operation's transaction)."""
+    async def run_once(self, key: RequestKey, operation: Operation[Result], reply: Reply[Result]) -> Result:
+        """The runtime's idempotency: the key claimed and the reply stored in the operation's transaction."""
 
-        async def replying(conn: Connection) -> Reply:
-            return request.reply(await operation(PostgresTransaction(conn)))
+        async def in_transaction(conn: Connection) -> Result:
+            return await operation(PostgresTransaction(conn))
 
-        return await idempotency.run_once(self._pool, request.message, request.reply_type, replying)
+        return await idempotency.run_keyed_once(self._pool, key, reply, in_transaction)
 
     async def current_rate(self) -> SettlementRate | None:
         return await _current_rate(self._pool)

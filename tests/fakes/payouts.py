@@ -3,19 +3,20 @@
 It keeps the transaction semantics of the real one — a transaction works on a copy of the state, which becomes the
 state when it exits normally and is dropped when it raises; transactions run one at a time, as if serializable —
 and refuses what the database refuses and the rules rely on: a negative creator balance, postings that do not
-balance (services.runtime.ledger.balanced) or a zero leg, a request_id reused for another request (a replay returns
-the stored reply's bytes, or the stored final error with the operation's writes undone), a gift settled twice, a
-withdrawal's status or request_id breaking its constraints. "now" is a clock the test moves (`advance`)."""
+balance (services.runtime.ledger.balanced) or a zero leg, a request_id reused for another request (a replay decodes
+the stored response message, or raises the stored final error with the operation's writes undone), a gift settled
+twice, a withdrawal's status or request_id breaking its constraints. "now" is a clock the test moves (`advance`)."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from services.payouts.domain import (
     Balances,
@@ -31,10 +32,12 @@ from services.payouts.domain import (
     WithdrawalStatus,
 )
 from services.payouts.payout_provider import PayoutResult, PayoutState
-from services.payouts.ports import IdempotentRequest, Reply, Result
-from services.runtime import idempotency, ledger
+from services.payouts.ports import Operation
+from services.runtime import ledger
 from services.runtime.errors import AppError, request_id_reused
+from services.runtime.requests import Reply, RequestKey, StoredRequest, replayed
 
+Result = TypeVar("Result")
 START = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 LEDGER_KINDS = {
     "settlement",
@@ -125,28 +128,22 @@ class FakePayoutsStore:
             self.state = tx.state
             self.transactions_committed += 1
 
-    async def run_once(
-        self,
-        request: IdempotentRequest[Result, Reply],
-        operation: Callable[[FakeTransaction], Awaitable[Result]],
-    ) -> Reply:
-        message = request.message
-        request_id = message.request_id
-        hashed = idempotency.request_hash(idempotency.method_name(message), message)
-        outcome: Reply | AppError
+    async def run_once(self, key: RequestKey, operation: Operation[Result], reply: Reply[Result]) -> Result:
+        outcome: Result | AppError
         async with self.transaction() as tx:
-            stored = tx.state.keys.get(request_id)
+            stored = tx.state.keys.get(key.request_id)
             if stored is not None:
-                return _replay(stored, hashed, request.reply_type)
+                return _replay(stored, key, reply)
             before = copy.deepcopy(tx.state)  # the savepoint a final error rolls back to
             try:
-                outcome = request.reply(await operation(tx))
-                tx.state.keys[request_id] = StoredKey(hashed, outcome.SerializeToString(), None)
+                outcome = await operation(tx)
+                response = reply.to_message(outcome).SerializeToString()
+                tx.state.keys[key.request_id] = StoredKey(key.fingerprint, response, None)
             except AppError as error:
                 if not error.is_outcome:
                     raise
                 tx.state = before
-                tx.state.keys[request_id] = StoredKey(hashed, None, error)
+                tx.state.keys[key.request_id] = StoredKey(key.fingerprint, None, error)
                 outcome = error
         if isinstance(outcome, AppError):
             raise outcome
@@ -429,13 +426,10 @@ class FakeTransaction:
         return True
 
 
-def _replay(stored: StoredKey, hashed: bytes, reply_type: type[Reply]) -> Reply:
-    if stored.request_hash != hashed:
+def _replay(stored: StoredKey, key: RequestKey, reply: Reply[Result]) -> Result:
+    if stored.request_hash != key.fingerprint:
         raise request_id_reused()
-    if stored.error is not None:
-        raise stored.error
-    assert stored.reply is not None
-    return reply_type.FromString(stored.reply)
+    return replayed(StoredRequest(None, stored.reply, stored.error), reply)
 
 
 def _grouped(credits: list[StoredCredit], key: Callable[[StoredCredit], str | None]) -> list[EarningsRow]:

@@ -1,18 +1,17 @@
 """The payouts use cases wired to the in-memory store and a scripted payout provider, and what every test checks
-afterwards: the balances the use cases keep agree with the ledger's postings."""
+afterwards: the balances the use cases keep agree with the ledger's postings. Commands are built from the RPCs'
+requests through convert.py, as the servicer builds them, so a request's key (its fingerprint) is the real one."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from coinstream.payouts.v1 import payouts_pb2
+from coinstream.payouts.v1 import payouts_pb2 as p
 
-from services.payouts import domain
+from services.payouts import convert, domain
 from services.payouts.maturity import MaturityWorker
 from services.payouts.payout_worker import PayoutWorker
-from services.payouts.ports import IdempotentRequest
 from services.payouts.service import PayoutsService
-from services.payouts.servicer import withdrawal_message
 from services.payouts.settlement import Settlement
 from tests.fakes.payouts import FakePayoutsStore, ScriptedPayoutProvider
 
@@ -54,40 +53,25 @@ class Payouts:
         return await self.settlement.settle(gifts)
 
     async def verified(self, creator_id: str, destination: str = "bank:alice") -> None:
-        request = payouts_pb2.UpdateCreatorProfileRequest(request_id=f"profile-{creator_id}", creator_id=creator_id)
-        once = IdempotentRequest(request, payouts_pb2.UpdateCreatorProfileResponse, _profile_updated)
-        await self.service.update_profile(domain.CreatorProfile(creator_id, True, destination), once)
+        request = p.UpdateCreatorProfileRequest(
+            request_id=f"profile-{creator_id}", creator_id=creator_id, kyc_verified=True, payout_destination=destination
+        )
+        await self.service.update_profile(convert.update_profile(request))
 
-    async def withdraw(self, creator_id: str, diamonds: int, request_id: str = "") -> payouts_pb2.Withdrawal:
+    async def withdraw(self, creator_id: str, diamonds: int, request_id: str = "") -> domain.WithdrawalView:
         request_id = request_id or f"wd-{creator_id}-{len(self.store.state.keys)}"
-        request = payouts_pb2.RequestWithdrawalRequest(request_id=request_id, creator_id=creator_id, diamonds=diamonds)
-        once = IdempotentRequest(request, payouts_pb2.RequestWithdrawalResponse, _requested)
-        response = await self.service.request_withdrawal(request_id, creator_id, diamonds, once)
-        return response.withdrawal
+        request = p.RequestWithdrawalRequest(request_id=request_id, creator_id=creator_id, diamonds=diamonds)
+        return await self.service.request_withdrawal(convert.withdraw(request))
 
-    async def cancel(self, withdrawal_id: str, request_id: str = "") -> payouts_pb2.Withdrawal:
+    async def cancel(self, withdrawal_id: str, request_id: str = "") -> domain.WithdrawalView:
         request_id = request_id or f"cancel-{len(self.store.state.keys)}"
-        request = payouts_pb2.CancelWithdrawalRequest(request_id=request_id, withdrawal_id=withdrawal_id)
-        once = IdempotentRequest(request, payouts_pb2.CancelWithdrawalResponse, _canceled)
-        response = await self.service.cancel_withdrawal(withdrawal_id, once)
-        return response.withdrawal
+        request = p.CancelWithdrawalRequest(request_id=request_id, withdrawal_id=withdrawal_id)
+        return await self.service.cancel_withdrawal(convert.cancel_withdrawal(request))
 
     def balances(self, creator_id: str) -> tuple[int, int, int]:
         """(available, reserved, pending) diamonds."""
         balances = self.store.balances_of(creator_id)
         return balances.available_diamonds, balances.reserved_diamonds, balances.pending_diamonds
-
-
-def _profile_updated(profile: domain.CreatorProfile) -> payouts_pb2.UpdateCreatorProfileResponse:
-    return payouts_pb2.UpdateCreatorProfileResponse()
-
-
-def _requested(withdrawal: domain.Withdrawal) -> payouts_pb2.RequestWithdrawalResponse:
-    return payouts_pb2.RequestWithdrawalResponse(withdrawal=withdrawal_message(withdrawal))
-
-
-def _canceled(withdrawal: domain.Withdrawal) -> payouts_pb2.CancelWithdrawalResponse:
-    return payouts_pb2.CancelWithdrawalResponse(withdrawal=withdrawal_message(withdrawal))
 
 
 def assert_ledger_agrees(store: FakePayoutsStore) -> None:

@@ -3,17 +3,18 @@ others' withdrawals hidden from users; protobuf ⇄ domain, enums included; page
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
 from coinstream.payouts.v1 import payouts_pb2
 
-from services.payouts import domain
-from services.payouts.servicer import PayoutsServicer, withdrawal_message
+from services.payouts import convert, domain
+from services.payouts.servicer import PayoutsServicer
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, ROLE_USER, Principal, set_current_principal
 from services.runtime.authorization import undeclared_rpcs
 from services.runtime.errors import AppError
+from services.runtime.requests import Reply
 from tests.unit.payouts.helpers import Payouts
 
 CONTEXT: Any = None  # the servicer never uses its gRPC context
@@ -150,6 +151,54 @@ async def test_earnings_are_listed_by_the_requested_grouping() -> None:
 @pytest.mark.parametrize("status", list(domain.WithdrawalStatus))
 def test_every_withdrawal_status_has_its_protobuf_value(status: domain.WithdrawalStatus) -> None:
     withdrawal = domain.Withdrawal("wd_1", "r", "amy", 2000, "USD", 1000, "bank", status, "", None, None)
-    assert (
-        payouts_pb2.WithdrawalStatus.Name(withdrawal_message(withdrawal).status) == f"WITHDRAWAL_STATUS_{status.name}"
-    )
+    message = convert.withdrawal_message(withdrawal.view)
+    assert payouts_pb2.WithdrawalStatus.Name(message.status) == f"WITHDRAWAL_STATUS_{status.name}"
+    assert convert.STATUS_FROM_PROTO[message.status] is status
+
+
+def test_every_earnings_grouping_has_its_protobuf_value() -> None:
+    for group_by in domain.EarningsGroupBy:
+        value = payouts_pb2.EarningsGroupBy.Value(f"EARNINGS_GROUP_BY_{group_by.name}")
+        assert convert.group_by(value) is group_by
+    assert convert.group_by(payouts_pb2.EARNINGS_GROUP_BY_UNSPECIFIED) is None
+
+
+# --- what a request_id keeps ------------------------------------------------------------------------------------------
+
+
+Result = TypeVar("Result")
+
+
+def kept_and_read(reply: Reply[Result], result: Result) -> Result:
+    """A result as a replay sees it: kept as the response message's bytes, read back."""
+    return reply.from_bytes(reply.to_message(result).SerializeToString())
+
+
+def test_every_reply_reads_back_the_result_it_kept() -> None:
+    for profile in (domain.CreatorProfile("amy", True, "bank:amy"), domain.CreatorProfile("bob", False, "")):
+        assert kept_and_read(convert.PROFILE_UPDATED, profile) == profile
+    for status in domain.WithdrawalStatus:
+        withdrawal = domain.WithdrawalView("wd_1", "amy", 2002, "USD", 1001, status, "the bank refused")
+        assert kept_and_read(convert.WITHDRAWAL_REQUESTED, withdrawal) == withdrawal
+        assert kept_and_read(convert.WITHDRAWAL_CANCELED, withdrawal) == withdrawal
+
+
+async def test_a_replayed_request_answers_the_response_bytes_kept_with_its_key() -> None:
+    servicer, withdrawal_id = await servicer_with_withdrawal()
+    as_caller("backend", ROLE_SERVICE)
+    requests: list[Any] = [
+        (
+            servicer.RequestWithdrawal,
+            payouts_pb2.RequestWithdrawalRequest(request_id="w", creator_id="amy", diamonds=2000),
+        ),
+        (servicer.CancelWithdrawal, payouts_pb2.CancelWithdrawalRequest(request_id="c", withdrawal_id=withdrawal_id)),
+        (
+            servicer.UpdateCreatorProfile,
+            payouts_pb2.UpdateCreatorProfileRequest(request_id="p", creator_id="bob", payout_destination="bank:bob"),
+        ),
+    ]
+    for rpc, request in requests:
+        first = await rpc(request, CONTEXT)
+        request.request_id = request.request_id.rpartition("/")[2]  # the servicer scoped it to the caller in place
+        again = await rpc(request, CONTEXT)
+        assert again.SerializeToString() == first.SerializeToString()
