@@ -117,7 +117,7 @@ def display_text_calls(fuzzer: Fuzzer) -> dict[str, Callable[[str], tuple[Rpc, M
 def test_display_text_refuses_controls_bidi_and_invisible_characters_but_keeps_emoji(fuzzer: Fuzzer) -> None:
     """End to end, on every display-text field: C0/C1 controls, bidi overrides, embeddings, isolates and marks, and
     zero-width or otherwise invisible characters are INVALID_ARGUMENT on that field; emoji, ZWJ sequences included,
-    are accepted (tests/unit/test_runtime.py has such cases against the Validator alone)."""
+    are accepted (tests/unit/runtime/test_pure_parts.py has such cases against the Validator alone)."""
     failures = []
     for path, make in display_text_calls(fuzzer).items():
         violation = path.split(".", 1)[1]

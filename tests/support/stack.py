@@ -53,7 +53,7 @@ SUITE_SETTINGS = {
     # The gauges read from the database and JetStream, fresh within a second of a change.
     "COINSTREAM_METRICS_POLL_INTERVAL_SECONDS": "1",
     # Three services, PostgreSQL and NATS share two cores with pytest: a call may wait for CPU far longer than in
-    # production. Overload shedding is a property of its own (tests/unit/test_batching.py, make bench), not a
+    # production. Overload shedding is a property of its own (tests/unit/runtime/test_batching.py, make bench), not a
     # random outcome of every functional test.
     "COINSTREAM_ADMISSION_QUEUE_BUDGET_SECONDS": "30",
     # Functional tests send many calls as one user within seconds; per-caller limits have tests of their own

@@ -41,7 +41,7 @@ DESTRUCTIVE = (
     "$JS.API.STREAM.MSG.DELETE.GIFTS",
     "$JS.API.CONSUMER.DELETE.GIFTS.payouts-settlement",
 )
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_subject_wildcards_match_as_nats_server_matches_them() -> None:
