@@ -55,7 +55,7 @@ class PayoutsSettings(RuntimeSettings):
     payouts_worker_batch_size: int = Field(default=100, gt=0, le=10_000)
     payouts_provider_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # Who pays withdrawals out (COINSTREAM_PAYOUT_PROVIDER). Only the sandbox ships: a real provider implements
-    # services/payouts/payout_provider.py's protocol; production refuses the sandbox unless staging opts in.
+    # services/payouts/ports.py's PayoutProvider; production refuses the sandbox unless staging opts in.
     payout_provider: Literal["sandbox"] = "sandbox"
     # How long the sandbox payout provider takes to pay a "sandbox:ok…" destination.
     payouts_sandbox_settle_seconds: float = Field(default=2.0, ge=0, le=86_400)

@@ -1,46 +1,11 @@
-"""Payout providers: whoever turns a withdrawal into real money. Like real ones they are asynchronous: submit()
-accepts a payout, status() later tells whether it was paid or failed.
-
-A provider must be idempotent by withdrawal_id: the payout worker submits again when a crash left a submission
-unrecorded, and the provider must not pay twice."""
+"""The sandbox payout provider (the port, PayoutProvider, is in ports.py with every other port)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
-from typing import Protocol
 
-
-class PayoutState(Enum):
-    PROCESSING = "processing"
-    PAID = "paid"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class PayoutResult:
-    state: PayoutState
-    # The provider's handle on the payout; passed back to status().
-    provider_reference: str
-    failure_reason: str = ""
-
-
-class PayoutProvider(Protocol):
-    async def submit(
-        self, *, withdrawal_id: str, destination: str, amount_minor: int, currency_code: str
-    ) -> PayoutResult: ...
-
-    async def status(self, *, withdrawal_id: str, provider_reference: str) -> PayoutResult: ...
-
-    async def cancel(self, *, withdrawal_id: str, destination: str, provider_reference: str | None) -> bool:
-        """Stops the payout if it still can be stopped; True when it was (or never reached the provider), False when
-        it is too late. Asked for every cancel of a pending withdrawal, also when we have no record of a submission
-        (provider_reference None): a crash may have lost that record, so a real provider must answer from its own
-        records by withdrawal_id."""
-        ...
-
+from services.payouts.ports import PayoutResult, PayoutState
 
 SANDBOX_OK_PREFIX = "sandbox:ok"
 SANDBOX_FAIL_PREFIX = "sandbox:fail"

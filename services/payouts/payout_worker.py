@@ -13,8 +13,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from services.payouts import domain
-from services.payouts.payout_provider import PayoutResult, PayoutState
-from services.payouts.ports import PayoutProvider, PayoutsStore, PayoutsTransaction
+from services.payouts.ports import PayoutProvider, PayoutResult, PayoutsStore, PayoutState, PayoutsTransaction
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
 

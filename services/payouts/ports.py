@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Protocol, TypeVar
 
 from services.payouts.domain import (
@@ -27,10 +29,7 @@ from services.payouts.domain import (
     Withdrawal,
     WithdrawalStatus,
 )
-from services.payouts.payout_provider import PayoutProvider
 from services.runtime.requests import Reply, RequestKey
-
-__all__ = ["Operation", "PayoutProvider", "PayoutsStore", "PayoutsTransaction"]
 
 Result = TypeVar("Result")
 
@@ -122,3 +121,38 @@ class PayoutsStore(Protocol):
         self, group_by: EarningsGroupBy, creator_id: str, after: tuple[datetime, str] | None, limit: int
     ) -> list[EarningsRow]: ...
     async def pending_withdrawals(self) -> PendingWithdrawals: ...
+
+
+# --- the payout provider -----------------------------------------------------------------------------------------
+# Whoever turns a withdrawal into real money. Like real ones it is asynchronous: submit() accepts a payout, status()
+# later tells whether it was paid or failed. It must be idempotent by withdrawal_id: the payout worker submits again
+# when a crash left a submission unrecorded, and the provider must not pay twice. payout_provider.py holds the sandbox.
+
+
+class PayoutState(Enum):
+    PROCESSING = "processing"
+    PAID = "paid"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PayoutResult:
+    state: PayoutState
+    # The provider's handle on the payout; passed back to status().
+    provider_reference: str
+    failure_reason: str = ""
+
+
+class PayoutProvider(Protocol):
+    async def submit(
+        self, *, withdrawal_id: str, destination: str, amount_minor: int, currency_code: str
+    ) -> PayoutResult: ...
+
+    async def status(self, *, withdrawal_id: str, provider_reference: str) -> PayoutResult: ...
+
+    async def cancel(self, *, withdrawal_id: str, destination: str, provider_reference: str | None) -> bool:
+        """Stops the payout if it still can be stopped; True when it was (or never reached the provider), False when
+        it is too late. Asked for every cancel of a pending withdrawal, also when we have no record of a submission
+        (provider_reference None): a crash may have lost that record, so a real provider must answer from its own
+        records by withdrawal_id."""
+        ...

@@ -31,8 +31,7 @@ from services.payouts.domain import (
     Withdrawal,
     WithdrawalStatus,
 )
-from services.payouts.payout_provider import PayoutResult, PayoutState
-from services.payouts.ports import Operation
+from services.payouts.ports import Operation, PayoutResult, PayoutState
 from services.runtime import ledger
 from services.runtime.errors import AppError, request_id_reused
 from services.runtime.requests import Reply, RequestKey, StoredRequest, replayed

@@ -21,7 +21,8 @@ from services.payouts.domain import (
     WithdrawalPolicy,
     WithdrawalStatus,
 )
-from services.payouts.payout_provider import PayoutState, SandboxPayoutProvider
+from services.payouts.payout_provider import SandboxPayoutProvider
+from services.payouts.ports import PayoutState
 from services.payouts.settlement import decode_gift_sent
 from services.runtime import pages
 from services.runtime.errors import AppError

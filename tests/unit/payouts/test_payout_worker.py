@@ -7,7 +7,7 @@ from structlog.testing import capture_logs
 
 from services.payouts import domain
 from services.payouts.domain import WithdrawalStatus
-from services.payouts.payout_provider import PayoutState
+from services.payouts.ports import PayoutState
 from tests.unit.payouts.helpers import CHECK_INTERVAL_SECONDS, Payouts, assert_ledger_agrees
 
 
