@@ -94,8 +94,8 @@ class GiftSaga:
         """Step 1: the outcomes already known (replays, refusals) and the pending gifts to pay. Two round trips: the
         reads the rules need, then one statement that claims every request_id and records the accepted gifts."""
         context = await self._store.read_gift_context(
-            sorted({target_id for kind, target_id in (c.target for c in commands) if kind is TargetKind.STREAM}),
-            sorted({target_id for kind, target_id in (c.target for c in commands) if kind is TargetKind.VIDEO}),
+            _target_ids(commands, TargetKind.STREAM),
+            _target_ids(commands, TargetKind.VIDEO),
             sorted({command.gift_id for command in commands}),
             [command.request_id for command in commands],
         )
@@ -204,6 +204,10 @@ class GiftSaga:
             return replayed(stored, self._reply)
         except AppError as error:
             return error
+
+
+def _target_ids(commands: list[SendGift], kind: TargetKind) -> list[str]:
+    return sorted({target_id for target_kind, target_id in (c.target for c in commands) if target_kind is kind})
 
 
 def _check_new_gifts(commands: list[SendGift], context: GiftContext) -> tuple[list[SentGift], dict[str, AppError]]:
