@@ -1,12 +1,15 @@
 """Gift rules with no I/O: who may go live, when a gift may be sent, what it costs, and which wallet answers are
 final. A gift is a saga across two services: recorded here as pending, paid by a wallet spend whose request_id is
 derived from the gift, then completed (or failed) here. Retrying the spend with the same derived request_id makes
-the wallet answer with its stored outcome, so a gift is never paid twice."""
+the wallet answer with its stored outcome, so a gift is never paid twice.
+
+Also the values the use cases (service.py, saga.py) take and return: the mutating RPCs' commands, each carrying its
+idempotency key (built by convert.py from the caller-scoped request), and their results."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 
@@ -14,6 +17,7 @@ import grpc
 
 from services.runtime import limits
 from services.runtime.errors import AppError, failed_precondition, not_found
+from services.runtime.requests import RequestKey
 
 MIN_QUANTITY = 1
 MAX_QUANTITY = limits.MAX_GIFT_QUANTITY
@@ -492,6 +496,22 @@ class SentGift:
         assert self.stream_id is not None, f"{self.gift_transaction_id} goes nowhere"
         return TargetKind.STREAM, self.stream_id
 
+    def receipt(self) -> GiftReceipt:
+        """A completed gift's answer (the sender's balance is the wallet's, right after paying for it)."""
+        assert self.sender_balance_coins is not None, f"{self.gift_transaction_id} is not paid"
+        return GiftReceipt(
+            gift_transaction_id=self.gift_transaction_id,
+            sender_id=self.sender_id,
+            recipient_id=self.recipient_id,
+            stream_id=self.stream_id,
+            video_id=self.video_id,
+            gift_id=self.gift_id,
+            quantity=self.quantity,
+            coins=self.coins,
+            combo_count=self.combo_count,
+            sender_balance_coins=self.sender_balance_coins,
+        )
+
 
 @dataclass(frozen=True)
 class GiftContext:
@@ -577,3 +597,98 @@ class MatchView:
 
     match: Match
     top_supporters: list[MatchSupporter]
+
+
+# ---------------------------------------------------------------- commands and their results
+
+
+@dataclass(frozen=True)
+class UpsertGift:
+    """Adds a gift to the catalog, or changes one (bringing a retired one back). Result: the CatalogGift."""
+
+    key: RequestKey
+    gift: CatalogGift
+
+
+@dataclass(frozen=True)
+class RetireGift:
+    """Takes a gift out of the catalog (gifts already sent keep it). Result: the CatalogGift."""
+
+    key: RequestKey
+    gift_id: str
+
+
+@dataclass(frozen=True)
+class StartStream:
+    """Result: the new LiveStream."""
+
+    key: RequestKey
+    creator_id: str
+    title: str
+
+
+@dataclass(frozen=True)
+class EndStream:
+    """Result: the LiveStream, ended (now or before)."""
+
+    key: RequestKey
+    stream_id: str
+
+
+@dataclass(frozen=True)
+class UpsertVideo:
+    """Registers a video, or turns its gifts on or off (its creator is fixed). Result: the Video."""
+
+    key: RequestKey
+    video: Video
+
+
+@dataclass(frozen=True)
+class StartMatch:
+    """Result: the new Match, its sides in the order asked."""
+
+    key: RequestKey
+    stream_ids: tuple[str, ...]
+    duration: timedelta
+
+
+@dataclass(frozen=True)
+class SetGoal:
+    """Replaces a live stream's open goal with a new one. Result: the new StreamGoal."""
+
+    key: RequestKey
+    stream_id: str
+    target_coins: int
+    description: str
+
+
+@dataclass  # not frozen: the batcher's in_request_id_rounds (HasRequestId) asks for a plain request_id attribute
+class SendGift:
+    """quantity × gift_id from sender_id to a live stream or a video (target). Result: a GiftReceipt."""
+
+    key: RequestKey
+    sender_id: str
+    target: tuple[TargetKind, str]
+    gift_id: str
+    quantity: int
+    request_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.request_id = self.key.request_id
+
+
+@dataclass(frozen=True)
+class GiftReceipt:
+    """What SendGift answers: the completed gift, and its sender's balance right after paying for it."""
+
+    gift_transaction_id: str
+    sender_id: str
+    recipient_id: str
+    # Exactly one of stream_id and video_id is set: where the gift went.
+    stream_id: str | None
+    video_id: str | None
+    gift_id: str
+    quantity: int
+    coins: int
+    combo_count: int
+    sender_balance_coins: int

@@ -13,7 +13,6 @@ from datetime import date, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from coinstream.gifts.v1 import gifts_pb2
-from google.protobuf.message import Message
 
 from services.gifts.domain import (
     CatalogGift,
@@ -36,10 +35,14 @@ from services.gifts.domain import (
     Video,
     WalletAccount,
 )
-from services.runtime import idempotency
 from services.runtime.errors import AppError
+from services.runtime.requests import Outcome, Reply, RequestKey, StoredRequest
 
-ResponseT = TypeVar("ResponseT", bound=Message)
+Result = TypeVar("Result")
+
+# What a gift feed's watcher yields: the RPC's message itself, built once per event for every watcher (feed.py), so
+# the use case passes it through as it is.
+FeedEvent = gifts_pb2.WatchStreamGiftsResponse
 
 
 class Reads(Protocol):
@@ -103,7 +106,7 @@ class Transaction(Reads, Protocol):
         finished_at: datetime,
         combos: dict[ComboKey, ComboState],
         failures: list[tuple[str, str]],
-        outcomes: list[idempotency.Outcome],
+        outcomes: list[Outcome],
     ) -> None: ...
 
     async def add_to_gifter_totals(self, increments: list[LeaderboardIncrement]) -> None: ...
@@ -128,6 +131,10 @@ class Transaction(Reads, Protocol):
     async def insert_outbox_events(self, events: list[OutboxRow]) -> None: ...
 
 
+# A use case's work inside one transaction, for GiftStore.run_once.
+Operation = Callable[[Transaction], Awaitable[Result]]
+
+
 class GiftStore(Reads, Protocol):
     """The gifts database. Its own methods run outside any transaction (each one statement, atomic by itself)."""
 
@@ -137,20 +144,16 @@ class GiftStore(Reads, Protocol):
         """A read-only snapshot (repeatable read): reads that must agree with each other."""
         ...
 
-    async def run_once(
-        self,
-        request: idempotency.MutatingRequest,
-        response_type: type[ResponseT],
-        operation: Callable[[Transaction], Awaitable[ResponseT]],
-    ) -> ResponseT:
-        """Runs a one-transaction mutation at most once per request.request_id and stores its outcome with the key:
-        a response, or a final error (AppError.is_outcome, the operation's writes dropped). A repeat with the same
-        request answers the stored outcome; with another, REQUEST_ID_REUSED."""
+    async def run_once(self, key: RequestKey, operation: Operation[Result], reply: Reply[Result]) -> Result:
+        """Runs a one-transaction mutation at most once per key and keeps its outcome with it: the result (as its
+        reply's message), or a final error (AppError.is_outcome, the operation's writes dropped). A repeat with the
+        same key answers the kept outcome; with the same request_id but another request, REQUEST_ID_REUSED."""
         ...
 
-    async def replay_if_completed(
-        self, request: idempotency.MutatingRequest, response_type: type[ResponseT]
-    ) -> ResponseT | None: ...
+    async def replay_if_completed(self, key: RequestKey, reply: Reply[Result]) -> Result | None:
+        """The kept outcome of a completed request (raised if an error), or None: for a use case that must ask
+        another service before its transaction, since a replay needs no answer from it."""
+        ...
 
     async def list_active_gifts(self) -> list[CatalogGift]: ...
 
@@ -164,7 +167,7 @@ class GiftStore(Reads, Protocol):
     ) -> GiftContext: ...
 
     async def claim_and_record_pending_gifts(
-        self, claims: list[idempotency.Claim], decided: list[idempotency.Outcome], gifts: list[SentGift]
+        self, claims: list[RequestKey], decided: list[Outcome], gifts: list[SentGift]
     ) -> set[str]:
         """One atomic statement: claims every request_id (a refusal stored with its key, an accepted request with
         its gift as the key's resource) and records the gifts of the requests that got their key as pending.
@@ -172,10 +175,10 @@ class GiftStore(Reads, Protocol):
         ...
 
     async def earlier_outcomes(
-        self, claims: list[idempotency.Claim], claimed: set[str]
-    ) -> dict[str, idempotency.StoredRequest | AppError]: ...
+        self, claims: list[RequestKey], claimed: set[str]
+    ) -> dict[str, StoredRequest | AppError]: ...
 
-    async def load_outcomes(self, request_ids: list[str]) -> dict[str, idempotency.StoredRequest]: ...
+    async def load_outcomes(self, request_ids: list[str]) -> dict[str, StoredRequest]: ...
 
     async def get_gift_transactions(self, gift_transaction_ids: list[str]) -> dict[str, SentGift]: ...
 
@@ -196,7 +199,7 @@ class Wallet(Protocol):
 
 
 class Watcher(Protocol):
-    async def next(self) -> gifts_pb2.WatchStreamGiftsResponse | None: ...
+    async def next(self) -> FeedEvent | None: ...
 
 
 class LiveFeed(Protocol):

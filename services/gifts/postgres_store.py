@@ -28,9 +28,10 @@ from services.gifts.domain import (
     Totals,
     Video,
 )
-from services.gifts.ports import ResponseT
+from services.gifts.ports import Result
 from services.runtime import idempotency
 from services.runtime.errors import AppError
+from services.runtime.requests import Outcome, Reply, RequestKey, StoredRequest, replayed
 
 
 class PostgresReads:
@@ -114,7 +115,7 @@ class PostgresTransaction(PostgresReads):
         finished_at: datetime,
         combos: dict[ComboKey, ComboState],
         failures: list[tuple[str, str]],
-        outcomes: list[idempotency.Outcome],
+        outcomes: list[Outcome],
     ) -> None:
         await store.finish_gifts(self._conn, completed, finished_at, combos, failures, outcomes)
 
@@ -164,20 +165,22 @@ class PostgresGiftStore(PostgresReads):
             yield PostgresReads(conn)
 
     async def run_once(
-        self,
-        request: idempotency.MutatingRequest,
-        response_type: type[ResponseT],
-        operation: Callable[[PostgresTransaction], Awaitable[ResponseT]],
-    ) -> ResponseT:
-        async def on_connection(conn: store.Connection) -> ResponseT:
+        self, key: RequestKey, operation: Callable[[PostgresTransaction], Awaitable[Result]], reply: Reply[Result]
+    ) -> Result:
+        async def on_connection(conn: store.Connection) -> Result:
             return await operation(PostgresTransaction(conn))
 
-        return await idempotency.run_once(self._pool, request, response_type, on_connection)
+        return await idempotency.run_keyed_once(self._pool, key, reply, on_connection)
 
-    async def replay_if_completed(
-        self, request: idempotency.MutatingRequest, response_type: type[ResponseT]
-    ) -> ResponseT | None:
-        return await idempotency.replay_if_completed(self._pool, request, response_type)
+    async def replay_if_completed(self, key: RequestKey, reply: Reply[Result]) -> Result | None:
+        # A new request (the usual case) costs the one statement it did before keys were commands; a replay one more,
+        # where its outcome is read (and its fingerprint checked) as a batch's earlier outcomes are.
+        if not await store.has_idempotency_key(self._pool, key.request_id):
+            return None
+        (stored,) = (await idempotency.earlier_outcomes(self._pool, [key], set())).values()
+        if isinstance(stored, AppError):
+            raise stored
+        return None if stored.in_flight else replayed(stored, reply)
 
     async def list_active_gifts(self) -> list[CatalogGift]:
         return await store.list_active_gifts(self._pool)
@@ -193,16 +196,16 @@ class PostgresGiftStore(PostgresReads):
         return await store.read_gift_context(self._pool, stream_ids, video_ids, gift_ids, request_ids)
 
     async def claim_and_record_pending_gifts(
-        self, claims: list[idempotency.Claim], decided: list[idempotency.Outcome], gifts: list[SentGift]
+        self, claims: list[RequestKey], decided: list[Outcome], gifts: list[SentGift]
     ) -> set[str]:
         return await store.claim_and_record_pending_gifts(self._pool, claims, decided, gifts)
 
     async def earlier_outcomes(
-        self, claims: list[idempotency.Claim], claimed: set[str]
-    ) -> dict[str, idempotency.StoredRequest | AppError]:
+        self, claims: list[RequestKey], claimed: set[str]
+    ) -> dict[str, StoredRequest | AppError]:
         return await idempotency.earlier_outcomes(self._pool, claims, claimed)
 
-    async def load_outcomes(self, request_ids: list[str]) -> dict[str, idempotency.StoredRequest]:
+    async def load_outcomes(self, request_ids: list[str]) -> dict[str, StoredRequest]:
         return await idempotency.load_many(self._pool, request_ids)
 
     async def get_gift_transactions(self, gift_transaction_ids: list[str]) -> dict[str, SentGift]:

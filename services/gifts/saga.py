@@ -11,7 +11,10 @@ concurrent SendGift calls join a batch (runtime MicroBatcher), and each step is 
 
 A crash or a wallet outage between 1 and 3 leaves the gifts pending; a retry with the same request_id or the
 recovery pass resumes them at step 2, and the wallet answers a repeated spend with its stored outcome. A batch is one
-transaction per step, so a crash loses a whole step of a batch or none of it."""
+transaction per step, so a crash loses a whole step of a batch or none of it.
+
+The saga takes SendGift commands and answers GiftReceipts (or the refusal); it keeps each answer with its key through
+the Reply it is given (convert.GIFT_SENT: the SendGiftResponse's bytes), inside the same statements as before."""
 
 from __future__ import annotations
 
@@ -20,20 +23,31 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import structlog
-from coinstream.gifts.v1 import gifts_pb2
 
-from services.gifts import convert, domain, events, ports
-from services.gifts.domain import CompletionLocks, GiftContext, OutboxRow, SentGift, Spend, SpendAsk
-from services.runtime import idempotency, tracing
+from services.gifts import domain, events, ports
+from services.gifts.domain import (
+    CompletionLocks,
+    GiftContext,
+    GiftReceipt,
+    OutboxRow,
+    SendGift,
+    SentGift,
+    Spend,
+    SpendAsk,
+    TargetKind,
+)
+from services.runtime import tracing
 from services.runtime.batching import BatchPolicy, MicroBatcher, in_request_id_rounds
 from services.runtime.errors import AppError, failed_precondition, request_id_reused, unavailable
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
 from services.runtime.messaging import GIFT_SENT_SUBJECT
+from services.runtime.requests import Outcome, Reply, StoredRequest, replayed
 
 log = structlog.get_logger()
 
-Outcome = gifts_pb2.SendGiftResponse | AppError
+# What a SendGift call is answered with.
+Answer = GiftReceipt | AppError
 
 
 class GiftSaga:
@@ -42,77 +56,74 @@ class GiftSaga:
         store: ports.GiftStore,
         wallet: ports.Wallet,
         policy: BatchPolicy,
+        reply: Reply[GiftReceipt],
         on_event_queued: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._wallet = wallet
+        # How a receipt is kept with its key (and read back for a replay).
+        self._reply = reply
         # Wakes the outbox relay so GiftSent goes out at once rather than at its next poll.
         self._on_event_queued = on_event_queued
-        self._batcher: MicroBatcher[gifts_pb2.SendGiftRequest, gifts_pb2.SendGiftResponse] = MicroBatcher(
-            "send_gift", self._send_batch, policy
-        )
+        self._batcher: MicroBatcher[SendGift, GiftReceipt] = MicroBatcher("send_gift", self._send_batch, policy)
         # Tracing on only: the traceparent of each SendGift call waiting for its batch, by request_id, so that its
         # gift's outbox row carries the call's trace on to the relay and settlement (one trace per gift).
         self._trace_parents: dict[str, str] = {}
 
-    async def send(self, request: gifts_pb2.SendGiftRequest) -> gifts_pb2.SendGiftResponse:
+    async def send(self, command: SendGift) -> GiftReceipt:
         traceparent = tracing.current_traceparent()
         if traceparent is None:
-            return await self._batcher.submit(request)
-        self._trace_parents[request.request_id] = traceparent
+            return await self._batcher.submit(command)
+        self._trace_parents[command.request_id] = traceparent
         try:
-            return await self._batcher.submit(request)
+            return await self._batcher.submit(command)
         finally:
-            if self._trace_parents.get(request.request_id) == traceparent:
-                del self._trace_parents[request.request_id]
+            if self._trace_parents.get(command.request_id) == traceparent:
+                del self._trace_parents[command.request_id]
 
-    async def _send_batch(self, requests: list[gifts_pb2.SendGiftRequest]) -> list[Outcome]:
-        return await in_request_id_rounds(requests, self._send_unique)
+    async def _send_batch(self, commands: list[SendGift]) -> list[Answer]:
+        return await in_request_id_rounds(commands, self._send_unique)
 
-    async def _send_unique(self, requests: list[gifts_pb2.SendGiftRequest]) -> dict[str, Outcome]:
-        outcomes, to_pay = await self._record_intents(requests)
+    async def _send_unique(self, commands: list[SendGift]) -> dict[str, Answer]:
+        outcomes, to_pay = await self._record_intents(commands)
         crash_point("gifts.after_gift_recorded")
         outcomes.update(await self.complete(to_pay))
         return outcomes
 
-    async def _record_intents(
-        self, requests: list[gifts_pb2.SendGiftRequest]
-    ) -> tuple[dict[str, Outcome], list[SentGift]]:
+    async def _record_intents(self, commands: list[SendGift]) -> tuple[dict[str, Answer], list[SentGift]]:
         """Step 1: the outcomes already known (replays, refusals) and the pending gifts to pay. Two round trips: the
         reads the rules need, then one statement that claims every request_id and records the accepted gifts."""
         context = await self._store.read_gift_context(
-            sorted({request.stream_id for request in requests if request.stream_id}),
-            sorted({request.video_id for request in requests if request.video_id}),
-            sorted({request.gift_id for request in requests}),
-            [request.request_id for request in requests],
+            _target_ids(commands, TargetKind.STREAM),
+            _target_ids(commands, TargetKind.VIDEO),
+            sorted({command.gift_id for command in commands}),
+            [command.request_id for command in commands],
         )
-        outcomes, to_pay = _answer_from_earlier_gifts(requests, context.gifts_without_key)
-        requests = [request for request in requests if request.request_id not in context.gifts_without_key]
-        new_gifts, refusals = _check_new_gifts(requests, context)
-        claims = [
-            idempotency.Claim(r.request_id, "SendGift", idempotency.request_hash("SendGift", r)) for r in requests
-        ]
-        decided = [idempotency.Outcome(rid, error=refusal) for rid, refusal in refusals.items()]
-        decided += [idempotency.Outcome(g.request_id, resource_id=g.gift_transaction_id) for g in new_gifts]
+        outcomes, to_pay = _answer_from_earlier_gifts(commands, context.gifts_without_key)
+        commands = [command for command in commands if command.request_id not in context.gifts_without_key]
+        new_gifts, refusals = _check_new_gifts(commands, context)
+        claims = [command.key for command in commands]
+        decided = [Outcome(rid, error=refusal) for rid, refusal in refusals.items()]
+        decided += [Outcome(g.request_id, resource_id=g.gift_transaction_id) for g in new_gifts]
         claimed = await self._store.claim_and_record_pending_gifts(claims, decided, new_gifts)
         outcomes.update({rid: refusal for rid, refusal in refusals.items() if rid in claimed})
         in_flight: list[str] = []
         for request_id, stored in (await self._store.earlier_outcomes(claims, claimed)).items():
-            if isinstance(stored, idempotency.StoredRequest) and stored.in_flight:
+            if isinstance(stored, StoredRequest) and stored.in_flight:
                 assert stored.resource_id is not None, f"SendGift {request_id} in flight without a gift"
                 in_flight.append(stored.resource_id)
             else:
-                outcomes[request_id] = _replayed(stored)
+                outcomes[request_id] = self._replayed(stored)
         if in_flight:
             to_pay += (await self._store.get_gift_transactions(in_flight)).values()
         # Gifts sent earlier (resumed) before the new ones, so combos and live feeds count them first.
         return outcomes, [*to_pay, *(gift for gift in new_gifts if gift.request_id in claimed)]
 
-    async def complete(self, gifts: list[SentGift]) -> dict[str, Outcome]:
+    async def complete(self, gifts: list[SentGift]) -> dict[str, Answer]:
         """Resumes gifts wherever they stand and returns each one's outcome by request_id. Safe to run concurrently
         with itself (a retry, another batch, the recovery pass): the wallet and the gift row locks decide once."""
         pending = [gift for gift in gifts if gift.status is domain.GiftStatus.PENDING]
-        outcomes: dict[str, Outcome] = {}
+        outcomes: dict[str, Answer] = {}
         if pending:
             payments = await self._pay(pending)
             crash_point("gifts.after_wallet_debit")
@@ -121,7 +132,7 @@ class GiftSaga:
         finished_elsewhere = [gift.request_id for gift in gifts if gift.request_id not in outcomes]
         if finished_elsewhere:
             stored = await self._store.load_outcomes(finished_elsewhere)
-            outcomes.update({request_id: _replayed(stored[request_id]) for request_id in finished_elsewhere})
+            outcomes.update({request_id: self._replayed(stored[request_id]) for request_id in finished_elsewhere})
         return outcomes
 
     async def _pay(self, gifts: list[SentGift]) -> list[Spend | AppError]:
@@ -136,10 +147,10 @@ class GiftSaga:
         except AppError as unknown:
             return [unknown] * len(gifts)
 
-    async def _settle(self, payments: list[tuple[SentGift, Spend | AppError]]) -> dict[str, Outcome]:
+    async def _settle(self, payments: list[tuple[SentGift, Spend | AppError]]) -> dict[str, Answer]:
         """Step 3: completes paid gifts and fails refused ones in one transaction. Gifts whose payment is still
         unknown stay pending and get WALLET_UNAVAILABLE (retry with the same request_id)."""
-        outcomes: dict[str, Outcome] = {}
+        outcomes: dict[str, Answer] = {}
         decided: list[tuple[SentGift, Spend | AppError]] = []
         for gift, payment in payments:
             if isinstance(payment, AppError) and not domain.is_final_wallet_refusal(payment):
@@ -157,7 +168,7 @@ class GiftSaga:
             decided = [(gift, payment) for gift, payment in decided if gift.gift_transaction_id in locks.pending]
             paid = [(gift, payment) for gift, payment in decided if isinstance(payment, Spend)]
             refused = [(gift, payment) for gift, payment in decided if isinstance(payment, AppError)]
-            settled = await _complete_paid_gifts(tx, paid, refused, self._trace_parents, locks)
+            settled = await _complete_paid_gifts(tx, paid, refused, self._trace_parents, locks, self._reply)
         if paid:
             self._on_event_queued()
         return outcomes | settled
@@ -177,8 +188,8 @@ class GiftSaga:
             log.info("recovery_pass", kind="gift", resumed=len(gift_transaction_ids), unresolved=unresolved)
         return len(gift_transaction_ids)
 
-    async def _complete_one_by_one(self, gifts: list[SentGift]) -> dict[str, Outcome]:
-        outcomes: dict[str, Outcome] = {}
+    async def _complete_one_by_one(self, gifts: list[SentGift]) -> dict[str, Answer]:
+        outcomes: dict[str, Answer] = {}
         for gift in gifts:
             try:
                 outcomes.update(await self.complete([gift]))
@@ -186,88 +197,88 @@ class GiftSaga:
                 log.exception("recovery_failed", kind="gift", gift_transaction_id=gift.gift_transaction_id)
         return outcomes
 
+    def _replayed(self, stored: StoredRequest | AppError) -> Answer:
+        if isinstance(stored, AppError):
+            return stored
+        try:
+            return replayed(stored, self._reply)
+        except AppError as error:
+            return error
 
-def _check_new_gifts(
-    requests: list[gifts_pb2.SendGiftRequest], context: GiftContext
-) -> tuple[list[SentGift], dict[str, AppError]]:
+
+def _target_ids(commands: list[SendGift], kind: TargetKind) -> list[str]:
+    return sorted({target_id for target_kind, target_id in (c.target for c in commands) if target_kind is kind})
+
+
+def _check_new_gifts(commands: list[SendGift], context: GiftContext) -> tuple[list[SentGift], dict[str, AppError]]:
     """The rules for each new request: a pending gift to record, or a refusal."""
     gifts: list[SentGift] = []
     refusals: dict[str, AppError] = {}
-    for request in requests:
-        catalog_gift = context.catalog.get(request.gift_id)
+    for command in commands:
+        catalog_gift = context.catalog.get(command.gift_id)
+        kind, target_id = command.target
         try:
-            if request.video_id:
+            if kind is TargetKind.VIDEO:
                 target: domain.LiveStream | domain.Video
                 target, gift = domain.require_giftable_video(
-                    context.videos.get(request.video_id),
-                    request.video_id,
-                    catalog_gift,
-                    request.gift_id,
-                    request.sender_id,
+                    context.videos.get(target_id), target_id, catalog_gift, command.gift_id, command.sender_id
                 )
             else:
                 target, gift = domain.require_giftable(
-                    context.streams.get(request.stream_id),
-                    request.stream_id,
-                    catalog_gift,
-                    request.gift_id,
-                    request.sender_id,
+                    context.streams.get(target_id), target_id, catalog_gift, command.gift_id, command.sender_id
                 )
         except AppError as refusal:
-            refusals[request.request_id] = refusal
+            refusals[command.request_id] = refusal
             continue
-        gifts.append(pending_gift(request, target, gift))
+        gifts.append(pending_gift(command, target, gift))
     return gifts, refusals
 
 
 def _answer_from_earlier_gifts(
-    requests: list[gifts_pb2.SendGiftRequest], earlier: dict[str, SentGift]
-) -> tuple[dict[str, Outcome], list[SentGift]]:
+    commands: list[SendGift], earlier: dict[str, SentGift]
+) -> tuple[dict[str, Answer], list[SentGift]]:
     """Requests whose gift outlived their idempotency key (a retry days later) are answered from the gift itself —
     a pending one is resumed — rather than recorded again (and never as a failure of the whole batch). The stored
     refusal is gone with the key: a refused gift answers with its reason under FAILED_PRECONDITION."""
-    outcomes: dict[str, Outcome] = {}
+    outcomes: dict[str, Answer] = {}
     to_resume: list[SentGift] = []
-    for request in requests:
-        gift = earlier.get(request.request_id)
+    for command in commands:
+        gift = earlier.get(command.request_id)
         if gift is None:
             continue
-        same = (gift.sender_id, gift.stream_id or "", gift.video_id or "", gift.gift_id, gift.quantity) == (
-            request.sender_id,
-            request.stream_id,
-            request.video_id,
-            request.gift_id,
-            request.quantity,
+        same = (gift.sender_id, gift.target, gift.gift_id, gift.quantity) == (
+            command.sender_id,
+            command.target,
+            command.gift_id,
+            command.quantity,
         )
         if not same:
-            outcomes[request.request_id] = request_id_reused()
+            outcomes[command.request_id] = request_id_reused()
         elif gift.status is domain.GiftStatus.PENDING:
             to_resume.append(gift)
         else:
-            outcomes[request.request_id] = _outcome_of_finished_gift(gift)
+            outcomes[command.request_id] = _outcome_of_finished_gift(gift)
     return outcomes, to_resume
 
 
-def _outcome_of_finished_gift(gift: SentGift) -> Outcome:
+def _outcome_of_finished_gift(gift: SentGift) -> Answer:
     if gift.status is domain.GiftStatus.FAILED:
         return failed_precondition(gift.failure_reason or "GIFT_FAILED", "this gift was refused when first sent")
-    return convert.send_gift_response(gift)
+    return gift.receipt()
 
 
-def pending_gift(
-    request: gifts_pb2.SendGiftRequest, target: domain.LiveStream | domain.Video, gift: domain.CatalogGift
-) -> SentGift:
+def pending_gift(command: SendGift, target: domain.LiveStream | domain.Video, gift: domain.CatalogGift) -> SentGift:
     return SentGift(
         gift_transaction_id=new_id("gtx"),
-        request_id=request.request_id,
-        sender_id=request.sender_id,
+        request_id=command.request_id,
+        sender_id=command.sender_id,
         recipient_id=target.creator_id,
         stream_id=target.stream_id if isinstance(target, domain.LiveStream) else None,
         video_id=target.video_id if isinstance(target, domain.Video) else None,
         gift_id=gift.gift_id,
-        quantity=request.quantity,
+        quantity=command.quantity,
         coin_price=gift.coin_price,
-        coins=domain.gift_coins(gift.coin_price, request.quantity),
+        coins=domain.gift_coins(gift.coin_price, command.quantity),
         status=domain.GiftStatus.PENDING,
         wallet_transaction_id=None,
         sender_balance_coins=None,
@@ -280,7 +291,8 @@ async def _complete_paid_gifts(
     refused: list[tuple[SentGift, AppError]],
     trace_parents: Mapping[str, str],
     locks: CompletionLocks,
-) -> dict[str, Outcome]:
+    reply: Reply[GiftReceipt],
+) -> dict[str, Answer]:
     """Completes the paid gifts and fails the refused ones (all locked pending by the caller). Locks in one order
     in every batch (streams, gifts, matches; combos, leaderboards, stream and video counters, match sides, goals),
     so completions never deadlock; each hot row is written once per batch. A transaction that holds a match's share
@@ -299,14 +311,14 @@ async def _complete_paid_gifts(
     gifts = [
         completed_gift(gift, spend, combo_count) for (gift, spend), combo_count in zip(paid, combo_counts, strict=True)
     ]
-    outcomes: dict[str, Outcome] = {gift.request_id: convert.send_gift_response(gift) for gift in gifts}
+    outcomes: dict[str, Answer] = {gift.request_id: gift.receipt() for gift in gifts}
     outcomes.update({gift.request_id: refusal for gift, refusal in refused})
     await tx.finish_gifts(
         gifts,
         sent_at,
         new_combos,
         [(gift.gift_transaction_id, refusal.reason) for gift, refusal in refused],
-        [_stored_outcome(request_id, outcome) for request_id, outcome in outcomes.items()],
+        [_kept(request_id, outcome, reply) for request_id, outcome in outcomes.items()],
     )
     if gifts:
         await _count_gifts(tx, gifts, sent_at, trace_parents, matches, locks.goals)
@@ -401,19 +413,11 @@ async def _count_in_goals(
     return rows
 
 
-def _replayed(stored: idempotency.StoredRequest | AppError) -> Outcome:
-    if isinstance(stored, AppError):
-        return stored
-    try:
-        return idempotency.replay(stored, gifts_pb2.SendGiftResponse)
-    except AppError as error:
-        return error
-
-
-def _stored_outcome(request_id: str, outcome: Outcome) -> idempotency.Outcome:
-    if isinstance(outcome, AppError):
-        return idempotency.Outcome(request_id, error=outcome)
-    return idempotency.Outcome(request_id, response=outcome)
+def _kept(request_id: str, answer: Answer, reply: Reply[GiftReceipt]) -> Outcome:
+    """What a key keeps of its answer: the refusal, or the receipt as its reply's message."""
+    if isinstance(answer, AppError):
+        return Outcome(request_id, error=answer)
+    return Outcome(request_id, response=reply.to_message(answer))
 
 
 def _payment_unknown(gift: SentGift, error: AppError) -> AppError:

@@ -1,6 +1,7 @@
-"""Gift use cases, on the ports of ports.py (no SQL here). Mutations run under their request_id's idempotency key
-and take and return protobuf messages, because the stored response is what an idempotent replay returns (and the
-request's hash is taken over its message); queries return domain records that the servicer converts.
+"""Gift use cases, on the ports of ports.py (no SQL here) and in domain terms (no protobuf here): the servicer
+converts requests into commands and results into responses (convert.py). A mutation runs once per its command's
+idempotency key, its result kept with the key as the RPC's response message (convert.py's Reply for that RPC), so a
+replay answers the identical response.
 
 SendGift is a saga around the wallet, run in batches: see saga.py."""
 
@@ -11,10 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import structlog
-from coinstream.gifts.v1 import gifts_pb2
 
-from services.gifts import domain, events, ports
-from services.gifts.convert import gift_catalog_message, goal_message, match_message, stream_message, video_message
+from services.gifts import convert, domain, events, ports
 from services.gifts.saga import GiftSaga
 from services.runtime.batching import BatchPolicy
 from services.runtime.faults import crash_point
@@ -45,61 +44,58 @@ class GiftService:
         self._on_event_queued = on_event_queued
         # Which leaderboard period is the current one.
         self._clock = clock
-        self._saga = GiftSaga(store, wallet, gift_batching, on_event_queued)
+        self._saga = GiftSaga(store, wallet, gift_batching, convert.GIFT_SENT, on_event_queued)
 
     async def list_gifts(self) -> list[domain.CatalogGift]:
         return await self._store.list_active_gifts()
 
-    async def upsert_gift(self, request: gifts_pb2.UpsertGiftRequest) -> gifts_pb2.UpsertGiftResponse:
-        gift = domain.CatalogGift(request.gift.gift_id, request.gift.name, request.gift.coin_price)
+    async def upsert_gift(self, command: domain.UpsertGift) -> domain.CatalogGift:
+        async def operation(tx: ports.Transaction) -> domain.CatalogGift:
+            return await tx.upsert_gift(command.gift)
 
-        async def operation(tx: ports.Transaction) -> gifts_pb2.UpsertGiftResponse:
-            return gifts_pb2.UpsertGiftResponse(gift=gift_catalog_message(await tx.upsert_gift(gift)))
+        return await self._store.run_once(command.key, operation, convert.GIFT_UPSERTED)
 
-        return await self._store.run_once(request, gifts_pb2.UpsertGiftResponse, operation)
+    async def retire_gift(self, command: domain.RetireGift) -> domain.CatalogGift:
+        async def operation(tx: ports.Transaction) -> domain.CatalogGift:
+            return domain.require_catalog_gift(await tx.retire_gift(command.gift_id), command.gift_id)
 
-    async def retire_gift(self, request: gifts_pb2.RetireGiftRequest) -> gifts_pb2.RetireGiftResponse:
-        async def operation(tx: ports.Transaction) -> gifts_pb2.RetireGiftResponse:
-            retired = domain.require_catalog_gift(await tx.retire_gift(request.gift_id), request.gift_id)
-            return gifts_pb2.RetireGiftResponse(gift=gift_catalog_message(retired))
+        return await self._store.run_once(command.key, operation, convert.GIFT_RETIRED)
 
-        return await self._store.run_once(request, gifts_pb2.RetireGiftResponse, operation)
-
-    async def start_live_stream(self, request: gifts_pb2.StartLiveStreamRequest) -> gifts_pb2.StartLiveStreamResponse:
+    async def start_live_stream(self, command: domain.StartStream) -> domain.LiveStream:
         # A replay needs no wallet: answer it before asking the wallet (which may be down).
-        replayed = await self._store.replay_if_completed(request, gifts_pb2.StartLiveStreamResponse)
+        replayed = await self._store.replay_if_completed(command.key, convert.STREAM_STARTED)
         if replayed is not None:
             return replayed
         # Asked before the transaction (never hold one open across a network call); used only if the request is new.
-        creator = await self._wallet.get_account(request.creator_id)
+        creator = await self._wallet.get_account(command.creator_id)
 
-        async def operation(tx: ports.Transaction) -> gifts_pb2.StartLiveStreamResponse:
-            domain.require_can_go_live(creator, request.creator_id)
-            stream = await tx.start_stream(new_id("str"), request.creator_id, request.title)
+        async def operation(tx: ports.Transaction) -> domain.LiveStream:
+            domain.require_can_go_live(creator, command.creator_id)
+            stream = await tx.start_stream(new_id("str"), command.creator_id, command.title)
             if stream is None:
-                raise domain.stream_already_live(request.creator_id)
-            return gifts_pb2.StartLiveStreamResponse(stream=stream_message(stream))
+                raise domain.stream_already_live(command.creator_id)
+            return stream
 
-        return await self._store.run_once(request, gifts_pb2.StartLiveStreamResponse, operation)
+        return await self._store.run_once(command.key, operation, convert.STREAM_STARTED)
 
     async def get_stream(self, stream_id: str) -> domain.LiveStream:
         return domain.require_stream(await self._store.get_stream(stream_id), stream_id)
 
-    async def end_live_stream(self, request: gifts_pb2.EndLiveStreamRequest) -> gifts_pb2.EndLiveStreamResponse:
-        async def operation(tx: ports.Transaction) -> gifts_pb2.EndLiveStreamResponse:
-            stream = domain.require_stream(await tx.lock_stream(request.stream_id), request.stream_id)
+    async def end_live_stream(self, command: domain.EndStream) -> domain.LiveStream:
+        async def operation(tx: ports.Transaction) -> domain.LiveStream:
+            stream = domain.require_stream(await tx.lock_stream(command.stream_id), command.stream_id)
             if stream.status is domain.StreamStatus.LIVE:
                 stream, ended_at = await tx.end_stream(stream.stream_id)
                 # In the same transaction and outbox as the stream's gifts: published after every one of them.
                 await tx.insert_outbox_events([events.stream_ended(stream, ended_at)])
-            return gifts_pb2.EndLiveStreamResponse(stream=stream_message(stream))
+            return stream
 
-        response = await self._store.run_once(request, gifts_pb2.EndLiveStreamResponse, operation)
+        ended = await self._store.run_once(command.key, operation, convert.STREAM_ENDED)
         self._on_event_queued()
-        return response
+        return ended
 
-    async def send_gift(self, request: gifts_pb2.SendGiftRequest) -> gifts_pb2.SendGiftResponse:
-        return await self._saga.send(request)
+    async def send_gift(self, command: domain.SendGift) -> domain.GiftReceipt:
+        return await self._saga.send(command)
 
     async def recover_pending_gifts(self, older_than_seconds: float) -> int:
         return await self._saga.recover_pending(older_than_seconds, RECOVERY_BATCH_SIZE)
@@ -116,7 +112,7 @@ class GiftService:
         on_subscribed: Callable[[], Awaitable[None]],
         caller: str | None = None,
         with_updates: bool = False,
-    ) -> AsyncIterator[gifts_pb2.WatchStreamGiftsResponse]:
+    ) -> AsyncIterator[ports.FeedEvent]:
         """Every gift of a live stream completed from now on (and, with_updates, its match and goal updates), until
         the stream ends. The watcher is registered before the stream is checked and before on_subscribed answers the
         caller, so no gift falls in between and an end racing the check still reaches it. caller: whose share of the
@@ -141,17 +137,17 @@ class GiftService:
 
     # ---------------------------------------------------------------- videos
 
-    async def upsert_video(self, request: gifts_pb2.UpsertVideoRequest) -> gifts_pb2.UpsertVideoResponse:
-        video = domain.Video(request.video_id, request.creator_id, request.gifts_enabled)
+    async def upsert_video(self, command: domain.UpsertVideo) -> domain.Video:
+        video = command.video
 
-        async def operation(tx: ports.Transaction) -> gifts_pb2.UpsertVideoResponse:
+        async def operation(tx: ports.Transaction) -> domain.Video:
             upserted = await tx.upsert_video(video)
             if upserted is None:
                 domain.require_same_video_creator(await tx.get_video(video.video_id), video.creator_id)
             assert upserted is not None, f"video {video.video_id} neither upserted nor another creator's"
-            return gifts_pb2.UpsertVideoResponse(video=video_message(upserted))
+            return upserted
 
-        return await self._store.run_once(request, gifts_pb2.UpsertVideoResponse, operation)
+        return await self._store.run_once(command.key, operation, convert.VIDEO_UPSERTED)
 
     async def get_video_summary(self, video_id: str) -> domain.VideoSummary:
         async with self._store.snapshot() as reads:
@@ -163,21 +159,19 @@ class GiftService:
 
     # ---------------------------------------------------------------- matches
 
-    async def start_match(self, request: gifts_pb2.StartMatchRequest) -> gifts_pb2.StartMatchResponse:
-        duration = request.duration.ToTimedelta()
-
-        async def operation(tx: ports.Transaction) -> gifts_pb2.StartMatchResponse:
+    async def start_match(self, command: domain.StartMatch) -> domain.Match:
+        async def operation(tx: ports.Transaction) -> domain.Match:
             # Locked (FOR UPDATE) until the match is in place: a gift completing to these streams meanwhile commits
             # before the match starts (and is not counted), or after it (and is).
-            streams = await tx.lock_streams(list(request.stream_ids))
-            sides = domain.require_matchable(streams, request.stream_ids)
-            match = await tx.create_match(new_id("mat"), sides, duration)
+            streams = await tx.lock_streams(list(command.stream_ids))
+            sides = domain.require_matchable(streams, command.stream_ids)
+            match = await tx.create_match(new_id("mat"), sides, command.duration)
             await tx.insert_outbox_events([events.match_updated(match)])
-            return gifts_pb2.StartMatchResponse(match=match_message(match))
+            return match
 
-        response = await self._store.run_once(request, gifts_pb2.StartMatchResponse, operation)
+        match = await self._store.run_once(command.key, operation, convert.MATCH_STARTED)
         self._on_event_queued()
-        return response
+        return match
 
     async def get_match(self, match_id: str) -> domain.MatchView:
         async with self._store.snapshot() as reads:
@@ -214,15 +208,15 @@ class GiftService:
 
     # ---------------------------------------------------------------- goals
 
-    async def set_stream_goal(self, request: gifts_pb2.SetStreamGoalRequest) -> gifts_pb2.SetStreamGoalResponse:
-        async def operation(tx: ports.Transaction) -> gifts_pb2.SetStreamGoalResponse:
+    async def set_stream_goal(self, command: domain.SetGoal) -> domain.StreamGoal:
+        async def operation(tx: ports.Transaction) -> domain.StreamGoal:
             # Locked (FOR UPDATE) until the goal is in place: gifts completing meanwhile count in the old goal or
             # the new one, never in neither or both.
-            stream = domain.require_goal_settable(await tx.lock_stream(request.stream_id), request.stream_id)
-            goal = await tx.replace_goal(new_id("goal"), stream, request.target_coins, request.description)
+            stream = domain.require_goal_settable(await tx.lock_stream(command.stream_id), command.stream_id)
+            goal = await tx.replace_goal(new_id("goal"), stream, command.target_coins, command.description)
             await tx.insert_outbox_events([events.goal_updated(goal)])
-            return gifts_pb2.SetStreamGoalResponse(goal=goal_message(goal))
+            return goal
 
-        response = await self._store.run_once(request, gifts_pb2.SetStreamGoalResponse, operation)
+        goal = await self._store.run_once(command.key, operation, convert.GOAL_SET)
         self._on_event_queued()
-        return response
+        return goal

@@ -1,5 +1,6 @@
 """gRPC entrypoint of the gifts service: who may call each RPC (declared on it, checked before anything else),
-then check the input, call one use case, and convert its answer (convert.py)."""
+then check the input, convert the request (convert.py; a mutation's into a command keyed by its caller-scoped
+request), call one use case, and convert its result back."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         check.text(request.title, "title", max_length=domain.MAX_TITLE_LENGTH)
         check.raise_if_invalid()
         scope_to_caller(request)
-        return await self._gifts.start_live_stream(request)
+        stream = await self._gifts.start_live_stream(convert.start_stream(request))
+        return convert.STREAM_STARTED.to_message(stream)
 
     @allow_resource_owner(or_roles=(ROLE_SERVICE,))
     async def EndLiveStream(
@@ -60,7 +62,8 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         stream = await self._gifts.get_stream(request.stream_id)
         require_resource_owner(stream.creator_id)
         scope_to_caller(request)
-        return await self._gifts.end_live_stream(request)
+        stream = await self._gifts.end_live_stream(convert.end_stream(request))
+        return convert.STREAM_ENDED.to_message(stream)
 
     @allow_owner("sender_id", or_roles=(ROLE_SERVICE,))
     async def SendGift(self, request: gifts_pb2.SendGiftRequest, context: Context) -> gifts_pb2.SendGiftResponse:
@@ -77,7 +80,8 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         check.int_range(request.quantity, "quantity", minimum=domain.MIN_QUANTITY, maximum=domain.MAX_QUANTITY)
         check.raise_if_invalid()
         scope_to_caller(request)
-        return await self._gifts.send_gift(request)
+        receipt = await self._gifts.send_gift(convert.send_gift(request))
+        return convert.GIFT_SENT.to_message(receipt)
 
     @allow_any_caller
     async def GetStreamSummary(
@@ -140,7 +144,8 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         )
         check.raise_if_invalid()
         scope_to_caller(request)
-        return await self._gifts.upsert_gift(request)
+        gift = await self._gifts.upsert_gift(convert.upsert_gift(request))
+        return convert.GIFT_UPSERTED.to_message(gift)
 
     @allow_roles(ROLE_ADMIN)
     async def RetireGift(self, request: gifts_pb2.RetireGiftRequest, context: Context) -> gifts_pb2.RetireGiftResponse:
@@ -149,7 +154,8 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         check.identifier(request.gift_id, "gift_id")
         check.raise_if_invalid()
         scope_to_caller(request)
-        return await self._gifts.retire_gift(request)
+        gift = await self._gifts.retire_gift(convert.retire_gift(request))
+        return convert.GIFT_RETIRED.to_message(gift)
 
     @allow_roles(ROLE_SERVICE, ROLE_ADMIN)
     async def UpsertVideo(
@@ -161,7 +167,8 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         check.identifier(request.creator_id, "creator_id")
         check.raise_if_invalid()
         scope_to_caller(request)
-        return await self._gifts.upsert_video(request)
+        video = await self._gifts.upsert_video(convert.upsert_video(request))
+        return convert.VIDEO_UPSERTED.to_message(video)
 
     @allow_any_caller
     async def GetVideoSummary(
@@ -186,7 +193,8 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         self._match_durations.check(check, request.duration)
         check.raise_if_invalid()
         scope_to_caller(request)
-        return await self._gifts.start_match(request)
+        match = await self._gifts.start_match(convert.start_match(request))
+        return convert.MATCH_STARTED.to_message(match)
 
     @allow_any_caller
     async def GetMatch(self, request: gifts_pb2.GetMatchRequest, context: Context) -> gifts_pb2.GetMatchResponse:
@@ -211,4 +219,5 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         stream = await self._gifts.get_stream(request.stream_id)
         require_resource_owner(stream.creator_id)
         scope_to_caller(request)
-        return await self._gifts.set_stream_goal(request)
+        goal = await self._gifts.set_stream_goal(convert.set_goal(request))
+        return convert.GOAL_SET.to_message(goal)

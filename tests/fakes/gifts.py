@@ -3,18 +3,18 @@ clock, for unit tests of the use cases without servers.
 
 FakeGiftStore keeps PostgreSQL's observable results, not its SQL: a transaction works on a copy of the tables that
 replaces them on a clean exit and is dropped on an exception (transactions take turns, so there are no races to
-lock against); run_once stores outcomes under caller request_ids with the runtime's hashes, a final error with the
-operation's writes dropped; and the constraints the rules rely on are checked on every write (one live stream per
-creator, one open goal per stream, a gift's status and payment agree, unique request_ids, wallet transactions and
-event ids). The clock is FakeClock's — the database's clock_timestamp() — so a test can move time across a combo
-window, a match's end or the recovery age."""
+lock against); run_once keeps outcomes under the commands' keys (a result as its reply's message bytes, a final
+error with the operation's writes dropped); and the constraints the rules rely on are checked on every write (one
+live stream per creator, one open goal per stream, a gift's status and payment agree, unique request_ids, wallet
+transactions and event ids). The clock is FakeClock's — the database's clock_timestamp() — so a test can move time
+across a combo window, a match's end or the recovery age."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -47,10 +47,10 @@ from services.gifts.domain import (
     Video,
     WalletAccount,
 )
-from services.gifts.ports import ResponseT
-from services.runtime import idempotency
+from services.gifts.ports import Operation, Result
 from services.runtime.errors import AppError, failed_precondition, not_found, request_id_reused, unavailable
 from services.runtime.ids import new_id
+from services.runtime.requests import Outcome, Reply, RequestKey, StoredRequest, replayed
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -88,8 +88,8 @@ class _Key:
     def __deepcopy__(self, memo: dict[int, object]) -> _Key:
         return dataclasses.replace(self)  # every field is immutable (an AppError is never changed once raised)
 
-    def stored(self) -> idempotency.StoredRequest:
-        return idempotency.StoredRequest(self.resource_id, self.response, self.error)
+    def stored(self) -> StoredRequest:
+        return StoredRequest(self.resource_id, self.response, self.error)
 
 
 @dataclass
@@ -301,7 +301,7 @@ class FakeTransaction(FakeReads):
         finished_at: datetime,
         combos: dict[ComboKey, ComboState],
         failures: list[tuple[str, str]],
-        outcomes: list[idempotency.Outcome],
+        outcomes: list[Outcome],
     ) -> None:
         for gift in completed:
             assert gift.status is GiftStatus.COMPLETED, "finish_gifts() takes completed gifts"
@@ -376,7 +376,7 @@ class FakeTransaction(FakeReads):
         self._t.outbox.extend(events)
 
 
-def _record(key: _Key, outcome: idempotency.Outcome) -> None:
+def _record(key: _Key, outcome: Outcome) -> None:
     """idempotency.record_statement on one key."""
     key.resource_id = outcome.resource_id or key.resource_id
     key.response = None if outcome.response is None else outcome.response.SerializeToString()
@@ -412,46 +412,37 @@ class FakeGiftStore(FakeReads):
     async def snapshot(self) -> AsyncIterator[FakeReads]:
         yield FakeReads(copy.deepcopy(self.tables), self.clock)
 
-    async def run_once(
-        self,
-        request: idempotency.MutatingRequest,
-        response_type: type[ResponseT],
-        operation: Callable[[FakeTransaction], Awaitable[ResponseT]],
-    ) -> ResponseT:
-        request_id = request.request_id
-        method = idempotency.method_name(request)
-        hashed = idempotency.request_hash(method, request)
+    async def run_once(self, key: RequestKey, operation: Operation[Result], reply: Reply[Result]) -> Result:
+        request_id = key.request_id
         async with self._turn:
             earlier = self.tables.keys.get(request_id)
             if earlier is not None:
-                if earlier.hashed != hashed:
+                if earlier.hashed != key.fingerprint:
                     raise request_id_reused()
-                return idempotency.replay(earlier.stored(), response_type)
+                return replayed(earlier.stored(), reply)
             keyed = copy.deepcopy(self.tables)
-            key = keyed.keys[request_id] = _Key(method, hashed)
+            kept = keyed.keys[request_id] = _Key(key.method, key.fingerprint)
             working = copy.deepcopy(keyed)
             try:
-                response = await operation(FakeTransaction(working, self.clock))
+                result = await operation(FakeTransaction(working, self.clock))
             except AppError as error:
                 if not error.is_outcome:
                     raise
-                key.error = error  # the operation's writes dropped, the refusal kept with the key
+                kept.error = error  # the operation's writes dropped, the refusal kept with the key
                 self._commit(keyed)
                 raise
-            working.keys[request_id].response = response.SerializeToString()
+            working.keys[request_id].response = reply.to_message(result).SerializeToString()
             self._commit(working)
-        return response
+        return result
 
-    async def replay_if_completed(
-        self, request: idempotency.MutatingRequest, response_type: type[ResponseT]
-    ) -> ResponseT | None:
-        key = self.tables.keys.get(request.request_id)
-        if key is None:
+    async def replay_if_completed(self, key: RequestKey, reply: Reply[Result]) -> Result | None:
+        kept = self.tables.keys.get(key.request_id)
+        if kept is None:
             return None
-        if key.hashed != idempotency.request_hash(idempotency.method_name(request), request):
+        if kept.hashed != key.fingerprint:
             raise request_id_reused()
-        stored = key.stored()
-        return None if stored.in_flight else idempotency.replay(stored, response_type)
+        stored = kept.stored()
+        return None if stored.in_flight else replayed(stored, reply)
 
     async def list_active_gifts(self) -> list[CatalogGift]:
         active = [gift for gift, is_active in self.tables.catalog.values() if is_active]
@@ -486,7 +477,7 @@ class FakeGiftStore(FakeReads):
         return GiftContext(streams, videos, catalog, without_key)
 
     async def claim_and_record_pending_gifts(
-        self, claims: list[idempotency.Claim], decided: list[idempotency.Outcome], gifts: list[SentGift]
+        self, claims: list[RequestKey], decided: list[Outcome], gifts: list[SentGift]
     ) -> set[str]:
         assert len({claim.request_id for claim in claims}) == len(claims), "a batch must not hold a request_id twice"
         async with self._turn:
@@ -497,7 +488,7 @@ class FakeGiftStore(FakeReads):
                 if claim.request_id in tables.keys:
                     continue
                 key = tables.keys[claim.request_id] = _Key(claim.method, claim.fingerprint)
-                _record(key, outcomes.get(claim.request_id, idempotency.Outcome(claim.request_id)))
+                _record(key, outcomes.get(claim.request_id, Outcome(claim.request_id)))
                 claimed.add(claim.request_id)
             for gift in gifts:
                 if gift.request_id in claimed:
@@ -508,9 +499,9 @@ class FakeGiftStore(FakeReads):
         return claimed
 
     async def earlier_outcomes(
-        self, claims: list[idempotency.Claim], claimed: set[str]
-    ) -> dict[str, idempotency.StoredRequest | AppError]:
-        earlier: dict[str, idempotency.StoredRequest | AppError] = {}
+        self, claims: list[RequestKey], claimed: set[str]
+    ) -> dict[str, StoredRequest | AppError]:
+        earlier: dict[str, StoredRequest | AppError] = {}
         for claim in claims:
             if claim.request_id in claimed:
                 continue
@@ -520,7 +511,7 @@ class FakeGiftStore(FakeReads):
             )
         return earlier
 
-    async def load_outcomes(self, request_ids: list[str]) -> dict[str, idempotency.StoredRequest]:
+    async def load_outcomes(self, request_ids: list[str]) -> dict[str, StoredRequest]:
         return {request_id: self.tables.keys[request_id].stored() for request_id in request_ids}
 
     async def get_gift_transactions(self, gift_transaction_ids: list[str]) -> dict[str, SentGift]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from coinstream.gifts.v1 import gifts_pb2
 
-from services.gifts import domain
+from services.gifts import convert, domain, ports
 from services.runtime.errors import AppError, failed_precondition, unavailable
-from tests.fakes.gifts import FakeGiftStore, FakeTransaction
+from services.runtime.requests import RequestKey
+from tests.fakes.gifts import FakeGiftStore
 
 ROSE = domain.CatalogGift("rose", "Rose", 5)
+KEY = RequestKey("r1", "UpsertGift", b"fingerprint")
 
 
 async def test_a_transaction_that_raises_leaves_nothing() -> None:
@@ -30,32 +31,26 @@ async def test_a_transaction_that_raises_leaves_nothing() -> None:
 
 async def test_a_final_refusal_is_kept_with_its_key_without_the_operations_writes() -> None:
     store = FakeGiftStore()
-    request = gifts_pb2.UpsertGiftRequest(
-        request_id="r1", gift=gifts_pb2.Gift(gift_id="rose", name="Rose", coin_price=5)
-    )
 
-    async def refuse(tx: FakeTransaction) -> gifts_pb2.UpsertGiftResponse:
+    async def refuse(tx: ports.Transaction) -> domain.CatalogGift:
         await tx.upsert_gift(ROSE)
         raise failed_precondition("NOPE", "refused after writing")
 
     for _ in range(2):  # the second call is answered from the key
         with pytest.raises(AppError) as error:
-            await store.run_once(request, gifts_pb2.UpsertGiftResponse, refuse)
+            await store.run_once(KEY, refuse, convert.GIFT_UPSERTED)
         assert (error.value.code, error.value.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NOPE")
     assert store.tables.catalog == {}
 
 
 async def test_an_error_that_is_no_outcome_drops_the_key_too() -> None:
     store = FakeGiftStore()
-    request = gifts_pb2.UpsertGiftRequest(
-        request_id="r1", gift=gifts_pb2.Gift(gift_id="rose", name="Rose", coin_price=5)
-    )
 
-    async def outage(tx: FakeTransaction) -> gifts_pb2.UpsertGiftResponse:
+    async def outage(tx: ports.Transaction) -> domain.CatalogGift:
         raise unavailable("DOWN", "try again")
 
     with pytest.raises(AppError):
-        await store.run_once(request, gifts_pb2.UpsertGiftResponse, outage)
+        await store.run_once(KEY, outage, convert.GIFT_UPSERTED)
     assert store.tables.keys == {}
 
 

@@ -10,7 +10,7 @@ import grpc
 from services.gifts import domain
 from services.gifts.domain import GiftStatus, TargetKind, Totals
 from services.runtime.messaging import GIFT_SENT_SUBJECT
-from tests.unit.gifts.world import LION, ROSE, World, refused, send_request
+from tests.unit.gifts.world import LION, ROSE, World, refused, send_command
 
 
 async def a_stream() -> tuple[World, str]:
@@ -25,8 +25,8 @@ async def test_a_gift_debits_its_sender_once_and_completes() -> None:
     response = await world.send(fan, ROSE, stream_id=stream_id, quantity=3)
     assert world.wallet.debits(fan) == [15]
     assert response.sender_balance_coins == 85 == world.wallet.balances[fan]
-    assert (response.gift.coins, response.gift.combo_count, response.gift.recipient_id) == (15, 1, "creator")
-    gift = world.gift(response.gift.gift_transaction_id)
+    assert (response.coins, response.combo_count, response.recipient_id) == (15, 1, "creator")
+    gift = world.gift(response.gift_transaction_id)
     assert gift.status is GiftStatus.COMPLETED and gift.wallet_transaction_id is not None
     assert (gift.paid_coins, gift.bonus_coins) == (15, 0)
     assert world.store.tables.totals[(TargetKind.STREAM, stream_id)] == Totals(15, 1)
@@ -38,11 +38,11 @@ async def test_a_gift_debits_its_sender_once_and_completes() -> None:
 async def test_a_replay_answers_the_same_response_and_pays_nothing_more() -> None:
     world, stream_id = await a_stream()
     fan = world.fan("fan", 100)
-    request = send_request(fan, ROSE, stream_id=stream_id)
-    first = await world.gifts.send_gift(request)
+    command = send_command(fan, ROSE, stream_id=stream_id)
+    first = await world.gifts.send_gift(command)
     world.clock.advance(60)
-    again = await world.gifts.send_gift(request)
-    assert again.SerializeToString() == first.SerializeToString()
+    again = await world.gifts.send_gift(command)
+    assert again == first
     assert world.wallet.debits(fan) == [5]
     assert len(world.store.tables.gifts) == 1
 
@@ -61,8 +61,8 @@ async def test_a_request_id_reused_for_another_gift_is_refused() -> None:
 async def test_a_retry_in_the_same_batch_shares_the_gift() -> None:
     world, stream_id = await a_stream()
     fan = world.fan("fan", 100)
-    request = send_request(fan, ROSE, stream_id=stream_id)
-    first, second = await asyncio.gather(world.gifts.send_gift(request), world.gifts.send_gift(request))
+    command = send_command(fan, ROSE, stream_id=stream_id)
+    first, second = await asyncio.gather(world.gifts.send_gift(command), world.gifts.send_gift(command))
     assert first == second
     assert world.wallet.debits(fan) == [5]
 
@@ -70,16 +70,16 @@ async def test_a_retry_in_the_same_batch_shares_the_gift() -> None:
 async def test_insufficient_coins_fail_the_gift_and_count_nothing() -> None:
     world, stream_id = await a_stream()
     fan = world.fan("fan", 10)
-    request = send_request(fan, LION, stream_id=stream_id)
-    assert await refused(world.gifts.send_gift(request)) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_COINS")
+    command = send_command(fan, LION, stream_id=stream_id)
+    assert await refused(world.gifts.send_gift(command)) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_COINS")
     gift = world.only_gift()
     assert (gift.status, gift.failure_reason) == (GiftStatus.FAILED, "INSUFFICIENT_COINS")
     assert world.wallet.balances[fan] == 10
     assert world.store.tables.totals[(TargetKind.STREAM, stream_id)] == Totals(0, 0)
     assert world.store.events(GIFT_SENT_SUBJECT) == []
-    # The refusal is the request's outcome: a retry gets it again, even once the fan could pay.
+    # The refusal is the command's outcome: a retry gets it again, even once the fan could pay.
     world.wallet.balances[fan] = 1_000
-    assert await refused(world.gifts.send_gift(request)) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_COINS")
+    assert await refused(world.gifts.send_gift(command)) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_COINS")
     assert world.wallet.debits(fan) == []
 
 
@@ -107,21 +107,21 @@ async def test_refusals_before_the_wallet_record_no_gift() -> None:
 async def test_a_refusal_before_the_wallet_is_replayed() -> None:
     world, stream_id = await a_stream()
     fan = world.fan("fan", 100)
-    request = send_request(fan, ROSE, stream_id="str_nope", request_id="r1")
-    assert await refused(world.gifts.send_gift(request)) == (grpc.StatusCode.NOT_FOUND, "STREAM_NOT_FOUND")
-    assert await refused(world.gifts.send_gift(request)) == (grpc.StatusCode.NOT_FOUND, "STREAM_NOT_FOUND")
+    command = send_command(fan, ROSE, stream_id="str_nope", request_id="r1")
+    assert await refused(world.gifts.send_gift(command)) == (grpc.StatusCode.NOT_FOUND, "STREAM_NOT_FOUND")
+    assert await refused(world.gifts.send_gift(command)) == (grpc.StatusCode.NOT_FOUND, "STREAM_NOT_FOUND")
 
 
 async def test_a_wallet_outage_leaves_the_gift_pending_until_a_retry_finishes_it() -> None:
     world, stream_id = await a_stream()
     fan = world.fan("fan", 100)
-    request = send_request(fan, ROSE, stream_id=stream_id)
+    command = send_command(fan, ROSE, stream_id=stream_id)
     world.wallet.down = True
-    assert await refused(world.gifts.send_gift(request)) == (grpc.StatusCode.UNAVAILABLE, "WALLET_UNAVAILABLE")
+    assert await refused(world.gifts.send_gift(command)) == (grpc.StatusCode.UNAVAILABLE, "WALLET_UNAVAILABLE")
     assert world.only_gift().status is GiftStatus.PENDING
     world.wallet.down = False
-    response = await world.gifts.send_gift(request)
-    assert response.gift.gift_transaction_id == world.only_gift().gift_transaction_id
+    response = await world.gifts.send_gift(command)
+    assert response.gift_transaction_id == world.only_gift().gift_transaction_id
     assert world.only_gift().status is GiftStatus.COMPLETED
     assert world.wallet.debits(fan) == [5]
 
@@ -129,9 +129,9 @@ async def test_a_wallet_outage_leaves_the_gift_pending_until_a_retry_finishes_it
 async def test_the_recovery_pass_finishes_a_gift_whose_payment_answer_was_lost() -> None:
     world, stream_id = await a_stream()
     fan = world.fan("fan", 100)
-    request = send_request(fan, ROSE, stream_id=stream_id)
+    command = send_command(fan, ROSE, stream_id=stream_id)
     world.wallet.answers_lost = True  # the wallet debits, the answer never arrives
-    assert await refused(world.gifts.send_gift(request)) == (grpc.StatusCode.UNAVAILABLE, "WALLET_UNAVAILABLE")
+    assert await refused(world.gifts.send_gift(command)) == (grpc.StatusCode.UNAVAILABLE, "WALLET_UNAVAILABLE")
     world.wallet.answers_lost = False
     assert await world.gifts.recover_pending_gifts(older_than_seconds=30) == 0  # not stale yet
     world.clock.advance(31)
@@ -139,18 +139,18 @@ async def test_the_recovery_pass_finishes_a_gift_whose_payment_answer_was_lost()
     gift = world.only_gift()
     assert gift.status is GiftStatus.COMPLETED and gift.sender_balance_coins == 95
     assert world.wallet.debits(fan) == [5]  # the repeated spend was answered from the wallet's stored outcome
-    assert (await world.gifts.send_gift(request)).gift.gift_transaction_id == gift.gift_transaction_id
+    assert (await world.gifts.send_gift(command)).gift_transaction_id == gift.gift_transaction_id
     assert await world.gifts.recover_pending_gifts(older_than_seconds=30) == 0
 
 
 async def test_a_retry_after_the_key_expired_is_answered_from_the_gift() -> None:
     world, stream_id = await a_stream()
     fan = world.fan("fan", 100)
-    request = send_request(fan, ROSE, stream_id=stream_id, request_id="r1")
-    first = await world.gifts.send_gift(request)
+    command = send_command(fan, ROSE, stream_id=stream_id, request_id="r1")
+    first = await world.gifts.send_gift(command)
     world.store.forget_key("r1")
-    assert await world.gifts.send_gift(request) == first
-    other = send_request(fan, LION, stream_id=stream_id, request_id="r1")
+    assert await world.gifts.send_gift(command) == first
+    other = send_command(fan, LION, stream_id=stream_id, request_id="r1")
     assert await refused(world.gifts.send_gift(other)) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
     assert world.wallet.debits(fan) == [5]
 
@@ -164,7 +164,7 @@ async def test_a_batch_pays_every_gift_once_and_counts_them_all() -> None:
         world.send(broke, ROSE, stream_id=stream_id),
         return_exceptions=True,
     )
-    assert [type(r).__name__ for r in responses[:5]] == ["SendGiftResponse"] * 5
+    assert [type(r).__name__ for r in responses[:5]] == ["GiftReceipt"] * 5
     assert world.store.tables.totals[(TargetKind.STREAM, stream_id)] == Totals(25, 5)
     assert len(world.store.events(GIFT_SENT_SUBJECT)) == 5
     assert all(world.wallet.debits(fan) == [5] for fan in fans) and world.wallet.debits(broke) == []
@@ -173,9 +173,9 @@ async def test_a_batch_pays_every_gift_once_and_counts_them_all() -> None:
 async def test_gifts_within_the_combo_window_continue_the_combo() -> None:
     world, stream_id = await a_stream()
     fan = world.fan("fan", 100)
-    counts = [(await world.send(fan, ROSE, stream_id=stream_id)).gift.combo_count for _ in range(3)]
+    counts = [(await world.send(fan, ROSE, stream_id=stream_id)).combo_count for _ in range(3)]
     world.clock.advance(domain.COMBO_WINDOW.total_seconds() + 1)
-    counts.append((await world.send(fan, ROSE, stream_id=stream_id)).gift.combo_count)
+    counts.append((await world.send(fan, ROSE, stream_id=stream_id)).combo_count)
     assert counts == [1, 2, 3, 1]
 
 

@@ -9,23 +9,19 @@ import grpc
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 
+from services.gifts.domain import StreamStatus
 from services.gifts.events import STREAM_ENDED_SUBJECT
-from services.runtime.ids import new_id
-from tests.unit.gifts.world import LION, ROSE, World, refused
-
-
-def start_request(creator_id: str, request_id: str = "") -> gifts_pb2.StartLiveStreamRequest:
-    return gifts_pb2.StartLiveStreamRequest(request_id=request_id or new_id("req"), creator_id=creator_id, title="hi")
+from tests.unit.gifts.world import LION, ROSE, World, refused, retire_command, start_command
 
 
 async def test_only_an_adult_verified_account_goes_live() -> None:
     world = World()
     world.wallet.open_account("minor")
-    assert await refused(world.gifts.start_live_stream(start_request("minor"))) == (
+    assert await refused(world.gifts.start_live_stream(start_command("minor"))) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "ACCOUNT_NOT_ELIGIBLE",
     )
-    assert await refused(world.gifts.start_live_stream(start_request("nobody"))) == (
+    assert await refused(world.gifts.start_live_stream(start_command("nobody"))) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "ACCOUNT_NOT_ELIGIBLE",
     )
@@ -35,7 +31,7 @@ async def test_only_an_adult_verified_account_goes_live() -> None:
 async def test_one_live_stream_per_creator() -> None:
     world = World()
     await world.live_stream("creator")
-    assert await refused(world.gifts.start_live_stream(start_request("creator"))) == (
+    assert await refused(world.gifts.start_live_stream(start_command("creator"))) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "STREAM_ALREADY_LIVE",
     )
@@ -44,10 +40,10 @@ async def test_one_live_stream_per_creator() -> None:
 async def test_a_replayed_start_needs_no_wallet() -> None:
     world = World()
     world.wallet.open_account("creator", adult_verified=True)
-    first = await world.gifts.start_live_stream(start_request("creator", "r1"))
+    first = await world.gifts.start_live_stream(start_command("creator", "r1"))
     world.wallet.down = True
-    assert await world.gifts.start_live_stream(start_request("creator", "r1")) == first
-    assert await refused(world.gifts.start_live_stream(start_request("other"))) == (
+    assert await world.gifts.start_live_stream(start_command("creator", "r1")) == first
+    assert await refused(world.gifts.start_live_stream(start_command("other"))) == (
         grpc.StatusCode.UNAVAILABLE,
         "WALLET_UNAVAILABLE",
     )
@@ -57,8 +53,8 @@ async def test_ending_a_stream_queues_stream_ended_once() -> None:
     world = World()
     stream_id = await world.live_stream("creator")
     ended = await world.end_stream(stream_id)
-    assert ended.status == gifts_pb2.STREAM_STATUS_ENDED
-    assert (await world.end_stream(stream_id)).status == gifts_pb2.STREAM_STATUS_ENDED  # already ended: as it is
+    assert ended.status is StreamStatus.ENDED
+    assert (await world.end_stream(stream_id)).status is StreamStatus.ENDED  # already ended: as it is
     (row,) = world.store.events(STREAM_ENDED_SUBJECT)
     assert row.msg_id == f"stream_ended:{stream_id}"
     event = events_pb2.StreamEnded.FromString(row.payload)
@@ -72,8 +68,7 @@ async def test_ending_a_stream_queues_stream_ended_once() -> None:
 
 async def test_ending_an_unknown_stream_stores_not_found() -> None:
     world = World()
-    request = gifts_pb2.EndLiveStreamRequest(request_id="r1", stream_id="str_nope")
-    assert await refused(world.gifts.end_live_stream(request)) == (grpc.StatusCode.NOT_FOUND, "STREAM_NOT_FOUND")
+    assert await refused(world.end_stream("str_nope", "r1")) == (grpc.StatusCode.NOT_FOUND, "STREAM_NOT_FOUND")
     assert world.store.tables.keys["r1"].error is not None
 
 
@@ -83,7 +78,7 @@ async def test_the_catalog_lists_active_gifts_by_price() -> None:
     assert await world.gifts.list_gifts() == [ROSE, LION]
     await world.retire("lion")
     assert await world.gifts.list_gifts() == [ROSE]
-    assert await refused(world.gifts.retire_gift(gifts_pb2.RetireGiftRequest(request_id="r", gift_id="nope"))) == (
+    assert await refused(world.gifts.retire_gift(retire_command("nope"))) == (
         grpc.StatusCode.NOT_FOUND,
         "GIFT_NOT_FOUND",
     )

@@ -7,7 +7,7 @@ import grpc
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 
-from services.gifts import domain, events
+from services.gifts import convert, domain, events
 from services.gifts.domain import TargetKind, Totals
 from services.runtime.ids import new_id
 from services.runtime.messaging import GIFT_SENT_SUBJECT
@@ -21,11 +21,10 @@ async def a_world() -> World:
 
 
 async def upsert_video(world: World, video_id: str, creator_id: str, *, gifts_enabled: bool = True) -> None:
-    await world.gifts.upsert_video(
-        gifts_pb2.UpsertVideoRequest(
-            request_id=new_id("req"), video_id=video_id, creator_id=creator_id, gifts_enabled=gifts_enabled
-        )
+    request = gifts_pb2.UpsertVideoRequest(
+        request_id=new_id("req"), video_id=video_id, creator_id=creator_id, gifts_enabled=gifts_enabled
     )
+    await world.gifts.upsert_video(convert.upsert_video(request))
 
 
 class TestVideoGifts:
@@ -34,7 +33,7 @@ class TestVideoGifts:
         await upsert_video(world, "v1", "maker")
         fan = world.fan("fan", 100)
         response = await world.send(fan, ROSE, video_id="v1", quantity=2)
-        assert (response.gift.video_id, response.gift.stream_id, response.gift.recipient_id) == ("v1", "", "maker")
+        assert (response.video_id, response.stream_id, response.recipient_id) == ("v1", None, "maker")
         assert world.wallet.debits(fan) == [10]
         summary = await world.gifts.get_video_summary("v1")
         assert (summary.totals, summary.top_gifters) == (Totals(10, 1), [(fan, 10)])
@@ -57,9 +56,9 @@ class TestVideoGifts:
         await upsert_video(world, "v1", "maker")
         stream_id = await world.live_stream("maker")
         fan = world.fan("fan", 100)
-        assert (await world.send(fan, ROSE, video_id="v1")).gift.combo_count == 1
-        assert (await world.send(fan, ROSE, stream_id=stream_id)).gift.combo_count == 1
-        assert (await world.send(fan, ROSE, video_id="v1")).gift.combo_count == 2
+        assert (await world.send(fan, ROSE, video_id="v1")).combo_count == 1
+        assert (await world.send(fan, ROSE, stream_id=stream_id)).combo_count == 1
+        assert (await world.send(fan, ROSE, video_id="v1")).combo_count == 2
 
     async def test_a_videos_creator_is_fixed(self) -> None:
         world = await a_world()

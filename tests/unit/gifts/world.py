@@ -1,4 +1,7 @@
-"""A gifts service on fakes (tests/fakes/gifts.py): the use cases as the servicer calls them, without servers."""
+"""A gifts service on fakes (tests/fakes/gifts.py): the use cases as the servicer calls them, without servers.
+
+Commands are built from the RPCs' requests through convert.py, as the servicer builds them, so a request's idempotency
+key (and its fingerprint) is the one the service sees in production."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 from coinstream.gifts.v1 import gifts_pb2
 from google.protobuf.duration_pb2 import Duration
 
-from services.gifts import domain
+from services.gifts import convert, domain
 from services.gifts.service import GiftService
 from services.runtime.batching import BatchPolicy
 from services.runtime.errors import AppError
@@ -45,18 +48,17 @@ class World:
     # ---- arranging
     async def catalog(self, *gifts: domain.CatalogGift) -> None:
         for gift in gifts:
-            await self.gifts.upsert_gift(gifts_pb2.UpsertGiftRequest(request_id=new_id("req"), gift=_gift(gift)))
+            request = gifts_pb2.UpsertGiftRequest(request_id=new_id("req"), gift=_gift(gift))
+            await self.gifts.upsert_gift(convert.upsert_gift(request))
 
     async def retire(self, gift_id: str) -> None:
-        await self.gifts.retire_gift(gifts_pb2.RetireGiftRequest(request_id=new_id("req"), gift_id=gift_id))
+        await self.gifts.retire_gift(retire_command(gift_id))
 
     async def live_stream(self, creator_id: str) -> str:
         if creator_id not in self.wallet.balances:
             self.wallet.open_account(creator_id, adult_verified=True)
-        response = await self.gifts.start_live_stream(
-            gifts_pb2.StartLiveStreamRequest(request_id=new_id("req"), creator_id=creator_id, title="live")
-        )
-        return response.stream.stream_id
+        stream = await self.gifts.start_live_stream(start_command(creator_id))
+        return stream.stream_id
 
     def fan(self, account_id: str, coins: int) -> str:
         self.wallet.open_account(account_id, coins)
@@ -72,32 +74,27 @@ class World:
         video_id: str = "",
         quantity: int = 1,
         request_id: str = "",
-    ) -> gifts_pb2.SendGiftResponse:
+    ) -> domain.GiftReceipt:
         return await self.gifts.send_gift(
-            send_request(
+            send_command(
                 sender_id, gift, stream_id=stream_id, video_id=video_id, quantity=quantity, request_id=request_id
             )
         )
 
-    async def start_match(self, *stream_ids: str, seconds: int = 300) -> gifts_pb2.Match:
-        response = await self.gifts.start_match(
-            gifts_pb2.StartMatchRequest(
-                request_id=new_id("req"), stream_ids=stream_ids, duration=Duration(seconds=seconds)
-            )
+    async def start_match(self, *stream_ids: str, seconds: int = 300) -> domain.Match:
+        request = gifts_pb2.StartMatchRequest(
+            request_id=new_id("req"), stream_ids=stream_ids, duration=Duration(seconds=seconds)
         )
-        return response.match
+        return await self.gifts.start_match(convert.start_match(request))
 
-    async def set_goal(self, stream_id: str, target_coins: int) -> gifts_pb2.StreamGoal:
-        response = await self.gifts.set_stream_goal(
-            gifts_pb2.SetStreamGoalRequest(request_id=new_id("req"), stream_id=stream_id, target_coins=target_coins)
+    async def set_goal(self, stream_id: str, target_coins: int) -> domain.StreamGoal:
+        request = gifts_pb2.SetStreamGoalRequest(
+            request_id=new_id("req"), stream_id=stream_id, target_coins=target_coins
         )
-        return response.goal
+        return await self.gifts.set_stream_goal(convert.set_goal(request))
 
-    async def end_stream(self, stream_id: str) -> gifts_pb2.LiveStream:
-        response = await self.gifts.end_live_stream(
-            gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=stream_id)
-        )
-        return response.stream
+    async def end_stream(self, stream_id: str, request_id: str = "") -> domain.LiveStream:
+        return await self.gifts.end_live_stream(end_command(stream_id, request_id))
 
     # ---- looking
     def gift(self, gift_transaction_id: str) -> domain.SentGift:
@@ -125,6 +122,37 @@ def send_request(
         gift_id=gift.gift_id,
         quantity=quantity,
     )
+
+
+def send_command(
+    sender_id: str,
+    gift: domain.CatalogGift = ROSE,
+    *,
+    stream_id: str = "",
+    video_id: str = "",
+    quantity: int = 1,
+    request_id: str = "",
+) -> domain.SendGift:
+    return convert.send_gift(
+        send_request(sender_id, gift, stream_id=stream_id, video_id=video_id, quantity=quantity, request_id=request_id)
+    )
+
+
+def start_command(creator_id: str, request_id: str = "") -> domain.StartStream:
+    request = gifts_pb2.StartLiveStreamRequest(
+        request_id=request_id or new_id("req"), creator_id=creator_id, title="hi"
+    )
+    return convert.start_stream(request)
+
+
+def end_command(stream_id: str, request_id: str = "") -> domain.EndStream:
+    return convert.end_stream(
+        gifts_pb2.EndLiveStreamRequest(request_id=request_id or new_id("req"), stream_id=stream_id)
+    )
+
+
+def retire_command(gift_id: str, request_id: str = "") -> domain.RetireGift:
+    return convert.retire_gift(gifts_pb2.RetireGiftRequest(request_id=request_id or new_id("req"), gift_id=gift_id))
 
 
 def _gift(gift: domain.CatalogGift) -> gifts_pb2.Gift:
