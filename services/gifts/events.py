@@ -14,12 +14,13 @@ from google.protobuf.message import Message
 
 from services.gifts import domain
 from services.runtime import tracing
-
-STREAM_ENDED_SUBJECT = "gifts.v1.stream_ended"
-MATCH_UPDATED_SUBJECT = "gifts.v1.match_updated"
-MATCH_FINISHED_SUBJECT = "gifts.v1.match_finished"
-GOAL_UPDATED_SUBJECT = "gifts.v1.goal_updated"
-GOAL_REACHED_SUBJECT = "gifts.v1.goal_reached"
+from services.runtime.messaging import (
+    GOAL_REACHED_SUBJECT,
+    GOAL_UPDATED_SUBJECT,
+    MATCH_FINISHED_SUBJECT,
+    MATCH_UPDATED_SUBJECT,
+    STREAM_ENDED_SUBJECT,
+)
 
 
 def new_update_id() -> str:

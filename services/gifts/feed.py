@@ -31,12 +31,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.gifts import domain, events
-from services.gifts.events import STREAM_ENDED_SUBJECT
-from services.runtime.messaging import GIFT_SENT_SUBJECT
+from services.runtime import messaging
 
 log = structlog.get_logger()
 
-FEED_SUBJECTS = "gifts.v1.*"
 # Gift ids remembered per watched stream to drop republished events (a relay republishes at most a batch of 200).
 DEDUP_IDS_PER_STREAM = 1_000
 # Messages NATS may buffer for our callback before it drops them (the callback never waits, so this is slack).
@@ -212,7 +210,7 @@ class GiftFeed:
             try:
                 if self._subscription is None:
                     self._subscription = await self._nats.subscribe(
-                        FEED_SUBJECTS,
+                        messaging.GIFT_FEED_SUBJECTS,
                         cb=self._on_message,
                         pending_msgs_limit=SUBSCRIPTION_PENDING_MESSAGES,
                         pending_bytes_limit=SUBSCRIPTION_PENDING_BYTES,
@@ -302,22 +300,22 @@ class GiftFeed:
 
     def route(self, subject: str, payload: bytes) -> None:
         """Hands one published event to the watchers of its stream(s), without waiting for any of them."""
-        if subject == GIFT_SENT_SUBJECT:
+        if subject == messaging.GIFT_SENT_SUBJECT:
             sent = events_pb2.GiftSent.FromString(payload)
             if sent.stream_id:  # video gifts have no live feed
                 self._deliver([sent.stream_id], sent.gift_transaction_id, lambda: gift_event(sent))
-        elif subject == STREAM_ENDED_SUBJECT:
+        elif subject == messaging.STREAM_ENDED_SUBJECT:
             self._end_stream(events_pb2.StreamEnded.FromString(payload).stream_id)
-        elif subject == events.MATCH_UPDATED_SUBJECT:
+        elif subject == messaging.MATCH_UPDATED_SUBJECT:
             updated = events_pb2.MatchUpdated.FromString(payload)
             sides = [side.stream_id for side in updated.sides]
             total = sum(side.score_coins for side in updated.sides)
             self._deliver_update(sides, f"match_updated:{updated.update_id}", (updated.match_id, total), updated)
-        elif subject == events.MATCH_FINISHED_SUBJECT:
+        elif subject == messaging.MATCH_FINISHED_SUBJECT:
             finished = events_pb2.MatchFinished.FromString(payload)
             sides = [side.stream_id for side in finished.sides]
             self._deliver_update(sides, f"match_finished:{finished.match_id}", None, finished)
-        elif subject == events.GOAL_UPDATED_SUBJECT:
+        elif subject == messaging.GOAL_UPDATED_SUBJECT:
             goal = events_pb2.GoalUpdated.FromString(payload)
             progress = (goal.goal.goal_id, goal.goal.progress_coins)
             self._deliver_update([goal.goal.stream_id], f"goal_updated:{goal.update_id}", progress, goal)

@@ -31,7 +31,7 @@ from services.gifts.domain import (
 from services.gifts.ports import Result
 from services.runtime import idempotency
 from services.runtime.errors import AppError
-from services.runtime.requests import Outcome, Reply, RequestKey, StoredRequest, replayed
+from services.runtime.requests import Outcome, Reply, RequestKey, StoredRequest
 
 
 class PostgresReads:
@@ -170,17 +170,10 @@ class PostgresGiftStore(PostgresReads):
         async def on_connection(conn: store.Connection) -> Result:
             return await operation(PostgresTransaction(conn))
 
-        return await idempotency.run_keyed_once(self._pool, key, reply, on_connection)
+        return await idempotency.run_once(self._pool, key, reply, on_connection)
 
     async def replay_if_completed(self, key: RequestKey, reply: Reply[Result]) -> Result | None:
-        # A new request (the usual case) costs the one statement it did before keys were commands; a replay one more,
-        # where its outcome is read (and its fingerprint checked) as a batch's earlier outcomes are.
-        if not await store.has_idempotency_key(self._pool, key.request_id):
-            return None
-        (stored,) = (await idempotency.earlier_outcomes(self._pool, [key], set())).values()
-        if isinstance(stored, AppError):
-            raise stored
-        return None if stored.in_flight else replayed(stored, reply)
+        return await idempotency.replay_if_completed(self._pool, key, reply)
 
     async def list_active_gifts(self) -> list[CatalogGift]:
         return await store.list_active_gifts(self._pool)

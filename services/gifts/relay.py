@@ -25,9 +25,9 @@ from nats.js.api import PubAck
 from prometheus_client import Counter, Gauge
 
 from services.gifts import store
-from services.gifts.events import MATCH_FINISHED_SUBJECT, STREAM_ENDED_SUBJECT
 from services.runtime import tracing
 from services.runtime.faults import crash_point
+from services.runtime.messaging import MATCH_FINISHED_SUBJECT, STREAM_ENDED_SUBJECT
 
 log = structlog.get_logger()
 

@@ -202,14 +202,6 @@ async def read_gift_context(
     return GiftContext(streams, videos, catalog, {gift.request_id: gift for gift in earlier.values()})
 
 
-async def has_idempotency_key(conn: Executor, request_id: str) -> bool:
-    """Whether a request_id holds a key (completed or not): a request to replay rather than run."""
-    found: bool = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE request_id = $1)", request_id
-    )
-    return found
-
-
 async def claim_and_record_pending_gifts(
     conn: Executor, claims: list[idempotency.Claim], decided: list[idempotency.Outcome], gifts: list[SentGift]
 ) -> set[str]:

@@ -64,7 +64,7 @@ class PostgresPayoutsStore:
         async def in_transaction(conn: Connection) -> Result:
             return await operation(PostgresTransaction(conn))
 
-        return await idempotency.run_keyed_once(self._pool, key, reply, in_transaction)
+        return await idempotency.run_once(self._pool, key, reply, in_transaction)
 
     async def current_rate(self) -> SettlementRate | None:
         return await _current_rate(self._pool)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import grpc
@@ -31,7 +31,6 @@ from services.runtime.requests import (
 # Re-exported: the stores import them from here too.
 __all__ = ["MutatingRequest", "Outcome", "StoredRequest", "method_name"]
 
-ResponseT = TypeVar("ResponseT", bound=Message)
 Result = TypeVar("Result")
 
 # What a key holds of its request's outcome, as _stored() reads it.
@@ -217,21 +216,18 @@ def _stored(row: asyncpg.Record) -> StoredRequest:
     return StoredRequest(row["resource_id"], row["response"], error)
 
 
-async def replay_if_completed(
-    pool: asyncpg.Pool, request: MutatingRequest, response_type: type[ResponseT]
-) -> ResponseT | None:
+async def replay_if_completed(pool: asyncpg.Pool, key: RequestKey, reply: Reply[Result]) -> Result | None:
     """The stored outcome of an already completed request (raised if it was an error), or None. For use cases
     that must call another service before their transaction: a replay needs no answer from it."""
     row = await pool.fetchrow(
-        f"SELECT request_hash, {_OUTCOME_COLUMNS} FROM idempotency_keys WHERE request_id = $1",
-        request.request_id,
+        f"SELECT request_hash, {_OUTCOME_COLUMNS} FROM idempotency_keys WHERE request_id = $1", key.request_id
     )
     if row is None:
         return None
-    if bytes(row["request_hash"]) != request_hash(method_name(request), request):
+    if bytes(row["request_hash"]) != key.fingerprint:
         raise request_id_reused()
     stored = _stored(row)
-    return None if stored.in_flight else replay(stored, response_type)
+    return None if stored.in_flight else replayed(stored, reply)
 
 
 async def set_resource(conn: Connection, request_id: str, resource_id: str) -> None:
@@ -258,12 +254,7 @@ async def record_error(conn: Connection, request_id: str, error: AppError) -> No
     )
 
 
-def replay(stored: StoredRequest, response_type: type[ResponseT]) -> ResponseT:
-    """The original outcome again: the same response, or the same error raised."""
-    return replayed(stored, _AsItself(response_type))
-
-
-async def run_keyed_once(
+async def run_once(
     pool: asyncpg.Pool,
     key: RequestKey,
     reply: Reply[Result],
@@ -292,27 +283,6 @@ async def run_keyed_once(
     if isinstance(outcome, AppError):
         raise outcome
     return outcome
-
-
-async def run_once(
-    pool: asyncpg.Pool,
-    request: MutatingRequest,
-    response_type: type[ResponseT],
-    operation: Callable[[PoolConnectionProxy], Awaitable[ResponseT]],
-) -> ResponseT:
-    """run_keyed_once for a use case that still takes the request message and returns the response message."""
-    return await run_keyed_once(pool, RequestKey.of(request), _AsItself(response_type), operation)
-
-
-class _AsItself(Generic[ResponseT]):
-    def __init__(self, message_type: type[ResponseT]) -> None:
-        self._message_type = message_type
-
-    def to_message(self, result: ResponseT) -> ResponseT:
-        return result
-
-    def from_bytes(self, stored: bytes) -> ResponseT:
-        return self._message_type.FromString(stored)
 
 
 EXPIRED_KEYS_PER_PASS = 1000

@@ -30,8 +30,20 @@ from services.runtime.nats_login import (
     NatsLogin,
 )
 
-GIFTS_STREAM = "GIFTS"
+# Every event subject, in one place (the contract's events; the README's Events table). Gifts publishes them through
+# its outbox; payouts settles GiftSent; the live feed listens to all of gifts.v1.
+GIFT_EVENTS = "gifts.>"  # everything stream GIFTS keeps
+GIFT_FEED_SUBJECTS = "gifts.v1.*"  # what the live feed subscribes to (core NATS)
 GIFT_SENT_SUBJECT = "gifts.v1.gift_sent"
+STREAM_ENDED_SUBJECT = "gifts.v1.stream_ended"
+MATCH_UPDATED_SUBJECT = "gifts.v1.match_updated"
+MATCH_FINISHED_SUBJECT = "gifts.v1.match_finished"
+GOAL_UPDATED_SUBJECT = "gifts.v1.goal_updated"
+GOAL_REACHED_SUBJECT = "gifts.v1.goal_reached"
+DEAD_LETTER_EVENTS = "dead_letters.>"  # everything stream DEAD_LETTERS keeps
+GIFT_SENT_DEAD_LETTER_SUBJECT = "dead_letters.v1.gift_sent"
+
+GIFTS_STREAM = "GIFTS"
 SETTLEMENT_CONSUMER = "payouts-settlement"
 
 # An unsettled GiftSent is money owed to a creator, so the stream must never drop one for age or size:
@@ -40,7 +52,7 @@ SETTLEMENT_CONSUMER = "payouts-settlement"
 # silently dropping the oldest. The stream is still bounded (limits on every queue).
 GIFTS_STREAM_CONFIG = StreamConfig(
     name=GIFTS_STREAM,
-    subjects=["gifts.>"],
+    subjects=[GIFT_EVENTS],
     retention=RetentionPolicy.INTEREST,
     discard=DiscardPolicy.NEW,
     storage=StorageType.FILE,
@@ -53,10 +65,9 @@ GIFTS_STREAM_CONFIG = StreamConfig(
 # dead-letters`). Limits retention: a dead letter stays until it is replayed; discard NEW, so a full stream refuses
 # a new dead letter — its event then stays undelivered in its own stream — rather than dropping an old one.
 DEAD_LETTERS_STREAM = "DEAD_LETTERS"
-GIFT_SENT_DEAD_LETTER_SUBJECT = "dead_letters.v1.gift_sent"
 DEAD_LETTERS_STREAM_CONFIG = StreamConfig(
     name=DEAD_LETTERS_STREAM,
-    subjects=["dead_letters.>"],
+    subjects=[DEAD_LETTER_EVENTS],
     retention=RetentionPolicy.LIMITS,
     discard=DiscardPolicy.NEW,
     storage=StorageType.FILE,

@@ -18,7 +18,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.runtime.messaging import DEAD_LETTERS_STREAM, GIFTS_STREAM, SETTLEMENT_CONSUMER
+from services.runtime.messaging import (
+    DEAD_LETTER_EVENTS,
+    DEAD_LETTERS_STREAM,
+    GIFT_EVENTS,
+    GIFT_FEED_SUBJECTS,
+    GIFTS_STREAM,
+    SETTLEMENT_CONSUMER,
+)
 from services.runtime.nats_login import NatsLogin
 
 GIFTS_USER = "gifts"
@@ -31,8 +38,6 @@ def inboxes(user: str) -> str:
     return f"{NatsLogin(user).inbox_prefix}.>"
 
 
-GIFT_EVENTS = "gifts.>"
-DEAD_LETTER_EVENTS = "dead_letters.>"
 JS_API = "$JS.API"
 
 # Refused to every user, whatever its allow list says (deny wins over allow in nats-server). Each would destroy
@@ -77,7 +82,7 @@ USERS: dict[str, Permissions] = {
         ),
         subscribe=(
             inboxes(GIFTS_USER),
-            "gifts.v1.*",  # the live gift feed: a core-NATS subscription to its own events (feed.FEED_SUBJECTS)
+            GIFT_FEED_SUBJECTS,  # the live gift feed: a core-NATS subscription to its own events
         ),
         why="the gifts service: publishes gift events, declares GIFTS and the settlement consumer",
     ),

@@ -3,7 +3,7 @@ its result is kept with that key.
 
 The servicer turns the (caller-scoped) request message into a RequestKey — request_id, RPC, fingerprint of all it
 asks — and the use case takes a domain command carrying it. A store runs the command at most once per key
-(idempotency.run_keyed_once on PostgreSQL; an in-memory fake in the tests) and keeps the result as the RPC's
+(idempotency.run_once on PostgreSQL; an in-memory fake in the tests) and keeps the result as the RPC's
 response message (a Reply), so that a replay returns the identical response, even across releases."""
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ class PostgresWalletStore:
             yield PostgresTransaction(_connection(proxy))
 
     async def run_once(self, key: RequestKey, operation: Operation[Result], reply: Reply[Result]) -> Result:
-        return await idempotency.run_keyed_once(
+        return await idempotency.run_once(
             self._pool, key, reply, lambda proxy: operation(PostgresTransaction(_connection(proxy)))
         )
 

@@ -16,7 +16,7 @@ from coinstream.gifts.v1 import gifts_pb2
 from nats.aio.msg import Msg
 
 from coinstream.testing.servers import NatsServer
-from services.gifts.feed import STREAM_ENDED_SUBJECT
+from services.runtime.messaging import STREAM_ENDED_SUBJECT
 from tests.support.clients import SERVICE, Clients, auth, new_id
 from tests.support.errors import error_reason, violated_fields
 from tests.support.events import gift_sent_messages, messages_on

@@ -17,7 +17,7 @@ from coinstream.gifts.v1 import gifts_pb2
 from google.protobuf.duration_pb2 import Duration
 
 from coinstream.testing.servers import stop_process
-from services.gifts.events import MATCH_FINISHED_SUBJECT
+from services.runtime.messaging import MATCH_FINISHED_SUBJECT
 from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
 from tests.support.crashes import gifts_crashing_at, restart_after_crash
 from tests.support.errors import error_reason, violated_fields

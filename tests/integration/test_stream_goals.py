@@ -11,7 +11,7 @@ import pytest
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 
-from services.gifts.events import GOAL_REACHED_SUBJECT
+from services.runtime.messaging import GOAL_REACHED_SUBJECT
 from tests.support.clients import SERVICE, Clients, auth, new_id
 from tests.support.errors import error_reason, violated_fields
 from tests.support.events import events_on

@@ -10,7 +10,7 @@ from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 
 from services.gifts.domain import StreamStatus
-from services.gifts.events import STREAM_ENDED_SUBJECT
+from services.runtime.messaging import STREAM_ENDED_SUBJECT
 from tests.unit.gifts.world import LION, ROSE, World, refused, retire_command, start_command
 
 

@@ -7,8 +7,9 @@ import grpc
 from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 
-from services.gifts import convert, domain, events
+from services.gifts import convert, domain
 from services.gifts.domain import TargetKind, Totals
+from services.runtime import messaging
 from services.runtime.ids import new_id
 from services.runtime.messaging import GIFT_SENT_SUBJECT
 from tests.unit.gifts.world import LION, ROSE, World, refused
@@ -79,7 +80,8 @@ class TestMatches:
         assert [(s.stream_id, s.score_coins) for s in view.match.sides] == [(red, 500), (blue, 0)]
         assert [(s.stream_id, s.account_id, s.coins) for s in view.top_supporters] == [(red, "fan", 500)]
         updates = [
-            events_pb2.MatchUpdated.FromString(row.payload) for row in world.store.events(events.MATCH_UPDATED_SUBJECT)
+            events_pb2.MatchUpdated.FromString(row.payload)
+            for row in world.store.events(messaging.MATCH_UPDATED_SUBJECT)
         ]
         assert [[side.score_coins for side in u.sides] for u in updates] == [[0, 0], [500, 0]]  # the start, the gift
 
@@ -103,7 +105,7 @@ class TestMatches:
         assert await world.gifts.finish_due_matches() == 1
         finished = (await world.gifts.get_match(match.match_id)).match
         assert (finished.status, finished.winner_stream_ids) == (domain.MatchStatus.FINISHED, (blue,))
-        (result,) = world.store.events(events.MATCH_FINISHED_SUBJECT)
+        (result,) = world.store.events(messaging.MATCH_FINISHED_SUBJECT)
         assert list(events_pb2.MatchFinished.FromString(result.payload).winner_stream_ids) == [blue]
         assert (await world.gifts.get_stream_summary(red)).active_match_id is None
         await world.start_match(red, blue)  # free for another match
@@ -126,9 +128,9 @@ class TestGoals:
         summary = await world.gifts.get_stream_summary(stream_id)
         assert summary.goal is not None and summary.goal.goal_id == goal.goal_id
         assert (summary.goal.progress_coins, summary.goal.reached_at) == (15, world.clock.now())
-        reached = world.store.events(events.GOAL_REACHED_SUBJECT)
+        reached = world.store.events(messaging.GOAL_REACHED_SUBJECT)
         assert [row.msg_id for row in reached] == [f"goal_reached:{goal.goal_id}"]
-        assert len(world.store.events(events.GOAL_UPDATED_SUBJECT)) == 4  # set, then one per gift
+        assert len(world.store.events(messaging.GOAL_UPDATED_SUBJECT)) == 4  # set, then one per gift
 
     async def test_a_new_goal_replaces_the_open_one(self) -> None:
         world = await a_world()

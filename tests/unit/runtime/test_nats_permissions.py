@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from coinstream.testing.nats_credentials import ROUTE_USER, NatsCredentials
 from devstack.cli import app
-from services.gifts.feed import FEED_SUBJECTS, STREAM_ENDED_SUBJECT
+from services.runtime.messaging import GIFT_FEED_SUBJECTS, STREAM_ENDED_SUBJECT
 from services.runtime.nats_login import ANONYMOUS, NatsLogin, NatsLoginError, read_nats_login
 from services.runtime.nats_permissions import (
     GIFTS_USER,
@@ -79,8 +79,8 @@ def test_only_payouts_and_the_operator_may_consume_settle_and_dead_letter() -> N
 
 def test_gifts_may_subscribe_to_what_its_live_feed_subscribes_to() -> None:
     """The rule is written out in the runtime (which must not import a service); this keeps it in step."""
-    assert FEED_SUBJECTS in USERS[GIFTS_USER].subscribe
-    assert subject_matches(FEED_SUBJECTS, STREAM_ENDED_SUBJECT) and subject_matches(FEED_SUBJECTS, GIFT_SENT)
+    assert GIFT_FEED_SUBJECTS in USERS[GIFTS_USER].subscribe
+    assert subject_matches(GIFT_FEED_SUBJECTS, STREAM_ENDED_SUBJECT) and subject_matches(GIFT_FEED_SUBJECTS, GIFT_SENT)
 
 
 def test_services_cannot_reshape_what_they_do_not_own() -> None:

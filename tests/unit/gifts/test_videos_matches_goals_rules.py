@@ -16,6 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 from services.gifts import domain, events
 from services.gifts.config import MatchDurations
 from services.gifts.feed import GiftFeed
+from services.runtime import messaging
 from services.runtime.errors import AppError
 from services.runtime.messaging import GIFT_SENT_SUBJECT
 from services.runtime.validation import Validator
@@ -159,8 +160,8 @@ class TestFeedRouting:
             feed.watch("s1") as gifts_only,
         ):
             update = events.match_updated(match("mat_1", {"s1": 5, "s2": 0}))
-            feed.route(events.MATCH_UPDATED_SUBJECT, update.payload)
-            feed.route(events.MATCH_UPDATED_SUBJECT, update.payload)  # republished: dropped
+            feed.route(messaging.MATCH_UPDATED_SUBJECT, update.payload)
+            feed.route(messaging.MATCH_UPDATED_SUBJECT, update.payload)  # republished: dropped
             finished = match("mat_1", {"s1": 5, "s2": 0})
             finished = domain.Match(
                 finished.match_id,
@@ -171,7 +172,7 @@ class TestFeedRouting:
                 ("s1",),
                 T0 + timedelta(minutes=1),
             )
-            feed.route(events.MATCH_FINISHED_SUBJECT, events.match_finished(finished).payload)
+            feed.route(messaging.MATCH_FINISHED_SUBJECT, events.match_finished(finished).payload)
             for watcher in (first, second):
                 scoreboard = await asyncio.wait_for(watcher.next(), 1.0)
                 result = await asyncio.wait_for(watcher.next(), 1.0)
@@ -190,8 +191,8 @@ class TestFeedRouting:
             newer = events.match_updated(match("mat_1", {"s1": 5, "s2": 30}))
             # The relay's publish of the older one failed (never seen here) while the newer one went through; its
             # next round publishes the older one after the newer: first seen here, it must not turn the score back.
-            feed.route(events.MATCH_UPDATED_SUBJECT, newer.payload)
-            feed.route(events.MATCH_UPDATED_SUBJECT, older.payload)
+            feed.route(messaging.MATCH_UPDATED_SUBJECT, newer.payload)
+            feed.route(messaging.MATCH_UPDATED_SUBJECT, older.payload)
             shown = [await asyncio.wait_for(watcher.next(), 1.0)]
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(watcher.next(), 0.1)
@@ -201,7 +202,7 @@ class TestFeedRouting:
         feed = GiftFeed(max_watchers=10, watcher_queue_size=10, stuck_grace_seconds=1.0)
         with feed.watch("s1", with_updates=True) as watcher:
             goal = domain.StreamGoal("goal_1", "s1", "c1", 100, 120, "Mic", T0, T0 + timedelta(seconds=5))
-            feed.route(events.GOAL_UPDATED_SUBJECT, events.goal_updated(goal).payload)
+            feed.route(messaging.GOAL_UPDATED_SUBJECT, events.goal_updated(goal).payload)
             update = await asyncio.wait_for(watcher.next(), 1.0)
         assert update is not None
         assert (update.goal.goal_id, update.goal.progress_coins, update.goal.HasField("reached_at")) == (

@@ -11,11 +11,11 @@ import pytest
 from coinstream.events.v1 import events_pb2
 
 from services.gifts import domain
-from services.gifts.feed import STREAM_ENDED_SUBJECT, GiftFeed, Watcher
+from services.gifts.feed import GiftFeed, Watcher
 from services.gifts.relay import runs_ending_at_closing_events
 from services.gifts.store import OutboxEvent
 from services.runtime.errors import AppError
-from services.runtime.messaging import GIFT_SENT_SUBJECT
+from services.runtime.messaging import GIFT_SENT_SUBJECT, STREAM_ENDED_SUBJECT
 from services.runtime.validation import REQUEST_ID_PATTERN
 
 CREATOR = "creator-1"
