@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 
 from services.runtime.errors import FieldViolation, invalid_argument
 from services.runtime.limits import MAX_INT64
@@ -33,22 +34,37 @@ def decode_page_token(
     owner: str,
     shape: tuple[type, ...],
     int_range: tuple[int, int] = BIGINT_RANGE,
+    legacy_kind: str | None = None,
 ) -> Position | None:
     """None for the first page (no token); the position of a token handed out for this list and owner; otherwise
-    INVALID_ARGUMENT on page_token (another list's or owner's token, a forged or truncated one)."""
+    INVALID_ARGUMENT on page_token (another list's or owner's token, a forged or truncated one).
+
+    Tokens of release 0.1.0 are read too, so that a client paging across the upgrade goes on (drop this after the
+    next release): the payouts' (JSON, the owner under "c") and the wallet's ("<legacy_kind>:<id>", unbound)."""
     if not token:
         return None
     try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
-        position = payload["p"] if payload["k"] == kind and payload["o"] == owner else None
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        position = _legacy_position(text, legacy_kind) if legacy_kind and not text.startswith("{") else None
+        if position is None:
+            payload = json.loads(text)
+            bound = payload["k"] == kind and payload.get("o", payload.get("c")) == owner
+            position = payload["p"] if bound else None
         if isinstance(position, list) and _has_shape(position, shape, int_range):
             return position
-    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, KeyError):
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
         pass
     raise invalid_argument([FieldViolation("page_token", "is not a token returned by this API for this request")])
 
 
-def _has_shape(position: list[object], shape: tuple[type, ...], int_range: tuple[int, int]) -> bool:
+def _legacy_position(text: str, legacy_kind: str) -> Position | None:
+    found_kind, _, value = text.partition(":")
+    if found_kind == legacy_kind and value.isascii() and value.isdigit():
+        return [int(value)]
+    return None
+
+
+def _has_shape(position: Sequence[object], shape: tuple[type, ...], int_range: tuple[int, int]) -> bool:
     return (
         len(position) == len(shape)
         and all(

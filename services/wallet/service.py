@@ -34,6 +34,7 @@ SpendOutcome = domain.Spent | AppError
 TRANSACTIONS_PAGE = "transactions"  # page tokens of ListTransactions, bound to the account listed
 PROMOTIONS_PAGE = "promotions"  # page tokens of ListPromotions (one list for every admin: owner "")
 POSITIONS = (1, limits.MAX_INT64)  # both lists resume after a bigint identity (posting_id, position)
+LEGACY_KINDS = {TRANSACTIONS_PAGE: "p", PROMOTIONS_PAGE: "m"}  # release 0.1.0's tokens (pages.decode_page_token)
 
 
 class WalletService:
@@ -284,7 +285,9 @@ class WalletService:
 def _page_position(page_token: str, kind: str, owner: str) -> int | None:
     """The bigint id a page resumes after (None for the first page); INVALID_ARGUMENT for a token this list did
     not hand out to this owner."""
-    position = pages.decode_page_token(page_token, kind=kind, owner=owner, shape=(int,), int_range=POSITIONS)
+    position = pages.decode_page_token(
+        page_token, kind=kind, owner=owner, shape=(int,), int_range=POSITIONS, legacy_kind=LEGACY_KINDS[kind]
+    )
     if position is None:
         return None
     resume_after = position[0]

@@ -34,6 +34,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Switches to the user after exec, not in the forked child: Popen(user=...) makes Python fork() rather than vfork(),
+# and a fork of a process whose threads are inside gRPC (a test worker restarting PostgreSQL mid-test) can crash the
+# child before it execs ("skipping fork() handlers", then SIGSEGV). Without user=, Popen vforks and nothing of the
+# parent runs in the child.
+_SWITCH_USER = (
+    "import os, pwd, sys; u = pwd.getpwnam(sys.argv[1]); os.initgroups(u.pw_name, u.pw_gid); os.setgid(u.pw_gid);"
+    " os.setuid(u.pw_uid); os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def as_user(user: str | None, command: list[str]) -> list[str]:
+    """command run as user (None: as this process's user)."""
+    return command if user is None else [sys.executable, "-c", _SWITCH_USER, user, *command]
+
+
 def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, log_path: Path) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
@@ -98,18 +113,20 @@ class PostgresServer:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._chown(self.data_dir, run_as)
             initialized = subprocess.run(
-                [
-                    str(bin_path / "initdb"),
-                    "-D",
-                    str(self.data_dir),
-                    "--auth=trust",
-                    "-U",
-                    "postgres",
-                    "--encoding=UTF8",
-                    "--no-instructions",
-                ],
+                as_user(
+                    run_as,
+                    [
+                        str(bin_path / "initdb"),
+                        "-D",
+                        str(self.data_dir),
+                        "--auth=trust",
+                        "-U",
+                        "postgres",
+                        "--encoding=UTF8",
+                        "--no-instructions",
+                    ],
+                ),
                 capture_output=True,
-                user=run_as,
             )
             if initialized.returncode != 0:
                 raise RuntimeError(f"initdb failed: {initialized.stderr.decode(errors='replace')}")
@@ -131,10 +148,11 @@ class PostgresServer:
             settings += ["-c", "fsync=off", "-c", "full_page_writes=off"]
         with open(self.log_path, "ab") as log:  # the server keeps its own descriptor
             self.process = subprocess.Popen(
-                [str(bin_path / "postgres"), "-D", str(self.data_dir), "-p", str(self.port), *settings],
+                as_user(
+                    run_as, [str(bin_path / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)] + settings
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                user=run_as,
                 start_new_session=True,
             )
         wait_for_port(self.port, self.process, "postgres", self.log_path)
