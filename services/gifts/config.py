@@ -29,7 +29,7 @@ class MatchDurations:
 
 class GiftsSettings(RuntimeSettings):
     gifts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_gifts"
-    gifts_port: int = Field(default=50052, ge=0, le=65535)
+    gifts_port: int = Field(default=50052, ge=1, le=65535)
     # 0: no metrics endpoint.
     gifts_metrics_port: int = Field(default=0, ge=0, le=65535)
     gifts_wallet_address: str = "127.0.0.1:50051"

@@ -15,7 +15,7 @@ MAX_WITHDRAWAL_SETTING = 10_000_000_000
 
 class PayoutsSettings(RuntimeSettings):
     payouts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_payouts"
-    payouts_port: int = Field(default=50053, ge=0, le=65535)
+    payouts_port: int = Field(default=50053, ge=1, le=65535)
     payouts_metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
 
     # Settlement rate (contract default 1 coin → 1 diamond). A change is recorded as a new rate version at start.
