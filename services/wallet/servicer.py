@@ -253,9 +253,9 @@ def _check_winners(check: Validator, creator_id: str, winner_ids: list[str]) -> 
         seen.add(winner_id)
 
 
-def _timestamp(check: Validator, request: object, field: str) -> datetime | None:
+def _timestamp(check: Validator, request: Message, field: str) -> datetime | None:
     """An optional google.protobuf.Timestamp field as an aware datetime (None when unset)."""
-    if not request.HasField(field):  # type: ignore[attr-defined]
+    if not request.HasField(field):
         return None
     value: timestamp_pb2.Timestamp = getattr(request, field)
     if not TIMESTAMP_SECONDS[0] <= value.seconds <= TIMESTAMP_SECONDS[1] or not 0 <= value.nanos < 1_000_000_000:

@@ -43,7 +43,7 @@ async def cluster_stack() -> AsyncIterator[tuple[Stack, NatsCluster]]:
     stack = Stack(
         root=root,
         postgres=PostgresServer(root / "postgres" / "data", free_port(), durable=False),
-        nats=cluster,  # type: ignore[arg-type]  # devstack types it NatsServer; a cluster has the url, start, stop used
+        nats=cluster,  # type: ignore[arg-type]  # Stack types it NatsServer; a cluster has the url, start, stop used
         base_env={**SUITE_SETTINGS, "COINSTREAM_NATS_STREAM_REPLICAS": str(REPLICAS)},
     )
     try:
