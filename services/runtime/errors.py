@@ -154,16 +154,3 @@ def request_id_reused() -> AppError:
         "REQUEST_ID_REUSED",
         "request_id was already used with a different request; use a new request_id",
     )
-
-
-def from_rpc_error(error: grpc.aio.AioRpcError) -> AppError | None:
-    """Reads the ErrorInfo back out of a call to another coinstream service (None when it has none)."""
-    status = rpc_status.from_call(error)
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return AppError(error.code(), info.reason, error.details() or "")
-    return None

@@ -2,8 +2,8 @@
 contract's error details read off a failed call, and a wait until a service reports SERVING.
 
 One set of helpers for every client this repository has: the `coinstream` CLI and its demo (devstack),
-coinstream.testing's fixture, the tests. The services themselves read another service's errors with
-services.runtime.errors.from_rpc_error (the image holds services/ and the generated code, not this module)."""
+coinstream.testing's fixture, the tests. CallError is the one decoder of the contract's error details here (the
+gifts service's wallet client needs only the status code of a failed call)."""
 
 from __future__ import annotations
 
