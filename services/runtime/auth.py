@@ -13,7 +13,7 @@ import jwt
 import structlog
 
 from services.runtime.config import RuntimeSettings
-from services.runtime.errors import permission_denied, unauthenticated
+from services.runtime.errors import unauthenticated
 
 if TYPE_CHECKING:
     from jwt.algorithms import AllowedPublicKeys
@@ -33,18 +33,6 @@ KNOWN_ROLES = frozenset({ROLE_USER, ROLE_SERVICE, ROLE_ADMIN})
 class Principal:
     subject: str
     roles: frozenset[str]
-
-    def require_any_role(self, *roles: str) -> None:
-        if not self.roles.intersection(roles):
-            raise permission_denied(f"this call needs one of the roles {sorted(roles)}")
-
-    def require_account_access(self, account_id: str, *, privileged_roles: tuple[str, ...]) -> None:
-        """The owner (role user, sub == account_id) or any of privileged_roles may act on account_id."""
-        if self.roles.intersection(privileged_roles):
-            return
-        if ROLE_USER in self.roles and self.subject == account_id:
-            return
-        raise permission_denied(f"not allowed to act on account {account_id!r}")
 
 
 _current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")

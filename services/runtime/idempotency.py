@@ -23,13 +23,11 @@ from services.runtime.requests import (
     Reply,
     RequestKey,
     StoredRequest,
-    fingerprint,
-    method_name,
     replayed,
 )
 
-# Re-exported: the stores import them from here too.
-__all__ = ["MutatingRequest", "Outcome", "StoredRequest", "method_name"]
+# Re-exported: the stores, which speak to this module, import them from here too.
+__all__ = ["Outcome", "StoredRequest"]
 
 Result = TypeVar("Result")
 
@@ -56,10 +54,6 @@ def scope_to_caller(request: MutatingRequest) -> None:
     """Moves a validated request_id into the authenticated caller's namespace. Servicers call it once the caller is
     authorized, before the use case, so everything below (keys, ledger and gift rows, derived ids) sees one key."""
     request.request_id = caller_scoped(current_principal().subject, request.request_id)
-
-
-def request_hash(method: str, request: MutatingRequest) -> bytes:
-    return fingerprint(method, request)
 
 
 async def claim(

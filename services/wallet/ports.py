@@ -13,8 +13,7 @@ from typing import Protocol, TypeVar
 from google.protobuf.message import Message
 
 from services.runtime.errors import AppError
-from services.runtime.idempotency import Outcome
-from services.runtime.requests import Reply, RequestKey, StoredRequest
+from services.runtime.requests import Outcome, Reply, RequestKey, StoredRequest
 from services.wallet.domain import (
     Account,
     AccountStatus,

@@ -8,10 +8,10 @@ import pytest
 from coinstream.wallet.v1 import wallet_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from services.runtime import idempotency
 from services.runtime.auth import Principal, TokenVerifier, mint_token
 from services.runtime.config import RuntimeSettings
 from services.runtime.errors import AppError, FieldViolation, database_unavailable, invalid_argument
+from services.runtime.requests import RequestKey, fingerprint
 from services.runtime.validation import Validator, page_size
 
 SECRET = "unit-test-secret-that-is-32-bytes-or-more"
@@ -23,12 +23,13 @@ class _Settings(RuntimeSettings):
         return "unit"
 
 
-def test_request_hash_depends_on_method_and_payload() -> None:
+def test_a_request_fingerprint_depends_on_method_and_payload() -> None:
     spend = wallet_pb2.SpendCoinsRequest(request_id="r", account_id="a", coins=5)
-    assert idempotency.request_hash("SpendCoins", spend) == idempotency.request_hash("SpendCoins", spend)
-    assert idempotency.request_hash("SpendCoins", spend) != idempotency.request_hash("Other", spend)
+    assert fingerprint("SpendCoins", spend) == fingerprint("SpendCoins", spend)
+    assert fingerprint("SpendCoins", spend) != fingerprint("Other", spend)
     other = wallet_pb2.SpendCoinsRequest(request_id="r", account_id="a", coins=6)
-    assert idempotency.request_hash("SpendCoins", spend) != idempotency.request_hash("SpendCoins", other)
+    assert fingerprint("SpendCoins", spend) != fingerprint("SpendCoins", other)
+    assert RequestKey.of(spend) == RequestKey("r", "SpendCoins", fingerprint("SpendCoins", spend))
 
 
 def test_validator_collects_every_violation() -> None:
@@ -58,16 +59,6 @@ def test_token_verifier_accepts_good_tokens_and_refuses_the_rest() -> None:
         with pytest.raises(AppError) as caught:
             verifier.verify(header)
         assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
-
-
-def test_owner_service_and_admin_access_rules() -> None:
-    alice = Principal("alice", frozenset({"user"}))
-    alice.require_account_access("alice", privileged_roles=("service",))
-    with pytest.raises(AppError):
-        alice.require_account_access("bob", privileged_roles=("service",))
-    Principal("backend", frozenset({"service"})).require_account_access("bob", privileged_roles=("service",))
-    with pytest.raises(AppError):
-        Principal("root", frozenset({"admin"})).require_account_access("bob", privileged_roles=("service",))
 
 
 def test_errors_carry_error_info_and_bad_request() -> None:
