@@ -21,7 +21,7 @@ import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from services.runtime.auth import ROLE_USER, current_principal
 from services.runtime.errors import permission_denied
@@ -98,7 +98,7 @@ def _declare(access: Access) -> Callable[[Method], Method]:
         else:
             wrapped = _unary(method, access)
         setattr(wrapped, ACCESS_ATTRIBUTE, access)
-        return wrapped  # type: ignore[return-value]  # functools.wraps keeps the signature; mypy cannot see it
+        return cast(Method, wrapped)  # functools.wraps keeps the signature; mypy cannot see it
 
     return decorate
 
