@@ -174,8 +174,11 @@ class GiftSaga:
         return outcomes | settled
 
     async def recover_pending(self, older_than_seconds: float, batch_size: int) -> int:
-        """Finishes gifts a crash or a wallet outage left pending, one batch per pass. Returns how many it found."""
+        """Finishes gifts a crash or a wallet outage left pending, one batch per pass. Returns how many it resolved
+        (completed or finally refused): a gift still waiting on the wallet does not count, so a pass that met an
+        outage never asks to run again at once."""
         gift_transaction_ids = await self._store.stale_pending_gifts(older_than_seconds, batch_size)
+        resolved = 0
         if gift_transaction_ids:
             gifts = list((await self._store.get_gift_transactions(gift_transaction_ids)).values())
             try:
@@ -184,9 +187,9 @@ class GiftSaga:
                 # One broken gift must not hold back the others pass after pass: each on its own, then.
                 log.exception("recovery_batch_failed", gifts=len(gifts))
                 outcomes = await self._complete_one_by_one(gifts)
-            unresolved = sum(1 for o in outcomes.values() if isinstance(o, AppError) and not o.is_outcome)
-            log.info("recovery_pass", kind="gift", resumed=len(gift_transaction_ids), unresolved=unresolved)
-        return len(gift_transaction_ids)
+            resolved = sum(1 for o in outcomes.values() if not isinstance(o, AppError) or o.is_outcome)
+            log.info("recovery_pass", kind="gift", resumed=len(gift_transaction_ids), unresolved=len(gifts) - resolved)
+        return resolved
 
     async def _complete_one_by_one(self, gifts: list[SentGift]) -> dict[str, Answer]:
         outcomes: dict[str, Answer] = {}

@@ -85,11 +85,7 @@ async def main() -> None:
     )
     runtime.add_worker("settlement", settlement.run_forever)
     runtime.add_periodic("payouts", settings.payouts_worker_interval_seconds, payout_worker.process_due_withdrawals)
-    maturity = MaturityWorker(
-        store,
-        batch_size=settings.payouts_maturity_batch_size,
-        interval_seconds=settings.payouts_maturity_interval_seconds,
-    )
+    maturity = MaturityWorker(store, batch_size=settings.payouts_maturity_batch_size)
     # Always running, also with no hold configured: credits held before a restart still mature.
     runtime.add_periodic("maturity", settings.payouts_maturity_interval_seconds, maturity.run_once)
     if settings.payouts_reconcile_interval_seconds > 0:

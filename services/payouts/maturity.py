@@ -41,10 +41,9 @@ async def mature_due_credits(tx: PayoutsTransaction, limit: int, creator_id: str
 
 
 class MaturityWorker:
-    def __init__(self, store: PayoutsStore, *, batch_size: int, interval_seconds: float) -> None:
+    def __init__(self, store: PayoutsStore, *, batch_size: int) -> None:
         self._store = store
         self._batch_size = batch_size
-        self._interval_seconds = interval_seconds
 
     async def run_once(self) -> bool:
         """One pass (ServiceRuntime.add_periodic); True when it matured a full batch, so more may be due at once."""

@@ -78,8 +78,7 @@ def _refuse_unless_allowed(access: Access, request: object) -> None:
     if access.any_caller or principal.roles & access.roles:
         return
     if access.owner_field is not None:
-        owner_id = getattr(request, access.owner_field)
-        if ROLE_USER in principal.roles and owner_id and principal.subject == owner_id:
+        if access.allows_owner(getattr(request, access.owner_field)):
             return
         # The id is not echoed: it is the caller's input, unchecked yet (of any size), and names someone else.
         raise permission_denied(f"not allowed to act on this {access.owner_field}")

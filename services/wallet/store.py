@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import cast
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 from google.protobuf.message import Message
 
 from services.runtime import idempotency
+from services.runtime.database import Connection, Executor
 from services.runtime.errors import AppError
 from services.runtime.requests import Reply, RequestKey
 from services.wallet.domain import (
@@ -54,15 +53,6 @@ PROMOTION_COLUMNS = (
     " max_uses_per_account, created_at"
 )
 
-# What runs a query: one connection inside a transaction, or the pool for a read on its own.
-Queryable = asyncpg.Connection | asyncpg.Pool
-
-
-def _connection(proxy: PoolConnectionProxy) -> asyncpg.Connection:
-    """asyncpg's pooled connection forwards every Connection method; its stubs do not say it is one."""
-    return cast(asyncpg.Connection, proxy)
-
-
 class PostgresWalletStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -70,11 +60,11 @@ class PostgresWalletStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[WalletTransaction]:
         async with self._pool.acquire() as proxy, proxy.transaction():
-            yield PostgresTransaction(_connection(proxy))
+            yield PostgresTransaction(proxy)
 
     async def run_once(self, key: RequestKey, operation: Operation[Result], reply: Reply[Result]) -> Result:
         return await idempotency.run_once(
-            self._pool, key, reply, lambda proxy: operation(PostgresTransaction(_connection(proxy)))
+            self._pool, key, reply, lambda proxy: operation(PostgresTransaction(proxy))
         )
 
     async def get_account(self, account_id: str) -> Account | None:
@@ -147,7 +137,7 @@ class PostgresWalletStore:
 class PostgresTransaction:
     """ports.WalletTransaction on one connection inside a transaction."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def now(self) -> datetime:
@@ -336,16 +326,15 @@ class PostgresTransaction:
         The ledger is searched for the caller's request_id as stored before keys were scoped by caller too: a gift
         left pending across that upgrade is retried under the scoped key and must find its earlier spend, not make
         another."""
-        claims = _claims(keys)
-        claim = idempotency.claim_statement(claims, first_param=3)
+        claim = idempotency.claim_statement(keys, first_param=3)
         rows = await self._conn.fetch(
             f"WITH claimed AS ({claim.sql})"
             " SELECT request_id, true AS claimed FROM claimed"
             " UNION ALL"
             " SELECT k.request_id, false FROM unnest($1::text[], $2::text[]) AS k (request_id, before_scoping)"
             " WHERE EXISTS (SELECT 1 FROM transactions AS t WHERE t.request_id IN (k.request_id, k.before_scoping))",
-            [c.request_id for c in claims],
-            [idempotency.unscoped(c.request_id) for c in claims],
+            [c.request_id for c in keys],
+            [idempotency.unscoped(c.request_id) for c in keys],
             *claim.args,
         )
         return {r["request_id"] for r in rows if r["claimed"]}, {r["request_id"] for r in rows if not r["claimed"]}
@@ -353,7 +342,7 @@ class PostgresTransaction:
     async def earlier_outcomes(
         self, keys: list[RequestKey], claimed: set[str]
     ) -> dict[str, idempotency.StoredRequest | AppError]:
-        return await idempotency.earlier_outcomes(self._conn, _claims(keys), claimed)
+        return await idempotency.earlier_outcomes(self._conn, keys, claimed)
 
     async def find_spend(self, request_id: str, account_id: str) -> Movement | None:
         """The spend recorded for request_id (or, made before keys were scoped by caller, for its unscoped form),
@@ -567,12 +556,12 @@ class PostgresTransaction:
 # --- queries run both inside a transaction and on their own ------------------------------------------------------
 
 
-async def _get_account(conn: Queryable, account_id: str) -> Account | None:
+async def _get_account(conn: Executor, account_id: str) -> Account | None:
     row = await conn.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1", account_id)
     return None if row is None else _account(row)
 
 
-async def _get_balance(conn: Queryable, account_id: str) -> Balance:
+async def _get_balance(conn: Executor, account_id: str) -> Balance:
     rows = await conn.fetch(
         "SELECT ledger_account_id, coins FROM ledger_accounts WHERE ledger_account_id = ANY($1::text[])",
         buckets(account_id),
@@ -580,7 +569,7 @@ async def _get_balance(conn: Queryable, account_id: str) -> Balance:
     return _balance(account_id, {row["ledger_account_id"]: row["coins"] for row in rows})
 
 
-async def _open_promotions(conn: Queryable) -> tuple[list[Promotion], datetime]:
+async def _open_promotions(conn: Executor) -> tuple[list[Promotion], datetime]:
     """Promotions open now, and that now (the database's, which the window was compared with)."""
     rows = await conn.fetch(
         f"SELECT {PROMOTION_COLUMNS}, now() AS now FROM promotions"
@@ -614,9 +603,6 @@ _MOVEMENTS = """
 
 # --- rows to domain ---------------------------------------------------------------------------------------------
 
-
-def _claims(keys: list[RequestKey]) -> list[idempotency.Claim]:
-    return keys
 
 
 def _account(row: asyncpg.Record) -> Account:

@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-import grpc
 from coinstream.gifts.v1 import gifts_pb2
 
 from services.gifts.domain import (
@@ -631,7 +630,3 @@ class FakeFeed:
 
     async def ensure_subscribed(self) -> None:
         self.subscribed += 1
-
-
-def refusal(error: AppError) -> tuple[grpc.StatusCode, str]:
-    return error.code, error.reason

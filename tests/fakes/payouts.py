@@ -103,7 +103,6 @@ class FakePayoutsStore:
     def __init__(self) -> None:
         self.state = State()
         self._one_at_a_time = asyncio.Lock()
-        self.transactions_committed = 0
 
     # --- for tests
 
@@ -125,7 +124,6 @@ class FakePayoutsStore:
             tx = FakeTransaction(copy.deepcopy(self.state))
             yield tx
             self.state = tx.state
-            self.transactions_committed += 1
 
     async def run_once(self, key: RequestKey, operation: Operation[Result], reply: Reply[Result]) -> Result:
         outcome: Result | AppError

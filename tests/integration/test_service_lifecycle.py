@@ -136,8 +136,10 @@ async def test_overload_is_shed_with_rate_limited(stack: Stack, tmp_path: Path) 
 
 
 async def _until_waiting_for_a_lock(conn: asyncpg.Connection, timeout_seconds: float = 20.0) -> None:
+    """Until a session waits on a lock this connection holds (the held upsert, not some other service's wait)."""
     deadline = time.monotonic() + timeout_seconds
-    while not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"):
+    blocked = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+    while not await conn.fetchval(blocked, conn.get_server_pid()):
         assert time.monotonic() < deadline, "the upsert never waited for the row lock"
         await asyncio.sleep(0.05)
 

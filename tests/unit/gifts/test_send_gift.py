@@ -62,9 +62,12 @@ async def test_a_retry_in_the_same_batch_shares_the_gift() -> None:
     world, stream_id = await a_stream()
     fan = world.fan("fan", 100)
     command = send_command(fan, ROSE, stream_id=stream_id)
+    committed = world.store.transactions
     first, second = await asyncio.gather(world.gifts.send_gift(command), world.gifts.send_gift(command))
     assert first == second
     assert world.wallet.debits(fan) == [5]
+    # One batch (its intent, then its completion): sent one after the other, the retry would cost a third.
+    assert world.store.transactions - committed == 2
 
 
 async def test_insufficient_coins_fail_the_gift_and_count_nothing() -> None:
@@ -135,6 +138,12 @@ async def test_the_recovery_pass_finishes_a_gift_whose_payment_answer_was_lost()
     world.wallet.answers_lost = False
     assert await world.gifts.recover_pending_gifts(older_than_seconds=30) == 0  # not stale yet
     world.clock.advance(31)
+    world.wallet.down = True
+    # Found but not resolved while the wallet is down: the pass reports nothing done, so its worker waits its
+    # interval rather than running again at once.
+    assert await world.gifts.recover_pending_gifts(older_than_seconds=30) == 0
+    assert world.only_gift().status is GiftStatus.PENDING
+    world.wallet.down = False
     assert await world.gifts.recover_pending_gifts(older_than_seconds=30) == 1
     gift = world.only_gift()
     assert gift.status is GiftStatus.COMPLETED and gift.sender_balance_coins == 95

@@ -69,7 +69,8 @@ async def test_ending_a_stream_queues_stream_ended_once() -> None:
 async def test_ending_an_unknown_stream_stores_not_found() -> None:
     world = World()
     assert await refused(world.end_stream("str_nope", "r1")) == (grpc.StatusCode.NOT_FOUND, "STREAM_NOT_FOUND")
-    assert world.store.tables.keys["r1"].error is not None
+    kept = world.store.tables.keys["r1"].error
+    assert kept is not None and kept.reason == "STREAM_NOT_FOUND"
 
 
 async def test_the_catalog_lists_active_gifts_by_price() -> None:

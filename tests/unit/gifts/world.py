@@ -48,7 +48,7 @@ class World:
     # ---- arranging
     async def catalog(self, *gifts: domain.CatalogGift) -> None:
         for gift in gifts:
-            request = gifts_pb2.UpsertGiftRequest(request_id=new_id("req"), gift=_gift(gift))
+            request = gifts_pb2.UpsertGiftRequest(request_id=new_id("req"), gift=convert.gift_catalog_message(gift))
             await self.gifts.upsert_gift(convert.upsert_gift(request))
 
     async def retire(self, gift_id: str) -> None:
@@ -153,10 +153,6 @@ def end_command(stream_id: str, request_id: str = "") -> domain.EndStream:
 
 def retire_command(gift_id: str, request_id: str = "") -> domain.RetireGift:
     return convert.retire_gift(gifts_pb2.RetireGiftRequest(request_id=request_id or new_id("req"), gift_id=gift_id))
-
-
-def _gift(gift: domain.CatalogGift) -> gifts_pb2.Gift:
-    return gifts_pb2.Gift(gift_id=gift.gift_id, name=gift.name, coin_price=gift.coin_price)
 
 
 async def refused(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:

@@ -30,7 +30,7 @@ class Payouts:
     def __post_init__(self) -> None:
         self.service = PayoutsService(self.store, POLICY, self.provider, provider_timeout_seconds=1.0)
         self.settlement = Settlement(self.store, hold_seconds=self.hold_seconds)
-        self.maturity = MaturityWorker(self.store, batch_size=100, interval_seconds=1.0)
+        self.maturity = MaturityWorker(self.store, batch_size=100)
         self.worker = PayoutWorker(
             self.store,
             self.provider,

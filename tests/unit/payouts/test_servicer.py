@@ -184,7 +184,22 @@ def test_every_reply_reads_back_the_result_it_kept() -> None:
 
 
 async def test_a_replayed_request_answers_the_response_bytes_kept_with_its_key() -> None:
-    servicer, withdrawal_id = await servicer_with_withdrawal()
+    payouts = await Payouts().start()
+    await payouts.verified("amy")
+    await payouts.gifts("amy", 10_000)
+    withdrawal_id = (await payouts.withdraw("amy", 2000)).withdrawal_id
+    servicer = PayoutsServicer(payouts.service)
+    ran: list[str] = []  # the request_ids whose operation ran (a replay must not run it again)
+    run_once = payouts.store.run_once
+
+    async def counting_run_once(key: Any, operation: Any, reply: Any) -> Any:
+        async def counted(tx: Any) -> Any:
+            ran.append(key.request_id.rpartition("/")[2])
+            return await operation(tx)
+
+        return await run_once(key, counted, reply)
+
+    payouts.store.run_once = counting_run_once  # a spy on the fake's port
     as_caller("backend", ROLE_SERVICE)
     requests: list[Any] = [
         (
@@ -202,3 +217,4 @@ async def test_a_replayed_request_answers_the_response_bytes_kept_with_its_key()
         request.request_id = request.request_id.rpartition("/")[2]  # the servicer scoped it to the caller in place
         again = await rpc(request, CONTEXT)
         assert again.SerializeToString() == first.SerializeToString()
+    assert ran == ["w", "c", "p"]  # each operation once: the second calls were answered from their keys

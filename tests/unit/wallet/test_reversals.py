@@ -77,8 +77,8 @@ async def test_only_completed_purchases_can_be_reversed(wallet: Wallet) -> None:
         assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "PURCHASE_NOT_FOUND")
 
 
-async def test_only_a_reversal_may_push_a_bucket_below_zero(wallet: Wallet) -> None:
-    """The store's guard, which the spend rules rely on (the fake enforces it as the database does)."""
+async def test_the_fake_store_refuses_a_negative_bucket_unless_debt_is_allowed(wallet: Wallet) -> None:
+    """The fake's guard (the database's trigger, which the integration tests prove), which the spend rules rely on."""
     fan = await wallet.open_account()
     overdraft = domain.spend_postings(fan, domain.Split(1, 0))
 
