@@ -9,7 +9,7 @@ idempotency key (built by convert.py from the caller-scoped request), and their 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 
@@ -662,7 +662,7 @@ class SetGoal:
     description: str
 
 
-@dataclass  # not frozen: the batcher's in_request_id_rounds (HasRequestId) asks for a plain request_id attribute
+@dataclass(frozen=True)
 class SendGift:
     """quantity × gift_id from sender_id to a live stream or a video (target). Result: a GiftReceipt."""
 
@@ -671,10 +671,10 @@ class SendGift:
     target: tuple[TargetKind, str]
     gift_id: str
     quantity: int
-    request_id: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.request_id = self.key.request_id
+    @property
+    def request_id(self) -> str:  # what the batcher groups retries by (batching.HasRequestId)
+        return self.key.request_id
 
 
 @dataclass(frozen=True)

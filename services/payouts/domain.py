@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
-from typing import Generic, TypeVar
 
 from services.runtime.errors import (
     AppError,
@@ -403,19 +402,10 @@ def not_cancelable(withdrawal_id: str, why: str) -> AppError:
 # --- statements and pages ---------------------------------------------------------------------------------------------
 
 
-Row = TypeVar("Row")
-
-
 class EarningsGroupBy(Enum):
     DAY = "day"  # key: the UTC day of the credit, "YYYY-MM-DD"; stream and video gifts alike
     STREAM = "stream"  # key: the stream_id; stream gifts only
     VIDEO = "video"  # key: the video_id; video gifts only
-
-
-@dataclass(frozen=True)
-class Page(Generic[Row]):
-    rows: list[Row]
-    next_page_token: str  # "" on the last page
 
 
 @dataclass(frozen=True)

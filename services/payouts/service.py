@@ -164,7 +164,7 @@ class PayoutsService:
 
     async def list_withdrawals(
         self, creator_id: str, page_size: int, page_token: str
-    ) -> domain.Page[domain.Withdrawal]:
+    ) -> pages.Page[domain.Withdrawal]:
         position = pages.decode_page_token(
             page_token, kind="withdrawals", owner=creator_id, shape=(int, str), int_range=domain.POSITION_MICROS
         )
@@ -178,13 +178,13 @@ class PayoutsService:
             next_token = pages.encode_page_token(
                 "withdrawals", creator_id, [domain.to_micros(last.created_at), last.withdrawal_id]
             )
-        return domain.Page(page, next_token)
+        return pages.Page(page, next_token)
 
     # --- statements ---------------------------------------------------------------------------------------------------
 
     async def list_earnings(
         self, creator_id: str, group_by: domain.EarningsGroupBy, page_size: int, page_token: str
-    ) -> domain.Page[domain.EarningsRow]:
+    ) -> pages.Page[domain.EarningsRow]:
         # The token names its grouping: one handed out by stream means nothing by video (nor by day).
         kind = f"earnings_by_{group_by.value}"
         if group_by is domain.EarningsGroupBy.DAY:
@@ -207,4 +207,4 @@ class PayoutsService:
                 else [domain.to_micros(last.latest_credit_at), last.key]
             )
             next_token = pages.encode_page_token(kind, creator_id, next_position)
-        return domain.Page(page, next_token)
+        return pages.Page(page, next_token)

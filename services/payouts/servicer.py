@@ -116,7 +116,7 @@ class PayoutsServicer(payouts_pb2_grpc.PayoutServiceServicer):
         check.raise_if_invalid()
         page = await self._payouts.list_withdrawals(request.creator_id, size, request.page_token)
         return payouts_pb2.ListWithdrawalsResponse(
-            withdrawals=[convert.withdrawal_message(row.view) for row in page.rows],
+            withdrawals=[convert.withdrawal_message(row.view) for row in page.items],
             next_page_token=page.next_page_token,
         )
 
@@ -135,5 +135,5 @@ class PayoutsServicer(payouts_pb2_grpc.PayoutServiceServicer):
         assert group_by is not None
         page = await self._payouts.list_earnings(request.creator_id, group_by, size, request.page_token)
         return payouts_pb2.ListEarningsResponse(
-            rows=[convert.earnings_row_message(row) for row in page.rows], next_page_token=page.next_page_token
+            rows=[convert.earnings_row_message(row) for row in page.items], next_page_token=page.next_page_token
         )

@@ -182,7 +182,8 @@ class LoopLag:
 
 
 class HasRequestId(Protocol):
-    request_id: str
+    @property
+    def request_id(self) -> str: ...
 
 
 RequestT = TypeVar("RequestT", bound=HasRequestId)

@@ -10,6 +10,8 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from services.runtime.errors import FieldViolation, invalid_argument
 from services.runtime.limits import MAX_INT64
@@ -20,6 +22,15 @@ MAX_POSITION_TEXT = 256
 BIGINT_RANGE = (-MAX_INT64 - 1, MAX_INT64)
 
 Position = list[str | int]
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class Page(Generic[Item]):
+    """One page of a list: its items and the token of the next page ("" on the last page)."""
+
+    items: list[Item]
+    next_page_token: str
 
 
 def encode_page_token(kind: str, owner: str, position: Position) -> str:

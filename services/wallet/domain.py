@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Generic, TypeVar
 
 from services.runtime.errors import AppError, failed_precondition, not_found
 from services.runtime.ledger import Posting, balanced
@@ -253,15 +252,6 @@ class PackageOffer:
     bonus_coins: int  # what anyone buying now would get on top
 
 
-Item = TypeVar("Item")
-
-
-@dataclass(frozen=True)
-class Page(Generic[Item]):
-    items: list[Item]
-    next_page_token: str  # "" on the last page
-
-
 # --- promotions -------------------------------------------------------------------------------------------------
 
 
@@ -439,7 +429,7 @@ def authorize_spend(spender: Spender, account_id: str, coins: int) -> Split:
 SPEND_METHOD = "SpendCoins"  # a spend's key is SpendCoins', alone or in a batch
 
 
-@dataclass  # not frozen: the batcher's in_request_id_rounds (HasRequestId) asks for a plain request_id attribute
+@dataclass(frozen=True)
 class SpendAsk:
     """One spend (SpendCoins, or one of a SpendCoinsBatch)."""
 

@@ -264,22 +264,22 @@ class WalletService:
 
         return await self._store.run_once(command.key, operation, convert.PROMOTION_ENDED)
 
-    async def list_promotions(self, page_size: int, page_token: str) -> domain.Page[domain.PromotionView]:
+    async def list_promotions(self, page_size: int, page_token: str) -> pages.Page[domain.PromotionView]:
         before = _page_position(page_token, PROMOTIONS_PAGE, "")
         rows = await self._store.list_promotions(before, page_size + 1)
         page, more = rows[:page_size], len(rows) > page_size
         now = self._clock.now()
         next_token = pages.encode_page_token(PROMOTIONS_PAGE, "", [page[-1][0]]) if more else ""
-        return domain.Page([promotion.seen_at(now) for _, promotion in page], next_token)
+        return pages.Page([promotion.seen_at(now) for _, promotion in page], next_token)
 
     # --- history ------------------------------------------------------------------------------------------------
 
-    async def list_transactions(self, account_id: str, page_size: int, page_token: str) -> domain.Page[domain.Movement]:
+    async def list_transactions(self, account_id: str, page_size: int, page_token: str) -> pages.Page[domain.Movement]:
         before = _page_position(page_token, TRANSACTIONS_PAGE, account_id)
         movements = await self._store.list_history(account_id, before, page_size + 1)
         page, more = movements[:page_size], len(movements) > page_size
         next_token = pages.encode_page_token(TRANSACTIONS_PAGE, account_id, [page[-1].posting_id]) if more else ""
-        return domain.Page(page, next_token)
+        return pages.Page(page, next_token)
 
 
 def _page_position(page_token: str, kind: str, owner: str) -> int | None:

@@ -89,7 +89,7 @@ async def all_pages(
     pages, token = [], ""
     while True:
         response = await payouts.list_earnings("amy", group_by, page_size, token)
-        pages.append([(row.key, row.diamonds, row.gift_count) for row in response.rows])
+        pages.append([(row.key, row.diamonds, row.gift_count) for row in response.items])
         token = response.next_page_token
         if not token:
             return pages
