@@ -5,9 +5,7 @@ request), call one use case, and convert its result back."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
 
-import grpc
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
 from services.gifts import convert, domain
@@ -22,9 +20,8 @@ from services.runtime.authorization import (
     require_resource_owner,
 )
 from services.runtime.idempotency import scope_to_caller
+from services.runtime.interceptors import Context
 from services.runtime.validation import Validator, page_size
-
-Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
 from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
 
 from services.payouts import convert, domain
+from services.payouts.config import MAX_WITHDRAWAL_SETTING
 from services.payouts.service import PayoutsService
 from services.runtime import pages
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE
@@ -20,13 +18,13 @@ from services.runtime.authorization import (
     may_see_resource,
 )
 from services.runtime.idempotency import scope_to_caller
+from services.runtime.interceptors import Context
 from services.runtime.validation import Validator, page_size
 
 # Far above any real withdrawal (the daily cap is 200,000) yet far from int64 overflow of the payout amount.
-MAX_WITHDRAWAL_DIAMONDS = 10_000_000_000
+MAX_WITHDRAWAL_DIAMONDS = MAX_WITHDRAWAL_SETTING
 MAX_DESTINATION_LENGTH = 256
 
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class PayoutsServicer(payouts_pb2_grpc.PayoutServiceServicer):

@@ -44,6 +44,7 @@ log = structlog.get_logger()
 # The interceptor wraps every RPC whatever its messages, so its handlers and contexts take any request and response.
 # (Quoted: grpc's classes are generic in its stubs only.)
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+# A servicer method's context, as every servicer and this interceptor type it.
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 

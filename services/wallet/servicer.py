@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-import grpc
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
@@ -15,6 +14,7 @@ from services.runtime import limits, pages
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE
 from services.runtime.authorization import allow_any_caller, allow_owner, allow_roles
 from services.runtime.idempotency import scope_to_caller
+from services.runtime.interceptors import Context
 from services.runtime.validation import Validator, page_size
 from services.wallet import convert
 from services.wallet.domain import MAX_GIVEAWAY_WINNERS
@@ -30,7 +30,6 @@ MAX_PROMOTION_USES = 1_000_000
 TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
 STAFF = (ROLE_SERVICE, ROLE_ADMIN)  # backends and admins, who act on any account
 
-Context = grpc.aio.ServicerContext[Message, Message]
 
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):

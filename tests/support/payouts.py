@@ -15,7 +15,7 @@ from coinstream.payouts.v1 import payouts_pb2
 
 from services.payouts.dead_letters import DeadLetter, list_dead_letters
 from services.payouts.settlement import DEFAULT_MAX_DELIVERIES
-from services.runtime.messaging import GIFT_SENT_SUBJECT
+from services.runtime.messaging import GIFT_SENT_SUBJECT, GIFTS_STREAM, SETTLEMENT_CONSUMER
 from tests.support.clients import SERVICE, Clients, auth, new_id
 from tests.support.stack import Stack, operator_nats
 
@@ -190,7 +190,7 @@ async def fetch(stack: Stack, sql: str, *args: object) -> list[asyncpg.Record]:
 async def settlement_consumer_idle(stack: Stack) -> bool:
     nc = await operator_nats(stack.nats)
     try:
-        info = await nc.jetstream().consumer_info("GIFTS", "payouts-settlement")
+        info = await nc.jetstream().consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
         return info.num_pending == 0 and info.num_ack_pending == 0
     finally:
         await nc.drain()
