@@ -27,7 +27,7 @@ async def main() -> None:
     pool = runtime.use_database(MIGRATIONS)
     nc = runtime.use_nats()
     js = nc.jetstream()
-    runtime.on_startup(lambda: messaging.ensure_settlement_consumer(js, settings.nats_stream_replicas))
+    runtime.on_startup(lambda: messaging.ensure_settlement_consumer(nc, settings.nats_stream_replicas))
     feed = GiftFeed(
         settings.gifts_feed_max_watchers,
         settings.gifts_feed_watcher_queue_size,

@@ -50,7 +50,8 @@ async def main() -> None:
         provider,
         provider_timeout_seconds=settings.payouts_provider_timeout_seconds,
     )
-    js = runtime.use_nats().jetstream()
+    nc = runtime.use_nats()
+    js = nc.jetstream()
 
     async def adopt_configured_rate() -> None:
         await payouts.adopt_configured_rate(settings.payouts_rate_numerator, settings.payouts_rate_denominator)
@@ -59,7 +60,7 @@ async def main() -> None:
     runtime.on_startup(adopt_configured_rate)
     runtime.on_startup(
         lambda: declare_settlement_consumer(
-            js, settings.payouts_settlement_ack_wait_seconds, settings.nats_stream_replicas
+            nc, settings.payouts_settlement_ack_wait_seconds, settings.nats_stream_replicas
         )
     )
     settlement = SettlementConsumer(

@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 import structlog
 from coinstream.events.v1 import events_pb2
 from google.protobuf.message import DecodeError
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -30,7 +31,6 @@ from services.runtime.messaging import (
     GIFT_SENT_SUBJECT,
     GIFTS_STREAM,
     SETTLEMENT_CONSUMER,
-    SETTLEMENT_CONSUMER_CONFIG,
     ensure_dead_letters_stream,
     ensure_settlement_consumer,
 )
@@ -74,15 +74,11 @@ CONSUMER_REDELIVERED = Gauge(
 log = structlog.get_logger()
 
 
-async def declare_settlement_consumer(js: JetStreamContext, ack_wait_seconds: float, replicas: int = 1) -> None:
-    """The runtime's consumer, with the configured ack_wait (an existing consumer is updated to it)."""
-    await ensure_settlement_consumer(js, replicas)
-    await ensure_dead_letters_stream(js, replicas)
-    info = await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
-    if info.config.ack_wait is None or abs(info.config.ack_wait - ack_wait_seconds) > 0.001:
-        # Creating a durable consumer that exists updates its editable settings, ack_wait among them.
-        await js.add_consumer(GIFTS_STREAM, SETTLEMENT_CONSUMER_CONFIG.evolve(ack_wait=ack_wait_seconds))
-        log.info("settlement_consumer_ack_wait_set", ack_wait_seconds=ack_wait_seconds)
+async def declare_settlement_consumer(nc: NatsClient, ack_wait_seconds: float, replicas: int = 1) -> None:
+    """The runtime's consumer, with the configured ack_wait (an existing consumer is updated to it), and the
+    dead-letter stream it writes to."""
+    await ensure_settlement_consumer(nc, replicas, ack_wait_seconds)
+    await ensure_dead_letters_stream(nc, replicas)
 
 
 def decode_gift_sent(data: bytes) -> domain.GiftToSettle:

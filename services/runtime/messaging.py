@@ -91,6 +91,15 @@ LOGIN_SETTINGS = f"{USER_SETTING}, {PASSWORD_SETTING} or {PASSWORD_FILE_SETTING}
 DECLARE_PATIENCE_SECONDS = 60.0
 DECLARE_RETRY_SECONDS = 1.0
 
+# JetStream's answers (nats-server's errors.json) that mean "not yet", not "no": a start-up retries them.
+TRANSIENT_JETSTREAM_ERRORS = {
+    10004: "JSClusterIncompleteErr",  # incomplete results: a peer did not answer in time
+    10005: "JSClusterNoPeersErrF",  # no suitable peers for placement: the meta leader does not know enough peers yet
+    10008: "JSClusterNotAvailErr",  # JetStream system temporarily unavailable: no meta leader
+    10009: "JSClusterNotLeaderErr",  # the cluster cannot handle the request: leadership is changing
+    10075: "JSPeerRemapErr",  # peer remap failed: a node is rejoining
+}
+
 log = structlog.get_logger()
 
 
@@ -141,29 +150,96 @@ async def connect(
     )
 
 
-async def ensure_gifts_stream(js: JetStreamContext, replicas: int = 1) -> None:
-    await _until_jetstream_answers(GIFTS_STREAM, lambda: _ensure_stream(js, GIFTS_STREAM_CONFIG, replicas))
-
-
-async def ensure_dead_letters_stream(js: JetStreamContext, replicas: int = 1) -> None:
+async def ensure_gifts_stream(nc: NatsClient, replicas: int = 1) -> None:
+    js = nc.jetstream()
     await _until_jetstream_answers(
-        DEAD_LETTERS_STREAM, lambda: _ensure_stream(js, DEAD_LETTERS_STREAM_CONFIG, replicas)
+        nc, GIFTS_STREAM, replicas, lambda: _ensure_stream(js, GIFTS_STREAM_CONFIG, replicas)
     )
 
 
-async def _until_jetstream_answers(stream: str, declare: Callable[[], Awaitable[None]]) -> None:
-    """A cluster still electing a stream's leader (just formed, or after losing a node) answers late or "temporarily
-    unavailable": a starting service waits for it, up to a minute, rather than exiting."""
-    deadline = time.monotonic() + DECLARE_PATIENCE_SECONDS
+async def ensure_dead_letters_stream(nc: NatsClient, replicas: int = 1) -> None:
+    js = nc.jetstream()
+    await _until_jetstream_answers(
+        nc, DEAD_LETTERS_STREAM, replicas, lambda: _ensure_stream(js, DEAD_LETTERS_STREAM_CONFIG, replicas)
+    )
+
+
+async def ensure_settlement_consumer(
+    nc: NatsClient, replicas: int = 1, ack_wait_seconds: float | None = None
+) -> None:
+    """Declared by payouts and by gifts too: with interest retention a GiftSent published while no consumer
+    exists would be dropped, so the publisher makes sure its settler is there before the first publish. Payouts
+    gives its configured ack_wait (an existing consumer is updated to it); gifts leaves it as it is."""
+    await ensure_gifts_stream(nc, replicas)
+    js = nc.jetstream()
+    config = SETTLEMENT_CONSUMER_CONFIG
+    if ack_wait_seconds is not None:
+        config = config.evolve(ack_wait=ack_wait_seconds)
+
+    async def declare() -> None:
+        try:
+            info = await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
+        except NotFoundError:
+            await js.add_consumer(GIFTS_STREAM, config)
+            return
+        if ack_wait_seconds is not None and abs((info.config.ack_wait or 0.0) - ack_wait_seconds) > 0.001:
+            # Creating a durable consumer that exists updates its editable settings, ack_wait among them.
+            await js.add_consumer(GIFTS_STREAM, config)
+            log.info("settlement_consumer_ack_wait_set", ack_wait_seconds=ack_wait_seconds)
+
+    # The consumer has a leader of its own, elected after the stream's: a cluster may still be electing it.
+    await _until_jetstream_answers(nc, f"{GIFTS_STREAM}/{SETTLEMENT_CONSUMER}", replicas, declare)
+
+
+class JetStreamNotReady(RuntimeError):
+    """JetStream kept answering "not yet" for the whole start-up wait: the service exits (and is restarted)."""
+
+
+def is_transient(error: Exception) -> bool:
+    """An answer that means "not yet" from a cluster still forming, electing a leader or placing replicas."""
+    if isinstance(error, nats.errors.TimeoutError | nats.errors.NoRespondersError | ServiceUnavailableError):
+        return True
+    return isinstance(error, APIError) and error.err_code in TRANSIENT_JETSTREAM_ERRORS
+
+
+async def _until_jetstream_answers(
+    nc: NatsClient,
+    what: str,
+    replicas: int,
+    declare: Callable[[], Awaitable[None]],
+    patience_seconds: float = DECLARE_PATIENCE_SECONDS,
+) -> None:
+    """A cluster just formed, or rejoining a node, may have no meta or stream leader yet, or a meta leader that does
+    not yet know enough peers to place `replicas` copies: a starting service waits for it (its health NOT_SERVING,
+    the reason in its log) up to a minute, rather than exiting and crash-looping as if it were the
+    outage. Only then does it give up, naming what it asked for and what the cluster showed it."""
+    deadline = time.monotonic() + patience_seconds
     while True:
         try:
             await declare()
             return
-        except (nats.errors.TimeoutError, ServiceUnavailableError) as error:
-            if time.monotonic() > deadline:
+        except Exception as error:
+            if not is_transient(error):
                 raise
-            log.warning("jetstream_not_answering", stream=stream, error=repr(error))
+            if time.monotonic() > deadline:
+                raise JetStreamNotReady(
+                    f"JetStream did not accept {what} with {replicas} replica(s) within {patience_seconds:.0f}"
+                    f" s; its last answer: {_answer(error)}; the servers the cluster reported: {_servers(nc)}"
+                ) from error
+            log.warning("jetstream_not_ready", declaring=what, replicas=replicas, reason=_answer(error))
             await asyncio.sleep(DECLARE_RETRY_SECONDS)
+
+
+def _answer(error: Exception) -> str:
+    if isinstance(error, APIError) and error.err_code is not None:
+        return f"{error.description} (err_code {error.err_code})"
+    return repr(error)
+
+
+def _servers(nc: NatsClient) -> str:
+    """The nodes this client knows: the ones configured, and those the servers announced (a cluster's INFO lists
+    its routed peers), so a missing node shows."""
+    return ", ".join(sorted(server.netloc for server in nc.servers)) or "(none)"
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig, replicas: int) -> None:
@@ -194,18 +270,3 @@ async def _stream_replicas(js: JetStreamContext, name: str) -> int | None:
     except NotFoundError:
         return None
     return info.config.num_replicas or 1
-
-
-async def ensure_settlement_consumer(js: JetStreamContext, replicas: int = 1) -> None:
-    """Declared by payouts and by gifts too: with interest retention a GiftSent published while no consumer
-    exists would be dropped, so the publisher makes sure its settler is there before the first publish."""
-    await ensure_gifts_stream(js, replicas)
-
-    async def declare() -> None:
-        try:
-            await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
-        except NotFoundError:
-            await js.add_consumer(GIFTS_STREAM, SETTLEMENT_CONSUMER_CONFIG)
-
-    # The consumer has a leader of its own, elected after the stream's: a cluster may still be electing it.
-    await _until_jetstream_answers(GIFTS_STREAM, declare)

