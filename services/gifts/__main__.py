@@ -7,14 +7,15 @@ from pathlib import Path
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
 from services.gifts.config import GiftsSettings
+from services.gifts.events import CLOSING_SUBJECTS
 from services.gifts.feed import GiftFeed
 from services.gifts.postgres_store import PostgresGiftStore
-from services.gifts.relay import OutboxRelay, measure_backlog
 from services.gifts.service import FINISHED_MATCHES_PER_PASS, RECOVERY_BATCH_SIZE, GiftService
 from services.gifts.servicer import GiftServicer
+from services.gifts.store import GIFT_OUTBOX
 from services.gifts.wallet_client import WalletClient, wallet_tls
 from services.gifts.wallet_credential import ServiceToken
-from services.runtime import messaging, polling
+from services.runtime import messaging, outbox, polling
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 
@@ -47,7 +48,9 @@ async def main() -> None:
         settings.gifts_wallet_timeout_seconds,
         wallet_tls(settings),
     )
-    relay = OutboxRelay(pool, js, settings.gifts_relay_interval_seconds)
+    relay = outbox.OutboxRelay(
+        pool, js, GIFT_OUTBOX, settings.gifts_relay_interval_seconds, closing_subjects=CLOSING_SUBJECTS
+    )
     gifts = GiftService(PostgresGiftStore(pool), wallet, feed, settings.batch_policy(), on_event_queued=relay.wake)
     servicer = GiftServicer(gifts, settings.match_durations)
     runtime.add_service(
@@ -68,7 +71,7 @@ async def main() -> None:
     runtime.add_worker("outbox_relay", relay.run_forever)
     runtime.add_worker("gift_feed_connection", feed.watch_connection)
     if settings.metrics_port:
-        probes = {"outbox": lambda: measure_backlog(pool)}
+        probes = {"outbox": lambda: outbox.measure_backlog(pool, GIFT_OUTBOX)}
         runtime.add_periodic("metrics", settings.metrics_poll_interval_seconds, lambda: polling.poll_once(probes))
     try:
         await runtime.run()

@@ -22,6 +22,10 @@ from services.runtime.messaging import (
     STREAM_ENDED_SUBJECT,
 )
 
+# Events that close something (a stream's feed, a match) go out alone, once everything before them is acknowledged
+# (runtime/outbox.py): a live feed ends with its stream's StreamEnded, and a match's result follows its last update.
+CLOSING_SUBJECTS = frozenset({STREAM_ENDED_SUBJECT, MATCH_FINISHED_SUBJECT})
+
 
 def new_update_id() -> str:
     """Each update event is its own message (JetStream must not drop one as a repeat of another)."""

@@ -3,7 +3,6 @@ cases decide the transaction boundaries; postgres_store.py makes them the ports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TypeAlias
 
@@ -28,6 +27,7 @@ from services.gifts.domain import (
     Video,
 )
 from services.runtime import idempotency
+from services.runtime.outbox import Outbox
 
 # A connection of its own or one of the pool's (what pool.acquire() gives); an Executor runs one statement.
 Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
@@ -510,52 +510,5 @@ async def insert_outbox_events(conn: Connection, events: list[OutboxRow]) -> Non
     )
 
 
-# Any constant works; it must only differ from the other advisory lock keys used on the gifts database.
-RELAY_LOCK_KEY = 0x67696674  # "gift"
-
-
-async def try_lock_relay(conn: Connection) -> bool:
-    """Whether this transaction is now the only relay (the lock ends with the transaction)."""
-    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY))
-
-
-@dataclass(frozen=True)
-class OutboxEvent:
-    outbox_id: int
-    msg_id: str
-    subject: str
-    payload: bytes
-    traceparent: str | None = None
-
-
-async def lock_outbox_batch(conn: Connection, limit: int) -> list[OutboxEvent]:
-    """The oldest unpublished events that no other relay holds (SKIP LOCKED lets replicas share the work)."""
-    rows = await conn.fetch(
-        "SELECT outbox_id, msg_id, subject, payload, traceparent FROM gift_outbox"
-        " ORDER BY outbox_id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        limit,
-    )
-    return [
-        OutboxEvent(row["outbox_id"], row["msg_id"], row["subject"], bytes(row["payload"]), row["traceparent"])
-        for row in rows
-    ]
-
-
-@dataclass(frozen=True)
-class OutboxBacklog:
-    events: int
-    oldest_age_seconds: float  # 0 when empty
-
-
-async def outbox_backlog(pool: asyncpg.Pool) -> OutboxBacklog:
-    """Events not yet published, and how long the oldest has waited (for the metrics; the outbox stays small
-    while the relay keeps up, so the count is cheap)."""
-    row = await pool.fetchrow(
-        "SELECT count(*) AS events, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest FROM gift_outbox"
-    )
-    assert row is not None
-    return OutboxBacklog(row["events"], float(row["oldest"]))
-
-
-async def delete_outbox_events(conn: Connection, outbox_ids: list[int]) -> None:
-    await conn.execute("DELETE FROM gift_outbox WHERE outbox_id = ANY($1::bigint[])", outbox_ids)
+# The relay's advisory lock key: any constant unlike the other advisory lock keys used on the gifts database.
+GIFT_OUTBOX = Outbox("gifts", "gift_outbox", lock_key=0x67696674)  # "gift"

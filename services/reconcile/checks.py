@@ -20,7 +20,7 @@ import asyncpg
 
 @dataclass(frozen=True)
 class Discrepancy:
-    check: str  # which identity: wallet_ledger, gift_payment, settlement, payouts_ledger, stuck_work
+    check: str  # which identity: wallet_ledger, wallet_funding, gift_payment, settlement, payouts_ledger, stuck_work
     subject: str  # the transaction, account, gift or creator it concerns
     detail: str
 
@@ -82,6 +82,93 @@ async def wallet_ledger(wallet: asyncpg.Connection) -> list[Discrepancy]:
                 f"{totals['issued']} issued != {held} in balances + {totals['spent']} spent",
             )
         )
+    return found
+
+
+async def wallet_funding(wallet: asyncpg.Connection) -> list[Discrepancy]:
+    """Funding attribution (services/wallet/funding.py): every bucket's unspent lots hold max(balance, 0) coins;
+    every spend and giveaway since attribution began drew from lots exactly the coins it took; every purchase
+    completed since then = its lots + its uses (giveaway transfers aside), paid and bonus coins alike; and reversals
+    never trace more than a use's coins, never another purchase's, never more than the purchase."""
+    found = [
+        Discrepancy("wallet_funding", r["ledger_account_id"], f"balance is {r['coins']}, its lots hold {r['in_lots']}")
+        for r in await wallet.fetch(
+            "SELECT l.ledger_account_id, l.coins, coalesce(sum(c.coins), 0) AS in_lots"
+            " FROM ledger_accounts AS l LEFT JOIN coin_lots AS c USING (ledger_account_id)"
+            " WHERE l.kind = 'user' GROUP BY l.ledger_account_id, l.coins"
+            " HAVING coalesce(sum(c.coins), 0) <> greatest(l.coins, 0)"
+        )
+    ]
+    found += [
+        Discrepancy("wallet_funding", r["transaction_id"], f"took {r['taken']} coins, drew {r['drawn']} from lots")
+        for r in await wallet.fetch(
+            "WITH taken AS ("
+            "  SELECT t.transaction_id, -sum(p.coins_delta) AS coins FROM transactions AS t"
+            "  JOIN postings AS p ON p.transaction_id = t.transaction_id"
+            "    AND p.ledger_account_id IN (t.account_id, t.account_id || ':bonus')"
+            "  WHERE t.kind IN ('spend', 'giveaway')"
+            "    AND t.created_at >= (SELECT started_at FROM funding_attribution)"
+            "  GROUP BY t.transaction_id"
+            "), drawn AS ("
+            "  SELECT transaction_id, sum(coins) AS coins FROM coin_funding"
+            "  WHERE used_for IN ('spend', 'giveaway') GROUP BY transaction_id"
+            ")"
+            " SELECT transaction_id, coalesce(taken.coins, 0) AS taken, coalesce(drawn.coins, 0) AS drawn"
+            " FROM taken FULL JOIN drawn USING (transaction_id)"
+            " WHERE coalesce(taken.coins, 0) <> coalesce(drawn.coins, 0)"
+        )
+    ]
+    found += [
+        Discrepancy(
+            "wallet_funding",
+            r["purchase_id"],
+            f"{r['coins']}+{r['bonus_coins']} coins, lots and uses account for {r['paid']}+{r['bonus']}",
+        )
+        for r in await wallet.fetch(
+            "WITH bought AS ("
+            "  SELECT p.purchase_id, p.coins, p.bonus_coins FROM purchases AS p"
+            "  JOIN transactions AS t ON t.transaction_id = p.transaction_id"
+            "  WHERE p.status = 'completed' AND t.created_at >= (SELECT started_at FROM funding_attribution)"
+            "), found AS ("
+            "  SELECT purchase_id, ledger_account_id, coins FROM coin_lots WHERE purchase_id IS NOT NULL"
+            "  UNION ALL"
+            "  SELECT purchase_id, ledger_account_id, coins FROM coin_funding"
+            "  WHERE purchase_id IS NOT NULL AND used_for <> 'giveaway'"
+            "), totals AS ("
+            "  SELECT purchase_id,"
+            "    coalesce(sum(coins) FILTER (WHERE ledger_account_id NOT LIKE '%:bonus'), 0) AS paid,"
+            "    coalesce(sum(coins) FILTER (WHERE ledger_account_id LIKE '%:bonus'), 0) AS bonus"
+            "  FROM found GROUP BY purchase_id"
+            ")"
+            " SELECT b.purchase_id, b.coins, b.bonus_coins, coalesce(t.paid, 0) AS paid, coalesce(t.bonus, 0) AS bonus"
+            " FROM bought AS b LEFT JOIN totals AS t USING (purchase_id)"
+            " WHERE b.coins <> coalesce(t.paid, 0) OR b.bonus_coins <> coalesce(t.bonus, 0)"
+        )
+    ]
+    found += [
+        Discrepancy("wallet_funding", str(r["subject"]), r["detail"])
+        for r in await wallet.fetch(
+            "SELECT a.funding_id::text AS subject,"
+            " 'reversed ' || sum(a.coins) || ' of ' || f.coins || ' coins' AS detail"
+            " FROM reversal_allocations AS a JOIN coin_funding AS f USING (funding_id)"
+            " GROUP BY a.funding_id, f.coins HAVING sum(a.coins) > f.coins"
+            " UNION ALL"
+            " SELECT a.transaction_id, 'traced to funding row ' || a.funding_id || ' of another purchase'"
+            " FROM reversal_allocations AS a JOIN coin_funding AS f USING (funding_id)"
+            " JOIN purchase_reversals AS r ON r.transaction_id = a.transaction_id"
+            " WHERE f.purchase_id IS DISTINCT FROM r.purchase_id"
+            " UNION ALL"
+            " SELECT r.purchase_id, 'reversed ' || sum(r.reversed_coins) || ' of ' || p.coins || ' coins'"
+            " FROM purchase_reversals AS r JOIN purchases AS p USING (purchase_id)"
+            " GROUP BY r.purchase_id, p.coins HAVING sum(r.reversed_coins) > p.coins"
+            " UNION ALL"
+            " SELECT r.transaction_id, 'clawed back ' || r.clawed_back_coins || ', its gift allocations say '"
+            "   || coalesce(sum(a.coins) FILTER (WHERE a.gift_transaction_id IS NOT NULL), 0)"
+            " FROM purchase_reversals AS r LEFT JOIN reversal_allocations AS a USING (transaction_id)"
+            " GROUP BY r.transaction_id, r.clawed_back_coins"
+            " HAVING r.clawed_back_coins <> coalesce(sum(a.coins) FILTER (WHERE a.gift_transaction_id IS NOT NULL), 0)"
+        )
+    ]
     return found
 
 

@@ -153,6 +153,7 @@ async def _check_all(
     )
     report.discrepancies = [
         *await checks.wallet_ledger(wallet),
+        *await checks.wallet_funding(wallet),
         *await checks.gift_payments(wallet, gifts, completed, thresholds),
         *settled,
         *await checks.payouts_ledger(payouts),

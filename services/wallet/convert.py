@@ -53,13 +53,11 @@ def spend_ask(request: wallet_pb2.SpendCoinsRequest) -> domain.SpendAsk:
 
 
 def buy_coins(request: wallet_pb2.PurchaseCoinsRequest) -> domain.BuyCoins:
-    return domain.BuyCoins(
-        RequestKey.of(request), request.account_id, request.package_id, request.payment_token
-    )
+    return domain.BuyCoins(RequestKey.of(request), request.account_id, request.package_id, request.payment_token)
 
 
 def reverse_purchase(request: wallet_pb2.ReversePurchaseRequest) -> domain.ReversePurchase:
-    return domain.ReversePurchase(RequestKey.of(request), request.purchase_id, request.reason)
+    return domain.ReversePurchase(RequestKey.of(request), request.purchase_id, request.reason, request.coins)
 
 
 def make_giveaway(request: wallet_pb2.CreateGiveawayRequest) -> domain.MakeGiveaway:
@@ -190,6 +188,11 @@ def reversed_message(reversal: domain.Reversed) -> wallet_pb2.ReversePurchaseRes
         transaction_id=reversal.transaction_id,
         balance=balance_message(reversal.account_id, reversal.balance),
         account_status=STATUS_TO_PROTO[reversal.account_status],
+        coins=reversal.reversed.paid_coins,
+        bonus_coins=reversal.reversed.bonus_coins,
+        removed_coins=reversal.removed_coins,
+        clawed_back_coins=reversal.clawed_back_coins,
+        charged_coins=reversal.charged_coins,
     )
 
 
@@ -199,6 +202,10 @@ def _reversed(message: wallet_pb2.ReversePurchaseResponse) -> domain.Reversed:
         message.balance.account_id,
         _balance(message.balance),
         STATUS_FROM_PROTO[message.account_status],
+        domain.Split(message.coins, message.bonus_coins),
+        message.removed_coins,
+        message.clawed_back_coins,
+        message.charged_coins,
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
-from services.runtime.errors import AppError, failed_precondition, not_found
+from services.runtime.errors import AppError, FieldViolation, failed_precondition, invalid_argument, not_found
 from services.runtime.ledger import Posting, balanced
 from services.runtime.requests import RequestKey
 
@@ -33,6 +33,10 @@ def paid_bucket(account_id: str) -> str:
 
 def bonus_bucket(account_id: str) -> str:
     return account_id + BONUS_SUFFIX
+
+
+def is_bonus_bucket(ledger_account_id: str) -> bool:
+    return ledger_account_id.endswith(BONUS_SUFFIX)
 
 
 def buckets(account_id: str) -> list[str]:
@@ -116,6 +120,16 @@ class Balance:
 
 
 @dataclass(frozen=True)
+class Split:
+    paid_coins: int
+    bonus_coins: int
+
+    @property
+    def coins(self) -> int:
+        return self.paid_coins + self.bonus_coins
+
+
+@dataclass(frozen=True)
 class CoinPackage:
     package_id: str
     coins: int
@@ -172,6 +186,7 @@ class ReversePurchase:
     key: RequestKey
     purchase_id: str
     reason: str
+    coins: int = 0  # of the purchase's paid coins; 0: all of them not reversed yet
 
 
 @dataclass(frozen=True)
@@ -235,6 +250,10 @@ class Reversed:
     account_id: str
     balance: Balance
     account_status: AccountStatus
+    reversed: Split = Split(0, 0)  # the purchase's paid and bonus coins this reversal gave back
+    removed_coins: int = 0  # of them, taken back unspent
+    clawed_back_coins: int = 0  # of them, spent on gifts whose diamonds are taken back from the creators
+    charged_coins: int = 0  # of them, taken from the buyer's other coins (or owed: a debt)
 
 
 @dataclass(frozen=True)
@@ -396,6 +415,66 @@ def insufficient_coins(account_id: str, balance_coins: int, coins: int) -> AppEr
     )
 
 
+# --- funding (the rules are services/wallet/funding.py) --------------------------------------------------------
+
+
+class Use(Enum):
+    """What a funding row's coins were taken out of their lot for."""
+
+    SPEND = "spend"  # SpendCoins; a gift's spend has the reference "gift:<gift_transaction_id>"
+    GIVEAWAY = "giveaway"  # moved to a winner's lot, same purchase: a transfer, not a use
+    REVERSED = "reversed"  # removed, unspent, by its own purchase's reversal
+    CHARGED = "charged"  # taken from the buyer to cover what a reversal could not trace to a creator
+    DEBT = "debt"  # a purchase's coins that repaid the buyer's debt on arrival
+
+
+# Uses that end a coin's life in a wallet: what a reversal of its purchase traces (a giveaway only moves coins).
+TRACED_USES = frozenset({Use.SPEND, Use.CHARGED, Use.DEBT})
+
+
+@dataclass(frozen=True)
+class Lot:
+    """Coins of one purchase in one bucket; lot_id orders a holder's lots (None: a lot not yet stored)."""
+
+    lot_id: int | None
+    ledger_account_id: str  # the bucket: '<account_id>' (paid) or '<account_id>:bonus'
+    purchase_id: str | None
+    coins: int
+
+    @property
+    def holder(self) -> str:
+        bucket = self.ledger_account_id
+        return bucket[: -len(BONUS_SUFFIX)] if is_bonus_bucket(bucket) else bucket
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Coins taken out of a stored lot (lot_id None: a purchase's coins that repaid a debt before reaching one)."""
+
+    lot_id: int | None
+    ledger_account_id: str
+    purchase_id: str | None
+    coins: int
+
+
+@dataclass(frozen=True)
+class NewLot:
+    """A lot a movement creates (a purchase's, a giveaway winner's)."""
+
+    ledger_account_id: str
+    purchase_id: str | None
+    coins: int
+
+
+@dataclass(frozen=True)
+class Funding:
+    """A funding row: coins a movement took out of a lot, and what for."""
+
+    transaction_id: str
+    draw: Draw
+    used_for: Use
+
+
 @dataclass(frozen=True)
 class Spender:
     """What a spend or a giveaway checks, read with the account's buckets locked."""
@@ -404,16 +483,7 @@ class Spender:
     balance: Balance
     sent_last_24h_coins: int
     now: datetime
-
-
-@dataclass(frozen=True)
-class Split:
-    paid_coins: int
-    bonus_coins: int
-
-    @property
-    def coins(self) -> int:
-        return self.paid_coins + self.bonus_coins
+    lots: tuple[Lot, ...] = ()  # the coins' lots, oldest first (what a debit draws)
 
 
 def authorize_spend(spender: Spender, account_id: str, coins: int) -> Split:
@@ -461,6 +531,19 @@ def authorize_spends(asks: list[SpendAsk], spenders: dict[str, Spender]) -> list
         )
         decisions.append(split)
     return decisions
+
+
+def coins_to_reverse(purchase_coins: int, reversed_before: int, asked: int) -> int:
+    """How many of a purchase's paid coins a reversal gives back: asked (0: all those not reversed yet). Repeated
+    partial reversals never exceed the purchase."""
+    left = purchase_coins - reversed_before
+    if asked == 0:
+        return left
+    if asked > left:
+        raise invalid_argument(
+            [FieldViolation("coins", f"only {left} of the purchase's {purchase_coins} coins are left to reverse")]
+        )
+    return asked
 
 
 def reversal_split(purchase_coins: int, purchase_bonus_coins: int, balance: Balance) -> Split:
@@ -572,6 +655,29 @@ class Purchase:
 
 
 @dataclass(frozen=True)
+class ReversedSoFar:
+    """What earlier reversals of a purchase gave back, and the newest of them (None: none yet)."""
+
+    coins: int
+    bonus_coins: int
+    last_transaction_id: str | None
+
+
+@dataclass(frozen=True)
+class PurchaseReversal:
+    """A reversal as the ledger keeps it."""
+
+    purchase_id: str
+    request_id: str
+    transaction_id: str
+    reason: str
+    reversed: Split  # the purchase's paid and bonus coins given back
+    taken: Split  # what the buyer's paid and bonus buckets lost (unspent coins there, and the charge)
+    removed_coins: int
+    clawed_back_coins: int
+
+
+@dataclass(frozen=True)
 class NewSpend:
     """A decided spend, ready to be recorded with the other spends of its batch."""
 
@@ -580,6 +686,7 @@ class NewSpend:
     account_id: str
     reference: str
     legs: list[Leg]
+    draws: tuple[Draw, ...] = ()  # the lots its coins came from
 
 
 class TransactionKind(Enum):

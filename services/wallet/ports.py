@@ -18,16 +18,22 @@ from services.wallet.domain import (
     Account,
     AccountStatus,
     Balance,
+    Funding,
+    Lot,
     Movement,
+    NewLot,
     NewSpend,
     Postings,
     Promotion,
     Purchase,
     PurchaseHistory,
+    PurchaseReversal,
     PurchaseStatus,
+    ReversedSoFar,
     Spender,
     SpendingLimit,
 )
+from services.wallet.funding import Allocation, EarlierUse
 
 Result = TypeVar("Result")
 
@@ -153,20 +159,28 @@ class WalletTransaction(Protocol):
         self, purchase_id: str, status: PurchaseStatus, provider_reference: str, transaction_id: str | None
     ) -> None: ...
 
-    async def find_reversal(self, purchase_id: str) -> str | None:
-        """The reversal's transaction_id, if the purchase was reversed."""
+    async def reversed_so_far(self, purchase_id: str) -> ReversedSoFar: ...
+
+    async def insert_reversal(self, reversal: PurchaseReversal, allocations: list[Allocation]) -> None:
+        """The reversal and the earlier uses it traced its coins to."""
         ...
 
-    async def insert_reversal(
-        self,
-        *,
-        purchase_id: str,
-        request_id: str,
-        transaction_id: str,
-        reason: str,
-        paid_coins: int,
-        bonus_coins: int,
-    ) -> None: ...
+    # funding (funding.py)
+    async def lots_of(self, account_ids: list[str]) -> list[Lot]:
+        """The unspent lots of the accounts' buckets, oldest first. Call with the buckets locked."""
+        ...
+
+    async def purchase_lots(self, purchase_id: str) -> list[Lot]:
+        """The purchase's unspent lots, whoever holds them, oldest first."""
+        ...
+
+    async def traced_uses(self, purchase_id: str) -> list[EarlierUse]:
+        """The purchase's coins used (spent, charged, repaying debt) and not yet reversed."""
+        ...
+
+    async def record_funding(self, transaction_id: str, fundings: list[Funding], new_lots: list[NewLot]) -> None:
+        """After the movement's transaction: the lots it drew, their funding rows, and the lots it made."""
+        ...
 
     # giveaways
     async def insert_giveaway(

@@ -16,7 +16,7 @@ from services.runtime.errors import AppError, failed_precondition, not_found, re
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
 from services.runtime.requests import Outcome, StoredRequest, replayed
-from services.wallet import convert, domain
+from services.wallet import convert, domain, funding
 from services.wallet.ports import (
     ChargeResult,
     Clock,
@@ -30,6 +30,10 @@ log = structlog.get_logger()
 
 # A spend's outcome in a batch: what it spent, or the final refusal SpendCoins would have raised.
 SpendOutcome = domain.Spent | AppError
+
+# Whether a reversal traces gift spends to their creators (payouts then claws the diamonds back). Until payouts
+# learns reversals, a gift's coins are charged to the buyer like any other use.
+CLAW_BACK_GIFTS = False
 
 TRANSACTIONS_PAGE = "transactions"  # page tokens of ListTransactions, bound to the account listed
 PROMOTIONS_PAGE = "promotions"  # page tokens of ListPromotions (one list for every admin: owner "")
@@ -133,6 +137,12 @@ class WalletService:
                 reference=giveaway_id,
                 postings=domain.giveaway_postings(creator_id, debit, winner_ids, shares),
             )
+            draws = funding.Holdings(creator_id, spender.lots).take(debit)
+            await tx.record_funding(
+                transaction_id,
+                [domain.Funding(transaction_id, d, domain.Use.GIVEAWAY) for d in draws],
+                funding.winner_lots(draws, winner_ids, shares),
+            )
             await tx.insert_giveaway(
                 giveaway_id=giveaway_id,
                 request_id=command.key.request_id,
@@ -211,20 +221,23 @@ class WalletService:
         return await recovery.resume_each("purchase", purchase_ids, self.complete_purchase)
 
     async def reverse_purchase(self, command: domain.ReversePurchase) -> domain.Reversed:
-        """A chargeback: takes the purchase's coins back, into debt if they were spent (the account is then frozen
-        until purchases cover it). A purchase is reversed at most once, whatever the request_id."""
+        """A chargeback or refund of a purchase, whole (coins 0: all that is not reversed yet) or in part: its unspent
+        coins are removed first, wherever they are; the rest were used, and are traced (funding.py). Never more
+        than the purchase, whatever the request_ids: a whole reversal of a reversed purchase answers the last one."""
 
         async def operation(tx: WalletTransaction) -> domain.Reversed:
-            purchase = await tx.lock_purchase(command.purchase_id)
+            purchase = await tx.lock_purchase(command.purchase_id)  # serializes the reversals of one purchase
             if purchase is None or purchase.status is not domain.PurchaseStatus.COMPLETED:
                 raise not_found("PURCHASE_NOT_FOUND", f"no completed purchase {command.purchase_id!r}")
-            account_id = purchase.account_id
-            transaction_id = await tx.find_reversal(purchase.purchase_id)
-            if transaction_id is None:
-                transaction_id = await _reverse(tx, purchase, command)
-            account = await tx.get_account(account_id)
+            so_far = await tx.reversed_so_far(purchase.purchase_id)
+            coins = domain.coins_to_reverse(purchase.coins, so_far.coins, command.coins)
+            if coins:
+                return await _reverse(tx, purchase, so_far, coins, command)
+            assert so_far.last_transaction_id is not None, "nothing left to reverse means something was reversed"
+            account = await tx.get_account(purchase.account_id)
             assert account is not None
-            return domain.Reversed(transaction_id, account_id, await tx.get_balance(account_id), account.status)
+            balance = await tx.get_balance(purchase.account_id)
+            return domain.Reversed(so_far.last_transaction_id, purchase.account_id, balance, account.status)
 
         return await self._store.run_once(command.key, operation, convert.REVERSED)
 
@@ -350,6 +363,13 @@ async def _credit_purchase(tx: WalletTransaction, purchase: domain.Purchase, cha
         reference=purchase.purchase_id,
         postings=domain.purchase_postings(account_id, purchase.coins, purchase.bonus_coins),
     )
+    lots, repaid = funding.purchase_lots(
+        account_id, purchase.purchase_id, purchase.coins, purchase.bonus_coins, before.paid_coins
+    )
+    debt_repaid = domain.Draw(None, domain.paid_bucket(account_id), purchase.purchase_id, repaid)
+    await tx.record_funding(
+        transaction_id, [domain.Funding(transaction_id, debt_repaid, domain.Use.DEBT)] if repaid else [], lots
+    )
     after = before.credited(domain.Split(paid_coins=purchase.coins, bonus_coins=purchase.bonus_coins))
     if domain.debt_covered(before, after):  # the account may spend again
         await tx.set_status(account_id, domain.AccountStatus.ACTIVE)
@@ -368,32 +388,76 @@ async def _credit_purchase(tx: WalletTransaction, purchase: domain.Purchase, cha
     await tx.record_response(purchase.request_id, convert.BOUGHT.to_message(bought))
 
 
-async def _reverse(tx: WalletTransaction, purchase: domain.Purchase, command: domain.ReversePurchase) -> str:
-    account_id = purchase.account_id
-    before = (await tx.lock_buckets([account_id]))[account_id]
-    split = domain.reversal_split(purchase.coins, purchase.bonus_coins, before)
+async def _reverse(
+    tx: WalletTransaction,
+    purchase: domain.Purchase,
+    so_far: domain.ReversedSoFar,
+    coins: int,
+    command: domain.ReversePurchase,
+) -> domain.Reversed:
+    buyer = purchase.account_id
+    reversing = domain.Split(coins, funding.reversed_bonus(purchase.coins, purchase.bonus_coins, so_far.coins, coins))
+    # The holders of the purchase's unspent coins are locked with the buyer (in id order, as every movement does).
+    # A lot given on to someone else between the look and the lock is not removed: its coins are charged instead.
+    holders = {lot.holder for lot in await tx.purchase_lots(purchase.purchase_id)}
+    balances = await tx.lock_buckets(sorted({buyer, *holders}))
+    lots = [lot for lot in await tx.purchase_lots(purchase.purchase_id) if lot.holder in balances]
+    plan = funding.plan_reversal(
+        buyer, reversing, lots, await tx.traced_uses(purchase.purchase_id), claw_back_gifts=CLAW_BACK_GIFTS
+    )
+    buyer_lots = funding.after_draws(await tx.lots_of([buyer]), plan.removed)
+    before_charge = funding.after_removal(buyer, balances[buyer], plan.removed)
+    charge = funding.charge_split(plan.charged, before_charge)
+    charged = funding.Holdings(buyer, buyer_lots).take_as_far_as_they_go(charge)
     transaction_id = new_id("txn")
     await tx.record_movement(
         transaction_id=transaction_id,
         kind="reversal",
         request_id=command.key.request_id,
-        account_id=account_id,
+        account_id=buyer,
         reference=purchase.purchase_id,
-        postings=domain.reversal_postings(account_id, purchase.coins, purchase.bonus_coins, split),
+        postings=funding.reversal_postings(buyer, reversing, plan, charge),
         debt_allowed=True,
     )
-    await tx.insert_reversal(
-        purchase_id=purchase.purchase_id,
-        request_id=command.key.request_id,
-        transaction_id=transaction_id,
-        reason=command.reason,
-        paid_coins=split.paid_coins,
-        bonus_coins=split.bonus_coins,
+    await tx.record_funding(
+        transaction_id,
+        [domain.Funding(transaction_id, d, domain.Use.REVERSED) for d in plan.removed]
+        + [domain.Funding(transaction_id, d, domain.Use.CHARGED) for d in charged],
+        [],
     )
-    if domain.in_debt(before.debited(split)):
-        await tx.set_status(account_id, domain.AccountStatus.FROZEN)
-    log.info("purchase_reversed", purchase_id=purchase.purchase_id, account_id=account_id, **vars(split))
-    return transaction_id
+    after = before_charge.debited(charge)
+    taken = domain.Split(balances[buyer].paid_coins - after.paid_coins, balances[buyer].bonus_coins - after.bonus_coins)
+    removed_coins = sum(d.coins for d in plan.removed)
+    await tx.insert_reversal(
+        domain.PurchaseReversal(
+            purchase.purchase_id,
+            command.key.request_id,
+            transaction_id,
+            command.reason,
+            reversing,
+            taken,
+            removed_coins,
+            plan.clawed_back_coins,
+        ),
+        plan.allocations,
+    )
+    if domain.in_debt(after):
+        await tx.set_status(buyer, domain.AccountStatus.FROZEN)
+    account = await tx.get_account(buyer)
+    assert account is not None, f"account {buyer} of a completed purchase vanished"
+    log.info(
+        "purchase_reversed",
+        purchase_id=purchase.purchase_id,
+        account_id=buyer,
+        coins=reversing.paid_coins,
+        bonus_coins=reversing.bonus_coins,
+        removed_coins=removed_coins,
+        clawed_back_coins=plan.clawed_back_coins,
+        charged_coins=charge.coins,
+    )
+    return domain.Reversed(
+        transaction_id, buyer, after, account.status, reversing, removed_coins, plan.clawed_back_coins, charge.coins
+    )
 
 
 # --- giveaways and spends, step by step -------------------------------------------------------------------------
@@ -437,6 +501,7 @@ async def _decide_spends(
     await tx.lock_buckets(account_ids)
     spenders = await tx.read_spenders(account_ids)
     balances = {account_id: spender.balance for account_id, spender in spenders.items()}
+    holdings = {account_id: funding.Holdings(account_id, spender.lots) for account_id, spender in spenders.items()}
     new_spends: list[domain.NewSpend] = []
     for ask, decision in zip(asks, domain.authorize_spends(asks, spenders), strict=True):
         if isinstance(decision, AppError):
@@ -449,6 +514,7 @@ async def _decide_spends(
             ask.account_id,
             ask.reference,
             domain.spend_legs(ask.account_id, decision, after),
+            tuple(holdings[ask.account_id].take(decision)),
         )
         new_spends.append(spend)
         outcomes[ask.request_id] = domain.Spent(spend.transaction_id, ask.account_id, after, decision)

@@ -31,7 +31,6 @@ TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
 STAFF = (ROLE_SERVICE, ROLE_ADMIN)  # backends and admins, who act on any account
 
 
-
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def __init__(self, wallet: WalletService) -> None:
         self._wallet = wallet
@@ -192,6 +191,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         check.request_id(request.request_id)
         check.opaque_id(request.purchase_id, "purchase_id")
         check.text(request.reason, "reason", max_length=256)
+        # 0: the whole purchase; a package never holds more coins than the dearest gift (checked again on the purchase).
+        check.int_range(request.coins, "coins", minimum=0, maximum=MAX_SPEND_COINS)
         check.raise_if_invalid()
         scope_to_caller(request)
         return convert.reversed_message(await self._wallet.reverse_purchase(convert.reverse_purchase(request)))

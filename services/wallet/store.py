@@ -22,22 +22,30 @@ from services.wallet.domain import (
     BONUS_SUFFIX,
     SPENDING_LIMIT_WINDOW,
     SYSTEM_ACCOUNTS,
+    TRACED_USES,
     Account,
     AccountStatus,
     Balance,
+    Funding,
+    Lot,
     Movement,
+    NewLot,
     NewSpend,
     Postings,
     Promotion,
     Purchase,
     PurchaseHistory,
+    PurchaseReversal,
     PurchaseStatus,
+    ReversedSoFar,
     Spender,
     SpendingLimit,
+    Use,
     bonus_bucket,
     buckets,
     paid_bucket,
 )
+from services.wallet.funding import Allocation, EarlierUse, gift_of
 from services.wallet.ports import Operation, Result, WalletTransaction
 
 ACCOUNT_COLUMNS = (
@@ -48,10 +56,20 @@ PURCHASE_COLUMNS = (
     "purchase_id, request_id, account_id, package_id, coins, bonus_coins, price_minor, currency_code,"
     " payment_token, status, transaction_id, promotion_id"
 )
+LOT_COLUMNS = "lot_id, ledger_account_id, purchase_id, coins"
+# A LATERAL subquery's columns: the lots of a FROM … WHERE appended to it, as parallel arrays (see _lots_from_arrays).
+_LOTS_AS_ARRAYS = (
+    "SELECT array_agg(lot_id ORDER BY lot_id) AS lot_ids,"
+    " array_agg(ledger_account_id ORDER BY lot_id) AS lot_buckets,"
+    " array_agg(purchase_id ORDER BY lot_id) AS lot_purchases,"
+    " array_agg(coins ORDER BY lot_id) AS lot_coins"
+    " FROM coin_lots"
+)
 PROMOTION_COLUMNS = (
     "promotion_id, name, starts_at, ends_at, min_package_coins, bonus_percent, bonus_coins, first_purchase_only,"
     " max_uses_per_account, created_at"
 )
+
 
 class PostgresWalletStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -63,9 +81,7 @@ class PostgresWalletStore:
             yield PostgresTransaction(proxy)
 
     async def run_once(self, key: RequestKey, operation: Operation[Result], reply: Reply[Result]) -> Result:
-        return await idempotency.run_once(
-            self._pool, key, reply, lambda proxy: operation(PostgresTransaction(proxy))
-        )
+        return await idempotency.run_once(self._pool, key, reply, lambda proxy: operation(PostgresTransaction(proxy)))
 
     async def get_account(self, account_id: str) -> Account | None:
         return await _get_account(self._pool, account_id)
@@ -243,10 +259,13 @@ class PostgresTransaction:
             "   WHERE t.account_id = ids.id AND t.kind IN ('spend', 'giveaway')"
             "     AND t.created_at > now() - make_interval(secs => $3))"
             " ELSE 0 END AS sent_last_24h_coins"
+            ", lots.*"
             " FROM unnest($1::text[]) AS ids (id)"
             " LEFT JOIN accounts AS a ON a.account_id = ids.id"
             " LEFT JOIN ledger_accounts AS paid ON paid.ledger_account_id = ids.id"
-            " LEFT JOIN ledger_accounts AS bonus ON bonus.ledger_account_id = ids.id || $2",
+            " LEFT JOIN ledger_accounts AS bonus ON bonus.ledger_account_id = ids.id || $2"
+            f" LEFT JOIN LATERAL ({_LOTS_AS_ARRAYS} WHERE ledger_account_id IN (ids.id, ids.id || $2) AND coins > 0)"
+            "   AS lots ON true",
             account_ids,
             BONUS_SUFFIX,
             SPENDING_LIMIT_WINDOW.total_seconds(),
@@ -257,6 +276,7 @@ class PostgresTransaction:
                 Balance(row["paid_coins"] or 0, row["bonus_coins"] or 0),
                 int(row["sent_last_24h_coins"]),
                 row["now"],
+                _lots_from_arrays(row),
             )
             for row in rows
         }
@@ -373,7 +393,8 @@ class PostgresTransaction:
         its key. The caller holds the buckets' locks and computed the balances from them; the bucket totals the
         database arrives at must agree, or nothing is written."""
         legs = [(spend.transaction_id, leg) for spend in spends for leg in spend.legs]
-        recorded = idempotency.record_statement(outcomes, first_param=9)
+        draws = [(spend.transaction_id, draw) for spend in spends for draw in spend.draws]
+        recorded = idempotency.record_statement(outcomes, first_param=14)
         moved = await self._conn.fetch(
             """
             WITH legs AS (
@@ -396,10 +417,20 @@ class PostgresTransaction:
                 INSERT INTO postings (transaction_id, ledger_account_id, coins_delta, balance_after, created_at)
                 SELECT transaction_id, ledger_account_id, coins_delta, balance_after, statement_timestamp()
                 FROM legs ORDER BY position
+            ), draws AS (
+                SELECT * FROM unnest($9::text[], $10::bigint[], $11::text[], $12::text[], $13::bigint[])
+                    AS d (transaction_id, lot_id, ledger_account_id, purchase_id, coins)
+            ), drawn AS (
+                UPDATE coin_lots AS l SET coins = l.coins - d.coins
+                FROM (SELECT lot_id, sum(coins) AS coins FROM draws GROUP BY lot_id) AS d WHERE l.lot_id = d.lot_id
+                RETURNING l.lot_id
+            ), funded AS (
+                INSERT INTO coin_funding (transaction_id, lot_id, ledger_account_id, purchase_id, coins, used_for)
+                SELECT transaction_id, lot_id, ledger_account_id, purchase_id, coins, 'spend' FROM draws
             ), outcomes AS ("""
             + recorded.sql
             + """)
-            SELECT ledger_account_id, coins FROM moved
+            SELECT ledger_account_id, coins, (SELECT count(*) FROM drawn) AS lots_drawn FROM moved
             """,
             [transaction_id for transaction_id, _ in legs],
             [leg.ledger_account_id for _, leg in legs],
@@ -409,12 +440,102 @@ class PostgresTransaction:
             [spend.request_id for spend in spends],
             [spend.account_id for spend in spends],
             [spend.reference for spend in spends],
+            [transaction_id for transaction_id, _ in draws],
+            [draw.lot_id for _, draw in draws],
+            [draw.ledger_account_id for _, draw in draws],
+            [draw.purchase_id for _, draw in draws],
+            [draw.coins for _, draw in draws],
             *recorded.args,
         )
         expected = {leg.ledger_account_id: leg.balance_after for _, leg in legs if leg.balance_after is not None}
         actual = {row["ledger_account_id"]: row["coins"] for row in moved}
         # Raised inside the caller's transaction, so a disagreement (a bug, or a missing bucket) writes nothing.
         assert actual == expected, f"spend batch balances disagree: expected {expected}, database has {actual}"
+        lots_drawn = moved[0]["lots_drawn"] if moved else 0
+        assert lots_drawn == len({d.lot_id for _, d in draws if d.lot_id is not None}), "a spend drew a missing lot"
+
+    # --- funding ------------------------------------------------------------------------------------------------
+
+    async def lots_of(self, account_ids: list[str]) -> list[Lot]:
+        """The unspent lots of the accounts' buckets, oldest first. Call with the buckets locked."""
+        ledger_account_ids = [bucket for account_id in account_ids for bucket in buckets(account_id)]
+        rows = await self._conn.fetch(
+            f"SELECT {LOT_COLUMNS} FROM coin_lots WHERE ledger_account_id = ANY($1::text[]) AND coins > 0"
+            " ORDER BY lot_id",
+            ledger_account_ids,
+        )
+        return [Lot(**dict(row)) for row in rows]
+
+    async def purchase_lots(self, purchase_id: str) -> list[Lot]:
+        """The purchase's coins still unspent, wherever they are (its buyer's, giveaway winners'), oldest first."""
+        rows = await self._conn.fetch(
+            f"SELECT {LOT_COLUMNS} FROM coin_lots WHERE purchase_id = $1 AND coins > 0 ORDER BY lot_id", purchase_id
+        )
+        return [Lot(**dict(row)) for row in rows]
+
+    async def traced_uses(self, purchase_id: str) -> list[EarlierUse]:
+        """The purchase's coins used (spent, charged, repaying debt) and not yet reversed, with the gift a spend
+        paid for."""
+        rows = await self._conn.fetch(
+            "SELECT f.funding_id, f.ledger_account_id, f.used_for, t.reference,"
+            "  (f.coins - coalesce(sum(a.coins), 0))::bigint AS coins_left"
+            " FROM coin_funding AS f JOIN transactions AS t USING (transaction_id)"
+            " LEFT JOIN reversal_allocations AS a USING (funding_id)"
+            " WHERE f.purchase_id = $1 AND f.used_for = ANY($2::text[])"
+            " GROUP BY f.funding_id, t.reference HAVING f.coins > coalesce(sum(a.coins), 0)"
+            " ORDER BY f.funding_id",
+            purchase_id,
+            [use.value for use in TRACED_USES],
+        )
+        return [
+            EarlierUse(
+                row["funding_id"],
+                row["ledger_account_id"],
+                Use(row["used_for"]),
+                row["coins_left"],
+                gift_of(row["reference"]) if row["used_for"] == Use.SPEND.value else None,
+            )
+            for row in rows
+        ]
+
+    async def record_funding(self, transaction_id: str, fundings: list[Funding], new_lots: list[NewLot]) -> None:
+        """One statement: the lots drawn (each lowered), their funding rows, and the new lots (made by
+        transaction_id). The lots' own CHECK refuses a draw larger than a lot."""
+        drawn = await self._conn.fetchval(
+            """
+            WITH draws AS (
+                SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::text[])
+                    AS d (transaction_id, lot_id, ledger_account_id, purchase_id, coins, used_for)
+            ), drawn AS (
+                UPDATE coin_lots AS l SET coins = l.coins - d.coins
+                FROM (SELECT lot_id, sum(coins) AS coins FROM draws WHERE lot_id IS NOT NULL GROUP BY lot_id) AS d
+                WHERE l.lot_id = d.lot_id
+                RETURNING l.lot_id
+            ), funded AS (
+                INSERT INTO coin_funding (transaction_id, lot_id, ledger_account_id, purchase_id, coins, used_for)
+                SELECT transaction_id, lot_id, ledger_account_id, purchase_id, coins, used_for FROM draws
+            ), made AS (
+                INSERT INTO coin_lots (ledger_account_id, purchase_id, coins, transaction_id)
+                SELECT ledger_account_id, purchase_id, coins, $10
+                FROM unnest($7::text[], $8::text[], $9::bigint[]) WITH ORDINALITY
+                    AS n (ledger_account_id, purchase_id, coins, position)
+                ORDER BY position
+            )
+            SELECT count(*) FROM drawn
+            """,
+            [f.transaction_id for f in fundings],
+            [f.draw.lot_id for f in fundings],
+            [f.draw.ledger_account_id for f in fundings],
+            [f.draw.purchase_id for f in fundings],
+            [f.draw.coins for f in fundings],
+            [f.used_for.value for f in fundings],
+            [lot.ledger_account_id for lot in new_lots],
+            [lot.purchase_id for lot in new_lots],
+            [lot.coins for lot in new_lots],
+            transaction_id,
+        )
+        lots = {f.draw.lot_id for f in fundings if f.draw.lot_id is not None}
+        assert drawn == len(lots), f"{transaction_id} drew lots that are not there"
 
     # --- purchases ----------------------------------------------------------------------------------------------
 
@@ -464,31 +585,43 @@ class PostgresTransaction:
             transaction_id,
         )
 
-    async def find_reversal(self, purchase_id: str) -> str | None:
-        transaction_id: str | None = await self._conn.fetchval(
-            "SELECT transaction_id FROM purchase_reversals WHERE purchase_id = $1", purchase_id
-        )
-        return transaction_id
-
-    async def insert_reversal(
-        self,
-        *,
-        purchase_id: str,
-        request_id: str,
-        transaction_id: str,
-        reason: str,
-        paid_coins: int,
-        bonus_coins: int,
-    ) -> None:
-        await self._conn.execute(
-            "INSERT INTO purchase_reversals (purchase_id, request_id, transaction_id, reason, paid_coins, bonus_coins)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
+    async def reversed_so_far(self, purchase_id: str) -> ReversedSoFar:
+        row = await self._conn.fetchrow(
+            "SELECT coalesce(sum(reversed_coins), 0)::bigint AS coins,"
+            " coalesce(sum(reversed_bonus_coins), 0)::bigint AS bonus_coins,"
+            " (array_agg(transaction_id ORDER BY created_at DESC, transaction_id DESC))[1] AS last_transaction_id"
+            " FROM purchase_reversals WHERE purchase_id = $1",
             purchase_id,
-            request_id,
-            transaction_id,
-            reason,
-            paid_coins,
-            bonus_coins,
+        )
+        assert row is not None, "an aggregate without GROUP BY returns one row"
+        return ReversedSoFar(row["coins"], row["bonus_coins"], row["last_transaction_id"])
+
+    async def insert_reversal(self, reversal: PurchaseReversal, allocations: list[Allocation]) -> None:
+        """The reversal and what it traced its coins to, in one statement."""
+        await self._conn.execute(
+            """
+            WITH reversal AS (
+                INSERT INTO purchase_reversals (purchase_id, request_id, transaction_id, reason, paid_coins,
+                    bonus_coins, reversed_coins, reversed_bonus_coins, removed_coins, clawed_back_coins)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            )
+            INSERT INTO reversal_allocations (transaction_id, funding_id, coins, gift_transaction_id)
+            SELECT $3, funding_id, coins, gift_transaction_id
+            FROM unnest($11::bigint[], $12::bigint[], $13::text[]) AS a (funding_id, coins, gift_transaction_id)
+            """,
+            reversal.purchase_id,
+            reversal.request_id,
+            reversal.transaction_id,
+            reversal.reason,
+            reversal.taken.paid_coins,
+            reversal.taken.bonus_coins,
+            reversal.reversed.paid_coins,
+            reversal.reversed.bonus_coins,
+            reversal.removed_coins,
+            reversal.clawed_back_coins,
+            [a.funding_id for a in allocations],
+            [a.coins for a in allocations],
+            [a.gift_transaction_id for a in allocations],
         )
 
     # --- giveaways ----------------------------------------------------------------------------------------------
@@ -604,7 +737,6 @@ _MOVEMENTS = """
 # --- rows to domain ---------------------------------------------------------------------------------------------
 
 
-
 def _account(row: asyncpg.Record) -> Account:
     return Account(
         row["account_id"],
@@ -612,6 +744,15 @@ def _account(row: asyncpg.Record) -> Account:
         row["country_code"],
         AccountStatus(row["status"]),
         SpendingLimit(row["daily_limit_coins"], row["pending_daily_limit_coins"], row["pending_limit_effective_at"]),
+    )
+
+
+def _lots_from_arrays(row: asyncpg.Record) -> tuple[Lot, ...]:
+    if row["lot_ids"] is None:
+        return ()
+    return tuple(
+        Lot(*lot)
+        for lot in zip(row["lot_ids"], row["lot_buckets"], row["lot_purchases"], row["lot_coins"], strict=True)
     )
 
 

@@ -5,7 +5,7 @@ when its block exits normally (an exception drops it); transactions run one at a
 row locks (every use case locks what it changes). It enforces what the database enforces and the rules rely on:
 no user bucket pushed below zero unless the transaction allows debt, every ledger transaction balanced with no zero
 leg and no account twice (services.runtime.ledger.balanced), unique request_ids (idempotency keys, ledger
-transactions, purchases, reversals, giveaways), a reversal per purchase, rows referring to existing accounts."""
+transactions, purchases, reversals, giveaways), no lot drawn below zero, rows referring to existing accounts."""
 
 from __future__ import annotations
 
@@ -24,22 +24,30 @@ from services.runtime.requests import Reply, RequestKey, replayed
 from services.wallet.domain import (
     SPENDING_LIMIT_WINDOW,
     SYSTEM_ACCOUNTS,
+    TRACED_USES,
     Account,
     AccountStatus,
     Balance,
+    Funding,
+    Lot,
     Movement,
+    NewLot,
     NewSpend,
     Postings,
     Promotion,
     Purchase,
     PurchaseHistory,
+    PurchaseReversal,
     PurchaseStatus,
+    ReversedSoFar,
     Spender,
     SpendingLimit,
+    Use,
     bonus_bucket,
     buckets,
     paid_bucket,
 )
+from services.wallet.funding import Allocation, EarlierUse, gift_of
 from services.wallet.ports import ChargeResult, Operation, Result
 
 DEFAULT_PROMOTION = Promotion(
@@ -104,13 +112,9 @@ class Posting:
 
 
 @dataclass(frozen=True)
-class Reversal:
-    purchase_id: str
-    request_id: str
-    transaction_id: str
-    reason: str
-    paid_coins: int
-    bonus_coins: int
+class FundingRow:
+    funding_id: int
+    funding: Funding
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,10 @@ class WalletState:
     purchases: dict[str, Purchase] = field(default_factory=dict)
     purchases_created_at: dict[str, datetime] = field(default_factory=dict)
     provider_references: dict[str, str] = field(default_factory=dict)
-    reversals: dict[str, Reversal] = field(default_factory=dict)
+    reversals: dict[str, PurchaseReversal] = field(default_factory=dict)  # by transaction_id
+    allocations: list[tuple[str, Allocation]] = field(default_factory=list)  # (reversal transaction_id, allocation)
+    lots: dict[int, Lot] = field(default_factory=dict)  # by lot_id, the order they were made in
+    funding: list[FundingRow] = field(default_factory=list)
     giveaways: dict[str, Giveaway] = field(default_factory=dict)
     promotions: dict[int, Promotion] = field(default_factory=dict)  # by position
     keys: dict[str, StoredKey] = field(default_factory=dict)
@@ -149,6 +156,9 @@ class WalletState:
             purchases_created_at=dict(self.purchases_created_at),
             provider_references=dict(self.provider_references),
             reversals=dict(self.reversals),
+            allocations=list(self.allocations),
+            lots=dict(self.lots),
+            funding=list(self.funding),
             giveaways=dict(self.giveaways),
             promotions=dict(self.promotions),
             keys=dict(self.keys),
@@ -337,6 +347,7 @@ class FakeTransaction:
                 self.state.balance(account_id),
                 self._sent_in_window(account_id),
                 self._now,
+                tuple(await self.lots_of([account_id])),
             )
             for account_id in account_ids
         }
@@ -481,6 +492,8 @@ class FakeTransaction:
         assert actual == expected, f"spend batch balances disagree: expected {expected}, store has {actual}"
         for transaction_id, leg in legs:
             self._post(transaction_id, leg.ledger_account_id, leg.coins_delta, leg.balance_after)
+        for spend in spends:
+            self._fund([Funding(spend.transaction_id, draw, Use.SPEND) for draw in spend.draws])
         for outcome in outcomes:
             response = None if outcome.response is None else outcome.response.SerializeToString()
             self._record_outcome(outcome.request_id, response, outcome.error)
@@ -525,28 +538,74 @@ class FakeTransaction:
         self.state.purchases[purchase_id] = replace(purchase, status=status, transaction_id=transaction_id)
         self.state.provider_references[purchase_id] = provider_reference
 
-    async def find_reversal(self, purchase_id: str) -> str | None:
-        reversal = self.state.reversals.get(purchase_id)
-        return None if reversal is None else reversal.transaction_id
+    async def reversed_so_far(self, purchase_id: str) -> ReversedSoFar:
+        mine = [r for r in self.state.reversals.values() if r.purchase_id == purchase_id]
+        return ReversedSoFar(
+            sum(r.reversed.paid_coins for r in mine),
+            sum(r.reversed.bonus_coins for r in mine),
+            mine[-1].transaction_id if mine else None,
+        )
 
-    async def insert_reversal(
-        self,
-        *,
-        purchase_id: str,
-        request_id: str,
-        transaction_id: str,
-        reason: str,
-        paid_coins: int,
-        bonus_coins: int,
-    ) -> None:
-        if purchase_id in self.state.reversals or any(
-            r.request_id == request_id for r in self.state.reversals.values()
+    async def insert_reversal(self, reversal: PurchaseReversal, allocations: list[Allocation]) -> None:
+        if reversal.transaction_id in self.state.reversals or any(
+            r.request_id == reversal.request_id for r in self.state.reversals.values()
         ):
-            raise self._refuse(f"purchase {purchase_id} reversed twice")
-        if paid_coins < 0 or bonus_coins < 0 or transaction_id not in self.state.transactions:
-            raise self._refuse(f"reversal of {purchase_id}")
-        reversal = Reversal(purchase_id, request_id, transaction_id, reason, paid_coins, bonus_coins)
-        self.state.reversals[purchase_id] = reversal
+            raise self._refuse(f"reversal {reversal.transaction_id} or its request twice")
+        if (
+            reversal.transaction_id not in self.state.transactions
+            or min(reversal.reversed.paid_coins, reversal.reversed.bonus_coins, reversal.removed_coins) < 0
+        ):
+            raise self._refuse(f"reversal {reversal}")
+        self.state.reversals[reversal.transaction_id] = reversal
+        for allocation in allocations:
+            if allocation.coins <= 0:
+                raise self._refuse(f"allocation {allocation}")
+            self.state.allocations.append((reversal.transaction_id, allocation))
+
+    # --- funding ------------------------------------------------------------------------------------------------
+
+    async def lots_of(self, account_ids: list[str]) -> list[Lot]:
+        wanted = {bucket for account_id in account_ids for bucket in buckets(account_id)}
+        return [lot for lot in self.state.lots.values() if lot.ledger_account_id in wanted and lot.coins > 0]
+
+    async def purchase_lots(self, purchase_id: str) -> list[Lot]:
+        return [lot for lot in self.state.lots.values() if lot.purchase_id == purchase_id and lot.coins > 0]
+
+    async def traced_uses(self, purchase_id: str) -> list[EarlierUse]:
+        reversed_coins: dict[int, int] = {}
+        for _, allocation in self.state.allocations:
+            reversed_coins[allocation.funding_id] = reversed_coins.get(allocation.funding_id, 0) + allocation.coins
+        uses = []
+        for row in self.state.funding:
+            f = row.funding
+            left = f.draw.coins - reversed_coins.get(row.funding_id, 0)
+            if f.draw.purchase_id != purchase_id or f.used_for not in TRACED_USES or left <= 0:
+                continue
+            reference = self.state.transactions[f.transaction_id].reference
+            gift = gift_of(reference) if f.used_for is Use.SPEND else None
+            uses.append(EarlierUse(row.funding_id, f.draw.ledger_account_id, f.used_for, left, gift))
+        return uses
+
+    async def record_funding(self, transaction_id: str, fundings: list[Funding], new_lots: list[NewLot]) -> None:
+        self._fund(fundings)
+        for new in new_lots:
+            if new.coins < 0 or new.ledger_account_id not in self.state.coins:
+                raise self._refuse(f"lot {new}")
+            lot_id = max(self.state.lots, default=0) + 1
+            self.state.lots[lot_id] = Lot(lot_id, new.ledger_account_id, new.purchase_id, new.coins)
+
+    def _fund(self, fundings: list[Funding]) -> None:
+        """The lots drawn, each refused below zero (the lots' CHECK), and the funding rows."""
+        for funding in fundings:
+            if funding.transaction_id not in self.state.transactions or funding.draw.coins <= 0:
+                raise self._refuse(f"funding {funding}")
+            lot_id = funding.draw.lot_id
+            if lot_id is not None:
+                lot = self.state.lots.get(lot_id)
+                if lot is None or lot.coins < funding.draw.coins:
+                    raise self._refuse(f"draw {funding.draw} from lot {lot}")
+                self.state.lots[lot_id] = replace(lot, coins=lot.coins - funding.draw.coins)
+            self.state.funding.append(FundingRow(len(self.state.funding) + 1, funding))
 
     # --- giveaways ----------------------------------------------------------------------------------------------
 

@@ -16,14 +16,15 @@ from tests.support.stack import Stack
 
 async def fund_whale(stack: Stack, account_id: str, coins: int) -> None:
     """Coins no package sells at once: a balanced sale written straight into the wallet's ledger (sales → the paid
-    bucket), so every money identity still holds."""
+    bucket) with their lot (of no purchase, as coins from before funding attribution), so every identity holds."""
     conn = await asyncpg.connect(stack.database_url("wallet"))
     transaction_id = new_id("txn")
     try:
         await conn.execute(
             "WITH t AS (INSERT INTO transactions (transaction_id, kind, request_id, account_id, reference)"
             "   VALUES ($1, 'purchase', $1, $2, 'test: whale funding')),"
-            " moved AS (UPDATE ledger_accounts SET coins = coins + $3 WHERE ledger_account_id = $2 RETURNING coins)"
+            " moved AS (UPDATE ledger_accounts SET coins = coins + $3 WHERE ledger_account_id = $2 RETURNING coins),"
+            " lot AS (INSERT INTO coin_lots (ledger_account_id, coins, transaction_id) VALUES ($2, $3, $1))"
             " INSERT INTO postings (transaction_id, ledger_account_id, coins_delta, balance_after)"
             " VALUES ($1, 'system:sales', -$3::bigint, NULL), ($1, $2, $3, (SELECT coins FROM moved))",
             transaction_id,

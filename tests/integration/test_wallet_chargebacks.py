@@ -10,10 +10,20 @@ import asyncpg
 import grpc
 from coinstream.gifts.v1 import gifts_pb2 as g
 from coinstream.wallet.v1 import wallet_pb2 as w
+from grpc import StatusCode
 
 from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
 from tests.support.errors import expect_error, violated_fields
-from tests.support.factories import balance_of, buy, create_account, reversal, spend, transactions, wallet_balance
+from tests.support.factories import (
+    balance_of,
+    buy,
+    create_account,
+    giveaway,
+    reversal,
+    spend,
+    transactions,
+    wallet_balance,
+)
 from tests.support.gifts import live_stream_id
 from tests.support.invariants import wallet_violations
 from tests.support.stack import Stack
@@ -136,7 +146,84 @@ async def test_reversal_refusals(clients: Clients) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert violated_fields(error) == {"request_id", "purchase_id", "reason"}
+    for coins in (-1, 10_000_000_001):
+        request = reversal(bought.purchase.purchase_id)
+        request.coins = coins
+        error = await expect_error(clients.wallet.ReversePurchase(request, metadata=ADMIN), StatusCode.INVALID_ARGUMENT)
+        assert violated_fields(error) == {"coins"}
     assert await wallet_balance(clients, account_id) == balance_of(account_id, 65, 0)
+
+
+def partial(purchase_id: str, coins: int) -> w.ReversePurchaseRequest:
+    request = reversal(purchase_id)
+    request.coins = coins
+    return request
+
+
+async def test_partial_refunds_take_unspent_coins_first_and_never_exceed_the_purchase(
+    stack: Stack, clients: Clients
+) -> None:
+    fan = await create_account(clients)
+    bought = await buy(clients, fan, "coins_1321")  # 1,321 paid + 66 bonus
+    await spend(clients, fan, 100)  # bonus first: 66 bonus + 34 paid, on something that is not a gift
+    purchase_id = bought.purchase.purchase_id
+
+    first = await clients.wallet.ReversePurchase(partial(purchase_id, 500), metadata=ADMIN)
+    # 500 paid coins, unspent, and their share of the bonus (66 × 500 // 1321 = 24), which was spent: charged.
+    assert (first.coins, first.bonus_coins, first.removed_coins, first.clawed_back_coins, first.charged_coins) == (
+        500,
+        24,
+        500,
+        0,
+        24,
+    )
+    assert first.balance == balance_of(fan, 1287 - 524, 0) and first.account_status == w.ACCOUNT_STATUS_ACTIVE
+
+    rest = await clients.wallet.ReversePurchase(reversal(purchase_id), metadata=ADMIN)  # coins 0: what is left
+    # The 24 charged came out of the purchase's own unspent coins (the buyer's only ones): those are charged again.
+    assert (rest.coins, rest.bonus_coins, rest.removed_coins, rest.charged_coins) == (821, 42, 763, 100)
+    # Over both: all 1,387 coins; the 100 spent ones are now the buyer's debt, as a whole reversal would leave.
+    assert rest.balance == balance_of(fan, -100, 0) and rest.account_status == w.ACCOUNT_STATUS_FROZEN
+
+    error = await expect_error(
+        clients.wallet.ReversePurchase(partial(purchase_id, 1), metadata=ADMIN), StatusCode.INVALID_ARGUMENT
+    )
+    assert violated_fields(error) == {"coins"}
+    again = await clients.wallet.ReversePurchase(reversal(purchase_id), metadata=ADMIN)
+    assert again.transaction_id == rest.transaction_id and again.coins == 0 and again.balance == rest.balance
+    await ledger_is_sound(stack)
+
+
+async def test_concurrent_partial_refunds_never_exceed_the_purchase(stack: Stack, clients: Clients) -> None:
+    fan = await create_account(clients)
+    bought = await buy(clients, fan, "coins_330")
+    outcomes = await asyncio.gather(
+        *(clients.wallet.ReversePurchase(partial(bought.purchase.purchase_id, 100), metadata=ADMIN) for _ in range(6)),
+        return_exceptions=True,
+    )
+    done = [o for o in outcomes if isinstance(o, w.ReversePurchaseResponse)]
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(done) == 3 and len(refused) == 3
+    assert all(r.code() == StatusCode.INVALID_ARGUMENT for r in refused)
+    assert await wallet_balance(clients, fan) == balance_of(fan, 30, 0)
+    await ledger_is_sound(stack)
+
+
+async def test_a_reversal_takes_its_unspent_coins_back_from_giveaway_winners(stack: Stack, clients: Clients) -> None:
+    fan = await create_account(clients)
+    winner = await create_account(clients)
+    kept = await buy(clients, winner, "coins_65")  # the winner's own coins stay
+    bought = await buy(clients, fan, "coins_330")
+    await clients.wallet.CreateGiveaway(giveaway(fan, [winner], 200), metadata=SERVICE)
+    await spend(clients, winner, 65 + 50)  # first in, first out: the winner's own 65 coins, then 50 of the fan's
+
+    reply = await clients.wallet.ReversePurchase(reversal(bought.purchase.purchase_id), metadata=ADMIN)
+
+    assert (reply.removed_coins, reply.charged_coins) == (130 + 150, 50)  # the winner's 50 were spent: charged
+    assert reply.balance == balance_of(fan, -50, 0) and reply.account_status == w.ACCOUNT_STATUS_FROZEN
+    assert await wallet_balance(clients, winner) == balance_of(winner, 0, 0)
+    assert kept.purchase.coins == 65
+    await ledger_is_sound(stack)
 
 
 async def test_money_identities_hold_after_all_of_it(stack: Stack) -> None:

@@ -171,9 +171,8 @@ async def test_migration_keeps_existing_balances_as_paid_coins(stack: Stack) -> 
     files = database.migration_files(REPO_ROOT / "services" / "wallet" / "migrations")
     conn = await asyncpg.connect(stack.postgres.url(name))
     try:
-        for migration, path in files:
-            if migration.endswith("0002_economy.sql"):
-                continue
+        upgrade_from = next(i for i, (migration, _) in enumerate(files) if migration.endswith("0002_economy.sql"))
+        for _, path in files[:upgrade_from]:
             await conn.execute(path.read_text())
         await conn.execute(
             """
@@ -190,8 +189,8 @@ async def test_migration_keeps_existing_balances_as_paid_coins(stack: Stack) -> 
                         'txn_old');
             """
         )
-        upgrade = next(path for migration, path in files if migration.endswith("0002_economy.sql"))
-        await conn.execute(upgrade.read_text())
+        for _, path in files[upgrade_from:]:
+            await conn.execute(path.read_text())
         buckets = await conn.fetch(
             "SELECT ledger_account_id, coins FROM ledger_accounts WHERE kind = 'user' ORDER BY 1"
         )
@@ -199,6 +198,9 @@ async def test_migration_keeps_existing_balances_as_paid_coins(stack: Stack) -> 
         assert (
             await conn.fetchval("SELECT promotion_id FROM purchases WHERE purchase_id = 'pur_old'") == "promo_default"
         )
+        # Funding attribution (0005): coins held from before are one lot of no purchase.
+        lots = await conn.fetch("SELECT ledger_account_id, purchase_id, coins FROM coin_lots")
+        assert [tuple(r) for r in lots] == [("old", None, 1387)]
         assert await wallet_violations(conn) == []
     finally:
         await conn.close()

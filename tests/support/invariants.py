@@ -8,7 +8,7 @@ import time
 
 import asyncpg
 
-from services.reconcile.checks import Discrepancy, Thresholds, wallet_ledger
+from services.reconcile.checks import Discrepancy, Thresholds, wallet_funding, wallet_ledger
 from services.reconcile.reconciler import dead_lettered_gifts, reconcile
 from tests.support.stack import Stack
 
@@ -21,7 +21,7 @@ def describe(discrepancy: Discrepancy) -> str:
 
 
 async def wallet_violations(conn: asyncpg.Connection) -> list[str]:
-    return [describe(d) for d in await wallet_ledger(conn)]
+    return [describe(d) for d in [*await wallet_ledger(conn), *await wallet_funding(conn)]]
 
 
 async def wait_until_settled(stack: Stack, timeout_seconds: float = 30.0) -> None:

@@ -11,11 +11,11 @@ import pytest
 from coinstream.events.v1 import events_pb2
 
 from services.gifts import domain
+from services.gifts.events import CLOSING_SUBJECTS
 from services.gifts.feed import GiftFeed, Watcher
-from services.gifts.relay import runs_ending_at_closing_events
-from services.gifts.store import OutboxEvent
 from services.runtime.errors import AppError
 from services.runtime.messaging import GIFT_SENT_SUBJECT, STREAM_ENDED_SUBJECT
+from services.runtime.outbox import OutboxEvent, runs_ending_at_closing_events
 from services.runtime.validation import REQUEST_ID_PATTERN
 
 CREATOR = "creator-1"
@@ -451,5 +451,5 @@ def test_the_relay_sends_each_stream_end_alone_after_the_events_before_it() -> N
         event(4, STREAM_ENDED_SUBJECT),
         event(5, GIFT_SENT_SUBJECT),
     ]
-    runs = runs_ending_at_closing_events(events)
+    runs = runs_ending_at_closing_events(events, CLOSING_SUBJECTS)
     assert [[e.outbox_id for e in run] for run in runs] == [[1, 2], [3], [4], [5]]

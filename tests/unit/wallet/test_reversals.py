@@ -50,7 +50,7 @@ async def test_the_bonus_comes_back_from_the_bonus_bucket_as_far_as_it_goes(wall
 
     # 16 from the bonus bucket (it never goes negative), the other 50 + 1321 from the paid bucket.
     assert reversal.balance == domain.Balance(paid_coins=-50, bonus_coins=0)
-    assert wallet.store.state.reversals[bought.purchase_id].bonus_coins == 16
+    assert wallet.store.state.reversals[reversal.transaction_id].taken == domain.Split(1371, 16)
 
 
 async def test_a_purchase_is_reversed_at_most_once_whatever_the_request_id(wallet: Wallet) -> None:

@@ -996,20 +996,26 @@ class ReversePurchaseRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PURCHASE_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    COINS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     purchase_id: _builtins.str
     reason: _builtins.str
     """Why, e.g. the provider's chargeback reference; 1-256 characters."""
+    coins: _builtins.int
+    """How many of the purchase's (paid) coins to reverse, for a partial refund: 1 up to those not reversed yet. 0 (the
+    default): all of them not reversed yet. The purchase's bonus coins go back in proportion.
+    """
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         purchase_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        coins: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["purchase_id", b"purchase_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coins", b"coins", "purchase_id", b"purchase_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1022,21 +1028,44 @@ class ReversePurchaseResponse(_message.Message):
     TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
     ACCOUNT_STATUS_FIELD_NUMBER: _builtins.int
+    COINS_FIELD_NUMBER: _builtins.int
+    BONUS_COINS_FIELD_NUMBER: _builtins.int
+    REMOVED_COINS_FIELD_NUMBER: _builtins.int
+    CLAWED_BACK_COINS_FIELD_NUMBER: _builtins.int
+    CHARGED_COINS_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
-    """The reversal's ledger transaction (the first one, when the purchase was already reversed)."""
+    """The reversal's ledger transaction (the newest one, when a whole reversal finds nothing left to reverse)."""
     account_status: Global___AccountStatus.ValueType
+    coins: _builtins.int
+    """The purchase's paid and bonus coins this reversal gave back (0 when nothing was left to reverse)."""
+    bonus_coins: _builtins.int
+    removed_coins: _builtins.int
+    """Of them: taken back unspent, from the buyer or from giveaway winners holding them."""
+    clawed_back_coins: _builtins.int
+    """Of them: spent on gifts, whose diamonds payouts takes back from the creators."""
+    charged_coins: _builtins.int
+    """Of them: used otherwise (or before attribution began), taken from the buyer's other coins; what the buyer does
+    not have becomes a debt that freezes the account.
+    """
     @_builtins.property
-    def balance(self) -> Global___Balance: ...
+    def balance(self) -> Global___Balance:
+        """The buyer's balance after it."""
+
     def __init__(
         self,
         *,
         transaction_id: _builtins.str = ...,
         balance: Global___Balance | None = ...,
         account_status: Global___AccountStatus.ValueType = ...,
+        coins: _builtins.int = ...,
+        bonus_coins: _builtins.int = ...,
+        removed_coins: _builtins.int = ...,
+        clawed_back_coins: _builtins.int = ...,
+        charged_coins: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_status", b"account_status", "balance", b"balance", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_status", b"account_status", "balance", b"balance", "bonus_coins", b"bonus_coins", "charged_coins", b"charged_coins", "clawed_back_coins", b"clawed_back_coins", "coins", b"coins", "removed_coins", b"removed_coins", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

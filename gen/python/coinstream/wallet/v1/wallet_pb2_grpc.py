@@ -190,7 +190,8 @@ class WalletServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReversePurchase(self, request, context):
-        """Takes back a purchase's coins after a chargeback; may leave the account in debt and frozen (admin).
+        """Takes back a purchase's coins, whole or in part, after a chargeback or refund: unspent coins first, then what
+        they paid for; may leave the account in debt and frozen (admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,7 +58,9 @@ class WalletServiceStub:
     EndPromotion: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.EndPromotionRequest, _wallet_pb2.EndPromotionResponse]
     """Ends a promotion now; past purchases keep their bonus (admin)."""
     ReversePurchase: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ReversePurchaseRequest, _wallet_pb2.ReversePurchaseResponse]
-    """Takes back a purchase's coins after a chargeback; may leave the account in debt and frozen (admin)."""
+    """Takes back a purchase's coins, whole or in part, after a chargeback or refund: unspent coins first, then what
+    they paid for; may leave the account in debt and frozen (admin).
+    """
     CreateGiveaway: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CreateGiveawayRequest, _wallet_pb2.CreateGiveawayResponse]
     """Moves coins from a creator to up to 1,000 winners in one atomic transaction (owner, service)."""
     SetSpendingLimit: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.SetSpendingLimitRequest, _wallet_pb2.SetSpendingLimitResponse]
@@ -94,7 +96,9 @@ class WalletServiceAsyncStub(WalletServiceStub):
     EndPromotion: _aio.UnaryUnaryMultiCallable[_wallet_pb2.EndPromotionRequest, _wallet_pb2.EndPromotionResponse]  # type: ignore[assignment]
     """Ends a promotion now; past purchases keep their bonus (admin)."""
     ReversePurchase: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ReversePurchaseRequest, _wallet_pb2.ReversePurchaseResponse]  # type: ignore[assignment]
-    """Takes back a purchase's coins after a chargeback; may leave the account in debt and frozen (admin)."""
+    """Takes back a purchase's coins, whole or in part, after a chargeback or refund: unspent coins first, then what
+    they paid for; may leave the account in debt and frozen (admin).
+    """
     CreateGiveaway: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CreateGiveawayRequest, _wallet_pb2.CreateGiveawayResponse]  # type: ignore[assignment]
     """Moves coins from a creator to up to 1,000 winners in one atomic transaction (owner, service)."""
     SetSpendingLimit: _aio.UnaryUnaryMultiCallable[_wallet_pb2.SetSpendingLimitRequest, _wallet_pb2.SetSpendingLimitResponse]  # type: ignore[assignment]
@@ -199,7 +203,9 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _wallet_pb2.ReversePurchaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.ReversePurchaseResponse, _abc.Awaitable[_wallet_pb2.ReversePurchaseResponse]]:
-        """Takes back a purchase's coins after a chargeback; may leave the account in debt and frozen (admin)."""
+        """Takes back a purchase's coins, whole or in part, after a chargeback or refund: unspent coins first, then what
+        they paid for; may leave the account in debt and frozen (admin).
+        """
 
     @_abc_1.abstractmethod
     def CreateGiveaway(
