@@ -42,9 +42,15 @@ GOAL_UPDATED_SUBJECT = "gifts.v1.goal_updated"
 GOAL_REACHED_SUBJECT = "gifts.v1.goal_reached"
 DEAD_LETTER_EVENTS = "dead_letters.>"  # everything stream DEAD_LETTERS keeps
 GIFT_SENT_DEAD_LETTER_SUBJECT = "dead_letters.v1.gift_sent"
+# The wallet publishes through its outbox; payouts applies them (clawbacks, freezes).
+WALLET_EVENTS = "wallet.>"  # everything stream WALLET keeps
+PURCHASE_REVERSED_SUBJECT = "wallet.v1.purchase_reversed"
+ACCOUNT_STATUS_CHANGED_SUBJECT = "wallet.v1.account_status_changed"
 
 GIFTS_STREAM = "GIFTS"
 SETTLEMENT_CONSUMER = "payouts-settlement"
+WALLET_STREAM = "WALLET"
+WALLET_EVENTS_CONSUMER = "payouts-wallet-events"
 
 # An unsettled GiftSent is money owed to a creator, so the stream must never drop one for age or size:
 # interest retention keeps each message until every consumer (payouts-settlement at least) has acked it, and
@@ -75,6 +81,29 @@ DEAD_LETTERS_STREAM_CONFIG = StreamConfig(
     max_msgs=1_000_000,
     duplicate_window=120,
     num_replicas=1,
+)
+
+# A reversal is diamonds a creator must give back, a freeze a withdrawal to refuse: kept like GIFTS (until payouts has
+# them; a full stream refuses, the wallet's outbox holds them).
+WALLET_STREAM_CONFIG = StreamConfig(
+    name=WALLET_STREAM,
+    subjects=[WALLET_EVENTS],
+    retention=RetentionPolicy.INTEREST,
+    discard=DiscardPolicy.NEW,
+    storage=StorageType.FILE,
+    max_bytes=1024**3,
+    duplicate_window=120,
+    num_replicas=1,
+)
+
+WALLET_EVENTS_CONSUMER_CONFIG = ConsumerConfig(
+    durable_name=WALLET_EVENTS_CONSUMER,
+    filter_subject=WALLET_EVENTS,
+    deliver_policy=DeliverPolicy.ALL,
+    ack_policy=AckPolicy.EXPLICIT,
+    ack_wait=30,
+    max_ack_pending=1_000,
+    max_deliver=-1,
 )
 
 SETTLEMENT_CONSUMER_CONFIG = ConsumerConfig(
@@ -164,31 +193,51 @@ async def ensure_dead_letters_stream(nc: NatsClient, replicas: int = 1) -> None:
     )
 
 
-async def ensure_settlement_consumer(
-    nc: NatsClient, replicas: int = 1, ack_wait_seconds: float | None = None
-) -> None:
+async def ensure_wallet_stream(nc: NatsClient, replicas: int = 1) -> None:
+    js = nc.jetstream()
+    await _until_jetstream_answers(
+        nc, WALLET_STREAM, replicas, lambda: _ensure_stream(js, WALLET_STREAM_CONFIG, replicas)
+    )
+
+
+async def ensure_settlement_consumer(nc: NatsClient, replicas: int = 1, ack_wait_seconds: float | None = None) -> None:
     """Declared by payouts and by gifts too: with interest retention a GiftSent published while no consumer
     exists would be dropped, so the publisher makes sure its settler is there before the first publish. Payouts
     gives its configured ack_wait (an existing consumer is updated to it); gifts leaves it as it is."""
     await ensure_gifts_stream(nc, replicas)
+    await _ensure_consumer(nc, GIFTS_STREAM, SETTLEMENT_CONSUMER_CONFIG, replicas, ack_wait_seconds)
+
+
+async def ensure_wallet_events_consumer(
+    nc: NatsClient, replicas: int = 1, ack_wait_seconds: float | None = None
+) -> None:
+    """Declared by the wallet (before its first publish, as gifts does for settlement) and by payouts."""
+    await ensure_wallet_stream(nc, replicas)
+    await _ensure_consumer(nc, WALLET_STREAM, WALLET_EVENTS_CONSUMER_CONFIG, replicas, ack_wait_seconds)
+
+
+async def _ensure_consumer(
+    nc: NatsClient, stream: str, config: ConsumerConfig, replicas: int, ack_wait_seconds: float | None
+) -> None:
     js = nc.jetstream()
-    config = SETTLEMENT_CONSUMER_CONFIG
+    name = config.durable_name
+    assert name is not None
     if ack_wait_seconds is not None:
         config = config.evolve(ack_wait=ack_wait_seconds)
 
     async def declare() -> None:
         try:
-            info = await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
+            info = await js.consumer_info(stream, name)
         except NotFoundError:
-            await js.add_consumer(GIFTS_STREAM, config)
+            await js.add_consumer(stream, config)
             return
         if ack_wait_seconds is not None and abs((info.config.ack_wait or 0.0) - ack_wait_seconds) > 0.001:
             # Creating a durable consumer that exists updates its editable settings, ack_wait among them.
-            await js.add_consumer(GIFTS_STREAM, config)
-            log.info("settlement_consumer_ack_wait_set", ack_wait_seconds=ack_wait_seconds)
+            await js.add_consumer(stream, config)
+            log.info("consumer_ack_wait_set", consumer=name, ack_wait_seconds=ack_wait_seconds)
 
     # The consumer has a leader of its own, elected after the stream's: a cluster may still be electing it.
-    await _until_jetstream_answers(nc, f"{GIFTS_STREAM}/{SETTLEMENT_CONSUMER}", replicas, declare)
+    await _until_jetstream_answers(nc, f"{stream}/{name}", replicas, declare)
 
 
 class JetStreamNotReady(RuntimeError):

@@ -4,8 +4,8 @@ of the subjects it may publish to and subscribe to (everything else is refused: 
 
 Without it anyone reaching NATS could publish a GiftSent for any creator — payouts credits it as withdrawable
 diamonds — or delete the GIFTS stream with every unsettled gift in it. With it only gifts (its outbox relay) and an
-operator (replaying a dead letter) may publish gift events, only payouts may take them from the settlement consumer,
-and nobody may delete or purge a stream.
+operator (replaying a dead letter) may publish gift events, only the wallet may publish wallet events (reversals,
+freezes), only payouts may take them from their consumers, and nobody may delete or purge a stream.
 
 The lists name the JetStream API calls the services really make (nats-py 2.x subjects; see messaging.py,
 settlement.py, dead_letters.py, gifts/feed.py): a new call needs a rule here, and the integration tests, which run
@@ -25,9 +25,13 @@ from services.runtime.messaging import (
     GIFT_FEED_SUBJECTS,
     GIFTS_STREAM,
     SETTLEMENT_CONSUMER,
+    WALLET_EVENTS,
+    WALLET_EVENTS_CONSUMER,
+    WALLET_STREAM,
 )
 from services.runtime.nats_login import NatsLogin
 
+WALLET_USER = "wallet"
 GIFTS_USER = "gifts"
 PAYOUTS_USER = "payouts"
 OPERATOR_USER = "operator"
@@ -48,6 +52,9 @@ NOBODY_MAY_PUBLISH: tuple[str, ...] = (
     f"{JS_API}.STREAM.PURGE.>",
     f"{JS_API}.STREAM.MSG.DELETE.{GIFTS_STREAM}",
     f"{JS_API}.CONSUMER.DELETE.{GIFTS_STREAM}.{SETTLEMENT_CONSUMER}",
+    # Likewise a reversal not yet applied is diamonds owed back, a freeze a withdrawal to refuse.
+    f"{JS_API}.STREAM.MSG.DELETE.{WALLET_STREAM}",
+    f"{JS_API}.CONSUMER.DELETE.{WALLET_STREAM}.{WALLET_EVENTS_CONSUMER}",
 )
 
 
@@ -64,6 +71,13 @@ _DECLARE_SETTLEMENT_CONSUMER = (
 )
 
 
+# messaging.ensure_wallet_events_consumer (wallet and payouts), as for settlement.
+_DECLARE_WALLET_EVENTS_CONSUMER = (
+    f"{JS_API}.CONSUMER.INFO.{WALLET_STREAM}.{WALLET_EVENTS_CONSUMER}",
+    f"{JS_API}.CONSUMER.DURABLE.CREATE.{WALLET_STREAM}.{WALLET_EVENTS_CONSUMER}",
+)
+
+
 @dataclass(frozen=True)
 class Permissions:
     """Subjects a user may publish to and subscribe to; NOBODY_MAY_PUBLISH is denied on top."""
@@ -74,6 +88,15 @@ class Permissions:
 
 
 USERS: dict[str, Permissions] = {
+    WALLET_USER: Permissions(
+        publish=(
+            WALLET_EVENTS,  # the outbox relay: PurchaseReversed, AccountStatusChanged
+            *_declare_stream(WALLET_STREAM),
+            *_DECLARE_WALLET_EVENTS_CONSUMER,  # WALLET drops events nobody is interested in: payouts' comes first
+        ),
+        subscribe=(inboxes(WALLET_USER),),
+        why="the wallet service: publishes wallet events, declares WALLET and payouts' consumer of it",
+    ),
     GIFTS_USER: Permissions(
         publish=(
             GIFT_EVENTS,  # the outbox relay: GiftSent and StreamEnded
@@ -97,9 +120,15 @@ USERS: dict[str, Permissions] = {
             DEAD_LETTER_EVENTS,  # copies of events settlement cannot process
             # The periodic reconciliation reads the dead letters (dead_letters.list_dead_letters).
             f"{JS_API}.STREAM.MSG.GET.{DEAD_LETTERS_STREAM}",
+            # Applies the wallet's reversals and freezes from its consumer.
+            *_declare_stream(WALLET_STREAM),
+            *_DECLARE_WALLET_EVENTS_CONSUMER,
+            f"{JS_API}.CONSUMER.MSG.NEXT.{WALLET_STREAM}.{WALLET_EVENTS_CONSUMER}",
+            f"$JS.ACK.{WALLET_STREAM}.{WALLET_EVENTS_CONSUMER}.>",
         ),
         subscribe=(inboxes(PAYOUTS_USER),),
-        why="the payouts service: settles GiftSent from its consumer, dead-letters what it cannot; never publishes one",
+        why="the payouts service: settles GiftSent and applies wallet events from its consumers, dead-letters what it"
+        " cannot; never publishes a gift or wallet event",
     ),
     OPERATOR_USER: Permissions(
         # `coinstream dead-letters list|replay` (a replay publishes the GiftSent again and deletes the dead letter),
@@ -110,8 +139,7 @@ USERS: dict[str, Permissions] = {
     ),
 }
 
-# The wallet uses no NATS, so it has no user: with deny by default, no credentials is the least privilege.
-SERVICE_USERS: dict[str, str] = {"gifts": GIFTS_USER, "payouts": PAYOUTS_USER}
+SERVICE_USERS: dict[str, str] = {"wallet": WALLET_USER, "gifts": GIFTS_USER, "payouts": PAYOUTS_USER}
 
 # What the renderer writes as a password: plain characters only, so a value never needs escaping in the
 # configuration (generated passwords are URL-safe base64; a nats-server variable reference starts with "$").

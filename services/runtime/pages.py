@@ -76,12 +76,8 @@ def _legacy_position(text: str, legacy_kind: str) -> Position | None:
 
 
 def _has_shape(position: Sequence[object], shape: tuple[type, ...], int_range: tuple[int, int]) -> bool:
-    return (
-        len(position) == len(shape)
-        and all(
-            type(value) is expected and _storable(value, int_range)
-            for value, expected in zip(position, shape, strict=True)
-        )
+    return len(position) == len(shape) and all(
+        type(value) is expected and _storable(value, int_range) for value, expected in zip(position, shape, strict=True)
     )
 
 

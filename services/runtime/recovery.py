@@ -25,4 +25,3 @@ async def resume_each(kind: str, resource_ids: list[str], resume: Callable[[str]
     if resource_ids:
         log.info("recovery_pass", kind=kind, resumed=len(resource_ids))
     return len(resource_ids)
-

@@ -6,13 +6,14 @@ from pathlib import Path
 
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
+from services.runtime import messaging, outbox, polling
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 from services.wallet.config import WalletSettings
 from services.wallet.payments import SandboxPaymentProvider
 from services.wallet.service import WalletService
 from services.wallet.servicer import WalletServicer
-from services.wallet.store import PostgresWalletStore
+from services.wallet.store import WALLET_OUTBOX, PostgresWalletStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The gifts service's batches of spends are never shed: each carries gifts that were already accepted.
@@ -23,11 +24,16 @@ async def main() -> None:
     settings = WalletSettings()
     runtime = ServiceRuntime(settings, unshed_methods=UNSHED_METHODS)
     pool = runtime.use_database(MIGRATIONS)
+    nc = runtime.use_nats()
+    # WALLET drops events nobody is interested in: payouts' consumer is declared before the first publish.
+    runtime.on_startup(lambda: messaging.ensure_wallet_events_consumer(nc, settings.nats_stream_replicas))
+    relay = outbox.OutboxRelay(pool, nc.jetstream(), WALLET_OUTBOX, settings.wallet_relay_interval_seconds)
     wallet = WalletService(
         PostgresWalletStore(pool),
         SandboxPaymentProvider(),
         settings.wallet_payment_timeout_seconds,
         settings.batch_policy(),
+        on_event_queued=relay.wake,
     )
     servicer = WalletServicer(wallet)
     runtime.add_service(
@@ -36,11 +42,15 @@ async def main() -> None:
         wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
     )
 
+    runtime.add_worker("outbox_relay", relay.run_forever)
     runtime.add_periodic(
         "purchase_recovery",
         settings.wallet_recovery_interval_seconds,
         lambda: wallet.recover_pending_purchases(settings.wallet_recovery_age_seconds),
     )
+    if settings.metrics_port:
+        probes = {"outbox": lambda: outbox.measure_backlog(pool, WALLET_OUTBOX)}
+        runtime.add_periodic("metrics", settings.metrics_poll_interval_seconds, lambda: polling.poll_once(probes))
     await runtime.run()
 
 

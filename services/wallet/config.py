@@ -21,12 +21,16 @@ class WalletSettings(RuntimeSettings):
     # Who charges purchases (COINSTREAM_PAYMENT_PROVIDER). Only the sandbox ships: a real provider implements
     # services/wallet/ports.py's PaymentProvider; production refuses the sandbox unless staging opts in.
     payment_provider: Literal["sandbox"] = Field(default="sandbox")
+    # The outbox relay (wallet events: reversals, freezes) also wakes at once after each reversal or status change;
+    # the interval only bounds a missed wake-up.
+    wallet_relay_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     # gifts' channel reconnects every 5 minutes and so reaches wallet pods started since (RuntimeSettings).
     grpc_max_connection_age_seconds: float = Field(default=300.0, ge=0)
 
     def production_problems(self) -> list[str]:
         return [
             *super().production_problems(),
+            *self.nats_problems(),
             *self.sandbox_provider_problem("COINSTREAM_PAYMENT_PROVIDER", self.payment_provider),
         ]
 

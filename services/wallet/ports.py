@@ -13,6 +13,7 @@ from typing import Protocol, TypeVar
 from google.protobuf.message import Message
 
 from services.runtime.errors import AppError
+from services.runtime.outbox import OutboxRow
 from services.runtime.requests import Outcome, Reply, RequestKey, StoredRequest
 from services.wallet.domain import (
     Account,
@@ -101,7 +102,13 @@ class WalletTransaction(Protocol):
 
     async def get_accounts(self, account_ids: list[str]) -> dict[str, Account]: ...
 
-    async def set_status(self, account_id: str, status: AccountStatus) -> None: ...
+    async def set_status(self, account_id: str, status: AccountStatus) -> int | None:
+        """The account's new status version (each change gets the next), or None when it had that status already."""
+        ...
+
+    async def queue_events(self, events: list[OutboxRow]) -> None:
+        """Into the outbox, in this transaction: the relay publishes them once it commits."""
+        ...
 
     async def set_spending_limit(self, account_id: str, limit: SpendingLimit) -> Account: ...
 

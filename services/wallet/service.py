@@ -6,6 +6,7 @@ key in the same transaction as its ledger writes; its result is kept with the ke
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 
 import structlog
@@ -16,7 +17,7 @@ from services.runtime.errors import AppError, failed_precondition, not_found, re
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
 from services.runtime.requests import Outcome, StoredRequest, replayed
-from services.wallet import convert, domain, funding
+from services.wallet import convert, domain, events, funding
 from services.wallet.ports import (
     ChargeResult,
     Clock,
@@ -49,8 +50,11 @@ class WalletService:
         payment_timeout_seconds: float,
         spend_batching: BatchPolicy,
         clock: Clock | None = None,
+        on_event_queued: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
+        # Wakes the outbox relay so a reversal's or a freeze's event goes out at once rather than at its next poll.
+        self._on_event_queued = on_event_queued
         self._payments = payments
         self._payment_timeout_seconds = payment_timeout_seconds
         self._clock = clock or SystemClock()
@@ -185,6 +189,7 @@ class WalletService:
             charge = await self._charge(purchase)
             crash_point("wallet.after_charge")
             await self._settle_purchase(purchase_id, charge)
+            self._on_event_queued()  # a purchase that covered a debt unfroze its account
         return replayed(await self._store.load_outcome(purchase.request_id), convert.BOUGHT)
 
     async def _charge(self, purchase: domain.Purchase) -> ChargeResult:
@@ -239,7 +244,9 @@ class WalletService:
             balance = await tx.get_balance(purchase.account_id)
             return domain.Reversed(so_far.last_transaction_id, purchase.account_id, balance, account.status)
 
-        return await self._store.run_once(command.key, operation, convert.REVERSED)
+        reversed_ = await self._store.run_once(command.key, operation, convert.REVERSED)
+        self._on_event_queued()
+        return reversed_
 
     # --- promotions ---------------------------------------------------------------------------------------------
 
@@ -372,7 +379,7 @@ async def _credit_purchase(tx: WalletTransaction, purchase: domain.Purchase, cha
     )
     after = before.credited(domain.Split(paid_coins=purchase.coins, bonus_coins=purchase.bonus_coins))
     if domain.debt_covered(before, after):  # the account may spend again
-        await tx.set_status(account_id, domain.AccountStatus.ACTIVE)
+        await _set_status(tx, account_id, domain.AccountStatus.ACTIVE)
     await tx.finish_purchase(
         purchase.purchase_id, domain.PurchaseStatus.COMPLETED, charge.provider_reference, transaction_id
     )
@@ -428,21 +435,21 @@ async def _reverse(
     after = before_charge.debited(charge)
     taken = domain.Split(balances[buyer].paid_coins - after.paid_coins, balances[buyer].bonus_coins - after.bonus_coins)
     removed_coins = sum(d.coins for d in plan.removed)
-    await tx.insert_reversal(
-        domain.PurchaseReversal(
-            purchase.purchase_id,
-            command.key.request_id,
-            transaction_id,
-            command.reason,
-            reversing,
-            taken,
-            removed_coins,
-            plan.clawed_back_coins,
-        ),
-        plan.allocations,
+    reversal = domain.PurchaseReversal(
+        purchase.purchase_id,
+        command.key.request_id,
+        transaction_id,
+        command.reason,
+        reversing,
+        taken,
+        removed_coins,
+        plan.clawed_back_coins,
     )
+    await tx.insert_reversal(reversal, plan.allocations)
+    # Payouts takes back what the traced gifts earned; the event goes out once this commits.
+    await tx.queue_events(events.purchase_reversed(reversal, buyer, plan.gifts(), await tx.now()))
     if domain.in_debt(after):
-        await tx.set_status(buyer, domain.AccountStatus.FROZEN)
+        await _set_status(tx, buyer, domain.AccountStatus.FROZEN)
     account = await tx.get_account(buyer)
     assert account is not None, f"account {buyer} of a completed purchase vanished"
     log.info(
@@ -458,6 +465,13 @@ async def _reverse(
     return domain.Reversed(
         transaction_id, buyer, after, account.status, reversing, removed_coins, plan.clawed_back_coins, charge.coins
     )
+
+
+async def _set_status(tx: WalletTransaction, account_id: str, status: domain.AccountStatus) -> None:
+    """A change of status, and its event: payouts refuses a frozen account's withdrawals from it."""
+    version = await tx.set_status(account_id, status)
+    if version is not None:
+        await tx.queue_events([events.status_changed(account_id, status, version, await tx.now())])
 
 
 # --- giveaways and spends, step by step -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from services.runtime import idempotency
 from services.runtime.database import Connection, Executor
 from services.runtime.errors import AppError
+from services.runtime.outbox import Outbox, OutboxRow
 from services.runtime.requests import Reply, RequestKey
 from services.wallet.domain import (
     BONUS_SUFFIX,
@@ -56,6 +57,8 @@ PURCHASE_COLUMNS = (
     "purchase_id, request_id, account_id, package_id, coins, bonus_coins, price_minor, currency_code,"
     " payment_token, status, transaction_id, promotion_id"
 )
+# The relay's advisory lock key: any constant unlike the other advisory lock keys used on the wallet database.
+WALLET_OUTBOX = Outbox("wallet", "wallet_outbox", lock_key=0x77616C6C)  # "wall"
 LOT_COLUMNS = "lot_id, ledger_account_id, purchase_id, coins"
 # A LATERAL subquery's columns: the lots of a FROM … WHERE appended to it, as parallel arrays (see _lots_from_arrays).
 _LOTS_AS_ARRAYS = (
@@ -210,12 +213,18 @@ class PostgresTransaction:
         )
         return {row["account_id"]: _account(row) for row in rows}
 
-    async def set_status(self, account_id: str, status: AccountStatus) -> None:
-        await self._conn.execute(
-            "UPDATE accounts SET status = $2, updated_at = now() WHERE account_id = $1 AND status <> $2",
+    async def set_status(self, account_id: str, status: AccountStatus) -> int | None:
+        """The account's new status version, or None when it already had that status."""
+        version: int | None = await self._conn.fetchval(
+            "UPDATE accounts SET status = $2, status_version = status_version + 1, updated_at = now()"
+            " WHERE account_id = $1 AND status <> $2 RETURNING status_version",
             account_id,
             status.value,
         )
+        return version
+
+    async def queue_events(self, events: list[OutboxRow]) -> None:
+        await WALLET_OUTBOX.insert(self._conn, events)
 
     async def set_spending_limit(self, account_id: str, limit: SpendingLimit) -> Account:
         row = await self._conn.fetchrow(

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from services.runtime import idempotency
 from services.runtime.errors import AppError, request_id_reused
 from services.runtime.ledger import UnbalancedTransaction, balanced
+from services.runtime.outbox import OutboxRow
 from services.runtime.requests import Reply, RequestKey, replayed
 from services.wallet.domain import (
     SPENDING_LIMIT_WINDOW,
@@ -142,6 +143,8 @@ class WalletState:
     allocations: list[tuple[str, Allocation]] = field(default_factory=list)  # (reversal transaction_id, allocation)
     lots: dict[int, Lot] = field(default_factory=dict)  # by lot_id, the order they were made in
     funding: list[FundingRow] = field(default_factory=list)
+    status_versions: dict[str, int] = field(default_factory=dict)
+    outbox: list[OutboxRow] = field(default_factory=list)
     giveaways: dict[str, Giveaway] = field(default_factory=dict)
     promotions: dict[int, Promotion] = field(default_factory=dict)  # by position
     keys: dict[str, StoredKey] = field(default_factory=dict)
@@ -159,6 +162,8 @@ class WalletState:
             allocations=list(self.allocations),
             lots=dict(self.lots),
             funding=list(self.funding),
+            status_versions=dict(self.status_versions),
+            outbox=list(self.outbox),
             giveaways=dict(self.giveaways),
             promotions=dict(self.promotions),
             keys=dict(self.keys),
@@ -322,8 +327,16 @@ class FakeTransaction:
     async def get_accounts(self, account_ids: list[str]) -> dict[str, Account]:
         return {a: self.state.accounts[a] for a in account_ids if a in self.state.accounts}
 
-    async def set_status(self, account_id: str, status: AccountStatus) -> None:
-        self.state.accounts[account_id] = replace(self.state.accounts[account_id], status=status)
+    async def set_status(self, account_id: str, status: AccountStatus) -> int | None:
+        account = self.state.accounts[account_id]
+        if account.status is status:
+            return None
+        self.state.accounts[account_id] = replace(account, status=status)
+        self.state.status_versions[account_id] = version = self.state.status_versions.get(account_id, 0) + 1
+        return version
+
+    async def queue_events(self, events: list[OutboxRow]) -> None:
+        self.state.outbox.extend(events)
 
     async def set_spending_limit(self, account_id: str, limit: SpendingLimit) -> Account:
         if limit.daily_coins < 0 or (limit.pending_daily_coins is None) != (limit.pending_effective_at is None):

@@ -323,3 +323,119 @@ class GoalReached(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GoalReached: _TypeAlias = GoalReached  # noqa: Y015
+
+@_typing.final
+class FundedGift(_message.Message):
+    """The coins of one gift a reversed purchase paid for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GIFT_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    COINS_FIELD_NUMBER: _builtins.int
+    gift_transaction_id: _builtins.str
+    coins: _builtins.int
+    def __init__(
+        self,
+        *,
+        gift_transaction_id: _builtins.str = ...,
+        coins: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coins", b"coins", "gift_transaction_id", b"gift_transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FundedGift: _TypeAlias = FundedGift  # noqa: Y015
+
+@_typing.final
+class PurchaseReversed(_message.Message):
+    """Published by the wallet on subject "wallet.v1.purchase_reversed" of stream WALLET for every reversal of a purchase
+    (ReversePurchase, whole or in part), with the gifts its spent coins paid for: payouts takes back from each gift's
+    creator the diamonds those coins earned. A reversal tracing many gifts goes out in parts of at most 500 gifts, each
+    with Nats-Msg-Id = reversal_id + ":" + part; consumers dedup by it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVERSAL_ID_FIELD_NUMBER: _builtins.int
+    PURCHASE_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    COINS_FIELD_NUMBER: _builtins.int
+    BONUS_COINS_FIELD_NUMBER: _builtins.int
+    GIFTS_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    REVERSED_AT_FIELD_NUMBER: _builtins.int
+    reversal_id: _builtins.str
+    """The reversal's wallet ledger transaction."""
+    purchase_id: _builtins.str
+    account_id: _builtins.str
+    """The buyer."""
+    coins: _builtins.int
+    """The purchase's paid and bonus coins this reversal gave back (the whole reversal, in every part)."""
+    bonus_coins: _builtins.int
+    part: _builtins.int
+    """1 up to parts."""
+    parts: _builtins.int
+    @_builtins.property
+    def gifts(self) -> _containers.RepeatedCompositeFieldContainer[Global___FundedGift]:
+        """This part's gifts, each with the coins of it the reversal clawed back."""
+
+    @_builtins.property
+    def reversed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        reversal_id: _builtins.str = ...,
+        purchase_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        coins: _builtins.int = ...,
+        bonus_coins: _builtins.int = ...,
+        gifts: _abc.Iterable[Global___FundedGift] | None = ...,
+        part: _builtins.int = ...,
+        parts: _builtins.int = ...,
+        reversed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reversed_at", b"reversed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bonus_coins", b"bonus_coins", "coins", b"coins", "gifts", b"gifts", "part", b"part", "parts", b"parts", "purchase_id", b"purchase_id", "reversal_id", b"reversal_id", "reversed_at", b"reversed_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurchaseReversed: _TypeAlias = PurchaseReversed  # noqa: Y015
+
+@_typing.final
+class AccountStatusChanged(_message.Message):
+    """Published by the wallet on subject "wallet.v1.account_status_changed" when an account is frozen (a chargeback left
+    it in debt) or active again (Nats-Msg-Id = "account_status:" + account_id + ":" + version). Apply only a version
+    above the last one applied for the account: events of one account may arrive out of order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    FROZEN_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    frozen: _builtins.bool
+    version: _builtins.int
+    """Grows with every change of the account's status."""
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        frozen: _builtins.bool = ...,
+        version: _builtins.int = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "changed_at", b"changed_at", "frozen", b"frozen", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountStatusChanged: _TypeAlias = AccountStatusChanged  # noqa: Y015
