@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import structlog
 from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
 
 from services.payouts.config import PayoutsSettings
@@ -28,6 +29,7 @@ from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = structlog.get_logger()
 
 
 def withdrawal_policy(settings: PayoutsSettings) -> WithdrawalPolicy:
@@ -39,9 +41,20 @@ def withdrawal_policy(settings: PayoutsSettings) -> WithdrawalPolicy:
     )
 
 
+def warn_of_an_allowed_short_hold(settings: PayoutsSettings) -> None:
+    if settings.environment == "production" and settings.diamond_hold_is_short:
+        # Exempted on purpose (COINSTREAM_ALLOW_SHORT_DIAMOND_HOLD): said at every start, for whoever reads logs.
+        log.warning(
+            "short_diamond_hold_allowed",
+            setting="COINSTREAM_ALLOW_SHORT_DIAMOND_HOLD",
+            hold_seconds=settings.diamond_hold_seconds,
+        )
+
+
 async def main() -> None:
     settings = PayoutsSettings()
-    runtime = ServiceRuntime(settings)
+    runtime = ServiceRuntime(settings)  # configures logging
+    warn_of_an_allowed_short_hold(settings)
     store = PostgresPayoutsStore(runtime.use_database(MIGRATIONS))
     provider = SandboxPayoutProvider(settings.payouts_sandbox_settle_seconds)
     payouts = PayoutsService(

@@ -11,6 +11,10 @@ from services.runtime.config import RuntimeSettings
 # the diamond value.
 MAX_RATE_TERM = 1_000_000
 MAX_WITHDRAWAL_SETTING = 10_000_000_000
+# The shortest maturity hold production accepts unless told otherwise (COINSTREAM_ALLOW_SHORT_DIAMOND_HOLD): a
+# chargeback reaches the payment provider weeks after the purchase, and only a hold keeps the diamonds bought with
+# fraudulent coins from being withdrawn before it does. The production overlay and compose file ship 7 days.
+MIN_PRODUCTION_DIAMOND_HOLD_SECONDS = 86_400
 
 
 class PayoutsSettings(RuntimeSettings):
@@ -41,6 +45,9 @@ class PayoutsSettings(RuntimeSettings):
     # Maturity hold: diamonds from gifts stay pending this long before they can be withdrawn (0: at once).
     # Read from COINSTREAM_DIAMOND_HOLD_SECONDS. A change applies to gifts settled after the restart.
     diamond_hold_seconds: int = Field(default=0, ge=0, le=90 * 86_400)
+    # Production mode with a hold under MIN_PRODUCTION_DIAMOND_HOLD_SECONDS, on purpose and visibly (a warning at every
+    # start): a staging deployment, where testers withdraw what they have just gifted.
+    allow_short_diamond_hold: bool = False
     # Maturity worker: how often it moves due credits pending → available, and how many per transaction.
     payouts_maturity_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
     payouts_maturity_batch_size: int = Field(default=1000, gt=0, le=10_000)
@@ -74,10 +81,25 @@ class PayoutsSettings(RuntimeSettings):
             *super().production_problems(),
             *self.nats_problems(),
             *self.sandbox_provider_problem("COINSTREAM_PAYOUT_PROVIDER", self.payout_provider),
+            *self.short_hold_problem(),
         ]
         if self.payouts_reconcile_interval_seconds:  # it reads the other two databases
             problems += self.database_tls_problems(self.reconcile_database_urls())
         return problems
+
+    @property
+    def diamond_hold_is_short(self) -> bool:
+        return self.diamond_hold_seconds < MIN_PRODUCTION_DIAMOND_HOLD_SECONDS
+
+    def short_hold_problem(self) -> list[str]:
+        if not self.diamond_hold_is_short or self.allow_short_diamond_hold:
+            return []
+        return [
+            f"{self.env_name('diamond_hold_seconds')} is {self.diamond_hold_seconds}, under 24 h"
+            f" ({MIN_PRODUCTION_DIAMOND_HOLD_SECONDS}): chargebacks arrive weeks after a purchase, and the hold keeps"
+            " diamonds from fraudulent coins from being withdrawn at once (set"
+            f" {self.env_name('allow_short_diamond_hold')}=true only on a staging deployment)"
+        ]
 
     @staticmethod
     def reconcile_database_urls() -> dict[str, str]:

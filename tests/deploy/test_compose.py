@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from tests.deploy.manifests import DEPLOY, SETTINGS, compose, setting_names
 
 SERVICES = tuple(SETTINGS)
@@ -79,3 +81,12 @@ def test_every_coinstream_setting_given_is_a_setting_of_that_service() -> None:
             assert names - setting_names(SETTINGS[service]) == set(), container
     for other in ("postgres", "nats"):
         assert not [n for n in services[other].get("environment", {}) if n.startswith("COINSTREAM_")]
+
+
+def test_production_payouts_holds_diamonds_for_seven_days_unless_told_otherwise() -> None:
+    """compose.production.yaml's defaults: a 7-day hold, no exemption; development (compose.yaml) keeps none."""
+    production = yaml.safe_load((DEPLOY / "compose.production.yaml").read_text())["services"]["payouts"]["environment"]
+    assert default_of(production["COINSTREAM_DIAMOND_HOLD_SECONDS"]) == str(7 * 86_400)
+    assert default_of(production["COINSTREAM_ALLOW_SHORT_DIAMOND_HOLD"]) == "false"
+    assert {n for n in production if n.startswith("COINSTREAM_")} <= setting_names(SETTINGS["payouts"])
+    assert "COINSTREAM_DIAMOND_HOLD_SECONDS" not in compose()["services"]["payouts"]["environment"]

@@ -206,6 +206,18 @@ def test_prod_gives_each_service_everything_production_mode_requires() -> None:
             assert settings.production_problems() == []
 
 
+def test_prod_holds_diamonds_for_seven_days_and_dev_for_none() -> None:
+    """Chargebacks arrive weeks after a purchase; production refuses a hold under a day unless told otherwise."""
+    for overlay, hold in (("prod", "604800"), ("dev", None)):
+        manifests = render(f"overlays/{overlay}")
+        [payouts] = [
+            c for _, c, service, migrate in service_containers(manifests) if (service, migrate) == ("payouts", False)
+        ]
+        env = container_environment(manifests, payouts)
+        assert env.get("COINSTREAM_DIAMOND_HOLD_SECONDS") == hold, overlay
+        assert "COINSTREAM_ALLOW_SHORT_DIAMOND_HOLD" not in env, overlay
+
+
 def test_prod_scales_spreads_and_keeps_a_quorum() -> None:
     manifests = render("overlays/prod")
     for service in SETTINGS:

@@ -1,6 +1,6 @@
 """COINSTREAM_ENVIRONMENT=production refuses to start with what a production deployment must not have — the dev or a
-short secret, sandbox providers, plaintext gRPC, NATS or PostgreSQL, an anonymous NATS login, a self-minting gifts —
-naming each setting to fix; development (make run, the tests) starts with the defaults."""
+short secret, sandbox providers, plaintext gRPC, NATS or PostgreSQL, an anonymous NATS login, a self-minting gifts, a
+diamond hold under a day — naming each setting to fix; development (make run, the tests) starts with the defaults."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import sys
 
 import pydantic
 import pytest
+from structlog.testing import capture_logs
 
 from services.gifts.config import GiftsSettings
+from services.payouts.__main__ import warn_of_an_allowed_short_hold
 from services.payouts.config import PayoutsSettings
 from services.runtime.config import RuntimeSettings, migration_only
 from services.wallet.config import WalletSettings
@@ -31,13 +33,15 @@ SAFE_PRODUCTION = {
     "COINSTREAM_PAYOUTS_DATABASE_URL": VERIFIED_DSN.format("coinstream_payouts"),
     "COINSTREAM_GIFTS_WALLET_TOKEN_FILE": "/var/run/secrets/coinstream/wallet-token",
     "COINSTREAM_GIFTS_WALLET_TLS_CA_FILE": "/etc/coinstream/ca.pem",
+    "COINSTREAM_DIAMOND_HOLD_SECONDS": "604800",  # the production overlay's 7 days
 }
 SETTINGS = (WalletSettings, GiftsSettings, PayoutsSettings)
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [*SAFE_PRODUCTION, "COINSTREAM_ALLOW_SANDBOX_PROVIDERS", "COINSTREAM_ALLOW_PLAINTEXT_DATABASE"]:
+    allowances = ("SANDBOX_PROVIDERS", "PLAINTEXT_DATABASE", "SHORT_DIAMOND_HOLD")
+    for name in [*SAFE_PRODUCTION, *(f"COINSTREAM_ALLOW_{allowed}" for allowed in allowances)]:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -65,6 +69,8 @@ def test_production_with_the_defaults_names_every_setting_to_fix(
         assert "COINSTREAM_NATS_TLS_CA_FILE" in message and "COINSTREAM_NATS_USER" in message
     if settings is GiftsSettings:
         assert "COINSTREAM_GIFTS_WALLET_TOKEN_FILE" in message and "COINSTREAM_GIFTS_WALLET_TLS_CA_FILE" in message
+    if settings is PayoutsSettings:
+        assert "COINSTREAM_DIAMOND_HOLD_SECONDS is 0, under 24 h" in message
 
 
 @pytest.mark.parametrize("settings", SETTINGS)
@@ -87,6 +93,54 @@ def test_sandbox_providers_need_the_staging_opt_in(
     for name, value in SAFE_PRODUCTION.items():
         monkeypatch.setenv(name, value)
     assert f"{setting} is the sandbox" in refusal(settings)
+
+
+def safe_staging_payouts(monkeypatch: pytest.MonkeyPatch, hold_seconds: int) -> None:
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("COINSTREAM_ALLOW_SANDBOX_PROVIDERS", "true")
+    monkeypatch.setenv("COINSTREAM_DIAMOND_HOLD_SECONDS", str(hold_seconds))
+
+
+@pytest.mark.parametrize("hold_seconds", [0, 3600, 86_399])
+def test_a_diamond_hold_under_a_day_is_refused_naming_both_settings_and_why(
+    hold_seconds: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chargebacks arrive weeks after a purchase: without a hold, diamonds from fraudulent coins are withdrawn first."""
+    safe_staging_payouts(monkeypatch, hold_seconds)
+    message = refusal(PayoutsSettings)
+    assert f"COINSTREAM_DIAMOND_HOLD_SECONDS is {hold_seconds}, under 24 h" in message
+    assert "COINSTREAM_ALLOW_SHORT_DIAMOND_HOLD=true" in message and "chargebacks" in message
+
+
+def test_a_diamond_hold_of_a_day_or_more_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    for hold_seconds in (86_400, 604_800):
+        safe_staging_payouts(monkeypatch, hold_seconds)
+        assert PayoutsSettings().diamond_hold_seconds == hold_seconds
+
+
+@pytest.mark.parametrize("hold_seconds", [0, 60])
+def test_a_short_diamond_hold_starts_with_its_own_opt_in_and_is_warned_of(
+    hold_seconds: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    safe_staging_payouts(monkeypatch, hold_seconds)
+    monkeypatch.setenv("COINSTREAM_ALLOW_SHORT_DIAMOND_HOLD", "true")
+    settings = PayoutsSettings()
+    assert settings.environment == "production" and settings.diamond_hold_seconds == hold_seconds
+    with capture_logs() as logs:
+        warn_of_an_allowed_short_hold(settings)
+    assert [entry["event"] for entry in logs] == ["short_diamond_hold_allowed"]
+    assert logs[0]["hold_seconds"] == hold_seconds and logs[0]["log_level"] == "warning"
+
+
+def test_a_full_hold_or_development_is_not_warned_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    development = PayoutsSettings()
+    assert development.diamond_hold_seconds == 0  # development keeps no hold, and says nothing of it
+    with capture_logs() as logs:
+        warn_of_an_allowed_short_hold(development)
+        safe_staging_payouts(monkeypatch, 86_400)
+        warn_of_an_allowed_short_hold(PayoutsSettings())
+    assert logs == []
 
 
 def test_a_short_secret_or_a_weaker_database_tls_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
