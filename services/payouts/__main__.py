@@ -7,6 +7,7 @@ from pathlib import Path
 import structlog
 from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
 
+from services.payouts.clawbacks import WalletEvents
 from services.payouts.config import PayoutsSettings
 from services.payouts.dead_letters import measure_dead_letters
 from services.payouts.domain import WithdrawalPolicy
@@ -22,9 +23,10 @@ from services.payouts.settlement import (
     measure_consumer,
 )
 from services.payouts.store import PostgresPayoutsStore
+from services.payouts.wallet_events import WalletEventsConsumer
 from services.reconcile.periodic import reconcile_once
 from services.reconcile.reconciler import ReconcileSettings
-from services.runtime import polling
+from services.runtime import messaging, polling
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 
@@ -76,6 +78,14 @@ async def main() -> None:
             nc, settings.payouts_settlement_ack_wait_seconds, settings.nats_stream_replicas
         )
     )
+    # The wallet's reversals and freezes: declared here too, so that a payouts started first holds them.
+    runtime.on_startup(lambda: messaging.ensure_wallet_events_consumer(nc, settings.nats_stream_replicas))
+    wallet_events = WalletEventsConsumer(
+        js,
+        WalletEvents(store),
+        batch_size=settings.payouts_wallet_events_batch_size,
+        fetch_timeout_seconds=settings.payouts_settlement_fetch_timeout_seconds,
+    )
     settlement = SettlementConsumer(
         js,
         Settlement(store, hold_seconds=settings.diamond_hold_seconds),
@@ -98,6 +108,7 @@ async def main() -> None:
         payouts_pb2.DESCRIPTOR.services_by_name["PayoutService"].full_name,
     )
     runtime.add_worker("settlement", settlement.run_forever)
+    runtime.add_worker("wallet_events", wallet_events.run_forever)
     runtime.add_periodic("payouts", settings.payouts_worker_interval_seconds, payout_worker.process_due_withdrawals)
     maturity = MaturityWorker(store, batch_size=settings.payouts_maturity_batch_size)
     # Always running, also with no hold configured: credits held before a restart still mature.

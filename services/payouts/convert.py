@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from coinstream.payouts.v1 import payouts_pb2
 from coinstream.type.v1 import money_pb2
+from google.protobuf import timestamp_pb2
 
 from services.payouts import domain
 from services.runtime.requests import MessageReply, RequestKey
@@ -95,6 +96,22 @@ def earnings_message(balances: domain.Balances) -> payouts_pb2.Earnings:
         reserved_diamonds=balances.reserved_diamonds,
         lifetime_diamonds=balances.lifetime_diamonds,
         pending_diamonds=balances.pending_diamonds,
+        clawed_back_diamonds=balances.clawed_back_diamonds,
+        debt_diamonds=balances.debt_diamonds,
+    )
+
+
+def clawback_message(clawback: domain.ClawbackView) -> payouts_pb2.Clawback:
+    clawed_back_at = timestamp_pb2.Timestamp()
+    clawed_back_at.FromDatetime(clawback.clawed_back_at)
+    return payouts_pb2.Clawback(
+        gift_transaction_id=clawback.gift_transaction_id,
+        coins=clawback.coins,
+        diamonds=clawback.diamonds,
+        from_pending_diamonds=clawback.from_pending,
+        from_available_diamonds=clawback.from_available,
+        debt_diamonds=clawback.to_debt,
+        clawed_back_at=clawed_back_at,
     )
 
 

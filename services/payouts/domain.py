@@ -27,6 +27,7 @@ from services.runtime.requests import RequestKey
 
 SYSTEM_GIFT_SETTLEMENT = "system:gift_settlement"  # source of every diamond credited for a gift
 SYSTEM_PAID_OUT = "system:paid_out"  # diamonds that left as real money
+SYSTEM_CLAWED_BACK = "system:clawed_back"  # diamonds taken back: their coins' purchase was reversed
 
 DIAMONDS_PER_VALUE_UNIT = 1000  # the contract prices diamonds per 1,000
 
@@ -41,6 +42,11 @@ def reserved_account(creator_id: str) -> str:
 
 def pending_account(creator_id: str) -> str:
     return f"creator:{creator_id}:pending"
+
+
+def debt_account(creator_id: str) -> str:
+    """What a creator owes: clawbacks beyond its diamonds. Its balance is minus the debt; credits repay it first."""
+    return f"creator:{creator_id}:debt"
 
 
 class WithdrawalStatus(Enum):
@@ -77,6 +83,14 @@ class SettlementRate:
             diamonds_now, remainder = divmod(remainder + gift_coins * self.numerator, self.denominator)
             diamonds.append(diamonds_now)
         return diamonds, remainder
+
+    def claw_back_with_carry(self, remainder: int, coins: int) -> tuple[int, int]:
+        """The diamonds that `coins` of a creator's gifts at this rate earned, taken back through the same carry as
+        credit_with_carry (remainder in 1/denominator diamonds). Returns the diamonds and the new remainder, so that
+        per creator and rate version the net diamonds stay floor(net coins × rate) exactly, rest carried."""
+        assert 0 <= remainder < self.denominator and coins > 0, f"claw back {coins} coins at remainder {remainder}"
+        taken, remainder = divmod(remainder - coins * self.numerator, self.denominator)
+        return -taken, remainder
 
     def is_configured_as(self, numerator: int, denominator: int) -> bool:
         return (self.numerator, self.denominator) == (numerator, denominator)
@@ -202,6 +216,14 @@ def totals_by_creator(diamonds_per_credit: Iterable[tuple[str, int]]) -> dict[st
     return {creator_id: totals[creator_id] for creator_id in sorted(totals) if totals[creator_id] > 0}
 
 
+def repayment_postings(repaid_per_creator: dict[str, int]) -> Postings:
+    """Debts repaid from available diamonds (credits repay a debt before anything becomes available)."""
+    postings: Postings = []
+    for creator_id, diamonds in repaid_per_creator.items():
+        postings += [(available_account(creator_id), -diamonds), (debt_account(creator_id), diamonds)]
+    return balanced(postings)
+
+
 def reserve_postings(creator_id: str, diamonds: int) -> Postings:
     return balanced([(available_account(creator_id), -diamonds), (reserved_account(creator_id), diamonds)])
 
@@ -237,10 +259,17 @@ class Balances:
     reserved_diamonds: int
     lifetime_diamonds: int
     pending_diamonds: int = 0
+    debt_diamonds: int = 0  # clawed back beyond what the creator had; repaid by the next credits
+    clawed_back_diamonds: int = 0  # lifetime: taken back because their coins' purchase was reversed
 
     @classmethod
     def zero(cls, creator_id: str) -> Balances:
         return cls(creator_id, 0, 0, 0, 0)
+
+    @property
+    def repayable(self) -> int:
+        """What of the debt the available diamonds repay now."""
+        return min(self.debt_diamonds, self.available_diamonds)
 
 
 @dataclass(frozen=True)
@@ -294,6 +323,21 @@ class WithdrawalPolicy:
                 "WITHDRAWAL_LIMIT_EXCEEDED",
                 f"at most {self.daily_cap_diamonds} diamonds per 24 hours; {left} left now",
             )
+
+
+def require_not_frozen(frozen: bool, creator_id: str) -> None:
+    """The wallet froze the creator's account (a chargeback left it in debt): no money leaves meanwhile."""
+    if frozen:
+        raise failed_precondition("ACCOUNT_FROZEN", f"account {creator_id!r} is frozen")
+
+
+def require_no_debt(balances: Balances) -> None:
+    if balances.debt_diamonds:
+        raise failed_precondition(
+            "CREATOR_IN_DEBT",
+            f"creator {balances.creator_id!r} owes {balances.debt_diamonds} diamonds clawed back after a chargeback;"
+            " new gifts repay it first",
+        )
 
 
 def require_available(balances: Balances, diamonds: int) -> None:
@@ -439,3 +483,98 @@ def day_start(day_key: str) -> datetime:
         return datetime.combine(date.fromisoformat(day_key), datetime.min.time(), tzinfo=UTC)
     except ValueError:
         raise invalid_argument([FieldViolation("page_token", "is not a token returned by this API")]) from None
+
+
+# --- clawbacks ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clawback:
+    """Coins of a gift whose purchase was reversed (wallet.v1.purchase_reversed): the diamonds they earned go back."""
+
+    reversal_id: str
+    gift_transaction_id: str
+    coins: int
+
+
+@dataclass(frozen=True)
+class ClawedCredit:
+    """A settled gift's credit as a clawback needs it. held_diamonds: what of it is still in the maturity hold and
+    not clawed back yet (0 once matured)."""
+
+    gift_transaction_id: str
+    creator_id: str
+    rate_version: int
+    held_diamonds: int
+
+
+@dataclass(frozen=True)
+class ClawbackTaken:
+    """Where a clawback's diamonds came from: the gift's own held diamonds first, then available ones; the rest is
+    debt."""
+
+    clawback: Clawback
+    creator_id: str
+    rate_version: int
+    diamonds: int
+    from_pending: int
+    from_available: int
+    to_debt: int
+
+
+def take_back(
+    clawbacks: Sequence[tuple[Clawback, ClawedCredit]],
+    rates: dict[int, SettlementRate],
+    remainders: dict[tuple[str, int], int],
+    balances: dict[str, Balances],
+) -> tuple[list[ClawbackTaken], dict[tuple[str, int], int]]:
+    """Applies clawbacks in order, each on the balances the ones before left: the diamonds through the carry of the
+    credit's creator and rate version (remainders, missing = 0), from the gift's held diamonds, then available ones,
+    the rest as debt. Returns what each took and the new remainders of the (creator, version) pairs it touched."""
+    remainders = dict(remainders)
+    available = {creator_id: b.available_diamonds for creator_id, b in balances.items()}
+    held = {credit.gift_transaction_id: credit.held_diamonds for _, credit in clawbacks}
+    taken: list[ClawbackTaken] = []
+    touched: set[tuple[str, int]] = set()
+    for clawback, credit in clawbacks:
+        pair = (credit.creator_id, credit.rate_version)
+        diamonds, remainders[pair] = rates[credit.rate_version].claw_back_with_carry(
+            remainders.get(pair, 0), clawback.coins
+        )
+        touched.add(pair)
+        from_pending = min(diamonds, held[credit.gift_transaction_id])
+        held[credit.gift_transaction_id] -= from_pending
+        from_available = min(diamonds - from_pending, available.get(credit.creator_id, 0))
+        available[credit.creator_id] = available.get(credit.creator_id, 0) - from_available
+        to_debt = diamonds - from_pending - from_available
+        taken.append(
+            ClawbackTaken(
+                clawback, credit.creator_id, credit.rate_version, diamonds, from_pending, from_available, to_debt
+            )
+        )
+    return taken, {pair: remainders[pair] for pair in touched}
+
+
+def clawback_postings(taken: Iterable[ClawbackTaken]) -> Postings:
+    """One ledger transaction for a batch of clawbacks: each creator's pending, available and debt accounts give
+    them to system:clawed_back."""
+    legs: dict[str, int] = defaultdict(int)
+    for t in taken:
+        legs[pending_account(t.creator_id)] -= t.from_pending
+        legs[available_account(t.creator_id)] -= t.from_available
+        legs[debt_account(t.creator_id)] -= t.to_debt
+        legs[SYSTEM_CLAWED_BACK] += t.diamonds
+    return balanced(legs.items())
+
+
+@dataclass(frozen=True)
+class ClawbackView:
+    """A clawback as its creator's statement lists it."""
+
+    gift_transaction_id: str
+    coins: int
+    diamonds: int
+    from_pending: int
+    from_available: int
+    to_debt: int
+    clawed_back_at: datetime

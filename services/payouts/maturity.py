@@ -12,6 +12,7 @@ import structlog
 from prometheus_client import Counter
 
 from services.payouts import domain
+from services.payouts.clawbacks import repay_debts
 from services.payouts.ports import PayoutsStore, PayoutsTransaction
 from services.runtime.ids import new_id
 
@@ -35,7 +36,7 @@ async def mature_due_credits(tx: PayoutsTransaction, limit: int, creator_id: str
         postings=domain.maturity_postings(diamonds_per_creator),
     )
     await tx.mark_matured([credit.gift_transaction_id for credit in due], transaction_id)
-    await tx.move_matured(diamonds_per_creator)
+    await repay_debts(tx, await tx.move_matured(diamonds_per_creator))
     DIAMONDS_MATURED.inc(sum(diamonds_per_creator.values()))
     return len(due)
 

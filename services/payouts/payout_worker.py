@@ -13,6 +13,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from services.payouts import domain
+from services.payouts.clawbacks import repay_debts
 from services.payouts.ports import PayoutProvider, PayoutResult, PayoutsStore, PayoutState, PayoutsTransaction
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
@@ -115,7 +116,8 @@ async def _finish(
         reference=withdrawal.withdrawal_id,
         postings=(domain.paid_out_postings if paid else domain.returned_postings)(creator_id, diamonds),
     )
-    await tx.move_diamonds(creator_id, available_delta=0 if paid else diamonds, reserved_delta=-diamonds)
+    balances = await tx.move_diamonds(creator_id, available_delta=0 if paid else diamonds, reserved_delta=-diamonds)
+    await repay_debts(tx, [balances])  # diamonds given back repay a debt a clawback left meanwhile
     failure_reason = "" if paid else (result.failure_reason or "payout failed")
     finished = await tx.finish_withdrawal(
         withdrawal.withdrawal_id,

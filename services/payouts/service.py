@@ -11,6 +11,7 @@ import asyncio
 import structlog
 
 from services.payouts import convert, domain
+from services.payouts.clawbacks import repay_debts
 from services.payouts.maturity import mature_due_credits
 from services.payouts.ports import PayoutProvider, PayoutsStore, PayoutsTransaction
 from services.runtime import pages
@@ -76,10 +77,12 @@ class PayoutsService:
         both slip under the cap (or both spend the same diamonds)."""
         creator_id, diamonds = command.creator_id, command.diamonds
         profile = self._policy.check_request(await tx.get_profile(creator_id), creator_id, diamonds)
+        domain.require_not_frozen(await tx.account_frozen(creator_id), creator_id)
         balances = await tx.lock_balances(creator_id) or domain.Balances.zero(creator_id)
-        # Credits whose hold is over count now, not only once the maturity worker got to them.
+        # Credits whose hold is over count now, not only once the maturity worker got to them (and repay debt first).
         if balances.pending_diamonds and await mature_due_credits(tx, WITHDRAWAL_MATURITY_LIMIT, creator_id):
             balances = await tx.lock_balances(creator_id) or balances
+        domain.require_no_debt(balances)
         self._policy.check_daily_cap(await tx.diamonds_withdrawn_last_24h(creator_id), diamonds)
         domain.require_available(balances, diamonds)
         withdrawal = domain.Withdrawal(
@@ -139,9 +142,10 @@ class PayoutsService:
             reference=withdrawal.withdrawal_id,
             postings=domain.returned_postings(withdrawal.creator_id, withdrawal.diamonds),
         )
-        await tx.move_diamonds(
+        balances = await tx.move_diamonds(
             withdrawal.creator_id, available_delta=withdrawal.diamonds, reserved_delta=-withdrawal.diamonds
         )
+        await repay_debts(tx, [balances])  # diamonds given back repay a debt a clawback left meanwhile
         canceled = await tx.mark_canceled(withdrawal.withdrawal_id, transaction_id)
         log.info("withdrawal_canceled", withdrawal_id=withdrawal.withdrawal_id, creator_id=withdrawal.creator_id)
         return canceled
@@ -162,9 +166,7 @@ class PayoutsService:
             # Not a final answer: nothing is stored under the request_id, so a retry asks again.
             raise unavailable("PAYOUT_PROVIDER_UNAVAILABLE", "the payout provider did not answer; try again") from None
 
-    async def list_withdrawals(
-        self, creator_id: str, page_size: int, page_token: str
-    ) -> pages.Page[domain.Withdrawal]:
+    async def list_withdrawals(self, creator_id: str, page_size: int, page_token: str) -> pages.Page[domain.Withdrawal]:
         position = pages.decode_page_token(
             page_token, kind="withdrawals", owner=creator_id, shape=(int, str), int_range=domain.POSITION_MICROS
         )
@@ -177,6 +179,21 @@ class PayoutsService:
             assert last.created_at is not None
             next_token = pages.encode_page_token(
                 "withdrawals", creator_id, [domain.to_micros(last.created_at), last.withdrawal_id]
+            )
+        return pages.Page(page, next_token)
+
+    async def list_clawbacks(self, creator_id: str, page_size: int, page_token: str) -> pages.Page[domain.ClawbackView]:
+        position = pages.decode_page_token(
+            page_token, kind="clawbacks", owner=creator_id, shape=(int, str), int_range=domain.POSITION_MICROS
+        )
+        before = None if position is None else (domain.from_micros(int(position[0])), str(position[1]))
+        rows = await self._store.list_clawbacks(creator_id, before, page_size + 1)
+        page, more = rows[:page_size], len(rows) > page_size
+        next_token = ""
+        if more:
+            last = page[-1]
+            next_token = pages.encode_page_token(
+                "clawbacks", creator_id, [domain.to_micros(last.clawed_back_at), last.gift_transaction_id]
             )
         return pages.Page(page, next_token)
 

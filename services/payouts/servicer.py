@@ -26,7 +26,6 @@ MAX_WITHDRAWAL_DIAMONDS = MAX_WITHDRAWAL_SETTING
 MAX_DESTINATION_LENGTH = 256
 
 
-
 class PayoutsServicer(payouts_pb2_grpc.PayoutServiceServicer):
     def __init__(self, payouts: PayoutsService) -> None:
         self._payouts = payouts
@@ -134,4 +133,18 @@ class PayoutsServicer(payouts_pb2_grpc.PayoutServiceServicer):
         page = await self._payouts.list_earnings(request.creator_id, group_by, size, request.page_token)
         return payouts_pb2.ListEarningsResponse(
             rows=[convert.earnings_row_message(row) for row in page.items], next_page_token=page.next_page_token
+        )
+
+    @allow_owner("creator_id", or_roles=(ROLE_SERVICE, ROLE_ADMIN))
+    async def ListClawbacks(
+        self, request: payouts_pb2.ListClawbacksRequest, context: Context
+    ) -> payouts_pb2.ListClawbacksResponse:
+        check = Validator()
+        check.identifier(request.creator_id, "creator_id")
+        size = page_size(check, request.page_size)
+        check.text(request.page_token, "page_token", max_length=pages.MAX_PAGE_TOKEN_LENGTH, required=False)
+        check.raise_if_invalid()
+        page = await self._payouts.list_clawbacks(request.creator_id, size, request.page_token)
+        return payouts_pb2.ListClawbacksResponse(
+            clawbacks=[convert.clawback_message(row) for row in page.items], next_page_token=page.next_page_token
         )

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.payouts import dead_letters, domain
+from services.payouts.clawbacks import apply_waiting_clawbacks, repay_debts
 from services.payouts.ports import PayoutsStore, PayoutsTransaction
 from services.runtime import limits, tracing
 from services.runtime.errors import AppError
@@ -182,7 +183,11 @@ class Settlement:
             credits=credits,
             hold_seconds=self._hold_seconds,
         )
-        await tx.credit_creators(diamonds_per_creator, held=held)
+        balances = await tx.credit_creators(diamonds_per_creator, held=held)
+        if not held:
+            await repay_debts(tx, balances)  # held diamonds repay it when they mature
+        # Reversals that came before their gifts were settled are applied now, in the credit's transaction.
+        await apply_waiting_clawbacks(tx, [credit.gift_transaction_id for credit in credits])
         DIAMONDS_CREDITED.inc(sum(diamonds_per_creator.values()))
 
 

@@ -13,6 +13,10 @@ import asyncpg
 
 from services.payouts.domain import (
     Balances,
+    Clawback,
+    ClawbackTaken,
+    ClawbackView,
+    ClawedCredit,
     CreatorProfile,
     DiamondCredit,
     DueCredit,
@@ -31,7 +35,10 @@ from services.runtime.errors import unavailable
 from services.runtime.requests import Reply, RequestKey
 
 PROFILE_COLUMNS = "creator_id, kyc_verified, payout_destination"
-BALANCE_COLUMNS = "creator_id, available_diamonds, reserved_diamonds, lifetime_diamonds, pending_diamonds"
+BALANCE_COLUMNS = (
+    "creator_id, available_diamonds, reserved_diamonds, lifetime_diamonds, pending_diamonds, debt_diamonds,"
+    " clawed_back_diamonds"
+)
 WITHDRAWAL_COLUMNS = (
     "withdrawal_id, request_id, creator_id, diamonds, payout_currency_code, payout_amount_minor, payout_destination,"
     " status, failure_reason, provider_reference, submitted_at, created_at"
@@ -145,6 +152,26 @@ class PostgresPayoutsStore:
             limit,
         )
         return [EarningsRow(**dict(row)) for row in rows]
+
+    async def list_clawbacks(
+        self, creator_id: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[ClawbackView]:
+        """A creator's applied clawbacks, newest first; before is the (applied_at, gift) of the previous page's last."""
+        applied_before, gift_before = before if before is not None else (None, None)
+        rows = await self._pool.fetch(
+            "SELECT gift_transaction_id, sum(coins)::bigint AS coins, sum(diamonds)::bigint AS diamonds,"
+            " sum(from_pending)::bigint AS from_pending, sum(from_available)::bigint AS from_available,"
+            " sum(to_debt)::bigint AS to_debt, applied_at AS clawed_back_at"
+            " FROM clawbacks WHERE creator_id = $1 AND applied_at IS NOT NULL"
+            " AND ($2::timestamptz IS NULL OR (applied_at, gift_transaction_id) < ($2, $3::text))"
+            " GROUP BY applied_at, gift_transaction_id"
+            " ORDER BY applied_at DESC, gift_transaction_id DESC LIMIT $4",
+            creator_id,
+            applied_before,
+            gift_before,
+            limit,
+        )
+        return [ClawbackView(**dict(row)) for row in rows]
 
 
 class PostgresTransaction:
@@ -309,20 +336,32 @@ class PostgresTransaction:
             hold_seconds,
         )
 
-    async def credit_creators(self, diamonds_per_creator: dict[str, int], *, held: bool) -> None:
+    async def credit_creators(self, diamonds_per_creator: dict[str, int], *, held: bool) -> list[Balances]:
         """One row update (or first insert) per creator, in the caller's (sorted) order: to pending while a maturity
-        hold applies, else to available."""
+        hold applies, else to available. Returns the rows as they are now (the caller repays debts from them)."""
         column = "pending_diamonds" if held else "available_diamonds"
-        await self._conn.execute(
+        rows = await self._conn.fetch(
             f"INSERT INTO creator_balances (creator_id, {column}, lifetime_diamonds)"
             " SELECT c.creator_id, c.diamonds, c.diamonds"
             " FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS c (creator_id, diamonds, position)"
             " ORDER BY c.position"
             " ON CONFLICT (creator_id) DO UPDATE SET"
             f" {column} = creator_balances.{column} + EXCLUDED.{column},"
-            " lifetime_diamonds = creator_balances.lifetime_diamonds + EXCLUDED.lifetime_diamonds, updated_at = now()",
+            " lifetime_diamonds = creator_balances.lifetime_diamonds + EXCLUDED.lifetime_diamonds, updated_at = now()"
+            f" RETURNING {BALANCE_COLUMNS}",
             list(diamonds_per_creator),
             list(diamonds_per_creator.values()),
+        )
+        return [Balances(**dict(row)) for row in rows]
+
+    async def repay_debts(self, repaid_per_creator: dict[str, int]) -> None:
+        """available → debt per creator (rows the caller holds); the CHECKs refuse overpaying either."""
+        await self._conn.execute(
+            "UPDATE creator_balances AS b SET available_diamonds = b.available_diamonds - r.diamonds,"
+            " debt_diamonds = b.debt_diamonds - r.diamonds, updated_at = now()"
+            " FROM unnest($1::text[], $2::bigint[]) AS r (creator_id, diamonds) WHERE b.creator_id = r.creator_id",
+            list(repaid_per_creator),
+            list(repaid_per_creator.values()),
         )
 
     # --- maturity -----------------------------------------------------------------------------------------------------
@@ -332,7 +371,11 @@ class PostgresTransaction:
         transaction holds are skipped, not waited on: it is maturing them, and waiting could deadlock a withdrawal
         (which holds its creator's balance row) against the maturity worker (which takes credits, then balances)."""
         # Two statements rather than one with "$2 IS NULL OR …", so each keeps a plan on its own partial index.
-        due = "SELECT gift_transaction_id, creator_id, diamonds FROM diamond_credits WHERE matured_at IS NULL"
+        # What matures is what clawbacks left of the held diamonds.
+        due = (
+            "SELECT gift_transaction_id, creator_id, diamonds - held_clawed_back AS diamonds FROM diamond_credits"
+            " WHERE matured_at IS NULL"
+        )
         locked = " AND available_at <= now() ORDER BY available_at LIMIT $1 FOR UPDATE SKIP LOCKED"
         if creator_id is None:
             rows = await self._conn.fetch(due + locked, limit)
@@ -350,24 +393,141 @@ class PostgresTransaction:
         # The rows are locked by this transaction, so none can have matured meanwhile; if one had, this rolls back.
         assert result == f"UPDATE {len(gift_transaction_ids)}", f"matured {result} of {len(gift_transaction_ids)}"
 
-    async def move_matured(self, diamonds_per_creator: dict[str, int]) -> None:
+    async def move_matured(self, diamonds_per_creator: dict[str, int]) -> list[Balances]:
         """pending → available per creator; the CHECKs refuse a negative pending. The rows are locked in creator id
-        order first, as settlement locks them, because an UPDATE … FROM join may visit them in any order."""
+        order first, as settlement locks them, because an UPDATE … FROM join may visit them in any order. Returns the
+        rows as they are now (the caller repays debts from them)."""
         await self._conn.execute(
             "SELECT 1 FROM creator_balances WHERE creator_id = ANY($1::text[]) ORDER BY creator_id FOR UPDATE",
             sorted(diamonds_per_creator),
         )
-        result = await self._conn.execute(
+        rows = await self._conn.fetch(
             "UPDATE creator_balances AS b SET pending_diamonds = b.pending_diamonds - c.diamonds,"
             " available_diamonds = b.available_diamonds + c.diamonds, updated_at = now()"
-            " FROM unnest($1::text[], $2::bigint[]) AS c (creator_id, diamonds) WHERE b.creator_id = c.creator_id",
+            " FROM unnest($1::text[], $2::bigint[]) AS c (creator_id, diamonds) WHERE b.creator_id = c.creator_id"
+            f" RETURNING {', '.join('b.' + column.strip() for column in BALANCE_COLUMNS.split(','))}",
             list(diamonds_per_creator),
             list(diamonds_per_creator.values()),
         )
         # Settlement made each row with the pending diamonds; a missing one would be a bug: roll back, never guess.
-        assert result == f"UPDATE {len(diamonds_per_creator)}", (
-            f"moved {result} of {len(diamonds_per_creator)} creators"
+        assert len(rows) == len(diamonds_per_creator), f"moved {len(rows)} of {len(diamonds_per_creator)} creators"
+        return [Balances(**dict(row)) for row in rows]
+
+    # --- clawbacks ----------------------------------------------------------------------------------------------------
+
+    async def admit_wallet_event(self, msg_id: str) -> bool:
+        """Whether the wallet event is new: applied in this transaction, it is never applied again."""
+        admitted = await self._conn.fetchval(
+            "INSERT INTO wallet_event_inbox (msg_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", msg_id
         )
+        return bool(admitted)
+
+    async def insert_clawbacks(self, purchase_id: str, clawbacks: list[Clawback]) -> list[Clawback]:
+        """The clawbacks not recorded before (a reversal's gift is recorded once, whatever redelivers it)."""
+        rows = await self._conn.fetch(
+            "INSERT INTO clawbacks (reversal_id, gift_transaction_id, purchase_id, coins)"
+            " SELECT c.reversal_id, c.gift_transaction_id, $4, c.coins"
+            " FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c (reversal_id, gift_transaction_id, coins)"
+            " ON CONFLICT DO NOTHING RETURNING reversal_id, gift_transaction_id, coins",
+            [c.reversal_id for c in clawbacks],
+            [c.gift_transaction_id for c in clawbacks],
+            [c.coins for c in clawbacks],
+            purchase_id,
+        )
+        return [Clawback(**dict(row)) for row in rows]
+
+    async def lock_waiting_clawbacks(self, gift_transaction_ids: list[str]) -> list[Clawback]:
+        """The clawbacks of these gifts not applied yet, oldest first, locked."""
+        rows = await self._conn.fetch(
+            "SELECT reversal_id, gift_transaction_id, coins FROM clawbacks"
+            " WHERE gift_transaction_id = ANY($1::text[]) AND applied_at IS NULL"
+            " ORDER BY received_at, reversal_id, gift_transaction_id FOR UPDATE",
+            gift_transaction_ids,
+        )
+        return [Clawback(**dict(row)) for row in rows]
+
+    async def lock_credits(self, gift_transaction_ids: list[str]) -> dict[str, ClawedCredit]:
+        """The settled credits of these gifts, locked (in id order) against maturity and other clawbacks."""
+        rows = await self._conn.fetch(
+            "SELECT gift_transaction_id, creator_id, rate_version,"
+            " CASE WHEN matured_at IS NULL THEN diamonds - held_clawed_back ELSE 0 END AS held_diamonds"
+            " FROM diamond_credits WHERE gift_transaction_id = ANY($1::text[])"
+            " ORDER BY gift_transaction_id FOR UPDATE",
+            gift_transaction_ids,
+        )
+        return {row["gift_transaction_id"]: ClawedCredit(**dict(row)) for row in rows}
+
+    async def rates(self, versions: list[int]) -> dict[int, SettlementRate]:
+        rows = await self._conn.fetch(
+            "SELECT version, numerator, denominator FROM settlement_rates WHERE version = ANY($1::integer[])", versions
+        )
+        return {row["version"]: SettlementRate(**dict(row)) for row in rows}
+
+    async def lock_balances_of(self, creator_ids: list[str]) -> dict[str, Balances]:
+        rows = await self._conn.fetch(
+            f"SELECT {BALANCE_COLUMNS} FROM creator_balances WHERE creator_id = ANY($1::text[])"
+            " ORDER BY creator_id FOR UPDATE",
+            sorted(creator_ids),
+        )
+        return {row["creator_id"]: Balances(**dict(row)) for row in rows}
+
+    async def apply_clawbacks(self, taken: list[ClawbackTaken], transaction_id: str) -> None:
+        """One statement: each clawback marked applied with what it took, the held diamonds it took off its credit,
+        and each creator's balances (pending, available, debt, lifetime clawed back)."""
+        await self._conn.execute(
+            """
+            WITH t AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::bigint[],
+                    $7::bigint[], $8::bigint[])
+                    AS t (reversal_id, gift_transaction_id, creator_id, rate_version, diamonds, from_pending,
+                          from_available, to_debt)
+            ), applied AS (
+                UPDATE clawbacks AS c SET creator_id = t.creator_id, rate_version = t.rate_version,
+                    diamonds = t.diamonds, from_pending = t.from_pending, from_available = t.from_available,
+                    to_debt = t.to_debt, transaction_id = $9, applied_at = now()
+                FROM t WHERE c.reversal_id = t.reversal_id AND c.gift_transaction_id = t.gift_transaction_id
+                    AND c.applied_at IS NULL
+            ), held AS (
+                UPDATE diamond_credits AS d SET held_clawed_back = d.held_clawed_back + h.diamonds
+                FROM (SELECT gift_transaction_id, sum(from_pending) AS diamonds FROM t GROUP BY gift_transaction_id
+                      HAVING sum(from_pending) > 0) AS h
+                WHERE d.gift_transaction_id = h.gift_transaction_id
+            )
+            UPDATE creator_balances AS b SET pending_diamonds = b.pending_diamonds - m.from_pending,
+                available_diamonds = b.available_diamonds - m.from_available,
+                debt_diamonds = b.debt_diamonds + m.to_debt,
+                clawed_back_diamonds = b.clawed_back_diamonds + m.diamonds, updated_at = now()
+            FROM (SELECT creator_id, sum(diamonds) AS diamonds, sum(from_pending) AS from_pending,
+                         sum(from_available) AS from_available, sum(to_debt) AS to_debt
+                  FROM t GROUP BY creator_id) AS m
+            WHERE b.creator_id = m.creator_id
+            """,
+            [t.clawback.reversal_id for t in taken],
+            [t.clawback.gift_transaction_id for t in taken],
+            [t.creator_id for t in taken],
+            [t.rate_version for t in taken],
+            [t.diamonds for t in taken],
+            [t.from_pending for t in taken],
+            [t.from_available for t in taken],
+            [t.to_debt for t in taken],
+            transaction_id,
+        )
+
+    async def set_account_status(self, account_id: str, frozen: bool, version: int) -> bool:
+        """Applies the wallet's status of an account unless a newer version was applied already."""
+        applied = await self._conn.fetchval(
+            "INSERT INTO wallet_account_status (account_id, frozen, version) VALUES ($1, $2, $3)"
+            " ON CONFLICT (account_id) DO UPDATE SET frozen = EXCLUDED.frozen, version = EXCLUDED.version,"
+            " updated_at = now() WHERE wallet_account_status.version < EXCLUDED.version RETURNING true",
+            account_id,
+            frozen,
+            version,
+        )
+        return bool(applied)
+
+    async def account_frozen(self, account_id: str) -> bool:
+        frozen = await self._conn.fetchval("SELECT frozen FROM wallet_account_status WHERE account_id = $1", account_id)
+        return bool(frozen)
 
     # --- withdrawals --------------------------------------------------------------------------------------------------
 

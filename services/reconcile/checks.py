@@ -20,7 +20,8 @@ import asyncpg
 
 @dataclass(frozen=True)
 class Discrepancy:
-    check: str  # which identity: wallet_ledger, wallet_funding, gift_payment, settlement, payouts_ledger, stuck_work
+    # which identity: wallet_ledger, wallet_funding, clawback, gift_payment, settlement, payouts_ledger, stuck_work
+    check: str
     subject: str  # the transaction, account, gift or creator it concerns
     detail: str
 
@@ -209,6 +210,50 @@ async def gift_payments(
     return found
 
 
+async def reversal_clawbacks(
+    wallet: asyncpg.Connection, payouts: asyncpg.Connection, thresholds: Thresholds
+) -> list[Discrepancy]:
+    """Per reversal and gift, the coins the wallet traced to the gift = the coins payouts claws back (once its
+    PurchaseReversed has had the settlement grace to arrive), and a clawback whose gift is settled is applied."""
+    traced = {
+        (r["transaction_id"], r["gift_transaction_id"]): (r["coins"], r["recent"])
+        for r in await wallet.fetch(
+            "SELECT a.transaction_id, a.gift_transaction_id, sum(a.coins) AS coins,"
+            " max(r.created_at) > now() - make_interval(secs => $1) AS recent"
+            " FROM reversal_allocations AS a JOIN purchase_reversals AS r USING (transaction_id)"
+            " WHERE a.gift_transaction_id IS NOT NULL GROUP BY a.transaction_id, a.gift_transaction_id",
+            thresholds.settlement_grace_seconds,
+        )
+    }
+    clawing = {
+        (r["reversal_id"], r["gift_transaction_id"]): (r["coins"], r["waiting_though_settled"])
+        for r in await payouts.fetch(
+            "SELECT c.reversal_id, c.gift_transaction_id, c.coins,"
+            " c.applied_at IS NULL AND d.gift_transaction_id IS NOT NULL AS waiting_though_settled"
+            " FROM clawbacks AS c LEFT JOIN diamond_credits AS d USING (gift_transaction_id)"
+        )
+    }
+    found = [
+        Discrepancy(
+            "clawback", f"{reversal}/{gift}", f"the wallet traced {coins} coins, payouts has {clawing.get(key)}"
+        )
+        for key, (coins, recent) in traced.items()
+        for reversal, gift in [key]
+        if (clawing[key][0] if key in clawing else None) != coins and not (recent and key not in clawing)
+    ]
+    found += [
+        Discrepancy("clawback", f"{reversal}/{gift}", f"payouts claws back {coins} coins the wallet never traced")
+        for (reversal, gift), (coins, _) in clawing.items()
+        if (reversal, gift) not in traced
+    ]
+    found += [
+        Discrepancy("clawback", f"{reversal}/{gift}", "its gift is settled but the clawback was never applied")
+        for (reversal, gift), (_, waiting) in clawing.items()
+        if waiting
+    ]
+    return found
+
+
 async def settlement(
     payouts: asyncpg.Connection, completed: CompletedGifts, dead_lettered: frozenset[str] = frozenset()
 ) -> tuple[list[Discrepancy], int, list[str]]:
@@ -241,11 +286,17 @@ async def settlement(
                     "settlement", gift_id, f"{coins} coins settled {credit['credits']} times for {credit['coins']}"
                 )
             )
+    # Net of clawbacks (which take back through the same carry): credited − clawed back, per creator and version.
     rounded = await payouts.fetch(
-        "SELECT c.creator_id, c.rate_version, sum(c.coins) AS coins, sum(c.diamonds) AS diamonds,"
+        "WITH moved AS ("
+        "  SELECT creator_id, rate_version, coins, diamonds FROM diamond_credits"
+        "  UNION ALL"
+        "  SELECT creator_id, rate_version, -coins, -diamonds FROM clawbacks WHERE applied_at IS NOT NULL"
+        ")"
+        " SELECT c.creator_id, c.rate_version, sum(c.coins) AS coins, sum(c.diamonds) AS diamonds,"
         " div(sum(c.coins) * min(r.numerator), min(r.denominator)) AS exact,"
         " mod(sum(c.coins) * min(r.numerator), min(r.denominator)) AS rest, min(s.remainder) AS carried"
-        " FROM diamond_credits AS c JOIN settlement_rates AS r ON r.version = c.rate_version"
+        " FROM moved AS c JOIN settlement_rates AS r ON r.version = c.rate_version"
         " LEFT JOIN settlement_carries AS s ON (s.creator_id, s.rate_version) = (c.creator_id, c.rate_version)"
         " GROUP BY c.creator_id, c.rate_version"
         " HAVING sum(c.diamonds) <> div(sum(c.coins) * min(r.numerator), min(r.denominator))"
@@ -284,7 +335,8 @@ async def payouts_ledger(payouts: asyncpg.Connection) -> list[Discrepancy]:
             " GROUP BY transaction_id HAVING sum(diamonds_delta) <> 0"
         )
     ]
-    # A creator's balance row stands for three ledger accounts: creator:<id>:available, :reserved and :pending.
+    # A creator's balance row stands for four ledger accounts: creator:<id>:available, :reserved, :pending and :debt
+    # (whose balance is minus the debt).
     drifted = await payouts.fetch(
         """
         WITH held AS (
@@ -294,13 +346,16 @@ async def payouts_ledger(payouts: asyncpg.Connection) -> list[Discrepancy]:
             SELECT 'creator:' || creator_id || ':reserved', reserved_diamonds FROM creator_balances
             UNION ALL
             SELECT 'creator:' || creator_id || ':pending', pending_diamonds FROM creator_balances
+            UNION ALL
+            SELECT 'creator:' || creator_id || ':debt', -debt_diamonds FROM creator_balances
         ), posted AS (
             SELECT ledger_account_id, sum(diamonds_delta) AS posted FROM postings
             WHERE ledger_account_id LIKE 'creator:%' GROUP BY ledger_account_id
         )
         SELECT ledger_account_id, coalesce(h.diamonds, 0) AS diamonds, coalesce(p.posted, 0) AS posted
         FROM held AS h FULL JOIN posted AS p USING (ledger_account_id)
-        WHERE coalesce(h.diamonds, 0) <> coalesce(p.posted, 0) OR h.diamonds < 0
+        WHERE coalesce(h.diamonds, 0) <> coalesce(p.posted, 0)
+           OR (h.diamonds < 0 AND ledger_account_id NOT LIKE '%:debt')
         """
     )
     found += [
@@ -312,24 +367,33 @@ async def payouts_ledger(payouts: asyncpg.Connection) -> list[Discrepancy]:
 
 
 async def _creator_totals(payouts: asyncpg.Connection) -> list[Discrepancy]:
-    """Per creator: lifetime = credits; pending = credits still in their hold; and everything credited is still
-    pending, available or reserved, or was withdrawn (paid out)."""
+    """Per creator: lifetime = credits; pending = what clawbacks left of the credits still in their hold; clawed back
+    = its clawbacks; credited − clawed back − withdrawn (paid out) − reserved − pending = available − debt; and a
+    creator in debt has nothing available (credits repay debt first)."""
     rows = await payouts.fetch(
         """
         WITH credited AS (
-            SELECT creator_id, sum(diamonds) AS diamonds, sum(diamonds) FILTER (WHERE matured_at IS NULL) AS held
+            SELECT creator_id, sum(diamonds) AS diamonds,
+                   sum(diamonds - held_clawed_back) FILTER (WHERE matured_at IS NULL) AS held
             FROM diamond_credits GROUP BY creator_id
         ), withdrawn AS (
             SELECT creator_id, sum(diamonds) AS diamonds FROM withdrawals WHERE status = 'paid' GROUP BY creator_id
+        ), clawed AS (
+            SELECT creator_id, sum(diamonds) AS diamonds FROM clawbacks WHERE applied_at IS NOT NULL
+            GROUP BY creator_id
         )
         SELECT b.creator_id, b.lifetime_diamonds, b.pending_diamonds, b.available_diamonds, b.reserved_diamonds,
+               b.debt_diamonds, b.clawed_back_diamonds, coalesce(k.diamonds, 0) AS clawed,
                coalesce(c.diamonds, 0) AS credited, coalesce(c.held, 0) AS held, coalesce(w.diamonds, 0) AS withdrawn
         FROM creator_balances AS b
         LEFT JOIN credited AS c USING (creator_id) LEFT JOIN withdrawn AS w USING (creator_id)
+        LEFT JOIN clawed AS k USING (creator_id)
         WHERE b.lifetime_diamonds <> coalesce(c.diamonds, 0)
            OR b.pending_diamonds <> coalesce(c.held, 0)
-           OR b.pending_diamonds + b.available_diamonds + b.reserved_diamonds + coalesce(w.diamonds, 0)
-              <> coalesce(c.diamonds, 0)
+           OR b.clawed_back_diamonds <> coalesce(k.diamonds, 0)
+           OR coalesce(c.diamonds, 0) - b.clawed_back_diamonds - coalesce(w.diamonds, 0) - b.reserved_diamonds
+              - b.pending_diamonds <> b.available_diamonds - b.debt_diamonds
+           OR (b.debt_diamonds > 0 AND b.available_diamonds > 0)
         """
     )
     return [
@@ -338,7 +402,8 @@ async def _creator_totals(payouts: asyncpg.Connection) -> list[Discrepancy]:
             r["creator_id"],
             f"credited {r['credited']} (lifetime {r['lifetime_diamonds']}); pending {r['pending_diamonds']}"
             f" (unmatured credits {r['held']}) + available {r['available_diamonds']}"
-            f" + reserved {r['reserved_diamonds']} + withdrawn {r['withdrawn']}",
+            f" + reserved {r['reserved_diamonds']} + withdrawn {r['withdrawn']}; clawed back"
+            f" {r['clawed_back_diamonds']} (clawbacks {r['clawed']}), debt {r['debt_diamonds']}",
         )
         for r in rows
     ]

@@ -155,6 +155,7 @@ async def _check_all(
         *await checks.wallet_ledger(wallet),
         *await checks.wallet_funding(wallet),
         *await checks.gift_payments(wallet, gifts, completed, thresholds),
+        *await checks.reversal_clawbacks(wallet, payouts, thresholds),
         *settled,
         *await checks.payouts_ledger(payouts),
         *await checks.stuck_work(connections, thresholds),

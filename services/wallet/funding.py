@@ -224,13 +224,11 @@ def plan_reversal(
     reversing: Split,
     lots: Sequence[Lot],
     uses: Sequence[EarlierUse],
-    *,
-    claw_back_gifts: bool,
 ) -> ReversalPlan:
     """Reversing paid and bonus coins of a purchase: each bucket's coins come first from the purchase's lots (the
     buyer's first, then other holders', oldest first), then from its uses, newest first (a partial reversal takes
-    back the latest gifts, those most likely still in the creator's hold). A gift's coins are clawed back when
-    claw_back_gifts, else charged to the buyer like every other use; coins found nowhere are charged to the buyer."""
+    back the latest gifts, those most likely still in the creator's hold). A gift's coins are clawed back from its
+    creator (payouts, from the event); any other use, and coins found nowhere, are charged to the buyer."""
     removed: list[Draw] = []
     allocations: list[Allocation] = []
     charged = {False: 0, True: 0}  # by bucket: is it the bonus one
@@ -246,7 +244,7 @@ def plan_reversal(
             if is_bonus_bucket(use.ledger_account_id) != bonus or not use.coins_left:
                 continue
             taken = min(use.coins_left, wanted)
-            gift = use.gift_transaction_id if claw_back_gifts else None
+            gift = use.gift_transaction_id
             allocations.append(Allocation(use.funding_id, taken, gift))
             if gift is None:
                 charged[bonus] += taken

@@ -32,10 +32,6 @@ log = structlog.get_logger()
 # A spend's outcome in a batch: what it spent, or the final refusal SpendCoins would have raised.
 SpendOutcome = domain.Spent | AppError
 
-# Whether a reversal traces gift spends to their creators (payouts then claws the diamonds back). Until payouts
-# learns reversals, a gift's coins are charged to the buyer like any other use.
-CLAW_BACK_GIFTS = False
-
 TRANSACTIONS_PAGE = "transactions"  # page tokens of ListTransactions, bound to the account listed
 PROMOTIONS_PAGE = "promotions"  # page tokens of ListPromotions (one list for every admin: owner "")
 POSITIONS = (1, limits.MAX_INT64)  # both lists resume after a bigint identity (posting_id, position)
@@ -409,9 +405,7 @@ async def _reverse(
     holders = {lot.holder for lot in await tx.purchase_lots(purchase.purchase_id)}
     balances = await tx.lock_buckets(sorted({buyer, *holders}))
     lots = [lot for lot in await tx.purchase_lots(purchase.purchase_id) if lot.holder in balances]
-    plan = funding.plan_reversal(
-        buyer, reversing, lots, await tx.traced_uses(purchase.purchase_id), claw_back_gifts=CLAW_BACK_GIFTS
-    )
+    plan = funding.plan_reversal(buyer, reversing, lots, await tx.traced_uses(purchase.purchase_id))
     buyer_lots = funding.after_draws(await tx.lots_of([buyer]), plan.removed)
     before_charge = funding.after_removal(buyer, balances[buyer], plan.removed)
     charge = funding.charge_split(plan.charged, before_charge)

@@ -20,6 +20,10 @@ from typing import TypeVar
 
 from services.payouts.domain import (
     Balances,
+    Clawback,
+    ClawbackTaken,
+    ClawbackView,
+    ClawedCredit,
     CreatorProfile,
     DiamondCredit,
     DueCredit,
@@ -45,6 +49,8 @@ LEDGER_KINDS = {
     "withdrawal_paid",
     "withdrawal_returned",
     "withdrawal_canceled",
+    "clawback",
+    "debt_repayment",
 }
 
 
@@ -60,6 +66,7 @@ class StoredCredit:
     created_at: datetime
     available_at: datetime
     matured_at: datetime | None
+    held_clawed_back: int = 0
 
 
 @dataclass
@@ -95,6 +102,12 @@ class State:
     credits: dict[str, StoredCredit] = field(default_factory=dict)
     withdrawals: dict[str, StoredWithdrawal] = field(default_factory=dict)
     keys: dict[str, StoredKey] = field(default_factory=dict)
+    wallet_inbox: set[str] = field(default_factory=set)
+    # (reversal, gift) → the clawback, and once applied what it took and when
+    clawbacks: dict[tuple[str, str], tuple[Clawback, ClawbackTaken | None, datetime | None]] = field(
+        default_factory=dict
+    )
+    account_status: dict[str, tuple[bool, int]] = field(default_factory=dict)  # account → (frozen, version)
 
 
 class FakePayoutsStore:
@@ -183,6 +196,27 @@ class FakePayoutsStore:
         rows.sort(key=lambda row: row.key)  # then, stable: the newest latest credit first, ties by key
         return sorted(rows, key=lambda row: row.latest_credit_at, reverse=True)[:limit]
 
+    async def list_clawbacks(
+        self, creator_id: str, before: tuple[datetime, str] | None, limit: int
+    ) -> list[ClawbackView]:
+        rows = [
+            ClawbackView(
+                t.clawback.gift_transaction_id,
+                t.clawback.coins,
+                t.diamonds,
+                t.from_pending,
+                t.from_available,
+                t.to_debt,
+                applied_at,
+            )
+            for _, t, applied_at in self.state.clawbacks.values()
+            if t is not None and applied_at is not None and t.creator_id == creator_id
+        ]
+        rows.sort(key=lambda r: (r.clawed_back_at, r.gift_transaction_id), reverse=True)
+        if before is not None:
+            rows = [r for r in rows if (r.clawed_back_at, r.gift_transaction_id) < before]
+        return rows[:limit]
+
     async def pending_withdrawals(self) -> PendingWithdrawals:
         pending = [
             s.withdrawal for s in self.state.withdrawals.values() if s.withdrawal.status is WithdrawalStatus.PENDING
@@ -245,6 +279,8 @@ class FakeTransaction:
             balances.reserved_diamonds,
             balances.pending_diamonds,
             balances.lifetime_diamonds,
+            balances.debt_diamonds,
+            balances.clawed_back_diamonds,
         )
         if min(amounts) < 0:
             raise ConstraintViolation(f"negative balance {balances}")
@@ -295,14 +331,29 @@ class FakeTransaction:
                 matured_at=now if hold_seconds == 0 else None,
             )
 
-    async def credit_creators(self, diamonds_per_creator: dict[str, int], *, held: bool) -> None:
+    async def credit_creators(self, diamonds_per_creator: dict[str, int], *, held: bool) -> list[Balances]:
+        credited = []
         for creator_id, diamonds in diamonds_per_creator.items():
             balances = self.state.balances.get(creator_id) or Balances.zero(creator_id)
             if held:
                 balances = replace(balances, pending_diamonds=balances.pending_diamonds + diamonds)
             else:
                 balances = replace(balances, available_diamonds=balances.available_diamonds + diamonds)
-            self._set_balances(replace(balances, lifetime_diamonds=balances.lifetime_diamonds + diamonds))
+            credited.append(
+                self._set_balances(replace(balances, lifetime_diamonds=balances.lifetime_diamonds + diamonds))
+            )
+        return credited
+
+    async def repay_debts(self, repaid_per_creator: dict[str, int]) -> None:
+        for creator_id, diamonds in repaid_per_creator.items():
+            balances = self.state.balances[creator_id]
+            self._set_balances(
+                replace(
+                    balances,
+                    available_diamonds=balances.available_diamonds - diamonds,
+                    debt_diamonds=balances.debt_diamonds - diamonds,
+                )
+            )
 
     # --- maturity
 
@@ -316,7 +367,11 @@ class FakeTransaction:
         ]
         due.sort(key=lambda stored: stored.available_at)
         return [
-            DueCredit(stored.credit.gift_transaction_id, stored.credit.creator_id, stored.credit.diamonds)
+            DueCredit(
+                stored.credit.gift_transaction_id,
+                stored.credit.creator_id,
+                stored.credit.diamonds - stored.held_clawed_back,
+            )
             for stored in due[:limit]
         ]
 
@@ -326,16 +381,95 @@ class FakeTransaction:
             assert stored.matured_at is None, f"credit {gift_transaction_id} matured twice"
             stored.matured_at = self.state.now
 
-    async def move_matured(self, diamonds_per_creator: dict[str, int]) -> None:
+    async def move_matured(self, diamonds_per_creator: dict[str, int]) -> list[Balances]:
+        moved = []
         for creator_id, diamonds in diamonds_per_creator.items():
             balances = self.state.balances[creator_id]
+            moved.append(
+                self._set_balances(
+                    replace(
+                        balances,
+                        pending_diamonds=balances.pending_diamonds - diamonds,
+                        available_diamonds=balances.available_diamonds + diamonds,
+                    )
+                )
+            )
+        return moved
+
+    # --- clawbacks
+
+    async def admit_wallet_event(self, msg_id: str) -> bool:
+        if msg_id in self.state.wallet_inbox:
+            return False
+        self.state.wallet_inbox.add(msg_id)
+        return True
+
+    async def insert_clawbacks(self, purchase_id: str, clawbacks: list[Clawback]) -> list[Clawback]:
+        fresh = []
+        for clawback in clawbacks:
+            key = (clawback.reversal_id, clawback.gift_transaction_id)
+            if key not in self.state.clawbacks:
+                if clawback.coins <= 0:
+                    raise ConstraintViolation(f"clawback {clawback}")
+                self.state.clawbacks[key] = (clawback, None, None)
+                fresh.append(clawback)
+        return fresh
+
+    async def lock_waiting_clawbacks(self, gift_transaction_ids: list[str]) -> list[Clawback]:
+        wanted = set(gift_transaction_ids)
+        return [c for c, taken, _ in self.state.clawbacks.values() if taken is None and c.gift_transaction_id in wanted]
+
+    async def lock_credits(self, gift_transaction_ids: list[str]) -> dict[str, ClawedCredit]:
+        found = {}
+        for gift_id in sorted(gift_transaction_ids):
+            stored = self.state.credits.get(gift_id)
+            if stored is not None:
+                held = stored.credit.diamonds - stored.held_clawed_back if stored.matured_at is None else 0
+                found[gift_id] = ClawedCredit(gift_id, stored.credit.creator_id, stored.rate_version, held)
+        return found
+
+    async def rates(self, versions: list[int]) -> dict[int, SettlementRate]:
+        return {rate.version: rate for rate in self.state.rates if rate.version in versions}
+
+    async def lock_balances_of(self, creator_ids: list[str]) -> dict[str, Balances]:
+        return {c: self.state.balances[c] for c in sorted(creator_ids) if c in self.state.balances}
+
+    async def apply_clawbacks(self, taken: list[ClawbackTaken], transaction_id: str) -> None:
+        if transaction_id not in self.state.ledger_transactions:
+            raise ConstraintViolation(f"clawbacks of an unrecorded transaction {transaction_id}")
+        for t in taken:
+            key = (t.clawback.reversal_id, t.clawback.gift_transaction_id)
+            clawback, applied, _ = self.state.clawbacks[key]
+            assert applied is None, f"clawback {key} applied twice"
+            self.state.clawbacks[key] = (clawback, t, self.state.now)
+            stored = self.state.credits[t.clawback.gift_transaction_id]
+            if t.from_pending:
+                if stored.matured_at is not None or stored.held_clawed_back + t.from_pending > stored.credit.diamonds:
+                    raise ConstraintViolation(f"held diamonds of {stored}")
+                stored.held_clawed_back += t.from_pending
+            balances = self.state.balances.get(t.creator_id)
+            if balances is None:
+                assert t.diamonds == 0, f"a clawback of {t.diamonds} diamonds from a creator never credited"
+                continue
             self._set_balances(
                 replace(
                     balances,
-                    pending_diamonds=balances.pending_diamonds - diamonds,
-                    available_diamonds=balances.available_diamonds + diamonds,
+                    pending_diamonds=balances.pending_diamonds - t.from_pending,
+                    available_diamonds=balances.available_diamonds - t.from_available,
+                    debt_diamonds=balances.debt_diamonds + t.to_debt,
+                    clawed_back_diamonds=balances.clawed_back_diamonds + t.diamonds,
                 )
             )
+
+    async def set_account_status(self, account_id: str, frozen: bool, version: int) -> bool:
+        current = self.state.account_status.get(account_id)
+        if current is not None and current[1] >= version:
+            return False
+        self.state.account_status[account_id] = (frozen, version)
+        return True
+
+    async def account_frozen(self, account_id: str) -> bool:
+        return self.state.account_status.get(account_id, (False, 0))[0]
 
     # --- withdrawals
 

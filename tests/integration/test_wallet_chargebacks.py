@@ -26,6 +26,7 @@ from tests.support.factories import (
 )
 from tests.support.gifts import live_stream_id
 from tests.support.invariants import wallet_violations
+from tests.support.payouts import WAIT_SECONDS, earnings, eventually, wait_for_lifetime
 from tests.support.stack import Stack
 
 
@@ -76,10 +77,11 @@ async def test_concurrent_reversals_of_one_purchase_move_coins_once(clients: Cli
     assert await wallet_balance(clients, account_id) == balance_of(account_id, 0, 0)
 
 
-async def test_chargeback_after_gifting_leaves_a_debt_that_purchases_pay_back(stack: Stack, clients: Clients) -> None:
+async def test_chargeback_after_gifting_takes_the_rest_back_and_claws_the_gift_back_from_the_creator(
+    stack: Stack, clients: Clients
+) -> None:
     fan = await create_account(clients)
     creator = await create_account(clients, prefix="creator")
-    winner = await create_account(clients)
     bought = await buy(clients, fan, "coins_1321")  # 1,321 paid + 66 bonus
     stream_id = await live_stream_id(clients, creator)
     gift = await clients.gifts.SendGift(
@@ -88,11 +90,33 @@ async def test_chargeback_after_gifting_leaves_a_debt_that_purchases_pay_back(st
         ),
         metadata=auth(fan),
     )
-    assert gift.sender_balance_coins == 387
-    assert await wallet_balance(clients, fan) == balance_of(fan, 387, 0)  # the gift took the 66 bonus coins first
+    assert gift.sender_balance_coins == 387  # the gift took the 66 bonus coins first
+    await wait_for_lifetime(clients, creator, 1000)
 
     reversed_ = await clients.wallet.ReversePurchase(reversal(bought.purchase.purchase_id), metadata=ADMIN)
-    assert reversed_.balance == balance_of(fan, -1000, 0)  # the bonus was gone, so all 1,387 came from paid coins
+    # The 387 unspent coins come back; the 1,000 the gift took come back from the creator, not the fan.
+    assert (reversed_.removed_coins, reversed_.clawed_back_coins, reversed_.charged_coins) == (387, 1000, 0)
+    assert reversed_.balance == balance_of(fan, 0, 0) and reversed_.account_status == w.ACCOUNT_STATUS_ACTIVE
+    clawed = await eventually(
+        lambda: earnings(clients, creator), lambda e: e.clawed_back_diamonds == 1000, seconds=WAIT_SECONDS
+    )
+    assert (clawed.lifetime_diamonds, clawed.available_diamonds, clawed.debt_diamonds) == (1000, 0, 0)
+    await ledger_is_sound(stack)
+
+
+async def test_chargeback_after_spending_leaves_a_debt_that_purchases_pay_back(stack: Stack, clients: Clients) -> None:
+    fan = await create_account(clients)
+    winner = await create_account(clients)
+    bought = await buy(clients, fan, "coins_1321")  # 1,321 paid + 66 bonus
+    await clients.wallet.SpendCoins(
+        w.SpendCoinsRequest(request_id=new_id("s"), account_id=fan, coins=1000, reference="sticker"), metadata=SERVICE
+    )
+    assert await wallet_balance(clients, fan) == balance_of(fan, 387, 0)  # the spend took the 66 bonus coins first
+
+    reversed_ = await clients.wallet.ReversePurchase(reversal(bought.purchase.purchase_id), metadata=ADMIN)
+    # Coins spent on something no creator earned from: the fan owes them (the bonus was gone, so from paid coins).
+    assert (reversed_.removed_coins, reversed_.clawed_back_coins, reversed_.charged_coins) == (387, 0, 1000)
+    assert reversed_.balance == balance_of(fan, -1000, 0)
     assert reversed_.account_status == w.ACCOUNT_STATUS_FROZEN
     assert await account_status(clients, fan) == w.ACCOUNT_STATUS_FROZEN
 

@@ -82,7 +82,28 @@ def assert_ledger_agrees(store: FakePayoutsStore) -> None:
             store.account_balance(domain.available_account(creator_id)),
             store.account_balance(domain.reserved_account(creator_id)),
             store.account_balance(domain.pending_account(creator_id)),
-        ) == (balances.available_diamonds, balances.reserved_diamonds, balances.pending_diamonds), creator_id
+            -store.account_balance(domain.debt_account(creator_id)),
+        ) == (
+            balances.available_diamonds,
+            balances.reserved_diamonds,
+            balances.pending_diamonds,
+            balances.debt_diamonds,
+        ), creator_id
         credited = sum(c.credit.diamonds for c in store.state.credits.values() if c.credit.creator_id == creator_id)
         assert balances.lifetime_diamonds == credited, creator_id
+        # credited − clawed back − withdrawn − reserved − pending = available − debt
+        withdrawn = sum(
+            w.withdrawal.diamonds
+            for w in store.state.withdrawals.values()
+            if w.withdrawal.creator_id == creator_id and w.withdrawal.status is domain.WithdrawalStatus.PAID
+        )
+        assert (
+            credited
+            - balances.clawed_back_diamonds
+            - withdrawn
+            - balances.reserved_diamonds
+            - balances.pending_diamonds
+            == balances.available_diamonds - balances.debt_diamonds
+        ), creator_id
+        assert balances.debt_diamonds == 0 or balances.available_diamonds == 0, f"{creator_id} in debt with diamonds"
     assert sum(delta for _, _, delta in store.state.postings) == 0

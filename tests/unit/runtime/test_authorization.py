@@ -97,4 +97,4 @@ async def test_any_caller() -> None:
 def test_undeclared_rpcs_are_listed() -> None:
     missing = undeclared_rpcs(Servicer())
     assert "ListEarnings" in missing and "UpdateCreatorProfile" in missing
-    assert set(missing) == {"ListEarnings", "UpdateCreatorProfile"}
+    assert set(missing) == {"ListEarnings", "UpdateCreatorProfile", "ListClawbacks"}

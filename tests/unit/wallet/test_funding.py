@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 from services.runtime.batching import BatchPolicy
 from services.runtime.errors import AppError
 from services.wallet import convert, domain, funding
-from services.wallet import service as wallet_service
 from services.wallet.domain import Draw, Lot, Split, Use
 from services.wallet.service import WalletService
 from tests.fakes.wallet import FakeClock, FakePayments, FakeWalletStore, WalletState
@@ -87,7 +86,7 @@ def test_a_reversal_removes_unspent_coins_then_takes_the_newest_uses() -> None:
         funding.EarlierUse(3, "buyer", Use.SPEND, 20, None),
     ]
 
-    plan = funding.plan_reversal("buyer", Split(paid_coins=50, bonus_coins=0), lots, uses, claw_back_gifts=True)
+    plan = funding.plan_reversal("buyer", Split(paid_coins=50, bonus_coins=0), lots, uses)
 
     assert plan.removed == [Draw(4, "buyer", "p", 10), Draw(7, "winner", "p", 5)]  # the buyer's lot first
     assert plan.allocations == [
@@ -98,7 +97,7 @@ def test_a_reversal_removes_unspent_coins_then_takes_the_newest_uses() -> None:
 
 
 def test_coins_found_nowhere_are_charged_to_the_buyer() -> None:
-    plan = funding.plan_reversal("buyer", Split(paid_coins=30, bonus_coins=3), [], [], claw_back_gifts=True)
+    plan = funding.plan_reversal("buyer", Split(paid_coins=30, bonus_coins=3), [], [])
     assert plan.charged == Split(30, 3) and plan.removed == [] and plan.allocations == []
 
 
@@ -124,29 +123,25 @@ operation = st.one_of(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(operation, min_size=1, max_size=25), st.booleans())
-def test_random_histories_keep_every_funding_identity(operations: list[tuple[str, object, object]], claw: bool) -> None:
-    asyncio.run(run_history(operations, claw))
+@given(st.lists(operation, min_size=1, max_size=25))
+def test_random_histories_keep_every_funding_identity(operations: list[tuple[str, object, object]]) -> None:
+    asyncio.run(run_history(operations))
 
 
-async def run_history(operations: list[tuple[str, object, object]], claw: bool) -> None:
+async def run_history(operations: list[tuple[str, object, object]]) -> None:
     wallet = new_wallet()
-    wallet_service.CLAW_BACK_GIFTS = claw
-    try:
-        for account_id in ACCOUNTS:
-            await wallet.service.upsert_account(
-                convert.upsert_account(
-                    w.UpsertAccountRequest(request_id=f"up-{account_id}", account_id=account_id, adult_verified=True)
-                )
+    for account_id in ACCOUNTS:
+        await wallet.service.upsert_account(
+            convert.upsert_account(
+                w.UpsertAccountRequest(request_id=f"up-{account_id}", account_id=account_id, adult_verified=True)
             )
-        purchases: list[str] = []
-        for op in operations:
-            # A refusal (no coins, frozen, nothing left to reverse) moves nothing: the identities say so.
-            with contextlib.suppress(AppError):
-                await apply(wallet, op, purchases)
-            assert funding_violations(wallet.store.state) == []
-    finally:
-        wallet_service.CLAW_BACK_GIFTS = False
+        )
+    purchases: list[str] = []
+    for op in operations:
+        # A refusal (no coins, frozen, nothing left to reverse) moves nothing: the identities say so.
+        with contextlib.suppress(AppError):
+            await apply(wallet, op, purchases)
+        assert funding_violations(wallet.store.state) == []
 
 
 async def apply(wallet: Wallet, op: tuple[str, object, object], purchases: list[str]) -> None:

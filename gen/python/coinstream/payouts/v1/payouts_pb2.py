@@ -23,61 +23,68 @@ _sym_db = _symbol_database.Default()
 
 
 from coinstream.type.v1 import money_pb2 as coinstream_dot_type_dot_v1_dot_money__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#coinstream/payouts/v1/payouts.proto\x12\x15\x63oinstream.payouts.v1\x1a\x1e\x63oinstream/type/v1/money.proto\"\x8a\x01\n\x08\x45\x61rnings\x12\x12\n\ncreator_id\x18\x01 \x01(\t\x12\x1a\n\x12\x61vailable_diamonds\x18\x02 \x01(\x03\x12\x19\n\x11reserved_diamonds\x18\x03 \x01(\x03\x12\x19\n\x11lifetime_diamonds\x18\x04 \x01(\x03\x12\x18\n\x10pending_diamonds\x18\x05 \x01(\x03\"@\n\x0b\x45\x61rningsRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08\x64iamonds\x18\x02 \x01(\x03\x12\x12\n\ngift_count\x18\x03 \x01(\x03\"\xf0\x01\n\x05Rates\x12#\n\x1b\x64iamonds_per_coin_numerator\x18\x01 \x01(\x03\x12%\n\x1d\x64iamonds_per_coin_denominator\x18\x02 \x01(\x03\x12\x39\n\x16\x64iamond_value_per_1000\x18\x03 \x01(\x0b\x32\x19.coinstream.type.v1.Money\x12#\n\x1bminimum_withdrawal_diamonds\x18\x04 \x01(\x03\x12%\n\x1d\x64\x61ily_withdrawal_cap_diamonds\x18\x05 \x01(\x03\x12\x14\n\x0crate_version\x18\x06 \x01(\x05\"V\n\x0e\x43reatorProfile\x12\x12\n\ncreator_id\x18\x01 \x01(\t\x12\x14\n\x0ckyc_verified\x18\x02 \x01(\x08\x12\x1a\n\x12payout_destination\x18\x03 \x01(\t\"\xc5\x01\n\nWithdrawal\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\x10\n\x08\x64iamonds\x18\x03 \x01(\x03\x12)\n\x06payout\x18\x04 \x01(\x0b\x32\x19.coinstream.type.v1.Money\x12\x37\n\x06status\x18\x05 \x01(\x0e\x32\'.coinstream.payouts.v1.WithdrawalStatus\x12\x16\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\t\"(\n\x12GetEarningsRequest\x12\x12\n\ncreator_id\x18\x01 \x01(\t\"H\n\x13GetEarningsResponse\x12\x31\n\x08\x65\x61rnings\x18\x01 \x01(\x0b\x32\x1f.coinstream.payouts.v1.Earnings\"\x11\n\x0fGetRatesRequest\"?\n\x10GetRatesResponse\x12+\n\x05rates\x18\x01 \x01(\x0b\x32\x1c.coinstream.payouts.v1.Rates\"w\n\x1bUpdateCreatorProfileRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\x14\n\x0ckyc_verified\x18\x03 \x01(\x08\x12\x1a\n\x12payout_destination\x18\x04 \x01(\t\"V\n\x1cUpdateCreatorProfileResponse\x12\x36\n\x07profile\x18\x01 \x01(\x0b\x32%.coinstream.payouts.v1.CreatorProfile\"T\n\x18RequestWithdrawalRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\x10\n\x08\x64iamonds\x18\x03 \x01(\x03\"R\n\x19RequestWithdrawalResponse\x12\x35\n\nwithdrawal\x18\x01 \x01(\x0b\x32!.coinstream.payouts.v1.Withdrawal\"-\n\x14GetWithdrawalRequest\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\"N\n\x15GetWithdrawalResponse\x12\x35\n\nwithdrawal\x18\x01 \x01(\x0b\x32!.coinstream.payouts.v1.Withdrawal\"D\n\x17\x43\x61ncelWithdrawalRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rwithdrawal_id\x18\x02 \x01(\t\"Q\n\x18\x43\x61ncelWithdrawalResponse\x12\x35\n\nwithdrawal\x18\x01 \x01(\x0b\x32!.coinstream.payouts.v1.Withdrawal\"S\n\x16ListWithdrawalsRequest\x12\x12\n\ncreator_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"j\n\x17ListWithdrawalsResponse\x12\x36\n\x0bwithdrawals\x18\x01 \x03(\x0b\x32!.coinstream.payouts.v1.Withdrawal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8a\x01\n\x13ListEarningsRequest\x12\x12\n\ncreator_id\x18\x01 \x01(\t\x12\x38\n\x08group_by\x18\x02 \x01(\x0e\x32&.coinstream.payouts.v1.EarningsGroupBy\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"a\n\x14ListEarningsResponse\x12\x30\n\x04rows\x18\x01 \x03(\x0b\x32\".coinstream.payouts.v1.EarningsRow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8a\x01\n\x0f\x45\x61rningsGroupBy\x12!\n\x1d\x45\x41RNINGS_GROUP_BY_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45\x41RNINGS_GROUP_BY_DAY\x10\x01\x12\x1c\n\x18\x45\x41RNINGS_GROUP_BY_STREAM\x10\x02\x12\x1b\n\x17\x45\x41RNINGS_GROUP_BY_VIDEO\x10\x03*\xae\x01\n\x10WithdrawalStatus\x12!\n\x1dWITHDRAWAL_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19WITHDRAWAL_STATUS_PENDING\x10\x01\x12\x1a\n\x16WITHDRAWAL_STATUS_PAID\x10\x02\x12\x1c\n\x18WITHDRAWAL_STATUS_FAILED\x10\x03\x12\x1e\n\x1aWITHDRAWAL_STATUS_CANCELED\x10\x04\x32\x87\x07\n\rPayoutService\x12\x64\n\x0bGetEarnings\x12).coinstream.payouts.v1.GetEarningsRequest\x1a*.coinstream.payouts.v1.GetEarningsResponse\x12[\n\x08GetRates\x12&.coinstream.payouts.v1.GetRatesRequest\x1a\'.coinstream.payouts.v1.GetRatesResponse\x12\x7f\n\x14UpdateCreatorProfile\x12\x32.coinstream.payouts.v1.UpdateCreatorProfileRequest\x1a\x33.coinstream.payouts.v1.UpdateCreatorProfileResponse\x12v\n\x11RequestWithdrawal\x12/.coinstream.payouts.v1.RequestWithdrawalRequest\x1a\x30.coinstream.payouts.v1.RequestWithdrawalResponse\x12j\n\rGetWithdrawal\x12+.coinstream.payouts.v1.GetWithdrawalRequest\x1a,.coinstream.payouts.v1.GetWithdrawalResponse\x12s\n\x10\x43\x61ncelWithdrawal\x12..coinstream.payouts.v1.CancelWithdrawalRequest\x1a/.coinstream.payouts.v1.CancelWithdrawalResponse\x12p\n\x0fListWithdrawals\x12-.coinstream.payouts.v1.ListWithdrawalsRequest\x1a..coinstream.payouts.v1.ListWithdrawalsResponse\x12g\n\x0cListEarnings\x12*.coinstream.payouts.v1.ListEarningsRequest\x1a+.coinstream.payouts.v1.ListEarningsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#coinstream/payouts/v1/payouts.proto\x12\x15\x63oinstream.payouts.v1\x1a\x1e\x63oinstream/type/v1/money.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n\x08\x45\x61rnings\x12\x12\n\ncreator_id\x18\x01 \x01(\t\x12\x1a\n\x12\x61vailable_diamonds\x18\x02 \x01(\x03\x12\x19\n\x11reserved_diamonds\x18\x03 \x01(\x03\x12\x19\n\x11lifetime_diamonds\x18\x04 \x01(\x03\x12\x18\n\x10pending_diamonds\x18\x05 \x01(\x03\x12\x1c\n\x14\x63lawed_back_diamonds\x18\x06 \x01(\x03\x12\x15\n\rdebt_diamonds\x18\x07 \x01(\x03\"\xd3\x01\n\x08\x43lawback\x12\x1b\n\x13gift_transaction_id\x18\x01 \x01(\t\x12\r\n\x05\x63oins\x18\x02 \x01(\x03\x12\x10\n\x08\x64iamonds\x18\x03 \x01(\x03\x12\x1d\n\x15\x66rom_pending_diamonds\x18\x04 \x01(\x03\x12\x1f\n\x17\x66rom_available_diamonds\x18\x05 \x01(\x03\x12\x15\n\rdebt_diamonds\x18\x06 \x01(\x03\x12\x32\n\x0e\x63lawed_back_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x0b\x45\x61rningsRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08\x64iamonds\x18\x02 \x01(\x03\x12\x12\n\ngift_count\x18\x03 \x01(\x03\"\xf0\x01\n\x05Rates\x12#\n\x1b\x64iamonds_per_coin_numerator\x18\x01 \x01(\x03\x12%\n\x1d\x64iamonds_per_coin_denominator\x18\x02 \x01(\x03\x12\x39\n\x16\x64iamond_value_per_1000\x18\x03 \x01(\x0b\x32\x19.coinstream.type.v1.Money\x12#\n\x1bminimum_withdrawal_diamonds\x18\x04 \x01(\x03\x12%\n\x1d\x64\x61ily_withdrawal_cap_diamonds\x18\x05 \x01(\x03\x12\x14\n\x0crate_version\x18\x06 \x01(\x05\"V\n\x0e\x43reatorProfile\x12\x12\n\ncreator_id\x18\x01 \x01(\t\x12\x14\n\x0ckyc_verified\x18\x02 \x01(\x08\x12\x1a\n\x12payout_destination\x18\x03 \x01(\t\"\xc5\x01\n\nWithdrawal\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\x10\n\x08\x64iamonds\x18\x03 \x01(\x03\x12)\n\x06payout\x18\x04 \x01(\x0b\x32\x19.coinstream.type.v1.Money\x12\x37\n\x06status\x18\x05 \x01(\x0e\x32\'.coinstream.payouts.v1.WithdrawalStatus\x12\x16\n\x0e\x66\x61ilure_reason\x18\x06 \x01(\t\"(\n\x12GetEarningsRequest\x12\x12\n\ncreator_id\x18\x01 \x01(\t\"H\n\x13GetEarningsResponse\x12\x31\n\x08\x65\x61rnings\x18\x01 \x01(\x0b\x32\x1f.coinstream.payouts.v1.Earnings\"\x11\n\x0fGetRatesRequest\"?\n\x10GetRatesResponse\x12+\n\x05rates\x18\x01 \x01(\x0b\x32\x1c.coinstream.payouts.v1.Rates\"w\n\x1bUpdateCreatorProfileRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\x14\n\x0ckyc_verified\x18\x03 \x01(\x08\x12\x1a\n\x12payout_destination\x18\x04 \x01(\t\"V\n\x1cUpdateCreatorProfileResponse\x12\x36\n\x07profile\x18\x01 \x01(\x0b\x32%.coinstream.payouts.v1.CreatorProfile\"T\n\x18RequestWithdrawalRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\x10\n\x08\x64iamonds\x18\x03 \x01(\x03\"R\n\x19RequestWithdrawalResponse\x12\x35\n\nwithdrawal\x18\x01 \x01(\x0b\x32!.coinstream.payouts.v1.Withdrawal\"-\n\x14GetWithdrawalRequest\x12\x15\n\rwithdrawal_id\x18\x01 \x01(\t\"N\n\x15GetWithdrawalResponse\x12\x35\n\nwithdrawal\x18\x01 \x01(\x0b\x32!.coinstream.payouts.v1.Withdrawal\"D\n\x17\x43\x61ncelWithdrawalRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rwithdrawal_id\x18\x02 \x01(\t\"Q\n\x18\x43\x61ncelWithdrawalResponse\x12\x35\n\nwithdrawal\x18\x01 \x01(\x0b\x32!.coinstream.payouts.v1.Withdrawal\"S\n\x16ListWithdrawalsRequest\x12\x12\n\ncreator_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"j\n\x17ListWithdrawalsResponse\x12\x36\n\x0bwithdrawals\x18\x01 \x03(\x0b\x32!.coinstream.payouts.v1.Withdrawal\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8a\x01\n\x13ListEarningsRequest\x12\x12\n\ncreator_id\x18\x01 \x01(\t\x12\x38\n\x08group_by\x18\x02 \x01(\x0e\x32&.coinstream.payouts.v1.EarningsGroupBy\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"a\n\x14ListEarningsResponse\x12\x30\n\x04rows\x18\x01 \x03(\x0b\x32\".coinstream.payouts.v1.EarningsRow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x14ListClawbacksRequest\x12\x12\n\ncreator_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x15ListClawbacksResponse\x12\x32\n\tclawbacks\x18\x01 \x03(\x0b\x32\x1f.coinstream.payouts.v1.Clawback\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8a\x01\n\x0f\x45\x61rningsGroupBy\x12!\n\x1d\x45\x41RNINGS_GROUP_BY_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45\x41RNINGS_GROUP_BY_DAY\x10\x01\x12\x1c\n\x18\x45\x41RNINGS_GROUP_BY_STREAM\x10\x02\x12\x1b\n\x17\x45\x41RNINGS_GROUP_BY_VIDEO\x10\x03*\xae\x01\n\x10WithdrawalStatus\x12!\n\x1dWITHDRAWAL_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19WITHDRAWAL_STATUS_PENDING\x10\x01\x12\x1a\n\x16WITHDRAWAL_STATUS_PAID\x10\x02\x12\x1c\n\x18WITHDRAWAL_STATUS_FAILED\x10\x03\x12\x1e\n\x1aWITHDRAWAL_STATUS_CANCELED\x10\x04\x32\xf3\x07\n\rPayoutService\x12\x64\n\x0bGetEarnings\x12).coinstream.payouts.v1.GetEarningsRequest\x1a*.coinstream.payouts.v1.GetEarningsResponse\x12[\n\x08GetRates\x12&.coinstream.payouts.v1.GetRatesRequest\x1a\'.coinstream.payouts.v1.GetRatesResponse\x12\x7f\n\x14UpdateCreatorProfile\x12\x32.coinstream.payouts.v1.UpdateCreatorProfileRequest\x1a\x33.coinstream.payouts.v1.UpdateCreatorProfileResponse\x12v\n\x11RequestWithdrawal\x12/.coinstream.payouts.v1.RequestWithdrawalRequest\x1a\x30.coinstream.payouts.v1.RequestWithdrawalResponse\x12j\n\rGetWithdrawal\x12+.coinstream.payouts.v1.GetWithdrawalRequest\x1a,.coinstream.payouts.v1.GetWithdrawalResponse\x12s\n\x10\x43\x61ncelWithdrawal\x12..coinstream.payouts.v1.CancelWithdrawalRequest\x1a/.coinstream.payouts.v1.CancelWithdrawalResponse\x12p\n\x0fListWithdrawals\x12-.coinstream.payouts.v1.ListWithdrawalsRequest\x1a..coinstream.payouts.v1.ListWithdrawalsResponse\x12g\n\x0cListEarnings\x12*.coinstream.payouts.v1.ListEarningsRequest\x1a+.coinstream.payouts.v1.ListEarningsResponse\x12j\n\rListClawbacks\x12+.coinstream.payouts.v1.ListClawbacksRequest\x1a,.coinstream.payouts.v1.ListClawbacksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coinstream.payouts.v1.payouts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EARNINGSGROUPBY']._serialized_start=2125
-  _globals['_EARNINGSGROUPBY']._serialized_end=2263
-  _globals['_WITHDRAWALSTATUS']._serialized_start=2266
-  _globals['_WITHDRAWALSTATUS']._serialized_end=2440
-  _globals['_EARNINGS']._serialized_start=95
-  _globals['_EARNINGS']._serialized_end=233
-  _globals['_EARNINGSROW']._serialized_start=235
-  _globals['_EARNINGSROW']._serialized_end=299
-  _globals['_RATES']._serialized_start=302
-  _globals['_RATES']._serialized_end=542
-  _globals['_CREATORPROFILE']._serialized_start=544
-  _globals['_CREATORPROFILE']._serialized_end=630
-  _globals['_WITHDRAWAL']._serialized_start=633
-  _globals['_WITHDRAWAL']._serialized_end=830
-  _globals['_GETEARNINGSREQUEST']._serialized_start=832
-  _globals['_GETEARNINGSREQUEST']._serialized_end=872
-  _globals['_GETEARNINGSRESPONSE']._serialized_start=874
-  _globals['_GETEARNINGSRESPONSE']._serialized_end=946
-  _globals['_GETRATESREQUEST']._serialized_start=948
-  _globals['_GETRATESREQUEST']._serialized_end=965
-  _globals['_GETRATESRESPONSE']._serialized_start=967
-  _globals['_GETRATESRESPONSE']._serialized_end=1030
-  _globals['_UPDATECREATORPROFILEREQUEST']._serialized_start=1032
-  _globals['_UPDATECREATORPROFILEREQUEST']._serialized_end=1151
-  _globals['_UPDATECREATORPROFILERESPONSE']._serialized_start=1153
-  _globals['_UPDATECREATORPROFILERESPONSE']._serialized_end=1239
-  _globals['_REQUESTWITHDRAWALREQUEST']._serialized_start=1241
-  _globals['_REQUESTWITHDRAWALREQUEST']._serialized_end=1325
-  _globals['_REQUESTWITHDRAWALRESPONSE']._serialized_start=1327
-  _globals['_REQUESTWITHDRAWALRESPONSE']._serialized_end=1409
-  _globals['_GETWITHDRAWALREQUEST']._serialized_start=1411
-  _globals['_GETWITHDRAWALREQUEST']._serialized_end=1456
-  _globals['_GETWITHDRAWALRESPONSE']._serialized_start=1458
-  _globals['_GETWITHDRAWALRESPONSE']._serialized_end=1536
-  _globals['_CANCELWITHDRAWALREQUEST']._serialized_start=1538
-  _globals['_CANCELWITHDRAWALREQUEST']._serialized_end=1606
-  _globals['_CANCELWITHDRAWALRESPONSE']._serialized_start=1608
-  _globals['_CANCELWITHDRAWALRESPONSE']._serialized_end=1689
-  _globals['_LISTWITHDRAWALSREQUEST']._serialized_start=1691
-  _globals['_LISTWITHDRAWALSREQUEST']._serialized_end=1774
-  _globals['_LISTWITHDRAWALSRESPONSE']._serialized_start=1776
-  _globals['_LISTWITHDRAWALSRESPONSE']._serialized_end=1882
-  _globals['_LISTEARNINGSREQUEST']._serialized_start=1885
-  _globals['_LISTEARNINGSREQUEST']._serialized_end=2023
-  _globals['_LISTEARNINGSRESPONSE']._serialized_start=2025
-  _globals['_LISTEARNINGSRESPONSE']._serialized_end=2122
-  _globals['_PAYOUTSERVICE']._serialized_start=2443
-  _globals['_PAYOUTSERVICE']._serialized_end=3346
+  _globals['_EARNINGSGROUPBY']._serialized_start=2610
+  _globals['_EARNINGSGROUPBY']._serialized_end=2748
+  _globals['_WITHDRAWALSTATUS']._serialized_start=2751
+  _globals['_WITHDRAWALSTATUS']._serialized_end=2925
+  _globals['_EARNINGS']._serialized_start=128
+  _globals['_EARNINGS']._serialized_end=319
+  _globals['_CLAWBACK']._serialized_start=322
+  _globals['_CLAWBACK']._serialized_end=533
+  _globals['_EARNINGSROW']._serialized_start=535
+  _globals['_EARNINGSROW']._serialized_end=599
+  _globals['_RATES']._serialized_start=602
+  _globals['_RATES']._serialized_end=842
+  _globals['_CREATORPROFILE']._serialized_start=844
+  _globals['_CREATORPROFILE']._serialized_end=930
+  _globals['_WITHDRAWAL']._serialized_start=933
+  _globals['_WITHDRAWAL']._serialized_end=1130
+  _globals['_GETEARNINGSREQUEST']._serialized_start=1132
+  _globals['_GETEARNINGSREQUEST']._serialized_end=1172
+  _globals['_GETEARNINGSRESPONSE']._serialized_start=1174
+  _globals['_GETEARNINGSRESPONSE']._serialized_end=1246
+  _globals['_GETRATESREQUEST']._serialized_start=1248
+  _globals['_GETRATESREQUEST']._serialized_end=1265
+  _globals['_GETRATESRESPONSE']._serialized_start=1267
+  _globals['_GETRATESRESPONSE']._serialized_end=1330
+  _globals['_UPDATECREATORPROFILEREQUEST']._serialized_start=1332
+  _globals['_UPDATECREATORPROFILEREQUEST']._serialized_end=1451
+  _globals['_UPDATECREATORPROFILERESPONSE']._serialized_start=1453
+  _globals['_UPDATECREATORPROFILERESPONSE']._serialized_end=1539
+  _globals['_REQUESTWITHDRAWALREQUEST']._serialized_start=1541
+  _globals['_REQUESTWITHDRAWALREQUEST']._serialized_end=1625
+  _globals['_REQUESTWITHDRAWALRESPONSE']._serialized_start=1627
+  _globals['_REQUESTWITHDRAWALRESPONSE']._serialized_end=1709
+  _globals['_GETWITHDRAWALREQUEST']._serialized_start=1711
+  _globals['_GETWITHDRAWALREQUEST']._serialized_end=1756
+  _globals['_GETWITHDRAWALRESPONSE']._serialized_start=1758
+  _globals['_GETWITHDRAWALRESPONSE']._serialized_end=1836
+  _globals['_CANCELWITHDRAWALREQUEST']._serialized_start=1838
+  _globals['_CANCELWITHDRAWALREQUEST']._serialized_end=1906
+  _globals['_CANCELWITHDRAWALRESPONSE']._serialized_start=1908
+  _globals['_CANCELWITHDRAWALRESPONSE']._serialized_end=1989
+  _globals['_LISTWITHDRAWALSREQUEST']._serialized_start=1991
+  _globals['_LISTWITHDRAWALSREQUEST']._serialized_end=2074
+  _globals['_LISTWITHDRAWALSRESPONSE']._serialized_start=2076
+  _globals['_LISTWITHDRAWALSRESPONSE']._serialized_end=2182
+  _globals['_LISTEARNINGSREQUEST']._serialized_start=2185
+  _globals['_LISTEARNINGSREQUEST']._serialized_end=2323
+  _globals['_LISTEARNINGSRESPONSE']._serialized_start=2325
+  _globals['_LISTEARNINGSRESPONSE']._serialized_end=2422
+  _globals['_LISTCLAWBACKSREQUEST']._serialized_start=2424
+  _globals['_LISTCLAWBACKSREQUEST']._serialized_end=2505
+  _globals['_LISTCLAWBACKSRESPONSE']._serialized_start=2507
+  _globals['_LISTCLAWBACKSRESPONSE']._serialized_end=2607
+  _globals['_PAYOUTSERVICE']._serialized_start=2928
+  _globals['_PAYOUTSERVICE']._serialized_end=3939
 # @@protoc_insertion_point(module_scope)

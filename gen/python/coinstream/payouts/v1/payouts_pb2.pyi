@@ -7,6 +7,7 @@ from coinstream.type.v1 import money_pb2 as _money_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -77,6 +78,8 @@ class Earnings(_message.Message):
     RESERVED_DIAMONDS_FIELD_NUMBER: _builtins.int
     LIFETIME_DIAMONDS_FIELD_NUMBER: _builtins.int
     PENDING_DIAMONDS_FIELD_NUMBER: _builtins.int
+    CLAWED_BACK_DIAMONDS_FIELD_NUMBER: _builtins.int
+    DEBT_DIAMONDS_FIELD_NUMBER: _builtins.int
     creator_id: _builtins.str
     available_diamonds: _builtins.int
     """Diamonds that can be withdrawn now."""
@@ -86,6 +89,14 @@ class Earnings(_message.Message):
     """All diamonds ever credited from gifts."""
     pending_diamonds: _builtins.int
     """Diamonds still in their maturity hold; they become available when it ends."""
+    clawed_back_diamonds: _builtins.int
+    """All diamonds ever taken back because the purchase behind a gift was reversed (lifetime_diamonds keeps counting
+    what was credited).
+    """
+    debt_diamonds: _builtins.int
+    """Diamonds clawed back beyond what the creator had: new diamonds repay it before any becomes available, and no
+    withdrawal is possible meanwhile (CREATOR_IN_DEBT).
+    """
     def __init__(
         self,
         *,
@@ -94,14 +105,60 @@ class Earnings(_message.Message):
         reserved_diamonds: _builtins.int = ...,
         lifetime_diamonds: _builtins.int = ...,
         pending_diamonds: _builtins.int = ...,
+        clawed_back_diamonds: _builtins.int = ...,
+        debt_diamonds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_diamonds", b"available_diamonds", "creator_id", b"creator_id", "lifetime_diamonds", b"lifetime_diamonds", "pending_diamonds", b"pending_diamonds", "reserved_diamonds", b"reserved_diamonds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_diamonds", b"available_diamonds", "clawed_back_diamonds", b"clawed_back_diamonds", "creator_id", b"creator_id", "debt_diamonds", b"debt_diamonds", "lifetime_diamonds", b"lifetime_diamonds", "pending_diamonds", b"pending_diamonds", "reserved_diamonds", b"reserved_diamonds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Earnings: _TypeAlias = Earnings  # noqa: Y015
+
+@_typing.final
+class Clawback(_message.Message):
+    """Diamonds taken back from one gift."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GIFT_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    COINS_FIELD_NUMBER: _builtins.int
+    DIAMONDS_FIELD_NUMBER: _builtins.int
+    FROM_PENDING_DIAMONDS_FIELD_NUMBER: _builtins.int
+    FROM_AVAILABLE_DIAMONDS_FIELD_NUMBER: _builtins.int
+    DEBT_DIAMONDS_FIELD_NUMBER: _builtins.int
+    CLAWED_BACK_AT_FIELD_NUMBER: _builtins.int
+    gift_transaction_id: _builtins.str
+    coins: _builtins.int
+    """The gift's coins whose purchase was reversed, and the diamonds they had earned."""
+    diamonds: _builtins.int
+    from_pending_diamonds: _builtins.int
+    """Where the diamonds came from: still in the gift's maturity hold, available, or (what the creator did not have)
+    added to the debt.
+    """
+    from_available_diamonds: _builtins.int
+    debt_diamonds: _builtins.int
+    @_builtins.property
+    def clawed_back_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        gift_transaction_id: _builtins.str = ...,
+        coins: _builtins.int = ...,
+        diamonds: _builtins.int = ...,
+        from_pending_diamonds: _builtins.int = ...,
+        from_available_diamonds: _builtins.int = ...,
+        debt_diamonds: _builtins.int = ...,
+        clawed_back_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clawed_back_at", b"clawed_back_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clawed_back_at", b"clawed_back_at", "coins", b"coins", "debt_diamonds", b"debt_diamonds", "diamonds", b"diamonds", "from_available_diamonds", b"from_available_diamonds", "from_pending_diamonds", b"from_pending_diamonds", "gift_transaction_id", b"gift_transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Clawback: _TypeAlias = Clawback  # noqa: Y015
 
 @_typing.final
 class EarningsRow(_message.Message):
@@ -575,3 +632,52 @@ class ListEarningsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListEarningsResponse: _TypeAlias = ListEarningsResponse  # noqa: Y015
+
+@_typing.final
+class ListClawbacksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    creator_id: _builtins.str
+    page_size: _builtins.int
+    """1-100; 0 means the default of 50."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        creator_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator_id", b"creator_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListClawbacksRequest: _TypeAlias = ListClawbacksRequest  # noqa: Y015
+
+@_typing.final
+class ListClawbacksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAWBACKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def clawbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Clawback]: ...
+    def __init__(
+        self,
+        *,
+        clawbacks: _abc.Iterable[Global___Clawback] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clawbacks", b"clawbacks", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListClawbacksResponse: _TypeAlias = ListClawbacksResponse  # noqa: Y015

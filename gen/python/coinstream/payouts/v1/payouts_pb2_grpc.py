@@ -75,6 +75,11 @@ class PayoutServiceStub:
                 request_serializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListEarningsRequest.SerializeToString,
                 response_deserializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListEarningsResponse.FromString,
                 _registered_method=True)
+        self.ListClawbacks = channel.unary_unary(
+                '/coinstream.payouts.v1.PayoutService/ListClawbacks',
+                request_serializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListClawbacksRequest.SerializeToString,
+                response_deserializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListClawbacksResponse.FromString,
+                _registered_method=True)
 
 
 class PayoutServiceServicer:
@@ -137,6 +142,14 @@ class PayoutServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListClawbacks(self, request, context):
+        """A creator's clawbacks: diamonds taken back because the purchase that paid for a gift was reversed, newest first
+        (owner, service, admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PayoutServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +192,11 @@ def add_PayoutServiceServicer_to_server(servicer, server):
                     servicer.ListEarnings,
                     request_deserializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListEarningsRequest.FromString,
                     response_serializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListEarningsResponse.SerializeToString,
+            ),
+            'ListClawbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClawbacks,
+                    request_deserializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListClawbacksRequest.FromString,
+                    response_serializer=coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListClawbacksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +416,33 @@ class PayoutService:
             '/coinstream.payouts.v1.PayoutService/ListEarnings',
             coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListEarningsRequest.SerializeToString,
             coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListEarningsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListClawbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.payouts.v1.PayoutService/ListClawbacks',
+            coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListClawbacksRequest.SerializeToString,
+            coinstream_dot_payouts_dot_v1_dot_payouts__pb2.ListClawbacksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class PayoutServiceStub:
     """A creator's withdrawals, newest first (owner, service, admin)."""
     ListEarnings: _grpc.UnaryUnaryMultiCallable[_payouts_pb2.ListEarningsRequest, _payouts_pb2.ListEarningsResponse]
     """A creator's statement: diamonds and gift counts per day, stream or video, newest first (owner, service, admin)."""
+    ListClawbacks: _grpc.UnaryUnaryMultiCallable[_payouts_pb2.ListClawbacksRequest, _payouts_pb2.ListClawbacksResponse]
+    """A creator's clawbacks: diamonds taken back because the purchase that paid for a gift was reversed, newest first
+    (owner, service, admin).
+    """
 
 @_typing.type_check_only
 class PayoutServiceAsyncStub(PayoutServiceStub):
@@ -71,6 +75,10 @@ class PayoutServiceAsyncStub(PayoutServiceStub):
     """A creator's withdrawals, newest first (owner, service, admin)."""
     ListEarnings: _aio.UnaryUnaryMultiCallable[_payouts_pb2.ListEarningsRequest, _payouts_pb2.ListEarningsResponse]  # type: ignore[assignment]
     """A creator's statement: diamonds and gift counts per day, stream or video, newest first (owner, service, admin)."""
+    ListClawbacks: _aio.UnaryUnaryMultiCallable[_payouts_pb2.ListClawbacksRequest, _payouts_pb2.ListClawbacksResponse]  # type: ignore[assignment]
+    """A creator's clawbacks: diamonds taken back because the purchase that paid for a gift was reversed, newest first
+    (owner, service, admin).
+    """
 
 class PayoutServiceServicer(metaclass=_abc_1.ABCMeta):
     """Creator diamonds and their withdrawal to real money."""
@@ -138,5 +146,15 @@ class PayoutServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_payouts_pb2.ListEarningsResponse, _abc.Awaitable[_payouts_pb2.ListEarningsResponse]]:
         """A creator's statement: diamonds and gift counts per day, stream or video, newest first (owner, service, admin)."""
+
+    @_abc_1.abstractmethod
+    def ListClawbacks(
+        self,
+        request: _payouts_pb2.ListClawbacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payouts_pb2.ListClawbacksResponse, _abc.Awaitable[_payouts_pb2.ListClawbacksResponse]]:
+        """A creator's clawbacks: diamonds taken back because the purchase that paid for a gift was reversed, newest first
+        (owner, service, admin).
+        """
 
 def add_PayoutServiceServicer_to_server(servicer: PayoutServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
