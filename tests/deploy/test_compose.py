@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from services.runtime.nats_permissions import SERVICE_USERS, USERS, environment_variable_for
 from tests.deploy.manifests import DEPLOY, SETTINGS, compose, setting_names
 
 SERVICES = tuple(SETTINGS)
@@ -90,3 +91,38 @@ def test_production_payouts_holds_diamonds_for_seven_days_unless_told_otherwise(
     assert default_of(production["COINSTREAM_ALLOW_SHORT_DIAMOND_HOLD"]) == "false"
     assert {n for n in production if n.startswith("COINSTREAM_")} <= setting_names(SETTINGS["payouts"])
     assert "COINSTREAM_DIAMOND_HOLD_SECONDS" not in compose()["services"]["payouts"]["environment"]
+
+
+def test_each_service_logs_in_to_nats_as_its_own_user_once_nats_is_healthy() -> None:
+    """Every service is a NATS client with a user of its own (services/runtime/nats_permissions.py) and that user's
+    password, the variable nats-server resolves in nats.conf; nats-server is given every user's. In production mode
+    each reaches NATS over TLS, verified against the CA."""
+    services = compose()["services"]
+    nats_environment = services["nats"]["environment"]
+    assert set(nats_environment) == {environment_variable_for(user) for user in USERS}
+    for name, value in nats_environment.items():
+        assert value == f"${{{name}:?set {name}}}"
+    production = yaml.safe_load((DEPLOY / "compose.production.yaml").read_text())["services"]
+    for service in SERVICES:
+        user = SERVICE_USERS[service]
+        environment = services[service]["environment"]
+        assert environment["COINSTREAM_NATS_USER"] == user, service
+        variable = environment_variable_for(user)
+        assert environment["COINSTREAM_NATS_PASSWORD"] == f"${{{variable}:?set {variable}}}", service
+        assert environment["COINSTREAM_NATS_URL"] == "nats://nats:4222"
+        assert services[service]["depends_on"]["nats"]["condition"] == "service_healthy", service
+        tls = production[service]["environment"]
+        assert tls["COINSTREAM_NATS_URL"].startswith("tls://nats:") and tls["COINSTREAM_NATS_TLS_CA_FILE"], service
+    for service in SERVICES:
+        migrate = services[f"{service}-migrate"]["environment"]
+        assert not [n for n in migrate if n.startswith("COINSTREAM_NATS_")], f"{service}-migrate"
+
+
+def test_the_readme_makes_every_secret_compose_requires() -> None:
+    """deploy/README.md's `for name in ...` line writes deploy/.env: compose refuses to start without any of them."""
+    text = (DEPLOY / "compose.yaml").read_text()
+    required = {name for name in re.findall(r"\$\{([A-Z_]+):\?", text) if "PASSWORD" in name or "SECRET" in name}
+    readme = (DEPLOY / "README.md").read_text()
+    loop = re.search(r"for name in (.+?); do", readme, re.DOTALL)
+    assert loop is not None
+    assert set(loop.group(1).replace("\\", " ").split()) == required

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 from kubernetes_validate import utils as kubernetes_schemas
 
+from services.runtime.nats_permissions import SERVICE_USERS, USERS, environment_variable_for
 from services.runtime.server import LIVENESS_HEALTH_NAME
 from tests.deploy.manifests import (
     KUBERNETES,
@@ -206,6 +207,46 @@ def test_prod_gives_each_service_everything_production_mode_requires() -> None:
             assert settings.production_problems() == []
 
 
+def _is_the_nats_secret(name: str) -> bool:
+    """coinstream-nats, with the hash suffix kustomize gives a generated Secret (dev) or without (prod)."""
+    return name == "coinstream-nats" or (
+        name.startswith("coinstream-nats-") and name.removeprefix("coinstream-nats-").isalnum()
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_service_logs_in_to_nats_as_its_own_user_with_only_its_own_password(overlay: str) -> None:
+    """Every service is a NATS client with a user of its own (services/runtime/nats_permissions.py): its password
+    file holds its own key of coinstream-nats and no other, and nats-server takes every user's key from that Secret.
+    The migration Jobs get no NATS login."""
+    manifests = render(f"overlays/{overlay}")
+    servers = set()
+    for workload, container, service, migrate in service_containers(manifests):
+        env = container_environment(manifests, container)
+        if migrate:
+            assert not [n for n in env if n.startswith("COINSTREAM_NATS_")], workload["metadata"]["name"]
+            continue
+        user = SERVICE_USERS[service]
+        assert env["COINSTREAM_NATS_USER"] == user, service
+        assert "COINSTREAM_NATS_PASSWORD" not in env  # a file, read at connect: never a plain variable
+        password_file = Path(env["COINSTREAM_NATS_PASSWORD_FILE"] or "")
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == str(password_file.parent)]
+        assert mount["readOnly"] is True
+        [volume] = [v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+        assert _is_the_nats_secret(volume["secret"]["secretName"]), service
+        assert volume["secret"]["items"] == [{"key": environment_variable_for(user), "path": password_file.name}]
+        servers.add(service)
+    assert servers == set(SERVICE_USERS) == set(SETTINGS)
+    [nats] = named(manifests, "StatefulSet", "nats")["spec"]["template"]["spec"]["containers"]
+    assert any(_is_the_nats_secret(source.get("secretRef", {}).get("name", "")) for source in nats["envFrom"])
+    secrets = [s for s in objects(manifests, "Secret") if _is_the_nats_secret(s["metadata"]["name"])]
+    if overlay == "dev":  # prod's is made outside git, with the keys deploy/README.md lists
+        [secret] = secrets
+        assert set(secret["data"]) == {environment_variable_for(user) for user in USERS}
+    else:
+        assert secrets == []
+
+
 def test_prod_holds_diamonds_for_seven_days_and_dev_for_none() -> None:
     """Chargebacks arrive weeks after a purchase; production refuses a hold under a day unless told otherwise."""
     for overlay, hold in (("prod", "604800"), ("dev", None)):
@@ -355,8 +396,7 @@ def test_network_policies_cover_every_pod_and_allow_exactly_the_needed_flows() -
 
     must = [
         ("gifts", "wallet", 50051),
-        ("gifts", "nats", 4222),
-        ("payouts", "nats", 4222),
+        *[(s, "nats", 4222) for s in ("wallet", "gifts", "payouts")],
         ("nats", "nats", 6222),
         *[(s, "postgres", 5432) for s in ("wallet", "gifts", "payouts", "wallet-migrate", "gifts-migrate")],
     ]
@@ -368,12 +408,11 @@ def test_network_policies_cover_every_pod_and_allow_exactly_the_needed_flows() -
         assert not flows(stranger, pods[service], port), f"any namespace -> {service}"
     must_not = [
         ("payouts", "wallet", 50051),
-        ("wallet", "nats", 4222),
         ("wallet", "gifts", 50052),
-        ("wallet-migrate", "nats", 4222),
+        *[(f"{s}-migrate", "nats", 4222) for s in ("wallet", "gifts", "payouts")],
         ("gifts", "postgres", 8000),
     ]
     for source, target, port in must_not:
         assert not flows(pods[source], pods[target], port), f"{source} -> {target}:{port} allowed"
     assert not flows(caller, pods["postgres"], 5432) and not flows(caller, pods["nats"], 4222)
-    assert not flows(pods["wallet"], ("outside", {}, {}), 443)  # no way out but the database and DNS
+    assert not flows(pods["wallet"], ("outside", {}, {}), 443)  # no way out but the database, NATS and DNS

@@ -1,13 +1,16 @@
 """NATS refuses whoever has no business there, against the suite's real nats-server: no anonymous client, no wrong
-password; payouts' credentials cannot publish a GiftSent (diamonds from nothing); gifts' cannot take events from the
-settlement consumer nor forge dead letters; and nobody — the operator included — can delete or purge the GIFTS
-stream. The rest of the suite proves the other half: every service runs with its own login and only its own rights
-(services/runtime/nats_permissions.py), and gifts still settle."""
+password; neither payouts' nor the wallet's credentials can publish a GiftSent (diamonds from nothing), nor gifts' or
+payouts' a wallet event (a clawback or a freeze from nothing); gifts' cannot take events from the settlement consumer
+nor forge dead letters, the wallet's neither from payouts' consumer of its events; and nobody — the operator
+included — can delete or purge the GIFTS or WALLET streams. The rest of the suite proves the other half: every
+service runs with its own login and only its own rights (services/runtime/nats_permissions.py), and gifts still
+settle."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -20,6 +23,8 @@ from pathlib import Path
 import nats
 import nats.errors
 import pytest
+from coinstream.events.v1 import events_pb2
+from coinstream.wallet.v1 import wallet_pb2 as w
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -31,24 +36,35 @@ from services.runtime.messaging import (
     GIFT_SENT_DEAD_LETTER_SUBJECT,
     GIFT_SENT_SUBJECT,
     GIFTS_STREAM,
+    PURCHASE_REVERSED_SUBJECT,
     SETTLEMENT_CONSUMER,
+    WALLET_EVENTS,
+    WALLET_EVENTS_CONSUMER,
+    WALLET_STREAM,
 )
 from services.runtime.nats_login import NatsLogin
 from services.runtime.nats_permissions import (
     GIFTS_USER,
     OPERATOR_USER,
     PAYOUTS_USER,
+    SERVICE_USERS,
     USERS,
+    WALLET_USER,
     environment_variable_for,
     password_from_environment,
     render_authorization,
 )
-from tests.support.clients import Clients, new_id
+from tests.support.clients import ADMIN, Clients, new_id
+from tests.support.factories import buy, create_account, reversal
 from tests.support.payouts import earnings, gift_sent, publish
 from tests.support.stack import REPO_ROOT, Stack, operator_nats
 
 # A request nats-server refused never gets an answer: the client gives up after this.
 REFUSED_REQUEST_TIMEOUT_SECONDS = 1.0
+# How long the wallet's outbox relay may take to publish an event it queued (it is woken at once).
+WALLET_EVENT_WAIT_SECONDS = 10.0
+# Every service user with another's password: (user, whose password).
+SERVICE_PAIRS = list(itertools.permutations(SERVICE_USERS.values(), 2))
 
 
 class PermissionErrors:
@@ -147,28 +163,73 @@ async def test_a_wrong_password_is_refused(stack: Stack) -> None:
         wrong = NatsLogin(user, stack.nats.credentials.passwords[user][::-1])
         assert "authorization violation" in (await refused_connect(stack.nats.url, wrong)).lower()
     # And a password of another user is not this one's.
-    borrowed = NatsLogin(GIFTS_USER, stack.nats.credentials.passwords[PAYOUTS_USER])
-    assert "authorization violation" in (await refused_connect(stack.nats.url, borrowed)).lower()
+    for user, other in SERVICE_PAIRS:
+        borrowed = NatsLogin(user, stack.nats.credentials.passwords[other])
+        assert "authorization violation" in (await refused_connect(stack.nats.url, borrowed)).lower(), (user, other)
 
 
-async def test_payouts_cannot_publish_a_gift_sent(stack: Stack, clients: Clients) -> None:
+@pytest.mark.parametrize("user", [PAYOUTS_USER, WALLET_USER])
+async def test_no_service_but_gifts_can_publish_a_gift_sent(stack: Stack, clients: Clients, user: str) -> None:
     """The attack the permissions are for: a GiftSent for any creator becomes withdrawable diamonds."""
-    creator_id = "creator-forged-by-payouts"
+    creator_id = f"creator-forged-by-{user}"
     forged = gift_sent(creator_id, 1_000_000).SerializeToString()
     before = await stored_last_sequence(stack, GIFTS_STREAM)
-    async with logged_in(stack, PAYOUTS_USER) as payouts:
+    async with logged_in(stack, user) as session:
         with pytest.raises(nats.errors.TimeoutError):  # no acknowledgement: JetStream never saw it
-            await payouts.js.publish(GIFT_SENT_SUBJECT, forged, headers={"Nats-Msg-Id": "forged-by-payouts"})
-        await payouts.nc.publish(GIFT_SENT_SUBJECT, forged)  # nor as a plain core-NATS message
-        await payouts.nc.flush()
-        assert payouts.errors.refused(GIFT_SENT_SUBJECT), payouts.errors.seen
+            await session.js.publish(GIFT_SENT_SUBJECT, forged, headers={"Nats-Msg-Id": f"forged-by-{user}"})
+        await session.nc.publish(GIFT_SENT_SUBJECT, forged)  # nor as a plain core-NATS message
+        await session.nc.flush()
+        assert session.errors.refused(GIFT_SENT_SUBJECT), session.errors.seen
     assert forged not in await stored_since(stack, GIFTS_STREAM, before)
     assert (await earnings(clients, creator_id)).lifetime_diamonds == 0
 
 
+@pytest.mark.parametrize("user", [GIFTS_USER, PAYOUTS_USER])
+async def test_no_service_but_the_wallet_can_publish_a_wallet_event(stack: Stack, user: str) -> None:
+    """A PurchaseReversed makes payouts claw diamonds back from the creators it names: only the wallet, which
+    reversed the purchase, may publish one (payouts applies them, gifts has nothing to do with them)."""
+    forged = events_pb2.PurchaseReversed(
+        reversal_id=f"forged-by-{user}", purchase_id="pur_forged", account_id="fan-forged", coins=1_000, part=1, parts=1
+    )
+    forged.gifts.add(gift_transaction_id="gtx_forged", coins=1_000)
+    payload = forged.SerializeToString()
+    before = await stored_last_sequence(stack, WALLET_STREAM)
+    async with logged_in(stack, user) as session:
+        with pytest.raises(nats.errors.TimeoutError):  # no acknowledgement: JetStream never saw it
+            await session.js.publish(PURCHASE_REVERSED_SUBJECT, payload, headers={"Nats-Msg-Id": f"forged-by-{user}"})
+        await session.nc.publish(PURCHASE_REVERSED_SUBJECT, payload)  # nor as a plain core-NATS message
+        await session.nc.flush()
+        assert session.errors.refused(PURCHASE_REVERSED_SUBJECT), session.errors.seen
+    assert payload not in await stored_since(stack, WALLET_STREAM, before)
+
+
+async def test_the_wallet_publishes_its_events_with_its_own_login(clients: Clients, stack: Stack) -> None:
+    """The other half, end to end: the wallet's outbox relay, logged in as `wallet`, publishes a reversal's event."""
+    nc = await operator_nats(stack.nats)
+    try:
+        published = await nc.subscribe(PURCHASE_REVERSED_SUBJECT)  # core NATS: sees each publish as it happens
+        await nc.flush()
+        account_id = await create_account(clients)
+        bought = await buy(clients, account_id, "coins_330")
+        reversed_ = await clients.wallet.ReversePurchase(reversal(bought.purchase.purchase_id), metadata=ADMIN)
+        assert reversed_.account_status == w.ACCOUNT_STATUS_ACTIVE
+
+        async def its_event() -> events_pb2.PurchaseReversed:
+            while True:
+                event = events_pb2.PurchaseReversed.FromString((await published.next_msg(timeout=None)).data)
+                if event.reversal_id == reversed_.transaction_id:
+                    return event
+
+        event = await asyncio.wait_for(its_event(), WALLET_EVENT_WAIT_SECONDS)
+        assert (event.purchase_id, event.account_id) == (bought.purchase.purchase_id, account_id)
+    finally:
+        await nc.close()
+
+
 def destructive_requests(sequence: int) -> dict[str, bytes]:
     """JetStream API requests that would drop money owed to creators: a stream deleted or purged, one unsettled
-    GiftSent deleted, or the settlement consumer deleted (GIFTS keeps a message only while a consumer wants it)."""
+    GiftSent deleted, or the settlement consumer deleted (GIFTS keeps a message only while a consumer wants it); and
+    likewise a reversal or freeze not yet applied (WALLET, payouts' consumer of it)."""
     return {
         f"$JS.API.STREAM.DELETE.{GIFTS_STREAM}": b"",
         f"$JS.API.STREAM.PURGE.{GIFTS_STREAM}": b"{}",
@@ -176,11 +237,15 @@ def destructive_requests(sequence: int) -> dict[str, bytes]:
         f"$JS.API.CONSUMER.DELETE.{GIFTS_STREAM}.{SETTLEMENT_CONSUMER}": b"",
         f"$JS.API.STREAM.DELETE.{DEAD_LETTERS_STREAM}": b"",
         f"$JS.API.STREAM.PURGE.{DEAD_LETTERS_STREAM}": b"{}",
+        f"$JS.API.STREAM.DELETE.{WALLET_STREAM}": b"",
+        f"$JS.API.STREAM.PURGE.{WALLET_STREAM}": b"{}",
+        f"$JS.API.STREAM.MSG.DELETE.{WALLET_STREAM}": json.dumps({"seq": 1}).encode(),
+        f"$JS.API.CONSUMER.DELETE.{WALLET_STREAM}.{WALLET_EVENTS_CONSUMER}": b"",
     }
 
 
-@pytest.mark.parametrize("user", [GIFTS_USER, PAYOUTS_USER, OPERATOR_USER])
-async def test_nobody_can_delete_or_purge_the_gifts_stream(stack: Stack, user: str) -> None:
+@pytest.mark.parametrize("user", [WALLET_USER, GIFTS_USER, PAYOUTS_USER, OPERATOR_USER])
+async def test_nobody_can_delete_or_purge_the_streams(stack: Stack, user: str) -> None:
     await publish(stack, [gift_sent(new_id("creator"), 1)])  # a message a delete could name, run alone too
     before = await stored_last_sequence(stack, GIFTS_STREAM)
     requests = destructive_requests(before)
@@ -204,6 +269,8 @@ async def test_nobody_can_delete_or_purge_the_gifts_stream(stack: Stack, user: s
         await js.get_msg(GIFTS_STREAM, before)  # the message a delete named (the audit consumer keeps every one)
         await js.consumer_info(GIFTS_STREAM, SETTLEMENT_CONSUMER)
         await js.stream_info(DEAD_LETTERS_STREAM)
+        await js.stream_info(WALLET_STREAM)
+        await js.consumer_info(WALLET_STREAM, WALLET_EVENTS_CONSUMER)
     finally:
         await nc.close()
 
@@ -228,6 +295,40 @@ async def test_gifts_cannot_take_settlement_events_nor_forge_dead_letters(stack:
     assert forged not in await stored_since(stack, DEAD_LETTERS_STREAM, before)
 
 
+async def test_the_wallet_cannot_take_its_events_from_payouts_consumer_nor_forge_dead_letters(stack: Stack) -> None:
+    before = await stored_last_sequence(stack, DEAD_LETTERS_STREAM)
+    forged = gift_sent("creator-forged-by-the-wallet", 5).SerializeToString()
+    async with logged_in(stack, WALLET_USER) as wallet:
+        # The wallet may look at payouts' consumer (it declares it) but not pull from it: payouts' events.
+        subscription = await wallet.js.pull_subscribe(
+            WALLET_EVENTS, durable=WALLET_EVENTS_CONSUMER, stream=WALLET_STREAM
+        )
+        with pytest.raises(nats.errors.TimeoutError):
+            await subscription.fetch(1, timeout=REFUSED_REQUEST_TIMEOUT_SECONDS)
+        with pytest.raises(nats.errors.TimeoutError):
+            await wallet.js.publish(GIFT_SENT_DEAD_LETTER_SUBJECT, forged, stream=DEAD_LETTERS_STREAM)
+        next_message = f"$JS.API.CONSUMER.MSG.NEXT.{WALLET_STREAM}.{WALLET_EVENTS_CONSUMER}"
+        assert wallet.errors.refused(next_message), wallet.errors.seen
+        assert wallet.errors.refused(GIFT_SENT_DEAD_LETTER_SUBJECT), wallet.errors.seen
+    assert forged not in await stored_since(stack, DEAD_LETTERS_STREAM, before)
+
+
+async def test_payouts_may_take_wallet_events_from_its_consumer(stack: Stack) -> None:
+    """What payouts needs to apply reversals and freezes: its consumer of WALLET, pulls and acks (a message it gets
+    here is not this test's: naked, so it is delivered again at once)."""
+    async with logged_in(stack, PAYOUTS_USER) as payouts:
+        await payouts.js.stream_info(WALLET_STREAM)
+        await payouts.js.consumer_info(WALLET_STREAM, WALLET_EVENTS_CONSUMER)
+        subscription = await payouts.js.pull_subscribe(
+            WALLET_EVENTS, durable=WALLET_EVENTS_CONSUMER, stream=WALLET_STREAM
+        )
+        with contextlib.suppress(nats.errors.TimeoutError):  # nothing to take: no answer but no refusal either
+            for message in await subscription.fetch(1, timeout=REFUSED_REQUEST_TIMEOUT_SECONDS):
+                await message.nak()
+        await payouts.nc.flush()
+        assert payouts.errors.seen == []
+
+
 async def test_payouts_reads_the_dead_letters_for_its_periodic_reconciliation(stack: Stack) -> None:
     """payouts runs reconcile with its own login (COINSTREAM_PAYOUTS_RECONCILE_INTERVAL_SECONDS), which lists the
     dead letters: stream info and "the next message at or after" reads of DEAD_LETTERS."""
@@ -241,16 +342,19 @@ async def test_payouts_reads_the_dead_letters_for_its_periodic_reconciliation(st
     assert await dead_lettered_gifts(stack.nats.url, payouts_login) is not None
 
 
-async def test_a_missing_password_file_stops_a_service_at_start_naming_it(stack: Stack, tmp_path: Path) -> None:
+@pytest.mark.parametrize("service", ["wallet", "payouts"])
+async def test_a_missing_password_file_stops_a_service_at_start_naming_it(
+    stack: Stack, tmp_path: Path, service: str
+) -> None:
     missing = tmp_path / "no-such-password"
     env = {
-        **stack.service_env("payouts"),
-        "COINSTREAM_PAYOUTS_PORT": str(free_port()),
+        **stack.service_env(service),
+        f"COINSTREAM_{service.upper()}_PORT": str(free_port()),
         "COINSTREAM_NATS_PASSWORD_FILE": str(missing),
     }
     started = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "services.payouts"],
+        [sys.executable, "-m", f"services.{service}"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -282,7 +386,7 @@ async def test_passwords_from_nats_servers_environment_as_the_deployment_renders
         stop_process(server)
 
 
-@pytest.mark.parametrize(("user", "other"), [(GIFTS_USER, PAYOUTS_USER), (PAYOUTS_USER, GIFTS_USER)])
+@pytest.mark.parametrize(("user", "other"), SERVICE_PAIRS)
 async def test_a_service_reads_only_its_own_replies(stack: Stack, user: str, other: str) -> None:
     """Replies (JetStream answers, pulled GiftSent events) go to each user's own inbox prefix: one service's
     password does not let it listen to another's replies, nor to the operator's."""

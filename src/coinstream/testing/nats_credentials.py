@@ -53,7 +53,7 @@ class NatsCredentials:
         return {USER_SETTING: user, PASSWORD_FILE_SETTING: str(self.password_file(user))}
 
     def service_environment(self, service: str) -> dict[str, str]:
-        """A service's own login; none for a service that does not use NATS (the wallet)."""
+        """A service's own login (every service has a NATS user); none for a name that is not a service."""
         user = SERVICE_USERS.get(service)
         return self.environment(user) if user else {}
 

@@ -14,7 +14,12 @@ from typer.testing import CliRunner
 
 from coinstream.testing.nats_credentials import ROUTE_USER, NatsCredentials
 from devstack.cli import app
-from services.runtime.messaging import GIFT_FEED_SUBJECTS, STREAM_ENDED_SUBJECT
+from services.runtime.messaging import (
+    ACCOUNT_STATUS_CHANGED_SUBJECT,
+    GIFT_FEED_SUBJECTS,
+    PURCHASE_REVERSED_SUBJECT,
+    STREAM_ENDED_SUBJECT,
+)
 from services.runtime.nats_login import ANONYMOUS, NatsLogin, NatsLoginError, read_nats_login
 from services.runtime.nats_permissions import (
     GIFTS_USER,
@@ -23,6 +28,7 @@ from services.runtime.nats_permissions import (
     PAYOUTS_USER,
     SERVICE_USERS,
     USERS,
+    WALLET_USER,
     UnsafePasswordError,
     environment_variable_for,
     literal_password,
@@ -40,7 +46,12 @@ DESTRUCTIVE = (
     "$JS.API.STREAM.PURGE.DEAD_LETTERS",
     "$JS.API.STREAM.MSG.DELETE.GIFTS",
     "$JS.API.CONSUMER.DELETE.GIFTS.payouts-settlement",
+    "$JS.API.STREAM.DELETE.WALLET",
+    "$JS.API.STREAM.PURGE.WALLET",
+    "$JS.API.STREAM.MSG.DELETE.WALLET",
+    "$JS.API.CONSUMER.DELETE.WALLET.payouts-wallet-events",
 )
+WALLET_EVENTS = (PURCHASE_REVERSED_SUBJECT, ACCOUNT_STATUS_CHANGED_SUBJECT)
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -61,8 +72,61 @@ def test_every_user_is_denied_deleting_or_purging_what_is_owed(user: str) -> Non
 def test_only_gifts_and_the_operator_may_publish_gift_events() -> None:
     publishers = {user for user in USERS if may_publish(user, GIFT_SENT)}
     assert publishers == {GIFTS_USER, OPERATOR_USER}
-    assert not may_publish("wallet", GIFT_SENT)  # no such user: deny by default
+    assert not may_publish(WALLET_USER, GIFT_SENT)  # the wallet has a user, but not this right
     assert not may_publish(PAYOUTS_USER, "gifts.v1.stream_ended")
+    assert not may_publish("nobody", GIFT_SENT)  # no such user: deny by default
+
+
+def test_only_the_wallet_and_the_operator_may_publish_wallet_events() -> None:
+    """A PurchaseReversed claws diamonds back and an AccountStatusChanged freezes withdrawals: payouts applies them,
+    so nobody but their source may forge one."""
+    for subject in WALLET_EVENTS:
+        assert {user for user in USERS if may_publish(user, subject)} == {WALLET_USER, OPERATOR_USER}, subject
+    assert not may_publish(GIFTS_USER, "wallet.v1.anything")
+
+
+def test_the_wallet_publishes_its_events_and_declares_its_stream_and_payouts_consumer_only() -> None:
+    for subject in (
+        *WALLET_EVENTS,
+        "$JS.API.STREAM.INFO.WALLET",
+        "$JS.API.STREAM.CREATE.WALLET",
+        "$JS.API.STREAM.UPDATE.WALLET",
+        "$JS.API.CONSUMER.INFO.WALLET.payouts-wallet-events",
+        "$JS.API.CONSUMER.DURABLE.CREATE.WALLET.payouts-wallet-events",
+    ):
+        assert may_publish(WALLET_USER, subject), subject
+    for subject in (
+        GIFT_SENT,
+        STREAM_ENDED_SUBJECT,
+        "dead_letters.v1.gift_sent",
+        # payouts' work: taking the events from its consumer and acking them.
+        "$JS.API.CONSUMER.MSG.NEXT.WALLET.payouts-wallet-events",
+        "$JS.ACK.WALLET.payouts-wallet-events.1.7.7.1795996321646763356.0",
+        "$JS.API.CONSUMER.DELETE.WALLET.payouts-wallet-events",
+        "$JS.API.STREAM.MSG.DELETE.WALLET",
+        "$JS.API.STREAM.MSG.GET.WALLET",
+        # Nothing of GIFTS or DEAD_LETTERS.
+        "$JS.API.STREAM.INFO.GIFTS",
+        "$JS.API.STREAM.CREATE.DEAD_LETTERS",
+        "$JS.API.CONSUMER.INFO.GIFTS.payouts-settlement",
+        "$JS.API.CONSUMER.CREATE.WALLET",  # a consumer of its own on WALLET
+    ):
+        assert not may_publish(WALLET_USER, subject), subject
+    assert USERS[WALLET_USER].subscribe == ("_INBOX_wallet.>",)  # its own replies, nothing else
+
+
+def test_only_payouts_and_the_operator_may_consume_and_ack_wallet_events() -> None:
+    for subject in (
+        "$JS.API.CONSUMER.MSG.NEXT.WALLET.payouts-wallet-events",
+        "$JS.ACK.WALLET.payouts-wallet-events.1.7.7.1795996321646763356.0",
+    ):
+        assert {user for user in USERS if may_publish(user, subject)} == {PAYOUTS_USER, OPERATOR_USER}, subject
+    for subject in WALLET_EVENTS:
+        assert not may_publish(PAYOUTS_USER, subject), subject  # it applies them, never makes one
+    # payouts declares WALLET and its consumer too, as it does GIFTS and settlement.
+    assert may_publish(PAYOUTS_USER, "$JS.API.STREAM.INFO.WALLET")
+    assert may_publish(PAYOUTS_USER, "$JS.API.CONSUMER.DURABLE.CREATE.WALLET.payouts-wallet-events")
+    assert not may_publish(PAYOUTS_USER, "$JS.ACK.WALLET.test-audit.1.7.7.1795996321646763356.0")
 
 
 def test_only_payouts_and_the_operator_may_consume_settle_and_dead_letter() -> None:
@@ -84,19 +148,25 @@ def test_gifts_may_subscribe_to_what_its_live_feed_subscribes_to() -> None:
 
 
 def test_services_cannot_reshape_what_they_do_not_own() -> None:
-    for user in (GIFTS_USER, PAYOUTS_USER):
+    for user in (WALLET_USER, GIFTS_USER, PAYOUTS_USER):
         assert not may_publish(user, "$JS.API.CONSUMER.CREATE.GIFTS")  # a consumer of their own on GIFTS
+        assert not may_publish(user, "$JS.API.CONSUMER.CREATE.WALLET")
         assert not may_publish(user, "$JS.API.STREAM.CREATE.OTHER")
-    assert not may_publish(GIFTS_USER, "$JS.API.STREAM.UPDATE.DEAD_LETTERS")
+    for user in (WALLET_USER, GIFTS_USER):
+        assert not may_publish(user, "$JS.API.STREAM.UPDATE.DEAD_LETTERS")
+    assert not may_publish(GIFTS_USER, "$JS.API.STREAM.UPDATE.WALLET")
+    assert not may_publish(WALLET_USER, "$JS.API.STREAM.UPDATE.GIFTS")
 
 
 def test_allow_lists_are_explicit_and_every_service_user_exists() -> None:
     for permissions in USERS.values():
         assert permissions.publish and permissions.subscribe
-    for user in (GIFTS_USER, PAYOUTS_USER):
+    for user in (WALLET_USER, GIFTS_USER, PAYOUTS_USER):
         assert ">" not in USERS[user].publish and ">" not in USERS[user].subscribe
     assert set(SERVICE_USERS.values()) <= set(USERS)
-    assert "wallet" not in SERVICE_USERS  # the wallet uses no NATS: no credentials at all
+    # Every service is a NATS client, each with a user of its own (no shared password).
+    assert SERVICE_USERS == {"wallet": WALLET_USER, "gifts": GIFTS_USER, "payouts": PAYOUTS_USER}
+    assert set(USERS) == {*SERVICE_USERS.values(), OPERATOR_USER}
 
 
 def test_the_rendered_block_lists_every_user_with_the_denials() -> None:
@@ -188,11 +258,12 @@ def test_a_stacks_passwords_are_generated_once_private_and_kept(tmp_path: Path) 
         assert stat.S_IMODE(first.password_file(user).stat().st_mode) == 0o600
         literal_password(first.passwords[user])  # renderable as they are
     assert NatsCredentials.load_or_generate(directory).passwords == first.passwords  # a restart keeps them
-    assert first.service_environment("wallet") == {}
-    assert first.service_environment("payouts") == {
-        "COINSTREAM_NATS_USER": PAYOUTS_USER,
-        "COINSTREAM_NATS_PASSWORD_FILE": str(directory / PAYOUTS_USER),
-    }
+    for service, user in SERVICE_USERS.items():
+        assert first.service_environment(service) == {
+            "COINSTREAM_NATS_USER": user,
+            "COINSTREAM_NATS_PASSWORD_FILE": str(directory / user),
+        }
+    assert first.service_environment("reconcile") == {}  # not a service with a user
     assert first.operator.user == OPERATOR_USER
     assert all(password not in repr(first) for password in first.passwords.values())
     route = first.cluster_authorization()

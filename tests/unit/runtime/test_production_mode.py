@@ -65,8 +65,7 @@ def test_production_with_the_defaults_names_every_setting_to_fix(
     for fragment in ("COINSTREAM_AUTH_SECRET is the development secret", "COINSTREAM_GRPC_TLS_CERT_FILE"):
         assert fragment in message
     assert f"COINSTREAM_{settings.__name__.removesuffix('Settings').upper()}_DATABASE_URL must have sslmode" in message
-    if settings is not WalletSettings:
-        assert "COINSTREAM_NATS_TLS_CA_FILE" in message and "COINSTREAM_NATS_USER" in message
+    assert "COINSTREAM_NATS_TLS_CA_FILE" in message and "COINSTREAM_NATS_USER" in message  # every service uses NATS
     if settings is GiftsSettings:
         assert "COINSTREAM_GIFTS_WALLET_TOKEN_FILE" in message and "COINSTREAM_GIFTS_WALLET_TLS_CA_FILE" in message
     if settings is PayoutsSettings:
