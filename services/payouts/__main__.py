@@ -79,7 +79,12 @@ async def main() -> None:
         )
     )
     # The wallet's reversals and freezes: declared here too, so that a payouts started first holds them.
-    runtime.on_startup(lambda: messaging.ensure_wallet_events_consumer(nc, settings.nats_stream_replicas))
+    # With settlement's ack_wait: how long an event a crashed replica had fetched waits before another gets it.
+    runtime.on_startup(
+        lambda: messaging.ensure_wallet_events_consumer(
+            nc, settings.nats_stream_replicas, settings.payouts_settlement_ack_wait_seconds
+        )
+    )
     wallet_events = WalletEventsConsumer(
         js,
         WalletEvents(store),
