@@ -28,6 +28,7 @@ async def main() -> None:
         SandboxPaymentProvider(),
         settings.wallet_payment_timeout_seconds,
         settings.batch_policy(),
+        settings.decline_limits(),
     )
     servicer = WalletServicer(wallet)
     runtime.add_service(
