@@ -33,6 +33,7 @@ async def main() -> None:
         SandboxPaymentProvider(),
         settings.wallet_payment_timeout_seconds,
         settings.batch_policy(),
+        settings.decline_limits(),
         on_event_queued=relay.wake,
     )
     servicer = WalletServicer(wallet)

@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import Field
 
 from services.runtime.config import RuntimeSettings
+from services.wallet.domain import DeclineLimits
 
 
 class WalletSettings(RuntimeSettings):
@@ -24,8 +25,19 @@ class WalletSettings(RuntimeSettings):
     # The outbox relay (wallet events: reversals, freezes) also wakes at once after each reversal or status change;
     # the interval only bounds a missed wake-up.
     wallet_relay_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    # Card testing: PurchaseCoins is refused RESOURCE_EXHAUSTED RATE_LIMITED once the account to be charged, or the
+    # caller asking, has had this many payments declined in the last 24 h (0: no limit). Per account, whoever asks:
+    # a card tester cannot get round it through a backend. Per caller, off by default: a backend buying for millions
+    # of users sees legitimate declines all day, and any fixed daily count would either lock all of its users out on
+    # a busy day, or never trip; the decline rate is watched instead (docs/operations.md, CoinstreamCardTesting).
+    # Set it for callers that act for few accounts. Each purchase reads up to this many declines: hence the bounds.
+    wallet_max_declines_per_account: int = Field(default=5, ge=0, le=1000)
+    wallet_max_declines_per_caller: int = Field(default=0, ge=0, le=10_000)
     # gifts' channel reconnects every 5 minutes and so reaches wallet pods started since (RuntimeSettings).
     grpc_max_connection_age_seconds: float = Field(default=300.0, ge=0)
+
+    def decline_limits(self) -> DeclineLimits:
+        return DeclineLimits(self.wallet_max_declines_per_account, self.wallet_max_declines_per_caller)
 
     def production_problems(self) -> list[str]:
         return [

@@ -52,8 +52,10 @@ def spend_ask(request: wallet_pb2.SpendCoinsRequest) -> domain.SpendAsk:
     return domain.SpendAsk(key.request_id, request.account_id, request.coins, request.reference, key.fingerprint)
 
 
-def buy_coins(request: wallet_pb2.PurchaseCoinsRequest) -> domain.BuyCoins:
-    return domain.BuyCoins(RequestKey.of(request), request.account_id, request.package_id, request.payment_token)
+def buy_coins(request: wallet_pb2.PurchaseCoinsRequest, caller: str) -> domain.BuyCoins:
+    return domain.BuyCoins(
+        RequestKey.of(request), request.account_id, request.package_id, request.payment_token, caller
+    )
 
 
 def reverse_purchase(request: wallet_pb2.ReversePurchaseRequest) -> domain.ReversePurchase:

@@ -1,5 +1,6 @@
-"""Wallet rules with no I/O: coin packages, promotions and their bonus, who may spend, spending limits, and the
-postings of each movement; and the values the use cases (service.py) take and return: commands, results, rows.
+"""Wallet rules with no I/O: coin packages, promotions and their bonus, who may spend, spending limits, card-testing
+limits on purchases, and the postings of each movement; and the values the use cases (service.py) take and return:
+commands, results, rows.
 
 Ledger accounts: a user has two, its paid bucket '<account_id>' (coins bought with money) and its bonus bucket
 '<account_id>:bonus' (coins from promotions); the platform's are 'system:*' (a ':' never appears in user ids).
@@ -11,7 +12,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
-from services.runtime.errors import AppError, FieldViolation, failed_precondition, invalid_argument, not_found
+from services.runtime.errors import (
+    AppError,
+    FieldViolation,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    rate_limited,
+)
 from services.runtime.ledger import Posting, balanced
 from services.runtime.requests import RequestKey
 
@@ -179,6 +187,7 @@ class BuyCoins:
     account_id: str
     package_id: str
     payment_token: str
+    caller: str  # the authenticated subject asking: the account's owner, or a backend acting for many accounts
 
 
 @dataclass(frozen=True)
@@ -413,6 +422,88 @@ def insufficient_coins(account_id: str, balance_coins: int, coins: int) -> AppEr
     return failed_precondition(
         "INSUFFICIENT_COINS", f"account {account_id!r} has {balance_coins} coins, {coins} needed"
     )
+
+
+# --- card testing -----------------------------------------------------------------------------------------------
+
+# Card testers try stolen card numbers through a purchase endpoint, so every declined payment is a signal. Past a
+# number of declines in this rolling window, purchases are refused (RATE_LIMITED) until enough of them leave it.
+DECLINE_WINDOW = timedelta(hours=24)
+
+
+class DeclineScope(Enum):
+    ACCOUNT = "account"  # the account to be charged, whoever asks for it
+    CALLER = "caller"  # the authenticated subject asking, whichever accounts it asks for
+
+
+@dataclass(frozen=True)
+class DeclineLimits:
+    """Declined payments allowed in the window before purchases are refused (0: no limit)."""
+
+    per_account: int
+    per_caller: int
+
+
+@dataclass(frozen=True)
+class Declines:
+    """Declined payments within the window, as far as a limit needs them: the newest ones, counted up to the limit,
+    and the oldest of those. With the limit reached, it is the one whose leaving lets the next purchase through."""
+
+    count: int = 0
+    oldest_counted_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PurchaseAttempts:
+    """What the card-testing limits look at, read with the account locked (so no other purchase intent of the
+    account is being recorded meanwhile)."""
+
+    account: Declines
+    caller: Declines
+    account_undecided: int  # the account's purchases still being charged: each may be one more decline
+    now: datetime
+
+
+@dataclass(frozen=True)
+class CardTesting:
+    """Why a purchase is refused as card testing: the limit that holds it back longest, and how long."""
+
+    scope: DeclineScope
+    wait: timedelta
+
+    def refusal(self, account_id: str) -> AppError:
+        who = f"account {account_id!r}" if self.scope is DeclineScope.ACCOUNT else "this caller"
+        seconds = self.wait.total_seconds()
+        return rate_limited(f"too many declined payments for {who} in 24 h; retry in {seconds:.0f} s", seconds)
+
+
+def card_testing(attempts: PurchaseAttempts, limits: DeclineLimits, undecided_wait: timedelta) -> CardTesting | None:
+    """None when a purchase may be charged now. An account's purchases still being charged count as declines (they
+    may be): otherwise a tester firing many purchases at once would have them all charged before the first decline
+    is recorded. A caller's do not: a backend has many in flight for its users at any moment."""
+    holds = [
+        CardTesting(scope, wait)
+        for scope, declines, limit, undecided in (
+            (DeclineScope.ACCOUNT, attempts.account, limits.per_account, attempts.account_undecided),
+            (DeclineScope.CALLER, attempts.caller, limits.per_caller, 0),
+        )
+        if (wait := _declines_wait(declines, limit, undecided, attempts.now, undecided_wait)) is not None
+    ]
+    return max(holds, key=lambda hold: hold.wait, default=None)
+
+
+def _declines_wait(
+    declines: Declines, limit: int, undecided: int, now: datetime, undecided_wait: timedelta
+) -> timedelta | None:
+    """How long until one more purchase may be charged (None: it may now). With the limit reached, until the oldest
+    counted decline leaves the window; short of it only with undecided purchases, until they are decided (a charge
+    takes at most undecided_wait, unless the provider is down)."""
+    if not limit or declines.count + undecided < limit:
+        return None
+    if declines.count < limit:
+        return undecided_wait
+    assert declines.oldest_counted_at is not None, "counted declines have an oldest"
+    return declines.oldest_counted_at + DECLINE_WINDOW - now
 
 
 # --- funding (the rules are services/wallet/funding.py) --------------------------------------------------------
@@ -652,6 +743,7 @@ class Purchase:
     status: PurchaseStatus
     transaction_id: str | None
     promotion_id: str | None = None
+    caller: str | None = None  # who asked for it (None: a purchase recorded before callers were kept)
 
 
 @dataclass(frozen=True)

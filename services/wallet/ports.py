@@ -19,6 +19,7 @@ from services.wallet.domain import (
     Account,
     AccountStatus,
     Balance,
+    DeclineLimits,
     Funding,
     Lot,
     Movement,
@@ -27,6 +28,7 @@ from services.wallet.domain import (
     Postings,
     Promotion,
     Purchase,
+    PurchaseAttempts,
     PurchaseHistory,
     PurchaseReversal,
     PurchaseStatus,
@@ -161,6 +163,12 @@ class WalletTransaction(Protocol):
     async def lock_purchase(self, purchase_id: str) -> Purchase | None: ...
 
     async def purchase_history(self, account_id: str) -> PurchaseHistory: ...
+
+    async def purchase_attempts(self, account_id: str, caller: str, limits: DeclineLimits) -> PurchaseAttempts:
+        """What the card-testing limits look at: the declined payments of the account and of the caller in the
+        window (domain.Declines: the newest, as many as each limit counts; none for a limit of 0), the account's
+        purchases still pending, and now. Call with the account locked (lock_account)."""
+        ...
 
     async def finish_purchase(
         self, purchase_id: str, status: PurchaseStatus, provider_reference: str, transaction_id: str | None

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
+from prometheus_client import Counter
 
 from services.runtime import limits, pages, recovery
 from services.runtime.batching import BatchPolicy, MicroBatcher, in_request_id_rounds
@@ -37,6 +38,15 @@ PROMOTIONS_PAGE = "promotions"  # page tokens of ListPromotions (one list for ev
 POSITIONS = (1, limits.MAX_INT64)  # both lists resume after a bigint identity (posting_id, position)
 LEGACY_KINDS = {TRANSACTIONS_PAGE: "p", PROMOTIONS_PAGE: "m"}  # release 0.1.0's tokens (pages.decode_page_token)
 
+# Card testing: every decline is a signal (its rate is what an operator watches), and each refusal is counted by the
+# limit that held the purchase back.
+PAYMENTS_DECLINED = Counter("coinstream_wallet_payments_declined_total", "Purchases the payment provider declined")
+CARD_TESTING_REFUSALS = Counter(
+    "coinstream_wallet_card_testing_refusals_total", "Purchases refused for too many declined payments", ["limit"]
+)
+for _scope in domain.DeclineScope:  # both series exist from the start, at 0, for rates and alerts
+    CARD_TESTING_REFUSALS.labels(_scope.value)
+
 
 class WalletService:
     def __init__(
@@ -45,6 +55,7 @@ class WalletService:
         payments: PaymentProvider,
         payment_timeout_seconds: float,
         spend_batching: BatchPolicy,
+        decline_limits: domain.DeclineLimits,
         clock: Clock | None = None,
         on_event_queued: Callable[[], None] = lambda: None,
     ) -> None:
@@ -53,6 +64,7 @@ class WalletService:
         self._on_event_queued = on_event_queued
         self._payments = payments
         self._payment_timeout_seconds = payment_timeout_seconds
+        self._card_testing = _CardTestingGuard(decline_limits, timedelta(seconds=payment_timeout_seconds))
         self._clock = clock or SystemClock()
         self._spend_batcher: MicroBatcher[domain.SpendAsk, domain.Spent] = MicroBatcher(
             "spend_coins", self._spend_batch_deduplicated, spend_batching
@@ -168,11 +180,12 @@ class WalletService:
 
     async def purchase(self, command: domain.BuyCoins) -> domain.Bought:
         """Two steps around the payment provider: record a pending purchase, charge, then credit. A retry, or the
-        recovery pass, resumes a pending purchase; the charge is idempotent by purchase_id."""
+        recovery pass, resumes a pending purchase; the charge is idempotent by purchase_id. A replay or a retry is
+        answered from its key before the card-testing limits are looked at: they hold back new charges only."""
         async with self._store.transaction() as tx:
             stored = await tx.claim(command.key)
             if stored is None:
-                stored = await _record_pending_purchase(tx, command)
+                stored = await _record_pending_purchase(tx, command, self._card_testing)
         if not stored.in_flight:
             return replayed(stored, convert.BOUGHT)
         assert stored.resource_id is not None
@@ -215,6 +228,8 @@ class WalletService:
                 await _credit_purchase(tx, purchase, charge)
             else:
                 await _decline_purchase(tx, purchase, charge)
+        if not charge.approved:
+            PAYMENTS_DECLINED.inc()  # once committed, by whoever recorded it (the early return above did not)
 
     async def recover_pending_purchases(self, older_than_seconds: float, batch_size: int = 100) -> int:
         """Finishes purchases a crash or an outage left pending. Returns how many it looked at."""
@@ -314,17 +329,20 @@ def _page_position(page_token: str, kind: str, owner: str) -> int | None:
 # --- purchases, step by step ------------------------------------------------------------------------------------
 
 
-async def _record_pending_purchase(tx: WalletTransaction, command: domain.BuyCoins) -> StoredRequest:
+async def _record_pending_purchase(
+    tx: WalletTransaction, command: domain.BuyCoins, card_testing: _CardTestingGuard
+) -> StoredRequest:
     """The first step: a pending purchase with its bonus decided now (or the refusal, kept with the key)."""
     request_id = command.key.request_id
     try:
         package = domain.find_package(command.package_id)
         # The account lock serializes this account's purchase intents, so first-purchase-only and per-account
-        # use limits hold under concurrent purchases.
+        # use limits hold under concurrent purchases, and so do the card-testing limits.
         domain.require_can_purchase(await tx.lock_account(command.account_id), command.account_id)
     except AppError as refusal:
         await tx.record_error(request_id, refusal)
         return StoredRequest(resource_id=None, response=None, error=refusal)
+    await card_testing.refuse_if_blocked(tx, command)
     promotions, now = await tx.open_promotions()
     history = await tx.purchase_history(command.account_id)
     promotion, bonus_coins = domain.best_promotion(promotions, package, now, history)
@@ -341,10 +359,42 @@ async def _record_pending_purchase(tx: WalletTransaction, command: domain.BuyCoi
         status=domain.PurchaseStatus.PENDING,
         transaction_id=None,
         promotion_id=promotion.promotion_id if promotion else None,
+        caller=command.caller,
     )
     await tx.insert_purchase(purchase)
     await tx.set_resource(request_id, purchase.purchase_id)
     return StoredRequest(resource_id=purchase.purchase_id, response=None, error=None)
+
+
+class _CardTestingGuard:
+    """Refuses a new purchase (RESOURCE_EXHAUSTED RATE_LIMITED, with the RetryInfo delay) while the account to be
+    charged, or the caller asking, has too many declined payments in the last 24 h (domain.card_testing).
+
+    The refusal is raised, never kept with the request's key (RESOURCE_EXHAUSTED is no outcome: AppError.is_outcome),
+    so the transaction rolls back with the key's claim: nothing is recorded, nothing charged, and the same request_id
+    is a first attempt again once the declines have left the window. Like UNAVAILABLE, or the per-caller token
+    buckets' RATE_LIMITED, it only says "not now": kept, it would answer the request for the 7 days and more its key
+    lives, long after the block (24 h at most) has ended. Requests that already have a key are answered from it
+    before this is looked at (WalletService.purchase)."""
+
+    def __init__(self, limits: domain.DeclineLimits, undecided_wait: timedelta) -> None:
+        self._limits = limits
+        self._undecided_wait = undecided_wait  # a charge's timeout: by then a pending purchase is decided
+
+    async def refuse_if_blocked(self, tx: WalletTransaction, command: domain.BuyCoins) -> None:
+        attempts = await tx.purchase_attempts(command.account_id, command.caller, self._limits)
+        blocked = domain.card_testing(attempts, self._limits, self._undecided_wait)
+        if blocked is None:
+            return
+        CARD_TESTING_REFUSALS.labels(blocked.scope.value).inc()
+        log.warning(
+            "purchase_refused_card_testing",
+            account_id=command.account_id,
+            caller=command.caller,
+            limit=blocked.scope.value,
+            retry_after_seconds=round(blocked.wait.total_seconds()),
+        )
+        raise blocked.refusal(command.account_id)
 
 
 async def _decline_purchase(tx: WalletTransaction, purchase: domain.Purchase, charge: ChargeResult) -> None:

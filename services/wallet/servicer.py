@@ -11,7 +11,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from services.runtime import limits, pages
-from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE
+from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, current_principal
 from services.runtime.authorization import allow_any_caller, allow_owner, allow_roles
 from services.runtime.idempotency import scope_to_caller
 from services.runtime.interceptors import Context
@@ -86,7 +86,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         check.text(request.payment_token, "payment_token", max_length=512)
         check.raise_if_invalid()
         scope_to_caller(request)
-        return convert.bought_message(await self._wallet.purchase(convert.buy_coins(request)))
+        command = convert.buy_coins(request, caller=current_principal().subject)
+        return convert.bought_message(await self._wallet.purchase(command))
 
     @allow_roles(ROLE_SERVICE)
     async def SpendCoins(

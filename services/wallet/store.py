@@ -21,12 +21,15 @@ from services.runtime.outbox import Outbox, OutboxRow
 from services.runtime.requests import Reply, RequestKey
 from services.wallet.domain import (
     BONUS_SUFFIX,
+    DECLINE_WINDOW,
     SPENDING_LIMIT_WINDOW,
     SYSTEM_ACCOUNTS,
     TRACED_USES,
     Account,
     AccountStatus,
     Balance,
+    DeclineLimits,
+    Declines,
     Funding,
     Lot,
     Movement,
@@ -35,6 +38,7 @@ from services.wallet.domain import (
     Postings,
     Promotion,
     Purchase,
+    PurchaseAttempts,
     PurchaseHistory,
     PurchaseReversal,
     PurchaseStatus,
@@ -55,7 +59,7 @@ ACCOUNT_COLUMNS = (
 )
 PURCHASE_COLUMNS = (
     "purchase_id, request_id, account_id, package_id, coins, bonus_coins, price_minor, currency_code,"
-    " payment_token, status, transaction_id, promotion_id"
+    " payment_token, status, transaction_id, promotion_id, caller"
 )
 # The relay's advisory lock key: any constant unlike the other advisory lock keys used on the wallet database.
 WALLET_OUTBOX = Outbox("wallet", "wallet_outbox", lock_key=0x77616C6C)  # "wall"
@@ -550,7 +554,8 @@ class PostgresTransaction:
 
     async def insert_purchase(self, purchase: Purchase) -> None:
         await self._conn.execute(
-            f"INSERT INTO purchases ({PURCHASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            f"INSERT INTO purchases ({PURCHASE_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             purchase.purchase_id,
             purchase.request_id,
             purchase.account_id,
@@ -563,6 +568,7 @@ class PostgresTransaction:
             purchase.status.value,
             purchase.transaction_id,
             purchase.promotion_id,
+            purchase.caller,
         )
 
     async def lock_purchase(self, purchase_id: str) -> Purchase | None:
@@ -580,6 +586,30 @@ class PostgresTransaction:
         return PurchaseHistory(
             purchases=sum(row["purchases"] for row in rows),
             uses_by_promotion={row["promotion_id"]: row["purchases"] for row in rows if row["promotion_id"]},
+        )
+
+    async def purchase_attempts(self, account_id: str, caller: str, limits: DeclineLimits) -> PurchaseAttempts:
+        """One statement; each count reads no more than its limit's newest declines, through its own index
+        (migration 0007). Call with the account locked, so its pending purchases are the ones committed."""
+        row = await self._conn.fetchrow(
+            "SELECT by_account.declines AS account_declines, by_account.oldest AS account_oldest,"
+            " by_caller.declines AS caller_declines, by_caller.oldest AS caller_oldest,"
+            " (SELECT count(*) FROM purchases WHERE account_id = $1 AND status = 'pending') AS account_undecided,"
+            " now() AS now"
+            f" FROM ({_newest_declines('account_id', '$1', '$3')}) AS by_account,"
+            f" ({_newest_declines('caller', '$2', '$4')}) AS by_caller",
+            account_id,
+            caller,
+            limits.per_account,
+            limits.per_caller,
+            DECLINE_WINDOW.total_seconds(),
+        )
+        assert row is not None, "aggregates without GROUP BY return one row"
+        return PurchaseAttempts(
+            Declines(row["account_declines"], row["account_oldest"]),
+            Declines(row["caller_declines"], row["caller_oldest"]),
+            row["account_undecided"],
+            row["now"],
         )
 
     async def finish_purchase(
@@ -741,6 +771,17 @@ _MOVEMENTS = """
            g.created_at
     FROM grouped AS g JOIN transactions AS t USING (transaction_id)
 """
+
+
+def _newest_declines(column: str, value: str, limit: str) -> str:
+    """A subquery: the newest declined purchases of one account or caller in the card-testing window (the window's
+    seconds are $5), as many as the limit counts (LIMIT 0 reads none): how many, and the oldest of them. A declined
+    purchase is final, so its updated_at is when it was declined."""
+    return (
+        "SELECT count(*) AS declines, min(updated_at) AS oldest FROM ("
+        f" SELECT updated_at FROM purchases WHERE {column} = {value} AND status = 'declined'"
+        f"  AND updated_at > now() - make_interval(secs => $5) ORDER BY updated_at DESC LIMIT {limit}) AS newest"
+    )
 
 
 # --- rows to domain ---------------------------------------------------------------------------------------------

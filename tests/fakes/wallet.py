@@ -10,7 +10,7 @@ transactions, purchases, reversals, giveaways), no lot drawn below zero, rows re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -23,12 +23,15 @@ from services.runtime.ledger import UnbalancedTransaction, balanced
 from services.runtime.outbox import OutboxRow
 from services.runtime.requests import Reply, RequestKey, replayed
 from services.wallet.domain import (
+    DECLINE_WINDOW,
     SPENDING_LIMIT_WINDOW,
     SYSTEM_ACCOUNTS,
     TRACED_USES,
     Account,
     AccountStatus,
     Balance,
+    DeclineLimits,
+    Declines,
     Funding,
     Lot,
     Movement,
@@ -37,6 +40,7 @@ from services.wallet.domain import (
     Postings,
     Promotion,
     Purchase,
+    PurchaseAttempts,
     PurchaseHistory,
     PurchaseReversal,
     PurchaseStatus,
@@ -138,6 +142,7 @@ class WalletState:
     postings: list[Posting] = field(default_factory=list)
     purchases: dict[str, Purchase] = field(default_factory=dict)
     purchases_created_at: dict[str, datetime] = field(default_factory=dict)
+    purchases_updated_at: dict[str, datetime] = field(default_factory=dict)  # a declined one's: when it was declined
     provider_references: dict[str, str] = field(default_factory=dict)
     reversals: dict[str, PurchaseReversal] = field(default_factory=dict)  # by transaction_id
     allocations: list[tuple[str, Allocation]] = field(default_factory=list)  # (reversal transaction_id, allocation)
@@ -157,6 +162,7 @@ class WalletState:
             postings=list(self.postings),
             purchases=dict(self.purchases),
             purchases_created_at=dict(self.purchases_created_at),
+            purchases_updated_at=dict(self.purchases_updated_at),
             provider_references=dict(self.provider_references),
             reversals=dict(self.reversals),
             allocations=list(self.allocations),
@@ -524,6 +530,7 @@ class FakeTransaction:
             raise self._refuse(f"purchase {purchase}")
         self.state.purchases[purchase.purchase_id] = purchase
         self.state.purchases_created_at[purchase.purchase_id] = self._now
+        self.state.purchases_updated_at[purchase.purchase_id] = self._now
 
     async def lock_purchase(self, purchase_id: str) -> Purchase | None:
         return self.state.purchases.get(purchase_id)
@@ -540,6 +547,34 @@ class FakeTransaction:
                 uses[purchase.promotion_id] = uses.get(purchase.promotion_id, 0) + 1
         return PurchaseHistory(purchases=len(counted), uses_by_promotion=uses)
 
+    async def purchase_attempts(self, account_id: str, caller: str, limits: DeclineLimits) -> PurchaseAttempts:
+        pending = [
+            p
+            for p in self.state.purchases.values()
+            if p.account_id == account_id and p.status is PurchaseStatus.PENDING
+        ]
+        return PurchaseAttempts(
+            self._newest_declines(lambda p: p.account_id == account_id, limits.per_account),
+            self._newest_declines(lambda p: p.caller == caller, limits.per_caller),
+            len(pending),
+            self._now,
+        )
+
+    def _newest_declines(self, whose: Callable[[Purchase], bool], limit: int) -> Declines:
+        """As the store's query: the newest declines in the window, as many as the limit counts."""
+        since = self._now - DECLINE_WINDOW
+        declined_at = sorted(
+            (
+                self.state.purchases_updated_at[p.purchase_id]
+                for p in self.state.purchases.values()
+                if whose(p)
+                and p.status is PurchaseStatus.DECLINED
+                and self.state.purchases_updated_at[p.purchase_id] > since
+            ),
+            reverse=True,
+        )[:limit]
+        return Declines(len(declined_at), min(declined_at, default=None))
+
     async def finish_purchase(
         self, purchase_id: str, status: PurchaseStatus, provider_reference: str, transaction_id: str | None
     ) -> None:
@@ -549,6 +584,7 @@ class FakeTransaction:
         if (status is PurchaseStatus.COMPLETED) != (transaction_id is not None):
             raise self._refuse(f"purchase {purchase_id} {status} with transaction {transaction_id}")
         self.state.purchases[purchase_id] = replace(purchase, status=status, transaction_id=transaction_id)
+        self.state.purchases_updated_at[purchase_id] = self._now
         self.state.provider_references[purchase_id] = provider_reference
 
     async def reversed_so_far(self, purchase_id: str) -> ReversedSoFar:

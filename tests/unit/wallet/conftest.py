@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 from coinstream.wallet.v1 import wallet_pb2 as w
@@ -65,11 +66,22 @@ class Wallet:
         return await self.service.reverse_purchase(convert.reverse_purchase(request))
 
 
-def buy_command(account_id: str, package_id: str = "coins_330", request_id: str | None = None) -> domain.BuyCoins:
+def buy_command(
+    account_id: str,
+    package_id: str = "coins_330",
+    request_id: str | None = None,
+    *,
+    caller: str | None = None,
+    payment_token: str = "tok_ok",
+) -> domain.BuyCoins:
+    """A purchase asked by caller (default: the account's owner, buying for itself)."""
     request = w.PurchaseCoinsRequest(
-        request_id=request_id or new_id("buy"), account_id=account_id, package_id=package_id, payment_token="tok_ok"
+        request_id=request_id or new_id("buy"),
+        account_id=account_id,
+        package_id=package_id,
+        payment_token=payment_token,
     )
-    return convert.buy_coins(request)
+    return convert.buy_coins(request, caller or account_id)
 
 
 def spend_ask(account_id: str, coins: int, request_id: str | None = None, reference: str = "gift") -> domain.SpendAsk:
@@ -86,11 +98,27 @@ async def refusal(call: Awaitable[object]) -> AppError:
     return caught.value
 
 
-@pytest.fixture
-def wallet() -> Wallet:
+# The settings' defaults (services/wallet/config.py): 5 declines per account in 24 h, none per caller.
+DEFAULT_DECLINE_LIMITS = domain.DeclineLimits(per_account=5, per_caller=0)
+PAYMENT_TIMEOUT = timedelta(seconds=1)
+
+
+def new_wallet(decline_limits: domain.DeclineLimits = DEFAULT_DECLINE_LIMITS) -> Wallet:
     clock = FakeClock()
     store = FakeWalletStore(clock)
     payments = FakePayments()
     batching = BatchPolicy(max_batch_size=200, max_concurrent_batches=1, queue_budget_seconds=1.0)
-    service = WalletService(store, payments, payment_timeout_seconds=1.0, spend_batching=batching, clock=clock)
+    service = WalletService(
+        store,
+        payments,
+        payment_timeout_seconds=PAYMENT_TIMEOUT.total_seconds(),
+        spend_batching=batching,
+        decline_limits=decline_limits,
+        clock=clock,
+    )
     return Wallet(service, store, payments, clock)
+
+
+@pytest.fixture
+def wallet() -> Wallet:
+    return new_wallet()

@@ -281,3 +281,50 @@ def test_a_batch_decides_exactly_as_the_same_spends_made_one_after_the_other() -
         )
     assert reasons(domain.authorize_spends(asks, spenders)) == one_by_one
     assert "INSUFFICIENT_COINS" in one_by_one and "SPENDING_LIMIT_REACHED" in one_by_one
+
+
+# --- card testing -----------------------------------------------------------------------------------------------
+
+LIMITS = domain.DeclineLimits(per_account=3, per_caller=10)
+UNDECIDED_WAIT = timedelta(seconds=10)
+NO_DECLINES = domain.Declines()
+
+
+def attempts(
+    account: domain.Declines = NO_DECLINES, caller: domain.Declines = NO_DECLINES, undecided: int = 0
+) -> domain.PurchaseAttempts:
+    return domain.PurchaseAttempts(account, caller, undecided, NOW)
+
+
+def test_purchases_go_through_short_of_the_limits_or_without_any() -> None:
+    short = attempts(domain.Declines(2, NOW - HOUR), domain.Declines(9, NOW - HOUR), undecided=0)
+    assert domain.card_testing(short, LIMITS, UNDECIDED_WAIT) is None
+    at_limits = attempts(domain.Declines(3, NOW - HOUR), domain.Declines(10, NOW - HOUR))
+    assert domain.card_testing(at_limits, domain.DeclineLimits(0, 0), UNDECIDED_WAIT) is None
+
+
+def test_at_a_limit_the_oldest_counted_decline_leaving_the_window_sets_the_wait() -> None:
+    blocked = domain.card_testing(attempts(domain.Declines(3, NOW - 5 * HOUR)), LIMITS, UNDECIDED_WAIT)
+    assert blocked == domain.CardTesting(domain.DeclineScope.ACCOUNT, 19 * HOUR)
+    error = domain.CardTesting(domain.DeclineScope.ACCOUNT, 19 * HOUR).refusal("amy")
+    assert (error.code, error.reason, error.retry_after_seconds) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+        19 * 3600,
+    )
+    assert not error.is_outcome  # never kept with the request's key
+
+
+def test_undecided_purchases_count_for_the_account_until_they_are_decided() -> None:
+    blocked = domain.card_testing(attempts(domain.Declines(1, NOW - HOUR), undecided=2), LIMITS, UNDECIDED_WAIT)
+    assert blocked == domain.CardTesting(domain.DeclineScope.ACCOUNT, UNDECIDED_WAIT)
+    # A caller's purchases in flight are not its declines: a backend has many at any moment.
+    caller = attempts(caller=domain.Declines(9, NOW - HOUR), undecided=2)
+    assert domain.card_testing(caller, LIMITS, UNDECIDED_WAIT) is None
+
+
+def test_with_both_limits_reached_the_longer_wait_wins() -> None:
+    both = attempts(domain.Declines(3, NOW - 20 * HOUR), domain.Declines(10, NOW - 2 * HOUR))
+    assert domain.card_testing(both, LIMITS, UNDECIDED_WAIT) == domain.CardTesting(
+        domain.DeclineScope.CALLER, 22 * HOUR
+    )

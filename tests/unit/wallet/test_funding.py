@@ -21,13 +21,11 @@ from coinstream.wallet.v1 import wallet_pb2 as w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.runtime.batching import BatchPolicy
 from services.runtime.errors import AppError
 from services.wallet import convert, domain, funding
 from services.wallet.domain import Draw, Lot, Split, Use
-from services.wallet.service import WalletService
-from tests.fakes.wallet import FakeClock, FakePayments, FakeWalletStore, WalletState
-from tests.unit.wallet.conftest import Wallet, spend_ask
+from tests.fakes.wallet import WalletState
+from tests.unit.wallet.conftest import Wallet, new_wallet, spend_ask
 
 _ids = itertools.count(1)
 
@@ -166,15 +164,6 @@ async def apply(wallet: Wallet, op: tuple[str, object, object], purchases: list[
             request_id=f"rev-{next(_ids)}", purchase_id=purchases[first % len(purchases)], reason="x", coins=second
         )
         await wallet.service.reverse_purchase(convert.reverse_purchase(request))
-
-
-def new_wallet() -> Wallet:
-    clock = FakeClock()
-    store = FakeWalletStore(clock)
-    payments = FakePayments()
-    batching = BatchPolicy(max_batch_size=200, max_concurrent_batches=1, queue_budget_seconds=1.0)
-    service = WalletService(store, payments, payment_timeout_seconds=1.0, spend_batching=batching, clock=clock)
-    return Wallet(service, store, payments, clock)
 
 
 def funding_violations(state: WalletState) -> list[str]:
