@@ -8,8 +8,10 @@ rate): from the gift's diamonds still in the hold first, then available ones; wh
 reversal that arrives before its gift is settled waits and is applied by the settlement that credits the gift. Every
 way diamonds become available (a credit without a hold, a matured credit, a withdrawal given back) repays a debt first.
 
-Locks, in the order every transaction here takes them: the gifts' credits, the carries (per rate version, creators in
-id order), the creators' balance rows (in id order) — the order settlement, maturity and withdrawals also follow."""
+Locks, in the order every transaction here takes them: the clawbacks table (a reversal excludes settlements, which
+hold it shared: otherwise each could miss the other's uncommitted rows, and a clawback would wait forever for a gift
+already settled), the gifts' credits, the carries (per rate version, creators in id order), the creators' balance
+rows (in id order) — the order settlement, maturity and withdrawals also follow."""
 
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class WalletEvents:
     async def purchase_reversed(self, msg_id: str, purchase_id: str, clawbacks: list[domain.Clawback]) -> int:
         """Records the reversal's gifts and claws back those already settled; returns how many were applied now."""
         async with self._store.transaction() as tx:
+            await tx.exclusive_of_settlements()
             if not await tx.admit_wallet_event(msg_id):
                 return 0
             recorded = await tx.insert_clawbacks(purchase_id, clawbacks)

@@ -141,6 +141,7 @@ class Settlement:
         for gift in gifts:
             by_id.setdefault(gift.gift_transaction_id, gift)  # the same gift twice in one batch counts once
         async with self._store.transaction() as tx:
+            await tx.hold_off_reversals()  # before any other lock (clawbacks.py: the lock order)
             new_ids = await tx.admit_to_inbox(list(by_id))
             if not new_ids:
                 return 0

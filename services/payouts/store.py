@@ -415,6 +415,18 @@ class PostgresTransaction:
 
     # --- clawbacks ----------------------------------------------------------------------------------------------------
 
+    async def hold_off_reversals(self) -> None:
+        """Taken first by every settlement: a reversal being applied (exclusive_of_settlements) waits for it, or it
+        for the reversal. Without it a reversal and the settlement of one of its gifts could each miss the other's
+        uncommitted row (the credit, the waiting clawback), and the clawback would wait forever. A weak table lock:
+        settlements never wait for each other on it."""
+        await self._conn.execute("LOCK TABLE clawbacks IN ROW SHARE MODE")
+
+    async def exclusive_of_settlements(self) -> None:
+        """Taken first by a reversal: settlements in flight finish (their credits are then seen), new ones wait for
+        this transaction (its waiting clawbacks are then seen). Reads of the table go on."""
+        await self._conn.execute("LOCK TABLE clawbacks IN EXCLUSIVE MODE")
+
     async def admit_wallet_event(self, msg_id: str) -> bool:
         """Whether the wallet event is new: applied in this transaction, it is never applied again."""
         admitted = await self._conn.fetchval(

@@ -398,6 +398,12 @@ class FakeTransaction:
 
     # --- clawbacks
 
+    async def hold_off_reversals(self) -> None:
+        """Transactions run one at a time here."""
+
+    async def exclusive_of_settlements(self) -> None:
+        """Transactions run one at a time here."""
+
     async def admit_wallet_event(self, msg_id: str) -> bool:
         if msg_id in self.state.wallet_inbox:
             return False

@@ -63,6 +63,7 @@ EFFECTS = {
         "CancelWithdrawal": MONEY,
         "ListWithdrawals": READ,
         "ListEarnings": READ,
+        "ListClawbacks": READ,
     },
 }
 
