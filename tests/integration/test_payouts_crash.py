@@ -71,7 +71,7 @@ async def test_crash_between_settlement_commit_and_ack_counts_gifts_once(stack: 
 async def test_crash_after_payout_submission_pays_once(stack: Stack, clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:ok-crash")
-    await fund(stack, clients, creator_id, 6000)
+    await fund(clients, creator_id, 6000)
     try:
         stack.restart_service("payouts", extra_env={"COINSTREAM_FAULT_POINTS": "payouts.after_payout_submitted"})
         withdrawal = await withdraw(clients, creator_id, 4000)
