@@ -7,6 +7,7 @@ import base64
 import json
 
 import grpc
+import pytest
 from coinstream.payouts.v1 import payouts_pb2
 
 from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
@@ -23,6 +24,9 @@ from tests.support.payouts import (
     withdraw,
 )
 from tests.support.stack import Stack
+
+# Statements over gifts to streams and videos made up here: on the synthetic stack (tests/conftest.py).
+pytestmark = pytest.mark.synthetic_events
 
 
 async def list_withdrawals(

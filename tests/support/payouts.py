@@ -1,5 +1,6 @@
-"""Payouts: creators funded through real gifts, GiftSent events published straight to JetStream (as the gifts service
-would), waiting for settlement, payouts and dead letters, and checks of the payouts ledger read from its database."""
+"""Payouts: creators funded through real gifts, GiftSent events made up and published straight to JetStream (on the
+synthetic stack only: tests/conftest.py), waiting for settlement, payouts and dead letters, and checks of the payouts
+ledger read from its database."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TypeVar
 import asyncpg
 from coinstream.events.v1 import events_pb2
 from coinstream.payouts.v1 import payouts_pb2
+from google.protobuf.message import DecodeError
 
 from services.payouts.dead_letters import DeadLetter, list_dead_letters
 from services.payouts.settlement import DEFAULT_MAX_DELIVERIES
@@ -21,7 +23,7 @@ from services.wallet.domain import DEFAULT_PACKAGES
 from tests.support.clients import SERVICE, Clients, auth, new_id
 from tests.support.factories import buy, make_account
 from tests.support.gifts import post_video, video_gift
-from tests.support.stack import Stack, operator_nats
+from tests.support.stack import Stack, operator_nats, record_synthetic_gifts
 
 PUBLISH_CONCURRENCY = 200
 WAIT_SECONDS = 30.0
@@ -69,6 +71,8 @@ async def publish(stack: Stack, events: list[events_pb2.GiftSent], message_ids: 
 
 
 async def publish_raw(stack: Stack, payloads: list[bytes], message_ids: list[str]) -> list[bool]:
+    """On the synthetic stack only, which records the gifts the payloads name (tests/support/stack.py)."""
+    record_synthetic_gifts(stack, filter(None, map(gift_named_by, payloads)))
     nc = await operator_nats(stack.nats)
     try:
         js = nc.jetstream()
@@ -88,6 +92,14 @@ async def publish_raw(stack: Stack, payloads: list[bytes], message_ids: list[str
         return duplicates
     finally:
         await nc.drain()
+
+
+def gift_named_by(payload: bytes) -> str:
+    """The gift a payload names, if it reads as a GiftSent at all (tests also publish garbage)."""
+    try:
+        return events_pb2.GiftSent.FromString(payload).gift_transaction_id
+    except DecodeError:
+        return ""
 
 
 async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], seconds: float = WAIT_SECONDS) -> T:
