@@ -156,6 +156,7 @@ async def _check_all(
         *await checks.wallet_funding(wallet),
         *await checks.gift_payments(wallet, gifts, completed, thresholds),
         *settled,
+        *await checks.credits_without_gifts(gifts, payouts, completed, thresholds),
         *await checks.payouts_ledger(payouts),
         *await checks.stuck_work(connections, thresholds),
     ]
