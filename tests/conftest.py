@@ -1,5 +1,12 @@
-"""Fixtures: one real stack per test session (PostgreSQL, nats-server, wallet, gifts, payouts on free ports) and
-async gRPC stubs on the session's event loop. What tests share besides fixtures is in tests/support/."""
+"""Fixtures: real stacks (PostgreSQL, nats-server, wallet, gifts, payouts on free ports) and async gRPC stubs on the
+session's event loop. What tests share besides fixtures is in tests/support/.
+
+`stack` and `clients` are the shared stack's, which every test module uses and which holds real gifts only, so every
+money identity holds on it at any moment. A module that publishes GiftSents of its own (made up, malformed, replayed:
+tests/support/payouts.py) is marked `pytestmark = pytest.mark.synthetic_events`, and its `stack` and `clients` are
+those of a second stack, started for the first such module a process runs: the credits of those events have no gift
+behind them, which the shared stack must never hold. Each stack's money identities are checked when the session ends
+(on the synthetic one, a credit of a made-up event may lack its gift; nothing else)."""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import pytest_asyncio
@@ -28,11 +36,52 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
+SYNTHETIC_EVENTS = "synthetic_events"
+
+
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
-    root = Path(tempfile.mkdtemp(prefix="coinstream-test-"))
+def shared_stack() -> Iterator[Stack]:
+    yield from running_stack("coinstream-test-", synthetic_events=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic_stack() -> Iterator[Stack]:
+    """Started only when a module marked synthetic_events asks for it: at most one more stack per worker process."""
+    yield from running_stack("coinstream-test-synthetic-", synthetic_events=True)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def shared_clients(shared_stack: Stack) -> AsyncIterator[Clients]:
+    async with clients_for(shared_stack) as stubs:
+        yield stubs
+
+
+@pytest_asyncio.fixture(scope="session")
+async def synthetic_clients(synthetic_stack: Stack) -> AsyncIterator[Clients]:
+    async with clients_for(synthetic_stack) as stubs:
+        yield stubs
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """The module's stack: the synthetic one for a module marked synthetic_events, else the shared one."""
+    return cast(Stack, request.getfixturevalue(f"{stack_kind(request)}_stack"))
+
+
+@pytest.fixture(scope="module")
+def clients(request: pytest.FixtureRequest) -> Clients:
+    """Stubs of the module's stack (see stack)."""
+    return cast(Clients, request.getfixturevalue(f"{stack_kind(request)}_clients"))
+
+
+def stack_kind(request: pytest.FixtureRequest) -> str:
+    return "synthetic" if request.node.get_closest_marker(SYNTHETIC_EVENTS) else "shared"
+
+
+def running_stack(prefix: str, *, synthetic_events: bool) -> Iterator[Stack]:
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)  # the unprivileged postgres user must reach its data directory
-    test_stack = build_stack(root)
+    test_stack = build_stack(root, synthetic_events=synthetic_events)
     try:
         test_stack.start()
         yield test_stack
@@ -46,7 +95,8 @@ def stack() -> Iterator[Stack]:
 
 def assert_money_identities_hold(test_stack: Stack) -> None:
     """After every test of the session — concurrent, replayed and crashed ones included — the money identities
-    must still hold across the three databases (tests/support/invariants.py)."""
+    must still hold across the three databases (tests/support/invariants.py; on the synthetic stack, the credits of
+    made-up GiftSents lack their gifts, as they should)."""
     if set(SERVICES) != set(ALL_SERVICES):
         return  # a partial stack (COINSTREAM_TEST_SERVICES) cannot see the whole money path
     for name in ALL_SERVICES:
@@ -72,9 +122,3 @@ def assert_no_secret_was_logged(test_stack: Stack) -> None:
         if any(marker in line for marker in (*SECRET_MARKERS, *nats_passwords))
     ]
     assert leaks == [], "secrets in the service logs:\n" + "\n".join(leaks[:20])
-
-
-@pytest_asyncio.fixture(scope="session")
-async def clients(stack: Stack) -> AsyncIterator[Clients]:
-    async with clients_for(stack) as stubs:
-        yield stubs

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         "--settlement-grace-seconds",
         type=float,
         default=Thresholds.settlement_grace_seconds,
-        help="a completed gift younger than this may still be on its way to payouts (default %(default)s)",
+        help="a completed gift younger than this may still be on its way to payouts, and a credit younger than this"
+        " may be of a gift completed after gifts' database was read (default %(default)s)",
     )
     parser.add_argument(
         "--stuck-after-seconds",

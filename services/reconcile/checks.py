@@ -3,10 +3,11 @@
 Wallet: every transaction balances; each user bucket (paid, bonus) equals its postings and is never negative except
 a frozen account's chargeback debt; coins issued (sales + promotions, net of reversals) = user balances + coins spent.
 Across services: every completed gift was paid by exactly one wallet spend of the same coins, and settled exactly
-once (once the settlement lag has passed, unless its event was dead-lettered); per creator and rate version the
-diamonds are floor(total coins × rate) with the rest carried. Payouts: every transaction balances; creator balances
-(pending, available, reserved) equal their postings and are never negative; per creator, pending + available +
-reserved + withdrawn = credited. Work: no gift, purchase or withdrawal pending longer than a threshold.
+once (once the settlement lag has passed, unless its event was dead-lettered); every diamond credit has its completed
+gift (a forged or replayed GiftSent credits diamonds nobody paid for); per creator and rate version the diamonds are
+floor(total coins × rate) with the rest carried. Payouts: every transaction balances; creator balances (pending,
+available, reserved) equal their postings and are never negative; per creator, pending + available + reserved +
+withdrawn = credited. Work: no gift, purchase or withdrawal pending longer than a threshold.
 
 A check compares what the ledgers say with each other; it never writes. Most comparisons run in SQL (a HAVING over
 the whole table), so a check reads only its discrepancies."""
@@ -20,7 +21,8 @@ import asyncpg
 
 @dataclass(frozen=True)
 class Discrepancy:
-    # which identity: wallet_ledger, wallet_funding, clawback, gift_payment, settlement, payouts_ledger, stuck_work
+    # which identity: wallet_ledger, wallet_funding, clawback, gift_payment, settlement, credit_without_gift,
+    # payouts_ledger, stuck_work
     check: str
     subject: str  # the transaction, account, gift or creator it concerns
     detail: str
@@ -28,7 +30,8 @@ class Discrepancy:
 
 @dataclass(frozen=True)
 class Thresholds:
-    # A completed gift younger than this may still be on its way to payouts (outbox, JetStream, settlement batch).
+    # A completed gift younger than this may still be on its way to payouts (outbox, JetStream, settlement batch); a
+    # credit younger than this may be of a gift that completed after gifts' snapshot was read.
     settlement_grace_seconds: float = 60.0
     # Pending work older than this is stuck: recovery passes and workers should have finished it long before.
     stuck_after_seconds: float = 3600.0
@@ -312,6 +315,44 @@ async def settlement(
         for r in rounded
     ]
     return found, in_flight, sorted(waiting_for_replay)
+
+
+async def credits_without_gifts(
+    gifts: asyncpg.Connection, payouts: asyncpg.Connection, completed: CompletedGifts, thresholds: Thresholds
+) -> list[Discrepancy]:
+    """Every diamond credit ↔ a completed gift. Settlement credits whatever a GiftSent says, so an event no gift
+    completed (forged, replayed from elsewhere, published by a gifts bug) would credit diamonds nobody paid for. Gifts'
+    snapshot is read before payouts', so a gift may complete after the one and be credited before the other: a credit
+    younger than the settlement grace is not reported yet."""
+    credits = await payouts.fetch(
+        "SELECT c.gift_transaction_id, c.creator_id, c.coins, c.diamonds FROM diamond_credits AS c"
+        " WHERE c.created_at <= now() - make_interval(secs => $2)"
+        "   AND NOT EXISTS (SELECT 1 FROM unnest($1::text[]) AS g (id) WHERE g.id = c.gift_transaction_id)"
+        " ORDER BY c.created_at, c.gift_transaction_id",
+        list(completed),
+        thresholds.settlement_grace_seconds,
+    )
+    if not credits:
+        return []
+    # Only the discrepancies are looked up: whether gifts knows the gift at all tells a forged event from a bug.
+    known = await gifts.fetch(
+        "SELECT gift_transaction_id, status FROM gift_transactions WHERE gift_transaction_id = ANY($1::text[])",
+        [r["gift_transaction_id"] for r in credits],
+    )
+    statuses: dict[str, str] = {r["gift_transaction_id"]: r["status"] for r in known}
+    return [
+        Discrepancy(
+            "credit_without_gift",
+            r["gift_transaction_id"],
+            f"credited {r['diamonds']} diamonds for {r['coins']} coins to creator {r['creator_id']};"
+            f" {_gift_status(statuses.get(r['gift_transaction_id']))}",
+        )
+        for r in credits
+    ]
+
+
+def _gift_status(status: str | None) -> str:
+    return "gifts has no such gift" if status is None else f"the gift is {status}"
 
 
 async def completed_gifts(gifts: asyncpg.Connection, thresholds: Thresholds) -> CompletedGifts:

@@ -157,6 +157,7 @@ async def _check_all(
         *await checks.gift_payments(wallet, gifts, completed, thresholds),
         *await checks.reversal_clawbacks(wallet, payouts, thresholds),
         *settled,
+        *await checks.credits_without_gifts(gifts, payouts, completed, thresholds),
         *await checks.payouts_ledger(payouts),
         *await checks.stuck_work(connections, thresholds),
     ]

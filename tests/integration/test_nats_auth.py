@@ -54,9 +54,10 @@ from services.runtime.nats_permissions import (
     password_from_environment,
     render_authorization,
 )
-from tests.support.clients import ADMIN, Clients, new_id
-from tests.support.factories import buy, create_account, reversal
-from tests.support.payouts import earnings, gift_sent, publish
+from tests.support.clients import ADMIN, Clients
+from tests.support.factories import buy, create_account, make_account, reversal
+from tests.support.gifts import go_live, send
+from tests.support.payouts import earnings, gift_sent, wait_for_lifetime
 from tests.support.stack import REPO_ROOT, Stack, operator_nats
 
 # A request nats-server refused never gets an answer: the client gives up after this.
@@ -226,6 +227,13 @@ async def test_the_wallet_publishes_its_events_with_its_own_login(clients: Clien
         await nc.close()
 
 
+async def settle_a_real_gift(clients: Clients) -> None:
+    """A gift sent and settled, so its GiftSent is in GIFTS (the shared stack takes no made-up one)."""
+    stream = await go_live(clients)
+    await send(clients, await make_account(clients, package_id="coins_65"), stream.stream_id)
+    await wait_for_lifetime(clients, stream.creator_id, 1)
+
+
 def destructive_requests(sequence: int) -> dict[str, bytes]:
     """JetStream API requests that would drop money owed to creators: a stream deleted or purged, one unsettled
     GiftSent deleted, or the settlement consumer deleted (GIFTS keeps a message only while a consumer wants it); and
@@ -245,8 +253,8 @@ def destructive_requests(sequence: int) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("user", [WALLET_USER, GIFTS_USER, PAYOUTS_USER, OPERATOR_USER])
-async def test_nobody_can_delete_or_purge_the_streams(stack: Stack, user: str) -> None:
-    await publish(stack, [gift_sent(new_id("creator"), 1)])  # a message a delete could name, run alone too
+async def test_nobody_can_delete_or_purge_the_streams(stack: Stack, clients: Clients, user: str) -> None:
+    await settle_a_real_gift(clients)  # a message a delete could name, run alone too
     before = await stored_last_sequence(stack, GIFTS_STREAM)
     requests = destructive_requests(before)
     async with logged_in(stack, user) as session:

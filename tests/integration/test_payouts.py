@@ -1,5 +1,6 @@
 """PayoutService over real gRPC: every RPC's happy path, its errors, validation, auth and idempotency; withdrawals
-paid and failed by the sandbox payout provider. Diamonds arrive through settlement of published GiftSent events."""
+paid and failed by the sandbox payout provider. Diamonds arrive through real gifts, settled (tests/support/payouts.py
+fund)."""
 
 from __future__ import annotations
 
@@ -76,9 +77,9 @@ async def test_unknown_creator_has_zero_earnings(clients: Clients) -> None:
     assert found == payouts_pb2.Earnings(creator_id=creator_id)
 
 
-async def test_earnings_are_visible_to_owner_service_and_admin_only(stack: Stack, clients: Clients) -> None:
+async def test_earnings_are_visible_to_owner_service_and_admin_only(clients: Clients) -> None:
     creator_id = new_id("creator")
-    await fund(stack, clients, creator_id, 1234)
+    await fund(clients, creator_id, 1234)
     for metadata in (auth(creator_id), SERVICE, ADMIN):
         response = await clients.payouts.GetEarnings(
             payouts_pb2.GetEarningsRequest(creator_id=creator_id), metadata=metadata
@@ -179,10 +180,10 @@ async def test_withdrawal_below_minimum_is_refused(clients: Clients) -> None:
     assert (error.code(), error_reason(error)) == (grpc.StatusCode.FAILED_PRECONDITION, "BELOW_MINIMUM_WITHDRAWAL")
 
 
-async def test_withdrawal_must_be_worth_whole_cents(stack: Stack, clients: Clients) -> None:
+async def test_withdrawal_must_be_worth_whole_cents(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id)
-    await fund(stack, clients, creator_id, 3000)
+    await fund(clients, creator_id, 3000)
     request = withdrawal_request(creator_id, 2001)
     for _ in range(2):  # the replay of a stored INVALID_ARGUMENT keeps its field violations
         error = await refused(clients.payouts.RequestWithdrawal(request, metadata=SERVICE))
@@ -191,22 +192,22 @@ async def test_withdrawal_must_be_worth_whole_cents(stack: Stack, clients: Clien
     assert (await earnings(clients, creator_id)).available_diamonds == 3000
 
 
-async def test_withdrawal_larger_than_available_is_refused(stack: Stack, clients: Clients) -> None:
+async def test_withdrawal_larger_than_available_is_refused(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id)
     error = await refused(clients.payouts.RequestWithdrawal(withdrawal_request(creator_id, 2000), metadata=SERVICE))
     assert (error.code(), error_reason(error)) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_DIAMONDS")
-    await fund(stack, clients, creator_id, 3000)
+    await fund(clients, creator_id, 3000)
     error = await refused(clients.payouts.RequestWithdrawal(withdrawal_request(creator_id, 3002), metadata=SERVICE))
     assert error_reason(error) == "INSUFFICIENT_DIAMONDS"
     found = await earnings(clients, creator_id)
     assert (found.available_diamonds, found.reserved_diamonds) == (3000, 0)
 
 
-async def test_withdrawals_are_capped_per_rolling_24_hours(stack: Stack, clients: Clients) -> None:
+async def test_withdrawals_are_capped_per_rolling_24_hours(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:ok-capped")
-    await fund(stack, clients, creator_id, 260_000, gifts=3)
+    await fund(clients, creator_id, 260_000, gifts=3)
     first = await withdraw(clients, creator_id, 150_000)
     assert (await wait_until_finished(clients, first.withdrawal_id)).status == payouts_pb2.WITHDRAWAL_STATUS_PAID
     # Paid withdrawals still count: 150,000 + 50,002 > 200,000.
@@ -221,10 +222,10 @@ async def test_withdrawals_are_capped_per_rolling_24_hours(stack: Stack, clients
     assert (found.available_diamonds, found.reserved_diamonds, found.lifetime_diamonds) == (60_000, 0, 260_000)
 
 
-async def test_failed_withdrawals_do_not_count_toward_the_cap(stack: Stack, clients: Clients) -> None:
+async def test_failed_withdrawals_do_not_count_toward_the_cap(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:fail-capped")
-    await fund(stack, clients, creator_id, 200_000)
+    await fund(clients, creator_id, 200_000)
     failed = await withdraw(clients, creator_id, 200_000)
     assert (await wait_until_finished(clients, failed.withdrawal_id)).status == payouts_pb2.WITHDRAWAL_STATUS_FAILED
     again = await withdraw(clients, creator_id, 200_000)
@@ -232,10 +233,10 @@ async def test_failed_withdrawals_do_not_count_toward_the_cap(stack: Stack, clie
     await wait_until_finished(clients, again.withdrawal_id)
 
 
-async def test_withdrawal_is_for_the_owner_or_a_service(stack: Stack, clients: Clients) -> None:
+async def test_withdrawal_is_for_the_owner_or_a_service(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id)
-    await fund(stack, clients, creator_id, 4000)
+    await fund(clients, creator_id, 4000)
     for metadata in (auth("intruder"), ADMIN):
         error = await refused(
             clients.payouts.RequestWithdrawal(withdrawal_request(creator_id, 2000), metadata=metadata)
@@ -249,10 +250,10 @@ async def test_withdrawal_is_for_the_owner_or_a_service(stack: Stack, clients: C
 # --- RequestWithdrawal: idempotency -----------------------------------------------------------------------------------
 
 
-async def test_withdrawal_replay_returns_the_same_withdrawal_and_moves_nothing(stack: Stack, clients: Clients) -> None:
+async def test_withdrawal_replay_returns_the_same_withdrawal_and_moves_nothing(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:fail-replay")  # stays withdrawable afterwards
-    await fund(stack, clients, creator_id, 5000)
+    await fund(clients, creator_id, 5000)
     request = withdrawal_request(creator_id, 2000)
     first = await clients.payouts.RequestWithdrawal(request, metadata=SERVICE)
     replayed = await clients.payouts.RequestWithdrawal(request, metadata=SERVICE)
@@ -267,23 +268,23 @@ async def test_withdrawal_replay_returns_the_same_withdrawal_and_moves_nothing(s
     await wait_until_finished(clients, first.withdrawal.withdrawal_id)
 
 
-async def test_refused_withdrawal_replays_its_refusal(stack: Stack, clients: Clients) -> None:
+async def test_refused_withdrawal_replays_its_refusal(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id)
     request = withdrawal_request(creator_id, 2000)
     error = await refused(clients.payouts.RequestWithdrawal(request, metadata=SERVICE))
     assert error_reason(error) == "INSUFFICIENT_DIAMONDS"
-    await fund(stack, clients, creator_id, 2000)
+    await fund(clients, creator_id, 2000)
     # The same request_id keeps its original outcome, though it would succeed now.
     error = await refused(clients.payouts.RequestWithdrawal(request, metadata=SERVICE))
     assert error_reason(error) == "INSUFFICIENT_DIAMONDS"
     assert (await earnings(clients, creator_id)).available_diamonds == 2000
 
 
-async def test_concurrent_replays_reserve_once(stack: Stack, clients: Clients) -> None:
+async def test_concurrent_replays_reserve_once(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:ok-concurrent")
-    await fund(stack, clients, creator_id, 10_000)
+    await fund(clients, creator_id, 10_000)
     request = withdrawal_request(creator_id, 2000)
     responses = await asyncio.gather(*(clients.payouts.RequestWithdrawal(request, metadata=SERVICE) for _ in range(8)))
     assert len({response.withdrawal.withdrawal_id for response in responses}) == 1
@@ -292,10 +293,10 @@ async def test_concurrent_replays_reserve_once(stack: Stack, clients: Clients) -
     assert (found.available_diamonds, found.reserved_diamonds) == (8000, 0)
 
 
-async def test_concurrent_withdrawals_never_overdraw(stack: Stack, clients: Clients) -> None:
+async def test_concurrent_withdrawals_never_overdraw(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:ok-race")
-    await fund(stack, clients, creator_id, 5000)
+    await fund(clients, creator_id, 5000)
     outcomes = await asyncio.gather(
         *(clients.payouts.RequestWithdrawal(withdrawal_request(creator_id, 2000), metadata=SERVICE) for _ in range(8)),
         return_exceptions=True,
@@ -315,7 +316,7 @@ async def test_concurrent_withdrawals_never_overdraw(stack: Stack, clients: Clie
 async def test_withdrawal_to_a_good_destination_is_paid(stack: Stack, clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:ok-paid")
-    await fund(stack, clients, creator_id, 5000, gifts=5)
+    await fund(clients, creator_id, 5000, gifts=5)
     withdrawal = await withdraw(clients, creator_id, 4000)
     assert withdrawal.withdrawal_id
     assert (withdrawal.creator_id, withdrawal.diamonds) == (creator_id, 4000)
@@ -346,7 +347,7 @@ async def test_failed_payout_returns_the_diamonds(
 ) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination=destination)
-    await fund(stack, clients, creator_id, 3000)
+    await fund(clients, creator_id, 3000)
     withdrawal = await withdraw(clients, creator_id, 2000)
     failed = await wait_until_finished(clients, withdrawal.withdrawal_id)
     assert (failed.status, failed.failure_reason) == (payouts_pb2.WITHDRAWAL_STATUS_FAILED, reason)
@@ -358,10 +359,10 @@ async def test_failed_payout_returns_the_diamonds(
 # --- GetWithdrawal ----------------------------------------------------------------------------------------------------
 
 
-async def test_withdrawal_is_visible_to_its_creator_service_and_admin(stack: Stack, clients: Clients) -> None:
+async def test_withdrawal_is_visible_to_its_creator_service_and_admin(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id)
-    await fund(stack, clients, creator_id, 2000)
+    await fund(clients, creator_id, 2000)
     withdrawal = await withdraw(clients, creator_id, 2000)
     request = payouts_pb2.GetWithdrawalRequest(withdrawal_id=withdrawal.withdrawal_id)
     for metadata in (auth(creator_id), SERVICE, ADMIN):

@@ -42,7 +42,7 @@ async def submitted(stack: Stack, withdrawal_id: str) -> bool:
 async def test_held_payout_stays_pending_until_canceled(stack: Stack, clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:hold-forever")
-    await fund(stack, clients, creator_id, 5000)
+    await fund(clients, creator_id, 5000)
     withdrawal = await withdraw(clients, creator_id, 2000)
     assert await eventually(lambda: submitted(stack, withdrawal.withdrawal_id), bool)
     await asyncio.sleep(1.0)  # twice the sandbox's settle time: an ok destination would have been paid by now
@@ -79,7 +79,7 @@ async def test_held_payout_stays_pending_until_canceled(stack: Stack, clients: C
 async def test_concurrent_cancels_return_the_diamonds_once(stack: Stack, clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:hold-race")
-    await fund(stack, clients, creator_id, 4000)
+    await fund(clients, creator_id, 4000)
     withdrawal = await withdraw(clients, creator_id, 4000)
     outcomes = await asyncio.gather(*(cancel(clients, withdrawal.withdrawal_id) for _ in range(8)))
     assert {outcome.status for outcome in outcomes} == {payouts_pb2.WITHDRAWAL_STATUS_CANCELED}
@@ -100,7 +100,7 @@ async def test_finished_withdrawal_cannot_be_canceled(
 ) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination=destination)
-    await fund(stack, clients, creator_id, 3000)
+    await fund(clients, creator_id, 3000)
     withdrawal = await withdraw(clients, creator_id, 2000)
     finished = await wait_until_finished(clients, withdrawal.withdrawal_id)
     assert finished.status == status
@@ -116,7 +116,7 @@ async def test_finished_withdrawal_cannot_be_canceled(
 async def test_submitted_payout_to_an_ok_destination_cannot_be_canceled(stack: Stack, clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:ok-slow")
-    await fund(stack, clients, creator_id, 2000)
+    await fund(clients, creator_id, 2000)
     try:
         stack.restart_service("payouts", {"COINSTREAM_PAYOUTS_SANDBOX_SETTLE_SECONDS": "3600"})
         withdrawal = await withdraw(clients, creator_id, 2000)
@@ -138,7 +138,7 @@ async def test_submitted_payout_to_an_ok_destination_cannot_be_canceled(stack: S
 async def test_ok_payout_can_be_canceled_before_submission(stack: Stack, clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:ok-early")
-    await fund(stack, clients, creator_id, 2000)
+    await fund(clients, creator_id, 2000)
     try:
         # The payout worker looks once at start, then sleeps: a withdrawal made now is not submitted.
         stack.restart_service("payouts", {"COINSTREAM_PAYOUTS_WORKER_INTERVAL_SECONDS": "3600"})
@@ -153,10 +153,10 @@ async def test_ok_payout_can_be_canceled_before_submission(stack: Stack, clients
     await assert_ledger_consistent(stack)
 
 
-async def test_cancel_is_for_the_owner_or_a_service(stack: Stack, clients: Clients) -> None:
+async def test_cancel_is_for_the_owner_or_a_service(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:hold-auth")
-    await fund(stack, clients, creator_id, 2000)
+    await fund(clients, creator_id, 2000)
     withdrawal = await withdraw(clients, creator_id, 2000)
     # Someone else's withdrawal looks like a missing one.
     for withdrawal_id, metadata in ((withdrawal.withdrawal_id, auth("intruder")), ("wd_does_not_exist", SERVICE)):
@@ -176,9 +176,9 @@ async def test_cancel_is_for_the_owner_or_a_service(stack: Stack, clients: Clien
 async def test_canceled_withdrawals_do_not_count_toward_the_cap(stack: Stack, clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:hold-cap")
-    await fund(stack, clients, creator_id, 200_000)
+    await fund(clients, creator_id, 200_000)
     first = await withdraw(clients, creator_id, 200_000)
-    await fund(stack, clients, creator_id, 2000)
+    await fund(clients, creator_id, 2000)
     error = await refused(
         clients.payouts.RequestWithdrawal(
             payouts_pb2.RequestWithdrawalRequest(request_id=new_id("req"), creator_id=creator_id, diamonds=2000),

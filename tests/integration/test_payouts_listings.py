@@ -7,6 +7,7 @@ import base64
 import json
 
 import grpc
+import pytest
 from coinstream.payouts.v1 import payouts_pb2
 
 from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
@@ -23,6 +24,9 @@ from tests.support.payouts import (
     withdraw,
 )
 from tests.support.stack import Stack
+
+# Statements over gifts to streams and videos made up here: on the synthetic stack (tests/conftest.py).
+pytestmark = pytest.mark.synthetic_events
 
 
 async def list_withdrawals(
@@ -53,10 +57,10 @@ def rows(response: payouts_pb2.ListEarningsResponse) -> list[tuple[str, int, int
 # --- ListWithdrawals --------------------------------------------------------------------------------------------------
 
 
-async def test_withdrawals_are_listed_newest_first_in_pages(stack: Stack, clients: Clients) -> None:
+async def test_withdrawals_are_listed_newest_first_in_pages(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:hold-list")
-    await fund(stack, clients, creator_id, 10_000)
+    await fund(clients, creator_id, 10_000)
     made = [await withdraw(clients, creator_id, 2000) for _ in range(5)]
     await cancel(clients, made[1].withdrawal_id)
 
@@ -123,10 +127,10 @@ async def test_forged_positions_a_datetime_or_postgresql_cannot_hold_are_refused
             )
 
 
-async def test_a_page_token_is_only_good_for_its_own_list(stack: Stack, clients: Clients) -> None:
+async def test_a_page_token_is_only_good_for_its_own_list(clients: Clients) -> None:
     creator_id = new_id("creator")
     await make_eligible(clients, creator_id, destination="sandbox:hold-token")
-    await fund(stack, clients, creator_id, 4000)
+    await fund(clients, creator_id, 4000)
     made = [await withdraw(clients, creator_id, 2000) for _ in range(2)]
     token = (await list_withdrawals(clients, creator_id, page_size=1)).next_page_token
     assert token

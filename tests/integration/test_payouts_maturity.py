@@ -28,6 +28,9 @@ from tests.support.payouts import (
 )
 from tests.support.stack import Stack
 
+# Held gifts published straight to JetStream with their paid/bonus split: on the synthetic stack.
+pytestmark = pytest.mark.synthetic_events
+
 HOLD_SECONDS = 2
 
 

@@ -1,5 +1,6 @@
 """`coinstream reconcile` (python -m services.reconcile): 0 and a clean report on the suite's stack, and each kind of
-discrepancy found — planted inside a transaction that is rolled back, so the stack stays consistent."""
+discrepancy found — planted inside a transaction that is rolled back, so the stack stays consistent, or, for a credit
+of a GiftSent no gift sent, made up on the synthetic stack (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from coinstream.testing.servers import free_port, stop_process
-from services.reconcile.checks import Thresholds, completed_gifts, gift_payments, stuck_work, wallet_ledger
+from services.reconcile.checks import (
+    Thresholds,
+    completed_gifts,
+    credits_without_gifts,
+    gift_payments,
+    stuck_work,
+    wallet_ledger,
+)
 from tests.support.clients import Clients, new_id
 from tests.support.factories import buy, create_account
 from tests.support.gifts import live_stream_id
 from tests.support.invariants import wait_until_settled
+from tests.support.payouts import gift_sent, publish, wait_for_lifetime
 from tests.support.stack import REPO_ROOT, Stack
 
 
@@ -101,6 +110,96 @@ async def test_a_completed_gift_without_its_wallet_spend_is_reported(stack: Stac
     finally:
         await wallet.close()
         await gifts.close()
+
+
+async def test_a_credit_without_a_completed_gift_is_reported_once_past_the_grace(
+    stack: Stack, clients: Clients
+) -> None:
+    stream_id = await live_stream_id(clients)
+    gifts = await asyncpg.connect(stack.database_url("gifts"))
+    payouts = await asyncpg.connect(stack.database_url("payouts"))
+    unknown, failed, recent = new_id("gtx"), new_id("gtx"), new_id("gtx")
+    two_minutes_ago = datetime.now(UTC) - timedelta(minutes=2)
+    try:
+        async with gifts.transaction(), payouts.transaction():
+            await plant_failed_gift(gifts, failed, stream_id)
+            await plant_credit(payouts, unknown, credited_at=two_minutes_ago)
+            await plant_credit(payouts, failed, credited_at=two_minutes_ago)
+            await plant_credit(payouts, recent)
+            completed = await completed_gifts(gifts, Thresholds())
+            found = {
+                d.subject: (d.check, d.detail)
+                for d in await credits_without_gifts(gifts, payouts, completed, Thresholds())
+                if d.subject in (unknown, failed, recent)
+            }
+            # The recent one may be of a gift that completed after gifts was read: not reported within the grace.
+            credited = "credited 7 diamonds for 7 coins to creator creator-planted"
+            assert found == {
+                unknown: ("credit_without_gift", f"{credited}; gifts has no such gift"),
+                failed: ("credit_without_gift", f"{credited}; the gift is failed"),
+            }
+            no_grace = Thresholds(settlement_grace_seconds=0)
+            reported = {d.subject for d in await credits_without_gifts(gifts, payouts, completed, no_grace)}
+            assert {unknown, failed, recent} <= reported
+            raise Rollback
+    except Rollback:
+        pass
+    finally:
+        await gifts.close()
+        await payouts.close()
+
+
+async def plant_failed_gift(gifts: asyncpg.Connection, gift_id: str, stream_id: str) -> None:
+    await gifts.execute(
+        "INSERT INTO gift_transactions (gift_transaction_id, request_id, sender_id, recipient_id, stream_id,"
+        " gift_id, quantity, coin_price, coins, status, failure_reason, finished_at)"
+        " SELECT $1, $1, 'nobody', creator_id, stream_id, 'rose', 7, 1, 7, 'failed', 'planted', now()"
+        " FROM live_streams WHERE stream_id = $2",
+        gift_id,
+        stream_id,
+    )
+
+
+async def plant_credit(payouts: asyncpg.Connection, gift_id: str, credited_at: datetime | None = None) -> None:
+    """A settled gift's rows as settlement writes them (its postings aside), for a gift gifts never had."""
+    transaction_id = new_id("txn")
+    await payouts.execute("INSERT INTO inbox (gift_transaction_id) VALUES ($1)", gift_id)
+    await payouts.execute(
+        "INSERT INTO ledger_transactions (transaction_id, kind, reference) VALUES ($1, 'settlement', 'planted')",
+        transaction_id,
+    )
+    await payouts.execute(
+        "INSERT INTO diamond_credits (gift_transaction_id, creator_id, stream_id, coins, diamonds, rate_version,"
+        " transaction_id, created_at)"
+        " SELECT $1, 'creator-planted', 'stream-planted', 7, 7, max(version), $2, coalesce($3, now())"
+        " FROM settlement_rates",
+        gift_id,
+        transaction_id,
+        credited_at,
+    )
+
+
+async def test_reconcile_reports_the_credit_of_a_made_up_gift_sent(
+    synthetic_stack: Stack, synthetic_clients: Clients
+) -> None:
+    """End to end, as an operator sees it: a GiftSent no gift sent, settled like any other, then reported."""
+    made_up = gift_sent(new_id("creator"), 7)
+    await publish(synthetic_stack, [made_up])
+    await wait_for_lifetime(synthetic_clients, made_up.recipient_id, 7)
+
+    within_grace = await run_reconcile(synthetic_stack, "--json")
+    assert made_up.gift_transaction_id not in credits_reported(within_grace), within_grace.stdout
+    past_grace = await run_reconcile(synthetic_stack, "--json", "--settlement-grace-seconds", "0")
+    assert past_grace.returncode == 1, past_grace.stdout + past_grace.stderr
+    assert credits_reported(past_grace)[made_up.gift_transaction_id] == (
+        f"credited 7 diamonds for 7 coins to creator {made_up.recipient_id}; gifts has no such gift"
+    )
+
+
+def credits_reported(done: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """The credit_without_gift discrepancies of a --json report: detail by gift."""
+    report = json.loads(done.stdout)
+    return {d["subject"]: d["detail"] for d in report["discrepancies"] if d["check"] == "credit_without_gift"}
 
 
 async def test_work_pending_longer_than_the_threshold_is_reported(stack: Stack, clients: Clients) -> None:

@@ -22,6 +22,9 @@ from tests.support.payouts import (
 )
 from tests.support.stack import Stack
 
+# Settlement is fed GiftSents made up here (duplicates, garbage, odd targets): on the synthetic stack.
+pytestmark = pytest.mark.synthetic_events
+
 
 async def current_rate_version(clients: Clients) -> int:
     return (await clients.payouts.GetRates(payouts_pb2.GetRatesRequest(), metadata=SERVICE)).rates.rate_version

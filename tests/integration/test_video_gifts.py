@@ -15,29 +15,9 @@ from tests.support.clients import ADMIN, SERVICE, Clients, auth, new_id
 from tests.support.errors import error_reason, violated_fields
 from tests.support.events import gift_sent_messages, published_event
 from tests.support.factories import balance, make_account
-from tests.support.gifts import go_live
+from tests.support.gifts import go_live, post_video, video_gift, video_request
 from tests.support.payouts import wait_for_lifetime
 from tests.support.stack import Stack
-
-
-def video_request(
-    creator_id: str, video_id: str | None = None, gifts_enabled: bool = True
-) -> gifts_pb2.UpsertVideoRequest:
-    return gifts_pb2.UpsertVideoRequest(
-        request_id=new_id("req"), video_id=video_id or new_id("vid"), creator_id=creator_id, gifts_enabled=gifts_enabled
-    )
-
-
-async def post_video(clients: Clients, creator_id: str | None = None, gifts_enabled: bool = True) -> gifts_pb2.Video:
-    creator_id = creator_id or await make_account(clients)
-    reply = await clients.gifts.UpsertVideo(video_request(creator_id, gifts_enabled=gifts_enabled), metadata=SERVICE)
-    return reply.video
-
-
-def video_gift(sender_id: str, video_id: str, gift_id: str = "rose", quantity: int = 1) -> gifts_pb2.SendGiftRequest:
-    return gifts_pb2.SendGiftRequest(
-        request_id=new_id("req"), sender_id=sender_id, video_id=video_id, gift_id=gift_id, quantity=quantity
-    )
 
 
 async def video_summary(clients: Clients, video_id: str) -> gifts_pb2.VideoSummary:

@@ -1,5 +1,5 @@
-"""Gifts through the public API: streams gone live and ended, gift requests, summaries, and a subscribed watcher of a
-stream's live feed."""
+"""Gifts through the public API: streams gone live and ended, videos posted, gift requests, summaries, and a
+subscribed watcher of a stream's live feed."""
 
 from __future__ import annotations
 
@@ -35,6 +35,27 @@ async def live_stream_id(clients: Clients, creator_id: str | None = None) -> str
 async def end_stream(clients: Clients, stream_id: str) -> None:
     await clients.gifts.EndLiveStream(
         gifts_pb2.EndLiveStreamRequest(request_id=new_id("req"), stream_id=stream_id), metadata=SERVICE
+    )
+
+
+def video_request(
+    creator_id: str, video_id: str | None = None, gifts_enabled: bool = True
+) -> gifts_pb2.UpsertVideoRequest:
+    return gifts_pb2.UpsertVideoRequest(
+        request_id=new_id("req"), video_id=video_id or new_id("vid"), creator_id=creator_id, gifts_enabled=gifts_enabled
+    )
+
+
+async def post_video(clients: Clients, creator_id: str | None = None, gifts_enabled: bool = True) -> gifts_pb2.Video:
+    """A new video of the creator's (a new account unless given; any id may own a video)."""
+    creator_id = creator_id or await make_account(clients)
+    reply = await clients.gifts.UpsertVideo(video_request(creator_id, gifts_enabled=gifts_enabled), metadata=SERVICE)
+    return reply.video
+
+
+def video_gift(sender_id: str, video_id: str, gift_id: str = "rose", quantity: int = 1) -> gifts_pb2.SendGiftRequest:
+    return gifts_pb2.SendGiftRequest(
+        request_id=new_id("req"), sender_id=sender_id, video_id=video_id, gift_id=gift_id, quantity=quantity
     )
 
 

@@ -1,5 +1,6 @@
-"""Payouts: GiftSent events published straight to JetStream (as the gifts service would), waiting for settlement,
-payouts and dead letters, and checks of the payouts ledger read from its database."""
+"""Payouts: creators funded through real gifts, GiftSent events made up and published straight to JetStream (on the
+synthetic stack only: tests/conftest.py), waiting for settlement, payouts and dead letters, and checks of the payouts
+ledger read from its database."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ from typing import TypeVar
 import asyncpg
 from coinstream.events.v1 import events_pb2
 from coinstream.payouts.v1 import payouts_pb2
+from google.protobuf.message import DecodeError
 
 from services.payouts.dead_letters import DeadLetter, list_dead_letters
 from services.payouts.settlement import DEFAULT_MAX_DELIVERIES
+from services.runtime.limits import MAX_GIFT_QUANTITY
 from services.runtime.messaging import GIFT_SENT_SUBJECT, GIFTS_STREAM, SETTLEMENT_CONSUMER
+from services.wallet.domain import DEFAULT_PACKAGES
 from tests.support.clients import SERVICE, Clients, auth, new_id
-from tests.support.stack import Stack, operator_nats
+from tests.support.factories import buy, make_account
+from tests.support.gifts import post_video, video_gift
+from tests.support.stack import Stack, operator_nats, record_synthetic_gifts
 
 PUBLISH_CONCURRENCY = 200
 WAIT_SECONDS = 30.0
@@ -65,6 +71,8 @@ async def publish(stack: Stack, events: list[events_pb2.GiftSent], message_ids: 
 
 
 async def publish_raw(stack: Stack, payloads: list[bytes], message_ids: list[str]) -> list[bool]:
+    """On the synthetic stack only, which records the gifts the payloads name (tests/support/stack.py)."""
+    record_synthetic_gifts(stack, filter(None, map(gift_named_by, payloads)))
     nc = await operator_nats(stack.nats)
     try:
         js = nc.jetstream()
@@ -84,6 +92,14 @@ async def publish_raw(stack: Stack, payloads: list[bytes], message_ids: list[str
         return duplicates
     finally:
         await nc.drain()
+
+
+def gift_named_by(payload: bytes) -> str:
+    """The gift a payload names, if it reads as a GiftSent at all (tests also publish garbage)."""
+    try:
+        return events_pb2.GiftSent.FromString(payload).gift_transaction_id
+    except DecodeError:
+        return ""
 
 
 async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], seconds: float = WAIT_SECONDS) -> T:
@@ -119,14 +135,48 @@ async def wait_for_diamonds(clients: Clients, creator_id: str, lifetime_diamonds
     )
 
 
-async def fund(stack: Stack, clients: Clients, creator_id: str, diamonds: int, gifts: int = 1) -> None:
-    """Credits the creator `diamonds` (at the default 1/1 rate) through settlement, in `gifts` gifts."""
+# What fund() sends from the seeded catalog, dearest first: (gift_id, coin price).
+FUNDING_GIFTS = (("disco_ball", 1000), ("rose", 1))
+LARGEST_PACKAGE = max(DEFAULT_PACKAGES, key=lambda package: package.coins)
+
+
+async def fund(clients: Clients, creator_id: str, diamonds: int, gifts: int = 1) -> None:
+    """Credits the creator `diamonds` (at the default 1/1 rate) through real gifts, in `gifts` parts, so every credit
+    has its completed gift: a fan buys the coins and sends them to a new video of the creator's (a video rather than
+    a stream, which needs an adult-verified account that has no other stream live; any id may own a video)."""
     before = (await earnings(clients, creator_id)).lifetime_diamonds
     amounts = [diamonds // gifts] * gifts
     amounts[-1] += diamonds - sum(amounts)
-    await publish(stack, [gift_sent(creator_id, coins) for coins in amounts])
+    fan = await fan_with(clients, diamonds)
+    video_id = (await post_video(clients, creator_id)).video_id
+    sent = 0
+    for coins in amounts:
+        for gift_id, quantity in catalog_gifts_worth(coins):
+            reply = await clients.gifts.SendGift(video_gift(fan, video_id, gift_id, quantity), metadata=SERVICE)
+            sent += reply.gift.coins
+    assert sent == diamonds, f"sent {sent} coins for {diamonds} diamonds: a funding gift's price changed"
     settled = await wait_for_lifetime(clients, creator_id, before + diamonds)
     assert settled.lifetime_diamonds == before + diamonds
+
+
+async def fan_with(clients: Clients, coins: int) -> str:
+    """A new account holding at least `coins` (the largest package, bought as often as needed, plus its bonus)."""
+    fan = await make_account(clients)
+    purchases = -(-coins // LARGEST_PACKAGE.coins)
+    await asyncio.gather(*(buy(clients, fan, LARGEST_PACKAGE.package_id) for _ in range(purchases)))
+    return fan
+
+
+def catalog_gifts_worth(coins: int) -> list[tuple[str, int]]:
+    """(gift_id, quantity) of FUNDING_GIFTS worth exactly `coins`, one SendGift each."""
+    parts = []
+    rest = coins
+    for gift_id, price in FUNDING_GIFTS:
+        quantity, rest = divmod(rest, price)
+        assert quantity <= MAX_GIFT_QUANTITY, f"{coins} coins are too many for one gift of {gift_id}"
+        if quantity:
+            parts.append((gift_id, quantity))
+    return parts
 
 
 async def make_eligible(clients: Clients, creator_id: str, destination: str = "sandbox:ok-test") -> None:

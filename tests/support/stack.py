@@ -1,12 +1,15 @@
 """The system under test: real PostgreSQL, real nats-server and the three services as real processes on free
 loopback ports (devstack/stack.py). Tests may restart a service with extra settings (e.g. a crash point) or kill it
-with SIGKILL."""
+with SIGKILL. A stack either takes real gifts only (the shared one) or also GiftSents the tests make up themselves
+(the synthetic one, tests/conftest.py), which records the gifts they name."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
@@ -31,6 +34,8 @@ __all__ = [
     "build_stack",
     "declare_audit_consumer",
     "operator_nats",
+    "record_synthetic_gifts",
+    "synthetic_gift_ids",
     "tail",
 ]
 
@@ -65,8 +70,13 @@ SUITE_SETTINGS = {
 AUDIT_CONSUMER = "test-audit"
 
 
+@dataclass
 class SuiteStack(Stack):
     """The suite's stack: NATS gets an audit consumer before any service publishes."""
+
+    # The gifts of the GiftSents the tests published themselves (tests/support/payouts.py), credited with no gift
+    # behind them; None on a stack that takes real gifts only.
+    synthetic_gift_ids: set[str] | None = None
 
     def start_servers(self) -> None:
         super().start_servers()
@@ -96,7 +106,25 @@ async def declare_audit_consumer(server: NatsServer | NatsCluster) -> None:
         await nc.close()
 
 
-def build_stack(root: Path) -> Stack:
+def synthetic_gift_ids(stack: Stack) -> frozenset[str]:
+    """The gifts of the made-up GiftSents this stack was given (none on a stack of real gifts only)."""
+    return frozenset((stack.synthetic_gift_ids if isinstance(stack, SuiteStack) else None) or ())
+
+
+def record_synthetic_gifts(stack: Stack, gift_ids: Iterable[str]) -> None:
+    """Called before made-up GiftSents are published. A stack of real gifts refuses them: every money identity must
+    hold on it at any moment (tests check them mid-session), and a credit no gift paid for breaks one."""
+    recorded = stack.synthetic_gift_ids if isinstance(stack, SuiteStack) else None
+    if recorded is None:
+        raise AssertionError(
+            "made-up GiftSents go to the synthetic stack: mark the test module with"
+            " `pytestmark = pytest.mark.synthetic_events` (tests/conftest.py)"
+        )
+    recorded.update(gift_ids)
+
+
+def build_stack(root: Path, *, synthetic_events: bool = False) -> Stack:
+    """synthetic_events: the stack takes GiftSents the tests make up (and records their gifts)."""
     root.mkdir(parents=True, exist_ok=True)
     return SuiteStack(
         root=root,
@@ -107,4 +135,5 @@ def build_stack(root: Path) -> Stack:
         service_names=SERVICES,
         # Scraped by tests/integration/test_observability.py: the dashboards and alerts name only what is exported.
         metrics=True,
+        synthetic_gift_ids=set() if synthetic_events else None,
     )

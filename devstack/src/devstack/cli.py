@@ -151,7 +151,7 @@ def _colored(status: str) -> str:
 def reconcile(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     settlement_grace_seconds: Annotated[
-        float, typer.Option("--settlement-grace-seconds", help="A younger completed gift may still be settling.")
+        float, typer.Option("--settlement-grace-seconds", help="A younger completed gift or credit may be in flight.")
     ] = Thresholds.settlement_grace_seconds,
     stuck_after_seconds: Annotated[
         float, typer.Option("--stuck-after-seconds", help="Older pending gifts, purchases, withdrawals are stuck.")
