@@ -22,11 +22,11 @@ from services.payouts.settlement import (
     declare_settlement_consumer,
     measure_consumer,
 )
-from services.payouts.store import PostgresPayoutsStore
+from services.payouts.store import PAYOUTS_OUTBOX, PostgresPayoutsStore
 from services.payouts.wallet_events import WalletEventsConsumer
 from services.reconcile.periodic import reconcile_once
 from services.reconcile.reconciler import ReconcileSettings
-from services.runtime import messaging, polling
+from services.runtime import messaging, outbox, polling
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 
@@ -57,7 +57,8 @@ async def main() -> None:
     settings = PayoutsSettings()
     runtime = ServiceRuntime(settings)  # configures logging
     warn_of_an_allowed_short_hold(settings)
-    store = PostgresPayoutsStore(runtime.use_database(MIGRATIONS))
+    pool = runtime.use_database(MIGRATIONS)
+    store = PostgresPayoutsStore(pool)
     provider = SandboxPayoutProvider(settings.payouts_sandbox_settle_seconds)
     payouts = PayoutsService(
         store,
@@ -85,9 +86,11 @@ async def main() -> None:
             nc, settings.nats_stream_replicas, settings.payouts_settlement_ack_wait_seconds
         )
     )
+    runtime.on_startup(lambda: messaging.ensure_payouts_stream(nc, settings.nats_stream_replicas))
+    relay = outbox.OutboxRelay(pool, js, PAYOUTS_OUTBOX, settings.payouts_relay_interval_seconds)
     wallet_events = WalletEventsConsumer(
         js,
-        WalletEvents(store),
+        WalletEvents(store, on_event_queued=relay.wake),
         batch_size=settings.payouts_wallet_events_batch_size,
         fetch_timeout_seconds=settings.payouts_settlement_fetch_timeout_seconds,
     )
@@ -114,6 +117,7 @@ async def main() -> None:
     )
     runtime.add_worker("settlement", settlement.run_forever)
     runtime.add_worker("wallet_events", wallet_events.run_forever)
+    runtime.add_worker("outbox_relay", relay.run_forever)
     runtime.add_periodic("payouts", settings.payouts_worker_interval_seconds, payout_worker.process_due_withdrawals)
     maturity = MaturityWorker(store, batch_size=settings.payouts_maturity_batch_size)
     # Always running, also with no hold configured: credits held before a restart still mature.
@@ -128,6 +132,7 @@ async def main() -> None:
             "settlement_consumer": lambda: measure_consumer(js),
             "dead_letters": lambda: measure_dead_letters(js),
             "withdrawals": lambda: measure_withdrawals(store),
+            "outbox": lambda: outbox.measure_backlog(pool, PAYOUTS_OUTBOX),
         }
         runtime.add_periodic("metrics", settings.metrics_poll_interval_seconds, lambda: polling.poll_once(probes))
     await runtime.run()

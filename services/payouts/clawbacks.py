@@ -15,12 +15,12 @@ rows (in id order) — the order settlement, maturity and withdrawals also follo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import structlog
 from prometheus_client import Counter
 
-from services.payouts import domain
+from services.payouts import domain, events
 from services.payouts.ports import PayoutsStore, PayoutsTransaction
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
@@ -37,8 +37,10 @@ log = structlog.get_logger()
 class WalletEvents:
     """The use cases behind payouts' consumer of the wallet's events, each exactly once by its Nats-Msg-Id."""
 
-    def __init__(self, store: PayoutsStore) -> None:
+    def __init__(self, store: PayoutsStore, on_event_queued: Callable[[], None] = lambda: None) -> None:
         self._store = store
+        # Wakes the outbox relay: DiamondsClawedBack goes out at once rather than at its next poll.
+        self._on_event_queued = on_event_queued
 
     async def purchase_reversed(self, msg_id: str, purchase_id: str, clawbacks: list[domain.Clawback]) -> int:
         """Records the reversal's gifts and claws back those already settled; returns how many were applied now."""
@@ -49,6 +51,7 @@ class WalletEvents:
             recorded = await tx.insert_clawbacks(purchase_id, clawbacks)
             taken = await apply_waiting_clawbacks(tx, [c.gift_transaction_id for c in recorded])
             crash_point("payouts.before_clawback_commit")
+        self._on_event_queued()
         log.info("purchase_reversal_applied", msg_id=msg_id, gifts=len(recorded), clawed_back_now=len(taken))
         return len(taken)
 
@@ -86,6 +89,7 @@ async def apply_waiting_clawbacks(
         if rate.carries_fractions:
             await tx.save_carries(version, {c: r for (c, v), r in new_remainders.items() if v == version})
     await tx.apply_clawbacks(taken, transaction_id)
+    await tx.queue_events(events.diamonds_clawed_back(taken, await tx.now()))
     _count(taken)
     return taken
 

@@ -36,6 +36,8 @@ class PayoutsSettings(RuntimeSettings):
     # Bounded well under the consumer's max_ack_pending (20,000).
     payouts_settlement_batch_size: int = Field(default=500, gt=0, le=10_000)
     payouts_settlement_fetch_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+    # The outbox relay (DiamondsClawedBack) also wakes at once after a reversal; the interval bounds the others.
+    payouts_relay_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     # The wallet's events (reversals, freezes) pulled at once; each is applied in a transaction of its own.
     payouts_wallet_events_batch_size: int = Field(default=50, gt=0, le=1000)
     # JetStream redelivers a message not acked within this long (e.g. after a crash between commit and ack).

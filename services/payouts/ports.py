@@ -33,6 +33,7 @@ from services.payouts.domain import (
     Withdrawal,
     WithdrawalStatus,
 )
+from services.runtime.outbox import OutboxRow
 from services.runtime.requests import Reply, RequestKey
 
 Result = TypeVar("Result")
@@ -92,6 +93,11 @@ class PayoutsTransaction(Protocol):
     async def lock_balances_of(self, creator_ids: list[str]) -> dict[str, Balances]: ...
     async def apply_clawbacks(self, taken: list[ClawbackTaken], transaction_id: str) -> None: ...
     async def set_account_status(self, account_id: str, frozen: bool, version: int) -> bool: ...
+    async def queue_events(self, events: list[OutboxRow]) -> None:
+        """Into the outbox, in this transaction: the relay publishes them once it commits."""
+        ...
+
+    async def now(self) -> datetime: ...
     async def account_frozen(self, account_id: str) -> bool: ...
 
     # --- withdrawals

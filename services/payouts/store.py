@@ -32,8 +32,11 @@ from services.payouts.ports import Operation
 from services.runtime import idempotency
 from services.runtime.database import Connection, Executor
 from services.runtime.errors import unavailable
+from services.runtime.outbox import Outbox, OutboxRow
 from services.runtime.requests import Reply, RequestKey
 
+# The relay's advisory lock key: any constant unlike the other advisory lock keys used on the payouts database.
+PAYOUTS_OUTBOX = Outbox("payouts", "payouts_outbox", lock_key=0x7061796F)  # "payo"
 PROFILE_COLUMNS = "creator_id, kyc_verified, payout_destination"
 BALANCE_COLUMNS = (
     "creator_id, available_diamonds, reserved_diamonds, lifetime_diamonds, pending_diamonds, debt_diamonds,"
@@ -524,6 +527,13 @@ class PostgresTransaction:
             [t.to_debt for t in taken],
             transaction_id,
         )
+
+    async def queue_events(self, events: list[OutboxRow]) -> None:
+        await PAYOUTS_OUTBOX.insert(self._conn, events)
+
+    async def now(self) -> datetime:
+        now: datetime = await self._conn.fetchval("SELECT now()")
+        return now
 
     async def set_account_status(self, account_id: str, frozen: bool, version: int) -> bool:
         """Applies the wallet's status of an account unless a newer version was applied already."""

@@ -47,9 +47,14 @@ WALLET_EVENTS = "wallet.>"  # everything stream WALLET keeps
 PURCHASE_REVERSED_SUBJECT = "wallet.v1.purchase_reversed"
 ACCOUNT_STATUS_CHANGED_SUBJECT = "wallet.v1.account_status_changed"
 
+# Payouts tells other backends what happened to creators' diamonds (published through its outbox).
+PAYOUT_EVENTS = "payouts.>"  # everything stream PAYOUTS keeps
+DIAMONDS_CLAWED_BACK_SUBJECT = "payouts.v1.diamonds_clawed_back"
+
 GIFTS_STREAM = "GIFTS"
 SETTLEMENT_CONSUMER = "payouts-settlement"
 WALLET_STREAM = "WALLET"
+PAYOUTS_STREAM = "PAYOUTS"
 WALLET_EVENTS_CONSUMER = "payouts-wallet-events"
 
 # An unsettled GiftSent is money owed to a creator, so the stream must never drop one for age or size:
@@ -84,14 +89,29 @@ DEAD_LETTERS_STREAM_CONFIG = StreamConfig(
 )
 
 # A reversal is diamonds a creator must give back, a freeze a withdrawal to refuse: kept like GIFTS (until payouts has
-# them; a full stream refuses, the wallet's outbox holds them).
+# them; a full stream refuses, the wallet's outbox holds them). Few and small, so a quarter GiB is years of them; the
+# streams' sizes together stay within a server's 10 GB of file store (JetStream reserves each stream's max_bytes).
 WALLET_STREAM_CONFIG = StreamConfig(
     name=WALLET_STREAM,
     subjects=[WALLET_EVENTS],
     retention=RetentionPolicy.INTEREST,
     discard=DiscardPolicy.NEW,
     storage=StorageType.FILE,
-    max_bytes=1024**3,
+    max_bytes=256 * 1024**2,
+    duplicate_window=120,
+    num_replicas=1,
+)
+
+# Payouts' events are for other backends, whose consumers come and go: kept a week whoever reads them (limits
+# retention), bounded like every stream; a full stream refuses and payouts' outbox holds them.
+PAYOUTS_STREAM_CONFIG = StreamConfig(
+    name=PAYOUTS_STREAM,
+    subjects=[PAYOUT_EVENTS],
+    retention=RetentionPolicy.LIMITS,
+    discard=DiscardPolicy.NEW,
+    storage=StorageType.FILE,
+    max_bytes=256 * 1024**2,
+    max_age=7 * 86_400,
     duplicate_window=120,
     num_replicas=1,
 )
@@ -197,6 +217,13 @@ async def ensure_wallet_stream(nc: NatsClient, replicas: int = 1) -> None:
     js = nc.jetstream()
     await _until_jetstream_answers(
         nc, WALLET_STREAM, replicas, lambda: _ensure_stream(js, WALLET_STREAM_CONFIG, replicas)
+    )
+
+
+async def ensure_payouts_stream(nc: NatsClient, replicas: int = 1) -> None:
+    js = nc.jetstream()
+    await _until_jetstream_answers(
+        nc, PAYOUTS_STREAM, replicas, lambda: _ensure_stream(js, PAYOUTS_STREAM_CONFIG, replicas)
     )
 
 

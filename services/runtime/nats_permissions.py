@@ -24,6 +24,8 @@ from services.runtime.messaging import (
     GIFT_EVENTS,
     GIFT_FEED_SUBJECTS,
     GIFTS_STREAM,
+    PAYOUT_EVENTS,
+    PAYOUTS_STREAM,
     SETTLEMENT_CONSUMER,
     WALLET_EVENTS,
     WALLET_EVENTS_CONSUMER,
@@ -120,6 +122,9 @@ USERS: dict[str, Permissions] = {
             DEAD_LETTER_EVENTS,  # copies of events settlement cannot process
             # The periodic reconciliation reads the dead letters (dead_letters.list_dead_letters).
             f"{JS_API}.STREAM.MSG.GET.{DEAD_LETTERS_STREAM}",
+            # Tells other backends of clawbacks (its outbox relay) in its own stream.
+            PAYOUT_EVENTS,
+            *_declare_stream(PAYOUTS_STREAM),
             # Applies the wallet's reversals and freezes from its consumer.
             *_declare_stream(WALLET_STREAM),
             *_DECLARE_WALLET_EVENTS_CONSUMER,
@@ -128,7 +133,7 @@ USERS: dict[str, Permissions] = {
         ),
         subscribe=(inboxes(PAYOUTS_USER),),
         why="the payouts service: settles GiftSent and applies wallet events from its consumers, dead-letters what it"
-        " cannot; never publishes a gift or wallet event",
+        " cannot, publishes payouts events; never publishes a gift or wallet event",
     ),
     OPERATOR_USER: Permissions(
         # `coinstream dead-letters list|replay` (a replay publishes the GiftSent again and deletes the dead letter),

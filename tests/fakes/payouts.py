@@ -38,6 +38,7 @@ from services.payouts.domain import (
 from services.payouts.ports import Operation, PayoutResult, PayoutState
 from services.runtime import ledger
 from services.runtime.errors import AppError, request_id_reused
+from services.runtime.outbox import OutboxRow
 from services.runtime.requests import Reply, RequestKey, StoredRequest, replayed
 
 Result = TypeVar("Result")
@@ -108,6 +109,7 @@ class State:
         default_factory=dict
     )
     account_status: dict[str, tuple[bool, int]] = field(default_factory=dict)  # account → (frozen, version)
+    outbox: list[OutboxRow] = field(default_factory=list)
 
 
 class FakePayoutsStore:
@@ -466,6 +468,12 @@ class FakeTransaction:
                     clawed_back_diamonds=balances.clawed_back_diamonds + t.diamonds,
                 )
             )
+
+    async def queue_events(self, events: list[OutboxRow]) -> None:
+        self.state.outbox.extend(events)
+
+    async def now(self) -> datetime:
+        return self.state.now
 
     async def set_account_status(self, account_id: str, frozen: bool, version: int) -> bool:
         current = self.state.account_status.get(account_id)

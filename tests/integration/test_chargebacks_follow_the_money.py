@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncpg
 import grpc
+import nats.js.errors
 import pytest
+from coinstream.events.v1 import events_pb2
 from coinstream.payouts.v1 import payouts_pb2
 from coinstream.wallet.v1 import wallet_pb2 as w
 
+from services.runtime.messaging import DIAMONDS_CLAWED_BACK_SUBJECT, PAYOUTS_STREAM
 from tests.support.clients import ADMIN, SERVICE, Clients, new_id
 from tests.support.errors import expect_error
 from tests.support.factories import buy, create_account, giveaway, reversal
@@ -25,7 +28,7 @@ from tests.support.payouts import (
     wait_until_finished,
     withdraw,
 )
-from tests.support.stack import Stack
+from tests.support.stack import Stack, operator_nats
 
 # A wallet event a killed payouts had fetched is handed out again after the consumer's ack_wait: short here.
 SHORT_ACK_WAIT = {"COINSTREAM_PAYOUTS_SETTLEMENT_ACK_WAIT_SECONDS": "2"}
@@ -112,6 +115,10 @@ async def test_reversals_made_while_payouts_is_down_are_applied_when_it_returns(
         stack.start_service("payouts")
     after = await clawed_back(clients, creator, 1000)
     assert (after.lifetime_diamonds, after.clawed_back_diamonds, after.available_diamonds) == (1000, 1000, 0)
+    told = await eventually(
+        lambda: last_clawback_told(stack), lambda event: event is not None and event.creator_id == creator
+    )
+    assert told is not None and (told.coins, told.diamonds, told.from_available_diamonds) == (1000, 1000, 1000)
     await money_identities_hold(stack)
 
 
@@ -168,6 +175,18 @@ async def frozen_in_payouts(stack: Stack, account_id: str) -> bool | None:
         return frozen
     finally:
         await conn.close()
+
+
+async def last_clawback_told(stack: Stack) -> events_pb2.DiamondsClawedBack | None:
+    """The newest DiamondsClawedBack in stream PAYOUTS, what other backends read."""
+    nc = await operator_nats(stack.nats)
+    try:
+        message = await nc.jetstream().get_last_msg(PAYOUTS_STREAM, DIAMONDS_CLAWED_BACK_SUBJECT)
+    except nats.js.errors.NotFoundError:
+        return None
+    finally:
+        await nc.close()
+    return events_pb2.DiamondsClawedBack.FromString(message.data or b"")
 
 
 async def clawback_rows(stack: Stack, creator_id: str) -> int:

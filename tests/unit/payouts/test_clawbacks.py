@@ -10,12 +10,14 @@ import contextlib
 import itertools
 
 import pytest
+from coinstream.events.v1 import events_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.payouts import domain
 from services.payouts.clawbacks import WalletEvents
 from services.runtime.errors import AppError
+from services.runtime.messaging import DIAMONDS_CLAWED_BACK_SUBJECT
 from tests.unit.payouts.helpers import Payouts, assert_ledger_agrees
 
 _ids = itertools.count(1)
@@ -87,6 +89,19 @@ async def test_held_diamonds_repay_a_debt_when_they_mature() -> None:
     await payouts.maturity.mature_once()
     assert earnings(payouts, "amy") == (0, 0, 1500, 3000)
     assert_ledger_agrees(payouts.store)
+
+
+async def test_each_clawback_is_told_to_other_backends_from_the_outbox() -> None:
+    payouts = await Payouts().start()
+    await payouts.gifts("amy", 100, 50)
+    await reverse(payouts, ("gtx_0", 100), ("gtx_1", 20))
+    told = [events_pb2.DiamondsClawedBack.FromString(row.payload) for row in payouts.store.state.outbox]
+    assert [row.subject for row in payouts.store.state.outbox] == [DIAMONDS_CLAWED_BACK_SUBJECT] * 2
+    assert [(e.creator_id, e.gift_transaction_id, e.coins, e.diamonds) for e in told] == [
+        ("amy", "gtx_0", 100, 100),
+        ("amy", "gtx_1", 20, 20),
+    ]
+    assert (told[1].from_available_diamonds, told[1].debt_diamonds) == (20, 0)
 
 
 async def test_a_reversal_before_its_gift_is_settled_is_applied_by_the_settlement() -> None:

@@ -439,3 +439,58 @@ class AccountStatusChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AccountStatusChanged: _TypeAlias = AccountStatusChanged  # noqa: Y015
+
+@_typing.final
+class DiamondsClawedBack(_message.Message):
+    """Published by payouts on subject "payouts.v1.diamonds_clawed_back" of stream PAYOUTS when diamonds are taken back
+    from a creator because the purchase that paid for one of the creator's gifts was reversed
+    (Nats-Msg-Id = "clawback:" + reversal_id + ":" + gift_transaction_id). For other backends (notifications, risk);
+    PAYOUTS keeps its events 7 days.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    GIFT_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    REVERSAL_ID_FIELD_NUMBER: _builtins.int
+    COINS_FIELD_NUMBER: _builtins.int
+    DIAMONDS_FIELD_NUMBER: _builtins.int
+    FROM_PENDING_DIAMONDS_FIELD_NUMBER: _builtins.int
+    FROM_AVAILABLE_DIAMONDS_FIELD_NUMBER: _builtins.int
+    DEBT_DIAMONDS_FIELD_NUMBER: _builtins.int
+    CLAWED_BACK_AT_FIELD_NUMBER: _builtins.int
+    creator_id: _builtins.str
+    gift_transaction_id: _builtins.str
+    reversal_id: _builtins.str
+    """The wallet's reversal (PurchaseReversed.reversal_id)."""
+    coins: _builtins.int
+    """The gift's coins the reversal took back, and the diamonds they had earned."""
+    diamonds: _builtins.int
+    from_pending_diamonds: _builtins.int
+    """Where the diamonds came from: the gift's maturity hold, the available diamonds, and (what the creator did not
+    have) the creator's debt.
+    """
+    from_available_diamonds: _builtins.int
+    debt_diamonds: _builtins.int
+    @_builtins.property
+    def clawed_back_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        creator_id: _builtins.str = ...,
+        gift_transaction_id: _builtins.str = ...,
+        reversal_id: _builtins.str = ...,
+        coins: _builtins.int = ...,
+        diamonds: _builtins.int = ...,
+        from_pending_diamonds: _builtins.int = ...,
+        from_available_diamonds: _builtins.int = ...,
+        debt_diamonds: _builtins.int = ...,
+        clawed_back_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clawed_back_at", b"clawed_back_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clawed_back_at", b"clawed_back_at", "coins", b"coins", "creator_id", b"creator_id", "debt_diamonds", b"debt_diamonds", "diamonds", b"diamonds", "from_available_diamonds", b"from_available_diamonds", "from_pending_diamonds", b"from_pending_diamonds", "gift_transaction_id", b"gift_transaction_id", "reversal_id", b"reversal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiamondsClawedBack: _TypeAlias = DiamondsClawedBack  # noqa: Y015
