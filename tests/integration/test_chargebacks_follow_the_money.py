@@ -6,6 +6,8 @@ applied exactly once."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import grpc
 import nats.js.errors
@@ -14,6 +16,7 @@ from coinstream.events.v1 import events_pb2
 from coinstream.payouts.v1 import payouts_pb2
 from coinstream.wallet.v1 import wallet_pb2 as w
 
+from coinstream.testing.servers import stop_process
 from services.runtime.messaging import DIAMONDS_CLAWED_BACK_SUBJECT, PAYOUTS_STREAM
 from tests.support.clients import ADMIN, SERVICE, Clients, new_id
 from tests.support.errors import expect_error
@@ -187,6 +190,30 @@ async def last_clawback_told(stack: Stack) -> events_pb2.DiamondsClawedBack | No
     finally:
         await nc.close()
     return events_pb2.DiamondsClawedBack.FromString(message.data or b"")
+
+
+@pytest.mark.slow
+async def test_two_payouts_replicas_apply_concurrent_reversals_each_once(stack: Stack, clients: Clients) -> None:
+    creator = await create_account(clients, prefix="creator")
+    stream_id = await live_stream_id(clients, creator)
+    purchases = []
+    for _ in range(6):
+        buyer = await create_account(clients)
+        purchases.append((await buy(clients, buyer, "coins_1321")).purchase.purchase_id)
+        await send(clients, buyer, stream_id, "disco_ball", 1)
+    await wait_for_lifetime(clients, creator, 6000)
+    replica = await asyncio.to_thread(stack.start_replica, "payouts", SHORT_ACK_WAIT)
+    try:
+        await asyncio.gather(
+            *(clients.wallet.ReversePurchase(reversal(purchase_id), metadata=ADMIN) for purchase_id in purchases)
+        )
+        after = await clawed_back(clients, creator, 6000)
+        assert (after.clawed_back_diamonds, after.available_diamonds, after.debt_diamonds) == (6000, 0, 0)
+        assert await clawback_rows(stack, creator) == 6
+    finally:
+        if replica.process is not None:
+            await asyncio.to_thread(stop_process, replica.process)
+    await money_identities_hold(stack)
 
 
 async def clawback_rows(stack: Stack, creator_id: str) -> int:
