@@ -7,7 +7,7 @@ from pathlib import Path
 import structlog
 from coinstream.payouts.v1 import payouts_pb2, payouts_pb2_grpc
 
-from services.payouts.clawbacks import WalletEvents
+from services.payouts.clawbacks import WalletEvents, recover_waiting_clawbacks
 from services.payouts.config import PayoutsSettings
 from services.payouts.dead_letters import measure_dead_letters
 from services.payouts.domain import WithdrawalPolicy
@@ -122,6 +122,9 @@ async def main() -> None:
     maturity = MaturityWorker(store, batch_size=settings.payouts_maturity_batch_size)
     # Always running, also with no hold configured: credits held before a restart still mature.
     runtime.add_periodic("maturity", settings.payouts_maturity_interval_seconds, maturity.run_once)
+    runtime.add_periodic(
+        "clawback_recovery", settings.payouts_maturity_interval_seconds, lambda: recover_waiting_clawbacks(store)
+    )
     if settings.payouts_reconcile_interval_seconds > 0:
         reconcile_settings = ReconcileSettings()
         runtime.add_periodic(

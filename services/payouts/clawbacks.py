@@ -61,6 +61,24 @@ class WalletEvents:
                 log.info("wallet_account_status_applied", account_id=account_id, frozen=frozen, version=version)
 
 
+RECOVERY_BATCH_SIZE = 500
+
+
+async def recover_waiting_clawbacks(store: PayoutsStore) -> bool:
+    """A recovery pass: clawbacks still waiting on gifts that are settled by now. Settlement applies them itself; this
+    catches those a settlement of the release before clawbacks (during a rolling upgrade) left behind. True when a
+    full batch was applied, so more may wait."""
+    gifts = await store.settled_gifts_with_waiting_clawbacks(RECOVERY_BATCH_SIZE)
+    if not gifts:
+        return False
+    async with store.transaction() as tx:
+        await tx.exclusive_of_settlements()
+        taken = await apply_waiting_clawbacks(tx, gifts)
+    if taken:
+        log.warning("waiting_clawbacks_recovered", clawbacks=len(taken))
+    return len(gifts) >= RECOVERY_BATCH_SIZE
+
+
 async def apply_waiting_clawbacks(
     tx: PayoutsTransaction, gift_transaction_ids: list[str]
 ) -> list[domain.ClawbackTaken]:

@@ -112,6 +112,7 @@ def clawback_message(clawback: domain.ClawbackView) -> payouts_pb2.Clawback:
         from_available_diamonds=clawback.from_available,
         debt_diamonds=clawback.to_debt,
         clawed_back_at=clawed_back_at,
+        reversal_id=clawback.reversal_id,
     )
 
 

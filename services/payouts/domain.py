@@ -571,6 +571,7 @@ def clawback_postings(taken: Iterable[ClawbackTaken]) -> Postings:
 class ClawbackView:
     """A clawback as its creator's statement lists it."""
 
+    reversal_id: str
     gift_transaction_id: str
     coins: int
     diamonds: int

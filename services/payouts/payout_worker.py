@@ -26,6 +26,10 @@ OLDEST_PENDING_WITHDRAWAL = Gauge(
     "coinstream_payouts_withdrawals_pending_oldest_age_seconds", "Age of the oldest pending withdrawal"
 )
 
+# A withdrawal failed before it reached the provider has no provider reference; this stands for one.
+NOT_SUBMITTED = "not-submitted"
+FAILED = domain.WithdrawalStatus.FAILED
+
 log = structlog.get_logger()
 
 
@@ -57,6 +61,10 @@ class PayoutWorker:
             withdrawal = await tx.lock_next_due_withdrawal()
             if withdrawal is None:
                 return False
+            held_back = await _why_not_pay(tx, withdrawal)
+            if held_back:
+                await _finish(tx, withdrawal, PayoutResult(PayoutState.FAILED, NOT_SUBMITTED, held_back), FAILED)
+                return True
             result = await self._ask_provider(withdrawal)
             await self._record(tx, withdrawal, result)
         return True
@@ -101,6 +109,20 @@ class PayoutWorker:
             await _finish(tx, withdrawal, result, domain.WithdrawalStatus.PAID)
         else:
             await _finish(tx, withdrawal, result, domain.WithdrawalStatus.FAILED)
+
+
+async def _why_not_pay(tx: PayoutsTransaction, withdrawal: domain.Withdrawal) -> str:
+    """Why a withdrawal not yet submitted must not be paid now (empty: it may): since it was requested, a chargeback
+    left its creator in debt, or froze the creator's wallet account. It fails, its diamonds come back (and repay the
+    debt). One already with the provider goes on: it may be being paid."""
+    if withdrawal.provider_reference is not None:
+        return ""
+    if await tx.account_frozen(withdrawal.creator_id):
+        return "the account is frozen after a chargeback"
+    balances = await tx.lock_balances(withdrawal.creator_id)
+    if balances is not None and balances.debt_diamonds:
+        return f"{balances.debt_diamonds} diamonds were clawed back after a chargeback: they are owed first"
+    return ""
 
 
 async def _finish(

@@ -159,6 +159,8 @@ class PayoutsStore(Protocol):
         self, creator_id: str, before: tuple[datetime, str] | None, limit: int
     ) -> list[ClawbackView]: ...
 
+    async def settled_gifts_with_waiting_clawbacks(self, limit: int) -> list[str]: ...
+
 
 # --- the payout provider -----------------------------------------------------------------------------------------
 # Whoever turns a withdrawal into real money. Like real ones it is asynchronous: submit() accepts a payout, status()

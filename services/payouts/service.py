@@ -193,7 +193,9 @@ class PayoutsService:
         if more:
             last = page[-1]
             next_token = pages.encode_page_token(
-                "clawbacks", creator_id, [domain.to_micros(last.clawed_back_at), last.gift_transaction_id]
+                "clawbacks",
+                creator_id,
+                [domain.to_micros(last.clawed_back_at), f"{last.reversal_id}/{last.gift_transaction_id}"],
             )
         return pages.Page(page, next_token)
 

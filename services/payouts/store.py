@@ -159,22 +159,30 @@ class PostgresPayoutsStore:
     async def list_clawbacks(
         self, creator_id: str, before: tuple[datetime, str] | None, limit: int
     ) -> list[ClawbackView]:
-        """A creator's applied clawbacks, newest first; before is the (applied_at, gift) of the previous page's last."""
-        applied_before, gift_before = before if before is not None else (None, None)
+        """A creator's applied clawbacks, newest first, one per reversal and gift; before is the (applied_at,
+        "<reversal>/<gift>") of the previous page's last."""
+        applied_before, key_before = before if before is not None else (None, None)
         rows = await self._pool.fetch(
-            "SELECT gift_transaction_id, sum(coins)::bigint AS coins, sum(diamonds)::bigint AS diamonds,"
-            " sum(from_pending)::bigint AS from_pending, sum(from_available)::bigint AS from_available,"
-            " sum(to_debt)::bigint AS to_debt, applied_at AS clawed_back_at"
+            "SELECT reversal_id, gift_transaction_id, coins, diamonds, from_pending, from_available, to_debt,"
+            " applied_at AS clawed_back_at"
             " FROM clawbacks WHERE creator_id = $1 AND applied_at IS NOT NULL"
-            " AND ($2::timestamptz IS NULL OR (applied_at, gift_transaction_id) < ($2, $3::text))"
-            " GROUP BY applied_at, gift_transaction_id"
-            " ORDER BY applied_at DESC, gift_transaction_id DESC LIMIT $4",
+            " AND ($2::timestamptz IS NULL OR (applied_at, reversal_id || '/' || gift_transaction_id) < ($2, $3::text))"
+            " ORDER BY applied_at DESC, reversal_id || '/' || gift_transaction_id DESC LIMIT $4",
             creator_id,
             applied_before,
-            gift_before,
+            key_before,
             limit,
         )
         return [ClawbackView(**dict(row)) for row in rows]
+
+    async def settled_gifts_with_waiting_clawbacks(self, limit: int) -> list[str]:
+        """Gifts settled whose clawbacks still wait (a settlement of a release without clawbacks credited them)."""
+        rows = await self._pool.fetch(
+            "SELECT DISTINCT c.gift_transaction_id FROM clawbacks AS c"
+            " JOIN diamond_credits AS d USING (gift_transaction_id) WHERE c.applied_at IS NULL LIMIT $1",
+            limit,
+        )
+        return [row["gift_transaction_id"] for row in rows]
 
 
 class PostgresTransaction:

@@ -33,6 +33,8 @@ log = structlog.get_logger()
 # A spend's outcome in a batch: what it spent, or the final refusal SpendCoins would have raised.
 SpendOutcome = domain.Spent | AppError
 
+LOCK_HOLDERS_ROUNDS = 4  # a reversal's rounds of locking holders of its purchase's coins (_lock_holders)
+
 TRANSACTIONS_PAGE = "transactions"  # page tokens of ListTransactions, bound to the account listed
 PROMOTIONS_PAGE = "promotions"  # page tokens of ListPromotions (one list for every admin: owner "")
 POSITIONS = (1, limits.MAX_INT64)  # both lists resume after a bigint identity (posting_id, position)
@@ -450,11 +452,7 @@ async def _reverse(
 ) -> domain.Reversed:
     buyer = purchase.account_id
     reversing = domain.Split(coins, funding.reversed_bonus(purchase.coins, purchase.bonus_coins, so_far.coins, coins))
-    # The holders of the purchase's unspent coins are locked with the buyer (in id order, as every movement does).
-    # A lot given on to someone else between the look and the lock is not removed: its coins are charged instead.
-    holders = {lot.holder for lot in await tx.purchase_lots(purchase.purchase_id)}
-    balances = await tx.lock_buckets(sorted({buyer, *holders}))
-    lots = [lot for lot in await tx.purchase_lots(purchase.purchase_id) if lot.holder in balances]
+    balances, lots = await _lock_holders(tx, buyer, purchase.purchase_id)
     plan = funding.plan_reversal(buyer, reversing, lots, await tx.traced_uses(purchase.purchase_id))
     buyer_lots = funding.after_draws(await tx.lots_of([buyer]), plan.removed)
     before_charge = funding.after_removal(buyer, balances[buyer], plan.removed)
@@ -509,6 +507,25 @@ async def _reverse(
     return domain.Reversed(
         transaction_id, buyer, after, account.status, reversing, removed_coins, plan.clawed_back_coins, charge.coins
     )
+
+
+async def _lock_holders(
+    tx: WalletTransaction, buyer: str, purchase_id: str
+) -> tuple[dict[str, domain.Balance], list[domain.Lot]]:
+    """Locks the buyer and every holder of the purchase's unspent coins (in id order, as every movement does), and
+    returns their balances and the purchase's lots. A holder may give a lot on between the look and the lock: the
+    lots are read again under the locks, and a new holder locked too, until no lot is outside them (a few rounds at
+    most; a lot still outside after that is not removed, its coins are traced like used ones)."""
+    balances: dict[str, domain.Balance] = {}
+    lots = await tx.purchase_lots(purchase_id)  # a first look, so the first round locks everyone in id order
+    wanted = {lot.holder for lot in lots} | {buyer}
+    for _ in range(LOCK_HOLDERS_ROUNDS):
+        balances |= await tx.lock_buckets(sorted(wanted - set(balances)))
+        lots = await tx.purchase_lots(purchase_id)
+        wanted = {lot.holder for lot in lots} | {buyer}
+        if wanted <= set(balances):
+            break
+    return balances, [lot for lot in lots if lot.holder in balances]
 
 
 async def _set_status(tx: WalletTransaction, account_id: str, status: domain.AccountStatus) -> None:

@@ -572,8 +572,10 @@ class PostgresTransaction:
         )
 
     async def lock_purchase(self, purchase_id: str) -> Purchase | None:
+        """NO KEY: it serializes the purchase's completion and reversals, but not the foreign-key checks of the lots
+        that name it (a giveaway moving its coins, which locks buckets first, would deadlock a reversal)."""
         row = await self._conn.fetchrow(
-            f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE purchase_id = $1 FOR UPDATE", purchase_id
+            f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE purchase_id = $1 FOR NO KEY UPDATE", purchase_id
         )
         return None if row is None else _purchase(row)
 

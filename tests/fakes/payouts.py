@@ -203,6 +203,7 @@ class FakePayoutsStore:
     ) -> list[ClawbackView]:
         rows = [
             ClawbackView(
+                t.clawback.reversal_id,
                 t.clawback.gift_transaction_id,
                 t.clawback.coins,
                 t.diamonds,
@@ -214,10 +215,14 @@ class FakePayoutsStore:
             for _, t, applied_at in self.state.clawbacks.values()
             if t is not None and applied_at is not None and t.creator_id == creator_id
         ]
-        rows.sort(key=lambda r: (r.clawed_back_at, r.gift_transaction_id), reverse=True)
+        rows.sort(key=lambda r: (r.clawed_back_at, f"{r.reversal_id}/{r.gift_transaction_id}"), reverse=True)
         if before is not None:
-            rows = [r for r in rows if (r.clawed_back_at, r.gift_transaction_id) < before]
+            rows = [r for r in rows if (r.clawed_back_at, f"{r.reversal_id}/{r.gift_transaction_id}") < before]
         return rows[:limit]
+
+    async def settled_gifts_with_waiting_clawbacks(self, limit: int) -> list[str]:
+        waiting = {c.gift_transaction_id for c, taken, _ in self.state.clawbacks.values() if taken is None}
+        return sorted(gift for gift in waiting if gift in self.state.credits)[:limit]
 
     async def pending_withdrawals(self) -> PendingWithdrawals:
         pending = [

@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
+from coinstream.events.v1 import events_pb2
 from coinstream.wallet.v1 import wallet_pb2 as w
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.runtime import database
+from services.runtime.messaging import ACCOUNT_STATUS_CHANGED_SUBJECT
 from tests.support.clients import SERVICE, Clients, auth, new_id, stored_key
 from tests.support.errors import expect_error, violated_fields
 from tests.support.factories import (
@@ -202,6 +204,36 @@ async def test_migration_keeps_existing_balances_as_paid_coins(stack: Stack) -> 
         lots = await conn.fetch("SELECT ledger_account_id, purchase_id, coins FROM coin_lots")
         assert [tuple(r) for r in lots] == [("old", None, 1387)]
         assert await wallet_violations(conn) == []
+    finally:
+        await conn.close()
+
+
+async def test_accounts_frozen_before_wallet_events_are_announced_to_payouts(stack: Stack) -> None:
+    """Migration 0006 announces the accounts already frozen (version 1) through the outbox, so payouts refuses their
+    withdrawals too; the payload it writes byte by byte is a real AccountStatusChanged."""
+    name = f"wallet_events_{new_id('db').replace('-', '_')}"
+    stack.postgres.create_database(name)
+    files = database.migration_files(REPO_ROOT / "services" / "wallet" / "migrations")
+    upgrade_from = next(i for i, (migration, _) in enumerate(files) if migration.endswith("0006_wallet_events.sql"))
+    conn = await asyncpg.connect(stack.postgres.url(name))
+    try:
+        for _, path in files[:upgrade_from]:
+            await conn.execute(path.read_text())
+        frozen_id = "frozen-" + "x" * 57  # 64 characters, the longest id
+        await conn.execute(
+            "INSERT INTO accounts (account_id, adult_verified, country_code, status)"
+            " VALUES ($1, true, 'US', 'frozen'), ('active-one', true, 'US', 'active')",
+            frozen_id,
+        )
+        for _, path in files[upgrade_from:]:
+            await conn.execute(path.read_text())
+        rows = await conn.fetch("SELECT msg_id, subject, payload FROM wallet_outbox")
+        assert [(r["msg_id"], r["subject"]) for r in rows] == [
+            (f"account_status:{frozen_id}:1", ACCOUNT_STATUS_CHANGED_SUBJECT)
+        ]
+        event = events_pb2.AccountStatusChanged.FromString(bytes(rows[0]["payload"]))
+        assert (event.account_id, event.frozen, event.version) == (frozen_id, True, 1)
+        assert await conn.fetchval("SELECT status_version FROM accounts WHERE account_id = $1", frozen_id) == 1
     finally:
         await conn.close()
 

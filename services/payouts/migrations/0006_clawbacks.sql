@@ -4,24 +4,31 @@
 
 -- New ledger movements and accounts: 'clawback' (creator pending/available/debt → system:clawed_back) and
 -- 'debt_repayment' (available → debt); 'creator:<id>:debt' holds minus what the creator owes.
+-- The new CHECKs are NOT VALID (no scan of a hot table under its exclusive lock: the rows there met the older, stricter
+-- ones); 0008 validates them under a lock that lets settlement and withdrawals go on.
 ALTER TABLE ledger_transactions DROP CONSTRAINT ledger_transactions_kind_check;
 ALTER TABLE ledger_transactions ADD CONSTRAINT ledger_transactions_kind_check CHECK (
     kind IN ('settlement', 'maturity', 'withdrawal_reserve', 'withdrawal_paid', 'withdrawal_returned',
              'withdrawal_canceled', 'clawback', 'debt_repayment')
-);
+) NOT VALID;
 
 ALTER TABLE postings DROP CONSTRAINT postings_ledger_account_id_check;
 ALTER TABLE postings ADD CONSTRAINT postings_ledger_account_id_check CHECK (
     ledger_account_id ~ '^(system:(gift_settlement|paid_out|clawed_back)|creator:[A-Za-z0-9_-]{1,64}:(pending|available|reserved|debt))$'
 ) NOT VALID;
 
+-- Constant defaults: kept in the catalog, no rewrite of the tables.
 ALTER TABLE creator_balances
-    ADD COLUMN debt_diamonds bigint NOT NULL DEFAULT 0 CHECK (debt_diamonds >= 0),
-    ADD COLUMN clawed_back_diamonds bigint NOT NULL DEFAULT 0 CHECK (clawed_back_diamonds >= 0);
+    ADD COLUMN debt_diamonds bigint NOT NULL DEFAULT 0,
+    ADD COLUMN clawed_back_diamonds bigint NOT NULL DEFAULT 0,
+    ADD CONSTRAINT creator_balances_debt_diamonds_check CHECK (debt_diamonds >= 0) NOT VALID,
+    ADD CONSTRAINT creator_balances_clawed_back_diamonds_check CHECK (clawed_back_diamonds >= 0) NOT VALID;
 
 -- Diamonds of a credit still in its hold that a clawback took: maturity moves only the rest.
 ALTER TABLE diamond_credits
-    ADD COLUMN held_clawed_back bigint NOT NULL DEFAULT 0 CHECK (held_clawed_back >= 0 AND held_clawed_back <= diamonds);
+    ADD COLUMN held_clawed_back bigint NOT NULL DEFAULT 0,
+    ADD CONSTRAINT diamond_credits_held_clawed_back_check
+        CHECK (held_clawed_back >= 0 AND held_clawed_back <= diamonds) NOT VALID;
 
 -- A credit never changes, except that a pending one matures once, and that a clawback takes more of a pending one's
 -- diamonds (held_clawed_back only grows, and only before it matures). Replaced in place: the trigger keeps calling it.

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.payouts import domain
-from services.payouts.clawbacks import WalletEvents
+from services.payouts.clawbacks import WalletEvents, recover_waiting_clawbacks
 from services.runtime.errors import AppError
 from services.runtime.messaging import DIAMONDS_CLAWED_BACK_SUBJECT
 from tests.unit.payouts.helpers import Payouts, assert_ledger_agrees
@@ -113,6 +113,19 @@ async def test_a_reversal_before_its_gift_is_settled_is_applied_by_the_settlemen
     assert_ledger_agrees(payouts.store)
 
 
+async def test_a_recovery_pass_applies_clawbacks_left_waiting_on_settled_gifts() -> None:
+    """As a settlement of the release before clawbacks would leave them: recorded, the gift settled, not applied."""
+    payouts = await Payouts().start()
+    await payouts.gifts("amy", 100)
+    async with payouts.store.transaction() as tx:
+        await tx.insert_clawbacks("pur_1", [domain.Clawback("rev_old", "gtx_0", 60)])
+    assert earnings(payouts, "amy") == (100, 0, 0, 0)
+    assert await recover_waiting_clawbacks(payouts.store) is False  # less than a full batch
+    assert earnings(payouts, "amy") == (40, 0, 0, 60)
+    assert await payouts.store.settled_gifts_with_waiting_clawbacks(10) == []
+    assert_ledger_agrees(payouts.store)
+
+
 async def test_each_wallet_event_applies_once() -> None:
     payouts = await Payouts().start()
     await payouts.gifts("amy", 100)
@@ -203,3 +216,29 @@ def assert_net_diamonds_are_the_floor_of_net_coins(payouts: Payouts, clawed: dic
         assert net == coins * rate.numerator // rate.denominator, creator
         carry = payouts.store.state.carries.get((creator, rate.version), 0)
         assert carry == (coins * rate.numerator) % rate.denominator or not rate.carries_fractions, creator
+
+
+async def test_a_withdrawal_not_yet_submitted_fails_when_a_chargeback_left_its_creator_in_debt() -> None:
+    payouts = await Payouts().start()
+    await payouts.gifts("amy", 3000)
+    await payouts.verified("amy")
+    withdrawal = await payouts.withdraw("amy", 2000)  # reserved; the worker has not submitted it yet
+    await reverse(payouts, ("gtx_0", 3000))  # 1000 available taken, 2000 into debt
+    assert await payouts.worker.process_due_withdrawals() == 1
+    assert payouts.provider.submitted == []  # never reached the payout provider
+    stored = payouts.store.state.withdrawals[withdrawal.withdrawal_id].withdrawal
+    assert stored.status is domain.WithdrawalStatus.FAILED and "clawed back" in stored.failure_reason
+    assert earnings(payouts, "amy") == (0, 0, 0, 3000)  # its diamonds came back and repaid the debt
+    assert_ledger_agrees(payouts.store)
+
+
+async def test_a_withdrawal_not_yet_submitted_fails_when_the_account_is_frozen() -> None:
+    payouts = await Payouts().start()
+    await payouts.gifts("amy", 3000)
+    await payouts.verified("amy")
+    withdrawal = await payouts.withdraw("amy", 2000)
+    await WalletEvents(payouts.store).account_status_changed("s1", "amy", frozen=True, version=1)
+    await payouts.worker.process_due_withdrawals()
+    stored = payouts.store.state.withdrawals[withdrawal.withdrawal_id].withdrawal
+    assert stored.status is domain.WithdrawalStatus.FAILED and "frozen" in stored.failure_reason
+    assert earnings(payouts, "amy") == (3000, 0, 0, 0)

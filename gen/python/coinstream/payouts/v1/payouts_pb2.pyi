@@ -129,6 +129,7 @@ class Clawback(_message.Message):
     FROM_AVAILABLE_DIAMONDS_FIELD_NUMBER: _builtins.int
     DEBT_DIAMONDS_FIELD_NUMBER: _builtins.int
     CLAWED_BACK_AT_FIELD_NUMBER: _builtins.int
+    REVERSAL_ID_FIELD_NUMBER: _builtins.int
     gift_transaction_id: _builtins.str
     coins: _builtins.int
     """The gift's coins whose purchase was reversed, and the diamonds they had earned."""
@@ -139,6 +140,10 @@ class Clawback(_message.Message):
     """
     from_available_diamonds: _builtins.int
     debt_diamonds: _builtins.int
+    reversal_id: _builtins.str
+    """The wallet's reversal that took the coins back (DiamondsClawedBack.reversal_id): a gift may be clawed back by
+    several partial reversals, one row each.
+    """
     @_builtins.property
     def clawed_back_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -151,10 +156,11 @@ class Clawback(_message.Message):
         from_available_diamonds: _builtins.int = ...,
         debt_diamonds: _builtins.int = ...,
         clawed_back_at: _timestamp_pb2.Timestamp | None = ...,
+        reversal_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["clawed_back_at", b"clawed_back_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clawed_back_at", b"clawed_back_at", "coins", b"coins", "debt_diamonds", b"debt_diamonds", "diamonds", b"diamonds", "from_available_diamonds", b"from_available_diamonds", "from_pending_diamonds", b"from_pending_diamonds", "gift_transaction_id", b"gift_transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clawed_back_at", b"clawed_back_at", "coins", b"coins", "debt_diamonds", b"debt_diamonds", "diamonds", b"diamonds", "from_available_diamonds", b"from_available_diamonds", "from_pending_diamonds", b"from_pending_diamonds", "gift_transaction_id", b"gift_transaction_id", "reversal_id", b"reversal_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
