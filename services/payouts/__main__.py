@@ -86,7 +86,9 @@ async def main() -> None:
             nc, settings.nats_stream_replicas, settings.payouts_settlement_ack_wait_seconds
         )
     )
-    runtime.on_startup(lambda: messaging.ensure_payouts_stream(nc, settings.nats_stream_replicas))
+    runtime.on_startup(
+        lambda: messaging.ensure_stream(nc, messaging.PAYOUTS_STREAM_CONFIG, settings.nats_stream_replicas)
+    )
     relay = outbox.OutboxRelay(pool, js, PAYOUTS_OUTBOX, settings.payouts_relay_interval_seconds)
     wallet_events = WalletEventsConsumer(
         js,

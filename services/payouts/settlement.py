@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
 
 import structlog
 from coinstream.events.v1 import events_pb2
@@ -29,11 +28,14 @@ from services.runtime.errors import AppError
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
 from services.runtime.messaging import (
+    DEAD_LETTERS_STREAM_CONFIG,
     GIFT_SENT_SUBJECT,
     GIFTS_STREAM,
     SETTLEMENT_CONSUMER,
-    ensure_dead_letters_stream,
     ensure_settlement_consumer,
+    ensure_stream,
+    fetch,
+    quietly,
 )
 from services.runtime.validation import Validator
 
@@ -79,7 +81,7 @@ async def declare_settlement_consumer(nc: NatsClient, ack_wait_seconds: float, r
     """The runtime's consumer, with the configured ack_wait (an existing consumer is updated to it), and the
     dead-letter stream it writes to."""
     await ensure_settlement_consumer(nc, replicas, ack_wait_seconds)
-    await ensure_dead_letters_stream(nc, replicas)
+    await ensure_stream(nc, DEAD_LETTERS_STREAM_CONFIG, replicas)
 
 
 def decode_gift_sent(data: bytes) -> domain.GiftToSettle:
@@ -217,21 +219,11 @@ class SettlementConsumer:
         )
         try:
             while True:
-                messages = await self._fetch(subscription)
+                messages = await fetch(subscription, self._batch_size, self._fetch_timeout_seconds)
                 if messages:
                     await self._handle(messages)
         finally:
-            await _quietly(subscription.unsubscribe())
-
-    async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
-        try:
-            return await subscription.fetch(self._batch_size, timeout=self._fetch_timeout_seconds)
-        except TimeoutError:  # nats-py raises it when there is nothing to fetch (nats.py #418)
-            return []
-        except NatsError as error:
-            log.warning("settlement_fetch_failed", error=repr(error))
-            await asyncio.sleep(RETRY_PAUSE_SECONDS)
-            return []
+            await quietly(subscription.unsubscribe())
 
     async def _handle(self, messages: list[Msg]) -> None:
         # Tracing on: a span for the batch's credit, linked to every gift's trace, and one per message in its trace.
@@ -295,7 +287,7 @@ class SettlementConsumer:
     async def _ack(self, messages: list[Msg], settled: int) -> None:
         for message in messages:
             # Fire-and-forget is enough: a lost ack only means a redelivery, which the inbox ignores.
-            await _quietly(message.ack())
+            await quietly(message.ack())
         GIFTS_SETTLED.inc(settled)
         DUPLICATE_GIFTS.inc(len(messages) - settled)
         log.info("gifts_settled", messages=len(messages), settled=settled)
@@ -304,7 +296,7 @@ class SettlementConsumer:
     async def _retry_later(messages: list[Msg]) -> None:
         """Not acked, so nothing is lost: handed back for another try after a pause."""
         for message in messages:
-            await _quietly(message.nak(delay=RETRY_PAUSE_SECONDS))
+            await quietly(message.nak(delay=RETRY_PAUSE_SECONDS))
         await asyncio.sleep(RETRY_PAUSE_SECONDS)
 
     async def _dead_letter(self, message: Msg, reason: str) -> bool:
@@ -325,7 +317,7 @@ class SettlementConsumer:
         # A crash here: the event is delivered again and copied again, which the copy's Nats-Msg-Id makes a no-op
         # (within the stream's duplicate window).
         crash_point("payouts.after_dead_letter_copied")
-        await _quietly(message.term())
+        await quietly(message.term())
         return True
 
 
@@ -342,11 +334,3 @@ async def measure_consumer(js: JetStreamContext) -> None:
     CONSUMER_PENDING.labels(SETTLEMENT_CONSUMER).set(info.num_pending or 0)
     CONSUMER_ACK_PENDING.labels(SETTLEMENT_CONSUMER).set(info.num_ack_pending or 0)
     CONSUMER_REDELIVERED.labels(SETTLEMENT_CONSUMER).set(info.num_redelivered or 0)
-
-
-async def _quietly(operation: Awaitable[object]) -> None:
-    """Acks and cleanups are best effort: failing them only causes a redelivery."""
-    try:
-        await operation
-    except NatsError as error:
-        log.warning("nats_operation_failed", error=repr(error))

@@ -8,14 +8,10 @@ kind this release does not know (a newer wallet) is acked and logged: nothing he
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
-
 import structlog
 from coinstream.events.v1 import events_pb2
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
@@ -28,6 +24,8 @@ from services.runtime.messaging import (
     WALLET_EVENTS,
     WALLET_EVENTS_CONSUMER,
     WALLET_STREAM,
+    fetch,
+    quietly,
 )
 from services.runtime.validation import Validator
 
@@ -60,20 +58,10 @@ class WalletEventsConsumer:
         )
         try:
             while True:
-                for message in await self._fetch(subscription):
+                for message in await fetch(subscription, self._batch_size, self._fetch_timeout_seconds):
                     await self._handle(message)
         finally:
-            await _quietly(subscription.unsubscribe())
-
-    async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
-        try:
-            return await subscription.fetch(self._batch_size, timeout=self._fetch_timeout_seconds)
-        except TimeoutError:  # nats-py raises it when there is nothing to fetch (nats.py #418)
-            return []
-        except NatsError as error:
-            log.warning("wallet_events_fetch_failed", error=repr(error))
-            await asyncio.sleep(RETRY_PAUSE_SECONDS)
-            return []
+            await quietly(subscription.unsubscribe())
 
     async def _handle(self, message: Msg) -> None:
         msg_id = (message.headers or {}).get("Nats-Msg-Id") or f"{WALLET_STREAM}:{message.metadata.sequence.stream}"
@@ -88,7 +76,7 @@ class WalletEventsConsumer:
             await self._retry_later(message, message.subject, "failed")
             return
         crash_point("payouts.after_wallet_event_commit")
-        await _quietly(message.ack())
+        await quietly(message.ack())
         WALLET_EVENTS_APPLIED.labels(message.subject, outcome).inc()
 
     async def _apply(self, message: Msg, msg_id: str) -> str:
@@ -106,7 +94,7 @@ class WalletEventsConsumer:
     @staticmethod
     async def _retry_later(message: Msg, subject: str, outcome: str) -> None:
         WALLET_EVENTS_APPLIED.labels(subject, outcome).inc()
-        await _quietly(message.nak(delay=RETRY_PAUSE_SECONDS))
+        await quietly(message.nak(delay=RETRY_PAUSE_SECONDS))
 
 
 def decode_purchase_reversed(data: bytes) -> tuple[str, list[domain.Clawback]]:
@@ -142,11 +130,3 @@ def _parse(event: events_pb2.PurchaseReversed | events_pb2.AccountStatusChanged,
         event.ParseFromString(data)
     except DecodeError as error:
         raise UnreadableEvent(f"not a {event.DESCRIPTOR.full_name}: {error}") from None
-
-
-async def _quietly(operation: Awaitable[object]) -> None:
-    """Acks and naks are best effort: failing them only causes a redelivery."""
-    try:
-        await operation
-    except NatsError as error:
-        log.warning("nats_operation_failed", error=repr(error))

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import nats.errors
 import structlog
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -139,6 +140,7 @@ SETTLEMENT_CONSUMER_CONFIG = ConsumerConfig(
 LOGIN_SETTINGS = f"{USER_SETTING}, {PASSWORD_SETTING} or {PASSWORD_FILE_SETTING}"
 DECLARE_PATIENCE_SECONDS = 60.0
 DECLARE_RETRY_SECONDS = 1.0
+FETCH_RETRY_PAUSE_SECONDS = 1.0
 
 # JetStream's answers (nats-server's errors.json) that mean "not yet", not "no": a start-up retries them.
 TRANSIENT_JETSTREAM_ERRORS = {
@@ -199,39 +201,18 @@ async def connect(
     )
 
 
-async def ensure_gifts_stream(nc: NatsClient, replicas: int = 1) -> None:
+async def ensure_stream(nc: NatsClient, config: StreamConfig, replicas: int = 1) -> None:
+    """Declares one of the streams above (GIFTS_STREAM_CONFIG, …), waiting out a cluster's "not yet"."""
+    assert config.name is not None
     js = nc.jetstream()
-    await _until_jetstream_answers(
-        nc, GIFTS_STREAM, replicas, lambda: _ensure_stream(js, GIFTS_STREAM_CONFIG, replicas)
-    )
-
-
-async def ensure_dead_letters_stream(nc: NatsClient, replicas: int = 1) -> None:
-    js = nc.jetstream()
-    await _until_jetstream_answers(
-        nc, DEAD_LETTERS_STREAM, replicas, lambda: _ensure_stream(js, DEAD_LETTERS_STREAM_CONFIG, replicas)
-    )
-
-
-async def ensure_wallet_stream(nc: NatsClient, replicas: int = 1) -> None:
-    js = nc.jetstream()
-    await _until_jetstream_answers(
-        nc, WALLET_STREAM, replicas, lambda: _ensure_stream(js, WALLET_STREAM_CONFIG, replicas)
-    )
-
-
-async def ensure_payouts_stream(nc: NatsClient, replicas: int = 1) -> None:
-    js = nc.jetstream()
-    await _until_jetstream_answers(
-        nc, PAYOUTS_STREAM, replicas, lambda: _ensure_stream(js, PAYOUTS_STREAM_CONFIG, replicas)
-    )
+    await _until_jetstream_answers(nc, config.name, replicas, lambda: _ensure_stream(js, config, replicas))
 
 
 async def ensure_settlement_consumer(nc: NatsClient, replicas: int = 1, ack_wait_seconds: float | None = None) -> None:
     """Declared by payouts and by gifts too: with interest retention a GiftSent published while no consumer
     exists would be dropped, so the publisher makes sure its settler is there before the first publish. Payouts
     gives its configured ack_wait (an existing consumer is updated to it); gifts leaves it as it is."""
-    await ensure_gifts_stream(nc, replicas)
+    await ensure_stream(nc, GIFTS_STREAM_CONFIG, replicas)
     await _ensure_consumer(nc, GIFTS_STREAM, SETTLEMENT_CONSUMER_CONFIG, replicas, ack_wait_seconds)
 
 
@@ -239,7 +220,7 @@ async def ensure_wallet_events_consumer(
     nc: NatsClient, replicas: int = 1, ack_wait_seconds: float | None = None
 ) -> None:
     """Declared by the wallet (before its first publish, as gifts does for settlement) and by payouts."""
-    await ensure_wallet_stream(nc, replicas)
+    await ensure_stream(nc, WALLET_STREAM_CONFIG, replicas)
     await _ensure_consumer(nc, WALLET_STREAM, WALLET_EVENTS_CONSUMER_CONFIG, replicas, ack_wait_seconds)
 
 
@@ -265,6 +246,27 @@ async def _ensure_consumer(
 
     # The consumer has a leader of its own, elected after the stream's: a cluster may still be electing it.
     await _until_jetstream_answers(nc, f"{stream}/{name}", replicas, declare)
+
+
+async def fetch(subscription: JetStreamContext.PullSubscription, batch_size: int, timeout_seconds: float) -> list[Msg]:
+    """The next messages of a pull consumer, up to batch_size; none when there are none within the timeout, or NATS
+    failed (then after a pause, so a consumer loop never spins)."""
+    try:
+        return await subscription.fetch(batch_size, timeout=timeout_seconds)
+    except TimeoutError:  # nats-py raises it when there is nothing to fetch (nats.py #418)
+        return []
+    except nats.errors.Error as error:
+        log.warning("jetstream_fetch_failed", error=repr(error))
+        await asyncio.sleep(FETCH_RETRY_PAUSE_SECONDS)
+        return []
+
+
+async def quietly(operation: Awaitable[object]) -> None:
+    """Acks, naks and cleanups are best effort: failing them only causes a redelivery."""
+    try:
+        await operation
+    except nats.errors.Error as error:
+        log.warning("nats_operation_failed", error=repr(error))
 
 
 class JetStreamNotReady(RuntimeError):

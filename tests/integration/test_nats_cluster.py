@@ -102,7 +102,7 @@ async def test_a_cluster_node_then_the_stream_leader_killed_under_load() -> None
         # A start configured with fewer replicas (the default, 1) leaves the cluster's 3 alone.
         nc = await operator_nats(cluster)
         try:
-            await messaging.ensure_gifts_stream(nc, replicas=1)
+            await messaging.ensure_stream(nc, messaging.GIFTS_STREAM_CONFIG, replicas=1)
         finally:
             await nc.close()
         assert (await stream_state(cluster))[0] == REPLICAS

@@ -95,7 +95,7 @@ async def declare_audit_consumer(server: NatsServer | NatsCluster) -> None:
     nc = await operator_nats(server)
     try:
         js = nc.jetstream()
-        await messaging.ensure_gifts_stream(nc)
+        await messaging.ensure_stream(nc, messaging.GIFTS_STREAM_CONFIG)
         await js.add_consumer(
             messaging.GIFTS_STREAM,
             ConsumerConfig(
