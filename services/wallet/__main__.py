@@ -35,6 +35,7 @@ async def main() -> None:
         settings.batch_policy(),
         settings.decline_limits(),
         on_event_queued=relay.wake,
+        terms_version=settings.wallet_terms_version,
     )
     servicer = WalletServicer(wallet)
     runtime.add_service(

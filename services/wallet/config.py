@@ -33,6 +33,8 @@ class WalletSettings(RuntimeSettings):
     # Set it for callers that act for few accounts. Each purchase reads up to this many declines: hence the bounds.
     wallet_max_declines_per_account: int = Field(default=5, ge=0, le=1000)
     wallet_max_declines_per_caller: int = Field(default=0, ge=0, le=10_000)
+    # The version of the terms of sale purchases are made under now, recorded with each (what a buyer agreed to).
+    wallet_terms_version: str = Field(default="1", min_length=1, max_length=64)
     # gifts' channel reconnects every 5 minutes and so reaches wallet pods started since (RuntimeSettings).
     grpc_max_connection_age_seconds: float = Field(default=300.0, ge=0)
 

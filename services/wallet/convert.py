@@ -172,6 +172,36 @@ def bought_message(bought: domain.Bought) -> wallet_pb2.PurchaseCoinsResponse:
     )
 
 
+PURCHASE_STATE_TO_PROTO = {
+    domain.PurchaseState.PENDING: wallet_pb2.PURCHASE_STATUS_PENDING,
+    domain.PurchaseState.COMPLETED: wallet_pb2.PURCHASE_STATUS_COMPLETED,
+    domain.PurchaseState.PARTIALLY_REVERSED: wallet_pb2.PURCHASE_STATUS_PARTIALLY_REVERSED,
+    domain.PurchaseState.REVERSED: wallet_pb2.PURCHASE_STATUS_REVERSED,
+    domain.PurchaseState.FAILED: wallet_pb2.PURCHASE_STATUS_FAILED,
+}
+
+
+def purchase_message(view: domain.PurchaseView) -> wallet_pb2.Purchase:
+    purchase = view.purchase
+    return wallet_pb2.Purchase(
+        purchase_id=purchase.purchase_id,
+        package_id=purchase.package_id,
+        coins=purchase.coins,
+        bonus_coins=purchase.bonus_coins,
+        promotion_id=purchase.promotion_id or "",
+        account_id=purchase.account_id,
+        status=PURCHASE_STATE_TO_PROTO[view.state],
+        rail=purchase.rail,
+        price=money_pb2.Money(currency_code=purchase.currency_code, amount_minor=purchase.price_minor),
+        storefront_country=purchase.storefront_country,
+        terms_version=purchase.terms_version,
+        store_transaction_id=purchase.store_transaction_id or "",
+        created_at=_timestamp(view.created_at),
+        reversed_coins=view.reversed.paid_coins,
+        reversed_bonus_coins=view.reversed.bonus_coins,
+    )
+
+
 def _bought(message: wallet_pb2.PurchaseCoinsResponse) -> domain.Bought:
     purchase = message.purchase
     return domain.Bought(

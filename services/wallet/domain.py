@@ -23,6 +23,8 @@ from services.runtime.errors import (
 from services.runtime.ledger import Posting, balanced
 from services.runtime.requests import RequestKey
 
+SANDBOX_RAIL = "sandbox"  # the development payment provider, the only rail so far
+
 SYSTEM_SALES = "system:sales"  # coins issued against real money
 SYSTEM_PROMOTIONS = "system:promotions"  # bonus coins issued by promotions
 SYSTEM_SPENT = "system:spent"  # coins spent (on gifts); settled into diamonds by payouts
@@ -744,6 +746,37 @@ class Purchase:
     transaction_id: str | None
     promotion_id: str | None = None
     caller: str | None = None  # who asked for it (None: a purchase recorded before callers were kept)
+    rail: str = SANDBOX_RAIL  # where the money came from
+    store_transaction_id: str | None = None  # the store's id of it (None: the sandbox, or a card charge)
+    storefront_country: str = ""  # ISO 3166-1 alpha-2 ("": recorded before storefronts were kept)
+    terms_version: str = ""  # the terms of sale it was made under ("": recorded before they were kept)
+
+
+class PurchaseState(Enum):
+    """A purchase as its buyer and the stores see it: its stored status, and what reversals took back."""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    PARTIALLY_REVERSED = "partially_reversed"
+    REVERSED = "reversed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PurchaseView:
+    purchase: Purchase
+    created_at: datetime
+    reversed: Split  # the purchase's paid and bonus coins reversals gave back so far
+
+    @property
+    def state(self) -> PurchaseState:
+        if self.purchase.status is PurchaseStatus.PENDING:
+            return PurchaseState.PENDING
+        if self.purchase.status is PurchaseStatus.DECLINED:
+            return PurchaseState.FAILED
+        if self.reversed.paid_coins >= self.purchase.coins:
+            return PurchaseState.REVERSED
+        return PurchaseState.PARTIALLY_REVERSED if self.reversed.paid_coins else PurchaseState.COMPLETED
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from services.wallet.domain import (
     PurchaseHistory,
     PurchaseReversal,
     PurchaseStatus,
+    PurchaseView,
     ReversedSoFar,
     Spender,
     SpendingLimit,
@@ -248,6 +249,10 @@ class WalletStore(Protocol):
     async def balance_as_of(self, account_id: str, as_of: datetime) -> Balance: ...
 
     async def get_purchase(self, purchase_id: str) -> Purchase: ...
+
+    async def find_purchase(self, purchase_id: str) -> PurchaseView | None:
+        """The purchase, when it was made, and what reversals gave back so far."""
+        ...
 
     async def load_outcome(self, request_id: str) -> StoredRequest:
         """What a request left with its key, read by the code that just completed it."""

@@ -60,8 +60,11 @@ class WalletService:
         decline_limits: domain.DeclineLimits,
         clock: Clock | None = None,
         on_event_queued: Callable[[], None] = lambda: None,
+        terms_version: str = "1",
     ) -> None:
         self._store = store
+        # The terms of sale purchases are made under now (COINSTREAM_WALLET_TERMS_VERSION), recorded with each.
+        self._terms_version = terms_version
         # Wakes the outbox relay so a reversal's or a freeze's event goes out at once rather than at its next poll.
         self._on_event_queued = on_event_queued
         self._payments = payments
@@ -187,12 +190,18 @@ class WalletService:
         async with self._store.transaction() as tx:
             stored = await tx.claim(command.key)
             if stored is None:
-                stored = await _record_pending_purchase(tx, command, self._card_testing)
+                stored = await _record_pending_purchase(tx, command, self._card_testing, self._terms_version)
         if not stored.in_flight:
             return replayed(stored, convert.BOUGHT)
         assert stored.resource_id is not None
         crash_point("wallet.after_purchase_recorded")
         return await self.complete_purchase(stored.resource_id)
+
+    async def get_purchase(self, purchase_id: str) -> domain.PurchaseView:
+        view = await self._store.find_purchase(purchase_id)
+        if view is None:
+            raise purchase_not_found(purchase_id)
+        return view
 
     async def complete_purchase(self, purchase_id: str) -> domain.Bought:
         purchase = await self._store.get_purchase(purchase_id)
@@ -246,7 +255,7 @@ class WalletService:
         async def operation(tx: WalletTransaction) -> domain.Reversed:
             purchase = await tx.lock_purchase(command.purchase_id)  # serializes the reversals of one purchase
             if purchase is None or purchase.status is not domain.PurchaseStatus.COMPLETED:
-                raise not_found("PURCHASE_NOT_FOUND", f"no completed purchase {command.purchase_id!r}")
+                raise purchase_not_found(command.purchase_id)
             so_far = await tx.reversed_so_far(purchase.purchase_id)
             coins = domain.coins_to_reverse(purchase.coins, so_far.coins, command.coins)
             if coins:
@@ -315,6 +324,11 @@ class WalletService:
         return pages.Page(page, next_token)
 
 
+def purchase_not_found(purchase_id: str) -> AppError:
+    """Also the answer for someone else's purchase: its id reveals nothing to other users."""
+    return not_found("PURCHASE_NOT_FOUND", f"no purchase {purchase_id!r}")
+
+
 def _page_position(page_token: str, kind: str, owner: str) -> int | None:
     """The bigint id a page resumes after (None for the first page); INVALID_ARGUMENT for a token this list did
     not hand out to this owner."""
@@ -332,7 +346,7 @@ def _page_position(page_token: str, kind: str, owner: str) -> int | None:
 
 
 async def _record_pending_purchase(
-    tx: WalletTransaction, command: domain.BuyCoins, card_testing: _CardTestingGuard
+    tx: WalletTransaction, command: domain.BuyCoins, card_testing: _CardTestingGuard, terms_version: str
 ) -> StoredRequest:
     """The first step: a pending purchase with its bonus decided now (or the refusal, kept with the key)."""
     request_id = command.key.request_id
@@ -340,7 +354,7 @@ async def _record_pending_purchase(
         package = domain.find_package(command.package_id)
         # The account lock serializes this account's purchase intents, so first-purchase-only and per-account
         # use limits hold under concurrent purchases, and so do the card-testing limits.
-        domain.require_can_purchase(await tx.lock_account(command.account_id), command.account_id)
+        account = domain.require_can_purchase(await tx.lock_account(command.account_id), command.account_id)
     except AppError as refusal:
         await tx.record_error(request_id, refusal)
         return StoredRequest(resource_id=None, response=None, error=refusal)
@@ -362,6 +376,8 @@ async def _record_pending_purchase(
         transaction_id=None,
         promotion_id=promotion.promotion_id if promotion else None,
         caller=command.caller,
+        storefront_country=account.country_code,  # the sandbox's storefront is the buyer's country
+        terms_version=terms_version,
     )
     await tx.insert_purchase(purchase)
     await tx.set_resource(request_id, purchase.purchase_id)

@@ -12,13 +12,19 @@ from google.protobuf.message import Message
 
 from services.runtime import limits, pages
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, current_principal
-from services.runtime.authorization import allow_any_caller, allow_owner, allow_roles
+from services.runtime.authorization import (
+    allow_any_caller,
+    allow_owner,
+    allow_resource_owner,
+    allow_roles,
+    may_see_resource,
+)
 from services.runtime.idempotency import scope_to_caller
 from services.runtime.interceptors import Context
 from services.runtime.validation import Validator, page_size
 from services.wallet import convert
 from services.wallet.domain import MAX_GIVEAWAY_WINNERS
-from services.wallet.service import WalletService
+from services.wallet.service import WalletService, purchase_not_found
 
 COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
 MAX_SPENDS_PER_BATCH = 1000
@@ -197,6 +203,18 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         check.raise_if_invalid()
         scope_to_caller(request)
         return convert.reversed_message(await self._wallet.reverse_purchase(convert.reverse_purchase(request)))
+
+    @allow_resource_owner(or_roles=STAFF)
+    async def GetPurchase(
+        self, request: wallet_pb2.GetPurchaseRequest, context: Context
+    ) -> wallet_pb2.GetPurchaseResponse:
+        check = Validator()
+        check.opaque_id(request.purchase_id, "purchase_id")
+        check.raise_if_invalid()
+        view = await self._wallet.get_purchase(request.purchase_id)
+        if not may_see_resource(view.purchase.account_id):  # someone else's looks exactly like a missing one
+            raise purchase_not_found(request.purchase_id)
+        return wallet_pb2.GetPurchaseResponse(purchase=convert.purchase_message(view))
 
     @allow_owner("creator_id", or_roles=(ROLE_SERVICE,))
     async def CreateGiveaway(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from google.protobuf.message import Message
@@ -42,9 +43,11 @@ from services.wallet.domain import (
     PurchaseHistory,
     PurchaseReversal,
     PurchaseStatus,
+    PurchaseView,
     ReversedSoFar,
     Spender,
     SpendingLimit,
+    Split,
     Use,
     bonus_bucket,
     buckets,
@@ -59,7 +62,8 @@ ACCOUNT_COLUMNS = (
 )
 PURCHASE_COLUMNS = (
     "purchase_id, request_id, account_id, package_id, coins, bonus_coins, price_minor, currency_code,"
-    " payment_token, status, transaction_id, promotion_id, caller"
+    " payment_token, status, transaction_id, promotion_id, caller, rail, store_transaction_id, storefront_country,"
+    " terms_version"
 )
 # The relay's advisory lock key: any constant unlike the other advisory lock keys used on the wallet database.
 WALLET_OUTBOX = Outbox("wallet", "wallet_outbox", lock_key=0x77616C6C)  # "wall"
@@ -115,6 +119,23 @@ class PostgresWalletStore:
         row = await self._pool.fetchrow(f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE purchase_id = $1", purchase_id)
         assert row is not None, f"no purchase {purchase_id}"
         return _purchase(row)
+
+    async def find_purchase(self, purchase_id: str) -> PurchaseView | None:
+        """The purchase, when it was made, and what its reversals gave back so far."""
+        row = await self._pool.fetchrow(
+            f"SELECT {', '.join('p.' + c.strip() for c in PURCHASE_COLUMNS.split(','))}, p.created_at,"
+            " coalesce(sum(r.reversed_coins), 0)::bigint AS reversed_coins,"
+            " coalesce(sum(r.reversed_bonus_coins), 0)::bigint AS reversed_bonus_coins"
+            " FROM purchases AS p LEFT JOIN purchase_reversals AS r USING (purchase_id)"
+            " WHERE p.purchase_id = $1 GROUP BY p.purchase_id",
+            purchase_id,
+        )
+        if row is None:
+            return None
+        values = dict(row)
+        created_at = values.pop("created_at")
+        reversed_ = Split(values.pop("reversed_coins"), values.pop("reversed_bonus_coins"))
+        return PurchaseView(_purchase_from(values), created_at, reversed_)
 
     async def load_outcome(self, request_id: str) -> idempotency.StoredRequest:
         return await idempotency.load(self._pool, request_id)
@@ -555,7 +576,7 @@ class PostgresTransaction:
     async def insert_purchase(self, purchase: Purchase) -> None:
         await self._conn.execute(
             f"INSERT INTO purchases ({PURCHASE_COLUMNS})"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
             purchase.purchase_id,
             purchase.request_id,
             purchase.account_id,
@@ -569,6 +590,10 @@ class PostgresTransaction:
             purchase.transaction_id,
             purchase.promotion_id,
             purchase.caller,
+            purchase.rail,
+            purchase.store_transaction_id,
+            purchase.storefront_country,
+            purchase.terms_version,
         )
 
     async def lock_purchase(self, purchase_id: str) -> Purchase | None:
@@ -813,7 +838,10 @@ def _balance(account_id: str, coins_by_bucket: dict[str, int]) -> Balance:
 
 
 def _purchase(row: asyncpg.Record) -> Purchase:
-    values = dict(row)
+    return _purchase_from(dict(row))
+
+
+def _purchase_from(values: dict[str, Any]) -> Purchase:
     values["status"] = PurchaseStatus(values["status"])
     return Purchase(**values)
 

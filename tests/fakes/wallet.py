@@ -44,9 +44,11 @@ from services.wallet.domain import (
     PurchaseHistory,
     PurchaseReversal,
     PurchaseStatus,
+    PurchaseView,
     ReversedSoFar,
     Spender,
     SpendingLimit,
+    Split,
     Use,
     bonus_bucket,
     buckets,
@@ -238,6 +240,14 @@ class FakeWalletStore:
 
     async def get_purchase(self, purchase_id: str) -> Purchase:
         return self.state.purchases[purchase_id]
+
+    async def find_purchase(self, purchase_id: str) -> PurchaseView | None:
+        purchase = self.state.purchases.get(purchase_id)
+        if purchase is None:
+            return None
+        mine = [r for r in self.state.reversals.values() if r.purchase_id == purchase_id]
+        reversed_ = Split(sum(r.reversed.paid_coins for r in mine), sum(r.reversed.bonus_coins for r in mine))
+        return PurchaseView(purchase, self.state.purchases_created_at[purchase_id], reversed_)
 
     async def load_outcome(self, request_id: str) -> idempotency.StoredRequest:
         return self.state.keys[request_id].as_stored()

@@ -252,3 +252,35 @@ async def test_a_reversal_takes_its_unspent_coins_back_from_giveaway_winners(sta
 
 async def test_money_identities_hold_after_all_of_it(stack: Stack) -> None:
     await ledger_is_sound(stack)
+
+
+async def test_get_purchase_shows_its_state_rail_price_and_reversals_to_its_buyer_only(clients: Clients) -> None:
+    fan, other = await create_account(clients), await create_account(clients)
+    bought = await buy(clients, fan, "coins_1321")
+    await clients.wallet.ReversePurchase(partial(bought.purchase.purchase_id, 321), metadata=ADMIN)
+    request = w.GetPurchaseRequest(purchase_id=bought.purchase.purchase_id)
+
+    purchase = (await clients.wallet.GetPurchase(request, metadata=auth(fan))).purchase
+
+    assert (purchase.account_id, purchase.status, purchase.rail) == (
+        fan,
+        w.PURCHASE_STATUS_PARTIALLY_REVERSED,
+        "sandbox",
+    )
+    assert (purchase.price.currency_code, purchase.price.amount_minor) == ("USD", 1999)
+    assert (purchase.storefront_country, purchase.terms_version) == ("US", "1")
+    assert (purchase.coins, purchase.bonus_coins, purchase.reversed_coins, purchase.reversed_bonus_coins) == (
+        1321,
+        66,
+        321,
+        16,
+    )
+    assert purchase.created_at.seconds > 0
+    assert (await clients.wallet.GetPurchase(request, metadata=SERVICE)).purchase == purchase
+    # Someone else's purchase looks exactly like a missing one.
+    for purchase_id, caller in ((bought.purchase.purchase_id, other), ("pur_missing", fan)):
+        await expect_error(
+            clients.wallet.GetPurchase(w.GetPurchaseRequest(purchase_id=purchase_id), metadata=auth(caller)),
+            StatusCode.NOT_FOUND,
+            "PURCHASE_NOT_FOUND",
+        )

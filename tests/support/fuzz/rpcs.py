@@ -35,6 +35,7 @@ EFFECTS = {
         "ListPromotions": READ,
         "EndPromotion": STATE,
         "ReversePurchase": MONEY,
+        "GetPurchase": READ,
         "CreateGiveaway": MONEY,
         "SetSpendingLimit": STATE,
     },

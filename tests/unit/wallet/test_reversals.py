@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from coinstream.wallet.v1 import wallet_pb2 as w
 
-from services.wallet import domain
+from services.wallet import convert, domain
 from tests.fakes.wallet import ConstraintViolation
 from tests.unit.wallet.conftest import Wallet, refusal
 
@@ -98,3 +99,32 @@ async def test_the_fake_store_refuses_a_negative_bucket_unless_debt_is_allowed(w
             debt_allowed=True,
         )
     assert await wallet.balance(fan) == domain.Balance(-1, 0)
+
+
+async def test_a_purchase_reads_its_state_from_pending_to_reversed(wallet: Wallet) -> None:
+    fan = await wallet.open_account()
+    bought = await wallet.buy(fan, "coins_1321")
+    view = await wallet.service.get_purchase(bought.purchase_id)
+    assert view.state is domain.PurchaseState.COMPLETED
+    assert (view.purchase.rail, view.purchase.storefront_country, view.purchase.terms_version) == ("sandbox", "US", "1")
+    assert (view.purchase.price_minor, view.purchase.currency_code) == (1999, "USD")
+
+    await wallet.service.reverse_purchase(
+        convert.reverse_purchase(
+            w.ReversePurchaseRequest(request_id="part", purchase_id=bought.purchase_id, reason="refund", coins=321)
+        )
+    )
+    partly = await wallet.service.get_purchase(bought.purchase_id)
+    assert (partly.state, partly.reversed) == (domain.PurchaseState.PARTIALLY_REVERSED, domain.Split(321, 16))
+    await wallet.reverse(bought.purchase_id)
+    whole = await wallet.service.get_purchase(bought.purchase_id)
+    assert (whole.state, whole.reversed) == (domain.PurchaseState.REVERSED, domain.Split(1321, 66))
+
+
+async def test_a_declined_purchase_reads_failed_and_an_unknown_one_is_not_found(wallet: Wallet) -> None:
+    fan = await wallet.open_account()
+    wallet.payments.declined_tokens.add("tok_ok")
+    await refusal(wallet.buy(fan, "coins_65"))
+    [declined] = wallet.store.state.purchases
+    assert (await wallet.service.get_purchase(declined)).state is domain.PurchaseState.FAILED
+    assert (await refusal(wallet.service.get_purchase("pur_unknown"))).reason == "PURCHASE_NOT_FOUND"

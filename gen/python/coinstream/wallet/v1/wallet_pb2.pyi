@@ -21,6 +21,39 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _PurchaseStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PurchaseStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PurchaseStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PURCHASE_STATUS_UNSPECIFIED: _PurchaseStatus.ValueType  # 0
+    PURCHASE_STATUS_PENDING: _PurchaseStatus.ValueType  # 1
+    """Recorded, its payment not decided yet."""
+    PURCHASE_STATUS_COMPLETED: _PurchaseStatus.ValueType  # 2
+    """Paid: its coins were credited."""
+    PURCHASE_STATUS_PARTIALLY_REVERSED: _PurchaseStatus.ValueType  # 3
+    """Some of its coins were reversed (a partial refund or chargeback)."""
+    PURCHASE_STATUS_REVERSED: _PurchaseStatus.ValueType  # 4
+    """All of its coins were reversed."""
+    PURCHASE_STATUS_FAILED: _PurchaseStatus.ValueType  # 5
+    """The payment failed (declined): no coins."""
+
+class PurchaseStatus(_PurchaseStatus, metaclass=_PurchaseStatusEnumTypeWrapper): ...
+
+PURCHASE_STATUS_UNSPECIFIED: PurchaseStatus.ValueType  # 0
+PURCHASE_STATUS_PENDING: PurchaseStatus.ValueType  # 1
+"""Recorded, its payment not decided yet."""
+PURCHASE_STATUS_COMPLETED: PurchaseStatus.ValueType  # 2
+"""Paid: its coins were credited."""
+PURCHASE_STATUS_PARTIALLY_REVERSED: PurchaseStatus.ValueType  # 3
+"""Some of its coins were reversed (a partial refund or chargeback)."""
+PURCHASE_STATUS_REVERSED: PurchaseStatus.ValueType  # 4
+"""All of its coins were reversed."""
+PURCHASE_STATUS_FAILED: PurchaseStatus.ValueType  # 5
+"""The payment failed (declined): no coins."""
+Global___PurchaseStatus: _TypeAlias = PurchaseStatus  # noqa: Y015
+
 class _AccountStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -245,12 +278,42 @@ class Purchase(_message.Message):
     COINS_FIELD_NUMBER: _builtins.int
     BONUS_COINS_FIELD_NUMBER: _builtins.int
     PROMOTION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RAIL_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    STOREFRONT_COUNTRY_FIELD_NUMBER: _builtins.int
+    TERMS_VERSION_FIELD_NUMBER: _builtins.int
+    STORE_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    REVERSED_COINS_FIELD_NUMBER: _builtins.int
+    REVERSED_BONUS_COINS_FIELD_NUMBER: _builtins.int
     purchase_id: _builtins.str
     package_id: _builtins.str
     coins: _builtins.int
     bonus_coins: _builtins.int
     promotion_id: _builtins.str
     """The promotion that granted bonus_coins; empty when none applied."""
+    account_id: _builtins.str
+    """The fields below are set by GetPurchase."""
+    status: Global___PurchaseStatus.ValueType
+    rail: _builtins.str
+    """Where the money came from: "sandbox" in development."""
+    storefront_country: _builtins.str
+    """The storefront's country (ISO 3166-1 alpha-2), the version of the terms of sale it was made under, and the
+    store's own id of the transaction (empty for the sandbox).
+    """
+    terms_version: _builtins.str
+    store_transaction_id: _builtins.str
+    reversed_coins: _builtins.int
+    """What reversals gave back so far, of coins and of bonus_coins."""
+    reversed_bonus_coins: _builtins.int
+    @_builtins.property
+    def price(self) -> _money_pb2.Money:
+        """The price actually paid."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -259,10 +322,20 @@ class Purchase(_message.Message):
         coins: _builtins.int = ...,
         bonus_coins: _builtins.int = ...,
         promotion_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        status: Global___PurchaseStatus.ValueType = ...,
+        rail: _builtins.str = ...,
+        price: _money_pb2.Money | None = ...,
+        storefront_country: _builtins.str = ...,
+        terms_version: _builtins.str = ...,
+        store_transaction_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        reversed_coins: _builtins.int = ...,
+        reversed_bonus_coins: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "price", b"price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_coins", b"bonus_coins", "coins", b"coins", "package_id", b"package_id", "promotion_id", b"promotion_id", "purchase_id", b"purchase_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bonus_coins", b"bonus_coins", "coins", b"coins", "created_at", b"created_at", "package_id", b"package_id", "price", b"price", "promotion_id", b"promotion_id", "purchase_id", b"purchase_id", "rail", b"rail", "reversed_bonus_coins", b"reversed_bonus_coins", "reversed_coins", b"reversed_coins", "status", b"status", "store_transaction_id", b"store_transaction_id", "storefront_country", b"storefront_country", "terms_version", b"terms_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1153,6 +1226,45 @@ class SetSpendingLimitRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetSpendingLimitRequest: _TypeAlias = SetSpendingLimitRequest  # noqa: Y015
+
+@_typing.final
+class GetPurchaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURCHASE_ID_FIELD_NUMBER: _builtins.int
+    purchase_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        purchase_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purchase_id", b"purchase_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPurchaseRequest: _TypeAlias = GetPurchaseRequest  # noqa: Y015
+
+@_typing.final
+class GetPurchaseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURCHASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def purchase(self) -> Global___Purchase: ...
+    def __init__(
+        self,
+        *,
+        purchase: Global___Purchase | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["purchase", b"purchase"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purchase", b"purchase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPurchaseResponse: _TypeAlias = GetPurchaseResponse  # noqa: Y015
 
 @_typing.final
 class SetSpendingLimitResponse(_message.Message):

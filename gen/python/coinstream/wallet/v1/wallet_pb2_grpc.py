@@ -105,6 +105,11 @@ class WalletServiceStub:
                 request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SetSpendingLimitRequest.SerializeToString,
                 response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SetSpendingLimitResponse.FromString,
                 _registered_method=True)
+        self.GetPurchase = channel.unary_unary(
+                '/coinstream.wallet.v1.WalletService/GetPurchase',
+                request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.GetPurchaseRequest.SerializeToString,
+                response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.GetPurchaseResponse.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
@@ -211,6 +216,13 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPurchase(self, request, context):
+        """Reads a purchase: its state, rail, price paid and what reversals took back (owner, service, admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WalletServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -283,6 +295,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.SetSpendingLimit,
                     request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SetSpendingLimitRequest.FromString,
                     response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SetSpendingLimitResponse.SerializeToString,
+            ),
+            'GetPurchase': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPurchase,
+                    request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.GetPurchaseRequest.FromString,
+                    response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.GetPurchaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -664,6 +681,33 @@ class WalletService:
             '/coinstream.wallet.v1.WalletService/SetSpendingLimit',
             coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SetSpendingLimitRequest.SerializeToString,
             coinstream_dot_wallet_dot_v1_dot_wallet__pb2.SetSpendingLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPurchase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.wallet.v1.WalletService/GetPurchase',
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.GetPurchaseRequest.SerializeToString,
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.GetPurchaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,8 @@ class WalletServiceStub:
     """Moves coins from a creator to up to 1,000 winners in one atomic transaction (owner, service)."""
     SetSpendingLimit: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.SetSpendingLimitRequest, _wallet_pb2.SetSpendingLimitResponse]
     """Sets the account owner's own rolling-24 h spending limit (owner)."""
+    GetPurchase: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.GetPurchaseRequest, _wallet_pb2.GetPurchaseResponse]
+    """Reads a purchase: its state, rail, price paid and what reversals took back (owner, service, admin)."""
 
 @_typing.type_check_only
 class WalletServiceAsyncStub(WalletServiceStub):
@@ -103,6 +105,8 @@ class WalletServiceAsyncStub(WalletServiceStub):
     """Moves coins from a creator to up to 1,000 winners in one atomic transaction (owner, service)."""
     SetSpendingLimit: _aio.UnaryUnaryMultiCallable[_wallet_pb2.SetSpendingLimitRequest, _wallet_pb2.SetSpendingLimitResponse]  # type: ignore[assignment]
     """Sets the account owner's own rolling-24 h spending limit (owner)."""
+    GetPurchase: _aio.UnaryUnaryMultiCallable[_wallet_pb2.GetPurchaseRequest, _wallet_pb2.GetPurchaseResponse]  # type: ignore[assignment]
+    """Reads a purchase: its state, rail, price paid and what reversals took back (owner, service, admin)."""
 
 class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
     """Coin accounts and their double-entry ledger."""
@@ -222,5 +226,13 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.SetSpendingLimitResponse, _abc.Awaitable[_wallet_pb2.SetSpendingLimitResponse]]:
         """Sets the account owner's own rolling-24 h spending limit (owner)."""
+
+    @_abc_1.abstractmethod
+    def GetPurchase(
+        self,
+        request: _wallet_pb2.GetPurchaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.GetPurchaseResponse, _abc.Awaitable[_wallet_pb2.GetPurchaseResponse]]:
+        """Reads a purchase: its state, rail, price paid and what reversals took back (owner, service, admin)."""
 
 def add_WalletServiceServicer_to_server(servicer: WalletServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
