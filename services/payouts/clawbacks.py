@@ -96,6 +96,15 @@ async def apply_waiting_clawbacks(
     remainders = await _lock_carries(tx, rates, [credit for _, credit in ready])
     balances = await tx.lock_balances_of(sorted({credit.creator_id for _, credit in ready}))
     taken, new_remainders = domain.take_back(ready, rates, remainders, balances)
+    for (asked, _), took in zip(ready, taken, strict=True):
+        if took.clawback.coins < asked.coins:  # the wallet traced more coins to the gift than it paid: a bug, or forged
+            log.error(
+                "clawback_beyond_gift",
+                gift_transaction_id=asked.gift_transaction_id,
+                asked=asked.coins,
+                taken=took.clawback.coins,
+                reversal_id=asked.reversal_id,
+            )
     transaction_id = new_id("txn")
     await tx.record_transaction(
         transaction_id=transaction_id,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 
@@ -500,12 +500,13 @@ class Clawback:
 @dataclass(frozen=True)
 class ClawedCredit:
     """A settled gift's credit as a clawback needs it. held_diamonds: what of it is still in the maturity hold and
-    not clawed back yet (0 once matured)."""
+    not clawed back yet (0 once matured); coins_left: its coins not clawed back yet."""
 
     gift_transaction_id: str
     creator_id: str
     rate_version: int
     held_diamonds: int
+    coins_left: int
 
 
 @dataclass(frozen=True)
@@ -530,18 +531,25 @@ def take_back(
 ) -> tuple[list[ClawbackTaken], dict[tuple[str, int], int]]:
     """Applies clawbacks in order, each on the balances the ones before left: the diamonds through the carry of the
     credit's creator and rate version (remainders, missing = 0), from the gift's held diamonds, then available ones,
-    the rest as debt. Returns what each took and the new remainders of the (creator, version) pairs it touched."""
+    the rest as debt. A gift never loses more coins than it paid (whatever the wallet traced to it: a reference a
+    caller wrote, a bug): a clawback beyond them takes only the rest, and reconcile shows the difference. Returns what
+    each took (its coins as taken) and the new remainders of the (creator, version) pairs it touched."""
     remainders = dict(remainders)
     available = {creator_id: b.available_diamonds for creator_id, b in balances.items()}
     held = {credit.gift_transaction_id: credit.held_diamonds for _, credit in clawbacks}
+    coins_left = {credit.gift_transaction_id: credit.coins_left for _, credit in clawbacks}
     taken: list[ClawbackTaken] = []
     touched: set[tuple[str, int]] = set()
-    for clawback, credit in clawbacks:
+    for asked, credit in clawbacks:
+        clawback = replace(asked, coins=min(asked.coins, coins_left[credit.gift_transaction_id]))
+        coins_left[credit.gift_transaction_id] -= clawback.coins
         pair = (credit.creator_id, credit.rate_version)
-        diamonds, remainders[pair] = rates[credit.rate_version].claw_back_with_carry(
-            remainders.get(pair, 0), clawback.coins
-        )
-        touched.add(pair)
+        diamonds = 0
+        if clawback.coins:
+            diamonds, remainders[pair] = rates[credit.rate_version].claw_back_with_carry(
+                remainders.get(pair, 0), clawback.coins
+            )
+            touched.add(pair)
         from_pending = min(diamonds, held[credit.gift_transaction_id])
         held[credit.gift_transaction_id] -= from_pending
         from_available = min(diamonds - from_pending, available.get(credit.creator_id, 0))

@@ -472,10 +472,13 @@ class PostgresTransaction:
     async def lock_credits(self, gift_transaction_ids: list[str]) -> dict[str, ClawedCredit]:
         """The settled credits of these gifts, locked (in id order) against maturity and other clawbacks."""
         rows = await self._conn.fetch(
-            "SELECT gift_transaction_id, creator_id, rate_version,"
-            " CASE WHEN matured_at IS NULL THEN diamonds - held_clawed_back ELSE 0 END AS held_diamonds"
-            " FROM diamond_credits WHERE gift_transaction_id = ANY($1::text[])"
-            " ORDER BY gift_transaction_id FOR UPDATE",
+            "SELECT d.gift_transaction_id, d.creator_id, d.rate_version,"
+            " CASE WHEN d.matured_at IS NULL THEN d.diamonds - d.held_clawed_back ELSE 0 END AS held_diamonds,"
+            " d.coins - coalesce((SELECT sum(c.coins) FROM clawbacks AS c"
+            "   WHERE c.gift_transaction_id = d.gift_transaction_id AND c.applied_at IS NOT NULL), 0)::bigint"
+            "   AS coins_left"
+            " FROM diamond_credits AS d WHERE d.gift_transaction_id = ANY($1::text[])"
+            " ORDER BY d.gift_transaction_id FOR UPDATE OF d",
             gift_transaction_ids,
         )
         return {row["gift_transaction_id"]: ClawedCredit(**dict(row)) for row in rows}
@@ -501,11 +504,11 @@ class PostgresTransaction:
             """
             WITH t AS (
                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::bigint[],
-                    $7::bigint[], $8::bigint[])
+                    $7::bigint[], $8::bigint[], $10::bigint[])
                     AS t (reversal_id, gift_transaction_id, creator_id, rate_version, diamonds, from_pending,
-                          from_available, to_debt)
+                          from_available, to_debt, coins)
             ), applied AS (
-                UPDATE clawbacks AS c SET creator_id = t.creator_id, rate_version = t.rate_version,
+                UPDATE clawbacks AS c SET coins = t.coins, creator_id = t.creator_id, rate_version = t.rate_version,
                     diamonds = t.diamonds, from_pending = t.from_pending, from_available = t.from_available,
                     to_debt = t.to_debt, transaction_id = $9, applied_at = now()
                 FROM t WHERE c.reversal_id = t.reversal_id AND c.gift_transaction_id = t.gift_transaction_id
@@ -534,6 +537,7 @@ class PostgresTransaction:
             [t.from_available for t in taken],
             [t.to_debt for t in taken],
             transaction_id,
+            [t.clawback.coins for t in taken],
         )
 
     async def queue_events(self, events: list[OutboxRow]) -> None:

@@ -438,7 +438,13 @@ class FakeTransaction:
             stored = self.state.credits.get(gift_id)
             if stored is not None:
                 held = stored.credit.diamonds - stored.held_clawed_back if stored.matured_at is None else 0
-                found[gift_id] = ClawedCredit(gift_id, stored.credit.creator_id, stored.rate_version, held)
+                taken = sum(
+                    t.clawback.coins
+                    for _, t, _ in self.state.clawbacks.values()
+                    if t and t.clawback.gift_transaction_id == gift_id
+                )
+                left = stored.credit.coins - taken
+                found[gift_id] = ClawedCredit(gift_id, stored.credit.creator_id, stored.rate_version, held, left)
         return found
 
     async def rates(self, versions: list[int]) -> dict[int, SettlementRate]:
@@ -452,9 +458,9 @@ class FakeTransaction:
             raise ConstraintViolation(f"clawbacks of an unrecorded transaction {transaction_id}")
         for t in taken:
             key = (t.clawback.reversal_id, t.clawback.gift_transaction_id)
-            clawback, applied, _ = self.state.clawbacks[key]
+            _, applied, _ = self.state.clawbacks[key]
             assert applied is None, f"clawback {key} applied twice"
-            self.state.clawbacks[key] = (clawback, t, self.state.now)
+            self.state.clawbacks[key] = (t.clawback, t, self.state.now)  # its coins as taken
             stored = self.state.credits[t.clawback.gift_transaction_id]
             if t.from_pending:
                 if stored.matured_at is not None or stored.held_clawed_back + t.from_pending > stored.credit.diamonds:

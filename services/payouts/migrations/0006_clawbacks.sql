@@ -58,7 +58,9 @@ CREATE TABLE clawbacks (
     reversal_id         text NOT NULL,
     gift_transaction_id text NOT NULL,
     purchase_id         text NOT NULL,
-    coins               bigint NOT NULL CHECK (coins > 0),
+    -- The coins the wallet traced to the gift; once applied, those taken (never beyond the gift's coins: 0 when
+    -- earlier clawbacks took them all, which reconcile reports).
+    coins               bigint NOT NULL CHECK (coins >= 0),
     received_at         timestamptz NOT NULL DEFAULT now(),
     creator_id          text,
     rate_version        integer REFERENCES settlement_rates (version),

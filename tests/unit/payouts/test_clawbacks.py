@@ -126,6 +126,20 @@ async def test_a_recovery_pass_applies_clawbacks_left_waiting_on_settled_gifts()
     assert_ledger_agrees(payouts.store)
 
 
+async def test_a_gift_never_loses_more_coins_than_it_paid() -> None:
+    """Whatever the wallet traced to a gift (a reference a caller wrote, a bug), payouts takes back at most the gift's
+    coins; the rest is not taken, and reconcile reports the difference."""
+    payouts = await Payouts().start()
+    await payouts.gifts("amy", 100, 50)
+    await reverse(payouts, ("gtx_0", 70))
+    await reverse(payouts, ("gtx_0", 70))  # 30 left of the gift's 100
+    await reverse(payouts, ("gtx_0", 5))  # nothing left
+    assert earnings(payouts, "amy") == (50, 0, 0, 100)
+    taken = sorted(t.clawback.coins for _, t, _ in payouts.store.state.clawbacks.values() if t is not None)
+    assert taken == [0, 30, 70]
+    assert_ledger_agrees(payouts.store)
+
+
 async def test_each_wallet_event_applies_once() -> None:
     payouts = await Payouts().start()
     await payouts.gifts("amy", 100)
