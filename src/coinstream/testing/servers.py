@@ -255,8 +255,8 @@ class PostgresServer:
 @dataclass
 class NatsServer:
     """nats-server with JetStream and the users of services/runtime/nats_permissions.py: an anonymous client is
-    refused, even in development. The passwords are the stack's (coinstream.testing.nats_credentials): given (the nodes of
-    a cluster share one set), else kept beside the data directory."""
+    refused, even in development. The passwords are the stack's (coinstream.testing.nats_credentials): given (the
+    nodes of a cluster share one set), else kept beside the data directory."""
 
     data_dir: Path
     port: int
