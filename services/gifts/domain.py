@@ -33,7 +33,7 @@ LEADERBOARD_MAX_PAGE_SIZE = 100
 # The all-time leaderboard is stored as one period starting here.
 ALL_TIME_START = date(1970, 1, 1)
 # The wallet's spend request_id and reference for a gift, e.g. "gift:gtx_0f3c…".
-WALLET_SPEND_PREFIX = "gift:"
+WALLET_SPEND_PREFIX = limits.GIFT_SPEND_PREFIX
 # Codes with which the wallet refuses a spend for good (with ErrorInfo: INSUFFICIENT_COINS, ACCOUNT_FROZEN, …).
 # Anything else (UNAVAILABLE, DEADLINE_EXCEEDED, a bad token…) may not have been decided yet: the gift stays pending.
 FINAL_WALLET_REFUSAL_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})

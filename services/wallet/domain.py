@@ -639,13 +639,6 @@ def coins_to_reverse(purchase_coins: int, reversed_before: int, asked: int) -> i
     return asked
 
 
-def reversal_split(purchase_coins: int, purchase_bonus_coins: int, balance: Balance) -> Split:
-    """A chargeback takes back the purchase's bonus from the bonus bucket as far as it goes (bonus never goes
-    negative) and the rest from the paid bucket, which may go negative: that is the debt."""
-    bonus = min(purchase_bonus_coins, max(balance.bonus_coins, 0))
-    return Split(paid_coins=purchase_coins + purchase_bonus_coins - bonus, bonus_coins=bonus)
-
-
 def in_debt(balance: Balance) -> bool:
     """Paid coins below zero: a chargeback took back coins already spent. The account is frozen meanwhile."""
     return balance.paid_coins < 0
@@ -708,17 +701,6 @@ def spend_legs(account_id: str, split: Split, after: Balance) -> list[Leg]:
         Leg(ledger_account, delta, balance_after.get(ledger_account))
         for ledger_account, delta in spend_postings(account_id, split)
     ]
-
-
-def reversal_postings(account_id: str, purchase_coins: int, purchase_bonus_coins: int, split: Split) -> Postings:
-    return balanced(
-        [
-            (paid_bucket(account_id), -split.paid_coins),
-            (bonus_bucket(account_id), -split.bonus_coins),
-            (SYSTEM_SALES, purchase_coins),
-            (SYSTEM_PROMOTIONS, purchase_bonus_coins),
-        ]
-    )
 
 
 def giveaway_postings(creator_id: str, debit: Split, winner_ids: list[str], shares: list[Split]) -> Postings:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import structlog
 
+from services.runtime import limits
 from services.runtime.ledger import balanced
 from services.wallet.domain import (
     SYSTEM_PROMOTIONS,
@@ -32,20 +33,18 @@ from services.wallet.domain import (
     NewLot,
     Postings,
     Split,
-    Use,
     bonus_bucket,
     is_bonus_bucket,
     paid_bucket,
 )
-
-GIFT_REFERENCE_PREFIX = "gift:"
 
 log = structlog.get_logger()
 
 
 def gift_of(reference: str) -> str | None:
     """The gift a spend paid for (gifts spend with the reference "gift:<gift_transaction_id>"), else None."""
-    return reference[len(GIFT_REFERENCE_PREFIX) :] if reference.startswith(GIFT_REFERENCE_PREFIX) else None
+    prefix = limits.GIFT_SPEND_PREFIX
+    return reference[len(prefix) :] if reference.startswith(prefix) else None
 
 
 def draw(lots: Sequence[Lot], coins: int) -> tuple[list[Draw], list[Lot]]:
@@ -101,9 +100,9 @@ class Holdings:
 
     def take_as_far_as_they_go(self, split: Split) -> list[Draw]:
         """For a charge that may leave the bucket in debt: what the lots hold, no more."""
-        bonus_draws, self._bonus = draw(self._bonus, split.bonus_coins)
-        paid_draws, self._paid = draw(self._paid, split.paid_coins)
-        return bonus_draws + paid_draws
+        return self._draw(bonus_bucket(self.account_id), split.bonus_coins) + self._draw(
+            paid_bucket(self.account_id), split.paid_coins
+        )
 
 
 def winner_lots(draws: Sequence[Draw], winner_ids: Sequence[str], shares: Sequence[Split]) -> list[NewLot]:
@@ -172,9 +171,8 @@ class EarlierUse:
 
     funding_id: int
     ledger_account_id: str  # whose bucket the coins were used from
-    use: Use
     coins_left: int
-    gift_transaction_id: str | None  # the gift a spend paid for
+    gift_transaction_id: str | None  # the gift a spend paid for (None: any other use)
 
 
 @dataclass(frozen=True)

@@ -525,7 +525,6 @@ class PostgresTransaction:
             EarlierUse(
                 row["funding_id"],
                 row["ledger_account_id"],
-                Use(row["used_for"]),
                 row["coins_left"],
                 gift_of(row["reference"]) if row["used_for"] == Use.SPEND.value else None,
             )

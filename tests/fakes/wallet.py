@@ -642,7 +642,7 @@ class FakeTransaction:
                 continue
             reference = self.state.transactions[f.transaction_id].reference
             gift = gift_of(reference) if f.used_for is Use.SPEND else None
-            uses.append(EarlierUse(row.funding_id, f.draw.ledger_account_id, f.used_for, left, gift))
+            uses.append(EarlierUse(row.funding_id, f.draw.ledger_account_id, left, gift))
         return uses
 
     async def record_funding(self, transaction_id: str, fundings: list[Funding], new_lots: list[NewLot]) -> None:

@@ -147,12 +147,6 @@ def test_lowering_a_limit_is_immediate_raising_waits_a_day() -> None:
     assert raised.change_to(500, NOW) == domain.SpendingLimit(500)
 
 
-def test_reversal_takes_bonus_as_far_as_it_goes_and_the_rest_from_paid() -> None:
-    assert domain.reversal_split(1321, 66, domain.Balance(1321, 66)) == domain.Split(1321, 66)
-    assert domain.reversal_split(1321, 66, domain.Balance(100, 10)) == domain.Split(1377, 10)
-    assert domain.reversal_split(65, 0, domain.Balance(0, 5)) == domain.Split(65, 0)
-
-
 def test_debt_freezes_until_a_purchase_covers_it() -> None:
     assert domain.in_debt(domain.Balance(-1, 50)) and not domain.in_debt(domain.Balance(0, 0))
     assert domain.debt_covered(domain.Balance(-100, 0), domain.Balance(0, 0))
@@ -174,12 +168,6 @@ def test_postings_always_balance_and_skip_zero_legs() -> None:
     ]
     assert domain.purchase_postings("a", 65, 0) == [("a", 65), (domain.SYSTEM_SALES, -65)]
     assert domain.spend_postings("a", domain.Split(20, 10)) == [("a", -20), ("a:bonus", -10), (domain.SYSTEM_SPENT, 30)]
-    assert domain.reversal_postings("a", 1321, 66, domain.Split(1377, 10)) == [
-        ("a", -1377),
-        ("a:bonus", -10),
-        (domain.SYSTEM_SALES, 1321),
-        (domain.SYSTEM_PROMOTIONS, 66),
-    ]
     shares = [domain.Split(0, 10), domain.Split(5, 5)]
     assert domain.giveaway_postings("c", domain.Split(5, 15), ["w1", "w2"], shares) == [
         ("c", -5),

@@ -79,9 +79,9 @@ def test_the_bonus_of_partial_reversals_adds_up_to_the_whole_bonus(coins: int, b
 def test_a_reversal_removes_unspent_coins_then_takes_the_newest_uses() -> None:
     lots = [lot(7, "winner", "p", 5), lot(4, "buyer", "p", 10)]
     uses = [
-        funding.EarlierUse(1, "buyer", Use.SPEND, 20, "gift-old"),
-        funding.EarlierUse(2, "buyer", Use.SPEND, 20, "gift-new"),
-        funding.EarlierUse(3, "buyer", Use.SPEND, 20, None),
+        funding.EarlierUse(1, "buyer", 20, "gift-old"),
+        funding.EarlierUse(2, "buyer", 20, "gift-new"),
+        funding.EarlierUse(3, "buyer", 20, None),
     ]
 
     plan = funding.plan_reversal("buyer", Split(paid_coins=50, bonus_coins=0), lots, uses)
@@ -92,6 +92,28 @@ def test_a_reversal_removes_unspent_coins_then_takes_the_newest_uses() -> None:
         funding.Allocation(2, 15, "gift-new"),
     ]
     assert plan.gifts() == {"gift-new": 15} and plan.charged == Split(20, 0) and plan.coins == 50
+
+
+def test_a_charge_takes_bonus_as_far_as_it_goes_and_the_rest_from_paid() -> None:
+    assert funding.charge_split(Split(1321, 66), domain.Balance(1321, 66)) == Split(1321, 66)
+    assert funding.charge_split(Split(1321, 66), domain.Balance(100, 10)) == Split(1377, 10)
+    assert funding.charge_split(Split(65, 0), domain.Balance(0, 5)) == Split(65, 0)
+
+
+def test_a_reversal_posts_its_coins_back_to_sales_and_promotions_from_where_they_were() -> None:
+    plan = funding.ReversalPlan(
+        removed=[Draw(1, "buyer", "p", 300), Draw(2, "winner:bonus", "p", 16)],
+        allocations=[funding.Allocation(9, 1000, "gift-1")],
+        charged=Split(21, 50),
+    )
+    # 1,321 paid + 66 bonus: 316 unspent from lots, 1,000 from the gift's spent coins, 71 charged to the buyer.
+    assert funding.reversal_postings("buyer", Split(1321, 66), plan, Split(71, 0)) == [
+        ("buyer", -371),
+        ("winner:bonus", -16),
+        (domain.SYSTEM_SPENT, -1000),
+        (domain.SYSTEM_SALES, 1321),
+        (domain.SYSTEM_PROMOTIONS, 66),
+    ]
 
 
 def test_coins_found_nowhere_are_charged_to_the_buyer() -> None:
