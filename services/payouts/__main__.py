@@ -68,6 +68,7 @@ async def main() -> None:
     )
     nc = runtime.use_nats()
     js = nc.jetstream()
+    runtime.use_http()  # the payout providers' webhooks (none with the sandbox) and its health
 
     async def adopt_configured_rate() -> None:
         await payouts.adopt_configured_rate(settings.payouts_rate_numerator, settings.payouts_rate_denominator)

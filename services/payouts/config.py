@@ -20,6 +20,8 @@ MIN_PRODUCTION_DIAMOND_HOLD_SECONDS = 86_400
 class PayoutsSettings(RuntimeSettings):
     payouts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_payouts"
     payouts_port: int = Field(default=50053, ge=1, le=65535)
+    # Providers' notifications and webhooks (services/runtime/http_ingress.py): development 50063.
+    payouts_http_port: int = Field(default=50063, ge=1, le=65535)
     payouts_metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
 
     # Settlement rate (contract default 1 coin → 1 diamond). A change is recorded as a new rate version at start.
@@ -126,3 +128,7 @@ class PayoutsSettings(RuntimeSettings):
     @property
     def metrics_port(self) -> int:
         return self.payouts_metrics_port
+
+    @property
+    def http_port(self) -> int:
+        return self.payouts_http_port

@@ -76,6 +76,10 @@ class RuntimeSettings(BaseSettings):
     # never lowers the count of an existing stream.
     nats_stream_replicas: int = Field(default=1, ge=1, le=5)
     grpc_host: str = "127.0.0.1"
+    # Where the HTTP port for providers (the service's http_port, when it has one) listens, and the largest body it
+    # reads: a notification is a few KiB; anything far larger is refused 413 unread.
+    http_host: str = "127.0.0.1"
+    http_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
     # Where /metrics listens (when a metrics port is set): loopback unless configured, since the metrics name
     # methods, workers and counts an outsider has no business reading. Containers set it for their scraper.
     metrics_host: str = "127.0.0.1"
@@ -156,6 +160,13 @@ class RuntimeSettings(BaseSettings):
     nats_tls_ca_file: str = ""
     nats_tls_cert_file: str = ""
     nats_tls_key_file: str = ""
+    # The HTTP port for providers' notifications and webhooks (services/runtime/http_ingress.py; wallet and payouts):
+    # cert + key → it serves HTTPS only. Production refuses it in clear unless TLS ends in front of it, on purpose
+    # (COINSTREAM_ALLOW_PLAINTEXT_HTTP: an ingress controller or load balancer holding the public certificate that
+    # the stores and Stripe require).
+    http_tls_cert_file: str = ""
+    http_tls_key_file: str = ""
+    allow_plaintext_http: bool = False
     # PostgreSQL has no setting here: the database URL carries its TLS (?sslmode=verify-full&sslrootcert=…, and
     # &sslcert=…&sslkey=… for a client certificate), which asyncpg honours; database.tls_mode reads the mode back.
 
@@ -181,6 +192,8 @@ class RuntimeSettings(BaseSettings):
                 ("grpc_tls_client_ca_file", "grpc_tls_cert_file", "mutual TLS needs the server's own certificate"),
                 ("nats_tls_cert_file", "nats_tls_key_file", "a certificate needs its private key"),
                 ("nats_tls_key_file", "nats_tls_cert_file", "a private key needs its certificate"),
+                ("http_tls_cert_file", "http_tls_key_file", "a certificate needs its private key"),
+                ("http_tls_key_file", "http_tls_cert_file", "a private key needs its certificate"),
             ]
         )
 
@@ -204,6 +217,10 @@ class RuntimeSettings(BaseSettings):
     @property
     def grpc_mutual_tls_enabled(self) -> bool:
         return self.grpc_tls_enabled and bool(self.grpc_tls_client_ca_file)
+
+    @property
+    def http_tls_enabled(self) -> bool:
+        return bool(self.http_tls_cert_file and self.http_tls_key_file)
 
     @property
     def nats_tls_enabled(self) -> bool:
@@ -230,6 +247,12 @@ class RuntimeSettings(BaseSettings):
             problems.append(
                 "COINSTREAM_GRPC_TLS_CERT_FILE and COINSTREAM_GRPC_TLS_KEY_FILE are unset: bearer tokens would cross"
                 " the network in clear text"
+            )
+        if self.http_port and not self.http_tls_enabled and not self.allow_plaintext_http:
+            problems.append(
+                "COINSTREAM_HTTP_TLS_CERT_FILE and COINSTREAM_HTTP_TLS_KEY_FILE are unset: providers' notifications"
+                " would arrive in clear text (set COINSTREAM_ALLOW_PLAINTEXT_HTTP=true when TLS ends at an ingress"
+                " in front of the port)"
             )
         problems += self.own_database_tls_problems()
         return problems
@@ -303,3 +326,8 @@ class RuntimeSettings(BaseSettings):
     def metrics_port(self) -> int:
         """0 disables the Prometheus endpoint."""
         raise NotImplementedError
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP port for providers' notifications; 0: the service has none (gifts)."""
+        return 0

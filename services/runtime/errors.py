@@ -102,6 +102,10 @@ def not_found(reason: str, message: str) -> AppError:
     return AppError(grpc.StatusCode.NOT_FOUND, reason, message)
 
 
+def already_exists(reason: str, message: str) -> AppError:
+    return AppError(grpc.StatusCode.ALREADY_EXISTS, reason, message)
+
+
 def unauthenticated(message: str) -> AppError:
     return AppError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", message)
 

@@ -29,6 +29,7 @@ from services.runtime.authorization import undeclared_rpcs
 from services.runtime.batching import LoopLag
 from services.runtime.config import RuntimeSettings, migration_only
 from services.runtime.faults import enable_fault_points
+from services.runtime.http_ingress import HttpIngress
 from services.runtime.interceptors import ServiceInterceptor
 from services.runtime.logging import configure_logging
 from services.runtime.rate_limits import CallerRateLimiter
@@ -109,6 +110,7 @@ class ServiceRuntime:
         self._health_server = (
             _plaintext_health_server(self._health, interceptor, options) if settings.grpc_health_port else None
         )
+        self.http: HttpIngress | None = None
 
     def use_database(self, service_migrations: Path) -> asyncpg.Pool:
         self._migrations = service_migrations
@@ -120,6 +122,18 @@ class ServiceRuntime:
         self.nats = NatsClient()
         self._nats_tls = tls.nats_ssl_context(self.settings)
         return self.nats
+
+    def use_http(self) -> HttpIngress:
+        """The service's HTTP port for providers (settings.http_port): endpoints are added to it before run(); it
+        opens with the gRPC port and answers 503 until the service is ready."""
+        self.http = HttpIngress(
+            self.settings.http_host,
+            self.settings.http_port,
+            self.settings.http_max_body_bytes,
+            tls.http_ssl_context(self.settings),  # read now: a bad file stops the process, naming its setting
+            lambda: self._ready,
+        )
+        return self.http
 
     def on_startup(self, step: Worker) -> None:
         self._startup_steps.append(step)
@@ -163,6 +177,8 @@ class ServiceRuntime:
             self._health_server.add_insecure_port(health_address)
             await self._health_server.start()
             log.info("grpc_health_listening", address=health_address)
+        if self.http is not None:
+            await self.http.start()
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host)
         log.info(
@@ -237,6 +253,8 @@ class ServiceRuntime:
         await self._server.stop(self.settings.shutdown_grace_seconds)
         if self._health_server is not None:
             await self._health_server.stop(None)  # probes saw NOT_SERVING through the grace above
+        if self.http is not None:
+            await self.http.stop()  # notifications in flight finish and are answered
         self._ready = False
         for task in tasks:
             task.cancel()

@@ -125,6 +125,18 @@ def client_ssl_context(ca: PemFile | None, cert: PemFile | None = None, key: Pem
     return context
 
 
+def http_ssl_context(settings: RuntimeSettings) -> ssl.SSLContext | None:
+    """COINSTREAM_HTTP_TLS_*: the HTTPS of the providers' port; None when it is plaintext."""
+    cert, key = setting_file(settings, "http_tls_cert_file"), setting_file(settings, "http_tls_key_file")
+    if cert is None or key is None:
+        return None
+    _checked_pair(cert, key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # what App Transport Security (Apple's notifications) requires
+    context.load_cert_chain(cert.path, key.path, password=_refuse_encrypted_key)
+    return context
+
+
 def _checked_pair(cert: PemFile | None, key: PemFile | None) -> tuple[bytes, bytes]:
     """Both files read, and checked (by OpenSSL) to be a certificate and the private key that matches it."""
     assert cert is not None and key is not None

@@ -10,7 +10,9 @@ from services.runtime import messaging, outbox, polling
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 from services.wallet.config import WalletSettings
+from services.wallet.domain import Store
 from services.wallet.payments import SandboxPaymentProvider
+from services.wallet.ports import StoreVerifier
 from services.wallet.service import WalletService
 from services.wallet.servicer import WalletServicer
 from services.wallet.store import WALLET_OUTBOX, PostgresWalletStore
@@ -25,9 +27,11 @@ async def main() -> None:
     runtime = ServiceRuntime(settings, unshed_methods=UNSHED_METHODS)
     pool = runtime.use_database(MIGRATIONS)
     nc = runtime.use_nats()
+    runtime.use_http()  # the stores' and Stripe's notifications (added with their rails) and its health
     # WALLET drops events nobody is interested in: payouts' consumer is declared before the first publish.
     runtime.on_startup(lambda: messaging.ensure_wallet_events_consumer(nc, settings.nats_stream_replicas))
     relay = outbox.OutboxRelay(pool, nc.jetstream(), WALLET_OUTBOX, settings.wallet_relay_interval_seconds)
+    stores: dict[Store, StoreVerifier] = {}
     wallet = WalletService(
         PostgresWalletStore(pool),
         SandboxPaymentProvider(),
@@ -35,7 +39,9 @@ async def main() -> None:
         settings.batch_policy(),
         settings.decline_limits(),
         on_event_queued=relay.wake,
-        terms_version=settings.wallet_terms_version,
+        terms_version=settings.terms_version,
+        stores=stores,
+        store_products=settings.store_products,
     )
     servicer = WalletServicer(wallet)
     runtime.add_service(
@@ -50,6 +56,12 @@ async def main() -> None:
         settings.wallet_recovery_interval_seconds,
         lambda: wallet.recover_pending_purchases(settings.wallet_recovery_age_seconds),
     )
+    if stores:
+        runtime.add_periodic(
+            "store_finishing",
+            settings.wallet_store_finish_interval_seconds,
+            lambda: wallet.finish_store_purchases(settings.wallet_store_finish_age_seconds),
+        )
     if settings.metrics_port:
         probes = {"outbox": lambda: outbox.measure_backlog(pool, WALLET_OUTBOX)}
         runtime.add_periodic("metrics", settings.metrics_poll_interval_seconds, lambda: polling.poll_once(probes))

@@ -11,6 +11,8 @@ from services.wallet.domain import DeclineLimits
 class WalletSettings(RuntimeSettings):
     wallet_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_wallet"
     wallet_port: int = Field(default=50051, ge=1, le=65535)
+    # Providers' notifications and webhooks (services/runtime/http_ingress.py): development 50061.
+    wallet_http_port: int = Field(default=50061, ge=1, le=65535)
     wallet_metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
     # Promotions are data (the promotions table; the contract's +5 % is the seeded default), not settings.
     # Purchases left pending by a crash or a provider outage are finished by a background pass: every interval, those
@@ -34,7 +36,14 @@ class WalletSettings(RuntimeSettings):
     wallet_max_declines_per_account: int = Field(default=5, ge=0, le=1000)
     wallet_max_declines_per_caller: int = Field(default=0, ge=0, le=10_000)
     # The version of the terms of sale purchases are made under now, recorded with each (what a buyer agreed to).
-    wallet_terms_version: str = Field(default="1", min_length=1, max_length=64)
+    terms_version: str = Field(default="1", min_length=1, max_length=64)
+    # Which coin package each app store product sells, as JSON: COINSTREAM_STORE_PRODUCTS='{"com.example.coins100":
+    # "pkg_100"}'. A product it does not name is the package of the same id.
+    store_products: dict[str, str] = Field(default_factory=dict)
+    # Store purchases credited but not finished at their store (Google Play's consume) by a crash or an outage are
+    # finished by a background pass: every interval, those older than the age.
+    wallet_store_finish_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
+    wallet_store_finish_age_seconds: float = Field(default=60.0, gt=0, le=86_400)
     # gifts' channel reconnects every 5 minutes and so reaches wallet pods started since (RuntimeSettings).
     grpc_max_connection_age_seconds: float = Field(default=300.0, ge=0)
 
@@ -63,3 +72,7 @@ class WalletSettings(RuntimeSettings):
     @property
     def metrics_port(self) -> int:
         return self.wallet_metrics_port
+
+    @property
+    def http_port(self) -> int:
+        return self.wallet_http_port

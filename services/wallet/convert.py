@@ -58,6 +58,26 @@ def buy_coins(request: wallet_pb2.PurchaseCoinsRequest, caller: str) -> domain.B
     )
 
 
+STORE_FROM_PROTO = {
+    wallet_pb2.STORE_APP_STORE: domain.Store.APP_STORE,
+    wallet_pb2.STORE_GOOGLE_PLAY: domain.Store.GOOGLE_PLAY,
+}
+STORE_TO_PROTO = {store: proto for proto, store in STORE_FROM_PROTO.items()}
+RAIL_STORES = {store.value: store for store in domain.Store}
+
+
+def redeem_store_purchase(request: wallet_pb2.RedeemStorePurchaseRequest, caller: str) -> domain.RedeemStorePurchase:
+    return domain.RedeemStorePurchase(
+        RequestKey.of(request),
+        request.account_id,
+        STORE_FROM_PROTO[request.store],
+        request.signed_transaction,
+        request.purchase_token,
+        request.product_id,
+        caller,
+    )
+
+
 def reverse_purchase(request: wallet_pb2.ReversePurchaseRequest) -> domain.ReversePurchase:
     return domain.ReversePurchase(RequestKey.of(request), request.purchase_id, request.reason, request.coins)
 
@@ -192,14 +212,56 @@ def purchase_message(view: domain.PurchaseView) -> wallet_pb2.Purchase:
         account_id=purchase.account_id,
         status=PURCHASE_STATE_TO_PROTO[view.state],
         rail=purchase.rail,
-        price=money_pb2.Money(currency_code=purchase.currency_code, amount_minor=purchase.price_minor),
-        storefront_country=purchase.storefront_country,
+        price_paid=money_pb2.Money(currency_code=purchase.currency_code, amount_minor=purchase.price_minor),
+        storefront=purchase.storefront_country,
         terms_version=purchase.terms_version,
         store_transaction_id=purchase.store_transaction_id or "",
         created_at=_timestamp(view.created_at),
         reversed_coins=view.reversed.paid_coins,
         reversed_bonus_coins=view.reversed.bonus_coins,
+        store=_store_of(purchase.rail),
     )
+
+
+def _store_of(rail: str) -> wallet_pb2.Store.ValueType:
+    store = RAIL_STORES.get(rail)
+    return wallet_pb2.STORE_UNSPECIFIED if store is None else STORE_TO_PROTO[store]
+
+
+PURCHASE_STATE_FROM_PROTO = {proto: state for state, proto in PURCHASE_STATE_TO_PROTO.items()}
+
+
+def redeemed_message(redeemed: domain.Redeemed) -> wallet_pb2.RedeemStorePurchaseResponse:
+    return wallet_pb2.RedeemStorePurchaseResponse(
+        purchase=purchase_message(redeemed.view),
+        balance=balance_message(redeemed.view.purchase.account_id, redeemed.balance),
+    )
+
+
+def _redeemed(message: wallet_pb2.RedeemStorePurchaseResponse) -> domain.Redeemed:
+    """A kept answer read back (a replay): the purchase as it was answered then."""
+    kept = message.purchase
+    purchase = domain.Purchase(
+        purchase_id=kept.purchase_id,
+        request_id="",
+        account_id=kept.account_id,
+        package_id=kept.package_id,
+        coins=kept.coins,
+        bonus_coins=kept.bonus_coins,
+        price_minor=kept.price_paid.amount_minor,
+        currency_code=kept.price_paid.currency_code,
+        payment_token="",
+        status=domain.PurchaseStatus.COMPLETED,
+        transaction_id=None,
+        promotion_id=kept.promotion_id or None,
+        rail=kept.rail,
+        store_transaction_id=kept.store_transaction_id or None,
+        storefront_country=kept.storefront,
+        terms_version=kept.terms_version,
+    )
+    reversed_ = domain.Split(kept.reversed_coins, kept.reversed_bonus_coins)
+    view = domain.PurchaseView(purchase, kept.created_at.ToDatetime(tzinfo=UTC), reversed_)
+    return domain.Redeemed(view, _balance(message.balance))
 
 
 def _bought(message: wallet_pb2.PurchaseCoinsResponse) -> domain.Bought:
@@ -342,6 +404,7 @@ SPENDING_LIMIT_SET: MessageReply[domain.Account, wallet_pb2.SetSpendingLimitResp
 SPENT = MessageReply(wallet_pb2.SpendCoinsResponse, spent_message, _spent)
 BOUGHT = MessageReply(wallet_pb2.PurchaseCoinsResponse, bought_message, _bought)
 REVERSED = MessageReply(wallet_pb2.ReversePurchaseResponse, reversed_message, _reversed)
+REDEEMED = MessageReply(wallet_pb2.RedeemStorePurchaseResponse, redeemed_message, _redeemed)
 GIVEAWAY_MADE = MessageReply(wallet_pb2.CreateGiveawayResponse, giveaway_message, _giveaway)
 PROMOTION_CREATED: MessageReply[domain.PromotionView, wallet_pb2.CreatePromotionResponse] = MessageReply(
     wallet_pb2.CreatePromotionResponse,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
+from fractions import Fraction
+from math import ceil
 
 from services.runtime.errors import (
     AppError,
@@ -23,7 +25,7 @@ from services.runtime.errors import (
 from services.runtime.ledger import Posting, balanced
 from services.runtime.requests import RequestKey
 
-SANDBOX_RAIL = "sandbox"  # the development payment provider, the only rail so far
+SANDBOX_RAIL = "sandbox"  # the development payment provider
 
 SYSTEM_SALES = "system:sales"  # coins issued against real money
 SYSTEM_PROMOTIONS = "system:promotions"  # bonus coins issued by promotions
@@ -833,3 +835,83 @@ class Movement:
     def as_spend(self, account_id: str) -> Spent:
         """The answer its SpendCoins got (a spend's deltas are negative)."""
         return Spent(self.transaction_id, account_id, self.balance_after, Split(-self.paid_delta, -self.bonus_delta))
+
+
+# --- purchases through app stores -------------------------------------------------------------------------------
+
+
+class Store(Enum):
+    """An app store coins are bought in; its value is the purchase's rail."""
+
+    APP_STORE = "app_store"
+    GOOGLE_PLAY = "google_play"
+
+
+@dataclass(frozen=True)
+class RedeemStorePurchase:
+    key: RequestKey
+    account_id: str
+    store: Store
+    signed_transaction: str  # App Store: the StoreKit 2 JWS
+    purchase_token: str  # Google Play: the token and its product
+    product_id: str
+    caller: str
+
+
+@dataclass(frozen=True)
+class StoreProof:
+    """What a store's verification established about a purchase made in it (stores.py's verifiers make it)."""
+
+    store: Store
+    transaction_id: str  # App Store: transactionId; Google Play: orderId. Credited once, ever.
+    product_id: str
+    price_paid_minor: int | None  # in currency_code's minor units; None: the store did not say (the package's)
+    currency_code: str  # "" when price_paid_minor is None
+    storefront_country: str  # ISO 3166-1 alpha-2 ("": the store did not say)
+    # Something to do at the store once the coins are credited (Google Play: consume the purchase, or Google refunds
+    # it after 3 days); a periodic pass does it for those a crash left undone.
+    needs_finishing: bool = False
+    purchase_token: str = ""  # Google Play: what finishing needs
+
+
+@dataclass(frozen=True)
+class RailReversal:
+    """A rail's notice that a purchase's money went back: a refund, a revocation, a chargeback, a voided purchase.
+    share: of the purchase's paid coins, what stands reversed once it applies (1: all) — a rail reports refunds as
+    totals so far (Apple's revocation percentage, Stripe's amount refunded), so a notice never adds to another."""
+
+    rail: str
+    notification_id: str
+    store_transaction_id: str
+    share: Fraction
+    reason: str
+
+    def __post_init__(self) -> None:
+        assert 0 < self.share <= 1, f"a reversal's share is in (0, 1], not {self.share}"
+
+
+@dataclass(frozen=True)
+class Redeemed:
+    """A redeemed store purchase as it stands after its transaction (an early refund may have reversed it), and the
+    buyer's balance then."""
+
+    view: PurchaseView
+    balance: Balance
+
+
+class RailReversalOutcome(Enum):
+    APPLIED = "applied"  # coins were reversed
+    WAITING = "waiting"  # nobody has redeemed the transaction yet: the redeem applies it
+    NOTHING_LEFT = "nothing_left"  # the share was reversed already (or the purchase never completed)
+    DUPLICATE = "duplicate"  # this notification took effect before
+
+
+def coins_for_share(coins: int, share: Fraction) -> int:
+    """A share of a purchase's paid coins, rounded up: the buyer never keeps a coin of money that went back."""
+    return min(coins, ceil(coins * share))
+
+
+def store_package_id(product_id: str, products: dict[str, str]) -> str:
+    """The coin package a store product sells: COINSTREAM_STORE_PRODUCTS maps store product ids to packages; a
+    product it does not name is the package of the same id (a store console may use the package ids)."""
+    return products.get(product_id, product_id)

@@ -33,9 +33,12 @@ from services.wallet.domain import (
     PurchaseReversal,
     PurchaseStatus,
     PurchaseView,
+    RailReversal,
+    RedeemStorePurchase,
     ReversedSoFar,
     Spender,
     SpendingLimit,
+    StoreProof,
 )
 from services.wallet.funding import Allocation, EarlierUse
 
@@ -68,6 +71,16 @@ class PaymentProvider(Protocol):
     async def charge(
         self, *, purchase_id: str, payment_token: str, amount_minor: int, currency_code: str
     ) -> ChargeResult: ...
+
+
+class StoreVerifier(Protocol):
+    """An app store's check of a purchase made in it. verify raises PAYMENT_VERIFICATION_FAILED
+    (FAILED_PRECONDITION) for anything not a paid purchase of this app, UNAVAILABLE when the store cannot be asked;
+    finish does what the store needs once the coins are credited (idempotent: it may run again)."""
+
+    async def verify(self, redeem: RedeemStorePurchase) -> StoreProof: ...
+
+    async def finish(self, proof: StoreProof) -> None: ...
 
 
 # --- the store --------------------------------------------------------------------------------------------------
@@ -175,6 +188,24 @@ class WalletTransaction(Protocol):
         self, purchase_id: str, status: PurchaseStatus, provider_reference: str, transaction_id: str | None
     ) -> None: ...
 
+    # purchases through rails
+    async def lock_store_transaction(self, rail: str, store_transaction_id: str) -> Purchase | None:
+        """Serializes everything about one store transaction (redeems by any account, its notifications) until the
+        transaction ends; returns the purchase that redeemed it, if any."""
+        ...
+
+    async def record_notification(self, rail: str, notification_id: str, kind: str) -> bool:
+        """False when the notification was recorded before (it took effect then)."""
+        ...
+
+    async def insert_early_reversal(self, reversal: RailReversal) -> None: ...
+
+    async def early_reversals(self, rail: str, store_transaction_id: str) -> list[RailReversal]: ...
+
+    async def mark_store_unfinished(self, purchase_id: str) -> None: ...
+
+    async def mark_store_finished(self, purchase_id: str) -> None: ...
+
     async def reversed_so_far(self, purchase_id: str) -> ReversedSoFar: ...
 
     async def insert_reversal(self, reversal: PurchaseReversal, allocations: list[Allocation]) -> None:
@@ -259,6 +290,10 @@ class WalletStore(Protocol):
         ...
 
     async def stale_pending_purchases(self, older_than_seconds: float, limit: int) -> list[str]: ...
+
+    async def unfinished_store_purchases(self, older_than_seconds: float, limit: int) -> list[tuple[str, StoreProof]]:
+        """Store purchases credited and still to be finished at their store (StoreProof.needs_finishing)."""
+        ...
 
     async def open_promotions(self) -> tuple[list[Promotion], datetime]: ...
 

@@ -6,23 +6,33 @@ key in the same transaction as its ledger writes; its result is kept with the ke
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import structlog
 from prometheus_client import Counter
 
 from services.runtime import limits, pages, recovery
 from services.runtime.batching import BatchPolicy, MicroBatcher, in_request_id_rounds
-from services.runtime.errors import AppError, failed_precondition, not_found, request_id_reused, unavailable
+from services.runtime.errors import (
+    AppError,
+    already_exists,
+    failed_precondition,
+    not_found,
+    request_id_reused,
+    unavailable,
+)
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
-from services.runtime.requests import Outcome, StoredRequest, replayed
+from services.runtime.requests import Outcome, RequestKey, StoredRequest, replayed
 from services.wallet import convert, domain, events, funding
 from services.wallet.ports import (
     ChargeResult,
     Clock,
     PaymentProvider,
+    StoreVerifier,
     SystemClock,
     WalletStore,
     WalletTransaction,
@@ -32,6 +42,8 @@ log = structlog.get_logger()
 
 # A spend's outcome in a batch: what it spent, or the final refusal SpendCoins would have raised.
 SpendOutcome = domain.Spent | AppError
+
+Result = TypeVar("Result")
 
 LOCK_HOLDERS_ROUNDS = 4  # a reversal's rounds of locking holders of its purchase's coins (_lock_holders)
 
@@ -61,9 +73,15 @@ class WalletService:
         clock: Clock | None = None,
         on_event_queued: Callable[[], None] = lambda: None,
         terms_version: str = "1",
+        stores: Mapping[domain.Store, StoreVerifier] | None = None,
+        store_products: Mapping[str, str] | None = None,
     ) -> None:
         self._store = store
-        # The terms of sale purchases are made under now (COINSTREAM_WALLET_TERMS_VERSION), recorded with each.
+        # The app stores whose purchases may be redeemed (none in development), and which coin package each store
+        # product sells (COINSTREAM_STORE_PRODUCTS; a product it does not name is the package of its id).
+        self._stores = dict(stores or {})
+        self._store_products = dict(store_products or {})
+        # The terms of sale purchases are made under now (COINSTREAM_TERMS_VERSION), recorded with each.
         self._terms_version = terms_version
         # Wakes the outbox relay so a reversal's or a freeze's event goes out at once rather than at its next poll.
         self._on_event_queued = on_event_queued
@@ -236,7 +254,8 @@ class WalletService:
             if purchase.status is not domain.PurchaseStatus.PENDING:
                 return  # a concurrent retry or the recovery pass finished it first
             if charge.approved:
-                await _credit_purchase(tx, purchase, charge)
+                bought = await _credit_purchase(tx, purchase, charge)
+                await tx.record_response(purchase.request_id, convert.BOUGHT.to_message(bought))
             else:
                 await _decline_purchase(tx, purchase, charge)
         if not charge.approved:
@@ -269,6 +288,107 @@ class WalletService:
         reversed_ = await self._store.run_once(command.key, operation, convert.REVERSED)
         self._on_event_queued()
         return reversed_
+
+    # --- purchases through app stores and rails' notifications --------------------------------------------------
+
+    async def redeem_store_purchase(self, command: domain.RedeemStorePurchase) -> domain.Redeemed:
+        """The coin package of a purchase an app store took the money for, once the store's proof verifies: one
+        transaction credits it, once per store transaction ever (whichever account presents it), and applies any
+        refund the store announced before anyone redeemed it. The store is asked first, outside any transaction (a
+        replay asks again: the proof does not change, and a store keeps answering for a redeemed purchase)."""
+        verifier = self._stores.get(command.store)
+        if verifier is None:
+            raise failed_precondition(
+                "STORE_NOT_ENABLED", f"purchases from {command.store.value} are not accepted by this wallet"
+            )
+        proof = await self._ask_store(command, verifier.verify(command))
+        package = domain.find_package(domain.store_package_id(proof.product_id, self._store_products))
+
+        async def operation(tx: WalletTransaction) -> domain.Redeemed:
+            account = domain.require_can_purchase(await tx.lock_account(command.account_id), command.account_id)
+            if await tx.lock_store_transaction(proof.store.value, proof.transaction_id) is not None:
+                raise already_exists(
+                    "STORE_TRANSACTION_ALREADY_REDEEMED",
+                    f"{proof.store.value} transaction {proof.transaction_id!r} was redeemed before",
+                )
+            purchase = await _new_purchase(tx, command.key.request_id, account, package, self._terms_version)
+            purchase = store_purchase(purchase, proof, command.caller)
+            await tx.insert_purchase(purchase)
+            await _credit_purchase(tx, purchase, ChargeResult(True, proof.product_id))
+            if proof.needs_finishing:
+                await tx.mark_store_unfinished(purchase.purchase_id)
+            for notice in await tx.early_reversals(purchase.rail, proof.transaction_id):
+                await _reverse_share(tx, purchase, notice)  # the store refunded it before this redeem
+            log.info(
+                "store_purchase_redeemed",
+                purchase_id=purchase.purchase_id,
+                account_id=purchase.account_id,
+                store=proof.store.value,
+                store_transaction_id=proof.transaction_id,
+            )
+            return await _redeemed(tx, purchase)
+
+        redeemed = await self._store.run_once(command.key, operation, convert.REDEEMED)
+        self._on_event_queued()  # an early refund queued a reversal; a purchase may have unfrozen its account
+        if proof.needs_finishing:
+            await self._finish_at_store(redeemed.view.purchase.purchase_id, proof)
+        return redeemed
+
+    async def _ask_store(self, command: domain.RedeemStorePurchase, asking: Awaitable[Result]) -> Result:
+        try:
+            return await asyncio.wait_for(asking, self._payment_timeout_seconds)
+        except (TimeoutError, OSError) as error:
+            log.warning("store_unavailable", store=command.store.value, error=str(error))
+            raise unavailable(
+                "PAYMENT_PROVIDER_UNAVAILABLE", "the store did not answer; retry with the same request_id"
+            ) from None
+
+    async def _finish_at_store(self, purchase_id: str, proof: domain.StoreProof) -> None:
+        """Best effort here: what fails is finished by finish_store_purchases (the coins are credited already)."""
+        verifier = self._stores[proof.store]
+        try:
+            await asyncio.wait_for(verifier.finish(proof), self._payment_timeout_seconds)
+        except Exception as error:  # noqa: BLE001 - any failure leaves the purchase to the periodic pass
+            log.warning("store_finish_deferred", purchase_id=purchase_id, store=proof.store.value, error=str(error))
+            return
+        async with self._store.transaction() as tx:
+            await tx.mark_store_finished(purchase_id)
+
+    async def finish_store_purchases(self, older_than_seconds: float, batch_size: int = 100) -> bool:
+        """Finishes at their stores the purchases a crash or an outage left credited but unfinished (Google Play
+        refunds a purchase not consumed within 3 days). True when a full batch suggests more are due."""
+        unfinished = await self._store.unfinished_store_purchases(older_than_seconds, batch_size)
+        for purchase_id, proof in unfinished:
+            if proof.store in self._stores:
+                await self._finish_at_store(purchase_id, proof)
+        return len(unfinished) == batch_size
+
+    async def reverse_by_rail(self, notice: domain.RailReversal, kind: str) -> domain.RailReversalOutcome:
+        """A rail's refund, revocation or chargeback notice: recorded by its id in the transaction that applies it
+        (a retry takes effect once), then the purchase of its transaction reversed up to the share it states. A
+        notice of a transaction nobody has redeemed waits for its redeem."""
+        async with self._store.transaction() as tx:
+            if not await tx.record_notification(notice.rail, notice.notification_id, kind):
+                return domain.RailReversalOutcome.DUPLICATE
+            purchase = await tx.lock_store_transaction(notice.rail, notice.store_transaction_id)
+            if purchase is None:
+                await tx.insert_early_reversal(notice)
+                log.info(
+                    "rail_reversal_waiting",
+                    rail=notice.rail,
+                    store_transaction_id=notice.store_transaction_id,
+                    notification_id=notice.notification_id,
+                )
+                return domain.RailReversalOutcome.WAITING
+            outcome = await _reverse_share(tx, purchase, notice)
+        self._on_event_queued()
+        return outcome
+
+    async def record_notification(self, rail: str, notification_id: str, kind: str) -> bool:
+        """A notification with no effect of ours (a test ping, a type we do not act on), recorded so that it is
+        answered the same way again. False when it was recorded before."""
+        async with self._store.transaction() as tx:
+            return await tx.record_notification(rail, notification_id, kind)
 
     # --- promotions ---------------------------------------------------------------------------------------------
 
@@ -359,29 +479,80 @@ async def _record_pending_purchase(
         await tx.record_error(request_id, refusal)
         return StoredRequest(resource_id=None, response=None, error=refusal)
     await card_testing.refuse_if_blocked(tx, command)
+    purchase = await _new_purchase(tx, request_id, account, package, terms_version)
+    purchase = dataclasses.replace(purchase, payment_token=command.payment_token, caller=command.caller)
+    await tx.insert_purchase(purchase)
+    await tx.set_resource(request_id, purchase.purchase_id)
+    return StoredRequest(resource_id=purchase.purchase_id, response=None, error=None)
+
+
+async def _new_purchase(
+    tx: WalletTransaction, request_id: str, account: domain.Account, package: domain.CoinPackage, terms_version: str
+) -> domain.Purchase:
+    """A pending purchase of the package by the account, with the bonus its promotions give now (the account is
+    locked: first-purchase-only and per-account limits hold under concurrent purchases)."""
     promotions, now = await tx.open_promotions()
-    history = await tx.purchase_history(command.account_id)
+    history = await tx.purchase_history(account.account_id)
     promotion, bonus_coins = domain.best_promotion(promotions, package, now, history)
-    purchase = domain.Purchase(
+    return domain.Purchase(
         purchase_id=new_id("pur"),
         request_id=request_id,
-        account_id=command.account_id,
+        account_id=account.account_id,
         package_id=package.package_id,
         coins=package.coins,
         bonus_coins=bonus_coins,
         price_minor=package.price_minor,
         currency_code=package.currency_code,
-        payment_token=command.payment_token,
+        payment_token="",
         status=domain.PurchaseStatus.PENDING,
         transaction_id=None,
         promotion_id=promotion.promotion_id if promotion else None,
-        caller=command.caller,
-        storefront_country=account.country_code,  # the sandbox's storefront is the buyer's country
+        storefront_country=account.country_code,  # the sandbox's (and the web's) storefront is the buyer's country
         terms_version=terms_version,
     )
-    await tx.insert_purchase(purchase)
-    await tx.set_resource(request_id, purchase.purchase_id)
-    return StoredRequest(resource_id=purchase.purchase_id, response=None, error=None)
+
+
+def store_purchase(purchase: domain.Purchase, proof: domain.StoreProof, caller: str) -> domain.Purchase:
+    """The purchase as its store made it: the store's transaction, the price and storefront the store reports."""
+    paid = proof.price_paid_minor is not None
+    return dataclasses.replace(
+        purchase,
+        rail=proof.store.value,
+        store_transaction_id=proof.transaction_id,
+        price_minor=proof.price_paid_minor if proof.price_paid_minor is not None else purchase.price_minor,
+        currency_code=proof.currency_code if paid else purchase.currency_code,
+        storefront_country=proof.storefront_country or purchase.storefront_country,
+        payment_token=proof.purchase_token,
+        caller=caller,
+    )
+
+
+async def _redeemed(tx: WalletTransaction, purchase: domain.Purchase) -> domain.Redeemed:
+    locked = await tx.lock_purchase(purchase.purchase_id)
+    assert locked is not None
+    so_far = await tx.reversed_so_far(purchase.purchase_id)
+    view = domain.PurchaseView(locked, await tx.now(), domain.Split(so_far.coins, so_far.bonus_coins))
+    return domain.Redeemed(view, await tx.get_balance(purchase.account_id))
+
+
+async def _reverse_share(
+    tx: WalletTransaction, purchase: domain.Purchase, notice: domain.RailReversal
+) -> domain.RailReversalOutcome:
+    """Reverses the purchase up to the share the notice states, under the notice's own request id."""
+    locked = await tx.lock_purchase(purchase.purchase_id)
+    assert locked is not None, f"purchase {purchase.purchase_id} vanished"
+    so_far = await tx.reversed_so_far(locked.purchase_id)
+    coins = domain.coins_for_share(locked.coins, notice.share) - so_far.coins
+    if locked.status is not domain.PurchaseStatus.COMPLETED or coins <= 0:
+        return domain.RailReversalOutcome.NOTHING_LEFT
+    command = domain.ReversePurchase(
+        RequestKey(f"{notice.rail}:{notice.notification_id}", "RailReversal", b""),
+        locked.purchase_id,
+        notice.reason,
+        coins,
+    )
+    await _reverse(tx, locked, so_far, coins, command)
+    return domain.RailReversalOutcome.APPLIED
 
 
 class _CardTestingGuard:
@@ -421,7 +592,9 @@ async def _decline_purchase(tx: WalletTransaction, purchase: domain.Purchase, ch
     await tx.record_error(purchase.request_id, declined)
 
 
-async def _credit_purchase(tx: WalletTransaction, purchase: domain.Purchase, charge: ChargeResult) -> None:
+async def _credit_purchase(
+    tx: WalletTransaction, purchase: domain.Purchase, charge: ChargeResult
+) -> domain.Bought:
     """The coins (and bonus) of a paid purchase; a purchase that covers a chargeback's debt unfreezes the account."""
     account_id = purchase.account_id
     before = (await tx.lock_buckets([account_id]))[account_id]
@@ -447,7 +620,7 @@ async def _credit_purchase(tx: WalletTransaction, purchase: domain.Purchase, cha
     await tx.finish_purchase(
         purchase.purchase_id, domain.PurchaseStatus.COMPLETED, charge.provider_reference, transaction_id
     )
-    bought = domain.Bought(
+    return domain.Bought(
         purchase_id=purchase.purchase_id,
         account_id=account_id,
         package_id=purchase.package_id,
@@ -456,7 +629,6 @@ async def _credit_purchase(tx: WalletTransaction, purchase: domain.Purchase, cha
         promotion_id=purchase.promotion_id,
         balance=after,
     )
-    await tx.record_response(purchase.request_id, convert.BOUGHT.to_message(bought))
 
 
 async def _reverse(

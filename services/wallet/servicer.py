@@ -34,7 +34,12 @@ MAX_PROMOTION_BONUS_COINS = 1_000_000
 MAX_PROMOTION_USES = 1_000_000
 # 0001-01-01 .. 9999-12-31: what a datetime can hold.
 TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
-STAFF = (ROLE_SERVICE, ROLE_ADMIN)  # backends and admins, who act on any account
+STAFF = (ROLE_SERVICE, ROLE_ADMIN)
+# A StoreKit 2 signed transaction is a JWS of about 4 KB (three certificates in its header); Google Play's purchase
+# tokens are a few hundred characters; product ids are at most 150 (Play) or 255 characters (App Store).
+MAX_SIGNED_TRANSACTION_CHARS = 32_768
+MAX_PURCHASE_TOKEN_CHARS = 4096
+MAX_STORE_PRODUCT_ID_CHARS = 255  # backends and admins, who act on any account
 
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
@@ -216,6 +221,19 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             raise purchase_not_found(request.purchase_id)
         return wallet_pb2.GetPurchaseResponse(purchase=convert.purchase_message(view))
 
+    @allow_owner("account_id", or_roles=(ROLE_SERVICE,))
+    async def RedeemStorePurchase(
+        self, request: wallet_pb2.RedeemStorePurchaseRequest, context: Context
+    ) -> wallet_pb2.RedeemStorePurchaseResponse:
+        check = Validator()
+        check.request_id(request.request_id)
+        check.identifier(request.account_id, "account_id")
+        _check_store_proof(check, request)
+        check.raise_if_invalid()
+        scope_to_caller(request)
+        command = convert.redeem_store_purchase(request, caller=current_principal().subject)
+        return convert.redeemed_message(await self._wallet.redeem_store_purchase(command))
+
     @allow_owner("creator_id", or_roles=(ROLE_SERVICE,))
     async def CreateGiveaway(
         self, request: wallet_pb2.CreateGiveawayRequest, context: Context
@@ -281,3 +299,19 @@ def _timestamp(check: Validator, request: Message, field: str) -> datetime | Non
         check.fail(field, "is not a valid timestamp")
         return None
     return value.ToDatetime(tzinfo=UTC)
+
+
+def _check_store_proof(check: Validator, request: wallet_pb2.RedeemStorePurchaseRequest) -> None:
+    """The proof its store needs, and nothing another store's would carry."""
+    if request.store == wallet_pb2.STORE_APP_STORE:
+        check.text(request.signed_transaction, "signed_transaction", max_length=MAX_SIGNED_TRANSACTION_CHARS)
+        for name in ("purchase_token", "product_id"):
+            if getattr(request, name):
+                check.fail(name, "is for Google Play; an App Store purchase is its signed_transaction")
+    elif request.store == wallet_pb2.STORE_GOOGLE_PLAY:
+        check.text(request.purchase_token, "purchase_token", max_length=MAX_PURCHASE_TOKEN_CHARS)
+        check.text(request.product_id, "product_id", max_length=MAX_STORE_PRODUCT_ID_CHARS)
+        if request.signed_transaction:
+            check.fail("signed_transaction", "is for the App Store; a Google Play purchase is its purchase_token")
+    else:
+        check.fail("store", "must be STORE_APP_STORE or STORE_GOOGLE_PLAY")

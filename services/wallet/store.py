@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from fractions import Fraction
 from typing import Any
 
 import asyncpg
@@ -44,10 +45,13 @@ from services.wallet.domain import (
     PurchaseReversal,
     PurchaseStatus,
     PurchaseView,
+    RailReversal,
     ReversedSoFar,
     Spender,
     SpendingLimit,
     Split,
+    Store,
+    StoreProof,
     Use,
     bonus_bucket,
     buckets,
@@ -148,6 +152,32 @@ class PostgresWalletStore:
             limit,
         )
         return [row["purchase_id"] for row in rows]
+
+    async def unfinished_store_purchases(self, older_than_seconds: float, limit: int) -> list[tuple[str, StoreProof]]:
+        rows = await self._pool.fetch(
+            "SELECT purchase_id, rail, store_transaction_id, provider_reference, payment_token FROM purchases"
+            " WHERE NOT store_finished AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2",
+            older_than_seconds,
+            limit,
+        )
+        # What finishing needs: the store, its transaction, the product (kept as the provider's reference) and the
+        # purchase token (kept as the payment token).
+        return [
+            (
+                row["purchase_id"],
+                StoreProof(
+                    Store(row["rail"]),
+                    row["store_transaction_id"],
+                    row["provider_reference"],
+                    None,
+                    "",
+                    "",
+                    needs_finishing=True,
+                    purchase_token=row["payment_token"],
+                ),
+            )
+            for row in rows
+        ]
 
     async def open_promotions(self) -> tuple[list[Promotion], datetime]:
         return await _open_promotions(self._pool)
@@ -649,6 +679,69 @@ class PostgresTransaction:
             provider_reference,
             transaction_id,
         )
+
+    # --- purchases through rails ------------------------------------------------------------------------------
+
+    async def lock_store_transaction(self, rail: str, store_transaction_id: str) -> Purchase | None:
+        # A transaction-scoped advisory lock on the pair: two redeems of one store transaction (by two accounts, at
+        # once) and its notifications take turns, so the second finds the first's purchase rather than failing on
+        # the unique index.
+        await self._conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))", rail, store_transaction_id
+        )
+        row = await self._conn.fetchrow(
+            f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE rail = $1 AND store_transaction_id = $2",
+            rail,
+            store_transaction_id,
+        )
+        return None if row is None else _purchase(row)
+
+    async def record_notification(self, rail: str, notification_id: str, kind: str) -> bool:
+        status = await self._conn.execute(
+            "INSERT INTO rail_notifications (rail, notification_id, kind) VALUES ($1, $2, $3)"
+            " ON CONFLICT (rail, notification_id) DO NOTHING",
+            rail,
+            notification_id,
+            kind,
+        )
+        return bool(status == "INSERT 0 1")
+
+    async def insert_early_reversal(self, reversal: RailReversal) -> None:
+        await self._conn.execute(
+            "INSERT INTO early_reversals"
+            " (rail, notification_id, store_transaction_id, share_numerator, share_denominator, reason)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            reversal.rail,
+            reversal.notification_id,
+            reversal.store_transaction_id,
+            reversal.share.numerator,
+            reversal.share.denominator,
+            reversal.reason,
+        )
+
+    async def early_reversals(self, rail: str, store_transaction_id: str) -> list[RailReversal]:
+        rows = await self._conn.fetch(
+            "SELECT notification_id, share_numerator, share_denominator, reason FROM early_reversals"
+            " WHERE rail = $1 AND store_transaction_id = $2 ORDER BY received_at, notification_id",
+            rail,
+            store_transaction_id,
+        )
+        return [
+            RailReversal(
+                rail,
+                row["notification_id"],
+                store_transaction_id,
+                Fraction(row["share_numerator"], row["share_denominator"]),
+                row["reason"],
+            )
+            for row in rows
+        ]
+
+    async def mark_store_unfinished(self, purchase_id: str) -> None:
+        await self._conn.execute("UPDATE purchases SET store_finished = false WHERE purchase_id = $1", purchase_id)
+
+    async def mark_store_finished(self, purchase_id: str) -> None:
+        await self._conn.execute("UPDATE purchases SET store_finished = true WHERE purchase_id = $1", purchase_id)
 
     async def reversed_so_far(self, purchase_id: str) -> ReversedSoFar:
         row = await self._conn.fetchrow(

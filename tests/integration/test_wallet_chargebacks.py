@@ -267,8 +267,8 @@ async def test_get_purchase_shows_its_state_rail_price_and_reversals_to_its_buye
         w.PURCHASE_STATUS_PARTIALLY_REVERSED,
         "sandbox",
     )
-    assert (purchase.price.currency_code, purchase.price.amount_minor) == ("USD", 1999)
-    assert (purchase.storefront_country, purchase.terms_version) == ("US", "1")
+    assert (purchase.price_paid.currency_code, purchase.price_paid.amount_minor) == ("USD", 1999)
+    assert (purchase.storefront, purchase.terms_version) == ("US", "1")
     assert (purchase.coins, purchase.bonus_coins, purchase.reversed_coins, purchase.reversed_bonus_coins) == (
         1321,
         66,

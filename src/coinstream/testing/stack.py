@@ -25,6 +25,8 @@ from services.runtime.nats_permissions import OPERATOR_USER
 # site-packages where coinstream is installed from a wheel (coinstream[testing]). Their processes run there.
 REPO_ROOT = Path(services.__file__).resolve().parent.parent
 ALL_SERVICES = ("wallet", "gifts", "payouts")
+# The services with an HTTP port for providers (notifications and webhooks).
+HTTP_SERVICES = ("wallet", "payouts")
 READY_TIMEOUT_SECONDS = 60.0
 
 
@@ -36,6 +38,20 @@ class ServiceProcess:
     process: subprocess.Popen[bytes] | None = None
     # Its Prometheus /metrics port (0: none).
     metrics_port: int = 0
+    # Its HTTP port for providers' notifications (wallet, payouts; 0: the service has none): free, on loopback,
+    # picked for each process so that replicas do not collide.
+    http_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name in HTTP_SERVICES and not self.http_port:
+            self.http_port = free_port()
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def http_env(self) -> dict[str, str]:
+        return {f"COINSTREAM_{self.name.upper()}_HTTP_PORT": str(self.http_port)} if self.http_port else {}
 
     @property
     def address(self) -> str:
@@ -105,6 +121,7 @@ class Stack:
         proc = self.services[service]
         env = self.service_env(service)
         env.update(proc.metrics_env())
+        env.update(proc.http_env())
         env.update(extra_env or {})
         proc.process = self._spawn(service, env, proc.log_path)
         if wait:
@@ -119,7 +136,12 @@ class Stack:
         )
         env = self.service_env(service)
         env.update(
-            {f"COINSTREAM_{service.upper()}_PORT": str(replica.port), **replica.metrics_env(), **(extra_env or {})}
+            {
+                f"COINSTREAM_{service.upper()}_PORT": str(replica.port),
+                **replica.metrics_env(),
+                **replica.http_env(),
+                **(extra_env or {}),
+            }
         )
         replica.process = self._spawn(service, env, replica.log_path)
         _wait_until_serving(replica, self.tls)

@@ -25,6 +25,8 @@ SAFE_PRODUCTION = {
     "COINSTREAM_AUTH_SECRET": SECRET,
     "COINSTREAM_GRPC_TLS_CERT_FILE": "/etc/coinstream/tls.crt",
     "COINSTREAM_GRPC_TLS_KEY_FILE": "/etc/coinstream/tls.key",
+    "COINSTREAM_HTTP_TLS_CERT_FILE": "/etc/coinstream/tls.crt",
+    "COINSTREAM_HTTP_TLS_KEY_FILE": "/etc/coinstream/tls.key",
     "COINSTREAM_NATS_TLS_CA_FILE": "/etc/coinstream/nats-ca.pem",
     "COINSTREAM_NATS_USER": "svc",
     "COINSTREAM_NATS_PASSWORD": "nats-password",
@@ -40,7 +42,7 @@ SETTINGS = (WalletSettings, GiftsSettings, PayoutsSettings)
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    allowances = ("SANDBOX_PROVIDERS", "PLAINTEXT_DATABASE", "SHORT_DIAMOND_HOLD")
+    allowances = ("SANDBOX_PROVIDERS", "PLAINTEXT_DATABASE", "SHORT_DIAMOND_HOLD", "PLAINTEXT_HTTP")
     for name in [*SAFE_PRODUCTION, *(f"COINSTREAM_ALLOW_{allowed}" for allowed in allowances)]:
         monkeypatch.delenv(name, raising=False)
 

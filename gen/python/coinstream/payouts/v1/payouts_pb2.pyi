@@ -58,6 +58,10 @@ class _WithdrawalStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_With
     WITHDRAWAL_STATUS_FAILED: _WithdrawalStatus.ValueType  # 3
     """The payout failed; the diamonds were returned to the creator."""
     WITHDRAWAL_STATUS_CANCELED: _WithdrawalStatus.ValueType  # 4
+    WITHDRAWAL_STATUS_SUBMITTED: _WithdrawalStatus.ValueType  # 5
+    """Handed to the payout provider (Stripe Connect, PayPal), its outcome not known yet: it can no longer be
+    canceled; it ends PAID, or FAILED with the diamonds given back (returned and unclaimed payouts included).
+    """
 
 class WithdrawalStatus(_WithdrawalStatus, metaclass=_WithdrawalStatusEnumTypeWrapper): ...
 
@@ -67,6 +71,10 @@ WITHDRAWAL_STATUS_PAID: WithdrawalStatus.ValueType  # 2
 WITHDRAWAL_STATUS_FAILED: WithdrawalStatus.ValueType  # 3
 """The payout failed; the diamonds were returned to the creator."""
 WITHDRAWAL_STATUS_CANCELED: WithdrawalStatus.ValueType  # 4
+WITHDRAWAL_STATUS_SUBMITTED: WithdrawalStatus.ValueType  # 5
+"""Handed to the payout provider (Stripe Connect, PayPal), its outcome not known yet: it can no longer be
+canceled; it ends PAID, or FAILED with the diamonds given back (returned and unclaimed payouts included).
+"""
 Global___WithdrawalStatus: _TypeAlias = WithdrawalStatus  # noqa: Y015
 
 @_typing.final

@@ -21,6 +21,24 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Store:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StoreEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Store.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STORE_UNSPECIFIED: _Store.ValueType  # 0
+    STORE_APP_STORE: _Store.ValueType  # 1
+    STORE_GOOGLE_PLAY: _Store.ValueType  # 2
+
+class Store(_Store, metaclass=_StoreEnumTypeWrapper):
+    """The app store a purchase was made in."""
+
+STORE_UNSPECIFIED: Store.ValueType  # 0
+STORE_APP_STORE: Store.ValueType  # 1
+STORE_GOOGLE_PLAY: Store.ValueType  # 2
+Global___Store: _TypeAlias = Store  # noqa: Y015
+
 class _PurchaseStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -281,13 +299,14 @@ class Purchase(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     RAIL_FIELD_NUMBER: _builtins.int
-    PRICE_FIELD_NUMBER: _builtins.int
-    STOREFRONT_COUNTRY_FIELD_NUMBER: _builtins.int
+    PRICE_PAID_FIELD_NUMBER: _builtins.int
+    STOREFRONT_FIELD_NUMBER: _builtins.int
     TERMS_VERSION_FIELD_NUMBER: _builtins.int
     STORE_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REVERSED_COINS_FIELD_NUMBER: _builtins.int
     REVERSED_BONUS_COINS_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
     purchase_id: _builtins.str
     package_id: _builtins.str
     coins: _builtins.int
@@ -298,19 +317,22 @@ class Purchase(_message.Message):
     """The fields below are set by GetPurchase."""
     status: Global___PurchaseStatus.ValueType
     rail: _builtins.str
-    """Where the money came from: "sandbox" in development."""
-    storefront_country: _builtins.str
+    """Where the money came from: "sandbox" in development, "stripe", "app_store" or "google_play"."""
+    storefront: _builtins.str
     """The storefront's country (ISO 3166-1 alpha-2), the version of the terms of sale it was made under, and the
-    store's own id of the transaction (empty for the sandbox).
+    rail's own id of the transaction (the store's transaction or order id, Stripe's PaymentIntent; empty for the
+    sandbox).
     """
     terms_version: _builtins.str
     store_transaction_id: _builtins.str
     reversed_coins: _builtins.int
     """What reversals gave back so far, of coins and of bonus_coins."""
     reversed_bonus_coins: _builtins.int
+    store: Global___Store.ValueType
+    """The app store it was made in (STORE_UNSPECIFIED for the web and the sandbox)."""
     @_builtins.property
-    def price(self) -> _money_pb2.Money:
-        """The price actually paid."""
+    def price_paid(self) -> _money_pb2.Money:
+        """The price actually paid, in the currency it was paid in (a store's local price)."""
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -325,17 +347,18 @@ class Purchase(_message.Message):
         account_id: _builtins.str = ...,
         status: Global___PurchaseStatus.ValueType = ...,
         rail: _builtins.str = ...,
-        price: _money_pb2.Money | None = ...,
-        storefront_country: _builtins.str = ...,
+        price_paid: _money_pb2.Money | None = ...,
+        storefront: _builtins.str = ...,
         terms_version: _builtins.str = ...,
         store_transaction_id: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         reversed_coins: _builtins.int = ...,
         reversed_bonus_coins: _builtins.int = ...,
+        store: Global___Store.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "price", b"price"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "price_paid", b"price_paid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bonus_coins", b"bonus_coins", "coins", b"coins", "created_at", b"created_at", "package_id", b"package_id", "price", b"price", "promotion_id", b"promotion_id", "purchase_id", b"purchase_id", "rail", b"rail", "reversed_bonus_coins", b"reversed_bonus_coins", "reversed_coins", b"reversed_coins", "status", b"status", "store_transaction_id", b"store_transaction_id", "storefront_country", b"storefront_country", "terms_version", b"terms_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bonus_coins", b"bonus_coins", "coins", b"coins", "created_at", b"created_at", "package_id", b"package_id", "price_paid", b"price_paid", "promotion_id", b"promotion_id", "purchase_id", b"purchase_id", "rail", b"rail", "reversed_bonus_coins", b"reversed_bonus_coins", "reversed_coins", b"reversed_coins", "status", b"status", "store", b"store", "store_transaction_id", b"store_transaction_id", "storefront", b"storefront", "terms_version", b"terms_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -671,6 +694,12 @@ class PurchaseCoinsResponse(_message.Message):
 
     PURCHASE_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    CLIENT_ACTION_SECRET_FIELD_NUMBER: _builtins.int
+    client_action_secret: _builtins.str
+    """Set when purchase.status is PURCHASE_STATUS_PENDING because the card needs its holder (3-D Secure): the client
+    secret the web page hands to Stripe.js to finish the payment; the purchase completes when Stripe says it
+    succeeded (GetPurchase shows it).
+    """
     @_builtins.property
     def purchase(self) -> Global___Purchase: ...
     @_builtins.property
@@ -680,10 +709,11 @@ class PurchaseCoinsResponse(_message.Message):
         *,
         purchase: Global___Purchase | None = ...,
         balance: Global___Balance | None = ...,
+        client_action_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "purchase", b"purchase"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "purchase", b"purchase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "client_action_secret", b"client_action_secret", "purchase", b"purchase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1265,6 +1295,68 @@ class GetPurchaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPurchaseResponse: _TypeAlias = GetPurchaseResponse  # noqa: Y015
+
+@_typing.final
+class RedeemStorePurchaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
+    SIGNED_TRANSACTION_FIELD_NUMBER: _builtins.int
+    PURCHASE_TOKEN_FIELD_NUMBER: _builtins.int
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    account_id: _builtins.str
+    store: Global___Store.ValueType
+    signed_transaction: _builtins.str
+    """App Store: the StoreKit 2 signed transaction (a JWS, Transaction.jwsRepresentation)."""
+    purchase_token: _builtins.str
+    """Google Play: the purchase's token and its product id."""
+    product_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        store: Global___Store.ValueType = ...,
+        signed_transaction: _builtins.str = ...,
+        purchase_token: _builtins.str = ...,
+        product_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "product_id", b"product_id", "purchase_token", b"purchase_token", "request_id", b"request_id", "signed_transaction", b"signed_transaction", "store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemStorePurchaseRequest: _TypeAlias = RedeemStorePurchaseRequest  # noqa: Y015
+
+@_typing.final
+class RedeemStorePurchaseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURCHASE_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def purchase(self) -> Global___Purchase:
+        """As PurchaseCoins answers, with store, store_transaction_id, price_paid and storefront set."""
+
+    @_builtins.property
+    def balance(self) -> Global___Balance: ...
+    def __init__(
+        self,
+        *,
+        purchase: Global___Purchase | None = ...,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "purchase", b"purchase"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "purchase", b"purchase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemStorePurchaseResponse: _TypeAlias = RedeemStorePurchaseResponse  # noqa: Y015
 
 @_typing.final
 class SetSpendingLimitResponse(_message.Message):

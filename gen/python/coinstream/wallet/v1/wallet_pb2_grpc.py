@@ -110,6 +110,11 @@ class WalletServiceStub:
                 request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.GetPurchaseRequest.SerializeToString,
                 response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.GetPurchaseResponse.FromString,
                 _registered_method=True)
+        self.RedeemStorePurchase = channel.unary_unary(
+                '/coinstream.wallet.v1.WalletService/RedeemStorePurchase',
+                request_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.RedeemStorePurchaseRequest.SerializeToString,
+                response_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.RedeemStorePurchaseResponse.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
@@ -223,6 +228,15 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RedeemStorePurchase(self, request, context):
+        """Credits the coin package of a purchase made in a mobile app store, once the store's proof is verified (App
+        Store: the signed transaction, offline; Google Play: the purchase token, with the Play Developer API). A store
+        transaction credits coins once, ever, whichever account presents it (owner, service).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WalletServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -300,6 +314,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.GetPurchase,
                     request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.GetPurchaseRequest.FromString,
                     response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.GetPurchaseResponse.SerializeToString,
+            ),
+            'RedeemStorePurchase': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemStorePurchase,
+                    request_deserializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.RedeemStorePurchaseRequest.FromString,
+                    response_serializer=coinstream_dot_wallet_dot_v1_dot_wallet__pb2.RedeemStorePurchaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -708,6 +727,33 @@ class WalletService:
             '/coinstream.wallet.v1.WalletService/GetPurchase',
             coinstream_dot_wallet_dot_v1_dot_wallet__pb2.GetPurchaseRequest.SerializeToString,
             coinstream_dot_wallet_dot_v1_dot_wallet__pb2.GetPurchaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemStorePurchase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coinstream.wallet.v1.WalletService/RedeemStorePurchase',
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.RedeemStorePurchaseRequest.SerializeToString,
+            coinstream_dot_wallet_dot_v1_dot_wallet__pb2.RedeemStorePurchaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,11 @@ class WalletServiceStub:
     """Sets the account owner's own rolling-24 h spending limit (owner)."""
     GetPurchase: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.GetPurchaseRequest, _wallet_pb2.GetPurchaseResponse]
     """Reads a purchase: its state, rail, price paid and what reversals took back (owner, service, admin)."""
+    RedeemStorePurchase: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.RedeemStorePurchaseRequest, _wallet_pb2.RedeemStorePurchaseResponse]
+    """Credits the coin package of a purchase made in a mobile app store, once the store's proof is verified (App
+    Store: the signed transaction, offline; Google Play: the purchase token, with the Play Developer API). A store
+    transaction credits coins once, ever, whichever account presents it (owner, service).
+    """
 
 @_typing.type_check_only
 class WalletServiceAsyncStub(WalletServiceStub):
@@ -107,6 +112,11 @@ class WalletServiceAsyncStub(WalletServiceStub):
     """Sets the account owner's own rolling-24 h spending limit (owner)."""
     GetPurchase: _aio.UnaryUnaryMultiCallable[_wallet_pb2.GetPurchaseRequest, _wallet_pb2.GetPurchaseResponse]  # type: ignore[assignment]
     """Reads a purchase: its state, rail, price paid and what reversals took back (owner, service, admin)."""
+    RedeemStorePurchase: _aio.UnaryUnaryMultiCallable[_wallet_pb2.RedeemStorePurchaseRequest, _wallet_pb2.RedeemStorePurchaseResponse]  # type: ignore[assignment]
+    """Credits the coin package of a purchase made in a mobile app store, once the store's proof is verified (App
+    Store: the signed transaction, offline; Google Play: the purchase token, with the Play Developer API). A store
+    transaction credits coins once, ever, whichever account presents it (owner, service).
+    """
 
 class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
     """Coin accounts and their double-entry ledger."""
@@ -234,5 +244,16 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.GetPurchaseResponse, _abc.Awaitable[_wallet_pb2.GetPurchaseResponse]]:
         """Reads a purchase: its state, rail, price paid and what reversals took back (owner, service, admin)."""
+
+    @_abc_1.abstractmethod
+    def RedeemStorePurchase(
+        self,
+        request: _wallet_pb2.RedeemStorePurchaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.RedeemStorePurchaseResponse, _abc.Awaitable[_wallet_pb2.RedeemStorePurchaseResponse]]:
+        """Credits the coin package of a purchase made in a mobile app store, once the store's proof is verified (App
+        Store: the signed transaction, offline; Google Play: the purchase token, with the Play Developer API). A store
+        transaction credits coins once, ever, whichever account presents it (owner, service).
+        """
 
 def add_WalletServiceServicer_to_server(servicer: WalletServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
