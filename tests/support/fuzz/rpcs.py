@@ -36,6 +36,7 @@ EFFECTS = {
         "EndPromotion": STATE,
         "ReversePurchase": MONEY,
         "GetPurchase": READ,
+        "RedeemStorePurchase": MONEY,
         "CreateGiveaway": MONEY,
         "SetSpendingLimit": STATE,
     },
