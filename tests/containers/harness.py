@@ -30,7 +30,7 @@ IMAGE = os.environ.get("COINSTREAM_TEST_IMAGE", "coinstream:test")
 # containers have no route of their own); "default" for the engine's build network.
 BUILD_NETWORK = os.environ.get("COINSTREAM_TEST_BUILD_NETWORK", "host")
 SERVICES = ("wallet", "gifts", "payouts")
-HOST_PORTS = ("POSTGRES", "NATS", "WALLET", "GIFTS", "PAYOUTS")
+HOST_PORTS = ("POSTGRES", "NATS", "WALLET", "GIFTS", "PAYOUTS", "WALLET_HTTP", "PAYOUTS_HTTP")
 SECRETS = (
     "POSTGRES_PASSWORD",
     "COINSTREAM_AUTH_SECRET",

@@ -415,4 +415,13 @@ def test_network_policies_cover_every_pod_and_allow_exactly_the_needed_flows() -
     for source, target, port in must_not:
         assert not flows(pods[source], pods[target], port), f"{source} -> {target}:{port} allowed"
     assert not flows(caller, pods["postgres"], 5432) and not flows(caller, pods["nats"], 4222)
-    assert not flows(pods["wallet"], ("outside", {}, {}), 443)  # no way out but the database, NATS and DNS
+    # The providers' notifications reach the wallet's and payouts' http ports through the Ingress controller only.
+    ingress_controller = ("ingress-nginx", {}, {})
+    for service, port in (("wallet", 50061), ("payouts", 50063)):
+        assert flows(ingress_controller, pods[service], port), f"Ingress controller -> {service} refused"
+        assert not flows(stranger, pods[service], port) and not flows(caller, pods[service], port)
+    # Out of the cluster: only the wallet and payouts, to their providers' HTTPS APIs; never gifts, never elsewhere.
+    outside = ("outside", {}, {})
+    assert flows(pods["wallet"], outside, 443) and flows(pods["payouts"], outside, 443)
+    assert not flows(pods["gifts"], outside, 443)
+    assert not flows(pods["wallet"], outside, 80) and not flows(pods["payouts"], outside, 5432)

@@ -51,6 +51,7 @@ class ServiceSpec:
     name: str
     default_port: int
     style: str
+    default_http_port: int = 0  # the providers' notifications and webhooks (0: the service has no HTTP port)
 
     @property
     def module(self) -> str:
@@ -70,15 +71,23 @@ class ServiceSpec:
     def address(self, environ: dict[str, str]) -> str:
         return f"127.0.0.1:{self.port(environ)}"
 
+    def http_port(self, environ: dict[str, str]) -> int:
+        return int(environ.get(f"COINSTREAM_{self.name.upper()}_HTTP_PORT", self.default_http_port))
+
     @property
     def log_path(self) -> Path:
         return LOG_DIR / f"{self.name}.log"
 
 
-WALLET = ServiceSpec("wallet", 50051, "cyan")
+WALLET = ServiceSpec("wallet", 50051, "cyan", default_http_port=50061)
 GIFTS = ServiceSpec("gifts", 50052, "magenta")
-PAYOUTS = ServiceSpec("payouts", 50053, "green")
+PAYOUTS = ServiceSpec("payouts", 50053, "green", default_http_port=50063)
 SERVICES = (WALLET, GIFTS, PAYOUTS)
+# What the HTTP ports serve once the rails are configured (development keeps the sandbox: health only).
+HTTP_PATHS = {
+    "wallet": ("/notifications/app-store", "/notifications/google-play", "/webhooks/stripe", "/healthz"),
+    "payouts": ("/webhooks/stripe", "/webhooks/paypal", "/healthz"),
+}
 
 
 class ShutdownRequested(Exception):
@@ -170,6 +179,7 @@ class DevStack:
     def _check_ports_free(self) -> None:
         """A leftover server from a killed run would otherwise make a confusing failure much later."""
         wanted = {f"{spec.name} gRPC": spec.port(self.plan.environ) for spec in SERVICES}
+        wanted |= {f"{s.name} HTTP": s.http_port(self.plan.environ) for s in SERVICES if s.default_http_port}
         if self.plan.embedded_databases:
             wanted["PostgreSQL"] = POSTGRES_PORT
         if self.plan.embedded_nats:
@@ -310,6 +320,7 @@ def banner(plan: StackPlan) -> Group:
     for spec in SERVICES:
         endpoint = f"{spec.address(plan.environ):<17} db {_redact(plan.database_urls[spec.name])}"
         lines.append(Text.assemble(("  " + f"{spec.name:<10}", f"bold {spec.style}"), endpoint))
+        lines += _http_lines(spec, plan)
     lines += [
         _labelled("NATS", f"{plan.nats_url}  ({nats_origin})"),
         *_nats_login_lines(plan),
@@ -333,6 +344,14 @@ def banner(plan: StackPlan) -> Group:
         ),
     ]
     return Group(Rule("coinstream dev stack is up", style="green"), *lines, Rule(style="green"))
+
+
+def _http_lines(spec: ServiceSpec, plan: StackPlan) -> list[Text]:
+    """A service's HTTP port for providers: where a store's notifications or a webhook are sent (GET /healthz)."""
+    paths = HTTP_PATHS.get(spec.name)
+    if not paths:
+        return []
+    return [Text(f"            http://127.0.0.1:{spec.http_port(plan.environ)}  {' '.join(paths)}")]
 
 
 def _nats_login_lines(plan: StackPlan) -> list[Text]:
