@@ -257,8 +257,8 @@ def consumption_request(consumption: PurchaseConsumption | None) -> ConsumptionR
     )
 
 
-def not_verified(why: str) -> AppError:
-    return failed_precondition("PAYMENT_VERIFICATION_FAILED", f"the App Store transaction is refused: {why}")
+def not_verified(why: str, what: str = "the App Store transaction") -> AppError:
+    return failed_precondition("PAYMENT_VERIFICATION_FAILED", f"{what} is refused: {why}")
 
 
 # --- the verifier -------------------------------------------------------------------------------------------------
@@ -279,14 +279,16 @@ class AppStoreVerifier:
 
     async def transaction(self, signed_transaction: str) -> JWSTransactionDecodedPayload:
         """A signed transaction, verified: Apple's chain and signature, this app's bundle id, the environment."""
-        return await self._verified(self._verifier.verify_and_decode_signed_transaction, signed_transaction)
+        verify = self._verifier.verify_and_decode_signed_transaction
+        return await self._verified(verify, signed_transaction, "the App Store transaction")
 
     async def notification(self, signed_payload: str) -> ResponseBodyV2DecodedPayload:
         """A notification's signedPayload, verified: the chain and signature, bundle id, app id and environment."""
-        return await self._verified(self._verifier.verify_and_decode_notification, signed_payload)
+        verify = self._verifier.verify_and_decode_notification
+        return await self._verified(verify, signed_payload, "the App Store notification")
 
     @staticmethod
-    async def _verified(verify: Callable[[str], T], signed: str) -> T:
+    async def _verified(verify: Callable[[str], T], signed: str, what: str) -> T:
         try:
             return await asyncio.to_thread(verify, signed)
         except VerificationException as error:
@@ -294,9 +296,9 @@ class AppStoreVerifier:
                 raise unavailable(
                     "PAYMENT_PROVIDER_UNAVAILABLE", "Apple's certificate status service did not answer; retry later"
                 ) from None
-            raise not_verified(f"it does not verify ({error.status.name})") from None
+            raise not_verified(f"it does not verify ({error.status.name})", what) from None
         except Exception:  # noqa: BLE001 - signed by Apple's chain but not shaped as Apple's payloads are
-            raise not_verified("it is not an App Store payload") from None
+            raise not_verified("it is not shaped as Apple's", what) from None
 
 
 def app_store_verifier(settings: AppStoreSettings) -> AppStoreVerifier:

@@ -51,7 +51,7 @@ class AppStoreNotifications:
         self._consumption = consumption
 
     async def __call__(self, body: bytes, headers: Mapping[str, str]) -> Answer:
-        notification = await self._verified(self._verifier.notification, signed_payload(body), "signedPayload")
+        notification = await self._verified(self._verifier.notification, signed_payload(body))
         notification_id, kind = notification.notificationUUID, notification.rawNotificationType
         if not notification_id or not kind:
             raise Rejected("a notification without its notificationUUID or notificationType")
@@ -99,15 +99,15 @@ class AppStoreNotifications:
         signed = notification.data.signedTransactionInfo if notification.data else None
         if not signed:
             raise Rejected(f"a {notification.rawNotificationType} notification without its signedTransactionInfo")
-        return await self._verified(self._verifier.transaction, signed, "signedTransactionInfo")
+        return await self._verified(self._verifier.transaction, signed)
 
     @staticmethod
-    async def _verified(verify: Callable[[str], Awaitable[Decoded]], signed: str, what: str) -> Decoded:
+    async def _verified(verify: Callable[[str], Awaitable[Decoded]], signed: str) -> Decoded:
         try:
             return await verify(signed)
         except AppError as refusal:
             if refusal.reason == "PAYMENT_VERIFICATION_FAILED":
-                raise Unsigned(f"{what} does not verify: {refusal.message}") from None
+                raise Unsigned(refusal.message) from None
             raise  # Apple's OCSP did not answer: a 5xx, and Apple sends it again later
 
 
