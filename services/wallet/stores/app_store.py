@@ -18,7 +18,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
-import structlog
 from appstoreserverlibrary.api_client import AsyncAppStoreServerAPIClient
 from appstoreserverlibrary.models.ConsumptionRequest import ConsumptionRequest
 from appstoreserverlibrary.models.DeliveryStatus import DeliveryStatus
@@ -34,8 +33,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.errors import AppError, failed_precondition, unavailable
 from services.wallet.domain import PurchaseConsumption, RedeemStorePurchase, Store, StoreProof
-
-log = structlog.get_logger()
 
 T = TypeVar("T")
 
