@@ -174,13 +174,14 @@ async def test_what_apple_did_not_sign_for_this_app_is_refused_and_moves_nothing
     assert redeemed.purchase.store_transaction_id == transaction_id
 
 
+@pytest.mark.parametrize("kind", ["REFUND", "REVOKE"])
 async def test_a_refund_reverses_the_purchase_and_its_replay_changes_nothing(
-    clients: Clients, apple_wallet: AppleWallet
+    clients: Clients, apple_wallet: AppleWallet, kind: str
 ) -> None:
     account_id, transaction_id = await create_account(clients), apple.new_transaction_id()
     purchase = (await apple_wallet.redeem(account_id, apple_wallet.signed_transaction(transaction_id))).purchase
     revoked = apple.refunded(apple.transaction(transaction_id, PRODUCT))
-    refund = apple.notification("REFUND", apple_wallet.chain.sign(revoked))
+    refund = apple.notification(kind, apple_wallet.chain.sign(revoked))
 
     first, again = await apple_wallet.notify(refund), await apple_wallet.notify(refund)
 
@@ -297,13 +298,9 @@ async def test_notifications_that_move_nothing_are_recorded_once(clients: Client
     test = apple.notification("TEST", None)
     declined = apple.notification("REFUND_DECLINED", signed)
     reversed_refund = apple.notification("REFUND_REVERSED", signed)
+    charged = apple.notification("ONE_TIME_CHARGE", signed)
 
-    answers = [await apple_wallet.notify(n) for n in (test, declined, reversed_refund, test)]
+    answers = [await apple_wallet.notify(n) for n in (test, declined, reversed_refund, charged, test)]
 
-    assert [(a.status_code, a.json()["outcome"]) for a in answers] == [
-        (200, "recorded"),
-        (200, "recorded"),
-        (200, "recorded"),
-        (200, "duplicate"),
-    ]
+    assert [(a.status_code, a.json()["outcome"]) for a in answers] == [(200, "recorded")] * 4 + [(200, "duplicate")]
     assert await coins(clients, account_id) == credited

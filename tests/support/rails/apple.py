@@ -20,7 +20,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 BUNDLE_ID = "com.example.coinstream"
 APP_APPLE_ID = 1_234_567_890
@@ -58,12 +58,18 @@ class SigningChain:
         return jwt.encode(payload, self.leaf_key, algorithm="ES256", headers={"x5c": self.x5c()})
 
 
-def signing_chain(name: str = "Test Apple") -> SigningChain:
+def signing_chain(name: str = "Test Apple", ocsp_url: str | None = None) -> SigningChain:
+    """ocsp_url: where the intermediate and the leaf say their OCSP responder is (Apple's certificates say so; the
+    library's online checks ask it)."""
     root_key, intermediate_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
     root = _certificate(f"{name} Root CA - G3", root_key, None, None, ca=True)
     intermediate_name, leaf_name = f"{name} Worldwide Developer Relations CA", f"{name} App Store Receipt Signing"
-    intermediate = _certificate(intermediate_name, intermediate_key, root, root_key, ca=True, marker=INTERMEDIATE_OID)
-    leaf = _certificate(leaf_name, leaf_key, intermediate, intermediate_key, ca=False, marker=LEAF_OID)
+    intermediate = _certificate(
+        intermediate_name, intermediate_key, root, root_key, ca=True, marker=INTERMEDIATE_OID, ocsp_url=ocsp_url
+    )
+    leaf = _certificate(
+        leaf_name, leaf_key, intermediate, intermediate_key, ca=False, marker=LEAF_OID, ocsp_url=ocsp_url
+    )
     return SigningChain(root, intermediate, leaf, leaf_key)
 
 
@@ -75,6 +81,7 @@ def _certificate(
     *,
     ca: bool,
     marker: x509.ObjectIdentifier | None = None,
+    ocsp_url: str | None = None,
 ) -> x509.Certificate:
     subject = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, common_name), x509.NameAttribute(NameOID.COUNTRY_NAME, "US")]
@@ -109,6 +116,9 @@ def _certificate(
     )
     if marker is not None:
         builder = builder.add_extension(x509.UnrecognizedExtension(marker, ASN1_NULL), critical=False)
+    if ocsp_url is not None:
+        responder = x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))
+        builder = builder.add_extension(x509.AuthorityInformationAccess([responder]), critical=False)
     return builder.sign(signer, hashes.SHA256())
 
 

@@ -10,11 +10,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from appstoreserverlibrary.models.JWSTransactionDecodedPayload import JWSTransactionDecodedPayload
 from appstoreserverlibrary.models.LibraryUtility import _get_cattrs_converter
 from pydantic import ValidationError
 
+from coinstream.testing.servers import free_port
 from services.runtime.errors import AppError
 from services.runtime.requests import RequestKey
 from services.wallet.domain import ConsumptionStatus, PurchaseConsumption, RedeemStorePurchase, Store, StoreProof
@@ -164,6 +166,24 @@ async def test_the_verifier_accepts_apples_chain_only_for_this_app_and_environme
             await verifier.verify(redeem_of(forged))
         assert refusal(refused) == "PAYMENT_VERIFICATION_FAILED"
         assert "eyJ" not in refused.value.message  # never the signed proof itself
+
+
+async def test_an_ocsp_outage_is_unavailable_not_a_refusal(tmp_path: Path) -> None:
+    """Online checks ask the chain's OCSP responder: one that does not answer is Apple's outage (retry later), not
+    a forgery."""
+    chain = apple.signing_chain(ocsp_url=f"http://127.0.0.1:{free_port()}/ocsp")  # nobody listens there
+    (tmp_path / "root.cer").write_bytes(chain.root_der)
+    settings = AppStoreSettings(
+        bundle_id=apple.BUNDLE_ID,
+        environment="Sandbox",
+        online_checks=True,
+        root_certificate_files=str(tmp_path / "root.cer"),
+    )
+
+    with pytest.raises(AppError) as refused:
+        await app_store.app_store_verifier(settings).verify(redeem_of(chain.sign(apple.transaction("2", "coins_65"))))
+
+    assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAVAILABLE, "PAYMENT_PROVIDER_UNAVAILABLE")
 
 
 def redeem_of(signed_transaction: str) -> RedeemStorePurchase:
