@@ -16,6 +16,7 @@ from services.wallet.ports import StoreVerifier
 from services.wallet.service import WalletService
 from services.wallet.servicer import WalletServicer
 from services.wallet.store import WALLET_OUTBOX, PostgresWalletStore
+from services.wallet.stores import app_store, app_store_notifications
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The gifts service's batches of spends are never shed: each carries gifts that were already accepted.
@@ -27,11 +28,15 @@ async def main() -> None:
     runtime = ServiceRuntime(settings, unshed_methods=UNSHED_METHODS)
     pool = runtime.use_database(MIGRATIONS)
     nc = runtime.use_nats()
-    runtime.use_http()  # the stores' and Stripe's notifications (added with their rails) and its health
+    http = runtime.use_http()  # the stores' and Stripe's notifications and its health
     # WALLET drops events nobody is interested in: payouts' consumer is declared before the first publish.
     runtime.on_startup(lambda: messaging.ensure_wallet_events_consumer(nc, settings.nats_stream_replicas))
     relay = outbox.OutboxRelay(pool, nc.jetstream(), WALLET_OUTBOX, settings.wallet_relay_interval_seconds)
     stores: dict[Store, StoreVerifier] = {}
+    app_store_settings = app_store.AppStoreSettings()
+    app_store_verifier = app_store.app_store_verifier(app_store_settings) if app_store_settings.enabled else None
+    if app_store_verifier is not None:
+        stores[Store.APP_STORE] = app_store_verifier
     wallet = WalletService(
         PostgresWalletStore(pool),
         SandboxPaymentProvider(),
@@ -44,6 +49,13 @@ async def main() -> None:
         store_products=settings.store_products,
     )
     servicer = WalletServicer(wallet)
+    if app_store_verifier is not None:
+        http.add_endpoint(
+            app_store_notifications.PATH,
+            app_store_notifications.AppStoreNotifications(
+                wallet, app_store_verifier, app_store.consumption_reporter(app_store_settings)
+            ),
+        )
     runtime.add_service(
         wallet_pb2_grpc.add_WalletServiceServicer_to_server,
         servicer,

@@ -915,3 +915,46 @@ def store_package_id(product_id: str, products: dict[str, str]) -> str:
     """The coin package a store product sells: COINSTREAM_STORE_PRODUCTS maps store product ids to packages; a
     product it does not name is the package of the same id (a store console may use the package ids)."""
     return products.get(product_id, product_id)
+
+
+CONSUMPTION_MILLIUNITS = 100_000  # 100 %, as the stores count percentages (Apple's consumptionPercentage)
+
+
+class ConsumptionStatus(Enum):
+    NOT_CONSUMED = "not_consumed"
+    PARTIALLY_CONSUMED = "partially_consumed"
+    FULLY_CONSUMED = "fully_consumed"
+
+
+@dataclass(frozen=True)
+class PurchaseConsumption:
+    """What became of a store purchase's coins (paid and bonus), from their provenance: what a store asks before it
+    decides a refund. unspent: its lots, in whatever wallet they are now (a giveaway's winner's too: moved, not
+    used); reversed: what reversals gave back; the rest was used (spent on gifts, charged, or repaid a debt)."""
+
+    credited_coins: int
+    unspent_coins: int
+    reversed_coins: int
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.unspent_coins + self.reversed_coins <= self.credited_coins, self
+
+    @property
+    def used_coins(self) -> int:
+        return self.credited_coins - self.reversed_coins - self.unspent_coins
+
+    @property
+    def status(self) -> ConsumptionStatus:
+        if self.used_coins == 0:
+            return ConsumptionStatus.NOT_CONSUMED
+        if self.unspent_coins == 0:
+            return ConsumptionStatus.FULLY_CONSUMED
+        return ConsumptionStatus.PARTIALLY_CONSUMED
+
+    @property
+    def used_milliunits(self) -> int:
+        """The share of the credited coins used, in milliunits (100,000 = all), rounded down: a store refunding by
+        it never refunds less than what was left unused."""
+        if self.credited_coins == 0:
+            return 0
+        return self.used_coins * CONSUMPTION_MILLIUNITS // self.credited_coins

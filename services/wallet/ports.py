@@ -29,6 +29,7 @@ from services.wallet.domain import (
     Promotion,
     Purchase,
     PurchaseAttempts,
+    PurchaseConsumption,
     PurchaseHistory,
     PurchaseReversal,
     PurchaseStatus,
@@ -290,6 +291,10 @@ class WalletStore(Protocol):
         ...
 
     async def stale_pending_purchases(self, older_than_seconds: float, limit: int) -> list[str]: ...
+
+    async def store_purchase_consumption(self, rail: str, store_transaction_id: str) -> PurchaseConsumption | None:
+        """What became of the coins of the completed purchase that redeemed the store transaction (None: none)."""
+        ...
 
     async def unfinished_store_purchases(self, older_than_seconds: float, limit: int) -> list[tuple[str, StoreProof]]:
         """Store purchases credited and still to be finished at their store (StoreProof.needs_finishing)."""

@@ -384,6 +384,13 @@ class WalletService:
         self._on_event_queued()
         return outcome
 
+    async def store_purchase_consumption(
+        self, store: domain.Store, transaction_id: str
+    ) -> domain.PurchaseConsumption | None:
+        """What the coins of a store transaction's purchase became (a store asks before deciding a refund); None when
+        no completed purchase redeemed it."""
+        return await self._store.store_purchase_consumption(store.value, transaction_id)
+
     async def record_notification(self, rail: str, notification_id: str, kind: str) -> bool:
         """A notification with no effect of ours (a test ping, a type we do not act on), recorded so that it is
         answered the same way again. False when it was recorded before."""
@@ -592,9 +599,7 @@ async def _decline_purchase(tx: WalletTransaction, purchase: domain.Purchase, ch
     await tx.record_error(purchase.request_id, declined)
 
 
-async def _credit_purchase(
-    tx: WalletTransaction, purchase: domain.Purchase, charge: ChargeResult
-) -> domain.Bought:
+async def _credit_purchase(tx: WalletTransaction, purchase: domain.Purchase, charge: ChargeResult) -> domain.Bought:
     """The coins (and bonus) of a paid purchase; a purchase that covers a chargeback's debt unfreezes the account."""
     account_id = purchase.account_id
     before = (await tx.lock_buckets([account_id]))[account_id]

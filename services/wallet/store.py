@@ -41,6 +41,7 @@ from services.wallet.domain import (
     Promotion,
     Purchase,
     PurchaseAttempts,
+    PurchaseConsumption,
     PurchaseHistory,
     PurchaseReversal,
     PurchaseStatus,
@@ -152,6 +153,20 @@ class PostgresWalletStore:
             limit,
         )
         return [row["purchase_id"] for row in rows]
+
+    async def store_purchase_consumption(self, rail: str, store_transaction_id: str) -> PurchaseConsumption | None:
+        # One statement, one snapshot: the lots and the reversals are read as of the same moment.
+        row = await self._pool.fetchrow(
+            "SELECT p.coins + p.bonus_coins AS credited_coins,"
+            " (SELECT coalesce(sum(l.coins), 0) FROM coin_lots AS l"
+            "   WHERE l.purchase_id = p.purchase_id AND l.coins > 0)::bigint AS unspent_coins,"
+            " (SELECT coalesce(sum(r.reversed_coins + r.reversed_bonus_coins), 0) FROM purchase_reversals AS r"
+            "   WHERE r.purchase_id = p.purchase_id)::bigint AS reversed_coins"
+            " FROM purchases AS p WHERE p.rail = $1 AND p.store_transaction_id = $2 AND p.status = 'completed'",
+            rail,
+            store_transaction_id,
+        )
+        return None if row is None else PurchaseConsumption(**dict(row))
 
     async def unfinished_store_purchases(self, older_than_seconds: float, limit: int) -> list[tuple[str, StoreProof]]:
         rows = await self._pool.fetch(
