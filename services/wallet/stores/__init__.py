@@ -1,0 +1,1 @@
+"""The app stores' verifiers (ports.StoreVerifier) and their notification endpoints."""
