@@ -10,7 +10,7 @@ from services.runtime import messaging, outbox, polling
 from services.runtime.http_ingress import HttpIngress
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
-from services.wallet.config import GooglePlaySettings, WalletSettings
+from services.wallet.config import WalletSettings
 from services.wallet.domain import Store
 from services.wallet.payments import SandboxPaymentProvider
 from services.wallet.ports import StoreVerifier
@@ -77,7 +77,7 @@ async def main() -> None:
     await runtime.run()
 
 
-def google_play_api(settings: GooglePlaySettings) -> google_play.PlayDeveloperApi:
+def google_play_api(settings: google_play.GooglePlaySettings) -> google_play.PlayDeveloperApi:
     """The Play Developer API with the service account's key (read now: a bad file stops the process, naming its
     setting; the key itself is never logged)."""
     credentials = google_play.load_credentials(settings.service_account_file, settings.env_name("service_account_file"))
@@ -87,7 +87,7 @@ def google_play_api(settings: GooglePlaySettings) -> google_play.PlayDeveloperAp
 
 
 def serve_google_play(
-    settings: GooglePlaySettings,
+    settings: google_play.GooglePlaySettings,
     runtime: ServiceRuntime,
     http: HttpIngress,
     api: google_play.PlayDeveloperApi,

@@ -1,65 +1,12 @@
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
 
 from services.runtime.config import RuntimeSettings
 from services.wallet.domain import DeclineLimits
-
-
-class GooglePlaySettings(BaseSettings):
-    """Google Play purchases (COINSTREAM_GOOGLE_PLAY_*; services/wallet/stores/google_play.py): off unless enabled.
-    The key file's content is read at start and never logged; these settings hold only its path."""
-
-    model_config = SettingsConfigDict(env_prefix="COINSTREAM_GOOGLE_PLAY_", extra="ignore", hide_input_in_errors=True)
-
-    enabled: bool = False
-    # The app's package name (applicationId): the purchases verified and the notifications taken are of it only.
-    package_name: str = ""
-    # The JSON key of a service account the Play Console granted the app's "View financial data" and "Manage orders
-    # and subscriptions" permissions.
-    service_account_file: str = ""
-    # The Play Developer API's address (tests: a loopback fake). The OAuth token endpoint is the key's token_uri.
-    api_url: str = "https://androidpublisher.googleapis.com/"
-    # One API call's limit; it should stay under COINSTREAM_WALLET_PAYMENT_TIMEOUT_SECONDS, which answers the buyer.
-    api_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    # Real-time developer notifications, a Pub/Sub push subscription with authentication: the audience set on it
-    # (by default Google uses the push endpoint's URL) and the service account it pushes as.
-    push_audience: str = ""
-    push_service_account_email: str = ""
-    # Where Google's token-signing certificates are published (tests: their own).
-    certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
-    # The pass over the Voided Purchases API (refunds and chargebacks Google does not push): every interval, at most
-    # this many pages of 1,000 per pass (the API allows 6,000 queries a day), each sweep going back to the previous
-    # sweep's start less the overlap (30 days after a start).
-    voided_interval_seconds: float = Field(default=900.0, gt=0, le=86_400)
-    voided_pages_per_pass: int = Field(default=10, ge=1, le=100)
-    voided_overlap_seconds: float = Field(default=3600.0, ge=0, le=7 * 86_400)
-
-    @model_validator(mode="after")
-    def _enabled_needs_its_app_and_key(self) -> Self:
-        if self.enabled:
-            missing = [self.env_name(f) for f in ("package_name", "service_account_file") if not getattr(self, f)]
-            if missing:
-                raise ValueError(f"COINSTREAM_GOOGLE_PLAY_ENABLED=true needs {' and '.join(missing)}")
-        return self
-
-    def production_problems(self) -> list[str]:
-        if not self.enabled:
-            return []
-        required = {  # (the app and its key are required wherever it is enabled)
-            "push_audience": "without it any Google-signed token would do",
-            "push_service_account_email": "without it a token Google signed for anyone's service account would do",
-        }
-        return [
-            f"{self.env_name(field)} is unset ({why})" for field, why in required.items() if not getattr(self, field)
-        ]
-
-    @classmethod
-    def env_name(cls, field: str) -> str:
-        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+from services.wallet.stores.google_play import GooglePlaySettings
 
 
 class WalletSettings(RuntimeSettings):

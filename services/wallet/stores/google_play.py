@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import google.auth.exceptions
 import httplib2
@@ -34,6 +34,8 @@ from google.oauth2 import service_account
 from google_auth_httplib2 import AuthorizedHttp
 from googleapiclient import discovery
 from googleapiclient.errors import HttpError
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.runtime.errors import AppError, failed_precondition, unavailable
 from services.wallet.domain import (
@@ -79,6 +81,59 @@ THREE_DECIMAL_CURRENCIES = frozenset({"BHD", "IQD", "JOD", "KWD", "LYD", "OMR", 
 VOIDED_LOOKBACK_MS = 30 * 86_400_000
 VOIDED_PAGE_SIZE = 1000
 ONE_TIME_PRODUCTS = 0  # voidedpurchases.list's type: in-app products only (we sell no subscriptions)
+
+
+class GooglePlaySettings(BaseSettings):
+    """Google Play purchases (COINSTREAM_GOOGLE_PLAY_*), off unless enabled; part of WalletSettings.
+    The key file's content is read at start and never logged; these settings hold only its path."""
+
+    model_config = SettingsConfigDict(env_prefix="COINSTREAM_GOOGLE_PLAY_", extra="ignore", hide_input_in_errors=True)
+
+    enabled: bool = False
+    # The app's package name (applicationId): the purchases verified and the notifications taken are of it only.
+    package_name: str = ""
+    # The JSON key of a service account the Play Console granted the app's "View financial data" and "Manage orders
+    # and subscriptions" permissions.
+    service_account_file: str = ""
+    # The Play Developer API's address (tests: a loopback fake). The OAuth token endpoint is the key's token_uri.
+    api_url: str = API_URL
+    # One API call's limit; it should stay under COINSTREAM_WALLET_PAYMENT_TIMEOUT_SECONDS, which answers the buyer.
+    api_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Real-time developer notifications, a Pub/Sub push subscription with authentication: the audience set on it
+    # (by default Google uses the push endpoint's URL) and the service account it pushes as.
+    push_audience: str = ""
+    push_service_account_email: str = ""
+    # Where Google publishes the certificates it signs push tokens with (tests: their own).
+    certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    # The pass over the Voided Purchases API (refunds and chargebacks Google does not push): every interval, at most
+    # this many pages of 1,000 per pass (the API allows 6,000 queries a day), each sweep going back to the previous
+    # sweep's start less the overlap (30 days after a start).
+    voided_interval_seconds: float = Field(default=900.0, gt=0, le=86_400)
+    voided_pages_per_pass: int = Field(default=10, ge=1, le=100)
+    voided_overlap_seconds: float = Field(default=3600.0, ge=0, le=7 * 86_400)
+
+    @model_validator(mode="after")
+    def _enabled_needs_its_app_and_key(self) -> Self:
+        if self.enabled:
+            missing = [self.env_name(f) for f in ("package_name", "service_account_file") if not getattr(self, f)]
+            if missing:
+                raise ValueError(f"COINSTREAM_GOOGLE_PLAY_ENABLED=true needs {' and '.join(missing)}")
+        return self
+
+    def production_problems(self) -> list[str]:
+        if not self.enabled:
+            return []
+        required = {  # (the app and its key are required wherever it is enabled)
+            "push_audience": "without it any Google-signed token would do",
+            "push_service_account_email": "without it a token Google signed for anyone's service account would do",
+        }
+        return [
+            f"{self.env_name(field)} is unset ({why})" for field, why in required.items() if not getattr(self, field)
+        ]
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
 
 
 class GooglePlayKeyError(ValueError):

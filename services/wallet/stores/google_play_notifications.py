@@ -39,7 +39,6 @@ from services.wallet.stores.google_play import RAIL, RailNotices
 log = structlog.get_logger()
 
 PATH = "/notifications/google-play"
-CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
 # DeveloperNotification: voidedPurchaseNotification.productType, oneTimeProductNotification.notificationType.
 ONE_TIME_PRODUCT = 2

@@ -20,11 +20,12 @@ import pytest
 from services.runtime.errors import AppError
 from services.runtime.http_ingress import Rejected, Unsigned
 from services.runtime.requests import RequestKey
-from services.wallet.config import GooglePlaySettings, WalletSettings
+from services.wallet.config import WalletSettings
 from services.wallet.domain import RailReversal, RailReversalOutcome, RedeemStorePurchase, Store
 from services.wallet.stores import google_play_notifications as notifications
 from services.wallet.stores.google_play import (
     GooglePlayKeyError,
+    GooglePlaySettings,
     GooglePlayVerifier,
     PlayApiError,
     VoidedPage,
