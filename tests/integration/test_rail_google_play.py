@@ -87,8 +87,8 @@ async def play_wallet(
 
 
 @pytest_asyncio.fixture(scope="module")
-async def play(play_wallet: ServiceProcess) -> AsyncIterator[wallet_pb2_grpc.WalletServiceStub]:
-    channel = grpc.aio.insecure_channel(play_wallet.address)
+async def play(stack: Stack, play_wallet: ServiceProcess) -> AsyncIterator[wallet_pb2_grpc.WalletServiceStub]:
+    channel = stack.aio_channel(play_wallet.address)
     try:
         yield wallet_pb2_grpc.WalletServiceStub(channel)
     finally:
