@@ -68,7 +68,7 @@ async def play_wallet(
         "COINSTREAM_GOOGLE_PLAY_PACKAGE_NAME": PACKAGE_NAME,
         "COINSTREAM_GOOGLE_PLAY_SERVICE_ACCOUNT_FILE": str(key_file),
         "COINSTREAM_GOOGLE_PLAY_API_URL": f"{google.url}/",
-        "COINSTREAM_GOOGLE_PLAY_API_TIMEOUT_SECONDS": "1",
+        "COINSTREAM_GOOGLE_PLAY_API_TIMEOUT_SECONDS": "2",
         "COINSTREAM_GOOGLE_PLAY_PUSH_AUDIENCE": PUSH_AUDIENCE,
         "COINSTREAM_GOOGLE_PLAY_PUSH_SERVICE_ACCOUNT_EMAIL": PUSH_SERVICE_ACCOUNT,
         "COINSTREAM_GOOGLE_PLAY_CERTS_URL": f"{google.url}/oauth2/v1/certs",
@@ -245,7 +245,7 @@ async def test_google_timing_out_or_failing_mid_call_answers_unavailable_and_a_r
     account_id = await create_account(clients)
     bought = google.buy(PRODUCT)
     request = redeem_request(account_id, bought)
-    google.fail_next("get", delay_seconds=3)  # past the 1 s the replica gives a call
+    google.fail_next("get", delay_seconds=5)  # past the 2 s the replica gives a call
     await expect_error(
         play.RedeemStorePurchase(request, metadata=SERVICE), grpc.StatusCode.UNAVAILABLE, "PAYMENT_PROVIDER_UNAVAILABLE"
     )
