@@ -45,6 +45,7 @@ class WalletSettings(RuntimeSettings):
     # finished by a background pass: every interval, those older than the age.
     wallet_store_finish_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
     wallet_store_finish_age_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    # Google Play purchases, COINSTREAM_GOOGLE_PLAY_* (services/wallet/stores/google_play.py): off by default.
     google_play: GooglePlaySettings = Field(default_factory=GooglePlaySettings)
     # gifts' channel reconnects every 5 minutes and so reaches wallet pods started since (RuntimeSettings).
     grpc_max_connection_age_seconds: float = Field(default=300.0, ge=0)
