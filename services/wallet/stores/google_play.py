@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Protocol, Self
 
 import google.auth.exceptions
-import httplib2
+import httplib2  # type: ignore[import-untyped]  # Google's client and its transport ship no types
 import structlog
 from google.oauth2 import service_account
-from google_auth_httplib2 import AuthorizedHttp
-from googleapiclient import discovery
-from googleapiclient.errors import HttpError
+from google_auth_httplib2 import AuthorizedHttp  # type: ignore[import-untyped]
+from googleapiclient import discovery  # type: ignore[import-untyped]
+from googleapiclient.errors import HttpError  # type: ignore[import-untyped]
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -166,9 +166,8 @@ def load_credentials(path: str, setting: str) -> service_account.Credentials:
     """The service account's credentials from its JSON key file (read once, at start)."""
     try:
         info = json.loads(Path(path).read_text())
-        credentials: service_account.Credentials = service_account.Credentials.from_service_account_info(
-            info, scopes=[SCOPE]
-        )
+        from_info = service_account.Credentials.from_service_account_info
+        credentials: service_account.Credentials = from_info(info, scopes=[SCOPE])  # type: ignore[no-untyped-call]
         return credentials
     except OSError as error:
         raise GooglePlayKeyError(f"{setting}: cannot read {path!r}: {error.strerror or error}") from None

@@ -115,12 +115,12 @@ class PushTokenVerifier:
             raise Unsigned("no bearer token")
         token = token.strip()
         try:
-            key_id = jwt.decode_header(token).get("kid")
+            key_id = jwt.decode_header(token).get("kid")  # type: ignore[no-untyped-call]
         except (google.auth.exceptions.GoogleAuthError, ValueError):
             raise Unsigned("the push token is not a JWT") from None
         certs = await self._certs.for_key(key_id if isinstance(key_id, str) else None)
         try:
-            claims = jwt.decode(
+            claims = jwt.decode(  # type: ignore[no-untyped-call]
                 token, certs=certs, audience=self._audience or None, clock_skew_in_seconds=CLOCK_SKEW_SECONDS
             )
         except (google.auth.exceptions.GoogleAuthError, ValueError):
