@@ -7,6 +7,7 @@ from pathlib import Path
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from services.runtime import messaging, outbox, polling
+from services.runtime.http_ingress import HttpIngress
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 from services.wallet.config import WalletSettings
@@ -16,7 +17,7 @@ from services.wallet.ports import StoreVerifier
 from services.wallet.service import WalletService
 from services.wallet.servicer import WalletServicer
 from services.wallet.store import WALLET_OUTBOX, PostgresWalletStore
-from services.wallet.stores import app_store, app_store_notifications
+from services.wallet.stores import app_store, app_store_notifications, google_play, google_play_notifications
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The gifts service's batches of spends are never shed: each carries gifts that were already accepted.
@@ -37,6 +38,11 @@ async def main() -> None:
     app_store_verifier = app_store.app_store_verifier(app_store_settings) if app_store_settings.enabled else None
     if app_store_verifier is not None:
         stores[Store.APP_STORE] = app_store_verifier
+    play_api = google_play_api(settings.google_play) if settings.google_play.enabled else None
+    if play_api is not None:
+        stores[Store.GOOGLE_PLAY] = google_play.GooglePlayVerifier(
+            play_api, accept_test_purchases=settings.accepts_test_purchases
+        )
     wallet = WalletService(
         PostgresWalletStore(pool),
         SandboxPaymentProvider(),
@@ -74,10 +80,47 @@ async def main() -> None:
             settings.wallet_store_finish_interval_seconds,
             lambda: wallet.finish_store_purchases(settings.wallet_store_finish_age_seconds),
         )
+    if play_api is not None:
+        serve_google_play(settings.google_play, runtime, http, play_api, wallet)
     if settings.metrics_port:
         probes = {"outbox": lambda: outbox.measure_backlog(pool, WALLET_OUTBOX)}
         runtime.add_periodic("metrics", settings.metrics_poll_interval_seconds, lambda: polling.poll_once(probes))
     await runtime.run()
+
+
+def google_play_api(settings: google_play.GooglePlaySettings) -> google_play.PlayDeveloperApi:
+    """The Play Developer API with the service account's key (read now: a bad file stops the process, naming its
+    setting; the key itself is never logged)."""
+    credentials = google_play.load_credentials(settings.service_account_file, settings.env_name("service_account_file"))
+    return google_play.PlayDeveloperApi(
+        credentials, settings.package_name, settings.api_url, settings.api_timeout_seconds
+    )
+
+
+def serve_google_play(
+    settings: google_play.GooglePlaySettings,
+    runtime: ServiceRuntime,
+    http: HttpIngress,
+    api: google_play.PlayDeveloperApi,
+    wallet: WalletService,
+) -> None:
+    """Its real-time developer notifications endpoint and the pass over its voided purchases."""
+    tokens = google_play_notifications.PushTokenVerifier(
+        google_play_notifications.GoogleCerts(settings.certs_url),
+        settings.push_audience,
+        settings.push_service_account_email,
+    )
+    http.add_endpoint(
+        google_play_notifications.PATH,
+        google_play_notifications.GooglePlayNotifications(wallet, tokens, settings.package_name),
+    )
+    voided = google_play.VoidedPurchasesPass(
+        api,
+        wallet,
+        pages_per_pass=settings.voided_pages_per_pass,
+        overlap_ms=int(settings.voided_overlap_seconds * 1000),
+    )
+    runtime.add_periodic("google_play_voided_purchases", settings.voided_interval_seconds, voided)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from pydantic import Field
 
 from services.runtime.config import RuntimeSettings
 from services.wallet.domain import DeclineLimits
+from services.wallet.stores.google_play import GooglePlaySettings
 
 
 class WalletSettings(RuntimeSettings):
@@ -44,6 +45,8 @@ class WalletSettings(RuntimeSettings):
     # finished by a background pass: every interval, those older than the age.
     wallet_store_finish_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
     wallet_store_finish_age_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    # Google Play purchases, COINSTREAM_GOOGLE_PLAY_* (services/wallet/stores/google_play.py): off by default.
+    google_play: GooglePlaySettings = Field(default_factory=GooglePlaySettings)
     # gifts' channel reconnects every 5 minutes and so reaches wallet pods started since (RuntimeSettings).
     grpc_max_connection_age_seconds: float = Field(default=300.0, ge=0)
 
@@ -55,7 +58,13 @@ class WalletSettings(RuntimeSettings):
             *super().production_problems(),
             *self.nats_problems(),
             *self.sandbox_provider_problem("COINSTREAM_PAYMENT_PROVIDER", self.payment_provider),
+            *self.google_play.production_problems(),
         ]
+
+    @property
+    def accepts_test_purchases(self) -> bool:
+        """A store's test purchases (Google Play's license testers) buy coins in development and on staging only."""
+        return self.environment == "development" or self.allow_sandbox_providers
 
     @property
     def service_name(self) -> str:
