@@ -597,6 +597,12 @@ class FakeTransaction:
         self.state.purchases_updated_at[purchase_id] = self._now
         self.state.provider_references[purchase_id] = provider_reference
 
+    async def record_rail_transaction(self, purchase_id: str, rail_transaction_id: str) -> None:
+        purchase = self.state.purchases[purchase_id]
+        if purchase.store_transaction_id is None:
+            self.state.purchases[purchase_id] = replace(purchase, store_transaction_id=rail_transaction_id)
+        self.state.purchases_updated_at[purchase_id] = self._now
+
     async def reversed_so_far(self, purchase_id: str) -> ReversedSoFar:
         mine = [r for r in self.state.reversals.values() if r.purchase_id == purchase_id]
         return ReversedSoFar(
@@ -767,8 +773,16 @@ class FakePayments:
         self.declined_tokens: set[str] = set()
         self.outage: BaseException | None = None  # raised by every charge while set
 
+    rail = "sandbox"
+
     async def charge(
-        self, *, purchase_id: str, payment_token: str, amount_minor: int, currency_code: str
+        self,
+        *,
+        purchase_id: str,
+        payment_token: str,
+        amount_minor: int,
+        currency_code: str,
+        rail_transaction_id: str | None = None,
     ) -> ChargeResult:
         if self.outage is not None:
             raise self.outage
