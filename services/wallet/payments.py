@@ -17,6 +17,7 @@ class SandboxPaymentProvider:
         self,
         *,
         purchase_id: str,
+        account_id: str,
         payment_token: str,
         amount_minor: int,
         currency_code: str,

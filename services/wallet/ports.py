@@ -92,6 +92,7 @@ class PaymentProvider(Protocol):
         self,
         *,
         purchase_id: str,
+        account_id: str,
         payment_token: str,
         amount_minor: int,
         currency_code: str,
@@ -320,7 +321,10 @@ class WalletStore(Protocol):
         """What a request left with its key, read by the code that just completed it."""
         ...
 
-    async def stale_pending_purchases(self, older_than_seconds: float, limit: int) -> list[str]: ...
+    async def stale_pending_purchases(self, rail: str, older_than_seconds: float, limit: int) -> list[str]:
+        """The rail's purchases left pending, oldest first: those with a rail transaction (waiting for their buyer)
+        only once in a while (store.AWAITING_RECHECK_SECONDS)."""
+        ...
 
     async def unfinished_store_purchases(self, older_than_seconds: float, limit: int) -> list[tuple[str, StoreProof]]:
         """Store purchases credited and still to be finished at their store (StoreProof.needs_finishing)."""

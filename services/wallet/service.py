@@ -249,10 +249,17 @@ class WalletService:
 
     async def _charge(self, purchase: domain.Purchase) -> ChargeResult:
         payments = self._payments_enabled()
+        if purchase.rail != payments.rail:
+            # Made through another provider (a replica configured otherwise, or before a switch): only that one
+            # can tell how its charge went; charging it here would be a second charge.
+            raise unavailable(
+                "PAYMENT_PROVIDER_UNAVAILABLE", f"this purchase is charged through {purchase.rail}; retry later"
+            )
         try:
             return await asyncio.wait_for(
                 payments.charge(
                     purchase_id=purchase.purchase_id,
+                    account_id=purchase.account_id,
                     payment_token=purchase.payment_token,
                     amount_minor=purchase.price_minor,
                     currency_code=purchase.currency_code,
@@ -281,7 +288,8 @@ class WalletService:
 
     async def recover_pending_purchases(self, older_than_seconds: float, batch_size: int = 100) -> int:
         """Finishes purchases a crash or an outage left pending. Returns how many it looked at."""
-        purchase_ids = await self._store.stale_pending_purchases(older_than_seconds, batch_size)
+        rail = self._payments_enabled().rail
+        purchase_ids = await self._store.stale_pending_purchases(rail, older_than_seconds, batch_size)
         return await recovery.resume_each("purchase", purchase_ids, self.complete_purchase)
 
     async def reverse_purchase(self, command: domain.ReversePurchase) -> domain.Reversed:

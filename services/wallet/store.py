@@ -147,18 +147,19 @@ class PostgresWalletStore:
     async def load_outcome(self, request_id: str) -> idempotency.StoredRequest:
         return await idempotency.load(self._pool, request_id)
 
-    async def stale_pending_purchases(self, older_than_seconds: float, limit: int) -> list[str]:
+    async def stale_pending_purchases(self, rail: str, older_than_seconds: float, limit: int) -> list[str]:
         # A purchase whose rail transaction is known waits for its buyer (3-D Secure) and the rail's notification:
         # the rail is asked about it again only every AWAITING_RECHECK_SECONDS (record_rail_transaction moves
         # updated_at), not on every pass.
         rows = await self._pool.fetch(
-            "SELECT purchase_id FROM purchases WHERE status = 'pending'"
+            "SELECT purchase_id FROM purchases WHERE status = 'pending' AND rail = $4"
             " AND created_at < now() - make_interval(secs => $1)"
             " AND (store_transaction_id IS NULL OR updated_at < now() - make_interval(secs => $3))"
             " ORDER BY created_at LIMIT $2",
             older_than_seconds,
             limit,
             AWAITING_RECHECK_SECONDS,
+            rail,
         )
         return [row["purchase_id"] for row in rows]
 

@@ -121,6 +121,7 @@ class StripePaymentProvider:
         self,
         *,
         purchase_id: str,
+        account_id: str,
         payment_token: str,
         amount_minor: int,
         currency_code: str,
@@ -131,7 +132,7 @@ class StripePaymentProvider:
                 intent = await self._intents.retrieve_async(rail_transaction_id)
             else:
                 intent = await self._intents.create_async(
-                    _intent_params(purchase_id, payment_token, amount_minor, currency_code),
+                    _intent_params(purchase_id, account_id, payment_token, amount_minor, currency_code),
                     {"idempotency_key": purchase_id},
                 )
         except stripe.CardError as declined:
@@ -151,7 +152,7 @@ class StripePaymentProvider:
         )
 
 
-def _intent_params(purchase_id: str, payment_token: str, amount_minor: int, currency_code: str) -> Any:
+def _intent_params(purchase_id: str, account_id: str, payment_token: str, amount_minor: int, currency_code: str) -> Any:
     return {
         "amount": amount_minor,
         "currency": currency_code.lower(),
@@ -160,7 +161,8 @@ def _intent_params(purchase_id: str, payment_token: str, amount_minor: int, curr
         # A card payment stays on the buyer's page: 3-D Secure runs in Stripe.js with the client secret, so no
         # return_url is needed, and methods that would leave the page are not offered.
         "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
-        "metadata": {"purchase_id": purchase_id},
+        # The purchase's webhooks find it by the PaymentIntent's id, or by this before that id is recorded.
+        "metadata": {"purchase_id": purchase_id, "account_id": account_id},
     }
 
 

@@ -252,12 +252,14 @@ class FakeWalletStore:
     async def load_outcome(self, request_id: str) -> idempotency.StoredRequest:
         return self.state.keys[request_id].as_stored()
 
-    async def stale_pending_purchases(self, older_than_seconds: float, limit: int) -> list[str]:
+    async def stale_pending_purchases(self, rail: str, older_than_seconds: float, limit: int) -> list[str]:
         cutoff = self.clock.now() - timedelta(seconds=older_than_seconds)
         pending = [
             (self.state.purchases_created_at[p.purchase_id], p.purchase_id)
             for p in self.state.purchases.values()
-            if p.status is PurchaseStatus.PENDING and self.state.purchases_created_at[p.purchase_id] < cutoff
+            if p.status is PurchaseStatus.PENDING
+            and p.rail == rail
+            and self.state.purchases_created_at[p.purchase_id] < cutoff
         ]
         return [purchase_id for _, purchase_id in sorted(pending)[:limit]]
 
@@ -779,6 +781,7 @@ class FakePayments:
         self,
         *,
         purchase_id: str,
+        account_id: str,
         payment_token: str,
         amount_minor: int,
         currency_code: str,
