@@ -131,10 +131,7 @@ class StripePaymentProvider:
             if rail_transaction_id is not None:
                 intent = await self._intents.retrieve_async(rail_transaction_id)
             else:
-                intent = await self._intents.create_async(
-                    _intent_params(purchase_id, account_id, payment_token, amount_minor, currency_code),
-                    {"idempotency_key": purchase_id},
-                )
+                intent = await self._create(purchase_id, account_id, payment_token, amount_minor, currency_code)
         except stripe.CardError as declined:
             return _card_declined(declined)
         except stripe.InvalidRequestError as refused:
@@ -150,6 +147,25 @@ class StripePaymentProvider:
             _field(intent, "client_secret") or "",
             _error_code(_field(intent, "last_payment_error")),
         )
+
+    async def _create(
+        self, purchase_id: str, account_id: str, payment_token: str, amount_minor: int, currency_code: str
+    ) -> stripe.PaymentIntent:
+        """Creates and confirms the purchase's PaymentIntent, or gets the first one back under the same key. Stripe
+        keeps a 5xx with its key too (for 24 h), so a PaymentIntent made by a request that then failed would never be
+        named by asking again: it is looked for by its purchase id instead (search lags by up to a minute; until it
+        shows, the purchase stays pending)."""
+        params = _intent_params(purchase_id, account_id, payment_token, amount_minor, currency_code)
+        try:
+            return await self._intents.create_async(params, {"idempotency_key": purchase_id})
+        except stripe.APIError as failed:
+            if failed.http_status is None or failed.http_status < 500:
+                raise
+            found = await self._intents.search_async({"query": f"metadata['purchase_id']:'{purchase_id}'"})
+            if not found.data:
+                raise
+            log.info("stripe_payment_intent_found_after_error", purchase_id=purchase_id, http_status=failed.http_status)
+            return found.data[0]
 
 
 def _intent_params(purchase_id: str, account_id: str, payment_token: str, amount_minor: int, currency_code: str) -> Any:

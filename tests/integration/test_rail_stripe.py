@@ -29,7 +29,15 @@ from tests.support.factories import create_account
 from tests.support.gifts import live_stream_id, send
 from tests.support.payouts import earnings, eventually, wait_for_lifetime
 from tests.support.rails import stripe as fake_stripe
-from tests.support.rails.stripe import DECLINED, SERVER_ERROR, SLOW, THREE_D_SECURE, VISA, FakeStripe
+from tests.support.rails.stripe import (
+    DECLINED,
+    ERROR_AFTER_CHARGE,
+    SERVER_ERROR,
+    SLOW,
+    THREE_D_SECURE,
+    VISA,
+    FakeStripe,
+)
 from tests.support.stack import Stack
 
 PACKAGE, COINS, BONUS, PRICE = "coins_1321", 1321, 66, 1999  # the suite's default promotion gives +5 %
@@ -214,6 +222,25 @@ async def test_stripe_failing_mid_call_is_unavailable_and_the_retry_charges_once
     assert bought.purchase.status == w.PURCHASE_STATUS_COMPLETED
     assert bought.balance.coins == COINS + BONUS
     assert stripe_wallet.stripe.created_per_key[bought.purchase.purchase_id] == 1
+
+
+async def test_a_payment_stripe_took_before_failing_is_found_by_its_purchase_and_credited_once(
+    stripe_wallet: StripeWallet,
+) -> None:
+    """Stripe keeps a 5xx with its Idempotency-Key: asking again would get the 500 again, so the wallet looks the
+    PaymentIntent up by the purchase id in its metadata."""
+    buyer = await create_account_for(stripe_wallet)
+    request = purchase(buyer, ERROR_AFTER_CHARGE)
+
+    bought = await stripe_wallet.wallet.PurchaseCoins(request, metadata=SERVICE)
+
+    assert bought.purchase.status == w.PURCHASE_STATUS_COMPLETED and bought.balance.coins == COINS + BONUS
+    create, search = ("POST", "/v1/payment_intents"), ("GET", "/v1/payment_intents/search")
+    assert stripe_wallet.stripe.requests[-2:] == [create, search]
+    purchase_id = bought.purchase.purchase_id
+    assert stripe_wallet.stripe.created_per_key[purchase_id] == 1
+    found = await stripe_wallet.purchase_of(purchase_id)
+    assert found.store_transaction_id == stripe_wallet.stripe.intent_of(purchase_id)["id"]
 
 
 async def test_stripe_answering_too_late_is_unavailable_and_the_recovery_pass_completes_it_once(

@@ -9,6 +9,8 @@ test cards:
 - pm_card_chargeDeclined / pm_card_chargeDeclinedInsufficientFunds: a 402 card_error, leaving a PaymentIntent in
   requires_payment_method;
 - pm_fake_server_error: the key's first request is a 500 before anything is done (not kept with the key);
+- pm_fake_server_error_after_charge: the payment succeeds, then the answer is a 500, kept with the key as Stripe keeps
+  it (asking again under the key gets the 500 again; search by metadata finds the PaymentIntent);
 - pm_fake_slow: the payment succeeds at once, but the answer comes after slow_seconds;
 - anything not pm_…: a 400 resource_missing.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import time
 from collections import Counter
@@ -34,6 +37,7 @@ THREE_D_SECURE = "pm_card_threeDSecure2Required"
 DECLINED = "pm_card_chargeDeclined"
 INSUFFICIENT_FUNDS = "pm_card_chargeDeclinedInsufficientFunds"
 SERVER_ERROR = "pm_fake_server_error"
+ERROR_AFTER_CHARGE = "pm_fake_server_error_after_charge"
 SLOW = "pm_fake_slow"
 VISA = "pm_card_visa"
 
@@ -56,6 +60,7 @@ class FakeStripe:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/payment_intents", self._create)
+        app.router.add_get("/v1/payment_intents/search", self._search)
         app.router.add_get("/v1/payment_intents/{intent}", self._retrieve)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -105,6 +110,8 @@ class FakeStripe:
         self._in_use.add(key)
         try:
             status, body = self._confirm(key, params, method)
+            if method == ERROR_AFTER_CHARGE:
+                status, body = 500, _error_body("api_error", "Something went wrong on Stripe's end")
             self._answers[key] = (params, status, body)
             if method == SLOW:
                 await asyncio.sleep(self.slow_seconds)
@@ -155,6 +162,19 @@ class FakeStripe:
         }
         self.intents[intent_id] = intent
         return intent
+
+    async def _search(self, request: web.Request) -> web.Response:
+        """Only the query the wallet makes: metadata['purchase_id']:'…' (found at once: no indexing lag here)."""
+        self.requests.append(("GET", request.path))
+        if (refused := self._refuse_unauthorized(request)) is not None:
+            return refused
+        match = re.fullmatch(r"metadata\['purchase_id'\]:'([^']*)'", request.query.get("query", ""))
+        if match is None:
+            return _error(400, "invalid_request_error", "this fake searches by metadata['purchase_id'] only")
+        found = [i for i in self.intents.values() if i["metadata"].get("purchase_id") == match.group(1)]
+        return web.json_response(
+            {"object": "search_result", "data": found, "has_more": False, "next_page": None, "url": request.path}
+        )
 
     async def _retrieve(self, request: web.Request) -> web.Response:
         self.requests.append(("GET", request.path))
