@@ -50,6 +50,7 @@ class StripeWallet:
     wallet: wallet_pb2_grpc.WalletServiceStub
     http: httpx.AsyncClient  # the replica's HTTP port
     replica: ServiceProcess
+    settings: dict[str, str]  # the replica's own settings (another replica with them sells through the same Stripe)
 
     async def buy(self, account_id: str, payment_method: str, request_id: str | None = None) -> w.PurchaseCoinsResponse:
         return await self.wallet.PurchaseCoins(purchase(account_id, payment_method, request_id), metadata=SERVICE)
@@ -89,7 +90,7 @@ async def stripe_wallet(stack: Stack, tmp_path_factory: pytest.TempPathFactory) 
     replica: ServiceProcess = await asyncio.to_thread(stack.start_replica, "wallet", settings)
     try:
         async with stack.aio_channel(replica.address) as channel, httpx.AsyncClient(base_url=replica.http_url) as http:
-            yield StripeWallet(stripe, wallet_pb2_grpc.WalletServiceStub(channel), http, replica)
+            yield StripeWallet(stripe, wallet_pb2_grpc.WalletServiceStub(channel), http, replica, settings)
     finally:
         assert replica.process is not None
         await asyncio.to_thread(stop_process, replica.process)
@@ -265,6 +266,31 @@ async def test_stripe_answering_too_late_is_unavailable_and_the_recovery_pass_co
     assert stripe_wallet.stripe.created_per_key[bought.purchase.purchase_id] == 1
     found = await stripe_wallet.purchase_of(bought.purchase.purchase_id)
     assert found.store_transaction_id == stripe_wallet.stripe.intent_of(bought.purchase.purchase_id)["id"]
+
+
+@pytest.mark.slow
+async def test_a_wallet_killed_after_stripe_charged_is_credited_once_by_the_recovery_pass(
+    stack: Stack, stripe_wallet: StripeWallet
+) -> None:
+    crashing = {**stripe_wallet.settings, "COINSTREAM_FAULT_POINTS": "wallet.after_charge"}
+    replica: ServiceProcess = await asyncio.to_thread(stack.start_replica, "wallet", crashing)
+    buyer = await create_account_for(stripe_wallet)
+    try:
+        async with stack.aio_channel(replica.address) as channel:
+            await expect_error(
+                wallet_pb2_grpc.WalletServiceStub(channel).PurchaseCoins(purchase(buyer, VISA), metadata=SERVICE),
+                StatusCode.UNAVAILABLE,
+            )
+        assert replica.process is not None and await asyncio.to_thread(replica.process.wait, 30) != 0
+    finally:
+        assert replica.process is not None
+        await asyncio.to_thread(stop_process, replica.process)
+
+    # The surviving replica's recovery pass asks Stripe again under the purchase's key: the first payment, once.
+    credited = await eventually(lambda: balance_for(stripe_wallet, buyer), lambda coins: coins > 0, seconds=30)
+    assert credited == COINS + BONUS
+    [intent] = [i for i in stripe_wallet.stripe.intents.values() if i["metadata"].get("account_id") == buyer]
+    assert stripe_wallet.stripe.created_per_key[intent["metadata"]["purchase_id"]] == 1
 
 
 async def test_a_webhook_that_does_not_verify_moves_nothing(stripe_wallet: StripeWallet) -> None:
