@@ -159,13 +159,21 @@ class StripePaymentProvider:
         try:
             return await self._intents.create_async(params, {"idempotency_key": purchase_id})
         except stripe.APIError as failed:
-            if failed.http_status is None or failed.http_status < 500:
-                raise
-            found = await self._intents.search_async({"query": f"metadata['purchase_id']:'{purchase_id}'"})
-            if not found.data:
-                raise
+            found = await self._find(purchase_id) if (failed.http_status or 0) >= 500 else None
+            if found is None:
+                raise failed from None
             log.info("stripe_payment_intent_found_after_error", purchase_id=purchase_id, http_status=failed.http_status)
-            return found.data[0]
+            return found
+
+    async def _find(self, purchase_id: str) -> stripe.PaymentIntent | None:
+        """The purchase's PaymentIntent by its metadata; None when search does not show it (yet) or fails (whatever
+        it answers, the create's failure stands: the outcome stays unknown, never a decline)."""
+        try:
+            found = await self._intents.search_async({"query": f"metadata['purchase_id']:'{purchase_id}'"})
+        except stripe.StripeError as error:
+            log.warning("stripe_search_failed", purchase_id=purchase_id, error=type(error).__name__)
+            return None
+        return found.data[0] if found.data else None
 
 
 def _intent_params(purchase_id: str, account_id: str, payment_token: str, amount_minor: int, currency_code: str) -> Any:
