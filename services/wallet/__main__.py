@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -10,14 +11,17 @@ from services.runtime import messaging, outbox, polling
 from services.runtime.http_ingress import HttpIngress
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
+from services.wallet import stripe_webhooks
 from services.wallet.config import WalletSettings
 from services.wallet.domain import Store
 from services.wallet.payments import SandboxPaymentProvider
-from services.wallet.ports import StoreVerifier
+from services.wallet.ports import PaymentProvider, StoreVerifier
 from services.wallet.service import WalletService
 from services.wallet.servicer import WalletServicer
 from services.wallet.store import WALLET_OUTBOX, PostgresWalletStore
 from services.wallet.stores import app_store, app_store_notifications, google_play, google_play_notifications
+from services.wallet.stripe_payments import StripePaymentProvider, StripeSettings
+from services.wallet.stripe_webhooks import StripeWebhooks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The gifts service's batches of spends are never shed: each carries gifts that were already accepted.
@@ -43,9 +47,10 @@ async def main() -> None:
         stores[Store.GOOGLE_PLAY] = google_play.GooglePlayVerifier(
             play_api, accept_test_purchases=settings.accepts_test_purchases
         )
+    payments, add_webhooks = payment_provider(settings)
     wallet = WalletService(
         PostgresWalletStore(pool),
-        SandboxPaymentProvider(),
+        payments,
         settings.wallet_payment_timeout_seconds,
         settings.batch_policy(),
         settings.decline_limits(),
@@ -54,6 +59,7 @@ async def main() -> None:
         stores=stores,
         store_products=settings.store_products,
     )
+    add_webhooks(http, wallet)
     servicer = WalletServicer(wallet)
     if app_store_verifier is not None:
         http.add_endpoint(
@@ -69,11 +75,12 @@ async def main() -> None:
     )
 
     runtime.add_worker("outbox_relay", relay.run_forever)
-    runtime.add_periodic(
-        "purchase_recovery",
-        settings.wallet_recovery_interval_seconds,
-        lambda: wallet.recover_pending_purchases(settings.wallet_recovery_age_seconds),
-    )
+    if payments is not None:
+        runtime.add_periodic(
+            "purchase_recovery",
+            settings.wallet_recovery_interval_seconds,
+            lambda: wallet.recover_pending_purchases(settings.wallet_recovery_age_seconds),
+        )
     if stores:
         runtime.add_periodic(
             "store_finishing",
@@ -121,6 +128,27 @@ def serve_google_play(
         overlap_ms=int(settings.voided_overlap_seconds * 1000),
     )
     runtime.add_periodic("google_play_voided_purchases", settings.voided_interval_seconds, voided)
+
+
+def payment_provider(
+    settings: WalletSettings,
+) -> tuple[PaymentProvider | None, Callable[[HttpIngress, WalletService], None]]:
+    """COINSTREAM_PAYMENT_PROVIDER's provider (None: app stores only), and what it adds to the HTTP port once the
+    wallet exists (Stripe: its webhooks). Stripe's secrets are read now: a missing file stops the start, named."""
+    if settings.payment_provider == "sandbox":
+        return SandboxPaymentProvider(), lambda http, wallet: None
+    if settings.payment_provider == "none":
+        return None, lambda http, wallet: None
+    problems = settings.stripe_problems(production=False)
+    if problems:
+        raise SystemExit("COINSTREAM_PAYMENT_PROVIDER=stripe cannot start:\n- " + "\n- ".join(problems))
+    stripe_settings = StripeSettings()
+    signing_secret = stripe_settings.webhook_secret()
+
+    def add_webhooks(http: HttpIngress, wallet: WalletService) -> None:
+        http.add_endpoint(stripe_webhooks.PATH, StripeWebhooks(wallet, signing_secret).handle)
+
+    return StripePaymentProvider(stripe_settings.client()), add_webhooks
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ class WalletSettings(RuntimeSettings):
     wallet_recovery_age_seconds: float = Field(default=30.0, gt=0, le=7 * 86_400)
     # How long a charge may take before the purchase is answered UNAVAILABLE (and left pending for a retry).
     wallet_payment_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
-    # Who charges purchases (COINSTREAM_PAYMENT_PROVIDER). Only the sandbox ships: a real provider implements
-    # services/wallet/ports.py's PaymentProvider; production refuses the sandbox unless staging opts in.
-    payment_provider: Literal["sandbox"] = Field(default="sandbox")
+    # Who charges PurchaseCoins (COINSTREAM_PAYMENT_PROVIDER): the sandbox (development; production refuses it unless
+    # staging opts in), stripe (web purchases: COINSTREAM_STRIPE_*, stripe_payments.py; it also serves
+    # /webhooks/stripe), or none (a deployment that sells only through the app stores: PurchaseCoins is refused).
+    payment_provider: Literal["sandbox", "stripe", "none"] = Field(default="sandbox")
     # The outbox relay (wallet events: reversals, freezes) also wakes at once after each reversal or status change;
     # the interval only bounds a missed wake-up.
     wallet_relay_interval_seconds: float = Field(default=0.5, gt=0, le=60)
@@ -59,7 +60,16 @@ class WalletSettings(RuntimeSettings):
             *self.nats_problems(),
             *self.sandbox_provider_problem("COINSTREAM_PAYMENT_PROVIDER", self.payment_provider),
             *self.google_play.production_problems(),
+            *self.stripe_problems(production=True),
         ]
+
+    def stripe_problems(self, *, production: bool) -> list[str]:
+        """With COINSTREAM_PAYMENT_PROVIDER=stripe: its key and webhook secret files (StripeSettings)."""
+        if self.payment_provider != "stripe":
+            return []
+        from services.wallet.stripe_payments import StripeSettings  # the stripe library only where it is used
+
+        return StripeSettings().problems(production=production)
 
     @property
     def accepts_test_purchases(self) -> bool:

@@ -187,8 +187,10 @@ def bought_message(bought: domain.Bought) -> wallet_pb2.PurchaseCoinsResponse:
             coins=bought.coins,
             bonus_coins=bought.bonus_coins,
             promotion_id=bought.promotion_id or "",
+            status=wallet_pb2.PURCHASE_STATUS_PENDING if bought.pending else wallet_pb2.PURCHASE_STATUS_COMPLETED,
         ),
         balance=balance_message(bought.account_id, bought.balance),
+        client_action_secret=bought.client_action_secret,
     )
 
 
@@ -274,6 +276,8 @@ def _bought(message: wallet_pb2.PurchaseCoinsResponse) -> domain.Bought:
         bonus_coins=purchase.bonus_coins,
         promotion_id=purchase.promotion_id or None,
         balance=_balance(message.balance),
+        pending=purchase.status == wallet_pb2.PURCHASE_STATUS_PENDING,
+        client_action_secret=message.client_action_secret,
     )
 
 

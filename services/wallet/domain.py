@@ -26,6 +26,7 @@ from services.runtime.ledger import Posting, balanced
 from services.runtime.requests import RequestKey
 
 SANDBOX_RAIL = "sandbox"  # the development payment provider
+STRIPE_RAIL = "stripe"  # web purchases: Stripe PaymentIntents (stripe_payments.py)
 
 SYSTEM_SALES = "system:sales"  # coins issued against real money
 SYSTEM_PROMOTIONS = "system:promotions"  # bonus coins issued by promotions
@@ -254,7 +255,11 @@ class Bought:
     coins: int
     bonus_coins: int
     promotion_id: str | None
-    balance: Balance  # right after the purchase
+    balance: Balance  # right after the purchase (while pending: before it, nothing is credited yet)
+    # Neither paid nor declined yet: the card needs its holder (3-D Secure), who finishes the payment with this
+    # secret; the rail's notification completes the purchase. Never kept with the request's key.
+    pending: bool = False
+    client_action_secret: str = ""
 
 
 @dataclass(frozen=True)
@@ -888,6 +893,28 @@ class RailReversal:
 
     def __post_init__(self) -> None:
         assert 0 < self.share <= 1, f"a reversal's share is in (0, 1], not {self.share}"
+
+
+@dataclass(frozen=True)
+class RailPayment:
+    """A rail's word on a charge it left pending (Stripe's payment_intent.succeeded or .payment_failed): the
+    purchase it was made for is found by the rail's transaction id, or by the purchase id the rail carries with it
+    (the charge's metadata: a notification may come before the wallet recorded the transaction id)."""
+
+    rail: str
+    notification_id: str
+    store_transaction_id: str
+    purchase_id: str
+    approved: bool
+    decline_reason: str = ""
+
+
+class RailPaymentOutcome(Enum):
+    COMPLETED = "completed"  # the purchase was credited
+    DECLINED = "declined"
+    ALREADY_DECIDED = "already_decided"  # the charge's answer or an earlier notification decided it
+    UNKNOWN = "unknown"  # no purchase of ours on this rail: another system's payment on the same account
+    DUPLICATE = "duplicate"  # this notification took effect before
 
 
 @dataclass(frozen=True)

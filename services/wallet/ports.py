@@ -60,17 +60,44 @@ class SystemClock:
 
 @dataclass(frozen=True)
 class ChargeResult:
+    """A charge's outcome: approved, declined, or pending (neither yet: the card needs its holder, 3-D Secure; the
+    rail's notification decides it later). rail_transaction_id is the rail's own id of the charge (Stripe's
+    PaymentIntent), recorded as the purchase's store_transaction_id so that the rail's notifications find it;
+    client_action_secret is what the buyer's page needs to finish a pending charge (answered, never stored)."""
+
     approved: bool
     provider_reference: str
     decline_reason: str = ""
+    pending: bool = False
+    client_action_secret: str = ""
+    rail_transaction_id: str | None = None
+
+    def __post_init__(self) -> None:
+        assert not (self.approved and self.pending), "a charge is approved or pending, not both"
+
+
+class ProviderUnavailable(Exception):
+    """The payment provider could not say how a charge went (a timeout, a 5xx, a refused connection): the purchase
+    stays pending, for a retry or the recovery pass. The message is logged; it holds no secret."""
 
 
 class PaymentProvider(Protocol):
     """Charges a purchase. Idempotent by purchase_id: a purchase left pending by a crash can be charged again
-    safely, the provider answering with the first charge's result."""
+    safely, the provider answering with the first charge's result. rail_transaction_id: the rail's id of the
+    purchase's charge, once known (a charge left pending): the provider asks for its state rather than charging.
+    Raises ProviderUnavailable when it cannot tell."""
+
+    rail: str  # the purchases' rail (domain.Purchase.rail)
 
     async def charge(
-        self, *, purchase_id: str, payment_token: str, amount_minor: int, currency_code: str
+        self,
+        *,
+        purchase_id: str,
+        account_id: str,
+        payment_token: str,
+        amount_minor: int,
+        currency_code: str,
+        rail_transaction_id: str | None = None,
     ) -> ChargeResult: ...
 
 
@@ -189,6 +216,11 @@ class WalletTransaction(Protocol):
         self, purchase_id: str, status: PurchaseStatus, provider_reference: str, transaction_id: str | None
     ) -> None: ...
 
+    async def record_rail_transaction(self, purchase_id: str, rail_transaction_id: str) -> None:
+        """The rail's id of a purchase's charge, as its store_transaction_id (lock_store_transaction finds the
+        purchase by it); also when the purchase stays pending, which marks it as waiting for its buyer or rail."""
+        ...
+
     # purchases through rails
     async def lock_store_transaction(self, rail: str, store_transaction_id: str) -> Purchase | None:
         """Serializes everything about one store transaction (redeems by any account, its notifications) until the
@@ -290,7 +322,10 @@ class WalletStore(Protocol):
         """What a request left with its key, read by the code that just completed it."""
         ...
 
-    async def stale_pending_purchases(self, older_than_seconds: float, limit: int) -> list[str]: ...
+    async def stale_pending_purchases(self, rail: str, older_than_seconds: float, limit: int) -> list[str]:
+        """The rail's purchases left pending, oldest first: those with a rail transaction (waiting for their buyer)
+        only once in a while (store.AWAITING_RECHECK_SECONDS)."""
+        ...
 
     async def store_purchase_consumption(self, rail: str, store_transaction_id: str) -> PurchaseConsumption | None:
         """What became of the coins of the completed purchase that redeemed the store transaction (None: none)."""

@@ -32,6 +32,7 @@ from services.wallet.ports import (
     ChargeResult,
     Clock,
     PaymentProvider,
+    ProviderUnavailable,
     StoreVerifier,
     SystemClock,
     WalletStore,
@@ -66,7 +67,7 @@ class WalletService:
     def __init__(
         self,
         store: WalletStore,
-        payments: PaymentProvider,
+        payments: PaymentProvider | None,
         payment_timeout_seconds: float,
         spend_batching: BatchPolicy,
         decline_limits: domain.DeclineLimits,
@@ -85,6 +86,7 @@ class WalletService:
         self._terms_version = terms_version
         # Wakes the outbox relay so a reversal's or a freeze's event goes out at once rather than at its next poll.
         self._on_event_queued = on_event_queued
+        # None: this wallet sells coins only through the app stores (COINSTREAM_PAYMENT_PROVIDER=none).
         self._payments = payments
         self._payment_timeout_seconds = payment_timeout_seconds
         self._card_testing = _CardTestingGuard(decline_limits, timedelta(seconds=payment_timeout_seconds))
@@ -204,11 +206,16 @@ class WalletService:
     async def purchase(self, command: domain.BuyCoins) -> domain.Bought:
         """Two steps around the payment provider: record a pending purchase, charge, then credit. A retry, or the
         recovery pass, resumes a pending purchase; the charge is idempotent by purchase_id. A replay or a retry is
-        answered from its key before the card-testing limits are looked at: they hold back new charges only."""
+        answered from its key before the card-testing limits are looked at: they hold back new charges only. A charge
+        waiting for its buyer (3-D Secure) is answered pending and nothing is kept with the key yet: a retry asks the
+        rail again, and gets the completed purchase once the rail's notification completed it."""
+        payments = self._payments_enabled()
         async with self._store.transaction() as tx:
             stored = await tx.claim(command.key)
             if stored is None:
-                stored = await _record_pending_purchase(tx, command, self._card_testing, self._terms_version)
+                stored = await _record_pending_purchase(
+                    tx, command, self._card_testing, self._terms_version, payments.rail
+                )
         if not stored.in_flight:
             return replayed(stored, convert.BOUGHT)
         assert stored.resource_id is not None
@@ -226,44 +233,63 @@ class WalletService:
         if purchase.status is domain.PurchaseStatus.PENDING:
             charge = await self._charge(purchase)
             crash_point("wallet.after_charge")
-            await self._settle_purchase(purchase_id, charge)
+            waiting = await self._settle_purchase(purchase_id, charge)
             self._on_event_queued()  # a purchase that covered a debt unfroze its account
+            if waiting is not None:
+                return waiting
         return replayed(await self._store.load_outcome(purchase.request_id), convert.BOUGHT)
 
+    def _payments_enabled(self) -> PaymentProvider:
+        if self._payments is None:
+            raise failed_precondition(
+                "PAYMENT_PROVIDER_NOT_ENABLED",
+                "this wallet sells coins only through the app stores (RedeemStorePurchase)",
+            )
+        return self._payments
+
     async def _charge(self, purchase: domain.Purchase) -> ChargeResult:
+        payments = self._payments_enabled()
+        if purchase.rail != payments.rail:
+            # Made through another provider (a replica configured otherwise, or before a switch): only that one
+            # can tell how its charge went; charging it here would be a second charge.
+            raise unavailable(
+                "PAYMENT_PROVIDER_UNAVAILABLE", f"this purchase is charged through {purchase.rail}; retry later"
+            )
         try:
             return await asyncio.wait_for(
-                self._payments.charge(
+                payments.charge(
                     purchase_id=purchase.purchase_id,
+                    account_id=purchase.account_id,
                     payment_token=purchase.payment_token,
                     amount_minor=purchase.price_minor,
                     currency_code=purchase.currency_code,
+                    rail_transaction_id=purchase.store_transaction_id,
                 ),
                 self._payment_timeout_seconds,
             )
-        except (TimeoutError, OSError) as error:
+        except (TimeoutError, OSError, ProviderUnavailable) as error:
             log.warning("payment_provider_unavailable", purchase_id=purchase.purchase_id, error=str(error))
             raise unavailable(
                 "PAYMENT_PROVIDER_UNAVAILABLE", "payment provider did not answer; retry with the same request_id"
             ) from None
 
-    async def _settle_purchase(self, purchase_id: str, charge: ChargeResult) -> None:
+    async def _settle_purchase(self, purchase_id: str, charge: ChargeResult) -> domain.Bought | None:
+        """The charge's outcome applied; the pending answer while it waits for its buyer, None once decided (the
+        request's key keeps the answer)."""
         async with self._store.transaction() as tx:
             purchase = await tx.lock_purchase(purchase_id)
             assert purchase is not None, f"purchase {purchase_id} vanished"
             if purchase.status is not domain.PurchaseStatus.PENDING:
-                return  # a concurrent retry or the recovery pass finished it first
-            if charge.approved:
-                bought = await _credit_purchase(tx, purchase, charge)
-                await tx.record_response(purchase.request_id, convert.BOUGHT.to_message(bought))
-            else:
-                await _decline_purchase(tx, purchase, charge)
-        if not charge.approved:
+                return None  # a concurrent retry, the recovery pass or the rail's notification finished it first
+            waiting = await _settle(tx, purchase, charge)
+        if not (charge.approved or charge.pending):
             PAYMENTS_DECLINED.inc()  # once committed, by whoever recorded it (the early return above did not)
+        return waiting
 
     async def recover_pending_purchases(self, older_than_seconds: float, batch_size: int = 100) -> int:
         """Finishes purchases a crash or an outage left pending. Returns how many it looked at."""
-        purchase_ids = await self._store.stale_pending_purchases(older_than_seconds, batch_size)
+        rail = self._payments_enabled().rail
+        purchase_ids = await self._store.stale_pending_purchases(rail, older_than_seconds, batch_size)
         return await recovery.resume_each("purchase", purchase_ids, self.complete_purchase)
 
     async def reverse_purchase(self, command: domain.ReversePurchase) -> domain.Reversed:
@@ -391,6 +417,37 @@ class WalletService:
         no completed purchase redeemed it."""
         return await self._store.store_purchase_consumption(store.value, transaction_id)
 
+    async def settle_by_rail(self, notice: domain.RailPayment, kind: str) -> domain.RailPaymentOutcome:
+        """A rail's word on a charge it left pending (the buyer finished 3-D Secure, or failed it): recorded by its
+        id in the transaction that applies it, then the purchase completed or declined as PurchaseCoins' own charge
+        would have done (so a retry of the purchase's request gets that answer). A purchase decided already, by
+        its charge's answer or the recovery pass, is left as it is."""
+        async with self._store.transaction() as tx:
+            if not await tx.record_notification(notice.rail, notice.notification_id, kind):
+                return domain.RailPaymentOutcome.DUPLICATE
+            purchase = await _rail_purchase(tx, notice)
+            if purchase is None:
+                log.info("rail_payment_unknown", rail=notice.rail, store_transaction_id=notice.store_transaction_id)
+                return domain.RailPaymentOutcome.UNKNOWN
+            if purchase.status is not domain.PurchaseStatus.PENDING:
+                if notice.approved and purchase.status is domain.PurchaseStatus.DECLINED:
+                    # The buyer paid after the charge was declined (another card on the same payment): the money
+                    # is taken, the coins were not given. An operator refunds it (or reverses the decline).
+                    log.error("rail_paid_a_declined_purchase", purchase_id=purchase.purchase_id, rail=notice.rail)
+                return domain.RailPaymentOutcome.ALREADY_DECIDED
+            charge = ChargeResult(
+                notice.approved,
+                notice.store_transaction_id,
+                notice.decline_reason,
+                rail_transaction_id=notice.store_transaction_id,
+            )
+            await _settle(tx, purchase, charge)
+        self._on_event_queued()  # a purchase that covered a debt unfroze its account
+        if not notice.approved:
+            PAYMENTS_DECLINED.inc()
+            return domain.RailPaymentOutcome.DECLINED
+        return domain.RailPaymentOutcome.COMPLETED
+
     async def record_notification(self, rail: str, notification_id: str, kind: str) -> bool:
         """A notification with no effect of ours (a test ping, a type we do not act on), recorded so that it is
         answered the same way again. False when it was recorded before."""
@@ -473,7 +530,7 @@ def _page_position(page_token: str, kind: str, owner: str) -> int | None:
 
 
 async def _record_pending_purchase(
-    tx: WalletTransaction, command: domain.BuyCoins, card_testing: _CardTestingGuard, terms_version: str
+    tx: WalletTransaction, command: domain.BuyCoins, card_testing: _CardTestingGuard, terms_version: str, rail: str
 ) -> StoredRequest:
     """The first step: a pending purchase with its bonus decided now (or the refusal, kept with the key)."""
     request_id = command.key.request_id
@@ -487,7 +544,7 @@ async def _record_pending_purchase(
         return StoredRequest(resource_id=None, response=None, error=refusal)
     await card_testing.refuse_if_blocked(tx, command)
     purchase = await _new_purchase(tx, request_id, account, package, terms_version)
-    purchase = dataclasses.replace(purchase, payment_token=command.payment_token, caller=command.caller)
+    purchase = dataclasses.replace(purchase, payment_token=command.payment_token, caller=command.caller, rail=rail)
     await tx.insert_purchase(purchase)
     await tx.set_resource(request_id, purchase.purchase_id)
     return StoredRequest(resource_id=purchase.purchase_id, response=None, error=None)
@@ -591,6 +648,49 @@ class _CardTestingGuard:
             retry_after_seconds=round(blocked.wait.total_seconds()),
         )
         raise blocked.refusal(command.account_id)
+
+
+async def _settle(tx: WalletTransaction, purchase: domain.Purchase, charge: ChargeResult) -> domain.Bought | None:
+    """A pending purchase (locked) with its charge's outcome: credited and its answer kept with its key, declined
+    and the refusal kept, or still pending (the pending answer returned, nothing kept: see WalletService.purchase).
+    The rail's id of the charge is recorded either way, for the rail's notifications."""
+    if charge.rail_transaction_id is not None:
+        await tx.record_rail_transaction(purchase.purchase_id, charge.rail_transaction_id)
+    if charge.pending:
+        return _waiting(purchase, await tx.get_balance(purchase.account_id), charge.client_action_secret)
+    if charge.approved:
+        bought = await _credit_purchase(tx, purchase, charge)
+        await tx.record_response(purchase.request_id, convert.BOUGHT.to_message(bought))
+    else:
+        await _decline_purchase(tx, purchase, charge)
+    return None
+
+
+def _waiting(purchase: domain.Purchase, balance: domain.Balance, client_action_secret: str) -> domain.Bought:
+    return domain.Bought(
+        purchase_id=purchase.purchase_id,
+        account_id=purchase.account_id,
+        package_id=purchase.package_id,
+        coins=purchase.coins,
+        bonus_coins=purchase.bonus_coins,
+        promotion_id=purchase.promotion_id,
+        balance=balance,
+        pending=True,
+        client_action_secret=client_action_secret,
+    )
+
+
+async def _rail_purchase(tx: WalletTransaction, notice: domain.RailPayment) -> domain.Purchase | None:
+    """The purchase a rail's payment notice is about, locked: by its transaction, else by the purchase id the rail
+    carried (the notice came before the charge's answer was recorded). None when it is no purchase of ours."""
+    purchase = await tx.lock_store_transaction(notice.rail, notice.store_transaction_id)
+    if purchase is None and notice.purchase_id:
+        purchase = await tx.lock_purchase(notice.purchase_id)
+    if purchase is None or purchase.rail != notice.rail:
+        return None
+    if purchase.store_transaction_id not in (None, notice.store_transaction_id):
+        return None  # the purchase was charged through another transaction: this one is not its
+    return purchase
 
 
 async def _decline_purchase(tx: WalletTransaction, purchase: domain.Purchase, charge: ChargeResult) -> None:

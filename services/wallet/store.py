@@ -71,6 +71,9 @@ PURCHASE_COLUMNS = (
     " terms_version"
 )
 # The relay's advisory lock key: any constant unlike the other advisory lock keys used on the wallet database.
+# How often the recovery pass asks a rail again about a purchase waiting for its buyer (3-D Secure): the rail's
+# notification normally finishes it first; the pass catches one that never came.
+AWAITING_RECHECK_SECONDS = 600.0
 WALLET_OUTBOX = Outbox("wallet", "wallet_outbox", lock_key=0x77616C6C)  # "wall"
 LOT_COLUMNS = "lot_id, ledger_account_id, purchase_id, coins"
 # A LATERAL subquery's columns: the lots of a FROM … WHERE appended to it, as parallel arrays (see _lots_from_arrays).
@@ -145,12 +148,19 @@ class PostgresWalletStore:
     async def load_outcome(self, request_id: str) -> idempotency.StoredRequest:
         return await idempotency.load(self._pool, request_id)
 
-    async def stale_pending_purchases(self, older_than_seconds: float, limit: int) -> list[str]:
+    async def stale_pending_purchases(self, rail: str, older_than_seconds: float, limit: int) -> list[str]:
+        # A purchase whose rail transaction is known waits for its buyer (3-D Secure) and the rail's notification:
+        # the rail is asked about it again only every AWAITING_RECHECK_SECONDS (record_rail_transaction moves
+        # updated_at), not on every pass.
         rows = await self._pool.fetch(
-            "SELECT purchase_id FROM purchases WHERE status = 'pending'"
-            " AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2",
+            "SELECT purchase_id FROM purchases WHERE status = 'pending' AND rail = $4"
+            " AND created_at < now() - make_interval(secs => $1)"
+            " AND (store_transaction_id IS NULL OR updated_at < now() - make_interval(secs => $3))"
+            " ORDER BY created_at LIMIT $2",
             older_than_seconds,
             limit,
+            AWAITING_RECHECK_SECONDS,
+            rail,
         )
         return [row["purchase_id"] for row in rows]
 
@@ -693,6 +703,15 @@ class PostgresTransaction:
             status.value,
             provider_reference,
             transaction_id,
+        )
+
+    async def record_rail_transaction(self, purchase_id: str, rail_transaction_id: str) -> None:
+        # updated_at: when the rail was last asked about a purchase left pending (stale_pending_purchases).
+        await self._conn.execute(
+            "UPDATE purchases SET store_transaction_id = coalesce(store_transaction_id, $2), updated_at = now()"
+            " WHERE purchase_id = $1",
+            purchase_id,
+            rail_transaction_id,
         )
 
     # --- purchases through rails ------------------------------------------------------------------------------

@@ -155,6 +155,7 @@ class WalletState:
     giveaways: dict[str, Giveaway] = field(default_factory=dict)
     promotions: dict[int, Promotion] = field(default_factory=dict)  # by position
     keys: dict[str, StoredKey] = field(default_factory=dict)
+    notifications: set[tuple[str, str]] = field(default_factory=set)  # (rail, notification_id)
 
     def copy(self) -> WalletState:
         return WalletState(
@@ -175,6 +176,7 @@ class WalletState:
             giveaways=dict(self.giveaways),
             promotions=dict(self.promotions),
             keys=dict(self.keys),
+            notifications=set(self.notifications),
         )
 
     def balance(self, account_id: str) -> Balance:
@@ -252,12 +254,14 @@ class FakeWalletStore:
     async def load_outcome(self, request_id: str) -> idempotency.StoredRequest:
         return self.state.keys[request_id].as_stored()
 
-    async def stale_pending_purchases(self, older_than_seconds: float, limit: int) -> list[str]:
+    async def stale_pending_purchases(self, rail: str, older_than_seconds: float, limit: int) -> list[str]:
         cutoff = self.clock.now() - timedelta(seconds=older_than_seconds)
         pending = [
             (self.state.purchases_created_at[p.purchase_id], p.purchase_id)
             for p in self.state.purchases.values()
-            if p.status is PurchaseStatus.PENDING and self.state.purchases_created_at[p.purchase_id] < cutoff
+            if p.status is PurchaseStatus.PENDING
+            and p.rail == rail
+            and self.state.purchases_created_at[p.purchase_id] < cutoff
         ]
         return [purchase_id for _, purchase_id in sorted(pending)[:limit]]
 
@@ -597,6 +601,24 @@ class FakeTransaction:
         self.state.purchases_updated_at[purchase_id] = self._now
         self.state.provider_references[purchase_id] = provider_reference
 
+    async def lock_store_transaction(self, rail: str, store_transaction_id: str) -> Purchase | None:
+        found = [
+            p for p in self.state.purchases.values() if (p.rail, p.store_transaction_id) == (rail, store_transaction_id)
+        ]
+        return found[0] if found else None
+
+    async def record_notification(self, rail: str, notification_id: str, kind: str) -> bool:
+        if (rail, notification_id) in self.state.notifications:
+            return False
+        self.state.notifications.add((rail, notification_id))
+        return True
+
+    async def record_rail_transaction(self, purchase_id: str, rail_transaction_id: str) -> None:
+        purchase = self.state.purchases[purchase_id]
+        if purchase.store_transaction_id is None:
+            self.state.purchases[purchase_id] = replace(purchase, store_transaction_id=rail_transaction_id)
+        self.state.purchases_updated_at[purchase_id] = self._now
+
     async def reversed_so_far(self, purchase_id: str) -> ReversedSoFar:
         mine = [r for r in self.state.reversals.values() if r.purchase_id == purchase_id]
         return ReversedSoFar(
@@ -765,15 +787,43 @@ class FakePayments:
     def __init__(self) -> None:
         self.charges: dict[str, ChargeResult] = {}
         self.declined_tokens: set[str] = set()
+        # Tokens whose charge waits for the card holder (3-D Secure) until decide() settles it, as a rail would.
+        self.pending_tokens: set[str] = set()
         self.outage: BaseException | None = None  # raised by every charge while set
 
+    rail = "sandbox"
+
     async def charge(
-        self, *, purchase_id: str, payment_token: str, amount_minor: int, currency_code: str
+        self,
+        *,
+        purchase_id: str,
+        account_id: str,
+        payment_token: str,
+        amount_minor: int,
+        currency_code: str,
+        rail_transaction_id: str | None = None,
     ) -> ChargeResult:
         if self.outage is not None:
             raise self.outage
         if purchase_id not in self.charges:
-            approved = payment_token not in self.declined_tokens
-            reason = "" if approved else "card declined"
-            self.charges[purchase_id] = ChargeResult(approved, f"fake_{purchase_id}", reason)
+            if payment_token in self.pending_tokens:
+                reference = f"pi_{purchase_id}"
+                self.charges[purchase_id] = ChargeResult(
+                    False,
+                    reference,
+                    pending=True,
+                    client_action_secret=f"{reference}_secret",
+                    rail_transaction_id=reference,
+                )
+            else:
+                approved = payment_token not in self.declined_tokens
+                reason = "" if approved else "card declined"
+                self.charges[purchase_id] = ChargeResult(approved, f"fake_{purchase_id}", reason)
+        assert rail_transaction_id in (None, self.charges[purchase_id].rail_transaction_id)
         return self.charges[purchase_id]
+
+    def decide(self, purchase_id: str, approved: bool) -> None:
+        """The card holder finished (or failed) a pending charge."""
+        reference = f"pi_{purchase_id}"
+        reason = "" if approved else "authentication failed"
+        self.charges[purchase_id] = ChargeResult(approved, reference, reason, rail_transaction_id=reference)

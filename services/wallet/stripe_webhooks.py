@@ -1,0 +1,84 @@
+"""POST /webhooks/stripe on the wallet's HTTP port (services/runtime/http_ingress.py): Stripe's events about web
+purchases, verified by Stripe's own library (the Stripe-Signature header: HMAC-SHA256 of "timestamp.body" with the
+endpoint's signing secret, within 5 minutes), each taking effect once by its event id (evt_…), recorded in the
+transaction that applies it.
+
+- payment_intent.succeeded completes the pending purchase (3-D Secure finished); payment_intent.payment_failed
+  declines it;
+- charge.refunded reverses the purchase to the share refunded so far (Stripe reports the total: a partial refund
+  then a full one reverse half, then the rest);
+- charge.dispute.created reverses it whole (a chargeback: the coins' gifts are clawed back from their creators);
+- any other type is recorded and answered 200 (Stripe stops sending what it gets a 2xx for)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Any
+
+import stripe
+
+from services.runtime.http_ingress import Answer, Rejected, Unsigned
+from services.wallet.domain import STRIPE_RAIL, RailPayment, RailReversal
+from services.wallet.service import WalletService
+
+PATH = "/webhooks/stripe"
+TOLERANCE_SECONDS = 300  # Stripe's default: an older signature is refused (a replayed capture of a webhook)
+
+StripeNotice = RailPayment | RailReversal | None
+
+
+class StripeWebhooks:
+    def __init__(self, wallet: WalletService, signing_secret: str) -> None:
+        self._wallet = wallet
+        self._signing_secret = signing_secret
+
+    async def handle(self, body: bytes, headers: Mapping[str, str]) -> Answer:
+        event = verified_event(body, headers.get("stripe-signature"), self._signing_secret)
+        try:
+            event_id, kind, notice = str(event["id"]), str(event["type"]), stripe_notice(event)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
+            raise Rejected(f"not a Stripe event we take ({type(error).__name__})") from None
+        if isinstance(notice, RailPayment):
+            outcome = (await self._wallet.settle_by_rail(notice, kind)).value
+        elif isinstance(notice, RailReversal):
+            outcome = (await self._wallet.reverse_by_rail(notice, kind)).value
+        else:
+            outcome = "recorded" if await self._wallet.record_notification(STRIPE_RAIL, event_id, kind) else "duplicate"
+        return Answer({"outcome": outcome}, duplicate=outcome == "duplicate")
+
+
+def verified_event(body: bytes, signature: str | None, signing_secret: str) -> dict[str, Any]:
+    """The event, once Stripe's library verified its signature (and its age); Unsigned (401) when it does not
+    verify, Rejected (400) when a signed body is no JSON object."""
+    try:
+        event = stripe.Webhook.construct_event(body, signature, signing_secret, tolerance=TOLERANCE_SECONDS)
+    except stripe.SignatureVerificationError:
+        raise Unsigned("the Stripe-Signature does not verify") from None
+    except (ValueError, AttributeError, TypeError):  # not UTF-8, not JSON, or JSON but not an object
+        raise Rejected("the body is not a Stripe event") from None
+    values: dict[str, Any] = event.to_dict()
+    return values
+
+
+def stripe_notice(event: Mapping[str, Any]) -> StripeNotice:
+    """What a verified event asks of the wallet (None: nothing but recording it). A KeyError or TypeError for an
+    event of a type we act on without the fields it must have."""
+    event_id, kind, data = event["id"], event["type"], event["data"]["object"]
+    if kind in ("payment_intent.succeeded", "payment_intent.payment_failed"):
+        metadata = data.get("metadata") or {}
+        succeeded = kind == "payment_intent.succeeded"
+        failure = data.get("last_payment_error") or {}
+        reason = "" if succeeded else str(failure.get("code") or "payment_failed")
+        return RailPayment(STRIPE_RAIL, event_id, data["id"], str(metadata.get("purchase_id", "")), succeeded, reason)
+    if kind == "charge.refunded":
+        amount, refunded = int(data["amount"]), int(data["amount_refunded"])
+        if not data.get("payment_intent") or refunded <= 0:
+            return None
+        share = Fraction(min(refunded, amount), amount)
+        return RailReversal(STRIPE_RAIL, event_id, data["payment_intent"], share, "refund")
+    if kind == "charge.dispute.created":
+        if not data.get("payment_intent"):
+            return None  # a charge made without a PaymentIntent: none of our purchases
+        return RailReversal(STRIPE_RAIL, event_id, data["payment_intent"], Fraction(1), "chargeback")
+    return None
