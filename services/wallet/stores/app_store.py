@@ -118,13 +118,18 @@ class AppStoreSettings(BaseSettings):
 
     def production_problems(self) -> list[str]:
         """What a production deployment must not run with (COINSTREAM_ALLOW_SANDBOX_PROVIDERS lets a staging one
-        take Apple's test environments, on purpose and visibly)."""
+        take Apple's Sandbox, on purpose and visibly; never the unsigned environments)."""
         problems = []
-        if self.environment != "Production" and not self.allow_sandbox_providers:
-            unsigned = " whose payloads are not even signed" if not self.signs_payloads else ""
+        if not self.signs_payloads:
+            # Not even staging: the library checks no signature at all there, so anyone could mint purchases.
             problems.append(
-                f"{self.env_name('environment')} is {self.environment}, a test environment{unsigned}: it credits"
-                " purchases nobody paid for (set COINSTREAM_ALLOW_SANDBOX_PROVIDERS=true only on a staging deployment)"
+                f"{self.env_name('environment')} is {self.environment}, whose payloads are not signed: anyone could"
+                " make up purchases (Xcode's StoreKit testing belongs to development)"
+            )
+        elif self.environment != "Production" and not self.allow_sandbox_providers:
+            problems.append(
+                f"{self.env_name('environment')} is {self.environment}, a test environment: it credits purchases"
+                " nobody paid for (set COINSTREAM_ALLOW_SANDBOX_PROVIDERS=true only on a staging deployment)"
             )
         if not self.app_apple_id and self.environment != "Production":  # problems() names it for Production
             problems.append(f"{self.env_name('app_apple_id')} is unset")

@@ -289,3 +289,13 @@ def test_no_consumption_answers_without_the_customers_consent(tmp_path: Path) ->
         bundle_id="b", environment="Sandbox", customers_consent_to_consumption_data=True, **configured
     )
     assert app_store.consumption_reporter(consented) is not None
+
+
+@pytest.mark.parametrize("environment", ["Xcode", "LocalTesting"])
+def test_not_even_staging_takes_an_environment_that_signs_nothing(
+    monkeypatch: pytest.MonkeyPatch, environment: str
+) -> None:
+    with pytest.raises(ValidationError, match="not signed"):
+        production(
+            monkeypatch, COINSTREAM_APP_STORE_ENVIRONMENT=environment, COINSTREAM_ALLOW_SANDBOX_PROVIDERS="true"
+        )
