@@ -296,6 +296,4 @@ def test_not_even_staging_takes_an_environment_that_signs_nothing(
     monkeypatch: pytest.MonkeyPatch, environment: str
 ) -> None:
     with pytest.raises(ValidationError, match="not signed"):
-        production(
-            monkeypatch, COINSTREAM_APP_STORE_ENVIRONMENT=environment, COINSTREAM_ALLOW_SANDBOX_PROVIDERS="true"
-        )
+        production(monkeypatch, COINSTREAM_APP_STORE_ENVIRONMENT=environment, COINSTREAM_ALLOW_SANDBOX_PROVIDERS="true")
