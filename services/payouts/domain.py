@@ -466,6 +466,17 @@ def must_cancel(status: WithdrawalStatus, withdrawal_id: str) -> bool:
 # --- what a payout provider reports later (its webhooks) ---------------------------------------------------------
 
 
+# A payout the provider is still processing is asked about again less and less often: a PayPal item left unclaimed
+# stays so for up to 30 days, and a look every second meanwhile would be a million calls; webhooks tell us sooner.
+MAX_LOOK_INTERVAL_SECONDS = 3600.0
+
+
+def next_look_seconds(check_interval_seconds: float, waited_seconds: float) -> float:
+    """When to ask the provider again about a payout it has had for waited_seconds: the check interval at first,
+    then a tenth of the time waited so far, at most an hour."""
+    return max(check_interval_seconds, min(waited_seconds / 10, MAX_LOOK_INTERVAL_SECONDS))
+
+
 class PayoutOutcome(Enum):
     PAID = "paid"
     FAILED = "failed"  # never paid: the diamonds come back

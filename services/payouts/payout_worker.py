@@ -139,8 +139,12 @@ class PayoutWorker:
         if result is None:
             await tx.postpone_check(withdrawal.withdrawal_id, self._check_interval_seconds)
         elif result.state is PayoutState.PROCESSING:
+            since = withdrawal.submitted_at
+            waited_seconds = 0.0 if since is None else (await tx.now() - since).total_seconds()
             await tx.record_provider_progress(
-                withdrawal.withdrawal_id, result.provider_reference, self._check_interval_seconds
+                withdrawal.withdrawal_id,
+                result.provider_reference,
+                domain.next_look_seconds(self._check_interval_seconds, waited_seconds),
             )
         elif result.state is PayoutState.PAID:
             await finish(tx, withdrawal, result, domain.WithdrawalStatus.PAID)

@@ -152,3 +152,9 @@ def test_what_an_outcome_does_to_each_status(
     status: WithdrawalStatus, outcome: PayoutOutcome, transition: domain.Transition | None
 ) -> None:
     assert domain.transition_for(status, outcome) is transition
+
+
+def test_a_payout_still_processing_is_asked_about_less_and_less_often() -> None:
+    assert domain.next_look_seconds(1.0, 0.0) == 1.0
+    assert domain.next_look_seconds(1.0, 600.0) == 60.0
+    assert domain.next_look_seconds(1.0, 30 * 86_400.0) == domain.MAX_LOOK_INTERVAL_SECONDS
