@@ -7,6 +7,7 @@ import base64
 import json
 from datetime import UTC, datetime, timedelta
 
+import pydantic
 import pytest
 from cryptography import x509
 
@@ -18,6 +19,7 @@ from services.runtime.http_ingress import Rejected, Unsigned
 from tests.fakes.payouts import FakePayoutsStore
 from tests.support.rails.paypal import FakePayPal, new_key, self_signed
 from tests.support.rails.stripe_connect import FakeStripe
+from tests.unit.runtime.test_production_mode import SAFE_PRODUCTION
 
 # --- PayPal: money, recipients, answers -------------------------------------------------------------------------------
 
@@ -237,3 +239,18 @@ def test_a_missing_secret_file_stops_the_start_naming_its_setting() -> None:
         paypal.PayPalPayoutProvider.from_settings(
             paypal.PayPalSettings(client_id="c", client_secret_file="/nonexistent"), 1.0
         )
+
+
+def test_a_production_payouts_with_stripe_and_its_secret_files_starts_and_without_them_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("COINSTREAM_PAYOUT_PROVIDER", "stripe_connect")
+    with pytest.raises(pydantic.ValidationError) as refused:
+        PayoutsSettings()
+    assert "COINSTREAM_STRIPE_CONNECT_SECRET_KEY_FILE is unset" in str(refused.value)
+    assert "sandbox" not in str(refused.value)
+    monkeypatch.setenv("COINSTREAM_STRIPE_CONNECT_SECRET_KEY_FILE", "/var/run/secrets/stripe/secret-key")
+    monkeypatch.setenv("COINSTREAM_STRIPE_CONNECT_WEBHOOK_SECRET_FILE", "/var/run/secrets/stripe/webhook-secret")
+    assert PayoutsSettings().payout_provider == "stripe_connect"
