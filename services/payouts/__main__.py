@@ -14,6 +14,8 @@ from services.payouts.domain import WithdrawalPolicy
 from services.payouts.maturity import MaturityWorker
 from services.payouts.payout_provider import SandboxPayoutProvider
 from services.payouts.payout_worker import PayoutWorker, measure_withdrawals
+from services.payouts.ports import PayoutProvider, PayoutsStore
+from services.payouts.rails import paypal, stripe_connect
 from services.payouts.service import PayoutsService
 from services.payouts.servicer import PayoutsServicer
 from services.payouts.settlement import (
@@ -27,6 +29,7 @@ from services.payouts.wallet_events import WalletEventsConsumer
 from services.reconcile.periodic import reconcile_once
 from services.reconcile.reconciler import ReconcileSettings
 from services.runtime import messaging, outbox, polling
+from services.runtime.http_ingress import HttpIngress
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 
@@ -53,13 +56,31 @@ def warn_of_an_allowed_short_hold(settings: PayoutsSettings) -> None:
         )
 
 
+def payout_provider(settings: PayoutsSettings, store: PayoutsStore, http: HttpIngress) -> PayoutProvider:
+    """The configured provider, and its webhook endpoint on the HTTP port (the sandbox has none). Secrets are read
+    now: a missing or unreadable one stops the start, naming its setting."""
+    timeout = settings.payouts_provider_timeout_seconds
+    if settings.payout_provider == "stripe_connect":
+        stripe_settings = stripe_connect.StripeConnectSettings()
+        http.add_endpoint(
+            stripe_connect.WEBHOOK_PATH, stripe_connect.StripeWebhook.from_settings(store, stripe_settings)
+        )
+        return stripe_connect.StripeConnectProvider.from_settings(stripe_settings, timeout)
+    if settings.payout_provider == "paypal":
+        paypal_settings = paypal.PayPalSettings()
+        http.add_endpoint(paypal.WEBHOOK_PATH, paypal.PayPalWebhook.from_settings(store, paypal_settings, timeout))
+        return paypal.PayPalPayoutProvider.from_settings(paypal_settings, timeout)
+    return SandboxPayoutProvider(settings.payouts_sandbox_settle_seconds)
+
+
 async def main() -> None:
     settings = PayoutsSettings()
     runtime = ServiceRuntime(settings)  # configures logging
     warn_of_an_allowed_short_hold(settings)
     pool = runtime.use_database(MIGRATIONS)
     store = PostgresPayoutsStore(pool)
-    provider = SandboxPayoutProvider(settings.payouts_sandbox_settle_seconds)
+    http = runtime.use_http()  # the payout providers' webhooks and its health
+    provider = payout_provider(settings, store, http)
     payouts = PayoutsService(
         store,
         withdrawal_policy(settings),
@@ -68,7 +89,6 @@ async def main() -> None:
     )
     nc = runtime.use_nats()
     js = nc.jetstream()
-    runtime.use_http()  # the payout providers' webhooks (none with the sandbox) and its health
 
     async def adopt_configured_rate() -> None:
         await payouts.adopt_configured_rate(settings.payouts_rate_numerator, settings.payouts_rate_denominator)

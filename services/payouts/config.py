@@ -4,6 +4,8 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
+from services.payouts.rails.paypal import PayPalSettings
+from services.payouts.rails.stripe_connect import StripeConnectSettings
 from services.reconcile.reconciler import ReconcileSettings
 from services.runtime.config import RuntimeSettings
 
@@ -67,9 +69,11 @@ class PayoutsSettings(RuntimeSettings):
     payouts_worker_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
     payouts_worker_batch_size: int = Field(default=100, gt=0, le=10_000)
     payouts_provider_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
-    # Who pays withdrawals out (COINSTREAM_PAYOUT_PROVIDER). Only the sandbox ships: a real provider implements
-    # services/payouts/ports.py's PayoutProvider; production refuses the sandbox unless staging opts in.
-    payout_provider: Literal["sandbox"] = "sandbox"
+    # Who pays withdrawals out (COINSTREAM_PAYOUT_PROVIDER): the sandbox, Stripe Connect (COINSTREAM_STRIPE_CONNECT_*)
+    # or PayPal Payouts (COINSTREAM_PAYPAL_*), services/payouts/rails/. Each withdrawal records the provider it was
+    # requested under, and only that provider's workers pay it. Production refuses the sandbox unless staging opts
+    # in, and a real provider without its credentials.
+    payout_provider: Literal["sandbox", "stripe_connect", "paypal"] = "sandbox"
     # How long the sandbox payout provider takes to pay a "sandbox:ok…" destination.
     payouts_sandbox_settle_seconds: float = Field(default=2.0, ge=0, le=86_400)
 
@@ -87,11 +91,19 @@ class PayoutsSettings(RuntimeSettings):
             *super().production_problems(),
             *self.nats_problems(),
             *self.sandbox_provider_problem("COINSTREAM_PAYOUT_PROVIDER", self.payout_provider),
+            *self.payout_rail_problems(),
             *self.short_hold_problem(),
         ]
         if self.payouts_reconcile_interval_seconds:  # it reads the other two databases
             problems += self.database_tls_problems(self.reconcile_database_urls())
         return problems
+
+    def payout_rail_problems(self) -> list[str]:
+        if self.payout_provider == "stripe_connect":
+            return StripeConnectSettings().production_problems()
+        if self.payout_provider == "paypal":
+            return PayPalSettings().production_problems()
+        return []
 
     @property
     def diamond_hold_is_short(self) -> bool:

@@ -21,11 +21,18 @@ GROUP_BY_FROM_PROTO = {
 }
 STATUS_TO_PROTO = {
     domain.WithdrawalStatus.PENDING: payouts_pb2.WITHDRAWAL_STATUS_PENDING,
+    domain.WithdrawalStatus.SUBMITTED: payouts_pb2.WITHDRAWAL_STATUS_SUBMITTED,
     domain.WithdrawalStatus.PAID: payouts_pb2.WITHDRAWAL_STATUS_PAID,
     domain.WithdrawalStatus.FAILED: payouts_pb2.WITHDRAWAL_STATUS_FAILED,
     domain.WithdrawalStatus.CANCELED: payouts_pb2.WITHDRAWAL_STATUS_CANCELED,
+    # The API has no status of its own for it (payouts.proto: FAILED covers returned and unclaimed payouts): the
+    # diamonds are back, and failure_reason says it was returned.
+    domain.WithdrawalStatus.RETURNED: payouts_pb2.WITHDRAWAL_STATUS_FAILED,
 }
-STATUS_FROM_PROTO = {proto: status for status, proto in STATUS_TO_PROTO.items()}
+# The replies kept with request_ids: a withdrawal as it was requested or canceled, never returned.
+STATUS_FROM_PROTO = {
+    proto: status for status, proto in STATUS_TO_PROTO.items() if status is not domain.WithdrawalStatus.RETURNED
+}
 
 
 # --- requests -------------------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Ledger accounts: each creator has 'creator:<id>:pending', 'creator:<id>:availabl
 platform's are 'system:*' (creator ids never contain ':'). Every transaction's postings sum to zero, so diamonds are
 only ever moved, never made or lost: settlement moves them from system:gift_settlement to creators (to pending while
 a maturity hold is configured, which maturity later moves to available), a withdrawal moves them from available to
-reserved, and then either on to system:paid_out or back to available (failed or canceled)."""
+reserved, and then either on to system:paid_out or back to available (failed or canceled); a payout the provider gives
+back after paying it (returned, a reversed transfer) comes back from system:paid_out to available."""
 
 from __future__ import annotations
 
@@ -51,9 +52,24 @@ def debt_account(creator_id: str) -> str:
 
 class WithdrawalStatus(Enum):
     PENDING = "pending"
+    # Handed to a provider that cannot call it back (SUBMIT_FIRST_RAILS), its outcome not known yet.
+    SUBMITTED = "submitted"
     PAID = "paid"
     FAILED = "failed"
     CANCELED = "canceled"
+    # Paid, then given back by the provider (a returned PayPal item, a reversed Stripe transfer): diamonds back.
+    RETURNED = "returned"
+
+
+# The payout providers (COINSTREAM_PAYOUT_PROVIDER); each withdrawal records the one that pays it.
+SANDBOX_RAIL = "sandbox"
+STRIPE_CONNECT_RAIL = "stripe_connect"
+PAYPAL_RAIL = "paypal"
+# Rails whose payouts cannot be called back once handed over: the withdrawal is recorded SUBMITTED, and committed,
+# before the provider is called, so a crash never loses what was handed over, a PENDING one never reached the
+# provider (a cancel needs to ask nobody) and a SUBMITTED one cannot be canceled. The sandbox keeps its contract:
+# a payout stays PENDING while the provider has it, and a "sandbox:hold…" one can be canceled.
+SUBMIT_FIRST_RAILS = frozenset({STRIPE_CONNECT_RAIL, PAYPAL_RAIL})
 
 
 @dataclass(frozen=True)
@@ -237,6 +253,11 @@ def returned_postings(creator_id: str, diamonds: int) -> Postings:
     return balanced([(reserved_account(creator_id), -diamonds), (available_account(creator_id), diamonds)])
 
 
+def payout_returned_postings(creator_id: str, diamonds: int) -> Postings:
+    """A paid payout the provider gave back (returned, reversed): out of system:paid_out again."""
+    return balanced([(SYSTEM_PAID_OUT, -diamonds), (available_account(creator_id), diamonds)])
+
+
 @dataclass(frozen=True)
 class CreatorProfile:
     creator_id: str
@@ -373,6 +394,7 @@ class Withdrawal:
     provider_reference: str | None
     submitted_at: datetime | None
     created_at: datetime | None = None  # set by the store when it records the withdrawal
+    payout_provider: str = SANDBOX_RAIL  # fixed at request time: only its provider's worker pays it
 
     @property
     def view(self) -> WithdrawalView:
@@ -431,12 +453,67 @@ def withdrawal_not_found(withdrawal_id: str) -> AppError:
 
 def must_cancel(status: WithdrawalStatus, withdrawal_id: str) -> bool:
     """Whether a cancel has work to do. A canceled withdrawal is returned as it is (canceling is idempotent by
-    state too, whatever the request_id); a paid or failed one cannot be canceled any more."""
+    state too, whatever the request_id); a submitted, paid or failed one cannot be canceled any more."""
     if status is WithdrawalStatus.PENDING:
         return True
     if status is WithdrawalStatus.CANCELED:
         return False
+    if status is WithdrawalStatus.SUBMITTED:
+        raise not_cancelable(withdrawal_id, "it was handed to the payout provider")
     raise not_cancelable(withdrawal_id, f"it is {status.value}")
+
+
+# --- what a payout provider reports later (its webhooks) ---------------------------------------------------------
+
+
+# A payout the provider is still processing is asked about again less and less often: a PayPal item left unclaimed
+# stays so for up to 30 days, and a look every second meanwhile would be a million calls; webhooks tell us sooner.
+MAX_LOOK_INTERVAL_SECONDS = 3600.0
+
+
+def next_look_seconds(check_interval_seconds: float, waited_seconds: float) -> float:
+    """When to ask the provider again about a payout it has had for waited_seconds: the check interval at first,
+    then a tenth of the time waited so far, at most an hour."""
+    return max(check_interval_seconds, min(waited_seconds / 10, MAX_LOOK_INTERVAL_SECONDS))
+
+
+class PayoutOutcome(Enum):
+    PAID = "paid"
+    FAILED = "failed"  # never paid: the diamonds come back
+    RETURNED = "returned"  # given back after being paid (or before we heard it was): the diamonds come back
+
+
+@dataclass(frozen=True)
+class PayoutNotice:
+    """A provider's webhook about one payout, verified: recorded by its id once, with its effect if it has one.
+    outcome None: recorded, nothing to do (an event kind that changes no withdrawal, such as a PayPal item left
+    unclaimed: it is still the recipient's to claim, and PayPal returns it after 30 days, which gives the diamonds
+    back then)."""
+
+    payout_provider: str
+    notification_id: str
+    kind: str
+    withdrawal_id: str
+    outcome: PayoutOutcome | None
+    reason: str = ""
+    provider_reference: str = ""  # the provider's handle on the payout (a transfer id, a payout batch id)
+
+
+class Transition(Enum):
+    PAY = "pay"  # submitted → paid
+    FAIL = "fail"  # submitted → failed, diamonds back from reserved
+    RETURN = "return"  # paid → returned, diamonds back from system:paid_out
+
+
+def transition_for(status: WithdrawalStatus, outcome: PayoutOutcome) -> Transition | None:
+    """What a provider's outcome does to a withdrawal in this status; None: nothing (it already happened, or the
+    withdrawal is not with the provider). Failed and returned both give the diamonds back, once: from reserved while
+    it is submitted, from system:paid_out once it is paid; a finished one never moves twice."""
+    if status is WithdrawalStatus.SUBMITTED:
+        return Transition.PAY if outcome is PayoutOutcome.PAID else Transition.FAIL
+    if status is WithdrawalStatus.PAID and outcome is not PayoutOutcome.PAID:
+        return Transition.RETURN
+    return None
 
 
 def not_cancelable(withdrawal_id: str, why: str) -> AppError:

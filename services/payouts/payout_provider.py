@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from services.payouts.domain import SANDBOX_RAIL
 from services.payouts.ports import PayoutResult, PayoutState
 
 SANDBOX_OK_PREFIX = "sandbox:ok"
@@ -19,6 +20,8 @@ class SandboxPayoutProvider:
 
     Stateless: the reference carries the submission time and the destination, and status() derives everything from
     it. A resubmission (after a crash) restarts the settle clock but always reaches the same outcome."""
+
+    name = SANDBOX_RAIL
 
     def __init__(self, settle_seconds: float, clock: Callable[[], float] = time.time) -> None:
         self._settle_seconds = settle_seconds
@@ -43,6 +46,14 @@ class SandboxPayoutProvider:
         if self._clock() * 1000 - submitted_ms < self._settle_seconds * 1000:
             return PayoutResult(PayoutState.PROCESSING, provider_reference)
         return PayoutResult(PayoutState.PAID, provider_reference)
+
+    async def resume(
+        self, *, withdrawal_id: str, destination: str, amount_minor: int, currency_code: str
+    ) -> PayoutResult:
+        # Stateless: a submission again reaches the same outcome (the payout worker resubmits it the same way).
+        return await self.submit(
+            withdrawal_id=withdrawal_id, destination=destination, amount_minor=amount_minor, currency_code=currency_code
+        )
 
     async def cancel(self, *, withdrawal_id: str, destination: str, provider_reference: str | None) -> bool:
         # Stateless, so "submitted" is what our record says: a submission lost to a crash counts as none here.

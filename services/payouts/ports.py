@@ -27,6 +27,7 @@ from services.payouts.domain import (
     DueCredit,
     EarningsGroupBy,
     EarningsRow,
+    PayoutNotice,
     PendingWithdrawals,
     Postings,
     SettlementRate,
@@ -105,7 +106,22 @@ class PayoutsTransaction(Protocol):
     async def lock_withdrawal(self, withdrawal_id: str) -> Withdrawal | None: ...
     async def mark_canceled(self, withdrawal_id: str, finish_transaction_id: str) -> Withdrawal: ...
     async def diamonds_withdrawn_last_24h(self, creator_id: str) -> int: ...
-    async def lock_next_due_withdrawal(self) -> Withdrawal | None: ...
+    async def lock_next_due_withdrawal(self, payout_provider: str) -> Withdrawal | None:
+        """The provider's pending or submitted withdrawal waiting longest for a look, locked (others' skipped)."""
+        ...
+
+    async def mark_submitted(self, withdrawal_id: str, check_again_in_seconds: float) -> Withdrawal:
+        """Pending → submitted (the caller holds the row lock): committed before the provider is called."""
+        ...
+
+    async def mark_returned(self, withdrawal_id: str, reason: str, return_transaction_id: str) -> bool:
+        """Paid → returned; False when it was not paid (nothing changed)."""
+        ...
+
+    async def admit_payout_notification(self, notice: PayoutNotice) -> bool:
+        """Whether the provider's notification is new: applied in this transaction, it is never applied again."""
+        ...
+
     async def record_provider_progress(
         self, withdrawal_id: str, provider_reference: str, check_again_in_seconds: float
     ) -> None: ...
@@ -165,7 +181,8 @@ class PayoutsStore(Protocol):
 # --- the payout provider -----------------------------------------------------------------------------------------
 # Whoever turns a withdrawal into real money. Like real ones it is asynchronous: submit() accepts a payout, status()
 # later tells whether it was paid or failed. It must be idempotent by withdrawal_id: the payout worker submits again
-# when a crash left a submission unrecorded, and the provider must not pay twice. payout_provider.py holds the sandbox.
+# when a crash left a submission unrecorded, and the provider must not pay twice. payout_provider.py holds the sandbox,
+# rails/ the real ones (Stripe Connect, PayPal Payouts), which also report outcomes later through webhooks.
 
 
 class PayoutState(Enum):
@@ -183,11 +200,22 @@ class PayoutResult:
 
 
 class PayoutProvider(Protocol):
+    # The rail's name (domain.SANDBOX_RAIL, …): recorded on each withdrawal requested while it is configured.
+    name: str
+
     async def submit(
         self, *, withdrawal_id: str, destination: str, amount_minor: int, currency_code: str
     ) -> PayoutResult: ...
 
     async def status(self, *, withdrawal_id: str, provider_reference: str) -> PayoutResult: ...
+
+    async def resume(
+        self, *, withdrawal_id: str, destination: str, amount_minor: int, currency_code: str
+    ) -> PayoutResult:
+        """A submission whose answer was lost (a timeout, a 5xx, a crash): the payout the provider made for this
+        withdrawal, asked for by the withdrawal id (the idempotency key), or, only when the provider never received
+        it, submitted now under the same key. Never a second payout, never a guess."""
+        ...
 
     async def cancel(self, *, withdrawal_id: str, destination: str, provider_reference: str | None) -> bool:
         """Stops the payout if it still can be stopped; True when it was (or never reached the provider), False when

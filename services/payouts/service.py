@@ -97,6 +97,7 @@ class PayoutsService:
             failure_reason="",
             provider_reference=None,
             submitted_at=None,
+            payout_provider=self._provider.name,
         )
         transaction_id = new_id("txn")
         await tx.record_transaction(
@@ -151,7 +152,17 @@ class PayoutsService:
         return canceled
 
     async def _provider_lets_go(self, withdrawal: domain.Withdrawal) -> bool:
-        """Asked under the withdrawal's row lock, so the payout worker cannot submit it meanwhile."""
+        """Asked under the withdrawal's row lock, so the payout worker cannot submit it meanwhile. A pending
+        withdrawal of a submit-first rail never reached its provider (it would be SUBMITTED): nobody to ask."""
+        if withdrawal.payout_provider in domain.SUBMIT_FIRST_RAILS:
+            return True
+        if withdrawal.payout_provider != self._provider.name:
+            # Another provider's (a deployment that switched providers): only a replica configured with it can ask.
+            raise unavailable(
+                "PAYOUT_PROVIDER_UNAVAILABLE",
+                f"withdrawal {withdrawal.withdrawal_id!r} is paid by the {withdrawal.payout_provider} provider,"
+                " which this replica does not use; try again",
+            )
         try:
             return await asyncio.wait_for(
                 self._provider.cancel(

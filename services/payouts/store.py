@@ -22,6 +22,7 @@ from services.payouts.domain import (
     DueCredit,
     EarningsGroupBy,
     EarningsRow,
+    PayoutNotice,
     PendingWithdrawals,
     Postings,
     SettlementRate,
@@ -44,8 +45,10 @@ BALANCE_COLUMNS = (
 )
 WITHDRAWAL_COLUMNS = (
     "withdrawal_id, request_id, creator_id, diamonds, payout_currency_code, payout_amount_minor, payout_destination,"
-    " status, failure_reason, provider_reference, submitted_at, created_at"
+    " status, failure_reason, provider_reference, submitted_at, created_at, payout_provider"
 )
+# A withdrawal the payout worker has not finished: waiting to be handed over, or with the provider.
+UNFINISHED = "status IN ('pending', 'submitted')"
 # How long a cancel waits for the payout worker to let go of a withdrawal (it holds the row only while it talks to
 # the provider) before answering UNAVAILABLE, well within the statement timeout.
 WITHDRAWAL_LOCK_TIMEOUT_MS = 5000
@@ -108,13 +111,14 @@ class PostgresPayoutsStore:
         return [_withdrawal(row) for row in rows]
 
     async def pending_withdrawals(self) -> PendingWithdrawals:
-        """The pending withdrawals, for the metrics: few rows, found through the partial index on pending ones (the
-        finished ones, which only grow, are never counted here)."""
+        """The unfinished withdrawals, for the metrics: few rows, found through the partial index on them (the
+        finished ones, which only grow, are never counted here). With the provider: submitted, or a sandbox payout
+        pending with its reference."""
         row = await self._pool.fetchrow(
-            "SELECT count(*) FILTER (WHERE provider_reference IS NULL) AS queued,"
-            " count(*) FILTER (WHERE provider_reference IS NOT NULL) AS with_provider,"
+            "SELECT count(*) FILTER (WHERE status = 'pending' AND provider_reference IS NULL) AS queued,"
+            " count(*) FILTER (WHERE status = 'submitted' OR provider_reference IS NOT NULL) AS with_provider,"
             " coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest"
-            " FROM withdrawals WHERE status = 'pending'"
+            f" FROM withdrawals WHERE {UNFINISHED}"
         )
         assert row is not None
         return PendingWithdrawals(row["queued"], row["with_provider"], float(row["oldest"]))
@@ -569,8 +573,8 @@ class PostgresTransaction:
         assert withdrawal.status is WithdrawalStatus.PENDING, "withdrawals start pending"
         await self._conn.execute(
             "INSERT INTO withdrawals (withdrawal_id, request_id, creator_id, diamonds, payout_currency_code,"
-            " payout_amount_minor, payout_destination, reserve_transaction_id)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            " payout_amount_minor, payout_destination, reserve_transaction_id, payout_provider)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             withdrawal.withdrawal_id,
             withdrawal.request_id,
             withdrawal.creator_id,
@@ -579,6 +583,7 @@ class PostgresTransaction:
             withdrawal.payout_amount_minor,
             withdrawal.payout_destination,
             reserve_transaction_id,
+            withdrawal.payout_provider,
         )
 
     async def lock_withdrawal(self, withdrawal_id: str) -> Withdrawal | None:
@@ -606,22 +611,58 @@ class PostgresTransaction:
         return _withdrawal(row)
 
     async def diamonds_withdrawn_last_24h(self, creator_id: str) -> int:
-        """Pending and paid withdrawals count toward the cap; failed and canceled ones gave their diamonds back."""
+        """Pending, submitted and paid withdrawals count toward the cap; failed, canceled and returned ones gave their
+        diamonds back."""
         total = await self._conn.fetchval(
-            "SELECT coalesce(sum(diamonds), 0) FROM withdrawals"
-            " WHERE creator_id = $1 AND status IN ('pending', 'paid') AND created_at > now() - interval '24 hours'",
+            "SELECT coalesce(sum(diamonds), 0) FROM withdrawals WHERE creator_id = $1"
+            " AND status IN ('pending', 'submitted', 'paid') AND created_at > now() - interval '24 hours'",
             creator_id,
         )
         return int(total)
 
-    async def lock_next_due_withdrawal(self) -> Withdrawal | None:
-        """The pending withdrawal waiting longest for a look, locked; one another worker holds is skipped, not waited
-        on."""
+    async def lock_next_due_withdrawal(self, payout_provider: str) -> Withdrawal | None:
+        """The provider's unfinished withdrawal waiting longest for a look, locked; one another worker holds is
+        skipped, not waited on."""
         row = await self._conn.fetchrow(
-            f"SELECT {WITHDRAWAL_COLUMNS} FROM withdrawals WHERE status = 'pending' AND next_check_at <= now()"
-            " ORDER BY next_check_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+            f"SELECT {WITHDRAWAL_COLUMNS} FROM withdrawals WHERE {UNFINISHED} AND payout_provider = $1"
+            " AND next_check_at <= now() ORDER BY next_check_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+            payout_provider,
         )
         return None if row is None else _withdrawal(row)
+
+    async def mark_submitted(self, withdrawal_id: str, check_again_in_seconds: float) -> Withdrawal:
+        """Pending → submitted, looked at again after the interval (by then the worker that handed it over has
+        recorded the answer, or lost it)."""
+        row = await self._conn.fetchrow(
+            "UPDATE withdrawals SET status = 'submitted', submitted_at = now(),"
+            " next_check_at = clock_timestamp() + make_interval(secs => $2), updated_at = now()"
+            f" WHERE withdrawal_id = $1 AND status = 'pending' RETURNING {WITHDRAWAL_COLUMNS}",
+            withdrawal_id,
+            check_again_in_seconds,
+        )
+        assert row is not None, f"withdrawal {withdrawal_id} was not pending"
+        return _withdrawal(row)
+
+    async def mark_returned(self, withdrawal_id: str, reason: str, return_transaction_id: str) -> bool:
+        result = await self._conn.execute(
+            "UPDATE withdrawals SET status = 'returned', failure_reason = $2, return_transaction_id = $3,"
+            " updated_at = now() WHERE withdrawal_id = $1 AND status = 'paid'",
+            withdrawal_id,
+            reason,
+            return_transaction_id,
+        )
+        return bool(result == "UPDATE 1")
+
+    async def admit_payout_notification(self, notice: PayoutNotice) -> bool:
+        admitted = await self._conn.fetchval(
+            "INSERT INTO payout_notifications (payout_provider, notification_id, kind, withdrawal_id)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+            notice.payout_provider,
+            notice.notification_id,
+            notice.kind,
+            notice.withdrawal_id or None,
+        )
+        return bool(admitted)
 
     async def record_provider_progress(
         self, withdrawal_id: str, provider_reference: str, check_again_in_seconds: float
@@ -631,7 +672,7 @@ class PostgresTransaction:
             "UPDATE withdrawals SET provider_reference = coalesce(provider_reference, $2),"
             " submitted_at = coalesce(submitted_at, now()),"
             " next_check_at = clock_timestamp() + make_interval(secs => $3), updated_at = now()"
-            " WHERE withdrawal_id = $1 AND status = 'pending'",
+            f" WHERE withdrawal_id = $1 AND {UNFINISHED}",
             withdrawal_id,
             provider_reference,
             check_again_in_seconds,
@@ -640,7 +681,7 @@ class PostgresTransaction:
     async def postpone_check(self, withdrawal_id: str, check_again_in_seconds: float) -> None:
         await self._conn.execute(
             "UPDATE withdrawals SET next_check_at = clock_timestamp() + make_interval(secs => $2), updated_at = now()"
-            " WHERE withdrawal_id = $1 AND status = 'pending'",
+            f" WHERE withdrawal_id = $1 AND {UNFINISHED}",
             withdrawal_id,
             check_again_in_seconds,
         )
@@ -654,13 +695,13 @@ class PostgresTransaction:
         provider_reference: str,
         finish_transaction_id: str,
     ) -> bool:
-        """Moves a pending withdrawal to its final status; False when it was no longer pending (nothing changed)."""
-        assert status is not WithdrawalStatus.PENDING, "finishing needs a final status"
+        """Moves an unfinished withdrawal to its final status; False when it was finished already (nothing changed)."""
+        assert status in (WithdrawalStatus.PAID, WithdrawalStatus.FAILED), "finishing needs a final status"
         result = await self._conn.execute(
             "UPDATE withdrawals SET status = $2, failure_reason = $3,"
             " provider_reference = coalesce(provider_reference, $4), submitted_at = coalesce(submitted_at, now()),"
             " finish_transaction_id = $5, updated_at = now()"
-            " WHERE withdrawal_id = $1 AND status = 'pending'",
+            f" WHERE withdrawal_id = $1 AND {UNFINISHED}",
             withdrawal_id,
             status.value,
             failure_reason,

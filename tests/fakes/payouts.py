@@ -29,6 +29,7 @@ from services.payouts.domain import (
     DueCredit,
     EarningsGroupBy,
     EarningsRow,
+    PayoutNotice,
     PendingWithdrawals,
     Postings,
     SettlementRate,
@@ -52,7 +53,9 @@ LEDGER_KINDS = {
     "withdrawal_canceled",
     "clawback",
     "debt_repayment",
+    "payout_returned",
 }
+UNFINISHED = (WithdrawalStatus.PENDING, WithdrawalStatus.SUBMITTED)
 
 
 class ConstraintViolation(Exception):
@@ -76,6 +79,7 @@ class StoredWithdrawal:
     next_check_at: datetime
     reserve_transaction_id: str
     finish_transaction_id: str | None = None
+    return_transaction_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class State:
     )
     account_status: dict[str, tuple[bool, int]] = field(default_factory=dict)  # account → (frozen, version)
     outbox: list[OutboxRow] = field(default_factory=list)
+    payout_notifications: set[tuple[str, str]] = field(default_factory=set)  # (provider, notification id)
 
 
 class FakePayoutsStore:
@@ -225,13 +230,12 @@ class FakePayoutsStore:
         return sorted(gift for gift in waiting if gift in self.state.credits)[:limit]
 
     async def pending_withdrawals(self) -> PendingWithdrawals:
-        pending = [
-            s.withdrawal for s in self.state.withdrawals.values() if s.withdrawal.status is WithdrawalStatus.PENDING
-        ]
+        pending = [s.withdrawal for s in self.state.withdrawals.values() if s.withdrawal.status in UNFINISHED]
         oldest = min((w.created_at or START for w in pending), default=self.state.now)
+        queued = [w for w in pending if w.status is WithdrawalStatus.PENDING and w.provider_reference is None]
         return PendingWithdrawals(
-            queued=sum(w.provider_reference is None for w in pending),
-            with_provider=sum(w.provider_reference is not None for w in pending),
+            queued=len(queued),
+            with_provider=len(pending) - len(queued),
             oldest_age_seconds=(self.state.now - oldest).total_seconds(),
         )
 
@@ -526,23 +530,49 @@ class FakeTransaction:
             stored.withdrawal.diamonds
             for stored in self.state.withdrawals.values()
             if stored.withdrawal.creator_id == creator_id
-            and stored.withdrawal.status in (WithdrawalStatus.PENDING, WithdrawalStatus.PAID)
+            and stored.withdrawal.status in (*UNFINISHED, WithdrawalStatus.PAID)
             and (stored.withdrawal.created_at or START) > since
         )
 
-    async def lock_next_due_withdrawal(self) -> Withdrawal | None:
+    async def lock_next_due_withdrawal(self, payout_provider: str) -> Withdrawal | None:
         due = [
             stored
             for stored in self.state.withdrawals.values()
-            if stored.withdrawal.status is WithdrawalStatus.PENDING and stored.next_check_at <= self.state.now
+            if stored.withdrawal.status in UNFINISHED
+            and stored.withdrawal.payout_provider == payout_provider
+            and stored.next_check_at <= self.state.now
         ]
         return min(due, key=lambda stored: stored.next_check_at).withdrawal if due else None
+
+    async def mark_submitted(self, withdrawal_id: str, check_again_in_seconds: float) -> Withdrawal:
+        stored = self.state.withdrawals[withdrawal_id]
+        assert stored.withdrawal.status is WithdrawalStatus.PENDING, f"withdrawal {withdrawal_id} was not pending"
+        stored.withdrawal = replace(stored.withdrawal, status=WithdrawalStatus.SUBMITTED, submitted_at=self.state.now)
+        stored.next_check_at = self.state.now + timedelta(seconds=check_again_in_seconds)
+        return stored.withdrawal
+
+    async def mark_returned(self, withdrawal_id: str, reason: str, return_transaction_id: str) -> bool:
+        stored = self.state.withdrawals[withdrawal_id]
+        if stored.withdrawal.status is not WithdrawalStatus.PAID:
+            return False
+        if not reason:
+            raise ConstraintViolation("a returned withdrawal needs its reason")
+        stored.withdrawal = replace(stored.withdrawal, status=WithdrawalStatus.RETURNED, failure_reason=reason)
+        stored.return_transaction_id = return_transaction_id
+        return True
+
+    async def admit_payout_notification(self, notice: PayoutNotice) -> bool:
+        key = (notice.payout_provider, notice.notification_id)
+        if key in self.state.payout_notifications:
+            return False
+        self.state.payout_notifications.add(key)
+        return True
 
     async def record_provider_progress(
         self, withdrawal_id: str, provider_reference: str, check_again_in_seconds: float
     ) -> None:
         stored = self.state.withdrawals[withdrawal_id]
-        if stored.withdrawal.status is not WithdrawalStatus.PENDING:
+        if stored.withdrawal.status not in UNFINISHED:
             return
         stored.withdrawal = replace(
             stored.withdrawal,
@@ -553,7 +583,7 @@ class FakeTransaction:
 
     async def postpone_check(self, withdrawal_id: str, check_again_in_seconds: float) -> None:
         stored = self.state.withdrawals[withdrawal_id]
-        if stored.withdrawal.status is WithdrawalStatus.PENDING:
+        if stored.withdrawal.status in UNFINISHED:
             stored.next_check_at = self.state.now + timedelta(seconds=check_again_in_seconds)
 
     async def finish_withdrawal(
@@ -565,9 +595,9 @@ class FakeTransaction:
         provider_reference: str,
         finish_transaction_id: str,
     ) -> bool:
-        assert status is not WithdrawalStatus.PENDING, "finishing needs a final status"
+        assert status in (WithdrawalStatus.PAID, WithdrawalStatus.FAILED), "finishing needs a final status"
         stored = self.state.withdrawals[withdrawal_id]
-        if stored.withdrawal.status is not WithdrawalStatus.PENDING:
+        if stored.withdrawal.status not in UNFINISHED:
             return False
         if (status is WithdrawalStatus.FAILED) != (failure_reason != ""):
             raise ConstraintViolation(f"status {status} with failure reason {failure_reason!r}")
@@ -607,9 +637,16 @@ def _grouped(credits: list[StoredCredit], key: Callable[[StoredCredit], str | No
 
 class ScriptedPayoutProvider:
     """A payout provider that answers what the test tells it: the state each submission and status look returns,
-    whether a cancel may still stop the payout, or an outage (raises)."""
+    whether a cancel may still stop the payout, or an outage (raises). name: the sandbox's by default (its flow:
+    pending while the provider has it); a submit-first rail's (domain.SUBMIT_FIRST_RAILS) for theirs. It remembers
+    the payouts it made by withdrawal id, so a resumed submission finds them (lost_answers: the next submissions are
+    made, then raise as if their answer was lost)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "sandbox") -> None:
+        self.name = name
+        self.lost_answers = 0
+        self.made: dict[str, str] = {}
+        self.resumed: list[str] = []
         self.submit_state = PayoutState.PROCESSING
         self.status_state = PayoutState.PAID
         self.failure_reason = "the bank refused the payout"
@@ -622,7 +659,22 @@ class ScriptedPayoutProvider:
     ) -> PayoutResult:
         self._answer()
         self.submitted.append(withdrawal_id)
-        return self._result(self.submit_state, f"ref-{withdrawal_id}")
+        self.made.setdefault(withdrawal_id, f"ref-{withdrawal_id}")
+        if self.lost_answers:
+            self.lost_answers -= 1
+            raise TimeoutError("the answer was lost")
+        return self._result(self.submit_state, self.made[withdrawal_id])
+
+    async def resume(
+        self, *, withdrawal_id: str, destination: str, amount_minor: int, currency_code: str
+    ) -> PayoutResult:
+        self._answer()
+        self.resumed.append(withdrawal_id)
+        if withdrawal_id in self.made:
+            return self._result(self.status_state, self.made[withdrawal_id])
+        return await self.submit(
+            withdrawal_id=withdrawal_id, destination=destination, amount_minor=amount_minor, currency_code=currency_code
+        )
 
     async def status(self, *, withdrawal_id: str, provider_reference: str) -> PayoutResult:
         self._answer()

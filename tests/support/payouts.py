@@ -311,8 +311,8 @@ async def assert_ledger_consistent(stack: Stack) -> None:
             )
             credited = await conn.fetchval("SELECT coalesce(sum(diamonds), 0) FROM diamond_credits")
             paid = await conn.fetchval("SELECT coalesce(sum(diamonds), 0) FROM withdrawals WHERE status = 'paid'")
-            reserved = await conn.fetchval(
-                "SELECT coalesce(sum(diamonds), 0) FROM withdrawals WHERE status = 'pending'"
+            reserved = await conn.fetchval(  # still reserved: waiting, or with a provider (submitted)
+                "SELECT coalesce(sum(diamonds), 0) FROM withdrawals WHERE status IN ('pending', 'submitted')"
             )
             total_reserved = await conn.fetchval("SELECT coalesce(sum(reserved_diamonds), 0) FROM creator_balances")
             assert system.get("system:gift_settlement", 0) == -credited
