@@ -11,11 +11,17 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic_settings import BaseSettings
 
 from services.gifts.config import GiftsSettings
 from services.payouts.config import PayoutsSettings
+from services.payouts.rails.paypal import PayPalSettings
+from services.payouts.rails.stripe_connect import StripeConnectSettings
 from services.runtime.config import RuntimeSettings
 from services.wallet.config import WalletSettings
+from services.wallet.stores.app_store import AppStoreSettings
+from services.wallet.stores.google_play import GooglePlaySettings
+from services.wallet.stripe_payments import StripeSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
@@ -26,6 +32,12 @@ SETTINGS: dict[str, type[RuntimeSettings]] = {
     "wallet": WalletSettings,
     "gifts": GiftsSettings,
     "payouts": PayoutsSettings,
+}
+# Each rail's own settings class (its own COINSTREAM_<RAIL>_ prefix), read by the service that has the rail.
+RAIL_SETTINGS: dict[str, tuple[type[BaseSettings], ...]] = {
+    "wallet": (AppStoreSettings, GooglePlaySettings, StripeSettings),
+    "gifts": (),
+    "payouts": (StripeConnectSettings, PayPalSettings),
 }
 
 Manifest = dict[str, Any]
@@ -108,8 +120,13 @@ def container_environment(manifests: list[Manifest], container: Manifest) -> dic
     return env
 
 
-def setting_names(settings: type[RuntimeSettings]) -> set[str]:
-    return {settings.env_name(field) for field in settings.model_fields}
+def setting_names(service: str) -> set[str]:
+    """Every COINSTREAM_* variable the service reads: its settings' and its rails'."""
+    names = set()
+    for settings in (SETTINGS[service], *RAIL_SETTINGS[service]):
+        prefix = str(settings.model_config.get("env_prefix", ""))
+        names |= {f"{prefix}{field}".upper() for field in settings.model_fields}
+    return names
 
 
 def compose() -> dict[str, Any]:

@@ -79,7 +79,7 @@ def test_every_coinstream_setting_given_is_a_setting_of_that_service() -> None:
     for service in SERVICES:
         for container in (service, f"{service}-migrate"):
             names = {n for n in services[container]["environment"] if n.startswith("COINSTREAM_")}
-            assert names - setting_names(SETTINGS[service]) == set(), container
+            assert names - setting_names(service) == set(), container
     for other in ("postgres", "nats"):
         assert not [n for n in services[other].get("environment", {}) if n.startswith("COINSTREAM_")]
 
@@ -89,7 +89,7 @@ def test_production_payouts_holds_diamonds_for_seven_days_unless_told_otherwise(
     production = yaml.safe_load((DEPLOY / "compose.production.yaml").read_text())["services"]["payouts"]["environment"]
     assert default_of(production["COINSTREAM_DIAMOND_HOLD_SECONDS"]) == str(7 * 86_400)
     assert default_of(production["COINSTREAM_ALLOW_SHORT_DIAMOND_HOLD"]) == "false"
-    assert {n for n in production if n.startswith("COINSTREAM_")} <= setting_names(SETTINGS["payouts"])
+    assert {n for n in production if n.startswith("COINSTREAM_")} <= setting_names("payouts")
     assert "COINSTREAM_DIAMOND_HOLD_SECONDS" not in compose()["services"]["payouts"]["environment"]
 
 

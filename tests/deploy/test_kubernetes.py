@@ -19,6 +19,7 @@ from tests.deploy.manifests import (
     KUBERNETES,
     NAMESPACE,
     OVERLAYS,
+    RAIL_SETTINGS,
     SETTINGS,
     Manifest,
     config_map_data,
@@ -175,36 +176,63 @@ def test_every_coinstream_setting_given_is_a_setting_of_that_service(overlay: st
             if found is None:
                 wrong += [f"{workload['metadata']['name']}: {n}" for n in names if n.startswith("COINSTREAM_")]
                 continue
-            known = setting_names(SETTINGS[found[0]])
+            known = setting_names(found[0])
             unknown = [n for n in names if n.startswith("COINSTREAM_") and n not in known]
             wrong += [f"{workload['metadata']['name']}: {n}" for n in unknown]
     assert wrong == []
 
 
-def test_prod_gives_each_service_everything_production_mode_requires() -> None:
-    """The rendered settings of each prod container, read by its settings class in production mode: nothing is
-    refused but the sandbox providers, the only ones that ship (README, Production mode). The migration Jobs'
-    settings pass the migration's own check (a verified database connection)."""
+RAILS_DIRECTORY = "/etc/coinstream/rails/"
+# What the Secrets coinstream-rails-<service> hold, as far as the settings check a file's content at start.
+RAIL_FILE_CONTENT = {"stripe-secret-key": "sk_live_not-a-real-key", "webhook-secret": "whsec_not-a-real-secret"}
+
+
+def test_prod_gives_each_service_everything_production_mode_requires(tmp_path: Path) -> None:
+    """The rendered settings of each prod container, read by its settings classes (its own and its rails') in
+    production mode: nothing is refused, the real money rails included, whose secret files (made outside git) are
+    stood in for here. The migration Jobs' settings pass the migration's own check (a verified database
+    connection)."""
     from services.runtime.config import migration_only
 
     manifests = render("overlays/prod")
     for _, container, service, migrate in service_containers(manifests):
         env = {k: v for k, v in container_environment(manifests, container).items() if v is not None}
         assert env["COINSTREAM_ENVIRONMENT"] == "production"
+        assert "COINSTREAM_ALLOW_SANDBOX_PROVIDERS" not in env
         with pytest.MonkeyPatch.context() as patch:
             for name in list(os.environ):
                 if name.startswith("COINSTREAM_"):
                     patch.delenv(name)
             for name, value in env.items():
-                patch.setenv(name, value)
+                patch.setenv(name, _stand_in_for_a_rail_secret(value, tmp_path))
             if migrate:
                 with migration_only():
                     SETTINGS[service]()
                 continue
-            patch.setenv("COINSTREAM_ALLOW_SANDBOX_PROVIDERS", "true")
             settings = SETTINGS[service]()
             assert settings.grpc_tls_enabled and settings.auth_algorithm == "RS256"
             assert settings.production_problems() == []
+            for rail in RAIL_SETTINGS[service]:
+                rail()  # each refuses, at construction or in the service's production_problems above, what it lacks
+    wallet = _prod_settings_of(manifests, "wallet")
+    assert wallet["COINSTREAM_PAYMENT_PROVIDER"] == "stripe"
+    assert wallet["COINSTREAM_APP_STORE_ENABLED"] == wallet["COINSTREAM_GOOGLE_PLAY_ENABLED"] == "true"
+    assert _prod_settings_of(manifests, "payouts")["COINSTREAM_PAYOUT_PROVIDER"] == "stripe_connect"
+
+
+def _stand_in_for_a_rail_secret(value: str, directory: Path) -> str:
+    if not value.startswith(RAILS_DIRECTORY):
+        return value
+    name = value.removeprefix(RAILS_DIRECTORY)
+    content = next((text for ending, text in RAIL_FILE_CONTENT.items() if name.endswith(ending)), "stand-in")
+    stand_in = directory / name
+    stand_in.write_text(content)
+    return str(stand_in)
+
+
+def _prod_settings_of(manifests: list[Manifest], service: str) -> dict[str, str | None]:
+    [container] = [c for _, c, name, migrate in service_containers(manifests) if (name, migrate) == (service, False)]
+    return container_environment(manifests, container)
 
 
 def _is_the_nats_secret(name: str) -> bool:

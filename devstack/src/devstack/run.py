@@ -7,6 +7,7 @@ embedded server it replaces; the URL is passed through to the services unchanged
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,6 +34,14 @@ from services.runtime.nats_permissions import OPERATOR_USER
 
 DATA_DIR = REPO_ROOT / ".data"
 LOG_DIR = DATA_DIR / "logs"
+# The development Stripe webhook signing secret (whsec_…, made at the first run, kept in .data/): the wallet's and
+# payouts' /webhooks/stripe verify events with it once Stripe is their provider (COINSTREAM_PAYMENT_PROVIDER=stripe,
+# COINSTREAM_PAYOUT_PROVIDER=stripe_connect); sign test events with it, or put `stripe listen`'s secret in it.
+STRIPE_WEBHOOK_SECRET_FILE = DATA_DIR / "secrets" / "stripe-webhook-secret"
+STRIPE_WEBHOOK_SECRET_SETTINGS = (
+    "COINSTREAM_STRIPE_WEBHOOK_SECRET_FILE",
+    "COINSTREAM_STRIPE_CONNECT_WEBHOOK_SECRET_FILE",
+)
 POSTGRES_PORT = 55432
 NATS_PORT = 4222
 RECONCILE_INTERVAL_SECONDS = 60
@@ -137,6 +146,8 @@ class StackPlan:
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach the terminal as they happen, not when a pipe buffer fills
         env["COINSTREAM_NATS_URL"] = self.nats_url
         env[spec.database_url_env] = self.database_urls[spec.name]
+        for setting in STRIPE_WEBHOOK_SECRET_SETTINGS:
+            env.setdefault(setting, str(STRIPE_WEBHOOK_SECRET_FILE))
         if spec is GIFTS:
             env.setdefault("COINSTREAM_GIFTS_WALLET_ADDRESS", WALLET.address(self.environ))
         if spec is PAYOUTS:
@@ -173,6 +184,7 @@ class DevStack:
             self._start_postgres()
         if self.plan.embedded_nats:
             self._start_nats()
+        _make_stripe_webhook_secret()
         self._start_services()
         self._wait_until_serving()
 
@@ -308,6 +320,16 @@ class DevStack:
             console.print(banner(self.plan))
 
 
+def _make_stripe_webhook_secret() -> None:
+    """Once: a random development secret, readable by this user only (a webhook forged with it would be believed)."""
+    if STRIPE_WEBHOOK_SECRET_FILE.exists():
+        return
+    STRIPE_WEBHOOK_SECRET_FILE.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(STRIPE_WEBHOOK_SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as secret:
+        secret.write(f"whsec_{secrets.token_hex(24)}\n")
+
+
 def banner(plan: StackPlan) -> Group:
     """Plain lines rather than a box, so that the commands copy-paste cleanly at any terminal width."""
     nats_origin = "embedded, JetStream file storage, sync_interval: always" if plan.embedded_nats else "external"
@@ -328,6 +350,7 @@ def banner(plan: StackPlan) -> Group:
         _labelled("Logs", ".data/logs/<service>.log (and here, prefixed by service)"),
         _labelled("Mode", "development: plaintext gRPC on loopback, sandbox payments and payouts (README: Security)"),
         _labelled("Auth", f"HS256 JWTs signed with {secret_origin}"),
+        _labelled("Webhooks", f"Stripe's signing secret (Stripe providers): {_relative(STRIPE_WEBHOOK_SECRET_FILE)}"),
         Text(),
         Text("  Mint a dev token:", style="bold"),
         Text("    .venv/bin/coinstream token --sub alice --role user"),
