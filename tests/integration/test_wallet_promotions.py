@@ -105,10 +105,12 @@ async def test_first_purchase_only_and_per_account_use_limits(clients: Clients) 
 
 async def test_concurrent_first_purchases_get_the_first_purchase_bonus_once(clients: Clients) -> None:
     account_id = await create_account(clients)
+    # As many at once as the card-testing guard lets one account have undecided (5: it counts purchases still being
+    # charged as possible declines, so a sixth at the same moment may be held back RATE_LIMITED).
     async with promotion(clients, bonus_coins=9, first_purchase_only=True):
-        replies = await asyncio.gather(*(buy(clients, account_id, "coins_65") for _ in range(8)))
-    assert sorted(r.purchase.bonus_coins for r in replies) == [0] * 7 + [9]
-    assert await wallet_balance(clients, account_id) == balance_of(account_id, 8 * 65, 9)
+        replies = await asyncio.gather(*(buy(clients, account_id, "coins_65") for _ in range(5)))
+    assert sorted(r.purchase.bonus_coins for r in replies) == [0] * 4 + [9]
+    assert await wallet_balance(clients, account_id) == balance_of(account_id, 5 * 65, 9)
 
 
 async def test_promotion_rpcs_are_admin_only_and_idempotent(clients: Clients) -> None:
