@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from google.protobuf.message import Message
@@ -206,10 +206,13 @@ class WalletTransaction(Protocol):
 
     async def purchase_history(self, account_id: str) -> PurchaseHistory: ...
 
-    async def purchase_attempts(self, account_id: str, caller: str, limits: DeclineLimits) -> PurchaseAttempts:
+    async def purchase_attempts(
+        self, account_id: str, caller: str, limits: DeclineLimits, undecided_within: timedelta
+    ) -> PurchaseAttempts:
         """What the card-testing limits look at: the declined payments of the account and of the caller in the
         window (domain.Declines: the newest, as many as each limit counts; none for a limit of 0), the account's
-        purchases still pending, and now. Call with the account locked (lock_account)."""
+        purchases pending and made within undecided_within (still being charged; an older one waits for its
+        buyer, 3-D Secure, or for the recovery pass), and now. Call with the account locked (lock_account)."""
         ...
 
     async def finish_purchase(

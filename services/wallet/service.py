@@ -635,7 +635,9 @@ class _CardTestingGuard:
         self._undecided_wait = undecided_wait  # a charge's timeout: by then a pending purchase is decided
 
     async def refuse_if_blocked(self, tx: WalletTransaction, command: domain.BuyCoins) -> None:
-        attempts = await tx.purchase_attempts(command.account_id, command.caller, self._limits)
+        # Purchases pending for longer than a charge takes wait for their buyer (3-D Secure) or the recovery pass:
+        # no charge of theirs is under way, and an account with abandoned ones must still be able to buy.
+        attempts = await tx.purchase_attempts(command.account_id, command.caller, self._limits, self._undecided_wait)
         blocked = domain.card_testing(attempts, self._limits, self._undecided_wait)
         if blocked is None:
             return

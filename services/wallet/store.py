@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
@@ -669,13 +669,16 @@ class PostgresTransaction:
             uses_by_promotion={row["promotion_id"]: row["purchases"] for row in rows if row["promotion_id"]},
         )
 
-    async def purchase_attempts(self, account_id: str, caller: str, limits: DeclineLimits) -> PurchaseAttempts:
+    async def purchase_attempts(
+        self, account_id: str, caller: str, limits: DeclineLimits, undecided_within: timedelta
+    ) -> PurchaseAttempts:
         """One statement; each count reads no more than its limit's newest declines, through its own index
         (migration 0007). Call with the account locked, so its pending purchases are the ones committed."""
         row = await self._conn.fetchrow(
             "SELECT by_account.declines AS account_declines, by_account.oldest AS account_oldest,"
             " by_caller.declines AS caller_declines, by_caller.oldest AS caller_oldest,"
-            " (SELECT count(*) FROM purchases WHERE account_id = $1 AND status = 'pending') AS account_undecided,"
+            " (SELECT count(*) FROM purchases WHERE account_id = $1 AND status = 'pending'"
+            "  AND created_at > now() - make_interval(secs => $6)) AS account_undecided,"
             " now() AS now"
             f" FROM ({_newest_declines('account_id', '$1', '$3')}) AS by_account,"
             f" ({_newest_declines('caller', '$2', '$4')}) AS by_caller",
@@ -684,6 +687,7 @@ class PostgresTransaction:
             limits.per_account,
             limits.per_caller,
             DECLINE_WINDOW.total_seconds(),
+            undecided_within.total_seconds(),
         )
         assert row is not None, "aggregates without GROUP BY return one row"
         return PurchaseAttempts(

@@ -561,11 +561,15 @@ class FakeTransaction:
                 uses[purchase.promotion_id] = uses.get(purchase.promotion_id, 0) + 1
         return PurchaseHistory(purchases=len(counted), uses_by_promotion=uses)
 
-    async def purchase_attempts(self, account_id: str, caller: str, limits: DeclineLimits) -> PurchaseAttempts:
+    async def purchase_attempts(
+        self, account_id: str, caller: str, limits: DeclineLimits, undecided_within: timedelta
+    ) -> PurchaseAttempts:
         pending = [
             p
             for p in self.state.purchases.values()
-            if p.account_id == account_id and p.status is PurchaseStatus.PENDING
+            if p.account_id == account_id
+            and p.status is PurchaseStatus.PENDING
+            and self.state.purchases_created_at[p.purchase_id] > self._now - undecided_within
         ]
         return PurchaseAttempts(
             self._newest_declines(lambda p: p.account_id == account_id, limits.per_account),

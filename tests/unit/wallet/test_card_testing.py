@@ -157,6 +157,20 @@ async def test_purchases_still_being_charged_count_towards_the_account_limit(wal
     assert (await wallet.buy(fan, "coins_65")).balance.coins == 2 * 330 + 65  # approved: only one decline
 
 
+async def test_purchases_waiting_for_their_buyer_do_not_hold_the_account_back(wallet: Wallet) -> None:
+    """A purchase left waiting for 3-D Secure (the buyer closed the page) is no charge under way: once older than a
+    charge takes, it no longer counts, and an account with many abandoned ones still buys."""
+    fan = await wallet.open_account()
+    wallet.payments.pending_tokens.add("tok_3ds")
+    for _ in range(PER_ACCOUNT):
+        assert (await wallet.service.purchase(buy_command(fan, payment_token="tok_3ds"))).pending
+    await rate_limited(wallet, buy_command(fan))  # just made: they may still be being charged
+
+    wallet.clock.advance(PAYMENT_TIMEOUT + timedelta(seconds=1))
+
+    assert (await wallet.buy(fan, "coins_65")).balance.coins == 65
+
+
 async def test_earlier_requests_replay_their_outcomes_while_the_account_is_blocked(wallet: Wallet) -> None:
     fan = await wallet.open_account()
     completed = buy_command(fan, "coins_65")
