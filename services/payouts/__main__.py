@@ -28,12 +28,13 @@ from services.payouts.store import PAYOUTS_OUTBOX, PostgresPayoutsStore
 from services.payouts.wallet_events import WalletEventsConsumer
 from services.reconcile.periodic import reconcile_once
 from services.reconcile.reconciler import ReconcileSettings
-from services.runtime import messaging, outbox, polling
+from services.runtime import messaging, notification_inbox, outbox, polling
 from services.runtime.http_ingress import HttpIngress
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+PAYOUT_NOTIFICATIONS = notification_inbox.NotificationInbox("payout_notifications")
 log = structlog.get_logger()
 
 
@@ -145,6 +146,11 @@ async def main() -> None:
     maturity = MaturityWorker(store, batch_size=settings.payouts_maturity_batch_size)
     # Always running, also with no hold configured: credits held before a restart still mature.
     runtime.add_periodic("maturity", settings.payouts_maturity_interval_seconds, maturity.run_once)
+    runtime.add_periodic(
+        "notification_retention",
+        notification_inbox.RETENTION_PASS_INTERVAL_SECONDS,
+        notification_inbox.retention_pass(pool, PAYOUT_NOTIFICATIONS, settings.notification_retention_days),
+    )
     runtime.add_periodic(
         "clawback_recovery", settings.payouts_maturity_interval_seconds, lambda: recover_waiting_clawbacks(store)
     )

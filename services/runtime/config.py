@@ -231,6 +231,9 @@ class RuntimeSettings(BaseSettings):
 
     # The contract promises at least 7 days of replays.
     idempotency_retention_days: int = Field(default=8, ge=7, le=3650)
+    # Providers' notification ids (wallet, payouts) are kept this long to take each notification once: providers
+    # retry for a few days (services/runtime/notification_inbox.py).
+    notification_retention_days: int = Field(default=90, ge=30, le=3650)
     # Test-only: comma-separated crash points at which the process kills itself (see services/runtime/faults.py).
     fault_points: str = ""
 

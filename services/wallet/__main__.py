@@ -7,7 +7,7 @@ from pathlib import Path
 
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
-from services.runtime import messaging, outbox, polling
+from services.runtime import messaging, notification_inbox, outbox, polling
 from services.runtime.http_ingress import HttpIngress
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
@@ -24,6 +24,7 @@ from services.wallet.stripe_payments import StripePaymentProvider, StripeSetting
 from services.wallet.stripe_webhooks import StripeWebhooks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+RAIL_NOTIFICATIONS = notification_inbox.NotificationInbox("rail_notifications")
 # The gifts service's batches of spends are never shed: each carries gifts that were already accepted.
 UNSHED_METHODS = frozenset({"/coinstream.wallet.v1.WalletService/SpendCoinsBatch"})
 
@@ -75,6 +76,11 @@ async def main() -> None:
     )
 
     runtime.add_worker("outbox_relay", relay.run_forever)
+    runtime.add_periodic(
+        "notification_retention",
+        notification_inbox.RETENTION_PASS_INTERVAL_SECONDS,
+        notification_inbox.retention_pass(pool, RAIL_NOTIFICATIONS, settings.notification_retention_days),
+    )
     if payments is not None:
         runtime.add_periodic(
             "purchase_recovery",
