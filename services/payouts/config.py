@@ -99,10 +99,12 @@ class PayoutsSettings(RuntimeSettings):
         return problems
 
     def payout_rail_problems(self) -> list[str]:
+        # A staging deployment (COINSTREAM_ALLOW_SANDBOX_PROVIDERS) may pay through a provider's test mode.
+        staging = self.allow_sandbox_providers
         if self.payout_provider == "stripe_connect":
-            return StripeConnectSettings().production_problems()
+            return StripeConnectSettings().production_problems(staging=staging)
         if self.payout_provider == "paypal":
-            return PayPalSettings().production_problems()
+            return PayPalSettings().production_problems(staging=staging)
         return []
 
     @property

@@ -219,6 +219,10 @@ class WalletTransaction(Protocol):
         self, purchase_id: str, status: PurchaseStatus, provider_reference: str, transaction_id: str | None
     ) -> None: ...
 
+    async def reopen_declined_purchase(self, purchase_id: str) -> None:
+        """A declined purchase pending again: its rail took the money after all (completed by the caller next)."""
+        ...
+
     async def record_rail_transaction(self, purchase_id: str, rail_transaction_id: str) -> None:
         """The rail's id of a purchase's charge, as its store_transaction_id (lock_store_transaction finds the
         purchase by it); also when the purchase stays pending, which marks it as waiting for its buyer or rail."""
@@ -323,6 +327,10 @@ class WalletStore(Protocol):
 
     async def load_outcome(self, request_id: str) -> StoredRequest:
         """What a request left with its key, read by the code that just completed it."""
+        ...
+
+    async def replay_if_completed(self, key: RequestKey, reply: Reply[Result]) -> Result | None:
+        """A completed request's kept outcome (raised when an error), or None: before asking another party."""
         ...
 
     async def stale_pending_purchases(self, rail: str, older_than_seconds: float, limit: int) -> list[str]:

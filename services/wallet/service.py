@@ -277,6 +277,10 @@ class WalletService:
         """The charge's outcome applied; the pending answer while it waits for its buyer, None once decided (the
         request's key keeps the answer)."""
         async with self._store.transaction() as tx:
+            if charge.rail_transaction_id is not None:
+                # The rail's transaction before the purchase, as its notifications take them (reverse_by_rail): a
+                # refund of this charge is either applied after this commit or waiting for it, never lost between.
+                await tx.lock_store_transaction(self._payments_enabled().rail, charge.rail_transaction_id)
             purchase = await tx.lock_purchase(purchase_id)
             assert purchase is not None, f"purchase {purchase_id} vanished"
             if purchase.status is not domain.PurchaseStatus.PENDING:
@@ -321,7 +325,10 @@ class WalletService:
         """The coin package of a purchase an app store took the money for, once the store's proof verifies: one
         transaction credits it, once per store transaction ever (whichever account presents it), and applies any
         refund the store announced before anyone redeemed it. The store is asked first, outside any transaction (a
-        replay asks again: the proof does not change, and a store keeps answering for a redeemed purchase)."""
+        replay is answered from its key without asking: the store's answer may have changed since, a refund)."""
+        replay = await self._store.replay_if_completed(command.key, convert.REDEEMED)
+        if replay is not None:
+            return replay
         verifier = self._stores.get(command.store)
         if verifier is None:
             raise failed_precondition(
@@ -331,12 +338,15 @@ class WalletService:
         package = domain.find_package(domain.store_package_id(proof.product_id, self._store_products))
 
         async def operation(tx: WalletTransaction) -> domain.Redeemed:
-            account = domain.require_can_purchase(await tx.lock_account(command.account_id), command.account_id)
+            # The order every movement and rail notice takes: the store transaction, the buckets, the account row
+            # (reverse_by_rail: the transaction, the purchase, the buckets, the account when it freezes).
             if await tx.lock_store_transaction(proof.store.value, proof.transaction_id) is not None:
                 raise already_exists(
                     "STORE_TRANSACTION_ALREADY_REDEEMED",
                     f"{proof.store.value} transaction {proof.transaction_id!r} was redeemed before",
                 )
+            await tx.lock_buckets([command.account_id])
+            account = domain.require_can_purchase(await tx.lock_account(command.account_id), command.account_id)
             purchase = await _new_purchase(tx, command.key.request_id, account, package, self._terms_version)
             purchase = store_purchase(purchase, proof, command.caller)
             await tx.insert_purchase(purchase)
@@ -392,12 +402,15 @@ class WalletService:
     async def reverse_by_rail(self, notice: domain.RailReversal, kind: str) -> domain.RailReversalOutcome:
         """A rail's refund, revocation or chargeback notice: recorded by its id in the transaction that applies it
         (a retry takes effect once), then the purchase of its transaction reversed up to the share it states. A
-        notice of a transaction nobody has redeemed waits for its redeem."""
+        notice of a transaction nobody has redeemed, or of a charge not completed yet (3-D Secure, a crash before its
+        answer was recorded), waits for the credit, which applies it."""
         async with self._store.transaction() as tx:
             if not await tx.record_notification(notice.rail, notice.notification_id, kind):
                 return domain.RailReversalOutcome.DUPLICATE
             purchase = await tx.lock_store_transaction(notice.rail, notice.store_transaction_id)
-            if purchase is None:
+            if purchase is not None:
+                purchase = await tx.lock_purchase(purchase.purchase_id)  # its status is final until this commits
+            if purchase is None or purchase.status is domain.PurchaseStatus.PENDING:
                 await tx.insert_early_reversal(notice)
                 log.info(
                     "rail_reversal_waiting",
@@ -429,18 +442,18 @@ class WalletService:
             if purchase is None:
                 log.info("rail_payment_unknown", rail=notice.rail, store_transaction_id=notice.store_transaction_id)
                 return domain.RailPaymentOutcome.UNKNOWN
-            if purchase.status is not domain.PurchaseStatus.PENDING:
-                if notice.approved and purchase.status is domain.PurchaseStatus.DECLINED:
-                    # The buyer paid after the charge was declined (another card on the same payment): the money
-                    # is taken, the coins were not given. An operator refunds it (or reverses the decline).
-                    log.error("rail_paid_a_declined_purchase", purchase_id=purchase.purchase_id, rail=notice.rail)
-                return domain.RailPaymentOutcome.ALREADY_DECIDED
             charge = ChargeResult(
                 notice.approved,
                 notice.store_transaction_id,
                 notice.decline_reason,
                 rail_transaction_id=notice.store_transaction_id,
             )
+            if notice.approved and purchase.status is domain.PurchaseStatus.DECLINED:
+                await _credit_a_late_payment(tx, purchase, charge)
+                self._on_event_queued()
+                return domain.RailPaymentOutcome.COMPLETED
+            if purchase.status is not domain.PurchaseStatus.PENDING:
+                return domain.RailPaymentOutcome.ALREADY_DECIDED
             await _settle(tx, purchase, charge)
         self._on_event_queued()  # a purchase that covered a debt unfroze its account
         if not notice.approved:
@@ -663,9 +676,25 @@ async def _settle(tx: WalletTransaction, purchase: domain.Purchase, charge: Char
     if charge.approved:
         bought = await _credit_purchase(tx, purchase, charge)
         await tx.record_response(purchase.request_id, convert.BOUGHT.to_message(bought))
+        rail_transaction_id = charge.rail_transaction_id or purchase.store_transaction_id
+        if rail_transaction_id is not None:
+            for notice in await tx.early_reversals(purchase.rail, rail_transaction_id):
+                await _reverse_share(tx, purchase, notice)  # refunded or disputed before the credit
     else:
         await _decline_purchase(tx, purchase, charge)
     return None
+
+
+async def _credit_a_late_payment(tx: WalletTransaction, purchase: domain.Purchase, charge: ChargeResult) -> None:
+    """The buyer paid a charge that had been declined (3-D Secure failed, then another card on the same
+    PaymentIntent succeeded): the money is taken, so the coins are given. The request's key keeps the decline it
+    answered then; the purchase (GetPurchase) and the balance show the coins."""
+    log.warning("rail_paid_a_declined_purchase", purchase_id=purchase.purchase_id, rail=purchase.rail)
+    await tx.reopen_declined_purchase(purchase.purchase_id)
+    reopened = dataclasses.replace(purchase, status=domain.PurchaseStatus.PENDING)
+    await _credit_purchase(tx, reopened, charge)
+    for notice in await tx.early_reversals(purchase.rail, charge.rail_transaction_id or ""):
+        await _reverse_share(tx, reopened, notice)
 
 
 def _waiting(purchase: domain.Purchase, balance: domain.Balance, client_action_secret: str) -> domain.Bought:

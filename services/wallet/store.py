@@ -145,6 +145,9 @@ class PostgresWalletStore:
         reversed_ = Split(values.pop("reversed_coins"), values.pop("reversed_bonus_coins"))
         return PurchaseView(_purchase_from(values), created_at, reversed_)
 
+    async def replay_if_completed(self, key: RequestKey, reply: Reply[Result]) -> Result | None:
+        return await idempotency.replay_if_completed(self._pool, key, reply)
+
     async def load_outcome(self, request_id: str) -> idempotency.StoredRequest:
         return await idempotency.load(self._pool, request_id)
 
@@ -707,6 +710,13 @@ class PostgresTransaction:
             status.value,
             provider_reference,
             transaction_id,
+        )
+
+    async def reopen_declined_purchase(self, purchase_id: str) -> None:
+        await self._conn.execute(
+            "UPDATE purchases SET status = 'pending', updated_at = now()"
+            " WHERE purchase_id = $1 AND status = 'declined'",
+            purchase_id,
         )
 
     async def record_rail_transaction(self, purchase_id: str, rail_transaction_id: str) -> None:

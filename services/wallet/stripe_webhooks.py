@@ -51,6 +51,8 @@ class StripeWebhooks:
 def verified_event(body: bytes, signature: str | None, signing_secret: str) -> dict[str, Any]:
     """The event, once Stripe's library verified its signature (and its age); Unsigned (401) when it does not
     verify, Rejected (400) when a signed body is no JSON object."""
+    if not signature:
+        raise Unsigned("no Stripe-Signature")
     try:
         event = stripe.Webhook.construct_event(body, signature, signing_secret, tolerance=TOLERANCE_SECONDS)
     except stripe.SignatureVerificationError:

@@ -45,6 +45,7 @@ from services.wallet.domain import (
     PurchaseReversal,
     PurchaseStatus,
     PurchaseView,
+    RailReversal,
     ReversedSoFar,
     Spender,
     SpendingLimit,
@@ -156,6 +157,7 @@ class WalletState:
     promotions: dict[int, Promotion] = field(default_factory=dict)  # by position
     keys: dict[str, StoredKey] = field(default_factory=dict)
     notifications: set[tuple[str, str]] = field(default_factory=set)  # (rail, notification_id)
+    early_reversals: list[RailReversal] = field(default_factory=list)
 
     def copy(self) -> WalletState:
         return WalletState(
@@ -177,6 +179,7 @@ class WalletState:
             promotions=dict(self.promotions),
             keys=dict(self.keys),
             notifications=set(self.notifications),
+            early_reversals=list(self.early_reversals),
         )
 
     def balance(self, account_id: str) -> Balance:
@@ -605,6 +608,11 @@ class FakeTransaction:
         self.state.purchases_updated_at[purchase_id] = self._now
         self.state.provider_references[purchase_id] = provider_reference
 
+    async def reopen_declined_purchase(self, purchase_id: str) -> None:
+        purchase = self.state.purchases[purchase_id]
+        if purchase.status is PurchaseStatus.DECLINED:
+            self.state.purchases[purchase_id] = replace(purchase, status=PurchaseStatus.PENDING)
+
     async def lock_store_transaction(self, rail: str, store_transaction_id: str) -> Purchase | None:
         found = [
             p for p in self.state.purchases.values() if (p.rail, p.store_transaction_id) == (rail, store_transaction_id)
@@ -616,6 +624,14 @@ class FakeTransaction:
             return False
         self.state.notifications.add((rail, notification_id))
         return True
+
+    async def insert_early_reversal(self, reversal: RailReversal) -> None:
+        self.state.early_reversals.append(reversal)
+
+    async def early_reversals(self, rail: str, store_transaction_id: str) -> list[RailReversal]:
+        return [
+            r for r in self.state.early_reversals if (r.rail, r.store_transaction_id) == (rail, store_transaction_id)
+        ]
 
     async def record_rail_transaction(self, purchase_id: str, rail_transaction_id: str) -> None:
         purchase = self.state.purchases[purchase_id]

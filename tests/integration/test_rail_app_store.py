@@ -19,6 +19,7 @@ from coinstream.wallet.v1 import wallet_pb2 as w
 from coinstream.wallet.v1 import wallet_pb2_grpc
 
 from coinstream.testing.servers import stop_process
+from services.wallet.stores.app_store import app_account_token
 from tests.support.clients import SERVICE, Clients, new_id
 from tests.support.errors import expect_error
 from tests.support.factories import create_account, spend, wallet_balance
@@ -144,6 +145,22 @@ async def test_a_transaction_credits_coins_once_whoever_presents_it(
         )
 
     assert (await coins(clients, buyer), await coins(clients, other)) == (credited, 0)
+
+
+async def test_a_transaction_bought_for_an_account_is_redeemed_by_that_account_only(
+    clients: Clients, apple_wallet: AppleWallet
+) -> None:
+    """The app sets appAccountToken to app_account_token(account id): a leaked signed transaction is the buyer's."""
+    buyer, other = await create_account(clients), await create_account(clients)
+    genuine = apple.transaction(apple.new_transaction_id(), PRODUCT, appAccountToken=app_account_token(buyer))
+    signed = apple_wallet.chain.sign(genuine)
+
+    await expect_error(
+        apple_wallet.redeem(other, signed), grpc.StatusCode.FAILED_PRECONDITION, "PAYMENT_VERIFICATION_FAILED"
+    )
+
+    assert (await apple_wallet.redeem(buyer, signed)).balance.coins > 0
+    assert await coins(clients, other) == 0
 
 
 @pytest.mark.parametrize(

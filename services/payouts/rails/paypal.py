@@ -51,6 +51,8 @@ from services.runtime.http_ingress import Answer, Rejected, Unsigned
 log = structlog.get_logger()
 
 PAYPAL_CERT_HOSTS = ["api.paypal.com", "api.sandbox.paypal.com"]
+PAYPAL_LIVE_CERT_HOST = "api.paypal.com"
+PAYPAL_LIVE_API = "https://api-m.paypal.com"
 WEBHOOK_PATH = "/webhooks/paypal"
 PAYER_ID = re.compile(r"^[A-Z0-9]{13}$")
 # Currencies PayPal takes without decimals (its currency codes page); the rest have two.
@@ -81,13 +83,15 @@ class PayPalSettings(BaseSettings):
     # The id PayPal gave the webhook subscription (part of what each webhook's signature covers).
     webhook_id: str = ""
     # PayPal's API (https://api-m.sandbox.paypal.com for its sandbox); the tests point it at a loopback fake.
-    api_base: str = "https://api-m.paypal.com"
+    api_base: str = PAYPAL_LIVE_API
     # The only hosts a webhook's PAYPAL-CERT-URL may name (JSON list): PayPal's, or the tests' loopback fake.
-    cert_hosts: list[str] = Field(default_factory=lambda: list(PAYPAL_CERT_HOSTS))
+    # (PayPal's sandbox signs from api.sandbox.paypal.com: a staging deployment against it adds that host.)
+    cert_hosts: list[str] = Field(default_factory=lambda: [PAYPAL_LIVE_CERT_HOST])
     # How old a webhook's PAYPAL-TRANSMISSION-TIME may be (a captured webhook replayed later is refused).
     webhook_tolerance_seconds: int = Field(default=300, gt=0, le=86_400)
 
-    def production_problems(self) -> list[str]:
+    def production_problems(self, *, staging: bool = False) -> list[str]:
+        """staging: PayPal's sandbox is allowed (test money: withdrawals would be PAID while nobody is paid)."""
         problems = missing_files(
             {
                 "COINSTREAM_PAYPAL_CLIENT_ID": self.client_id,
@@ -95,7 +99,13 @@ class PayPalSettings(BaseSettings):
                 "COINSTREAM_PAYPAL_WEBHOOK_ID": self.webhook_id,
             }
         )
-        foreign = sorted(set(self.cert_hosts) - set(PAYPAL_CERT_HOSTS))
+        allowed = set(PAYPAL_CERT_HOSTS) if staging else {PAYPAL_LIVE_CERT_HOST}
+        foreign = sorted(set(self.cert_hosts) - allowed)
+        if self.api_base != PAYPAL_LIVE_API and not staging:
+            problems.append(
+                f"COINSTREAM_PAYPAL_API_BASE is {self.api_base}, not PayPal's live API ({PAYPAL_LIVE_API}): withdrawals"
+                " would be marked paid while nobody is (set COINSTREAM_ALLOW_SANDBOX_PROVIDERS=true only on staging)"
+            )
         if foreign:
             problems.append(
                 f"COINSTREAM_PAYPAL_CERT_HOSTS names {', '.join(foreign)}: only PayPal's hosts may sign its webhooks"
@@ -130,6 +140,11 @@ class PayPalPayoutProvider:
     async def submit(
         self, *, withdrawal_id: str, destination: str, amount_minor: int, currency_code: str
     ) -> PayoutResult:
+        return await self._submit(withdrawal_id, destination, amount_minor, currency_code, resuming=False)
+
+    async def _submit(
+        self, withdrawal_id: str, destination: str, amount_minor: int, currency_code: str, *, resuming: bool
+    ) -> PayoutResult:
         recipient_type = recipient_type_of(destination)
         if recipient_type is None:
             return PayoutResult(PayoutState.FAILED, withdrawal_id, "the destination is no PayPal email or payer id")
@@ -138,6 +153,12 @@ class PayPalPayoutProvider:
         if response.status_code == 400 and (original := duplicate_batch_link(_json(response))):
             log.info("paypal_payout_already_made", withdrawal_id=withdrawal_id)  # the sender_batch_id was taken
             return await self._batch_result(original)
+        if response.status_code in (400, 422) and (resuming or names_the_sender_batch_id(_json(response))):
+            # A payout may exist that this answer does not lead to (its link missing or unreadable, or a refusal of
+            # a request PayPal may have taken before): its outcome is unknown, never a failure that gives the
+            # diamonds back while PayPal pays. Asked again on the next pass; an operator sees the error.
+            log.error("paypal_payout_outcome_unknown", withdrawal_id=withdrawal_id, status=response.status_code)
+            raise PayPalError(f"PayPal refused a payout it may have made ({response.status_code}); asking again later")
         if response.status_code in (400, 422):
             # Refused as it stands (a receiver PayPal does not take, an amount out of range): never paid.
             return PayoutResult(
@@ -150,9 +171,7 @@ class PayPalPayoutProvider:
         self, *, withdrawal_id: str, destination: str, amount_minor: int, currency_code: str
     ) -> PayoutResult:
         # The same sender_batch_id and request id: PayPal answers the original, or makes it now if it never got it.
-        return await self.submit(
-            withdrawal_id=withdrawal_id, destination=destination, amount_minor=amount_minor, currency_code=currency_code
-        )
+        return await self._submit(withdrawal_id, destination, amount_minor, currency_code, resuming=True)
 
     async def status(self, *, withdrawal_id: str, provider_reference: str) -> PayoutResult:
         return await self._batch_result(f"/v1/payments/payouts/{provider_reference}")
@@ -241,11 +260,17 @@ def item_result(batch: Mapping[str, Any]) -> PayoutResult:
     return PayoutResult(PayoutState.PROCESSING, reference)
 
 
+def names_the_sender_batch_id(error: Mapping[str, Any]) -> bool:
+    """PayPal's refusal is about the sender_batch_id: one used before, by a payout that exists."""
+    details = error.get("details") or []
+    return any(str(d.get("field", "")).upper() == "SENDER_BATCH_ID" for d in details if isinstance(d, Mapping))
+
+
 def duplicate_batch_link(error: Mapping[str, Any]) -> str:
     """The path of the original payout when PayPal refused a sender_batch_id used before ("" otherwise): its error
     carries a HATEOAS link to it."""
     details = error.get("details") or []
-    if not any(str(d.get("field", "")).upper() == "SENDER_BATCH_ID" for d in details if isinstance(d, Mapping)):
+    if not names_the_sender_batch_id(error):
         return ""
     links = [*(error.get("links") or [])]
     for detail in details:

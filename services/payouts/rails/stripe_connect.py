@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.payouts import domain
 from services.payouts.payout_notices import NoticeOutcome, apply_payout_notice
 from services.payouts.ports import PayoutResult, PayoutsStore, PayoutState
-from services.payouts.rails.secrets import missing_files, read_secret_file
+from services.payouts.rails.secrets import RailSettingError, missing_files, read_secret_file
 from services.runtime.http_ingress import Answer, Rejected, Unsigned
 
 log = structlog.get_logger()
@@ -40,6 +40,7 @@ CONNECTED_ACCOUNT = re.compile(r"^acct_[A-Za-z0-9]{1,64}$")
 # declines); AuthenticationError (our key) and RateLimitError are ours to fix or wait out, so the outcome stays unknown.
 REFUSALS = (stripe.InvalidRequestError, stripe.PermissionError, stripe.CardError)
 WEBHOOK_PATH = "/webhooks/stripe"
+STRIPE_API = "https://api.stripe.com"
 
 
 class StripeConnectSettings(BaseSettings):
@@ -52,17 +53,37 @@ class StripeConnectSettings(BaseSettings):
     secret_key_file: str = ""
     webhook_secret_file: str = ""
     # Stripe's API; the tests point it at a loopback fake.
-    api_base: str = "https://api.stripe.com"
+    api_base: str = STRIPE_API
     # How old a webhook's signed timestamp may be (Stripe's default: replays of older captures are refused).
     webhook_tolerance_seconds: int = Field(default=300, gt=0, le=3600)
 
-    def production_problems(self) -> list[str]:
-        return missing_files(
+    def production_problems(self, *, staging: bool = False) -> list[str]:
+        """staging: Stripe's test mode is allowed (test money: withdrawals would be PAID while nobody is paid)."""
+        problems = missing_files(
             {
                 "COINSTREAM_STRIPE_CONNECT_SECRET_KEY_FILE": self.secret_key_file,
                 "COINSTREAM_STRIPE_CONNECT_WEBHOOK_SECRET_FILE": self.webhook_secret_file,
             }
         )
+        if staging:
+            return problems
+        if self.api_base != STRIPE_API:
+            problems.append(f"COINSTREAM_STRIPE_CONNECT_API_BASE is {self.api_base}: production talks to {STRIPE_API}")
+        if self.secret_key_file and _is_a_test_key(self.secret_key_file):
+            problems.append(
+                "COINSTREAM_STRIPE_CONNECT_SECRET_KEY_FILE holds a test-mode key: withdrawals would be marked paid"
+                " while nobody is (set COINSTREAM_ALLOW_SANDBOX_PROVIDERS=true only on staging)"
+            )
+        return problems
+
+
+def _is_a_test_key(path: str) -> bool:
+    """A key file that cannot be read is no test key here: reading it at start names that problem."""
+    try:
+        key = read_secret_file("COINSTREAM_STRIPE_CONNECT_SECRET_KEY_FILE", path)
+    except RailSettingError:
+        return False
+    return key.startswith(("sk_test_", "rk_test_"))
 
 
 class StripeConnectProvider:
@@ -178,8 +199,11 @@ class StripeWebhook:
         return cls(store, stripe.StripeClient("unused"), secret, settings.webhook_tolerance_seconds)
 
     async def __call__(self, body: bytes, headers: Mapping[str, str]) -> Answer:
+        signature = headers.get("stripe-signature")
+        if not signature:
+            raise Unsigned("no Stripe-Signature")
         try:
-            self._client.construct_event(body, headers.get("stripe-signature"), self._secret, self._tolerance)
+            self._client.construct_event(body, signature, self._secret, self._tolerance)
         except stripe.SignatureVerificationError:
             raise Unsigned("the Stripe-Signature does not verify") from None
         except ValueError:  # the signature verified but the body is no JSON: not from Stripe's event format

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal, Self, TypeVar
@@ -41,6 +43,14 @@ UNSIGNED_ENVIRONMENTS = frozenset({"Xcode", "LocalTesting"})
 # Apple states prices and refund percentages in milliunits: 1,000 to the currency unit, 100,000 to 100 %.
 PRICE_MILLIUNITS = 1000
 REVOCATION_MILLIUNITS = 100_000
+VERIFICATION_THREADS = 4
+# The app sets StoreKit's appAccountToken to app_account_token(account id) when it buys (a UUID, as Apple requires):
+# a transaction that carries one is then redeemed by that account only.
+APP_ACCOUNT_TOKEN_NAMESPACE = uuid.UUID("064f85f0-3e8a-5648-8cca-c028e0f54639")  # uuid5(URL, coinstream:app-…-token)
+
+
+def app_account_token(account_id: str) -> str:
+    return str(uuid.uuid5(APP_ACCOUNT_TOKEN_NAMESPACE, account_id))
 
 
 class AppStoreSettingError(ValueError):
@@ -272,9 +282,18 @@ class AppStoreVerifier:
 
     def __init__(self, verifier: SignedDataVerifier) -> None:
         self._verifier = verifier
+        # Threads of its own: an OCSP check that hangs (up to the library's own timeouts) must not hold the event
+        # loop's default executor, which other rails (Google Play's API calls) share. Bounded: verifications past
+        # these wait their turn, and the redeem's timeout answers UNAVAILABLE.
+        self._threads = ThreadPoolExecutor(max_workers=VERIFICATION_THREADS, thread_name_prefix="app-store-verify")
 
     async def verify(self, redeem: RedeemStorePurchase) -> StoreProof:
-        return transaction_proof(await self.transaction(redeem.signed_transaction))
+        payload = await self.transaction(redeem.signed_transaction)
+        token = payload.appAccountToken
+        if token and token.lower() != app_account_token(redeem.account_id):
+            # The app bought it for another account: a leaked signed transaction is no one else's to redeem.
+            raise failed_precondition("PAYMENT_VERIFICATION_FAILED", "the App Store transaction is another account's")
+        return transaction_proof(payload)
 
     async def finish(self, proof: StoreProof) -> None:
         """Nothing: a StoreKit 2 transaction is finished by the app, once it sees the coins credited."""
@@ -289,10 +308,9 @@ class AppStoreVerifier:
         verify = self._verifier.verify_and_decode_notification
         return await self._verified(verify, signed_payload, "the App Store notification")
 
-    @staticmethod
-    async def _verified(verify: Callable[[str], T], signed: str, what: str) -> T:
+    async def _verified(self, verify: Callable[[str], T], signed: str, what: str) -> T:
         try:
-            return await asyncio.to_thread(verify, signed)
+            return await asyncio.get_running_loop().run_in_executor(self._threads, verify, signed)
         except VerificationException as error:
             if error.status is VerificationStatus.RETRYABLE_VERIFICATION_FAILURE:  # Apple's OCSP did not answer
                 raise unavailable(

@@ -51,6 +51,7 @@ log = structlog.get_logger()
 RAIL = Store.GOOGLE_PLAY.value
 SCOPE = "https://www.googleapis.com/auth/androidpublisher"
 API_URL = "https://androidpublisher.googleapis.com/"
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 # ProductPurchase fields (androidpublisher v3).
 PURCHASED, CANCELED, PENDING = 0, 1, 2  # purchaseState
@@ -104,7 +105,7 @@ class GooglePlaySettings(BaseSettings):
     push_audience: str = ""
     push_service_account_email: str = ""
     # Where Google publishes the certificates it signs push tokens with (tests: their own).
-    certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    certs_url: str = GOOGLE_CERTS_URL
     # The pass over the Voided Purchases API (refunds and chargebacks Google does not push): every interval, at most
     # this many pages of 1,000 per pass (the API allows 6,000 queries a day), each sweep going back to the previous
     # sweep's start less the overlap (30 days after a start).
@@ -127,9 +128,16 @@ class GooglePlaySettings(BaseSettings):
             "push_audience": "without it any Google-signed token would do",
             "push_service_account_email": "without it a token Google signed for anyone's service account would do",
         }
-        return [
+        problems = [
             f"{self.env_name(field)} is unset ({why})" for field, why in required.items() if not getattr(self, field)
         ]
+        # Another address would be believed: another API's answers, another key set's push tokens.
+        problems += [
+            f"{self.env_name(field)} is {getattr(self, field)}: production asks Google's own ({google})"
+            for field, google in (("api_url", API_URL), ("certs_url", GOOGLE_CERTS_URL))
+            if getattr(self, field) != google
+        ]
+        return problems
 
     @classmethod
     def env_name(cls, field: str) -> str:

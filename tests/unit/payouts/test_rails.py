@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pydantic
 import pytest
 from cryptography import x509
@@ -71,6 +73,34 @@ def test_a_duplicate_sender_batch_id_answers_the_original_payouts_path() -> None
     assert paypal.duplicate_batch_link(refusal) == "/v1/payments/payouts/T4RDDPCMVVQUY"
     other = {"name": "VALIDATION_ERROR", "details": [{"field": "items[0].receiver"}], "links": refusal["links"]}
     assert paypal.duplicate_batch_link(other) == ""
+
+
+def paypal_answering(status: int, body: dict[str, object]) -> paypal.PayPalPayoutProvider:
+    """The provider against httpx's own in-process transport, answering every payout request the same way."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/oauth2/token":
+            return httpx.Response(200, json={"access_token": "token", "expires_in": 3600})
+        return httpx.Response(status, json=body)
+
+    client = httpx.AsyncClient(base_url="https://paypal.test", transport=httpx.MockTransport(answer))
+    return paypal.PayPalPayoutProvider(client, "client", "secret")
+
+
+PAYOUT = {"withdrawal_id": "wd_1", "destination": "creator@example.com", "amount_minor": 1000, "currency_code": "USD"}
+NO_LINK_DUPLICATE = {"name": "USER_BUSINESS_ERROR", "details": [{"field": "SENDER_BATCH_ID"}]}
+INVALID_RECEIVER = {"name": "VALIDATION_ERROR", "details": [{"field": "items[0].receiver"}]}
+
+
+async def test_a_refusal_that_may_hide_a_payout_made_is_an_unknown_outcome_never_a_failure() -> None:
+    """A duplicate sender_batch_id without a readable link to the original, or any refusal of a resumed request
+    (the first may have been taken), must not fail the withdrawal (its diamonds would come back while PayPal pays)."""
+    with pytest.raises(paypal.PayPalError):
+        await paypal_answering(400, NO_LINK_DUPLICATE).submit(**PAYOUT)
+    with pytest.raises(paypal.PayPalError):
+        await paypal_answering(422, INVALID_RECEIVER).resume(**PAYOUT)
+    refused = await paypal_answering(422, INVALID_RECEIVER).submit(**PAYOUT)  # a first request, refused as it is
+    assert refused.state is PayoutState.FAILED
 
 
 # --- PayPal: webhooks -------------------------------------------------------------------------------------------------
@@ -232,6 +262,30 @@ def test_production_refuses_a_real_provider_without_its_credentials(
 def test_production_refuses_paypal_certificates_from_other_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COINSTREAM_PAYPAL_CERT_HOSTS", '["api.paypal.com", "127.0.0.1"]')
     assert any("127.0.0.1" in problem for problem in paypal.PayPalSettings().production_problems())
+
+
+def test_production_refuses_the_providers_test_modes_unless_staging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Withdrawals paid in a provider's test mode would be PAID while nobody is paid."""
+    test_key = tmp_path / "key"
+    test_key.write_text("sk_test_123\n")
+    stripe_test = stripe_connect.StripeConnectSettings(secret_key_file=str(test_key), webhook_secret_file="/w")
+    assert any("test-mode key" in problem for problem in stripe_test.production_problems())
+    other_api = stripe_connect.StripeConnectSettings(
+        secret_key_file="/k", webhook_secret_file="/w", api_base="http://x"
+    )
+    assert any("API_BASE" in problem for problem in other_api.production_problems())
+    sandbox = paypal.PayPalSettings(
+        client_id="c",
+        client_secret_file="/s",
+        webhook_id="w",
+        api_base="https://api-m.sandbox.paypal.com",
+        cert_hosts=["api.sandbox.paypal.com"],
+    )
+    assert len(sandbox.production_problems()) == 2  # the API and the certificates' host
+    for staging in (stripe_test, other_api, sandbox):
+        assert staging.production_problems(staging=True) == []
 
 
 def test_a_missing_secret_file_stops_the_start_naming_its_setting() -> None:

@@ -437,6 +437,14 @@ def test_production_refuses_google_play_without_the_push_audience_and_account(
     clean_environment.setenv("COINSTREAM_GOOGLE_PLAY_PUSH_SERVICE_ACCOUNT_EMAIL", PUSH_SERVICE_ACCOUNT)
     assert WalletSettings().google_play.production_problems() == []
     assert GooglePlaySettings(enabled=False).production_problems() == []
+    # Another address would be believed: the tests' loopback Google has no place in production.
+    clean_environment.setenv("COINSTREAM_GOOGLE_PLAY_CERTS_URL", "http://127.0.0.1:1/certs")
+    clean_environment.setenv("COINSTREAM_GOOGLE_PLAY_API_URL", "http://127.0.0.1:1/")
+    problems = WalletSettings().google_play.production_problems()
+    assert [problem.split(" ")[0] for problem in problems] == [
+        "COINSTREAM_GOOGLE_PLAY_API_URL",
+        "COINSTREAM_GOOGLE_PLAY_CERTS_URL",
+    ]
 
 
 def test_test_purchases_buy_coins_in_development_and_on_staging_only(clean_environment: pytest.MonkeyPatch) -> None:

@@ -270,3 +270,35 @@ async def test_a_notice_of_no_purchase_of_ours_is_only_recorded(wallet: Wallet) 
     notice = domain.RailPayment("sandbox", "evt_9", "pi_elsewhere", "", True)
     assert await wallet.service.settle_by_rail(notice, "payment_intent.succeeded") is domain.RailPaymentOutcome.UNKNOWN
     assert store.state.notifications == {("sandbox", "evt_9")}
+
+
+async def test_a_refund_of_a_charge_still_pending_waits_for_its_credit(wallet: Wallet) -> None:
+    """Stripe may send charge.refunded (or a dispute) before the payment_intent.succeeded that completes the
+    purchase (a webhook retried later, a crash before the charge's answer was kept): the refund waits and the credit
+    applies it, so the buyer never keeps coins whose money went back."""
+    fan, _, pending = await pending_purchase(wallet)
+    intent_id = f"pi_{pending.purchase_id}"
+    refund = domain.RailReversal("sandbox", "evt_refund", intent_id, Fraction(1), "refund")
+
+    assert await wallet.service.reverse_by_rail(refund, "charge.refunded") is domain.RailReversalOutcome.WAITING
+    paid = domain.RailPayment("sandbox", "evt_paid", intent_id, pending.purchase_id, True)
+    assert await wallet.service.settle_by_rail(paid, "payment_intent.succeeded") is domain.RailPaymentOutcome.COMPLETED
+
+    assert await wallet.balance(fan) == domain.Balance()
+    assert (await wallet.service.get_purchase(pending.purchase_id)).state is domain.PurchaseState.REVERSED
+
+
+async def test_a_payment_taken_after_its_decline_is_credited(wallet: Wallet) -> None:
+    """3-D Secure failed (declined), then the buyer paid the same PaymentIntent with another card: the money is
+    taken, so the coins are given (the request's key keeps the decline it answered then)."""
+    fan, command, pending = await pending_purchase(wallet)
+    intent_id = f"pi_{pending.purchase_id}"
+    failed = domain.RailPayment("sandbox", "evt_failed", intent_id, "", False, "authentication failed")
+    await wallet.service.settle_by_rail(failed, "payment_intent.payment_failed")
+
+    paid = domain.RailPayment("sandbox", "evt_paid", intent_id, "", True)
+    assert await wallet.service.settle_by_rail(paid, "payment_intent.succeeded") is domain.RailPaymentOutcome.COMPLETED
+
+    assert await wallet.balance(fan) == domain.Balance(330, 0)
+    assert (await wallet.service.get_purchase(pending.purchase_id)).state is domain.PurchaseState.COMPLETED
+    assert (await refusal(wallet.service.purchase(command))).reason == "PAYMENT_DECLINED"
