@@ -19,7 +19,13 @@ from services.wallet.ports import PaymentProvider, StoreVerifier
 from services.wallet.service import WalletService
 from services.wallet.servicer import WalletServicer
 from services.wallet.store import WALLET_OUTBOX, PostgresWalletStore
-from services.wallet.stores import app_store, app_store_notifications, google_play, google_play_notifications
+from services.wallet.stores import (
+    app_store,
+    app_store_history,
+    app_store_notifications,
+    google_play,
+    google_play_notifications,
+)
 from services.wallet.stripe_payments import StripePaymentProvider, StripeSettings
 from services.wallet.stripe_webhooks import StripeWebhooks
 
@@ -63,12 +69,7 @@ async def main() -> None:
     add_webhooks(http, wallet)
     servicer = WalletServicer(wallet)
     if app_store_verifier is not None:
-        http.add_endpoint(
-            app_store_notifications.PATH,
-            app_store_notifications.AppStoreNotifications(
-                wallet, app_store_verifier, app_store.consumption_reporter(app_store_settings)
-            ),
-        )
+        serve_app_store(app_store_settings, runtime, http, app_store_verifier, wallet)
     runtime.add_service(
         wallet_pb2_grpc.add_WalletServiceServicer_to_server,
         servicer,
@@ -99,6 +100,30 @@ async def main() -> None:
         probes = {"outbox": lambda: outbox.measure_backlog(pool, WALLET_OUTBOX)}
         runtime.add_periodic("metrics", settings.metrics_poll_interval_seconds, lambda: polling.poll_once(probes))
     await runtime.run()
+
+
+def serve_app_store(
+    settings: app_store.AppStoreSettings,
+    runtime: ServiceRuntime,
+    http: HttpIngress,
+    verifier: app_store.AppStoreVerifier,
+    wallet: WalletService,
+) -> None:
+    """Its notifications endpoint, and with a Server API key the pass over the notifications Apple failed to send."""
+    api = app_store.server_api(settings)  # the key's file is read now: a bad one stops the start, named
+    notifications = app_store_notifications.AppStoreNotifications(
+        wallet, verifier, app_store.consumption_reporter(settings, api)
+    )
+    http.add_endpoint(app_store_notifications.PATH, notifications)
+    if api is None:
+        return
+    history = app_store_history.NotificationHistoryPass(
+        api,
+        notifications,
+        window_ms=int(settings.history_window_hours * app_store_history.HOUR_MS),
+        pages_per_pass=settings.history_pages_per_pass,
+    )
+    runtime.add_periodic("app_store_notification_history", settings.history_interval_seconds, history)
 
 
 def google_play_api(settings: google_play.GooglePlaySettings) -> google_play.PlayDeveloperApi:

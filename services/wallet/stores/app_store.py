@@ -1,7 +1,7 @@
 """The Apple App Store rail, on Apple's own app-store-server-library: a StoreKit 2 signed transaction (a JWS whose x5c
 chain ends at Apple's root) is verified offline against the configured roots, bundle id and environment, and becomes
 the wallet's StoreProof; the same verifier decodes App Store Server Notifications V2 (app_store_notifications.py),
-and the App Store Server API client answers Apple's consumption requests.
+and the App Store Server API client answers Apple's consumption requests and reads its notification history.
 
 The library is synchronous (its OCSP checks use requests): each verification runs in a worker thread, so that the
 event loop never waits on Apple's OCSP responder.
@@ -88,6 +88,12 @@ class AppStoreSettings(BaseSettings):
     # it when the terms of sale the buyers accept include that consent. Unset, CONSUMPTION_REQUESTs are recorded and
     # left unanswered (Apple then decides the refund without our data).
     customers_consent_to_consumption_data: bool = False
+    # The pass over Get Notification History (app_store_history.py), with the Server API key: Apple stops retrying a
+    # notification after a few days, so every interval the notifications it failed to deliver in the last window
+    # (Apple keeps 180 days) are fetched, at most this many pages of 20 per pass.
+    history_interval_seconds: float = Field(default=3600.0, gt=0, le=86_400)
+    history_window_hours: float = Field(default=72.0, gt=0, le=180 * 24)
+    history_pages_per_pass: int = Field(default=10, ge=1, le=100)
 
     # The service's own settings this one depends on (their usual names, without this prefix).
     service_environment: Literal["development", "production"] = Field(
@@ -385,11 +391,21 @@ class ConsumptionReporter:
         await self._api.send_consumption_information(transaction_id, consumption_request(consumption))
 
 
-def consumption_reporter(settings: AppStoreSettings) -> ConsumptionReporter | None:
-    """None when consumption data may not be sent (no consent, no API key, or Xcode, which has no Server API)."""
-    if not (settings.customers_consent_to_consumption_data and settings.server_api_configured):
+def consumption_reporter(
+    settings: AppStoreSettings, api: AppStoreServerApi | None = None
+) -> ConsumptionReporter | None:
+    """None when consumption data may not be sent (no consent, no API key, or Xcode, which has no Server API). api:
+    the client already made of these settings (server_api), if any."""
+    if not settings.customers_consent_to_consumption_data:
         return None
-    if settings.environment == "Xcode":
+    api = api or server_api(settings)
+    return ConsumptionReporter(api) if api is not None else None
+
+
+def server_api(settings: AppStoreSettings) -> AppStoreServerApi | None:
+    """The App Store Server API with the In-App Purchase key (read now: a bad file stops the process, naming its
+    setting); None without a key, or in Xcode, which has no Server API."""
+    if not settings.server_api_configured or settings.environment == "Xcode":
         return None
     key = _read(settings.env_name("api_private_key_file"), settings.api_private_key_file)
     try:
@@ -405,4 +421,4 @@ def consumption_reporter(settings: AppStoreSettings) -> ConsumptionReporter | No
         raise AppStoreSettingError(
             f"{settings.env_name('api_private_key_file')}: {settings.api_private_key_file!r} is no PEM private key"
         ) from None
-    return ConsumptionReporter(api)
+    return api

@@ -2,7 +2,9 @@
 
 The body is {"signedPayload": "<JWS>"}; the payload is verified by Apple's library (AppStoreVerifier) before anything
 is looked at: a body that is no notification is refused 400, a payload that does not verify 401, and nothing moves.
-Each notification takes effect once: its notificationUUID is recorded in the transaction that applies it.
+Each notification takes effect once: its notificationUUID is recorded in the transaction that applies it. Those
+Apple failed to deliver are fetched from its notification history (app_store_history.py) and handled by the same
+AppStoreNotifications.handle.
 
 - REFUND and REVOKE reverse the purchase of the transaction they carry, up to Apple's revocationPercentage (a
   partial refund) or whole; one that arrives before the transaction is redeemed waits for the redeem.
@@ -51,7 +53,13 @@ class AppStoreNotifications:
         self._consumption = consumption
 
     async def __call__(self, body: bytes, headers: Mapping[str, str]) -> Answer:
-        notification = await self._verified(self._verifier.notification, signed_payload(body))
+        return await self.handle(signed_payload(body))
+
+    async def handle(self, signed_payload: str) -> Answer:
+        """One notification's signedPayload, pushed or fetched from Apple's history (app_store_history.py): the same
+        verification, and the same effect once per notificationUUID whichever path brings it first. Raises
+        Unsigned (does not verify) or Rejected (verifies, but is no notification we take), with nothing moved."""
+        notification = await self._verified(self._verifier.notification, signed_payload)
         notification_id, kind = notification.notificationUUID, notification.rawNotificationType
         if not notification_id or not kind:
             raise Rejected("a notification without its notificationUUID or notificationType")
