@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -41,6 +42,12 @@ class AppleWallet:
     http_url: str
     chain: apple.SigningChain
     server_api: apple.FakeServerApi
+    log_path: Path
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        """The replica's log lines (JSON) of this event."""
+        lines = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("event") == event]
 
     def signed_transaction(self, transaction_id: str, **changes: Any) -> str:
         return self.chain.sign(apple.transaction(transaction_id, PRODUCT, **changes))
@@ -67,8 +74,24 @@ class AppleWallet:
 
     async def refund(self, transaction_id: str, revocation_percentage: int | None = None) -> httpx.Response:
         """Apple's REFUND notification of the transaction (a partial one with a revocation percentage)."""
+        return await self.notify(self.refund_notification(transaction_id, revocation_percentage))
+
+    def refund_notification(self, transaction_id: str, revocation_percentage: int | None = None) -> dict[str, Any]:
         revoked = apple.refunded(apple.transaction(transaction_id, PRODUCT), revocation_percentage)
-        return await self.notify(apple.notification("REFUND", self.chain.sign(revoked)))
+        return apple.notification("REFUND", self.chain.sign(revoked))
+
+    async def swept(self, signed_payload: str) -> None:
+        """Until the history pass has read the payload and handled it: a later sweep began after the page that
+        served it (a sweep handles a page's notifications before it asks for anything else)."""
+
+        start = len(self.server_api.history_requests)
+
+        async def handled() -> bool:
+            requests = self.server_api.history_requests[start:]
+            served = next((i for i, r in enumerate(requests) if signed_payload in r.served), None)
+            return served is not None and any(r.pagination_token is None for r in requests[served + 1 :])
+
+        assert await eventually(handled, bool), "the history pass never handled the payload"
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -89,12 +112,16 @@ async def apple_wallet(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -
         "COINSTREAM_APP_STORE_API_PRIVATE_KEY_FILE": str(key.write(folder / "SubscriptionKey.p8")),
         "COINSTREAM_APP_STORE_API_BASE_URL": await server_api.start(),
         "COINSTREAM_APP_STORE_CUSTOMERS_CONSENT_TO_CONSUMPTION_DATA": "true",
+        # The pass over Apple's notification history, every half second, three pages of a sweep at most per pass.
+        "COINSTREAM_APP_STORE_HISTORY_INTERVAL_SECONDS": "0.5",
+        "COINSTREAM_APP_STORE_HISTORY_PAGES_PER_PASS": "3",
         "COINSTREAM_STORE_PRODUCTS": json.dumps({PRODUCT: "coins_1321"}),
     }
     replica = await asyncio.to_thread(stack.start_replica, "wallet", settings)
     try:
         async with stack.aio_channel(replica.address) as channel:
-            yield AppleWallet(wallet_pb2_grpc.WalletServiceStub(channel), replica.http_url, chain, server_api)
+            stub = wallet_pb2_grpc.WalletServiceStub(channel)
+            yield AppleWallet(stub, replica.http_url, chain, server_api, replica.log_path)
     finally:
         assert replica.process is not None
         await asyncio.to_thread(stop_process, replica.process)
@@ -321,3 +348,105 @@ async def test_notifications_that_move_nothing_are_recorded_once(clients: Client
 
     assert [(a.status_code, a.json()["outcome"]) for a in answers] == [(200, "recorded")] * 4 + [(200, "duplicate")]
     assert await coins(clients, account_id) == credited
+
+
+# --- the notification history pass --------------------------------------------------------------------------------
+
+
+async def until_status(clients: Clients, purchase_id: str, status: int) -> w.Purchase:
+    found = await eventually(lambda: get_purchase(clients, purchase_id), lambda p: p.status == status)
+    assert found.status == status
+    return found
+
+
+async def test_a_refund_apple_never_delivered_is_applied_by_the_history_pass(
+    clients: Clients, apple_wallet: AppleWallet
+) -> None:
+    account_id, transaction_id = await create_account(clients), apple.new_transaction_id()
+    purchase = (await apple_wallet.redeem(account_id, apple_wallet.signed_transaction(transaction_id))).purchase
+    refund = apple_wallet.refund_notification(transaction_id)
+
+    apple_wallet.server_api.add_to_history(apple_wallet.chain.sign(refund))  # its pushes all failed
+
+    found = await until_status(clients, purchase.purchase_id, w.PURCHASE_STATUS_REVERSED)
+    assert (found.reversed_coins, found.reversed_bonus_coins) == (PACKAGE_COINS, purchase.bonus_coins)
+    assert await coins(clients, account_id) == 0
+    # The push that finally arrives (the same notificationUUID) finds it applied.
+    assert (await apple_wallet.notify(refund)).json() == {"outcome": "duplicate"}
+    requests = apple_wallet.server_api.history_requests
+    assert all(r.body["onlyFailures"] is True for r in requests)
+    assert apple_wallet.server_api.unauthorized == 0
+
+
+async def test_a_notification_both_pushed_and_in_the_history_takes_effect_once(
+    clients: Clients, apple_wallet: AppleWallet
+) -> None:
+    account_id, transaction_id = await create_account(clients), apple.new_transaction_id()
+    purchase = (await apple_wallet.redeem(account_id, apple_wallet.signed_transaction(transaction_id))).purchase
+    refund = apple_wallet.refund_notification(transaction_id, revocation_percentage=50_000)  # half
+    signed = apple_wallet.chain.sign(refund)
+
+    pushed = await apple_wallet.post(json.dumps({"signedPayload": signed}).encode())
+    applied_by_the_pass = len(apple_wallet.logged("app_store_history_notification_applied"))
+    apple_wallet.server_api.add_to_history(signed)  # Apple never saw our 2xx: it keeps retrying, and lists it
+    await apple_wallet.swept(signed)
+
+    assert pushed.json() == {"outcome": "applied"}
+    # The pass found it a duplicate (it logs what it applied: nothing more).
+    assert len(apple_wallet.logged("app_store_history_notification_applied")) == applied_by_the_pass
+    found = await get_purchase(clients, purchase.purchase_id)
+    assert (found.status, found.reversed_coins) == (w.PURCHASE_STATUS_PARTIALLY_REVERSED, (PACKAGE_COINS + 1) // 2)
+    after_push = await coins(clients, account_id)
+    await apple_wallet.swept(signed)  # read again by a later sweep (the overlap): still nothing more
+    assert await coins(clients, account_id) == after_push
+    assert (await get_purchase(clients, purchase.purchase_id)).reversed_coins == (PACKAGE_COINS + 1) // 2
+
+
+async def test_a_forged_payload_in_the_history_is_skipped_and_the_rest_applied(
+    clients: Clients, apple_wallet: AppleWallet
+) -> None:
+    account_id = await create_account(clients)
+    forged_id, genuine_id = apple.new_transaction_id(), apple.new_transaction_id()
+    forged_purchase = (await apple_wallet.redeem(account_id, apple_wallet.signed_transaction(forged_id))).purchase
+    genuine_purchase = (await apple_wallet.redeem(account_id, apple_wallet.signed_transaction(genuine_id))).purchase
+    forger = apple.signing_chain("Forger")
+    revoked = apple.refunded(apple.transaction(forged_id, PRODUCT))
+    forged = forger.sign(apple.notification("REFUND", forger.sign(revoked)))
+    genuine = apple_wallet.chain.sign(apple_wallet.refund_notification(genuine_id))
+    real_refund = apple_wallet.chain.sign(apple_wallet.refund_notification(forged_id))
+    tampered = apple.tampered(real_refund, notificationUUID="x")  # its signature no longer matches
+
+    for payload in (forged, tampered, "not a JWS", genuine):
+        apple_wallet.server_api.add_to_history(payload)  # on one page, the genuine refund last
+
+    await until_status(clients, genuine_purchase.purchase_id, w.PURCHASE_STATUS_REVERSED)
+    await apple_wallet.swept(forged)
+    assert (await get_purchase(clients, forged_purchase.purchase_id)).status == w.PURCHASE_STATUS_COMPLETED
+    assert await coins(clients, account_id) == forged_purchase.coins + forged_purchase.bonus_coins
+    refusals = apple_wallet.logged("app_store_history_notification_refused")
+    assert {line["status"] for line in refusals} == {401}
+    log = apple_wallet.log_path.read_text()
+    assert all(payload not in log for payload in (forged, tampered, genuine))  # bearer proofs: never logged
+
+
+async def test_the_history_pass_follows_the_pagination_token(clients: Clients, apple_wallet: AppleWallet) -> None:
+    account_id = await create_account(clients)
+    transaction_ids = [apple.new_transaction_id(), apple.new_transaction_id()]
+    purchases = [
+        (await apple_wallet.redeem(account_id, apple_wallet.signed_transaction(t))).purchase for t in transaction_ids
+    ]
+    payloads = [apple_wallet.chain.sign(apple_wallet.refund_notification(t)) for t in transaction_ids]
+    server_api = apple_wallet.server_api
+    server_api.page_size = 1
+    try:
+        for payload in payloads:
+            server_api.add_to_history(payload)
+        for purchase in purchases:
+            await until_status(clients, purchase.purchase_id, w.PURCHASE_STATUS_REVERSED)
+    finally:
+        server_api.page_size = 20
+
+    pages = {p: next(r for r in server_api.history_requests if p in r.served) for p in payloads}
+    assert pages[payloads[1]].pagination_token is not None  # the second page, asked for with Apple's token
+    assert pages[payloads[0]] is not pages[payloads[1]]
+    assert await coins(clients, account_id) == 0

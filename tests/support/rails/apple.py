@@ -1,8 +1,8 @@
 """Apple, as the tests play it: a certificate chain shaped as Apple's (root → intermediate → leaf, EC P-256, with
 Apple's marker extensions and key identifiers, so that app-store-server-library's strict X.509 checks pass with no
 change), StoreKit 2 transactions and App Store Server Notifications V2 signed with its leaf (ES256, the three
-certificates in the x5c header), and a loopback App Store Server API that takes consumption information only with
-a bearer token signed by the In-App Purchase key the tests made."""
+certificates in the x5c header), and a loopback App Store Server API that takes consumption information and hands
+out the notification history only with a bearer token signed by the In-App Purchase key the tests made."""
 
 from __future__ import annotations
 
@@ -235,17 +235,43 @@ class ServerApiKey:
         return path
 
 
+@dataclass(frozen=True)
+class HistoryEntry:
+    """A notification of Apple's notification history: its signedPayload, when Apple first tried to send it, and
+    whether any attempt got a 2xx (onlyFailures leaves those out)."""
+
+    signed_payload: str
+    sent_ms: int
+    delivered: bool = False
+
+
+@dataclass(frozen=True)
+class HistoryRequest:
+    """A Get Notification History request the fake answered: its body, its paginationToken, the payloads served."""
+
+    body: dict[str, Any]
+    pagination_token: str | None
+    served: list[str]
+
+
 class FakeServerApi:
-    """The App Store Server API's Send Consumption Information (PUT /inApps/v2/transactions/consumption/{id}),
-    answering 202 as Apple does, and 401 unless the bearer token is an ES256 JWT signed by the key, with its kid,
-    issuer, audience and bundle id."""
+    """The App Store Server API: Send Consumption Information (PUT /inApps/v2/transactions/consumption/{id}),
+    answering 202 as Apple does, and Get Notification History (POST /inApps/v1/notifications/history: the entries
+    sent between startDate and endDate, failures only when asked, page_size a page, hasMore and an opaque
+    paginationToken); 401 unless the bearer token is an ES256 JWT signed by the key, with its kid, issuer, audience
+    and bundle id."""
 
     def __init__(self, key: ServerApiKey, bundle_id: str = BUNDLE_ID) -> None:
         self._key, self._bundle_id = key, bundle_id
         self.consumption: dict[str, list[dict[str, Any]]] = {}
         self.unauthorized = 0
+        self.history: list[HistoryEntry] = []
+        self.page_size = 20  # Apple's
+        self.history_requests: list[HistoryRequest] = []
+        self._pages: dict[str, tuple[int, dict[str, Any]]] = {}  # paginationToken → (offset, the request's body)
         app = web.Application()
         app.router.add_put("/inApps/v2/transactions/consumption/{transaction_id}", self._consumption)
+        app.router.add_post("/inApps/v1/notifications/history", self._notification_history)
         self._runner = web.AppRunner(app, access_log=None)
         self.url = ""
 
@@ -285,3 +311,36 @@ class FakeServerApi:
         body = await request.json()
         self.consumption.setdefault(request.match_info["transaction_id"], []).append(body)
         return web.Response(status=202)
+
+    def add_to_history(self, signed_payload: str, *, delivered: bool = False) -> None:
+        self.history.append(HistoryEntry(signed_payload, now_ms(), delivered))
+
+    async def _notification_history(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            self.unauthorized += 1
+            return web.Response(status=401)
+        body = await request.json()
+        token = request.query.get("paginationToken")
+        if token is None:
+            offset = 0
+        elif token in self._pages and self._pages[token][1] == body:  # a token goes with its own request
+            offset = self._pages.pop(token)[0]
+        else:
+            return web.json_response({"errorCode": 4000008, "errorMessage": "Invalid pagination token."}, status=400)
+        only_failures = bool(body.get("onlyFailures"))
+        matching = [
+            entry.signed_payload
+            for entry in self.history
+            if body["startDate"] <= entry.sent_ms < body["endDate"] and not (only_failures and entry.delivered)
+        ]
+        page = matching[offset : offset + self.page_size]
+        attempts = [{"attemptDate": now_ms(), "sendAttemptResult": "TIMED_OUT"}]
+        answer: dict[str, Any] = {
+            "notificationHistory": [{"signedPayload": payload, "sendAttempts": attempts} for payload in page],
+            "hasMore": offset + len(page) < len(matching),
+        }
+        if answer["hasMore"]:
+            answer["paginationToken"] = next_token = str(uuid.uuid4())
+            self._pages[next_token] = (offset + len(page), body)
+        self.history_requests.append(HistoryRequest(body, token, page))
+        return web.json_response(answer)
