@@ -155,7 +155,10 @@ class AppStoreSettings(BaseSettings):
             )
         for field in ("api_key_id", "api_issuer_id", "api_private_key_file"):
             if not getattr(self, field):
-                problems.append(f"{self.env_name(field)} is unset: Apple's consumption requests cannot be answered")
+                problems.append(
+                    f"{self.env_name(field)} is unset: Apple's consumption requests cannot be answered, nor the"
+                    " notifications it failed to deliver fetched"
+                )
         if self.api_base_url:
             problems.append(
                 f"{self.env_name('api_base_url')} is set: it sends the API key's tokens elsewhere than Apple"
