@@ -379,25 +379,29 @@ class WalletService:
                 "PAYMENT_PROVIDER_UNAVAILABLE", "the store did not answer; retry with the same request_id"
             ) from None
 
-    async def _finish_at_store(self, purchase_id: str, proof: domain.StoreProof) -> None:
-        """Best effort here: what fails is finished by finish_store_purchases (the coins are credited already)."""
+    async def _finish_at_store(self, purchase_id: str, proof: domain.StoreProof) -> bool:
+        """Best effort here: what fails is finished by finish_store_purchases (the coins are credited already).
+        True once finished."""
         verifier = self._stores[proof.store]
         try:
             await asyncio.wait_for(verifier.finish(proof), self._payment_timeout_seconds)
         except Exception as error:  # noqa: BLE001 - any failure leaves the purchase to the periodic pass
             log.warning("store_finish_deferred", purchase_id=purchase_id, store=proof.store.value, error=str(error))
-            return
+            return False
         async with self._store.transaction() as tx:
             await tx.mark_store_finished(purchase_id)
+        return True
 
     async def finish_store_purchases(self, older_than_seconds: float, batch_size: int = 100) -> bool:
         """Finishes at their stores the purchases a crash or an outage left credited but unfinished (Google Play
-        refunds a purchase not consumed within 3 days). True when a full batch suggests more are due."""
+        refunds a purchase not consumed within 3 days). True when more may be due at once: a full batch, all of it
+        finished (a store that keeps failing, or one no longer configured, waits for the next interval)."""
         unfinished = await self._store.unfinished_store_purchases(older_than_seconds, batch_size)
+        finished = 0
         for purchase_id, proof in unfinished:
             if proof.store in self._stores:
-                await self._finish_at_store(purchase_id, proof)
-        return len(unfinished) == batch_size
+                finished += await self._finish_at_store(purchase_id, proof)
+        return len(unfinished) == batch_size and finished == batch_size
 
     async def reverse_by_rail(self, notice: domain.RailReversal, kind: str) -> domain.RailReversalOutcome:
         """A rail's refund, revocation or chargeback notice: recorded by its id in the transaction that applies it
