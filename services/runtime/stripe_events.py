@@ -20,6 +20,7 @@ from typing import Any
 
 import stripe
 import structlog
+from stripe.params import EventListParams
 
 log = structlog.get_logger()
 
@@ -44,9 +45,9 @@ def sweep_since(*, now: int, window_seconds: int, previous_start: int | None, ov
     return max(oldest, previous_start - overlap_seconds)
 
 
-def list_params(types: Sequence[str], since: int, cursor: str | None) -> dict[str, Any]:
+def list_params(types: Sequence[str], since: int, cursor: str | None) -> EventListParams:
     """GET /v1/events' parameters for one page of a sweep."""
-    params: dict[str, Any] = {"types": list(types), "created": {"gte": since}, "limit": PAGE_SIZE}
+    params: EventListParams = {"types": list(types), "created": {"gte": since}, "limit": PAGE_SIZE}
     if cursor is not None:
         params["starting_after"] = cursor
     return params
@@ -74,28 +75,32 @@ class StripeEventsPass:
         self._cursor: str | None = None  # the last event of the sweep read so far (None: a new sweep)
 
     async def __call__(self) -> bool:
+        """One pass: True when the sweep has more pages, to read at once."""
         if self._cursor is None:
             self._start_sweep()
         for _ in range(self._pages_per_pass):
-            try:
-                page = await self._events.list_async(list_params(self._types, self._since, self._cursor))  # type: ignore[arg-type]
-            except stripe.StripeError as error:
-                # The code and status only: Stripe's message may quote a request's parameters.
-                log.warning(
-                    "stripe_events_list_failed",
-                    rail=self._name,
-                    error=type(error).__name__,
-                    http_status=error.http_status,
-                )
-                self._cursor = None
+            page = await self._next_page()
+            if page is None:
                 return False
             for event in page.data:
                 await self._apply_one(event.to_dict())
             if not page.has_more or not page.data:
-                self._previous_start, self._cursor = self._sweep_start, None
+                self._previous_start, self._cursor = self._sweep_start, None  # the sweep is done: the watermark moves
                 return False
             self._cursor = page.data[-1].id
         return True
+
+    async def _next_page(self) -> stripe.ListObject[stripe.Event] | None:
+        """The sweep's next page; None when Stripe could not be asked (the sweep starts again next interval)."""
+        try:
+            return await self._events.list_async(list_params(self._types, self._since, self._cursor))
+        except stripe.StripeError as error:
+            # Its class and status only: Stripe's message may quote a request's parameters.
+            log.warning(
+                "stripe_events_list_failed", rail=self._name, error=type(error).__name__, http_status=error.http_status
+            )
+            self._cursor = None
+            return None
 
     def _start_sweep(self) -> None:
         self._sweep_start = int(self._clock())
