@@ -57,15 +57,20 @@ def warn_of_an_allowed_short_hold(settings: PayoutsSettings) -> None:
         )
 
 
-def payout_provider(settings: PayoutsSettings, store: PayoutsStore, http: HttpIngress) -> PayoutProvider:
-    """The configured provider, and its webhook endpoint on the HTTP port (the sandbox has none). Secrets are read
-    now: a missing or unreadable one stops the start, naming its setting."""
+def payout_provider(
+    settings: PayoutsSettings, store: PayoutsStore, http: HttpIngress, runtime: ServiceRuntime
+) -> PayoutProvider:
+    """The configured provider, and its webhook endpoint on the HTTP port (the sandbox has none); Stripe's also its
+    catch-up pass over its events. Secrets are read now: a missing or unreadable one stops the start, naming its
+    setting."""
     timeout = settings.payouts_provider_timeout_seconds
     if settings.payout_provider == "stripe_connect":
         stripe_settings = stripe_connect.StripeConnectSettings()
         http.add_endpoint(
             stripe_connect.WEBHOOK_PATH, stripe_connect.StripeWebhook.from_settings(store, stripe_settings)
         )
+        events = stripe_connect.events_pass(store, stripe_settings, timeout)
+        runtime.add_periodic("stripe_connect_events", stripe_settings.events_interval_seconds, events)
         return stripe_connect.StripeConnectProvider.from_settings(stripe_settings, timeout)
     if settings.payout_provider == "paypal":
         paypal_settings = paypal.PayPalSettings()
@@ -81,7 +86,7 @@ async def main() -> None:
     pool = runtime.use_database(MIGRATIONS)
     store = PostgresPayoutsStore(pool)
     http = runtime.use_http()  # the payout providers' webhooks and its health
-    provider = payout_provider(settings, store, http)
+    provider = payout_provider(settings, store, http, runtime)
     payouts = PayoutsService(
         store,
         withdrawal_policy(settings),

@@ -11,6 +11,7 @@ from services.runtime import messaging, notification_inbox, outbox, polling
 from services.runtime.http_ingress import HttpIngress
 from services.runtime.server import ServiceRuntime
 from services.runtime.server import main as runtime_main
+from services.runtime.stripe_events import StripeEventsPass
 from services.wallet import stripe_webhooks
 from services.wallet.config import WalletSettings
 from services.wallet.domain import Store
@@ -54,7 +55,7 @@ async def main() -> None:
         stores[Store.GOOGLE_PLAY] = google_play.GooglePlayVerifier(
             play_api, accept_test_purchases=settings.accepts_test_purchases
         )
-    payments, add_webhooks = payment_provider(settings)
+    payments, serve_rail = payment_provider(settings)
     wallet = WalletService(
         PostgresWalletStore(pool),
         payments,
@@ -66,7 +67,7 @@ async def main() -> None:
         stores=stores,
         store_products=settings.store_products,
     )
-    add_webhooks(http, wallet)
+    serve_rail(runtime, http, wallet)
     servicer = WalletServicer(wallet)
     if app_store_verifier is not None:
         serve_app_store(app_store_settings, runtime, http, app_store_verifier, wallet)
@@ -163,23 +164,34 @@ def serve_google_play(
 
 def payment_provider(
     settings: WalletSettings,
-) -> tuple[PaymentProvider | None, Callable[[HttpIngress, WalletService], None]]:
-    """COINSTREAM_PAYMENT_PROVIDER's provider (None: app stores only), and what it adds to the HTTP port once the
-    wallet exists (Stripe: its webhooks). Stripe's secrets are read now: a missing file stops the start, named."""
+) -> tuple[PaymentProvider | None, Callable[[ServiceRuntime, HttpIngress, WalletService], None]]:
+    """COINSTREAM_PAYMENT_PROVIDER's provider (None: app stores only), and what it adds once the wallet exists
+    (Stripe: its webhooks and the catch-up pass over its events). Stripe's secrets are read now: a missing file
+    stops the start, named."""
     if settings.payment_provider == "sandbox":
-        return SandboxPaymentProvider(), lambda http, wallet: None
+        return SandboxPaymentProvider(), lambda runtime, http, wallet: None
     if settings.payment_provider == "none":
-        return None, lambda http, wallet: None
+        return None, lambda runtime, http, wallet: None
     problems = settings.stripe_problems(production=False)
     if problems:
         raise SystemExit("COINSTREAM_PAYMENT_PROVIDER=stripe cannot start:\n- " + "\n- ".join(problems))
     stripe_settings = StripeSettings()
     signing_secret = stripe_settings.webhook_secret()
+    client = stripe_settings.client()
 
-    def add_webhooks(http: HttpIngress, wallet: WalletService) -> None:
+    def serve_stripe(runtime: ServiceRuntime, http: HttpIngress, wallet: WalletService) -> None:
         http.add_endpoint(stripe_webhooks.PATH, StripeWebhooks(wallet, signing_secret).handle)
+        events = StripeEventsPass(
+            client,
+            stripe_webhooks.ACTED_ON,
+            lambda event: stripe_webhooks.apply_event(wallet, event),
+            window_seconds=stripe_settings.events_window_hours * 3600,
+            pages_per_pass=stripe_settings.events_pages_per_pass,
+            name="stripe",
+        )
+        runtime.add_periodic("stripe_events", stripe_settings.events_interval_seconds, events)
 
-    return StripePaymentProvider(stripe_settings.client()), add_webhooks
+    return StripePaymentProvider(client), serve_stripe
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Idempotency-Key, so a retry (or the recovery pass) after a lost answer gets the 
 a second charge. Once the PaymentIntent's id is known (the purchase's store_transaction_id), the purchase's charge is
 only ever retrieved: a pending one is asked for its state, not confirmed again.
 
-Its webhooks (payment_intent.succeeded after 3-D Secure, refunds, disputes) are stripe_webhooks.py's."""
+Its webhooks (payment_intent.succeeded after 3-D Secure, refunds, disputes) are stripe_webhooks.py's; the catch-up pass
+over its events list (the same effects, for events whose webhook never came) is services/runtime/stripe_events.py."""
 
 from __future__ import annotations
 
@@ -55,6 +56,12 @@ class StripeSettings(BaseSettings):
     timeout_seconds: float = Field(default=8.0, gt=0, le=120)
     # The library's own retries of a connection error, 409 or 5xx, with the same Idempotency-Key.
     max_network_retries: int = Field(default=2, ge=0, le=5)
+    # The catch-up pass over Stripe's events list (services/runtime/stripe_events.py): how often it sweeps, how far
+    # back its first sweep after start-up goes (Stripe retries a webhook for 3 days and keeps events 30), and how
+    # many pages of 100 events one pass reads before yielding.
+    events_interval_seconds: float = Field(default=900.0, gt=0, le=86400)
+    events_window_hours: int = Field(default=72, gt=0, le=720)
+    events_pages_per_pass: int = Field(default=10, gt=0, le=100)
 
     @classmethod
     def env_name(cls, field: str) -> str:

@@ -8,7 +8,10 @@ transaction that applies it.
 - charge.refunded reverses the purchase to the share refunded so far (Stripe reports the total: a partial refund
   then a full one reverse half, then the rest);
 - charge.dispute.created reverses it whole (a chargeback: the coins' gifts are clawed back from their creators);
-- any other type is recorded and answered 200 (Stripe stops sending what it gets a 2xx for)."""
+- any other type is recorded and answered 200 (Stripe stops sending what it gets a 2xx for).
+
+apply_event is the effect of an authentic event, shared with the catch-up pass over Stripe's events list
+(services/runtime/stripe_events.py), which applies the events of ACTED_ON that a webhook never delivered."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Any
 import stripe
 
 from services.runtime.http_ingress import Answer, Rejected, Unsigned
+from services.runtime.stripe_events import UnreadableEvent
 from services.wallet.domain import STRIPE_RAIL, RailPayment, RailReversal
 from services.wallet.service import WalletService
 
@@ -26,6 +30,10 @@ PATH = "/webhooks/stripe"
 TOLERANCE_SECONDS = 300  # Stripe's default: an older signature is refused (a replayed capture of a webhook)
 
 StripeNotice = RailPayment | RailReversal | None
+
+
+# The event types the wallet acts on: the catch-up pass lists these (every other type is only recorded).
+ACTED_ON = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded", "charge.dispute.created")
 
 
 class StripeWebhooks:
@@ -36,16 +44,24 @@ class StripeWebhooks:
     async def handle(self, body: bytes, headers: Mapping[str, str]) -> Answer:
         event = verified_event(body, headers.get("stripe-signature"), self._signing_secret)
         try:
-            event_id, kind, notice = str(event["id"]), str(event["type"]), stripe_notice(event)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
-            raise Rejected(f"not a Stripe event we take ({type(error).__name__})") from None
-        if isinstance(notice, RailPayment):
-            outcome = (await self._wallet.settle_by_rail(notice, kind)).value
-        elif isinstance(notice, RailReversal):
-            outcome = (await self._wallet.reverse_by_rail(notice, kind)).value
-        else:
-            outcome = "recorded" if await self._wallet.record_notification(STRIPE_RAIL, event_id, kind) else "duplicate"
+            outcome = await apply_event(self._wallet, event)
+        except UnreadableEvent as error:
+            raise Rejected(str(error)) from None
         return Answer({"outcome": outcome}, duplicate=outcome == "duplicate")
+
+
+async def apply_event(wallet: WalletService, event: Mapping[str, Any]) -> str:
+    """An authentic event's effect, once by its id (the webhook's, after its signature verified, and the catch-up
+    pass's, for events read from Stripe's API): its outcome, "duplicate" for one applied before."""
+    try:
+        event_id, kind, notice = str(event["id"]), str(event["type"]), stripe_notice(event)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
+        raise UnreadableEvent(f"not a Stripe event we take ({type(error).__name__})") from None
+    if isinstance(notice, RailPayment):
+        return (await wallet.settle_by_rail(notice, kind)).value
+    if isinstance(notice, RailReversal):
+        return (await wallet.reverse_by_rail(notice, kind)).value
+    return "recorded" if await wallet.record_notification(STRIPE_RAIL, event_id, kind) else "duplicate"
 
 
 def verified_event(body: bytes, signature: str | None, signing_secret: str) -> dict[str, Any]:

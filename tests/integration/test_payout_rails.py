@@ -92,6 +92,7 @@ async def stripe(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Asyn
         "COINSTREAM_STRIPE_CONNECT_SECRET_KEY_FILE": secret_file(directory, "secret_key", fake.secret_key),
         "COINSTREAM_STRIPE_CONNECT_WEBHOOK_SECRET_FILE": secret_file(directory, "webhook", fake.webhook_secret),
         "COINSTREAM_STRIPE_CONNECT_API_BASE": fake.url,
+        "COINSTREAM_STRIPE_CONNECT_EVENTS_INTERVAL_SECONDS": "0.5",  # the catch-up pass over its events list
     }
     rail = await started_rail(stack, env, (fake.secret_key, fake.webhook_secret))
     try:
@@ -168,6 +169,10 @@ async def cancel_refused(rail: Rail, withdrawal_id: str) -> None:
 def event_id(body: bytes) -> str:
     found: Any = json.loads(body)
     return str(found["id"])
+
+
+async def list_calls(fake: FakeStripe) -> int:
+    return fake.events.list_calls
 
 
 def connected_account(prefix: str) -> str:
@@ -265,6 +270,33 @@ async def test_stripe_reversed_transfer_gives_the_diamonds_back_once(
     assert (replayed.status_code, replayed.json()) == (200, {"outcome": "duplicate"})
     again = fake.event("transfer.updated", fake.transfer_of(withdrawal.withdrawal_id))  # another event, same news
     assert (await rail.post("/webhooks/stripe", again, fake.signed(again))).json() == {"outcome": "no_effect"}
+    assert await balances(clients, creator_id) == (6000, 0)
+    kinds = await ledger_kinds(stack, withdrawal.withdrawal_id)
+    assert sorted(kinds) == ["payout_returned", "withdrawal_paid", "withdrawal_reserve"]
+    await assert_ledger_consistent(stack)
+
+
+async def test_stripe_reversed_transfer_whose_webhook_never_came_gives_the_diamonds_back_once(
+    stack: Stack, clients: Clients, stripe: tuple[FakeStripe, Rail]
+) -> None:
+    fake, rail = stripe
+    creator_id = await creator_with(clients, connected_account("caughtup"))
+    withdrawal = await rail.withdraw(creator_id, 4000)
+    await status_becomes(clients, withdrawal.withdrawal_id, S.WITHDRAWAL_STATUS_PAID)
+
+    body = fake.publish("transfer.reversed", fake.reverse(withdrawal.withdrawal_id))  # listed, never pushed
+
+    returned = await status_becomes(clients, withdrawal.withdrawal_id, S.WITHDRAWAL_STATUS_FAILED)
+    assert "reversed" in returned.failure_reason
+    assert await stored_status(stack, withdrawal.withdrawal_id) == "returned"
+    assert await balances(clients, creator_id) == (6000, 0)
+    swept = fake.events.list_calls
+    assert (
+        await eventually(lambda: list_calls(fake), lambda calls: calls >= swept + 2, seconds=10) >= swept + 2
+    )  # listed again: once
+    late = await rail.post("/webhooks/stripe", body, fake.signed(body))  # Stripe's webhook after all
+    assert (late.status_code, late.json()) == (200, {"outcome": "duplicate"})
+    assert await notifications(stack, event_id(body)) == 1
     assert await balances(clients, creator_id) == (6000, 0)
     kinds = await ledger_kinds(stack, withdrawal.withdrawal_id)
     assert sorted(kinds) == ["payout_returned", "withdrawal_paid", "withdrawal_reserve"]

@@ -3,7 +3,8 @@
 the webhooks are signed with the library's own test helper and verified by stripe.Webhook.construct_event in the
 wallet. A card paid at once, a card that needs 3-D Secure (pending, then completed by payment_intent.succeeded), a
 declined card, Stripe failing or slow mid-call (charged once, whatever the retries), webhooks that do not verify,
-refunds and a dispute whose coins paid for a gift (the creator's diamonds clawed back)."""
+refunds and a dispute whose coins paid for a gift (the creator's diamonds clawed back); events whose webhook never
+came, applied by the catch-up pass over Stripe's events list, once also when their webhook does come."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -38,10 +40,12 @@ from tests.support.rails.stripe import (
     VISA,
     FakeStripe,
 )
+from tests.support.rails.stripe_events import StripeEvents
 from tests.support.stack import Stack
 
 PACKAGE, COINS, BONUS, PRICE = "coins_1321", 1321, 66, 1999  # the suite's default promotion gives +5 %
 PAYMENT_TIMEOUT_SECONDS = 2.0
+EVENTS_INTERVAL_SECONDS = 0.5
 
 
 @dataclass
@@ -57,6 +61,11 @@ class StripeWallet:
 
     async def webhook(self, kind: str, data_object: dict[str, object], event_id: str | None = None) -> httpx.Response:
         body = fake_stripe.event(kind, data_object, event_id)
+        return await self.post(body, fake_stripe.signature(body, self.stripe.webhook_secret))
+
+    async def deliver(self, event: dict[str, Any]) -> httpx.Response:
+        """The webhook of an event Stripe recorded (its events list shows it too)."""
+        body = fake_stripe.body_of(event)
         return await self.post(body, fake_stripe.signature(body, self.stripe.webhook_secret))
 
     async def post(self, body: str, signature: str | None) -> httpx.Response:
@@ -86,6 +95,8 @@ async def stripe_wallet(stack: Stack, tmp_path_factory: pytest.TempPathFactory) 
     settings = {
         **stripe.settings_env(secrets_dir),
         "COINSTREAM_WALLET_PAYMENT_TIMEOUT_SECONDS": str(PAYMENT_TIMEOUT_SECONDS),
+        # The catch-up pass over Stripe's events list, often enough for a test to wait for it.
+        "COINSTREAM_STRIPE_EVENTS_INTERVAL_SECONDS": str(EVENTS_INTERVAL_SECONDS),
     }
     replica: ServiceProcess = await asyncio.to_thread(stack.start_replica, "wallet", settings)
     try:
@@ -379,6 +390,87 @@ async def test_other_events_are_recorded_once(stripe_wallet: StripeWallet) -> No
     first = await stripe_wallet.webhook("customer.created", {"id": new_id("cus"), "object": "customer"}, event_id)
     again = await stripe_wallet.webhook("customer.created", {"id": new_id("cus"), "object": "customer"}, event_id)
     assert (first.status_code, first.json(), again.json()) == (200, {"outcome": "recorded"}, {"outcome": "duplicate"})
+
+
+# --- the catch-up pass over Stripe's events list ------------------------------------------------------------------
+
+
+async def test_a_refund_whose_webhook_never_came_is_applied_by_the_events_pass(stripe_wallet: StripeWallet) -> None:
+    buyer = await create_account_for(stripe_wallet)
+    bought = await stripe_wallet.buy(buyer, VISA)
+    purchase_id = bought.purchase.purchase_id
+    intent_id = stripe_wallet.stripe.intent_of(purchase_id)["id"]
+
+    refunded = stripe_wallet.stripe.events.record(
+        "charge.refunded", stripe_wallet.stripe.charge(intent_id, amount_refunded=PRICE)
+    )
+
+    found = await eventually(
+        lambda: stripe_wallet.purchase_of(purchase_id), lambda p: p.status == w.PURCHASE_STATUS_REVERSED, seconds=15
+    )
+    assert (found.reversed_coins, found.reversed_bonus_coins) == (COINS, BONUS)
+    assert await balance_for(stripe_wallet, buyer) == 0
+    late = await stripe_wallet.deliver(refunded)  # Stripe's webhook after all: the event took effect already
+    assert (late.status_code, late.json()) == (200, {"outcome": "duplicate"})
+
+
+async def test_events_both_delivered_and_listed_take_effect_once(stripe_wallet: StripeWallet) -> None:
+    buyer = await create_account_for(stripe_wallet)
+    bought = await stripe_wallet.buy(buyer, VISA)
+    purchase_id = bought.purchase.purchase_id
+    intent_id = stripe_wallet.stripe.intent_of(purchase_id)["id"]
+    events = stripe_wallet.stripe.events
+
+    # Pushed first, then listed: the pass finds it recorded.
+    half = events.record("charge.refunded", stripe_wallet.stripe.charge(intent_id, amount_refunded=PRICE // 2))
+    pushed = await stripe_wallet.deliver(half)
+    assert await eventually(lambda: listed(events, half["id"]), bool, seconds=15)
+    await asyncio.sleep(2 * EVENTS_INTERVAL_SECONDS)
+
+    assert pushed.json() == {"outcome": "applied"}
+    found = await stripe_wallet.purchase_of(purchase_id)
+    assert (found.status, found.reversed_coins) == (
+        w.PURCHASE_STATUS_PARTIALLY_REVERSED,
+        -(-COINS * (PRICE // 2) // PRICE),
+    )
+    # Listed first, then pushed: the webhook finds it recorded.
+    disputed = events.record("charge.dispute.created", stripe_wallet.stripe.dispute(intent_id))
+    found = await eventually(
+        lambda: stripe_wallet.purchase_of(purchase_id), lambda p: p.status == w.PURCHASE_STATUS_REVERSED, seconds=15
+    )
+    late = await stripe_wallet.deliver(disputed)
+
+    assert late.json() == {"outcome": "duplicate"}
+    assert (found.reversed_coins, found.reversed_bonus_coins) == (COINS, BONUS)
+    assert await balance_for(stripe_wallet, buyer) == 0
+
+
+async def test_a_3d_secure_payment_whose_webhook_never_came_is_completed_by_the_events_pass(
+    stripe_wallet: StripeWallet,
+) -> None:
+    buyer = await create_account_for(stripe_wallet)
+    pending = await stripe_wallet.buy(buyer, THREE_D_SECURE)
+    purchase_id = pending.purchase.purchase_id
+    intent = stripe_wallet.stripe.intent_of(purchase_id)
+    assert pending.purchase.status == w.PURCHASE_STATUS_PENDING
+
+    succeeded = stripe_wallet.stripe.events.record(
+        "payment_intent.succeeded", stripe_wallet.stripe.buyer_passes_3ds(intent["id"])
+    )
+
+    # The recovery pass would ask Stripe about it only after store.AWAITING_RECHECK_SECONDS (10 minutes): the
+    # events pass completes it.
+    found = await eventually(
+        lambda: stripe_wallet.purchase_of(purchase_id), lambda p: p.status == w.PURCHASE_STATUS_COMPLETED, seconds=15
+    )
+    assert found.store_transaction_id == intent["id"]
+    assert await balance_for(stripe_wallet, buyer) == COINS + BONUS
+    assert (await stripe_wallet.deliver(succeeded)).json() == {"outcome": "duplicate"}
+    assert stripe_wallet.stripe.created_per_key[purchase_id] == 1
+
+
+async def listed(events: StripeEvents, event_id: str) -> bool:
+    return event_id in events.listed
 
 
 async def test_the_sandbox_wallet_serves_no_stripe_webhooks(stack: Stack) -> None:

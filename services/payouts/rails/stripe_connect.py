@@ -13,7 +13,10 @@
   `transfer.reversed` gives a paid withdrawal's diamonds back, `transfer.created` / `transfer.updated` settle a
   submitted one whose answer was lost. `payout.paid / failed / canceled` are the connected account's own payouts to
   its bank, of its whole balance: a failed one leaves the money in the creator's Stripe balance, not ours, so they are
-  recorded and change nothing."""
+  recorded and change nothing.
+- the catch-up pass (events_pass, services/runtime/stripe_events.py): the events of ACTED_ON listed from Stripe's
+  API, applied by the webhook's own apply_event, for those whose webhook never arrived (Stripe gives up after 3
+  days)."""
 
 from __future__ import annotations
 
@@ -31,7 +34,9 @@ from services.payouts import domain
 from services.payouts.payout_notices import NoticeOutcome, apply_payout_notice
 from services.payouts.ports import PayoutResult, PayoutsStore, PayoutState
 from services.payouts.rails.secrets import RailSettingError, missing_files, read_secret_file
+from services.runtime import stripe_events
 from services.runtime.http_ingress import Answer, Rejected, Unsigned
+from services.runtime.stripe_events import UnreadableEvent
 
 log = structlog.get_logger()
 
@@ -41,6 +46,8 @@ CONNECTED_ACCOUNT = re.compile(r"^acct_[A-Za-z0-9]{1,64}$")
 REFUSALS = (stripe.InvalidRequestError, stripe.PermissionError, stripe.CardError)
 WEBHOOK_PATH = "/webhooks/stripe"
 STRIPE_API = "https://api.stripe.com"
+# The event types the webhook acts on: the catch-up pass lists these (payouts to banks are only recorded).
+ACTED_ON = ("transfer.created", "transfer.updated", "transfer.reversed")
 
 
 class StripeConnectSettings(BaseSettings):
@@ -56,6 +63,12 @@ class StripeConnectSettings(BaseSettings):
     api_base: str = STRIPE_API
     # How old a webhook's signed timestamp may be (Stripe's default: replays of older captures are refused).
     webhook_tolerance_seconds: int = Field(default=300, gt=0, le=3600)
+    # The catch-up pass over Stripe's events list (services/runtime/stripe_events.py): how often it sweeps, how far
+    # back its first sweep after start-up goes (Stripe retries a webhook for 3 days and keeps events 30), and how
+    # many pages of 100 events one pass reads before yielding.
+    events_interval_seconds: float = Field(default=900.0, gt=0, le=86400)
+    events_window_hours: int = Field(default=72, gt=0, le=720)
+    events_pages_per_pass: int = Field(default=10, gt=0, le=100)
 
     def production_problems(self, *, staging: bool = False) -> list[str]:
         """staging: Stripe's test mode is allowed (test money: withdrawals would be PAID while nobody is paid)."""
@@ -86,6 +99,15 @@ def _is_a_test_key(path: str) -> bool:
     return key.startswith(("sk_test_", "rk_test_"))
 
 
+def _client(settings: StripeConnectSettings, timeout_seconds: float) -> stripe.StripeClient:
+    return stripe.StripeClient(
+        read_secret_file("COINSTREAM_STRIPE_CONNECT_SECRET_KEY_FILE", settings.secret_key_file),
+        base_addresses={"api": settings.api_base},
+        http_client=stripe.HTTPXClient(timeout=timeout_seconds),
+        max_network_retries=0,  # the payout worker retries, by asking first; the events pass at its next interval
+    )
+
+
 class StripeConnectProvider:
     name = domain.STRIPE_CONNECT_RAIL
 
@@ -94,13 +116,7 @@ class StripeConnectProvider:
 
     @classmethod
     def from_settings(cls, settings: StripeConnectSettings, timeout_seconds: float) -> StripeConnectProvider:
-        client = stripe.StripeClient(
-            read_secret_file("COINSTREAM_STRIPE_CONNECT_SECRET_KEY_FILE", settings.secret_key_file),
-            base_addresses={"api": settings.api_base},
-            http_client=stripe.HTTPXClient(timeout=timeout_seconds),
-            max_network_retries=0,  # the payout worker retries, by asking first
-        )
-        return cls(client)
+        return cls(_client(settings, timeout_seconds))
 
     async def submit(
         self, *, withdrawal_id: str, destination: str, amount_minor: int, currency_code: str
@@ -158,7 +174,7 @@ def notice_from_event(event: Mapping[str, Any]) -> domain.PayoutNotice:
     kind = str(event.get("type", ""))
     subject = event.get("data", {}).get("object", {})
     if not isinstance(subject, Mapping) or not event.get("id"):
-        raise Rejected("not a Stripe event")
+        raise UnreadableEvent("not a Stripe event")
     withdrawal_id, outcome, reason = "", None, ""
     if subject.get("object") == "transfer":
         withdrawal_id = str((subject.get("metadata") or {}).get("withdrawal_id") or subject.get("transfer_group") or "")
@@ -186,6 +202,12 @@ def _transfer_outcome(kind: str, transfer: Mapping[str, Any]) -> tuple[domain.Pa
     return domain.PayoutOutcome.PAID, ""
 
 
+async def apply_event(store: PayoutsStore, event: Mapping[str, Any]) -> str:
+    """An authentic event's effect, once by its id (the webhook's, after its signature verified, and the catch-up
+    pass's, for events read from Stripe's API): its outcome, "duplicate" for one applied before."""
+    return (await apply_payout_notice(store, notice_from_event(event))).value
+
+
 class StripeWebhook:
     """POST /webhooks/stripe: verified by the library, then applied once (payout_notices.py)."""
 
@@ -211,5 +233,22 @@ class StripeWebhook:
         event = json.loads(body)
         if not isinstance(event, Mapping):
             raise Rejected("not a Stripe event")
-        outcome = await apply_payout_notice(self._store, notice_from_event(event))
-        return Answer({"outcome": outcome.value}, duplicate=outcome is NoticeOutcome.DUPLICATE)
+        try:
+            outcome = await apply_event(self._store, event)
+        except UnreadableEvent as error:
+            raise Rejected(str(error)) from None
+        return Answer({"outcome": outcome}, duplicate=outcome == NoticeOutcome.DUPLICATE.value)
+
+
+def events_pass(
+    store: PayoutsStore, settings: StripeConnectSettings, timeout_seconds: float
+) -> stripe_events.StripeEventsPass:
+    """The catch-up pass over the events the webhook acts on (services/runtime/stripe_events.py)."""
+    return stripe_events.StripeEventsPass(
+        _client(settings, timeout_seconds),
+        ACTED_ON,
+        lambda event: apply_event(store, event),
+        window_seconds=settings.events_window_hours * 3600,
+        pages_per_pass=settings.events_pages_per_pass,
+        name=domain.STRIPE_CONNECT_RAIL,
+    )

@@ -14,7 +14,8 @@ test cards:
 - pm_fake_slow: the payment succeeds at once, but the answer comes after slow_seconds;
 - anything not pm_…: a 400 resource_missing.
 
-Webhook events are made as Stripe sends them and signed with the library's own test helper
+Its events list (GET /v1/events, tests/support/rails/stripe_events.py) shows the events a test records with
+events.record. Webhook events are made as Stripe sends them and signed with the library's own test helper
 (stripe.WebhookSignature.generate_signature_header) with a secret made per fake; the wallet verifies them with
 stripe.Webhook.construct_event, unmodified."""
 
@@ -32,6 +33,8 @@ from typing import Any
 
 import stripe
 from aiohttp import web
+
+from tests.support.rails.stripe_events import StripeEvents
 
 THREE_D_SECURE = "pm_card_threeDSecure2Required"
 DECLINED = "pm_card_chargeDeclined"
@@ -51,6 +54,8 @@ class FakeStripe:
     # PaymentIntents made per Idempotency-Key (the purchase id): 1 for a purchase charged once, however often asked.
     created_per_key: Counter[str] = field(default_factory=Counter)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every call, in order
+    # Its events (GET /v1/events, the wallet's catch-up pass: not in requests, which it would fill every interval).
+    events: StripeEvents = field(default_factory=StripeEvents)
     _answers: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = field(default_factory=dict)
     _in_use: set[str] = field(default_factory=set)
     _failed_once: set[str] = field(default_factory=set)
@@ -62,6 +67,7 @@ class FakeStripe:
         app.router.add_post("/v1/payment_intents", self._create)
         app.router.add_get("/v1/payment_intents/search", self._search)
         app.router.add_get("/v1/payment_intents/{intent}", self._retrieve)
+        app.router.add_get("/v1/events", self._list_events)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -185,6 +191,9 @@ class FakeStripe:
             return _error(404, "invalid_request_error", "No such payment_intent", code="resource_missing")
         return web.json_response(intent)
 
+    async def _list_events(self, request: web.Request) -> web.Response:
+        return self._refuse_unauthorized(request) or self.events.answer(request)
+
     def _refuse_unauthorized(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization") != f"Bearer {self.secret_key}":
             return _error(401, "invalid_request_error", "Invalid API Key provided")
@@ -234,8 +243,13 @@ class FakeStripe:
         }
 
 
+def body_of(event: dict[str, Any]) -> str:
+    """A recorded event (FakeStripe.events) as its webhook's body."""
+    return json.dumps(event)
+
+
 def event(kind: str, data_object: dict[str, Any], event_id: str | None = None) -> str:
-    """A webhook's body, as Stripe sends it (a snapshot event)."""
+    """A webhook's body, as Stripe sends it (a snapshot event), of an event the events list does not show."""
     return json.dumps(
         {
             "id": event_id or "evt_" + secrets.token_hex(12),

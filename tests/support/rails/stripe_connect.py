@@ -2,6 +2,8 @@
 documented JSON (transfers, their list by transfer_group, errors), and webhooks signed the way Stripe signs them
 (stripe.WebhookSignature, with a secret generated per fake).
 
+Its events list (GET /v1/events) shows the events a test publishes (tests/support/rails/stripe_events.py).
+
 It honours Idempotency-Key as Stripe does (the same key answers the first response again and makes nothing new) and
 counts the transfers made per key, so a test sees a withdrawal paid once. It can lose its next answer: the transfer is
 made, then the answer comes too late (a timeout) or as a 500; or be down (503 to everything, nothing done)."""
@@ -18,6 +20,8 @@ from typing import Any
 
 import stripe
 from aiohttp import web
+
+from tests.support.rails.stripe_events import StripeEvents
 
 SECRET_KEY = "sk_test_" + secrets.token_hex(12)
 # Destinations the fake refuses as Stripe does a connected account it cannot pay.
@@ -36,6 +40,8 @@ class FakeStripe:
     answer_delay_seconds: float = 30.0
     # An outage: every call answers 503 and does nothing.
     down: bool = False
+    # Its events list (GET /v1/events): the events a test records with events.record (or publish).
+    events: StripeEvents = field(default_factory=StripeEvents)
     _answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # idempotency key → answer
     _runner: web.AppRunner | None = None
     url: str = ""
@@ -45,6 +51,7 @@ class FakeStripe:
         app.router.add_post("/v1/transfers", self._create_transfer)
         app.router.add_get("/v1/transfers", self._list_transfers)
         app.router.add_get("/v1/transfers/{transfer_id}", self._retrieve_transfer)
+        app.router.add_get("/v1/events", self._list_events)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -80,6 +87,10 @@ class FakeStripe:
             "data": {"object": subject},
         }
         return json.dumps(event).encode()
+
+    def publish(self, kind: str, subject: dict[str, Any]) -> bytes:
+        """An event Stripe made, listed by GET /v1/events from now on: its webhook's body (delivered or not)."""
+        return json.dumps(self.events.record(kind, subject)).encode()
 
     def signed(self, body: bytes, *, secret: str = "", timestamp: int | None = None) -> dict[str, str]:
         header = stripe.WebhookSignature.generate_signature_header(
@@ -157,6 +168,11 @@ class FakeStripe:
         if transfer is None:
             return _error(404, "invalid_request_error", "resource_missing")
         return web.json_response(transfer)
+
+    async def _list_events(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "invalid_request_error", "api_key_invalid")
+        return self.events.answer(request)
 
 
 def _error_body(kind: str, code: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from services.payouts import domain
 from services.payouts.config import PayoutsSettings
 from services.payouts.ports import PayoutState
 from services.payouts.rails import paypal, stripe_connect
+from services.runtime import stripe_events
 from services.runtime.http_ingress import Rejected, Unsigned
 from tests.fakes.payouts import FakePayoutsStore
 from tests.support.rails.paypal import FakePayPal, new_key, self_signed
@@ -232,6 +233,30 @@ async def test_a_stripe_webhook_is_verified_by_the_library() -> None:
     tampered = json.dumps({**json.loads(body), "type": "transfer.reversed"}).encode()
     with pytest.raises(Unsigned):
         await webhook(tampered, signed)
+
+
+async def test_a_signed_stripe_event_without_an_id_is_rejected_and_unreadable_for_the_events_pass() -> None:
+    fake = FakeStripe()
+    store = FakePayoutsStore()
+    webhook = stripe_connect.StripeWebhook(
+        store, stripe_connect.stripe.StripeClient("unused"), fake.webhook_secret, tolerance_seconds=300
+    )
+    body = json.dumps({"id": "", "type": "transfer.reversed", "data": {"object": transfer(reversed_=True)}}).encode()
+    with pytest.raises(Rejected):
+        await webhook(body, {"stripe-signature": fake.signed(body)["Stripe-Signature"]})
+    with pytest.raises(stripe_events.UnreadableEvent):
+        await stripe_connect.apply_event(store, json.loads(body))
+
+
+def test_the_stripe_events_pass_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = stripe_connect.StripeConnectSettings()
+    assert (defaults.events_interval_seconds, defaults.events_window_hours, defaults.events_pages_per_pass) == (
+        900.0,
+        72,
+        10,
+    )
+    monkeypatch.setenv("COINSTREAM_STRIPE_CONNECT_EVENTS_INTERVAL_SECONDS", "0.5")
+    assert stripe_connect.StripeConnectSettings().events_interval_seconds == 0.5
 
 
 # --- settings -----------------------------------------------------------------------------------------------------

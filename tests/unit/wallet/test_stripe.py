@@ -17,12 +17,13 @@ import stripe
 from services.runtime.batching import BatchPolicy
 from services.runtime.http_ingress import Rejected, Unsigned
 from services.runtime.requests import StoredRequest
+from services.runtime.stripe_events import UnreadableEvent
 from services.wallet import domain
 from services.wallet.config import WalletSettings
 from services.wallet.ports import ChargeResult
 from services.wallet.service import WalletService
 from services.wallet.stripe_payments import StripeSettings, intent_outcome
-from services.wallet.stripe_webhooks import stripe_notice, verified_event
+from services.wallet.stripe_webhooks import StripeWebhooks, apply_event, stripe_notice, verified_event
 from tests.fakes.wallet import FakeWalletStore
 from tests.unit.wallet.conftest import Wallet, buy_command, refusal
 
@@ -180,6 +181,33 @@ def test_the_wallet_names_stripes_problems_only_when_it_sells_through_stripe(mon
         monkeypatch.delenv(name, raising=False)
     assert WalletSettings(payment_provider="none").stripe_problems(production=True) == []
     assert len(WalletSettings(payment_provider="stripe").stripe_problems(production=True)) == 2
+
+
+def test_the_events_pass_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (StripeSettings().events_interval_seconds, StripeSettings().events_window_hours) == (900.0, 72)
+    monkeypatch.setenv("COINSTREAM_STRIPE_EVENTS_INTERVAL_SECONDS", "0.5")
+    monkeypatch.setenv("COINSTREAM_STRIPE_EVENTS_WINDOW_HOURS", "24")
+    assert (StripeSettings().events_interval_seconds, StripeSettings().events_window_hours) == (0.5, 24)
+    monkeypatch.setenv("COINSTREAM_STRIPE_EVENTS_WINDOW_HOURS", "721")  # Stripe keeps events 30 days
+    with pytest.raises(ValueError, match="events_window_hours"):
+        StripeSettings()
+
+
+# --- an event's effect, shared by the webhook and the events pass --------------------------------------------------
+
+
+async def test_an_event_takes_effect_once_by_its_id(wallet: Wallet) -> None:
+    other = event("customer.created", {"id": "cus_1"}, event_id="evt_other")
+    assert [await apply_event(wallet.service, other) for _ in range(2)] == ["recorded", "duplicate"]
+
+
+async def test_an_event_it_cannot_read_is_unreadable_for_the_pass_and_rejected_by_the_webhook(wallet: Wallet) -> None:
+    broken = event("charge.refunded", {"id": "ch_1", "payment_intent": "pi_1", "amount": 0, "amount_refunded": 5})
+    with pytest.raises(UnreadableEvent):
+        await apply_event(wallet.service, broken)
+    body, signature = signed(broken)
+    with pytest.raises(Rejected):
+        await StripeWebhooks(wallet.service, SECRET).handle(body, {"stripe-signature": signature})
 
 
 # --- the use cases --------------------------------------------------------------------------------------------------
