@@ -24,7 +24,9 @@ def generate(output_dir: Path) -> None:
     if generated_package.exists():
         shutil.rmtree(generated_package)
     output_dir.mkdir(parents=True, exist_ok=True)
-    proto_files = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    # Ours only: protos/google holds vendored googleapis files (google.rpc.Status), whose Python modules come from
+    # googleapis-common-protos; generating them too would shadow that package's.
+    proto_files = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "coinstream").rglob("*.proto"))
     well_known_types = Path(grpc_tools.__file__).parent / "_proto"
     arguments = [
         "grpc_tools.protoc",

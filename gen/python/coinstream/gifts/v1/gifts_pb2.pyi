@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -674,6 +675,44 @@ class SendGiftResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendGiftResponse: _TypeAlias = SendGiftResponse  # noqa: Y015
+
+@_typing.final
+class SendGiftsResponse(_message.Message):
+    """One gift's outcome on a SendGifts stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    GIFT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request_id of the SendGiftRequest this answers, as sent."""
+    @_builtins.property
+    def gift(self) -> Global___SendGiftResponse:
+        """The gift, as SendGift answers it."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The refusal, as SendGift's status would carry it: its code, message and details (google.rpc.ErrorInfo with
+        the reason, google.rpc.BadRequest for bad input, google.rpc.RetryInfo when a retry may succeed).
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        gift: Global___SendGiftResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "gift", b"gift", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "gift", b"gift", "outcome", b"outcome", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["gift", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___SendGiftsResponse: _TypeAlias = SendGiftsResponse  # noqa: Y015
 
 @_typing.final
 class GetStreamSummaryRequest(_message.Message):

@@ -105,6 +105,11 @@ class GiftServiceStub:
                 request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SetStreamGoalRequest.SerializeToString,
                 response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SetStreamGoalResponse.FromString,
                 _registered_method=True)
+        self.SendGifts = channel.stream_stream(
+                '/coinstream.gifts.v1.GiftService/SendGifts',
+                request_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SendGiftRequest.SerializeToString,
+                response_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SendGiftsResponse.FromString,
+                _registered_method=True)
 
 
 class GiftServiceServicer:
@@ -134,6 +139,8 @@ class GiftServiceServicer:
 
     def SendGift(self, request, context):
         """Sends a gift to a live stream's or a video's creator, paid with the sender's coins (owner, service).
+        SendGifts takes the same request (the contract's), one per gift.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -205,6 +212,19 @@ class GiftServiceServicer:
 
     def SetStreamGoal(self, request, context):
         """Sets a stream's coin goal, closing the previous one (the stream's creator, service).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendGifts(self, request_iterator, context):
+        """Sends many gifts over one stream, for backends that carry many users' gifts (service). Each request is a
+        SendGift request, checked, paid and kept idempotent exactly as SendGift does; each response names its
+        request_id and carries the gift or the status SendGift would have answered. Responses come as gifts complete,
+        so not in the order sent. A sender faster than the gifts complete is slowed by the stream's flow control.
+        The contract fixes the request as SendGiftRequest, shared with SendGift.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,6 +302,11 @@ def add_GiftServiceServicer_to_server(servicer, server):
                     servicer.SetStreamGoal,
                     request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SetStreamGoalRequest.FromString,
                     response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SetStreamGoalResponse.SerializeToString,
+            ),
+            'SendGifts': grpc.stream_stream_rpc_method_handler(
+                    servicer.SendGifts,
+                    request_deserializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SendGiftRequest.FromString,
+                    response_serializer=coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SendGiftsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -663,6 +688,33 @@ class GiftService:
             '/coinstream.gifts.v1.GiftService/SetStreamGoal',
             coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SetStreamGoalRequest.SerializeToString,
             coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SetStreamGoalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendGifts(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/coinstream.gifts.v1.GiftService/SendGifts',
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SendGiftRequest.SerializeToString,
+            coinstream_dot_gifts_dot_v1_dot_gifts__pb2.SendGiftsResponse.FromString,
             options,
             channel_credentials,
             insecure,

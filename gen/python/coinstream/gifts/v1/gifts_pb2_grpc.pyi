@@ -40,7 +40,10 @@ class GiftServiceStub:
     EndLiveStream: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.EndLiveStreamRequest, _gifts_pb2.EndLiveStreamResponse]
     """Ends a live stream; gifts to it are refused afterwards (owner, service)."""
     SendGift: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.SendGiftRequest, _gifts_pb2.SendGiftResponse]
-    """Sends a gift to a live stream's or a video's creator, paid with the sender's coins (owner, service)."""
+    """Sends a gift to a live stream's or a video's creator, paid with the sender's coins (owner, service).
+    SendGifts takes the same request (the contract's), one per gift.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     GetStreamSummary: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.GetStreamSummaryRequest, _gifts_pb2.GetStreamSummaryResponse]
     """Totals and top gifters of a stream (anyone authenticated)."""
     WatchStreamGifts: _grpc.UnaryStreamMultiCallable[_gifts_pb2.WatchStreamGiftsRequest, _gifts_pb2.WatchStreamGiftsResponse]
@@ -63,6 +66,15 @@ class GiftServiceStub:
     """A match's scores, status and winners, and the top supporters of each side (anyone authenticated)."""
     SetStreamGoal: _grpc.UnaryUnaryMultiCallable[_gifts_pb2.SetStreamGoalRequest, _gifts_pb2.SetStreamGoalResponse]
     """Sets a stream's coin goal, closing the previous one (the stream's creator, service)."""
+    SendGifts: _grpc.StreamStreamMultiCallable[_gifts_pb2.SendGiftRequest, _gifts_pb2.SendGiftsResponse]
+    """Sends many gifts over one stream, for backends that carry many users' gifts (service). Each request is a
+    SendGift request, checked, paid and kept idempotent exactly as SendGift does; each response names its
+    request_id and carries the gift or the status SendGift would have answered. Responses come as gifts complete,
+    so not in the order sent. A sender faster than the gifts complete is slowed by the stream's flow control.
+    The contract fixes the request as SendGiftRequest, shared with SendGift.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
 
 @_typing.type_check_only
 class GiftServiceAsyncStub(GiftServiceStub):
@@ -76,7 +88,10 @@ class GiftServiceAsyncStub(GiftServiceStub):
     EndLiveStream: _aio.UnaryUnaryMultiCallable[_gifts_pb2.EndLiveStreamRequest, _gifts_pb2.EndLiveStreamResponse]  # type: ignore[assignment]
     """Ends a live stream; gifts to it are refused afterwards (owner, service)."""
     SendGift: _aio.UnaryUnaryMultiCallable[_gifts_pb2.SendGiftRequest, _gifts_pb2.SendGiftResponse]  # type: ignore[assignment]
-    """Sends a gift to a live stream's or a video's creator, paid with the sender's coins (owner, service)."""
+    """Sends a gift to a live stream's or a video's creator, paid with the sender's coins (owner, service).
+    SendGifts takes the same request (the contract's), one per gift.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     GetStreamSummary: _aio.UnaryUnaryMultiCallable[_gifts_pb2.GetStreamSummaryRequest, _gifts_pb2.GetStreamSummaryResponse]  # type: ignore[assignment]
     """Totals and top gifters of a stream (anyone authenticated)."""
     WatchStreamGifts: _aio.UnaryStreamMultiCallable[_gifts_pb2.WatchStreamGiftsRequest, _gifts_pb2.WatchStreamGiftsResponse]  # type: ignore[assignment]
@@ -99,6 +114,15 @@ class GiftServiceAsyncStub(GiftServiceStub):
     """A match's scores, status and winners, and the top supporters of each side (anyone authenticated)."""
     SetStreamGoal: _aio.UnaryUnaryMultiCallable[_gifts_pb2.SetStreamGoalRequest, _gifts_pb2.SetStreamGoalResponse]  # type: ignore[assignment]
     """Sets a stream's coin goal, closing the previous one (the stream's creator, service)."""
+    SendGifts: _aio.StreamStreamMultiCallable[_gifts_pb2.SendGiftRequest, _gifts_pb2.SendGiftsResponse]  # type: ignore[assignment]
+    """Sends many gifts over one stream, for backends that carry many users' gifts (service). Each request is a
+    SendGift request, checked, paid and kept idempotent exactly as SendGift does; each response names its
+    request_id and carries the gift or the status SendGift would have answered. Responses come as gifts complete,
+    so not in the order sent. A sender faster than the gifts complete is slowed by the stream's flow control.
+    The contract fixes the request as SendGiftRequest, shared with SendGift.
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
 
 class GiftServiceServicer(metaclass=_abc_1.ABCMeta):
     """Gift catalog, live streams and gift sending."""
@@ -133,7 +157,10 @@ class GiftServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gifts_pb2.SendGiftRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gifts_pb2.SendGiftResponse, _abc.Awaitable[_gifts_pb2.SendGiftResponse]]:
-        """Sends a gift to a live stream's or a video's creator, paid with the sender's coins (owner, service)."""
+        """Sends a gift to a live stream's or a video's creator, paid with the sender's coins (owner, service).
+        SendGifts takes the same request (the contract's), one per gift.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
     @_abc_1.abstractmethod
     def GetStreamSummary(
@@ -216,5 +243,20 @@ class GiftServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gifts_pb2.SetStreamGoalResponse, _abc.Awaitable[_gifts_pb2.SetStreamGoalResponse]]:
         """Sets a stream's coin goal, closing the previous one (the stream's creator, service)."""
+
+    @_abc_1.abstractmethod
+    def SendGifts(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gifts_pb2.SendGiftRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gifts_pb2.SendGiftsResponse], _abc.AsyncIterator[_gifts_pb2.SendGiftsResponse]]:
+        """Sends many gifts over one stream, for backends that carry many users' gifts (service). Each request is a
+        SendGift request, checked, paid and kept idempotent exactly as SendGift does; each response names its
+        request_id and carries the gift or the status SendGift would have answered. Responses come as gifts complete,
+        so not in the order sent. A sender faster than the gifts complete is slowed by the stream's flow control.
+        The contract fixes the request as SendGiftRequest, shared with SendGift.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
 def add_GiftServiceServicer_to_server(servicer: GiftServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
