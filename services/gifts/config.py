@@ -27,6 +27,14 @@ class MatchDurations:
             check.fail("duration", f"must be {low:g}-{high:g} seconds")
 
 
+@dataclass(frozen=True)
+class StreamLimits:
+    """SendGifts' flow control (see gifts_stream_max_in_flight below)."""
+
+    max_in_flight: int = 256
+    admission_wait_seconds: float = 10.0
+
+
 class GiftsSettings(RuntimeSettings):
     gifts_database_url: str = "postgresql://postgres@127.0.0.1:55432/coinstream_gifts"
     gifts_port: int = Field(default=50052, ge=1, le=65535)
@@ -58,6 +66,10 @@ class GiftsSettings(RuntimeSettings):
     gifts_match_min_duration_seconds: float = Field(default=domain.MIN_MATCH_DURATION.total_seconds(), gt=0, le=86_400)
     gifts_match_max_duration_seconds: float = Field(default=domain.MAX_MATCH_DURATION.total_seconds(), gt=0, le=86_400)
     gifts_match_finish_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    # SendGifts: gifts answered at once per stream (beyond it the stream is not read, which slows the sender), and
+    # how long a gift refused by the batch queue's admission (RATE_LIMITED) is resubmitted before that is its answer.
+    gifts_stream_max_in_flight: int = Field(default=256, ge=1, le=100_000)
+    gifts_stream_admission_wait_seconds: float = Field(default=10.0, ge=0, le=300)
     # ---- TLS to the wallet (services/gifts/wallet_client.py): a CA → a TLS channel, the wallet's certificate
     # verified against it; a client certificate and key as well → mutual TLS, for a wallet that requires them
     # (COINSTREAM_GRPC_TLS_CLIENT_CA_FILE there). The server name, when set, is the name checked in the wallet's
@@ -104,6 +116,10 @@ class GiftsSettings(RuntimeSettings):
     @property
     def wallet_credential_given(self) -> bool:
         return bool(self.gifts_wallet_token_file or self.gifts_wallet_token.get_secret_value())
+
+    @property
+    def stream_limits(self) -> StreamLimits:
+        return StreamLimits(self.gifts_stream_max_in_flight, self.gifts_stream_admission_wait_seconds)
 
     @property
     def service_name(self) -> str:

@@ -7,7 +7,9 @@ SendGift is a saga around the wallet, run in batches: see saga.py."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -16,6 +18,7 @@ import structlog
 from services.gifts import convert, domain, events, ports
 from services.gifts.saga import GiftSaga
 from services.runtime.batching import BatchPolicy
+from services.runtime.errors import AppError
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
 
@@ -96,6 +99,21 @@ class GiftService:
 
     async def send_gift(self, command: domain.SendGift) -> domain.GiftReceipt:
         return await self._saga.send(command)
+
+    async def send_gift_waiting(self, command: domain.SendGift, max_wait_seconds: float) -> domain.GiftReceipt:
+        """send_gift for a stream caller (SendGifts): a gift the batch queue's admission refuses (RATE_LIMITED,
+        before anything was recorded) is submitted again after the delay it was given, for up to max_wait_seconds.
+        The stream's slot stays taken meanwhile, so the stream's flow control slows the sender instead of a refusal
+        it would have to retry; past the wait, the refusal is the answer (with its RetryInfo)."""
+        deadline = time.monotonic() + max_wait_seconds
+        while True:
+            try:
+                return await self._saga.send(command)
+            except AppError as refusal:
+                delay = refusal.retry_after_seconds
+                if refusal.reason != "RATE_LIMITED" or delay is None or time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
 
     async def recover_pending_gifts(self, older_than_seconds: float) -> int:
         return await self._saga.recover_pending(older_than_seconds, RECOVERY_BATCH_SIZE)

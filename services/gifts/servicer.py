@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import structlog
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 
 from services.gifts import convert, domain
-from services.gifts.config import MatchDurations
+from services.gifts.config import MatchDurations, StreamLimits
 from services.gifts.service import GiftService
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, current_principal
 from services.runtime.authorization import (
@@ -19,15 +20,23 @@ from services.runtime.authorization import (
     allow_roles,
     require_resource_owner,
 )
+from services.runtime.errors import AppError
 from services.runtime.idempotency import scope_to_caller
-from services.runtime.interceptors import Context
+from services.runtime.interceptors import Context, answer_for_unexpected, loggable_request_id
+from services.runtime.streams import answer_concurrently
 from services.runtime.validation import Validator, page_size
 
 
 class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
-    def __init__(self, gifts: GiftService, match_durations: MatchDurations | None = None) -> None:
+    def __init__(
+        self,
+        gifts: GiftService,
+        match_durations: MatchDurations | None = None,
+        stream_limits: StreamLimits | None = None,
+    ) -> None:
         self._gifts = gifts
         self._match_durations = match_durations or MatchDurations()
+        self._stream_limits = stream_limits or StreamLimits()
 
     @allow_any_caller
     async def ListGifts(self, request: gifts_pb2.ListGiftsRequest, context: Context) -> gifts_pb2.ListGiftsResponse:
@@ -64,21 +73,35 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
 
     @allow_owner("sender_id", or_roles=(ROLE_SERVICE,))
     async def SendGift(self, request: gifts_pb2.SendGiftRequest, context: Context) -> gifts_pb2.SendGiftResponse:
-        check = Validator()
-        check.request_id(request.request_id)
-        check.identifier(request.sender_id, "sender_id")
-        if request.stream_id and request.video_id:
-            check.fail("video_id", "set exactly one of stream_id and video_id")
-        elif request.video_id:
-            check.identifier(request.video_id, "video_id")
-        else:
-            check.opaque_id(request.stream_id, "stream_id")
-        check.identifier(request.gift_id, "gift_id")
-        check.int_range(request.quantity, "quantity", minimum=domain.MIN_QUANTITY, maximum=domain.MAX_QUANTITY)
-        check.raise_if_invalid()
+        _check_send_gift(request)
         scope_to_caller(request)
         receipt = await self._gifts.send_gift(convert.send_gift(request))
         return convert.GIFT_SENT.to_message(receipt)
+
+    @allow_roles(ROLE_SERVICE)
+    async def SendGifts(
+        self, request_iterator: AsyncIterator[gifts_pb2.SendGiftRequest], context: Context
+    ) -> AsyncIterator[gifts_pb2.SendGiftsResponse]:
+        # Service only: the requests name many senders, and one check at the stream's start must cover them all.
+        limit = self._stream_limits.max_in_flight
+        async for response in answer_concurrently(request_iterator, self._send_one_of_many, limit):
+            yield response
+
+    async def _send_one_of_many(self, request: gifts_pb2.SendGiftRequest) -> gifts_pb2.SendGiftsResponse:
+        """One SendGifts request, answered as SendGift would answer it — a refusal included, so the stream goes on."""
+        request_id = request.request_id  # as sent: scope_to_caller rewrites the request's
+        structlog.contextvars.bind_contextvars(request_id=loggable_request_id(request))  # this gift's task only
+        try:
+            _check_send_gift(request)
+            scope_to_caller(request)
+            command = convert.send_gift(request)
+            receipt = await self._gifts.send_gift_waiting(command, self._stream_limits.admission_wait_seconds)
+        except AppError as refusal:
+            return gifts_pb2.SendGiftsResponse(request_id=request_id, error=refusal.to_rpc_status())
+        except Exception as error:
+            failure = answer_for_unexpected(error)
+            return gifts_pb2.SendGiftsResponse(request_id=request_id, error=failure.to_rpc_status())
+        return gifts_pb2.SendGiftsResponse(request_id=request_id, gift=convert.GIFT_SENT.to_message(receipt))
 
     @allow_any_caller
     async def GetStreamSummary(
@@ -218,3 +241,19 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         scope_to_caller(request)
         goal = await self._gifts.set_stream_goal(convert.set_goal(request))
         return convert.GOAL_SET.to_message(goal)
+
+
+def _check_send_gift(request: gifts_pb2.SendGiftRequest) -> None:
+    """SendGift's input rules, for SendGift and each request of SendGifts."""
+    check = Validator()
+    check.request_id(request.request_id)
+    check.identifier(request.sender_id, "sender_id")
+    if request.stream_id and request.video_id:
+        check.fail("video_id", "set exactly one of stream_id and video_id")
+    elif request.video_id:
+        check.identifier(request.video_id, "video_id")
+    else:
+        check.opaque_id(request.stream_id, "stream_id")
+    check.identifier(request.gift_id, "gift_id")
+    check.int_range(request.quantity, "quantity", minimum=domain.MIN_QUANTITY, maximum=domain.MAX_QUANTITY)
+    check.raise_if_invalid()

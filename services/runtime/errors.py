@@ -44,6 +44,11 @@ class AppError(Exception):
         return self.code in _OUTCOME_CODES
 
     def to_status(self) -> grpc.Status:
+        answer: grpc.Status = rpc_status.to_status(self.to_rpc_status())  # grpcio-status is untyped (pyproject)
+        return answer
+
+    def to_rpc_status(self) -> status_pb2.Status:
+        """As google.rpc.Status: what a call's status carries, for an answer inside a stream (SendGifts)."""
         details = [_pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN))]
         if self.field_violations:
             bad_request = error_details_pb2.BadRequest(
@@ -57,9 +62,7 @@ class AppError(Exception):
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(max(1_000_000, int(self.retry_after_seconds * 1e9)))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-        status = status_pb2.Status(code=_RPC_CODES[self.code], message=self.message, details=details)
-        answer: grpc.Status = rpc_status.to_status(status)  # grpcio-status is untyped (pyproject's [tool.mypy])
-        return answer
+        return status_pb2.Status(code=_RPC_CODES[self.code], message=self.message, details=details)
 
 
 _OUTCOME_CODES = frozenset(

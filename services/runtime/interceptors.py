@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -17,6 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from services.runtime import tracing
 from services.runtime.auth import ROLE_SERVICE, Principal, TokenVerifier, set_current_principal
+from services.runtime.authorization import access_of
 from services.runtime.batching import LoopLag, overloaded
 from services.runtime.errors import (
     AppError,
@@ -100,6 +101,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, authorization),
+                request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None and _declares_stream_access(handler.stream_stream):
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_bidirectional(handler.stream_stream, method, authorization),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
@@ -223,6 +230,50 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         return handle
 
+    def _wrap_bidirectional(self, behavior: Any, method: str, authorization: str | None) -> Any:
+        """A bidirectional stream of independent requests (SendGifts): admitted once, at its start (the token is
+        checked then; the stream's own requests each carry their request_id, logged by the servicer), counted once
+        when it ends, and an AppError raised by it becomes the call's status. Not shed by the unary in-flight count:
+        its flow control is the stream's own (services/runtime/streams.py)."""
+
+        async def handle(request_iterator: Any, context: Context) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            structlog.contextvars.bind_contextvars(method=method)
+            try:
+                self._admit(method, authorization)
+                async for response in behavior(_decoded(request_iterator), context):
+                    yield response
+            except AppError as error:
+                code = error.code
+                await _abort(context, error, method, started)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as error:
+                answer = _answer_for_unexpected(error)
+                code = answer.code if answer else grpc.StatusCode.INTERNAL
+                await _abort_unexpected(context, answer, method, started)
+            finally:
+                _observe(method, code, started)
+
+        return handle
+
+
+def _declares_stream_access(behavior: Any) -> bool:
+    """Whether a client- or bidirectional-streaming method declares who may call it by role alone (the only kind of
+    declaration a stream of requests can be checked against once, at its start)."""
+    access = access_of(behavior)
+    return access is not None and access.owner_field is None and not access.resource_owner
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The stream's requests; one that cannot be parsed ends the call INVALID_ARGUMENT (its request_id, which its
+    answer would need, is unreadable)."""
+    async for request in requests:
+        _refuse_undecodable(request)
+        yield request
+
 
 def _text_header(metadata: dict[str, str | bytes], key: str) -> str | None:
     """A text header's value: only keys ending in -bin carry bytes."""
@@ -264,8 +315,9 @@ def loggable_request_id(request: Any) -> str | None:
 
 
 def _refused_unwrapped(handler: Handler, method: str) -> Handler:
-    """Client-streaming and bidirectional handlers are not wrapped (no authentication, limits or error mapping), so
-    serving one as it is would expose it unauthenticated: every call to it is refused, loudly, until it is wrapped."""
+    """Client-streaming handlers, and bidirectional ones that declare no role-only access, are not wrapped (no
+    authentication, limits or error mapping), so serving one as it is would expose it unauthenticated: every call to
+    it is refused, loudly, until it is wrapped."""
     log.error("rpc_kind_not_wrapped", method=method)
 
     async def refuse(request: Any, context: Context) -> Any:
@@ -274,6 +326,13 @@ def _refused_unwrapped(handler: Handler, method: str) -> Handler:
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
     return grpc.stream_stream_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
+
+
+def answer_for_unexpected(error: Exception) -> AppError:
+    """An unexpected exception as one answer inside a stream (SendGifts), logged like a call's: DATABASE_UNAVAILABLE,
+    or INTERNAL without the exception's text."""
+    answer = _answer_for_unexpected(error)
+    return answer or AppError(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error; retry with the same request_id")
 
 
 def _answer_for_unexpected(error: Exception) -> AppError | None:
