@@ -62,7 +62,10 @@ SEED = os.environ.get("COINSTREAM_FUZZ_SEED")
 def test_every_rpc_is_classified() -> None:
     """A new RPC is fuzzed automatically, but the fuzzer must know whether it moves money (EFFECTS)."""
     assert [rpc.path for rpc in RPCS if rpc.effect is None] == []
-    assert not [rpc.path for rpc in RPCS if rpc.method.client_streaming], "client streams need a fuzz driver"
+    # Streams of requests are fuzzed one request per stream (Fuzzer.call_bidirectional): a client stream answered by
+    # one response would need a driver of its own.
+    unary_answers = [rpc.path for rpc in RPCS if rpc.method.client_streaming and not rpc.method.server_streaming]
+    assert not unary_answers, "client streams need a fuzz driver"
 
 
 @pytest.fixture(scope="module")

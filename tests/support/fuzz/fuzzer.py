@@ -19,6 +19,7 @@ from coinstream.payouts.v1 import payouts_pb2
 from coinstream.wallet.v1 import wallet_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 from hypothesis import note
 from hypothesis import strategies as st
 
@@ -163,7 +164,9 @@ class Fuzzer:
         recipient_before = self.recipient_lifetime(rpc, request)
         before = self.money() if rpc.effect == MONEY else None
         started = time.monotonic()
-        if rpc.method.server_streaming:
+        if rpc.method.client_streaming:
+            code, error, response = self.call_bidirectional(rpc, request, metadata)
+        elif rpc.method.server_streaming:
             code, error, response = self.call_stream(rpc, request, metadata)
         else:
             code, error, response = self.call_unary(rpc, request, metadata)
@@ -207,10 +210,30 @@ class Fuzzer:
         code = call.code()
         return code, (call if code != grpc.StatusCode.OK else None), "(stream ended)"
 
+    def call_bidirectional(
+        self, rpc: Rpc, request: Message | bytes, metadata: Metadata
+    ) -> tuple[grpc.StatusCode, Any, Any]:
+        """A stream of requests each answered on its own (SendGifts), fuzzed one request per stream: the call's
+        status when it fails, else its one answer, whose refusal (a google.rpc.Status) is checked as a call's."""
+        try:
+            responses = list(
+                self.caller.bidirectional(rpc)(iter([request]), metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+            )
+        except grpc.RpcError as error:
+            return error.code(), error, None
+        assert len(responses) == 1, f"{rpc.path}: {len(responses)} answers to one request"
+        [response] = responses
+        if isinstance(request, Message):  # (raw bytes may parse too: b"" is the empty request)
+            assert response.request_id == request.request_id, f"{rpc.path} answered another request: {response}"
+        if response.WhichOneof("outcome") == "error":
+            refusal = AnsweredRefusal(response.error)
+            return refusal.code(), refusal, None
+        return grpc.StatusCode.OK, None, response.gift
+
     def recipient_lifetime(self, rpc: Rpc, request: Message | bytes) -> int | None:
         """Before a gift to a stream or video we know: its creator's diamonds, to wait for the settlement of a
         success."""
-        if rpc.name != "SendGift" or not isinstance(request, Message):
+        if rpc.name not in ("SendGift", "SendGifts") or not isinstance(request, Message):
             return None
         target = request.stream_id or request.video_id
         if target not in self.world.owners:
@@ -265,7 +288,7 @@ class Fuzzer:
                 payout_destination=world.destinations[request.creator_id],
             )
             self.caller.call("UpdateCreatorProfile", restore, SERVICE)
-        elif name == "SendGift" and recipient_before is not None and response.gift.coins:
+        elif name in ("SendGift", "SendGifts") and recipient_before is not None and response.gift.coins:
             creator = response.gift.recipient_id
             wait_until(
                 lambda: earnings(self.caller, creator),
@@ -287,6 +310,24 @@ class Fuzzer:
                     lambda found: found.status != payouts_pb2.WITHDRAWAL_STATUS_PENDING,
                     f"the payout of {withdrawal.withdrawal_id}",
                 )
+
+
+class AnsweredRefusal(grpc.RpcError):
+    """One request's refusal inside a stream's answer, read like a failed call's (code, details, and the status in
+    its trailing metadata, where coinstream.client.CallError looks)."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self._status = status
+
+    def code(self) -> grpc.StatusCode:
+        return next(code for code in grpc.StatusCode if code.value[0] == self._status.code)
+
+    def details(self) -> str:
+        return self._status.message
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return (("grpc-status-details-bin", self._status.SerializeToString()),)
 
 
 def shorten(value: object, limit: int = 600) -> str:

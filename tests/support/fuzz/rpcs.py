@@ -45,6 +45,7 @@ EFFECTS = {
         "StartLiveStream": STATE,
         "EndLiveStream": STATE,
         "SendGift": MONEY,
+        "SendGifts": MONEY,
         "GetStreamSummary": READ,
         "WatchStreamGifts": READ,
         "GetLeaderboard": READ,

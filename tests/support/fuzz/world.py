@@ -89,6 +89,13 @@ class Caller:
             response_deserializer=rpc.response_class().FromString,
         )
 
+    def bidirectional(self, rpc: Rpc) -> grpc.StreamStreamMultiCallable:
+        return self._channel(rpc).stream_stream(
+            rpc.path,
+            request_serializer=serialize,
+            response_deserializer=rpc.response_class().FromString,
+        )
+
     def call(self, name: str, request: Message, metadata: Metadata) -> Any:
         """A setup or check call that must succeed."""
         return self.unary(self._rpc(name, request))(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
