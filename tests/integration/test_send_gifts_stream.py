@@ -180,3 +180,25 @@ async def test_a_sender_faster_than_the_gifts_is_slowed_not_refused(clients: Cli
     assert all(response.WhichOneof("outcome") == "gift" for response in responses.values())
     assert len(responses) == 600
     assert (await wallet_balance(clients, sender)).coins == 1321 + 66 - 600
+
+
+async def test_a_stream_cancelled_midway_leaves_each_gift_sent_once_or_not_at_all(clients: Clients) -> None:
+    """The client goes away with gifts in flight: those complete on their own (or were never taken in), and sending
+    the same requests again answers every one, each gift paid once."""
+    stream = await go_live(clients)
+    sender = await create_account(clients, prefix="gone")
+    await buy(clients, sender, "coins_330")
+    requests = [gift_request(sender, stream.stream_id, "rose") for _ in range(200)]
+    call = clients.gifts.SendGifts(metadata=SERVICE, timeout=60)
+    for request in requests[:150]:
+        await call.write(request)
+    first = await call.read()
+    call.cancel()
+    assert isinstance(first, gifts_pb2.SendGiftsResponse) and first.WhichOneof("outcome") == "gift"
+
+    responses = by_request_id(await send_stream(clients, requests))
+    assert all(response.WhichOneof("outcome") == "gift" for response in responses.values())
+    assert responses[first.request_id].gift == first.gift
+    assert len({response.gift.gift.gift_transaction_id for response in responses.values()}) == 200
+    assert (await wallet_balance(clients, sender)).coins == 330 - 200
+    assert (await summary_of(clients, stream.stream_id)).gift_count == 200
