@@ -3,15 +3,18 @@ API contract gives, and the check comes before the input's."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 import pytest
 from coinstream.gifts.v1 import gifts_pb2
 
+from services.gifts.config import StreamLimits
 from services.gifts.servicer import GiftServicer
 from services.runtime.auth import ROLE_ADMIN, ROLE_SERVICE, ROLE_USER, Principal, set_current_principal
 from services.runtime.authorization import Access, access_of, undeclared_rpcs
 from services.runtime.errors import AppError
-from tests.unit.gifts.world import ROSE, World, refused, send_request
+from tests.unit.gifts.world import LION, ROSE, World, refused, send_request
 
 ANYONE = Access(roles=frozenset(), any_caller=True)
 EXPECTED = {
@@ -29,6 +32,7 @@ EXPECTED = {
     "RetireGift": Access(roles=frozenset({ROLE_ADMIN})),
     "UpsertVideo": Access(roles=frozenset({ROLE_SERVICE, ROLE_ADMIN})),
     "StartMatch": Access(roles=frozenset({ROLE_SERVICE, ROLE_ADMIN})),
+    "SendGifts": Access(roles=frozenset({ROLE_SERVICE})),
 }
 
 
@@ -90,3 +94,31 @@ async def test_the_leaderboard_takes_the_apis_periods_only() -> None:
     with pytest.raises(AppError) as error:
         await servicer().GetLeaderboard(request, None)
     assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_stream_of_gifts_answers_each_in_its_own_response_as_send_gift_would() -> None:
+    world = World()
+    await world.catalog(ROSE, LION)
+    stream_id = await world.live_stream("creator")
+    world.fan("alice", 100)
+    good = send_request("alice", ROSE, stream_id=stream_id, request_id="r1")
+    invalid = send_request("alice", ROSE, stream_id=stream_id, request_id="r2", quantity=0)
+    too_dear = send_request("alice", LION, stream_id=stream_id, request_id="r3")
+
+    async def requests() -> AsyncIterator[gifts_pb2.SendGiftRequest]:
+        for request in (good, invalid, too_dear):
+            yield request
+
+    call_as("backend", ROLE_SERVICE)
+    gifts = GiftServicer(world.gifts, stream_limits=StreamLimits(max_in_flight=1))
+    answers = {answer.request_id: answer async for answer in gifts.SendGifts(requests(), None)}
+    assert answers["r1"].gift.sender_balance_coins == 95
+    assert (answers["r2"].error.code, answers["r2"].error.message) == (
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        "invalid request: quantity: must be between 1 and 10000",
+    )
+    assert answers["r3"].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    # Kept under the caller's namespace, exactly as SendGift keeps it: a replay through SendGift answers the same.
+    assert await servicer(world).SendGift(send_request("alice", ROSE, stream_id=stream_id, request_id="r1"), None) == (
+        answers["r1"].gift
+    )
