@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import grpc
 import structlog
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
+from prometheus_client import Counter
 
 from services.gifts import convert, domain
 from services.gifts.config import MatchDurations, StreamLimits
@@ -25,6 +27,11 @@ from services.runtime.idempotency import scope_to_caller
 from services.runtime.interceptors import Context, answer_for_unexpected, loggable_request_id
 from services.runtime.streams import answer_concurrently
 from services.runtime.validation import Validator, page_size
+
+# A SendGifts stream is one call in coinstream_rpc_total, however many gifts it carries: each gift's outcome is
+# counted here, by the code SendGift would have answered.
+STREAMED_GIFTS = Counter("coinstream_streamed_gifts_total", "Gifts answered inside SendGifts streams", ["code"])
+_STREAMED_GIFT_SERIES = {code.value[0]: STREAMED_GIFTS.labels(code.name) for code in grpc.StatusCode}
 
 
 class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
@@ -85,6 +92,7 @@ class GiftServicer(gifts_pb2_grpc.GiftServiceServicer):
         # Service only: the requests name many senders, and one check at the stream's start must cover them all.
         limit = self._stream_limits.max_in_flight
         async for response in answer_concurrently(request_iterator, self._send_one_of_many, limit):
+            _STREAMED_GIFT_SERIES[response.error.code].inc()  # (no error: code 0, OK)
             yield response
 
     async def _send_one_of_many(self, request: gifts_pb2.SendGiftRequest) -> gifts_pb2.SendGiftsResponse:
