@@ -261,8 +261,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _declares_stream_access(behavior: Any) -> bool:
-    """Whether a client- or bidirectional-streaming method declares who may call it by role alone (the only kind of
-    declaration a stream of requests can be checked against once, at its start)."""
+    """Whether a bidirectional method declares who may call it by role alone: the only kind of declaration a stream
+    of requests can be checked against once, at its start (an owner is named by each request, not by the stream)."""
     access = access_of(behavior)
     return access is not None and access.owner_field is None and not access.resource_owner
 
