@@ -1,9 +1,9 @@
 """Bidirectional streams of independent requests (SendGifts): each request is answered on its own, concurrently,
 and each answer goes out as soon as it is ready, so answers come out of order.
 
-Flow control is the stream's own: at most max_in_flight requests are being answered at once, and while that many are,
-the request stream is not read. gRPC then stops granting the sender HTTP/2 window, so a sender faster than the
-answers is slowed down, never refused."""
+Flow control is the stream's own: at most max_in_flight requests are being answered, or their answers waiting to be
+written, at once, and while that many are, the request stream is not read. gRPC then stops granting the sender HTTP/2
+window, so a sender faster than the answers (or slower to read them) is slowed down, never refused."""
 
 from __future__ import annotations
 
@@ -54,12 +54,15 @@ class _Pump(Generic[RequestT, ResponseT]):
             self.ready.put_nowait(_Ended(error))
 
     async def _answer_one(self, request: RequestT) -> None:
+        # The slot is released once the answer is written (answer_concurrently), not when it is ready: a client that
+        # sends but does not read its answers is slowed too, and answers never pile up unbounded here.
         try:
             self.ready.put_nowait(await self._answer(request))
         except Exception as error:  # a bug in answer(): never a silently missing answer
             self.ready.put_nowait(_Ended(error))
-        finally:
-            self._slots.release()
+
+    def answer_written(self) -> None:
+        self._slots.release()
 
 
 async def answer_concurrently(
@@ -75,7 +78,8 @@ async def answer_concurrently(
     reader = asyncio.create_task(pump.read(requests))
     try:
         while not isinstance(ready := await pump.ready.get(), _Ended):
-            yield ready
+            yield ready  # resumed once gRPC took the answer: its slot is free again
+            pump.answer_written()
         if ready.error is not None:
             raise ready.error
     finally:

@@ -67,10 +67,13 @@ async def test_no_more_than_max_in_flight_are_read_and_answers_come_as_they_are_
     held.release(2)
     assert await first == "answer 2"  # out of order: whichever is ready first
     await settle()
+    assert requests.read == 3  # its slot is free once the answer is written: when the next one is asked for
+    second = asyncio.ensure_future(anext(answers))
+    await settle()
     assert (requests.read, held.started) == (4, [0, 1, 2, 3])
     for request in range(10):
         held.release(request)
-    rest = [answer async for answer in answers]
+    rest = [await second, *[answer async for answer in answers]]
     assert sorted(rest) == sorted(f"answer {request}" for request in range(10) if request != 2)
 
 
