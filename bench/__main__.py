@@ -32,6 +32,9 @@ TOKEN_TTL_SECONDS = 6 * 3600
 DEBIT_CONNECTIONS = 20
 DEBIT_ACCOUNTS = 10_000
 DEBIT_DATABASE = "bench_guarded_debit"
+# Issue 21's capacity: the highest offered rate whose p99 stays within this, with fewer refused or failed than this.
+CAPACITY_P99_MS = 100.0
+CAPACITY_MAX_FAILED = 0.001
 WHOLE_RUN_FIGURES = ("cpu_seconds", "cpu_seconds_per_1000", "cores_busy", "settlement_lag_ms")
 
 
@@ -50,6 +53,9 @@ class Plan:
     recovery_seconds: float  # …then back to half
     step_multiples: tuple[float, ...]  # open-loop steps for the latency plot, as multiples of the uniform maximum
     step_seconds: float
+    capacity_probes: int  # bisection steps of the capacity-at-latency search…
+    capacity_probe_seconds: float
+    capacity_hold_seconds: float  # …and how long the rate found is then held
 
 
 FULL = Plan(
@@ -66,6 +72,9 @@ FULL = Plan(
     recovery_seconds=10.0,
     step_multiples=(0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0),
     step_seconds=5.0,
+    capacity_probes=6,
+    capacity_probe_seconds=5.0,
+    capacity_hold_seconds=60.0,
 )
 QUICK = Plan(
     mode="quick",
@@ -81,6 +90,9 @@ QUICK = Plan(
     recovery_seconds=1.0,
     step_multiples=(0.5, 1.0, 2.0),
     step_seconds=1.0,
+    capacity_probes=3,
+    capacity_probe_seconds=1.0,
+    capacity_hold_seconds=3.0,
 )
 
 
@@ -97,6 +109,8 @@ def plan_for(args: argparse.Namespace) -> Plan:
             overload_seconds=seconds,
             recovery_seconds=seconds / 2,
             step_seconds=seconds / 2,
+            capacity_probe_seconds=seconds / 2,
+            capacity_hold_seconds=seconds,
         )
     return replace(plan, fans=args.fans or plan.fans, creators=args.creators or plan.creators)
 
@@ -235,6 +249,29 @@ class Bench:
             )
         )
 
+    def capacity(self, uniform_max: float) -> None:
+        """Capacity at a latency bound (issue 21): the highest open-loop rate whose calls meet p99 ≤ 100 ms with
+        under 0.1 % refused or failed, found by bisection between 0 and the uniform maximum, then held (60 s in full
+        mode) — the held run is the figure. 0 when not even the lowest rate tried met the bound."""
+        say(f"capacity at p99 ≤ {CAPACITY_P99_MS:g} ms: bisection over the offered rate")
+        met, missed = 0.0, uniform_max
+        probes = []
+        for _ in range(self.plan.capacity_probes):
+            rate = (met + missed) / 2
+            summary = self.open(Phase("capacity probe", rate, self.plan.capacity_probe_seconds))["capacity probe"]
+            meets = meets_the_latency_bound(summary)
+            probes.append({"offered_per_second": rate, "meets": meets, **summary})
+            met, missed = (rate, missed) if meets else (met, rate)
+        self.results["capacity_probes"] = probes
+        if not met:
+            lowest = min(probes, key=lambda probe: probe["offered_per_second"])
+            self.results["scenarios"]["capacity"] = {**lowest, "meets": False}
+            say("  no rate tried met the bound")
+            return
+        held = self.open(Phase("capacity", met, self.plan.capacity_hold_seconds))["capacity"]
+        held["meets"] = meets_the_latency_bound(held)
+        self.results["scenarios"]["capacity"] = held
+
     def steps(self, uniform_max: float) -> None:
         say("open-loop steps for the latency plot")
         for multiple in self.plan.step_multiples:
@@ -254,7 +291,16 @@ class Bench:
         self.overload(uniform_max)
         self.closed("mixed", "mixed", self.best_gift_concurrency)
         self.steps(uniform_max)
+        self.capacity(uniform_max)
         return self.results
+
+
+def meets_the_latency_bound(summary: dict[str, Any]) -> bool:
+    """p99 of the accepted calls within the bound, and under 0.1 % of the calls refused or failed."""
+    calls = summary["calls"]
+    failed = sum(summary["errors"].values())
+    p99 = summary["latency_ms"]["p99"]
+    return bool(calls) and p99 <= CAPACITY_P99_MS and failed < CAPACITY_MAX_FAILED * calls
 
 
 def describe(summary: dict[str, Any]) -> str:

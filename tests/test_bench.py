@@ -25,7 +25,10 @@ def test_quick_bench_runs_and_reports(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "smoke.json").read_text())
     assert set(results) >= {"run", "baselines", "probes", "setup", "scenarios", "steps", "ratios", "goals"}
     assert set(results["baselines"]) == {"echo", "guarded_debit"}
-    assert set(results["scenarios"]) == {"uniform", "hot_creator", "latency", "overload", "overload_recovery", "mixed"}
+    assert set(results["scenarios"]) == {
+        *("uniform", "hot_creator", "latency", "overload", "overload_recovery", "mixed", "capacity"),
+    }
+    assert results["capacity_probes"] and "meets" in results["scenarios"]["capacity"]
     for scenario in results["scenarios"].values():
         assert {"per_second", "latency_ms", "errors", "cpu_seconds_per_1000", "settlement_lag_ms"} <= set(scenario)
     assert results["money_identities"] == {"violations": [], "count": 0}
