@@ -44,6 +44,8 @@ GOALS = {
     "overload_success_per_uniform_max": Goal(0.8, 0.95, True),
     "overload_accepted_p99_ms": Goal(250, 100, False, "ms"),
     "overload_time_to_refuse_p99_ms": Goal(50, 10, False, "ms"),
+    # Issue 21: a streamed gift against one bare unary echo call.
+    "send_gifts_per_echo": Goal(0.5, 1.0, True),
 }
 
 
@@ -61,6 +63,10 @@ def add_ratios(results: dict[str, Any]) -> None:
         "settlement_lag_p99_ms": max((s["settlement_lag_ms"]["p99"] for s in _settled(scenarios)), default=None),
         "overload_accepted_p99_ms": scenarios["overload"]["latency_ms"]["p99"],
         "overload_time_to_refuse_p99_ms": refused["p99"] if refused else None,
+        "send_gifts_per_echo": _ratio(scenarios["send_gifts"]["per_second"], baselines["echo"]["per_second"]),
+        "send_gifts_per_stream_echo": _ratio(
+            scenarios["send_gifts"]["per_second"], baselines["stream_echo"]["per_second"]
+        ),
     }
     results["goals"] = {
         key: {"floor": goal.floor, "target": goal.target, "status": goal.status(results["ratios"][key])}
@@ -176,6 +182,18 @@ def headline_table(results: dict[str, Any]) -> list[str]:
             None,
         ),
         ("CPU per gift, uniform (all processes)", f"{_ms(uniform['cpu_seconds_per_1000']['total'])}", "", None),
+        (
+            f"`SendGifts` ({s['send_gifts']['streams']} streams × {s['send_gifts']['window']} in flight)",
+            f"{_rate(s['send_gifts'], 'gifts')}, {_pcts(s['send_gifts'])}",
+            f"{_x(r['send_gifts_per_echo'])} echo",
+            "send_gifts_per_echo",
+        ),
+        (
+            f"`SendGifts` ÷ bare streaming echo ({b['stream_echo']['streams']} × {b['stream_echo']['window']})",
+            f"{_rate(s['send_gifts'], 'gifts')} ÷ {_rate(b['stream_echo'], 'messages')}, {_pcts(b['stream_echo'])}",
+            f"{_x(r['send_gifts_per_stream_echo'])} stream echo",
+            None,
+        ),
     ]
     count = results["money_identities"]["count"]
     lines = ["| measure | figure | ratio | floor | target | status |", "|---|---|---|---|---|---|"]
