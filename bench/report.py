@@ -224,8 +224,9 @@ def scenario_table(results: dict[str, Any]) -> list[str]:
         )
     for name, b in results["baselines"].items():
         latency = b["latency_ms"]
+        unit = "messages" if "window" in b else "calls"  # a streaming baseline counts messages
         lines.append(
-            f"| {name} (baseline, calls/s) | {b['per_second']:,.1f} | {_ms(latency['p50'])} | {_ms(latency['p95'])} | "
+            f"| {name} (baseline, {unit}/s) | {b['per_second']:,.1f} | {_ms(latency['p50'])} | {_ms(latency['p95'])} | "
             f"{_ms(latency['p99'])} | {_ms(latency['max'])} | {len(b['errors']) and b['errors'] or 'none'} | | "
             f"{_num(b['cpu_seconds_per_1000']['total'])} |"
         )
