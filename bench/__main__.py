@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import load, report
 from bench.baselines import EchoServer
-from bench.load import ClosedLoop, GuardedDebits, LoadGenerator, OpenLoop, Phase, PrepareDebits, Run, Setup
+from bench.load import ClosedLoop, GuardedDebits, LoadGenerator, OpenLoop, Phase, PrepareDebits, Run, Setup, StreamLoop
 from bench.measure import CpuMeter, ProcessGroup, settlement_lag_now, summarize, summarize_phase
 from coinstream.testing.stack import REPO_ROOT, Stack, new_stack
 from services.runtime.auth import mint_token
@@ -35,6 +35,10 @@ DEBIT_DATABASE = "bench_guarded_debit"
 # Issue 21's capacity: the highest offered rate whose p99 stays within this, with fewer refused or failed than this.
 CAPACITY_P99_MS = 100.0
 CAPACITY_MAX_FAILED = 0.001
+# SendGifts and its streaming echo baseline: a few streams, each with this many messages outstanding (at most the
+# server's 256 per stream for SendGifts).
+STREAMS = 4
+STREAM_WINDOW = 64
 WHOLE_RUN_FIGURES = ("cpu_seconds", "cpu_seconds_per_1000", "cores_busy", "settlement_lag_ms")
 
 
@@ -279,6 +283,22 @@ class Bench:
             summary = self.open(Phase(label, multiple * uniform_max, self.plan.step_seconds))[label]
             self.results["steps"].append({"multiple": multiple, **summary})
 
+    def streaming(self) -> None:
+        """Issue 21: the bare streaming echo (baseline `stream_echo`), then `SendGifts` (scenario `send_gifts`): the
+        same closed loop over STREAMS streams of STREAM_WINDOW messages outstanding each, gifts as uniform's."""
+        shape = {"streams": STREAMS, "window": STREAM_WINDOW}
+        say(f"bare grpc.aio streaming echo ({STREAMS} streams × {STREAM_WINDOW} in flight)")
+        with EchoServer() as echo:
+            extra = [ProcessGroup("echo server", echo.pid)]
+            command = StreamLoop("echo", STREAMS, STREAM_WINDOW, self.plan.measure_seconds, echo.address)
+            _, summary = self.measure(command, "echo", extra)
+        self.results["baselines"]["stream_echo"] = {**summary, **shape}
+        say(f"  stream echo: {summary['per_second']:,.0f} messages/s")
+        say(f"send_gifts (SendGifts, {STREAMS} streams × {STREAM_WINDOW} in flight)")
+        _, summary = self.measure(StreamLoop("gift", STREAMS, STREAM_WINDOW, self.plan.measure_seconds), "gift")
+        self.results["scenarios"]["send_gifts"] = {**summary, **shape}
+        say(f"  {describe(summary)}")
+
     def run_all(self) -> dict[str, Any]:
         self.echo_baseline()
         self.debit_baseline()
@@ -292,6 +312,7 @@ class Bench:
         self.closed("mixed", "mixed", self.best_gift_concurrency)
         self.steps(uniform_max)
         self.capacity(uniform_max)
+        self.streaming()
         return self.results
 
 

@@ -7,7 +7,7 @@ import asyncio
 import multiprocessing
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -18,6 +18,7 @@ from coinstream.testing.servers import free_port
 
 ECHO_SERVICE = "bench.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
+STREAM_ECHO_METHOD = f"/{ECHO_SERVICE}/StreamEcho"
 ECHO_START_TIMEOUT_SECONDS = 30.0
 STARTING_BALANCE = 10**12
 OK = "OK"
@@ -27,7 +28,8 @@ OK = "OK"
 
 
 class EchoServer:
-    """A one-method grpc.aio server in a spawned process: bytes in, the same bytes out, nothing else."""
+    """A grpc.aio server in a spawned process: bytes in, the same bytes out, nothing else. `Echo` is unary;
+    `StreamEcho` is bidirectional and answers each message as it arrives (the bare cost of a streamed message)."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -69,7 +71,13 @@ def serve_echo(port: int) -> None:
 
 async def _serve_echo(port: int) -> None:
     server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)})
+    handler = grpc.method_handlers_generic_handler(
+        ECHO_SERVICE,
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(_echo),
+            "StreamEcho": grpc.stream_stream_rpc_method_handler(_stream_echo),
+        },
+    )
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -78,6 +86,13 @@ async def _serve_echo(port: int) -> None:
 
 async def _echo(request: bytes, _context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
     return request
+
+
+async def _stream_echo(
+    requests: AsyncIterator[bytes], _context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[bytes]:
+    async for request in requests:
+        yield request
 
 
 # -- guarded debit ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import multiprocessing
 import random
+import struct
 import time
 import traceback
 import uuid
@@ -20,7 +21,7 @@ import grpc
 import uvloop
 from coinstream.gifts.v1 import gifts_pb2, gifts_pb2_grpc
 from coinstream.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from bench import baselines
@@ -34,6 +35,8 @@ SETUP_ATTEMPTS = 5
 FAN_PACKAGE = "coins_16500"
 MIXED_PACKAGE = "coins_65"
 PAYMENT_TOKEN = "tok_ok_bench"
+# The gifts service's COINSTREAM_GIFTS_STREAM_MAX_IN_FLIGHT default: a SendGifts window above it only queues.
+SEND_GIFTS_MAX_IN_FLIGHT = 256
 OK = "OK"
 # Records use the monotonic clock at full resolution: uvloop's loop.time() is in whole milliseconds and cached per
 # iteration of the loop, too coarse for calls that take about a millisecond.
@@ -55,6 +58,18 @@ class ClosedLoop:
 
     workload: str  # gift, hot, mixed or echo
     concurrency: int
+    seconds: float
+    echo_address: str = ""
+
+
+@dataclass(frozen=True)
+class StreamLoop:
+    """`streams` bidirectional streams, each keeping `window` messages outstanding: a new one is sent as soon as an
+    answer comes back (answers may come out of order; they are matched by request_id or the echo payload's id)."""
+
+    workload: str  # gift (SendGifts, gifts picked as the uniform workload's) or echo (the bare streaming echo)
+    streams: int
+    window: int
     seconds: float
     echo_address: str = ""
 
@@ -176,6 +191,8 @@ async def execute(command: object, clients: Clients, world: World) -> object:
             return await closed_loop(Workload(command.workload, clients, world, command.echo_address), command)
         case OpenLoop():
             return await open_loop(Workload(command.workload, clients, world), command)
+        case StreamLoop():
+            return await stream_loop(Workload(command.workload, clients, world), clients, command)
         case PrepareDebits():
             return await baselines.prepare_debits(command.dsn, command.accounts)
         case GuardedDebits():
@@ -190,6 +207,7 @@ class Clients:
         self._wallets = itertools.cycle([wallet_pb2_grpc.WalletServiceStub(c) for c in self._open(wallet_address)])
         self._gifts = itertools.cycle([gifts_pb2_grpc.GiftServiceStub(c) for c in self._open(gifts_address)])
         self._echoes: dict[str, itertools.cycle[grpc.aio.UnaryUnaryMultiCallable]] = {}
+        self._stream_echoes: dict[str, itertools.cycle[grpc.aio.StreamStreamMultiCallable]] = {}
 
     def _open(self, address: str) -> list[grpc.aio.Channel]:
         # A local subchannel pool each, or channels with equal arguments would share one connection.
@@ -215,6 +233,13 @@ class Clients:
             )
         return next(self._echoes[address])
 
+    def stream_echo(self, address: str) -> grpc.aio.StreamStreamMultiCallable:
+        if address not in self._stream_echoes:
+            self._stream_echoes[address] = itertools.cycle(
+                [channel.stream_stream(baselines.STREAM_ECHO_METHOD) for channel in self._open(address)]
+            )
+        return next(self._stream_echoes[address])
+
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
@@ -234,12 +259,24 @@ def outcome_of(error: grpc.aio.AioRpcError) -> str:
         status = rpc_status.from_call(error)
     except ValueError:
         status = None
+    return _with_reason(error.code().name, status)
+
+
+STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def outcome_of_status(status: status_pb2.Status) -> str:
+    """The same outcome for a refusal carried in a message (a SendGifts answer's `error`)."""
+    return _with_reason(STATUS_NAMES.get(status.code, str(status.code)), status)
+
+
+def _with_reason(code: str, status: status_pb2.Status | None) -> str:
     for detail in status.details if status else []:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return f"{error.code().name}/{info.reason}"
-    return error.code().name
+            return f"{code}/{info.reason}"
+    return code
 
 
 async def attempt(call: Awaitable[object]) -> str:
@@ -343,10 +380,18 @@ class Workload:
     def _fan(self) -> str:
         return self._random.choice(self._world.fans)
 
-    def _gift(self, stream_id: str) -> Awaitable[object]:
-        request = gifts_pb2.SendGiftRequest(
+    def next_gift_request(self) -> gifts_pb2.SendGiftRequest:
+        """The request next_call would send as a gift (uniform or hot), for a SendGifts stream."""
+        stream_id = self._world.streams[0] if self.name == "hot" else self._random.choice(self._world.streams)
+        return self._gift_request(stream_id)
+
+    def _gift_request(self, stream_id: str) -> gifts_pb2.SendGiftRequest:
+        return gifts_pb2.SendGiftRequest(
             request_id=new_request_id(), sender_id=self._fan(), stream_id=stream_id, gift_id="rose", quantity=1
         )
+
+    def _gift(self, stream_id: str) -> Awaitable[object]:
+        request = self._gift_request(stream_id)
         return self._clients.gifts.SendGift(request, metadata=self._clients.metadata, timeout=CALL_TIMEOUT_SECONDS)
 
     def _balance(self) -> Awaitable[object]:
@@ -411,6 +456,76 @@ async def open_loop(workload: Workload, command: OpenLoop) -> Run:
     if (wait := phase_start - now()) > 0:
         await asyncio.sleep(wait)
     await asyncio.gather(*in_flight)  # the stragglers belong to the run: their latency is the point
+    run.ended = now()
+    return run
+
+
+async def stream_loop(workload: Workload, clients: Clients, command: StreamLoop) -> Run:
+    """Closed loops over streams: each stream's writer sends while fewer than `window` of its messages await their
+    answer; its reader matches each answer to its message and frees a slot. A message's latency is from its write to
+    its answer. Writers stop at the deadline and half-close; the answers still due belong to the run."""
+    if workload.name == "gift" and command.window > SEND_GIFTS_MAX_IN_FLIGHT:
+        raise ValueError(f"a SendGifts window above {SEND_GIFTS_MAX_IN_FLIGHT} only queues in the server")
+    run = Run(started=now(), ended=0.0)
+    stop_at = run.started + command.seconds
+    echo = workload.name == "echo"
+    kind = "echo" if echo else "gift"
+    ids = itertools.count()
+
+    def next_message() -> tuple[str | int, object]:
+        if echo:
+            key = next(ids)
+            return key, struct.pack(">Q", key) + bytes(56)  # 64 bytes, about a SendGiftRequest's size
+        request = workload.next_gift_request()
+        return request.request_id, request
+
+    def answer_of(response: Any) -> tuple[str | int, str]:
+        if echo:
+            return struct.unpack_from(">Q", response)[0], OK
+        if response.WhichOneof("outcome") == "gift":
+            return response.request_id, OK
+        return response.request_id, outcome_of_status(response.error)
+
+    async def one_stream() -> None:
+        if echo:
+            call = clients.stream_echo(command.echo_address)(
+                metadata=clients.metadata, timeout=command.seconds + CALL_TIMEOUT_SECONDS
+            )
+        else:
+            call = clients.gifts.SendGifts(metadata=clients.metadata, timeout=command.seconds + CALL_TIMEOUT_SECONDS)
+        slots = asyncio.Semaphore(command.window)
+        pending: dict[str | int, float] = {}
+
+        async def writer() -> None:
+            try:
+                while True:
+                    await slots.acquire()
+                    if (sent := now()) >= stop_at:
+                        break
+                    key, message = next_message()
+                    pending[key] = sent
+                    await call.write(message)
+                await call.done_writing()
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                return  # the call ended: the reader records what it took with it
+
+        writing = asyncio.create_task(writer())
+        try:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                key, outcome = answer_of(response)
+                sent = pending.pop(key)
+                run.records.append((kind, sent, sent, now(), outcome))
+                slots.release()
+            lost = "LOST"  # the stream ended OK with messages unanswered: a broken contract, counted as an error
+        except grpc.aio.AioRpcError as error:
+            lost = f"STREAM_{outcome_of(error)}"
+        finally:
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)
+        ended = now()
+        run.records.extend((kind, sent, sent, ended, lost) for sent in pending.values())
+
+    await asyncio.gather(*(one_stream() for _ in range(command.streams)))
     run.ended = now()
     return run
 

@@ -24,11 +24,11 @@ def test_quick_bench_runs_and_reports(tmp_path: Path) -> None:
 
     results = json.loads((tmp_path / "smoke.json").read_text())
     assert set(results) >= {"run", "baselines", "probes", "setup", "scenarios", "steps", "ratios", "goals"}
-    assert set(results["baselines"]) == {"echo", "guarded_debit"}
-    assert set(results["scenarios"]) == {
-        *("uniform", "hot_creator", "latency", "overload", "overload_recovery", "mixed", "capacity"),
-    }
+    assert set(results["baselines"]) == {"echo", "guarded_debit", "stream_echo"}
+    scenarios = {"uniform", "hot_creator", "latency", "overload", "overload_recovery", "mixed", "capacity"}
+    assert set(results["scenarios"]) == {*scenarios, "send_gifts"}
     assert results["capacity_probes"] and "meets" in results["scenarios"]["capacity"]
+    assert {"send_gifts_per_echo", "send_gifts_per_stream_echo"} <= set(results["ratios"])
     for scenario in results["scenarios"].values():
         assert {"per_second", "latency_ms", "errors", "cpu_seconds_per_1000", "settlement_lag_ms"} <= set(scenario)
     assert results["money_identities"] == {"violations": [], "count": 0}
