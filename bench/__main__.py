@@ -269,11 +269,11 @@ class Bench:
         self.results["capacity_probes"] = probes
         if not met:
             lowest = min(probes, key=lambda probe: probe["offered_per_second"])
-            self.results["scenarios"]["capacity"] = {**lowest, "meets": False}
+            self.results["scenarios"]["capacity"] = {**lowest, "meets": False, "held": False}
             say("  no rate tried met the bound")
             return
         held = self.open(Phase("capacity", met, self.plan.capacity_hold_seconds))["capacity"]
-        held["meets"] = meets_the_latency_bound(held)
+        held["meets"], held["held"] = meets_the_latency_bound(held), True
         self.results["scenarios"]["capacity"] = held
 
     def steps(self, uniform_max: float) -> None:

@@ -296,15 +296,18 @@ def steps_table(results: dict[str, Any]) -> list[str]:
 
 def _held(scenarios: dict[str, Any]) -> str:
     capacity = scenarios.get("capacity")
-    return f"{capacity['seconds']:.0f} s" if capacity and capacity.get("meets") else "–"
+    return f"{capacity['seconds']:.0f} s" if capacity and capacity.get("held", capacity.get("meets")) else "–"
 
 
 def _capacity(scenarios: dict[str, Any]) -> str:
     capacity = scenarios.get("capacity")
     if not capacity:
         return "not measured"
+    offered = capacity["offered_per_second"]
+    if not capacity.get("meets") and capacity.get("held", True):
+        return f"none: {offered:,.0f}/s met it in its probe, but held it missed ({_pcts(capacity)})"
     if not capacity.get("meets"):
-        return f"none: even {capacity['offered_per_second']:,.0f}/s offered missed it ({_pcts(capacity)})"
+        return f"none: even {offered:,.0f}/s offered missed it ({_pcts(capacity)})"
     return f"{_rate(capacity, 'gifts')} of {capacity['offered_per_second']:,.0f}/s offered, {_pcts(capacity)}"
 
 
