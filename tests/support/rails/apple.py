@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
+from tests.support.rails import Loopback
+
 BUNDLE_ID = "com.example.coinstream"
 APP_APPLE_ID = 1_234_567_890
 ENVIRONMENT = "Sandbox"
@@ -272,19 +274,16 @@ class FakeServerApi:
         app = web.Application()
         app.router.add_put("/inApps/v2/transactions/consumption/{transaction_id}", self._consumption)
         app.router.add_post("/inApps/v1/notifications/history", self._notification_history)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._app = app
+        self._loopback = Loopback()
         self.url = ""
 
     async def start(self) -> str:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = await self._loopback.serve(self._app)
         return self.url
 
     async def stop(self) -> None:
-        await self._runner.cleanup()
+        await self._loopback.stop()
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
 
+from tests.support.rails import Loopback
+
 PACKAGE_NAME = "com.coinstream.test"
 PUSH_AUDIENCE = "https://wallet.coinstream.test/notifications/google-play"
 PUSH_SERVICE_ACCOUNT = "play-push@coinstream-test.iam.gserviceaccount.com"
@@ -106,7 +108,7 @@ class FakeGoogle:
     url: str = ""
     _faults: dict[str, list[Fault]] = field(default_factory=dict)
     _orders: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _runner: web.AppRunner | None = None
+    _loopback: Loopback = field(default_factory=Loopback)
 
     # --- the test's side ----------------------------------------------------------------------------------------
 
@@ -118,15 +120,10 @@ class FakeGoogle:
         app.router.add_get(products, self._get)
         app.router.add_post(products, self._post)  # {token}:consume, {token}:acknowledge
         app.router.add_get(API_PREFIX + "/voidedpurchases", self._list_voided)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.url = await self._loopback.serve(app)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._loopback.stop()
 
     def write_service_account_file(self, path: Path) -> Path:
         """The service account's JSON key as the Cloud console makes it, with token_uri pointing here."""

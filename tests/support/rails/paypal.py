@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from tests.support.rails import Loopback
+
 
 def new_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -61,7 +63,7 @@ class FakePayPal:
     honour_request_id: bool = True
     _answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # PayPal-Request-Id → answer
     _tokens: set[str] = field(default_factory=set)
-    _runner: web.AppRunner | None = None
+    _loopback: Loopback = field(default_factory=Loopback)
     url: str = ""
 
     async def start(self) -> FakePayPal:
@@ -71,16 +73,11 @@ class FakePayPal:
         app.router.add_post("/v1/payments/payouts", self._create_payout)
         app.router.add_get("/v1/payments/payouts/{batch_id}", self._get_payout)
         app.router.add_get("/v1/notifications/certs/{name}", self._serve_certificate)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.url = await self._loopback.serve(app)
         return self
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._loopback.stop()
 
     @property
     def cert_url(self) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 import stripe
 from aiohttp import web
 
+from tests.support.rails import Loopback
 from tests.support.rails.stripe_events import StripeEvents
 
 THREE_D_SECURE = "pm_card_threeDSecure2Required"
@@ -59,7 +60,7 @@ class FakeStripe:
     _answers: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = field(default_factory=dict)
     _in_use: set[str] = field(default_factory=set)
     _failed_once: set[str] = field(default_factory=set)
-    _runner: web.AppRunner | None = None
+    _loopback: Loopback = field(default_factory=Loopback)
     url: str = ""
 
     async def start(self) -> None:
@@ -68,15 +69,10 @@ class FakeStripe:
         app.router.add_get("/v1/payment_intents/search", self._search)
         app.router.add_get("/v1/payment_intents/{intent}", self._retrieve)
         app.router.add_get("/v1/events", self._list_events)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.url = await self._loopback.serve(app)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._loopback.stop()
 
     def settings_env(self, directory: Path) -> dict[str, str]:
         """A wallet's settings for this Stripe: its secrets written to files, as a Secret is mounted."""

@@ -21,6 +21,7 @@ from typing import Any
 import stripe
 from aiohttp import web
 
+from tests.support.rails import Loopback
 from tests.support.rails.stripe_events import StripeEvents
 
 SECRET_KEY = "sk_test_" + secrets.token_hex(12)
@@ -43,7 +44,7 @@ class FakeStripe:
     # Its events list (GET /v1/events): the events a test records with events.record (or publish).
     events: StripeEvents = field(default_factory=StripeEvents)
     _answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # idempotency key → answer
-    _runner: web.AppRunner | None = None
+    _loopback: Loopback = field(default_factory=Loopback)
     url: str = ""
 
     async def start(self) -> FakeStripe:
@@ -52,16 +53,11 @@ class FakeStripe:
         app.router.add_get("/v1/transfers", self._list_transfers)
         app.router.add_get("/v1/transfers/{transfer_id}", self._retrieve_transfer)
         app.router.add_get("/v1/events", self._list_events)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.url = await self._loopback.serve(app)
         return self
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._loopback.stop()
 
     # --- what a test does as Stripe would
 
