@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -31,10 +32,27 @@ CREDENTIALS_DIRECTORY = "nats-credentials"
 warnings.filterwarnings("ignore", module="platformdirs")
 
 
+# Ports handed out are taken below Linux's ephemeral range (32768-60999 by default): a port the kernel picks for
+# bind(0) is also what it hands to outgoing connections, so between free_port() and the server's bind, a client
+# socket of another test process (a database or gRPC connection) could take it. Random, so that processes rarely
+# pick the same one; each still checked bindable, and never handed out twice by one process.
+_PORT_RANGE = (20_000, 32_000)
+_handed_out: set[int] = set()
+_ports = random.SystemRandom()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    while True:
+        port = _ports.randrange(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 # Switches to the user after exec, not in the forked child: Popen(user=...) makes Python fork() rather than vfork(),
