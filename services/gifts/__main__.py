@@ -51,7 +51,14 @@ async def main() -> None:
     relay = outbox.OutboxRelay(
         pool, js, GIFT_OUTBOX, settings.gifts_relay_interval_seconds, closing_subjects=CLOSING_SUBJECTS
     )
-    gifts = GiftService(PostgresGiftStore(pool), wallet, feed, settings.batch_policy(), on_event_queued=relay.wake)
+    gifts = GiftService(
+        PostgresGiftStore(pool),
+        wallet,
+        feed,
+        settings.batch_policy(),
+        on_event_queued=relay.wake,
+        per_gift_events=settings.gifts_per_gift_events,
+    )
     servicer = GiftServicer(gifts, settings.match_durations, settings.stream_limits)
     runtime.add_service(
         gifts_pb2_grpc.add_GiftServiceServicer_to_server,

@@ -54,6 +54,10 @@ class GiftsSettings(RuntimeSettings):
     gifts_recovery_age_seconds: float = Field(default=30.0, gt=0, le=86_400)
     # The outbox relay also wakes at once after each completed gift; the interval only bounds a missed wake-up.
     gifts_relay_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    # The gifts a SendGift batch completes go out as one gifts.v1.gift_sent_batch message (GiftSentBatch), which
+    # payouts settles; true publishes one gifts.v1.gift_sent per gift instead, as before, for deployments with other
+    # consumers of that subject (at a JetStream message, delivery and ack per gift).
+    gifts_per_gift_events: bool = False
     # Live gift feed: WatchStreamGifts calls per process, events buffered per watcher before it is ended as too
     # slow, and how long a too-slow call stuck writing to a client that stopped reading may linger.
     gifts_feed_max_watchers: int = Field(default=10_000, ge=1, le=1_000_000)

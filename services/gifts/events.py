@@ -5,7 +5,7 @@ the outbox rows to queue; the relay publishes them, the live feed routes them.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from coinstream.events.v1 import events_pb2
@@ -15,6 +15,8 @@ from google.protobuf.message import Message
 from services.gifts import domain
 from services.runtime import tracing
 from services.runtime.messaging import (
+    GIFT_SENT_BATCH_SUBJECT,
+    GIFT_SENT_SUBJECT,
     GOAL_REACHED_SUBJECT,
     GOAL_UPDATED_SUBJECT,
     MATCH_FINISHED_SUBJECT,
@@ -124,6 +126,39 @@ def gift_sent_event(gift: domain.SentGift, sent_at: datetime) -> events_pb2.Gift
     )
     event.sent_at.FromDatetime(sent_at)
     return event
+
+
+def gift_sent_rows(
+    gifts: list[domain.SentGift], sent_at: datetime, trace_parents: Mapping[str, str], *, per_gift: bool
+) -> list[domain.OutboxRow]:
+    """The GiftSent events of gifts completed together, as outbox rows: one GiftSentBatch for all of them, so that
+    JetStream stores, delivers, acks and deletes one message per batch rather than per gift — except where one
+    message per gift is wanted: per_gift (the contract's gifts.v1.gift_sent, for other consumers of it), a traced
+    gift (its message carries its own call's trace on to settlement), and a lone gift (nothing to share)."""
+    rows: list[domain.OutboxRow] = []
+    batched: list[events_pb2.GiftSent] = []
+    for gift in gifts:
+        event = gift_sent_event(gift, sent_at)
+        traceparent = trace_parents.get(gift.request_id)
+        if per_gift or traceparent is not None:
+            rows.append(_gift_sent_row(event, traceparent))
+        else:
+            batched.append(event)
+    if len(batched) == 1:
+        rows.append(_gift_sent_row(batched[0], None))
+    elif batched:
+        first = batched[0].gift_transaction_id
+        payload = events_pb2.GiftSentBatch(gifts=batched).SerializeToString()
+        # The first gift's id names the batch: each gift completes once, so no other batch can start with it.
+        rows.append(domain.OutboxRow(f"gift_sent_batch:{first}", GIFT_SENT_BATCH_SUBJECT, payload, first))
+    return rows
+
+
+def _gift_sent_row(event: events_pb2.GiftSent, traceparent: str | None) -> domain.OutboxRow:
+    gift_transaction_id = event.gift_transaction_id
+    return domain.OutboxRow(
+        gift_transaction_id, GIFT_SENT_SUBJECT, event.SerializeToString(), gift_transaction_id, traceparent
+    )
 
 
 def stream_ended(stream: domain.LiveStream, ended_at: datetime) -> domain.OutboxRow:

@@ -301,9 +301,10 @@ class GiftFeed:
     def route(self, subject: str, payload: bytes) -> None:
         """Hands one published event to the watchers of its stream(s), without waiting for any of them."""
         if subject == messaging.GIFT_SENT_SUBJECT:
-            sent = events_pb2.GiftSent.FromString(payload)
-            if sent.stream_id:  # video gifts have no live feed
-                self._deliver([sent.stream_id], sent.gift_transaction_id, lambda: gift_event(sent))
+            self._deliver_gift(events_pb2.GiftSent.FromString(payload))
+        elif subject == messaging.GIFT_SENT_BATCH_SUBJECT:
+            for sent in events_pb2.GiftSentBatch.FromString(payload).gifts:
+                self._deliver_gift(sent)
         elif subject == messaging.STREAM_ENDED_SUBJECT:
             self._end_stream(events_pb2.StreamEnded.FromString(payload).stream_id)
         elif subject == messaging.MATCH_UPDATED_SUBJECT:
@@ -319,6 +320,10 @@ class GiftFeed:
             goal = events_pb2.GoalUpdated.FromString(payload)
             progress = (goal.goal.goal_id, goal.goal.progress_coins)
             self._deliver_update([goal.goal.stream_id], f"goal_updated:{goal.update_id}", progress, goal)
+
+    def _deliver_gift(self, sent: events_pb2.GiftSent) -> None:
+        if sent.stream_id:  # video gifts have no live feed
+            self._deliver([sent.stream_id], sent.gift_transaction_id, lambda: gift_event(sent))
 
     def _deliver(
         self,

@@ -6,7 +6,8 @@ concurrent SendGift calls join a batch (runtime MicroBatcher), and each step is 
   2. one wallet call (SpendCoinsBatch): each gift's spend under request_id "gift:<gift_transaction_id>", the same
      on every attempt, with its own outcome;
   3. one transaction: complete the paid gifts (combo counts decided under the combos' row locks), bump stream
-     counters and leaderboards once per row, queue every GiftSent in one insert, store every response — and fail
+     counters and leaderboards once per row, queue the batch's GiftSents as one GiftSentBatch event (events.py),
+     store every response — and fail
      the gifts the wallet refused for good, storing the refusal.
 
 A crash or a wallet outage between 1 and 3 leaves the gifts pending; a retry with the same request_id or the
@@ -41,13 +42,14 @@ from services.runtime.batching import BatchPolicy, MicroBatcher, in_request_id_r
 from services.runtime.errors import AppError, failed_precondition, request_id_reused, unavailable
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
-from services.runtime.messaging import GIFT_SENT_SUBJECT
 from services.runtime.requests import Outcome, Reply, StoredRequest, replayed
 
 log = structlog.get_logger()
 
 # What a SendGift call is answered with.
 Answer = GiftReceipt | AppError
+# The GiftSent outbox rows of gifts completed together at sent_at.
+GiftSentRows = Callable[[list[SentGift], datetime], list[OutboxRow]]
 
 
 class GiftSaga:
@@ -58,6 +60,8 @@ class GiftSaga:
         policy: BatchPolicy,
         reply: Reply[GiftReceipt],
         on_event_queued: Callable[[], None] = lambda: None,
+        *,
+        per_gift_events: bool = False,
     ) -> None:
         self._store = store
         self._wallet = wallet
@@ -65,6 +69,8 @@ class GiftSaga:
         self._reply = reply
         # Wakes the outbox relay so GiftSent goes out at once rather than at its next poll.
         self._on_event_queued = on_event_queued
+        # One GiftSent message per gift (the contract's gifts.v1.gift_sent) rather than one GiftSentBatch per batch.
+        self._per_gift_events = per_gift_events
         self._batcher: MicroBatcher[SendGift, GiftReceipt] = MicroBatcher("send_gift", self._send_batch, policy)
         # Tracing on only: the traceparent of each SendGift call waiting for its batch, by request_id, so that its
         # gift's outbox row carries the call's trace on to the relay and settlement (one trace per gift).
@@ -168,7 +174,7 @@ class GiftSaga:
             decided = [(gift, payment) for gift, payment in decided if gift.gift_transaction_id in locks.pending]
             paid = [(gift, payment) for gift, payment in decided if isinstance(payment, Spend)]
             refused = [(gift, payment) for gift, payment in decided if isinstance(payment, AppError)]
-            settled = await _complete_paid_gifts(tx, paid, refused, self._trace_parents, locks, self._reply)
+            settled = await _complete_paid_gifts(tx, paid, refused, self._gift_sent_rows, locks, self._reply)
         if paid:
             self._on_event_queued()
         return outcomes | settled
@@ -199,6 +205,9 @@ class GiftSaga:
             except Exception:
                 log.exception("recovery_failed", kind="gift", gift_transaction_id=gift.gift_transaction_id)
         return outcomes
+
+    def _gift_sent_rows(self, gifts: list[SentGift], sent_at: datetime) -> list[OutboxRow]:
+        return events.gift_sent_rows(gifts, sent_at, self._trace_parents, per_gift=self._per_gift_events)
 
     def _replayed(self, stored: StoredRequest | AppError) -> Answer:
         if isinstance(stored, AppError):
@@ -292,7 +301,7 @@ async def _complete_paid_gifts(
     tx: ports.Transaction,
     paid: list[tuple[SentGift, Spend]],
     refused: list[tuple[SentGift, AppError]],
-    trace_parents: Mapping[str, str],
+    gift_sent_rows: GiftSentRows,
     locks: CompletionLocks,
     reply: Reply[GiftReceipt],
 ) -> dict[str, Answer]:
@@ -324,7 +333,7 @@ async def _complete_paid_gifts(
         [_kept(request_id, outcome, reply) for request_id, outcome in outcomes.items()],
     )
     if gifts:
-        await _count_gifts(tx, gifts, sent_at, trace_parents, matches, locks.goals)
+        await _count_gifts(tx, gifts, sent_at, gift_sent_rows, matches, locks.goals)
     return outcomes
 
 
@@ -346,7 +355,7 @@ async def _count_gifts(
     tx: ports.Transaction,
     gifts: list[SentGift],
     sent_at: datetime,
-    trace_parents: Mapping[str, str],
+    gift_sent_rows: GiftSentRows,
     matches: Mapping[str, str],
     goals: Mapping[str, str],
 ) -> None:
@@ -362,16 +371,7 @@ async def _count_gifts(
     for kind in domain.TargetKind:
         if totals[kind]:
             await tx.add_to_counters(kind, gifters[kind], totals[kind])
-    outbox = [
-        OutboxRow(
-            gift.gift_transaction_id,
-            GIFT_SENT_SUBJECT,
-            events.gift_sent_event(gift, sent_at).SerializeToString(),
-            gift.gift_transaction_id,
-            trace_parents.get(gift.request_id),
-        )
-        for gift in gifts
-    ]
+    outbox = gift_sent_rows(gifts, sent_at)
     stream = domain.TargetKind.STREAM
     outbox += await _count_in_matches(tx, gifters[stream], totals[stream], sent_at, matches)
     outbox += await _count_in_goals(tx, totals[stream], sent_at, goals)

@@ -39,6 +39,8 @@ class GiftService:
         gift_batching: BatchPolicy,
         on_event_queued: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        per_gift_events: bool = False,
     ) -> None:
         self._store = store
         self._wallet = wallet
@@ -47,7 +49,9 @@ class GiftService:
         self._on_event_queued = on_event_queued
         # Which leaderboard period is the current one.
         self._clock = clock
-        self._saga = GiftSaga(store, wallet, gift_batching, convert.GIFT_SENT, on_event_queued)
+        self._saga = GiftSaga(
+            store, wallet, gift_batching, convert.GIFT_SENT, on_event_queued, per_gift_events=per_gift_events
+        )
 
     async def list_gifts(self) -> list[domain.CatalogGift]:
         return await self._store.list_active_gifts()

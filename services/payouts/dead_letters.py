@@ -12,6 +12,7 @@ inbox then ignores."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge
 
-from services.runtime.messaging import DEAD_LETTERS_STREAM, GIFT_SENT_DEAD_LETTER_SUBJECT
+from services.runtime.messaging import DEAD_LETTERS_STREAM, GIFT_SENT_DEAD_LETTER_SUBJECT, GIFT_SENT_SUBJECT
 from services.runtime.tracing import TRACEPARENT
 
 REASON_HEADER = "Coinstream-Dead-Letter-Reason"
@@ -53,23 +54,31 @@ class DeadLetter:
     payload: bytes
 
 
-async def dead_letter(js: JetStreamContext, message: Msg, reason: str) -> None:
+async def dead_letter(js: JetStreamContext, message: Msg, reason: str, gift: events_pb2.GiftSent | None = None) -> None:
     """Copies the message to DEAD_LETTERS (raises if JetStream did not store it: the caller then leaves the message
-    to be redelivered rather than terminating it)."""
+    to be redelivered rather than terminating it). With gift, one gift of a GiftSentBatch message instead: copied as
+    the GiftSent it would have been on its own (so a replay settles just it), the batch's other gifts unaffected."""
     metadata = message.metadata
+    dead_id = f"dead:{metadata.stream}:{metadata.sequence.stream}"
+    original_subject, original_msg_id = message.subject, (message.headers or {}).get("Nats-Msg-Id", "")
+    payload = message.data
+    if gift is not None:
+        dead_id = f"{dead_id}:{gift.gift_transaction_id}"
+        original_subject, original_msg_id = GIFT_SENT_SUBJECT, gift.gift_transaction_id
+        payload = gift.SerializeToString()
     headers = {
-        "Nats-Msg-Id": f"dead:{metadata.stream}:{metadata.sequence.stream}",
+        "Nats-Msg-Id": dead_id,
         REASON_HEADER: reason[:MAX_REASON_LENGTH],
-        ORIGINAL_SUBJECT_HEADER: message.subject,
+        ORIGINAL_SUBJECT_HEADER: original_subject,
         ORIGINAL_SEQUENCE_HEADER: str(metadata.sequence.stream),
-        ORIGINAL_MSG_ID_HEADER: (message.headers or {}).get("Nats-Msg-Id", ""),
+        ORIGINAL_MSG_ID_HEADER: original_msg_id,
         DELIVERIES_HEADER: str(metadata.num_delivered),
     }
     # The gift's trace goes with it, so a replay continues it.
     traceparent = (message.headers or {}).get(TRACEPARENT)
     if traceparent:
         headers[TRACEPARENT] = traceparent
-    await js.publish(GIFT_SENT_DEAD_LETTER_SUBJECT, message.data, stream=DEAD_LETTERS_STREAM, headers=headers)
+    await js.publish(GIFT_SENT_DEAD_LETTER_SUBJECT, payload, stream=DEAD_LETTERS_STREAM, headers=headers)
     DEAD_LETTERED.inc()
 
 
@@ -109,10 +118,10 @@ async def replay(js: JetStreamContext, sequence: int) -> DeadLetter:
 
 
 def _read(sequence: int, headers: dict[str, str], payload: bytes, stored_at: datetime | None) -> DeadLetter:
-    try:
-        gift_transaction_id = events_pb2.GiftSent.FromString(payload).gift_transaction_id
-    except DecodeError:
-        gift_transaction_id = ""
+    gift_transaction_id = ""
+    if headers.get(ORIGINAL_SUBJECT_HEADER, GIFT_SENT_SUBJECT) == GIFT_SENT_SUBJECT:  # not a whole GiftSentBatch
+        with contextlib.suppress(DecodeError):
+            gift_transaction_id = events_pb2.GiftSent.FromString(payload).gift_transaction_id
     return DeadLetter(
         sequence=sequence,
         reason=headers.get(REASON_HEADER, ""),

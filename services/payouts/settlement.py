@@ -1,15 +1,18 @@
-"""Settlement of gifts into creator diamonds: the durable JetStream consumer of GiftSent and the batch use case.
+"""Settlement of gifts into creator diamonds: the durable JetStream consumer of GiftSent (one gift per message) and
+GiftSentBatch (the gifts of one SendGift batch per message), and the batch use case.
 
 Exactly-once effect from at-least-once delivery: a batch is one database transaction in which only gifts entering
 the inbox for the first time are credited; messages are acked only after that commit. A crash before the commit
 settles nothing (JetStream redelivers); a crash after it but before the acks makes JetStream redeliver gifts the
 inbox then ignores. An event that cannot be settled — unreadable, or failing on its own delivery after delivery —
-goes to the dead-letter stream (services/payouts/dead_letters.py) instead of being dropped."""
+goes to the dead-letter stream (services/payouts/dead_letters.py) instead of being dropped; a bad gift of a batch
+goes there alone, as its own GiftSent, and its message is acked once the batch's other gifts are settled."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import structlog
 from coinstream.events.v1 import events_pb2
@@ -24,11 +27,12 @@ from services.payouts import dead_letters, domain
 from services.payouts.clawbacks import apply_waiting_clawbacks, repay_debts
 from services.payouts.ports import PayoutsStore, PayoutsTransaction
 from services.runtime import limits, tracing
-from services.runtime.errors import AppError
+from services.runtime.errors import AppError, FieldViolation, invalid_argument
 from services.runtime.faults import crash_point
 from services.runtime.ids import new_id
 from services.runtime.messaging import (
     DEAD_LETTERS_STREAM_CONFIG,
+    GIFT_SENT_BATCH_SUBJECT,
     GIFT_SENT_SUBJECT,
     GIFTS_STREAM,
     SETTLEMENT_CONSUMER,
@@ -86,12 +90,29 @@ async def declare_settlement_consumer(nc: NatsClient, ack_wait_seconds: float, r
 
 def decode_gift_sent(data: bytes) -> domain.GiftToSettle:
     """Raises AppError (INVALID_ARGUMENT) for a payload that is not a GiftSent settlement can use."""
-    check = Validator()
     try:
         event = events_pb2.GiftSent.FromString(data)
     except DecodeError as error:
-        check.fail("payload", f"is not a coinstream.events.v1.GiftSent: {error}")
-        check.raise_if_invalid()
+        raise _unreadable(f"is not a coinstream.events.v1.GiftSent: {error}") from error
+    return gift_to_settle(event)
+
+
+def decode_gift_sent_batch(data: bytes) -> list[events_pb2.GiftSent]:
+    """The GiftSents of a GiftSentBatch, unchecked (each is checked on its own: one bad gift fails only itself).
+    Raises AppError (INVALID_ARGUMENT) for a payload that is not a GiftSentBatch."""
+    try:
+        return list(events_pb2.GiftSentBatch.FromString(data).gifts)
+    except DecodeError as error:
+        raise _unreadable(f"is not a coinstream.events.v1.GiftSentBatch: {error}") from error
+
+
+def _unreadable(problem: str) -> AppError:
+    return invalid_argument([FieldViolation("payload", problem)])
+
+
+def gift_to_settle(event: events_pb2.GiftSent) -> domain.GiftToSettle:
+    """Raises AppError (INVALID_ARGUMENT) for a GiftSent settlement cannot use."""
+    check = Validator()
     check.opaque_id(event.gift_transaction_id, "gift_transaction_id")
     # Creator ids name ledger accounts ('creator:<id>:…'), so they must be real identifiers.
     check.identifier(event.recipient_id, "recipient_id")
@@ -214,9 +235,8 @@ class SettlementConsumer:
 
     async def run_forever(self) -> None:
         # durable= must be explicit: pull_subscribe ignores ConsumerConfig.durable_name (nats.py #603).
-        subscription = await self._js.pull_subscribe(
-            GIFT_SENT_SUBJECT, durable=SETTLEMENT_CONSUMER, stream=GIFTS_STREAM
-        )
+        # Bound, not subscribed by subject: the consumer filters both GiftSent subjects (messaging.py).
+        subscription = await self._js.pull_subscribe_bind(durable=SETTLEMENT_CONSUMER, stream=GIFTS_STREAM)
         try:
             while True:
                 messages = await fetch(subscription, self._batch_size, self._fetch_timeout_seconds)
@@ -231,66 +251,102 @@ class SettlementConsumer:
             await self._settle_messages(messages)
 
     async def _settle_messages(self, messages: list[Msg]) -> None:
-        readable: list[Msg] = []
-        gifts: list[domain.GiftToSettle] = []
-        not_copied: list[Msg] = []
+        carried: list[_Carried] = []
+        to_retry: list[Msg] = []  # a dead-letter copy failed: delivered again later, whatever else of it settles
+        to_ack: list[Msg] = []
         for message in messages:
+            gifts, complete = await self._read(message)
+            carried += gifts
+            if not complete:
+                to_retry.append(message)
+            elif gifts:
+                to_ack.append(message)
+            else:  # all of it is in DEAD_LETTERS
+                await quietly(message.term())
+        if carried:
             try:
-                gifts.append(decode_gift_sent(message.data))
-                readable.append(message)
+                settled = await self._settlement.settle([gift.gift for gift in carried])
+            except Exception as error:
+                if not self._settlement.could_be_the_events(error):
+                    log.warning("settlement_batch_failed", messages=len(messages), error=repr(error))
+                    await self._retry_later(to_ack + to_retry)
+                    return
+                # One event (or a bug it triggers) may fail a whole batch: each gift on its own, so only it is held
+                # back.
+                log.exception("settlement_batch_failed", messages=len(messages))
+                settled, failed = await self._settle_one_by_one(carried)
+                to_retry += [message for message in to_ack if id(message) in failed]
+                to_ack = [message for message in to_ack if id(message) not in failed]
+            else:
+                crash_point("payouts.after_settlement_commit")
+            self._count(len(carried), settled, len(to_ack))
+        await self._ack(to_ack)
+        if to_retry:
+            await self._retry_later(to_retry)
+
+    async def _read(self, message: Msg) -> tuple[list[_Carried], bool]:
+        """The gifts the message carries that can be settled, and whether the rest of it (what cannot be read) is
+        safely in DEAD_LETTERS. A message that cannot be read at all is dead-lettered whole; a bad gift of a batch is
+        dead-lettered on its own, and the message is acked with the batch's other gifts."""
+        batch = message.subject == GIFT_SENT_BATCH_SUBJECT
+        try:
+            if batch:
+                events = decode_gift_sent_batch(message.data)
+            else:
+                return [_Carried(message, decode_gift_sent(message.data), None)], True
+        except AppError as error:
+            kind = "GiftSentBatch" if batch else "GiftSent"
+            if await self._dead_letter(message, f"unreadable {kind}: {error.message}"):
+                REJECTED_EVENTS.inc()
+                return [], True
+            return [], False
+        carried: list[_Carried] = []
+        complete = True
+        for event in events:
+            try:
+                carried.append(_Carried(message, gift_to_settle(event), event))
             except AppError as error:
-                if await self._dead_letter(message, f"unreadable GiftSent: {error.message}"):
+                if await self._dead_letter(message, f"unreadable GiftSent: {error.message}", event):
                     REJECTED_EVENTS.inc()
                 else:
-                    not_copied.append(message)
-        if not_copied:
-            await self._retry_later(not_copied)
-        if not readable:
-            return
-        try:
-            settled = await self._settlement.settle(gifts)
-        except Exception as error:
-            if not self._settlement.could_be_the_events(error):
-                log.warning("settlement_batch_failed", messages=len(readable), error=repr(error))
-                await self._retry_later(readable)
-                return
-            # One event (or a bug it triggers) may fail a whole batch: each on its own, so only it is held back.
-            log.exception("settlement_batch_failed", messages=len(readable))
-            await self._settle_one_by_one(readable, gifts)
-            return
-        crash_point("payouts.after_settlement_commit")
-        await self._ack(readable, settled)
+                    complete = False
+        return carried, complete
 
-    async def _settle_one_by_one(self, messages: list[Msg], gifts: list[domain.GiftToSettle]) -> None:
-        failed: list[Msg] = []
-        for message, gift in zip(messages, gifts, strict=True):
+    async def _settle_one_by_one(self, carried: list[_Carried]) -> tuple[int, set[int]]:
+        """Settles each gift in a transaction of its own; returns how many were new, and the (ids of the) messages
+        to deliver again because one of their gifts failed and is not dead-lettered (yet)."""
+        settled = 0
+        failed: set[int] = set()
+        for gift in carried:
             try:
-                settled = await self._settlement.settle([gift])
+                settled += await self._settlement.settle([gift.gift])
             except Exception as error:
+                message = gift.message
                 if (
                     self._settlement.could_be_the_events(error)
                     and message.metadata.num_delivered >= self._max_deliveries
                 ):
                     reason = f"settlement failed on delivery {message.metadata.num_delivered}: {error!r}"
-                    if not await self._dead_letter(message, reason):
-                        failed.append(message)
+                    if await self._dead_letter(message, reason, gift.event):
+                        continue
                 else:
                     log.warning(
-                        "gift_settlement_failed", gift_transaction_id=gift.gift_transaction_id, error=repr(error)
+                        "gift_settlement_failed", gift_transaction_id=gift.gift.gift_transaction_id, error=repr(error)
                     )
-                    failed.append(message)
-                continue
-            await self._ack([message], settled)
-        if failed:
-            await self._retry_later(failed)
+                failed.add(id(message))
+        return settled, failed
 
-    async def _ack(self, messages: list[Msg], settled: int) -> None:
+    @staticmethod
+    def _count(gifts: int, settled: int, messages: int) -> None:
+        GIFTS_SETTLED.inc(settled)
+        DUPLICATE_GIFTS.inc(gifts - settled)
+        log.info("gifts_settled", messages=messages, gifts=gifts, settled=settled)
+
+    @staticmethod
+    async def _ack(messages: list[Msg]) -> None:
         for message in messages:
             # Fire-and-forget is enough: a lost ack only means a redelivery, which the inbox ignores.
             await quietly(message.ack())
-        GIFTS_SETTLED.inc(settled)
-        DUPLICATE_GIFTS.inc(len(messages) - settled)
-        log.info("gifts_settled", messages=len(messages), settled=settled)
 
     @staticmethod
     async def _retry_later(messages: list[Msg]) -> None:
@@ -299,12 +355,12 @@ class SettlementConsumer:
             await quietly(message.nak(delay=RETRY_PAUSE_SECONDS))
         await asyncio.sleep(RETRY_PAUSE_SECONDS)
 
-    async def _dead_letter(self, message: Msg, reason: str) -> bool:
-        """Copies an event settlement cannot process to DEAD_LETTERS (for `coinstream dead-letters`), loudly, and
-        terminates it here once the copy is stored. False when the copy failed: the caller hands the event back, to
-        be delivered again."""
+    async def _dead_letter(self, message: Msg, reason: str, gift: events_pb2.GiftSent | None = None) -> bool:
+        """Copies an event settlement cannot process — the message, or one gift of a batch — to DEAD_LETTERS (for
+        `coinstream dead-letters`), loudly; the caller then terminates or acks the message. False when the copy
+        failed: the caller hands the message back, to be delivered again."""
         try:
-            await dead_letters.dead_letter(self._js, message, reason)
+            await dead_letters.dead_letter(self._js, message, reason, gift)
         except NatsError as error:
             log.warning("dead_letter_failed", error=repr(error))
             return False
@@ -313,12 +369,22 @@ class SettlementConsumer:
             reason=reason,
             stream_sequence=message.metadata.sequence.stream,
             message_id=(message.headers or {}).get("Nats-Msg-Id"),
+            gift_transaction_id=gift.gift_transaction_id if gift is not None else None,
         )
         # A crash here: the event is delivered again and copied again, which the copy's Nats-Msg-Id makes a no-op
         # (within the stream's duplicate window).
         crash_point("payouts.after_dead_letter_copied")
-        await quietly(message.term())
         return True
+
+
+@dataclass(frozen=True)
+class _Carried:
+    """A gift to settle and the message that carries it: its own GiftSent (event None), or a GiftSentBatch, in which
+    case event is the gift's GiftSent, dead-lettered alone if it must be."""
+
+    message: Msg
+    gift: domain.GiftToSettle
+    event: events_pb2.GiftSent | None
 
 
 def _observe_lag(gifts: list[domain.GiftToSettle]) -> None:

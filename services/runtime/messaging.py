@@ -36,6 +36,10 @@ from services.runtime.nats_login import (
 GIFT_EVENTS = "gifts.>"  # everything stream GIFTS keeps
 GIFT_FEED_SUBJECTS = "gifts.v1.*"  # what the live feed subscribes to (core NATS)
 GIFT_SENT_SUBJECT = "gifts.v1.gift_sent"
+# One message for the gifts one SendGift batch completed (GiftSentBatch), instead of one GiftSent each: a JetStream
+# store, delivery, ack and delete per batch rather than per gift. Payouts settles both subjects.
+GIFT_SENT_BATCH_SUBJECT = "gifts.v1.gift_sent_batch"
+SETTLED_SUBJECTS = (GIFT_SENT_SUBJECT, GIFT_SENT_BATCH_SUBJECT)
 STREAM_ENDED_SUBJECT = "gifts.v1.stream_ended"
 MATCH_UPDATED_SUBJECT = "gifts.v1.match_updated"
 MATCH_FINISHED_SUBJECT = "gifts.v1.match_finished"
@@ -129,7 +133,7 @@ WALLET_EVENTS_CONSUMER_CONFIG = ConsumerConfig(
 
 SETTLEMENT_CONSUMER_CONFIG = ConsumerConfig(
     durable_name=SETTLEMENT_CONSUMER,
-    filter_subject=GIFT_SENT_SUBJECT,
+    filter_subjects=list(SETTLED_SUBJECTS),
     deliver_policy=DeliverPolicy.ALL,
     ack_policy=AckPolicy.EXPLICIT,
     ack_wait=30,
@@ -243,9 +247,18 @@ async def _ensure_consumer(
             # Creating a durable consumer that exists updates its editable settings, ack_wait among them.
             await js.add_consumer(stream, config)
             log.info("consumer_ack_wait_set", consumer=name, ack_wait_seconds=ack_wait_seconds)
+        elif _filters(info.config) != _filters(config):
+            # A consumer declared before a subject was added (settlement before gift_sent_batch): under interest
+            # retention a message no consumer's filter takes is dropped, so the filter is widened before use.
+            await js.add_consumer(stream, config.evolve(ack_wait=info.config.ack_wait))
+            log.info("consumer_filter_set", consumer=name, subjects=sorted(_filters(config)))
 
     # The consumer has a leader of its own, elected after the stream's: a cluster may still be electing it.
     await _until_jetstream_answers(nc, f"{stream}/{name}", replicas, declare)
+
+
+def _filters(config: ConsumerConfig) -> frozenset[str]:
+    return frozenset(config.filter_subjects or ([config.filter_subject] if config.filter_subject else []))
 
 
 async def fetch(subscription: JetStreamContext.PullSubscription, batch_size: int, timeout_seconds: float) -> list[Msg]:

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 
 from services.gifts.domain import (
@@ -49,6 +50,7 @@ from services.gifts.domain import (
 from services.gifts.ports import Operation, Result
 from services.runtime.errors import AppError, failed_precondition, not_found, request_id_reused, unavailable
 from services.runtime.ids import new_id
+from services.runtime.messaging import GIFT_SENT_BATCH_SUBJECT, GIFT_SENT_SUBJECT
 from services.runtime.requests import Outcome, Reply, RequestKey, StoredRequest, replayed
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -532,6 +534,16 @@ class FakeGiftStore(FakeReads):
 
     def events(self, subject: str) -> list[OutboxRow]:
         return [row for row in self.tables.outbox if row.subject == subject]
+
+    def gifts_sent(self) -> list[events_pb2.GiftSent]:
+        """Every GiftSent queued, on its own or in a GiftSentBatch, in outbox order."""
+        sent: list[events_pb2.GiftSent] = []
+        for row in self.tables.outbox:
+            if row.subject == GIFT_SENT_SUBJECT:
+                sent.append(events_pb2.GiftSent.FromString(row.payload))
+            elif row.subject == GIFT_SENT_BATCH_SUBJECT:
+                sent += events_pb2.GiftSentBatch.FromString(row.payload).gifts
+        return sent
 
 
 # ---------------------------------------------------------------- the wallet

@@ -22,6 +22,7 @@ from tests.support.payouts import (
     eventually,
     gift_sent,
     publish,
+    publish_batch,
     publish_raw,
     settlement_consumer_idle,
     wait_for_dead_letter,
@@ -99,6 +100,53 @@ async def test_a_gift_that_keeps_failing_is_dead_lettered_then_replayed_once_fix
     await publish(stack, [failing], [new_id("replayed-again")])
     await asyncio.sleep(1.0)
     assert (await earnings(clients, creator_id)).lifetime_diamonds == 7
+
+
+async def test_a_bad_gift_of_a_batch_is_dead_lettered_alone_and_the_batch_settled_once(
+    stack: Stack, clients: Clients
+) -> None:
+    creator_id, other_creator = new_id("creator"), new_id("creator")
+    bad = gift_sent(creator_id, 5)
+    bad.coins = 0
+    batch = [gift_sent(creator_id, 7), bad, gift_sent(other_creator, 3)]
+    await publish_batch(stack, batch, new_id("batch"))
+    await wait_for_lifetime(clients, creator_id, 7)
+    await wait_for_lifetime(clients, other_creator, 3)
+    letter = await wait_for_dead_letter(stack, bad.gift_transaction_id)
+    # Kept as the GiftSent it would have been on its own: a replay settles just it.
+    assert letter.original_subject == "gifts.v1.gift_sent" and letter.gift_transaction_id == bad.gift_transaction_id
+    assert letter.payload == bad.SerializeToString() and letter.reason.startswith("unreadable GiftSent")
+
+    # The same batch again (a republish beyond the duplicate window): the inbox credits nothing twice.
+    await publish_batch(stack, batch, new_id("batch-again"))
+    assert await eventually(lambda: settlement_consumer_idle(stack), bool)
+    assert (await earnings(clients, creator_id)).lifetime_diamonds == 7
+    assert (await earnings(clients, other_creator)).lifetime_diamonds == 3
+
+
+async def test_an_unreadable_batch_is_dead_lettered_whole(stack: Stack) -> None:
+    garbage, message_id = b"\x0a\x03\xff\xfe\xfd not a GiftSentBatch", new_id("garbage-batch")
+    await publish_raw(stack, [garbage], [message_id], subject="gifts.v1.gift_sent_batch")
+    letter = await wait_for_dead_letter(stack, message_id)
+    assert letter.payload == garbage and letter.original_subject == "gifts.v1.gift_sent_batch"
+    assert letter.reason.startswith("unreadable GiftSentBatch") and letter.gift_transaction_id == ""
+
+
+async def test_a_gift_of_a_batch_that_keeps_failing_is_dead_lettered_alone_then_replayed(
+    stack: Stack, clients: Clients
+) -> None:
+    creator_id, other_creator = new_id("creator"), new_id("creator")
+    failing = gift_sent(creator_id, 11)
+    async with credits_refused_for(stack, creator_id):
+        await publish_batch(stack, [failing, gift_sent(other_creator, 4)], new_id("batch"))
+        await wait_for_lifetime(clients, other_creator, 4)
+        letter = await wait_for_dead_letter(stack, failing.gift_transaction_id)
+    assert letter.original_subject == "gifts.v1.gift_sent" and letter.deliveries == DEFAULT_MAX_DELIVERIES
+    assert (await earnings(clients, creator_id)).lifetime_diamonds == 0
+    replayed = await coinstream(stack, "dead-letters", "replay", str(letter.sequence))
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert (await wait_for_lifetime(clients, creator_id, 11)).lifetime_diamonds == 11
+    assert (await earnings(clients, other_creator)).lifetime_diamonds == 4
 
 
 async def test_a_crash_between_copy_and_term_leaves_one_dead_letter(stack: Stack) -> None:

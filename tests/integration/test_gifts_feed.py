@@ -16,7 +16,7 @@ from coinstream.gifts.v1 import gifts_pb2
 from nats.aio.msg import Msg
 
 from coinstream.testing.servers import NatsServer
-from services.runtime.messaging import STREAM_ENDED_SUBJECT
+from services.runtime.messaging import GIFT_SENT_BATCH_SUBJECT, STREAM_ENDED_SUBJECT
 from tests.support.clients import SERVICE, Clients, auth, new_id
 from tests.support.errors import error_reason, violated_fields
 from tests.support.events import gift_sent_messages, messages_on
@@ -143,9 +143,9 @@ async def test_ending_the_stream_ends_its_watchers_and_publishes_stream_ended(cl
         assert [event.gift for event in await collect(feed)] == [gift]
     await end_stream(clients, stream.stream_id)  # ending it again publishes nothing more
 
-    ended, gift_seq = (
+    ended, (gift_seq, _) = (
         await stream_ended_messages(stack.nats, stream.stream_id),
-        await gift_sequence_of(stack, gift.gift_transaction_id),
+        await gift_position_of(stack, gift.gift_transaction_id),
     )
     assert len(ended) == 1
     message = ended[0]
@@ -181,15 +181,20 @@ async def test_gifts_racing_the_end_of_the_stream_are_either_in_the_feed_or_afte
     completed = {gift_id for gift_id in outcomes if gift_id is not None}
     # JetStream's order is the relay's order: the feed has exactly the gifts published before StreamEnded, in order.
     [ended] = await stream_ended_messages(stack.nats, stream.stream_id)
-    sequences = {gift_id: await gift_sequence_of(stack, gift_id) for gift_id in completed}
-    before_end = sorted((seq, gift_id) for gift_id, seq in sequences.items() if seq < ended.metadata.sequence.stream)
+    positions = {gift_id: await gift_position_of(stack, gift_id) for gift_id in completed}
+    before_end = sorted((at, gift_id) for gift_id, at in positions.items() if at[0] < ended.metadata.sequence.stream)
     assert received == [gift_id for _, gift_id in before_end]
     assert before_end, "the stream ended before any gift: the race was not exercised"
 
 
-async def gift_sequence_of(stack: Stack, gift_transaction_id: str) -> int:
+async def gift_position_of(stack: Stack, gift_transaction_id: str) -> tuple[int, int]:
+    """Where the gift's GiftSent is in the stream: its message's sequence, and its place in a GiftSentBatch."""
     [message] = await gift_sent_messages(stack.nats, gift_transaction_id)
-    return message.metadata.sequence.stream
+    place = 0
+    if message.subject == GIFT_SENT_BATCH_SUBJECT:
+        batched = events_pb2.GiftSentBatch.FromString(message.data).gifts
+        place = [event.gift_transaction_id for event in batched].index(gift_transaction_id)
+    return message.metadata.sequence.stream, place
 
 
 async def stream_ended_messages(server: NatsServer, stream_id: str, timeout_seconds: float = 15.0) -> list[Msg]:

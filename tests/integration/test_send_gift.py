@@ -12,12 +12,13 @@ from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 from coinstream.wallet.v1 import wallet_pb2
 
-from services.runtime.messaging import GIFT_SENT_SUBJECT
+from services.runtime.messaging import GIFT_SENT_BATCH_SUBJECT, GIFT_SENT_SUBJECT
 from tests.support.clients import SERVICE, Clients, auth, new_id
 from tests.support.errors import error_reason, violated_fields
-from tests.support.events import gift_sent_messages
+from tests.support.events import gift_sent_messages, messages_on
 from tests.support.factories import balance, make_account
 from tests.support.gifts import gift_request, go_live, summary_of
+from tests.support.payouts import wait_for_lifetime
 from tests.support.stack import Stack
 
 # ---------------------------------------------------------------- SendGift
@@ -70,6 +71,32 @@ async def test_gift_sent_is_published_to_jetstream(clients: Clients, stack: Stac
     spend = history.transactions[0]
     assert spend.transaction_id == event.wallet_transaction_id
     assert spend.coins_delta == -598 and spend.reference == f"gift:{gift.gift_transaction_id}"
+
+
+async def test_gifts_completed_together_go_out_as_one_gift_sent_batch(clients: Clients, stack: Stack) -> None:
+    stream = await go_live(clients)
+    senders = [await make_account(clients, package_id="coins_65") for _ in range(12)]
+    replies = await asyncio.gather(
+        *(clients.gifts.SendGift(gift_request(s, stream.stream_id, "rose", 2), metadata=SERVICE) for s in senders)
+    )
+    ours = {reply.gift.gift_transaction_id for reply in replies}
+    await wait_for_lifetime(clients, stream.creator_id, 24)
+    batched = [
+        event.gift_transaction_id
+        for message in await messages_on(stack.nats, GIFT_SENT_BATCH_SUBJECT)
+        for event in events_pb2.GiftSentBatch.FromString(message.data).gifts
+        if event.gift_transaction_id in ours
+    ]
+    alone = [
+        event.gift_transaction_id
+        for event in map(
+            events_pb2.GiftSent.FromString, [m.data for m in await messages_on(stack.nats, GIFT_SENT_SUBJECT)]
+        )
+        if event.gift_transaction_id in ours
+    ]
+    # The first gift finds the batch lane free and goes alone; the others queue behind it and share a message.
+    assert len(batched) >= 2 and sorted(batched + alone) == sorted(ours)
+    assert (await wait_for_lifetime(clients, stream.creator_id, 24)).lifetime_diamonds == 24
 
 
 async def test_send_gift_replay_returns_the_same_response_and_charges_once(clients: Clients) -> None:

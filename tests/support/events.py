@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from coinstream.testing.servers import NatsServer
-from services.runtime.messaging import GIFT_SENT_SUBJECT
+from services.runtime.messaging import GIFT_SENT_BATCH_SUBJECT, GIFT_SENT_SUBJECT
 from tests.support.stack import Stack, operator_nats
 
 READ_IDLE_SECONDS = 2.0
@@ -72,7 +72,8 @@ async def events_on(
 async def gift_sent_messages(
     server: NatsServer, gift_transaction_id: str, *, timeout_seconds: float = 15.0
 ) -> list[Msg]:
-    """Every GiftSent message for this gift in the GIFTS stream, once at least one arrived (or the time ran out)."""
+    """Every message in the GIFTS stream that carries this gift's GiftSent — its own, or a GiftSentBatch it is in —
+    once at least one arrived (or the time ran out)."""
     deadline = time.monotonic() + timeout_seconds
     while True:
         found = [
@@ -80,12 +81,24 @@ async def gift_sent_messages(
             for message in await messages_on(server, GIFT_SENT_SUBJECT)
             if message.headers and message.headers.get("Nats-Msg-Id") == gift_transaction_id
         ]
+        found += [
+            message
+            for message in await messages_on(server, GIFT_SENT_BATCH_SUBJECT)
+            if any(event.gift_transaction_id == gift_transaction_id for event in _batched(message))
+        ]
         if found or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.2)
 
 
+def _batched(message: Msg) -> list[events_pb2.GiftSent]:
+    return list(events_pb2.GiftSentBatch.FromString(message.data).gifts)
+
+
 async def published_event(stack: Stack, gift_transaction_id: str) -> events_pb2.GiftSent:
-    """The one GiftSent published for this gift."""
+    """The one GiftSent published for this gift (on its own or in a batch)."""
     [message] = await gift_sent_messages(stack.nats, gift_transaction_id)
+    if message.subject == GIFT_SENT_BATCH_SUBJECT:
+        [event] = [event for event in _batched(message) if event.gift_transaction_id == gift_transaction_id]
+        return event
     return events_pb2.GiftSent.FromString(message.data)

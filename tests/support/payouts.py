@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from services.payouts.dead_letters import DeadLetter, list_dead_letters
 from services.payouts.settlement import DEFAULT_MAX_DELIVERIES
 from services.runtime.limits import MAX_GIFT_QUANTITY
-from services.runtime.messaging import GIFT_SENT_SUBJECT, GIFTS_STREAM, SETTLEMENT_CONSUMER
+from services.runtime.messaging import GIFT_SENT_BATCH_SUBJECT, GIFT_SENT_SUBJECT, GIFTS_STREAM, SETTLEMENT_CONSUMER
 from services.wallet.domain import DEFAULT_PACKAGES
 from tests.support.clients import SERVICE, Clients, auth, new_id
 from tests.support.factories import buy, make_account
@@ -70,9 +70,21 @@ async def publish(stack: Stack, events: list[events_pb2.GiftSent], message_ids: 
     return await publish_raw(stack, [event.SerializeToString() for event in events], ids)
 
 
-async def publish_raw(stack: Stack, payloads: list[bytes], message_ids: list[str]) -> list[bool]:
+async def publish_batch(stack: Stack, events: list[events_pb2.GiftSent], message_id: str) -> bool:
+    """Publishes the events as one GiftSentBatch, like the gifts service; returns whether JetStream dropped it as a
+    duplicate."""
+    record_synthetic_gifts(stack, [event.gift_transaction_id for event in events])
+    payload = events_pb2.GiftSentBatch(gifts=events).SerializeToString()
+    [duplicate] = await publish_raw(stack, [payload], [message_id], subject=GIFT_SENT_BATCH_SUBJECT)
+    return duplicate
+
+
+async def publish_raw(
+    stack: Stack, payloads: list[bytes], message_ids: list[str], *, subject: str = GIFT_SENT_SUBJECT
+) -> list[bool]:
     """On the synthetic stack only, which records the gifts the payloads name (tests/support/stack.py)."""
-    record_synthetic_gifts(stack, filter(None, map(gift_named_by, payloads)))
+    if subject == GIFT_SENT_SUBJECT:
+        record_synthetic_gifts(stack, filter(None, map(gift_named_by, payloads)))
     nc = await operator_nats(stack.nats)
     try:
         js = nc.jetstream()
@@ -80,7 +92,7 @@ async def publish_raw(stack: Stack, payloads: list[bytes], message_ids: list[str
         for start in range(0, len(payloads), PUBLISH_CONCURRENCY):
             acks = await asyncio.gather(
                 *(
-                    js.publish(GIFT_SENT_SUBJECT, payload, headers={"Nats-Msg-Id": message_id})
+                    js.publish(subject, payload, headers={"Nats-Msg-Id": message_id})
                     for payload, message_id in zip(
                         payloads[start : start + PUBLISH_CONCURRENCY],
                         message_ids[start : start + PUBLISH_CONCURRENCY],

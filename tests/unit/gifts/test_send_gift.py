@@ -9,7 +9,7 @@ import grpc
 
 from services.gifts import domain
 from services.gifts.domain import GiftStatus, TargetKind, Totals
-from services.runtime.messaging import GIFT_SENT_SUBJECT
+from services.runtime.messaging import GIFT_SENT_BATCH_SUBJECT, GIFT_SENT_SUBJECT
 from tests.unit.gifts.world import LION, ROSE, World, refused, send_command
 
 
@@ -175,8 +175,26 @@ async def test_a_batch_pays_every_gift_once_and_counts_them_all() -> None:
     )
     assert [type(r).__name__ for r in responses[:5]] == ["GiftReceipt"] * 5
     assert world.store.tables.totals[(TargetKind.STREAM, stream_id)] == Totals(25, 5)
-    assert len(world.store.events(GIFT_SENT_SUBJECT)) == 5
     assert all(world.wallet.debits(fan) == [5] for fan in fans) and world.wallet.debits(broke) == []
+    # Their GiftSents go out as one GiftSentBatch, each exactly what it would be on its own.
+    assert world.store.events(GIFT_SENT_SUBJECT) == []
+    (batch,) = world.store.events(GIFT_SENT_BATCH_SUBJECT)
+    sent = world.store.gifts_sent()
+    assert [event.sender_id for event in sent] == fans
+    assert batch.msg_id == f"gift_sent_batch:{sent[0].gift_transaction_id}"
+    assert all(event.coins == 5 and event.recipient_id == "creator" and event.stream_id == stream_id for event in sent)
+
+
+async def test_per_gift_events_queue_one_gift_sent_per_gift() -> None:
+    world = World(per_gift_events=True)
+    await world.catalog(ROSE)
+    stream_id = await world.live_stream("creator")
+    fans = [world.fan(f"fan{i}", 100) for i in range(5)]
+    await asyncio.gather(*(world.send(fan, ROSE, stream_id=stream_id) for fan in fans))
+    rows = world.store.events(GIFT_SENT_SUBJECT)
+    assert world.store.events(GIFT_SENT_BATCH_SUBJECT) == []
+    assert [row.msg_id for row in rows] == [event.gift_transaction_id for event in world.store.gifts_sent()]
+    assert len(rows) == 5
 
 
 async def test_gifts_within_the_combo_window_continue_the_combo() -> None:

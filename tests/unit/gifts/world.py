@@ -30,6 +30,7 @@ class World:
     wallet: FakeWallet = field(default_factory=FakeWallet)
     feed: FakeFeed = field(default_factory=FakeFeed)
     woken: int = 0  # how often the outbox relay was woken
+    per_gift_events: bool = False
 
     def __post_init__(self) -> None:
         self.store = FakeGiftStore(self.clock)
@@ -40,6 +41,7 @@ class World:
             BatchPolicy(50, 4, 5.0),
             on_event_queued=self._wake,
             clock=self.clock.now,
+            per_gift_events=self.per_gift_events,
         )
 
     def _wake(self) -> None:

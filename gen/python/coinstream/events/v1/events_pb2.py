@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!coinstream/events/v1/events.proto\x12\x14\x63oinstream.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x02\n\x08GiftSent\x12\x1b\n\x13gift_transaction_id\x18\x01 \x01(\t\x12\x11\n\tsender_id\x18\x02 \x01(\t\x12\x14\n\x0crecipient_id\x18\x03 \x01(\t\x12\x11\n\tstream_id\x18\x04 \x01(\t\x12\x0f\n\x07gift_id\x18\x05 \x01(\t\x12\x10\n\x08quantity\x18\x06 \x01(\x05\x12\r\n\x05\x63oins\x18\x07 \x01(\x03\x12+\n\x07sent_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15wallet_transaction_id\x18\t \x01(\t\x12\x12\n\npaid_coins\x18\n \x01(\x03\x12\x13\n\x0b\x62onus_coins\x18\x0b \x01(\x03\x12\x13\n\x0b\x63ombo_count\x18\x0c \x01(\x05\x12\x10\n\x08video_id\x18\r \x01(\t\"b\n\x0bStreamEnded\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12,\n\x08\x65nded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\tMatchSide\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\x13\n\x0bscore_coins\x18\x03 \x01(\x03\"\xbf\x01\n\x0cMatchUpdated\x12\x10\n\x08match_id\x18\x01 \x01(\t\x12.\n\x05sides\x18\x02 \x03(\x0b\x32\x1f.coinstream.events.v1.MatchSide\x12-\n\tstarts_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tupdate_id\x18\x05 \x01(\t\"\xf9\x01\n\rMatchFinished\x12\x10\n\x08match_id\x18\x01 \x01(\t\x12.\n\x05sides\x18\x02 \x03(\x0b\x32\x1f.coinstream.events.v1.MatchSide\x12\x19\n\x11winner_stream_ids\x18\x03 \x03(\t\x12-\n\tstarts_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe7\x01\n\nStreamGoal\x12\x0f\n\x07goal_id\x18\x01 \x01(\t\x12\x11\n\tstream_id\x18\x02 \x01(\t\x12\x12\n\ncreator_id\x18\x03 \x01(\t\x12\x14\n\x0ctarget_coins\x18\x04 \x01(\x03\x12\x16\n\x0eprogress_coins\x18\x05 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nreached_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x0bGoalUpdated\x12.\n\x04goal\x18\x01 \x01(\x0b\x32 .coinstream.events.v1.StreamGoal\x12\x11\n\tupdate_id\x18\x02 \x01(\t\"=\n\x0bGoalReached\x12.\n\x04goal\x18\x01 \x01(\x0b\x32 .coinstream.events.v1.StreamGoal\"8\n\nFundedGift\x12\x1b\n\x13gift_transaction_id\x18\x01 \x01(\t\x12\r\n\x05\x63oins\x18\x02 \x01(\x03\"\xf3\x01\n\x10PurchaseReversed\x12\x13\n\x0breversal_id\x18\x01 \x01(\t\x12\x13\n\x0bpurchase_id\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12\r\n\x05\x63oins\x18\x04 \x01(\x03\x12\x13\n\x0b\x62onus_coins\x18\x05 \x01(\x03\x12/\n\x05gifts\x18\x06 \x03(\x0b\x32 .coinstream.events.v1.FundedGift\x12\x0c\n\x04part\x18\x07 \x01(\x05\x12\r\n\x05parts\x18\x08 \x01(\x05\x12/\n\x0breversed_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\x14\x41\x63\x63ountStatusChanged\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66rozen\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12.\n\nchanged_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x02\n\x12\x44iamondsClawedBack\x12\x12\n\ncreator_id\x18\x01 \x01(\t\x12\x1b\n\x13gift_transaction_id\x18\x02 \x01(\t\x12\x13\n\x0breversal_id\x18\x03 \x01(\t\x12\r\n\x05\x63oins\x18\x04 \x01(\x03\x12\x10\n\x08\x64iamonds\x18\x05 \x01(\x03\x12\x1d\n\x15\x66rom_pending_diamonds\x18\x06 \x01(\x03\x12\x1f\n\x17\x66rom_available_diamonds\x18\x07 \x01(\x03\x12\x15\n\rdebt_diamonds\x18\x08 \x01(\x03\x12\x32\n\x0e\x63lawed_back_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!coinstream/events/v1/events.proto\x12\x14\x63oinstream.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x02\n\x08GiftSent\x12\x1b\n\x13gift_transaction_id\x18\x01 \x01(\t\x12\x11\n\tsender_id\x18\x02 \x01(\t\x12\x14\n\x0crecipient_id\x18\x03 \x01(\t\x12\x11\n\tstream_id\x18\x04 \x01(\t\x12\x0f\n\x07gift_id\x18\x05 \x01(\t\x12\x10\n\x08quantity\x18\x06 \x01(\x05\x12\r\n\x05\x63oins\x18\x07 \x01(\x03\x12+\n\x07sent_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15wallet_transaction_id\x18\t \x01(\t\x12\x12\n\npaid_coins\x18\n \x01(\x03\x12\x13\n\x0b\x62onus_coins\x18\x0b \x01(\x03\x12\x13\n\x0b\x63ombo_count\x18\x0c \x01(\x05\x12\x10\n\x08video_id\x18\r \x01(\t\">\n\rGiftSentBatch\x12-\n\x05gifts\x18\x01 \x03(\x0b\x32\x1e.coinstream.events.v1.GiftSent\"b\n\x0bStreamEnded\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12,\n\x08\x65nded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\tMatchSide\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\ncreator_id\x18\x02 \x01(\t\x12\x13\n\x0bscore_coins\x18\x03 \x01(\x03\"\xbf\x01\n\x0cMatchUpdated\x12\x10\n\x08match_id\x18\x01 \x01(\t\x12.\n\x05sides\x18\x02 \x03(\x0b\x32\x1f.coinstream.events.v1.MatchSide\x12-\n\tstarts_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tupdate_id\x18\x05 \x01(\t\"\xf9\x01\n\rMatchFinished\x12\x10\n\x08match_id\x18\x01 \x01(\t\x12.\n\x05sides\x18\x02 \x03(\x0b\x32\x1f.coinstream.events.v1.MatchSide\x12\x19\n\x11winner_stream_ids\x18\x03 \x03(\t\x12-\n\tstarts_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe7\x01\n\nStreamGoal\x12\x0f\n\x07goal_id\x18\x01 \x01(\t\x12\x11\n\tstream_id\x18\x02 \x01(\t\x12\x12\n\ncreator_id\x18\x03 \x01(\t\x12\x14\n\x0ctarget_coins\x18\x04 \x01(\x03\x12\x16\n\x0eprogress_coins\x18\x05 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nreached_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x0bGoalUpdated\x12.\n\x04goal\x18\x01 \x01(\x0b\x32 .coinstream.events.v1.StreamGoal\x12\x11\n\tupdate_id\x18\x02 \x01(\t\"=\n\x0bGoalReached\x12.\n\x04goal\x18\x01 \x01(\x0b\x32 .coinstream.events.v1.StreamGoal\"8\n\nFundedGift\x12\x1b\n\x13gift_transaction_id\x18\x01 \x01(\t\x12\r\n\x05\x63oins\x18\x02 \x01(\x03\"\xf3\x01\n\x10PurchaseReversed\x12\x13\n\x0breversal_id\x18\x01 \x01(\t\x12\x13\n\x0bpurchase_id\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12\r\n\x05\x63oins\x18\x04 \x01(\x03\x12\x13\n\x0b\x62onus_coins\x18\x05 \x01(\x03\x12/\n\x05gifts\x18\x06 \x03(\x0b\x32 .coinstream.events.v1.FundedGift\x12\x0c\n\x04part\x18\x07 \x01(\x05\x12\r\n\x05parts\x18\x08 \x01(\x05\x12/\n\x0breversed_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\x14\x41\x63\x63ountStatusChanged\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66rozen\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12.\n\nchanged_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x02\n\x12\x44iamondsClawedBack\x12\x12\n\ncreator_id\x18\x01 \x01(\t\x12\x1b\n\x13gift_transaction_id\x18\x02 \x01(\t\x12\x13\n\x0breversal_id\x18\x03 \x01(\t\x12\r\n\x05\x63oins\x18\x04 \x01(\x03\x12\x10\n\x08\x64iamonds\x18\x05 \x01(\x03\x12\x1d\n\x15\x66rom_pending_diamonds\x18\x06 \x01(\x03\x12\x1f\n\x17\x66rom_available_diamonds\x18\x07 \x01(\x03\x12\x15\n\rdebt_diamonds\x18\x08 \x01(\x03\x12\x32\n\x0e\x63lawed_back_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,26 +34,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GIFTSENT']._serialized_start=93
   _globals['_GIFTSENT']._serialized_end=398
-  _globals['_STREAMENDED']._serialized_start=400
-  _globals['_STREAMENDED']._serialized_end=498
-  _globals['_MATCHSIDE']._serialized_start=500
-  _globals['_MATCHSIDE']._serialized_end=571
-  _globals['_MATCHUPDATED']._serialized_start=574
-  _globals['_MATCHUPDATED']._serialized_end=765
-  _globals['_MATCHFINISHED']._serialized_start=768
-  _globals['_MATCHFINISHED']._serialized_end=1017
-  _globals['_STREAMGOAL']._serialized_start=1020
-  _globals['_STREAMGOAL']._serialized_end=1251
-  _globals['_GOALUPDATED']._serialized_start=1253
-  _globals['_GOALUPDATED']._serialized_end=1333
-  _globals['_GOALREACHED']._serialized_start=1335
-  _globals['_GOALREACHED']._serialized_end=1396
-  _globals['_FUNDEDGIFT']._serialized_start=1398
-  _globals['_FUNDEDGIFT']._serialized_end=1454
-  _globals['_PURCHASEREVERSED']._serialized_start=1457
-  _globals['_PURCHASEREVERSED']._serialized_end=1700
-  _globals['_ACCOUNTSTATUSCHANGED']._serialized_start=1702
-  _globals['_ACCOUNTSTATUSCHANGED']._serialized_end=1825
-  _globals['_DIAMONDSCLAWEDBACK']._serialized_start=1828
-  _globals['_DIAMONDSCLAWEDBACK']._serialized_end=2090
+  _globals['_GIFTSENTBATCH']._serialized_start=400
+  _globals['_GIFTSENTBATCH']._serialized_end=462
+  _globals['_STREAMENDED']._serialized_start=464
+  _globals['_STREAMENDED']._serialized_end=562
+  _globals['_MATCHSIDE']._serialized_start=564
+  _globals['_MATCHSIDE']._serialized_end=635
+  _globals['_MATCHUPDATED']._serialized_start=638
+  _globals['_MATCHUPDATED']._serialized_end=829
+  _globals['_MATCHFINISHED']._serialized_start=832
+  _globals['_MATCHFINISHED']._serialized_end=1081
+  _globals['_STREAMGOAL']._serialized_start=1084
+  _globals['_STREAMGOAL']._serialized_end=1315
+  _globals['_GOALUPDATED']._serialized_start=1317
+  _globals['_GOALUPDATED']._serialized_end=1397
+  _globals['_GOALREACHED']._serialized_start=1399
+  _globals['_GOALREACHED']._serialized_end=1460
+  _globals['_FUNDEDGIFT']._serialized_start=1462
+  _globals['_FUNDEDGIFT']._serialized_end=1518
+  _globals['_PURCHASEREVERSED']._serialized_start=1521
+  _globals['_PURCHASEREVERSED']._serialized_end=1764
+  _globals['_ACCOUNTSTATUSCHANGED']._serialized_start=1766
+  _globals['_ACCOUNTSTATUSCHANGED']._serialized_end=1889
+  _globals['_DIAMONDSCLAWEDBACK']._serialized_start=1892
+  _globals['_DIAMONDSCLAWEDBACK']._serialized_end=2154
 # @@protoc_insertion_point(module_scope)

@@ -85,6 +85,32 @@ class GiftSent(_message.Message):
 Global___GiftSent: _TypeAlias = GiftSent  # noqa: Y015
 
 @_typing.final
+class GiftSentBatch(_message.Message):
+    """Published on subject "gifts.v1.gift_sent_batch" of stream GIFTS instead of one "gifts.v1.gift_sent" message per
+    gift, for the gifts one SendGift batch completed together (in the order they were counted), with header
+    Nats-Msg-Id = "gift_sent_batch:" + the first gift's gift_transaction_id. Each element is exactly the GiftSent that
+    "gifts.v1.gift_sent" would carry: consumers dedup by each gift's gift_transaction_id, as for single events.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GIFTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def gifts(self) -> _containers.RepeatedCompositeFieldContainer[Global___GiftSent]: ...
+    def __init__(
+        self,
+        *,
+        gifts: _abc.Iterable[Global___GiftSent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gifts", b"gifts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GiftSentBatch: _TypeAlias = GiftSentBatch  # noqa: Y015
+
+@_typing.final
 class StreamEnded(_message.Message):
     """Published on subject "gifts.v1.stream_ended" when a live stream ends (Nats-Msg-Id = "stream_ended:" + stream_id),
     after every GiftSent of that stream, so live gift feeds know they are complete.
