@@ -3,9 +3,13 @@ per batch (one transaction, one downstream call) to pay a round trip once for ma
 
 Flush policy: a batch starts at once when fewer than max_concurrent_batches are in flight; otherwise items gather
 in the queue and the next batch takes up to max_batch_size of them as soon as a running one finishes. There is no
-timer, so an idle system answers a lone call at once, and no unbounded queue: admission refuses an item that would
-wait longer than the queueing budget (RESOURCE_EXHAUSTED RATE_LIMITED), so the calls accepted stay fast when the
-offered load exceeds what the batches can carry."""
+timer, so an idle system answers a lone call at once.
+
+Admission: there is no unbounded queue. Each batcher fits how long a batch of n items takes (a + b·n, from the
+batches it ran) and, as an item arrives, predicts its wait before its own batch starts: what is left of the running
+batches plus the full batches queued ahead of it. An item whose predicted wait exceeds the queueing budget is refused
+at once (RESOURCE_EXHAUSTED RATE_LIMITED), so under overload the calls accepted stay fast and the refused ones learn
+it without waiting; a lone item on an idle batcher is never refused."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from typing import Generic, Protocol, TypeAlias, TypeVar
 
 import structlog
 from opentelemetry.trace import Span
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.runtime import tracing
 from services.runtime.errors import AppError, rate_limited
@@ -34,9 +38,12 @@ BATCH_SIZE = Histogram(
     "coinstream_batch_size", "Items per batch", ["batcher"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 )
 BATCH_SECONDS = Histogram("coinstream_batch_seconds", "Time to process one batch", ["batcher"])
-# How quickly the estimate of a batch's duration follows changes in load.
-DURATION_SMOOTHING = 0.2
 SHED_TOTAL = Counter("coinstream_batch_shed_total", "Items refused because they would wait too long", ["batcher"])
+PREDICTED_WAIT_SECONDS = Gauge(
+    "coinstream_batch_predicted_wait_seconds",
+    "Predicted wait in the queue of the item submitted last (refused above the queueing budget)",
+    ["batcher"],
+)
 
 log = structlog.get_logger()
 
@@ -47,6 +54,77 @@ OVERLOAD_RETRY_AFTER_SECONDS = 0.5
 
 def overloaded() -> AppError:
     return rate_limited("server overloaded; retry later", OVERLOAD_RETRY_AFTER_SECONDS)
+
+
+# The weight of each new batch in the fitted cost: about the last ten batches decide, so a lasting change of speed
+# (a slower database) shows within a second under load, while any one batch has a tenth of the say.
+COST_SMOOTHING = 0.1
+# Batches seen before admission trusts the fit: a cold process knows too little of its speed, and a wrong guess
+# would refuse a warm-up burst. Until then nothing is refused.
+MIN_OBSERVATIONS = 5
+# A batch counts as at most this many times (at least this fraction of) what the fit predicted for its size: one
+# batch stalled by a lock wait or a pause must not make every queue after it look too slow to admit, while a lasting
+# change still moves the fit, a bounded step each batch.
+OUTLIER_FACTOR = 3.0
+# Below this variance (relative to the mean size squared) the sizes seen are all alike: rounding, not a slope.
+SAME_SIZE_RELATIVE_VARIANCE = 1e-9
+
+
+class BatchCostModel:
+    """How long a batch of n items takes, T(n) ≈ a + b·n: a fixed cost per batch (round trips, a transaction) and a
+    cost per item, fitted by least squares over exponentially weighted sums of the observed (size, seconds) pairs.
+    Pure arithmetic, no clock: the batcher feeds it what it measured."""
+
+    def __init__(self, smoothing: float = COST_SMOOTHING, min_observations: int = MIN_OBSERVATIONS) -> None:
+        self._keep = 1.0 - smoothing
+        self._min_observations = min_observations
+        self.observations = 0
+        # Weighted sums of 1, n, t, n², n·t (n a batch's size, t its seconds).
+        self._sum_1 = self._sum_n = self._sum_t = self._sum_nn = self._sum_nt = 0.0
+        self.fixed_seconds = 0.0  # a
+        self.seconds_per_item = 0.0  # b
+
+    @property
+    def ready(self) -> bool:
+        """Whether enough batches were seen for the fit to be trusted."""
+        return self.observations >= self._min_observations
+
+    def seconds_for(self, size: int) -> float:
+        return self.fixed_seconds + self.seconds_per_item * size
+
+    def observe(self, size: int, seconds: float) -> None:
+        seconds = self._within_outlier_bounds(size, seconds)
+        keep = self._keep
+        self._sum_1 = keep * self._sum_1 + 1.0
+        self._sum_n = keep * self._sum_n + size
+        self._sum_t = keep * self._sum_t + seconds
+        self._sum_nn = keep * self._sum_nn + size * size
+        self._sum_nt = keep * self._sum_nt + size * seconds
+        self.observations += 1
+        self.fixed_seconds, self.seconds_per_item = self._fit()
+
+    def _within_outlier_bounds(self, size: int, seconds: float) -> float:
+        predicted = self.seconds_for(size)
+        if not self.ready or predicted <= 0:  # nothing trustworthy to compare with yet
+            return seconds
+        return min(max(seconds, predicted / OUTLIER_FACTOR), predicted * OUTLIER_FACTOR)
+
+    def _fit(self) -> tuple[float, float]:
+        """(a, b) of the weighted least-squares line, kept to a ≥ 0 and b ≥ 0: a negative one is noise (a batch
+        never takes less than nothing, a bigger one never less than a smaller one), and a line that rises with n
+        keeps the prediction of the queue ahead of an item monotonic."""
+        mean_n = self._sum_n / self._sum_1
+        mean_t = self._sum_t / self._sum_1
+        variance_n = self._sum_nn / self._sum_1 - mean_n * mean_n
+        if variance_n <= SAME_SIZE_RELATIVE_VARIANCE * mean_n * mean_n:
+            return mean_t, 0.0  # every batch had the same size: nothing tells the two costs apart, so the mean
+        slope = (self._sum_nt / self._sum_1 - mean_n * mean_t) / variance_n
+        if slope < 0:
+            return mean_t, 0.0  # the best flat line
+        intercept = mean_t - slope * mean_n
+        if intercept < 0:
+            return 0.0, self._sum_nt / self._sum_nn  # the best line through the origin
+        return intercept, slope
 
 
 @dataclass(frozen=True)
@@ -60,9 +138,14 @@ class BatchPolicy:
 class _Pending(Generic[ItemT, ResultT]):
     item: ItemT
     future: asyncio.Future[ResultT]
-    enqueued_at: float
     # The submitter's span (None when tracing is off): the batch's span links to it.
     span: Span | None = None
+
+
+@dataclass(eq=False)  # compared by identity: two batches of one size started at once are still two
+class _Running:
+    size: int
+    started_at: float
 
 
 class MicroBatcher(Generic[ItemT, ResultT]):
@@ -71,6 +154,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         name: str,
         process: ProcessBatch[ItemT, ResultT],
         policy: BatchPolicy,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         assert policy.max_batch_size >= 1 and policy.max_concurrent_batches >= 1
         self._name = name
@@ -83,18 +167,22 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         # queue empty, so an item queued right after is never left without a batch to take it.
         self._draining = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._batch_seconds_estimate = 0.0
+        self._clock = clock
+        self._cost = BatchCostModel()
+        self._running: list[_Running] = []
 
     async def submit(self, item: ItemT) -> ResultT:
         """The item's outcome once its batch is done. The item is processed even if the caller stops waiting
         (every item is idempotent work, so finishing it is always safe)."""
-        if self.standing_wait_seconds() > self._queue_budget_seconds:
+        predicted_wait = self.predicted_wait_seconds()
+        PREDICTED_WAIT_SECONDS.labels(self._name).set(predicted_wait)
+        if predicted_wait > self._queue_budget_seconds:
             SHED_TOTAL.labels(self._name).inc()
             raise overloaded()
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
         # A caller that stopped waiting never reads its outcome; reading it here keeps asyncio from warning.
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
-        self._queue.append(_Pending(item, future, time.perf_counter(), tracing.current_span()))
+        self._queue.append(_Pending(item, future, tracing.current_span()))
         if self._draining < self._max_concurrent_batches:
             self._draining += 1
             task = asyncio.create_task(self._drain(), name=f"batch:{self._name}")
@@ -102,16 +190,27 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(future)
 
-    def standing_wait_seconds(self) -> float:
-        """How long the oldest queued item has waited so far, once the queue stands: a new item queued behind it
-        waits at least as long.
-        Up to a batch duration is the normal wait (the next batch takes the queue when the running one ends), and
-        one slow batch may take twice the usual; longer, the queue is standing — more arrives than batches carry
-        away — and its wait is what counts."""
-        if not self._queue:
+    def predicted_wait_seconds(self) -> float:
+        """How long an item submitted now would wait before its own batch starts: until a lane (one of
+        max_concurrent_batches) is free of the running batches and of the full batches queued ahead of it, each
+        taking what the fitted cost says. 0 until the cost model is ready: no refusal on a guess."""
+        if not self._cost.ready:
             return 0.0
-        waited = time.perf_counter() - self._queue[0].enqueued_at
-        return waited if waited > 2 * self._batch_seconds_estimate else 0.0
+        lanes = sorted(self._seconds_until_lanes_free())
+        # The items ahead fill whole batches; the new item rides in the one after them.
+        full_batches_ahead = len(self._queue) // self._max_batch_size
+        rounds, extra = divmod(full_batches_ahead, self._max_concurrent_batches)
+        # Each lane frees within one full batch's time (a running batch holds at most max_batch_size items and
+        # the cost rises with size), so the queued batches go round the lanes in the order they free: the new
+        # item's batch takes lane `extra` after `rounds` full batches on each.
+        return lanes[extra] + rounds * self._cost.seconds_for(self._max_batch_size)
+
+    def _seconds_until_lanes_free(self) -> list[float]:
+        """Per lane, the fitted duration of its running batch minus its time so far (0 for a batch already past its
+        estimate: it ends any moment, and one slow batch must not refuse the queue behind it), 0 for an idle lane."""
+        now = self._clock()
+        busy = [max(0.0, self._cost.seconds_for(run.size) - (now - run.started_at)) for run in self._running]
+        return busy + [0.0] * (self._max_concurrent_batches - len(busy))
 
     async def _drain(self) -> None:
         """Runs batches until the queue is empty; each running drain is one batch in flight."""
@@ -126,11 +225,15 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     async def _drain_queue(self) -> None:
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self._max_batch_size, len(self._queue)))]
-            started = time.perf_counter()
-            with tracing.batch(f"batch {self._name}", (pending.span for pending in batch)):
-                outcomes = await self._run(batch)
-            elapsed = time.perf_counter() - started
-            self._batch_seconds_estimate += DURATION_SMOOTHING * (elapsed - self._batch_seconds_estimate)
+            running = _Running(len(batch), self._clock())
+            self._running.append(running)
+            try:
+                with tracing.batch(f"batch {self._name}", (pending.span for pending in batch)):
+                    outcomes = await self._run(batch)
+            finally:
+                self._running.remove(running)
+            elapsed = self._clock() - running.started_at
+            self._cost.observe(len(batch), elapsed)
             BATCH_SIZE.labels(self._name).observe(len(batch))
             BATCH_SECONDS.labels(self._name).observe(elapsed)
             for pending, outcome in zip(batch, outcomes, strict=True):

@@ -1,6 +1,7 @@
 """The runtime MicroBatcher with a fake batch function: no servers, only asyncio. Batches form without a timer,
 respect their size and concurrency limits, give each caller its own outcome, finish items whose callers left, and
-refuse new items only once a full batch is queued behind a slow one."""
+refuse new items only once the batches ahead of them would, by the fitted batch cost, take longer than the budget
+(time is a fake clock the batches move on: no timing in these tests)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,15 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
-from services.runtime.batching import BatchPolicy, MicroBatcher, in_request_id_rounds
+from services.runtime.batching import (
+    MIN_OBSERVATIONS,
+    BatchCostModel,
+    BatchPolicy,
+    MicroBatcher,
+    in_request_id_rounds,
+)
 from services.runtime.errors import AppError, failed_precondition
 
 pytestmark = pytest.mark.timeout(30)  # a batcher that leaves a caller waiting fails here, not at the suite's limit
@@ -212,39 +220,182 @@ async def test_an_item_queued_as_the_last_batch_ends_still_gets_a_batch() -> Non
     assert process.batches == [[0], [1]]
 
 
-async def test_admission_refuses_once_a_full_batch_waits_behind_a_slow_one_and_accepts_after() -> None:
-    budget_seconds = 0.02
-    max_batch_size = 4
-    process = FakeProcess()
+# -- the fitted batch cost and admission by predicted wait ------------------------------------------------------
 
-    async def warm_then_process(items: list[int]) -> list[int | BaseException]:
-        if items == [-1]:  # the batcher sees a batch take far longer than the budget
-            await asyncio.sleep(0.15)
-            return [0]
-        return await process(items)
+# A batch's duration in these tests: a fixed cost per batch and a cost per item.
+FIXED_SECONDS = 0.004
+SECONDS_PER_ITEM = 0.0001
 
-    micro = MicroBatcher("test", warm_then_process, BatchPolicy(max_batch_size, 1, budget_seconds))
-    assert await micro.submit(-1) == 0
 
-    release = process.hold(0)
+def line(size: int) -> float:
+    return FIXED_SECONDS + SECONDS_PER_ITEM * size
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TimedProcess(FakeProcess):
+    """A FakeProcess whose batches take seconds(size) on a fake clock, moved on as a batch ends (after any hold): the
+    batcher measures exactly that duration, and a held batch has used none of its time until the test moves it."""
+
+    def __init__(self, clock: FakeClock, seconds: Callable[[int], float] = line) -> None:
+        super().__init__()
+        self.clock = clock
+        self.seconds = seconds
+
+    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+        outcomes = await super().__call__(items)
+        self.clock.now += self.seconds(len(items))
+        return outcomes
+
+
+def timed_batcher(
+    process: TimedProcess, max_batch_size: int = 100, max_concurrent_batches: int = 1, budget_seconds: float = 0.05
+) -> MicroBatcher:
+    policy = BatchPolicy(max_batch_size, max_concurrent_batches, budget_seconds)
+    return MicroBatcher("test", process, policy, clock=process.clock)
+
+
+async def run_batches(micro: MicroBatcher, process: FakeProcess, sizes: list[int]) -> None:
+    """One batch of each size in turn: each size's items are all queued before its batch starts."""
+    for size in sizes:
+        await asyncio.gather(*(micro.submit(item) for item in range(size)))
+    assert [len(batch) for batch in process.batches[-len(sizes) :]] == sizes
+
+
+def predicted_wait_gauge() -> float | None:
+    return REGISTRY.get_sample_value("coinstream_batch_predicted_wait_seconds", {"batcher": "test"})
+
+
+def test_the_cost_model_fits_a_known_line_from_exact_observations() -> None:
+    model = BatchCostModel()
+    for size in [1, 10, 50, 200, 20, 5, 120]:
+        model.observe(size, line(size))
+    assert model.ready
+    assert model.fixed_seconds == pytest.approx(FIXED_SECONDS)
+    assert model.seconds_per_item == pytest.approx(SECONDS_PER_ITEM)
+    assert model.seconds_for(100) == pytest.approx(line(100))
+
+
+def test_the_cost_model_is_ready_only_after_a_few_batches() -> None:
+    model = BatchCostModel()
+    for size in range(1, MIN_OBSERVATIONS):
+        model.observe(size, line(size))
+        assert not model.ready
+    model.observe(MIN_OBSERVATIONS, line(MIN_OBSERVATIONS))
+    assert model.ready
+
+
+def test_the_cost_model_falls_back_to_the_mean_when_every_batch_had_the_same_size() -> None:
+    model = BatchCostModel()
+    for seconds in [0.01, 0.03]:
+        model.observe(200, seconds)
+    assert model.seconds_per_item == 0.0
+    assert 0.01 < model.seconds_for(1) == model.seconds_for(200) < 0.03
+
+
+def test_the_cost_model_never_fits_a_negative_cost() -> None:
+    bigger_was_faster = BatchCostModel()
+    bigger_was_faster.observe(10, 0.05)
+    bigger_was_faster.observe(100, 0.01)
+    assert bigger_was_faster.seconds_per_item == 0.0
+    assert bigger_was_faster.fixed_seconds == pytest.approx(0.03, rel=0.1)  # the (weighted) mean
+
+    steeper_than_the_origin = BatchCostModel()
+    steeper_than_the_origin.observe(10, 0.001)
+    steeper_than_the_origin.observe(100, 0.1)
+    assert steeper_than_the_origin.fixed_seconds == 0.0
+    assert steeper_than_the_origin.seconds_per_item > 0.0
+
+
+async def test_admission_accepts_while_the_predicted_wait_fits_the_budget_and_refuses_beyond_it() -> None:
+    process = TimedProcess(FakeClock())
+    micro = timed_batcher(process, max_batch_size=100, budget_seconds=0.05)
+    await run_batches(micro, process, [1, 10, 50, 100, 20])
+    release = process.hold(len(process.batches))
     first = asyncio.create_task(micro.submit(0))
-    await until(lambda: len(process.batches) == 1)
-    await asyncio.sleep(5 * budget_seconds)
-    # A slow batch alone refuses nobody: the items arriving now form the next batch.
-    accepted = [asyncio.create_task(micro.submit(item)) for item in range(1, max_batch_size + 1)]
+    await until(lambda: process.running == 1)
+    assert micro.predicted_wait_seconds() == pytest.approx(line(1))  # what is left of the held batch
+
+    # Behind the held batch (4.1 ms left), three full batches of 100 (14 ms each) still fit the 50 ms budget ...
+    accepted = [asyncio.create_task(micro.submit(item)) for item in range(400)]
     await steps()
     assert not any(task.done() for task in accepted)
-    await asyncio.sleep(5 * budget_seconds)
-    # A full batch has now waited behind it for longer than the budget (and than a batch took before): refused.
+    # ... a fourth does not: the next item is refused at once, without waiting to see.
+    assert micro.predicted_wait_seconds() == pytest.approx(line(1) + 4 * line(100))
     with pytest.raises(AppError) as refused:
-        await micro.submit(max_batch_size + 1)
+        await micro.submit(400)
     assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+    assert predicted_wait_gauge() == pytest.approx(line(1) + 4 * line(100))
 
     release.set()
-    assert await asyncio.gather(first, *accepted) == [item * 10 for item in range(max_batch_size + 1)]
-    assert process.batches == [[0], [1, 2, 3, 4]]  # the refused item was never processed
-    assert await micro.submit(6) == 60  # the queue drained: accepted again
-    assert process.batches[-1] == [6]
+    assert await asyncio.gather(first, *accepted) == [0] + [item * 10 for item in range(400)]
+    assert process.batches[-4:] == [list(range(start, start + 100)) for start in range(0, 400, 100)]
+    assert await micro.submit(7) == 70  # the queue drained: accepted again
+    assert predicted_wait_gauge() == 0.0
+
+
+async def test_an_idle_batcher_never_refuses_a_lone_item_however_slow_its_batches() -> None:
+    process = TimedProcess(FakeClock(), seconds=lambda size: 10.0 + size)  # every batch far beyond the budget
+    micro = timed_batcher(process, budget_seconds=0.05)
+    await run_batches(micro, process, [1, 2, 3, 4, 5])
+    assert micro.predicted_wait_seconds() == 0.0
+    assert await micro.submit(7) == 70
+
+
+async def test_an_item_is_admitted_while_a_lane_is_idle_and_refused_once_every_lane_is_busy_too_long() -> None:
+    process = TimedProcess(FakeClock(), seconds=lambda size: 10.0 + size)
+    micro = timed_batcher(process, max_concurrent_batches=2, budget_seconds=0.05)
+    await run_batches(micro, process, [1, 2, 3, 4, 5])
+    gates = [process.hold(len(process.batches) + lane) for lane in range(2)]
+    first = asyncio.create_task(micro.submit(1))
+    await until(lambda: process.running == 1)
+    second = asyncio.create_task(micro.submit(2))  # the other lane is idle: it starts at once
+    await until(lambda: process.running == 2)
+    with pytest.raises(AppError) as refused:  # both lanes hold a batch expected to run 11 s
+        await micro.submit(3)
+    assert refused.value.reason == "RATE_LIMITED"
+    for gate in gates:
+        gate.set()
+    assert await asyncio.gather(first, second) == [10, 20]
+
+
+async def test_nothing_is_refused_before_a_few_batches_were_observed() -> None:
+    process = TimedProcess(FakeClock(), seconds=lambda size: 10.0)
+    micro = timed_batcher(process, max_batch_size=100, budget_seconds=0.05)
+    release = process.hold(0)
+    first = asyncio.create_task(micro.submit(0))
+    await until(lambda: process.running == 1)
+    queued = [asyncio.create_task(micro.submit(item)) for item in range(1, 1000)]
+    await steps()
+    assert not any(task.done() for task in queued)  # ten full batches queued, none refused: no fit to go by
+    release.set()
+    assert await asyncio.gather(first, *queued) == [item * 10 for item in range(1000)]
+
+
+async def test_one_slow_batch_among_fast_ones_does_not_refuse_a_short_queue() -> None:
+    process = TimedProcess(FakeClock())
+    micro = timed_batcher(process, max_batch_size=100, budget_seconds=0.05)
+    await run_batches(micro, process, [1, 10, 50, 100, 20, 5])
+    process.seconds = lambda size: 1.0  # a batch stalled for 20 budgets (a lock wait, a pause) ...
+    await run_batches(micro, process, [5])
+    process.seconds = line
+
+    release = process.hold(len(process.batches))
+    first = asyncio.create_task(micro.submit(0))
+    await until(lambda: process.running == 1)
+    # ... and the queue behind the next one, two full batches and a part: admitted.
+    queued = [asyncio.create_task(micro.submit(item)) for item in range(250)]
+    await steps()
+    assert not any(task.done() for task in queued)
+    assert micro.predicted_wait_seconds() < 0.05
+    release.set()
+    assert await asyncio.gather(first, *queued) == [0] + [item * 10 for item in range(250)]
 
 
 # -- repeats of one request_id within a batch ------------------------------------------------------------------
