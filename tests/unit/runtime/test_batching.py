@@ -350,19 +350,40 @@ async def test_an_idle_batcher_never_refuses_a_lone_item_however_slow_its_batche
 
 async def test_an_item_is_admitted_while_a_lane_is_idle_and_refused_once_every_lane_is_busy_too_long() -> None:
     process = TimedProcess(FakeClock(), seconds=lambda size: 10.0 + size)
-    micro = timed_batcher(process, max_concurrent_batches=2, budget_seconds=0.05)
-    await run_batches(micro, process, [1, 2, 3, 4, 5])
-    gates = [process.hold(len(process.batches) + lane) for lane in range(2)]
+    micro = timed_batcher(process, max_batch_size=1, max_concurrent_batches=2, budget_seconds=0.05)
+    await run_batches(micro, process, [1, 1, 1, 1, 1])
+    gates = [process.hold(len(process.batches) + index) for index in range(4)]
     first = asyncio.create_task(micro.submit(1))
     await until(lambda: process.running == 1)
     second = asyncio.create_task(micro.submit(2))  # the other lane is idle: it starts at once
     await until(lambda: process.running == 2)
-    with pytest.raises(AppError) as refused:  # both lanes hold a batch expected to run 11 s
-        await micro.submit(3)
+    # Both lanes hold a batch expected to run 11 s: an item that rides in the next batch of either lane waits no
+    # longer for the others queued with it, so two are admitted (the wait budget is at least one batch's time) ...
+    queued = [asyncio.create_task(micro.submit(item)) for item in (3, 4)]
+    await steps()
+    assert not any(task.done() for task in queued)
+    with pytest.raises(AppError) as refused:  # ... a third would wait behind a full batch as well
+        await micro.submit(5)
     assert refused.value.reason == "RATE_LIMITED"
     for gate in gates:
         gate.set()
-    assert await asyncio.gather(first, second) == [10, 20]
+    assert await asyncio.gather(first, second, *queued) == [10, 20, 30, 40]
+
+
+async def test_an_item_that_fits_in_the_next_batch_is_admitted_however_long_the_running_batch_takes() -> None:
+    process = TimedProcess(FakeClock(), seconds=lambda size: 0.2 + 0.001 * size)  # batches far beyond the budget
+    micro = timed_batcher(process, max_batch_size=100, budget_seconds=0.05)
+    await run_batches(micro, process, [1, 10, 50, 100, 20])
+    release = process.hold(len(process.batches))
+    first = asyncio.create_task(micro.submit(0))
+    await until(lambda: process.running == 1)
+    queued = [asyncio.create_task(micro.submit(item)) for item in range(1, 101)]  # the next batch, full
+    await steps()
+    assert not any(task.done() for task in queued)
+    with pytest.raises(AppError):  # one more would wait behind that full batch too
+        await micro.submit(101)
+    release.set()
+    assert await asyncio.gather(first, *queued) == [item * 10 for item in range(101)]
 
 
 async def test_nothing_is_refused_before_a_few_batches_were_observed() -> None:
