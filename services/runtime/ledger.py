@@ -4,9 +4,10 @@ A ledger transaction is a list of postings (ledger account, signed amount) summi
 moved, never made or lost. A leg that moves nothing is left out (a posting always moves something, and both
 ledgers' tables refuse a zero amount), and no account appears twice in one transaction (its legs are summed first).
 
-The database guards the same rules (the triggers in services/runtime/migrations/0003_ledger.sql, attached to each
-service's own tables): postings and transactions are append-only, and each INSERT statement must leave every
-transaction it touched balanced, which is why a store writes all postings of a transaction in one statement."""
+The database guards the same rules (the triggers of services/runtime/migrations/0003_ledger.sql, with 0004's check,
+attached to each service's own tables): postings and transactions are append-only, and each INSERT statement must
+leave every transaction it touched balanced, which is why a store writes all postings of a transaction in one
+statement. The check reads only the touched transactions' postings, whatever the ledger's size."""
 
 from __future__ import annotations
 
