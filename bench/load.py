@@ -253,13 +253,26 @@ class World:
     streams: list[str] = field(default_factory=list)
 
 
+# Outcomes already read, by (code, the status details' bytes): under overload the generator reads a thousand identical
+# refusals a second, and parsing each one's details again was CPU the services were short of on the same machine.
+_OUTCOMES: dict[tuple[grpc.StatusCode, bytes | None], str] = {}
+_MAX_OUTCOMES = 1_000
+
+
 def outcome_of(error: grpc.aio.AioRpcError) -> str:
     """The status code, with the contract's ErrorInfo reason when the error carries one."""
-    try:
-        status = rpc_status.from_call(error)
-    except ValueError:
-        status = None
-    return _with_reason(error.code().name, status)
+    details = next((v for k, v in error.trailing_metadata() or () if k == "grpc-status-details-bin"), None)
+    key = (error.code(), details if isinstance(details, bytes) else None)
+    outcome = _OUTCOMES.get(key)
+    if outcome is None:
+        try:
+            status = rpc_status.from_call(error)
+        except ValueError:
+            status = None
+        outcome = _with_reason(error.code().name, status)
+        if len(_OUTCOMES) < _MAX_OUTCOMES:
+            _OUTCOMES[key] = outcome
+    return outcome
 
 
 STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
