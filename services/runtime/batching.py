@@ -1,8 +1,9 @@
 """Micro-batching of concurrent calls: each call submits one item and awaits its own outcome, while the work is done
 per batch (one transaction, one downstream call) to pay a round trip once for many items.
 
-Flush policy: a batch starts at once when fewer than max_concurrent_batches are in flight; otherwise items gather
-in the queue and the next batch takes up to max_batch_size of them as soon as a running one finishes. There is no
+Flush policy: a batch starts at once when none is in flight, and another beside it (up to max_concurrent_batches)
+only while concurrent_min_queue items or more are queued; otherwise items gather in the queue and the next batch
+takes up to max_batch_size of them as soon as a running one finishes. There is no
 timer, so an idle system answers a lone call at once.
 
 Admission: there is no unbounded queue. Each batcher fits how long a batch of n items takes (a + b·n, from the
@@ -132,6 +133,10 @@ class BatchPolicy:
     max_batch_size: int
     max_concurrent_batches: int
     queue_budget_seconds: float
+    # Items queued before a further batch starts beside a running one: a deep queue is worth a second batch that
+    # overlaps the first one's waits on I/O, a shallow one is not (it would only split the next batch in two, each
+    # paying the fixed cost of a batch on the same CPUs).
+    concurrent_min_queue: int = 1
 
 
 @dataclass
@@ -161,6 +166,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._process = process
         self._max_batch_size = policy.max_batch_size
         self._max_concurrent_batches = policy.max_concurrent_batches
+        self._concurrent_min_queue = max(1, policy.concurrent_min_queue)
         self._queue_budget_seconds = policy.queue_budget_seconds
         self._queue: deque[_Pending[ItemT, ResultT]] = deque()
         # Batches in flight, counted by _drain itself: it stops counting in the same step in which it finds the
@@ -183,12 +189,18 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         # A caller that stopped waiting never reads its outcome; reading it here keeps asyncio from warning.
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._queue.append(_Pending(item, future, tracing.current_span()))
-        if self._draining < self._max_concurrent_batches:
+        if self._may_start_batch():
             self._draining += 1
             task = asyncio.create_task(self._drain(), name=f"batch:{self._name}")
             self._tasks.add(task)  # a reference, so the task is not garbage-collected while it runs
             task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(future)
+
+    def _may_start_batch(self) -> bool:
+        """A batch starts at once on an idle batcher; another one beside those running only when the queue is deep."""
+        if self._draining >= self._max_concurrent_batches:
+            return False
+        return self._draining == 0 or len(self._queue) >= self._concurrent_min_queue
 
     def wait_budget_seconds(self) -> float:
         """The longest predicted wait admitted: the queueing budget, but never less than one full batch's time. An
@@ -231,7 +243,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             self._draining -= 1
 
     async def _drain_queue(self) -> None:
-        while self._queue:
+        # A drain beside others stops once the queue is shallow again; the last one stops only when it is empty.
+        # (Checked and counted down with no await in between: an item queued after never finds no drain.)
+        while self._queue and (self._draining == 1 or len(self._queue) >= self._concurrent_min_queue):
             batch = [self._queue.popleft() for _ in range(min(self._max_batch_size, len(self._queue)))]
             running = _Running(len(batch), self._clock())
             self._running.append(running)

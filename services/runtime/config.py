@@ -109,10 +109,12 @@ class RuntimeSettings(BaseSettings):
     # once per process; beyond it they are refused with RESOURCE_EXHAUSTED.
     max_public_streams: int = Field(default=100, ge=1)
     # Hot paths (SendGift, SpendCoins) work in batches: up to batch_max_size items per batch, up to
-    # batch_max_in_flight batches at once; a call that would wait in the queue longer than
-    # admission_queue_budget_seconds is refused at once with RESOURCE_EXHAUSTED / RATE_LIMITED.
+    # batch_max_in_flight batches at once — a second one only while batch_concurrent_min_queue items or more wait;
+    # a call that would wait in the queue longer than admission_queue_budget_seconds (or one full batch's time) is
+    # refused at once with RESOURCE_EXHAUSTED / RATE_LIMITED.
     batch_max_size: int = Field(default=200, ge=1, le=1000)
     batch_max_in_flight: int = Field(default=1, ge=1, le=16)
+    batch_concurrent_min_queue: int = Field(default=50, ge=1, le=100_000)
     admission_queue_budget_seconds: float = Field(default=0.05, gt=0)
 
     # NATS login: each service its own user, whose rights services/runtime/nats_permissions.py lists (deny by
@@ -311,7 +313,12 @@ class RuntimeSettings(BaseSettings):
         return read_nats_login(self.nats_user, self.nats_password, self.nats_password_file)
 
     def batch_policy(self) -> BatchPolicy:
-        return BatchPolicy(self.batch_max_size, self.batch_max_in_flight, self.admission_queue_budget_seconds)
+        return BatchPolicy(
+            self.batch_max_size,
+            self.batch_max_in_flight,
+            self.admission_queue_budget_seconds,
+            self.batch_concurrent_min_queue,
+        )
 
     @property
     def service_name(self) -> str:

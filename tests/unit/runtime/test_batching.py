@@ -135,6 +135,27 @@ async def test_at_most_max_concurrent_batches_run_at_once() -> None:
     assert sorted(item for batch in process.batches for item in batch) == list(range(9))
 
 
+async def test_a_second_batch_starts_beside_the_first_only_once_the_queue_is_deep() -> None:
+    process = FakeProcess()
+    gates = [process.hold(index) for index in range(2)]
+    micro = MicroBatcher("test", process, BatchPolicy(10, 2, 1.0, concurrent_min_queue=3))
+    first = asyncio.create_task(micro.submit(0))
+    await until(lambda: process.running == 1)
+    shallow = [asyncio.create_task(micro.submit(item)) for item in (1, 2)]
+    await steps()
+    assert process.batches == [[0]]  # two queued: not worth a batch of their own beside the running one
+    deep = asyncio.create_task(micro.submit(3))
+    await until(lambda: process.running == 2)
+    assert process.batches == [[0], [1, 2, 3]]  # the third made the queue deep: a second batch takes it
+    later = [asyncio.create_task(micro.submit(item)) for item in (4, 5)]
+    gates[0].set()
+    gates[1].set()
+    assert await asyncio.gather(first, *shallow, deep, *later) == [item * 10 for item in range(6)]
+    assert process.peak_running == 2
+    # The queue left behind was shallow: one batch took it, not one per drain.
+    assert process.batches[2:] == [[4, 5]]
+
+
 async def test_each_caller_gets_its_own_outcome() -> None:
     broken = ValueError("item 3 is broken")
     refused = failed_precondition("INSUFFICIENT_COINS", "item 4 is refused")
