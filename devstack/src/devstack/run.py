@@ -6,6 +6,7 @@ embedded server it replaces; the URL is passed through to the services unchanged
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -469,7 +470,12 @@ _stopping = False
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
     if _stopping:
-        say(f"already stopping; services get up to {SERVICE_STOP_TIMEOUT_SECONDS:.0f} s to drain", "yellow")
+        # Straight to the file descriptor, not through say(): the handler runs in the main thread, which may be
+        # inside say() holding _output_lock (a second Ctrl-C while the first one's "shutting down" prints), and
+        # waiting for that lock here hung `make run` for good with every server still running.
+        notice = f"devstack │ already stopping; services get up to {SERVICE_STOP_TIMEOUT_SECONDS:.0f} s to drain\n"
+        with contextlib.suppress(OSError):
+            os.write(sys.stderr.fileno(), notice.encode())
         return
     raise ShutdownRequested(signal.Signals(signum).name)
 
