@@ -113,7 +113,9 @@ class RuntimeSettings(BaseSettings):
     # a call that would wait in the queue longer than admission_queue_budget_seconds (or one full batch's time) is
     # refused at once with RESOURCE_EXHAUSTED / RATE_LIMITED.
     batch_max_size: int = Field(default=200, ge=1, le=1000)
-    batch_max_in_flight: int = Field(default=1, ge=1, le=16)
+    # Two: measured with a full make bench, a second batch beside the first under a deep queue carried 907 gifts/s
+    # closed-loop against 547 with one (the first's round trips leave both cores idle half the time).
+    batch_max_in_flight: int = Field(default=2, ge=1, le=16)
     batch_concurrent_min_queue: int = Field(default=50, ge=1, le=100_000)
     admission_queue_budget_seconds: float = Field(default=0.05, gt=0)
 

@@ -242,14 +242,16 @@ async def send_as_one_batch(
     """Sends the requests so that gifts takes them as one batch, and returns each call's result.
 
     Calls arriving at an idle gifts service start batches at once (the first one alone), so first every batch slot
-    is taken by a call that blocks on a lock this test holds: an uncommitted idempotency key of its request_id. The
-    requests then queue. Cancelling one blocked statement fails that call's batch, and its slot takes the whole queue
-    as its next batch. The blocking calls are never recorded: their keys go with the connections."""
-    slots = int(
-        stack.service_env("gifts").get(
-            "COINSTREAM_BATCH_MAX_IN_FLIGHT", RuntimeSettings.model_fields["batch_max_in_flight"].default
-        )
-    )
+    open to a shallow queue is taken by a call that blocks on a lock this test holds: an uncommitted idempotency key
+    of its request_id. The requests then queue. Cancelling one blocked statement fails that call's batch, and its
+    slot takes the whole queue as its next batch. The blocking calls are never recorded: their keys go with the
+    connections."""
+    env, defaults = stack.service_env("gifts"), RuntimeSettings.model_fields
+    in_flight = int(env.get("COINSTREAM_BATCH_MAX_IN_FLIGHT", defaults["batch_max_in_flight"].default))
+    min_queue = int(env.get("COINSTREAM_BATCH_CONCURRENT_MIN_QUEUE", defaults["batch_concurrent_min_queue"].default))
+    # A batch beside a running one starts only for a deep queue: below it, one slot takes everything.
+    assert min_queue <= 1 or len(requests) < min_queue, "that many requests would start a second batch"
+    slots = in_flight if min_queue <= 1 else 1
     blockers = [gift_request(new_id("blocker"), requests[0].stream_id) for _ in range(slots)]
     holder = await asyncpg.connect(stack.database_url("gifts"))
     held = holder.transaction()
