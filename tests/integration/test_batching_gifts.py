@@ -11,13 +11,16 @@ from collections.abc import Sequence
 import asyncpg
 import grpc
 import pytest
+from coinstream.events.v1 import events_pb2
 from coinstream.gifts.v1 import gifts_pb2
 from coinstream.wallet.v1 import wallet_pb2 as w
 
 from services.runtime.config import RuntimeSettings
+from services.runtime.messaging import GIFT_SENT_BATCH_SUBJECT
 from tests.support.clients import SERVICE, Clients, new_id, stored_key
 from tests.support.crashes import CONNECTION_LOST, gifts_crashing_at, restart_after_crash, retry
 from tests.support.errors import error_reason
+from tests.support.events import messages_on
 from tests.support.factories import balance_of, buy, create_account, transactions, wallet_balance
 from tests.support.gifts import end_stream, gift_request, go_live, summary_of
 from tests.support.payouts import earnings, eventually
@@ -369,3 +372,34 @@ async def test_a_crash_before_a_batch_is_paid_is_finished_by_the_recovery_pass(s
     assert [reply.gift.gift_transaction_id for reply in replies] == [
         recorded[r.request_id]["gift_transaction_id"] for r in requests
     ]
+
+
+@pytest.mark.slow
+async def test_a_batch_event_published_again_after_a_crash_is_kept_once_and_settled_once(
+    stack: Stack, clients: Clients
+) -> None:
+    """kill -9 after the relay published a batch's GiftSentBatch and before it deleted the outbox row: the restarted
+    relay publishes the same message again, JetStream drops it by its Nats-Msg-Id, and payouts credits each gift
+    once."""
+    stream = await go_live(clients)
+    senders = await funded_senders(clients, 5)
+    requests = crash_batch(senders, stream.stream_id)
+    with gifts_crashing_at(stack, "gifts.after_events_published"):
+        results = await send_as_one_batch(stack, clients, requests)
+        # The batch completed before the relay died; whether each answer got out first is a race.
+        assert all(not isinstance(r, grpc.aio.AioRpcError) or r.code() in CONNECTION_LOST for r in results)
+        restart_after_crash(stack)
+
+    replies = await assert_each_gift_completed_once(stack, clients, stream, requests)
+    ours = {reply.gift.gift_transaction_id for reply in replies}
+    batches = [
+        message
+        for message in await messages_on(stack.nats, GIFT_SENT_BATCH_SUBJECT)
+        if ours & {event.gift_transaction_id for event in events_pb2.GiftSentBatch.FromString(message.data).gifts}
+    ]
+    assert len(batches) == 1, "the batch's event was kept once"
+    assert {event.gift_transaction_id for event in events_pb2.GiftSentBatch.FromString(batches[0].data).gifts} == ours
+    outbox = await fetch(
+        stack, "gifts", "SELECT count(*) AS rows FROM gift_outbox WHERE gift_transaction_id = ANY($1)", list(ours)
+    )
+    assert outbox[0]["rows"] == 0, "the restarted relay deleted the row once JetStream had it"
