@@ -34,6 +34,9 @@ DEBIT_ACCOUNTS = 10_000
 DEBIT_DATABASE = "bench_guarded_debit"
 # Issue 21's capacity: the highest offered rate whose p99 stays within this, with fewer refused or failed than this.
 CAPACITY_P99_MS = 100.0
+# When the held rate misses the bound: held again this much lower, at most this many times.
+CAPACITY_STEP_DOWN = 0.8
+CAPACITY_STEP_DOWNS = 2
 CAPACITY_MAX_FAILED = 0.001
 # SendGifts and its streaming echo baseline: a few streams, each with this many messages outstanding (at most the
 # server's 256 per stream for SendGifts).
@@ -256,7 +259,9 @@ class Bench:
     def capacity(self, uniform_max: float) -> None:
         """Capacity at a latency bound (issue 21): the highest open-loop rate whose calls meet p99 ≤ 100 ms with
         under 0.1 % refused or failed, found by bisection between 0 and the uniform maximum, then held (60 s in full
-        mode) — the held run is the figure. 0 when not even the lowest rate tried met the bound."""
+        mode) — the held run is the figure. A hold that misses (a short probe can pass a rate that a minute with its
+        autovacuum and checkpoints does not) is tried again a fifth lower, up to CAPACITY_STEP_DOWNS times, so the
+        figure is the highest rate that held rather than none. 0 when not even the lowest rate tried met the bound."""
         say(f"capacity at p99 ≤ {CAPACITY_P99_MS:g} ms: bisection over the offered rate")
         met, missed = 0.0, uniform_max
         probes = []
@@ -272,8 +277,16 @@ class Bench:
             self.results["scenarios"]["capacity"] = {**lowest, "meets": False, "held": False}
             say("  no rate tried met the bound")
             return
-        held = self.open(Phase("capacity", met, self.plan.capacity_hold_seconds))["capacity"]
-        held["meets"], held["held"] = meets_the_latency_bound(held), True
+        holds = []
+        rate = met
+        for _ in range(1 + CAPACITY_STEP_DOWNS):
+            held = self.open(Phase("capacity", rate, self.plan.capacity_hold_seconds))["capacity"]
+            held["meets"], held["held"] = meets_the_latency_bound(held), True
+            holds.append(held)
+            if held["meets"]:
+                break
+            rate *= CAPACITY_STEP_DOWN
+        self.results["capacity_holds"] = holds
         self.results["scenarios"]["capacity"] = held
 
     def steps(self, uniform_max: float) -> None:

@@ -163,7 +163,7 @@ def headline_table(results: dict[str, Any]) -> list[str]:
         ),
         (
             f"capacity at p99 ≤ 100 ms, < 0.1 % refused (open loop, held {_held(s)})",
-            _capacity(s),
+            _capacity(s, results.get("capacity_holds", [])),
             f"{_x(r['capacity_per_echo'])} echo",
             "capacity_per_echo",
         ),
@@ -299,16 +299,28 @@ def _held(scenarios: dict[str, Any]) -> str:
     return f"{capacity['seconds']:.0f} s" if capacity and capacity.get("held", capacity.get("meets")) else "–"
 
 
-def _capacity(scenarios: dict[str, Any]) -> str:
+def _capacity(scenarios: dict[str, Any], holds: list[dict[str, Any]]) -> str:
     capacity = scenarios.get("capacity")
     if not capacity:
         return "not measured"
     offered = capacity["offered_per_second"]
     if not capacity.get("meets") and capacity.get("held", True):
+        if len(holds) > 1:
+            tried = ", ".join(
+                f"{hold['offered_per_second']:,.0f}/s (p99 {_ms(hold['latency_ms']['p99'])})" for hold in holds
+            )
+            return f"none: held at {tried}, each missed it"
         return f"none: {offered:,.0f}/s met it in its probe, but held it missed ({_pcts(capacity)})"
     if not capacity.get("meets"):
         return f"none: even {offered:,.0f}/s offered missed it ({_pcts(capacity)})"
-    return f"{_rate(capacity, 'gifts')} of {capacity['offered_per_second']:,.0f}/s offered, {_pcts(capacity)}"
+    met = f"{_rate(capacity, 'gifts')} of {capacity['offered_per_second']:,.0f}/s offered, {_pcts(capacity)}"
+    missed = [hold for hold in holds if not hold.get("meets")]
+    if missed:
+        tried = ", ".join(
+            f"{hold['offered_per_second']:,.0f}/s (p99 {_ms(hold['latency_ms']['p99'])})" for hold in missed
+        )
+        met += f"; held after {tried} missed"
+    return met
 
 
 def _at_max(results: dict[str, Any]) -> str:
