@@ -7,8 +7,7 @@ concurrent SendGift calls join a batch (runtime MicroBatcher), and each step is 
      on every attempt, with its own outcome;
   3. one transaction: complete the paid gifts (combo counts decided under the combos' row locks), bump stream
      counters and leaderboards once per row, queue the batch's GiftSents as one GiftSentBatch event (events.py),
-     store every response — and fail
-     the gifts the wallet refused for good, storing the refusal.
+     store every response — and fail the gifts the wallet refused for good, storing the refusal.
 
 A crash or a wallet outage between 1 and 3 leaves the gifts pending; a retry with the same request_id or the
 recovery pass resumes them at step 2, and the wallet answers a repeated spend with its stored outcome. A batch is one
