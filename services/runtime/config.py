@@ -113,8 +113,8 @@ class RuntimeSettings(BaseSettings):
     # a call that would wait in the queue longer than admission_queue_budget_seconds (or one full batch's time) is
     # refused at once with RESOURCE_EXHAUSTED / RATE_LIMITED.
     batch_max_size: int = Field(default=200, ge=1, le=1000)
-    # Two: measured with a full make bench, a second batch beside the first under a deep queue carried 907 gifts/s
-    # closed-loop against 547 with one (the first's round trips leave both cores idle half the time).
+    # Two: in full make bench runs a second batch beside the first under a deep queue carried 907 and 919 gifts/s
+    # closed-loop (636 in a slower run) against 547 with one: a batch spends most of its time waiting on round trips.
     batch_max_in_flight: int = Field(default=2, ge=1, le=16)
     batch_concurrent_min_queue: int = Field(default=50, ge=1, le=100_000)
     admission_queue_budget_seconds: float = Field(default=0.05, gt=0)
