@@ -175,13 +175,15 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._clock = clock
         self._cost = BatchCostModel()
+        # Looked up once: labels() costs microseconds, and submit() runs for every gift.
+        self._predicted_wait_gauge = PREDICTED_WAIT_SECONDS.labels(name)
         self._running: list[_Running] = []
 
     async def submit(self, item: ItemT) -> ResultT:
         """The item's outcome once its batch is done. The item is processed even if the caller stops waiting
         (every item is idempotent work, so finishing it is always safe)."""
         predicted_wait = self.predicted_wait_seconds()
-        PREDICTED_WAIT_SECONDS.labels(self._name).set(predicted_wait)
+        self._predicted_wait_gauge.set(predicted_wait)
         if predicted_wait > self.wait_budget_seconds():
             SHED_TOTAL.labels(self._name).inc()
             raise overloaded()
@@ -227,7 +229,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
 
     def _seconds_until_lanes_free(self) -> list[float]:
         """Per lane, the fitted duration of its running batch minus its time so far (0 for a batch already past its
-        estimate: it ends any moment, and one slow batch must not refuse the queue behind it), 0 for an idle lane."""
+        estimate: it ends any moment, and one slow batch must not refuse the queue behind it), 0 for an idle lane (one
+        that waits for a deep queue too: below concurrent_min_queue the wait is under one full batch's time, which the
+        wait budget always admits)."""
         now = self._clock()
         busy = [max(0.0, self._cost.seconds_for(run.size) - (now - run.started_at)) for run in self._running]
         return busy + [0.0] * (self._max_concurrent_batches - len(busy))

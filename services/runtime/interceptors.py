@@ -207,26 +207,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_stream(self, behavior: Any, method: str, authorization: str | None) -> Any:
         async def handle(request: Any, context: Context) -> Any:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
             structlog.contextvars.bind_contextvars(method=method, request_id=loggable_request_id(request))
-            try:
-                self._admit(method, authorization)
+
+            async def responses() -> AsyncIterator[Any]:
                 _refuse_undecodable(request)
                 async for response in behavior(request, context):
                     yield response
-            except AppError as error:
-                code = error.code
-                await _abort(context, error, method, started)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED  # the client went away mid-stream: not an OK call in the metrics
-                raise
-            except Exception as error:
-                answer = _answer_for_unexpected(error)
-                code = answer.code if answer else grpc.StatusCode.INTERNAL
-                await _abort_unexpected(context, answer, method, started)
-            finally:
-                _observe(method, code, started)
+
+            async for response in self._answered(method, authorization, context, responses):
+                yield response
 
         return handle
 
@@ -237,27 +226,39 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         its flow control is the stream's own (services/runtime/streams.py)."""
 
         async def handle(request_iterator: Any, context: Context) -> Any:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
             structlog.contextvars.bind_contextvars(method=method)
-            try:
-                self._admit(method, authorization)
-                async for response in behavior(_decoded(request_iterator), context):
-                    yield response
-            except AppError as error:
-                code = error.code
-                await _abort(context, error, method, started)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as error:
-                answer = _answer_for_unexpected(error)
-                code = answer.code if answer else grpc.StatusCode.INTERNAL
-                await _abort_unexpected(context, answer, method, started)
-            finally:
-                _observe(method, code, started)
+
+            def responses() -> AsyncIterator[Any]:
+                return behavior(_decoded(request_iterator), context)  # type: ignore[no-any-return]
+
+            async for response in self._answered(method, authorization, context, responses):
+                yield response
 
         return handle
+
+    async def _answered(
+        self, method: str, authorization: str | None, context: Context, responses: Callable[[], AsyncIterator[Any]]
+    ) -> AsyncIterator[Any]:
+        """A streaming call's responses, started once the call is admitted; an AppError ends the call with its status,
+        anything else with the answer for the unexpected, and the call is counted once when it ends."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            self._admit(method, authorization)
+            async for response in responses():
+                yield response
+        except AppError as error:
+            code = error.code
+            await _abort(context, error, method, started)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the client went away mid-stream: not an OK call in the metrics
+            raise
+        except Exception as error:
+            answer = _answer_for_unexpected(error)
+            code = answer.code if answer else grpc.StatusCode.INTERNAL
+            await _abort_unexpected(context, answer, method, started)
+        finally:
+            _observe(method, code, started)
 
 
 def _declares_stream_access(behavior: Any) -> bool:
